@@ -1,0 +1,128 @@
+#include "core/dtype.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace bamba {
+
+namespace {
+struct DTypeInfo {
+  DType t;
+  std::string_view name;
+  size_t size;
+};
+constexpr DTypeInfo kTypes[] = {
+    {DType::F32, "F32", 4}, {DType::BF16, "BF16", 2}, {DType::F16, "F16", 2}, {DType::F64, "F64", 8},
+    {DType::I64, "I64", 8}, {DType::I32, "I32", 4},   {DType::I16, "I16", 2}, {DType::I8, "I8", 1},
+    {DType::U8, "U8", 1},   {DType::BOOL, "BOOL", 1},
+};
+}  // namespace
+
+size_t dtype_size(DType t) { return kTypes[size_t(t)].size; }
+std::string_view dtype_name(DType t) { return kTypes[size_t(t)].name; }
+
+bool parse_dtype(std::string_view s, DType* out) {
+  for (const auto& d : kTypes)
+    if (d.name == s) {
+      *out = d.t;
+      return true;
+    }
+  return false;
+}
+
+float f16_to_f32(uint16_t h) {
+  uint32_t sign = uint32_t(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+  if (exp == 0) {
+    if (man == 0) {
+      u = sign;
+    } else {  // subnormal: renormalise
+      int e = -1;
+      do {
+        ++e;
+        man <<= 1;
+      } while (!(man & 0x400));
+      u = sign | uint32_t(127 - 15 - e) << 23 | (man & 0x3ff) << 13;
+    }
+  } else if (exp == 31) {
+    u = sign | 0x7f800000u | man << 13;
+  } else {
+    u = sign | (exp + 127 - 15) << 23 | man << 13;
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+uint16_t f32_to_f16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  uint16_t sign = uint16_t((u >> 16) & 0x8000);
+  if (std::isnan(f)) return sign | 0x7e00;
+  float a = std::fabs(f);
+  if (a >= 65520.0f) return sign | 0x7c00;                   // overflow to inf (round-to-nearest)
+  if (a < 6.103515625e-05f) {                                 // subnormal or zero: multiples of 2^-24
+    return sign | uint16_t(std::nearbyint(a * 16777216.0f));  // default rounding mode: nearest even
+  }
+  uint32_t exp = ((u >> 23) & 0xff) - 127 + 15, man = u & 0x7fffff;
+  uint32_t h = exp << 10 | man >> 13, rest = man & 0x1fff;
+  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;  // carries into the exponent correctly
+  return sign | uint16_t(h);
+}
+
+void convert_to_f32(const void* src, DType t, size_t n, float* dst) {
+  const auto* b = static_cast<const unsigned char*>(src);
+  switch (t) {
+    case DType::F32:
+      std::memcpy(dst, src, n * 4);
+      return;
+    case DType::BF16:
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, b + 2 * i, 2);
+        dst[i] = bf16_to_f32(h);
+      }
+      return;
+    case DType::F16:
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, b + 2 * i, 2);
+        dst[i] = f16_to_f32(h);
+      }
+      return;
+    case DType::F64:
+      for (size_t i = 0; i < n; ++i) {
+        double d;
+        std::memcpy(&d, b + 8 * i, 8);
+        dst[i] = float(d);
+      }
+      return;
+    default:
+      fail("cannot convert ", dtype_name(t), " to F32 (expected F32, BF16, F16 or F64)");
+  }
+}
+
+void convert_from_f32(const float* src, size_t n, DType t, void* dst) {
+  auto* b = static_cast<unsigned char*>(dst);
+  switch (t) {
+    case DType::F32:
+      std::memcpy(dst, src, n * 4);
+      return;
+    case DType::BF16:
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t h = f32_to_bf16(src[i]);
+        std::memcpy(b + 2 * i, &h, 2);
+      }
+      return;
+    case DType::F16:
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t h = f32_to_f16(src[i]);
+        std::memcpy(b + 2 * i, &h, 2);
+      }
+      return;
+    default:
+      fail("cannot convert F32 to ", dtype_name(t), " (expected F32, BF16 or F16)");
+  }
+}
+
+}  // namespace bamba

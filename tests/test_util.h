@@ -1,0 +1,26 @@
+// Shared helpers for the test suite: where the fixtures and the bamba binary are, temp folders, running the CLI.
+#pragma once
+#include <cstdlib>
+#include <string>
+
+namespace bamba::test {
+
+// $BAMBA_FIXTURES, else ../shared/fixtures next to the source tree.
+inline std::string fixtures_dir() {
+  const char* e = std::getenv("BAMBA_FIXTURES");
+  return e && *e ? e : BAMBA_DEFAULT_FIXTURES;
+}
+inline std::string model_dir(const std::string& name) { return fixtures_dir() + "/models/" + name; }
+inline std::string bamba_binary() { return BAMBA_BINARY; }
+
+// A fresh empty folder under $TMPDIR, removed by the caller (or left for inspection).
+std::string make_temp_dir(const std::string& tag);
+
+struct RunResult {
+  int exit_code;
+  std::string out, err;
+};
+// Runs `bamba <args>` through /bin/sh with optional stdin text; args are passed as written (shell syntax).
+RunResult run_bamba(const std::string& args, const std::string& stdin_text = "");
+
+}  // namespace bamba::test
