@@ -1,0 +1,100 @@
+// Backend: memory and the small set of ops a forward step is written in (model/hybrid.cpp). The CPU backend is
+// the readable fp32 oracle; a GPU backend implements the same ops with its own kernels and dtypes.
+//
+// Conventions. Activations are 2-D [rows, cols] views whose rows may be strided (Tensor::ld); the row index is
+// the token index t of the current StepBatch (set_batch). Weights are [out, in] like nn.Linear. Per-sequence
+// state lives in the HybridCache tensors passed in; a sequence with past_len == 0 starts from a zero state,
+// whatever its slot holds.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "engine/step_batch.h"
+#include "io/safetensors.h"
+
+namespace bamba {
+
+struct MambaOpsConfig {
+  int64_t n_heads, d_head, n_groups, d_state, d_conv, chunk_size;
+  float time_step_min, time_step_max;
+};
+
+struct AttentionOpsConfig {
+  int64_t n_heads, n_kv_heads, head_dim, rotary_dim, block_size;
+  float rope_theta, scale;
+  // HF keeps inv_freq as a buffer that model.to(dtype) rounds: a bf16 checkpoint rotates with bf16-rounded
+  // frequencies (the angle error grows with the position), so we round them the same way.
+  DType inv_freq_dtype;
+};
+
+// inv_freq[j] = 1 / theta^(2j / R), j < R/2, computed in fp32 as HF does and rounded to c.inv_freq_dtype.
+std::vector<float> rope_inv_freq(const AttentionOpsConfig& c);
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+  virtual DType weight_dtype() const = 0;      // what load_weight stores
+  virtual DType activation_dtype() const = 0;  // what alloc_activation uses
+
+  // ---- memory (owned by the backend; freed when it is destroyed or by release)
+  virtual Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) = 0;  // zero-filled
+  virtual void release(Tensor t) = 0;
+  Tensor alloc_activation(std::initializer_list<int64_t> shape) { return alloc(activation_dtype(), shape); }
+
+  // Copies `parts` (checkpoint tensors, any float dtype, possibly unaligned) concatenated along dim 0 into a new
+  // weight tensor of `shape`. The caller has checked the shapes.
+  virtual Tensor load_weight(std::span<const TensorInfo* const> parts, std::initializer_list<int64_t> shape) = 0;
+  // Fills t with values uniform in [lo, hi): element i gets hash(seed, i), identical on every backend.
+  virtual void fill_uniform(Tensor t, uint64_t seed, float lo, float hi) = 0;
+  virtual void fill(Tensor t, float value) = 0;
+  virtual void to_host_f32(Tensor src, float* dst) = 0;  // contiguous src
+  virtual void zero_state_slot(std::span<const Tensor> state, int32_t slot) = 0;  // tensors [n_slots, ...]
+
+  // ---- the step: metadata every op below reads
+  virtual void set_batch(const StepBatch& b) = 0;
+  virtual void synchronize() {}
+
+  // ---- ops
+  // out[t] = table[tokens[t]]                                  out [T, H], table [V, H]
+  virtual void embed(Tensor out, Tensor table) = 0;
+  // y = x · Wᵀ (+ bias)                                        y [M, N], x [M, K], W [N, K], bias [N] or empty
+  virtual void matmul(Tensor y, Tensor x, Tensor W, Tensor bias) = 0;
+  // out = rmsnorm(x) * w                                       x, out [M, H], w [H]
+  virtual void rmsnorm(Tensor out, Tensor x, Tensor w, float eps) = 0;
+  // h += x; out = rmsnorm(h) * w  (the residual add fused with the next norm)
+  virtual void add_rmsnorm(Tensor h, Tensor x, Tensor out, Tensor w, float eps) = 0;
+  virtual void add(Tensor h, Tensor x) = 0;  // h += x
+  // Causal depthwise conv over each sequence + bias + SiLU. xBC [T, CD] (pre-conv, may be strided),
+  // weight [CD, K], bias [CD] or empty, out [T, CD]. conv_state [n_slots, K-1, CD]: the last K-1 inputs of each
+  // slot, read as the window before the first new token when past_len > 0 and rewritten after the step.
+  virtual void conv1d_silu(Tensor out, Tensor xBC, Tensor weight, Tensor bias, Tensor conv_state) = 0;
+  // The SSD recurrence (docs/bamba-model.md §3.2 steps 5-8) for every sequence, from its slot's state
+  // (or zeros) and writing the final state back.
+  // y [T, nh*P]; xBC [T, I + 2GN] (post-conv: x | B | C); dt [T, nh] raw in_proj output (may be strided);
+  // A_log, D, dt_bias [nh]; ssm_state [n_slots, nh, P, N] fp32.
+  virtual void ssd(Tensor y, Tensor xBC, Tensor dt, Tensor A_log, Tensor D, Tensor dt_bias, Tensor ssm_state,
+                   const MambaOpsConfig& c) = 0;
+  // out = rmsnorm_groups(y * silu(z)) * w, statistics over groups of `group_size` channels.
+  // y [T, I], z [T, I] (may be strided), w [I], out [T, I]
+  virtual void gated_rmsnorm(Tensor out, Tensor y, Tensor z, Tensor w, int64_t group_size, float eps) = 0;
+  // Partial NeoX RoPE on the q and k parts of qkv [T, (nq + 2 nkv) * dh], in place, at the batch's positions;
+  // then attention of every new token over its sequence's cached keys plus the new ones (causal, GQA). The new
+  // post-RoPE k, v are first written into the pages of the batch's block table (k_pages, v_pages
+  // [n_blocks, block_size, nkv, dh]) at cache rows past_len .. past_len + n - 1.
+  // out [T, nq * dh]
+  virtual void attention(Tensor out, Tensor qkv, Tensor k_pages, Tensor v_pages, const AttentionOpsConfig& c) = 0;
+  // out = silu(gate) * up, gate_up [T, 2F] = gate | up, out [T, F]
+  virtual void swiglu(Tensor out, Tensor gate_up) = 0;
+  // out[i] = x[rows[i]] for the batch's logit_rows.              out [R, H], x [T, H]
+  virtual void gather_logit_rows(Tensor out, Tensor x) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+
+}  // namespace bamba

@@ -1,0 +1,272 @@
+// The CPU backend: fp32 everywhere, OpenBLAS for matmuls, plain loops for the rest. It is the readable oracle
+// the GPU kernels are tested against, so every op is written in the sequential form of docs/bamba-model.md,
+// not in a faster but different order (e.g. the SSD recurrence is stepped token by token, not chunked).
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <unordered_map>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "core/hash_uniform.h"
+
+namespace bamba {
+namespace {
+
+inline float silu(float x) { return x / (1.f + std::exp(-x)); }
+// torch.nn.functional.softplus with beta 1, threshold 20.
+inline float softplus(float x) { return x > 20.f ? x : std::log1p(std::exp(x)); }
+
+inline const float* row(Tensor t, int64_t r) { return t.ptr<float>() + r * t.ld; }
+inline float* row_mut(Tensor t, int64_t r) { return t.ptr<float>() + r * t.ld; }
+
+void check_f32(Tensor t, const char* what) {
+  if (t && (t.dtype != DType::F32 || t.device != Device::CPU))
+    fail("cpu backend: ", what, " must be a CPU F32 tensor");
+}
+
+class CpuBackend final : public Backend {
+ public:
+  ~CpuBackend() override {
+    for (auto& [p, n] : allocs_) std::free(p);
+  }
+  Device device() const override { return Device::CPU; }
+  std::string name() const override { return "cpu (fp32, OpenBLAS)"; }
+  DType weight_dtype() const override { return DType::F32; }
+  DType activation_dtype() const override { return DType::F32; }
+
+  Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) override {
+    Tensor t(nullptr, dtype, Device::CPU, shape);
+    size_t n = std::max<size_t>(t.nbytes(), 1);
+    size_t rounded = (n + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, rounded);
+    if (!p) fail("out of host memory allocating ", n, " bytes for a ", t.shape_str(), " tensor");
+    std::memset(p, 0, rounded);
+    allocs_[p] = rounded;
+    t.data = p;
+    return t;
+  }
+  void release(Tensor t) override {
+    auto it = allocs_.find(t.data);
+    if (it != allocs_.end()) {
+      std::free(it->first);
+      allocs_.erase(it);
+    }
+  }
+
+  Tensor load_weight(std::span<const TensorInfo* const> parts, std::initializer_list<int64_t> shape) override {
+    Tensor t = alloc(DType::F32, shape);
+    float* dst = t.ptr<float>();
+    for (const TensorInfo* p : parts) {
+      convert_to_f32(p->data, p->dtype, size_t(p->numel()), dst);
+      dst += p->numel();
+    }
+    return t;
+  }
+  void fill_uniform(Tensor t, uint64_t seed, float lo, float hi) override {
+    check_f32(t, "fill_uniform target");
+    float* p = t.ptr<float>();
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = hash_uniform(seed, uint64_t(i), lo, hi);
+  }
+  void fill(Tensor t, float v) override {
+    check_f32(t, "fill target");
+    std::fill_n(t.ptr<float>(), t.numel(), v);
+  }
+  void to_host_f32(Tensor src, float* dst) override {
+    check_f32(src, "to_host_f32 source");
+    for (int64_t r = 0; r < src.rows(); ++r) std::memcpy(dst + r * src.inner(), row(src, r), size_t(src.inner()) * 4);
+  }
+  void zero_state_slot(std::span<const Tensor> state, int32_t slot) override {
+    for (const Tensor& t : state) std::memset(row_mut(t, slot), 0, size_t(t.inner()) * dtype_size(t.dtype));
+  }
+
+  void set_batch(const StepBatch& b) override { b_ = &b; }
+
+  void embed(Tensor out, Tensor table) override {
+    for (int64_t t = 0; t < out.rows(); ++t)
+      std::memcpy(row_mut(out, t), row(table, b_->tokens[size_t(t)]), size_t(out.shape[1]) * 4);
+  }
+
+  void matmul(Tensor y, Tensor x, Tensor W, Tensor bias) override {
+    check_f32(y, "matmul output");
+    check_f32(x, "matmul input");
+    check_f32(W, "matmul weight");
+    const int M = int(x.rows()), K = int(x.shape[1]), N = int(W.rows());
+    if (M == 0) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, x.ptr<float>(), int(x.ld), W.ptr<float>(),
+                int(W.ld), 0.f, y.ptr<float>(), int(y.ld));
+    if (bias)
+      for (int m = 0; m < M; ++m)
+        for (int n = 0; n < N; ++n) row_mut(y, m)[n] += bias.ptr<float>()[n];
+  }
+
+  static void rmsnorm_row(float* out, const float* x, const float* w, int64_t n, float eps) {
+    double ss = 0;  // HF accumulates in fp32; a double sum only removes our rounding, not theirs
+    for (int64_t j = 0; j < n; ++j) ss += double(x[j]) * x[j];
+    float r = 1.f / std::sqrt(float(ss / double(n)) + eps);
+    for (int64_t j = 0; j < n; ++j) out[j] = w[j] * (x[j] * r);
+  }
+  void rmsnorm(Tensor out, Tensor x, Tensor w, float eps) override {
+    for (int64_t t = 0; t < x.rows(); ++t) rmsnorm_row(row_mut(out, t), row(x, t), w.ptr<float>(), x.shape[1], eps);
+  }
+  void add_rmsnorm(Tensor h, Tensor x, Tensor out, Tensor w, float eps) override {
+    add(h, x);
+    rmsnorm(out, h, w, eps);
+  }
+  void add(Tensor h, Tensor x) override {
+    for (int64_t t = 0; t < h.rows(); ++t) {
+      float* hr = row_mut(h, t);
+      const float* xr = row(x, t);
+      for (int64_t j = 0; j < h.shape[1]; ++j) hr[j] += xr[j];
+    }
+  }
+
+  void conv1d_silu(Tensor out, Tensor xBC, Tensor weight, Tensor bias, Tensor conv_state) override {
+    const int64_t CD = xBC.shape[1], K = weight.shape[1], W = K - 1;
+    std::vector<float> window;  // [W + n, CD]: cached inputs, then this step's inputs
+    for (int32_t s = 0; s < b_->n_seqs(); ++s) {
+      const int32_t t0 = b_->seq_start[size_t(s)], n = b_->seq_len(s);
+      float* state = row_mut(conv_state, b_->state_slot[size_t(s)]);  // [W, CD]
+      window.assign(size_t((W + n) * CD), 0.f);
+      if (b_->past_len[size_t(s)] > 0) std::memcpy(window.data(), state, size_t(W * CD) * 4);
+      for (int32_t i = 0; i < n; ++i) std::memcpy(&window[size_t((W + i) * CD)], row(xBC, t0 + i), size_t(CD) * 4);
+      for (int32_t i = 0; i < n; ++i) {
+        float* o = row_mut(out, t0 + i);
+        for (int64_t c = 0; c < CD; ++c) {
+          float acc = bias ? bias.ptr<float>()[c] : 0.f;
+          for (int64_t k = 0; k < K; ++k) acc += row(weight, c)[k] * window[size_t((i + k) * CD + c)];
+          o[c] = silu(acc);
+        }
+      }
+      std::memcpy(state, &window[size_t(n * CD)], size_t(W * CD) * 4);  // the last K-1 inputs
+    }
+  }
+
+  void ssd(Tensor y, Tensor xBC, Tensor dt, Tensor A_log, Tensor D, Tensor dt_bias, Tensor ssm_state,
+           const MambaOpsConfig& c) override {
+    const int64_t nh = c.n_heads, P = c.d_head, G = c.n_groups, N = c.d_state, I = nh * P;
+    const int64_t heads_per_group = nh / G;
+    for (int32_t s = 0; s < b_->n_seqs(); ++s) {
+      const int32_t t0 = b_->seq_start[size_t(s)], n = b_->seq_len(s);
+      float* state_all = row_mut(ssm_state, b_->state_slot[size_t(s)]);  // [nh, P, N]
+      if (b_->past_len[size_t(s)] == 0) std::fill_n(state_all, nh * P * N, 0.f);
+      for (int64_t h = 0; h < nh; ++h) {
+        const int64_t g = h / heads_per_group;
+        const float A = -std::exp(A_log.ptr<float>()[h]);
+        float* S = state_all + h * P * N;  // [P, N]
+        for (int32_t i = 0; i < n; ++i) {
+          const float* u = row(xBC, t0 + i);
+          const float* x = u + h * P;             // [P]
+          const float* B = u + I + g * N;         // [N]
+          const float* C = u + I + G * N + g * N; // [N]
+          float delta = softplus(row(dt, t0 + i)[h] + dt_bias.ptr<float>()[h]);
+          delta = std::min(std::max(delta, c.time_step_min), c.time_step_max);
+          const float dA = std::exp(delta * A);
+          float* yr = row_mut(y, t0 + i) + h * P;
+          for (int64_t p = 0; p < P; ++p) {
+            float* Sp = S + p * N;
+            const float dx = delta * x[p];
+            float acc = 0.f;
+            for (int64_t k = 0; k < N; ++k) {
+              Sp[k] = dA * Sp[k] + dx * B[k];
+              acc += C[k] * Sp[k];
+            }
+            yr[p] = acc + D.ptr<float>()[h] * x[p];
+          }
+        }
+      }
+    }
+  }
+
+  void gated_rmsnorm(Tensor out, Tensor y, Tensor z, Tensor w, int64_t group_size, float eps) override {
+    const int64_t I = y.shape[1];
+    std::vector<float> g(static_cast<size_t>(I));
+    for (int64_t t = 0; t < y.rows(); ++t) {
+      for (int64_t j = 0; j < I; ++j) g[size_t(j)] = row(y, t)[j] * silu(row(z, t)[j]);
+      for (int64_t a = 0; a < I; a += group_size)
+        rmsnorm_row(row_mut(out, t) + a, &g[size_t(a)], w.ptr<float>() + a, group_size, eps);
+    }
+  }
+
+  void attention(Tensor out, Tensor qkv, Tensor k_pages, Tensor v_pages, const AttentionOpsConfig& c) override {
+    const int64_t nq = c.n_heads, nkv = c.n_kv_heads, dh = c.head_dim, R = c.rotary_dim, bs = c.block_size;
+    const int64_t half = R / 2, rep = nq / nkv;
+    std::vector<float> inv_freq = rope_inv_freq(c);
+    auto rope = [&](float* v, float pos) {
+      for (int64_t j = 0; j < half; ++j) {
+        const float a = pos * inv_freq[size_t(j)], co = std::cos(a), si = std::sin(a);
+        const float x0 = v[j], x1 = v[j + half];
+        v[j] = x0 * co - x1 * si;
+        v[j + half] = x1 * co + x0 * si;
+      }
+    };
+    auto kv_row = [&](Tensor pages, int32_t s, int64_t pos) {  // -> [nkv, dh] of cache row pos of sequence s
+      int32_t block = b_->block_table[size_t(s * b_->max_blocks + pos / bs)];
+      return pages.ptr<float>() + (int64_t(block) * bs + pos % bs) * nkv * dh;
+    };
+    std::vector<float> scores;
+    for (int32_t s = 0; s < b_->n_seqs(); ++s) {
+      const int32_t t0 = b_->seq_start[size_t(s)], n = b_->seq_len(s), past = b_->past_len[size_t(s)];
+      for (int32_t i = 0; i < n; ++i) {
+        float* q = row_mut(qkv, t0 + i);
+        const float pos = float(b_->positions[size_t(t0 + i)]);
+        for (int64_t h = 0; h < nq + nkv; ++h) rope(q + h * dh, pos);  // q heads, then k heads
+        std::memcpy(kv_row(k_pages, s, past + i), q + nq * dh, size_t(nkv * dh) * 4);
+        std::memcpy(kv_row(v_pages, s, past + i), q + (nq + nkv) * dh, size_t(nkv * dh) * 4);
+      }
+      for (int32_t i = 0; i < n; ++i) {
+        const int64_t len = past + i + 1;
+        scores.resize(size_t(len));
+        for (int64_t h = 0; h < nq; ++h) {
+          const float* q = row(qkv, t0 + i) + h * dh;
+          const int64_t kh = h / rep;
+          float mx = -INFINITY;
+          for (int64_t p = 0; p < len; ++p) {
+            const float* k = kv_row(k_pages, s, p) + kh * dh;
+            float d = 0.f;
+            for (int64_t e = 0; e < dh; ++e) d += q[e] * k[e];
+            scores[size_t(p)] = d * c.scale;
+            mx = std::max(mx, scores[size_t(p)]);
+          }
+          float sum = 0.f;
+          for (auto& x : scores) sum += (x = std::exp(x - mx));
+          float* o = row_mut(out, t0 + i) + h * dh;
+          std::fill_n(o, dh, 0.f);
+          for (int64_t p = 0; p < len; ++p) {
+            const float* v = kv_row(v_pages, s, p) + kh * dh;
+            const float wgt = scores[size_t(p)] / sum;
+            for (int64_t e = 0; e < dh; ++e) o[e] += wgt * v[e];
+          }
+        }
+      }
+    }
+  }
+
+  void swiglu(Tensor out, Tensor gate_up) override {
+    const int64_t F = out.shape[1];
+    for (int64_t t = 0; t < out.rows(); ++t) {
+      const float* g = row(gate_up, t);
+      float* o = row_mut(out, t);
+      for (int64_t j = 0; j < F; ++j) o[j] = silu(g[j]) * g[F + j];
+    }
+  }
+
+  void gather_logit_rows(Tensor out, Tensor x) override {
+    for (size_t i = 0; i < b_->logit_rows.size(); ++i)
+      std::memcpy(row_mut(out, int64_t(i)), row(x, b_->logit_rows[i]), size_t(x.shape[1]) * 4);
+  }
+
+ private:
+  std::unordered_map<void*, size_t> allocs_;
+  const StepBatch* b_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace bamba

@@ -1,0 +1,66 @@
+#include "engine/hybrid_cache.h"
+
+#include "core/error.h"
+
+namespace bamba {
+
+HybridCache::HybridCache(const ModelConfig& c, Backend& be, CacheSizes sizes) : be_(be), sizes_(sizes) {
+  BAMBA_CHECK(sizes.n_slots >= 1 && sizes.block_size >= 1 && sizes.n_blocks >= 0, "invalid cache sizes");
+  const int64_t CD = c.conv_dim(), W = c.mamba_d_conv - 1;
+  for (int64_t i = 0; i < c.n_mamba_layers(); ++i) {
+    conv_.push_back(be.alloc(DType::F32, {sizes.n_slots, W, CD}));
+    ssm_.push_back(be.alloc(DType::F32, {sizes.n_slots, c.mamba_n_heads, c.mamba_d_head, c.mamba_d_state}));
+  }
+  for (int64_t i = 0; i < c.n_attention_layers(); ++i) {
+    k_.push_back(be.alloc(be.activation_dtype(), {sizes.n_blocks, sizes.block_size, c.num_key_value_heads, c.head_dim}));
+    v_.push_back(be.alloc(be.activation_dtype(), {sizes.n_blocks, sizes.block_size, c.num_key_value_heads, c.head_dim}));
+  }
+  for (int32_t i = sizes.n_slots - 1; i >= 0; --i) free_slots_.push_back(i);
+  for (int32_t i = sizes.n_blocks - 1; i >= 0; --i) free_blocks_.push_back(i);
+}
+
+HybridCache::~HybridCache() {
+  for (auto* pool : {&conv_, &ssm_, &k_, &v_})
+    for (Tensor& t : *pool) be_.release(t);
+}
+
+size_t HybridCache::bytes_per_slot(const ModelConfig& c) {
+  return size_t(c.n_mamba_layers()) *
+         size_t((c.mamba_d_conv - 1) * c.conv_dim() + c.mamba_n_heads * c.mamba_d_head * c.mamba_d_state) * 4;
+}
+
+size_t HybridCache::bytes_per_block(const ModelConfig& c, int32_t block_size) {
+  return size_t(c.n_attention_layers()) * 2 * size_t(block_size * c.num_key_value_heads * c.head_dim) * 4;
+}
+
+CacheSizes HybridCache::sizes_for(const ModelConfig& c, int32_t n_seqs, int32_t max_len, int32_t block_size) {
+  CacheSizes s;
+  s.n_slots = n_seqs;
+  s.block_size = block_size;
+  s.n_blocks = c.n_attention_layers() ? n_seqs * ((max_len + block_size - 1) / block_size) : 0;
+  return s;
+}
+
+bool HybridCache::reserve(SeqCache& seq, int32_t new_len) {
+  const bool need_slot = seq.slot < 0;
+  if (need_slot && free_slots_.empty()) return false;
+  int32_t need_blocks = has_attention() ? blocks_for(new_len) - int32_t(seq.blocks.size()) : 0;
+  if (need_blocks > int32_t(free_blocks_.size())) return false;
+  if (need_slot) {
+    seq.slot = free_slots_.back();
+    free_slots_.pop_back();
+  }
+  for (int32_t i = 0; i < need_blocks; ++i) {
+    seq.blocks.push_back(free_blocks_.back());
+    free_blocks_.pop_back();
+  }
+  return true;
+}
+
+void HybridCache::release(SeqCache& seq) {
+  if (seq.slot >= 0) free_slots_.push_back(seq.slot);
+  for (auto it = seq.blocks.rbegin(); it != seq.blocks.rend(); ++it) free_blocks_.push_back(*it);
+  seq = SeqCache{};
+}
+
+}  // namespace bamba

@@ -1,0 +1,62 @@
+// HybridCache: the per-sequence state of a hybrid model, in two pools sized once at start-up.
+// - State slots (Mamba layers): per slot and Mamba layer a conv window [K-1, CD] and an SSM state [nh, P, N],
+//   fp32, fixed size whatever the sequence length.
+// - KV pages (attention layers): fixed-size blocks of block_size tokens, [n_blocks, block_size, nkv, dh] per
+//   layer; a sequence owns a list of blocks (its row of StepBatch::block_table).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/config.h"
+
+namespace bamba {
+
+struct CacheSizes {
+  int32_t n_slots = 1;
+  int32_t n_blocks = 0;
+  int32_t block_size = 16;
+};
+
+// What one sequence holds in the cache.
+struct SeqCache {
+  int32_t slot = -1;
+  std::vector<int32_t> blocks;
+  int32_t len = 0;  // tokens whose state is in the cache
+};
+
+class HybridCache {
+ public:
+  HybridCache(const ModelConfig& cfg, Backend& be, CacheSizes sizes);
+  ~HybridCache();
+  HybridCache(const HybridCache&) = delete;
+  HybridCache& operator=(const HybridCache&) = delete;
+
+  // Sizes that hold `n_seqs` sequences of up to `max_len` tokens each.
+  static CacheSizes sizes_for(const ModelConfig& cfg, int32_t n_seqs, int32_t max_len, int32_t block_size = 16);
+  static size_t bytes_per_slot(const ModelConfig& cfg);
+  static size_t bytes_per_block(const ModelConfig& cfg, int32_t block_size);
+
+  const CacheSizes& sizes() const { return sizes_; }
+  Tensor conv_state(int64_t mamba_index) const { return conv_[size_t(mamba_index)]; }  // [n_slots, K-1, CD]
+  Tensor ssm_state(int64_t mamba_index) const { return ssm_[size_t(mamba_index)]; }    // [n_slots, nh, P, N]
+  Tensor k_pages(int64_t attn_index) const { return k_[size_t(attn_index)]; }          // [n_blocks, bs, nkv, dh]
+  Tensor v_pages(int64_t attn_index) const { return v_[size_t(attn_index)]; }
+
+  // Gives seq a state slot (if it has none) and enough pages for new_len tokens. False (and nothing changed)
+  // if the pools cannot; the caller then preempts or waits.
+  bool reserve(SeqCache& seq, int32_t new_len);
+  void release(SeqCache& seq);  // returns its slot and pages at once
+  int32_t free_slots() const { return int32_t(free_slots_.size()); }
+  int32_t free_blocks() const { return int32_t(free_blocks_.size()); }
+  int32_t blocks_for(int32_t len) const { return (len + sizes_.block_size - 1) / sizes_.block_size; }
+  bool has_attention() const { return !k_.empty(); }
+
+ private:
+  Backend& be_;
+  CacheSizes sizes_;
+  std::vector<Tensor> conv_, ssm_, k_, v_;
+  std::vector<int32_t> free_slots_, free_blocks_;  // stacks; lowest ids handed out first
+};
+
+}  // namespace bamba

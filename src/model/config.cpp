@@ -1,0 +1,271 @@
+#include "model/config.h"
+
+#include <cmath>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/mapped_file.h"
+
+namespace bamba {
+
+using json = nlohmann::json;
+
+int64_t ModelConfig::n_mamba_layers() const {
+  int64_t n = 0;
+  for (auto k : layer_kinds) n += k == LayerKind::Mamba;
+  return n;
+}
+int64_t ModelConfig::n_attention_layers() const { return int64_t(layer_kinds.size()) - n_mamba_layers(); }
+
+int64_t ModelConfig::kind_index(int64_t layer) const {
+  int64_t n = 0;
+  for (int64_t i = 0; i < layer; ++i) n += layer_kinds[size_t(i)] == layer_kinds[size_t(layer)];
+  return n;
+}
+
+int64_t ModelConfig::parameter_count() const {
+  const int64_t H = hidden_size, F = intermediate_size, I = mamba_inner, CD = conv_dim(), nh = mamba_n_heads;
+  int64_t n = vocab_size * H * (tie_word_embeddings ? 1 : 2) + H;  // embeddings, lm_head, final norm
+  for (auto k : layer_kinds) {
+    n += 2 * H + 3 * F * H;  // two norms, MLP
+    if (k == LayerKind::Mamba)
+      n += in_proj_dim() * H + I * H + CD * mamba_d_conv + (mamba_conv_bias ? CD : 0) + 3 * nh + I +
+           (mamba_proj_bias ? in_proj_dim() + H : 0);
+    else
+      n += qkv_dim() * H + num_attention_heads * head_dim * H;
+  }
+  return n;
+}
+
+namespace {
+
+// Typed field access with messages that name the field and what was expected.
+struct Fields {
+  const json& j;
+  const std::string& label;
+
+  const json* find(const char* key) const {
+    auto it = j.find(key);
+    return it == j.end() || it->is_null() ? nullptr : &*it;
+  }
+  int64_t integer(const char* key, int64_t def, int64_t min = 1) const {
+    const json* v = find(key);
+    if (!v) return def;
+    if (!v->is_number_integer()) fail(label, ": field \"", key, "\" must be an integer (got ", v->dump(), ")");
+    int64_t x = v->get<int64_t>();
+    if (x < min) fail(label, ": field \"", key, "\" must be >= ", min, " (got ", x, ")");
+    return x;
+  }
+  double number(const char* key, double def) const {
+    const json* v = find(key);
+    if (!v) return def;
+    return as_number(*v, key);
+  }
+  double as_number(const json& v, const std::string& key) const {
+    if (v.is_number()) return v.get<double>();
+    // transformers 5.x writes non-finite floats as {"__float__": "Infinity"}.
+    if (v.is_object() && v.size() == 1 && v.contains("__float__") && v["__float__"].is_string()) {
+      std::string s = v["__float__"].get<std::string>();
+      if (s == "Infinity" || s == "inf") return std::numeric_limits<double>::infinity();
+      if (s == "-Infinity" || s == "-inf") return -std::numeric_limits<double>::infinity();
+      if (s == "NaN" || s == "nan") return std::numeric_limits<double>::quiet_NaN();
+    }
+    fail(label, ": field \"", key, "\" must be a number (got ", v.dump(), ")");
+  }
+  bool boolean(const char* key, bool def) const {
+    const json* v = find(key);
+    if (!v) return def;
+    if (!v->is_boolean()) fail(label, ": field \"", key, "\" must be true or false (got ", v->dump(), ")");
+    return v->get<bool>();
+  }
+  std::string string(const char* key, const std::string& def) const {
+    const json* v = find(key);
+    if (!v) return def;
+    if (!v->is_string()) fail(label, ": field \"", key, "\" must be a string (got ", v->dump(), ")");
+    return v->get<std::string>();
+  }
+};
+
+DType parse_torch_dtype(const std::string& s, const std::string& label, const char* key) {
+  std::string t = s.rfind("torch.", 0) == 0 ? s.substr(6) : s;
+  if (t == "float32" || t == "float") return DType::F32;
+  if (t == "bfloat16") return DType::BF16;
+  if (t == "float16" || t == "half") return DType::F16;
+  fail(label, ": field \"", key, "\" = \"", s, "\" is not a supported dtype (expected float32, bfloat16 or float16)");
+}
+
+}  // namespace
+
+ModelConfig parse_config(const std::string& json_text, const std::string& label) {
+  json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) fail(label, ": not valid JSON");
+  if (!j.is_object()) fail(label, ": expected a JSON object");
+  Fields f{j, label};
+  ModelConfig c;
+  c.source = label;
+
+  c.model_type = f.string("model_type", "");
+  if (c.model_type.empty()) fail(label, ": missing field \"model_type\" (expected \"bamba\")");
+  if (c.model_type != "bamba")
+    fail(label, ": model_type \"", c.model_type, "\" is not supported (supported: \"bamba\")");
+  std::string act = f.string("hidden_act", "silu");
+  if (act != "silu") fail(label, ": field \"hidden_act\" = \"", act, "\" is not supported (expected \"silu\")");
+
+  // Defaults are BambaConfig's (transformers 4.48 / 5.17).
+  c.vocab_size = f.integer("vocab_size", 128000);
+  c.hidden_size = f.integer("hidden_size", 4096);
+  c.intermediate_size = f.integer("intermediate_size", 14336);
+  c.num_hidden_layers = f.integer("num_hidden_layers", 32);
+  c.num_attention_heads = f.integer("num_attention_heads", 32);
+  c.num_key_value_heads = f.integer("num_key_value_heads", c.num_attention_heads);
+  c.rms_norm_eps = float(f.number("rms_norm_eps", 1e-5));
+  if (!(c.rms_norm_eps > 0)) fail(label, ": field \"rms_norm_eps\" must be > 0");
+  c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
+  c.max_position_embeddings = f.integer("max_position_embeddings", 262144);
+
+  if (c.hidden_size % c.num_attention_heads)
+    fail(label, ": hidden_size ", c.hidden_size, " is not divisible by num_attention_heads ", c.num_attention_heads);
+  c.head_dim = f.integer("head_dim", c.hidden_size / c.num_attention_heads);
+  if (c.num_attention_heads % c.num_key_value_heads)
+    fail(label, ": num_attention_heads ", c.num_attention_heads, " is not divisible by num_key_value_heads ",
+         c.num_key_value_heads);
+
+  // RoPE. Bamba forces partial_rotary_factor = 0.5 in both 4.x and 5.x (attn_rotary_emb is ignored by HF).
+  double theta = f.number("rope_theta", 10000.0);
+  if (const json* rp = f.find("rope_parameters")) {
+    if (!rp->is_object()) fail(label, ": field \"rope_parameters\" must be an object");
+    Fields r{*rp, label};
+    theta = r.number("rope_theta", theta);
+    std::string type = r.string("rope_type", "default");
+    if (type != "default")
+      fail(label, ": rope_parameters.rope_type \"", type, "\" is not supported (expected \"default\")");
+  }
+  if (const json* rs = f.find("rope_scaling")) {
+    Fields r{*rs, label};
+    std::string type = rs->is_object() ? r.string("rope_type", r.string("type", "default")) : "?";
+    if (type != "default") fail(label, ": field \"rope_scaling\" is not supported (expected null)");
+  }
+  if (!(theta > 0)) fail(label, ": rope_theta must be > 0");
+  c.rope_theta = float(theta);
+  c.rotary_dim = int64_t(double(c.head_dim) * 0.5);
+
+  // Mamba2 mixer.
+  double expand = f.number("mamba_expand", 2.0);
+  c.mamba_inner = int64_t(expand * double(c.hidden_size));
+  if (c.mamba_inner <= 0) fail(label, ": mamba_expand * hidden_size must be positive");
+  c.mamba_n_heads = f.integer("mamba_n_heads", 128);
+  if (const json* dh = f.find("mamba_d_head"); dh && dh->is_string()) {
+    if (dh->get<std::string>() != "auto") fail(label, ": field \"mamba_d_head\" must be an integer or \"auto\"");
+    c.mamba_d_head = c.mamba_inner / c.mamba_n_heads;
+  } else {
+    c.mamba_d_head = f.integer("mamba_d_head", c.mamba_inner / c.mamba_n_heads);
+  }
+  if (c.mamba_d_head * c.mamba_n_heads != c.mamba_inner)
+    fail(label, ": mamba_n_heads ", c.mamba_n_heads, " x mamba_d_head ", c.mamba_d_head,
+         " must equal the SSM inner size mamba_expand*hidden_size = ", c.mamba_inner);
+  c.mamba_n_groups = f.integer("mamba_n_groups", 1);
+  if (c.mamba_n_heads % c.mamba_n_groups)
+    fail(label, ": mamba_n_heads ", c.mamba_n_heads, " is not divisible by mamba_n_groups ", c.mamba_n_groups);
+  c.mamba_d_state = f.integer("mamba_d_state", 256);
+  c.mamba_d_conv = f.integer("mamba_d_conv", 4);
+  c.mamba_chunk_size = f.integer("mamba_chunk_size", 256);
+  c.mamba_conv_bias = f.boolean("mamba_conv_bias", true);
+  c.mamba_proj_bias = f.boolean("mamba_proj_bias", false);
+  c.gated_norm_group_size = c.mamba_inner;
+  c.time_step_min = 0.f;
+  c.time_step_max = std::numeric_limits<float>::infinity();
+  if (const json* tl = f.find("time_step_limit")) {
+    if (!tl->is_array() || tl->size() != 2) fail(label, ": field \"time_step_limit\" must be [min, max]");
+    c.time_step_min = float(f.as_number((*tl)[0], "time_step_limit[0]"));
+    c.time_step_max = float(f.as_number((*tl)[1], "time_step_limit[1]"));
+    if (!(c.time_step_min <= c.time_step_max))
+      fail(label, ": field \"time_step_limit\" must have min <= max (got ", tl->dump(), ")");
+  }
+
+  // Layer kinds: layer_types (5.x) / layers_block_type, else attn_layer_indices (4.x), else all Mamba.
+  c.layer_kinds.assign(size_t(c.num_hidden_layers), LayerKind::Mamba);
+  const json* lt = f.find("layer_types");
+  if (!lt) lt = f.find("layers_block_type");
+  if (lt) {
+    if (!lt->is_array() || int64_t(lt->size()) != c.num_hidden_layers)
+      fail(label, ": field \"layer_types\" must be a list of num_hidden_layers = ", c.num_hidden_layers, " strings");
+    for (size_t i = 0; i < lt->size(); ++i) {
+      const json& v = (*lt)[i];
+      std::string s = v.is_string() ? v.get<std::string>() : "";
+      if (s == "full_attention" || s == "attention") c.layer_kinds[i] = LayerKind::Attention;
+      else if (s == "linear_attention" || s == "mamba") c.layer_kinds[i] = LayerKind::Mamba;
+      else
+        fail(label, ": layer_types[", i, "] = ", v.dump(),
+             " is not a known layer type (expected \"full_attention\" or \"linear_attention\")");
+    }
+  }
+  if (const json* ai = f.find("attn_layer_indices")) {
+    if (!ai->is_array()) fail(label, ": field \"attn_layer_indices\" must be a list of layer indices");
+    std::vector<LayerKind> kinds(size_t(c.num_hidden_layers), LayerKind::Mamba);
+    for (auto& v : *ai) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= c.num_hidden_layers)
+        fail(label, ": attn_layer_indices entry ", v.dump(), " is not a layer index in [0, ", c.num_hidden_layers, ")");
+      kinds[size_t(v.get<int64_t>())] = LayerKind::Attention;
+    }
+    if (lt && kinds != c.layer_kinds) fail(label, ": \"layer_types\" and \"attn_layer_indices\" disagree");
+    c.layer_kinds = kinds;
+  }
+
+  // Token ids.
+  c.bos_token_id = f.integer("bos_token_id", 1, 0);
+  c.pad_token_id = f.integer("pad_token_id", 0, 0);
+  if (const json* e = f.find("eos_token_id")) {
+    if (e->is_number_integer()) c.eos_token_ids = {e->get<int64_t>()};
+    else if (e->is_array()) {
+      for (auto& v : *e) {
+        if (!v.is_number_integer()) fail(label, ": field \"eos_token_id\" must be an integer or a list of integers");
+        c.eos_token_ids.push_back(v.get<int64_t>());
+      }
+    } else fail(label, ": field \"eos_token_id\" must be an integer or a list of integers");
+  } else {
+    c.eos_token_ids = {2};
+  }
+
+  std::string dt = f.string("dtype", f.string("torch_dtype", "float32"));
+  c.dtype = parse_torch_dtype(dt, label, f.find("dtype") ? "dtype" : "torch_dtype");
+  return c;
+}
+
+ModelConfig load_config(const std::string& model_dir) {
+  std::string path = model_dir + "/config.json";
+  if (!dir_exists(model_dir)) fail(model_dir, ": no such model folder");
+  if (!file_exists(path)) fail(model_dir, ": missing config.json");
+  return parse_config(read_text_file(path), path);
+}
+
+namespace {
+ModelConfig from_dims(const char* source, int64_t V, int64_t H, int64_t F, int64_t L, std::vector<int64_t> attn,
+                      int64_t nq, int64_t nkv, int64_t nh, int64_t P, int64_t G, int64_t N, int64_t Q) {
+  json j = {{"model_type", "bamba"}, {"vocab_size", V}, {"hidden_size", H}, {"intermediate_size", F},
+            {"num_hidden_layers", L}, {"attn_layer_indices", attn}, {"num_attention_heads", nq},
+            {"num_key_value_heads", nkv}, {"mamba_n_heads", nh}, {"mamba_d_head", P}, {"mamba_n_groups", G},
+            {"mamba_d_state", N}, {"mamba_d_conv", 4}, {"mamba_expand", 2}, {"mamba_chunk_size", Q},
+            {"rms_norm_eps", 1e-5}, {"tie_word_embeddings", false}};
+  return parse_config(j.dump(), source);
+}
+}  // namespace
+
+ModelConfig dummy_config() {
+  // Vocabulary = the 256 bytes + BOS + EOS of Tokenizer::byte_level_default().
+  ModelConfig c = from_dims("built-in dummy model", 258, 64, 128, 4, {1, 3}, 4, 2, 8, 16, 1, 16, 16);
+  c.bos_token_id = 256;
+  c.eos_token_ids = {257};
+  c.pad_token_id = 257;
+  return c;
+}
+
+ModelConfig bamba_9b_config() {
+  ModelConfig c = from_dims("bamba-9b preset", 128256, 4096, 14336, 32, {9, 18, 27}, 32, 8, 128, 64, 1, 128, 256);
+  c.bos_token_id = 128000;
+  c.eos_token_ids = {128001};
+  c.dtype = DType::BF16;
+  return c;
+}
+
+}  // namespace bamba
