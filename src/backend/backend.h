@@ -96,5 +96,14 @@ class Backend {
 };
 
 std::unique_ptr<Backend> make_cpu_backend();
+// "cpu", "cuda" or "auto" (the GPU when there is one). Error when "cuda" is asked for and this build has no CUDA
+// support (BAMBA_HAVE_CUDA) or no GPU is present.
+std::unique_ptr<Backend> make_backend(const std::string& device);
+int cuda_device_count();  // 0 in a build without CUDA
+
+#ifdef BAMBA_HAVE_CUDA
+std::unique_ptr<Backend> make_cuda_backend(int device_index = 0);  // src/backend/cuda/
+int cuda_runtime_device_count();
+#endif
 
 }  // namespace bamba

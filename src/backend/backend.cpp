@@ -1,0 +1,34 @@
+#include "backend/backend.h"
+
+#include "core/error.h"
+
+namespace bamba {
+
+int cuda_device_count() {
+#ifdef BAMBA_HAVE_CUDA
+  return cuda_runtime_device_count();
+#else
+  return 0;
+#endif
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& device) {
+  if (device == "cpu") return make_cpu_backend();
+  if (device == "auto") {
+#ifdef BAMBA_HAVE_CUDA
+    if (cuda_device_count() > 0) return make_cuda_backend();
+#endif
+    return make_cpu_backend();
+  }
+  if (device == "cuda") {
+#ifdef BAMBA_HAVE_CUDA
+    if (cuda_device_count() == 0) fail("--device cuda: no CUDA GPU is visible");
+    return make_cuda_backend();
+#else
+    fail("--device cuda: this bamba was built without CUDA (configure with nvcc present and BAMBA_CUDA=AUTO or ON)");
+#endif
+  }
+  fail("--device \"", device, "\" is not one of cpu, cuda, auto");
+}
+
+}  // namespace bamba
