@@ -1,0 +1,11 @@
+// One function per subcommand: each adds itself (options, --help, callback) to the app.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace bamba::cli {
+
+void register_generate(CLI::App& app);
+void register_logits(CLI::App& app);
+void register_tokenize(CLI::App& app);  // tokenize and detokenize
+
+}  // namespace bamba::cli

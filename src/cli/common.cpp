@@ -1,0 +1,82 @@
+#include "cli/common.h"
+
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/mapped_file.h"
+#include "core/progress.h"
+#include "io/checkpoint.h"
+
+namespace bamba::cli {
+
+void ModelOptions::add_to(CLI::App* cmd, bool with_max_len) {
+  cmd->add_option("--model,-m", model, "Hugging Face checkpoint folder (default: the built-in dummy model)");
+  cmd->add_option("--device", device, "cpu, cuda or auto (the GPU when there is one)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  if (with_max_len)
+    cmd->add_option("--max-model-len", max_model_len, "Most tokens (prompt + output) per sequence (default: 8192)")
+        ->check(CLI::PositiveNumber);
+  cmd->add_flag("--quiet,-q", quiet, "No loading messages");
+}
+
+Tokenizer load_tokenizer(const std::string& dir) {
+  std::string path = dir + "/tokenizer.json";
+  if (!file_exists(path)) fail(dir, ": missing tokenizer.json (needed to turn text into tokens)");
+  return Tokenizer::from_file(path);
+}
+
+namespace {
+void add_eos(std::vector<int32_t>& eos, const nlohmann::json& v) {
+  auto add = [&](const nlohmann::json& x) {
+    if (x.is_number_integer() && std::find(eos.begin(), eos.end(), x.get<int32_t>()) == eos.end())
+      eos.push_back(x.get<int32_t>());
+  };
+  if (v.is_array())
+    for (auto& x : v) add(x);
+  else
+    add(v);
+}
+}  // namespace
+
+LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
+  LoadedModel m;
+  m.backend = make_backend(o.device);
+  auto t0 = std::chrono::steady_clock::now();
+  if (o.model.empty()) {
+    m.dummy = true;
+    m.model = std::make_unique<HybridModel>(dummy_model(*m.backend));
+    m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::byte_level_default());
+    if (!o.quiet)
+      std::fprintf(stderr,
+                   "bamba: no --model given: using the built-in dummy model (a tiny Bamba with generated weights; "
+                   "its output is gibberish). Pass --model DIR to run a real checkpoint.\n");
+  } else {
+    if (need_tokenizer) m.tokenizer = std::make_unique<Tokenizer>(load_tokenizer(o.model));
+    ModelConfig cfg = load_config(o.model);
+    Checkpoint ckpt(o.model);
+    // A bar only where loading takes a noticeable time.
+    ProgressBar bar("loading " + o.model, ckpt.total_bytes(), !o.quiet && ckpt.total_bytes() > (256u << 20));
+    ModelWeights w = load_weights(cfg, ckpt, *m.backend, [&](size_t done, size_t) { bar.update(done); });
+    bar.finish();
+    m.model = std::make_unique<HybridModel>(std::move(cfg), std::move(w), *m.backend);
+    std::string gen = o.model + "/generation_config.json";
+    if (file_exists(gen)) {
+      auto j = nlohmann::json::parse(read_text_file(gen), nullptr, false);
+      if (j.is_object() && j.contains("eos_token_id")) add_eos(m.eos, j["eos_token_id"]);
+    }
+  }
+  const ModelConfig& c = m.model->config();
+  for (int64_t e : c.eos_token_ids) add_eos(m.eos, int32_t(e));
+  m.max_model_len = o.max_model_len ? o.max_model_len : int32_t(std::min<int64_t>(c.max_position_embeddings, 8192));
+  if (!o.quiet) {
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::fprintf(stderr, "bamba: %s: %lld layers (%lld attention), %.2fM parameters, on %s, loaded in %.2fs\n",
+                 m.dummy ? "dummy" : o.model.c_str(), (long long)c.num_hidden_layers, (long long)c.n_attention_layers(),
+                 double(c.parameter_count()) / 1e6, m.backend->name().c_str(), s);
+  }
+  return m;
+}
+
+}  // namespace bamba::cli

@@ -1,0 +1,38 @@
+// What several subcommands share: which model (a folder, or the built-in dummy), on which device, its tokenizer
+// and stop tokens.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "backend/backend.h"
+#include "model/hybrid.h"
+#include "tokenizer/tokenizer.h"
+
+namespace bamba::cli {
+
+struct ModelOptions {
+  std::string model;  // empty: the built-in dummy model
+  std::string device = "auto";
+  int32_t max_model_len = 0;  // 0: min(max_position_embeddings, 8192)
+  bool quiet = false;
+
+  void add_to(CLI::App* cmd, bool with_max_len = true);
+};
+
+struct LoadedModel {
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<HybridModel> model;
+  std::unique_ptr<Tokenizer> tokenizer;  // null when the folder has no tokenizer.json
+  std::vector<int32_t> eos;              // config.json + generation_config.json
+  int32_t max_model_len = 0;
+  bool dummy = false;
+};
+
+// Loads the model (with a progress bar for large checkpoints) and says on stderr what was loaded.
+LoadedModel load(const ModelOptions& o, bool need_tokenizer);
+Tokenizer load_tokenizer(const std::string& model_dir);  // <dir>/tokenizer.json, with a clear error if absent
+
+}  // namespace bamba::cli

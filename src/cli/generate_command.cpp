@@ -1,0 +1,76 @@
+// bamba generate: prompt -> text streamed to the terminal, with tokens/s at the end.
+#include <cstdio>
+#include <iostream>
+#include <iterator>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "core/error.h"
+#include "engine/generator.h"
+#include "engine/text_stream.h"
+
+namespace bamba::cli {
+
+namespace {
+struct GenerateOptions {
+  ModelOptions model;
+  std::string prompt;
+  bool prompt_given = false;
+  int32_t max_tokens = 128;
+  SamplingParams sampling;
+  std::vector<std::string> stop;
+  bool ignore_eos = false;
+  bool no_bos = false;
+};
+
+void run(const GenerateOptions& o) {
+  std::string prompt = o.prompt;
+  if (!o.prompt_given) prompt.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+  LoadedModel m = load(o.model, true);
+  std::vector<int32_t> ids = m.tokenizer->encode(prompt, !o.no_bos);
+  Generator gen(*m.model, m.max_model_len);
+  Sampler sampler(o.sampling);
+  TextStream text(*m.tokenizer, o.stop);
+  std::fputs(prompt.c_str(), stdout);
+  std::fflush(stdout);
+  GenerationStats st = gen.generate(ids, o.max_tokens, sampler, o.ignore_eos ? std::vector<int32_t>{} : m.eos,
+                                    [&](int32_t id) {
+                                      std::string piece = text.push(id);
+                                      std::fwrite(piece.data(), 1, piece.size(), stdout);
+                                      std::fflush(stdout);
+                                      return !text.stopped();
+                                    });
+  std::string rest = text.flush();
+  std::fwrite(rest.data(), 1, rest.size(), stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  if (!o.model.quiet) {
+    const char* why = text.stopped() ? "stop string" : st.hit_eos ? "end of text" : st.hit_length ? "--max-model-len" : "--max-tokens";
+    std::fprintf(stderr, "\nbamba: prompt %d tokens in %.3fs (%.1f tok/s); generated %d tokens in %.3fs (%.1f tok/s); stopped at %s\n",
+                 st.prompt_tokens, st.prefill_seconds, st.prompt_tokens / std::max(st.prefill_seconds, 1e-9),
+                 st.new_tokens, st.decode_seconds,
+                 st.new_tokens > 1 ? (st.new_tokens - 1) / std::max(st.decode_seconds, 1e-9) : 0.0, why);
+  }
+}
+}  // namespace
+
+void register_generate(CLI::App& app) {
+  auto o = std::make_shared<GenerateOptions>();
+  CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt, streamed to the terminal");
+  o->model.add_to(cmd);
+  cmd->add_option("--prompt,-p", o->prompt, "The prompt (default: read from stdin)");
+  cmd->add_option("--max-tokens,-n", o->max_tokens, "Most new tokens")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--temperature,-t", o->sampling.temperature, "Sampling temperature; 0 = greedy")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-k", o->sampling.top_k, "Sample among the k most likely tokens (0 = all)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-p", o->sampling.top_p, "Nucleus sampling mass, in (0, 1]")->check(CLI::Range(1e-6, 1.0));
+  cmd->add_option("--seed", o->sampling.seed, "Random seed (same seed, same output)");
+  cmd->add_option("--stop", o->stop, "Stop before this text (repeatable)");
+  cmd->add_flag("--ignore-eos", o->ignore_eos, "Keep generating past the end-of-text token");
+  cmd->add_flag("--no-bos", o->no_bos, "Do not add the tokenizer's special tokens (BOS) to the prompt");
+  cmd->callback([o, cmd] {
+    o->prompt_given = cmd->count("--prompt") > 0;
+    run(*o);
+  });
+}
+
+}  // namespace bamba::cli

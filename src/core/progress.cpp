@@ -1,0 +1,52 @@
+#include "core/progress.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+namespace bamba {
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (b >= 1000 && u < 4) b /= 1000, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", b, units[u]);
+  return buf;
+}
+
+ProgressBar::ProgressBar(std::string label, size_t total, bool enabled)
+    : label_(std::move(label)), total_(total), enabled_(enabled), tty_(::isatty(2)),
+      start_(std::chrono::steady_clock::now()), last_draw_(start_) {}
+
+ProgressBar::~ProgressBar() { finish(); }
+
+void ProgressBar::update(size_t done) {
+  if (!enabled_ || finished_ || total_ == 0) return;
+  const double frac = double(done) / double(total_);
+  const auto now = std::chrono::steady_clock::now();
+  const double secs = std::chrono::duration<double>(now - start_).count();
+  if (tty_) {
+    if (done < total_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
+    last_draw_ = now;
+    const int width = 30, fill = int(frac * width);
+    std::fprintf(stderr, "\r%s [%.*s%*s] %3.0f%% %s / %s %.1fs", label_.c_str(), fill,
+                 "##############################", width - fill, "", frac * 100, human_bytes(double(done)).c_str(),
+                 human_bytes(double(total_)).c_str(), secs);
+  } else {
+    const int decile = int(frac * 10);
+    if (decile == last_decile_) return;
+    last_decile_ = decile;
+    std::fprintf(stderr, "%s %3d%% (%s / %s, %.1fs)\n", label_.c_str(), decile * 10, human_bytes(double(done)).c_str(),
+                 human_bytes(double(total_)).c_str(), secs);
+  }
+}
+
+void ProgressBar::finish() {
+  if (!enabled_ || finished_) return;
+  update(total_);
+  if (tty_) std::fputc('\n', stderr);
+  finished_ = true;
+}
+
+}  // namespace bamba

@@ -1,0 +1,59 @@
+#include "engine/generator.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/error.h"
+
+namespace bamba {
+
+Generator::Generator(const HybridModel& model, int32_t max_model_len, int32_t prefill_chunk)
+    : model_(model),
+      max_model_len_(max_model_len),
+      prefill_chunk_(std::min(prefill_chunk, max_model_len)),
+      cache_(model.config(), model.backend(), HybridCache::sizes_for(model.config(), 1, max_model_len)),
+      ws_(model.config(), model.backend(), prefill_chunk_, 1),
+      logits_(size_t(model.config().vocab_size)) {}
+
+GenerationStats Generator::generate(std::span<const int32_t> prompt, int32_t max_new, Sampler& sampler,
+                                    const std::vector<int32_t>& eos, const std::function<bool(int32_t)>& on_token) {
+  using clock = std::chrono::steady_clock;
+  BAMBA_CHECK(!prompt.empty(), "the prompt is empty (no tokens)");
+  BAMBA_CHECK(int32_t(prompt.size()) <= max_model_len_, "the prompt has ", prompt.size(),
+              " tokens, more than --max-model-len ", max_model_len_);
+  GenerationStats st;
+  st.prompt_tokens = int32_t(prompt.size());
+  SeqCache seq;
+  std::vector<int32_t> ids(prompt.begin(), prompt.end());
+  auto step = [&](int32_t begin, int32_t end) {  // feeds ids[begin, end), leaves the last row's logits in logits_
+    BAMBA_CHECK(cache_.reserve(seq, end), "internal: cache too small for ", end, " tokens");
+    StepBatch b;
+    b.add(std::span(ids).subspan(size_t(begin), size_t(end - begin)), begin, seq.slot, seq.blocks);
+    model_.backend().to_host_f32(model_.forward(b, cache_, ws_), logits_.data());
+  };
+  auto t0 = clock::now();
+  for (int32_t b = 0; b < int32_t(ids.size()); b += prefill_chunk_)
+    step(b, std::min<int32_t>(int32_t(ids.size()), b + prefill_chunk_));
+  auto t1 = clock::now();
+  st.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
+  while (st.new_tokens < max_new) {
+    if (int32_t(ids.size()) >= max_model_len_) {
+      st.hit_length = true;
+      break;
+    }
+    if (st.new_tokens > 0) step(int32_t(ids.size()) - 1, int32_t(ids.size()));
+    int32_t next = sampler.sample(logits_);
+    ids.push_back(next);
+    ++st.new_tokens;
+    if (std::find(eos.begin(), eos.end(), next) != eos.end()) {
+      st.hit_eos = true;
+      break;
+    }
+    if (!on_token(next)) break;
+  }
+  st.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
+  cache_.release(seq);
+  return st;
+}
+
+}  // namespace bamba

@@ -1,0 +1,40 @@
+// Generator: one sequence, prompt to tokens: chunked prefill through the forward step, then decode steps, with
+// the sampler on the host. `bamba generate` uses it; the server's scheduler batches many sequences instead.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "engine/hybrid_cache.h"
+#include "engine/sampler.h"
+#include "model/hybrid.h"
+
+namespace bamba {
+
+struct GenerationStats {
+  int32_t prompt_tokens = 0, new_tokens = 0;
+  double prefill_seconds = 0, decode_seconds = 0;  // decode: from the first to the last new token
+  bool hit_eos = false, hit_length = false;
+};
+
+class Generator {
+ public:
+  // max_model_len bounds prompt + generated tokens; prefill_chunk is the most prompt tokens per step.
+  Generator(const HybridModel& model, int32_t max_model_len, int32_t prefill_chunk = 512);
+
+  // Streams new tokens to on_token (return false to stop). Stops at an eos id, after max_new tokens, or at
+  // max_model_len. Throws Error if the prompt is empty or longer than max_model_len.
+  GenerationStats generate(std::span<const int32_t> prompt, int32_t max_new, Sampler& sampler,
+                           const std::vector<int32_t>& eos, const std::function<bool(int32_t)>& on_token);
+
+ private:
+  const HybridModel& model_;
+  int32_t max_model_len_, prefill_chunk_;
+  HybridCache cache_;
+  Workspace ws_;
+  std::vector<float> logits_;
+};
+
+}  // namespace bamba

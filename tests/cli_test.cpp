@@ -1,0 +1,163 @@
+// The bamba program as users meet it: --help everywhere, the dummy model, logits files against the fixtures,
+// tokenize/detokenize, and bad input ending in one clear error line and a non-zero exit.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/mapped_file.h"
+#include "io/safetensors.h"
+#include "test_util.h"
+
+namespace bamba {
+namespace {
+
+using test::run_bamba;
+
+std::vector<float> f32(const TensorInfo& t) {
+  std::vector<float> v(size_t(t.numel()));
+  convert_to_f32(t.data, t.dtype, v.size(), v.data());
+  return v;
+}
+
+// Exit 1 and one error message, "error: ...", as the last line of stderr (loading notes may precede it).
+void expect_one_error(const test::RunResult& r, const std::string& must_contain) {
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  size_t at = r.err.find("error: ");
+  ASSERT_NE(at, std::string::npos) << r.err;
+  EXPECT_TRUE(at == 0 || r.err[at - 1] == '\n') << r.err;
+  EXPECT_EQ(r.err.find("error", at + 1), std::string::npos) << "more than one error: " << r.err;
+  EXPECT_EQ(r.err.find('\n', at), r.err.size() - 1) << "the error is not one last line: " << r.err;
+  EXPECT_NE(r.err.find(must_contain, at), std::string::npos) << "expected \"" << must_contain << "\" in: " << r.err;
+}
+
+TEST(Cli, HelpOnEveryCommand) {
+  auto top = run_bamba("--help");
+  EXPECT_EQ(top.exit_code, 0);
+  for (const char* cmd : {"generate", "logits", "tokenize", "detokenize"}) {
+    auto r = run_bamba(std::string(cmd) + " --help");
+    EXPECT_EQ(r.exit_code, 0) << cmd;
+    EXPECT_NE(top.out.find(cmd), std::string::npos) << cmd;
+    EXPECT_NE(r.out.find("--"), std::string::npos) << cmd;
+  }
+  EXPECT_NE(run_bamba("generate --help").out.find("--top-p"), std::string::npos);
+  EXPECT_NE(run_bamba("nonsense").exit_code, 0);
+}
+
+TEST(Cli, GenerateRunsOnTheBuiltInDummyModel) {
+  auto r = run_bamba("generate --device cpu --prompt 'Hello' --max-tokens 12 --ignore-eos");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("Hello", 0), 0u);
+  EXPECT_GT(r.out.size(), 6u);
+  EXPECT_NE(r.err.find("dummy"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("tok/s"), std::string::npos) << r.err;
+  // Same seed, same sampled text; stdin works as the prompt.
+  auto a = run_bamba("generate -q --temperature 0.9 --top-k 50 --top-p 0.9 --seed 7 -n 16 --ignore-eos", "Hi");
+  auto b = run_bamba("generate -q --temperature 0.9 --top-k 50 --top-p 0.9 --seed 7 -n 16 --ignore-eos", "Hi");
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_EQ(a.out, b.out);
+}
+
+TEST(Cli, LogitsFileMatchesTheReference) {
+  std::string dir = test::model_dir("bamba-tiny-a"), tmp = test::make_temp_dir("logits");
+  SafetensorsFile ref(dir + "/expected.safetensors");
+  const TensorInfo* ids_t = ref.find("seq4.input_ids");
+  ASSERT_NE(ids_t, nullptr);
+  std::vector<int32_t> ids(size_t(ids_t->numel()));
+  std::memcpy(ids.data(), ids_t->data, ids.size() * 4);
+  std::string list;
+  for (int32_t id : ids) list += (list.empty() ? "" : ",") + std::to_string(id);
+  // --chunk 7 also runs the chunked path through the CLI.
+  auto r = run_bamba("logits -q --device cpu --model '" + dir + "' --ids " + list + " --chunk 7 --activations --out '" +
+                     tmp + "/out.safetensors'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  SafetensorsFile got(tmp + "/out.safetensors");
+  for (std::string name : {"logits", "embed", "layer0", "layer1", "layer2", "layer3", "final_norm"}) {
+    const TensorInfo* g = got.find(name);
+    ASSERT_NE(g, nullptr) << name;
+    auto a = f32(*g), e = f32(*ref.find("seq4." + name));
+    ASSERT_EQ(a.size(), e.size()) << name;
+    for (size_t i = 0; i < a.size(); ++i) ASSERT_LE(std::fabs(a[i] - e[i]), 1e-3 * (1 + std::fabs(e[i]))) << name << " " << i;
+  }
+  std::filesystem::remove_all(tmp);
+}
+
+TEST(Cli, LogitsFromTextUsesTheTokenizerWithBos) {
+  std::string dir = test::model_dir("bamba-tiny-e2e"), tmp = test::make_temp_dir("logits");
+  auto cases = nlohmann::json::parse(read_text_file(dir + "/generate_cases.json"));
+  auto r = run_bamba("logits -q --device cpu --model '" + dir + "' --prompt '" + cases[0]["prompt"].get<std::string>() +
+                     "' --out '" + tmp + "/o.safetensors'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  SafetensorsFile got(tmp + "/o.safetensors");
+  const TensorInfo* ids = got.find("input_ids");
+  ASSERT_NE(ids, nullptr);
+  std::vector<int32_t> v(size_t(ids->numel()));
+  std::memcpy(v.data(), ids->data, v.size() * 4);
+  EXPECT_EQ(v, cases[0]["prompt_ids"].get<std::vector<int32_t>>());
+  // The greedy next token is the reference's first generated token (its margin is 0.15).
+  auto lg = f32(*got.find("logits"));
+  const size_t V = size_t(got.find("logits")->shape[1]);
+  auto last = lg.begin() + long((v.size() - 1) * V);
+  EXPECT_EQ(std::max_element(last, last + long(V)) - last, cases[0]["greedy_new_tokens"][0].get<long>());
+  std::filesystem::remove_all(tmp);
+}
+
+TEST(Cli, GenerateGreedyOnTheE2eModelReproducesTheReference) {
+  std::string dir = test::model_dir("bamba-tiny-e2e");
+  auto cases = nlohmann::json::parse(read_text_file(dir + "/generate_cases.json"));
+  int checked = 0;
+  for (auto& c : cases) {
+    // Compare up to the first near-tie, via the tokenizer: text of the tokens before it.
+    auto margins = c["greedy_margins"].get<std::vector<double>>();
+    auto toks = c["greedy_new_tokens"].get<std::vector<int32_t>>();
+    size_t n = 0;
+    while (n < margins.size() && margins[n] >= 1e-2) ++n;
+    if (n == 0) continue;
+    nlohmann::json prefix(std::vector<int32_t>(toks.begin(), toks.begin() + long(n)));
+    auto want = run_bamba("detokenize --model '" + dir + "'", prefix.dump());
+    ASSERT_EQ(want.exit_code, 0) << want.err;
+    auto r = run_bamba("generate -q --device cpu --model '" + dir + "' --max-tokens " + std::to_string(n) +
+                           " --ignore-eos --temperature 0",
+                       c["prompt"].get<std::string>());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, c["prompt"].get<std::string>() + want.out + "\n");
+    ++checked;
+  }
+  EXPECT_GT(checked, 0);
+}
+
+TEST(Cli, TokenizeAndDetokenize) {
+  std::string dir = test::model_dir("bamba-tiny-e2e");
+  auto r = run_bamba("tokenize --model '" + dir + "' --add-special", "Hello, my name is");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "[128000,9906,11,856,836,374]\n");
+  auto j = run_bamba("tokenize --tokenizer '" + dir + "/tokenizer.json' --jsonl", "\"Hello\"\n\"The capital of France is\"\n");
+  ASSERT_EQ(j.exit_code, 0) << j.err;
+  EXPECT_EQ(j.out, "[9906]\n[791,6864,315,9822,374]\n");
+  auto d = run_bamba("detokenize --model '" + dir + "'", "[9906,11,856,836,374]");
+  EXPECT_EQ(d.out, "Hello, my name is");
+  expect_one_error(run_bamba("tokenize --model '" + dir + "'", std::string("bad \xff\xfe utf8")), "UTF-8");
+}
+
+TEST(Cli, BadInputEndsInOneClearError) {
+  std::string tmp = test::make_temp_dir("bad");
+  expect_one_error(run_bamba("logits --device cpu --model /nonexistent/model --ids 1 --out x.safetensors"),
+                   "/nonexistent/model");
+  std::filesystem::create_directories(tmp + "/llama");
+  std::ofstream(tmp + "/llama/config.json") << R"({"model_type": "llama", "hidden_size": 64})";
+  expect_one_error(run_bamba("logits --device cpu --model '" + tmp + "/llama' --ids 1 --out x.safetensors"), "llama");
+  std::string a = test::model_dir("bamba-tiny-a");
+  expect_one_error(run_bamba("logits --device cpu --model '" + a + "' --ids 1,2,3,4,5 --max-model-len 4 --out x.st"),
+                   "--max-model-len");
+  expect_one_error(run_bamba("logits --device cpu --model '" + a + "' --ids 1,x --out x.st"), "--ids");
+  expect_one_error(run_bamba("logits --device cpu --model '" + a + "' --ids 9999 --out x.st"), "vocab_size");
+  expect_one_error(run_bamba("generate --device cpu --model '" + a + "' --prompt hi"), "tokenizer.json");
+  expect_one_error(run_bamba("generate --device cpu --max-model-len 3 --prompt 'a long prompt'"), "--max-model-len");
+  expect_one_error(run_bamba("generate --device cpu", std::string("\xc3\x28")), "UTF-8");
+  std::filesystem::remove_all(tmp);
+}
+
+}  // namespace
+}  // namespace bamba
