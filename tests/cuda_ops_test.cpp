@@ -116,18 +116,21 @@ TEST_F(CudaOps, EmbedAndGather) {
 }
 
 TEST_F(CudaOps, MatmulStridedWithBiasAndF32Output) {
-  for (int64_t M : {1, 5, 33}) {
-    const int64_t K = 72, N = 50;
-    Pair xw = make(DType::BF16, {M, K + 9}, -1, 1), W = make(DType::BF16, {N, K}, -0.2f, 0.2f);
-    Pair bias = make(DType::F32, {N}, -0.5f, 0.5f), y = zeros(DType::BF16, {M, N + 3}), y32 = zeros(DType::F32, {M, N});
-    Pair x = cols(xw, 4, 4 + K), yv = cols(y, 0, N);
-    cpu_->matmul(yv.cpu, x.cpu, W.cpu, bias.cpu);
-    gpu_->matmul(yv.gpu, x.gpu, W.gpu, bias.gpu);
-    expect_close(yv, kTolBf16, "matmul bf16 out, M=" + std::to_string(M));
-    cpu_->matmul(y32.cpu, x.cpu, W.cpu, {});
-    gpu_->matmul(y32.gpu, x.gpu, W.gpu, {});
-    expect_close(y32, kTolBf16, "matmul f32 out, M=" + std::to_string(M));
-  }
+  // Aligned rows (the GEMV path for M <= 8) and misaligned ones (cuBLAS for every M).
+  for (bool aligned : {true, false})
+    for (int64_t M : {1, 3, 5, 8, 33}) {
+      const int64_t K = 72, N = 50, off = aligned ? 8 : 4, width = aligned ? K + 16 : K + 9;
+      Pair xw = make(DType::BF16, {M, width}, -1, 1), W = make(DType::BF16, {N, K}, -0.2f, 0.2f);
+      Pair bias = make(DType::F32, {N}, -0.5f, 0.5f), y = zeros(DType::BF16, {M, N + 3}), y32 = zeros(DType::F32, {M, N});
+      Pair x = cols(xw, off, off + K), yv = cols(y, 0, N);
+      const std::string what = std::string(aligned ? "aligned" : "misaligned") + ", M=" + std::to_string(M);
+      cpu_->matmul(yv.cpu, x.cpu, W.cpu, bias.cpu);
+      gpu_->matmul(yv.gpu, x.gpu, W.gpu, bias.gpu);
+      expect_close(yv, kTolBf16, "matmul bf16 out, " + what);
+      cpu_->matmul(y32.cpu, x.cpu, W.cpu, {});
+      gpu_->matmul(y32.gpu, x.gpu, W.gpu, {});
+      expect_close(y32, kTolBf16, "matmul f32 out, " + what);
+    }
 }
 
 TEST_F(CudaOps, RmsnormAndFusedResidualAdd) {

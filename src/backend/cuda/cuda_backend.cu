@@ -64,6 +64,8 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaEventCreateWithFlags(&meta_done_, cudaEventDisableTiming));
     const char* g = std::getenv("BAMBA_CUDA_GRAPHS");
     graphs_enabled_ = !(g && std::string(g) == "0");
+    const char* gm = std::getenv("BAMBA_CUDA_GEMV_ROWS");  // decode rows up to which gemv.cu beats cuBLAS
+    gemv_max_rows_ = gm ? std::atoi(gm) : kMaxGemvRows;
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
@@ -183,6 +185,9 @@ class CudaBackend final : public Backend {
     const bool y_f32 = y.dtype == DType::F32;
     if (y_f32) f32(y, "matmul output");
     else bf(y, "matmul output");
+    if (M <= gemv_max_rows_ && gemv(stream_, y.data, y_f32, y.ld, bf(x, "matmul input"), x.ld, bf(W, "matmul weight"),
+                                    W.ld, pv(bias, "matmul bias"), M, N, K))
+      return;
     const float alpha = 1.f, beta = 0.f;
     // Row-major y[M,N] = x[M,K] W[N,K]^T is column-major y^T[N,M] = W^T... as cuBLAS sees it: op(A)=Wᵀ (A is W
     // read column-major, i.e. [K,N] with lda = W.ld), B = x read column-major [K,M].
@@ -288,6 +293,7 @@ class CudaBackend final : public Backend {
   std::map<std::tuple<int64_t, float, int>, float*> inv_freq_;
   // graphs
   bool graphs_enabled_ = true, capturing_ = false;
+  int gemv_max_rows_ = kMaxGemvRows;
   std::map<std::tuple<uint64_t, int, int, int>, cudaGraphExec_t> graphs_;
   std::set<std::tuple<uint64_t, int, int, int>> seen_;
   // sampling

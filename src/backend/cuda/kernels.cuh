@@ -18,6 +18,12 @@ void fill_value(cudaStream_t st, void* p, DType t, int64_t n, float v);
 // dst[i] = src[i] converted; src_t any of F32/BF16/F16 (possibly unaligned bytes), dst_t F32 or BF16.
 void convert(cudaStream_t st, void* dst, DType dst_t, const void* src, DType src_t, int64_t n);
 
+// gemv.cu: y = x Wᵀ (+ bias) for M <= kMaxGemvRows rows. False (nothing launched) when the shapes or the
+// alignment don't suit it (K, ldx, ldw multiples of 8 and 16-byte aligned x, W); the caller then uses cuBLAS.
+constexpr int kMaxGemvRows = 8;
+bool gemv(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const bf16* x, int64_t ldx, const bf16* W, int64_t ldw,
+          PView bias, int M, int N, int K);
+
 // norm.cu
 // out = rmsnorm(h (+= x)) * w, one block per row.
 void rmsnorm(cudaStream_t st, bf16* out, int64_t ldo, bf16* h, int64_t ldh, const bf16* x, int64_t ldx, PView w,
@@ -38,6 +44,7 @@ struct SsdArgs {
   float* state;                  // [n_slots, nh, P, N]
   int nh, P, G, N, chunk;
   float dt_min, dt_max;
+  int stage_tokens = 1;          // set by ssd(): tokens staged in shared memory at a time
 };
 void ssd(cudaStream_t st, const SsdArgs& a, const DevBatch& b, int max_seq_len, float* scratch, size_t scratch_floats);
 size_t ssd_scratch_floats(const SsdArgs& a, int n_chunks);

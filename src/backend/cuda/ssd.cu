@@ -33,10 +33,7 @@ struct ChunkList {
 
 template <int NJ, int RP, int MODE>
 __global__ void __launch_bounds__(kWarps * 32) ssd_kernel(SsdArgs a, DevBatch b, ChunkList cl, float* scr, float* dec) {
-  extern __shared__ float sm[];  // B[N] | C[N] | x[P]
-  float* Bs = sm;
-  float* Cs = sm + a.N;
-  float* xs = sm + 2 * a.N;
+  extern __shared__ float sm[];  // [stage_tokens][B N | C N | x P], then Δ [stage_tokens]
   const int h = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int P = a.P, N = a.N, I = a.nh * a.P;
   const int g = h / (a.nh / a.G);
@@ -64,35 +61,50 @@ __global__ void __launch_bounds__(kWarps * 32) ssd_kernel(SsdArgs a, DevBatch b,
       st[r][j] = init && p < P && nn < N ? init[p * N + nn] : 0.f;
     }
 
+  // Tokens are staged L at a time (B | C | x per token, then Δ), so the sequential loop below runs from shared
+  // memory with no barrier or global load between steps.
+  const int W3 = 2 * N + P, L = a.stage_tokens;
+  float* sdelta = sm + L * W3;
   float dsum = 0.f;  // Σ Δ A over the tokens (chunk-local pass)
-  for (int i = 0; i < n; ++i) {
-    const int64_t t = t_begin + i;
-    const bf16* row = a.xBC + t * a.ldx;
+  for (int i0 = 0; i0 < n; i0 += L) {
+    const int cnt = min(L, n - i0);
     __syncthreads();
-    for (int k = threadIdx.x; k < 2 * N + P; k += blockDim.x)
-      sm[k] = to_f(k < N ? row[I + g * N + k] : k < 2 * N ? row[I + a.G * N + g * N + (k - N)] : row[h * P + (k - 2 * N)]);
+    for (int idx = threadIdx.x; idx < cnt * W3; idx += blockDim.x) {
+      const int li = idx / W3, k = idx - li * W3;
+      const bf16* row = a.xBC + (t_begin + i0 + li) * a.ldx;
+      sm[idx] = to_f(k < N ? row[I + g * N + k] : k < 2 * N ? row[I + a.G * N + g * N + (k - N)] : row[h * P + (k - 2 * N)]);
+    }
+    for (int li = threadIdx.x; li < cnt; li += blockDim.x) {
+      const float delta = softplus_f(to_f(a.dt[(t_begin + i0 + li) * a.lddt + h]) + dtb);
+      sdelta[li] = fminf(fmaxf(delta, a.dt_min), a.dt_max);
+    }
     __syncthreads();
-    float delta = softplus_f(to_f(a.dt[t * a.lddt + h]) + dtb);
-    delta = fminf(fmaxf(delta, a.dt_min), a.dt_max);
-    const float dA = expf(delta * A);
-    dsum += delta * A;
+    for (int li = 0; li < cnt; ++li) {
+      const int64_t t = t_begin + i0 + li;
+      const float* Bs = sm + li * W3;
+      const float* Cs = Bs + N;
+      const float* xs = Cs + N;
+      const float delta = sdelta[li];
+      const float dA = expf(delta * A);
+      dsum += delta * A;
 #pragma unroll
-    for (int r = 0; r < RP; ++r) {
-      const int p = warp + kWarps * r;
-      if (p >= P) break;  // warp-uniform
-      const float dx = delta * xs[p];
-      float acc = 0.f;
+      for (int r = 0; r < RP; ++r) {
+        const int p = warp + kWarps * r;
+        if (p >= P) break;  // warp-uniform
+        const float dx = delta * xs[p];
+        float acc = 0.f;
 #pragma unroll
-      for (int j = 0; j < NJ; ++j) {
-        const int nn = lane + 32 * j;
-        if (nn < N) {
-          st[r][j] = dA * st[r][j] + dx * Bs[nn];
-          acc += Cs[nn] * st[r][j];
+        for (int j = 0; j < NJ; ++j) {
+          const int nn = lane + 32 * j;
+          if (nn < N) {
+            st[r][j] = dA * st[r][j] + dx * Bs[nn];
+            acc += Cs[nn] * st[r][j];
+          }
         }
-      }
-      if (MODE != kChunkLocal) {
-        acc = warp_sum(acc);
-        if (lane == 0) a.y[t * a.ldy + h * P + p] = to_bf(acc + Dh * xs[p]);
+        if (MODE != kChunkLocal) {
+          acc = warp_sum(acc);
+          if (lane == 0) a.y[t * a.ldy + h * P + p] = to_bf(acc + Dh * xs[p]);
+        }
       }
     }
   }
@@ -126,8 +138,10 @@ __global__ void ssd_chunk_carry_kernel(SsdArgs a, DevBatch b, ChunkList cl, floa
 }
 
 template <int NJ, int RP>
-void launch(cudaStream_t st, const SsdArgs& a, const DevBatch& b, bool chunked, float* scratch) {
-  const size_t smem = size_t(2 * a.N + a.P) * sizeof(float);
+void launch(cudaStream_t st, const SsdArgs& a_in, const DevBatch& b, bool chunked, float* scratch) {
+  SsdArgs a = a_in;
+  a.stage_tokens = std::max(1, std::min(32, int(40960 / ((2 * a.N + a.P + 1) * sizeof(float)))));
+  const size_t smem = size_t(a.stage_tokens) * size_t(2 * a.N + a.P + 1) * sizeof(float);
   if (!chunked) {
     ssd_kernel<NJ, RP, kSeq><<<dim3(unsigned(b.S), unsigned(a.nh)), kWarps * 32, smem, st>>>(a, b, {}, nullptr, nullptr);
     CUDA_LAUNCH_CHECK();
