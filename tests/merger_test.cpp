@@ -195,9 +195,14 @@ TEST_F(Merger, TaskArithmeticAndTies) {
   write_transformed(a_, c, [](const std::string& n, std::vector<float>& v) { perturb(n, v, 0.1f, 4); });
   const std::string models = cat("models:\n  - model: ", b, "\n    parameters: {weight: 0.7, density: 0.5}\n  - model: ",
                                  c, "\n    parameters: {weight: 0.5, density: 0.3}\n");
-  merge(cat("merge_method: task_arithmetic\nbase_model: ", a_, "\nparameters: {lambda: 0.9}\n", models), out1);
+  const std::string ta_yaml = cat("merge_method: task_arithmetic\nbase_model: ", a_, "\nparameters: {lambda: 0.9}\n", models);
+  merge(ta_yaml, out1);
   merge(cat("merge_method: ties\nbase_model: ", a_, "\n", models), out2);
-  Checkpoint ca(a_), cb(b), cc(c), ta(out1), ties(out2);
+  // Entry-by-entry methods run over slices of each tensor: slices of 1000 entries must give the same bytes.
+  MergeOptions sliced;
+  sliced.slice_elements = 1000;
+  merge(ta_yaml, tmp_ + "/ta-sliced", sliced);
+  Checkpoint ca(a_), cb(b), cc(c), ta(out1), ties(out2), ta_sliced(tmp_ + "/ta-sliced");
   for (const auto& n : ca.names()) {
     auto x = read_f32(ca, n), y = read_f32(cb, n), z = read_f32(cc, n);
     std::vector<float> d1(x.size()), d2(x.size()), want(x.size());
@@ -205,6 +210,7 @@ TEST_F(Merger, TaskArithmeticAndTies) {
     // task_arithmetic: base + lambda * (0.7 d1 + 0.5 d2), no normalization, no trimming.
     for (size_t j = 0; j < x.size(); ++j) want[j] = x[j] + 0.9f * (0.7f * d1[j] + 0.5f * d2[j]);
     expect_close(read_f32(ta, n), want, 1e-6, n);
+    EXPECT_EQ(read_f32(ta_sliced, n), read_f32(ta, n)) << n;
     // ties: trim each delta to its density, elect signs, average the agreeing ones (normalize defaults to on).
     sparsify_magnitude(d1, 0.5, false);
     sparsify_magnitude(d2, 0.3, false);

@@ -69,7 +69,7 @@ void rescale_l1(std::span<float> masked, double before) {
 
 }  // namespace
 
-void sparsify_magnitude(std::span<float> delta, double density, bool rescale) {
+void sparsify_magnitude(std::span<float> delta, double density, bool rescale, std::span<float> scratch) {
   if (density >= 1 || delta.empty()) return;
   const size_t n = delta.size(), k = size_t(density * double(n));  // Python's int(): truncation
   if (k == 0)
@@ -78,14 +78,15 @@ void sparsify_magnitude(std::span<float> delta, double density, bool rescale) {
   const double before = rescale ? l1(delta) : 0;
   // The k-th largest magnitude is the threshold; entries equal to it are kept in order of position until k are
   // kept, so the result does not depend on the sort.
-  std::vector<float> mag(n);
+  std::vector<float> own;
+  if (scratch.size() < n) own.resize(n), scratch = own;
+  std::span<float> mag = scratch.first(n);
   for (size_t j = 0; j < n; ++j) mag[j] = std::isnan(delta[j]) ? INFINITY : std::fabs(delta[j]);
   std::nth_element(mag.begin(), mag.begin() + ptrdiff_t(k - 1), mag.end(), std::greater<float>());
   const float thr = mag[k - 1];
   size_t above = 0;
   for (size_t j = 0; j < n; ++j) above += std::fabs(delta[j]) > thr || std::isnan(delta[j]);
   size_t ties = k - std::min(k, above);
-  mag = {};
   for (float& x : delta) {
     float a = std::fabs(x);
     if (a > thr || std::isnan(x)) continue;

@@ -19,8 +19,9 @@ void merge_slerp(double t, std::span<const float> a, std::span<const float> b, s
 
 // TIES trim: keeps the int(density · n) entries of largest magnitude (ties broken by position) and zeroes the
 // rest; with `rescale`, scales the survivors so that the L1 norm is unchanged. density >= 1 leaves the tensor
-// as it is; a density that keeps no entry is an Error, as in MergeKit.
-void sparsify_magnitude(std::span<float> delta, double density, bool rescale);
+// as it is; a density that keeps no entry is an Error, as in MergeKit. `scratch`, when given, is delta.size()
+// floats of working space (else it is allocated).
+void sparsify_magnitude(std::span<float> delta, double density, bool rescale, std::span<float> scratch = {});
 
 // DARE drop: keeps each entry independently with probability `density` (std::mt19937_64 seeded with `seed`, so
 // the same seed gives the same mask), zeroes the rest; `rescale` restores the L1 norm as above. density >= 1

@@ -75,13 +75,13 @@ void round_to(std::span<float> v, DType t) {
     for (float& x : v) x = f16_to_f32(f32_to_f16(x));
 }
 
-// A tensor's input pages are not read again: drop them from the resident set so that memory tracks the working
-// buffers rather than the whole model. The mapping is read-only and private, so the kernel just re-reads the file
-// should a neighbouring tensor touch the same page.
-void release_pages(const TensorInfo& t) {
-  if (t.nbytes == 0) return;
+// Input pages that were converted are not read again: drop them from the resident set so that memory tracks the
+// working buffers rather than the whole model. The mapping is read-only and private, so the kernel just re-reads
+// the file should a neighbouring tensor touch the same page.
+void release_pages(const unsigned char* data, size_t nbytes) {
+  if (nbytes == 0) return;
   const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
-  const uintptr_t b = uintptr_t(t.data) & ~(page - 1), e = uintptr_t(t.data) + t.nbytes;
+  const uintptr_t b = uintptr_t(data) & ~(page - 1), e = uintptr_t(data) + nbytes;
   ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
 }
 
@@ -140,7 +140,10 @@ class Merge {
       fail(cfg_.label, ": ", field, ": \"", path, "\" is not a local folder (bamba merge reads models from disk and "
            "does not download from the Hugging Face Hub: download it first, e.g. `huggingface-cli download NAME "
            "--local-dir DIR`, and give that folder)");
-    return fs::weakly_canonical(path).string();
+    std::error_code ec;
+    fs::path canon = fs::weakly_canonical(path, ec);
+    if (ec) fail(cfg_.label, ": ", field, ": \"", path, "\": ", ec.message());
+    return canon.string();
   }
 
   void open_sources() {
@@ -279,51 +282,65 @@ class Merge {
     }
   }
 
-  void load(size_t i, const TensorPlan& p, std::vector<float>& buf) const {
+  // Elements [b, e) of source i's tensor as fp32 (rounded to `dtype:` when given) in buf.
+  void load(size_t i, const TensorPlan& p, size_t b, size_t e, std::vector<float>& buf) const {
     const TensorInfo& ti = sources_[i].ckpt->get(p.name);
-    buf.resize(size_t(ti.numel()));
-    convert_to_f32(ti.data, ti.dtype, buf.size(), buf.data());
+    const size_t es = dtype_size(ti.dtype);
+    buf.resize(e - b);
+    convert_to_f32(ti.data + b * es, ti.dtype, e - b, buf.data());
     if (cfg_.dtype && *cfg_.dtype != ti.dtype) round_to(buf, *cfg_.dtype);
-    release_pages(ti);
+    release_pages(ti.data + b * es, (e - b) * es);
   }
 
-  void merge_one(const TensorPlan& p, std::vector<std::vector<float>>& in, std::vector<float>& out) const {
+  // Linear and plain task arithmetic are entry by entry, so they run over slices of the tensor and need only
+  // slice-sized input buffers; slerp (one angle), TIES (one threshold) and DARE's L1 rescale look at the whole
+  // tensor first.
+  bool elementwise(const TensorPlan& p) const {
+    if (cfg_.method == MergeMethod::Linear) return true;
+    if (!info_.task_vectors) return false;
+    return std::all_of(p.density.begin(), p.density.end(), [](double d) { return d >= 1; }) ||
+           info_.sparsify == MethodInfo::None;
+  }
+
+  // Output elements [b, e) of tensor p into out.
+  void merge_range(const TensorPlan& p, size_t b, size_t e, std::vector<std::vector<float>>& in,
+                   std::span<float> out) const {
     const size_t n = sources_.size();
-    out.resize(size_t(p.out.nbytes() / dtype_size(p.out.dtype)));
     switch (cfg_.method) {
       case MergeMethod::Linear: {
         std::vector<std::span<const float>> xs;
-        for (size_t i = 0; i < n; ++i) load(i, p, in[i]), xs.emplace_back(in[i]);
+        for (size_t i = 0; i < n; ++i) load(i, p, b, e, in[i]), xs.emplace_back(in[i]);
         merge_linear(xs, p.weight, p.normalize, out);
         return;
       }
       case MergeMethod::Slerp: {
-        const size_t a = size_t(base_), b = 1 - a;
-        load(a, p, in[a]);
-        load(b, p, in[b]);
-        merge_slerp(p.slerp_t, in[a], in[b], out);
+        const size_t x = size_t(base_), y = 1 - x;
+        load(x, p, b, e, in[x]);
+        load(y, p, b, e, in[y]);
+        merge_slerp(p.slerp_t, in[x], in[y], out);
         return;
       }
       default: {
-        const size_t b = size_t(base_);
-        load(b, p, in[b]);
+        const size_t base = size_t(base_);
+        load(base, p, b, e, in[base]);
         std::vector<std::span<const float>> deltas;
         std::vector<double> weights;
         for (size_t i = 0; i < n; ++i) {
           if (is_base(i)) continue;  // MergeKit skips the base model's own entry
-          load(i, p, in[i]);
-          for (size_t j = 0; j < in[i].size(); ++j) in[i][j] -= in[b][j];
-          if (info_.sparsify == MethodInfo::Magnitude) sparsify_magnitude(in[i], p.density[i], p.rescale);
+          load(i, p, b, e, in[i]);
+          for (size_t j = 0; j < in[i].size(); ++j) in[i][j] -= in[base][j];
+          // The output buffer is free until the combine step: it holds the magnitudes.
+          if (info_.sparsify == MethodInfo::Magnitude) sparsify_magnitude(in[i], p.density[i], p.rescale, out);
           if (info_.sparsify == MethodInfo::Random)
             sparsify_random(in[i], p.density[i], p.rescale, tensor_seed(opt_.seed, p.name, i));
           deltas.emplace_back(in[i]);
           weights.push_back(p.weight[i]);
         }
         if (deltas.empty()) {
-          out = in[b];
+          std::copy(in[base].begin(), in[base].end(), out.begin());
           return;
         }
-        merge_task_vectors(in[b], deltas, weights, {info_.sign_consensus, p.normalize, p.lambda}, out);
+        merge_task_vectors(in[base], deltas, weights, {info_.sign_consensus, p.normalize, p.lambda}, out);
       }
     }
   }
@@ -333,25 +350,26 @@ class Merge {
     for (const auto& p : plan_) specs.push_back(p.out);
     ShardedWriter writer(dir, specs, opt_.max_shard_bytes);
     MergeProgress prog{0, plan_.size(), 0, writer.total_bytes(), {}};
-    std::vector<std::vector<float>> in(sources_.size());  // reused: they grow to the largest tensor once
+    std::vector<std::vector<float>> in(sources_.size());  // reused: they grow to the largest slice once
     std::vector<float> out;
-    std::vector<unsigned char> bytes;
+    std::vector<unsigned char> bytes;  // the whole output tensor, in its dtype
     MergeSummary sum;
     for (const auto& p : plan_) {
+      const uint64_t nb = p.out.nbytes();
+      const size_t n = size_t(nb / dtype_size(p.out.dtype)), slice = elementwise(p) ? std::max<size_t>(opt_.slice_elements, 1) : std::max<size_t>(n, 1);
+      bytes.resize(nb);
       try {
-        merge_one(p, in, out);
+        for (size_t b = 0; b < n; b += slice) {
+          const size_t e = std::min(n, b + slice);
+          out.resize(e - b);
+          merge_range(p, b, e, in, out);
+          convert_from_f32(out.data(), out.size(), p.out.dtype, bytes.data() + b * dtype_size(p.out.dtype));
+        }
       } catch (const Error& e) {
         fail("tensor \"", p.name, "\": ", e.what());
       }
-      const uint64_t nb = p.out.nbytes();
-      if (p.out.dtype == DType::F32) {
-        writer.write(p.name, out.data(), nb);
-      } else {
-        bytes.resize(nb);
-        convert_from_f32(out.data(), out.size(), p.out.dtype, bytes.data());
-        writer.write(p.name, bytes.data(), nb);
-      }
-      sum.largest_tensor_elements = std::max<uint64_t>(sum.largest_tensor_elements, out.size());
+      writer.write(p.name, bytes.data(), nb);
+      sum.largest_tensor_elements = std::max<uint64_t>(sum.largest_tensor_elements, n);
       prog.tensors_done++;
       prog.bytes_done += nb;
       prog.tensor = p.name;

@@ -1,8 +1,10 @@
 // Merger: runs a MergeConfig over local checkpoint folders and writes the merged Hugging Face folder. Tensors
-// stream one at a time from the mmap'd inputs through fp32 buffers sized for the largest tensor into the shard
-// being written, so memory stays near (inputs + 1) x the largest tensor in fp32 whatever the model's size.
-// Every input is validated (architecture, tensor names, shapes, dtypes, parameters) before anything is written,
-// and the output is assembled in a staging folder that takes the output's name only when complete.
+// stream one at a time from the mmap'd inputs into the shard being written. Entry-by-entry methods (linear,
+// task_arithmetic) go through slices of a tensor, so besides slice buffers they hold only the output tensor in
+// its dtype; methods that look at a whole tensor first (slerp, ties, dare_*) hold it in fp32 once per input plus
+// once for the output. Either way memory follows the largest tensor, not the model. Every input is validated
+// (architecture, tensor names, shapes, dtypes, parameters) before anything is written, and the output is
+// assembled in a staging folder that takes the output's name only when complete.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -24,6 +26,7 @@ struct MergeOptions {
   uint64_t max_shard_bytes = 5'000'000'000;  // Hugging Face's default "5GB"
   bool force = false;                        // replace an existing non-empty out_dir
   uint64_t seed = 0;                         // DARE's random drop
+  size_t slice_elements = size_t(1) << 20;   // slice length of the entry-by-entry methods
   std::function<void(const MergeProgress&)> on_progress;  // after each tensor
 };
 
