@@ -59,8 +59,7 @@ TEST_F(MergeCli, MergesEndToEnd) {
 TEST_F(MergeCli, WarnsAboutSettingsItIgnores) {
   RunResult r = merge(self_merge_yaml() + "chat_template: chatml\n", tmp_ + "/merged");
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.err.find("warning: " + tmp_ + "/recipe.yml:7: chat_template: not used by bamba merge"),
-            std::string::npos)
+  EXPECT_NE(r.err.find("warning: " + tmp_ + "/recipe.yml:7: chat_template: not used by bamba merge"), std::string::npos)
       << r.err;
 }
 

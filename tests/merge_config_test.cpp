@@ -1,8 +1,9 @@
 // Reading MergeKit-style YAML recipes: fields, defaults, gradients and filters, and the errors for bad files.
+#include "merge/merge_config.h"
+
 #include <gtest/gtest.h>
 
 #include "core/error.h"
-#include "merge/merge_config.h"
 
 using namespace bamba;
 
@@ -80,7 +81,7 @@ parameters:
                                      "r.yml");
   const ParamSetting& t = c.params.at("t");
   EXPECT_DOUBLE_EQ(eval(t, "x", 0.0), 0.0);
-  EXPECT_DOUBLE_EQ(eval(t, "x", 0.25), 0.5);   // halfway between the first two values
+  EXPECT_DOUBLE_EQ(eval(t, "x", 0.25), 0.5);  // halfway between the first two values
   EXPECT_DOUBLE_EQ(eval(t, "x", 0.5), 1.0);
   EXPECT_DOUBLE_EQ(eval(t, "x", 0.75), 0.75);  // halfway between 1 and 0.5
   EXPECT_DOUBLE_EQ(eval(t, "x", 1.0), 0.5);
@@ -106,9 +107,10 @@ parameters:
   EXPECT_DOUBLE_EQ(eval(t, "model.layers.0.mamba.in_proj.weight", 0.0), 0.25);
   EXPECT_DOUBLE_EQ(eval(t, "model.embed_tokens.weight", 0.0), 0.5);
   // Without a catch-all there is no value for other tensors (MergeKit then falls back to a default).
-  c = parse_merge_config("merge_method: slerp\nbase_model: /a\nmodels: [{model: /a}]\n"
-                         "parameters: {t: [{filter: mlp, value: 1}]}\n",
-                         "r.yml");
+  c = parse_merge_config(
+      "merge_method: slerp\nbase_model: /a\nmodels: [{model: /a}]\n"
+      "parameters: {t: [{filter: mlp, value: 1}]}\n",
+      "r.yml");
   EXPECT_FALSE(c.params.at("t").evaluate("model.norm.weight", 0).has_value());
 }
 
@@ -160,8 +162,9 @@ TEST(MergeConfig, ErrorsNameTheFieldAndWhatWasExpected) {
   EXPECT_NE(error_of("merge_method: linear\n").find("missing models:"), std::string::npos);
   EXPECT_NE(error_of("merge_method: ties\nmodels: [{model: /a, parameters: {weight: 1}}]\n").find("needs base_model"),
             std::string::npos);
-  EXPECT_NE(error_of("merge_method: linear\nmodels: [{model: /a}]\ndtype: float8\n").find("unsupported dtype \"float8\""),
-            std::string::npos);
+  EXPECT_NE(
+      error_of("merge_method: linear\nmodels: [{model: /a}]\ndtype: float8\n").find("unsupported dtype \"float8\""),
+      std::string::npos);
   EXPECT_NE(error_of("merge_method: linear\nmodels: [{path: /a}]\n").find("models[0]"), std::string::npos);
   EXPECT_NE(error_of("merge_method: linear\nmodels: [{model: /a, parameters: {weight: heavy}}]\n")
                 .find("weight: expected a number or true/false, got \"heavy\""),

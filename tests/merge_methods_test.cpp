@@ -1,4 +1,6 @@
 // The per-tensor formulas of each merge method, on hand-sized inputs whose answers are worked out here.
+#include "merge/merge_methods.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -6,7 +8,6 @@
 #include <random>
 
 #include "core/error.h"
-#include "merge/merge_methods.h"
 
 using namespace bamba;
 

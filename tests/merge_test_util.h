@@ -20,14 +20,18 @@ struct FakeTensor {
   std::vector<float> values;  // written as F32
 };
 
-inline void write_text(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
+inline void write_text(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
 
 // A model folder with config.json (architectures, model_type, vocab_size) and one model.safetensors.
 inline void write_model(const std::string& dir, const std::vector<FakeTensor>& tensors, int vocab_size = 16,
                         const std::string& arch = "BambaForCausalLM") {
   std::filesystem::create_directories(dir);
-  write_text(dir + "/config.json", "{\n  \"architectures\": [\"" + arch + "\"],\n  \"model_type\": \"bamba\",\n"
-                                   "  \"vocab_size\": " + std::to_string(vocab_size) + ",\n  \"torch_dtype\": \"float32\"\n}\n");
+  write_text(dir + "/config.json", "{\n  \"architectures\": [\"" + arch +
+                                       "\"],\n  \"model_type\": \"bamba\",\n"
+                                       "  \"vocab_size\": " +
+                                       std::to_string(vocab_size) + ",\n  \"torch_dtype\": \"float32\"\n}\n");
   std::vector<TensorData> td;
   for (const auto& t : tensors) td.push_back({t.name, DType::F32, t.shape, t.values.data()});
   write_safetensors(dir + "/model.safetensors", td, {{"format", "pt"}});

@@ -1,5 +1,7 @@
 // Whole merges through the library: fixture models and small folders made here go in, a Hugging Face folder comes
 // out, and is read back with Checkpoint and compared with the formulas tensor by tensor.
+#include "merge/merger.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,7 +11,6 @@
 #include "core/error.h"
 #include "merge/merge_config.h"
 #include "merge/merge_methods.h"
-#include "merge/merger.h"
 #include "merge/sharded_writer.h"
 #include "merge_test_util.h"
 #include "test_util.h"
@@ -67,8 +68,10 @@ std::string slurp(const std::string& p) { return read_text_file(p); }
 TEST_F(Merger, LinearModelWithItselfComesBackInFp32) {
   // The same folder twice, weights summing to 1, no normalization: every tensor within 1e-6 of the original.
   const std::string out = tmp_ + "/out";
-  MergeSummary s = merge(cat("merge_method: linear\nmodels:\n  - model: ", a_, "\n    parameters: {weight: 0.3}\n"
-                             "  - model: ", a_, "\n    parameters: {weight: 0.7}\nparameters: {normalize: false}\n"),
+  MergeSummary s = merge(cat("merge_method: linear\nmodels:\n  - model: ", a_,
+                             "\n    parameters: {weight: 0.3}\n"
+                             "  - model: ",
+                             a_, "\n    parameters: {weight: 0.7}\nparameters: {normalize: false}\n"),
                          out);
   Checkpoint in(a_), merged(out);
   EXPECT_EQ(merged.names(), in.names());
@@ -144,7 +147,8 @@ TEST_F(Merger, ShardsAtTheSizeLimit) {
   const std::string out = tmp_ + "/out";
   MergeOptions opt;
   opt.max_shard_bytes = parse_byte_size("100KB");
-  MergeSummary s = merge(cat("merge_method: linear\nmodels:\n  - model: ", a_, "\n    parameters: {weight: 1}\n"), out, opt);
+  MergeSummary s =
+      merge(cat("merge_method: linear\nmodels:\n  - model: ", a_, "\n    parameters: {weight: 1}\n"), out, opt);
   EXPECT_GT(s.shards, 5u);
   auto idx = nlohmann::json::parse(slurp(out + "/model.safetensors.index.json"));
   std::map<std::string, uint64_t> shard_bytes;
@@ -193,9 +197,11 @@ TEST_F(Merger, TaskArithmeticAndTies) {
   const std::string b = tmp_ + "/b", c = tmp_ + "/c", out1 = tmp_ + "/ta", out2 = tmp_ + "/ties";
   write_transformed(a_, b, [](const std::string& n, std::vector<float>& v) { perturb(n, v, 0.1f, 3); });
   write_transformed(a_, c, [](const std::string& n, std::vector<float>& v) { perturb(n, v, 0.1f, 4); });
-  const std::string models = cat("models:\n  - model: ", b, "\n    parameters: {weight: 0.7, density: 0.5}\n  - model: ",
-                                 c, "\n    parameters: {weight: 0.5, density: 0.3}\n");
-  const std::string ta_yaml = cat("merge_method: task_arithmetic\nbase_model: ", a_, "\nparameters: {lambda: 0.9}\n", models);
+  const std::string models =
+      cat("models:\n  - model: ", b, "\n    parameters: {weight: 0.7, density: 0.5}\n  - model: ", c,
+          "\n    parameters: {weight: 0.5, density: 0.3}\n");
+  const std::string ta_yaml =
+      cat("merge_method: task_arithmetic\nbase_model: ", a_, "\nparameters: {lambda: 0.9}\n", models);
   merge(ta_yaml, out1);
   merge(cat("merge_method: ties\nbase_model: ", a_, "\n", models), out2);
   // Entry-by-entry methods run over slices of each tensor: slices of 1000 entries must give the same bytes.
@@ -265,9 +271,10 @@ TEST_F(Merger, MismatchedInputsNameTheTensor) {
   write_model(shape, {t("model.embed_tokens.weight", {16, 4}), t("model.layers.0.mlp.weight", {4, 5}),
                       t("model.norm.weight", {4})});
   write_model(missing, {t("model.embed_tokens.weight", {16, 4}), t("model.norm.weight", {4})});
-  write_model(vocab, {t("model.embed_tokens.weight", {20, 4}), t("model.layers.0.mlp.weight", {4, 4}),
-                      t("model.norm.weight", {4})},
-              20);
+  write_model(
+      vocab,
+      {t("model.embed_tokens.weight", {20, 4}), t("model.layers.0.mlp.weight", {4, 4}), t("model.norm.weight", {4})},
+      20);
   write_model(arch, base, 16, "LlamaForCausalLM");
   write_model(extra, {t("model.embed_tokens.weight", {16, 4}), t("model.layers.0.mlp.weight", {4, 4}),
                       t("model.norm.weight", {4}), t("lm_head.weight", {16, 4})});
@@ -276,7 +283,8 @@ TEST_F(Merger, MismatchedInputsNameTheTensor) {
                "\n    parameters: {weight: 1}\n");
   };
   std::string e = merge_error(recipe(shape), out);
-  EXPECT_NE(e.find("tensor \"model.layers.0.mlp.weight\" is [4, 5] in " + shape + " but [4, 4]"), std::string::npos) << e;
+  EXPECT_NE(e.find("tensor \"model.layers.0.mlp.weight\" is [4, 5] in " + shape + " but [4, 4]"), std::string::npos)
+      << e;
   e = merge_error(recipe(missing), out);
   EXPECT_NE(e.find(missing + ": missing tensor \"model.layers.0.mlp.weight\""), std::string::npos) << e;
   e = merge_error(recipe(vocab), out);
@@ -294,9 +302,10 @@ TEST_F(Merger, MismatchedInputsNameTheTensor) {
 }
 
 TEST_F(Merger, ModelsMustBeLocalFolders) {
-  std::string e = merge_error("merge_method: linear\nmodels:\n  - model: ibm-ai-platform/Bamba-9B-v2\n"
-                              "    parameters: {weight: 1}\n",
-                              tmp_ + "/out");
+  std::string e = merge_error(
+      "merge_method: linear\nmodels:\n  - model: ibm-ai-platform/Bamba-9B-v2\n"
+      "    parameters: {weight: 1}\n",
+      tmp_ + "/out");
   EXPECT_NE(e.find("\"ibm-ai-platform/Bamba-9B-v2\" is not a local folder"), std::string::npos) << e;
   EXPECT_NE(e.find("Hugging Face Hub"), std::string::npos) << e;
 }
@@ -304,8 +313,7 @@ TEST_F(Merger, ModelsMustBeLocalFolders) {
 TEST_F(Merger, MissingParametersAreNamed) {
   std::string e = merge_error(cat("merge_method: linear\nmodels:\n  - model: ", a_, "\n"), tmp_ + "/out");
   EXPECT_NE(e.find("has no parameter weight"), std::string::npos) << e;
-  e = merge_error(cat("merge_method: slerp\nbase_model: ", a_, "\nmodels:\n  - model: ", a_, "\n  - model: ", a_,
-                      "\n"),
+  e = merge_error(cat("merge_method: slerp\nbase_model: ", a_, "\nmodels:\n  - model: ", a_, "\n  - model: ", a_, "\n"),
                   tmp_ + "/out");
   EXPECT_NE(e.find("missing top-level parameter t"), std::string::npos) << e;
   // TIES trimming to int(density * n) = 0 entries is refused before anything is written, naming the tensor.
@@ -320,8 +328,8 @@ TEST_F(Merger, MissingParametersAreNamed) {
 }
 
 TEST_F(Merger, RefusesToOverwriteUnlessForced) {
-  const std::string out = tmp_ + "/out", yaml = cat("merge_method: linear\nmodels:\n  - model: ", a_,
-                                                    "\n    parameters: {weight: 1}\n");
+  const std::string out = tmp_ + "/out",
+                    yaml = cat("merge_method: linear\nmodels:\n  - model: ", a_, "\n    parameters: {weight: 1}\n");
   fs::create_directories(out);
   merge(yaml, out);  // an empty folder may be replaced
   std::string e = merge_error(yaml, out);
@@ -335,14 +343,25 @@ TEST_F(Merger, RefusesToOverwriteUnlessForced) {
   EXPECT_EQ(leftovers({"out"}), std::vector<std::string>{});
   e = merge_error(yaml, a_, force);
   EXPECT_NE(e.find("is one of the input models"), std::string::npos) << e;
+  // Nor may --force replace a folder that holds an input.
+  const std::string holder = tmp_ + "/holder";
+  write_transformed(a_, holder + "/a", [](const std::string&, std::vector<float>&) {});
+  e = merge_error(cat("merge_method: linear\nmodels:\n  - model: ", holder, "/a\n    parameters: {weight: 1}\n"),
+                  holder, force);
+  EXPECT_NE(e.find("contains one of the input models"), std::string::npos) << e;
+  EXPECT_TRUE(fs::exists(holder + "/a/model.safetensors"));
+  fs::remove_all(holder);
 }
 
 TEST_F(Merger, AFailureHalfwayLeavesNoOutput) {
   // The weights of lm_head sum to 0 (and only its), so normalizing fails on the last tensor, after the others have
   // been written to the staging folder: neither the output nor the staging folder may remain.
   const std::string out = tmp_ + "/out";
-  std::string e = merge_error(cat("merge_method: linear\nmodels:\n  - model: ", a_, "\n    parameters: {weight: 1}\n"
-                                  "  - model: ", a_, "\n    parameters:\n      weight:\n        - filter: lm_head\n"
+  std::string e = merge_error(cat("merge_method: linear\nmodels:\n  - model: ", a_,
+                                  "\n    parameters: {weight: 1}\n"
+                                  "  - model: ",
+                                  a_,
+                                  "\n    parameters:\n      weight:\n        - filter: lm_head\n"
                                   "          value: -1\n        - value: 1\n"),
                               out);
   EXPECT_NE(e.find("tensor \"lm_head.weight\": linear with normalize: the weights sum to 0"), std::string::npos) << e;

@@ -23,9 +23,12 @@ struct MergeArgs {
 
 std::string human_bytes(uint64_t b) {
   char buf[32];
-  if (b >= 1'000'000'000) std::snprintf(buf, sizeof buf, "%.2f GB", double(b) / 1e9);
-  else if (b >= 1'000'000) std::snprintf(buf, sizeof buf, "%.1f MB", double(b) / 1e6);
-  else std::snprintf(buf, sizeof buf, "%.1f kB", double(b) / 1e3);
+  if (b >= 1'000'000'000)
+    std::snprintf(buf, sizeof buf, "%.2f GB", double(b) / 1e9);
+  else if (b >= 1'000'000)
+    std::snprintf(buf, sizeof buf, "%.1f MB", double(b) / 1e6);
+  else
+    std::snprintf(buf, sizeof buf, "%.1f kB", double(b) / 1e3);
   return buf;
 }
 
@@ -43,8 +46,8 @@ class ProgressBar {
     int filled = p.bytes_total ? int(double(kWidth) * double(p.bytes_done) / double(p.bytes_total)) : kWidth;
     std::string bar(size_t(filled), '#');
     bar.resize(kWidth, '.');
-    std::fprintf(stderr, "\r[%s] %zu/%zu tensors  %s / %s  %.1f s\x1b[K", bar.c_str(), p.tensors_done,
-                 p.tensors_total, human_bytes(p.bytes_done).c_str(), human_bytes(p.bytes_total).c_str(),
+    std::fprintf(stderr, "\r[%s] %zu/%zu tensors  %s / %s  %.1f s\x1b[K", bar.c_str(), p.tensors_done, p.tensors_total,
+                 human_bytes(p.bytes_done).c_str(), human_bytes(p.bytes_total).c_str(),
                  std::chrono::duration<double>(now - start_).count());
     if (p.tensors_done == p.tensors_total) std::fputc('\n', stderr);
   }
@@ -79,8 +82,9 @@ void register_merge(CLI::App& app) {
   auto a = std::make_shared<MergeArgs>();
   CLI::App* cmd = app.add_subcommand(
       "merge", "Merge checkpoints as MergeKit does (linear, slerp, task_arithmetic, ties, dare_ties, dare_linear)");
-  cmd->add_option("config", a->config, "MergeKit-style YAML recipe (merge_method, models, base_model, parameters, "
-                                       "dtype, out_dtype)")
+  cmd->add_option("config", a->config,
+                  "MergeKit-style YAML recipe (merge_method, models, base_model, parameters, "
+                  "dtype, out_dtype)")
       ->required();
   cmd->add_option("--out,-o", a->out, "output folder; written next to it first, then renamed into place")->required();
   cmd->add_option("--max-shard-size", a->max_shard_size, "largest shard, like Hugging Face: 5GB (default), 2GB, 500MB");

@@ -18,8 +18,10 @@ std::string quote_bare_literals(const std::string& s) {
     const char c = s[i];
     if (in_string) {
       out += c;
-      if (c == '\\' && i + 1 < s.size()) out += s[++i];
-      else if (c == '"') in_string = false;
+      if (c == '\\' && i + 1 < s.size())
+        out += s[++i];
+      else if (c == '"')
+        in_string = false;
       ++i;
       continue;
     }

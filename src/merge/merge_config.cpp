@@ -14,14 +14,27 @@ const MethodInfo& method_info(MergeMethod m) {
   // and ties only; DARE rescales by default.
   auto gta = [](MergeMethod m, std::string_view name, MethodInfo::Sparsify sp, bool consensus, double normalize,
                 double rescale) {
-    return MethodInfo{m,  name, true, true, sp, consensus,
-                      {{"int8_mask", 0.0}, {"normalize", normalize}, {"rescale", rescale}, {"lambda", 1.0}},
-                      {{"weight", std::nullopt}, {"density", 1.0}}};
+    return MethodInfo{
+        .method = m,
+        .name = name,
+        .needs_base = true,
+        .task_vectors = true,
+        .sparsify = sp,
+        .sign_consensus = consensus,
+        .global = {{"int8_mask", 0.0}, {"normalize", normalize}, {"rescale", rescale}, {"lambda", 1.0}},
+        .per_model = {{"weight", std::nullopt}, {"density", 1.0}},
+    };
   };
   static const MethodInfo kMethods[] = {
-      {MergeMethod::Linear, "linear", false, false, MethodInfo::None, false, {{"normalize", 1.0}},
-       {{"weight", std::nullopt}}},
-      {MergeMethod::Slerp, "slerp", true, false, MethodInfo::None, false, {{"t", std::nullopt}}, {}},
+      {.method = MergeMethod::Linear,
+       .name = "linear",
+       .global = {{"normalize", 1.0}},
+       .per_model = {{"weight", std::nullopt}}},
+      {.method = MergeMethod::Slerp,
+       .name = "slerp",
+       .needs_base = true,
+       .global = {{"t", std::nullopt}},
+       .per_model = {}},
       gta(MergeMethod::TaskArithmetic, "task_arithmetic", MethodInfo::None, false, 0, 0),
       gta(MergeMethod::Ties, "ties", MethodInfo::Magnitude, true, 1, 0),
       gta(MergeMethod::DareTies, "dare_ties", MethodInfo::Random, true, 0, 1),
@@ -47,18 +60,25 @@ std::optional<double> ParamSetting::evaluate(std::string_view tensor, double t) 
 
 bool parse_merge_dtype(std::string_view s, DType* out) {
   if (s.substr(0, 6) == "torch.") s.remove_prefix(6);
-  if (s == "bfloat16" || s == "bf16") *out = DType::BF16;
-  else if (s == "float16" || s == "fp16" || s == "half") *out = DType::F16;
-  else if (s == "float32" || s == "fp32" || s == "float") *out = DType::F32;
-  else return false;
+  if (s == "bfloat16" || s == "bf16")
+    *out = DType::BF16;
+  else if (s == "float16" || s == "fp16" || s == "half")
+    *out = DType::F16;
+  else if (s == "float32" || s == "fp32" || s == "float")
+    *out = DType::F32;
+  else
+    return false;
   return true;
 }
 
 std::string_view torch_dtype_name(DType t) {
   switch (t) {
-    case DType::BF16: return "bfloat16";
-    case DType::F16: return "float16";
-    default: return "float32";
+    case DType::BF16:
+      return "bfloat16";
+    case DType::F16:
+      return "float16";
+    default:
+      return "float32";
   }
 }
 
@@ -197,8 +217,10 @@ MergeConfig parse_merge_config(const std::string& text, const std::string& label
         m.path = scalar_string(e["model"], we + ".model", "the path of a local model folder");
         for (auto jt = e.begin(); jt != e.end(); ++jt) {
           const std::string k = jt->first.as<std::string>();
-          if (k == "parameters") m.params = parse_params(jt->second, we + ".parameters", info, false, cfg.warnings);
-          else if (k != "model") cfg.warnings.push_back(cat(we, ".", k, ": not used by bamba merge; ignored"));
+          if (k == "parameters")
+            m.params = parse_params(jt->second, we + ".parameters", info, false, cfg.warnings);
+          else if (k != "model")
+            cfg.warnings.push_back(cat(we, ".", k, ": not used by bamba merge; ignored"));
         }
         cfg.models.push_back(std::move(m));
       }
@@ -217,8 +239,9 @@ MergeConfig parse_merge_config(const std::string& text, const std::string& label
     } else if (key == "tokenizer_source" || key == "tokenizer") {
       // The tokenizer is copied from the base model (or the first one); "base" asks for exactly that.
       if (!(key == "tokenizer_source" && v.IsScalar() && v.Scalar() == "base"))
-        fail(w, ": only tokenizer_source: base is supported (bamba merge copies the tokenizer of the base model, "
-                "or of the first model, and needs all models to share one vocabulary)");
+        fail(w,
+             ": only tokenizer_source: base is supported (bamba merge copies the tokenizer of the base model, "
+             "or of the first model, and needs all models to share one vocabulary)");
     } else {
       cfg.warnings.push_back(cat(w, ": not used by bamba merge; ignored"));
     }

@@ -21,14 +21,14 @@ struct ParamDef {
 
 // What a method reads and how it combines task vectors (see docs/merge.md for the formulas).
 struct MethodInfo {
-  MergeMethod method;
-  std::string_view name;              // as written in merge_method:
-  bool needs_base;                    // slerp and the task-vector methods
-  bool task_vectors;                  // works on deltas from the base (task_arithmetic, ties, dare_*)
-  enum Sparsify { None, Magnitude, Random } sparsify;
-  bool sign_consensus;                // TIES sign election
-  std::vector<ParamDef> global;       // top-level parameters:
-  std::vector<ParamDef> per_model;    // models[i].parameters: (or top-level as a fallback)
+  MergeMethod method = MergeMethod::Linear;
+  std::string_view name;      // as written in merge_method:
+  bool needs_base = false;    // slerp and the task-vector methods
+  bool task_vectors = false;  // works on deltas from the base (task_arithmetic, ties, dare_*)
+  enum Sparsify { None, Magnitude, Random } sparsify = None;
+  bool sign_consensus = false;      // TIES sign election
+  std::vector<ParamDef> global;     // top-level parameters:
+  std::vector<ParamDef> per_model;  // models[i].parameters: (or top-level as a fallback)
 };
 const MethodInfo& method_info(MergeMethod m);
 
@@ -55,12 +55,12 @@ struct MergeModel {
 struct MergeConfig {
   MergeMethod method = MergeMethod::Linear;
   std::vector<MergeModel> models;
-  std::string base_model;          // "" = none
-  ParamMap params;                 // top-level parameters:
-  std::optional<DType> dtype;      // inputs are rounded to this before the arithmetic
-  std::optional<DType> out_dtype;  // dtype of the written tensors (default: dtype, else the base model's)
-  std::string label;               // the YAML's path, for messages
-  std::string source_text;         // the YAML as read; saved next to the weights as mergekit_config.yml
+  std::string base_model;             // "" = none
+  ParamMap params;                    // top-level parameters:
+  std::optional<DType> dtype;         // inputs are rounded to this before the arithmetic
+  std::optional<DType> out_dtype;     // dtype of the written tensors (default: dtype, else the base model's)
+  std::string label;                  // the YAML's path, for messages
+  std::string source_text;            // the YAML as read; saved next to the weights as mergekit_config.yml
   std::vector<std::string> warnings;  // MergeKit settings that are accepted but have no effect here
 };
 

@@ -73,7 +73,8 @@ void sparsify_magnitude(std::span<float> delta, double density, bool rescale, st
   if (density >= 1 || delta.empty()) return;
   const size_t n = delta.size(), k = size_t(density * double(n));  // Python's int(): truncation
   if (k == 0)
-    fail("density ", density, " keeps no entry of a tensor of ", n, " elements (int(density * n) = 0); MergeKit "
+    fail("density ", density, " keeps no entry of a tensor of ", n,
+         " elements (int(density * n) = 0); MergeKit "
          "refuses this too: raise density");
   const double before = rescale ? l1(delta) : 0;
   // The k-th largest magnitude is the threshold; entries equal to it are kept in order of position until k are

@@ -42,9 +42,9 @@ struct Source {
 // One output tensor with everything the arithmetic needs, resolved before anything is written.
 struct TensorPlan {
   std::string name;
-  int group = 0;     // 0: before the layers (embeddings), 1: in a layer, 2: after (final norm, lm_head)
+  int group = 0;  // 0: before the layers (embeddings), 1: in a layer, 2: after (final norm, lm_head)
   long layer = -1;
-  double t = 0;      // position for gradient parameters
+  double t = 0;  // position for gradient parameters
   TensorSpec out;
   std::vector<double> weight, density;  // per source (unused entries 0)
   double slerp_t = 0, lambda = 1;
@@ -57,7 +57,8 @@ long layer_index(std::string_view name) {
     if (p > 0 && name[p - 1] != '.') continue;
     size_t b = p + 7, e = b;
     while (e < name.size() && std::isdigit(static_cast<unsigned char>(name[e]))) ++e;
-    if (e > b && e - b < 9 && (e == name.size() || name[e] == '.')) return std::stol(std::string(name.substr(b, e - b)));
+    if (e > b && e - b < 9 && (e == name.size() || name[e] == '.'))
+      return std::stol(std::string(name.substr(b, e - b)));
   }
   return -1;
 }
@@ -96,6 +97,12 @@ uint64_t tensor_seed(uint64_t seed, std::string_view name, size_t source) {
   return z ^ (z >> 31);
 }
 
+// True when `p` is `dir` or lies inside it (both canonical).
+bool within(const fs::path& p, fs::path dir) {
+  if (dir.filename().empty()) dir = dir.parent_path();  // "out/" -> "out"
+  return std::mismatch(dir.begin(), dir.end(), p.begin(), p.end()).first == dir.end();
+}
+
 void write_file(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary);
   f << text;
@@ -111,11 +118,13 @@ class Merge {
     open_sources();
     check_architectures();
     plan_tensors();
-    for (const auto& s : sources_) {
-      std::error_code ec;
-      if (fs::equivalent(opt_.out_dir, s.canonical, ec))
-        fail(opt_.out_dir, ": is one of the input models; write the merge to another folder");
-    }
+    // --force replaces --out: never when that would delete an input.
+    std::error_code ec;
+    const fs::path out = fs::weakly_canonical(opt_.out_dir, ec);
+    for (const auto& s : sources_)
+      if (!ec && within(fs::path(s.canonical), out))
+        fail(opt_.out_dir, ": ", s.canonical == out.string() ? "is" : "contains", " one of the input models (", s.path,
+             "); write the merge to another folder");
     StagingDir staging(opt_.out_dir, opt_.force);
     MergeSummary sum = write_tensors(staging.path());
     write_side_files(staging.path());
@@ -137,7 +146,8 @@ class Merge {
 
   std::string resolve(const std::string& path, const std::string& field) {
     if (!dir_exists(path))
-      fail(cfg_.label, ": ", field, ": \"", path, "\" is not a local folder (bamba merge reads models from disk and "
+      fail(cfg_.label, ": ", field, ": \"", path,
+           "\" is not a local folder (bamba merge reads models from disk and "
            "does not download from the Hugging Face Hub: download it first, e.g. `huggingface-cli download NAME "
            "--local-dir DIR`, and give that folder)");
     std::error_code ec;
@@ -178,8 +188,9 @@ class Merge {
     for (const auto& s : sources_)
       for (const char* key : {"architectures", "model_type"})
         if (json_str(s.config, key) != json_str(donor().config, key))
-          fail(s.path, "/config.json: ", key, " ", json_str(s.config, key), " differs from ", json_str(donor().config, key),
-               " in ", donor().path, " (bamba merge only merges models of one architecture)");
+          fail(s.path, "/config.json: ", key, " ", json_str(s.config, key), " differs from ",
+               json_str(donor().config, key), " in ", donor().path,
+               " (bamba merge only merges models of one architecture)");
   }
 
   std::string vocab_hint(const Source& s) const {
@@ -238,7 +249,8 @@ class Merge {
       const TensorInfo& dt = dck.get(p.name);
       for (const auto& s : sources_) {
         const TensorInfo* ti = s.ckpt->find(p.name);
-        if (!ti) fail(s.path, ": missing tensor \"", p.name, "\" (", donor().path, " has it; a different architecture?)");
+        if (!ti)
+          fail(s.path, ": missing tensor \"", p.name, "\" (", donor().path, " has it; a different architecture?)");
         if (ti->shape != dt.shape)
           fail("tensor \"", p.name, "\" is ", ti->shape_str(), " in ", s.path, " but ", dt.shape_str(), " in ",
                donor().path, vocab_hint(s));
@@ -246,7 +258,10 @@ class Merge {
           fail("tensor \"", p.name, "\" in ", s.path, " is ", dtype_name(ti->dtype),
                "; only floating-point tensors (F32, BF16, F16, F64) can be merged");
       }
-      DType od = cfg_.out_dtype ? *cfg_.out_dtype : cfg_.dtype ? *cfg_.dtype : dt.dtype == DType::F64 ? DType::F32 : dt.dtype;
+      // out_dtype, else dtype, else the type the base model's tensor had (MergeKit's SaveTensor).
+      DType od = dt.dtype == DType::F64 ? DType::F32 : dt.dtype;
+      if (cfg_.dtype) od = *cfg_.dtype;
+      if (cfg_.out_dtype) od = *cfg_.out_dtype;
       p.out = {p.name, od, dt.shape};
       resolve_params(p, uint64_t(dt.numel()));
     }
@@ -274,7 +289,7 @@ class Merge {
           double d = p.density[i] = param(info_.per_model[1], &sources_[i], p);
           if (!(d >= 0))
             fail(cfg_.label, ": model \"", sources_[i].path, "\": density ", d, " for tensor ", p.name,
-                 " is not a fraction in [0, 1]");
+                 " must be at least 0 (it is the fraction of entries to keep)");
           if (info_.sparsify == MethodInfo::Magnitude && d < 1 && size_t(d * double(numel)) == 0)
             fail(cfg_.label, ": model \"", sources_[i].path, "\": density ", d, " keeps no entry of tensor ", p.name,
                  " (", numel, " elements; int(density * n) = 0, which MergeKit refuses too): raise density");
@@ -356,7 +371,8 @@ class Merge {
     MergeSummary sum;
     for (const auto& p : plan_) {
       const uint64_t nb = p.out.nbytes();
-      const size_t n = size_t(nb / dtype_size(p.out.dtype)), slice = elementwise(p) ? std::max<size_t>(opt_.slice_elements, 1) : std::max<size_t>(n, 1);
+      const size_t n = size_t(nb / dtype_size(p.out.dtype)),
+                   slice = elementwise(p) ? std::max<size_t>(opt_.slice_elements, 1) : std::max<size_t>(n, 1);
       bytes.resize(nb);
       try {
         for (size_t b = 0; b < n; b += slice) {
@@ -389,8 +405,8 @@ class Merge {
     const std::optional<DType> dt = cfg_.out_dtype ? cfg_.out_dtype : cfg_.dtype;
     write_file(dir + "/config.json", dt ? config_json_with_dtype(text, torch_dtype_name(*dt), cj) : text);
     for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                          "special_tokens_map.json", "tokenizer.model", "added_tokens.json", "vocab.json",
-                          "merges.txt", "chat_template.jinja", "chat_template.json"}) {
+                          "special_tokens_map.json", "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt",
+                          "chat_template.jinja", "chat_template.json"}) {
       const std::string src = donor().path + "/" + f;
       if (file_exists(src)) write_file(dir + "/" + f, read_text_file(src));
     }

@@ -18,15 +18,15 @@ namespace bamba {
 struct MergeProgress {
   size_t tensors_done = 0, tensors_total = 0;
   uint64_t bytes_done = 0, bytes_total = 0;  // of tensor data written
-  std::string_view tensor;                  // the one just written
+  std::string_view tensor;                   // the one just written
 };
 
 struct MergeOptions {
   std::string out_dir;
-  uint64_t max_shard_bytes = 5'000'000'000;  // Hugging Face's default "5GB"
-  bool force = false;                        // replace an existing non-empty out_dir
-  uint64_t seed = 0;                         // DARE's random drop
-  size_t slice_elements = size_t(1) << 20;   // slice length of the entry-by-entry methods
+  uint64_t max_shard_bytes = 5'000'000'000;               // Hugging Face's default "5GB"
+  bool force = false;                                     // replace an existing non-empty out_dir
+  uint64_t seed = 0;                                      // DARE's random drop
+  size_t slice_elements = size_t(1) << 20;                // slice length of the entry-by-entry methods
   std::function<void(const MergeProgress&)> on_progress;  // after each tensor
 };
 

@@ -87,9 +87,9 @@ uint64_t parse_byte_size(const std::string& s) {
     const char* name;
     double scale;
   };
-  constexpr Unit kUnits[] = {{"", 1},         {"b", 1},         {"kb", 1e3},      {"mb", 1e6},
-                             {"gb", 1e9},      {"tb", 1e12},     {"kib", 1024.0},  {"mib", 1048576.0},
-                             {"gib", 1073741824.0}, {"tib", 1099511627776.0}};
+  constexpr Unit kUnits[] = {
+      {"", 1},      {"b", 1},        {"kb", 1e3},        {"mb", 1e6},           {"gb", 1e9},
+      {"tb", 1e12}, {"kib", 1024.0}, {"mib", 1048576.0}, {"gib", 1073741824.0}, {"tib", 1099511627776.0}};
   for (const auto& u : kUnits)
     if (unit == u.name) {
       double b = v * u.scale;
