@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "merge/config_json.h"
 #include "merge/merge_config.h"
 #include "merge/merge_methods.h"
 #include "merge/sharded_writer.h"
@@ -377,4 +378,49 @@ TEST(ShardedWriterSizes, ParsesHuggingFaceSizes) {
   EXPECT_THROW(parse_byte_size("5 parsecs"), Error);
   EXPECT_THROW(parse_byte_size("GB"), Error);
   EXPECT_THROW(parse_byte_size("0"), Error);
+}
+
+TEST_F(Merger, DtypeRoundsTheInputsAndReportsProgress) {
+  // dtype: bfloat16 with out_dtype: float32 and a single weight-1 input gives the bf16-rounded model in fp32.
+  const std::string out = tmp_ + "/out";
+  std::vector<MergeProgress> seen;
+  std::vector<std::string> names;  // MergeProgress::tensor is valid during the call only
+  MergeOptions opt;
+  opt.on_progress = [&](const MergeProgress& p) { seen.push_back(p), names.emplace_back(p.tensor); };
+  MergeSummary s = merge(cat("merge_method: linear\nmodels:\n  - model: ", a_,
+                             "\n    parameters: {weight: 1}\ndtype: bfloat16\nout_dtype: float32\n"),
+                         out, opt);
+  Checkpoint in(a_), m(out);
+  for (const auto& n : in.names()) {
+    ASSERT_EQ(m.get(n).dtype, DType::F32);
+    auto x = read_f32(in, n), y = read_f32(m, n);
+    for (size_t j = 0; j < x.size(); ++j) ASSERT_EQ(y[j], bf16_to_f32(f32_to_bf16(x[j]))) << n;
+  }
+  EXPECT_EQ(nlohmann::json::parse(slurp(out + "/config.json"))["torch_dtype"], "float32");
+  ASSERT_EQ(seen.size(), s.tensors);
+  for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i].tensors_done, i + 1);
+  EXPECT_EQ(seen.back().bytes_done, seen.back().bytes_total);
+  EXPECT_EQ(seen.back().bytes_total, s.bytes);
+  // Embeddings first, then the layers in order, then what follows them.
+  EXPECT_EQ(names.front(), "model.embed_tokens.weight");
+  EXPECT_EQ(names[1], "model.layers.0.feed_forward.down_proj.weight");
+  EXPECT_EQ(names.back(), "model.final_layernorm.weight");
+}
+
+TEST(ConfigJson, KeepsPythonsBareLiteralsAndSetsTheDtype) {
+  const std::string text =
+      "{\n  \"dtype\": \"float32\",\n  \"time_step_limit\": [0.0, Infinity],\n  \"x\": -Infinity,\n"
+      "  \"note\": \"NaN and Infinity in a string stay\",\n  \"rope_theta\": 10000.0\n}\n";
+  auto j = parse_config_json(text, "config.json");
+  EXPECT_EQ(j["rope_theta"], 10000.0);
+  std::string out = config_json_with_dtype(text, "bfloat16", "config.json");
+  EXPECT_NE(out.find("\"dtype\": \"bfloat16\""), std::string::npos) << out;
+  EXPECT_NE(out.find("Infinity\n  ]"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"x\": -Infinity"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"NaN and Infinity in a string stay\""), std::string::npos) << out;
+  EXPECT_EQ(out.find("torch_dtype"), std::string::npos) << out;  // transformers 5 spelling kept alone
+  // Neither key: torch_dtype is added, which both transformers 4 and 5 read.
+  out = config_json_with_dtype("{\"a\": 1}", "float16", "config.json");
+  EXPECT_NE(out.find("\"torch_dtype\": \"float16\""), std::string::npos) << out;
+  EXPECT_THROW(parse_config_json("{\"a\": ", "config.json"), Error);
 }
