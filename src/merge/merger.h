@@ -18,7 +18,7 @@ namespace bamba {
 struct MergeProgress {
   size_t tensors_done = 0, tensors_total = 0;
   uint64_t bytes_done = 0, bytes_total = 0;  // of tensor data written
-  std::string_view tensor;                   // the one just written
+  std::string_view tensor;                   // the one just written (valid during the call)
 };
 
 struct MergeOptions {
