@@ -8,5 +8,6 @@ void register_generate(CLI::App& app);
 void register_logits(CLI::App& app);
 void register_tokenize(CLI::App& app);  // tokenize and detokenize
 void register_bench(CLI::App& app);
+void register_merge(CLI::App& app);
 
 }  // namespace bamba::cli
