@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: the normal build's tests, the same tests under ASan+UBSan, and a short fuzzing run.
+# The whole test suite: the normal build's tests, the same tests under ASan+UBSan, and a short fuzzing run of
+# every fuzz/*.cpp target (scripts/fuzz.sh; $BAMBA_FUZZ_SECONDS per target, default 30).
 # Usage: scripts/test.sh [--quick]   (--quick: normal build only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,3 +14,5 @@ echo "== ASan+UBSan build + tests"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBAMBA_SANITIZE=ON >/dev/null
 cmake --build build-asan
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan --output-on-failure -j "$jobs"
+echo "== fuzz: libFuzzer + ASan + UBSan (clang), ${BAMBA_FUZZ_SECONDS:-30} s per target"
+scripts/fuzz.sh
