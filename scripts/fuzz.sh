@@ -34,6 +34,7 @@ for c in "$fixtures"/models/*/config.json; do  # the fixtures' real configs (4.x
 done
 printf '%s' '{"model_type":"bamba","hidden_size":16,"num_attention_heads":2,"num_key_value_heads":1,"num_hidden_layers":3,"layer_types":["linear_attention","full_attention","mamba"],"mamba_n_heads":4,"mamba_d_head":"auto","mamba_n_groups":2,"eos_token_id":[2,3],"time_step_limit":[0.001,{"__float__":"Infinity"}],"rope_parameters":{"rope_type":"default","rope_theta":500.0},"rope_scaling":null,"torch_dtype":"bfloat16"}' \
   >"$work/fuzz_config/small-5x.json"
+printf '\001%s' 'edit recipe bytes' >"$work/fuzz_config/edits"  # fuzz_config's edit mode (see there)
 printf '%s' '{"metadata":{"total_size":14},"weight_map":{"x":"a.safetensors","y":"a.safetensors"}}' \
   >"$work/fuzz_checkpoint_index/ok.json"
 mkdir -p build-fuzz/findings
