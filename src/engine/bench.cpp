@@ -162,7 +162,7 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
     else if (t.rfind("decode", 0) == 0) max_seqs = std::max(max_seqs, std::stoi(t.substr(6)));
     else if (t.rfind("tg", 0) != 0) fail("bench: unknown test \"", t, "\" (ppN, tgN, decodeN)");
   }
-  auto be = make_backend(o.device);
+  auto be = make_backend(o.device, compute_dtype(o.dtype, DType::BF16));
   BenchReport rep;
   rep.model = o.preset;
   rep.backend = be->name();

@@ -31,8 +31,11 @@ struct ChunkList {
   int Q;
 };
 
-template <int NJ, int RP, int MODE>
+template <typename T, int NJ, int RP, int MODE>
 __global__ void __launch_bounds__(kWarps * 32) ssd_kernel(SsdArgs a, DevBatch b, ChunkList cl, float* scr, float* dec) {
+  const T* xBC = static_cast<const T*>(a.xBC);
+  const T* dt = static_cast<const T*>(a.dt);
+  T* y = static_cast<T*>(a.y);
   extern __shared__ float sm[];  // [stage_tokens][B N | C N | x P], then Δ [stage_tokens]
   const int h = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int P = a.P, N = a.N, I = a.nh * a.P;
@@ -71,11 +74,11 @@ __global__ void __launch_bounds__(kWarps * 32) ssd_kernel(SsdArgs a, DevBatch b,
     __syncthreads();
     for (int idx = threadIdx.x; idx < cnt * W3; idx += blockDim.x) {
       const int li = idx / W3, k = idx - li * W3;
-      const bf16* row = a.xBC + (t_begin + i0 + li) * a.ldx;
+      const T* row = xBC + (t_begin + i0 + li) * a.ldx;
       sm[idx] = to_f(k < N ? row[I + g * N + k] : k < 2 * N ? row[I + a.G * N + g * N + (k - N)] : row[h * P + (k - 2 * N)]);
     }
     for (int li = threadIdx.x; li < cnt; li += blockDim.x) {
-      const float delta = softplus_f(to_f(a.dt[(t_begin + i0 + li) * a.lddt + h]) + dtb);
+      const float delta = softplus_f(to_f(dt[(t_begin + i0 + li) * a.lddt + h]) + dtb);
       sdelta[li] = fminf(fmaxf(delta, a.dt_min), a.dt_max);
     }
     __syncthreads();
@@ -103,7 +106,7 @@ __global__ void __launch_bounds__(kWarps * 32) ssd_kernel(SsdArgs a, DevBatch b,
         }
         if (MODE != kChunkLocal) {
           acc = warp_sum(acc);
-          if (lane == 0) a.y[t * a.ldy + h * P + p] = to_bf(acc + Dh * xs[p]);
+          if (lane == 0) y[t * a.ldy + h * P + p] = from_f<T>(acc + Dh * xs[p]);
         }
       }
     }
@@ -137,13 +140,13 @@ __global__ void ssd_chunk_carry_kernel(SsdArgs a, DevBatch b, ChunkList cl, floa
   slot_state[e] = run;
 }
 
-template <int NJ, int RP>
+template <typename T, int NJ, int RP>
 void launch(cudaStream_t st, const SsdArgs& a_in, const DevBatch& b, bool chunked, float* scratch) {
   SsdArgs a = a_in;
   a.stage_tokens = std::max(1, std::min(32, int(40960 / ((2 * a.N + a.P + 1) * sizeof(float)))));
   const size_t smem = size_t(a.stage_tokens) * size_t(2 * a.N + a.P + 1) * sizeof(float);
   if (!chunked) {
-    ssd_kernel<NJ, RP, kSeq><<<dim3(unsigned(b.S), unsigned(a.nh)), kWarps * 32, smem, st>>>(a, b, {}, nullptr, nullptr);
+    ssd_kernel<T, NJ, RP, kSeq><<<dim3(unsigned(b.S), unsigned(a.nh)), kWarps * 32, smem, st>>>(a, b, {}, nullptr, nullptr);
     CUDA_LAUNCH_CHECK();
     return;
   }
@@ -151,21 +154,21 @@ void launch(cudaStream_t st, const SsdArgs& a_in, const DevBatch& b, bool chunke
   float* dec = scratch;
   float* scr = scratch + ((int64_t(b.n_chunks) * a.nh + 31) / 32) * 32;
   dim3 grid(unsigned(b.n_chunks), unsigned(a.nh));
-  ssd_kernel<NJ, RP, kChunkLocal><<<grid, kWarps * 32, smem, st>>>(a, b, cl, scr, dec);
+  ssd_kernel<T, NJ, RP, kChunkLocal><<<grid, kWarps * 32, smem, st>>>(a, b, cl, scr, dec);
   CUDA_LAUNCH_CHECK();
   ssd_chunk_carry_kernel<<<dim3(ceil_div(int64_t(a.P) * a.N, 256), unsigned(a.nh), unsigned(b.S)), 256, 0, st>>>(
       a, b, cl, scr, dec);
   CUDA_LAUNCH_CHECK();
-  ssd_kernel<NJ, RP, kChunkOut><<<grid, kWarps * 32, smem, st>>>(a, b, cl, scr, dec);
+  ssd_kernel<T, NJ, RP, kChunkOut><<<grid, kWarps * 32, smem, st>>>(a, b, cl, scr, dec);
   CUDA_LAUNCH_CHECK();
 }
 
-template <int NJ>
+template <typename T, int NJ>
 void launch_rp(cudaStream_t st, const SsdArgs& a, const DevBatch& b, bool chunked, float* scratch) {
   const int rp = (a.P + kWarps - 1) / kWarps;
-  if (rp <= 2) launch<NJ, 2>(st, a, b, chunked, scratch);
-  else if (rp <= 8) launch<NJ, 8>(st, a, b, chunked, scratch);
-  else if (rp <= 16) launch<NJ, 16>(st, a, b, chunked, scratch);
+  if (rp <= 2) launch<T, NJ, 2>(st, a, b, chunked, scratch);
+  else if (rp <= 8) launch<T, NJ, 8>(st, a, b, chunked, scratch);
+  else if (rp <= 16) launch<T, NJ, 16>(st, a, b, chunked, scratch);
   else fail("cuda ssd: head_dim ", a.P, " > ", 16 * kWarps, " is not supported");
 }
 
@@ -175,6 +178,7 @@ size_t ssd_scratch_floats(const SsdArgs& a, int n_chunks) {
   return size_t((int64_t(n_chunks) * a.nh + 31) / 32 * 32) + size_t(n_chunks) * size_t(a.nh) * size_t(a.P) * size_t(a.N);
 }
 
+template <typename T>
 void ssd(cudaStream_t st, const SsdArgs& a, const DevBatch& b, int max_seq_len, float* scratch, size_t scratch_floats) {
   if (b.T == 0) return;
   if (a.nh % a.G) fail("cuda ssd: n_heads ", a.nh, " is not a multiple of n_groups ", a.G);
@@ -182,10 +186,14 @@ void ssd(cudaStream_t st, const SsdArgs& a, const DevBatch& b, int max_seq_len, 
   const bool chunked = max_seq_len > b.chunk_q && b.n_chunks > 0;
   if (chunked && scratch_floats < ssd_scratch_floats(a, b.n_chunks)) fail("internal: ssd scratch too small");
   const int nj = (a.N + 31) / 32;
-  if (nj == 1) launch_rp<1>(st, a, b, chunked, scratch);
-  else if (nj == 2) launch_rp<2>(st, a, b, chunked, scratch);
-  else if (nj <= 4) launch_rp<4>(st, a, b, chunked, scratch);
+  if (nj == 1) launch_rp<T, 1>(st, a, b, chunked, scratch);
+  else if (nj == 2) launch_rp<T, 2>(st, a, b, chunked, scratch);
+  else if (nj <= 4) launch_rp<T, 4>(st, a, b, chunked, scratch);
   else fail("cuda ssd: d_state ", a.N, " > 128 is not supported");
 }
+
+#define INST(T) template void ssd<T>(cudaStream_t, const SsdArgs&, const DevBatch&, int, float*, size_t);
+BAMBA_CUDA_DTYPES(INST)
+#undef INST
 
 }  // namespace bamba::cuda
