@@ -140,6 +140,19 @@ TEST_P(CudaOps, MatmulStridedWithBiasAndF32Output) {
     }
 }
 
+// Long K, few output rows (the shape of down_proj in decode), with N not a multiple of the rows per GEMV block and
+// K not a multiple of its chunk.
+TEST_P(CudaOps, MatmulLongK) {
+  for (int64_t M : {1, 5}) {
+    const int64_t K = 4104, N = 37;
+    Pair x = make(act(), {M, K}, -1, 1), W = make(act(), {N, K}, -0.2f, 0.2f), y = zeros(act(), {M, N});
+    Pair bias = make(DType::F32, {N}, -0.5f, 0.5f);
+    cpu_->matmul(y.cpu, x.cpu, W.cpu, bias.cpu);
+    gpu_->matmul(y.gpu, x.gpu, W.gpu, bias.gpu);
+    expect_close(y, tol(), "long-K matmul, M=" + std::to_string(M));
+  }
+}
+
 TEST_P(CudaOps, RmsnormAndFusedResidualAdd) {
   const int64_t M = 7, H = 130;
   Pair x = make(act(), {M, H}, -2, 2), h = make(act(), {M, H}, -2, 2), w = make(DType::F32, {H}, 0.8f, 1.2f);
