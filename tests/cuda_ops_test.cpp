@@ -221,7 +221,11 @@ TEST_P(CudaOps, SsdScanAndDecodeStep) {
   MambaOpsConfig c{nh, P, G, N, 4, 16, 0.f, INFINITY};
   Pair A_log = make(DType::F32, {nh}, 0.f, 1.5f), D = make(DType::F32, {nh}, 0.5f, 1.5f);
   Pair dt_bias = make(DType::F32, {nh}, -1.f, 0.5f);
-  Pair state = make(DType::F32, {n_slots, nh, P, N}, -1, 1);
+  // The SSM state in fp32, then in bf16 (HybridCache's option): rounded once per call, tolerance kTolBf16.
+  for (DType state_t : {DType::F32, DType::BF16}) {
+  Pair state = make(state_t, {n_slots, nh, P, N}, -1, 1);
+  const double state_tol = state_t == DType::BF16 ? kTolBf16 : kTolF32State;
+  const std::string sname = state_t == DType::BF16 ? " (bf16 state)" : "";
   struct Case { std::vector<int32_t> lens, pasts, slots; float dt_max; };
   for (const Case& k : {Case{{1, 37, 200, 5}, {0, 3, 0, 11}, {4, 0, 2, 6}, INFINITY},
                         Case{{1, 1, 1, 1, 1}, {3, 1, 7, 2, 9}, {1, 3, 0, 5, 6}, INFINITY},
@@ -235,8 +239,9 @@ TEST_P(CudaOps, SsdScanAndDecodeStep) {
     Pair xBC = cols(in, 0, CD), dt = cols(in, CD + 3, CD + 3 + nh);
     cpu_->ssd(y.cpu, xBC.cpu, dt.cpu, A_log.cpu, D.cpu, dt_bias.cpu, state.cpu, c);
     gpu_->ssd(y.gpu, xBC.gpu, dt.gpu, A_log.gpu, D.gpu, dt_bias.gpu, state.gpu, c);
-    expect_close(y, tol(), "ssd y, T=" + std::to_string(T));
-    expect_close(state, kTolF32State, "ssd state, T=" + std::to_string(T));
+    expect_close(y, state_t == DType::BF16 ? kTolBf16 : tol(), "ssd y, T=" + std::to_string(T) + sname);
+    expect_close(state, state_tol, "ssd state, T=" + std::to_string(T) + sname);
+  }
   }
 }
 

@@ -249,7 +249,7 @@ class CudaBackend final : public Backend {
     for (const Tensor* t : {&y, &xBC, &dt})
       if (t->dtype != dtype_) fail("cuda ssd: y, xBC and dt must be of the compute dtype");
     SsdArgs a{y.data, y.ld, xBC.data, xBC.ld, dt.data, dt.ld, pv(A_log, "A_log"),
-              pv(D, "D"), pv(dt_bias, "dt_bias"), f32(ssm_state, "ssm state"), int(c.n_heads), int(c.d_head),
+              pv(D, "D"), pv(dt_bias, "dt_bias"), ssm_state.data, int(c.n_heads), int(c.d_head),
               int(c.n_groups), int(c.d_state), int(c.chunk_size), c.time_step_min, c.time_step_max};
     const size_t need = ssd_scratch_floats(a, db_.n_chunks);
     if (max_seq_len_ > db_.chunk_q && need > scratch_floats_) {
@@ -259,7 +259,13 @@ class CudaBackend final : public Backend {
       scratch_ = static_cast<float*>(dev_malloc(need * 4, "the SSD chunk-state scratch"));
       scratch_floats_ = need;
     }
-    typed([&]<typename T>() { cuda::ssd<T>(stream_, a, db_, max_seq_len_, scratch_, scratch_floats_); });
+    if (ssm_state.device != Device::CUDA) fail("cuda ssd: the SSM state must be on the GPU");
+    // Two element types: the activations' and the SSM state's (F32, or BF16: HybridCache's state option).
+    typed([&]<typename T>() {
+      dispatch_dtype(ssm_state.dtype, [&]<typename ST>() {
+        cuda::ssd<T, ST>(stream_, a, db_, max_seq_len_, scratch_, scratch_floats_);
+      });
+    });
   }
   void gated_rmsnorm(Tensor out, Tensor y, Tensor z, Tensor w, int64_t group_size, float eps) override {
     typed([&]<typename T>() {

@@ -51,12 +51,12 @@ struct SsdArgs {
   const void* xBC; int64_t ldx;  // x | B | C, post-conv
   const void* dt; int64_t lddt;  // raw
   PView A_log, D, dt_bias;
-  float* state;                  // [n_slots, nh, P, N]
+  void* state;                   // [n_slots, nh, P, N], ST: float or bf16
   int nh, P, G, N, chunk;
   float dt_min, dt_max;
   int stage_tokens = 1;          // set by ssd(): tokens staged in shared memory at a time
 };
-template <typename T>
+template <typename T, typename ST>
 void ssd(cudaStream_t st, const SsdArgs& a, const DevBatch& b, int max_seq_len, float* scratch, size_t scratch_floats);
 size_t ssd_scratch_floats(const SsdArgs& a, int n_chunks);
 
