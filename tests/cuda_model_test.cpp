@@ -1,4 +1,4 @@
-// The fixture models on the GPU (bf16 weights and activations) against Hugging Face's fp32 logits: one prefill,
+// The fixture models on the GPU (in the checkpoint's precision class: --dtype auto) against Hugging Face's fp32 logits: one prefill,
 // prefill + teacher-forced decode (single and batched, so decode steps are recorded into CUDA graphs and
 // replayed), and chunked prefill at splits inside and across chunk boundaries. Per sequence: relative L2 error of
 // its logit rows <= 2e-2, and the same argmax wherever the reference top-1/top-2 margin exceeds 0.5
@@ -61,7 +61,8 @@ class CudaFixtureModel : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU: the GPU fixture-model tests need one";
     dir_ = test::model_dir(GetParam());
-    be_ = make_backend("cuda");
+    // The compute dtype follows the checkpoint (--dtype auto): fp32 for the fp32 fixtures, bf16 for tiny-e2e.
+    be_ = make_backend("cuda", compute_dtype("auto", load_config(dir_).dtype));
     model_ = std::make_unique<HybridModel>(load_model(dir_, *be_));
     refs_ = load_refs(dir_);
     int32_t max_len = 0, total = 0;

@@ -1,6 +1,7 @@
 // Every CUDA op against its CPU twin (the fp32 oracle) on random inputs with odd sizes: T = 1, lengths that are
 // not multiples of the scan chunk, many sequences of different lengths continuing from cached state, n_groups > 1,
-// strided rows, paged KV in shuffled blocks. Inputs are rounded to bf16 first so both backends see the same
+// strided rows, paged KV in shuffled blocks; each for both GPU compute dtypes (bf16, fp32). Inputs are rounded to
+// the GPU dtype first so both backends see the same
 // numbers; the tolerances are the ones in docs/numerics.md. Skips itself, visibly, without a GPU.
 #include <gtest/gtest.h>
 
@@ -15,8 +16,10 @@
 namespace bamba {
 namespace {
 
-// docs/numerics.md: relative L2 error of a bf16 output against the fp32 oracle, and of an fp32 output.
+// docs/numerics.md: relative L2 error of a bf16 output against the fp32 oracle, of an fp32 output (only
+// summation order and __expf differ), and of the fp32 SSM state.
 constexpr double kTolBf16 = 1e-2;
+constexpr double kTolF32 = 1e-4;
 constexpr double kTolF32State = 2e-3;
 
 double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
@@ -32,7 +35,7 @@ struct Pair {
   Tensor cpu, gpu;
 };
 
-class CudaOps : public ::testing::Test {
+class CudaOps : public ::testing::TestWithParam<DType> {
  protected:
   void SetUp() override {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU: the CUDA op tests need one (this build "
@@ -42,7 +45,7 @@ class CudaOps : public ::testing::Test {
                                                   "was built without CUDA)";
 #endif
     cpu_ = make_cpu_backend();
-    gpu_ = make_backend("cuda");
+    gpu_ = make_backend("cuda", GetParam());
   }
 
   // Random values in [lo, hi), rounded to bf16 when the GPU tensor is bf16, uploaded to both backends.
@@ -97,16 +100,20 @@ class CudaOps : public ::testing::Test {
     gpu_->set_batch(b);
   }
 
+  // The GPU compute dtype (activations, 2-D weights, KV pages) and the tolerance of its outputs.
+  DType act() const { return GetParam(); }
+  double tol() const { return GetParam() == DType::F32 ? kTolF32 : kTolBf16; }
+
   std::mt19937 rng_{1234};
   std::unique_ptr<Backend> cpu_, gpu_;
 };
 
-TEST_F(CudaOps, EmbedAndGather) {
+TEST_P(CudaOps, EmbedAndGather) {
   const int64_t V = 37, H = 70;
   StepBatch b = batch({1, 6, 4}, {0, 3, 0}, {0, 1, 2}, 4, 16, int32_t(V));
   b.logit_rows = {10, 0, 4};
   set_batch(b);
-  Pair table = make(DType::BF16, {V, H}, -1, 1), out = zeros(DType::BF16, {11, H}), sel = zeros(DType::BF16, {3, H});
+  Pair table = make(act(), {V, H}, -1, 1), out = zeros(act(), {11, H}), sel = zeros(act(), {3, H});
   cpu_->embed(out.cpu, table.cpu);
   gpu_->embed(out.gpu, table.gpu);
   expect_close(out, 0, "embed");
@@ -115,62 +122,75 @@ TEST_F(CudaOps, EmbedAndGather) {
   expect_close(sel, 0, "gather_logit_rows");
 }
 
-TEST_F(CudaOps, MatmulStridedWithBiasAndF32Output) {
+TEST_P(CudaOps, MatmulStridedWithBiasAndF32Output) {
   // Aligned rows (the GEMV path for M <= 8) and misaligned ones (cuBLAS for every M).
   for (bool aligned : {true, false})
     for (int64_t M : {1, 3, 5, 8, 33}) {
       const int64_t K = 72, N = 50, off = aligned ? 8 : 4, width = aligned ? K + 16 : K + 9;
-      Pair xw = make(DType::BF16, {M, width}, -1, 1), W = make(DType::BF16, {N, K}, -0.2f, 0.2f);
-      Pair bias = make(DType::F32, {N}, -0.5f, 0.5f), y = zeros(DType::BF16, {M, N + 3}), y32 = zeros(DType::F32, {M, N});
+      Pair xw = make(act(), {M, width}, -1, 1), W = make(act(), {N, K}, -0.2f, 0.2f);
+      Pair bias = make(DType::F32, {N}, -0.5f, 0.5f), y = zeros(act(), {M, N + 3}), y32 = zeros(DType::F32, {M, N});
       Pair x = cols(xw, off, off + K), yv = cols(y, 0, N);
       const std::string what = std::string(aligned ? "aligned" : "misaligned") + ", M=" + std::to_string(M);
       cpu_->matmul(yv.cpu, x.cpu, W.cpu, bias.cpu);
       gpu_->matmul(yv.gpu, x.gpu, W.gpu, bias.gpu);
-      expect_close(yv, kTolBf16, "matmul bf16 out, " + what);
+      expect_close(yv, tol(), "matmul bf16 out, " + what);
       cpu_->matmul(y32.cpu, x.cpu, W.cpu, {});
       gpu_->matmul(y32.gpu, x.gpu, W.gpu, {});
-      expect_close(y32, kTolBf16, "matmul f32 out, " + what);
+      expect_close(y32, tol(), "matmul f32 out, " + what);
     }
 }
 
-TEST_F(CudaOps, RmsnormAndFusedResidualAdd) {
-  const int64_t M = 7, H = 130;
-  Pair x = make(DType::BF16, {M, H}, -2, 2), h = make(DType::BF16, {M, H}, -2, 2), w = make(DType::F32, {H}, 0.8f, 1.2f);
-  Pair out = zeros(DType::BF16, {M, H});
-  cpu_->rmsnorm(out.cpu, x.cpu, w.cpu, 1e-5f);
-  gpu_->rmsnorm(out.gpu, x.gpu, w.gpu, 1e-5f);
-  expect_close(out, kTolBf16, "rmsnorm");
-  cpu_->add_rmsnorm(h.cpu, x.cpu, out.cpu, w.cpu, 1e-6f);
-  gpu_->add_rmsnorm(h.gpu, x.gpu, out.gpu, w.gpu, 1e-6f);
-  expect_close(h, kTolBf16, "add_rmsnorm residual");
-  expect_close(out, kTolBf16, "add_rmsnorm out");
-  cpu_->add(h.cpu, x.cpu);
-  gpu_->add(h.gpu, x.gpu);
-  expect_close(h, kTolBf16, "add");
+// Long K, few output rows (the shape of down_proj in decode), with N not a multiple of the rows per GEMV block and
+// K not a multiple of its chunk.
+TEST_P(CudaOps, MatmulLongK) {
+  for (int64_t M : {1, 5}) {
+    const int64_t K = 4104, N = 37;
+    Pair x = make(act(), {M, K}, -1, 1), W = make(act(), {N, K}, -0.2f, 0.2f), y = zeros(act(), {M, N});
+    Pair bias = make(DType::F32, {N}, -0.5f, 0.5f);
+    cpu_->matmul(y.cpu, x.cpu, W.cpu, bias.cpu);
+    gpu_->matmul(y.gpu, x.gpu, W.gpu, bias.gpu);
+    expect_close(y, tol(), "long-K matmul, M=" + std::to_string(M));
+  }
 }
 
-TEST_F(CudaOps, GatedRmsnormFullAndGrouped) {
+TEST_P(CudaOps, RmsnormAndFusedResidualAdd) {
+  const int64_t M = 7, H = 130;
+  Pair x = make(act(), {M, H}, -2, 2), h = make(act(), {M, H}, -2, 2), w = make(DType::F32, {H}, 0.8f, 1.2f);
+  Pair out = zeros(act(), {M, H});
+  cpu_->rmsnorm(out.cpu, x.cpu, w.cpu, 1e-5f);
+  gpu_->rmsnorm(out.gpu, x.gpu, w.gpu, 1e-5f);
+  expect_close(out, tol(), "rmsnorm");
+  cpu_->add_rmsnorm(h.cpu, x.cpu, out.cpu, w.cpu, 1e-6f);
+  gpu_->add_rmsnorm(h.gpu, x.gpu, out.gpu, w.gpu, 1e-6f);
+  expect_close(h, tol(), "add_rmsnorm residual");
+  expect_close(out, tol(), "add_rmsnorm out");
+  cpu_->add(h.cpu, x.cpu);
+  gpu_->add(h.gpu, x.gpu);
+  expect_close(h, tol(), "add");
+}
+
+TEST_P(CudaOps, GatedRmsnormFullAndGrouped) {
   const int64_t M = 9, I = 96;
-  Pair yz = make(DType::BF16, {M, 2 * I + 5}, -2, 2), w = make(DType::F32, {I}, 0.8f, 1.2f), out = zeros(DType::BF16, {M, I});
+  Pair yz = make(act(), {M, 2 * I + 5}, -2, 2), w = make(DType::F32, {I}, 0.8f, 1.2f), out = zeros(act(), {M, I});
   Pair y = cols(yz, 0, I), z = cols(yz, I + 5, 2 * I + 5);
   for (int64_t group : {I, I / 2, I / 3}) {
     cpu_->gated_rmsnorm(out.cpu, y.cpu, z.cpu, w.cpu, group, 1e-5f);
     gpu_->gated_rmsnorm(out.gpu, y.gpu, z.gpu, w.gpu, group, 1e-5f);
-    expect_close(out, kTolBf16, "gated_rmsnorm group " + std::to_string(group));
+    expect_close(out, tol(), "gated_rmsnorm group " + std::to_string(group));
   }
 }
 
-TEST_F(CudaOps, Swiglu) {
+TEST_P(CudaOps, Swiglu) {
   const int64_t M = 9, F = 77;
-  Pair gu = make(DType::BF16, {M, 2 * F}, -3, 3), out = zeros(DType::BF16, {M, F});
+  Pair gu = make(act(), {M, 2 * F}, -3, 3), out = zeros(act(), {M, F});
   cpu_->swiglu(out.cpu, gu.cpu);
   gpu_->swiglu(out.gpu, gu.gpu);
-  expect_close(out, kTolBf16, "swiglu");
+  expect_close(out, tol(), "swiglu");
 }
 
-TEST_F(CudaOps, Conv1dPrefillDecodeAndContinuation) {
+TEST_P(CudaOps, Conv1dPrefillDecodeAndContinuation) {
   const int64_t CD = 40, K = 4, n_slots = 6;
-  Pair w = make(DType::BF16, {CD, K}, -0.5f, 0.5f), bias = make(DType::F32, {CD}, -0.2f, 0.2f);
+  Pair w = make(act(), {CD, K}, -0.5f, 0.5f), bias = make(DType::F32, {CD}, -0.2f, 0.2f);
   Pair state = make(DType::F32, {n_slots, K - 1, CD}, -1, 1);
   struct Case { std::vector<int32_t> lens, pasts, slots; };
   for (const Case& c : {Case{{1, 5, 17, 2}, {0, 4, 0, 9}, {4, 0, 2, 5}}, Case{{1, 1, 1}, {3, 1, 7}, {1, 3, 0}},
@@ -178,14 +198,14 @@ TEST_F(CudaOps, Conv1dPrefillDecodeAndContinuation) {
     StepBatch b = batch(c.lens, c.pasts, c.slots, 4, 64, 10);
     set_batch(b);
     const int64_t T = b.n_tokens();
-    Pair xw = make(DType::BF16, {T, CD + 7}, -2, 2), out = zeros(DType::BF16, {T, CD});
+    Pair xw = make(act(), {T, CD + 7}, -2, 2), out = zeros(act(), {T, CD});
     Pair x = cols(xw, 3, 3 + CD);
     for (Pair bb : {bias, Pair{}}) {
       Pair st2 = state;  // both runs start from the same state: copy it
       auto s0 = host(*cpu_, state.cpu);
       cpu_->conv1d_silu(out.cpu, x.cpu, w.cpu, bb.cpu, state.cpu);
       gpu_->conv1d_silu(out.gpu, x.gpu, w.gpu, bb.gpu, state.gpu);
-      expect_close(out, kTolBf16, "conv1d out, T=" + std::to_string(T));
+      expect_close(out, tol(), "conv1d out, T=" + std::to_string(T));
       expect_close(state, 1e-6, "conv1d state, T=" + std::to_string(T));
       cpu_->from_host_f32(state.cpu, s0.data());
       gpu_->from_host_f32(state.gpu, s0.data());
@@ -194,14 +214,18 @@ TEST_F(CudaOps, Conv1dPrefillDecodeAndContinuation) {
   }
 }
 
-TEST_F(CudaOps, SsdScanAndDecodeStep) {
+TEST_P(CudaOps, SsdScanAndDecodeStep) {
   // n_groups 2, odd head_dim, d_state not a multiple of 32; sequences longer than the GPU's scan chunk (64 for
   // these T) and not multiples of it, fresh and continuing; then a decode step over several slots.
   const int nh = 6, P = 10, G = 2, N = 20, I = nh * P, CD = I + 2 * G * N, n_slots = 7;
   MambaOpsConfig c{nh, P, G, N, 4, 16, 0.f, INFINITY};
   Pair A_log = make(DType::F32, {nh}, 0.f, 1.5f), D = make(DType::F32, {nh}, 0.5f, 1.5f);
   Pair dt_bias = make(DType::F32, {nh}, -1.f, 0.5f);
-  Pair state = make(DType::F32, {n_slots, nh, P, N}, -1, 1);
+  // The SSM state in fp32, then in bf16 (HybridCache's option): rounded once per call, tolerance kTolBf16.
+  for (DType state_t : {DType::F32, DType::BF16}) {
+  Pair state = make(state_t, {n_slots, nh, P, N}, -1, 1);
+  const double state_tol = state_t == DType::BF16 ? kTolBf16 : kTolF32State;
+  const std::string sname = state_t == DType::BF16 ? " (bf16 state)" : "";
   struct Case { std::vector<int32_t> lens, pasts, slots; float dt_max; };
   for (const Case& k : {Case{{1, 37, 200, 5}, {0, 3, 0, 11}, {4, 0, 2, 6}, INFINITY},
                         Case{{1, 1, 1, 1, 1}, {3, 1, 7, 2, 9}, {1, 3, 0, 5, 6}, INFINITY},
@@ -211,20 +235,21 @@ TEST_F(CudaOps, SsdScanAndDecodeStep) {
     StepBatch b = batch(k.lens, k.pasts, k.slots, 4, 256, 10);
     set_batch(b);
     const int64_t T = b.n_tokens();
-    Pair in = make(DType::BF16, {T, CD + nh + 3}, -1, 1), y = zeros(DType::BF16, {T, I});
+    Pair in = make(act(), {T, CD + nh + 3}, -1, 1), y = zeros(act(), {T, I});
     Pair xBC = cols(in, 0, CD), dt = cols(in, CD + 3, CD + 3 + nh);
     cpu_->ssd(y.cpu, xBC.cpu, dt.cpu, A_log.cpu, D.cpu, dt_bias.cpu, state.cpu, c);
     gpu_->ssd(y.gpu, xBC.gpu, dt.gpu, A_log.gpu, D.gpu, dt_bias.gpu, state.gpu, c);
-    expect_close(y, kTolBf16, "ssd y, T=" + std::to_string(T));
-    expect_close(state, kTolF32State, "ssd state, T=" + std::to_string(T));
+    expect_close(y, state_t == DType::BF16 ? kTolBf16 : tol(), "ssd y, T=" + std::to_string(T) + sname);
+    expect_close(state, state_tol, "ssd state, T=" + std::to_string(T) + sname);
+  }
   }
 }
 
-TEST_F(CudaOps, AttentionPagedGqaPartialRope) {
+TEST_P(CudaOps, AttentionPagedGqaPartialRope) {
   AttentionOpsConfig c{6, 2, 40, 20, 4, 10000.f, 1.f / std::sqrt(40.f), DType::F32};
   const int64_t nb = 64, qkv_w = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, o_w = c.n_heads * c.head_dim;
-  Pair kp = make(DType::BF16, {nb, c.block_size, c.n_kv_heads, c.head_dim}, -1, 1);
-  Pair vp = make(DType::BF16, {nb, c.block_size, c.n_kv_heads, c.head_dim}, -1, 1);
+  Pair kp = make(act(), {nb, c.block_size, c.n_kv_heads, c.head_dim}, -1, 1);
+  Pair vp = make(act(), {nb, c.block_size, c.n_kv_heads, c.head_dim}, -1, 1);
   struct Case { std::vector<int32_t> lens, pasts; };
   for (const Case& k : {Case{{1, 9, 30}, {5, 0, 13}}, Case{{1, 1, 1, 1}, {0, 7, 22, 3}}, Case{{70}, {0}}}) {
     std::vector<int32_t> slots(k.lens.size());
@@ -232,18 +257,18 @@ TEST_F(CudaOps, AttentionPagedGqaPartialRope) {
     StepBatch b = batch(k.lens, k.pasts, slots, int32_t(c.block_size), int32_t(nb), 10);
     set_batch(b);
     const int64_t T = b.n_tokens();
-    Pair qkvw = make(DType::BF16, {T, qkv_w + 6}, -2, 2), out = zeros(DType::BF16, {T, o_w});
+    Pair qkvw = make(act(), {T, qkv_w + 6}, -2, 2), out = zeros(act(), {T, o_w});
     Pair qkv = cols(qkvw, 0, qkv_w);
     cpu_->attention(out.cpu, qkv.cpu, kp.cpu, vp.cpu, c);
     gpu_->attention(out.gpu, qkv.gpu, kp.gpu, vp.gpu, c);
-    expect_close(qkv, kTolBf16, "rope'd qkv, T=" + std::to_string(T));
-    expect_close(kp, kTolBf16, "k pages, T=" + std::to_string(T));
-    expect_close(vp, kTolBf16, "v pages, T=" + std::to_string(T));
-    expect_close(out, kTolBf16, "attention out, T=" + std::to_string(T));
+    expect_close(qkv, tol(), "rope'd qkv, T=" + std::to_string(T));
+    expect_close(kp, tol(), "k pages, T=" + std::to_string(T));
+    expect_close(vp, tol(), "v pages, T=" + std::to_string(T));
+    expect_close(out, tol(), "attention out, T=" + std::to_string(T));
   }
 }
 
-TEST_F(CudaOps, SampleGreedyExactOthersAgree) {
+TEST_P(CudaOps, SampleGreedyExactOthersAgree) {
   const int64_t R = 48, V = 1001;
   Pair lg = make(DType::F32, {R, V}, -4, 4);
   std::vector<SamplingParams> ps(static_cast<size_t>(R));
@@ -279,6 +304,9 @@ TEST_F(CudaOps, SampleGreedyExactOthersAgree) {
   }
   EXPECT_GE(same, R - 2) << "GPU and CPU sampling disagree on too many rows";
 }
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, CudaOps, ::testing::Values(DType::BF16, DType::F32),
+                         [](const auto& info) { return std::string(info.param == DType::F32 ? "fp32" : "bf16"); });
 
 }  // namespace
 }  // namespace bamba

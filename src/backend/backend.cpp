@@ -18,18 +18,25 @@ int cuda_device_count() {
 #endif
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& device) {
+DType compute_dtype(const std::string& dtype, DType checkpoint) {
+  if (dtype == "bf16") return DType::BF16;
+  if (dtype == "fp32") return DType::F32;
+  if (dtype == "auto") return checkpoint == DType::F32 ? DType::F32 : DType::BF16;
+  fail("--dtype \"", dtype, "\" is not one of auto, bf16, fp32");
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& device, DType compute) {
   if (device == "cpu") return make_cpu_backend();
   if (device == "auto") {
 #ifdef BAMBA_HAVE_CUDA
-    if (cuda_device_count() > 0) return make_cuda_backend();
+    if (cuda_device_count() > 0) return make_cuda_backend(0, compute);
 #endif
     return make_cpu_backend();
   }
   if (device == "cuda") {
 #ifdef BAMBA_HAVE_CUDA
     if (cuda_device_count() == 0) fail("--device cuda: no CUDA GPU is visible");
-    return make_cuda_backend();
+    return make_cuda_backend(0, compute);
 #else
     fail("--device cuda: this bamba was built without CUDA (configure with nvcc present and BAMBA_CUDA=AUTO or ON)");
 #endif

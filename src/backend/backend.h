@@ -121,13 +121,18 @@ class Backend {
 };
 
 std::unique_ptr<Backend> make_cpu_backend();
-// "cpu", "cuda" or "auto" (the GPU when there is one). Error when "cuda" is asked for and this build has no CUDA
-// support (BAMBA_HAVE_CUDA) or no GPU is present.
-std::unique_ptr<Backend> make_backend(const std::string& device);
+// The compute dtype (docs/numerics.md) for option `dtype` ("auto", "bf16" or "fp32") and a checkpoint saved as
+// `checkpoint`: auto is F32 for F32 checkpoints and BF16 for BF16/F16 ones (compute in the checkpoint's
+// precision class, so an fp32 checkpoint is not rounded to bf16). Error naming the option otherwise.
+DType compute_dtype(const std::string& dtype, DType checkpoint);
+// "cpu", "cuda" or "auto" (the GPU when there is one); `compute` is the GPU backend's dtype (BF16 or F32), the CPU
+// backend always computes in fp32. Error when "cuda" is asked for and this build has no CUDA support
+// (BAMBA_HAVE_CUDA) or no GPU is present.
+std::unique_ptr<Backend> make_backend(const std::string& device, DType compute = DType::BF16);
 int cuda_device_count();  // 0 in a build without CUDA
 
 #ifdef BAMBA_HAVE_CUDA
-std::unique_ptr<Backend> make_cuda_backend(int device_index = 0);  // src/backend/cuda/
+std::unique_ptr<Backend> make_cuda_backend(int device_index, DType compute);  // src/backend/cuda/
 int cuda_runtime_device_count();
 #endif
 

@@ -17,6 +17,12 @@ void register_bench(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("bench", "Prefill / decode / batched-decode speed with % of the hardware ceilings");
   sub->add_option("--preset", o->preset, "Model shape with generated weights: bamba-9b or tiny")->capture_default_str();
   sub->add_option("--device", o->device, "cpu, cuda or auto")->capture_default_str();
+  sub->add_option("--dtype", o->dtype, "GPU compute dtype: bf16 or fp32")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"bf16", "fp32"}));
+  sub->add_option("--ssm-state", o->ssm_state, "SSM state dtype in the cache: fp32 or bf16 (CUDA only)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   sub->add_option("--reps", o->reps, "Timed runs per test (after one warm-up)")->capture_default_str()->check(CLI::Range(1, 1000));
   sub->add_option("--json", *json, "Also write the table as JSON here")->capture_default_str();
   sub->add_option("--tests", *tests, "Comma-separated tests: ppN (N-token prefill), tgN (N decode steps, one "

@@ -15,6 +15,9 @@ void ModelOptions::add_to(CLI::App* cmd, bool with_max_len) {
   cmd->add_option("--model,-m", model, "Hugging Face checkpoint folder (default: the built-in dummy model)");
   cmd->add_option("--device", device, "cpu, cuda or auto (the GPU when there is one)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  cmd->add_option("--dtype", dtype,
+                  "GPU compute dtype: auto (fp32 for fp32 checkpoints, else bf16), bf16 or fp32 (the CPU is always fp32)")
+      ->check(CLI::IsMember({"auto", "bf16", "fp32"}));
   if (with_max_len)
     cmd->add_option("--max-model-len", max_model_len, "Most tokens (prompt + output) per sequence (default: 8192)")
         ->check(CLI::PositiveNumber);
@@ -42,9 +45,9 @@ void add_eos(std::vector<int32_t>& eos, const nlohmann::json& v) {
 
 LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
   LoadedModel m;
-  m.backend = make_backend(o.device);
   auto t0 = std::chrono::steady_clock::now();
   if (o.model.empty()) {
+    m.backend = make_backend(o.device, compute_dtype(o.dtype, DType::BF16));  // generated weights: bf16-class
     m.dummy = true;
     m.model = std::make_unique<HybridModel>(dummy_model(*m.backend));
     m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::byte_level_default());
@@ -55,6 +58,7 @@ LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
   } else {
     if (need_tokenizer) m.tokenizer = std::make_unique<Tokenizer>(load_tokenizer(o.model));
     ModelConfig cfg = load_config(o.model);
+    m.backend = make_backend(o.device, compute_dtype(o.dtype, cfg.dtype));
     Checkpoint ckpt(o.model);
     // A bar only where loading takes a noticeable time.
     ProgressBar bar("loading " + o.model, ckpt.total_bytes(), !o.quiet && ckpt.total_bytes() > (256u << 20));

@@ -16,6 +16,7 @@ namespace bamba::cli {
 struct ModelOptions {
   std::string model;  // empty: the built-in dummy model
   std::string device = "auto";
+  std::string dtype = "auto";  // compute dtype on the GPU (backend.h compute_dtype)
   int32_t max_model_len = 0;  // 0: min(max_position_embeddings, 8192)
   bool quiet = false;
 

@@ -35,11 +35,11 @@ double prefill_flops(const ModelConfig& c, int n) {
 }
 
 // Bytes one decode step of S sequences at context ~ctx must move: every weight once (bf16; the embedding table
-// only S rows), each sequence's Mamba state read and written (fp32), and its KV read.
-double decode_bytes(const ModelConfig& c, int S, int ctx) {
+// only S rows), each sequence's Mamba state read and written (conv window fp32, SSM state `ssm`), and its KV read.
+double decode_bytes(const ModelConfig& c, int S, int ctx, DType ssm) {
   const double V = double(c.vocab_size), H = double(c.hidden_size);
   const double weights = 2.0 * (double(c.parameter_count()) - V * H);
-  const double state = 2.0 * double(HybridCache::bytes_per_slot(c));
+  const double state = 2.0 * double(HybridCache::bytes_per_slot(c, ssm));
   const double kv = double(c.n_attention_layers()) * 2.0 * double(c.num_key_value_heads * c.head_dim) * 2.0 * ctx;
   return weights + S * (state + kv);
 }
@@ -143,7 +143,7 @@ struct Runner {
     }
     stats(r);
     r.rate_unit = "GB/s";
-    r.rate = decode_bytes(c, S, prompt + steps / 2) * (r.mean / S) / 1e9;
+    r.rate = decode_bytes(c, S, prompt + steps / 2, cache.sizes().ssm_state_dtype) * (r.mean / S) / 1e9;
     r.pct_of_peak = 100.0 * r.rate / o.peak_gbps;
     return r;
   }
@@ -162,7 +162,7 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
     else if (t.rfind("decode", 0) == 0) max_seqs = std::max(max_seqs, std::stoi(t.substr(6)));
     else if (t.rfind("tg", 0) != 0) fail("bench: unknown test \"", t, "\" (ppN, tgN, decodeN)");
   }
-  auto be = make_backend(o.device);
+  auto be = make_backend(o.device, compute_dtype(o.dtype, DType::BF16));
   BenchReport rep;
   rep.model = o.preset;
   rep.backend = be->name();
@@ -171,7 +171,10 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
   log << "bench: " << o.preset << ", " << rep.params << " parameters, backend " << rep.backend << "\n" << std::flush;
   HybridModel model(cfg, dummy_weights(cfg, *be, 1), *be);
   const int max_ctx = std::max(max_pp, o.decode_prompt) + std::max(o.decode_steps, 128) + 8;
-  HybridCache cache(cfg, *be, HybridCache::sizes_for(cfg, max_seqs, max_ctx, 16));
+  CacheSizes sizes = HybridCache::sizes_for(cfg, max_seqs, max_ctx, 16);
+  if (o.ssm_state != "fp32" && o.ssm_state != "bf16") fail("bench: --ssm-state must be fp32 or bf16");
+  sizes.ssm_state_dtype = o.ssm_state == "bf16" ? DType::BF16 : DType::F32;
+  HybridCache cache(cfg, *be, sizes);
   const int ws_tokens = std::max({max_pp, std::min(max_seqs * o.decode_prompt, 8192), max_seqs});
   Workspace ws(cfg, *be, ws_tokens, std::max(max_seqs, 1));
   Runner run{o, log, *be, model, model.config(), cache, ws};
@@ -182,7 +185,7 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
       rep.rows.push_back(r);
     } else {
       const int S = std::stoi(t.substr(6));
-      rep.rows.push_back(run.decode_row(t, S, o.decode_prompt, o.decode_steps));
+      rep.rows.push_back(run.decode_row(o.ssm_state == "bf16" ? t + " (bf16 state)" : t, S, o.decode_prompt, o.decode_steps));
     }
   }
   return rep;

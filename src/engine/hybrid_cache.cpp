@@ -6,10 +6,12 @@ namespace bamba {
 
 HybridCache::HybridCache(const ModelConfig& c, Backend& be, CacheSizes sizes) : be_(be), sizes_(sizes) {
   BAMBA_CHECK(sizes.n_slots >= 1 && sizes.block_size >= 1 && sizes.n_blocks >= 0, "invalid cache sizes");
+  BAMBA_CHECK(sizes.ssm_state_dtype == DType::F32 || sizes.ssm_state_dtype == DType::BF16,
+              "the SSM state dtype must be fp32 or bf16");
   const int64_t CD = c.conv_dim(), W = c.mamba_d_conv - 1;
   for (int64_t i = 0; i < c.n_mamba_layers(); ++i) {
     conv_.push_back(be.alloc(DType::F32, {sizes.n_slots, W, CD}));
-    ssm_.push_back(be.alloc(DType::F32, {sizes.n_slots, c.mamba_n_heads, c.mamba_d_head, c.mamba_d_state}));
+    ssm_.push_back(be.alloc(sizes.ssm_state_dtype, {sizes.n_slots, c.mamba_n_heads, c.mamba_d_head, c.mamba_d_state}));
   }
   for (int64_t i = 0; i < c.n_attention_layers(); ++i) {
     k_.push_back(be.alloc(be.activation_dtype(), {sizes.n_blocks, sizes.block_size, c.num_key_value_heads, c.head_dim}));
@@ -24,9 +26,10 @@ HybridCache::~HybridCache() {
     for (Tensor& t : *pool) be_.release(t);
 }
 
-size_t HybridCache::bytes_per_slot(const ModelConfig& c) {
+size_t HybridCache::bytes_per_slot(const ModelConfig& c, DType ssm_state_dtype) {
   return size_t(c.n_mamba_layers()) *
-         size_t((c.mamba_d_conv - 1) * c.conv_dim() + c.mamba_n_heads * c.mamba_d_head * c.mamba_d_state) * 4;
+         (size_t((c.mamba_d_conv - 1) * c.conv_dim()) * 4 +
+          size_t(c.mamba_n_heads * c.mamba_d_head * c.mamba_d_state) * dtype_size(ssm_state_dtype));
 }
 
 size_t HybridCache::bytes_per_block(const ModelConfig& c, int32_t block_size) {

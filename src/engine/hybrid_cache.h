@@ -1,6 +1,7 @@
 // HybridCache: the per-sequence state of a hybrid model, in two pools sized once at start-up.
 // - State slots (Mamba layers): per slot and Mamba layer a conv window [K-1, CD] and an SSM state [nh, P, N],
-//   fp32, fixed size whatever the sequence length.
+//   fixed size whatever the sequence length; the conv window is fp32, the SSM state fp32 by default or bf16
+//   (CacheSizes::ssm_state_dtype: halves the state traffic of big decode batches; CUDA backend only).
 // - KV pages (attention layers): fixed-size blocks of block_size tokens, [n_blocks, block_size, nkv, dh] per
 //   layer; a sequence owns a list of blocks (its row of StepBatch::block_table).
 #pragma once
@@ -16,6 +17,7 @@ struct CacheSizes {
   int32_t n_slots = 1;
   int32_t n_blocks = 0;
   int32_t block_size = 16;
+  DType ssm_state_dtype = DType::F32;  // F32 or BF16 (the CPU backend's ssd needs F32)
 };
 
 // What one sequence holds in the cache.
@@ -34,7 +36,7 @@ class HybridCache {
 
   // Sizes that hold `n_seqs` sequences of up to `max_len` tokens each.
   static CacheSizes sizes_for(const ModelConfig& cfg, int32_t n_seqs, int32_t max_len, int32_t block_size = 16);
-  static size_t bytes_per_slot(const ModelConfig& cfg);
+  static size_t bytes_per_slot(const ModelConfig& cfg, DType ssm_state_dtype = DType::F32);
   static size_t bytes_per_block(const ModelConfig& cfg, int32_t block_size);
 
   const CacheSizes& sizes() const { return sizes_; }

@@ -14,25 +14,28 @@ __device__ __forceinline__ int64_t cache_row(const DevBatch& b, int s, int pos, 
 // Block per (token, head of q|k|v); each element is handled by one thread (the rotated pair (d, d + R/2) by the
 // thread of d), so rotating in place needs no barrier. k and v go to the cache row past_len + i of the sequence.
 // (One block per token looping over all heads was 30 µs per decode step: a serial chain of sincos.)
+template <typename T>
 __global__ void rope_cache_kernel(AttnArgs a, DevBatch b) {
+  T* k_pages = static_cast<T*>(a.k_pages);
+  T* v_pages = static_cast<T*>(a.v_pages);
   const int t = blockIdx.x, s = b.seq_of[t], head = blockIdx.y;
   const int pos_cache = b.past_len[s] + t - b.seq_start[s];
   const int64_t kv_off = cache_row(b, s, pos_cache, a.block_size) * a.nkv * a.dh;
   const float pos = float(b.positions[t]);
   const int half = a.rot / 2, nqk = a.nq + a.nkv;
-  bf16* q = a.qkv + int64_t(t) * a.ldq;
+  T* q = static_cast<T*>(a.qkv) + int64_t(t) * a.ldq;
   for (int d = threadIdx.x; d < a.dh; d += blockDim.x) {
-    bf16* v = q + head * a.dh;
+    T* v = q + head * a.dh;
     if (head >= nqk) {
-      a.v_pages[kv_off + (head - nqk) * a.dh + d] = v[d];
+      v_pages[kv_off + (head - nqk) * a.dh + d] = v[d];
       continue;
     }
-    bf16* kdst = head >= a.nq ? a.k_pages + kv_off + (head - a.nq) * a.dh : nullptr;
+    T* kdst = head >= a.nq ? k_pages + kv_off + (head - a.nq) * a.dh : nullptr;
     if (d < half) {
       float si, co;
       sincosf(pos * a.inv_freq[d], &si, &co);
       const float x0 = to_f(v[d]), x1 = to_f(v[d + half]);
-      const bf16 y0 = to_bf(x0 * co - x1 * si), y1 = to_bf(x1 * co + x0 * si);
+      const T y0 = from_f<T>(x0 * co - x1 * si), y1 = from_f<T>(x1 * co + x0 * si);
       v[d] = y0;
       v[d + half] = y1;
       if (kdst) {
@@ -48,8 +51,11 @@ __global__ void rope_cache_kernel(AttnArgs a, DevBatch b) {
 // Block (token, q head) of 4 warps; warp w takes keys w, w+4, ... with an online softmax, lanes split the head
 // dimension (d = lane + 32 j); the 4 partial results are merged through shared memory at the end.
 // Simple and exact; the cost is a warp reduction per key, fine for decode and short prompts.
-template <int DJ>
+template <typename T, int DJ>
 __global__ void __launch_bounds__(128) attention_kernel(AttnArgs a, DevBatch b) {
+  const T* qkv = static_cast<const T*>(a.qkv);
+  const T* k_pages = static_cast<const T*>(a.k_pages);
+  const T* v_pages = static_cast<const T*>(a.v_pages);
   __shared__ float sm_m[4], sm_l[4], sm_acc[4][DJ * 32];
   const int t = blockIdx.x, h = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int s = b.seq_of[t];
@@ -59,7 +65,7 @@ __global__ void __launch_bounds__(128) attention_kernel(AttnArgs a, DevBatch b) 
 #pragma unroll
   for (int j = 0; j < DJ; ++j) {
     const int d = lane + 32 * j;
-    qv[j] = d < a.dh ? a.scale * to_f(a.qkv[int64_t(t) * a.ldq + h * a.dh + d]) : 0.f;
+    qv[j] = d < a.dh ? a.scale * to_f(qkv[int64_t(t) * a.ldq + h * a.dh + d]) : 0.f;
     acc[j] = 0.f;
   }
   float m = -INFINITY, l = 0.f;
@@ -69,7 +75,7 @@ __global__ void __launch_bounds__(128) attention_kernel(AttnArgs a, DevBatch b) 
 #pragma unroll
     for (int j = 0; j < DJ; ++j) {
       const int d = lane + 32 * j;
-      if (d < a.dh) dot += qv[j] * to_f(a.k_pages[base + d]);
+      if (d < a.dh) dot += qv[j] * to_f(k_pages[base + d]);
     }
     dot = warp_sum(dot);
     const float m_new = fmaxf(m, dot);
@@ -78,7 +84,7 @@ __global__ void __launch_bounds__(128) attention_kernel(AttnArgs a, DevBatch b) 
 #pragma unroll
     for (int j = 0; j < DJ; ++j) {
       const int d = lane + 32 * j;
-      acc[j] = acc[j] * corr + (d < a.dh ? e * to_f(a.v_pages[base + d]) : 0.f);
+      acc[j] = acc[j] * corr + (d < a.dh ? e * to_f(v_pages[base + d]) : 0.f);
     }
     m = m_new;
   }
@@ -100,29 +106,37 @@ __global__ void __launch_bounds__(128) attention_kernel(AttnArgs a, DevBatch b) 
     float o = 0.f;
 #pragma unroll
     for (int w = 0; w < 4; ++w) o += sm_acc[w][d] * wsum[w];
-    a.out[int64_t(t) * a.ldo + h * a.dh + d] = to_bf(o / L);
+    static_cast<T*>(a.out)[int64_t(t) * a.ldo + h * a.dh + d] = from_f<T>(o / L);
   }
 }
 
 }  // namespace
 
+template <typename T>
 void rope_and_cache(cudaStream_t st, const AttnArgs& a, const DevBatch& b) {
   if (b.T == 0) return;
-  rope_cache_kernel<<<dim3(unsigned(b.T), unsigned(a.nq + 2 * a.nkv)), 64, 0, st>>>(a, b);
+  rope_cache_kernel<T><<<dim3(unsigned(b.T), unsigned(a.nq + 2 * a.nkv)), 64, 0, st>>>(a, b);
   CUDA_LAUNCH_CHECK();
 }
 
+template <typename T>
 void attention(cudaStream_t st, const AttnArgs& a, const DevBatch& b, int max_seq_len) {
   if (b.T == 0) return;
   if (a.nq % a.nkv) fail("cuda attention: n_heads ", a.nq, " is not a multiple of n_kv_heads ", a.nkv);
   dim3 grid(unsigned(b.T), unsigned(a.nq));
   const int dj = (a.dh + 31) / 32;
-  if (dj == 1) attention_kernel<1><<<grid, 128, 0, st>>>(a, b);
-  else if (dj == 2) attention_kernel<2><<<grid, 128, 0, st>>>(a, b);
-  else if (dj <= 4) attention_kernel<4><<<grid, 128, 0, st>>>(a, b);
-  else if (dj <= 8) attention_kernel<8><<<grid, 128, 0, st>>>(a, b);
+  if (dj == 1) attention_kernel<T, 1><<<grid, 128, 0, st>>>(a, b);
+  else if (dj == 2) attention_kernel<T, 2><<<grid, 128, 0, st>>>(a, b);
+  else if (dj <= 4) attention_kernel<T, 4><<<grid, 128, 0, st>>>(a, b);
+  else if (dj <= 8) attention_kernel<T, 8><<<grid, 128, 0, st>>>(a, b);
   else fail("cuda attention: head_dim ", a.dh, " > 256 is not supported");
   CUDA_LAUNCH_CHECK();
 }
+
+#define INST(T)                                                                        \
+  template void rope_and_cache<T>(cudaStream_t, const AttnArgs&, const DevBatch&);      \
+  template void attention<T>(cudaStream_t, const AttnArgs&, const DevBatch&, int);
+BAMBA_CUDA_DTYPES(INST)
+#undef INST
 
 }  // namespace bamba::cuda

@@ -1,5 +1,6 @@
-// Shared pieces of the CUDA kernels: error checks, bf16 loads/stores, block reductions, and the device copy of
-// a StepBatch that every kernel reads its sequence layout from.
+// Shared pieces of the CUDA kernels: error checks, the element-type dispatch, loads/stores of the activation type
+// (bf16 or fp32), block reductions, and the device copy of a StepBatch that every kernel reads its sequence
+// layout from.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -31,8 +32,13 @@ __device__ __forceinline__ float ld_param(PView v, int64_t i) {
   return v.is_bf16 ? __bfloat162float(static_cast<const bf16*>(v.p)[i]) : static_cast<const float*>(v.p)[i];
 }
 
+// Kernels are templated on the activation/weight element type T (bf16 or float; docs/numerics.md "Dtype policy")
+// and compute in fp32 either way: to_f widens, from_f<T> rounds to T (round-to-nearest-even for bf16).
 __device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ bf16 to_bf(float x) { return __float2bfloat16_rn(x); }
+__device__ __forceinline__ float to_f(float x) { return x; }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16_rn(x); }
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
 __device__ __forceinline__ float silu_f(float x) { return x / (1.f + __expf(-x)); }
 __device__ __forceinline__ float softplus_f(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 
@@ -85,6 +91,17 @@ struct DevBatch {
   const int32_t* chunk_first;  // [S+1] first chunk of each sequence
   int T, S, R, n_chunks, chunk_q;
 };
+
+// The one place a run-time dtype becomes a kernel's element type: calls f.template operator()<T>() with
+// T = float for F32 and bf16 for BF16. Launchers are templates on T, explicitly instantiated for both
+// (BAMBA_CUDA_DTYPES at the end of each .cu file).
+template <typename F>
+void dispatch_dtype(DType t, F&& f) {
+  if (t == DType::F32) f.template operator()<float>();
+  else if (t == DType::BF16) f.template operator()<bf16>();
+  else ::bamba::fail("cuda backend: compute dtype must be F32 or BF16, not ", dtype_name(t));
+}
+#define BAMBA_CUDA_DTYPES(X) X(float) X(bf16)
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
 

@@ -10,7 +10,8 @@ namespace {
 
 constexpr int kMaxK = 8;
 
-__global__ void conv_out_kernel(bf16* out, int64_t ldo, const bf16* xBC, int64_t ldx, PView w, PView bias,
+template <typename T>
+__global__ void conv_out_kernel(T* out, int64_t ldo, const T* xBC, int64_t ldx, PView w, PView bias,
                                 const float* conv_state, int CD, int K, DevBatch b) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   const int t = blockIdx.y;
@@ -24,11 +25,12 @@ __global__ void conv_out_kernel(bf16* out, int64_t ldo, const bf16* xBC, int64_t
     float v = j >= 0 ? to_f(xBC[int64_t(t0 + j) * ldx + c]) : cont ? state[int64_t(W + j) * CD + c] : 0.f;
     acc += ld_param(w, int64_t(c) * K + k) * v;
   }
-  out[int64_t(t) * ldo + c] = to_bf(silu_f(acc));
+  out[int64_t(t) * ldo + c] = from_f<T>(silu_f(acc));
 }
 
 // Window after the step: the last W inputs of [old window | new tokens]. Thread per (sequence, channel).
-__global__ void conv_state_kernel(const bf16* xBC, int64_t ldx, float* conv_state, int CD, int K, DevBatch b) {
+template <typename T>
+__global__ void conv_state_kernel(const T* xBC, int64_t ldx, float* conv_state, int CD, int K, DevBatch b) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   const int s = blockIdx.y;
   if (c >= CD) return;
@@ -57,17 +59,24 @@ __global__ void conv_state_kernel(const bf16* xBC, int64_t ldx, float* conv_stat
 
 }  // namespace
 
-void conv1d_silu(cudaStream_t st, bf16* out, int64_t ldo, const bf16* xBC, int64_t ldx, PView w, PView bias,
+template <typename T>
+void conv1d_silu(cudaStream_t st, T* out, int64_t ldo, const T* xBC, int64_t ldx, PView w, PView bias,
                  float* conv_state, int64_t CD, int64_t K, const DevBatch& b, int max_seq_len) {
   if (K < 1 || K > kMaxK) fail("cuda conv1d: d_conv ", K, " is outside 1..", kMaxK);
   if (b.T == 0) return;
-  conv_out_kernel<<<dim3(ceil_div(CD, 128), unsigned(b.T)), 128, 0, st>>>(out, ldo, xBC, ldx, w, bias, conv_state,
+  conv_out_kernel<T><<<dim3(ceil_div(CD, 128), unsigned(b.T)), 128, 0, st>>>(out, ldo, xBC, ldx, w, bias, conv_state,
                                                                            int(CD), int(K), b);
   CUDA_LAUNCH_CHECK();
   if (K > 1) {
-    conv_state_kernel<<<dim3(ceil_div(CD, 128), unsigned(b.S)), 128, 0, st>>>(xBC, ldx, conv_state, int(CD), int(K), b);
+    conv_state_kernel<T><<<dim3(ceil_div(CD, 128), unsigned(b.S)), 128, 0, st>>>(xBC, ldx, conv_state, int(CD), int(K), b);
     CUDA_LAUNCH_CHECK();
   }
 }
+
+#define INST(T)                                                                                         \
+  template void conv1d_silu<T>(cudaStream_t, T*, int64_t, const T*, int64_t, PView, PView, float*, int64_t, \
+                               int64_t, const DevBatch&, int);
+BAMBA_CUDA_DTYPES(INST)
+#undef INST
 
 }  // namespace bamba::cuda

@@ -1,7 +1,9 @@
 // The CUDA backend: device memory, weight upload, the device copy of each StepBatch, dense matmuls through
 // cuBLAS, dispatch of every op to its kernel family (one .cu file each), and CUDA graphs for decode steps.
-// bf16 weights (2-D) and activations, fp32 accumulation everywhere, fp32 small parameters (1-D checkpoint
-// tensors: norms, biases, A_log, D, dt_bias) and fp32 Mamba state; logits fp32.
+// The compute dtype (given at construction: BF16 or F32, docs/numerics.md) is that of the 2-D weights, the
+// activations, the residual stream and the KV pages; every op turns it into its kernels' element type in one
+// place (dispatch_dtype). fp32 accumulation everywhere (F32 matmuls: cuBLAS SGEMM, no TF32), fp32 small
+// parameters (1-D checkpoint tensors: norms, biases, A_log, D, dt_bias) and fp32 Mamba state; logits fp32.
 #include <cublas_v2.h>
 
 #include <algorithm>
@@ -10,6 +12,7 @@
 #include <map>
 #include <set>
 #include <tuple>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -31,11 +34,16 @@ namespace {
 
 double mib(size_t b) { return double(b) / (1024.0 * 1024.0); }
 
-bf16* bf(Tensor t, const char* what) {
-  if (t.device != Device::CUDA || t.dtype != DType::BF16)
-    fail("cuda backend: ", what, " must be a CUDA BF16 tensor, got ", dtype_name(t.dtype), " on ",
-         t.device == Device::CUDA ? "cuda" : "cpu");
-  return t.ptr<bf16>();
+template <typename T> constexpr DType dtype_of = std::is_same_v<T, float> ? DType::F32 : DType::BF16;
+cudaDataType_t cuda_type(DType t) { return t == DType::F32 ? CUDA_R_32F : CUDA_R_16BF; }
+
+// An activation or 2-D weight of the compute type T.
+template <typename T>
+T* act(Tensor t, const char* what) {
+  if (t.device != Device::CUDA || t.dtype != dtype_of<T>)
+    fail("cuda backend: ", what, " must be a CUDA ", dtype_name(dtype_of<T>), " tensor, got ", dtype_name(t.dtype),
+         " on ", t.device == Device::CUDA ? "cuda" : "cpu");
+  return t.ptr<T>();
 }
 float* f32(Tensor t, const char* what) {
   if (t.device != Device::CUDA || t.dtype != DType::F32) fail("cuda backend: ", what, " must be a CUDA F32 tensor");
@@ -50,7 +58,9 @@ PView pv(Tensor t, const char* what) {
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device) : device_(device) {
+  CudaBackend(int device, DType compute) : device_(device), dtype_(compute) {
+    if (compute != DType::BF16 && compute != DType::F32)
+      fail("cuda backend: compute dtype must be bf16 or fp32, not ", dtype_name(compute));
     CUDA_CHECK(cudaSetDevice(device));
     CUDA_CHECK(cudaGetDeviceProperties(&prop_, device));
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -82,9 +92,11 @@ class CudaBackend final : public Backend {
   }
 
   Device device() const override { return Device::CUDA; }
-  std::string name() const override { return std::string("cuda (") + prop_.name + ", bf16)"; }
-  DType weight_dtype() const override { return DType::BF16; }
-  DType activation_dtype() const override { return DType::BF16; }
+  std::string name() const override {
+    return std::string("cuda (") + prop_.name + ", " + (dtype_ == DType::F32 ? "fp32" : "bf16") + ")";
+  }
+  DType weight_dtype() const override { return dtype_; }
+  DType activation_dtype() const override { return dtype_; }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
   // ---- memory
@@ -120,7 +132,7 @@ class CudaBackend final : public Backend {
   // Weights stream from the mmap'd file through two pinned staging buffers (double-buffered with events), so the
   // host never holds a second copy: bf16 goes straight into place, F32/F16 are converted by a kernel.
   Tensor load_weight(std::span<const TensorInfo* const> parts, std::initializer_list<int64_t> shape) override {
-    const DType dst_t = shape.size() == 1 ? DType::F32 : DType::BF16;
+    const DType dst_t = shape.size() == 1 ? DType::F32 : dtype_;
     Tensor t = alloc(dst_t, shape);
     ensure_staging();
     char* dst = static_cast<char*>(t.data);
@@ -175,8 +187,14 @@ class CudaBackend final : public Backend {
   void run_step(uint64_t key, const std::function<void()>& ops) override;
 
   // ---- ops
+  // Every op below: dispatch_dtype turns the compute dtype into the kernels' element type T.
+  template <typename F>
+  void typed(F&& f) { dispatch_dtype(dtype_, std::forward<F>(f)); }
+
   void embed(Tensor out, Tensor table) override {
-    cuda::embed(stream_, bf(out, "embed out"), out.ld, bf(table, "embedding table"), table.ld, out.shape[1], db_);
+    typed([&]<typename T>() {
+      cuda::embed(stream_, act<T>(out, "embed out"), out.ld, act<T>(table, "embedding table"), table.ld, out.shape[1], db_);
+    });
   }
   void matmul(Tensor y, Tensor x, Tensor W, Tensor bias) override {
     const int M = int(x.rows()), K = int(x.shape[1]), N = int(W.rows());
@@ -184,38 +202,54 @@ class CudaBackend final : public Backend {
     if (W.shape[1] != K || y.shape[1] != N) fail("cuda matmul: shapes ", y.shape_str(), " = ", x.shape_str(), " x ", W.shape_str(), "^T");
     const bool y_f32 = y.dtype == DType::F32;
     if (y_f32) f32(y, "matmul output");
-    else bf(y, "matmul output");
-    if (M <= gemv_max_rows_ && gemv(stream_, y.data, y_f32, y.ld, bf(x, "matmul input"), x.ld, bf(W, "matmul weight"),
-                                    W.ld, pv(bias, "matmul bias"), M, N, K))
-      return;
+    else if (y.dtype != dtype_) fail("cuda matmul: output must be F32 or the compute dtype");
+    bool done = false;
+    typed([&]<typename T>() {
+      if (M <= gemv_max_rows_)
+        done = gemv(stream_, y.data, y_f32, y.ld, act<T>(x, "matmul input"), x.ld, act<T>(W, "matmul weight"), W.ld,
+                    pv(bias, "matmul bias"), M, N, K);
+    });
+    if (done) return;
     const float alpha = 1.f, beta = 0.f;
     // Row-major y[M,N] = x[M,K] W[N,K]^T is column-major y^T[N,M] = W^T... as cuBLAS sees it: op(A)=Wᵀ (A is W
-    // read column-major, i.e. [K,N] with lda = W.ld), B = x read column-major [K,M].
-    CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, bf(W, "matmul weight"), CUDA_R_16BF,
-                              int(W.ld), bf(x, "matmul input"), CUDA_R_16BF, int(x.ld), &beta, y.data,
-                              y_f32 ? CUDA_R_32F : CUDA_R_16BF, int(y.ld), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    // read column-major, i.e. [K,N] with lda = W.ld), B = x read column-major [K,M]. For F32 this is SGEMM:
+    // CUBLAS_COMPUTE_32F never uses TF32 (that would be CUBLAS_COMPUTE_32F_FAST_TF32).
+    if (W.dtype != dtype_ || x.dtype != dtype_) fail("cuda matmul: x and W must be of the compute dtype");
+    CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, W.data, cuda_type(dtype_),
+                              int(W.ld), x.data, cuda_type(dtype_), int(x.ld), &beta, y.data, cuda_type(y.dtype),
+                              int(y.ld), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (bias) add_bias(stream_, y.data, y_f32, y.ld, pv(bias, "matmul bias"), M, N);
   }
   void rmsnorm(Tensor out, Tensor x, Tensor w, float eps) override {
-    cuda::rmsnorm(stream_, bf(out, "rmsnorm out"), out.ld, bf(x, "rmsnorm x"), x.ld, nullptr, 0, pv(w, "norm weight"),
-                  x.rows(), x.shape[1], eps);
+    typed([&]<typename T>() {
+      cuda::rmsnorm<T>(stream_, act<T>(out, "rmsnorm out"), out.ld, act<T>(x, "rmsnorm x"), x.ld, nullptr, 0,
+                       pv(w, "norm weight"), x.rows(), x.shape[1], eps);
+    });
   }
   void add_rmsnorm(Tensor h, Tensor x, Tensor out, Tensor w, float eps) override {
-    cuda::rmsnorm(stream_, bf(out, "rmsnorm out"), out.ld, bf(h, "residual"), h.ld, bf(x, "rmsnorm x"), x.ld,
-                  pv(w, "norm weight"), h.rows(), h.shape[1], eps);
+    typed([&]<typename T>() {
+      cuda::rmsnorm<T>(stream_, act<T>(out, "rmsnorm out"), out.ld, act<T>(h, "residual"), h.ld, act<T>(x, "rmsnorm x"),
+                       x.ld, pv(w, "norm weight"), h.rows(), h.shape[1], eps);
+    });
   }
   void add(Tensor h, Tensor x) override {
-    add_inplace(stream_, bf(h, "add h"), h.ld, bf(x, "add x"), x.ld, h.rows(), h.shape[1]);
+    typed([&]<typename T>() {
+      add_inplace<T>(stream_, act<T>(h, "add h"), h.ld, act<T>(x, "add x"), x.ld, h.rows(), h.shape[1]);
+    });
   }
   void conv1d_silu(Tensor out, Tensor xBC, Tensor weight, Tensor bias, Tensor conv_state) override {
-    cuda::conv1d_silu(stream_, bf(out, "conv out"), out.ld, bf(xBC, "conv in"), xBC.ld, pv(weight, "conv weight"),
-                      pv(bias, "conv bias"), f32(conv_state, "conv state"), xBC.shape[1], weight.shape[1], db_,
-                      max_seq_len_);
+    typed([&]<typename T>() {
+      cuda::conv1d_silu<T>(stream_, act<T>(out, "conv out"), out.ld, act<T>(xBC, "conv in"), xBC.ld,
+                           pv(weight, "conv weight"), pv(bias, "conv bias"), f32(conv_state, "conv state"),
+                           xBC.shape[1], weight.shape[1], db_, max_seq_len_);
+    });
   }
   void ssd(Tensor y, Tensor xBC, Tensor dt, Tensor A_log, Tensor D, Tensor dt_bias, Tensor ssm_state,
            const MambaOpsConfig& c) override {
-    SsdArgs a{bf(y, "ssd y"), y.ld, bf(xBC, "ssd xBC"), xBC.ld, bf(dt, "ssd dt"), dt.ld, pv(A_log, "A_log"),
-              pv(D, "D"), pv(dt_bias, "dt_bias"), f32(ssm_state, "ssm state"), int(c.n_heads), int(c.d_head),
+    for (const Tensor* t : {&y, &xBC, &dt})
+      if (t->dtype != dtype_) fail("cuda ssd: y, xBC and dt must be of the compute dtype");
+    SsdArgs a{y.data, y.ld, xBC.data, xBC.ld, dt.data, dt.ld, pv(A_log, "A_log"),
+              pv(D, "D"), pv(dt_bias, "dt_bias"), ssm_state.data, int(c.n_heads), int(c.d_head),
               int(c.n_groups), int(c.d_state), int(c.chunk_size), c.time_step_min, c.time_step_max};
     const size_t need = ssd_scratch_floats(a, db_.n_chunks);
     if (max_seq_len_ > db_.chunk_q && need > scratch_floats_) {
@@ -225,24 +259,41 @@ class CudaBackend final : public Backend {
       scratch_ = static_cast<float*>(dev_malloc(need * 4, "the SSD chunk-state scratch"));
       scratch_floats_ = need;
     }
-    cuda::ssd(stream_, a, db_, max_seq_len_, scratch_, scratch_floats_);
+    if (ssm_state.device != Device::CUDA) fail("cuda ssd: the SSM state must be on the GPU");
+    // Two element types: the activations' and the SSM state's (F32, or BF16: HybridCache's state option).
+    typed([&]<typename T>() {
+      dispatch_dtype(ssm_state.dtype, [&]<typename ST>() {
+        cuda::ssd<T, ST>(stream_, a, db_, max_seq_len_, scratch_, scratch_floats_);
+      });
+    });
   }
   void gated_rmsnorm(Tensor out, Tensor y, Tensor z, Tensor w, int64_t group_size, float eps) override {
-    cuda::gated_rmsnorm(stream_, bf(out, "gated norm out"), out.ld, bf(y, "gated norm y"), y.ld, bf(z, "gate z"),
-                        z.ld, pv(w, "gated norm weight"), y.rows(), y.shape[1], group_size, eps);
+    typed([&]<typename T>() {
+      cuda::gated_rmsnorm<T>(stream_, act<T>(out, "gated norm out"), out.ld, act<T>(y, "gated norm y"), y.ld,
+                             act<T>(z, "gate z"), z.ld, pv(w, "gated norm weight"), y.rows(), y.shape[1], group_size, eps);
+    });
   }
   void attention(Tensor out, Tensor qkv, Tensor k_pages, Tensor v_pages, const AttentionOpsConfig& c) override {
-    AttnArgs a{bf(out, "attention out"), out.ld, bf(qkv, "qkv"), qkv.ld, bf(k_pages, "k pages"), bf(v_pages, "v pages"),
+    for (const Tensor* t : {&out, &qkv, &k_pages, &v_pages})
+      if (t->dtype != dtype_) fail("cuda attention: out, qkv and the KV pages must be of the compute dtype");
+    AttnArgs a{out.data, out.ld, qkv.data, qkv.ld, k_pages.data, v_pages.data,
                inv_freq(c), int(c.n_heads), int(c.n_kv_heads), int(c.head_dim), int(c.rotary_dim),
                int(c.block_size), c.scale};
-    rope_and_cache(stream_, a, db_);
-    cuda::attention(stream_, a, db_, max_seq_len_);
+    typed([&]<typename T>() {
+      rope_and_cache<T>(stream_, a, db_);
+      cuda::attention<T>(stream_, a, db_, max_seq_len_);
+    });
   }
   void swiglu(Tensor out, Tensor gate_up) override {
-    cuda::swiglu(stream_, bf(out, "swiglu out"), out.ld, bf(gate_up, "gate_up"), gate_up.ld, out.rows(), out.shape[1]);
+    typed([&]<typename T>() {
+      cuda::swiglu<T>(stream_, act<T>(out, "swiglu out"), out.ld, act<T>(gate_up, "gate_up"), gate_up.ld, out.rows(),
+                      out.shape[1]);
+    });
   }
   void gather_logit_rows(Tensor out, Tensor x) override {
-    gather_rows(stream_, bf(out, "gather out"), out.ld, bf(x, "gather in"), x.ld, x.shape[1], db_);
+    typed([&]<typename T>() {
+      gather_rows<T>(stream_, act<T>(out, "gather out"), out.ld, act<T>(x, "gather in"), x.ld, x.shape[1], db_);
+    });
   }
   void sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) override;
 
@@ -269,6 +320,7 @@ class CudaBackend final : public Backend {
   }
 
   int device_;
+  DType dtype_;  // the compute dtype: 2-D weights, activations, KV pages
   cudaDeviceProp prop_{};
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
@@ -431,8 +483,8 @@ int cuda_runtime_device_count() {
   return n;
 }
 
-std::unique_ptr<Backend> make_cuda_backend(int device_index) {
-  return std::make_unique<cuda::CudaBackend>(device_index);
+std::unique_ptr<Backend> make_cuda_backend(int device_index, DType compute) {
+  return std::make_unique<cuda::CudaBackend>(device_index, compute);
 }
 
 }  // namespace bamba

@@ -9,21 +9,24 @@
 namespace bamba::cuda {
 namespace {
 
-__global__ void embed_kernel(bf16* out, int64_t ldo, const bf16* table, int64_t ldt, int H, DevBatch b) {
+template <typename T>
+__global__ void embed_kernel(T* out, int64_t ldo, const T* table, int64_t ldt, int H, DevBatch b) {
   const int64_t t = blockIdx.x;
-  const bf16* src = table + int64_t(b.tokens[t]) * ldt;
+  const T* src = table + int64_t(b.tokens[t]) * ldt;
   for (int j = threadIdx.x; j < H; j += blockDim.x) out[t * ldo + j] = src[j];
 }
 
-__global__ void gather_kernel(bf16* out, int64_t ldo, const bf16* x, int64_t ldx, int N, DevBatch b) {
+template <typename T>
+__global__ void gather_kernel(T* out, int64_t ldo, const T* x, int64_t ldx, int N, DevBatch b) {
   const int64_t r = blockIdx.x;
-  const bf16* src = x + int64_t(b.logit_rows[r]) * ldx;
+  const T* src = x + int64_t(b.logit_rows[r]) * ldx;
   for (int j = threadIdx.x; j < N; j += blockDim.x) out[r * ldo + j] = src[j];
 }
 
-__global__ void add_kernel(bf16* h, int64_t ldh, const bf16* x, int64_t ldx, int N) {
+template <typename T>
+__global__ void add_kernel(T* h, int64_t ldh, const T* x, int64_t ldx, int N) {
   const int64_t r = blockIdx.x;
-  for (int j = threadIdx.x; j < N; j += blockDim.x) h[r * ldh + j] = to_bf(to_f(h[r * ldh + j]) + to_f(x[r * ldx + j]));
+  for (int j = threadIdx.x; j < N; j += blockDim.x) h[r * ldh + j] = from_f<T>(to_f(h[r * ldh + j]) + to_f(x[r * ldx + j]));
 }
 
 __global__ void add_bias_kernel(void* y, bool y_f32, int64_t ldy, PView bias, int N) {
@@ -32,32 +35,33 @@ __global__ void add_bias_kernel(void* y, bool y_f32, int64_t ldy, PView bias, in
     if (y_f32) static_cast<float*>(y)[r * ldy + j] += ld_param(bias, j);
     else {
       bf16* p = static_cast<bf16*>(y) + r * ldy + j;
-      *p = to_bf(to_f(*p) + ld_param(bias, j));
+      *p = from_f<bf16>(to_f(*p) + ld_param(bias, j));
     }
   }
 }
 
-// out = silu(gate) * up over bf16 pairs (F is even for every model we know; odd F falls back to scalars).
-__global__ void swiglu_kernel(bf16* out, int64_t ldo, const bf16* gu, int64_t ldg, int F) {
+// out = silu(gate) * up, thread per output element.
+template <typename T>
+__global__ void swiglu_kernel(T* out, int64_t ldo, const T* gu, int64_t ldg, int F) {
   const int64_t r = blockIdx.y;
-  const bf16* g = gu + r * ldg;
-  const bf16* u = g + F;
-  bf16* o = out + r * ldo;
+  const T* g = gu + r * ldg;
+  const T* u = g + F;
+  T* o = out + r * ldo;
   const int stride = gridDim.x * blockDim.x;
-  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < F; j += stride) o[j] = to_bf(silu_f(to_f(g[j])) * to_f(u[j]));
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < F; j += stride) o[j] = from_f<T>(silu_f(to_f(g[j])) * to_f(u[j]));
 }
 
 __global__ void fill_uniform_kernel(void* p, int is_bf16, int64_t n, uint64_t seed, float lo, float hi) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     float v = hash_uniform(seed, uint64_t(i), lo, hi);
-    if (is_bf16) static_cast<bf16*>(p)[i] = to_bf(v);
+    if (is_bf16) static_cast<bf16*>(p)[i] = from_f<bf16>(v);
     else static_cast<float*>(p)[i] = v;
   }
 }
 
 __global__ void fill_kernel(void* p, int is_bf16, int64_t n, float v) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    if (is_bf16) static_cast<bf16*>(p)[i] = to_bf(v);
+    if (is_bf16) static_cast<bf16*>(p)[i] = from_f<bf16>(v);
     else static_cast<float*>(p)[i] = v;
   }
 }
@@ -68,7 +72,7 @@ __global__ void convert_kernel(void* dst, int dst_bf16, const void* src, int src
     float v = src_t == 0 ? static_cast<const float*>(src)[i]
             : src_t == 1 ? __bfloat162float(static_cast<const bf16*>(src)[i])
                          : __half2float(static_cast<const __half*>(src)[i]);
-    if (dst_bf16) static_cast<bf16*>(dst)[i] = to_bf(v);
+    if (dst_bf16) static_cast<bf16*>(dst)[i] = from_f<bf16>(v);
     else static_cast<float*>(dst)[i] = v;
   }
 }
@@ -81,17 +85,20 @@ int is_bf16(DType t) {
 
 }  // namespace
 
-void embed(cudaStream_t st, bf16* out, int64_t ldo, const bf16* table, int64_t ldt, int64_t H, const DevBatch& b) {
+template <typename T>
+void embed(cudaStream_t st, T* out, int64_t ldo, const T* table, int64_t ldt, int64_t H, const DevBatch& b) {
   if (b.T == 0) return;
   embed_kernel<<<unsigned(b.T), 256, 0, st>>>(out, ldo, table, ldt, int(H), b);
   CUDA_LAUNCH_CHECK();
 }
-void gather_rows(cudaStream_t st, bf16* out, int64_t ldo, const bf16* x, int64_t ldx, int64_t N, const DevBatch& b) {
+template <typename T>
+void gather_rows(cudaStream_t st, T* out, int64_t ldo, const T* x, int64_t ldx, int64_t N, const DevBatch& b) {
   if (b.R == 0) return;
   gather_kernel<<<unsigned(b.R), 256, 0, st>>>(out, ldo, x, ldx, int(N), b);
   CUDA_LAUNCH_CHECK();
 }
-void add_inplace(cudaStream_t st, bf16* h, int64_t ldh, const bf16* x, int64_t ldx, int64_t M, int64_t N) {
+template <typename T>
+void add_inplace(cudaStream_t st, T* h, int64_t ldh, const T* x, int64_t ldx, int64_t M, int64_t N) {
   if (M == 0) return;
   add_kernel<<<unsigned(M), 256, 0, st>>>(h, ldh, x, ldx, int(N));
   CUDA_LAUNCH_CHECK();
@@ -101,7 +108,8 @@ void add_bias(cudaStream_t st, void* y, bool y_f32, int64_t ldy, PView bias, int
   add_bias_kernel<<<unsigned(M), 256, 0, st>>>(y, y_f32, ldy, bias, int(N));
   CUDA_LAUNCH_CHECK();
 }
-void swiglu(cudaStream_t st, bf16* out, int64_t ldo, const bf16* gu, int64_t ldg, int64_t M, int64_t F) {
+template <typename T>
+void swiglu(cudaStream_t st, T* out, int64_t ldo, const T* gu, int64_t ldg, int64_t M, int64_t F) {
   if (M == 0) return;
   dim3 grid(ceil_div(F, 256), unsigned(M));
   swiglu_kernel<<<grid, 256, 0, st>>>(out, ldo, gu, ldg, int(F));
@@ -124,5 +132,13 @@ void convert(cudaStream_t st, void* dst, DType dst_t, const void* src, DType src
   convert_kernel<<<grid_for(n), 256, 0, st>>>(dst, is_bf16(dst_t), src, s, n);
   CUDA_LAUNCH_CHECK();
 }
+
+#define INST(T)                                                                                             \
+  template void embed<T>(cudaStream_t, T*, int64_t, const T*, int64_t, int64_t, const DevBatch&);           \
+  template void gather_rows<T>(cudaStream_t, T*, int64_t, const T*, int64_t, int64_t, const DevBatch&);     \
+  template void add_inplace<T>(cudaStream_t, T*, int64_t, const T*, int64_t, int64_t, int64_t);             \
+  template void swiglu<T>(cudaStream_t, T*, int64_t, const T*, int64_t, int64_t, int64_t);
+BAMBA_CUDA_DTYPES(INST)
+#undef INST
 
 }  // namespace bamba::cuda

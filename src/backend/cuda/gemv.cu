@@ -1,6 +1,6 @@
 // Matmuls with a handful of rows (decode of 1-8 sequences): y[m, n] = Σ_k x[m, k] W[n, k] (+ bias[n]).
 // Such a step is bound by reading W once, so the kernel is shaped for bandwidth, not reuse: one warp per output
-// row n, lanes walk W's row with 16-byte streaming loads (8 bf16), four loads in flight before any math (eight measured slower: tg128 164 -> 160), and
+// row n, lanes walk W's row with 16-byte streaming loads (8 bf16 or 4 fp32), four loads in flight before any math (eight measured slower: tg128 164 -> 160), and
 // every x row (a few KB, L1-resident) is read against each W chunk; one warp reduction per (m, n) at the end.
 #include "backend/cuda/kernels.cuh"
 
@@ -9,7 +9,8 @@ namespace {
 
 constexpr int kWarps = 8, kUnroll = 4;
 
-__device__ __forceinline__ float dot8(uint4 a, uint4 b) {
+// Dot product of two 16-byte vectors of T, in fp32.
+__device__ __forceinline__ float dot16(uint4 a, uint4 b, bf16) {
   const __nv_bfloat162* pa = reinterpret_cast<const __nv_bfloat162*>(&a);
   const __nv_bfloat162* pb = reinterpret_cast<const __nv_bfloat162*>(&b);
   float s = 0.f;
@@ -21,15 +22,20 @@ __device__ __forceinline__ float dot8(uint4 a, uint4 b) {
   }
   return s;
 }
+__device__ __forceinline__ float dot16(uint4 a, uint4 b, float) {
+  const float4 fa = *reinterpret_cast<const float4*>(&a), fb = *reinterpret_cast<const float4*>(&b);
+  return fmaf(fa.x, fb.x, fmaf(fa.y, fb.y, fmaf(fa.z, fb.z, fa.w * fb.w)));
+}
 
-template <int M>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(void* y, int y_f32, int64_t ldy, const bf16* x, int64_t ldx,
-                                                           const bf16* W, int64_t ldw, PView bias, int N, int K) {
+template <typename T, int M>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(void* y, int y_f32, int64_t ldy, const T* x, int64_t ldx,
+                                                           const T* W, int64_t ldw, PView bias, int N, int K) {
+  constexpr int E = 16 / sizeof(T);  // elements per 16-byte load
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int n = blockIdx.x * kWarps + warp;
   if (n >= N) return;
   const uint4* w = reinterpret_cast<const uint4*>(W + int64_t(n) * ldw);
-  const int K8 = K / 8;
+  const int K8 = K / E;
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.f;
@@ -45,7 +51,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(void* y, int y_f32, i
       const int k = k0 + 32 * u;
       if (k < K8) {
 #pragma unroll
-        for (int m = 0; m < M; ++m) acc[m] += dot8(wv[u], reinterpret_cast<const uint4*>(x + m * ldx)[k]);
+        for (int m = 0; m < M; ++m) acc[m] += dot16(wv[u], reinterpret_cast<const uint4*>(x + m * ldx)[k], T{});
       }
     }
   }
@@ -56,35 +62,42 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(void* y, int y_f32, i
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       if (y_f32) static_cast<float*>(y)[m * ldy + n] = acc[m] + b;
-      else static_cast<bf16*>(y)[m * ldy + n] = to_bf(acc[m] + b);
+      else static_cast<T*>(y)[m * ldy + n] = from_f<T>(acc[m] + b);
     }
   }
 }
 
-template <int M>
-void launch(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const bf16* x, int64_t ldx, const bf16* W, int64_t ldw,
+template <typename T, int M>
+void launch(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64_t ldx, const T* W, int64_t ldw,
             PView bias, int N, int K) {
-  gemv_kernel<M><<<ceil_div(N, kWarps), kWarps * 32, 0, st>>>(y, y_f32, ldy, x, ldx, W, ldw, bias, N, K);
+  gemv_kernel<T, M><<<ceil_div(N, kWarps), kWarps * 32, 0, st>>>(y, y_f32, ldy, x, ldx, W, ldw, bias, N, K);
 }
 
 }  // namespace
 
-bool gemv(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const bf16* x, int64_t ldx, const bf16* W, int64_t ldw,
+template <typename T>
+bool gemv(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64_t ldx, const T* W, int64_t ldw,
           PView bias, int M, int N, int K) {
+  constexpr int E = 16 / sizeof(T);
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if (M < 1 || M > kMaxGemvRows || K % 8 || ldx % 8 || ldw % 8 || !aligned(x) || !aligned(W)) return false;
+  if (M < 1 || M > kMaxGemvRows || K % E || ldx % E || ldw % E || !aligned(x) || !aligned(W)) return false;
   switch (M) {
-    case 1: launch<1>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
-    case 2: launch<2>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
-    case 3: launch<3>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
-    case 4: launch<4>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
-    case 5: launch<5>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
-    case 6: launch<6>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
-    case 7: launch<7>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
-    default: launch<8>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
+    case 1: launch<T, 1>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
+    case 2: launch<T, 2>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
+    case 3: launch<T, 3>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
+    case 4: launch<T, 4>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
+    case 5: launch<T, 5>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
+    case 6: launch<T, 6>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
+    case 7: launch<T, 7>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
+    default: launch<T, 8>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
   }
   CUDA_LAUNCH_CHECK();
   return true;
 }
+
+#define INST(T) \
+  template bool gemv<T>(cudaStream_t, void*, bool, int64_t, const T*, int64_t, const T*, int64_t, PView, int, int, int);
+BAMBA_CUDA_DTYPES(INST)
+#undef INST
 
 }  // namespace bamba::cuda

@@ -1,5 +1,5 @@
 // RMSNorm kernels. One block per row (H = 4096 for Bamba-9B: 16 elements per thread): statistics in fp32 over
-// the row, then the normalised row written in bf16. The fused residual add writes the rounded sum back to h
+// the row, then the normalised row written in T. The fused residual add writes the rounded sum back to h
 // first, so the norm sees exactly the residual stream the next layer adds to (HF keeps it in model dtype).
 #include "backend/cuda/kernels.cuh"
 
@@ -11,12 +11,12 @@ namespace {
 // make the kernel latency-bound (16 µs for H = 4096 when written as a strided loop; ~2 µs like this).
 constexpr int kThreads = 1024, kPer = 16;
 
-template <bool ADD>
-__global__ void __launch_bounds__(kThreads) rmsnorm_kernel(bf16* out, int64_t ldo, bf16* h, int64_t ldh, const bf16* x,
+template <typename T, bool ADD>
+__global__ void __launch_bounds__(kThreads) rmsnorm_kernel(T* out, int64_t ldo, T* h, int64_t ldh, const T* x,
                                                            int64_t ldx, PView w, int H, float eps) {
   __shared__ float sh[32];
   const int64_t row = blockIdx.x;
-  bf16* hr = h + row * ldh;
+  T* hr = h + row * ldh;
   float v[kPer];
   float ss = 0.f;
 #pragma unroll
@@ -29,7 +29,7 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_kernel(bf16* out, int64_t ld
   for (int i = 0; i < kPer; ++i) {
     const int j = threadIdx.x + i * kThreads;
     if (ADD && j < H) {
-      const bf16 s = to_bf(v[i]);  // the residual stream is bf16: normalise what is stored
+      const T s = from_f<T>(v[i]);  // the residual stream is T: normalise what is stored
       hr[j] = s;
       v[i] = to_f(s);
     }
@@ -39,13 +39,14 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_kernel(bf16* out, int64_t ld
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     const int j = threadIdx.x + i * kThreads;
-    if (j < H) out[row * ldo + j] = to_bf(ld_param(w, j) * (v[i] * r));
+    if (j < H) out[row * ldo + j] = from_f<T>(ld_param(w, j) * (v[i] * r));
   }
 }
 
 // out = rmsnorm_groups(y * silu(z)) * w: one block per (row, group), the gated values kept in registers.
-__global__ void __launch_bounds__(kThreads) gated_rmsnorm_kernel(bf16* out, int64_t ldo, const bf16* y, int64_t ldy,
-                                                                 const bf16* z, int64_t ldz, PView w, int group,
+template <typename T>
+__global__ void __launch_bounds__(kThreads) gated_rmsnorm_kernel(T* out, int64_t ldo, const T* y, int64_t ldy,
+                                                                 const T* z, int64_t ldz, PView w, int group,
                                                                  float eps) {
   __shared__ float sh[32];
   const int64_t row = blockIdx.x;
@@ -62,28 +63,38 @@ __global__ void __launch_bounds__(kThreads) gated_rmsnorm_kernel(bf16* out, int6
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     const int j = threadIdx.x + i * kThreads;
-    if (j < group) out[row * ldo + base + j] = to_bf(ld_param(w, base + j) * (g[i] * r));
+    if (j < group) out[row * ldo + base + j] = from_f<T>(ld_param(w, base + j) * (g[i] * r));
   }
 }
 
 }  // namespace
 
-void rmsnorm(cudaStream_t st, bf16* out, int64_t ldo, bf16* h, int64_t ldh, const bf16* x, int64_t ldx, PView w,
-             int64_t M, int64_t H, float eps) {
+template <typename T>
+void rmsnorm(cudaStream_t st, T* out, int64_t ldo, T* h, int64_t ldh, const T* x, int64_t ldx, PView w, int64_t M,
+             int64_t H, float eps) {
   if (M == 0) return;
   if (H > kThreads * kPer) fail("cuda rmsnorm: hidden size ", H, " > ", kThreads * kPer);
-  if (x) rmsnorm_kernel<true><<<unsigned(M), kThreads, 0, st>>>(out, ldo, h, ldh, x, ldx, w, int(H), eps);
-  else rmsnorm_kernel<false><<<unsigned(M), kThreads, 0, st>>>(out, ldo, h, ldh, x, ldx, w, int(H), eps);
+  if (x) rmsnorm_kernel<T, true><<<unsigned(M), kThreads, 0, st>>>(out, ldo, h, ldh, x, ldx, w, int(H), eps);
+  else rmsnorm_kernel<T, false><<<unsigned(M), kThreads, 0, st>>>(out, ldo, h, ldh, x, ldx, w, int(H), eps);
   CUDA_LAUNCH_CHECK();
 }
 
-void gated_rmsnorm(cudaStream_t st, bf16* out, int64_t ldo, const bf16* y, int64_t ldy, const bf16* z, int64_t ldz,
-                   PView w, int64_t M, int64_t I, int64_t group, float eps) {
+template <typename T>
+void gated_rmsnorm(cudaStream_t st, T* out, int64_t ldo, const T* y, int64_t ldy, const T* z, int64_t ldz, PView w,
+                   int64_t M, int64_t I, int64_t group, float eps) {
   if (M == 0) return;
   if (group > kThreads * kPer) fail("cuda gated_rmsnorm: group ", group, " > ", kThreads * kPer);
   dim3 grid(unsigned(M), unsigned(I / group));
-  gated_rmsnorm_kernel<<<grid, kThreads, 0, st>>>(out, ldo, y, ldy, z, ldz, w, int(group), eps);
+  gated_rmsnorm_kernel<T><<<grid, kThreads, 0, st>>>(out, ldo, y, ldy, z, ldz, w, int(group), eps);
   CUDA_LAUNCH_CHECK();
 }
+
+#define INST(T)                                                                                                \
+  template void rmsnorm<T>(cudaStream_t, T*, int64_t, T*, int64_t, const T*, int64_t, PView, int64_t, int64_t, \
+                           float);                                                                             \
+  template void gated_rmsnorm<T>(cudaStream_t, T*, int64_t, const T*, int64_t, const T*, int64_t, PView, int64_t, \
+                                 int64_t, int64_t, float);
+BAMBA_CUDA_DTYPES(INST)
+#undef INST
 
 }  // namespace bamba::cuda

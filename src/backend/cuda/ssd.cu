@@ -1,5 +1,6 @@
 // The SSD recurrence S_t = exp(Δ_t A) S_{t-1} + Δ_t x_t B_tᵀ, y_t = S_t C_t + D x_t (docs/bamba-model.md §3.2),
-// per (sequence, head), with the state [P, N] in registers.
+// per (sequence, head), with the state [P, N] in registers. The slot's state is stored as ST (float, or bf16 to
+// halve the state traffic of large decode batches); it is read into fp32 registers and rounded once per step.
 //
 // Layout: a block of 8 warps owns one head; warp w holds state rows p = w, w+8, ... and lane l holds columns
 // n = l, l+32, ... of each, so the state loads/stores of a warp are 128-byte rows (coalesced) and y[p] is one
@@ -31,8 +32,11 @@ struct ChunkList {
   int Q;
 };
 
-template <int NJ, int RP, int MODE>
+template <typename T, typename ST, int NJ, int RP, int MODE>
 __global__ void __launch_bounds__(kWarps * 32) ssd_kernel(SsdArgs a, DevBatch b, ChunkList cl, float* scr, float* dec) {
+  const T* xBC = static_cast<const T*>(a.xBC);
+  const T* dt = static_cast<const T*>(a.dt);
+  T* y = static_cast<T*>(a.y);
   extern __shared__ float sm[];  // [stage_tokens][B N | C N | x P], then Δ [stage_tokens]
   const int h = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int P = a.P, N = a.N, I = a.nh * a.P;
@@ -48,17 +52,18 @@ __global__ void __launch_bounds__(kWarps * 32) ssd_kernel(SsdArgs a, DevBatch b,
     n = min(cl.Q, b.seq_start[s + 1] - t_begin);
   }
   const float A = -expf(ld_param(a.A_log, h)), Dh = ld_param(a.D, h), dtb = ld_param(a.dt_bias, h);
-  float* slot_state = a.state + (int64_t(b.slot[s]) * a.nh + h) * P * N;  // [P, N]
+  ST* slot_state = static_cast<ST*>(a.state) + (int64_t(b.slot[s]) * a.nh + h) * P * N;  // [P, N]
   float* chunk_state = scr + (int64_t(blockIdx.x) * a.nh + h) * P * N;     // [P, N] (chunk modes)
 
   float st[RP][NJ];
-  const float* init = MODE == kSeq ? (b.past_len[s] > 0 ? slot_state : nullptr) : MODE == kChunkOut ? chunk_state : nullptr;
+  const bool from_slot = MODE == kSeq && b.past_len[s] > 0, from_chunk = MODE == kChunkOut;
 #pragma unroll
   for (int r = 0; r < RP; ++r)
 #pragma unroll
     for (int j = 0; j < NJ; ++j) {
       const int p = warp + kWarps * r, nn = lane + 32 * j;
-      st[r][j] = init && p < P && nn < N ? init[p * N + nn] : 0.f;
+      const bool in = p < P && nn < N;
+      st[r][j] = in && from_slot ? to_f(slot_state[p * N + nn]) : in && from_chunk ? chunk_state[p * N + nn] : 0.f;
     }
 
   // Tokens are staged L at a time (B | C | x per token, then Δ), so the sequential loop below runs from shared
@@ -71,11 +76,11 @@ __global__ void __launch_bounds__(kWarps * 32) ssd_kernel(SsdArgs a, DevBatch b,
     __syncthreads();
     for (int idx = threadIdx.x; idx < cnt * W3; idx += blockDim.x) {
       const int li = idx / W3, k = idx - li * W3;
-      const bf16* row = a.xBC + (t_begin + i0 + li) * a.ldx;
+      const T* row = xBC + (t_begin + i0 + li) * a.ldx;
       sm[idx] = to_f(k < N ? row[I + g * N + k] : k < 2 * N ? row[I + a.G * N + g * N + (k - N)] : row[h * P + (k - 2 * N)]);
     }
     for (int li = threadIdx.x; li < cnt; li += blockDim.x) {
-      const float delta = softplus_f(to_f(a.dt[(t_begin + i0 + li) * a.lddt + h]) + dtb);
+      const float delta = softplus_f(to_f(dt[(t_begin + i0 + li) * a.lddt + h]) + dtb);
       sdelta[li] = fminf(fmaxf(delta, a.dt_min), a.dt_max);
     }
     __syncthreads();
@@ -103,47 +108,50 @@ __global__ void __launch_bounds__(kWarps * 32) ssd_kernel(SsdArgs a, DevBatch b,
         }
         if (MODE != kChunkLocal) {
           acc = warp_sum(acc);
-          if (lane == 0) a.y[t * a.ldy + h * P + p] = to_bf(acc + Dh * xs[p]);
+          if (lane == 0) y[t * a.ldy + h * P + p] = from_f<T>(acc + Dh * xs[p]);
         }
       }
     }
   }
   if (MODE == kChunkOut) return;
-  float* out = MODE == kSeq ? slot_state : chunk_state;
 #pragma unroll
   for (int r = 0; r < RP; ++r)
 #pragma unroll
     for (int j = 0; j < NJ; ++j) {
       const int p = warp + kWarps * r, nn = lane + 32 * j;
-      if (p < P && nn < N) out[p * N + nn] = st[r][j];
+      if (p < P && nn < N) {
+        if (MODE == kSeq) slot_state[p * N + nn] = from_f<ST>(st[r][j]);
+        else chunk_state[p * N + nn] = st[r][j];
+      }
     }
   if (MODE == kChunkLocal && threadIdx.x == 0) dec[blockIdx.x * a.nh + h] = dsum;
 }
 
 // Pass 2: thread per state element of (sequence blockIdx.z, head blockIdx.y); a serial walk over the chunks.
+template <typename ST>
 __global__ void ssd_chunk_carry_kernel(SsdArgs a, DevBatch b, ChunkList cl, float* scr, const float* dec) {
   const int s = blockIdx.z, h = blockIdx.y;
   const int64_t PN = int64_t(a.P) * a.N;
   const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (e >= PN) return;
-  float* slot_state = a.state + (int64_t(b.slot[s]) * a.nh + h) * PN;
-  float run = b.past_len[s] > 0 ? slot_state[e] : 0.f;
+  ST* slot_state = static_cast<ST*>(a.state) + (int64_t(b.slot[s]) * a.nh + h) * PN;
+  float run = b.past_len[s] > 0 ? to_f(slot_state[e]) : 0.f;
   for (int k = cl.first[s]; k < cl.first[s + 1]; ++k) {
     float* c = scr + (int64_t(k) * a.nh + h) * PN + e;
     const float local = *c;
     *c = run;  // the state entering chunk k
     run = expf(dec[k * a.nh + h]) * run + local;
   }
-  slot_state[e] = run;
+  slot_state[e] = from_f<ST>(run);
 }
 
-template <int NJ, int RP>
+template <typename T, typename ST, int NJ, int RP>
 void launch(cudaStream_t st, const SsdArgs& a_in, const DevBatch& b, bool chunked, float* scratch) {
   SsdArgs a = a_in;
   a.stage_tokens = std::max(1, std::min(32, int(40960 / ((2 * a.N + a.P + 1) * sizeof(float)))));
   const size_t smem = size_t(a.stage_tokens) * size_t(2 * a.N + a.P + 1) * sizeof(float);
   if (!chunked) {
-    ssd_kernel<NJ, RP, kSeq><<<dim3(unsigned(b.S), unsigned(a.nh)), kWarps * 32, smem, st>>>(a, b, {}, nullptr, nullptr);
+    ssd_kernel<T, ST, NJ, RP, kSeq><<<dim3(unsigned(b.S), unsigned(a.nh)), kWarps * 32, smem, st>>>(a, b, {}, nullptr, nullptr);
     CUDA_LAUNCH_CHECK();
     return;
   }
@@ -151,21 +159,21 @@ void launch(cudaStream_t st, const SsdArgs& a_in, const DevBatch& b, bool chunke
   float* dec = scratch;
   float* scr = scratch + ((int64_t(b.n_chunks) * a.nh + 31) / 32) * 32;
   dim3 grid(unsigned(b.n_chunks), unsigned(a.nh));
-  ssd_kernel<NJ, RP, kChunkLocal><<<grid, kWarps * 32, smem, st>>>(a, b, cl, scr, dec);
+  ssd_kernel<T, ST, NJ, RP, kChunkLocal><<<grid, kWarps * 32, smem, st>>>(a, b, cl, scr, dec);
   CUDA_LAUNCH_CHECK();
-  ssd_chunk_carry_kernel<<<dim3(ceil_div(int64_t(a.P) * a.N, 256), unsigned(a.nh), unsigned(b.S)), 256, 0, st>>>(
+  ssd_chunk_carry_kernel<ST><<<dim3(ceil_div(int64_t(a.P) * a.N, 256), unsigned(a.nh), unsigned(b.S)), 256, 0, st>>>(
       a, b, cl, scr, dec);
   CUDA_LAUNCH_CHECK();
-  ssd_kernel<NJ, RP, kChunkOut><<<grid, kWarps * 32, smem, st>>>(a, b, cl, scr, dec);
+  ssd_kernel<T, ST, NJ, RP, kChunkOut><<<grid, kWarps * 32, smem, st>>>(a, b, cl, scr, dec);
   CUDA_LAUNCH_CHECK();
 }
 
-template <int NJ>
+template <typename T, typename ST, int NJ>
 void launch_rp(cudaStream_t st, const SsdArgs& a, const DevBatch& b, bool chunked, float* scratch) {
   const int rp = (a.P + kWarps - 1) / kWarps;
-  if (rp <= 2) launch<NJ, 2>(st, a, b, chunked, scratch);
-  else if (rp <= 8) launch<NJ, 8>(st, a, b, chunked, scratch);
-  else if (rp <= 16) launch<NJ, 16>(st, a, b, chunked, scratch);
+  if (rp <= 2) launch<T, ST, NJ, 2>(st, a, b, chunked, scratch);
+  else if (rp <= 8) launch<T, ST, NJ, 8>(st, a, b, chunked, scratch);
+  else if (rp <= 16) launch<T, ST, NJ, 16>(st, a, b, chunked, scratch);
   else fail("cuda ssd: head_dim ", a.P, " > ", 16 * kWarps, " is not supported");
 }
 
@@ -175,6 +183,7 @@ size_t ssd_scratch_floats(const SsdArgs& a, int n_chunks) {
   return size_t((int64_t(n_chunks) * a.nh + 31) / 32 * 32) + size_t(n_chunks) * size_t(a.nh) * size_t(a.P) * size_t(a.N);
 }
 
+template <typename T, typename ST>
 void ssd(cudaStream_t st, const SsdArgs& a, const DevBatch& b, int max_seq_len, float* scratch, size_t scratch_floats) {
   if (b.T == 0) return;
   if (a.nh % a.G) fail("cuda ssd: n_heads ", a.nh, " is not a multiple of n_groups ", a.G);
@@ -182,10 +191,16 @@ void ssd(cudaStream_t st, const SsdArgs& a, const DevBatch& b, int max_seq_len, 
   const bool chunked = max_seq_len > b.chunk_q && b.n_chunks > 0;
   if (chunked && scratch_floats < ssd_scratch_floats(a, b.n_chunks)) fail("internal: ssd scratch too small");
   const int nj = (a.N + 31) / 32;
-  if (nj == 1) launch_rp<1>(st, a, b, chunked, scratch);
-  else if (nj == 2) launch_rp<2>(st, a, b, chunked, scratch);
-  else if (nj <= 4) launch_rp<4>(st, a, b, chunked, scratch);
+  if (nj == 1) launch_rp<T, ST, 1>(st, a, b, chunked, scratch);
+  else if (nj == 2) launch_rp<T, ST, 2>(st, a, b, chunked, scratch);
+  else if (nj <= 4) launch_rp<T, ST, 4>(st, a, b, chunked, scratch);
   else fail("cuda ssd: d_state ", a.N, " > 128 is not supported");
 }
+
+#define INST_ST(T, ST) template void ssd<T, ST>(cudaStream_t, const SsdArgs&, const DevBatch&, int, float*, size_t);
+#define INST(T) INST_ST(T, float) INST_ST(T, bf16)
+BAMBA_CUDA_DTYPES(INST)
+#undef INST
+#undef INST_ST
 
 }  // namespace bamba::cuda
