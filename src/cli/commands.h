@@ -7,5 +7,7 @@ namespace bamba::cli {
 void register_generate(CLI::App& app);
 void register_logits(CLI::App& app);
 void register_tokenize(CLI::App& app);  // tokenize and detokenize
+void register_serve(CLI::App& app);
+void register_bench_serve(CLI::App& app);
 
 }  // namespace bamba::cli
