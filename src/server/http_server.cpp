@@ -1,6 +1,7 @@
 #include "server/http_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <random>
@@ -58,6 +59,10 @@ HttpServer::HttpServer(Engine& engine, ServingContext ctx, HttpOptions opt)
   svr_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   svr_->set_payload_max_length(opt_.max_body_bytes);
   svr_->set_tcp_nodelay(true);  // small SSE chunks go out at once
+  svr_->set_socket_options([this](socket_t fd) {
+    httplib::default_socket_options(fd);
+    listen_fd_ = fd;
+  });
   routes();
 }
 
@@ -68,6 +73,9 @@ int HttpServer::bind() {
   if (port == 0) port = svr_->bind_to_any_port(opt_.host);
   else if (!svr_->bind_to_port(opt_.host, port)) port = -1;
   BAMBA_CHECK(port > 0, "cannot listen on ", opt_.host, ":", opt_.port, " (in use, or not an address of this host)");
+  // httplib listens with a backlog of 5: a burst of clients connecting at once overflows it and their
+  // connections fail. Listening again on the bound socket raises the backlog.
+  if (listen_fd_ >= 0) ::listen(listen_fd_, SOMAXCONN);
   return port;
 }
 

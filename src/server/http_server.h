@@ -51,6 +51,7 @@ class HttpServer {
   std::atomic<int32_t> in_flight_{0};
   std::atomic<bool> draining_{false};
   std::atomic<uint64_t> next_id_{0};
+  int listen_fd_ = -1;
   const int64_t created_;
 };
 
