@@ -79,9 +79,8 @@ RequestParams greedy(std::vector<int32_t> prompt, int32_t max_tokens) {
 // Greedy tokens of one sequence through the Generator (one sequence, its own cache): the reference.
 std::vector<int32_t> alone(const HybridModel& m, const RequestParams& p) {
   Generator g(m, 256, 64);
-  Sampler s(p.sampling);
   std::vector<int32_t> out;
-  g.generate(p.prompt, p.max_tokens, s, {}, [&](int32_t id) {
+  g.generate(p.prompt, p.max_tokens, p.sampling, {}, [&](int32_t id) {
     out.push_back(id);
     return true;
   });
@@ -104,14 +103,16 @@ void expect_all_free(const Engine& e) {
 
 std::vector<RequestParams> mixed_requests(int32_t n, int32_t vocab) {
   std::vector<RequestParams> ps;
-  for (int32_t i = 0; i < n; ++i)
+  for (int32_t i = 0; i < n; ++i) {
     ps.push_back(greedy(random_prompt(1 + (i * 53) % 150, vocab, uint32_t(i)), 4 + i % 9));
+    if (i % 3 == 0) ps.back().sampling = {0.8f, 20, 0.9f, 1000 + uint64_t(i)};  // seeded: same draws as alone
+  }
   return ps;
 }
 
 class EngineFixture : public ::testing::TestWithParam<const char*> {};
 
-TEST_P(EngineFixture, GreedyAmong32ConcurrentWithChunkedPrefillEqualsAlone) {
+TEST_P(EngineFixture, Among32ConcurrentWithChunkedPrefillEqualsAlone) {
   Model m(GetParam());
   auto ps = mixed_requests(32, int32_t(m.model.config().vocab_size));
   Engine e(m.model, nullptr, options(m.model, 32, 64));  // 64 tokens per step: long prompts go in chunks
@@ -127,9 +128,6 @@ TEST_P(EngineFixture, GreedyAmong32ConcurrentWithChunkedPrefillEqualsAlone) {
 TEST_P(EngineFixture, ForcedPreemptionChangesNoOutput) {
   Model m(GetParam());
   auto ps = mixed_requests(32, int32_t(m.model.config().vocab_size));
-  for (size_t i = 0; i < ps.size(); i += 3) {  // some seeded sampling too: same draws after recompute
-    ps[i].sampling = {0.8f, 20, 0.9f, 1000 + i};
-  }
   std::vector<Result> ref;
   {
     Engine e(m.model, nullptr, options(m.model, 32, 512));  // everything fits: no preemption

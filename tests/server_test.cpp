@@ -429,16 +429,16 @@ TEST(ServerProcessTest, DefaultsToLoopbackAndSigtermDrains) {
   Streamed st;
   std::atomic<int> progress{0};
   std::thread client([&] {
-    st = stream(s, "/v1/completions", json{{"prompt", "Hi"}, {"max_tokens", 250}, {"ignore_eos", true}, {"stream", true}},
+    st = stream(s, "/v1/completions", json{{"prompt", "Hi"}, {"max_tokens", 100}, {"ignore_eos", true}, {"stream", true}},
                 &progress);
   });
   while (progress.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   s.signal(SIGTERM);
-  EXPECT_LT(progress.load(), 250);
+  EXPECT_LT(progress.load(), 100);
   EXPECT_EQ(s.wait(), 0) << s.log();  // exits cleanly...
   client.join();
   EXPECT_TRUE(st.done);  // ...after the running request finished
-  EXPECT_EQ(st.events.size(), 250u);
+  EXPECT_EQ(st.events.size(), 100u);
 }
 
 }  // namespace

@@ -4,6 +4,12 @@
 
 namespace bamba {
 
+void check_sampling(const SamplingParams& p) {
+  BAMBA_CHECK(p.temperature >= 0 && p.temperature < 1e30f, "temperature must be >= 0 (got ", p.temperature, ")");
+  BAMBA_CHECK(p.top_p > 0 && p.top_p <= 1, "top_p must be in (0, 1] (got ", p.top_p, ")");
+  BAMBA_CHECK(p.top_k >= 0, "top_k must be >= 0 (got ", p.top_k, ")");
+}
+
 int cuda_device_count() {
 #ifdef BAMBA_HAVE_CUDA
   return cuda_runtime_device_count();

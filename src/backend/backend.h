@@ -7,6 +7,7 @@
 // whatever its slot holds.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -34,6 +35,20 @@ struct AttentionOpsConfig {
 // inv_freq[j] = 1 / theta^(2j / R), j < R/2, computed in fp32 as HF does and rounded to c.inv_freq_dtype.
 std::vector<float> rope_inv_freq(const AttentionOpsConfig& c);
 
+// How one logits row is turned into a token (Backend::sample). temperature <= 0 or top_k == 1: greedy (the first
+// index of the maximum). Otherwise softmax(logits / temperature) restricted to the top_k largest (0 = all) and
+// then to the smallest set of largest whose probability reaches top_p (1 = all), renormalised, and drawn with
+// the uniform number hash_uniform(seed, 0, 0, 1) (core/hash_uniform.h): the caller makes the seed unique per
+// request and step. Within that set, tokens are ordered by index (so the CPU and GPU pick the same token
+// except where rounding moves the draw across a boundary).
+struct SamplingParams {
+  float temperature = 0.f;
+  int32_t top_k = 0;
+  float top_p = 1.f;
+  uint64_t seed = 0;
+};
+void check_sampling(const SamplingParams& p);  // Error naming the bad field
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -54,11 +69,18 @@ class Backend {
   virtual void fill_uniform(Tensor t, uint64_t seed, float lo, float hi) = 0;
   virtual void fill(Tensor t, float value) = 0;
   virtual void to_host_f32(Tensor src, float* dst) = 0;  // contiguous src
+  // dst (contiguous rows, any float dtype) = src converted; the inverse of to_host_f32 (tests, engine uploads).
+  virtual void from_host_f32(Tensor dst, const float* src) = 0;
   virtual void zero_state_slot(std::span<const Tensor> state, int32_t slot) = 0;  // tensors [n_slots, ...]
 
   // ---- the step: metadata every op below reads
   virtual void set_batch(const StepBatch& b) = 0;
   virtual void synchronize() {}
+  // Runs `ops` (the ops of one forward step for the batch last given to set_batch). A GPU backend may record
+  // them once per `key` and batch shape and replay the recording afterwards (CUDA graphs for decode steps):
+  // so `ops` must issue the same ops on the same tensors whenever key and the batch's token and sequence
+  // counts are the same, and must not read anything on the host that the previous step wrote.
+  virtual void run_step(uint64_t key, const std::function<void()>& ops) { ops(); }
 
   // ---- ops
   // out[t] = table[tokens[t]]                                  out [T, H], table [V, H]
@@ -93,6 +115,9 @@ class Backend {
   virtual void swiglu(Tensor out, Tensor gate_up) = 0;
   // out[i] = x[rows[i]] for the batch's logit_rows.              out [R, H], x [T, H]
   virtual void gather_logit_rows(Tensor out, Tensor x) = 0;
+  // out_tokens[r] = a token drawn from logits row r with params[r] (see SamplingParams).
+  // logits [R, V] F32 (may be strided); params and out_tokens: R entries, on the host.
+  virtual void sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -9,5 +9,7 @@ void register_logits(CLI::App& app);
 void register_tokenize(CLI::App& app);  // tokenize and detokenize
 void register_serve(CLI::App& app);
 void register_bench_serve(CLI::App& app);
+void register_bench(CLI::App& app);
+void register_merge(CLI::App& app);
 
 }  // namespace bamba::cli

@@ -6,6 +6,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "core/error.h"
+#include "backend/backend.h"
 #include "engine/generator.h"
 #include "engine/text_stream.h"
 
@@ -29,11 +30,10 @@ void run(const GenerateOptions& o) {
   LoadedModel m = load(o.model, true);
   std::vector<int32_t> ids = m.tokenizer->encode(prompt, !o.no_bos);
   Generator gen(*m.model, m.max_model_len);
-  Sampler sampler(o.sampling);
   TextStream text(*m.tokenizer, o.stop);
   std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);
-  GenerationStats st = gen.generate(ids, o.max_tokens, sampler, o.ignore_eos ? std::vector<int32_t>{} : m.eos,
+  GenerationStats st = gen.generate(ids, o.max_tokens, o.sampling, o.ignore_eos ? std::vector<int32_t>{} : m.eos,
                                     [&](int32_t id) {
                                       std::string piece = text.push(id);
                                       std::fwrite(piece.data(), 1, piece.size(), stdout);

@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
   bamba::cli::register_tokenize(app);
   bamba::cli::register_serve(app);
   bamba::cli::register_bench_serve(app);
+  bamba::cli::register_bench(app);
+  bamba::cli::register_merge(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -22,6 +24,9 @@ int main(int argc, char** argv) {
     return 1;
   } catch (const std::bad_alloc&) {
     std::cerr << "error: out of memory\n";
+    return 1;
+  } catch (const std::exception& e) {  // e.g. std::filesystem errors, which name the path
+    std::cerr << "error: " << e.what() << "\n";
     return 1;
   }
   return 0;

@@ -21,7 +21,7 @@ ProgressBar::ProgressBar(std::string label, size_t total, bool enabled)
 
 ProgressBar::~ProgressBar() { finish(); }
 
-void ProgressBar::update(size_t done) {
+void ProgressBar::update(size_t done, const std::string& note) {
   if (!enabled_ || finished_ || total_ == 0) return;
   const double frac = double(done) / double(total_);
   const auto now = std::chrono::steady_clock::now();
@@ -30,15 +30,15 @@ void ProgressBar::update(size_t done) {
     if (done < total_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
     last_draw_ = now;
     const int width = 30, fill = int(frac * width);
-    std::fprintf(stderr, "\r%s [%.*s%*s] %3.0f%% %s / %s %.1fs", label_.c_str(), fill,
+    std::fprintf(stderr, "\r%s [%.*s%*s] %3.0f%% %s / %s %s %.1fs\x1b[K", label_.c_str(), fill,
                  "##############################", width - fill, "", frac * 100, human_bytes(double(done)).c_str(),
-                 human_bytes(double(total_)).c_str(), secs);
+                 human_bytes(double(total_)).c_str(), note.c_str(), secs);
   } else {
     const int decile = int(frac * 10);
     if (decile == last_decile_) return;
     last_decile_ = decile;
-    std::fprintf(stderr, "%s %3d%% (%s / %s, %.1fs)\n", label_.c_str(), decile * 10, human_bytes(double(done)).c_str(),
-                 human_bytes(double(total_)).c_str(), secs);
+    std::fprintf(stderr, "%s %3d%% (%s / %s %s, %.1fs)\n", label_.c_str(), decile * 10,
+                 human_bytes(double(done)).c_str(), human_bytes(double(total_)).c_str(), note.c_str(), secs);
   }
 }
 

@@ -11,7 +11,7 @@ class ProgressBar {
  public:
   ProgressBar(std::string label, size_t total, bool enabled = true);
   ~ProgressBar();
-  void update(size_t done);
+  void update(size_t done, const std::string& note = "");  // note: e.g. "12/40 tensors"
   void finish();
 
  private:

@@ -73,9 +73,7 @@ void Engine::validate(const RequestParams& p) const {
   BAMBA_CHECK(int64_t(P) + p.max_tokens <= opt_.max_model_len, "This model's maximum context length is ",
               opt_.max_model_len, " tokens. However, you requested ", int64_t(P) + p.max_tokens, " tokens (", P,
               " in the prompt, ", p.max_tokens, " in the completion).");
-  BAMBA_CHECK(p.sampling.temperature >= 0 && std::isfinite(p.sampling.temperature), "temperature must be >= 0");
-  BAMBA_CHECK(p.sampling.top_p > 0 && p.sampling.top_p <= 1, "top_p must be in (0, 1]");
-  BAMBA_CHECK(p.sampling.top_k >= 0, "top_k must be >= 0 (0 = off)");
+  check_sampling(p.sampling);
   BAMBA_CHECK(p.logprobs <= opt_.max_logprobs && p.prompt_logprobs <= opt_.max_logprobs, "logprobs must be <= ",
               opt_.max_logprobs);
 }
@@ -208,9 +206,17 @@ void Engine::step() {
     }
   }
   const int32_t R = int32_t(b.logit_rows.size()), V = int32_t(model_.config().vocab_size);
-  Tensor logits = model_.forward(b, cache_, ws_);  // [R, V]
-  host_logits_.resize(size_t(R) * size_t(V));
-  model_.backend().to_host_f32(logits, host_logits_.data());
+  Tensor logits = model_.forward(b, cache_, ws_);  // [R, V] F32
+  // Logprobs are computed on the host: copy the rows only when a request in the step asks for them.
+  bool need_host = false;
+  for (const ScheduledSeq& p : plan) {
+    const RequestParams& rp = live_.at(p.seq->id)->req->params;
+    need_host |= p.all_logits || (p.samples() && rp.logprobs >= 0);
+  }
+  if (need_host) {
+    host_logits_.resize(size_t(R) * size_t(V));
+    model_.backend().to_host_f32(logits, host_logits_.data());
+  }
 
   // One sampling call over all rows; rows that draw nothing (prompt rows) are greedy and ignored.
   std::vector<SamplingParams> params(static_cast<size_t>(R));
@@ -222,12 +228,13 @@ void Engine::step() {
     const Live& l = *live_.at(p.seq->id);
     if (p.samples()) {
       SamplingParams sp = l.req->params.sampling;
-      sp.seed = splitmix64(sp.seed ^ splitmix64(uint64_t(l.generated) + 1));  // depends on (seed, token index)
+      // Draw k depends on (seed, k) only, as in the Generator: a recomputed sequence draws the same tokens.
+      sp.seed = splitmix64(sp.seed + uint64_t(l.generated));
       params[size_t(last_row[i])] = sp;
     }
   }
   std::vector<int32_t> drawn(static_cast<size_t>(R));
-  sample_rows(host_logits_.data(), V, params, drawn.data());
+  model_.backend().sample(logits, params, drawn.data());
 
   const Clock::time_point now = Clock::now();
   uint64_t new_tokens = 0;
@@ -305,13 +312,6 @@ void Engine::update_gauges() {
   const CacheSizes& cs = cache_.sizes();
   stats_.state_slots_usage = 1.0 - double(cache_.free_slots()) / cs.n_slots;
   stats_.kv_cache_usage = cs.n_blocks ? 1.0 - double(cache_.free_blocks()) / cs.n_blocks : 0.0;
-}
-
-void sample_rows(const float* logits, int32_t V, std::span<const SamplingParams> params, int32_t* out) {
-  for (size_t r = 0; r < params.size(); ++r) {
-    Sampler s(params[r]);
-    out[r] = s.sample(std::span(logits + r * size_t(V), size_t(V)));
-  }
 }
 
 }  // namespace bamba

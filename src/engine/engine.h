@@ -81,8 +81,4 @@ class Engine {
   std::thread thread_;
 };
 
-// Draws one token per row of host logits [R, V] with params[r]: the host twin of the backend's batched sampling
-// op. Each row's draw depends only on its own params (the seed says which draw).
-void sample_rows(const float* logits, int32_t V, std::span<const SamplingParams> params, int32_t* out);
-
 }  // namespace bamba

@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "core/error.h"
+#include "core/hash_uniform.h"
 
 namespace bamba {
 
@@ -12,10 +13,9 @@ Generator::Generator(const HybridModel& model, int32_t max_model_len, int32_t pr
       max_model_len_(max_model_len),
       prefill_chunk_(std::min(prefill_chunk, max_model_len)),
       cache_(model.config(), model.backend(), HybridCache::sizes_for(model.config(), 1, max_model_len)),
-      ws_(model.config(), model.backend(), prefill_chunk_, 1),
-      logits_(size_t(model.config().vocab_size)) {}
+      ws_(model.config(), model.backend(), prefill_chunk_, 1) {}
 
-GenerationStats Generator::generate(std::span<const int32_t> prompt, int32_t max_new, Sampler& sampler,
+GenerationStats Generator::generate(std::span<const int32_t> prompt, int32_t max_new, const SamplingParams& params,
                                     const std::vector<int32_t>& eos, const std::function<bool(int32_t)>& on_token) {
   using clock = std::chrono::steady_clock;
   BAMBA_CHECK(!prompt.empty(), "the prompt is empty (no tokens)");
@@ -25,11 +25,12 @@ GenerationStats Generator::generate(std::span<const int32_t> prompt, int32_t max
   st.prompt_tokens = int32_t(prompt.size());
   SeqCache seq;
   std::vector<int32_t> ids(prompt.begin(), prompt.end());
+  check_sampling(params);
   auto step = [&](int32_t begin, int32_t end) {  // feeds ids[begin, end), leaves the last row's logits in logits_
     BAMBA_CHECK(cache_.reserve(seq, end), "internal: cache too small for ", end, " tokens");
     StepBatch b;
     b.add(std::span(ids).subspan(size_t(begin), size_t(end - begin)), begin, seq.slot, seq.blocks);
-    model_.backend().to_host_f32(model_.forward(b, cache_, ws_), logits_.data());
+    logits_ = model_.forward(b, cache_, ws_);
   };
   auto t0 = clock::now();
   for (int32_t b = 0; b < int32_t(ids.size()); b += prefill_chunk_)
@@ -42,7 +43,10 @@ GenerationStats Generator::generate(std::span<const int32_t> prompt, int32_t max
       break;
     }
     if (st.new_tokens > 0) step(int32_t(ids.size()) - 1, int32_t(ids.size()));
-    int32_t next = sampler.sample(logits_);
+    SamplingParams p = params;
+    p.seed = splitmix64(params.seed + uint64_t(st.new_tokens));
+    int32_t next = -1;
+    model_.backend().sample(logits_, std::span(&p, 1), &next);
     ids.push_back(next);
     ++st.new_tokens;
     if (std::find(eos.begin(), eos.end(), next) != eos.end()) {

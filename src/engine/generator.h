@@ -1,5 +1,5 @@
 // Generator: one sequence, prompt to tokens: chunked prefill through the forward step, then decode steps, with
-// the sampler on the host. `bamba generate` uses it; the server's scheduler batches many sequences instead.
+// sampling by the backend (on the GPU when there is one). `bamba generate` uses it; the server's scheduler batches many sequences instead.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "engine/hybrid_cache.h"
-#include "engine/sampler.h"
 #include "model/hybrid.h"
 
 namespace bamba {
@@ -26,7 +25,8 @@ class Generator {
 
   // Streams new tokens to on_token (return false to stop). Stops at an eos id, after max_new tokens, or at
   // max_model_len. Throws Error if the prompt is empty or longer than max_model_len.
-  GenerationStats generate(std::span<const int32_t> prompt, int32_t max_new, Sampler& sampler,
+  // Token k is drawn with seed splitmix64(params.seed + k), so a seed reproduces a run.
+  GenerationStats generate(std::span<const int32_t> prompt, int32_t max_new, const SamplingParams& params,
                            const std::vector<int32_t>& eos, const std::function<bool(int32_t)>& on_token);
 
  private:
@@ -34,7 +34,7 @@ class Generator {
   int32_t max_model_len_, prefill_chunk_;
   HybridCache cache_;
   Workspace ws_;
-  std::vector<float> logits_;
+  Tensor logits_;  // [1, V] of the last step
 };
 
 }  // namespace bamba

@@ -14,7 +14,7 @@
 #include <utility>
 #include <vector>
 
-#include "engine/sampler.h"
+#include "backend/backend.h"  // SamplingParams
 
 namespace bamba {
 

@@ -74,36 +74,44 @@ Tensor HybridModel::forward(const StepBatch& b, HybridCache& cache, Workspace& w
   Tensor xn = ws.xn.slice_rows(0, T);    // [T, H]
   Tensor out = ws.out.slice_rows(0, T);  // [T, H]
 
-  be_.embed(h, w_.embed_tokens);
-  if (hook) hook("embed", h);
-  be_.rmsnorm(xn, h, w_.layers[0].input_layernorm, eps);
-  for (int64_t i = 0; i < L; ++i) {
-    const LayerWeights& lw = w_.layers[size_t(i)];
-    const int64_t k = cfg_.kind_index(i);
-    if (cfg_.layer_kinds[size_t(i)] == LayerKind::Mamba) mamba_mixer(lw.mamba, xn, out, k, cache, ws);
-    else attention(lw.attn, xn, out, k, cache, ws);
-    be_.add_rmsnorm(h, out, xn, lw.pre_ff_layernorm, eps);  // h += mixer(xn); xn = norm(h)
-
-    Tensor gate_up = ws.proj.slice_rows(0, T).slice_cols(0, 2 * cfg_.intermediate_size);  // [T, 2F]
-    Tensor act = ws.y.slice_rows(0, T).slice_cols(0, cfg_.intermediate_size);             // [T, F]
-    be_.matmul(gate_up, xn, lw.gate_up_proj, {});
-    be_.swiglu(act, gate_up);
-    be_.matmul(out, act, lw.down_proj, {});
-
-    Tensor next_norm = i + 1 < L ? w_.layers[size_t(i + 1)].input_layernorm : w_.final_layernorm;
-    if (hook) {  // the residual stream after layer i exists only unfused
-      be_.add(h, out);
-      hook("layer" + std::to_string(i), h);
-      be_.rmsnorm(xn, h, next_norm, eps);
-    } else {
-      be_.add_rmsnorm(h, out, xn, next_norm, eps);
-    }
-  }
-  if (hook) hook("final_norm", xn);
   Tensor sel = ws.sel.slice_rows(0, R);        // [R, H]
   Tensor logits = ws.logits.slice_rows(0, R);  // [R, V]
-  be_.gather_logit_rows(sel, xn);
-  be_.matmul(logits, sel, w_.lm_head, {});
+  // The same ops on the same buffers for the same (model, workspace, cache) and batch shape: a GPU backend may
+  // record them once and replay them (decode steps). With a hook the step runs as plain calls.
+  auto ops = [&] {
+    be_.embed(h, w_.embed_tokens);
+    if (hook) hook("embed", h);
+    be_.rmsnorm(xn, h, w_.layers[0].input_layernorm, eps);
+    for (int64_t i = 0; i < L; ++i) {
+      const LayerWeights& lw = w_.layers[size_t(i)];
+      const int64_t k = cfg_.kind_index(i);
+      if (cfg_.layer_kinds[size_t(i)] == LayerKind::Mamba) mamba_mixer(lw.mamba, xn, out, k, cache, ws);
+      else attention(lw.attn, xn, out, k, cache, ws);
+      be_.add_rmsnorm(h, out, xn, lw.pre_ff_layernorm, eps);  // h += mixer(xn); xn = norm(h)
+
+      Tensor gate_up = ws.proj.slice_rows(0, T).slice_cols(0, 2 * cfg_.intermediate_size);  // [T, 2F]
+      Tensor act = ws.y.slice_rows(0, T).slice_cols(0, cfg_.intermediate_size);             // [T, F]
+      be_.matmul(gate_up, xn, lw.gate_up_proj, {});
+      be_.swiglu(act, gate_up);
+      be_.matmul(out, act, lw.down_proj, {});
+
+      Tensor next_norm = i + 1 < L ? w_.layers[size_t(i + 1)].input_layernorm : w_.final_layernorm;
+      if (hook) {  // the residual stream after layer i exists only unfused
+        be_.add(h, out);
+        hook("layer" + std::to_string(i), h);
+        be_.rmsnorm(xn, h, next_norm, eps);
+      } else {
+        be_.add_rmsnorm(h, out, xn, next_norm, eps);
+      }
+    }
+    if (hook) hook("final_norm", xn);
+    be_.gather_logit_rows(sel, xn);
+    be_.matmul(logits, sel, w_.lm_head, {});
+  };
+  if (hook) ops();
+  else be_.run_step(reinterpret_cast<uintptr_t>(this) ^ (reinterpret_cast<uintptr_t>(&ws) << 1) ^
+                        (reinterpret_cast<uintptr_t>(&cache) << 2),
+                    ops);
   return logits;
 }
 

@@ -158,8 +158,9 @@ std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_hand
 RequestParams Job::sequence(int32_t i, uint64_t random_seed) const {
   RequestParams p = base;
   p.prompt = prompts[size_t(i / n)];
-  // A given seed makes the run reproducible; choices of one prompt draw differently.
-  p.sampling.seed = seed ? splitmix64(*seed) + uint64_t(i % n) : random_seed;
+  // A given seed makes the run reproducible (the same draws as `bamba generate --seed`); choices of one prompt
+  // draw differently.
+  p.sampling.seed = seed ? *seed + uint64_t(i % n) * 0x9e3779b97f4a7c15ull : random_seed;
   return p;
 }
 

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <unordered_map>
 #include <vector>
 
@@ -79,6 +80,10 @@ class CpuBackend final : public Backend {
   void to_host_f32(Tensor src, float* dst) override {
     check_f32(src, "to_host_f32 source");
     for (int64_t r = 0; r < src.rows(); ++r) std::memcpy(dst + r * src.inner(), row(src, r), size_t(src.inner()) * 4);
+  }
+  void from_host_f32(Tensor dst, const float* src) override {
+    check_f32(dst, "from_host_f32 target");
+    for (int64_t r = 0; r < dst.rows(); ++r) std::memcpy(row_mut(dst, r), src + r * dst.inner(), size_t(dst.inner()) * 4);
   }
   void zero_state_slot(std::span<const Tensor> state, int32_t slot) override {
     for (const Tensor& t : state) std::memset(row_mut(t, slot), 0, size_t(t.inner()) * dtype_size(t.dtype));
@@ -258,6 +263,49 @@ class CpuBackend final : public Backend {
   void gather_logit_rows(Tensor out, Tensor x) override {
     for (size_t i = 0; i < b_->logit_rows.size(); ++i)
       std::memcpy(row_mut(out, int64_t(i)), row(x, b_->logit_rows[i]), size_t(x.shape[1]) * 4);
+  }
+
+  // The sequential definition of SamplingParams: sort to find the top-k and top-p thresholds (values; ties
+  // at a threshold are kept), then walk the kept tokens in index order to the drawn cumulative mass.
+  void sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) override {
+    check_f32(logits, "sample logits");
+    const int64_t V = logits.shape[1];
+    std::vector<float> z(static_cast<size_t>(V)), sorted;
+    for (int64_t r = 0; r < logits.rows(); ++r) {
+      const SamplingParams& sp = params[size_t(r)];
+      const float* x = row(logits, r);
+      if (sp.temperature <= 0.f || sp.top_k == 1) {
+        out_tokens[r] = int32_t(std::max_element(x, x + V) - x);
+        continue;
+      }
+      for (int64_t j = 0; j < V; ++j) z[size_t(j)] = x[j] / sp.temperature;
+      sorted = z;
+      std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+      const float m = sorted[0];
+      float thr = sp.top_k > 0 && sp.top_k < V ? sorted[size_t(sp.top_k - 1)] : sorted.back();
+      if (sp.top_p < 1.f) {
+        double total = 0;
+        for (float v : sorted) if (v >= thr) total += std::exp(double(v) - m);
+        double acc = 0;
+        for (float v : sorted) {
+          if (v < thr) break;
+          acc += std::exp(double(v) - m);
+          if (acc >= double(sp.top_p) * total) { thr = v; break; }
+        }
+      }
+      double mass = 0;
+      for (int64_t j = 0; j < V; ++j) if (z[size_t(j)] >= thr) mass += std::exp(double(z[size_t(j)]) - m);
+      const double target = double(hash_uniform(sp.seed, 0, 0.f, 1.f)) * mass;
+      double acc = 0;
+      int32_t pick = -1;
+      for (int64_t j = 0; j < V; ++j) {
+        if (z[size_t(j)] < thr) continue;
+        pick = int32_t(j);
+        acc += std::exp(double(z[size_t(j)]) - m);
+        if (acc > target) break;
+      }
+      out_tokens[r] = pick;
+    }
   }
 
  private:

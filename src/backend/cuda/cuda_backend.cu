@@ -1,0 +1,438 @@
+// The CUDA backend: device memory, weight upload, the device copy of each StepBatch, dense matmuls through
+// cuBLAS, dispatch of every op to its kernel family (one .cu file each), and CUDA graphs for decode steps.
+// bf16 weights (2-D) and activations, fp32 accumulation everywhere, fp32 small parameters (1-D checkpoint
+// tensors: norms, biases, A_log, D, dt_bias) and fp32 Mamba state; logits fp32.
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <set>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cuda/kernels.cuh"
+#include "core/hash_uniform.h"
+
+namespace bamba {
+namespace cuda {
+namespace {
+
+#define CUBLAS_CHECK(expr)                                                                       \
+  do {                                                                                           \
+    cublasStatus_t st_ = (expr);                                                                 \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                            \
+      ::bamba::fail("cuBLAS error at ", __FILE__, ":", __LINE__, ": ", #expr, ": ",              \
+                    cublasGetStatusString(st_));                                                 \
+  } while (0)
+
+double mib(size_t b) { return double(b) / (1024.0 * 1024.0); }
+
+bf16* bf(Tensor t, const char* what) {
+  if (t.device != Device::CUDA || t.dtype != DType::BF16)
+    fail("cuda backend: ", what, " must be a CUDA BF16 tensor, got ", dtype_name(t.dtype), " on ",
+         t.device == Device::CUDA ? "cuda" : "cpu");
+  return t.ptr<bf16>();
+}
+float* f32(Tensor t, const char* what) {
+  if (t.device != Device::CUDA || t.dtype != DType::F32) fail("cuda backend: ", what, " must be a CUDA F32 tensor");
+  return t.ptr<float>();
+}
+PView pv(Tensor t, const char* what) {
+  if (!t) return {};
+  if (t.device != Device::CUDA || (t.dtype != DType::F32 && t.dtype != DType::BF16))
+    fail("cuda backend: ", what, " must be a CUDA F32 or BF16 tensor");
+  return {t.data, t.dtype == DType::BF16};
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    CUDA_CHECK(cudaSetDevice(device));
+    CUDA_CHECK(cudaGetDeviceProperties(&prop_, device));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&cublas_));
+    CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    // A fixed workspace, so that cuBLAS allocates nothing while a decode step is being recorded into a graph.
+    cublas_ws_bytes_ = 64u << 20;
+    CUDA_CHECK(cudaMalloc(&cublas_ws_, cublas_ws_bytes_));
+    CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_ws_, cublas_ws_bytes_));
+    for (auto& e : stage_done_) CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&meta_done_, cudaEventDisableTiming));
+    const char* g = std::getenv("BAMBA_CUDA_GRAPHS");
+    graphs_enabled_ = !(g && std::string(g) == "0");
+    const char* gm = std::getenv("BAMBA_CUDA_GEMV_ROWS");  // decode rows up to which gemv.cu beats cuBLAS
+    gemv_max_rows_ = gm ? std::atoi(gm) : kMaxGemvRows;
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    for (auto& [k, e] : graphs_) cudaGraphExecDestroy(e);
+    for (auto& [p, n] : allocs_) cudaFree(p);
+    for (auto& [k, p] : inv_freq_) cudaFree(p);
+    for (void* p : std::initializer_list<void*>{meta_dev_, scratch_, stage_dev_[0], stage_dev_[1], cublas_ws_, sample_dev_})
+      cudaFree(p);
+    for (void* p : std::initializer_list<void*>{meta_host_, stage_host_[0], stage_host_[1], sample_host_}) cudaFreeHost(p);
+    for (auto& e : stage_done_) cudaEventDestroy(e);
+    cudaEventDestroy(meta_done_);
+    cublasDestroy(cublas_);
+    cudaStreamDestroy(stream_);
+  }
+
+  Device device() const override { return Device::CUDA; }
+  std::string name() const override { return std::string("cuda (") + prop_.name + ", bf16)"; }
+  DType weight_dtype() const override { return DType::BF16; }
+  DType activation_dtype() const override { return DType::BF16; }
+  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  // ---- memory
+  void* dev_malloc(size_t n, const std::string& what) {
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, std::max<size_t>(n, 1));
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      fail("out of GPU memory on ", prop_.name, ": ", what, " needs ", mib(n), " MiB, ", mib(free_b), " MiB free of ",
+           mib(total_b), " MiB");
+    }
+    CUDA_CHECK(e);
+    return p;
+  }
+  Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) override {
+    Tensor t(nullptr, dtype, Device::CUDA, shape);
+    const size_t n = t.nbytes();
+    t.data = dev_malloc(n, "a " + t.shape_str() + " " + std::string(dtype_name(dtype)) + " tensor");
+    CUDA_CHECK(cudaMemsetAsync(t.data, 0, std::max<size_t>(n, 1), stream_));
+    allocs_[t.data] = n;
+    return t;
+  }
+  void release(Tensor t) override {
+    auto it = allocs_.find(t.data);
+    if (it == allocs_.end()) return;
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    cudaFree(it->first);
+    allocs_.erase(it);
+  }
+
+  // Weights stream from the mmap'd file through two pinned staging buffers (double-buffered with events), so the
+  // host never holds a second copy: bf16 goes straight into place, F32/F16 are converted by a kernel.
+  Tensor load_weight(std::span<const TensorInfo* const> parts, std::initializer_list<int64_t> shape) override {
+    const DType dst_t = shape.size() == 1 ? DType::F32 : DType::BF16;
+    Tensor t = alloc(dst_t, shape);
+    ensure_staging();
+    char* dst = static_cast<char*>(t.data);
+    for (const TensorInfo* p : parts) {
+      const size_t esz = dtype_size(p->dtype);
+      const size_t step = kStageBytes / esz * esz;
+      for (size_t off = 0; off < p->nbytes; off += step) {
+        const size_t n = std::min(step, p->nbytes - off);
+        const int k = stage_next_++ & 1;
+        CUDA_CHECK(cudaEventSynchronize(stage_done_[k]));  // buffer k's last copy/convert has finished
+        std::memcpy(stage_host_[k], p->data + off, n);
+        if (p->dtype == dst_t) {
+          CUDA_CHECK(cudaMemcpyAsync(dst, stage_host_[k], n, cudaMemcpyHostToDevice, stream_));
+        } else {
+          CUDA_CHECK(cudaMemcpyAsync(stage_dev_[k], stage_host_[k], n, cudaMemcpyHostToDevice, stream_));
+          convert(stream_, dst, dst_t, stage_dev_[k], p->dtype, int64_t(n / esz));
+        }
+        CUDA_CHECK(cudaEventRecord(stage_done_[k], stream_));
+        dst += n / esz * dtype_size(dst_t);
+      }
+    }
+    return t;
+  }
+  void fill_uniform(Tensor t, uint64_t seed, float lo, float hi) override {
+    cuda::fill_uniform(stream_, t.data, t.dtype, t.numel(), seed, lo, hi);
+  }
+  void fill(Tensor t, float value) override { fill_value(stream_, t.data, t.dtype, t.numel(), value); }
+  void to_host_f32(Tensor src, float* dst) override {
+    const size_t esz = dtype_size(src.dtype), row = size_t(src.inner());
+    std::vector<unsigned char> raw(size_t(src.numel()) * esz);
+    CUDA_CHECK(cudaMemcpy2DAsync(raw.data(), row * esz, src.data, size_t(src.ld) * esz, row * esz, size_t(src.rows()),
+                                 cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    convert_to_f32(raw.data(), src.dtype, size_t(src.numel()), dst);
+  }
+  void from_host_f32(Tensor dst, const float* src) override {
+    const size_t esz = dtype_size(dst.dtype), row = size_t(dst.inner());
+    std::vector<unsigned char> raw(size_t(dst.numel()) * esz);
+    convert_from_f32(src, size_t(dst.numel()), dst.dtype, raw.data());
+    CUDA_CHECK(cudaMemcpy2DAsync(dst.data, size_t(dst.ld) * esz, raw.data(), row * esz, row * esz, size_t(dst.rows()),
+                                 cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void zero_state_slot(std::span<const Tensor> state, int32_t slot) override {
+    for (const Tensor& t : state)
+      CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(t.data) + size_t(slot) * size_t(t.ld) * dtype_size(t.dtype), 0,
+                                 size_t(t.inner()) * dtype_size(t.dtype), stream_));
+  }
+
+  // ---- the step
+  void set_batch(const StepBatch& b) override;
+  void run_step(uint64_t key, const std::function<void()>& ops) override;
+
+  // ---- ops
+  void embed(Tensor out, Tensor table) override {
+    cuda::embed(stream_, bf(out, "embed out"), out.ld, bf(table, "embedding table"), table.ld, out.shape[1], db_);
+  }
+  void matmul(Tensor y, Tensor x, Tensor W, Tensor bias) override {
+    const int M = int(x.rows()), K = int(x.shape[1]), N = int(W.rows());
+    if (M == 0) return;
+    if (W.shape[1] != K || y.shape[1] != N) fail("cuda matmul: shapes ", y.shape_str(), " = ", x.shape_str(), " x ", W.shape_str(), "^T");
+    const bool y_f32 = y.dtype == DType::F32;
+    if (y_f32) f32(y, "matmul output");
+    else bf(y, "matmul output");
+    if (M <= gemv_max_rows_ && gemv(stream_, y.data, y_f32, y.ld, bf(x, "matmul input"), x.ld, bf(W, "matmul weight"),
+                                    W.ld, pv(bias, "matmul bias"), M, N, K))
+      return;
+    const float alpha = 1.f, beta = 0.f;
+    // Row-major y[M,N] = x[M,K] W[N,K]^T is column-major y^T[N,M] = W^T... as cuBLAS sees it: op(A)=Wᵀ (A is W
+    // read column-major, i.e. [K,N] with lda = W.ld), B = x read column-major [K,M].
+    CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, bf(W, "matmul weight"), CUDA_R_16BF,
+                              int(W.ld), bf(x, "matmul input"), CUDA_R_16BF, int(x.ld), &beta, y.data,
+                              y_f32 ? CUDA_R_32F : CUDA_R_16BF, int(y.ld), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (bias) add_bias(stream_, y.data, y_f32, y.ld, pv(bias, "matmul bias"), M, N);
+  }
+  void rmsnorm(Tensor out, Tensor x, Tensor w, float eps) override {
+    cuda::rmsnorm(stream_, bf(out, "rmsnorm out"), out.ld, bf(x, "rmsnorm x"), x.ld, nullptr, 0, pv(w, "norm weight"),
+                  x.rows(), x.shape[1], eps);
+  }
+  void add_rmsnorm(Tensor h, Tensor x, Tensor out, Tensor w, float eps) override {
+    cuda::rmsnorm(stream_, bf(out, "rmsnorm out"), out.ld, bf(h, "residual"), h.ld, bf(x, "rmsnorm x"), x.ld,
+                  pv(w, "norm weight"), h.rows(), h.shape[1], eps);
+  }
+  void add(Tensor h, Tensor x) override {
+    add_inplace(stream_, bf(h, "add h"), h.ld, bf(x, "add x"), x.ld, h.rows(), h.shape[1]);
+  }
+  void conv1d_silu(Tensor out, Tensor xBC, Tensor weight, Tensor bias, Tensor conv_state) override {
+    cuda::conv1d_silu(stream_, bf(out, "conv out"), out.ld, bf(xBC, "conv in"), xBC.ld, pv(weight, "conv weight"),
+                      pv(bias, "conv bias"), f32(conv_state, "conv state"), xBC.shape[1], weight.shape[1], db_,
+                      max_seq_len_);
+  }
+  void ssd(Tensor y, Tensor xBC, Tensor dt, Tensor A_log, Tensor D, Tensor dt_bias, Tensor ssm_state,
+           const MambaOpsConfig& c) override {
+    SsdArgs a{bf(y, "ssd y"), y.ld, bf(xBC, "ssd xBC"), xBC.ld, bf(dt, "ssd dt"), dt.ld, pv(A_log, "A_log"),
+              pv(D, "D"), pv(dt_bias, "dt_bias"), f32(ssm_state, "ssm state"), int(c.n_heads), int(c.d_head),
+              int(c.n_groups), int(c.d_state), int(c.chunk_size), c.time_step_min, c.time_step_max};
+    const size_t need = ssd_scratch_floats(a, db_.n_chunks);
+    if (max_seq_len_ > db_.chunk_q && need > scratch_floats_) {
+      if (capturing_) fail("internal: ssd scratch grows during graph capture");
+      CUDA_CHECK(cudaStreamSynchronize(stream_));
+      cudaFree(scratch_);
+      scratch_ = static_cast<float*>(dev_malloc(need * 4, "the SSD chunk-state scratch"));
+      scratch_floats_ = need;
+    }
+    cuda::ssd(stream_, a, db_, max_seq_len_, scratch_, scratch_floats_);
+  }
+  void gated_rmsnorm(Tensor out, Tensor y, Tensor z, Tensor w, int64_t group_size, float eps) override {
+    cuda::gated_rmsnorm(stream_, bf(out, "gated norm out"), out.ld, bf(y, "gated norm y"), y.ld, bf(z, "gate z"),
+                        z.ld, pv(w, "gated norm weight"), y.rows(), y.shape[1], group_size, eps);
+  }
+  void attention(Tensor out, Tensor qkv, Tensor k_pages, Tensor v_pages, const AttentionOpsConfig& c) override {
+    AttnArgs a{bf(out, "attention out"), out.ld, bf(qkv, "qkv"), qkv.ld, bf(k_pages, "k pages"), bf(v_pages, "v pages"),
+               inv_freq(c), int(c.n_heads), int(c.n_kv_heads), int(c.head_dim), int(c.rotary_dim),
+               int(c.block_size), c.scale};
+    rope_and_cache(stream_, a, db_);
+    cuda::attention(stream_, a, db_, max_seq_len_);
+  }
+  void swiglu(Tensor out, Tensor gate_up) override {
+    cuda::swiglu(stream_, bf(out, "swiglu out"), out.ld, bf(gate_up, "gate_up"), gate_up.ld, out.rows(), out.shape[1]);
+  }
+  void gather_logit_rows(Tensor out, Tensor x) override {
+    gather_rows(stream_, bf(out, "gather out"), out.ld, bf(x, "gather in"), x.ld, x.shape[1], db_);
+  }
+  void sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) override;
+
+ private:
+  static constexpr size_t kStageBytes = 32u << 20;
+  void ensure_staging() {
+    if (stage_host_[0]) return;
+    for (int k = 0; k < 2; ++k) {
+      CUDA_CHECK(cudaMallocHost(&stage_host_[k], kStageBytes));
+      stage_dev_[k] = dev_malloc(kStageBytes, "the weight staging buffer");
+      CUDA_CHECK(cudaEventRecord(stage_done_[k], stream_));
+    }
+  }
+  const float* inv_freq(const AttentionOpsConfig& c) {
+    auto key = std::make_tuple(c.rotary_dim, c.rope_theta, int(c.inv_freq_dtype));
+    auto it = inv_freq_.find(key);
+    if (it != inv_freq_.end()) return it->second;
+    if (capturing_) fail("internal: RoPE table built during graph capture");
+    std::vector<float> f = rope_inv_freq(c);
+    float* d = static_cast<float*>(dev_malloc(f.size() * 4 + 4, "the RoPE table"));
+    CUDA_CHECK(cudaMemcpy(d, f.data(), f.size() * 4, cudaMemcpyHostToDevice));
+    inv_freq_[key] = d;
+    return d;
+  }
+
+  int device_;
+  cudaDeviceProp prop_{};
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  void* cublas_ws_ = nullptr;
+  size_t cublas_ws_bytes_ = 0;
+  std::unordered_map<void*, size_t> allocs_;
+  // weight staging
+  void* stage_host_[2] = {nullptr, nullptr};
+  void* stage_dev_[2] = {nullptr, nullptr};
+  cudaEvent_t stage_done_[2] = {};
+  unsigned stage_next_ = 0;
+  // the batch
+  int32_t* meta_host_ = nullptr;  // pinned
+  int32_t* meta_dev_ = nullptr;
+  size_t meta_cap_ = 0;           // int32 elements of both
+  cudaEvent_t meta_done_ = nullptr;
+  DevBatch db_{};
+  int max_seq_len_ = 0;
+  bool decode_ = false;
+  float* scratch_ = nullptr;
+  size_t scratch_floats_ = 0;
+  std::map<std::tuple<int64_t, float, int>, float*> inv_freq_;
+  // graphs
+  bool graphs_enabled_ = true, capturing_ = false;
+  int gemv_max_rows_ = kMaxGemvRows;
+  std::map<std::tuple<uint64_t, int, int, int>, cudaGraphExec_t> graphs_;
+  std::set<std::tuple<uint64_t, int, int, int>> seen_;
+  // sampling
+  DevSampling* sample_host_ = nullptr;
+  void* sample_dev_ = nullptr;
+  size_t sample_cap_ = 0;
+};
+
+// Packs the batch into one int32 array (so one copy uploads it) in an order whose offsets depend only on
+// (T, S, R) for decode steps, which is what lets a recorded graph be replayed with new contents.
+void CudaBackend::set_batch(const StepBatch& b) {
+  const int T = b.n_tokens(), S = b.n_seqs(), R = int(b.logit_rows.size());
+  max_seq_len_ = b.max_seq_len();
+  decode_ = T == S;
+  const int Q = T >= 8192 ? 256 : T >= 2048 ? 128 : 64;  // prefill chunk for the SSD scan (ssd.cu)
+  std::vector<int32_t> cseq, cbeg, cfirst;
+  for (int s = 0; s < S; ++s) {
+    cfirst.push_back(int32_t(cseq.size()));
+    for (int t = b.seq_start[size_t(s)]; t < b.seq_start[size_t(s) + 1]; t += Q) {
+      cseq.push_back(s);
+      cbeg.push_back(t);
+    }
+  }
+  cfirst.push_back(int32_t(cseq.size()));
+  const int nc = int(cseq.size());
+  const size_t n = size_t(3 * T + 3 * S + 1 + R + 1 + (S + 1) + 2 * nc) + b.block_table.size();
+  if (n > meta_cap_) {
+    if (capturing_) fail("internal: batch buffer grows during graph capture");
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    cudaFree(meta_dev_);
+    cudaFreeHost(meta_host_);
+    meta_cap_ = std::max<size_t>(n * 2, 4096);
+    meta_dev_ = static_cast<int32_t*>(dev_malloc(meta_cap_ * 4, "the step batch"));
+    CUDA_CHECK(cudaMallocHost(&meta_host_, meta_cap_ * 4));
+    for (auto& [k, e] : graphs_) cudaGraphExecDestroy(e);  // they point into the old buffer
+    graphs_.clear();
+  } else {
+    CUDA_CHECK(cudaEventSynchronize(meta_done_));  // the previous upload has left the pinned buffer
+  }
+  int32_t* h = meta_host_;
+  size_t o = 0;
+  auto put = [&](const int32_t* src, size_t cnt) {
+    const int32_t* dev = meta_dev_ + o;
+    std::memcpy(h + o, src, cnt * 4);
+    o += cnt;
+    return dev;
+  };
+  std::vector<int32_t> seq_of(size_t(T), 0);
+  for (int s = 0; s < S; ++s)
+    for (int t = b.seq_start[size_t(s)]; t < b.seq_start[size_t(s) + 1]; ++t) seq_of[size_t(t)] = s;
+  db_.tokens = put(b.tokens.data(), size_t(T));
+  db_.positions = put(b.positions.data(), size_t(T));
+  db_.seq_of = put(seq_of.data(), size_t(T));
+  db_.seq_start = put(b.seq_start.data(), size_t(S + 1));
+  db_.past_len = put(b.past_len.data(), size_t(S));
+  db_.slot = put(b.state_slot.data(), size_t(S));
+  db_.logit_rows = put(b.logit_rows.data(), size_t(R));
+  db_.max_blocks = put(&b.max_blocks, 1);
+  db_.chunk_first = put(cfirst.data(), size_t(S + 1));
+  db_.chunk_seq = put(cseq.data(), size_t(nc));
+  db_.chunk_begin = put(cbeg.data(), size_t(nc));
+  db_.block_table = put(b.block_table.data(), b.block_table.size());
+  db_.T = T;
+  db_.S = S;
+  db_.R = R;
+  db_.n_chunks = nc;
+  db_.chunk_q = Q;
+  CUDA_CHECK(cudaMemcpyAsync(meta_dev_, meta_host_, o * 4, cudaMemcpyHostToDevice, stream_));
+  CUDA_CHECK(cudaEventRecord(meta_done_, stream_));
+}
+
+// Decode steps (one token per sequence) are recorded into a CUDA graph the second time a (key, T, S, R) shape
+// is seen (the first run is eager, so that lazily built tables exist), and replayed afterwards: a 9B decode
+// step is ~1,000 small launches, whose launch cost would otherwise be a large share of the 4.5 ms floor.
+void CudaBackend::run_step(uint64_t key, const std::function<void()>& ops) {
+  if (!graphs_enabled_ || !decode_) return ops();
+  auto k = std::make_tuple(key, db_.T, db_.S, db_.R);
+  auto it = graphs_.find(k);
+  if (it == graphs_.end()) {
+    if (seen_.insert(k).second) return ops();
+    cudaGraph_t g = nullptr;
+    CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    capturing_ = true;
+    try {
+      ops();
+    } catch (...) {
+      capturing_ = false;
+      cudaStreamEndCapture(stream_, &g);
+      if (g) cudaGraphDestroy(g);
+      throw;
+    }
+    capturing_ = false;
+    CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+    cudaGraphExec_t exec = nullptr;
+    CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
+    cudaGraphDestroy(g);
+    it = graphs_.emplace(k, exec).first;
+  }
+  CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+}
+
+void CudaBackend::sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) {
+  const int64_t R = logits.rows(), V = logits.shape[1];
+  f32(logits, "sample logits");
+  const size_t bytes = size_t(R) * (sizeof(DevSampling) + 4);
+  if (bytes > sample_cap_) {
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    cudaFree(sample_dev_);
+    cudaFreeHost(sample_host_);
+    sample_cap_ = std::max<size_t>(bytes * 2, 4096);
+    sample_dev_ = dev_malloc(sample_cap_, "the sampling parameters");
+    CUDA_CHECK(cudaMallocHost(&sample_host_, sample_cap_));
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    const SamplingParams& p = params[size_t(r)];
+    sample_host_[r] = {p.temperature, p.top_k, p.top_p, hash_uniform(p.seed, 0, 0.f, 1.f)};
+  }
+  auto* dp = static_cast<DevSampling*>(sample_dev_);
+  auto* dout = reinterpret_cast<int32_t*>(dp + R);
+  CUDA_CHECK(cudaMemcpyAsync(dp, sample_host_, size_t(R) * sizeof(DevSampling), cudaMemcpyHostToDevice, stream_));
+  cuda::sample(stream_, logits.ptr<float>(), logits.ld, R, V, dp, dout);
+  CUDA_CHECK(cudaMemcpyAsync(out_tokens, dout, size_t(R) * 4, cudaMemcpyDeviceToHost, stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+}  // namespace
+}  // namespace cuda
+
+int cuda_runtime_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device_index) {
+  return std::make_unique<cuda::CudaBackend>(device_index);
+}
+
+}  // namespace bamba

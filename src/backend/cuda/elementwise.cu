@@ -1,0 +1,128 @@
+// Memory-bound elementwise kernels: embedding rows, residual add, bias, SwiGLU, row gathers, fills and dtype
+// conversion. Each is a grid-stride loop or one block per row; none is on a hot path except SwiGLU (one read of
+// [T, 2F], one write of [T, F]), which moves bf16 pairs.
+#include <cuda_fp16.h>
+
+#include "backend/cuda/kernels.cuh"
+#include "core/hash_uniform.h"
+
+namespace bamba::cuda {
+namespace {
+
+__global__ void embed_kernel(bf16* out, int64_t ldo, const bf16* table, int64_t ldt, int H, DevBatch b) {
+  const int64_t t = blockIdx.x;
+  const bf16* src = table + int64_t(b.tokens[t]) * ldt;
+  for (int j = threadIdx.x; j < H; j += blockDim.x) out[t * ldo + j] = src[j];
+}
+
+__global__ void gather_kernel(bf16* out, int64_t ldo, const bf16* x, int64_t ldx, int N, DevBatch b) {
+  const int64_t r = blockIdx.x;
+  const bf16* src = x + int64_t(b.logit_rows[r]) * ldx;
+  for (int j = threadIdx.x; j < N; j += blockDim.x) out[r * ldo + j] = src[j];
+}
+
+__global__ void add_kernel(bf16* h, int64_t ldh, const bf16* x, int64_t ldx, int N) {
+  const int64_t r = blockIdx.x;
+  for (int j = threadIdx.x; j < N; j += blockDim.x) h[r * ldh + j] = to_bf(to_f(h[r * ldh + j]) + to_f(x[r * ldx + j]));
+}
+
+__global__ void add_bias_kernel(void* y, bool y_f32, int64_t ldy, PView bias, int N) {
+  const int64_t r = blockIdx.x;
+  for (int j = threadIdx.x; j < N; j += blockDim.x) {
+    if (y_f32) static_cast<float*>(y)[r * ldy + j] += ld_param(bias, j);
+    else {
+      bf16* p = static_cast<bf16*>(y) + r * ldy + j;
+      *p = to_bf(to_f(*p) + ld_param(bias, j));
+    }
+  }
+}
+
+// out = silu(gate) * up over bf16 pairs (F is even for every model we know; odd F falls back to scalars).
+__global__ void swiglu_kernel(bf16* out, int64_t ldo, const bf16* gu, int64_t ldg, int F) {
+  const int64_t r = blockIdx.y;
+  const bf16* g = gu + r * ldg;
+  const bf16* u = g + F;
+  bf16* o = out + r * ldo;
+  const int stride = gridDim.x * blockDim.x;
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < F; j += stride) o[j] = to_bf(silu_f(to_f(g[j])) * to_f(u[j]));
+}
+
+__global__ void fill_uniform_kernel(void* p, int is_bf16, int64_t n, uint64_t seed, float lo, float hi) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float v = hash_uniform(seed, uint64_t(i), lo, hi);
+    if (is_bf16) static_cast<bf16*>(p)[i] = to_bf(v);
+    else static_cast<float*>(p)[i] = v;
+  }
+}
+
+__global__ void fill_kernel(void* p, int is_bf16, int64_t n, float v) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    if (is_bf16) static_cast<bf16*>(p)[i] = to_bf(v);
+    else static_cast<float*>(p)[i] = v;
+  }
+}
+
+// src_t: 0 F32, 1 BF16, 2 F16; dst: F32 or BF16.
+__global__ void convert_kernel(void* dst, int dst_bf16, const void* src, int src_t, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float v = src_t == 0 ? static_cast<const float*>(src)[i]
+            : src_t == 1 ? __bfloat162float(static_cast<const bf16*>(src)[i])
+                         : __half2float(static_cast<const __half*>(src)[i]);
+    if (dst_bf16) static_cast<bf16*>(dst)[i] = to_bf(v);
+    else static_cast<float*>(dst)[i] = v;
+  }
+}
+
+unsigned grid_for(int64_t n) { return unsigned(std::min<int64_t>((n + 255) / 256, 132 * 16)); }
+int is_bf16(DType t) {
+  if (t != DType::BF16 && t != DType::F32) fail("cuda backend: fill/convert target must be F32 or BF16, not ", dtype_name(t));
+  return t == DType::BF16;
+}
+
+}  // namespace
+
+void embed(cudaStream_t st, bf16* out, int64_t ldo, const bf16* table, int64_t ldt, int64_t H, const DevBatch& b) {
+  if (b.T == 0) return;
+  embed_kernel<<<unsigned(b.T), 256, 0, st>>>(out, ldo, table, ldt, int(H), b);
+  CUDA_LAUNCH_CHECK();
+}
+void gather_rows(cudaStream_t st, bf16* out, int64_t ldo, const bf16* x, int64_t ldx, int64_t N, const DevBatch& b) {
+  if (b.R == 0) return;
+  gather_kernel<<<unsigned(b.R), 256, 0, st>>>(out, ldo, x, ldx, int(N), b);
+  CUDA_LAUNCH_CHECK();
+}
+void add_inplace(cudaStream_t st, bf16* h, int64_t ldh, const bf16* x, int64_t ldx, int64_t M, int64_t N) {
+  if (M == 0) return;
+  add_kernel<<<unsigned(M), 256, 0, st>>>(h, ldh, x, ldx, int(N));
+  CUDA_LAUNCH_CHECK();
+}
+void add_bias(cudaStream_t st, void* y, bool y_f32, int64_t ldy, PView bias, int64_t M, int64_t N) {
+  if (M == 0) return;
+  add_bias_kernel<<<unsigned(M), 256, 0, st>>>(y, y_f32, ldy, bias, int(N));
+  CUDA_LAUNCH_CHECK();
+}
+void swiglu(cudaStream_t st, bf16* out, int64_t ldo, const bf16* gu, int64_t ldg, int64_t M, int64_t F) {
+  if (M == 0) return;
+  dim3 grid(ceil_div(F, 256), unsigned(M));
+  swiglu_kernel<<<grid, 256, 0, st>>>(out, ldo, gu, ldg, int(F));
+  CUDA_LAUNCH_CHECK();
+}
+void fill_uniform(cudaStream_t st, void* p, DType t, int64_t n, uint64_t seed, float lo, float hi) {
+  if (n == 0) return;
+  fill_uniform_kernel<<<grid_for(n), 256, 0, st>>>(p, is_bf16(t), n, seed, lo, hi);
+  CUDA_LAUNCH_CHECK();
+}
+void fill_value(cudaStream_t st, void* p, DType t, int64_t n, float v) {
+  if (n == 0) return;
+  fill_kernel<<<grid_for(n), 256, 0, st>>>(p, is_bf16(t), n, v);
+  CUDA_LAUNCH_CHECK();
+}
+void convert(cudaStream_t st, void* dst, DType dst_t, const void* src, DType src_t, int64_t n) {
+  if (n == 0) return;
+  int s = src_t == DType::F32 ? 0 : src_t == DType::BF16 ? 1 : src_t == DType::F16 ? 2 : -1;
+  if (s < 0) fail("cuda backend: cannot convert from ", dtype_name(src_t));
+  convert_kernel<<<grid_for(n), 256, 0, st>>>(dst, is_bf16(dst_t), src, s, n);
+  CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace bamba::cuda

@@ -1,0 +1,74 @@
+// Launchers of the kernels in this folder, one op family per .cu file. Row-major 2-D activations are passed as
+// (pointer, ld): ld is the element stride between rows, the rows themselves are contiguous.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "backend/cuda/common.cuh"
+
+namespace bamba::cuda {
+
+// elementwise.cu
+void embed(cudaStream_t st, bf16* out, int64_t ldo, const bf16* table, int64_t ldt, int64_t H, const DevBatch& b);
+void add_inplace(cudaStream_t st, bf16* h, int64_t ldh, const bf16* x, int64_t ldx, int64_t M, int64_t N);
+void add_bias(cudaStream_t st, void* y, bool y_f32, int64_t ldy, PView bias, int64_t M, int64_t N);
+void swiglu(cudaStream_t st, bf16* out, int64_t ldo, const bf16* gu, int64_t ldg, int64_t M, int64_t F);
+void gather_rows(cudaStream_t st, bf16* out, int64_t ldo, const bf16* x, int64_t ldx, int64_t N, const DevBatch& b);
+void fill_uniform(cudaStream_t st, void* p, DType t, int64_t n, uint64_t seed, float lo, float hi);
+void fill_value(cudaStream_t st, void* p, DType t, int64_t n, float v);
+// dst[i] = src[i] converted; src_t any of F32/BF16/F16 (possibly unaligned bytes), dst_t F32 or BF16.
+void convert(cudaStream_t st, void* dst, DType dst_t, const void* src, DType src_t, int64_t n);
+
+// gemv.cu: y = x Wᵀ (+ bias) for M <= kMaxGemvRows rows. False (nothing launched) when the shapes or the
+// alignment don't suit it (K, ldx, ldw multiples of 8 and 16-byte aligned x, W); the caller then uses cuBLAS.
+constexpr int kMaxGemvRows = 8;
+bool gemv(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const bf16* x, int64_t ldx, const bf16* W, int64_t ldw,
+          PView bias, int M, int N, int K);
+
+// norm.cu
+// out = rmsnorm(h (+= x)) * w, one block per row.
+void rmsnorm(cudaStream_t st, bf16* out, int64_t ldo, bf16* h, int64_t ldh, const bf16* x, int64_t ldx, PView w,
+             int64_t M, int64_t H, float eps);
+void gated_rmsnorm(cudaStream_t st, bf16* out, int64_t ldo, const bf16* y, int64_t ldy, const bf16* z, int64_t ldz,
+                   PView w, int64_t M, int64_t I, int64_t group, float eps);
+
+// conv1d.cu
+void conv1d_silu(cudaStream_t st, bf16* out, int64_t ldo, const bf16* xBC, int64_t ldx, PView w, PView bias,
+                 float* conv_state, int64_t CD, int64_t K, const DevBatch& b, int max_seq_len);
+
+// ssd.cu
+struct SsdArgs {
+  bf16* y; int64_t ldy;
+  const bf16* xBC; int64_t ldx;  // x | B | C, post-conv
+  const bf16* dt; int64_t lddt;  // raw
+  PView A_log, D, dt_bias;
+  float* state;                  // [n_slots, nh, P, N]
+  int nh, P, G, N, chunk;
+  float dt_min, dt_max;
+  int stage_tokens = 1;          // set by ssd(): tokens staged in shared memory at a time
+};
+void ssd(cudaStream_t st, const SsdArgs& a, const DevBatch& b, int max_seq_len, float* scratch, size_t scratch_floats);
+size_t ssd_scratch_floats(const SsdArgs& a, int n_chunks);
+
+// attention.cu
+struct AttnArgs {
+  bf16* out; int64_t ldo;  // [T, nq*dh]
+  bf16* qkv; int64_t ldq;  // [T, (nq + 2nkv) dh], rotated in place
+  bf16* k_pages; bf16* v_pages;
+  const float* inv_freq;   // [R/2]
+  int nq, nkv, dh, rot, block_size;
+  float scale;
+};
+void rope_and_cache(cudaStream_t st, const AttnArgs& a, const DevBatch& b);
+void attention(cudaStream_t st, const AttnArgs& a, const DevBatch& b, int max_seq_len);
+
+// sample.cu
+struct DevSampling {
+  float temperature;
+  int32_t top_k;
+  float top_p;
+  float u;  // the uniform draw
+};
+void sample(cudaStream_t st, const float* logits, int64_t ld, int64_t R, int64_t V, const DevSampling* params,
+            int32_t* out);
+
+}  // namespace bamba::cuda

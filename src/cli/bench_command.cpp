@@ -1,0 +1,41 @@
+// `bamba bench`: speed of a preset model shape with generated weights (engine/bench.h), as a markdown table on
+// stdout (like llama-bench) and as JSON.
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "engine/bench.h"
+
+namespace bamba::cli {
+
+void register_bench(CLI::App& app) {
+  auto o = std::make_shared<BenchOptions>();
+  auto json = std::make_shared<std::string>("bench.json");
+  auto tests = std::make_shared<std::string>();
+  CLI::App* sub = app.add_subcommand("bench", "Prefill / decode / batched-decode speed with % of the hardware ceilings");
+  sub->add_option("--preset", o->preset, "Model shape with generated weights: bamba-9b or tiny")->capture_default_str();
+  sub->add_option("--device", o->device, "cpu, cuda or auto")->capture_default_str();
+  sub->add_option("--reps", o->reps, "Timed runs per test (after one warm-up)")->capture_default_str()->check(CLI::Range(1, 1000));
+  sub->add_option("--json", *json, "Also write the table as JSON here")->capture_default_str();
+  sub->add_option("--tests", *tests, "Comma-separated tests: ppN (N-token prefill), tgN (N decode steps, one "
+                                     "sequence), decodeN (N sequences decoding after --prompt tokens each); "
+                                     "default pp512,pp2048,pp8192,tg128,decode1,decode16,decode64");
+  sub->add_option("--prompt", o->decode_prompt, "Prompt length before batched decode")->capture_default_str();
+  sub->add_option("--steps", o->decode_steps, "Decode steps timed per batched-decode run")->capture_default_str();
+  sub->callback([o, json, tests] {
+    if (!tests->empty()) {
+      o->tests.clear();
+      std::stringstream ss(*tests);
+      for (std::string t; std::getline(ss, t, ',');) o->tests.push_back(t);
+    }
+    BenchReport r = run_bench(*o, std::cerr);
+    print_bench_table(r, std::cout);
+    std::ofstream f(*json);
+    if (!f) fail("bench: cannot write ", *json);
+    f << bench_json(r) << "\n";
+  });
+}
+
+}  // namespace bamba::cli

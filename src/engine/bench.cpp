@@ -1,0 +1,213 @@
+#include "engine/bench.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <ostream>
+
+#include "core/error.h"
+#include "model/hybrid.h"
+
+namespace bamba {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::vector<int32_t> tokens(int n, int64_t vocab, uint32_t seed) {
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  uint32_t x = seed * 2654435761u + 1;
+  for (auto& v : t) {
+    x = x * 1664525u + 1013904223u;
+    v = int32_t((x >> 8) % uint32_t(vocab));
+  }
+  return t;
+}
+
+// FLOPs of one prefill of n tokens that asks for one logits row: 2 per weight per token for every matmul
+// (lm_head once), plus causal attention (q·k and p·v over n²/2 pairs).
+double prefill_flops(const ModelConfig& c, int n) {
+  const double H = double(c.hidden_size), V = double(c.vocab_size);
+  const double per_token = 2.0 * (double(c.parameter_count()) - 2.0 * V * H);
+  const double attn = double(c.n_attention_layers()) * 4.0 * double(c.num_attention_heads * c.head_dim) * 0.5 * n * n;
+  return per_token * n + 2.0 * V * H + attn;
+}
+
+// Bytes one decode step of S sequences at context ~ctx must move: every weight once (bf16; the embedding table
+// only S rows), each sequence's Mamba state read and written (fp32), and its KV read.
+double decode_bytes(const ModelConfig& c, int S, int ctx) {
+  const double V = double(c.vocab_size), H = double(c.hidden_size);
+  const double weights = 2.0 * (double(c.parameter_count()) - V * H);
+  const double state = 2.0 * double(HybridCache::bytes_per_slot(c));
+  const double kv = double(c.n_attention_layers()) * 2.0 * double(c.num_key_value_heads * c.head_dim) * 2.0 * ctx;
+  return weights + S * (state + kv);
+}
+
+void stats(BenchRow& r) {
+  double s = 0, s2 = 0;
+  for (double v : r.tok_s) s += v;
+  r.mean = s / double(r.tok_s.size());
+  for (double v : r.tok_s) s2 += (v - r.mean) * (v - r.mean);
+  r.stdev = r.tok_s.size() > 1 ? std::sqrt(s2 / double(r.tok_s.size() - 1)) : 0.0;
+}
+
+struct Runner {
+  const BenchOptions& o;
+  std::ostream& log;
+  Backend& be;
+  HybridModel& model;
+  const ModelConfig& c;
+  HybridCache& cache;
+  Workspace& ws;
+
+  void poison() { be.fill(ws.logits, NAN); }
+  void check_written(int64_t rows) {
+    std::vector<float> v(static_cast<size_t>(rows * c.vocab_size));
+    be.to_host_f32(ws.logits.slice_rows(0, rows), v.data());
+    for (float x : v)
+      if (!std::isfinite(x)) fail("bench: the step left non-finite or unwritten logits");
+  }
+
+  // Prefills n tokens for each of `seqs` fresh sequences (at most ws.max_tokens per step); returns their caches.
+  std::vector<SeqCache> prefill(int S, int n, bool timed_check = false) {
+    std::vector<SeqCache> sc(static_cast<size_t>(S));
+    int s0 = 0;
+    const int per_step = std::max(1, int(ws.max_tokens) / n);
+    while (s0 < S) {
+      StepBatch b;
+      for (int s = s0; s < std::min(S, s0 + per_step); ++s) {
+        if (!cache.reserve(sc[size_t(s)], n + o.decode_steps + 1)) fail("bench: cache too small");
+        auto t = tokens(n, c.vocab_size, uint32_t(s + 1));
+        b.add(t, 0, sc[size_t(s)].slot, sc[size_t(s)].blocks);
+      }
+      model.forward(b, cache, ws);
+      s0 += per_step;
+    }
+    return sc;
+  }
+  // `steps` decode steps of all sequences in sc, which hold `past` tokens each.
+  void decode(std::vector<SeqCache>& sc, int past, int steps) {
+    for (int k = 0; k < steps; ++k) {
+      StepBatch b;
+      for (size_t s = 0; s < sc.size(); ++s) {
+        const int32_t tok = int32_t((uint32_t(past + k) * 2654435761u + uint32_t(s)) % uint32_t(c.vocab_size));
+        b.add(std::span(&tok, 1), past + k, sc[s].slot, sc[s].blocks);
+      }
+      model.forward(b, cache, ws);
+    }
+  }
+  void release(std::vector<SeqCache>& sc) {
+    for (auto& s : sc) cache.release(s);
+  }
+
+  BenchRow pp(int n) {
+    BenchRow r;
+    r.test = "pp" + std::to_string(n);
+    for (int rep = -1; rep < o.reps; ++rep) {  // rep -1: warm-up
+      poison();
+      be.synchronize();
+      auto t0 = Clock::now();
+      auto sc = prefill(1, n);
+      be.synchronize();
+      const double t = seconds_since(t0);
+      check_written(1);
+      release(sc);
+      if (rep >= 0) r.tok_s.push_back(n / t);
+      log << "  " << r.test << (rep < 0 ? " warm-up " : " run ") << rep + 1 << ": " << n / t << " tok/s\n" << std::flush;
+    }
+    stats(r);
+    r.rate_unit = "TFLOP/s";
+    r.rate = prefill_flops(c, n) * r.mean / n / 1e12;
+    r.pct_of_peak = 100.0 * r.rate / o.peak_tflops;
+    return r;
+  }
+
+  BenchRow decode_row(const std::string& name, int S, int prompt, int steps) {
+    BenchRow r;
+    r.test = name;
+    r.n_seqs = S;
+    for (int rep = -1; rep < o.reps; ++rep) {
+      auto sc = prefill(S, prompt);
+      poison();
+      be.synchronize();
+      auto t0 = Clock::now();
+      decode(sc, prompt, steps);
+      be.synchronize();
+      const double t = seconds_since(t0);
+      check_written(S);
+      release(sc);
+      if (rep >= 0) r.tok_s.push_back(double(S) * steps / t);
+      log << "  " << name << (rep < 0 ? " warm-up " : " run ") << rep + 1 << ": " << double(S) * steps / t
+          << " tok/s\n" << std::flush;
+    }
+    stats(r);
+    r.rate_unit = "GB/s";
+    r.rate = decode_bytes(c, S, prompt + steps / 2) * (r.mean / S) / 1e9;
+    r.pct_of_peak = 100.0 * r.rate / o.peak_gbps;
+    return r;
+  }
+};
+
+}  // namespace
+
+BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
+  ModelConfig cfg;
+  if (o.preset == "bamba-9b") cfg = bamba_9b_config();
+  else if (o.preset == "tiny") cfg = dummy_config();
+  else fail("bench: unknown preset \"", o.preset, "\" (bamba-9b, tiny)");
+  int max_pp = 0, max_seqs = 1;
+  for (auto& t : o.tests) {
+    if (t.rfind("pp", 0) == 0) max_pp = std::max(max_pp, std::stoi(t.substr(2)));
+    else if (t.rfind("decode", 0) == 0) max_seqs = std::max(max_seqs, std::stoi(t.substr(6)));
+    else if (t.rfind("tg", 0) != 0) fail("bench: unknown test \"", t, "\" (ppN, tgN, decodeN)");
+  }
+  auto be = make_backend(o.device);
+  BenchReport rep;
+  rep.model = o.preset;
+  rep.backend = be->name();
+  rep.device = o.device;
+  rep.params = cfg.parameter_count();
+  log << "bench: " << o.preset << ", " << rep.params << " parameters, backend " << rep.backend << "\n" << std::flush;
+  HybridModel model(cfg, dummy_weights(cfg, *be, 1), *be);
+  const int max_ctx = std::max(max_pp, o.decode_prompt) + std::max(o.decode_steps, 128) + 8;
+  HybridCache cache(cfg, *be, HybridCache::sizes_for(cfg, max_seqs, max_ctx, 16));
+  const int ws_tokens = std::max({max_pp, std::min(max_seqs * o.decode_prompt, 8192), max_seqs});
+  Workspace ws(cfg, *be, ws_tokens, std::max(max_seqs, 1));
+  Runner run{o, log, *be, model, model.config(), cache, ws};
+  for (auto& t : o.tests) {
+    if (t.rfind("pp", 0) == 0) rep.rows.push_back(run.pp(std::stoi(t.substr(2))));
+    else if (t.rfind("tg", 0) == 0) {
+      BenchRow r = run.decode_row(t, 1, 1, std::stoi(t.substr(2)));
+      rep.rows.push_back(r);
+    } else {
+      const int S = std::stoi(t.substr(6));
+      rep.rows.push_back(run.decode_row(t, S, o.decode_prompt, o.decode_steps));
+    }
+  }
+  return rep;
+}
+
+void print_bench_table(const BenchReport& r, std::ostream& out) {
+  char buf[512];
+  out << "| model | params | backend | test | seqs | t/s | rate | % of peak |\n";
+  out << "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |\n";
+  for (auto& row : r.rows) {
+    std::snprintf(buf, sizeof buf, "| %s | %lld | %s | %s | %d | %.2f ± %.2f | %.1f %s | %.1f %% |\n", r.model.c_str(),
+                  r.params, r.backend.c_str(), row.test.c_str(), row.n_seqs, row.mean, row.stdev, row.rate,
+                  row.rate_unit.c_str(), row.pct_of_peak);
+    out << buf;
+  }
+}
+
+std::string bench_json(const BenchReport& r) {
+  nlohmann::json j = {{"model", r.model}, {"params", r.params}, {"backend", r.backend}, {"device", r.device}};
+  j["rows"] = nlohmann::json::array();
+  for (auto& row : r.rows)
+    j["rows"].push_back({{"test", row.test}, {"n_seqs", row.n_seqs}, {"tok_s", row.tok_s}, {"mean", row.mean},
+                         {"stdev", row.stdev}, {"rate", row.rate}, {"rate_unit", row.rate_unit},
+                         {"pct_of_peak", row.pct_of_peak}});
+  return j.dump(2);
+}
+
+}  // namespace bamba

@@ -1,0 +1,46 @@
+// The benchmark behind `bamba bench`: a preset model shape with generated weights built directly on the
+// backend's device, timed like llama-bench (mean ± stdev of tok/s over repeated runs after a warm-up) for prompt
+// processing (ppN: one N-token prefill), text generation (tgN: N decode steps of one sequence) and batched decode
+// (N sequences decoding together after 512-token prompts), each with the achieved TFLOP/s or GB/s and its share of
+// the hardware ceilings in docs/performance.md.
+#pragma once
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+namespace bamba {
+
+struct BenchOptions {
+  std::string preset = "bamba-9b";  // bamba-9b | tiny (the built-in dummy shape)
+  std::string device = "auto";
+  int reps = 3;
+  std::vector<std::string> tests = {"pp512", "pp2048", "pp8192", "tg128", "decode1", "decode16", "decode64"};
+  int decode_prompt = 512;  // prompt length before batched decode
+  int decode_steps = 128;   // decode steps timed per batched-decode run
+  // Ceilings (one H200, measured: docs/performance.md)
+  double peak_tflops = 790.0;
+  double peak_gbps = 4300.0;
+};
+
+struct BenchRow {
+  std::string test;          // pp512, tg128, decode16, ...
+  int n_seqs = 1;
+  std::vector<double> tok_s; // one per timed run
+  double mean = 0, stdev = 0;
+  std::string rate_unit;     // "TFLOP/s" (prefill) or "GB/s" (decode)
+  double rate = 0;           // at the mean tok/s
+  double pct_of_peak = 0;
+};
+
+struct BenchReport {
+  std::string model, backend, device;
+  long long params = 0;
+  std::vector<BenchRow> rows;
+};
+
+// Runs the tests, printing progress to `log`. Throws Error on a bad preset / test name or device failure.
+BenchReport run_bench(const BenchOptions& o, std::ostream& log);
+void print_bench_table(const BenchReport& r, std::ostream& out);  // markdown, like llama-bench
+std::string bench_json(const BenchReport& r);
+
+}  // namespace bamba

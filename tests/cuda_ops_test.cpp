@@ -1,0 +1,284 @@
+// Every CUDA op against its CPU twin (the fp32 oracle) on random inputs with odd sizes: T = 1, lengths that are
+// not multiples of the scan chunk, many sequences of different lengths continuing from cached state, n_groups > 1,
+// strided rows, paged KV in shuffled blocks. Inputs are rounded to bf16 first so both backends see the same
+// numbers; the tolerances are the ones in docs/numerics.md. Skips itself, visibly, without a GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "backend/backend.h"
+#include "core/dtype.h"
+
+namespace bamba {
+namespace {
+
+// docs/numerics.md: relative L2 error of a bf16 output against the fp32 oracle, and of an fp32 output.
+constexpr double kTolBf16 = 1e-2;
+constexpr double kTolF32State = 2e-3;
+
+double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - ref[i]) * (double(a[i]) - ref[i]);
+    den += double(ref[i]) * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+struct Pair {
+  Tensor cpu, gpu;
+};
+
+class CudaOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU: the CUDA op tests need one (this build "
+#ifdef BAMBA_HAVE_CUDA
+                                                  "has CUDA support)";
+#else
+                                                  "was built without CUDA)";
+#endif
+    cpu_ = make_cpu_backend();
+    gpu_ = make_backend("cuda");
+  }
+
+  // Random values in [lo, hi), rounded to bf16 when the GPU tensor is bf16, uploaded to both backends.
+  Pair make(DType gpu_t, std::initializer_list<int64_t> shape, float lo, float hi, bool round = true) {
+    Pair p{cpu_->alloc(DType::F32, shape), gpu_->alloc(gpu_t, shape)};
+    std::vector<float> v(static_cast<size_t>(p.cpu.numel()));
+    std::uniform_real_distribution<float> d(lo, hi);
+    for (auto& x : v) {
+      x = d(rng_);
+      if (round && gpu_t == DType::BF16) x = bf16_to_f32(f32_to_bf16(x));
+    }
+    cpu_->from_host_f32(p.cpu, v.data());
+    gpu_->from_host_f32(p.gpu, v.data());
+    return p;
+  }
+  Pair zeros(DType gpu_t, std::initializer_list<int64_t> shape) {
+    return {cpu_->alloc(DType::F32, shape), gpu_->alloc(gpu_t, shape)};
+  }
+  std::vector<float> host(Backend& be, Tensor t) {
+    std::vector<float> v(static_cast<size_t>(t.numel()));
+    be.to_host_f32(t, v.data());
+    return v;
+  }
+  void expect_close(const Pair& p, double tol, const std::string& what) {
+    auto a = host(*gpu_, p.gpu), r = host(*cpu_, p.cpu);
+    const double e = rel_l2(a, r);
+    EXPECT_LE(e, tol) << what << " (relative L2 error " << e << ")";
+  }
+  static Pair cols(const Pair& p, int64_t a, int64_t b) { return {p.cpu.slice_cols(a, b), p.gpu.slice_cols(a, b)}; }
+  static Pair rows(const Pair& p, int64_t a, int64_t b) { return {p.cpu.slice_rows(a, b), p.gpu.slice_rows(a, b)}; }
+
+  // A batch of sequences with new-token counts `lens`, cached lengths `pasts`, the given slots, and KV pages of
+  // `bs` tokens taken in a shuffled order from a pool.
+  StepBatch batch(const std::vector<int32_t>& lens, const std::vector<int32_t>& pasts, const std::vector<int32_t>& slots,
+                  int32_t bs, int32_t n_blocks, int32_t vocab, bool all_logits = true) {
+    std::vector<int32_t> pool(static_cast<size_t>(n_blocks));
+    std::iota(pool.begin(), pool.end(), 0);
+    std::shuffle(pool.begin(), pool.end(), rng_);
+    size_t next = 0;
+    StepBatch b;
+    for (size_t s = 0; s < lens.size(); ++s) {
+      std::vector<int32_t> toks(static_cast<size_t>(lens[s]));
+      for (auto& t : toks) t = int32_t(rng_() % uint32_t(vocab));
+      std::vector<int32_t> blocks;
+      for (int32_t k = 0; k < (pasts[s] + lens[s] + bs - 1) / bs; ++k) blocks.push_back(pool.at(next++));
+      b.add(toks, pasts[s], slots[s], blocks, all_logits);
+    }
+    return b;
+  }
+  void set_batch(const StepBatch& b) {
+    cpu_->set_batch(b);
+    gpu_->set_batch(b);
+  }
+
+  std::mt19937 rng_{1234};
+  std::unique_ptr<Backend> cpu_, gpu_;
+};
+
+TEST_F(CudaOps, EmbedAndGather) {
+  const int64_t V = 37, H = 70;
+  StepBatch b = batch({1, 6, 4}, {0, 3, 0}, {0, 1, 2}, 4, 16, int32_t(V));
+  b.logit_rows = {10, 0, 4};
+  set_batch(b);
+  Pair table = make(DType::BF16, {V, H}, -1, 1), out = zeros(DType::BF16, {11, H}), sel = zeros(DType::BF16, {3, H});
+  cpu_->embed(out.cpu, table.cpu);
+  gpu_->embed(out.gpu, table.gpu);
+  expect_close(out, 0, "embed");
+  cpu_->gather_logit_rows(sel.cpu, out.cpu);
+  gpu_->gather_logit_rows(sel.gpu, out.gpu);
+  expect_close(sel, 0, "gather_logit_rows");
+}
+
+TEST_F(CudaOps, MatmulStridedWithBiasAndF32Output) {
+  // Aligned rows (the GEMV path for M <= 8) and misaligned ones (cuBLAS for every M).
+  for (bool aligned : {true, false})
+    for (int64_t M : {1, 3, 5, 8, 33}) {
+      const int64_t K = 72, N = 50, off = aligned ? 8 : 4, width = aligned ? K + 16 : K + 9;
+      Pair xw = make(DType::BF16, {M, width}, -1, 1), W = make(DType::BF16, {N, K}, -0.2f, 0.2f);
+      Pair bias = make(DType::F32, {N}, -0.5f, 0.5f), y = zeros(DType::BF16, {M, N + 3}), y32 = zeros(DType::F32, {M, N});
+      Pair x = cols(xw, off, off + K), yv = cols(y, 0, N);
+      const std::string what = std::string(aligned ? "aligned" : "misaligned") + ", M=" + std::to_string(M);
+      cpu_->matmul(yv.cpu, x.cpu, W.cpu, bias.cpu);
+      gpu_->matmul(yv.gpu, x.gpu, W.gpu, bias.gpu);
+      expect_close(yv, kTolBf16, "matmul bf16 out, " + what);
+      cpu_->matmul(y32.cpu, x.cpu, W.cpu, {});
+      gpu_->matmul(y32.gpu, x.gpu, W.gpu, {});
+      expect_close(y32, kTolBf16, "matmul f32 out, " + what);
+    }
+}
+
+TEST_F(CudaOps, RmsnormAndFusedResidualAdd) {
+  const int64_t M = 7, H = 130;
+  Pair x = make(DType::BF16, {M, H}, -2, 2), h = make(DType::BF16, {M, H}, -2, 2), w = make(DType::F32, {H}, 0.8f, 1.2f);
+  Pair out = zeros(DType::BF16, {M, H});
+  cpu_->rmsnorm(out.cpu, x.cpu, w.cpu, 1e-5f);
+  gpu_->rmsnorm(out.gpu, x.gpu, w.gpu, 1e-5f);
+  expect_close(out, kTolBf16, "rmsnorm");
+  cpu_->add_rmsnorm(h.cpu, x.cpu, out.cpu, w.cpu, 1e-6f);
+  gpu_->add_rmsnorm(h.gpu, x.gpu, out.gpu, w.gpu, 1e-6f);
+  expect_close(h, kTolBf16, "add_rmsnorm residual");
+  expect_close(out, kTolBf16, "add_rmsnorm out");
+  cpu_->add(h.cpu, x.cpu);
+  gpu_->add(h.gpu, x.gpu);
+  expect_close(h, kTolBf16, "add");
+}
+
+TEST_F(CudaOps, GatedRmsnormFullAndGrouped) {
+  const int64_t M = 9, I = 96;
+  Pair yz = make(DType::BF16, {M, 2 * I + 5}, -2, 2), w = make(DType::F32, {I}, 0.8f, 1.2f), out = zeros(DType::BF16, {M, I});
+  Pair y = cols(yz, 0, I), z = cols(yz, I + 5, 2 * I + 5);
+  for (int64_t group : {I, I / 2, I / 3}) {
+    cpu_->gated_rmsnorm(out.cpu, y.cpu, z.cpu, w.cpu, group, 1e-5f);
+    gpu_->gated_rmsnorm(out.gpu, y.gpu, z.gpu, w.gpu, group, 1e-5f);
+    expect_close(out, kTolBf16, "gated_rmsnorm group " + std::to_string(group));
+  }
+}
+
+TEST_F(CudaOps, Swiglu) {
+  const int64_t M = 9, F = 77;
+  Pair gu = make(DType::BF16, {M, 2 * F}, -3, 3), out = zeros(DType::BF16, {M, F});
+  cpu_->swiglu(out.cpu, gu.cpu);
+  gpu_->swiglu(out.gpu, gu.gpu);
+  expect_close(out, kTolBf16, "swiglu");
+}
+
+TEST_F(CudaOps, Conv1dPrefillDecodeAndContinuation) {
+  const int64_t CD = 40, K = 4, n_slots = 6;
+  Pair w = make(DType::BF16, {CD, K}, -0.5f, 0.5f), bias = make(DType::F32, {CD}, -0.2f, 0.2f);
+  Pair state = make(DType::F32, {n_slots, K - 1, CD}, -1, 1);
+  struct Case { std::vector<int32_t> lens, pasts, slots; };
+  for (const Case& c : {Case{{1, 5, 17, 2}, {0, 4, 0, 9}, {4, 0, 2, 5}}, Case{{1, 1, 1}, {3, 1, 7}, {1, 3, 0}},
+                        Case{{70}, {2}, {3}}}) {
+    StepBatch b = batch(c.lens, c.pasts, c.slots, 4, 64, 10);
+    set_batch(b);
+    const int64_t T = b.n_tokens();
+    Pair xw = make(DType::BF16, {T, CD + 7}, -2, 2), out = zeros(DType::BF16, {T, CD});
+    Pair x = cols(xw, 3, 3 + CD);
+    for (Pair bb : {bias, Pair{}}) {
+      Pair st2 = state;  // both runs start from the same state: copy it
+      auto s0 = host(*cpu_, state.cpu);
+      cpu_->conv1d_silu(out.cpu, x.cpu, w.cpu, bb.cpu, state.cpu);
+      gpu_->conv1d_silu(out.gpu, x.gpu, w.gpu, bb.gpu, state.gpu);
+      expect_close(out, kTolBf16, "conv1d out, T=" + std::to_string(T));
+      expect_close(state, 1e-6, "conv1d state, T=" + std::to_string(T));
+      cpu_->from_host_f32(state.cpu, s0.data());
+      gpu_->from_host_f32(state.gpu, s0.data());
+      (void)st2;
+    }
+  }
+}
+
+TEST_F(CudaOps, SsdScanAndDecodeStep) {
+  // n_groups 2, odd head_dim, d_state not a multiple of 32; sequences longer than the GPU's scan chunk (64 for
+  // these T) and not multiples of it, fresh and continuing; then a decode step over several slots.
+  const int nh = 6, P = 10, G = 2, N = 20, I = nh * P, CD = I + 2 * G * N, n_slots = 7;
+  MambaOpsConfig c{nh, P, G, N, 4, 16, 0.f, INFINITY};
+  Pair A_log = make(DType::F32, {nh}, 0.f, 1.5f), D = make(DType::F32, {nh}, 0.5f, 1.5f);
+  Pair dt_bias = make(DType::F32, {nh}, -1.f, 0.5f);
+  Pair state = make(DType::F32, {n_slots, nh, P, N}, -1, 1);
+  struct Case { std::vector<int32_t> lens, pasts, slots; float dt_max; };
+  for (const Case& k : {Case{{1, 37, 200, 5}, {0, 3, 0, 11}, {4, 0, 2, 6}, INFINITY},
+                        Case{{1, 1, 1, 1, 1}, {3, 1, 7, 2, 9}, {1, 3, 0, 5, 6}, INFINITY},
+                        Case{{130, 65, 64, 1}, {0, 5, 0, 0}, {2, 3, 5, 1}, 0.5f},
+                        Case{{1}, {0}, {3}, INFINITY}}) {
+    c.time_step_max = k.dt_max;
+    StepBatch b = batch(k.lens, k.pasts, k.slots, 4, 256, 10);
+    set_batch(b);
+    const int64_t T = b.n_tokens();
+    Pair in = make(DType::BF16, {T, CD + nh + 3}, -1, 1), y = zeros(DType::BF16, {T, I});
+    Pair xBC = cols(in, 0, CD), dt = cols(in, CD + 3, CD + 3 + nh);
+    cpu_->ssd(y.cpu, xBC.cpu, dt.cpu, A_log.cpu, D.cpu, dt_bias.cpu, state.cpu, c);
+    gpu_->ssd(y.gpu, xBC.gpu, dt.gpu, A_log.gpu, D.gpu, dt_bias.gpu, state.gpu, c);
+    expect_close(y, kTolBf16, "ssd y, T=" + std::to_string(T));
+    expect_close(state, kTolF32State, "ssd state, T=" + std::to_string(T));
+  }
+}
+
+TEST_F(CudaOps, AttentionPagedGqaPartialRope) {
+  AttentionOpsConfig c{6, 2, 40, 20, 4, 10000.f, 1.f / std::sqrt(40.f), DType::F32};
+  const int64_t nb = 64, qkv_w = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, o_w = c.n_heads * c.head_dim;
+  Pair kp = make(DType::BF16, {nb, c.block_size, c.n_kv_heads, c.head_dim}, -1, 1);
+  Pair vp = make(DType::BF16, {nb, c.block_size, c.n_kv_heads, c.head_dim}, -1, 1);
+  struct Case { std::vector<int32_t> lens, pasts; };
+  for (const Case& k : {Case{{1, 9, 30}, {5, 0, 13}}, Case{{1, 1, 1, 1}, {0, 7, 22, 3}}, Case{{70}, {0}}}) {
+    std::vector<int32_t> slots(k.lens.size());
+    std::iota(slots.begin(), slots.end(), 0);
+    StepBatch b = batch(k.lens, k.pasts, slots, int32_t(c.block_size), int32_t(nb), 10);
+    set_batch(b);
+    const int64_t T = b.n_tokens();
+    Pair qkvw = make(DType::BF16, {T, qkv_w + 6}, -2, 2), out = zeros(DType::BF16, {T, o_w});
+    Pair qkv = cols(qkvw, 0, qkv_w);
+    cpu_->attention(out.cpu, qkv.cpu, kp.cpu, vp.cpu, c);
+    gpu_->attention(out.gpu, qkv.gpu, kp.gpu, vp.gpu, c);
+    expect_close(qkv, kTolBf16, "rope'd qkv, T=" + std::to_string(T));
+    expect_close(kp, kTolBf16, "k pages, T=" + std::to_string(T));
+    expect_close(vp, kTolBf16, "v pages, T=" + std::to_string(T));
+    expect_close(out, kTolBf16, "attention out, T=" + std::to_string(T));
+  }
+}
+
+TEST_F(CudaOps, SampleGreedyExactOthersAgree) {
+  const int64_t R = 48, V = 1001;
+  Pair lg = make(DType::F32, {R, V}, -4, 4);
+  std::vector<SamplingParams> ps(static_cast<size_t>(R));
+  for (int64_t r = 0; r < R; ++r) {
+    SamplingParams& p = ps[size_t(r)];
+    p.seed = uint64_t(r) * 7919 + 1;
+    switch (r % 6) {
+      case 0: break;                                         // greedy
+      case 1: p.temperature = 1.f; break;                    // full softmax
+      case 2: p.temperature = 0.7f; p.top_k = 20; break;
+      case 3: p.temperature = 1.3f; p.top_p = 0.9f; break;
+      case 4: p.temperature = 1.f; p.top_k = 50; p.top_p = 0.5f; break;
+      case 5: p.temperature = 0.5f; p.top_k = 1; break;      // greedy by top_k
+    }
+  }
+  std::vector<int32_t> a(static_cast<size_t>(R)), r(static_cast<size_t>(R));
+  gpu_->sample(lg.gpu, ps, a.data());
+  cpu_->sample(lg.cpu, ps, r.data());
+  auto logits = host(*cpu_, lg.cpu);
+  int same = 0;
+  for (int64_t i = 0; i < R; ++i) {
+    ASSERT_GE(a[size_t(i)], 0);
+    ASSERT_LT(a[size_t(i)], V);
+    if (ps[size_t(i)].temperature <= 0.f || ps[size_t(i)].top_k == 1) {
+      EXPECT_EQ(a[size_t(i)], r[size_t(i)]) << "greedy row " << i;
+    }
+    if (ps[size_t(i)].top_k > 1) {  // the pick is inside the top k
+      const float* row = logits.data() + i * V;
+      int64_t above = std::count_if(row, row + V, [&](float v) { return v > row[a[size_t(i)]]; });
+      EXPECT_LT(above, ps[size_t(i)].top_k) << "row " << i;
+    }
+    same += a[size_t(i)] == r[size_t(i)];
+  }
+  EXPECT_GE(same, R - 2) << "GPU and CPU sampling disagree on too many rows";
+}
+
+}  // namespace
+}  // namespace bamba

@@ -1,0 +1,79 @@
+// HybridCache bookkeeping and the rule that makes slot reuse safe: a sequence with past_len == 0 never reads
+// its slot, whatever the previous owner left there.
+#include <gtest/gtest.h>
+
+#include "model/hybrid.h"
+#include "test_util.h"
+
+namespace bamba {
+namespace {
+
+TEST(HybridCache, ReserveAndReleaseReturnEverything) {
+  auto be = make_cpu_backend();
+  ModelConfig c = dummy_config();
+  HybridCache cache(c, *be, {2, 5, 4});
+  SeqCache a, b, d;
+  ASSERT_TRUE(cache.reserve(a, 9));  // 3 pages
+  EXPECT_EQ(a.blocks.size(), 3u);
+  EXPECT_EQ(cache.free_blocks(), 2);
+  EXPECT_FALSE(cache.reserve(b, 9));  // needs 3, 2 left: nothing taken
+  EXPECT_EQ(b.slot, -1);
+  EXPECT_EQ(cache.free_blocks(), 2);
+  EXPECT_EQ(cache.free_slots(), 1);
+  ASSERT_TRUE(cache.reserve(b, 8));
+  EXPECT_FALSE(cache.reserve(d, 1));  // no slot left
+  ASSERT_TRUE(cache.reserve(a, 12));  // grows within its last page
+  EXPECT_EQ(a.blocks.size(), 3u);
+  cache.release(a);
+  cache.release(b);
+  EXPECT_EQ(cache.free_blocks(), 5);
+  EXPECT_EQ(cache.free_slots(), 2);
+  EXPECT_EQ(a.slot, -1);
+  EXPECT_TRUE(a.blocks.empty());
+}
+
+TEST(HybridCache, AReusedSlotStartsFromAZeroState) {
+  auto be = make_cpu_backend();
+  HybridModel m = load_model(test::model_dir("bamba-tiny-b"), *be);
+  const ModelConfig& c = m.config();
+  HybridCache cache(c, *be, HybridCache::sizes_for(c, 1, 64, 8));
+  Workspace ws(c, *be, 64, 64);
+  std::vector<int32_t> ids = {5, 17, 42, 9, 250, 3, 77};
+  auto run = [&] {
+    SeqCache s;
+    EXPECT_TRUE(cache.reserve(s, int32_t(ids.size())));
+    StepBatch b;
+    b.add(ids, 0, s.slot, s.blocks, true);
+    std::vector<float> out(ids.size() * size_t(c.vocab_size));
+    be->to_host_f32(m.forward(b, cache, ws), out.data());
+    cache.release(s);
+    return out;
+  };
+  std::vector<float> fresh = run();
+  // Leave garbage in every state tensor and KV page of the one slot, as a previous owner might.
+  for (int64_t i = 0; i < c.n_mamba_layers(); ++i) {
+    be->fill(cache.conv_state(i), 7.f);
+    be->fill(cache.ssm_state(i), -3.f);
+  }
+  for (int64_t i = 0; i < c.n_attention_layers(); ++i) {
+    be->fill(cache.k_pages(i), 11.f);
+    be->fill(cache.v_pages(i), 5.f);
+  }
+  EXPECT_EQ(run(), fresh);
+}
+
+TEST(StepBatch, RaggedBlockTablesArePadded) {
+  StepBatch b;
+  std::vector<int32_t> t1 = {1, 2}, t2 = {3};
+  std::vector<int32_t> b1 = {4}, b2 = {7, 8, 9};
+  b.add(t1, 0, 0, b1);
+  b.add(t2, 5, 1, b2, true);
+  EXPECT_EQ(b.max_blocks, 3);
+  EXPECT_EQ(b.block_table, (std::vector<int32_t>{4, -1, -1, 7, 8, 9}));
+  EXPECT_EQ(b.seq_start, (std::vector<int32_t>{0, 2, 3}));
+  EXPECT_EQ(b.positions, (std::vector<int32_t>{0, 1, 5}));
+  EXPECT_EQ(b.logit_rows, (std::vector<int32_t>{1, 2}));
+}
+
+}  // namespace
+}  // namespace bamba
