@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: the normal build's tests, the same tests under ASan+UBSan, and a short fuzzing run.
+# The whole test suite: the normal build's tests, the same tests under ASan+UBSan, and a short fuzzing run of
+# every fuzz/*.cpp target (scripts/fuzz.sh; $BAMBA_FUZZ_SECONDS per target, default 30).
 # Usage: scripts/test.sh [--quick]   (--quick: normal build only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,9 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build
 ctest --test-dir build --output-on-failure -j "$jobs"
 [ "${1:-}" = "--quick" ] && exit 0
-echo "== ASan+UBSan build + tests"
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBAMBA_SANITIZE=ON >/dev/null
+echo "== ASan+UBSan build + tests (CPU code: no GPU here, and ASan does not cover device code)"
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBAMBA_SANITIZE=ON -DBAMBA_CUDA=OFF >/dev/null
 cmake --build build-asan
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan --output-on-failure -j "$jobs"
+echo "== fuzz: libFuzzer + ASan + UBSan (clang), ${BAMBA_FUZZ_SECONDS:-30} s per target"
+scripts/fuzz.sh

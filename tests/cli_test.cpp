@@ -60,6 +60,23 @@ TEST(Cli, GenerateRunsOnTheBuiltInDummyModel) {
   EXPECT_EQ(a.out, b.out);
 }
 
+TEST(Cli, GenerateStopsAtAStopString) {
+  // Greedy on the dummy model is deterministic: generate once, then stop at a piece of that output.
+  auto full = run_bamba("generate -q --device cpu --prompt 'ab' -n 24 --ignore-eos");
+  ASSERT_EQ(full.exit_code, 0) << full.err;
+  std::string gen = full.out.substr(2, full.out.size() - 3);  // without the prompt and the final newline
+  ASSERT_GE(gen.size(), 6u);
+  // A stop string from the middle of the generated text (ASCII-only bytes keep the shell quoting simple).
+  size_t at = gen.size() / 2;
+  while (at + 2 < gen.size() && (gen[at] < 'a' || gen[at] > 'z')) ++at;
+  ASSERT_TRUE(gen[at] >= 'a' && gen[at] <= 'z') << "no lowercase letter in the dummy output to stop at: " << gen;
+  std::string stop(1, gen[at]);
+  size_t first = gen.find(stop);
+  auto r = run_bamba("generate -q --device cpu --prompt 'ab' -n 24 --ignore-eos --stop '" + stop + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "ab" + gen.substr(0, first) + "\n");
+}
+
 TEST(Cli, LogitsFileMatchesTheReference) {
   std::string dir = test::model_dir("bamba-tiny-a"), tmp = test::make_temp_dir("logits");
   SafetensorsFile ref(dir + "/expected.safetensors");

@@ -62,19 +62,21 @@ SafetensorsHeader parse_safetensors(const unsigned char* data, size_t size, cons
     TensorInfo t;
     t.name = name;
     t.file = label;
-    if (!parse_dtype(dt->get<std::string>(), &t.dtype)) fail(where, ": unknown dtype \"", dt->get<std::string>(), "\"");
+    if (!parse_dtype(dt->get<std::string>(), &t.dtype))
+      fail(where, ": unknown dtype \"", dt->get<std::string>(), "\" (expected F32, BF16, F16, F64, I64, I32, I16, I8, U8 or BOOL)");
     uint64_t numel = 1;
     for (auto& d : *sh) {
-      if (!d.is_number_unsigned()) fail(where, ": shape entries must be non-negative integers");
+      if (!d.is_number_unsigned()) fail(where, ": shape entries must be non-negative integers (got ", sh->dump(), ")");
       uint64_t x = d.get<uint64_t>();
       if (x > (uint64_t(1) << 40) || (x && numel > (uint64_t(1) << 62) / x)) fail(where, ": shape is too large");
       numel *= x;
       t.shape.push_back(int64_t(x));
     }
     for (auto& o : *of)
-      if (!o.is_number_unsigned()) fail(where, ": data_offsets must be non-negative integers");
+      if (!o.is_number_unsigned()) fail(where, ": data_offsets must be non-negative integers (got ", of->dump(), ")");
     uint64_t b = (*of)[0].get<uint64_t>(), e = (*of)[1].get<uint64_t>();
-    if (b > e || e > data_size)
+    if (b > e) fail(where, ": data_offsets [", b, ", ", e, "] has begin after end");
+    if (e > data_size)
       fail(where, ": data_offsets [", b, ", ", e, "] outside the data region of ", data_size, " bytes (truncated file?)");
     if (numel > (uint64_t(1) << 62) / dtype_size(t.dtype)) fail(where, ": shape is too large");
     if (e - b != numel * dtype_size(t.dtype))
@@ -87,10 +89,15 @@ SafetensorsHeader parse_safetensors(const unsigned char* data, size_t size, cons
   std::sort(out.tensors.begin(), out.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
     return a.data != b.data ? a.data < b.data : a.nbytes < b.nbytes;
   });
-  for (size_t i = 1; i < out.tensors.size(); ++i) {
-    const TensorInfo &p = out.tensors[i - 1], &c = out.tensors[i];
-    if (p.data + p.nbytes > c.data && c.nbytes > 0 && p.nbytes > 0)
-      fail(label, ": tensors \"", p.name, "\" and \"", c.name, "\" overlap in the data region");
+  // Sorted by start, the non-empty tensors are disjoint iff each one starts at or after the end of the previous
+  // non-empty one. Empty tensors are skipped, not compared: one sorted between two overlapping tensors must not
+  // hide the overlap.
+  const TensorInfo* prev = nullptr;
+  for (const TensorInfo& c : out.tensors) {
+    if (c.nbytes == 0) continue;
+    if (prev && prev->data + prev->nbytes > c.data)
+      fail(label, ": tensors \"", prev->name, "\" and \"", c.name, "\" overlap in the data region");
+    prev = &c;
   }
   return out;
 }

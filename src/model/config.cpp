@@ -40,6 +40,22 @@ int64_t ModelConfig::parameter_count() const {
 
 namespace {
 
+// Far above any real model; bounds the per-layer tables sized from a (possibly corrupt) num_hidden_layers.
+constexpr int64_t kMaxLayers = 1 << 16;
+
+// An upper bound on the parameter count, as if every layer had both mixers, computed in double (no overflow).
+// Every size derived from the config (conv_dim(), in_proj_dim(), qkv_dim(), parameter_count(), buffer sizes) is
+// below it, so bounding it keeps all int64 arithmetic on a parsed config exact.
+double size_bound(const ModelConfig& c) {
+  const double H = double(c.hidden_size), F = double(c.intermediate_size), I = double(c.mamba_inner),
+               nh = double(c.mamba_n_heads), CD = I + 2 * double(c.mamba_n_groups) * double(c.mamba_d_state),
+               E = I + CD + nh, dh = double(c.head_dim), nq = double(c.num_attention_heads),
+               qkv = (nq + 2 * double(c.num_key_value_heads)) * dh;
+  const double mlp = 2 * H + 3 * F * H, mamba = (E + I) * H + CD * double(c.mamba_d_conv + 1) + 3 * nh + I + E + H,
+               attn = qkv * H + nq * dh * H;
+  return 2 * double(c.vocab_size) * H + H + double(c.num_hidden_layers) * (mlp + mamba + attn);
+}
+
 // Typed field access with messages that name the field and what was expected.
 struct Fields {
   const json& j;
@@ -49,12 +65,18 @@ struct Fields {
     auto it = j.find(key);
     return it == j.end() || it->is_null() ? nullptr : &*it;
   }
-  int64_t integer(const char* key, int64_t def, int64_t min = 1) const {
+  // Sizes and token ids are capped at INT32_MAX: ample for any model, and it keeps their products (checked in
+  // parse_config) from overflowing int64.
+  int64_t integer(const char* key, int64_t def, int64_t min = 1, int64_t max = INT32_MAX) const {
     const json* v = find(key);
     if (!v) return def;
     if (!v->is_number_integer()) fail(label, ": field \"", key, "\" must be an integer (got ", v->dump(), ")");
+    // A uint64 above INT64_MAX would wrap negative in get<int64_t>().
+    if (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(max))
+      fail(label, ": field \"", key, "\" must be <= ", max, " (got ", v->dump(), ")");
     int64_t x = v->get<int64_t>();
     if (x < min) fail(label, ": field \"", key, "\" must be >= ", min, " (got ", x, ")");
+    if (x > max) fail(label, ": field \"", key, "\" must be <= ", max, " (got ", x, ")");
     return x;
   }
   double number(const char* key, double def) const {
@@ -116,7 +138,7 @@ ModelConfig parse_config(const std::string& json_text, const std::string& label)
   c.vocab_size = f.integer("vocab_size", 128000);
   c.hidden_size = f.integer("hidden_size", 4096);
   c.intermediate_size = f.integer("intermediate_size", 14336);
-  c.num_hidden_layers = f.integer("num_hidden_layers", 32);
+  c.num_hidden_layers = f.integer("num_hidden_layers", 32, 1, kMaxLayers);
   c.num_attention_heads = f.integer("num_attention_heads", 32);
   c.num_key_value_heads = f.integer("num_key_value_heads", c.num_attention_heads);
   c.rms_norm_eps = float(f.number("rms_norm_eps", 1e-5));
@@ -151,9 +173,11 @@ ModelConfig parse_config(const std::string& json_text, const std::string& label)
   c.rotary_dim = int64_t(double(c.head_dim) * 0.5);
 
   // Mamba2 mixer.
-  double expand = f.number("mamba_expand", 2.0);
-  c.mamba_inner = int64_t(expand * double(c.hidden_size));
-  if (c.mamba_inner <= 0) fail(label, ": mamba_expand * hidden_size must be positive");
+  double expand = f.number("mamba_expand", 2.0), inner = expand * double(c.hidden_size);
+  // Checked as a double first: converting NaN, inf or a huge value to int64 is undefined behaviour.
+  if (!(inner >= 1 && inner <= INT32_MAX))
+    fail(label, ": mamba_expand * hidden_size = ", inner, " must be in [1, ", INT32_MAX, "] (mamba_expand = ", expand, ")");
+  c.mamba_inner = int64_t(inner);
   c.mamba_n_heads = f.integer("mamba_n_heads", 128);
   if (const json* dh = f.find("mamba_d_head"); dh && dh->is_string()) {
     if (dh->get<std::string>() != "auto") fail(label, ": field \"mamba_d_head\" must be an integer or \"auto\"");
@@ -182,6 +206,9 @@ ModelConfig parse_config(const std::string& json_text, const std::string& label)
     if (!(c.time_step_min <= c.time_step_max))
       fail(label, ": field \"time_step_limit\" must have min <= max (got ", tl->dump(), ")");
   }
+
+  if (double n = size_bound(c); n > 0x1p48)
+    fail(label, ": the sizes describe a model of up to ", n, " parameters (more than 2^48; is a field corrupt?)");
 
   // Layer kinds: layer_types (5.x) / layers_block_type, else attn_layer_indices (4.x), else all Mamba.
   c.layer_kinds.assign(size_t(c.num_hidden_layers), LayerKind::Mamba);
