@@ -5,13 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pkgs=(build-essential cmake ninja-build ccache pkg-config
       nlohmann-json3-dev libpcre2-dev libopenblas-dev libcli11-dev libcpp-httplib-dev libyaml-cpp-dev
-      libgtest-dev libgmock-dev libbenchmark-dev clang lld libclang-rt-14-dev)
+      libgtest-dev libgmock-dev libbenchmark-dev clang lld libclang-rt-14-dev curl nodejs)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+command -v npm >/dev/null || missing+=(npm)  # (NodeSource's nodejs bundles npm; Debian's is a separate package)
 if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
+# The server tests drive `bamba serve` with the official openai npm client (tests/js, pinned by its lock file).
+(cd tests/js && npm ci --no-audit --no-fund)
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build build

@@ -7,6 +7,8 @@ namespace bamba::cli {
 void register_generate(CLI::App& app);
 void register_logits(CLI::App& app);
 void register_tokenize(CLI::App& app);  // tokenize and detokenize
+void register_serve(CLI::App& app);
+void register_bench_serve(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_merge(CLI::App& app);
 

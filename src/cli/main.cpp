@@ -11,6 +11,8 @@ int main(int argc, char** argv) {
   bamba::cli::register_generate(app);
   bamba::cli::register_logits(app);
   bamba::cli::register_tokenize(app);
+  bamba::cli::register_serve(app);
+  bamba::cli::register_bench_serve(app);
   bamba::cli::register_bench(app);
   bamba::cli::register_merge(app);
   try {

@@ -12,7 +12,11 @@ TextStream::TextStream(const Tokenizer& tok, std::vector<std::string> stop, bool
 
 std::string TextStream::release() {
   size_t cut = std::string::npos;
-  for (auto& s : stop_) cut = std::min(cut, held_.find(s));
+  for (auto& s : stop_)
+    if (size_t at = held_.find(s); at < cut) {
+      cut = at;
+      stop_hit_ = s;
+    }
   if (cut != std::string::npos) {
     stopped_ = true;
     std::string out = held_.substr(0, cut);

@@ -16,12 +16,14 @@ class TextStream {
   std::string push(int32_t id);  // text that is now safe to show
   std::string flush();           // at the end: whatever is held back (unless a stop string was hit)
   bool stopped() const { return stopped_; }
+  const std::string& stop_hit() const { return stop_hit_; }  // the stop string that ended the text
 
  private:
   std::string release();
   StreamDecoder dec_;
   std::vector<std::string> stop_;
   std::string held_;
+  std::string stop_hit_;
   bool stopped_ = false;
 };
 

@@ -1,0 +1,198 @@
+// bamba bench-serve: load against a running server, like vLLM's serving benchmark: N streamed completions of
+// random token-id prompts of a given length, a given number of output tokens (ignore_eos), at most C at a time;
+// reports throughput, time to first token, inter-token latency and end-to-end latency (mean, p50, p90, p99).
+#include <httplib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "cli/commands.h"
+#include "core/error.h"
+
+namespace bamba::cli {
+
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+struct BenchOptions {
+  std::string host = "127.0.0.1", model, api_key, json_out;
+  int port = 8000;
+  int32_t num_prompts = 100, input_len = 128, output_len = 64, concurrency = 8;
+  uint32_t seed = 0;
+};
+
+struct Sample {
+  bool ok = false;
+  std::string error;
+  double ttft = 0, e2e = 0;
+  std::vector<double> itl;  // gaps between chunks that carry tokens
+  int64_t output_tokens = 0;
+};
+
+// One streamed request; times every SSE event that carries text.
+Sample run_one(const BenchOptions& o, const std::vector<int32_t>& prompt) {
+  Sample s;
+  httplib::Client cli(o.host, o.port);
+  cli.set_read_timeout(600, 0);
+  json body = {{"prompt", prompt}, {"max_tokens", o.output_len}, {"ignore_eos", true}, {"stream", true},
+               {"temperature", 0}, {"stream_options", {{"include_usage", true}}}};
+  if (!o.model.empty()) body["model"] = o.model;
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.body = body.dump();
+  req.set_header("Content-Type", "application/json");
+  if (!o.api_key.empty()) req.set_header("Authorization", "Bearer " + o.api_key);
+  const auto t0 = Clock::now();
+  auto last = t0;
+  bool first = true;
+  std::string buf;
+  req.content_receiver = [&](const char* data, size_t len, uint64_t, uint64_t) {
+    buf.append(data, len);
+    for (size_t end; (end = buf.find("\n\n")) != std::string::npos; buf.erase(0, end + 2)) {
+      std::string ev = buf.substr(0, end);
+      if (ev.rfind("data: ", 0) != 0 || ev == "data: [DONE]") continue;
+      json j = json::parse(ev.substr(6), nullptr, false);
+      if (j.is_discarded()) continue;
+      if (j.contains("error")) s.error = j["error"].value("message", "error");
+      if (j.contains("usage") && j["usage"].is_object()) s.output_tokens = j["usage"].value("completion_tokens", int64_t(0));
+      if (!j.contains("choices") || j["choices"].empty()) continue;
+      const auto now = Clock::now();
+      if (first) s.ttft = std::chrono::duration<double>(now - t0).count();
+      else s.itl.push_back(std::chrono::duration<double>(now - last).count());
+      first = false;
+      last = now;
+    }
+    return true;
+  };
+  auto res = cli.send(req);
+  s.e2e = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (!res) s.error = "connection failed: " + httplib::to_string(res.error());
+  else if (res->status != 200) s.error = "HTTP " + std::to_string(res->status) + ": " + res->body;
+  s.ok = s.error.empty() && !first;
+  return s;
+}
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double at = p / 100.0 * double(v.size() - 1);
+  const size_t lo = size_t(at);
+  const double f = at - double(lo);
+  return lo + 1 < v.size() ? v[lo] * (1 - f) + v[lo + 1] * f : v[lo];
+}
+
+double mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0 : s / double(v.size());
+}
+
+void run(const BenchOptions& o) {
+  // The vocabulary size bounds the random prompt ids.
+  httplib::Client probe(o.host, o.port);
+  auto info = probe.Get("/tokenizer_info");
+  BAMBA_CHECK(info && info->status == 200, "no bamba server answers on ", o.host, ":", o.port, " (GET /tokenizer_info)");
+  json ti = json::parse(info->body, nullptr, false);
+  const int64_t vocab = ti.is_object() ? ti.value("vocab_size", int64_t(0)) : 0;
+  BAMBA_CHECK(vocab > 0, "the server did not report vocab_size in /tokenizer_info");
+
+  std::vector<std::vector<int32_t>> prompts(size_t(o.num_prompts));
+  std::mt19937 rng(o.seed);
+  for (auto& p : prompts) {
+    p.resize(size_t(o.input_len));
+    for (auto& t : p) t = int32_t(rng() % uint32_t(std::min<int64_t>(vocab, 1 << 30)));
+  }
+  std::vector<Sample> samples(prompts.size());
+  std::atomic<size_t> next{0};
+  const auto t0 = Clock::now();
+  std::vector<std::thread> workers;
+  for (int32_t w = 0; w < std::min(o.concurrency, o.num_prompts); ++w)
+    workers.emplace_back([&] {
+      for (size_t i; (i = next++) < prompts.size();) samples[i] = run_one(o, prompts[i]);
+    });
+  for (auto& t : workers) t.join();
+  const double dur = std::chrono::duration<double>(Clock::now() - t0).count();
+
+  std::vector<double> ttft, itl, e2e, tpot;
+  int64_t ok = 0, out_tokens = 0;
+  std::string first_error;
+  for (const Sample& s : samples) {
+    if (!s.ok) {
+      if (first_error.empty()) first_error = s.error;
+      continue;
+    }
+    ++ok;
+    out_tokens += s.output_tokens;
+    ttft.push_back(s.ttft);
+    e2e.push_back(s.e2e);
+    itl.insert(itl.end(), s.itl.begin(), s.itl.end());
+    if (s.output_tokens > 1) tpot.push_back((s.e2e - s.ttft) / double(s.output_tokens - 1));
+  }
+  const int64_t in_tokens = ok * o.input_len;
+  std::printf("============ Serving Benchmark Result ============\n");
+  std::printf("%-40s %d\n", "Successful requests:", int(ok));
+  std::printf("%-40s %d\n", "Failed requests:", int(samples.size() - size_t(ok)));
+  std::printf("%-40s %d\n", "Maximum request concurrency:", o.concurrency);
+  std::printf("%-40s %.2f\n", "Benchmark duration (s):", dur);
+  std::printf("%-40s %lld\n", "Total input tokens:", (long long)in_tokens);
+  std::printf("%-40s %lld\n", "Total generated tokens:", (long long)out_tokens);
+  std::printf("%-40s %.2f\n", "Request throughput (req/s):", ok / dur);
+  std::printf("%-40s %.2f\n", "Output token throughput (tok/s):", out_tokens / dur);
+  std::printf("%-40s %.2f\n", "Total token throughput (tok/s):", (in_tokens + out_tokens) / dur);
+  auto block = [](const char* title, const char* name, const std::vector<double>& v) {
+    std::printf("%s\n", title);
+    std::printf("Mean %-35s %.2f\n", (std::string(name) + " (ms):").c_str(), mean(v) * 1e3);
+    for (double p : {50.0, 90.0, 99.0})
+      std::printf("P%-4.0f%-35s %.2f\n", p, (std::string(name) + " (ms):").c_str(), percentile(v, p) * 1e3);
+  };
+  block("---------------Time to First Token----------------", "TTFT", ttft);
+  block("-----Time per Output Token (excl. 1st token)------", "TPOT", tpot);
+  block("---------------Inter-token Latency----------------", "ITL", itl);
+  block("----------------End-to-end Latency----------------", "E2EL", e2e);
+  std::printf("==================================================\n");
+  if (!first_error.empty()) std::fprintf(stderr, "bamba: first failure: %s\n", first_error.c_str());
+  if (!o.json_out.empty()) {
+    json j = {{"completed", ok}, {"failed", int64_t(samples.size()) - ok}, {"duration", dur},
+              {"total_input_tokens", in_tokens}, {"total_output_tokens", out_tokens},
+              {"request_throughput", ok / dur}, {"output_throughput", out_tokens / dur}};
+    for (auto [name, v] : {std::pair{"ttft", &ttft}, {"tpot", &tpot}, {"itl", &itl}, {"e2el", &e2e}}) {
+      j[std::string("mean_") + name + "_ms"] = mean(*v) * 1e3;
+      for (int p : {50, 90, 99}) j["p" + std::to_string(p) + "_" + name + "_ms"] = percentile(*v, p) * 1e3;
+    }
+    FILE* f = std::fopen(o.json_out.c_str(), "w");
+    BAMBA_CHECK(f, "cannot write ", o.json_out);
+    std::string text = j.dump(2) + "\n";
+    std::fwrite(text.data(), 1, text.size(), f);
+    std::fclose(f);
+  }
+  BAMBA_CHECK(ok > 0, "every request failed");
+}
+
+}  // namespace
+
+void register_bench_serve(CLI::App& app) {
+  auto o = std::make_shared<BenchOptions>();
+  CLI::App* cmd = app.add_subcommand("bench-serve", "Benchmark a running bamba (or OpenAI-compatible) server");
+  cmd->add_option("--host", o->host, "Server address");
+  cmd->add_option("--port", o->port, "Server port")->check(CLI::Range(1, 65535));
+  cmd->add_option("--model", o->model, "Model name to send (default: none)");
+  cmd->add_option("--api-key", o->api_key, "API key (Authorization: Bearer)");
+  cmd->add_option("--num-prompts,-n", o->num_prompts, "Requests to send")->check(CLI::Range(1, 1000000));
+  cmd->add_option("--input-len", o->input_len, "Prompt tokens per request")->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--output-len", o->output_len, "Generated tokens per request")->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--concurrency,-c", o->concurrency, "Requests in flight at once")->check(CLI::Range(1, 100000));
+  cmd->add_option("--seed", o->seed, "Seed of the random prompts");
+  cmd->add_option("--json", o->json_out, "Also write the results as JSON to this file");
+  cmd->callback([o] { run(*o); });
+}
+
+}  // namespace bamba::cli

@@ -1,0 +1,113 @@
+// bamba serve: the OpenAI-compatible HTTP server (docs/serving-api.md) with continuous batching.
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "core/error.h"
+#include "core/mapped_file.h"
+#include "engine/engine.h"
+#include "server/http_server.h"
+
+namespace bamba::cli {
+
+namespace {
+
+// The one global: a signal handler can reach nothing else. SIGTERM/SIGINT set it; serve() then drains.
+std::atomic<bool> g_stop_requested{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "the flag must be async-signal-safe");
+extern "C" void on_stop_signal(int) { g_stop_requested.store(true); }
+
+struct ServeOptions {
+  ModelOptions model;
+  HttpOptions http;
+  std::string served_name, chat_template;
+  int32_t max_num_seqs = 256, max_batched_tokens = 2048, num_kv_blocks = 0, max_n = 64, max_logprobs = 20;
+  double cache_gib = 4;
+  double max_body_mib = 32;
+};
+
+// A token written in tokenizer_config.json as "text" or {"content": "text", ...}.
+json token_string(const json& v) {
+  if (v.is_string()) return v;
+  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"];
+  return nullptr;
+}
+
+void run(ServeOptions o) {
+  LoadedModel m = load(o.model, true);
+  const ModelConfig& cfg = m.model->config();
+  if (const char* key = std::getenv("BAMBA_API_KEY"); key && *key && o.http.api_key.empty()) o.http.api_key = key;
+
+  ServingContext ctx;
+  ctx.tok = m.tokenizer.get();
+  ctx.model_name = !o.served_name.empty() ? o.served_name : m.dummy ? "bamba-dummy" : o.model.model;
+  ctx.max_model_len = m.max_model_len;
+  ctx.vocab_size = int32_t(cfg.vocab_size);
+  ctx.max_n = o.max_n;
+  ctx.max_logprobs = o.max_logprobs;
+  if (!m.dummy && file_exists(o.model.model + "/tokenizer_config.json")) {
+    ctx.tokenizer_config = json::parse(read_text_file(o.model.model + "/tokenizer_config.json"), nullptr, false);
+    if (!ctx.tokenizer_config.is_object()) fail(o.model.model, "/tokenizer_config.json is not a JSON object");
+    for (const char* k : {"bos_token", "eos_token", "pad_token", "unk_token"})
+      if (ctx.tokenizer_config.contains(k)) ctx.template_vars[k] = token_string(ctx.tokenizer_config[k]);
+  }
+  if (!o.chat_template.empty()) ctx.chat_template = ChatTemplate::parse(read_text_file(o.chat_template), o.chat_template);
+  else if (!m.dummy) ctx.chat_template = ChatTemplate::from_model_dir(o.model.model);
+
+  EngineOptions eo;
+  eo.max_model_len = m.max_model_len;
+  eo.eos = m.eos;
+  eo.max_logprobs = o.max_logprobs;
+  eo.sched.max_num_seqs = o.max_num_seqs;
+  eo.sched.max_batched_tokens = std::max(o.max_batched_tokens, o.max_num_seqs);
+  eo.sched.max_logit_rows = std::max(o.max_num_seqs, 256);  // scored prompts: up to 256 rows per step
+  eo.cache = Engine::cache_sizes(cfg, o.max_num_seqs, m.max_model_len, o.cache_gib * double(1u << 30), o.num_kv_blocks);
+  Engine engine(*m.model, m.tokenizer.get(), eo);
+
+  o.http.max_body_bytes = size_t(o.max_body_mib * double(1u << 20));
+  HttpServer server(engine, ctx, o.http);
+  const int port = server.bind();
+  struct sigaction sa = {};
+  sa.sa_handler = on_stop_signal;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);  // a client that hangs up must be a failed write, not the end of the process
+  const CacheSizes& cs = eo.cache;
+  const double mib = (double(HybridCache::bytes_per_slot(cfg)) * cs.n_slots +
+                      double(HybridCache::bytes_per_block(cfg, cs.block_size)) * cs.n_blocks) / double(1u << 20);
+  std::fprintf(stderr, "bamba: serving %s on http://%s:%d (%d state slots, %d KV pages of %d tokens, %.1f MiB; "
+                       "max-model-len %d)\n",
+               ctx.model_name.c_str(), o.http.host.c_str(), port, cs.n_slots, cs.n_blocks, cs.block_size, mib,
+               m.max_model_len);
+  server.serve(g_stop_requested);
+  std::fprintf(stderr, "bamba: stopped\n");
+}
+
+}  // namespace
+
+void register_serve(CLI::App& app) {
+  auto o = std::make_shared<ServeOptions>();
+  CLI::App* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching");
+  o->model.add_to(cmd);
+  cmd->add_option("--host", o->http.host, "Address to listen on (default 127.0.0.1: this machine only)");
+  cmd->add_option("--port", o->http.port, "Port (0: any free port, printed at start)")->check(CLI::Range(0, 65535));
+  cmd->add_option("--api-key", o->http.api_key, "Require 'Authorization: Bearer KEY' on /v1 routes (or BAMBA_API_KEY)");
+  cmd->add_option("--served-model-name", o->served_name, "The model's name in the API (default: the --model path)");
+  cmd->add_option("--chat-template", o->chat_template, "Jinja2 chat template file (default: the model's own)");
+  cmd->add_option("--max-num-seqs", o->max_num_seqs, "Most sequences in a batch (= state slots)")->check(CLI::Range(1, 65536));
+  cmd->add_option("--max-num-batched-tokens", o->max_batched_tokens, "Most tokens per step (prompts are chunked to fit)")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--cache-memory", o->cache_gib, "GiB for the state slots and KV pages")->check(CLI::PositiveNumber);
+  cmd->add_option("--num-kv-blocks", o->num_kv_blocks, "KV pages, overriding --cache-memory (testing preemption)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-concurrent-requests", o->http.max_concurrent, "Generation requests in flight; more get 429")
+      ->check(CLI::Range(1, 100000));
+  cmd->add_option("--max-body-mib", o->max_body_mib, "Largest request body (413 above)")->check(CLI::PositiveNumber);
+  cmd->add_option("--max-n", o->max_n, "Largest 'n' per request")->check(CLI::Range(1, 4096));
+  cmd->add_option("--max-logprobs", o->max_logprobs, "Largest 'logprobs' per request")->check(CLI::Range(0, 1000));
+  cmd->callback([o] { run(*o); });
+}
+
+}  // namespace bamba::cli

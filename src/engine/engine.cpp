@@ -1,0 +1,317 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+#include "core/hash_uniform.h"
+
+namespace bamba {
+
+using Clock = std::chrono::steady_clock;
+
+struct Engine::Live {
+  Live(int64_t id, std::shared_ptr<Request> r, const Tokenizer* tok) : id(id), req(std::move(r)) {
+    if (tok) text.emplace(*tok, req->params.stop, req->params.skip_special);
+  }
+  int64_t id;
+  std::shared_ptr<Request> req;
+  std::optional<TextStream> text;  // none without a tokenizer: token ids only
+  int32_t generated = 0;
+  std::vector<TokenLogprob> prompt_lp;  // filled as prompt chunks are scored
+  bool prompt_lp_sent = false;
+  bool scheduled = false;
+  Clock::time_point last_token;
+};
+
+CacheSizes Engine::cache_sizes(const ModelConfig& cfg, int32_t max_num_seqs, int32_t max_model_len,
+                               double cache_bytes, int32_t num_blocks) {
+  CacheSizes s = HybridCache::sizes_for(cfg, max_num_seqs, max_model_len);  // everything resident: the most useful
+  if (s.n_blocks == 0) return s;                                           // no attention layers: slots only
+  const int32_t one_seq = (max_model_len + s.block_size - 1) / s.block_size;
+  if (num_blocks > 0) {
+    s.n_blocks = std::max(num_blocks, one_seq);
+    return s;
+  }
+  const double left = cache_bytes - double(HybridCache::bytes_per_slot(cfg)) * max_num_seqs;
+  const double fit = std::floor(left / double(HybridCache::bytes_per_block(cfg, s.block_size)));
+  s.n_blocks = int32_t(std::clamp<double>(fit, one_seq, s.n_blocks));
+  return s;
+}
+
+Engine::Engine(const HybridModel& model, const Tokenizer* tok, EngineOptions opt)
+    : model_(model),
+      tok_(tok),
+      opt_(std::move(opt)),
+      cache_(model.config(), model.backend(), opt_.cache),
+      ws_(model.config(), model.backend(), opt_.sched.max_batched_tokens, opt_.sched.max_logit_rows),
+      sched_(opt_.sched, cache_) {
+  BAMBA_CHECK(!cache_.has_attention() || cache_.sizes().n_blocks >= cache_.blocks_for(opt_.max_model_len),
+              "the KV cache (", cache_.sizes().n_blocks, " pages) cannot hold one sequence of --max-model-len ",
+              opt_.max_model_len);
+  stats_.free_slots = cache_.free_slots();
+  stats_.free_blocks = cache_.free_blocks();
+  thread_ = std::thread([this] { loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void Engine::validate(const RequestParams& p) const {
+  const int32_t P = int32_t(p.prompt.size()), V = int32_t(model_.config().vocab_size);
+  BAMBA_CHECK(P > 0, "the prompt is empty");
+  for (int32_t id : p.prompt) BAMBA_CHECK(id >= 0 && id < V, "token id ", id, " is out of range [0, ", V, ")");
+  BAMBA_CHECK(tok_ || p.stop.empty(), "stop strings need the model's tokenizer");
+  BAMBA_CHECK(p.max_tokens >= 0, "max_tokens must be >= 0 (got ", p.max_tokens, ")");
+  BAMBA_CHECK(int64_t(P) + p.max_tokens <= opt_.max_model_len, "This model's maximum context length is ",
+              opt_.max_model_len, " tokens. However, you requested ", int64_t(P) + p.max_tokens, " tokens (", P,
+              " in the prompt, ", p.max_tokens, " in the completion).");
+  check_sampling(p.sampling);
+  BAMBA_CHECK(p.logprobs <= opt_.max_logprobs && p.prompt_logprobs <= opt_.max_logprobs, "logprobs must be <= ",
+              opt_.max_logprobs);
+}
+
+std::shared_ptr<Request> Engine::submit(RequestParams p, std::shared_ptr<Channel> ch, int32_t index) {
+  validate(p);
+  std::shared_ptr<Request> r;
+  {
+    std::lock_guard lk(mu_);
+    BAMBA_CHECK(!stop_ && alive_, "the engine is shutting down");
+    r = std::make_shared<Request>(std::move(p), std::move(ch), index);
+    inbox_.push_back(r);
+  }
+  cv_.notify_one();
+  return r;
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard lk(mu_);
+  return stats_;
+}
+
+bool Engine::alive() const {
+  std::lock_guard lk(mu_);
+  return alive_;
+}
+
+void Engine::loop() {
+  for (;;) {
+    std::vector<std::shared_ptr<Request>> fresh;
+    bool stopping;
+    {
+      std::unique_lock lk(mu_);
+      // Idle: sleep until a request arrives. Busy: poll for cancellations every step.
+      cv_.wait(lk, [&] { return stop_ || !inbox_.empty() || !live_.empty(); });
+      fresh.swap(inbox_);
+      stopping = stop_;
+    }
+    for (auto& r : fresh) {
+      const int64_t id = next_id_++;
+      RequestParams const& p = r->params;
+      sched_.add(id, p.prompt, p.prompt_logprobs >= 0);
+      auto l = std::make_unique<Live>(id, r, tok_);
+      if (p.prompt_logprobs >= 0) l->prompt_lp.resize(p.prompt.size());
+      live_.emplace(id, std::move(l));
+    }
+    // Cancelled (or disconnected) requests and, at shutdown, everything: free their pages now.
+    for (auto it = live_.begin(); it != live_.end();) {
+      Live& l = *it->second;
+      ++it;  // finish() erases l
+      if (stopping || l.req->cancelled()) finish(l, FinishReason::Abort, {});
+    }
+    if (stopping) break;
+    if (live_.empty()) {
+      update_gauges();
+      continue;
+    }
+    try {
+      step();
+    } catch (const std::exception& e) {
+      // A failed step must not take the server down: fail the requests in it, keep serving the others.
+      std::string msg = e.what();
+      for (auto it = live_.begin(); it != live_.end();) {
+        Live& l = *it->second;
+        ++it;
+        if (!l.scheduled) continue;
+        RequestOutput o;
+        o.error = msg;
+        finish(l, FinishReason::Abort, std::move(o));
+      }
+    }
+    update_gauges();
+  }
+  std::lock_guard lk(mu_);
+  alive_ = false;
+}
+
+TokenLogprob Engine::logprob(const float* row, int32_t id, int32_t top_k) const {
+  const int32_t V = int32_t(model_.config().vocab_size);
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int32_t i = 0; i < V; ++i) mx = std::max(mx, row[i]);
+  double sum = 0;
+  for (int32_t i = 0; i < V; ++i) sum += std::exp(double(row[i]) - mx);
+  const double lse = mx + std::log(sum);  // log-softmax(x)_i = x_i - logsumexp(x)
+  TokenLogprob t;
+  t.id = id;
+  t.logprob = float(double(row[id]) - lse);
+  if (top_k > 0) {
+    std::vector<int32_t> idx(static_cast<size_t>(V));
+    for (int32_t i = 0; i < V; ++i) idx[size_t(i)] = i;
+    const int32_t k = std::min(top_k, V);
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                      [&](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+    for (int32_t i = 0; i < k; ++i) t.top.push_back({idx[size_t(i)], float(double(row[idx[size_t(i)]]) - lse)});
+  }
+  return t;
+}
+
+void Engine::finish(Live& l, FinishReason why, RequestOutput out) {
+  const int64_t id = l.id;
+  if (why != FinishReason::Abort && l.text) out.text += l.text->flush();
+  out.index = l.req->index;
+  out.finish = why;
+  out.prompt_tokens = int32_t(l.req->params.prompt.size());
+  const double e2e = std::chrono::duration<double>(Clock::now() - l.req->arrival).count();
+  l.req->channel->push(std::move(out));
+  sched_.finish(id);
+  {
+    std::lock_guard lk(mu_);
+    ++stats_.finished[finish_reason_name(why)];
+    stats_.e2e.observe(e2e);
+  }
+  live_.erase(id);
+}
+
+void Engine::step() {
+  std::vector<ScheduledSeq> plan = sched_.schedule();
+  if (plan.empty()) return;
+  const Clock::time_point t_start = Clock::now();
+  StepBatch b;
+  for (const ScheduledSeq& p : plan) {
+    b.add(std::span(p.seq->tokens).subspan(size_t(p.begin), size_t(p.n)), p.begin, p.seq->cache.slot,
+          p.seq->cache.blocks, p.all_logits);
+    Live& l = *live_.at(p.seq->id);
+    if (!l.scheduled) {
+      l.scheduled = true;
+      std::lock_guard lk(mu_);
+      stats_.queue.observe(std::chrono::duration<double>(t_start - l.req->arrival).count());
+      stats_.prompt_tokens += uint64_t(p.seq->prompt_len);
+    }
+  }
+  const int32_t R = int32_t(b.logit_rows.size()), V = int32_t(model_.config().vocab_size);
+  Tensor logits = model_.forward(b, cache_, ws_);  // [R, V] F32
+  // Logprobs are computed on the host: copy the rows only when a request in the step asks for them.
+  bool need_host = false;
+  for (const ScheduledSeq& p : plan) {
+    const RequestParams& rp = live_.at(p.seq->id)->req->params;
+    need_host |= p.all_logits || (p.samples() && rp.logprobs >= 0);
+  }
+  if (need_host) {
+    host_logits_.resize(size_t(R) * size_t(V));
+    model_.backend().to_host_f32(logits, host_logits_.data());
+  }
+
+  // One sampling call over all rows; rows that draw nothing (prompt rows) are greedy and ignored.
+  std::vector<SamplingParams> params(static_cast<size_t>(R));
+  std::vector<int32_t> last_row(plan.size());
+  for (size_t i = 0, row = 0; i < plan.size(); ++i) {
+    const ScheduledSeq& p = plan[i];
+    row += size_t(p.all_logits ? p.n : 1);
+    last_row[i] = int32_t(row) - 1;
+    const Live& l = *live_.at(p.seq->id);
+    if (p.samples()) {
+      SamplingParams sp = l.req->params.sampling;
+      // Draw k depends on (seed, k) only, as in the Generator: a recomputed sequence draws the same tokens.
+      sp.seed = splitmix64(sp.seed + uint64_t(l.generated));
+      params[size_t(last_row[i])] = sp;
+    }
+  }
+  std::vector<int32_t> drawn(static_cast<size_t>(R));
+  model_.backend().sample(logits, params, drawn.data());
+
+  const Clock::time_point now = Clock::now();
+  uint64_t new_tokens = 0;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const ScheduledSeq& p = plan[i];
+    Sequence& s = *p.seq;
+    Live& l = *live_.at(s.id);
+    const RequestParams& rp = l.req->params;
+    s.computed += p.n;
+    RequestOutput out;
+    out.index = l.req->index;
+    if (p.all_logits) {  // row r (position begin + r) predicts prompt token begin + r + 1
+      const float* rows = host_logits_.data() + size_t(last_row[i] - p.n + 1) * size_t(V);
+      if (p.begin == 0) l.prompt_lp[0] = TokenLogprob{s.tokens[0], std::nanf(""), {}};
+      for (int32_t r = 0; r < p.n; ++r) {
+        const int32_t j = p.begin + r + 1;
+        if (j < s.prompt_len) l.prompt_lp[size_t(j)] = logprob(rows + size_t(r) * size_t(V), s.tokens[size_t(j)], rp.prompt_logprobs);
+      }
+      s.prompt_scored = std::min(p.begin + p.n + 1, s.prompt_len);
+    }
+    if (rp.prompt_logprobs >= 0 && !l.prompt_lp_sent && s.prompt_scored == s.prompt_len) {
+      out.prompt_logprobs = l.prompt_lp;
+      l.prompt_lp_sent = true;
+    }
+    if (!p.samples()) {
+      if (!out.prompt_logprobs.empty()) l.req->channel->push(std::move(out));
+      continue;
+    }
+    if (l.generated >= rp.max_tokens) {  // max_tokens 0: scoring only
+      finish(l, FinishReason::Length, std::move(out));
+      continue;
+    }
+    const int32_t tok = drawn[size_t(last_row[i])];
+    s.tokens.push_back(tok);
+    ++l.generated;
+    ++new_tokens;
+    out.tokens.push_back(tok);
+    if (rp.logprobs >= 0) out.logprobs.push_back(logprob(host_logits_.data() + size_t(last_row[i]) * size_t(V), tok, rp.logprobs));
+    const bool eos = !rp.ignore_eos && std::find(opt_.eos.begin(), opt_.eos.end(), tok) != opt_.eos.end();
+    const bool stop_id = std::find(rp.stop_token_ids.begin(), rp.stop_token_ids.end(), tok) != rp.stop_token_ids.end();
+    // The end token's own text is not output. A model may emit an id the tokenizer lacks (a padded vocabulary):
+    // it then adds no text rather than failing the step.
+    if (l.text && !eos && !stop_id && tok < tok_->vocab_size()) {
+      try {
+        out.text = l.text->push(tok);
+      } catch (const Error&) {
+      }
+    }
+    {
+      std::lock_guard lk(mu_);
+      if (l.generated == 1) stats_.ttft.observe(std::chrono::duration<double>(now - l.req->arrival).count());
+      else stats_.itl.observe(std::chrono::duration<double>(now - l.last_token).count());
+    }
+    l.last_token = now;
+    FinishReason why = FinishReason::None;
+    const bool stop_str = l.text && l.text->stopped();
+    if (eos || stop_id || stop_str) why = FinishReason::Stop;
+    else if (l.generated >= rp.max_tokens || int32_t(s.tokens.size()) >= opt_.max_model_len) why = FinishReason::Length;
+    if (stop_str && rp.include_stop_str) out.text += l.text->stop_hit();
+    if (why != FinishReason::None) finish(l, why, std::move(out));  // frees s: not used below
+    else l.req->channel->push(std::move(out));
+  }
+  std::lock_guard lk(mu_);
+  stats_.generation_tokens += new_tokens;
+  stats_.steps++;
+}
+
+void Engine::update_gauges() {
+  std::lock_guard lk(mu_);
+  stats_.preemptions = uint64_t(sched_.num_preemptions());
+  stats_.num_running = sched_.num_running();
+  stats_.num_waiting = sched_.num_waiting();
+  stats_.free_slots = cache_.free_slots();
+  stats_.free_blocks = cache_.free_blocks();
+  const CacheSizes& cs = cache_.sizes();
+  stats_.state_slots_usage = 1.0 - double(cache_.free_slots()) / cs.n_slots;
+  stats_.kv_cache_usage = cs.n_blocks ? 1.0 - double(cache_.free_blocks()) / cs.n_blocks : 0.0;
+}
+
+}  // namespace bamba

@@ -1,0 +1,84 @@
+// Engine: continuous batching. A thread runs the step loop: admit submitted requests, drop cancelled ones, ask
+// the Scheduler for the next batch (decodes + prompt chunks), run one forward over it, sample every row in one
+// call, detokenize (TextStream) and push each request's new tokens to its Channel. Requests free their state
+// slot and KV pages the step they finish, are cancelled or fail.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/engine_stats.h"
+#include "engine/hybrid_cache.h"
+#include "engine/request.h"
+#include "engine/scheduler.h"
+#include "engine/text_stream.h"
+#include "model/hybrid.h"
+#include "tokenizer/tokenizer.h"
+
+namespace bamba {
+
+struct EngineOptions {
+  int32_t max_model_len = 8192;  // prompt + generated tokens per sequence
+  SchedulerConfig sched;
+  CacheSizes cache;              // n_slots >= sched.max_num_seqs; n_blocks hold at least one max_model_len sequence
+  std::vector<int32_t> eos;      // end-of-text ids (ignored with RequestParams::ignore_eos)
+  int32_t max_logprobs = 20;     // most top logprobs a request may ask for
+};
+
+class Engine {
+ public:
+  // The KV pages that fit `cache_bytes` after the state slots of max_num_seqs sequences; at least enough pages
+  // for one sequence of max_model_len. num_blocks > 0 sets the number of pages directly (tests force
+  // preemption with it).
+  static CacheSizes cache_sizes(const ModelConfig& cfg, int32_t max_num_seqs, int32_t max_model_len,
+                                double cache_bytes, int32_t num_blocks = 0);
+
+  // tok may be null: outputs then carry token ids and no text (stop strings unsupported).
+  Engine(const HybridModel& model, const Tokenizer* tok, EngineOptions opt);
+  ~Engine();  // aborts what is still running and joins the thread
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Checks the parameters (Error with a user-facing message) and queues the request; its outputs arrive on
+  // `ch` tagged with `index`.
+  std::shared_ptr<Request> submit(RequestParams p, std::shared_ptr<Channel> ch, int32_t index = 0);
+  void validate(const RequestParams& p) const;  // what submit checks, without submitting
+
+  EngineStats stats() const;
+  bool alive() const;  // false once the step loop has died
+  const EngineOptions& options() const { return opt_; }
+  const HybridCache& cache() const { return cache_; }
+
+ private:
+  struct Live;  // engine-thread state of one request
+  void loop();
+  void step();
+  void update_gauges();
+  void finish(Live& l, FinishReason why, RequestOutput out);
+  TokenLogprob logprob(const float* row, int32_t id, int32_t top_k) const;
+
+  const HybridModel& model_;
+  const Tokenizer* tok_;
+  EngineOptions opt_;
+  HybridCache cache_;
+  Workspace ws_;
+  Scheduler sched_;
+  std::vector<float> host_logits_;  // [R, V]
+
+  mutable std::mutex mu_;  // guards inbox_, stop_, stats_, alive_
+  std::condition_variable cv_;
+  std::vector<std::shared_ptr<Request>> inbox_;
+  bool stop_ = false, alive_ = true;
+  EngineStats stats_;
+
+  std::unordered_map<int64_t, std::unique_ptr<Live>> live_;  // engine thread only
+  int64_t next_id_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace bamba

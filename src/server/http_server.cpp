@@ -1,0 +1,221 @@
+#include "server/http_server.h"
+
+#include <httplib.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <random>
+#include <thread>
+
+#include "server/metrics.h"
+
+namespace bamba {
+
+using namespace std::chrono_literals;
+
+namespace {
+
+void send_error(httplib::Response& res, int status, const std::string& message, const std::string& param = {}) {
+  res.status = status;
+  res.set_content(dump(error_body(status, message, param)), "application/json");
+}
+
+// Counts a generation request as in flight for as long as it lives.
+struct InFlight {
+  explicit InFlight(std::atomic<int32_t>& n) : n_(n) { n_.fetch_add(1); }
+  ~InFlight() { n_.fetch_sub(1); }
+  InFlight(const InFlight&) = delete;
+  InFlight& operator=(const InFlight&) = delete;
+  std::atomic<int32_t>& n_;
+};
+
+// A streaming response: everything its content provider needs after the handler has returned.
+struct Stream {
+  Stream(Job j, const ServingContext& ctx, std::string id, int64_t created, std::atomic<int32_t>& in_flight)
+      : job(std::move(j)), builder(job, ctx, std::move(id), created), guard(in_flight) {}
+  Job job;
+  ResponseBuilder builder;
+  InFlight guard;
+  std::shared_ptr<Channel> channel = std::make_shared<Channel>();
+  std::vector<std::shared_ptr<Request>> requests;
+  bool finished = false;
+  void cancel() {
+    for (auto& r : requests) r->cancel();
+  }
+};
+
+std::string sse(const json& j) { return "data: " + dump(j) + "\n\n"; }
+
+}  // namespace
+
+HttpServer::HttpServer(Engine& engine, ServingContext ctx, HttpOptions opt)
+    : engine_(engine),
+      ctx_(std::move(ctx)),
+      opt_(std::move(opt)),
+      svr_(std::make_unique<httplib::Server>()),
+      created_(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()) {
+  // One thread per connection being served: a streaming request holds its thread until the last token.
+  const size_t threads = size_t(opt_.max_concurrent) + 16;
+  svr_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  svr_->set_payload_max_length(opt_.max_body_bytes);
+  svr_->set_tcp_nodelay(true);  // small SSE chunks go out at once
+  svr_->set_socket_options([this](socket_t fd) {
+    httplib::default_socket_options(fd);
+    listen_fd_ = fd;
+  });
+  routes();
+}
+
+HttpServer::~HttpServer() = default;
+
+int HttpServer::bind() {
+  int port = opt_.port;
+  if (port == 0) port = svr_->bind_to_any_port(opt_.host);
+  else if (!svr_->bind_to_port(opt_.host, port)) port = -1;
+  BAMBA_CHECK(port > 0, "cannot listen on ", opt_.host, ":", opt_.port, " (in use, or not an address of this host)");
+  // httplib listens with a backlog of 5: a burst of clients connecting at once overflows it and their
+  // connections fail. Listening again on the bound socket raises the backlog.
+  if (listen_fd_ >= 0) ::listen(listen_fd_, SOMAXCONN);
+  return port;
+}
+
+void HttpServer::serve(const std::atomic<bool>& stop) {
+  std::thread listener([this] { svr_->listen_after_bind(); });
+  while (!stop.load() && engine_.alive()) std::this_thread::sleep_for(50ms);
+  draining_ = true;  // new requests: 503; running ones finish
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(opt_.drain_seconds);
+  while (in_flight_.load() > 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(20ms);
+  svr_->stop();
+  listener.join();
+}
+
+bool HttpServer::authorized(const httplib::Request& req) const {
+  return opt_.api_key.empty() || req.get_header_value("Authorization") == "Bearer " + opt_.api_key;
+}
+
+void HttpServer::routes() {
+  httplib::Server& s = *svr_;
+  s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (req.path.rfind("/v1/", 0) == 0 && !authorized(req)) {
+      send_error(res, 401, "invalid or missing API key (Authorization: Bearer ...)");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  // httplib's own 4xx (unknown route, body too large, bad HTTP) get a JSON body too.
+  s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    std::string msg = res.status == 404   ? "no route " + req.method + " " + req.path
+                      : res.status == 413 ? "the request body is too large"
+                                          : "bad request";
+    send_error(res, res.status, msg);
+  });
+  s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    std::string msg = "internal error";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      msg = e.what();
+    } catch (...) {
+    }
+    send_error(res, 500, msg);
+  });
+
+  s.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    res.status = engine_.alive() && !draining_ ? 200 : 503;
+  });
+  s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(prometheus_text(engine_.stats(), ctx_.model_name), "text/plain; version=0.0.4");
+  });
+  s.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(dump(models(ctx_, created_)), "application/json");
+  });
+  auto json_route = [this](json (*fn)(const json&, const ServingContext&)) {
+    return [this, fn](const httplib::Request& req, httplib::Response& res) {
+      json body = json::parse(req.body, nullptr, false);
+      if (body.is_discarded()) return send_error(res, 400, "the request body is not valid JSON");
+      try {
+        res.set_content(dump(fn(body, ctx_)), "application/json");
+      } catch (const ApiError& e) {
+        send_error(res, e.status, e.what(), e.param);
+      } catch (const Error& e) {
+        send_error(res, 400, e.what());
+      }
+    };
+  };
+  s.Post("/tokenize", json_route(&tokenize));
+  s.Post("/detokenize", json_route(&detokenize));
+  s.Get("/tokenizer_info", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(dump(tokenizer_info(ctx_)), "application/json");
+  });
+  s.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { generate(q, r, false); });
+  s.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) { generate(q, r, true); });
+}
+
+void HttpServer::generate(const httplib::Request& req, httplib::Response& res, bool chat) {
+  if (draining_ || !engine_.alive()) return send_error(res, 503, "the server is shutting down");
+  auto guard = std::make_unique<InFlight>(in_flight_);
+  if (in_flight_.load() > opt_.max_concurrent)
+    return send_error(res, 429, cat("too many requests in flight (the limit is ", opt_.max_concurrent, ")"));
+  json body = json::parse(req.body, nullptr, false);
+  if (body.is_discarded()) return send_error(res, 400, "the request body is not valid JSON");
+  Job job;
+  std::vector<RequestParams> seqs;
+  try {
+    job = chat ? parse_chat(body, ctx_) : parse_completions(body, ctx_);
+    std::random_device rd;
+    for (int32_t i = 0; i < job.num_sequences(); ++i) {
+      seqs.push_back(job.sequence(i, (uint64_t(rd()) << 32) ^ rd()));
+      engine_.validate(seqs.back());  // all checked before any is submitted
+    }
+  } catch (const ApiError& e) {
+    return send_error(res, e.status, e.what(), e.param);
+  } catch (const Error& e) {
+    return send_error(res, 400, e.what());
+  }
+  const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(created_) + "-" + std::to_string(next_id_++);
+  const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  guard.reset();  // the Stream below counts from here
+  auto st = std::make_shared<Stream>(std::move(job), ctx_, id, now, in_flight_);
+  try {
+    for (int32_t i = 0; i < int32_t(seqs.size()); ++i) st->requests.push_back(engine_.submit(seqs[size_t(i)], st->channel, i));
+  } catch (const Error& e) {
+    st->cancel();
+    return send_error(res, 503, e.what());
+  }
+
+  if (!st->job.stream) {
+    // The connection's thread waits here; the engine thread fills the channel.
+    while (!st->builder.all_done()) {
+      if (auto o = st->channel->pop(100ms)) st->builder.add(*o);
+      else if (!engine_.alive()) return send_error(res, 503, "the engine stopped");
+    }
+    if (!st->builder.error().empty()) return send_error(res, 500, st->builder.error());
+    res.set_content(dump(st->builder.response()), "application/json");
+    return;
+  }
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [st, this](size_t, httplib::DataSink& sink) {
+        if (st->finished) return true;
+        auto o = st->channel->pop(50ms);  // nothing yet: httplib calls again (and checks the socket)
+        if (!o) return engine_.alive();
+        std::string data;
+        for (const json& chunk : st->builder.add(*o)) data += sse(chunk);
+        if (st->builder.all_done()) {
+          if (!st->builder.error().empty()) data += sse(error_body(500, st->builder.error()));
+          if (st->job.include_usage) data += sse(st->builder.usage_chunk());
+          data += "data: [DONE]\n\n";
+          st->finished = true;
+        }
+        if (!data.empty() && !sink.write(data.data(), data.size())) return false;  // client gone
+        if (st->finished) sink.done();
+        return true;
+      },
+      [st](bool ok) {
+        if (!ok) st->cancel();  // disconnected: free the sequences at the next step
+      });
+}
+
+}  // namespace bamba

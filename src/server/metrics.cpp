@@ -1,0 +1,78 @@
+#include "server/metrics.h"
+
+#include <sstream>
+
+namespace bamba {
+
+namespace {
+
+// Label values escape backslash, quote and newline.
+std::string escape(const std::string& v) {
+  std::string o;
+  for (char c : v) {
+    if (c == '\\' || c == '"') o += '\\';
+    if (c == '\n') {
+      o += "\\n";
+      continue;
+    }
+    o += c;
+  }
+  return o;
+}
+
+class Writer {
+ public:
+  explicit Writer(const std::string& model) : label_("model_name=\"" + escape(model) + "\"") {}
+  void gauge(const char* name, const char* help, double v) { one(name, help, "gauge", v); }
+  void counter(const char* name, const char* help, double v) { one(name, help, "counter", v); }
+  void counter_by(const char* name, const char* help, const char* key, const std::map<std::string, uint64_t>& v) {
+    head(name, help, "counter");
+    for (auto& [k, n] : v) os_ << "bamba:" << name << "{" << label_ << "," << key << "=\"" << escape(k) << "\"} " << n << "\n";
+  }
+  void histogram(const char* name, const char* help, const Histogram& h) {
+    head(name, help, "histogram");
+    uint64_t cum = 0;
+    for (size_t i = 0; i <= h.bounds.size(); ++i) {
+      cum += h.counts[i];
+      os_ << "bamba:" << name << "_bucket{" << label_ << ",le=\"";
+      if (i < h.bounds.size()) os_ << h.bounds[i];
+      else os_ << "+Inf";
+      os_ << "\"} " << cum << "\n";
+    }
+    os_ << "bamba:" << name << "_sum{" << label_ << "} " << h.sum << "\n";
+    os_ << "bamba:" << name << "_count{" << label_ << "} " << h.count << "\n";
+  }
+  std::string str() const { return os_.str(); }
+
+ private:
+  void head(const char* name, const char* help, const char* type) {
+    os_ << "# HELP bamba:" << name << " " << help << "\n# TYPE bamba:" << name << " " << type << "\n";
+  }
+  void one(const char* name, const char* help, const char* type, double v) {
+    head(name, help, type);
+    os_ << "bamba:" << name << "{" << label_ << "} " << v << "\n";
+  }
+  std::string label_;
+  std::ostringstream os_;
+};
+
+}  // namespace
+
+std::string prometheus_text(const EngineStats& s, const std::string& model_name) {
+  Writer w(model_name);
+  w.gauge("num_requests_running", "Requests in the running batch.", s.num_running);
+  w.gauge("num_requests_waiting", "Requests waiting to be scheduled.", s.num_waiting);
+  w.gauge("kv_cache_usage_perc", "Fraction of KV-cache pages in use (1 = 100%).", s.kv_cache_usage);
+  w.gauge("state_slots_usage_perc", "Fraction of Mamba state slots in use (1 = 100%).", s.state_slots_usage);
+  w.counter("prompt_tokens_total", "Prompt tokens processed.", double(s.prompt_tokens));
+  w.counter("generation_tokens_total", "Tokens generated.", double(s.generation_tokens));
+  w.counter_by("request_success_total", "Finished requests by finish reason.", "finished_reason", s.finished);
+  w.counter("num_preemptions_total", "Sequences preempted (recomputed later).", double(s.preemptions));
+  w.histogram("time_to_first_token_seconds", "Time from arrival to the first token.", s.ttft);
+  w.histogram("inter_token_latency_seconds", "Time between consecutive tokens of a request.", s.itl);
+  w.histogram("e2e_request_latency_seconds", "Time from arrival to the end of a request.", s.e2e);
+  w.histogram("request_queue_time_seconds", "Time from arrival to the first scheduled step.", s.queue);
+  return w.str();
+}
+
+}  // namespace bamba

@@ -1,0 +1,452 @@
+#include "server/openai_api.h"
+
+#include <cmath>
+#include <limits>
+
+#include "core/hash_uniform.h"
+
+namespace bamba {
+
+namespace {
+
+const char* error_type(int status) {
+  switch (status) {
+    case 400: return "BadRequestError";
+    case 401: return "AuthenticationError";
+    case 404: return "NotFoundError";
+    case 413: return "RequestTooLargeError";
+    case 429: return "RateLimitError";
+    case 503: return "ServiceUnavailableError";
+    default: return "InternalServerError";
+  }
+}
+
+[[noreturn]] void bad(const std::string& param, const std::string& msg) { throw ApiError(400, msg, param); }
+
+// A field that is present and not null.
+const json* field(const json& b, const char* k) {
+  auto it = b.find(k);
+  return it == b.end() || it->is_null() ? nullptr : &*it;
+}
+
+std::optional<int64_t> get_int(const json& b, const char* k) {
+  const json* v = field(b, k);
+  if (!v) return std::nullopt;
+  if (v->is_number_integer() && !(v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(INT64_MAX)))
+    return v->get<int64_t>();
+  if (v->is_number_float()) {  // 5.0 is an integer to a JSON client
+    double d = v->get<double>();
+    if (std::isfinite(d) && d == std::floor(d) && std::abs(d) < 9e15) return int64_t(d);
+  }
+  bad(k, cat("'", k, "' must be an integer"));
+}
+
+std::optional<double> get_num(const json& b, const char* k) {
+  const json* v = field(b, k);
+  if (!v) return std::nullopt;
+  if (!v->is_number()) bad(k, cat("'", k, "' must be a number"));
+  return v->get<double>();
+}
+
+std::optional<bool> get_bool(const json& b, const char* k) {
+  const json* v = field(b, k);
+  if (!v) return std::nullopt;
+  if (!v->is_boolean()) bad(k, cat("'", k, "' must be a boolean"));
+  return v->get<bool>();
+}
+
+int32_t int_in(const json& b, const char* k, int64_t lo, int64_t hi, int32_t def) {
+  auto v = get_int(b, k);
+  if (!v) return def;
+  if (*v < lo || *v > hi) bad(k, cat("'", k, "' must be in [", lo, ", ", hi, "] (got ", *v, ")"));
+  return int32_t(*v);
+}
+
+std::vector<int32_t> token_ids(const json& a, const char* param, const ServingContext& ctx) {
+  std::vector<int32_t> ids;
+  for (const json& t : a) {
+    if (!t.is_number_integer()) bad(param, cat("'", param, "' token ids must be integers"));
+    int64_t id = t.is_number_unsigned() && t.get<uint64_t>() > uint64_t(INT64_MAX) ? -1 : t.get<int64_t>();
+    if (id < 0 || id >= ctx.vocab_size) bad(param, cat("token id ", id, " is out of range [0, ", ctx.vocab_size, ")"));
+    ids.push_back(int32_t(id));
+  }
+  return ids;
+}
+
+std::vector<int32_t> encode(const ServingContext& ctx, const std::string& text, bool add_special, const char* param) {
+  try {
+    return ctx.tok->encode(text, add_special);
+  } catch (const Error& e) {
+    bad(param, e.what());
+  }
+}
+
+void check_model(const json& b, const ServingContext& ctx) {
+  const json* m = field(b, "model");
+  if (!m) return;
+  if (!m->is_string()) bad("model", "'model' must be a string");
+  if (m->get<std::string>() != ctx.model_name)
+    throw ApiError(404, cat("The model `", m->get<std::string>(), "` does not exist."), "model");
+}
+
+// The fields completions and chat share.
+void parse_common(const json& b, const ServingContext& ctx, Job& job) {
+  if (!b.is_object()) bad("", "the request body must be a JSON object");
+  check_model(b, ctx);
+  RequestParams& p = job.base;
+  job.stream = get_bool(b, "stream").value_or(false);
+  if (const json* so = field(b, "stream_options")) {
+    if (!so->is_object()) bad("stream_options", "'stream_options' must be an object");
+    job.include_usage = get_bool(*so, "include_usage").value_or(false);
+  }
+  job.n = int_in(b, "n", 1, ctx.max_n, 1);
+  const double t = get_num(b, "temperature").value_or(1.0);
+  if (!(t >= 0 && t <= 1e4)) bad("temperature", "'temperature' must be >= 0");
+  p.sampling.temperature = float(t);
+  const double tp = get_num(b, "top_p").value_or(1.0);
+  if (!(tp > 0 && tp <= 1)) bad("top_p", "'top_p' must be in (0, 1]");
+  p.sampling.top_p = float(tp);
+  const int32_t k = int_in(b, "top_k", -1, std::numeric_limits<int32_t>::max(), 0);
+  p.sampling.top_k = k < 0 ? 0 : k;  // -1 = off, as in vLLM
+  if (auto s = get_int(b, "seed")) job.seed = uint64_t(*s);
+  // Accepted at their neutral values only: a request that asks for them gets a 400, not a silent no-op.
+  const double min_p = get_num(b, "min_p").value_or(0);
+  if (min_p != 0) bad("min_p", "'min_p' is not supported yet (only 0)");
+  for (const char* pen : {"presence_penalty", "frequency_penalty"})
+    if (get_num(b, pen).value_or(0) != 0) bad(pen, cat("'", pen, "' is not supported yet (only 0)"));
+  if (get_num(b, "repetition_penalty").value_or(1) != 1)
+    bad("repetition_penalty", "'repetition_penalty' is not supported yet (only 1)");
+  if (const json* lb = field(b, "logit_bias"); lb && !(lb->is_object() && lb->empty()))
+    bad("logit_bias", "'logit_bias' is not supported yet");
+  if (const json* st = field(b, "stop")) {
+    if (st->is_string()) p.stop.push_back(st->get<std::string>());
+    else if (st->is_array()) {
+      for (const json& s : *st) {
+        if (!s.is_string()) bad("stop", "'stop' must be a string or a list of strings");
+        p.stop.push_back(s.get<std::string>());
+      }
+    } else bad("stop", "'stop' must be a string or a list of strings");
+  }
+  if (const json* st = field(b, "stop_token_ids")) {
+    if (!st->is_array()) bad("stop_token_ids", "'stop_token_ids' must be a list of token ids");
+    p.stop_token_ids = token_ids(*st, "stop_token_ids", ctx);
+  }
+  p.include_stop_str = get_bool(b, "include_stop_str_in_output").value_or(false);
+  p.ignore_eos = get_bool(b, "ignore_eos").value_or(false);
+  p.skip_special = get_bool(b, "skip_special_tokens").value_or(true);
+}
+
+int32_t max_tokens_field(const json& b, const char* k, const ServingContext& ctx, int32_t def) {
+  return int_in(b, k, 0, ctx.max_model_len, def);
+}
+
+void check_total(const Job& job, const ServingContext& ctx) {
+  if (int64_t(job.prompts.size()) * job.n > ctx.max_sequences)
+    bad("n", cat("prompts x n = ", job.prompts.size() * size_t(job.n), " is over the limit of ", ctx.max_sequences));
+}
+
+}  // namespace
+
+json error_body(int status, const std::string& message, const std::string& param) {
+  return {{"error",
+           {{"message", message}, {"type", error_type(status)}, {"param", param.empty() ? json() : json(param)},
+            {"code", status}}}};
+}
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+RequestParams Job::sequence(int32_t i, uint64_t random_seed) const {
+  RequestParams p = base;
+  p.prompt = prompts[size_t(i / n)];
+  // A given seed makes the run reproducible (the same draws as `bamba generate --seed`); choices of one prompt
+  // draw differently.
+  p.sampling.seed = seed ? *seed + uint64_t(i % n) * 0x9e3779b97f4a7c15ull : random_seed;
+  return p;
+}
+
+Job parse_completions(const json& b, const ServingContext& ctx) {
+  Job job;
+  parse_common(b, ctx, job);
+  const json* pr = field(b, "prompt");
+  if (!pr) bad("prompt", "'prompt' is required");
+  const bool add_special = get_bool(b, "add_special_tokens").value_or(true);
+  auto bad_prompt = [] { bad("prompt", "'prompt' must be a string, a list of strings, a list of token ids or a list of lists of token ids"); };
+  if (pr->is_string()) {
+    job.prompts.push_back(encode(ctx, pr->get<std::string>(), add_special, "prompt"));
+  } else if (pr->is_array()) {
+    if (pr->empty()) bad("prompt", "'prompt' is empty");
+    if ((*pr)[0].is_number()) {
+      job.prompts.push_back(token_ids(*pr, "prompt", ctx));
+    } else {
+      for (const json& x : *pr) {
+        if (x.is_string()) job.prompts.push_back(encode(ctx, x.get<std::string>(), add_special, "prompt"));
+        else if (x.is_array()) job.prompts.push_back(token_ids(x, "prompt", ctx));
+        else bad_prompt();
+      }
+    }
+  } else {
+    bad_prompt();
+  }
+  for (auto& p : job.prompts)
+    if (p.empty()) bad("prompt", "the prompt is empty (no tokens)");
+  job.base.max_tokens = max_tokens_field(b, "max_tokens", ctx, 16);
+  job.echo = get_bool(b, "echo").value_or(false);
+  job.logprobs = int_in(b, "logprobs", 0, ctx.max_logprobs, -1);
+  job.base.logprobs = job.logprobs;
+  job.base.prompt_logprobs = job.echo ? job.logprobs : -1;
+  check_total(job, ctx);
+  return job;
+}
+
+std::string render_chat(const json& b, const ServingContext& ctx, const char* messages_key) {
+  if (!ctx.chat_template)
+    bad("messages", "this model has no chat template (tokenizer_config.json has no chat_template): start the "
+                    "server with --chat-template FILE");
+  const json* msgs = field(b, messages_key);
+  if (!msgs || !msgs->is_array() || msgs->empty()) bad("messages", "'messages' must be a non-empty list");
+  json flat = json::array();
+  for (const json& m : *msgs) {
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
+      bad("messages", "each message must be an object with a string 'role'");
+    json fm = m;
+    const json* c = field(m, "content");
+    if (!c) fm["content"] = "";
+    else if (c->is_array()) {  // content parts: text only
+      std::string text;
+      for (const json& part : *c) {
+        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+          bad("messages", "only text content parts are supported");
+        text += part["text"].get<std::string>();
+      }
+      fm["content"] = text;
+    } else if (!c->is_string()) {
+      bad("messages", "message 'content' must be a string or a list of text parts");
+    }
+    flat.push_back(std::move(fm));
+  }
+  json extra = ctx.template_vars;
+  if (const json* kw = field(b, "chat_template_kwargs")) {
+    if (!kw->is_object()) bad("chat_template_kwargs", "'chat_template_kwargs' must be an object");
+    extra.update(*kw);
+  }
+  try {
+    return ctx.chat_template->render(flat, get_bool(b, "add_generation_prompt").value_or(true), extra);
+  } catch (const Error& e) {
+    bad("messages", cat("the chat template failed: ", e.what()));
+  }
+}
+
+Job parse_chat(const json& b, const ServingContext& ctx) {
+  Job job;
+  job.chat = true;
+  parse_common(b, ctx, job);
+  std::string text = render_chat(b, ctx, "messages");
+  // The template writes the special tokens (BOS) itself.
+  job.prompts.push_back(encode(ctx, text, get_bool(b, "add_special_tokens").value_or(false), "messages"));
+  if (job.prompts[0].empty()) bad("messages", "the rendered prompt is empty");
+  const int32_t room = std::max(0, ctx.max_model_len - int32_t(job.prompts[0].size()));
+  int32_t mt = max_tokens_field(b, "max_tokens", ctx, room);
+  job.base.max_tokens = max_tokens_field(b, "max_completion_tokens", ctx, mt);
+  if (get_bool(b, "logprobs").value_or(false)) job.logprobs = int_in(b, "top_logprobs", 0, ctx.max_logprobs, 0);
+  job.base.logprobs = job.logprobs;
+  check_total(job, ctx);
+  return job;
+}
+
+// ---- responses
+
+ResponseBuilder::ResponseBuilder(const Job& job, const ServingContext& ctx, std::string id, int64_t created)
+    : job_(job), ctx_(ctx), id_(std::move(id)), created_(created), choices_(size_t(job.num_sequences())) {}
+
+std::string ResponseBuilder::token_text(int32_t id) const {
+  if (id < 0 || id >= ctx_.tok->vocab_size()) return "";
+  try {
+    return ctx_.tok->decode(std::span(&id, 1), false);
+  } catch (const Error&) {
+    return "";
+  }
+}
+
+json ResponseBuilder::completion_logprobs(const std::vector<TokenLogprob>& lps, int32_t& offset) const {
+  json tokens = json::array(), values = json::array(), tops = json::array(), offsets = json::array();
+  for (const TokenLogprob& t : lps) {
+    std::string s = token_text(t.id);
+    tokens.push_back(s);
+    offsets.push_back(offset);
+    offset += int32_t(s.size());
+    if (std::isnan(t.logprob)) {
+      values.push_back(nullptr);
+      tops.push_back(nullptr);
+      continue;
+    }
+    values.push_back(t.logprob);
+    json top = json::object();
+    for (auto& [id, lp] : t.top) top[token_text(id)] = lp;
+    top[s] = t.logprob;  // the chosen token is always listed
+    tops.push_back(std::move(top));
+  }
+  return {{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", tops}, {"text_offset", offsets}};
+}
+
+json ResponseBuilder::chat_logprobs(const std::vector<TokenLogprob>& lps) const {
+  json content = json::array();
+  auto entry = [&](int32_t id, float lp) {
+    std::string s = token_text(id);
+    json bytes = json::array();
+    for (unsigned char ch : s) bytes.push_back(int(ch));
+    return json{{"token", s}, {"logprob", lp}, {"bytes", bytes}};
+  };
+  for (const TokenLogprob& t : lps) {
+    json e = entry(t.id, t.logprob), top = json::array();
+    for (auto& [id, lp] : t.top) top.push_back(entry(id, lp));
+    e["top_logprobs"] = top;
+    content.push_back(std::move(e));
+  }
+  return {{"content", content}};
+}
+
+json ResponseBuilder::usage() const {
+  int64_t prompt = 0, completion = 0;
+  for (auto& p : job_.prompts) prompt += int64_t(p.size());
+  for (auto& c : choices_) completion += int64_t(c.tokens.size());
+  return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
+}
+
+std::vector<json> ResponseBuilder::add(const RequestOutput& o) {
+  Choice& c = choices_.at(size_t(o.index));
+  const bool first = !c.started;
+  c.started = true;
+  std::string echo_text;
+  if (job_.echo && first) {
+    auto& p = job_.prompts[size_t(o.index / job_.n)];
+    echo_text = ctx_.tok->decode(p, false);
+  }
+  if (!o.prompt_logprobs.empty()) c.prompt_lp = o.prompt_logprobs;
+  c.tokens.insert(c.tokens.end(), o.tokens.begin(), o.tokens.end());
+  c.lp.insert(c.lp.end(), o.logprobs.begin(), o.logprobs.end());
+  c.text += echo_text + o.text;
+  if (o.finish != FinishReason::None) {
+    c.finish = o.finish;
+    ++done_;
+    if (!o.error.empty()) error_ = o.error;
+  }
+  if (!job_.stream) return {};
+
+  std::vector<json> out;
+  const json finish = o.finish == FinishReason::None ? json() : json(finish_reason_name(o.finish));
+  const std::string text = echo_text + o.text;
+  if (job_.chat) {
+    auto chunk = [&](json delta, json fin, json lp) {
+      return json{{"id", id_}, {"object", "chat.completion.chunk"}, {"created", created_}, {"model", ctx_.model_name},
+                  {"choices", json::array({{{"index", o.index}, {"delta", delta}, {"logprobs", lp}, {"finish_reason", fin}}})}};
+    };
+    if (first) out.push_back(chunk({{"role", "assistant"}, {"content", ""}}, nullptr, nullptr));
+    if (!text.empty() || !o.tokens.empty() || o.finish != FinishReason::None) {
+      json delta = text.empty() && o.finish != FinishReason::None ? json::object() : json{{"content", text}};
+      out.push_back(chunk(delta, finish, job_.logprobs >= 0 ? chat_logprobs(o.logprobs) : json()));
+    }
+  } else if (!text.empty() || !o.tokens.empty() || o.finish != FinishReason::None || !o.prompt_logprobs.empty()) {
+    json lp;
+    if (job_.logprobs >= 0) {
+      std::vector<TokenLogprob> all = o.prompt_logprobs;
+      all.insert(all.end(), o.logprobs.begin(), o.logprobs.end());
+      lp = completion_logprobs(all, c.text_offset);
+    }
+    out.push_back({{"id", id_}, {"object", "text_completion"}, {"created", created_}, {"model", ctx_.model_name},
+                   {"choices", json::array({{{"index", o.index}, {"text", text}, {"logprobs", lp}, {"finish_reason", finish}}})}});
+  }
+  return out;
+}
+
+json ResponseBuilder::response() const {
+  json choices = json::array();
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    const Choice& c = choices_[i];
+    const json finish = finish_reason_name(c.finish);
+    if (job_.chat) {
+      choices.push_back({{"index", i},
+                         {"message", {{"role", "assistant"}, {"content", c.text}}},
+                         {"logprobs", job_.logprobs >= 0 ? chat_logprobs(c.lp) : json()},
+                         {"finish_reason", finish}});
+    } else {
+      json lp;
+      if (job_.logprobs >= 0) {
+        std::vector<TokenLogprob> all = c.prompt_lp;
+        all.insert(all.end(), c.lp.begin(), c.lp.end());
+        int32_t offset = 0;
+        lp = completion_logprobs(all, offset);
+      }
+      choices.push_back({{"index", i}, {"text", c.text}, {"logprobs", lp}, {"finish_reason", finish}});
+    }
+  }
+  return {{"id", id_},
+          {"object", job_.chat ? "chat.completion" : "text_completion"},
+          {"created", created_},
+          {"model", ctx_.model_name},
+          {"choices", choices},
+          {"usage", usage()}};
+}
+
+json ResponseBuilder::usage_chunk() const {
+  return {{"id", id_},
+          {"object", job_.chat ? "chat.completion.chunk" : "text_completion"},
+          {"created", created_},
+          {"model", ctx_.model_name},
+          {"choices", json::array()},
+          {"usage", usage()}};
+}
+
+// ---- tokenizer routes
+
+json tokenize(const json& b, const ServingContext& ctx) {
+  if (!b.is_object()) bad("", "the request body must be a JSON object");
+  check_model(b, ctx);
+  std::vector<int32_t> ids;
+  if (field(b, "messages")) {
+    ids = encode(ctx, render_chat(b, ctx, "messages"), get_bool(b, "add_special_tokens").value_or(false), "messages");
+  } else {
+    const json* p = field(b, "prompt");
+    if (!p || !p->is_string()) bad("prompt", "'prompt' must be a string");
+    ids = encode(ctx, p->get<std::string>(), get_bool(b, "add_special_tokens").value_or(true), "prompt");
+  }
+  json strs = nullptr;
+  if (get_bool(b, "return_token_strs").value_or(false)) {
+    strs = json::array();
+    for (int32_t id : ids) strs.push_back(std::string(ctx.tok->id_to_token(id)));
+  }
+  return {{"count", ids.size()}, {"max_model_len", ctx.max_model_len}, {"tokens", ids}, {"token_strs", strs}};
+}
+
+json detokenize(const json& b, const ServingContext& ctx) {
+  if (!b.is_object()) bad("", "the request body must be a JSON object");
+  check_model(b, ctx);
+  const json* t = field(b, "tokens");
+  if (!t || !t->is_array()) bad("tokens", "'tokens' must be a list of token ids");
+  std::vector<int32_t> ids = token_ids(*t, "tokens", ctx);
+  try {
+    return {{"prompt", ctx.tok->decode(ids, false)}};
+  } catch (const Error& e) {
+    bad("tokens", e.what());
+  }
+}
+
+json tokenizer_info(const ServingContext& ctx) {
+  json j = ctx.tokenizer_config.is_object() ? ctx.tokenizer_config : json::object();
+  j.erase("added_tokens_decoder");  // large and not needed by clients
+  if (!j.contains("tokenizer_class")) j["tokenizer_class"] = "PreTrainedTokenizerFast";
+  j["vocab_size"] = ctx.tok->vocab_size();
+  j["model_max_length"] = ctx.max_model_len;
+  return j;
+}
+
+json models(const ServingContext& ctx, int64_t created) {
+  return {{"object", "list"},
+          {"data", json::array({{{"id", ctx.model_name},
+                                 {"object", "model"},
+                                 {"created", created},
+                                 {"owned_by", "bamba"},
+                                 {"root", ctx.model_name},
+                                 {"max_model_len", ctx.max_model_len}}})}};
+}
+
+}  // namespace bamba

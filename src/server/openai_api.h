@@ -1,0 +1,103 @@
+// The OpenAI-compatible API (docs/serving-api.md) without the HTTP: request JSON -> checked engine parameters
+// (ApiError with the 4xx to answer otherwise), engine outputs -> response JSON or SSE chunks.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "engine/request.h"
+#include "server/chat_template_standin.h"
+#include "tokenizer/tokenizer.h"
+
+namespace bamba {
+
+using nlohmann::json;
+
+// An error for the client: HTTP status and the message of {"error": {...}}.
+struct ApiError : Error {
+  ApiError(int status, const std::string& message, std::string param = {})
+      : Error(message), status(status), param(std::move(param)) {}
+  int status;
+  std::string param;
+};
+
+json error_body(int status, const std::string& message, const std::string& param = {});
+// JSON text; invalid UTF-8 (a token cut inside a character) becomes U+FFFD instead of an exception.
+std::string dump(const json& j);
+
+// What the API layer needs to know about the model being served.
+struct ServingContext {
+  const Tokenizer* tok = nullptr;
+  std::string model_name;
+  int32_t max_model_len = 0;
+  int32_t vocab_size = 0;
+  std::optional<ChatTemplate> chat_template;
+  json template_vars = json::object();      // bos_token, eos_token for the template
+  json tokenizer_config = json::object();  // tokenizer_config.json, for /tokenizer_info
+  int32_t max_n = 64;                      // choices per request
+  int32_t max_sequences = 1024;            // prompts x n per request
+  int32_t max_logprobs = 20;
+};
+
+// One /v1/completions or /v1/chat/completions request, checked.
+struct Job {
+  bool chat = false, stream = false, include_usage = false, echo = false;
+  int32_t n = 1;
+  int32_t logprobs = -1;  // completions: top k per token (-1: none); chat: top_logprobs when logprobs is true
+  std::vector<std::vector<int32_t>> prompts;
+  RequestParams base;     // everything but the prompt and the seed
+  std::optional<uint64_t> seed;
+  // Sequence i = prompts[i / n], choice i % n.
+  int32_t num_sequences() const { return int32_t(prompts.size()) * n; }
+  RequestParams sequence(int32_t i, uint64_t random_seed) const;
+};
+
+Job parse_completions(const json& body, const ServingContext& ctx);
+Job parse_chat(const json& body, const ServingContext& ctx);
+
+// Turns the engine's outputs for one Job into the response (non-streaming) or SSE chunks (streaming).
+class ResponseBuilder {
+ public:
+  ResponseBuilder(const Job& job, const ServingContext& ctx, std::string id, int64_t created);
+  // Streaming: the data: payloads this output produces (maybe none). Non-streaming: only accumulates.
+  std::vector<json> add(const RequestOutput& o);
+  json response() const;     // non-streaming body
+  json usage_chunk() const;  // the last streamed chunk with include_usage
+  bool all_done() const { return done_ == job_.num_sequences(); }
+  const std::string& error() const { return error_; }  // an engine failure, if any
+
+ private:
+  struct Choice {
+    std::string text;
+    std::vector<TokenLogprob> prompt_lp, lp;
+    std::vector<int32_t> tokens;
+    FinishReason finish = FinishReason::None;
+    bool started = false;  // streaming: first chunk sent
+    int32_t text_offset = 0;
+  };
+  // offset: text_offset of the first token; advanced past the last.
+  json completion_logprobs(const std::vector<TokenLogprob>& lps, int32_t& offset) const;
+  json chat_logprobs(const std::vector<TokenLogprob>& lps) const;
+  std::string token_text(int32_t id) const;
+  json usage() const;
+
+  const Job& job_;
+  const ServingContext& ctx_;
+  std::string id_;
+  int64_t created_;
+  std::vector<Choice> choices_;
+  int32_t done_ = 0;
+  std::string error_;
+};
+
+// vLLM's /tokenize, /detokenize and /tokenizer_info.
+json tokenize(const json& body, const ServingContext& ctx);
+json detokenize(const json& body, const ServingContext& ctx);
+json tokenizer_info(const ServingContext& ctx);
+json models(const ServingContext& ctx, int64_t created);
+
+}  // namespace bamba
