@@ -896,7 +896,7 @@ class Parser {
       Pos pos = cur().pos;
       if (skip_op(".")) {
         if (cur().type == Tok::Name) {
-          e = node(Expr::Kind::Attr, pos, std::move(e));
+          e = node(Expr::Kind::Attr, cur().pos, std::move(e));  // errors point at the attribute's name
           e->name = cur().s;
         } else if (cur().type == Tok::Int) {  // x.0 is x[0]
           auto idx = node(Expr::Kind::Const, cur().pos);
@@ -960,7 +960,8 @@ class Parser {
   }
 
   ExprP parse_call(ExprP callee) {
-    auto e = node(Expr::Kind::Call, cur().pos, std::move(callee));
+    Pos pos = callee->pos;  // errors point at what is called
+    auto e = node(Expr::Kind::Call, pos, std::move(callee));
     parse_call_args(*e);
     return e;
   }

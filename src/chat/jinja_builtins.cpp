@@ -666,9 +666,12 @@ Value f_format(Interp& in, const Value& v, Args& a) {
   }
   return format_percent(in, in.str(v), args);
 }
+// attr(): a Python attribute only (jinja2 calls getattr), so a dict's keys are not found but a namespace's are.
 Value f_attr(Interp& in, const Value& v, Args& a) {
   auto p = bind("attr", a, {"name"});
-  return in.get_attr(v, need_str(p[0], "attribute name"));
+  const std::string& name = need_str(p[0], "attribute name");
+  if (v.is(K::Namespace)) return in.get_attr(v, name);
+  return Value::undefined(cat("'", type_name(v), " object' has no attribute '", name, "'"));
 }
 Value f_wordcount(Interp& in, const Value& v, Args& a) {
   bind("wordcount", a, {});
