@@ -741,6 +741,8 @@ const Snippet kStatements[] = {
      R"(three)"},
     {R"({% set a, b = [1, 2] %}{{ a }}{{ b }} {% set t = 1, 2 %}{{ t }} {% for (p, q) in [[1, 2]] %}{{ p }}{{ q }}{% endfor %})", "{}",
      R"(12 (1, 2) 12)"},
+    {R"({{ 1, 'a' }} {{ (1,) }} {{ () }})", "{}",
+     R"((1, 'a') (1,) ())"},
     {R"({% macro greet(name, punct='!') %}Hello {{ name }}{{ punct }}{% endmacro %}{{ greet('A') }} {{ greet('B', '?') }} {{ greet(punct='.', name='C') }})", "{}",
      R"(Hello A! Hello B? Hello C.)"},
     {R"({% macro wrap(tag) %}<{{ tag }}>{{ caller() }}</{{ tag }}>{% endmacro %}{% call wrap('b') %}bold{% endcall %} {% macro twice(x) %}{{ caller(x * 2) }}{% endmacro %}{% call(v) twice(21) %}v={{ v }}{% endcall %})", "{}",

@@ -497,7 +497,7 @@ class Parser {
       } else if (t.type == Tok::VarBegin) {
         auto s = stmt(Stmt::Kind::Output, t.pos);
         next();
-        s->expr = parse_expression();
+        s->expr = parse_tuple(true);  // {{ a, b }} prints a tuple, as in jinja2
         if (cur().type != Tok::VarEnd) fail(cur().pos, "expected '}}', got ", describe(cur()));
         next();
         body.push_back(std::move(s));
@@ -1095,7 +1095,6 @@ struct Located : TemplateError {
   using TemplateError::TemplateError;
 };
 std::string at(Pos p) { return cat(p.line, ":", p.col, ": "); }
-}  // namespace
 
 // Byte offset of code point `idx` of s (the end if s is shorter); cp_offset_from counts from byte `from`.
 size_t cp_offset_from(const std::string& s, size_t from, int64_t idx) {
@@ -1104,6 +1103,7 @@ size_t cp_offset_from(const std::string& s, size_t from, int64_t idx) {
   return p;
 }
 size_t cp_offset(const std::string& s, int64_t idx) { return cp_offset_from(s, 0, idx); }
+}  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
 // Interpreter

@@ -146,9 +146,6 @@ std::optional<Value> call_method(Interp& in, const Value& obj, const std::string
 void add_builtins(std::unordered_map<std::string, Value>& globals);
 // `fmt % args`: printf-style formatting (the `%` operator on strings and the `format` filter).
 Value format_percent(Interp& in, const std::string& fmt, const Value& args);
-// Byte offset of code point `idx` of s, counting from byte `from` (s.size() if s is shorter).
-size_t cp_offset_from(const std::string& s, size_t from, int64_t idx);
-size_t cp_offset(const std::string& s, int64_t idx);
 // Items of a for loop / the `list` filter: list items, dict keys, string characters; Undefined iterates as empty.
 std::vector<Value> iterate(Interp& in, const Value& v);
 

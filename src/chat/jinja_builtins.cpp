@@ -49,18 +49,6 @@ int64_t need_int(const Value& v, const char* what) {
 
 bool opt_bool(const Value& v, bool dflt) { return given(v) ? truthy(v) : dflt; }
 
-// Builds a string while enforcing the string limit, so a replace() or join() cannot grow without bound.
-struct Builder {
-  Interp& in;
-  std::string s;
-  void add(std::string_view piece) {
-    in.budget.check_string(s.size() + piece.size());
-    in.budget.charge(piece.size());
-    s.append(piece);
-  }
-  Value done() { return in.make_str(std::move(s)); }
-};
-
 // ---------------------------------------------------------------------------------------------------------------
 // String helpers (Python semantics on code points)
 
@@ -137,25 +125,25 @@ std::string jinja_title(std::string s) {
 }
 
 Value replace(Interp& in, const std::string& s, const std::string& old, const std::string& repl, int64_t count) {
-  Builder b{in, {}};
+  StringBuilder b(in.budget);
   if (count < 0) count = INT64_MAX;
   if (old.empty()) {  // Python inserts `repl` around every code point
     for (size_t p = 0, q; p < s.size(); p = q) {
       q = utf8_next(s, p);
-      if (count > 0) b.add(repl), --count;
-      b.add(std::string_view(s).substr(p, q - p));
+      if (count > 0) b.put(repl), --count;
+      b.put(std::string_view(s).substr(p, q - p));
     }
-    if (count > 0) b.add(repl);
-    return b.done();
+    if (count > 0) b.put(repl);
+    return Value::string(std::move(b.out));
   }
   size_t p = 0;
   for (size_t q; count > 0 && (q = s.find(old, p)) != std::string::npos; --count) {
-    b.add(std::string_view(s).substr(p, q - p));
-    b.add(repl);
+    b.put(std::string_view(s).substr(p, q - p));
+    b.put(repl);
     p = q + old.size();
   }
-  b.add(std::string_view(s).substr(p));
-  return b.done();
+  b.put(std::string_view(s).substr(p));
+  return Value::string(std::move(b.out));
 }
 
 // str.split / str.rsplit.
@@ -236,22 +224,22 @@ size_t cp_index(const std::string& s, size_t byte) { return utf8_length(std::str
 
 // str.format(): {}, {0}, {name}, {{ and }}; format specs and field attributes are not supported.
 Value str_format(Interp& in, const std::string& fmt, const Args& a) {
-  Builder b{in, {}};
+  StringBuilder b(in.budget);
   size_t auto_idx = 0;
   for (size_t p = 0; p < fmt.size(); ++p) {
     char c = fmt[p];
     if (c == '}') {
       if (p + 1 < fmt.size() && fmt[p + 1] == '}') ++p;
       else raise("single '}' encountered in format string");
-      b.add("}");
+      b.put("}");
       continue;
     }
     if (c != '{') {
-      b.add(std::string_view(&fmt[p], 1));
+      b.put(std::string_view(&fmt[p], 1));
       continue;
     }
     if (p + 1 < fmt.size() && fmt[p + 1] == '{') {
-      b.add("{");
+      b.put("{");
       ++p;
       continue;
     }
@@ -274,10 +262,10 @@ Value str_format(Interp& in, const std::string& fmt, const Args& a) {
       if (it == a.kw.end()) raise("format: no argument named '", field, "'");
       v = it->second;
     }
-    b.add(as_repr ? to_repr(v, in.budget) : in.str(v));
+    b.put(as_repr ? to_repr(v, in.budget) : in.str(v));
     p = e;
   }
-  return b.done();
+  return Value::string(std::move(b.out));
 }
 
 std::string html_escape(const std::string& s) {
@@ -368,14 +356,14 @@ Value f_replace(Interp& in, const Value& v, Args& a) {
 Value f_join(Interp& in, const Value& v, Args& a) {
   auto p = bind("join", a, {"d", "attribute"});
   std::string sep = given(p[0]) ? in.str(p[0]) : "";
-  Builder b{in, {}};
+  StringBuilder b(in.budget);
   bool first = true;
   for (auto& x : iterate(in, v)) {
-    if (!first) b.add(sep);
+    if (!first) b.put(sep);
     first = false;
-    b.add(in.str(given(p[1]) && !p[1].is(K::None) ? attr_path(in, x, p[1]) : x));
+    b.put(in.str(given(p[1]) && !p[1].is(K::None) ? attr_path(in, x, p[1]) : x));
   }
-  return b.done();
+  return Value::string(std::move(b.out));
 }
 Value f_default(Interp& in, const Value& v, Args& a) {
   auto p = bind("default", a, {"default_value", "boolean"});
@@ -646,13 +634,13 @@ Value f_indent(Interp& in, const Value& v, Args& a) {
                     : std::string(size_t(std::clamp<int64_t>(given(p[0]) ? need_int(p[0], "width") : 4, 0, 256)), ' ');
   bool first = opt_bool(p[1], false), blank = opt_bool(p[2], false);
   auto lines = splitlines(in.str(v) + "\n", false);
-  Builder b{in, {}};
+  StringBuilder b(in.budget);
   for (size_t k = 0; k < lines.size(); ++k) {
-    if (k > 0) b.add("\n");
-    if ((k > 0 || first) && (blank || !lines[k].empty())) b.add(ind);
-    b.add(lines[k]);
+    if (k > 0) b.put("\n");
+    if ((k > 0 || first) && (blank || !lines[k].empty())) b.put(ind);
+    b.put(lines[k]);
   }
-  return b.done();
+  return Value::string(std::move(b.out));
 }
 Value f_format(Interp& in, const Value& v, Args& a) {
   if (!a.kw.empty() && !a.pos.empty()) raise("format() takes positional or keyword arguments, not both");
@@ -911,14 +899,14 @@ std::optional<Value> string_method(Interp& in, const Value& obj, const std::stri
   }
   if (m == "join") {
     auto p = bind("join", a, {"iterable"});
-    Builder b{in, {}};
+    StringBuilder b(in.budget);
     bool first = true;
     for (auto& x : iterate(in, p[0])) {
-      if (!first) b.add(s);
+      if (!first) b.put(s);
       first = false;
-      b.add(need_str(x, "join() item"));
+      b.put(need_str(x, "join() item"));
     }
-    return b.done();
+    return Value::string(std::move(b.out));
   }
   if (m == "format") return str_format(in, s, a);
   if (m == "removeprefix" || m == "removesuffix") {
@@ -1051,10 +1039,10 @@ Value format_percent(Interp& in, const std::string& fmt, const Value& args) {
   if (args.is(K::List)) pos = args.list->items;
   else if (!named) pos.push_back(args);
   size_t next = 0;
-  Builder b{in, {}};
+  StringBuilder b(in.budget);
   for (size_t p = 0; p < fmt.size(); ++p) {
     if (fmt[p] != '%') {
-      b.add(std::string_view(&fmt[p], 1));
+      b.put(std::string_view(&fmt[p], 1));
       continue;
     }
     if (++p >= fmt.size()) raise("incomplete format");
@@ -1080,7 +1068,7 @@ Value format_percent(Interp& in, const std::string& fmt, const Value& args) {
     if (p >= fmt.size()) raise("incomplete format");
     char type = fmt[p];
     if (type == '%') {
-      b.add("%");
+      b.put("%");
       continue;
     }
     if (!have) {
@@ -1092,10 +1080,10 @@ Value format_percent(Interp& in, const std::string& fmt, const Value& args) {
       case 's':
       case 'r': {
         std::string s = type == 's' ? in.str(v) : to_repr(v, in.budget);
-        if (spec == "%") b.add(s);
+        if (spec == "%") b.put(s);
         else {
           std::snprintf(buf, sizeof buf, (spec + "s").c_str(), s.substr(0, 400).c_str());
-          b.add(buf);
+          b.put(buf);
         }
         break;
       }
@@ -1109,10 +1097,10 @@ Value format_percent(Interp& in, const std::string& fmt, const Value& args) {
         if (type == 'c') {
           std::string s;
           utf8_append(s, char32_t(n));
-          b.add(s);
+          b.put(s);
         } else {
           std::snprintf(buf, sizeof buf, (spec + "ll" + (type == 'i' ? 'd' : type)).c_str(), n);
-          b.add(buf);
+          b.put(buf);
         }
         break;
       }
@@ -1122,7 +1110,7 @@ Value format_percent(Interp& in, const std::string& fmt, const Value& args) {
       case 'g': {
         if (!v.is_number()) raise("%", type, " format: a number is required, not ", type_name(v));
         std::snprintf(buf, sizeof buf, (spec + type).c_str(), v.as_double());
-        b.add(buf);
+        b.put(buf);
         break;
       }
       default: raise("unsupported format character '", std::string(1, type), "'");
@@ -1130,7 +1118,7 @@ Value format_percent(Interp& in, const std::string& fmt, const Value& args) {
   }
   if (!named && next < pos.size() && args.is(K::List))
     raise("not all arguments converted during string formatting");
-  return b.done();
+  return Value::string(std::move(b.out));
 }
 
 }  // namespace bamba::jinja

@@ -53,31 +53,28 @@ const std::string& Value::str() const {
 const std::string& Value::why_undefined() const { return str(); }
 
 const Value* Dict::find(const std::string& key) const {
-  if (!index_.empty()) {
-    auto it = index_.find(key);
-    return it == index_.end() ? nullptr : &items[it->second].second;
+  if (index_.empty()) {
+    for (auto& [k, v] : items)
+      if (k == key) return &v;
+    return nullptr;
   }
-  for (auto& [k, v] : items)
-    if (k == key) return &v;
-  return nullptr;
+  auto it = index_.find(key);
+  return it == index_.end() ? nullptr : &items[it->second].second;
 }
 
 void Dict::set(const std::string& key, Value v) {
-  for (size_t n = 0; index_.empty() && n < items.size(); ++n)
-    if (items[n].first == key) {
-      items[n].second = std::move(v);
-      return;
-    }
-  if (!index_.empty()) {
-    auto it = index_.find(key);
-    if (it != index_.end()) {
-      items[it->second].second = std::move(v);
-      return;
-    }
+  if (index_.empty()) {
+    for (auto& kv : items)
+      if (kv.first == key) {
+        kv.second = std::move(v);
+        return;
+      }
+  } else if (auto it = index_.find(key); it != index_.end()) {
+    items[it->second].second = std::move(v);
+    return;
   }
   add(key, std::move(v));
 }
-
 
 void Dict::add(std::string key, Value v) {
   items.emplace_back(std::move(key), std::move(v));
@@ -256,23 +253,11 @@ int compare(const Value& a, const Value& b, Budget& budget) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Formatting. Writers check the string limit as they go, so repr of a huge structure fails fast.
+// Formatting, through StringBuilder: repr or JSON of a huge structure fails as soon as it passes the limit.
 
 namespace {
 
-struct Writer {
-  std::string out;
-  Budget& budget;
-  explicit Writer(Budget& b) : budget(b) {}
-  void put(std::string_view s) {
-    budget.check_string(out.size() + s.size());
-    budget.charge(s.size());
-    out.append(s);
-  }
-  void put(char c) { put(std::string_view(&c, 1)); }
-};
-
-void write_repr_string(Writer& w, const std::string& s) {
+void write_repr_string(StringBuilder& w, const std::string& s) {
   // Python picks single quotes unless the text has a ' and no ".
   char q = (s.find('\'') != std::string::npos && s.find('"') == std::string::npos) ? '"' : '\'';
   std::string o(1, q);
@@ -292,7 +277,7 @@ void write_repr_string(Writer& w, const std::string& s) {
   w.put(o);
 }
 
-void write_repr(Writer& w, const Value& v) {
+void write_repr(StringBuilder& w, const Value& v) {
   using K = Value::Kind;
   switch (v.kind) {
     case K::Undefined: w.put("Undefined"); return;
@@ -334,7 +319,7 @@ void write_repr(Writer& w, const Value& v) {
   }
 }
 
-void write_json_string(Writer& w, std::string_view s, bool ensure_ascii) {
+void write_json_string(StringBuilder& w, std::string_view s, bool ensure_ascii) {
   std::string o = "\"";
   for (size_t p = 0; p < s.size();) {
     unsigned char c = s[p];
@@ -367,7 +352,7 @@ void write_json_string(Writer& w, std::string_view s, bool ensure_ascii) {
   w.put(o);
 }
 
-void write_json(Writer& w, const Value& v, const JsonStyle& st, int level) {
+void write_json(StringBuilder& w, const Value& v, const JsonStyle& st, int level) {
   using K = Value::Kind;
   auto newline = [&](int lvl) {
     if (!st.pretty) return;
@@ -469,7 +454,7 @@ std::string to_str(const Value& v, Budget& budget) {
     case K::Undefined: return "";
     case K::String: return v.str();
     default: {
-      Writer w(budget);
+      StringBuilder w(budget);
       write_repr(w, v);
       return std::move(w.out);
     }
@@ -477,13 +462,13 @@ std::string to_str(const Value& v, Budget& budget) {
 }
 
 std::string to_repr(const Value& v, Budget& budget) {
-  Writer w(budget);
+  StringBuilder w(budget);
   write_repr(w, v);
   return std::move(w.out);
 }
 
 std::string to_json(const Value& v, const JsonStyle& style, Budget& budget) {
-  Writer w(budget);
+  StringBuilder w(budget);
   write_json(w, v, style, 0);
   return std::move(w.out);
 }

@@ -66,6 +66,20 @@ struct Budget {
   }
 };
 
+// Builds a string that may grow large (repr, JSON, join, replace, format): every piece is paid for and the string
+// limit is checked as it grows, so a runaway result fails before it is built.
+struct StringBuilder {
+  Budget& budget;
+  std::string out;
+  explicit StringBuilder(Budget& b) : budget(b) {}
+  void put(std::string_view s) {
+    budget.check_string(out.size() + s.size());
+    budget.charge(s.size());
+    out.append(s);
+  }
+  void put(char c) { put(std::string_view(&c, 1)); }
+};
+
 struct List;
 struct Dict;
 struct Callable;
