@@ -710,6 +710,8 @@ const Snippet kExpressions[] = {
      R"(a1NoneTrue abcd xxx [1, 2] [0, 0])"},
     {R"({{ [1, 'a', none, true, 1.5] }} {{ {'a': 1, 'b': [1, 2]} }} {{ (1, 2) }} {{ ('x',) }} {{ "it's" }} {{ ['it\'s', "q\""] }})", "{}",
      R"([1, 'a', None, True, 1.5] {'a': 1, 'b': [1, 2]} (1, 2) ('x',) it's ["it's", 'q"'])"},
+    {R"({{ '%s' % [1, 2] }} {{ 'x' % [] }} {{ '%s|%s' % (1, 'a') }} {{ '%(a)s' % {'a': 1} }} {{ '%5.1f|%-4d|%x' % (3.14159, 7, 255) }})", "{}",
+     R"([1, 2] x 1|a 1   3.1|7   |ff)"},
     {R"({{ 'tab\there' }}|{{ 'nl\nhere' }}|{{ '\u00e9\x41' }}|{{ "a\\b" }})", "{}",
      "tab\there|nl\nhere|éA|a\\b"},
     {R"({{ 1 < 2 < 3 }} {{ 3 > 2 > 2 }} {{ 1 == 1.0 }} {{ true == 1 }} {{ [1, [2]] == [1, [2]] }} {{ 'a' < 'b' }} {{ 1 != 2 }})", "{}",
@@ -737,6 +739,9 @@ const Snippet kStatements[] = {
      R"(03TrueFalsebo;12FalseFalseace;21FalseTruebo;)"},
     {R"({% for i in range(6) %}{% if i == 4 %}{% break %}{% endif %}{% if i is even %}{% continue %}{% endif %}{{ i }}{% endfor %})", "{}",
      R"(13)"},
+    // jinja2 runs a for's else unless some iteration reached the end of its body
+    {R"({% for i in [1, 2] %}{% break %}{% else %}else{% endfor %}|{% for i in [1, 2] %}{% if i == 2 %}{% continue %}{% endif %}{{ i }}{% else %}else{% endfor %}|{% for i in [1, 2] %}{% continue %}{% else %}else{% endfor %})", "{}",
+     R"(else|1|else)"},
     {R"({% if x == 1 %}one{% elif x == 2 %}two{% elif x == 3 %}three{% else %}other{% endif %})", R"({"x": 3})",
      R"(three)"},
     {R"({% set a, b = [1, 2] %}{{ a }}{{ b }} {% set t = 1, 2 %}{{ t }} {% for (p, q) in [[1, 2]] %}{{ p }}{{ q }}{% endfor %})", "{}",
@@ -933,6 +938,7 @@ TEST(JinjaErrors, RuntimeErrorsCarryTheTemplatesMessageAndPosition) {
   EXPECT_EQ(render_error("{{ 1 + 'a' }}"), "tpl:1:6: unsupported operand type(s) for +: 'int' and 'str'");
   EXPECT_EQ(render_error("{{ nothing + 1 }}"), "tpl:1:12: 'nothing' is undefined");
   EXPECT_EQ(render_error("{{ 1 // 0 }}"), "tpl:1:6: integer division or modulo by zero");
+  EXPECT_EQ(render_error("{{ '' % 5 }}"), "tpl:1:7: not all arguments converted during string formatting");
   EXPECT_EQ(render_error("{{ 'a' < 1 }}"), "tpl:1:4: '<' not supported between instances of 'str' and 'int'");
   EXPECT_EQ(render_error("{{ 9223372036854775807 + 1 }}"), "tpl:1:24: integer overflow");
   EXPECT_EQ(render_error("{% set d = {} %}{% set d.x = 1 %}"),

@@ -1268,7 +1268,9 @@ Interp::Flow Interp::exec_for(const Stmt& s) {
     }
     items = std::move(kept);
   }
-  if (items.empty()) return exec(s.orelse);
+  // The else block runs unless some iteration reached the end of its body: jinja2 clears its flag there, so a loop
+  // whose every iteration ends in break or continue runs it too.
+  bool completed = false;
   const int64_t n = int64_t(items.size());
   for (int64_t k = 0; k < n; ++k) {
     budget.iterate();
@@ -1292,9 +1294,10 @@ Interp::Flow Interp::exec_for(const Stmt& s) {
     scope_ = scope;
     Flow f = exec(s.body);
     scope_ = outer;
+    if (f == Flow::Normal) completed = true;
     if (f == Flow::Break) break;
   }
-  return Flow::Normal;
+  return completed ? Flow::Normal : exec(s.orelse);
 }
 
 Value Interp::eval(const Expr& e) {

@@ -650,7 +650,7 @@ Value f_format(Interp& in, const Value& v, Args& a) {
     for (auto& [k, x] : a.kw) d.set(k, x);
     args = make_dict(std::move(d), in.budget);
   } else {
-    args = make_list(a.pos, in.budget);
+    args = make_list(a.pos, in.budget, true);  // jinja2: str(value) % args, args a tuple
   }
   return format_percent(in, in.str(v), args);
 }
@@ -1034,10 +1034,14 @@ std::vector<Value> iterate(Interp& in, const Value& v) {
 // printf-style `fmt % args`: %s %r %d %i %f %F %e %g %x %o %c %% with flags, width and precision; %(name)s
 // takes values from a dict.
 Value format_percent(Interp& in, const std::string& fmt, const Value& args) {
+  // CPython's rules: a tuple gives the positional arguments, all of which must be used; any other object is the one
+  // argument, and must be used too unless it is a mapping (a dict, or a list: lists pass CPython's mapping check).
   std::vector<Value> pos;
   const Dict* named = args.is(K::Dict) ? args.dict.get() : nullptr;
-  if (args.is(K::List)) pos = args.list->items;
-  else if (!named) pos.push_back(args);
+  const bool tuple = args.is(K::List) && args.list->tuple;
+  if (tuple) pos = args.list->items;
+  else pos.push_back(args);
+  const bool may_leave_unused = args.is(K::Dict) || (args.is(K::List) && !tuple);
   size_t next = 0;
   StringBuilder b(in.budget);
   for (size_t p = 0; p < fmt.size(); ++p) {
@@ -1116,8 +1120,7 @@ Value format_percent(Interp& in, const std::string& fmt, const Value& args) {
       default: raise("unsupported format character '", std::string(1, type), "'");
     }
   }
-  if (!named && next < pos.size() && args.is(K::List))
-    raise("not all arguments converted during string formatting");
+  if (next < pos.size() && !may_leave_unused) raise("not all arguments converted during string formatting");
   return Value::string(std::move(b.out));
 }
 
