@@ -10,7 +10,7 @@
 
 #include "core/error.h"
 #include "engine/request.h"
-#include "server/chat_template_standin.h"
+#include "chat/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 namespace bamba {
