@@ -55,6 +55,7 @@ jinja::Value message_value(const J& msg, size_t index, bool keep_parts, jinja::B
                 "\" is not supported (text only)");
     BAMBA_CHECK(part.contains("text") && part["text"].is_string(), "messages[", index, "].content[", k,
                 "] needs a string \"text\"");
+    if (keep_parts) continue;
     if (k) text += "\n";
     text += part["text"].template get<std::string>();
   }

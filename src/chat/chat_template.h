@@ -26,6 +26,7 @@ struct ChatTemplate {
   // and every key of `extra` (tools, documents, date_string, enable_thinking, ...; it may override the tokens).
   // Content part lists are joined with "\n" into a string unless the template iterates over content itself.
   // Runtime failures (raise_exception, type errors, undefined methods, limits) -> bamba::Error with the message.
+  // const and safe to call from several threads at once: each render has its own interpreter state.
   std::string render(const nlohmann::json& messages, bool add_generation_prompt,
                      const nlohmann::json& extra = nullptr) const;
   // The same for ordered_json, which keeps the keys of tools/documents in the client's order when tojson prints
