@@ -11,7 +11,11 @@ inline std::string fixtures_dir() {
   return e && *e ? e : BAMBA_DEFAULT_FIXTURES;
 }
 inline std::string model_dir(const std::string& name) { return fixtures_dir() + "/models/" + name; }
-inline std::string bamba_binary() { return BAMBA_BINARY; }
+// $BAMBA_BIN (to run a copied test binary elsewhere, e.g. on the GPU machine), else the one built beside it.
+inline std::string bamba_binary() {
+  const char* e = std::getenv("BAMBA_BIN");
+  return e && *e ? e : BAMBA_BINARY;
+}
 
 // A fresh empty folder under $TMPDIR, removed by the caller (or left for inspection).
 std::string make_temp_dir(const std::string& tag);

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
+#include <stdexcept>
 #include <thread>
 
 #include "core/error.h"
@@ -60,7 +61,9 @@ struct Case {
 const std::vector<Case>& cases() {
   static const std::vector<Case> all = [] {
     std::vector<Case> out;
-    std::ifstream f(bamba::test::fixtures_dir() + "/tokenizer/cases.jsonl");
+    const std::string path = bamba::test::fixtures_dir() + "/tokenizer/cases.jsonl";
+    std::ifstream f(path);
+    if (!f) throw std::runtime_error("cannot open " + path);  // fail loudly, never test zero cases
     std::string line;
     while (std::getline(f, line)) {
       json j = json::parse(line);
@@ -246,6 +249,7 @@ TEST(Tokenizer, MergesAsPairsGiveTheSameIds) {
 }
 
 TEST(Tokenizer, EncodesAMegabyteWellUnderASecond) {
+  ASSERT_FALSE(cases().empty());
   std::string text;
   while (text.size() < (1 << 20))
     for (const Case& c : cases()) text += c.text + "\n";
