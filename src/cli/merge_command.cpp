@@ -32,7 +32,8 @@ void run_merge_command(const MergeArgs& a) {
   opt.max_shard_bytes = bamba::parse_byte_size(a.max_shard_size);
   std::unique_ptr<ProgressBar> bar;
   opt.on_progress = [&](const bamba::MergeProgress& p) {
-    if (!bar) bar = std::make_unique<ProgressBar>("merging", p.bytes_total, !a.quiet);
+    // A bar only where merging takes a noticeable time.
+    if (!bar) bar = std::make_unique<ProgressBar>("merging", p.bytes_total, !a.quiet && p.bytes_total > (64u << 20));
     bar->update(p.bytes_done, cat(p.tensors_done, "/", p.tensors_total, " tensors"));
   };
   const auto t0 = std::chrono::steady_clock::now();
