@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/hash_uniform.h"
 
 namespace bamba {
 
@@ -109,9 +110,11 @@ Tensor HybridModel::forward(const StepBatch& b, HybridCache& cache, Workspace& w
     be_.matmul(logits, sel, w_.lm_head, {});
   };
   if (hook) ops();
-  else be_.run_step(reinterpret_cast<uintptr_t>(this) ^ (reinterpret_cast<uintptr_t>(&ws) << 1) ^
-                        (reinterpret_cast<uintptr_t>(&cache) << 2),
-                    ops);
+  else {
+    // One recording per (model, workspace, cache): the buffers the ops touch.
+    auto id = [](const void* p) { return uint64_t(reinterpret_cast<uintptr_t>(p)); };
+    be_.run_step(splitmix64(id(this) ^ splitmix64(id(&ws) ^ splitmix64(id(&cache)))), ops);
+  }
   return logits;
 }
 
