@@ -245,13 +245,32 @@ TEST_P(CudaOps, SsdScanAndDecodeStep) {
   }
 }
 
+// head_dim 40 takes the CUDA-core kernel; 64 and 128 (bf16) the tensor-core prefill kernel, whose 64-row query
+// and key tiles are crossed here by prompts of 1..300 tokens after 0..100 cached ones (decode rows in the same
+// batch included), with GQA groups of 2 and 4.
+struct AttnCase {
+  AttentionOpsConfig c;
+  std::vector<std::vector<int32_t>> lens, pasts;
+};
 TEST_P(CudaOps, AttentionPagedGqaPartialRope) {
-  AttentionOpsConfig c{6, 2, 40, 20, 4, 10000.f, 1.f / std::sqrt(40.f), DType::F32};
-  const int64_t nb = 64, qkv_w = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, o_w = c.n_heads * c.head_dim;
+  const std::vector<AttnCase> cases = {
+      {{6, 2, 40, 20, 4, 10000.f, 1.f / std::sqrt(40.f), DType::F32},
+       {{1, 9, 30}, {1, 1, 1, 1}, {70}},
+       {{5, 0, 13}, {0, 7, 22, 3}, {0}}},
+      {{8, 2, 128, 64, 16, 10000.f, 1.f / std::sqrt(128.f), DType::F32},
+       {{1, 150, 64, 300}, {200}, {65, 1, 127}},
+       {{0, 37, 100, 0}, {0}, {64, 90, 1}}},
+      {{4, 2, 64, 64, 16, 500000.f, 0.125f, DType::F32}, {{129, 3}, {1, 1}}, {{5, 60}, {40, 0}}},
+  };
+  for (const AttnCase& ac : cases) {
+  const AttentionOpsConfig& c = ac.c;
+  const int64_t nb = 96, qkv_w = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, o_w = c.n_heads * c.head_dim;
   Pair kp = make(act(), {nb, c.block_size, c.n_kv_heads, c.head_dim}, -1, 1);
   Pair vp = make(act(), {nb, c.block_size, c.n_kv_heads, c.head_dim}, -1, 1);
   struct Case { std::vector<int32_t> lens, pasts; };
-  for (const Case& k : {Case{{1, 9, 30}, {5, 0, 13}}, Case{{1, 1, 1, 1}, {0, 7, 22, 3}}, Case{{70}, {0}}}) {
+  std::vector<Case> runs;
+  for (size_t i = 0; i < ac.lens.size(); ++i) runs.push_back({ac.lens[i], ac.pasts[i]});
+  for (const Case& k : runs) {
     std::vector<int32_t> slots(k.lens.size());
     std::iota(slots.begin(), slots.end(), 0);
     StepBatch b = batch(k.lens, k.pasts, slots, int32_t(c.block_size), int32_t(nb), 10);
@@ -264,7 +283,8 @@ TEST_P(CudaOps, AttentionPagedGqaPartialRope) {
     expect_close(qkv, tol(), "rope'd qkv, T=" + std::to_string(T));
     expect_close(kp, tol(), "k pages, T=" + std::to_string(T));
     expect_close(vp, tol(), "v pages, T=" + std::to_string(T));
-    expect_close(out, tol(), "attention out, T=" + std::to_string(T));
+    expect_close(out, tol(), "attention out, T=" + std::to_string(T) + ", head_dim " + std::to_string(c.head_dim));
+  }
   }
 }
 

@@ -1,7 +1,10 @@
 // Attention for the 3 attention layers of Bamba: partial NeoX RoPE on q and k, the new k/v appended to the
 // paged cache, then softmax(q kᵀ · scale) v over each token's sequence: cached keys plus the new ones, causal,
 // GQA (q head h reads kv head h / (nq / nkv)).
+#include <type_traits>
+
 #include "backend/cuda/kernels.cuh"
+#include "backend/cuda/mma.cuh"
 
 namespace bamba::cuda {
 namespace {
@@ -110,6 +113,172 @@ __global__ void __launch_bounds__(128) attention_kernel(AttnArgs a, DevBatch b) 
   }
 }
 
+// Prefill (flash-style) on bf16 tensor cores: block per (64-token query tile of one sequence, q head), 4 warps of
+// 16 query rows each. Key/value tiles of 64 cache rows (gathered through the block table) are staged in shared
+// memory; each warp computes S = Q Kᵀ (16 × 64, mma), an online softmax on the accumulators in registers, and
+// O += P V with P converted from the S accumulators straight into A fragments (mma.cuh). Keys a warp's rows can
+// never see (causal) are skipped per warp; the block walks keys up to the last row's position.
+// Query tiles come from the SSD chunk list (chunks never cross sequences, chunk_q a multiple of 64 or not):
+// tiles_per_chunk tiles per chunk, those past the chunk's end exit at once. Tiles are taken last-first so the
+// long (late) rows start early.
+constexpr int kFlashBQ = 64, kFlashBK = 64;
+
+template <int DH>
+__global__ void __launch_bounds__(128) flash_attention_kernel(AttnArgs a, DevBatch b, int tiles_per_chunk) {
+  constexpr int LDS = DH + 8;  // smem row stride (bf16): +16 bytes so ldmatrix rows hit different banks
+  extern __shared__ __align__(16) unsigned char flash_smem[];
+  bf16* sQ = reinterpret_cast<bf16*>(flash_smem);  // [BQ][LDS]
+  bf16* sK = sQ + kFlashBQ * LDS;                  // [BK][LDS]
+  bf16* sV = sK + kFlashBK * LDS;                  // [BK][LDS]
+  const bf16* qkv = static_cast<const bf16*>(a.qkv);
+  const bf16* k_pages = static_cast<const bf16*>(a.k_pages);
+  const bf16* v_pages = static_cast<const bf16*>(a.v_pages);
+
+  const int tile = int(gridDim.x) - 1 - int(blockIdx.x);
+  const int chunk = tile / tiles_per_chunk, sub = tile % tiles_per_chunk;
+  const int s = b.chunk_seq[chunk];
+  const int t_end = min(b.seq_start[s + 1], b.chunk_begin[chunk] + b.chunk_q);
+  const int t0 = b.chunk_begin[chunk] + sub * kFlashBQ;
+  if (t0 >= t_end) return;  // block-uniform
+  const int n_rows = min(kFlashBQ, t_end - t0);
+  const int h = blockIdx.y, kh = h / (a.nq / a.nkv);
+  const int pos0 = b.past_len[s] + t0 - b.seq_start[s];  // cache position of query row 0
+  const int kv_len = pos0 + n_rows;                      // keys 0 .. kv_len-1 are visible to some row
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int64_t kv_stride = int64_t(a.nkv) * DH;
+
+  // Q tile (rows past the sequence's end are zeros and never stored).
+  for (int idx = threadIdx.x; idx < kFlashBQ * DH; idx += blockDim.x) {
+    const int r = idx / DH, d = idx - r * DH;
+    sQ[r * LDS + d] = r < n_rows ? qkv[int64_t(t0 + r) * a.ldq + int64_t(h) * DH + d] : __float2bfloat16(0.f);
+  }
+  __syncthreads();
+  uint32_t qf[DH / 16][4];  // this warp's 16 rows as A fragments
+#pragma unroll
+  for (int kk = 0; kk < DH / 16; ++kk)
+    ldsm_x4(smem_addr(sQ + (warp * 16 + (lane & 15)) * LDS + kk * 16 + (lane >> 4) * 8), qf[kk]);
+
+  float o[DH / 8][4];
+#pragma unroll
+  for (int j = 0; j < DH / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // rows g and g+8 (l: this lane's partial sum)
+  const float sl = a.scale * 1.4426950408889634f;         // softmax in base 2
+  const int row_pos[2] = {pos0 + warp * 16 + g, pos0 + warp * 16 + g + 8};
+  const int warp_last = min(pos0 + warp * 16 + 15, kv_len - 1);  // the last key any row of this warp sees
+
+  for (int kb = 0; kb < kv_len; kb += kFlashBK) {
+    __syncthreads();  // the previous tile has been consumed
+    constexpr int V8 = DH / 8;  // 16-byte vectors per row
+    for (int idx = threadIdx.x; idx < kFlashBK * V8; idx += blockDim.x) {
+      const int r = idx / V8, c = idx - r * V8, p = kb + r;
+      uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
+      if (p < kv_len) {
+        const int64_t base = cache_row(b, s, p, a.block_size) * kv_stride + int64_t(kh) * DH + c * 8;
+        kv = *reinterpret_cast<const uint4*>(k_pages + base);
+        vv = *reinterpret_cast<const uint4*>(v_pages + base);
+      }
+      *reinterpret_cast<uint4*>(sK + r * LDS + c * 8) = kv;
+      *reinterpret_cast<uint4*>(sV + r * LDS + c * 8) = vv;
+    }
+    __syncthreads();
+    if (kb > warp_last) continue;  // warp-uniform: every key of this tile is in these rows' future
+
+    float sc[kFlashBK / 8][4];  // S = Q Kᵀ, [16 rows][64 keys]
+#pragma unroll
+    for (int j = 0; j < kFlashBK / 8; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < DH / 16; ++kk)
+#pragma unroll
+      for (int j = 0; j < kFlashBK / 16; ++j) {
+        uint32_t kf[4];  // b0, b1 of key block 2j, then of 2j+1
+        const int mi = lane >> 3;
+        ldsm_x4(smem_addr(sK + (16 * j + (mi >> 1) * 8 + (lane & 7)) * LDS + kk * 16 + (mi & 1) * 8), kf);
+        mma_bf16(sc[2 * j], qf[kk], kf[0], kf[1]);
+        mma_bf16(sc[2 * j + 1], qf[kk], kf[2], kf[3]);
+      }
+
+    // Causal mask and online softmax, row by row (each row lives in the 4 lanes of a quad).
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int j = 0; j < kFlashBK / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = kb + j * 8 + 2 * q + (e & 1);
+        const int r = e >> 1;
+        if (key > row_pos[r] || key >= kv_len) sc[j][e] = -INFINITY;
+        mx[r] = fmaxf(mx[r], sc[j][e]);
+      }
+    float corr[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      // A row with no visible key yet (only rows past the sequence's end) keeps m = -inf: guard the NaN.
+      corr[r] = mx[r] == -INFINITY ? 1.f : exp2f((m[r] - mx[r]) * sl);
+      m[r] = mx[r];
+      l[r] *= corr[r];
+    }
+#pragma unroll
+    for (int j = 0; j < DH / 8; ++j) {
+      o[j][0] *= corr[0];
+      o[j][1] *= corr[0];
+      o[j][2] *= corr[1];
+      o[j][3] *= corr[1];
+    }
+#pragma unroll
+    for (int j = 0; j < kFlashBK / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1;
+        const float p = m[r] == -INFINITY ? 0.f : exp2f((sc[j][e] - m[r]) * sl);
+        sc[j][e] = p;
+        l[r] += p;
+      }
+
+    // O += P V: P's accumulators of key blocks 2kk, 2kk+1 are the A fragment of key step kk.
+#pragma unroll
+    for (int kk = 0; kk < kFlashBK / 16; ++kk) {
+      const uint32_t pf[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
+                              pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                              pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+#pragma unroll
+      for (int j = 0; j < DH / 16; ++j) {
+        uint32_t vf[4];  // b0, b1 of d block 2j, then of 2j+1
+        const int mi = lane >> 3;
+        ldsm_x4_trans(smem_addr(sV + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * LDS + 16 * j + (mi >> 1) * 8), vf);
+        mma_bf16(o[2 * j], pf, vf[0], vf[1]);
+        mma_bf16(o[2 * j + 1], pf, vf[2], vf[3]);
+      }
+    }
+  }
+
+  bf16* out = static_cast<bf16*>(a.out);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    const int row = warp * 16 + g + 8 * r;
+    if (row >= n_rows) continue;
+    const float inv = 1.f / l[r];
+    bf16* dst = out + int64_t(t0 + row) * a.ldo + int64_t(h) * DH;
+#pragma unroll
+    for (int j = 0; j < DH / 8; ++j) {
+      dst[j * 8 + 2 * q] = __float2bfloat16_rn(o[j][2 * r] * inv);
+      dst[j * 8 + 2 * q + 1] = __float2bfloat16_rn(o[j][2 * r + 1] * inv);
+    }
+  }
+}
+
+template <int DH>
+void launch_flash(cudaStream_t st, const AttnArgs& a, const DevBatch& b) {
+  constexpr size_t smem = size_t(kFlashBQ + 2 * kFlashBK) * (DH + 8) * sizeof(bf16);
+  // Above 48 KB of dynamic shared memory needs the opt-in; set per call (cheap, and right on any device).
+  CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  const int tiles_per_chunk = (b.chunk_q + kFlashBQ - 1) / kFlashBQ;
+  flash_attention_kernel<DH><<<dim3(unsigned(b.n_chunks * tiles_per_chunk), unsigned(a.nq)), 128, smem, st>>>(
+      a, b, tiles_per_chunk);
+}
+
 }  // namespace
 
 template <typename T>
@@ -123,6 +292,16 @@ template <typename T>
 void attention(cudaStream_t st, const AttnArgs& a, const DevBatch& b, int max_seq_len) {
   if (b.T == 0) return;
   if (a.nq % a.nkv) fail("cuda attention: n_heads ", a.nq, " is not a multiple of n_kv_heads ", a.nkv);
+  // Prompts (any sequence with more than one new token) on bf16 tensor cores when the head size suits them;
+  // decode steps (one token per sequence, replayed from CUDA graphs) keep the CUDA-core kernel below.
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (max_seq_len > 1 && b.n_chunks > 0 && (a.dh == 64 || a.dh == 128)) {
+      if (a.dh == 64) launch_flash<64>(st, a, b);
+      else launch_flash<128>(st, a, b);
+      CUDA_LAUNCH_CHECK();
+      return;
+    }
+  }
   dim3 grid(unsigned(b.T), unsigned(a.nq));
   const int dj = (a.dh + 31) / 32;
   if (dj == 1) attention_kernel<T, 1><<<grid, 128, 0, st>>>(a, b);
