@@ -60,6 +60,27 @@ TEST(Cli, GenerateRunsOnTheBuiltInDummyModel) {
   EXPECT_EQ(a.out, b.out);
 }
 
+// `bamba bench` on the built-in tiny shape (CPU): the table, the JSON file, and --profile's per-op tables whose
+// rows are the ops a Bamba step runs.
+TEST(Cli, BenchWritesTableJsonAndProfile) {
+  const std::string json = (std::filesystem::temp_directory_path() / "bamba_cli_bench.json").string();
+  auto r = run_bamba("bench --preset tiny --device cpu --reps 2 --tests pp40,tg3,decode2 --prompt 9 --steps 3 "
+                     "--profile --json " + json);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* row : {"| pp40 |", "| tg3 |", "| decode2 |"}) EXPECT_NE(r.out.find(row), std::string::npos) << r.out;
+  std::ifstream f(json);
+  auto j = nlohmann::json::parse(f);
+  ASSERT_EQ(j["rows"].size(), 3u);
+  for (auto& row : j["rows"]) {
+    EXPECT_EQ(row["tok_s"].size(), 2u);
+    EXPECT_GT(row["mean"].get<double>(), 0.0);
+  }
+  for (const char* op : {"| ssd |", "| attention |", "| conv1d_silu |", "| matmul N=", "| total |"})
+    EXPECT_NE(r.err.find(op), std::string::npos) << op << " missing from the profile: " << r.err;
+  EXPECT_NE(r.err.find("tg3, every op timed alone"), std::string::npos) << r.err;
+  std::filesystem::remove(json);
+}
+
 TEST(Cli, GenerateStopsAtAStopString) {
   // Greedy on the dummy model is deterministic: generate once, then stop at a piece of that output.
   auto full = run_bamba("generate -q --device cpu --prompt 'ab' -n 24 --ignore-eos");

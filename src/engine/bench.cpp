@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <ostream>
 
+#include "backend/op_profiler.h"
 #include "core/error.h"
 #include "model/hybrid.h"
 
@@ -60,6 +61,7 @@ struct Runner {
   const ModelConfig& c;
   HybridCache& cache;
   Workspace& ws;
+  OpProfiler& prof;
 
   void poison() { be.fill(ws.logits, NAN); }
   void check_written(int64_t rows) {
@@ -117,6 +119,15 @@ struct Runner {
       log << "  " << r.test << (rep < 0 ? " warm-up " : " run ") << rep + 1 << ": " << n / t << " tok/s\n" << std::flush;
     }
     stats(r);
+    if (o.profile) {
+      prof.reset();
+      prof.set_timing(true);
+      auto sc = prefill(1, n);
+      prof.set_timing(false);
+      release(sc);
+      log << "  " << r.test << ", every op timed alone (one prefill):\n";
+      prof.print(log);
+    }
     r.rate_unit = "TFLOP/s";
     r.rate = prefill_flops(c, n) * r.mean / n / 1e12;
     r.pct_of_peak = 100.0 * r.rate / o.peak_tflops;
@@ -142,6 +153,16 @@ struct Runner {
           << " tok/s\n" << std::flush;
     }
     stats(r);
+    if (o.profile) {
+      auto sc = prefill(S, prompt);
+      prof.reset();
+      prof.set_timing(true);
+      decode(sc, prompt, steps);
+      prof.set_timing(false);
+      release(sc);
+      log << "  " << name << ", every op timed alone (ms per decode step, launch + sync included):\n";
+      prof.print(log, steps);
+    }
     r.rate_unit = "GB/s";
     r.rate = decode_bytes(c, S, prompt + steps / 2, cache.sizes().ssm_state_dtype) * (r.mean / S) / 1e9;
     r.pct_of_peak = 100.0 * r.rate / o.peak_gbps;
@@ -169,7 +190,9 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
   rep.device = o.device;
   rep.params = cfg.parameter_count();
   log << "bench: " << o.preset << ", " << rep.params << " parameters, backend " << rep.backend << "\n" << std::flush;
-  HybridModel model(cfg, dummy_weights(cfg, *be, 1), *be);
+  // The model runs through the profiler, which only forwards until a profiled run switches its timing on.
+  OpProfiler prof(*be);
+  HybridModel model(cfg, dummy_weights(cfg, *be, 1), prof);
   const int max_ctx = std::max(max_pp, o.decode_prompt) + std::max(o.decode_steps, 128) + 8;
   CacheSizes sizes = HybridCache::sizes_for(cfg, max_seqs, max_ctx, 16);
   if (o.ssm_state != "fp32" && o.ssm_state != "bf16") fail("bench: --ssm-state must be fp32 or bf16");
@@ -177,7 +200,7 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
   HybridCache cache(cfg, *be, sizes);
   const int ws_tokens = std::max({max_pp, std::min(max_seqs * o.decode_prompt, 8192), max_seqs});
   Workspace ws(cfg, *be, ws_tokens, std::max(max_seqs, 1));
-  Runner run{o, log, *be, model, model.config(), cache, ws};
+  Runner run{o, log, *be, model, model.config(), cache, ws, prof};
   for (auto& t : o.tests) {
     if (t.rfind("pp", 0) == 0) rep.rows.push_back(run.pp(std::stoi(t.substr(2))));
     else if (t.rfind("tg", 0) == 0) {

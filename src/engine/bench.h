@@ -19,6 +19,7 @@ struct BenchOptions {
   std::vector<std::string> tests = {"pp512", "pp2048", "pp8192", "tg128", "decode1", "decode16", "decode64"};
   int decode_prompt = 512;  // prompt length before batched decode
   int decode_steps = 128;   // decode steps timed per batched-decode run
+  bool profile = false;     // after each test, one more run with every op timed (backend/op_profiler.h)
   // Ceilings (one H200, measured: docs/performance.md)
   double peak_tflops = 790.0;
   double peak_gbps = 4300.0;
