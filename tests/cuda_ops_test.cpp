@@ -153,39 +153,51 @@ TEST_P(CudaOps, MatmulLongK) {
   }
 }
 
+// Row lengths and strides that take the scalar kernels (130, odd strides) and the 16-byte-vector ones (multiples
+// of 8 elements, partly filled last vectors per thread: 136, 5000; Bamba's 4096).
 TEST_P(CudaOps, RmsnormAndFusedResidualAdd) {
-  const int64_t M = 7, H = 130;
-  Pair x = make(act(), {M, H}, -2, 2), h = make(act(), {M, H}, -2, 2), w = make(DType::F32, {H}, 0.8f, 1.2f);
-  Pair out = zeros(act(), {M, H});
-  cpu_->rmsnorm(out.cpu, x.cpu, w.cpu, 1e-5f);
-  gpu_->rmsnorm(out.gpu, x.gpu, w.gpu, 1e-5f);
-  expect_close(out, tol(), "rmsnorm");
-  cpu_->add_rmsnorm(h.cpu, x.cpu, out.cpu, w.cpu, 1e-6f);
-  gpu_->add_rmsnorm(h.gpu, x.gpu, out.gpu, w.gpu, 1e-6f);
-  expect_close(h, tol(), "add_rmsnorm residual");
-  expect_close(out, tol(), "add_rmsnorm out");
-  cpu_->add(h.cpu, x.cpu);
-  gpu_->add(h.gpu, x.gpu);
-  expect_close(h, tol(), "add");
+  for (int64_t H : {130, 136, 4096, 5000}) {
+    const int64_t M = 7;
+    const std::string hs = ", H=" + std::to_string(H);
+    Pair x = make(act(), {M, H}, -2, 2), h = make(act(), {M, H}, -2, 2), w = make(DType::F32, {H}, 0.8f, 1.2f);
+    Pair out = zeros(act(), {M, H});
+    cpu_->rmsnorm(out.cpu, x.cpu, w.cpu, 1e-5f);
+    gpu_->rmsnorm(out.gpu, x.gpu, w.gpu, 1e-5f);
+    expect_close(out, tol(), "rmsnorm" + hs);
+    cpu_->add_rmsnorm(h.cpu, x.cpu, out.cpu, w.cpu, 1e-6f);
+    gpu_->add_rmsnorm(h.gpu, x.gpu, out.gpu, w.gpu, 1e-6f);
+    expect_close(h, tol(), "add_rmsnorm residual" + hs);
+    expect_close(out, tol(), "add_rmsnorm out" + hs);
+    cpu_->add(h.cpu, x.cpu);
+    gpu_->add(h.gpu, x.gpu);
+    expect_close(h, tol(), "add" + hs);
+  }
 }
 
 TEST_P(CudaOps, GatedRmsnormFullAndGrouped) {
-  const int64_t M = 9, I = 96;
-  Pair yz = make(act(), {M, 2 * I + 5}, -2, 2), w = make(DType::F32, {I}, 0.8f, 1.2f), out = zeros(act(), {M, I});
-  Pair y = cols(yz, 0, I), z = cols(yz, I + 5, 2 * I + 5);
-  for (int64_t group : {I, I / 2, I / 3}) {
-    cpu_->gated_rmsnorm(out.cpu, y.cpu, z.cpu, w.cpu, group, 1e-5f);
-    gpu_->gated_rmsnorm(out.gpu, y.gpu, z.gpu, w.gpu, group, 1e-5f);
-    expect_close(out, tol(), "gated_rmsnorm group " + std::to_string(group));
+  for (int64_t pad : {5, 0}) {  // z strided at an odd offset (scalar kernel), then aligned (vector kernel)
+    for (int64_t I : {96, 2048}) {
+      const int64_t M = 9;
+      Pair yz = make(act(), {M, 2 * I + pad}, -2, 2), w = make(DType::F32, {I}, 0.8f, 1.2f), out = zeros(act(), {M, I});
+      Pair y = cols(yz, 0, I), z = cols(yz, I + pad, 2 * I + pad);
+      for (int64_t group : {I, I / 2, I / 4}) {
+        cpu_->gated_rmsnorm(out.cpu, y.cpu, z.cpu, w.cpu, group, 1e-5f);
+        gpu_->gated_rmsnorm(out.gpu, y.gpu, z.gpu, w.gpu, group, 1e-5f);
+        expect_close(out, tol(), "gated_rmsnorm I=" + std::to_string(I) + " group " + std::to_string(group) +
+                                     " pad " + std::to_string(pad));
+      }
+    }
   }
 }
 
 TEST_P(CudaOps, Swiglu) {
-  const int64_t M = 9, F = 77;
-  Pair gu = make(act(), {M, 2 * F}, -3, 3), out = zeros(act(), {M, F});
-  cpu_->swiglu(out.cpu, gu.cpu);
-  gpu_->swiglu(out.gpu, gu.gpu);
-  expect_close(out, tol(), "swiglu");
+  for (int64_t F : {77, 1032}) {
+    const int64_t M = 9;
+    Pair gu = make(act(), {M, 2 * F}, -3, 3), out = zeros(act(), {M, F});
+    cpu_->swiglu(out.cpu, gu.cpu);
+    gpu_->swiglu(out.gpu, gu.gpu);
+    expect_close(out, tol(), "swiglu F=" + std::to_string(F));
+  }
 }
 
 TEST_P(CudaOps, Conv1dPrefillDecodeAndContinuation) {
