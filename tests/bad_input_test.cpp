@@ -557,6 +557,24 @@ TEST(Config, Transformers5) {
   EXPECT_EQ(c.source, "cfg.json");
 }
 
+// Python's json.dump writes non-finite floats bare; such a config.json loads (and the merge keeps it as is).
+TEST(Config, BarePythonNonFiniteLiterals) {
+  std::string text = fixture_config("bamba-tiny-b").dump();
+  const std::string from = "{\"__float__\":\"Infinity\"}";
+  ASSERT_NE(text.find(from), std::string::npos) << text;
+  text.replace(text.find(from), from.size(), "Infinity");
+  ModelConfig c = parse_config(text, "cfg.json");
+  EXPECT_TRUE(std::isinf(c.time_step_max) && c.time_step_max > 0);
+  auto j = fixture_config("bamba-tiny-b");
+  j["mamba_expand"] = 2;
+  text = j.dump();
+  text.replace(text.find("\"mamba_expand\":2"), 16, "\"mamba_expand\":NaN");
+  EXPECT_ERROR(parse_config(text, "cfg.json"), "cfg.json", "mamba_expand");
+  text = j.dump();
+  text.replace(text.find("\"hidden_size\":"), 14, "\"hidden_size\":-Infinity,\"x\":");
+  EXPECT_ERROR(parse_config(text, "cfg.json"), "\"hidden_size\" must be an integer (got -Infinity)");
+}
+
 TEST(Config, LayerTypesSpellings) {
   json j = fixture_config("bamba-tiny-b");
   j.erase("attn_layer_indices");

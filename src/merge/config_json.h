@@ -1,4 +1,5 @@
-// config.json as the merge sees it: read (tolerating the bare Infinity / NaN that Python's json module writes) to
+// config.json as the merge sees it: read (tolerating the bare Infinity / NaN that Python's json module writes,
+// io/python_json.h) to
 // compare architectures and vocabularies, and copied into the merged folder with its dtype field updated and
 // everything else kept as it was.
 #pragma once

@@ -6,10 +6,12 @@
 
 #include "core/error.h"
 #include "core/mapped_file.h"
+#include "io/python_json.h"
 
 namespace bamba {
 
-using json = nlohmann::json;
+// Ordered like the merge reads it; bare Infinity / NaN as Python writes them are accepted (io/python_json.h).
+using json = nlohmann::ordered_json;
 
 int64_t ModelConfig::n_mamba_layers() const {
   int64_t n = 0;
@@ -70,10 +72,10 @@ struct Fields {
   int64_t integer(const char* key, int64_t def, int64_t min = 1, int64_t max = INT32_MAX) const {
     const json* v = find(key);
     if (!v) return def;
-    if (!v->is_number_integer()) fail(label, ": field \"", key, "\" must be an integer (got ", v->dump(), ")");
+    if (!v->is_number_integer()) fail(label, ": field \"", key, "\" must be an integer (got ", dump_python_json(*v, -1), ")");
     // A uint64 above INT64_MAX would wrap negative in get<int64_t>().
     if (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(max))
-      fail(label, ": field \"", key, "\" must be <= ", max, " (got ", v->dump(), ")");
+      fail(label, ": field \"", key, "\" must be <= ", max, " (got ", dump_python_json(*v, -1), ")");
     int64_t x = v->get<int64_t>();
     if (x < min) fail(label, ": field \"", key, "\" must be >= ", min, " (got ", x, ")");
     if (x > max) fail(label, ": field \"", key, "\" must be <= ", max, " (got ", x, ")");
@@ -86,25 +88,20 @@ struct Fields {
   }
   double as_number(const json& v, const std::string& key) const {
     if (v.is_number()) return v.get<double>();
-    // transformers 5.x writes non-finite floats as {"__float__": "Infinity"}.
-    if (v.is_object() && v.size() == 1 && v.contains("__float__") && v["__float__"].is_string()) {
-      std::string s = v["__float__"].get<std::string>();
-      if (s == "Infinity" || s == "inf") return std::numeric_limits<double>::infinity();
-      if (s == "-Infinity" || s == "-inf") return -std::numeric_limits<double>::infinity();
-      if (s == "NaN" || s == "nan") return std::numeric_limits<double>::quiet_NaN();
-    }
-    fail(label, ": field \"", key, "\" must be a number (got ", v.dump(), ")");
+    // Non-finite floats: bare (Python's json) or {"__float__": "Infinity"} (transformers 5.x).
+    if (auto x = json_nonfinite(v)) return *x;
+    fail(label, ": field \"", key, "\" must be a number (got ", dump_python_json(v, -1), ")");
   }
   bool boolean(const char* key, bool def) const {
     const json* v = find(key);
     if (!v) return def;
-    if (!v->is_boolean()) fail(label, ": field \"", key, "\" must be true or false (got ", v->dump(), ")");
+    if (!v->is_boolean()) fail(label, ": field \"", key, "\" must be true or false (got ", dump_python_json(*v, -1), ")");
     return v->get<bool>();
   }
   std::string string(const char* key, const std::string& def) const {
     const json* v = find(key);
     if (!v) return def;
-    if (!v->is_string()) fail(label, ": field \"", key, "\" must be a string (got ", v->dump(), ")");
+    if (!v->is_string()) fail(label, ": field \"", key, "\" must be a string (got ", dump_python_json(*v, -1), ")");
     return v->get<std::string>();
   }
 };
@@ -120,7 +117,7 @@ DType parse_torch_dtype(const std::string& s, const std::string& label, const ch
 }  // namespace
 
 ModelConfig parse_config(const std::string& json_text, const std::string& label) {
-  json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  json j = parse_python_json(json_text);
   if (j.is_discarded()) fail(label, ": not valid JSON");
   if (!j.is_object()) fail(label, ": expected a JSON object");
   Fields f{j, label};
@@ -204,7 +201,7 @@ ModelConfig parse_config(const std::string& json_text, const std::string& label)
     c.time_step_min = float(f.as_number((*tl)[0], "time_step_limit[0]"));
     c.time_step_max = float(f.as_number((*tl)[1], "time_step_limit[1]"));
     if (!(c.time_step_min <= c.time_step_max))
-      fail(label, ": field \"time_step_limit\" must have min <= max (got ", tl->dump(), ")");
+      fail(label, ": field \"time_step_limit\" must have min <= max (got ", dump_python_json(*tl, -1), ")");
   }
 
   if (double n = size_bound(c); n > 0x1p48)
@@ -223,7 +220,7 @@ ModelConfig parse_config(const std::string& json_text, const std::string& label)
       if (s == "full_attention" || s == "attention") c.layer_kinds[i] = LayerKind::Attention;
       else if (s == "linear_attention" || s == "mamba") c.layer_kinds[i] = LayerKind::Mamba;
       else
-        fail(label, ": layer_types[", i, "] = ", v.dump(),
+        fail(label, ": layer_types[", i, "] = ", dump_python_json(v, -1),
              " is not a known layer type (expected \"full_attention\" or \"linear_attention\")");
     }
   }
@@ -232,7 +229,7 @@ ModelConfig parse_config(const std::string& json_text, const std::string& label)
     std::vector<LayerKind> kinds(size_t(c.num_hidden_layers), LayerKind::Mamba);
     for (auto& v : *ai) {
       if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= c.num_hidden_layers)
-        fail(label, ": attn_layer_indices entry ", v.dump(), " is not a layer index in [0, ", c.num_hidden_layers, ")");
+        fail(label, ": attn_layer_indices entry ", dump_python_json(v, -1), " is not a layer index in [0, ", c.num_hidden_layers, ")");
       kinds[size_t(v.get<int64_t>())] = LayerKind::Attention;
     }
     if (lt && kinds != c.layer_kinds) fail(label, ": \"layer_types\" and \"attn_layer_indices\" disagree");
