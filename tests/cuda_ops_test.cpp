@@ -12,6 +12,7 @@
 
 #include "backend/backend.h"
 #include "core/dtype.h"
+#include "core/error.h"
 
 namespace bamba {
 namespace {
@@ -200,29 +201,33 @@ TEST_P(CudaOps, Swiglu) {
   }
 }
 
+// Channel counts and strides for the scalar kernel (40 channels at an odd offset) and the 16-byte-vector one
+// (48 aligned channels); runs of 8 tokens that cross sequence boundaries and continue from cached windows.
 TEST_P(CudaOps, Conv1dPrefillDecodeAndContinuation) {
-  const int64_t CD = 40, K = 4, n_slots = 6;
+  struct Layout { int64_t CD, offset, extra, K; };
+  for (const Layout& lay : {Layout{40, 3, 7, 4}, Layout{48, 8, 16, 4}, Layout{48, 8, 16, 6}}) {
+  const int64_t CD = lay.CD, K = lay.K, n_slots = 6;
   Pair w = make(act(), {CD, K}, -0.5f, 0.5f), bias = make(DType::F32, {CD}, -0.2f, 0.2f);
   Pair state = make(DType::F32, {n_slots, K - 1, CD}, -1, 1);
   struct Case { std::vector<int32_t> lens, pasts, slots; };
   for (const Case& c : {Case{{1, 5, 17, 2}, {0, 4, 0, 9}, {4, 0, 2, 5}}, Case{{1, 1, 1}, {3, 1, 7}, {1, 3, 0}},
-                        Case{{70}, {2}, {3}}}) {
+                        Case{{70}, {2}, {3}}, Case{{2, 1, 3, 9, 1}, {1, 0, 2, 0, 5}, {0, 1, 2, 3, 4}}}) {
     StepBatch b = batch(c.lens, c.pasts, c.slots, 4, 64, 10);
     set_batch(b);
     const int64_t T = b.n_tokens();
-    Pair xw = make(act(), {T, CD + 7}, -2, 2), out = zeros(act(), {T, CD});
-    Pair x = cols(xw, 3, 3 + CD);
+    const std::string what = ", T=" + std::to_string(T) + ", CD=" + std::to_string(CD) + ", K=" + std::to_string(K);
+    Pair xw = make(act(), {T, CD + lay.extra}, -2, 2), out = zeros(act(), {T, CD});
+    Pair x = cols(xw, lay.offset, lay.offset + CD);
     for (Pair bb : {bias, Pair{}}) {
-      Pair st2 = state;  // both runs start from the same state: copy it
-      auto s0 = host(*cpu_, state.cpu);
+      auto s0 = host(*cpu_, state.cpu);  // both runs start from the same state
       cpu_->conv1d_silu(out.cpu, x.cpu, w.cpu, bb.cpu, state.cpu);
       gpu_->conv1d_silu(out.gpu, x.gpu, w.gpu, bb.gpu, state.gpu);
-      expect_close(out, tol(), "conv1d out, T=" + std::to_string(T));
-      expect_close(state, 1e-6, "conv1d state, T=" + std::to_string(T));
+      expect_close(out, tol(), "conv1d out" + what);
+      expect_close(state, 1e-6, "conv1d state" + what);
       cpu_->from_host_f32(state.cpu, s0.data());
       gpu_->from_host_f32(state.gpu, s0.data());
-      (void)st2;
     }
+  }
   }
 }
 
@@ -335,6 +340,20 @@ TEST_P(CudaOps, SampleGreedyExactOthersAgree) {
     same += a[size_t(i)] == r[size_t(i)];
   }
   EXPECT_GE(same, R - 2) << "GPU and CPU sampling disagree on too many rows";
+}
+
+// Asking for more than the card has is an Error with the numbers, and the backend stays usable afterwards.
+TEST_P(CudaOps, OutOfMemoryIsAClearError) {
+  std::string msg;
+  try {
+    gpu_->alloc(act(), {int64_t(1) << 40, 4});  // 4-8 TiB
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  for (const char* part : {"out of GPU memory", "needs", "MiB free of"})
+    EXPECT_NE(msg.find(part), std::string::npos) << "message: " << msg;
+  Pair x = make(act(), {3, 8}, -1, 1);
+  expect_close(x, 0.0, "a tensor allocated after the failed one");
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaOps, ::testing::Values(DType::BF16, DType::F32),
