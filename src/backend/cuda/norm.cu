@@ -1,6 +1,7 @@
 // RMSNorm kernels. One block per row (H = 4096 for Bamba-9B: 16 elements per thread): statistics in fp32 over
 // the row, then the normalised row written in T. The fused residual add writes the rounded sum back to h
 // first, so the norm sees exactly the residual stream the next layer adds to (HF keeps it in model dtype).
+// Launched as programmatic dependents (common.cuh: pdl_wait before touching the rows).
 #include "backend/cuda/kernels.cuh"
 
 namespace bamba::cuda {
@@ -15,6 +16,14 @@ template <typename T, bool ADD>
 __global__ void __launch_bounds__(kThreads) rmsnorm_kernel(T* out, int64_t ldo, T* h, int64_t ldh, const T* x,
                                                            int64_t ldx, PView w, int H, float eps) {
   __shared__ float sh[32];
+  float wr[kPer];  // the weights: loaded before pdl_wait (they do not depend on the kernel before), off the
+#pragma unroll     // critical path that would otherwise follow the reduction
+  for (int i = 0; i < kPer; ++i) {
+    const int j = threadIdx.x + i * kThreads;
+    wr[i] = j < H ? ld_param(w, j) : 0.f;
+  }
+  pdl_wait();
+  pdl_trigger();
   const int64_t row = blockIdx.x;
   T* hr = h + row * ldh;
   float v[kPer];
@@ -39,7 +48,7 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_kernel(T* out, int64_t ldo, 
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     const int j = threadIdx.x + i * kThreads;
-    if (j < H) out[row * ldo + j] = from_f<T>(ld_param(w, j) * (v[i] * r));
+    if (j < H) out[row * ldo + j] = from_f<T>(wr[i] * (v[i] * r));
   }
 }
 
@@ -49,8 +58,16 @@ __global__ void __launch_bounds__(kThreads) gated_rmsnorm_kernel(T* out, int64_t
                                                                  const T* z, int64_t ldz, PView w, int group,
                                                                  float eps) {
   __shared__ float sh[32];
-  const int64_t row = blockIdx.x;
   const int base = blockIdx.y * group;
+  float wr[kPer];  // as in rmsnorm_kernel: weights before pdl_wait
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int j = threadIdx.x + i * kThreads;
+    wr[i] = j < group ? ld_param(w, base + j) : 0.f;
+  }
+  pdl_wait();
+  pdl_trigger();
+  const int64_t row = blockIdx.x;
   float g[kPer];
   float ss = 0.f;
 #pragma unroll
@@ -63,7 +80,7 @@ __global__ void __launch_bounds__(kThreads) gated_rmsnorm_kernel(T* out, int64_t
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     const int j = threadIdx.x + i * kThreads;
-    if (j < group) out[row * ldo + base + j] = from_f<T>(ld_param(w, base + j) * (g[i] * r));
+    if (j < group) out[row * ldo + base + j] = from_f<T>(wr[i] * (g[i] * r));
   }
 }
 
@@ -74,9 +91,8 @@ void rmsnorm(cudaStream_t st, T* out, int64_t ldo, T* h, int64_t ldh, const T* x
              int64_t H, float eps) {
   if (M == 0) return;
   if (H > kThreads * kPer) fail("cuda rmsnorm: hidden size ", H, " > ", kThreads * kPer);
-  if (x) rmsnorm_kernel<T, true><<<unsigned(M), kThreads, 0, st>>>(out, ldo, h, ldh, x, ldx, w, int(H), eps);
-  else rmsnorm_kernel<T, false><<<unsigned(M), kThreads, 0, st>>>(out, ldo, h, ldh, x, ldx, w, int(H), eps);
-  CUDA_LAUNCH_CHECK();
+  launch_pdl(x ? rmsnorm_kernel<T, true> : rmsnorm_kernel<T, false>, dim3(unsigned(M)), dim3(kThreads), 0, st, out, ldo,
+             h, ldh, x, ldx, w, int(H), eps);
 }
 
 template <typename T>
@@ -85,8 +101,7 @@ void gated_rmsnorm(cudaStream_t st, T* out, int64_t ldo, const T* y, int64_t ldy
   if (M == 0) return;
   if (group > kThreads * kPer) fail("cuda gated_rmsnorm: group ", group, " > ", kThreads * kPer);
   dim3 grid(unsigned(M), unsigned(I / group));
-  gated_rmsnorm_kernel<T><<<grid, kThreads, 0, st>>>(out, ldo, y, ldy, z, ldz, w, int(group), eps);
-  CUDA_LAUNCH_CHECK();
+  launch_pdl(gated_rmsnorm_kernel<T>, grid, dim3(kThreads), 0, st, out, ldo, y, ldy, z, ldz, w, int(group), eps);
 }
 
 #define INST(T)                                                                                                \
