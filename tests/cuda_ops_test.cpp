@@ -154,6 +154,26 @@ TEST_P(CudaOps, MatmulLongK) {
   }
 }
 
+// The decode shapes of the GEMV kernels (gemv.cu): K of down_proj (14336), out_proj (8192) and the 4096-wide
+// projections, 1-8 rows, N odd and large enough that a block streams several rows per warp group.
+TEST_P(CudaOps, MatmulDecodeShapes) {
+  struct Shape { int64_t K, N; };
+  for (const Shape& sh : {Shape{14336, 2053}, Shape{8192, 1031}, Shape{4096, 3001}}) {
+    Pair W = make(act(), {sh.N, sh.K}, -0.05f, 0.05f);
+    Pair bias = make(DType::F32, {sh.N}, -0.5f, 0.5f);
+    for (int64_t M : {1, 2, 3, 4, 8}) {
+      Pair x = make(act(), {M, sh.K}, -1, 1), y = zeros(act(), {M, sh.N}), y32 = zeros(DType::F32, {M, sh.N});
+      const std::string what = "K=" + std::to_string(sh.K) + ", N=" + std::to_string(sh.N) + ", M=" + std::to_string(M);
+      cpu_->matmul(y.cpu, x.cpu, W.cpu, bias.cpu);
+      gpu_->matmul(y.gpu, x.gpu, W.gpu, bias.gpu);
+      expect_close(y, tol(), "decode matmul, " + what);
+      cpu_->matmul(y32.cpu, x.cpu, W.cpu, {});
+      gpu_->matmul(y32.gpu, x.gpu, W.gpu, {});
+      expect_close(y32, tol(), "decode matmul f32 out, " + what);
+    }
+  }
+}
+
 // Row lengths and strides that take the scalar kernels (130, odd strides) and the 16-byte-vector ones (multiples
 // of 8 elements, partly filled last vectors per thread: 136, 5000; Bamba's 4096).
 TEST_P(CudaOps, RmsnormAndFusedResidualAdd) {
@@ -210,8 +230,11 @@ TEST_P(CudaOps, Conv1dPrefillDecodeAndContinuation) {
   Pair w = make(act(), {CD, K}, -0.5f, 0.5f), bias = make(DType::F32, {CD}, -0.2f, 0.2f);
   Pair state = make(DType::F32, {n_slots, K - 1, CD}, -1, 1);
   struct Case { std::vector<int32_t> lens, pasts, slots; };
+  // The second and third cases are decode steps (one token per sequence: the one-kernel path), the third with a
+  // fresh sequence among continuing ones.
   for (const Case& c : {Case{{1, 5, 17, 2}, {0, 4, 0, 9}, {4, 0, 2, 5}}, Case{{1, 1, 1}, {3, 1, 7}, {1, 3, 0}},
-                        Case{{70}, {2}, {3}}, Case{{2, 1, 3, 9, 1}, {1, 0, 2, 0, 5}, {0, 1, 2, 3, 4}}}) {
+                        Case{{1, 1, 1}, {0, 5, 2}, {2, 5, 4}}, Case{{70}, {2}, {3}},
+                        Case{{2, 1, 3, 9, 1}, {1, 0, 2, 0, 5}, {0, 1, 2, 3, 4}}}) {
     StepBatch b = batch(c.lens, c.pasts, c.slots, 4, 64, 10);
     set_batch(b);
     const int64_t T = b.n_tokens();

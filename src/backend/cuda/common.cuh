@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -104,5 +105,38 @@ void dispatch_dtype(DType t, F&& f) {
 #define BAMBA_CUDA_DTYPES(X) X(float) X(bf16)
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
+
+// Programmatic dependent launch (Hopper): a kernel launched with launch_pdl may start while the kernel before it
+// in the stream is still running, once every block of that one has called pdl_trigger (or exited). It must call
+// pdl_wait, which returns when the earlier kernels have completed and their writes are visible, before it reads
+// anything they wrote or writes anything they read; only immutable data (weights) may be read before. A decode
+// step is ~350 kernels, most of them a few µs long: this hides the launch gap between them and lets a GEMV
+// stream its first weight rows while the small kernel before it (norm, SwiGLU) still runs. Both instructions
+// are no-ops for a kernel launched without the attribute. BAMBA_CUDA_PDL=0 launches everything plainly.
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
+inline bool pdl_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("BAMBA_CUDA_PDL");
+    return !(e && e[0] == '0');
+  }();
+  return on;
+}
+
+template <typename... KArgs, typename... Args>
+void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, Args... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = st;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...));
+}
 
 }  // namespace bamba::cuda

@@ -2,6 +2,8 @@
 // Channels are the fast thread index so a warp reads 32 consecutive channels of one token row (coalesced); the
 // K taps walk back over rows, through the slot's conv state for the first K-1 tokens of a continuing sequence. The new window is written by a second kernel so that no thread overwrites a
 // state value another thread of the first kernel still reads.
+// Decode steps (one token per sequence) take one kernel instead: thread per (sequence, channel) reads its window
+// column into registers, writes the output and the shifted column; no other thread touches that column.
 #include "backend/cuda/kernels.cuh"
 
 namespace bamba::cuda {
@@ -160,6 +162,38 @@ __global__ void conv_state_kernel(const T* xBC, int64_t ldx, float* conv_state, 
   }
 }
 
+// Decode: T == S, so token s is sequence s's only new token. Same summation order as conv_out_kernel (so the
+// same result to the bit), and the window after the step is [old window[1:] | x].
+template <typename T>
+__global__ void conv_decode_kernel(T* out, int64_t ldo, const T* xBC, int64_t ldx, PView w, PView bias,
+                                   float* conv_state, int CD, int K, DevBatch b) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  const int s = blockIdx.y, W = K - 1;
+  float wk[kMaxK], acc = 0.f;  // taps and bias: loaded before pdl_wait (weights do not depend on earlier kernels)
+#pragma unroll
+  for (int k = 0; k < kMaxK; ++k) wk[k] = c < CD && k < K ? ld_param(w, int64_t(c) * K + k) : 0.f;
+  if (c < CD && bias.p) acc = ld_param(bias, c);
+  pdl_wait();
+  pdl_trigger();
+  if (c >= CD) return;
+  const bool cont = b.past_len[s] > 0;
+  float* state = conv_state + int64_t(b.slot[s]) * W * CD + c;  // column c of [W, CD]
+  float win[kMaxK];                                              // [old window | x], oldest first
+#pragma unroll
+  for (int k = 0; k < kMaxK; ++k)
+    if (k < W) win[k] = cont ? state[int64_t(k) * CD] : 0.f;
+  const float xv = to_f(xBC[int64_t(s) * ldx + c]);
+#pragma unroll
+  for (int k = 0; k < kMaxK; ++k) {
+    if (k >= K) break;
+    acc += wk[k] * (k < W ? win[k] : xv);
+  }
+  out[int64_t(s) * ldo + c] = from_f<T>(silu_f(acc));
+#pragma unroll
+  for (int k = 0; k < kMaxK; ++k)
+    if (k < W) state[int64_t(k) * CD] = k + 1 < W ? win[k + 1] : xv;
+}
+
 }  // namespace
 
 template <typename T>
@@ -167,21 +201,23 @@ void conv1d_silu(cudaStream_t st, T* out, int64_t ldo, const T* xBC, int64_t ldx
                  float* conv_state, int64_t CD, int64_t K, const DevBatch& b, int max_seq_len) {
   if (K < 1 || K > kMaxK) fail("cuda conv1d: d_conv ", K, " is outside 1..", kMaxK);
   if (b.T == 0) return;
+  if (b.T == b.S) {  // decode: one kernel, window column in registers
+    launch_pdl(conv_decode_kernel<T>, dim3(ceil_div(CD, 128), unsigned(b.S)), dim3(128), 0, st, out, ldo, xBC, ldx, w,
+               bias, conv_state, int(CD), int(K), b);
+    return;
+  }
   constexpr int E = 16 / sizeof(T);
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  // Decode steps (one token per sequence) keep the scalar kernel: 8 channels per thread would leave a batch-1
-  // step with 17 blocks of 64 threads (measured slower).
-  if (b.T > b.S && CD % E == 0 && ldx % E == 0 && ldo % E == 0 && aligned(xBC) && aligned(out))
-  {
+  if (CD % E == 0 && ldx % E == 0 && ldo % E == 0 && aligned(xBC) && aligned(out)) {
     const dim3 grid(ceil_div(CD / E, 64), ceil_div(b.T, kRun));
     if (K <= 4)  // Bamba and its relatives: half the weight registers of the general case
       conv_out_vec_kernel<T, 4><<<grid, 64, 0, st>>>(out, ldo, xBC, ldx, w, bias, conv_state, int(CD), int(K), b);
     else
       conv_out_vec_kernel<T, kMaxK><<<grid, 64, 0, st>>>(out, ldo, xBC, ldx, w, bias, conv_state, int(CD), int(K), b);
-  }
-  else
+  } else {
     conv_out_kernel<T><<<dim3(ceil_div(CD, 128), ceil_div(b.T, kRun)), 128, 0, st>>>(out, ldo, xBC, ldx, w, bias,
                                                                                      conv_state, int(CD), int(K), b);
+  }
   CUDA_LAUNCH_CHECK();
   if (K > 1) {
     conv_state_kernel<T><<<dim3(ceil_div(CD, 128), unsigned(b.S)), 128, 0, st>>>(xBC, ldx, conv_state, int(CD), int(K), b);

@@ -263,7 +263,7 @@ class CudaBackend final : public Backend {
     // Two element types: the activations' and the SSM state's (F32, or BF16: HybridCache's state option).
     typed([&]<typename T>() {
       dispatch_dtype(ssm_state.dtype, [&]<typename ST>() {
-        cuda::ssd<T, ST>(stream_, a, db_, max_seq_len_, scratch_, scratch_floats_);
+        if (!cuda::ssd_step<T, ST>(stream_, a, db_)) cuda::ssd<T, ST>(stream_, a, db_, max_seq_len_, scratch_, scratch_floats_);
       });
     });
   }

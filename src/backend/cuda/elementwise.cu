@@ -1,6 +1,7 @@
 // Memory-bound elementwise kernels: embedding rows, residual add, bias, SwiGLU, row gathers, fills and dtype
 // conversion. Each is a grid-stride loop or one block per row; none is on a hot path except SwiGLU (one read of
-// [T, 2F], one write of [T, F]), which moves bf16 pairs.
+// [T, 2F], one write of [T, F]), which moves bf16 pairs. SwiGLU and the row gather sit between GEMVs in a decode
+// step and are launched as programmatic dependents (common.cuh).
 #include <cuda_fp16.h>
 
 #include "backend/cuda/kernels.cuh"
@@ -18,6 +19,8 @@ __global__ void embed_kernel(T* out, int64_t ldo, const T* table, int64_t ldt, i
 
 template <typename T>
 __global__ void gather_kernel(T* out, int64_t ldo, const T* x, int64_t ldx, int N, DevBatch b) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t r = blockIdx.x;
   const T* src = x + int64_t(b.logit_rows[r]) * ldx;
   for (int j = threadIdx.x; j < N; j += blockDim.x) out[r * ldo + j] = src[j];
@@ -43,6 +46,8 @@ __global__ void add_bias_kernel(void* y, bool y_f32, int64_t ldy, PView bias, in
 // out = silu(gate) * up, thread per output element.
 template <typename T>
 __global__ void swiglu_kernel(T* out, int64_t ldo, const T* gu, int64_t ldg, int F) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t r = blockIdx.y;
   const T* g = gu + r * ldg;
   const T* u = g + F;
@@ -55,6 +60,8 @@ __global__ void swiglu_kernel(T* out, int64_t ldo, const T* gu, int64_t ldg, int
 template <typename T>
 __global__ void swiglu_vec_kernel(T* out, int64_t ldo, const T* gu, int64_t ldg, int F) {
   constexpr int E = 16 / sizeof(T);
+  pdl_wait();
+  pdl_trigger();
   const int64_t r = blockIdx.y;
   const int j = (blockIdx.x * blockDim.x + threadIdx.x) * E;
   if (j >= F) return;
@@ -112,8 +119,7 @@ void embed(cudaStream_t st, T* out, int64_t ldo, const T* table, int64_t ldt, in
 template <typename T>
 void gather_rows(cudaStream_t st, T* out, int64_t ldo, const T* x, int64_t ldx, int64_t N, const DevBatch& b) {
   if (b.R == 0) return;
-  gather_kernel<<<unsigned(b.R), 256, 0, st>>>(out, ldo, x, ldx, int(N), b);
-  CUDA_LAUNCH_CHECK();
+  launch_pdl(gather_kernel<T>, dim3(unsigned(b.R)), dim3(256), 0, st, out, ldo, x, ldx, int(N), b);
 }
 template <typename T>
 void add_inplace(cudaStream_t st, T* h, int64_t ldh, const T* x, int64_t ldx, int64_t M, int64_t N) {
@@ -132,13 +138,11 @@ void swiglu(cudaStream_t st, T* out, int64_t ldo, const T* gu, int64_t ldg, int6
   constexpr int E = 16 / sizeof(T);
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   if (F % E == 0 && ldo % E == 0 && ldg % E == 0 && aligned(out) && aligned(gu)) {
-    swiglu_vec_kernel<<<dim3(ceil_div(F / E, 128), unsigned(M)), 128, 0, st>>>(out, ldo, gu, ldg, int(F));
-    CUDA_LAUNCH_CHECK();
+    launch_pdl(swiglu_vec_kernel<T>, dim3(ceil_div(F / E, 128), unsigned(M)), dim3(128), 0, st, out, ldo, gu, ldg, int(F));
     return;
   }
   dim3 grid(ceil_div(F, 256), unsigned(M));
-  swiglu_kernel<<<grid, 256, 0, st>>>(out, ldo, gu, ldg, int(F));
-  CUDA_LAUNCH_CHECK();
+  launch_pdl(swiglu_kernel<T>, grid, dim3(256), 0, st, out, ldo, gu, ldg, int(F));
 }
 void fill_uniform(cudaStream_t st, void* p, DType t, int64_t n, uint64_t seed, float lo, float hi) {
   if (n == 0) return;

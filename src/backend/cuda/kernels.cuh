@@ -40,7 +40,7 @@ template <typename T>
 void gated_rmsnorm(cudaStream_t st, T* out, int64_t ldo, const T* y, int64_t ldy, const T* z, int64_t ldz, PView w,
                    int64_t M, int64_t I, int64_t group, float eps);
 
-// conv1d.cu
+// conv1d.cu (decode steps, T == S: one kernel, thread per (sequence, channel))
 template <typename T>
 void conv1d_silu(cudaStream_t st, T* out, int64_t ldo, const T* xBC, int64_t ldx, PView w, PView bias,
                  float* conv_state, int64_t CD, int64_t K, const DevBatch& b, int max_seq_len);
@@ -59,6 +59,10 @@ struct SsdArgs {
 template <typename T, typename ST>
 void ssd(cudaStream_t st, const SsdArgs& a, const DevBatch& b, int max_seq_len, float* scratch, size_t scratch_floats);
 size_t ssd_scratch_floats(const SsdArgs& a, int n_chunks);
+// ssd_step.cu: the decode step (T == S) with vectorised state rows and P split over blocks. False (nothing
+// launched) when the batch is not a decode step or the shape does not suit it (d_state % 4, d_state > 128).
+template <typename T, typename ST>
+bool ssd_step(cudaStream_t st, const SsdArgs& a, const DevBatch& b);
 
 // attention.cu (out, qkv and the pages are T*, typed by the kernel's template parameter)
 struct AttnArgs {

@@ -6,6 +6,8 @@
 // pointers multiples of 16 bytes: every Bamba shape) take 128-thread blocks where a thread keeps up to NV vectors
 // in registers; others take the scalar kernels below. The vector form matters for prefill: with 2-byte loads and
 // 1024-thread blocks an 8192 × 4096 add_rmsnorm took 370 µs (5× its bytes at HBM speed).
+// Every kernel here is launched as a programmatic dependent (common.cuh): weights are loaded before pdl_wait,
+// the rows after.
 #include "backend/cuda/kernels.cuh"
 
 namespace bamba::cuda {
@@ -20,6 +22,14 @@ template <typename T, bool ADD>
 __global__ void __launch_bounds__(kThreads) rmsnorm_kernel(T* out, int64_t ldo, T* h, int64_t ldh, const T* x,
                                                            int64_t ldx, PView w, int H, float eps) {
   __shared__ float sh[32];
+  float wr[kPer];  // the weights: loaded before pdl_wait (they do not depend on the kernel before), off the
+#pragma unroll     // critical path that would otherwise follow the reduction
+  for (int i = 0; i < kPer; ++i) {
+    const int j = threadIdx.x + i * kThreads;
+    wr[i] = j < H ? ld_param(w, j) : 0.f;
+  }
+  pdl_wait();
+  pdl_trigger();
   const int64_t row = blockIdx.x;
   T* hr = h + row * ldh;
   float v[kPer];
@@ -44,7 +54,7 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_kernel(T* out, int64_t ldo, 
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     const int j = threadIdx.x + i * kThreads;
-    if (j < H) out[row * ldo + j] = from_f<T>(ld_param(w, j) * (v[i] * r));
+    if (j < H) out[row * ldo + j] = from_f<T>(wr[i] * (v[i] * r));
   }
 }
 
@@ -54,8 +64,16 @@ __global__ void __launch_bounds__(kThreads) gated_rmsnorm_kernel(T* out, int64_t
                                                                  const T* z, int64_t ldz, PView w, int group,
                                                                  float eps) {
   __shared__ float sh[32];
-  const int64_t row = blockIdx.x;
   const int base = blockIdx.y * group;
+  float wr[kPer];  // as in rmsnorm_kernel: weights before pdl_wait
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int j = threadIdx.x + i * kThreads;
+    wr[i] = j < group ? ld_param(w, base + j) : 0.f;
+  }
+  pdl_wait();
+  pdl_trigger();
+  const int64_t row = blockIdx.x;
   float g[kPer];
   float ss = 0.f;
 #pragma unroll
@@ -68,7 +86,7 @@ __global__ void __launch_bounds__(kThreads) gated_rmsnorm_kernel(T* out, int64_t
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     const int j = threadIdx.x + i * kThreads;
-    if (j < group) out[row * ldo + base + j] = from_f<T>(ld_param(w, base + j) * (g[i] * r));
+    if (j < group) out[row * ldo + base + j] = from_f<T>(wr[i] * (g[i] * r));
   }
 }
 
@@ -93,11 +111,28 @@ struct Vec {
 };
 constexpr int kVecThreads = 128;
 
+// wr[i][e] = w[base + j + e] for this thread's vectors j = (threadIdx.x + i * kVecThreads) * E below n.
+template <typename T, int NV>
+__device__ __forceinline__ void load_weights(float (&wr)[NV][Vec<T>::E], PView w, int base, int n) {
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    const int j = (threadIdx.x + i * kVecThreads) * Vec<T>::E;
+#pragma unroll
+    for (int e = 0; e < Vec<T>::E; ++e) wr[i][e] = j < n ? ld_param(w, base + j + e) : 0.f;
+  }
+}
+
 template <typename T, int NV, bool ADD>
 __global__ void __launch_bounds__(kVecThreads) rmsnorm_vec_kernel(T* out, int64_t ldo, T* h, int64_t ldh, const T* x,
                                                                   int64_t ldx, PView w, int H, float eps) {
   using V = Vec<T>;
   __shared__ float sh[32];
+  // The weights before pdl_wait when they fit in a few registers (H <= 4096 for bf16): off the critical path.
+  constexpr bool kPre = NV * V::E <= 32;
+  float wr[kPre ? NV : 1][V::E];
+  if constexpr (kPre) load_weights<T, NV>(wr, w, 0, H);
+  pdl_wait();
+  pdl_trigger();
   const int64_t row = blockIdx.x;
   T* hr = h + row * ldh;
   V v[NV];
@@ -123,7 +158,7 @@ __global__ void __launch_bounds__(kVecThreads) rmsnorm_vec_kernel(T* out, int64_
     const int j = (threadIdx.x + i * kVecThreads) * V::E;
     if (j >= H) break;
 #pragma unroll
-    for (int e = 0; e < V::E; ++e) v[i].f[e] = ld_param(w, j + e) * (v[i].f[e] * r);
+    for (int e = 0; e < V::E; ++e) v[i].f[e] = (kPre ? wr[kPre ? i : 0][e] : ld_param(w, j + e)) * (v[i].f[e] * r);
     v[i].store(out + row * ldo + j);
   }
 }
@@ -134,8 +169,13 @@ __global__ void __launch_bounds__(kVecThreads) gated_rmsnorm_vec_kernel(T* out, 
                                                                         float eps) {
   using V = Vec<T>;
   __shared__ float sh[32];
-  const int64_t row = blockIdx.x;
   const int base = blockIdx.y * group;
+  constexpr bool kPre = NV * V::E <= 32;  // as in rmsnorm_vec_kernel
+  float wr[kPre ? NV : 1][V::E];
+  if constexpr (kPre) load_weights<T, NV>(wr, w, base, group);
+  pdl_wait();
+  pdl_trigger();
+  const int64_t row = blockIdx.x;
   V g[NV];
   float ss = 0.f;
 #pragma unroll
@@ -157,7 +197,7 @@ __global__ void __launch_bounds__(kVecThreads) gated_rmsnorm_vec_kernel(T* out, 
     const int j = (threadIdx.x + i * kVecThreads) * V::E;
     if (j >= group) break;
 #pragma unroll
-    for (int e = 0; e < V::E; ++e) g[i].f[e] = ld_param(w, base + j + e) * (g[i].f[e] * r);
+    for (int e = 0; e < V::E; ++e) g[i].f[e] = (kPre ? wr[kPre ? i : 0][e] : ld_param(w, base + j + e)) * (g[i].f[e] * r);
     g[i].store(out + row * ldo + base + j);
   }
 }
@@ -195,16 +235,14 @@ void rmsnorm(cudaStream_t st, T* out, int64_t ldo, T* h, int64_t ldh, const T* x
   if (M == 0) return;
   if (const int nv = vectors_per_thread<T>(H, {out, h, x}, {ldo, ldh, x ? ldx : 0})) {
     dispatch_nv(nv, [&]<int NV>() {
-      if (x) rmsnorm_vec_kernel<T, NV, true><<<unsigned(M), kVecThreads, 0, st>>>(out, ldo, h, ldh, x, ldx, w, int(H), eps);
-      else rmsnorm_vec_kernel<T, NV, false><<<unsigned(M), kVecThreads, 0, st>>>(out, ldo, h, ldh, x, ldx, w, int(H), eps);
+      launch_pdl(x ? rmsnorm_vec_kernel<T, NV, true> : rmsnorm_vec_kernel<T, NV, false>, dim3(unsigned(M)),
+                 dim3(kVecThreads), 0, st, out, ldo, h, ldh, x, ldx, w, int(H), eps);
     });
-    CUDA_LAUNCH_CHECK();
     return;
   }
   if (H > kThreads * kPer) fail("cuda rmsnorm: hidden size ", H, " > ", kThreads * kPer);
-  if (x) rmsnorm_kernel<T, true><<<unsigned(M), kThreads, 0, st>>>(out, ldo, h, ldh, x, ldx, w, int(H), eps);
-  else rmsnorm_kernel<T, false><<<unsigned(M), kThreads, 0, st>>>(out, ldo, h, ldh, x, ldx, w, int(H), eps);
-  CUDA_LAUNCH_CHECK();
+  launch_pdl(x ? rmsnorm_kernel<T, true> : rmsnorm_kernel<T, false>, dim3(unsigned(M)), dim3(kThreads), 0, st, out, ldo,
+             h, ldh, x, ldx, w, int(H), eps);
 }
 
 template <typename T>
@@ -214,14 +252,13 @@ void gated_rmsnorm(cudaStream_t st, T* out, int64_t ldo, const T* y, int64_t ldy
   dim3 grid(unsigned(M), unsigned(I / group));
   if (const int nv = vectors_per_thread<T>(group, {out, y, z}, {ldo, ldy, ldz})) {
     dispatch_nv(nv, [&]<int NV>() {
-      gated_rmsnorm_vec_kernel<T, NV><<<grid, kVecThreads, 0, st>>>(out, ldo, y, ldy, z, ldz, w, int(group), eps);
+      launch_pdl(gated_rmsnorm_vec_kernel<T, NV>, grid, dim3(kVecThreads), 0, st, out, ldo, y, ldy, z, ldz, w,
+                 int(group), eps);
     });
-    CUDA_LAUNCH_CHECK();
     return;
   }
   if (group > kThreads * kPer) fail("cuda gated_rmsnorm: group ", group, " > ", kThreads * kPer);
-  gated_rmsnorm_kernel<T><<<grid, kThreads, 0, st>>>(out, ldo, y, ldy, z, ldz, w, int(group), eps);
-  CUDA_LAUNCH_CHECK();
+  launch_pdl(gated_rmsnorm_kernel<T>, grid, dim3(kThreads), 0, st, out, ldo, y, ldy, z, ldz, w, int(group), eps);
 }
 
 #define INST(T)                                                                                                \

@@ -1,0 +1,124 @@
+// The SSD recurrence for decode steps (one new token per sequence): S = exp(Δ A) S + Δ x Bᵀ, y = S C + D x
+// (docs/bamba-model.md §3.2), read from and written back to the slot's state [nh, P, N] (ST: float or bf16).
+//
+// Pure state traffic: at batch 1 a Bamba-9B layer moves 4 MB of fp32 state in and out with almost no arithmetic,
+// so the kernel is shaped for memory parallelism: a block of kWarps warps owns kRowsPerWarp × kWarps state rows
+// p of one (sequence, head) (grid S × nh × P/8: 1,024 blocks at batch 1 instead of the 128 of ssd.cu's one block
+// per head), lane l holds columns 4l..4l+3 of a row (d_state <= 128), loaded and stored as one 16-byte (fp32) or 8-byte
+// (bf16) vector, so a warp moves whole rows (512 or 256 contiguous bytes), and y[p] is one warp reduction. Both
+// rows of a warp are loaded before either is used. B, C, x and Δ come straight from global memory (L1/L2 hits:
+// every block of a sequence reads the same B and C).
+// Same arithmetic as ssd.cu's kSeq mode per element (dA·s + (Δ·x)·B, then Σ C·s in column order per lane and a
+// warp reduction), so the two agree to fp32 rounding.
+#include "backend/cuda/kernels.cuh"
+
+namespace bamba::cuda {
+namespace {
+
+constexpr int kWarps = 4, kRowsPerWarp = 2;
+
+struct Vec4 {
+  float v[4];
+};
+__device__ __forceinline__ Vec4 load4(const float* p) {
+  const float4 f = __ldcs(reinterpret_cast<const float4*>(p));
+  return {{f.x, f.y, f.z, f.w}};
+}
+__device__ __forceinline__ Vec4 load4(const bf16* p) {
+  const uint2 u = __ldcs(reinterpret_cast<const uint2*>(p));
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+  return {{a.x, a.y, b.x, b.y}};
+}
+__device__ __forceinline__ void store4(float* p, const Vec4& v) {
+  __stcs(reinterpret_cast<float4*>(p), make_float4(v.v[0], v.v[1], v.v[2], v.v[3]));
+}
+__device__ __forceinline__ void store4(bf16* p, const Vec4& v) {
+  const __nv_bfloat162 a = __floats2bfloat162_rn(v.v[0], v.v[1]), b = __floats2bfloat162_rn(v.v[2], v.v[3]);
+  uint2 u;
+  u.x = *reinterpret_cast<const unsigned*>(&a);
+  u.y = *reinterpret_cast<const unsigned*>(&b);
+  __stcs(reinterpret_cast<uint2*>(p), u);
+}
+
+// Requires N % 4 == 0 and N <= 128 (checked by the launcher); NJ = 1 column group of 128.
+template <typename T, typename ST, int NJ = 1>
+__global__ void __launch_bounds__(kWarps * 32) ssd_step_kernel(SsdArgs a, DevBatch b) {
+  const int h = blockIdx.y;
+  // Per-head parameters before pdl_wait (weights do not depend on the kernel before).
+  const float A = -expf(ld_param(a.A_log, h)), Dh = ld_param(a.D, h), dtb = ld_param(a.dt_bias, h);
+  pdl_wait();
+  pdl_trigger();
+  const T* xBC = static_cast<const T*>(a.xBC);
+  const T* dt = static_cast<const T*>(a.dt);
+  T* y = static_cast<T*>(a.y);
+  const int s = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int P = a.P, N = a.N, I = a.nh * a.P, g = h / (a.nh / a.G);
+  const int64_t t = s;  // decode: token s is sequence s's only new token
+  const bool from_slot = b.past_len[s] > 0;
+  ST* state = static_cast<ST*>(a.state) + (int64_t(b.slot[s]) * a.nh + h) * P * N;  // [P, N]
+  const int p0 = (blockIdx.z * kWarps + warp) * kRowsPerWarp;
+
+  Vec4 st[kRowsPerWarp][NJ];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+      const int p = p0 + r, n = 4 * lane + 128 * j;
+      if (from_slot && p < P && n < N) st[r][j] = load4(state + int64_t(p) * N + n);
+      else st[r][j] = {{0.f, 0.f, 0.f, 0.f}};
+    }
+
+  const T* row = xBC + t * a.ldx;
+  const float delta = fminf(fmaxf(softplus_f(to_f(dt[t * a.lddt + h]) + dtb), a.dt_min), a.dt_max);
+  const float dA = expf(delta * A);
+  float Bv[NJ][4], Cv[NJ][4];
+#pragma unroll
+  for (int j = 0; j < NJ; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int n = 4 * lane + 128 * j + e;
+      Bv[j][e] = n < N ? to_f(row[I + g * N + n]) : 0.f;
+      Cv[j][e] = n < N ? to_f(row[I + a.G * N + g * N + n]) : 0.f;
+    }
+
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int p = p0 + r;
+    if (p >= P) break;  // warp-uniform
+    const float xp = to_f(row[h * P + p]), dx = delta * xp;
+    float acc = 0.f;
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+      const int n = 4 * lane + 128 * j;
+      if (n < N) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          st[r][j].v[e] = dA * st[r][j].v[e] + dx * Bv[j][e];
+          acc += Cv[j][e] * st[r][j].v[e];
+        }
+        store4(state + int64_t(p) * N + n, st[r][j]);
+      }
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) y[t * a.ldy + h * P + p] = from_f<T>(acc + Dh * xp);
+  }
+}
+
+}  // namespace
+
+template <typename T, typename ST>
+bool ssd_step(cudaStream_t st, const SsdArgs& a, const DevBatch& b) {
+  if (b.T != b.S || b.T == 0 || a.N % 4 || a.N > 128 || a.nh % a.G) return false;
+  const dim3 grid(unsigned(b.S), unsigned(a.nh), ceil_div(a.P, kWarps * kRowsPerWarp));
+  launch_pdl(ssd_step_kernel<T, ST>, grid, dim3(kWarps * 32), 0, st, a, b);
+  return true;
+}
+
+#define INST_ST(T, ST) template bool ssd_step<T, ST>(cudaStream_t, const SsdArgs&, const DevBatch&);
+#define INST(T) INST_ST(T, float) INST_ST(T, bf16)
+BAMBA_CUDA_DTYPES(INST)
+#undef INST
+#undef INST_ST
+
+}  // namespace bamba::cuda
