@@ -58,7 +58,8 @@ struct SsdArgs {
 };
 template <typename T, typename ST>
 void ssd(cudaStream_t st, const SsdArgs& a, const DevBatch& b, int max_seq_len, float* scratch, size_t scratch_floats);
-size_t ssd_scratch_floats(const SsdArgs& a, int n_chunks);
+// Scratch floats ssd() needs for this batch (0: none); bf16_compute: whether T is bf16 (the tensor-core path).
+size_t ssd_scratch_floats(const SsdArgs& a, const DevBatch& b, int max_seq_len, bool bf16_compute);
 
 // attention.cu (out, qkv and the pages are T*, typed by the kernel's template parameter)
 struct AttnArgs {
