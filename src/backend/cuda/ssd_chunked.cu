@@ -96,6 +96,34 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// 16 bytes global → shared without passing through registers; full = false writes zeros (nothing is read).
+__device__ __forceinline__ void cp_async16(bf16* dst, const bf16* src, bool full) {
+  const unsigned d = unsigned(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(full ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>  // wait until at most kPending of this thread's committed groups are still in flight
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory"); }
+
+// Like load_tile below, but asynchronous (cp.async; the caller commits and waits) when `vec` — then cols is a
+// multiple of 8, so a run is wholly inside or wholly padding; otherwise the synchronous copy.
+template <int W, int LD>
+__device__ __forceinline__ void load_tile_async(bf16* dst, const bf16* src, int64_t ld, int rows, int cols, bool vec) {
+  constexpr int kRuns = W / 8;
+  for (int i = threadIdx.x; i < kTile * kRuns; i += kThreads) {
+    const int r = i / kRuns, c = (i % kRuns) * 8;
+    bf16* d = dst + r * LD + c;
+    if (vec) {
+      const bool full = r < rows && c < cols;
+      cp_async16(d, full ? src + int64_t(r) * ld + c : src, full);
+    } else {
+      const bf16* s = src + int64_t(r) * ld + c;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) d[k] = r < rows && c + k < cols ? s[k] : __float2bfloat16_rn(0.f);
+    }
+  }
+}
+
 // dst[r][c] (row stride LD) = src[r * ld + c] for r < rows, c < cols, else 0, over 64 rows × W columns; with
 // `scale` (shared memory, 64 floats) row r is multiplied by scale[r] in fp32 before rounding to bf16. `vec`: src
 // and ld allow 16-byte loads (8 bf16) wherever a run of 8 lies inside cols.
@@ -127,10 +155,15 @@ __device__ __forceinline__ int chunk_len(const Chunks& ch, const DevBatch& b, in
 }
 
 // 1. Per (chunk, head): Δ, cum, and S_c = Σ_s (x_s w_s) B_sᵀ. Warp w owns state rows p = 16w .. 16w+15, all N.
+// The x and B tiles are double-buffered (cp.async, the first issued before Δ is computed); w_s is applied to the
+// A fragments in registers, split as hi + lo (two bf16, two mma) so that x_s w_s keeps ~16 bits instead of
+// bf16's 8: the chunk state is the one result every later token of the sequence reads.
+constexpr size_t kStateSmem = size_t(2) * kTile * (kLdP + kLdN) * sizeof(bf16);
 __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs a, DevBatch b, Chunks ch, Scratch sc, int vec) {
-  __shared__ __align__(16) bf16 xs[kTile * kLdP];  // [s][p]  x_s w_s
-  __shared__ __align__(16) bf16 bs[kTile * kLdN];  // [s][n]  B_s
-  __shared__ float cum[kMaxQ], w[kMaxQ];           // [Q]
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* xs = reinterpret_cast<bf16*>(smem);  // [2][s][p]  x_s
+  bf16* bs = xs + 2 * kTile * kLdP;          // [2][s][n]  B_s
+  __shared__ __align__(16) float cum[kMaxQ], w[kMaxQ];  // [Q]
   __shared__ float wsum[kThreads / 32];
   const bf16* xBC = static_cast<const bf16*>(a.xBC);
   const bf16* dt = static_cast<const bf16*>(a.dt);
@@ -138,6 +171,14 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs a, DevBat
   const int t0 = ch.begin[c], n = chunk_len(ch, b, c);
   const int P = a.P, N = a.N, I = a.nh * P, g = h / (a.nh / a.G);
   const float A = -expf(ld_param(a.A_log, h)), dtb = ld_param(a.dt_bias, h);
+  const bf16* rows = xBC + int64_t(t0) * a.ldx;
+  auto issue = [&](int it) {  // s tile `it` into buffer it % 2
+    const int s0 = it * kTile, buf = it & 1;
+    load_tile_async<kPMax, kLdP>(xs + buf * kTile * kLdP, rows + int64_t(s0) * a.ldx + h * P, a.ldx, n - s0, P, vec);
+    load_tile_async<kNMax, kLdN>(bs + buf * kTile * kLdN, rows + int64_t(s0) * a.ldx + I + g * N, a.ldx, n - s0, N, vec);
+    cp_async_commit();
+  };
+  issue(0);
 
   // Δ and the inclusive prefix sums of Δ A over the chunk; thread i owns tokens 2i and 2i+1.
   const int i0 = 2 * tid;
@@ -173,32 +214,56 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs a, DevBat
   float acc[16][4];  // [n8 tile][fragment]: S_c rows 16w + g (+8), cols 8j + 2q (+1)
 #pragma unroll
   for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-  const int pw = 16 * warp, nk = (N + 15) / 16;
-  const bf16* rows = xBC + int64_t(t0) * a.ldx;
-  for (int s0 = 0; s0 < n; s0 += kTile) {
-    __syncthreads();  // w is written; the previous tile's reads are done
-    load_tile<kPMax, kLdP>(xs, rows + int64_t(s0) * a.ldx + h * P, a.ldx, n - s0, P, vec, w + s0);
-    load_tile<kNMax, kLdN>(bs, rows + int64_t(s0) * a.ldx + I + g * N, a.ldx, n - s0, N, vec);
-    __syncthreads();
-    if (pw >= P) continue;  // warp-uniform: rows past head_dim
+  const int pw = 16 * warp, nk = (N + 15) / 16, q = lane & 3;
+  const int n_tiles = (n + kTile - 1) / kTile;
+  for (int it = 0; it < n_tiles; ++it) {
+    const int s0 = it * kTile;
+    if (it + 1 < n_tiles) {
+      issue(it + 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // tile `it` (and, the first time, w) is visible to every thread
+    const bf16* xt = xs + (it & 1) * kTile * kLdP;
+    const bf16* bt = bs + (it & 1) * kTile * kLdN;
+    if (pw < P) {  // warp-uniform: rows past head_dim
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      if (s0 + 16 * kk >= n) break;  // the rest of the tile is padding
-      uint32_t af[4];                 // A[p][s] = xs[s][p]: transposed
-      ldsm4_t(af, xs + (16 * kk + (lane & 7) + (lane >> 4) * 8) * kLdP + pw + ((lane >> 3) & 1) * 8);
+      for (int kk = 0; kk < 4; ++kk) {
+        if (s0 + 16 * kk >= n) break;  // the rest of the tile is padding
+        uint32_t xf[4];                 // A[p][s] = xt[s][p]: transposed
+        ldsm4_t(xf, xt + (16 * kk + (lane & 7) + (lane >> 4) * 8) * kLdP + pw + ((lane >> 3) & 1) * 8);
+        // xf[0], xf[1] hold s = 2q, 2q+1 of the k step; xf[2], xf[3] hold s = 2q+8, 2q+9.
+        const float2 wl = *reinterpret_cast<const float2*>(w + s0 + 16 * kk + 2 * q);
+        const float2 wh = *reinterpret_cast<const float2*>(w + s0 + 16 * kk + 2 * q + 8);
+        uint32_t hi[4], lo[4];
 #pragma unroll
-      for (int nn = 0; nn < 8; ++nn) {
-        if (nn >= nk) break;
-        uint32_t bf[4];  // B[s][n] = bs[s][n], n8 tiles 2nn and 2nn+1
-        ldsm4_t(bf, bs + (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdN + 16 * nn + (lane >> 4) * 8);
-        mma(acc[2 * nn], af, bf[0], bf[1]);
-        mma(acc[2 * nn + 1], af, bf[2], bf[3]);
+        for (int r = 0; r < 4; ++r) {
+          const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&xf[r]));
+          const float2 ws = r < 2 ? wl : wh;
+          const float va = x.x * ws.x, vb = x.y * ws.y;
+          const __nv_bfloat162 vh = __floats2bfloat162_rn(va, vb);
+          const float2 vhf = __bfloat1622float2(vh);
+          hi[r] = *reinterpret_cast<const uint32_t*>(&vh);
+          lo[r] = pack_bf16(va - vhf.x, vb - vhf.y);
+        }
+#pragma unroll
+        for (int nn = 0; nn < 8; ++nn) {
+          if (nn >= nk) break;
+          uint32_t bf[4];  // B[s][n] = bt[s][n], n8 tiles 2nn and 2nn+1
+          ldsm4_t(bf, bt + (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdN + 16 * nn + (lane >> 4) * 8);
+          mma(acc[2 * nn], hi, bf[0], bf[1]);
+          mma(acc[2 * nn], lo, bf[0], bf[1]);
+          mma(acc[2 * nn + 1], hi, bf[2], bf[3]);
+          mma(acc[2 * nn + 1], lo, bf[2], bf[3]);
+        }
       }
     }
+    __syncthreads();  // buffer it % 2 is read; tile it + 2 may overwrite it
   }
   if (pw >= P) return;
   float* dst = sc.local + (int64_t(c) * a.nh + h) * P * N;  // [P, N]
-  const int gr = lane >> 2, q = lane & 3;
+  const int gr = lane >> 2;
 #pragma unroll
   for (int j = 0; j < 16; ++j) {
     const int col = 8 * j + 2 * q;
@@ -272,30 +337,53 @@ __global__ void carry_kernel(SsdArgs a, DevBatch b, Chunks ch, Scratch sc) {
   const int64_t stride = int64_t(a.nh) * PN;  // from one chunk to the next
   int64_t at = (int64_t(k0) * a.nh + h) * PN + e;
   float run = past ? to_f(slot[e]) : 0.f;
-  float next = local[at];
-  for (int k = k0; k < k1; ++k, at += stride) {
-    const float cur = next;
-    if (k + 1 < k1) next = local[at + stride];  // in flight while this step's store goes out
-    if (k > k0 || past) s_in[at] = __float2bfloat16_rn(run);
-    run = expf(sc.dec[int64_t(k) * a.nh + h]) * run + cur;
+  // Chunks 8 at a time: their loads in flight together, then the serial updates.
+  constexpr int kGroup = 8;
+  for (int k = k0; k < k1; k += kGroup, at += kGroup * stride) {
+    float loc[kGroup], dec[kGroup];
+#pragma unroll
+    for (int i = 0; i < kGroup; ++i)
+      if (k + i < k1) loc[i] = local[at + i * stride], dec[i] = sc.dec[int64_t(k + i) * a.nh + h];
+#pragma unroll
+    for (int i = 0; i < kGroup; ++i)
+      if (k + i < k1) {
+        if (k + i > k0 || past) s_in[at + i * stride] = __float2bfloat16_rn(run);
+        run = expf(dec[i]) * run + loc[i];
+      }
   }
   slot[e] = from_f<ST>(run);
 }
 
 // 4. Per (head, 64-token t tile, chunk): y for the tile. Warp w owns rows t = 16w .. 16w+15 and all P columns.
+// The x tiles are double-buffered (cp.async): tile 0 loads together with C and S_in, tile sj+1 while tile sj is
+// multiplied; the second x buffer reuses C's space, which is dead after term 1. Each C Bᵀ fragment is loaded
+// before the barrier that precedes its use.
 __global__ void __launch_bounds__(kThreads) output_kernel(SsdArgs a, DevBatch b, Chunks ch, Scratch sc, int vec,
                                                           int vec_y) {
-  __shared__ __align__(16) bf16 cs[kTile * kLdN];  // [t][n]  C_t
-  __shared__ __align__(16) bf16 ss[kPMax * kLdN];  // [p][n]  S_in
-  __shared__ __align__(16) bf16 xs[kTile * kLdP];  // [s][p]  x_s
-  __shared__ float cum[kMaxQ], dl[kMaxQ];          // [Q]     cum_s, Δ_s of the chunk
-  __shared__ __align__(8) float ecol[kTile];       // [s]     exp(cum_end(s tile) − cum_s) Δ_s
+  __shared__ __align__(16) bf16 sbuf[2 * kTile * kLdN + kTile * kLdP];
+  bf16* cs = sbuf;                   // [t][n]  C_t (term 1 only)
+  bf16* ss = sbuf + kTile * kLdN;    // [p][n]  S_in
+  auto xbuf = [&](int k) { return k ? sbuf : sbuf + 2 * kTile * kLdN; };  // [s][p]  x_s; buffer 1 is cs's space
+  __shared__ __align__(16) float cum[kMaxQ], dl[kMaxQ];  // [Q]  cum_s, Δ_s of the chunk
+  __shared__ __align__(16) float ecol[kTile];            // [s]  exp(cum_end(s tile) − cum_s) Δ_s
   const bf16* xBC = static_cast<const bf16*>(a.xBC);
   const int h = blockIdx.x, ti = blockIdx.y, c = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int s = ch.seq[c], t0 = ch.begin[c], n = chunk_len(ch, b, c);
   if (ti * kTile >= n) return;
   const int P = a.P, N = a.N, I = a.nh * P, g = h / (a.nh / a.G), QT = ch.Q / kTile;
   const int np = (P + 15) / 16, nk = (N + 15) / 16;
+  const bf16* rows = xBC + int64_t(t0) * a.ldx;
+  auto issue_x = [&](int sj) {
+    load_tile_async<kPMax, kLdP>(xbuf(sj & 1), rows + int64_t(sj * kTile) * a.ldx + h * P, a.ldx, n - sj * kTile, P, vec);
+  };
+  const bool has_in = c != ch.first[s] || b.past_len[s] > 0;  // S_in is not zero
+  issue_x(0);
+  if (has_in) {
+    load_tile_async<kNMax, kLdN>(cs, rows + int64_t(ti * kTile) * a.ldx + I + a.G * N + g * N, a.ldx, n - ti * kTile,
+                                 N, vec);
+    load_tile_async<kNMax, kLdN>(ss, sc.s_in + (int64_t(c) * a.nh + h) * P * N, N, P, N, vec);
+  }
+  cp_async_commit();
 
   // Padding tokens past the chunk's end get Δ = 0 and the last cum, so their terms vanish without NaNs.
   const float* cumh = sc.cum + int64_t(h) * b.T + t0;
@@ -306,15 +394,13 @@ __global__ void __launch_bounds__(kThreads) output_kernel(SsdArgs a, DevBatch b,
   }
   const int gr = lane >> 2, q = lane & 3;
   const int tc0 = ti * kTile + 16 * warp + gr, tc1 = tc0 + 8;  // this thread's two rows, chunk-local
-  const bf16* rows = xBC + int64_t(t0) * a.ldx;
+  cp_async_wait<0>();
+  __syncthreads();
 
   float acc[8][4];  // [p n8 tile][fragment]: y rows tc0 / tc1, cols 8j + 2q (+1)
 #pragma unroll
   for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-  if (c != ch.first[s] || b.past_len[s] > 0) {  // S_in is not zero
-    load_tile<kNMax, kLdN>(cs, rows + int64_t(ti * kTile) * a.ldx + I + a.G * N + g * N, a.ldx, n - ti * kTile, N, vec);
-    load_tile<kNMax, kLdN>(ss, sc.s_in + (int64_t(c) * a.nh + h) * P * N, N, P, N, N % 8 == 0);
-    __syncthreads();
+  if (has_in) {
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
       if (kk >= nk) break;
@@ -335,39 +421,43 @@ __global__ void __launch_bounds__(kThreads) output_kernel(SsdArgs a, DevBatch b,
   }
 
   const float4* cbt = reinterpret_cast<const float4*>(sc.cb + ((int64_t(c) * a.G + g) * QT + ti) * QT * kCbTile);
+  const float ct0 = cum[tc0], ct1 = cum[tc1];
   for (int sj = 0; sj <= ti; ++sj) {
-    __syncthreads();  // cum/dl are written; the previous tile's reads of xs are done
-    load_tile<kPMax, kLdP>(xs, rows + int64_t(sj * kTile) * a.ldx + h * P, a.ldx, n - sj * kTile, P, vec);
+    const float4* cbf = cbt + int64_t(sj) * (kCbTile / 4) + warp * 8 * 32 + lane;
+    float4 v[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = cbf[j * 32];
+    __syncthreads();  // the buffer tile sj+1 goes to (cs, or tile sj-1) and ecol are no longer read
+    if (sj < ti) issue_x(sj + 1);
+    cp_async_commit();
     // Below the diagonal every s precedes every t, so exp(cum_t − cum_s) = exp(cum_t − base) · exp(base − cum_s)
     // with base = cum at the s tile's last token: both factors ≤ 1, and 2 + 64/128 exps per thread instead of 32.
     const float base = cum[sj * kTile + kTile - 1];
     if (sj < ti && tid < kTile) ecol[tid] = __expf(base - cum[sj * kTile + tid]) * dl[sj * kTile + tid];
+    cp_async_wait<1>();  // tile sj has landed (tile sj+1 may still be in flight)
     __syncthreads();
+    const bf16* xs = xbuf(sj & 1);
     // On the diagonal tile, k steps past the warp's last row are masked out entirely.
     const int kmax = sj == ti ? warp + 1 : 4;
-    const float4* cbf = cbt + int64_t(sj) * (kCbTile / 4) + warp * 8 * 32 + lane;
-    const float ct0 = cum[tc0], ct1 = cum[tc1];
     uint32_t pa[4][4];  // A fragments of the 16×64 decay-scaled, masked C Bᵀ block, k step kk = n8 tiles 2kk, 2kk+1
     if (sj < ti) {
       const float r0 = __expf(ct0 - base), r1 = __expf(ct1 - base);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        const float4 v = cbf[j * 32];
         const float2 e = *reinterpret_cast<const float2*>(ecol + 8 * j + 2 * q);
-        pa[j / 2][(j & 1) * 2] = pack_bf16(v.x * r0 * e.x, v.y * r0 * e.y);
-        pa[j / 2][(j & 1) * 2 + 1] = pack_bf16(v.z * r1 * e.x, v.w * r1 * e.y);
+        pa[j / 2][(j & 1) * 2] = pack_bf16(v[j].x * r0 * e.x, v[j].y * r0 * e.y);
+        pa[j / 2][(j & 1) * 2 + 1] = pack_bf16(v[j].z * r1 * e.x, v[j].w * r1 * e.y);
       }
     } else {
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         if (j / 2 >= kmax) break;
-        const float4 v = cbf[j * 32];
         const int sa = sj * kTile + 8 * j + 2 * q, sb = sa + 1;
         const float ca = cum[sa], cb = cum[sb], da = dl[sa], db = dl[sb];
-        const float p00 = sa <= tc0 ? v.x * __expf(ct0 - ca) * da : 0.f;
-        const float p01 = sb <= tc0 ? v.y * __expf(ct0 - cb) * db : 0.f;
-        const float p10 = sa <= tc1 ? v.z * __expf(ct1 - ca) * da : 0.f;
-        const float p11 = sb <= tc1 ? v.w * __expf(ct1 - cb) * db : 0.f;
+        const float p00 = sa <= tc0 ? v[j].x * __expf(ct0 - ca) * da : 0.f;
+        const float p01 = sb <= tc0 ? v[j].y * __expf(ct0 - cb) * db : 0.f;
+        const float p10 = sa <= tc1 ? v[j].z * __expf(ct1 - ca) * da : 0.f;
+        const float p11 = sb <= tc1 ? v[j].w * __expf(ct1 - cb) * db : 0.f;
         pa[j / 2][(j & 1) * 2] = pack_bf16(p00, p01);
         pa[j / 2][(j & 1) * 2 + 1] = pack_bf16(p10, p11);
       }
@@ -386,7 +476,8 @@ __global__ void __launch_bounds__(kThreads) output_kernel(SsdArgs a, DevBatch b,
     }
   }
 
-  // xs still holds the diagonal tile, i.e. this tile's own x_t.
+  // The last x buffer holds the diagonal tile, i.e. this tile's own x_t.
+  const bf16* xs = xbuf(ti & 1);
   const float Dh = ld_param(a.D, h);
   const int nrows = min(kTile, n - ti * kTile);
   bf16* y = static_cast<bf16*>(a.y) + (int64_t(t0) + ti * kTile) * a.ldy + int64_t(h) * P;
@@ -430,7 +521,12 @@ void ssd_chunked(cudaStream_t st, const SsdArgs& a, const DevBatch& b, float* sc
   const int vec = aligned(a.xBC, 16) && a.ldx % 8 == 0 && a.P % 8 == 0 && a.N % 8 == 0;
   const int vec_y = aligned(a.y, 4) && a.ldy % 2 == 0 && a.P % 2 == 0;
   const unsigned nc = unsigned(b.n_chunks), qt = unsigned(b.chunk_q / kTile), nh = unsigned(a.nh);
-  chunk_state_kernel<<<dim3(nc, nh), kThreads, 0, st>>>(a, b, ch, sc, vec);
+  static const bool smem_set = [] {  // 53 KB of double buffers: over the 48 KB default
+    CUDA_CHECK(cudaFuncSetAttribute(chunk_state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kStateSmem)));
+    return true;
+  }();
+  (void)smem_set;
+  chunk_state_kernel<<<dim3(nc, nh), kThreads, kStateSmem, st>>>(a, b, ch, sc, vec);
   CUDA_LAUNCH_CHECK();
   cb_kernel<<<dim3(qt, unsigned(a.G), nc), kThreads, 0, st>>>(a, b, ch, sc, vec);
   CUDA_LAUNCH_CHECK();
