@@ -9,9 +9,9 @@
 // Every exponent is ≤ 0, so nothing overflows. Four kernels:
 //   1. chunk_state (chunk, head): Δ and cum of the chunk (kept in scratch for 4), then S_c as a GEMM with
 //      x_s·w_s (w_s = Δ_s exp(cum_end − cum_s), rounded to bf16 as mamba_ssm's Triton kernel does) and B_s;
-//   2. cb (64-token t tile, group, chunk): C Bᵀ, shared by all heads of a group (n_groups = 1 in Bamba: once
-//      instead of 128 times), stored in the mma accumulator layout so kernel 4 reads it back with one float4
-//      per fragment;
+//   2. cb (t tile, s tile, group, chunk): C Bᵀ, shared by all heads of a group (n_groups = 1 in Bamba: once
+//      instead of 128 times), stored as bf16 in the mma accumulator layout so kernel 4 reads it back with one
+//      8-byte load per fragment;
 //   3. carry (state element, head, sequence): the serial walk over a sequence's chunks, writing S_in as bf16;
 //   4. output (head, 64-token t tile, chunk): term 1 from S_in, then per 64-token s tile up to the diagonal the
 //      decay-scaled, causally masked C Bᵀ straight from accumulator registers into A fragments (the C layout of
@@ -51,14 +51,14 @@ struct Scratch {
   float* delta;  // [nh, T]                           Δ_t
   float* local;  // [n_chunks, nh, P, N]              S_c, fp32
   bf16* s_in;    // [n_chunks, nh, P, N]              S_in, bf16 (only the output GEMM reads it)
-  float* cb;     // [n_chunks, G, Q/64, Q/64, 64·64]  C Bᵀ per (t tile, s tile), accumulator order
+  bf16* cb;      // [n_chunks, G, Q/64, Q/64, 64·64]  C Bᵀ per (t tile, s tile), accumulator order
 };
 
 struct Layout {
   size_t dec, cum, delta, local, s_in, cb, total;
 };
 Layout layout(const SsdArgs& a, const DevBatch& b) {
-  auto r32 = [](size_t x) { return (x + 31) / 32 * 32; };  // 128-byte aligned parts (float4 reads of cb)
+  auto r32 = [](size_t x) { return (x + 31) / 32 * 32; };  // 128-byte aligned parts
   const size_t nc = size_t(b.n_chunks), nh = size_t(a.nh), T = size_t(b.T), PN = size_t(a.P) * size_t(a.N);
   const size_t qt = size_t(b.chunk_q / kTile);
   Layout l{};
@@ -68,7 +68,7 @@ Layout layout(const SsdArgs& a, const DevBatch& b) {
   l.delta = o, o += r32(nh * T);
   l.local = o, o += r32(nc * nh * PN);
   l.s_in = o, o += r32((nc * nh * PN + 1) / 2);
-  l.cb = o, o += nc * size_t(a.G) * qt * qt * kCbTile;
+  l.cb = o, o += nc * size_t(a.G) * qt * qt * kCbTile / 2;  // bf16
   l.total = o;
   return l;
 }
@@ -94,6 +94,13 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// The four bf16 of a uint2 (two fragment registers) as floats.
+__device__ __forceinline__ float4 unpack4(uint2 u) {
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
 }
 
 // 16 bytes global → shared without passing through registers; full = false writes zeros (nothing is read).
@@ -282,44 +289,42 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs a, DevBat
   }
 }
 
-// 2. Per (64-token t tile, group, chunk): C Bᵀ for every s tile up to the diagonal, 64×64 fp32 each. Warp w owns
-// rows t = 16w .. 16w+15; the tile is stored as [warp][n8 tile j][lane] float4 = (c0, c1, c2, c3), which is how
-// kernel 4's threads hold it.
+// 2. Per (t tile, s tile ≤ t tile, group, chunk): one 64×64 block of C Bᵀ. Warp w owns rows t = 16w .. 16w+15;
+// the block is stored in bf16 as [warp][n8 tile j][lane] uint2 = (c0 c1, c2 c3), which is how kernel 4's threads
+// hold it (bf16 halves kernel 4's largest L2 read; the product is rounded to bf16 for the mma there anyway).
 __global__ void __launch_bounds__(kThreads) cb_kernel(SsdArgs a, DevBatch b, Chunks ch, Scratch sc, int vec) {
   __shared__ __align__(16) bf16 cs[kTile * kLdN];  // [t][n]  C_t
   __shared__ __align__(16) bf16 bs[kTile * kLdN];  // [s][n]  B_s
   const bf16* xBC = static_cast<const bf16*>(a.xBC);
-  const int ti = blockIdx.x, g = blockIdx.y, c = blockIdx.z, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int QT = ch.Q / kTile, ti = blockIdx.x / QT, sj = blockIdx.x % QT, g = blockIdx.y, c = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int t0 = ch.begin[c], n = chunk_len(ch, b, c);
-  if (ti * kTile >= n) return;
-  const int N = a.N, I = a.nh * a.P, QT = ch.Q / kTile, nk = (N + 15) / 16;
+  if (sj > ti || ti * kTile >= n) return;
+  const int N = a.N, I = a.nh * a.P, nk = (N + 15) / 16;
   const bf16* rows = xBC + int64_t(t0) * a.ldx;
   load_tile<kNMax, kLdN>(cs, rows + int64_t(ti * kTile) * a.ldx + I + a.G * N + g * N, a.ldx, n - ti * kTile, N, vec);
-  float4* out = reinterpret_cast<float4*>(sc.cb + ((int64_t(c) * a.G + g) * QT + ti) * QT * kCbTile);
-  for (int sj = 0; sj <= ti; ++sj) {
-    __syncthreads();  // cs is written; the previous tile's reads of bs are done
-    load_tile<kNMax, kLdN>(bs, rows + int64_t(sj * kTile) * a.ldx + I + g * N, a.ldx, n - sj * kTile, N, vec);
-    __syncthreads();
-    float acc[8][4];  // [s n8 tile][fragment]
+  load_tile<kNMax, kLdN>(bs, rows + int64_t(sj * kTile) * a.ldx + I + g * N, a.ldx, n - sj * kTile, N, vec);
+  __syncthreads();
+  float acc[8][4];  // [s n8 tile][fragment]
 #pragma unroll
-    for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      if (kk >= nk) break;
-      uint32_t af[4];  // A[t][n] = cs[t][n]
-      ldsm4(af, cs + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdN + 16 * kk + (lane >> 4) * 8);
+  for (int kk = 0; kk < 8; ++kk) {
+    if (kk >= nk) break;
+    uint32_t af[4];  // A[t][n] = cs[t][n]
+    ldsm4(af, cs + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdN + 16 * kk + (lane >> 4) * 8);
 #pragma unroll
-      for (int pp = 0; pp < 4; ++pp) {
-        uint32_t bf[4];  // B[n][s] = bs[s][n]: s n8 tiles 2pp and 2pp+1
-        ldsm4(bf, bs + (16 * pp + (lane & 7) + (lane >> 4) * 8) * kLdN + 16 * kk + ((lane >> 3) & 1) * 8);
-        mma(acc[2 * pp], af, bf[0], bf[1]);
-        mma(acc[2 * pp + 1], af, bf[2], bf[3]);
-      }
+    for (int pp = 0; pp < 4; ++pp) {
+      uint32_t bf[4];  // B[n][s] = bs[s][n]: s n8 tiles 2pp and 2pp+1
+      ldsm4(bf, bs + (16 * pp + (lane & 7) + (lane >> 4) * 8) * kLdN + 16 * kk + ((lane >> 3) & 1) * 8);
+      mma(acc[2 * pp], af, bf[0], bf[1]);
+      mma(acc[2 * pp + 1], af, bf[2], bf[3]);
     }
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-      out[int64_t(sj) * (kCbTile / 4) + (warp * 8 + j) * 32 + lane] = make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
   }
+  uint2* out = reinterpret_cast<uint2*>(sc.cb + (((int64_t(c) * a.G + g) * QT + ti) * QT + sj) * kCbTile);
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    out[(warp * 8 + j) * 32 + lane] = make_uint2(pack_bf16(acc[j][0], acc[j][1]), pack_bf16(acc[j][2], acc[j][3]));
 }
 
 // 3. Per (state element, head, sequence): S_in of every chunk after the first (and of the first when the
@@ -420,13 +425,13 @@ __global__ void __launch_bounds__(kThreads) output_kernel(SsdArgs a, DevBatch b,
     for (int j = 0; j < 8; ++j) acc[j][0] *= e0, acc[j][1] *= e0, acc[j][2] *= e1, acc[j][3] *= e1;
   }
 
-  const float4* cbt = reinterpret_cast<const float4*>(sc.cb + ((int64_t(c) * a.G + g) * QT + ti) * QT * kCbTile);
+  const uint2* cbt = reinterpret_cast<const uint2*>(sc.cb + ((int64_t(c) * a.G + g) * QT + ti) * QT * kCbTile);
   const float ct0 = cum[tc0], ct1 = cum[tc1];
   for (int sj = 0; sj <= ti; ++sj) {
-    const float4* cbf = cbt + int64_t(sj) * (kCbTile / 4) + warp * 8 * 32 + lane;
-    float4 v[8];
+    const uint2* cbf = cbt + int64_t(sj) * (kCbTile / 4) + warp * 8 * 32 + lane;
+    uint2 u[8];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = cbf[j * 32];
+    for (int j = 0; j < 8; ++j) u[j] = cbf[j * 32];
     __syncthreads();  // the buffer tile sj+1 goes to (cs, or tile sj-1) and ecol are no longer read
     if (sj < ti) issue_x(sj + 1);
     cp_async_commit();
@@ -444,20 +449,22 @@ __global__ void __launch_bounds__(kThreads) output_kernel(SsdArgs a, DevBatch b,
       const float r0 = __expf(ct0 - base), r1 = __expf(ct1 - base);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
+        const float4 v = unpack4(u[j]);
         const float2 e = *reinterpret_cast<const float2*>(ecol + 8 * j + 2 * q);
-        pa[j / 2][(j & 1) * 2] = pack_bf16(v[j].x * r0 * e.x, v[j].y * r0 * e.y);
-        pa[j / 2][(j & 1) * 2 + 1] = pack_bf16(v[j].z * r1 * e.x, v[j].w * r1 * e.y);
+        pa[j / 2][(j & 1) * 2] = pack_bf16(v.x * r0 * e.x, v.y * r0 * e.y);
+        pa[j / 2][(j & 1) * 2 + 1] = pack_bf16(v.z * r1 * e.x, v.w * r1 * e.y);
       }
     } else {
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         if (j / 2 >= kmax) break;
+        const float4 v = unpack4(u[j]);
         const int sa = sj * kTile + 8 * j + 2 * q, sb = sa + 1;
         const float ca = cum[sa], cb = cum[sb], da = dl[sa], db = dl[sb];
-        const float p00 = sa <= tc0 ? v[j].x * __expf(ct0 - ca) * da : 0.f;
-        const float p01 = sb <= tc0 ? v[j].y * __expf(ct0 - cb) * db : 0.f;
-        const float p10 = sa <= tc1 ? v[j].z * __expf(ct1 - ca) * da : 0.f;
-        const float p11 = sb <= tc1 ? v[j].w * __expf(ct1 - cb) * db : 0.f;
+        const float p00 = sa <= tc0 ? v.x * __expf(ct0 - ca) * da : 0.f;
+        const float p01 = sb <= tc0 ? v.y * __expf(ct0 - cb) * db : 0.f;
+        const float p10 = sa <= tc1 ? v.z * __expf(ct1 - ca) * da : 0.f;
+        const float p11 = sb <= tc1 ? v.w * __expf(ct1 - cb) * db : 0.f;
         pa[j / 2][(j & 1) * 2] = pack_bf16(p00, p01);
         pa[j / 2][(j & 1) * 2 + 1] = pack_bf16(p10, p11);
       }
@@ -516,7 +523,7 @@ template <typename ST>
 void ssd_chunked(cudaStream_t st, const SsdArgs& a, const DevBatch& b, float* scratch) {
   const Layout l = layout(a, b);
   const Scratch sc{scratch + l.dec, scratch + l.cum, scratch + l.delta, scratch + l.local,
-                   reinterpret_cast<bf16*>(scratch + l.s_in), scratch + l.cb};
+                   reinterpret_cast<bf16*>(scratch + l.s_in), reinterpret_cast<bf16*>(scratch + l.cb)};
   const Chunks ch{b.chunk_seq, b.chunk_begin, b.chunk_first, b.chunk_q};
   const int vec = aligned(a.xBC, 16) && a.ldx % 8 == 0 && a.P % 8 == 0 && a.N % 8 == 0;
   const int vec_y = aligned(a.y, 4) && a.ldy % 2 == 0 && a.P % 2 == 0;
@@ -528,7 +535,7 @@ void ssd_chunked(cudaStream_t st, const SsdArgs& a, const DevBatch& b, float* sc
   (void)smem_set;
   chunk_state_kernel<<<dim3(nc, nh), kThreads, kStateSmem, st>>>(a, b, ch, sc, vec);
   CUDA_LAUNCH_CHECK();
-  cb_kernel<<<dim3(qt, unsigned(a.G), nc), kThreads, 0, st>>>(a, b, ch, sc, vec);
+  cb_kernel<<<dim3(qt * qt, unsigned(a.G), nc), kThreads, 0, st>>>(a, b, ch, sc, vec);
   CUDA_LAUNCH_CHECK();
   carry_kernel<ST><<<dim3(ceil_div(int64_t(a.P) * a.N, 256), nh, unsigned(b.S)), 256, 0, st>>>(a, b, ch, sc);
   CUDA_LAUNCH_CHECK();
