@@ -76,6 +76,12 @@ class CudaBackend final : public Backend {
     graphs_enabled_ = !(g && std::string(g) == "0");
     const char* gm = std::getenv("BAMBA_CUDA_GEMV_ROWS");  // decode rows up to which gemv.cu beats cuBLAS
     gemv_max_rows_ = gm ? std::atoi(gm) : kMaxGemvRows;
+    // Tokens per chunk of the bf16 tensor-core SSD scan (ssd_chunked.cu). 256 (Bamba's chunk_size) halves the
+    // chunk-state traffic of 128 (P·N values per head and chunk, written, carried and read back) for ~20 % more
+    // products at P = 64, N = 128 (bench/NOTES.md has both measured).
+    const char* sq = std::getenv("BAMBA_SSD_CHUNK");
+    ssd_chunk_ = sq ? std::atoi(sq) : 256;
+    if (ssd_chunk_ < 64 || ssd_chunk_ > 256 || ssd_chunk_ % 64) fail("BAMBA_SSD_CHUNK must be 64, 128, 192 or 256");
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
@@ -251,8 +257,8 @@ class CudaBackend final : public Backend {
     SsdArgs a{y.data, y.ld, xBC.data, xBC.ld, dt.data, dt.ld, pv(A_log, "A_log"),
               pv(D, "D"), pv(dt_bias, "dt_bias"), ssm_state.data, int(c.n_heads), int(c.d_head),
               int(c.n_groups), int(c.d_state), int(c.chunk_size), c.time_step_min, c.time_step_max};
-    const size_t need = ssd_scratch_floats(a, db_.n_chunks);
-    if (max_seq_len_ > db_.chunk_q && need > scratch_floats_) {
+    const size_t need = ssd_scratch_floats(a, db_, max_seq_len_, dtype_ == DType::BF16);
+    if (need > scratch_floats_) {
       if (capturing_) fail("internal: ssd scratch grows during graph capture");
       CUDA_CHECK(cudaStreamSynchronize(stream_));
       cudaFree(scratch_);
@@ -346,6 +352,7 @@ class CudaBackend final : public Backend {
   // graphs
   bool graphs_enabled_ = true, capturing_ = false;
   int gemv_max_rows_ = kMaxGemvRows;
+  int ssd_chunk_ = 256;
   std::map<std::tuple<uint64_t, int, int, int>, cudaGraphExec_t> graphs_;
   std::set<std::tuple<uint64_t, int, int, int>> seen_;
   // sampling
@@ -360,7 +367,8 @@ void CudaBackend::set_batch(const StepBatch& b) {
   const int T = b.n_tokens(), S = b.n_seqs(), R = int(b.logit_rows.size());
   max_seq_len_ = b.max_seq_len();
   decode_ = T == S;
-  const int Q = T >= 8192 ? 256 : T >= 2048 ? 128 : 64;  // prefill chunk for the SSD scan (ssd.cu)
+  // Prefill chunk for the SSD scan: fixed for the bf16 tensor-core form; by batch size for ssd.cu's recurrence.
+  const int Q = dtype_ == DType::BF16 ? ssd_chunk_ : T >= 8192 ? 256 : T >= 2048 ? 128 : 64;
   std::vector<int32_t> cseq, cbeg, cfirst;
   for (int s = 0; s < S; ++s) {
     cfirst.push_back(int32_t(cseq.size()));

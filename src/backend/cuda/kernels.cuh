@@ -58,7 +58,8 @@ struct SsdArgs {
 };
 template <typename T, typename ST>
 void ssd(cudaStream_t st, const SsdArgs& a, const DevBatch& b, int max_seq_len, float* scratch, size_t scratch_floats);
-size_t ssd_scratch_floats(const SsdArgs& a, int n_chunks);
+// Scratch floats ssd() needs for this batch (0: none); bf16_compute: whether T is bf16 (the tensor-core path).
+size_t ssd_scratch_floats(const SsdArgs& a, const DevBatch& b, int max_seq_len, bool bf16_compute);
 // ssd_step.cu: the decode step (T == S) with vectorised state rows and P split over blocks. False (nothing
 // launched) when the batch is not a decode step or the shape does not suit it (d_state % 4, d_state > 128).
 template <typename T, typename ST>

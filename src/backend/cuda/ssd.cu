@@ -14,10 +14,13 @@
 //      state entering it (Sin[c+1] = exp(ΣΔA_c) Sin[c] + S_c) and writing the sequence's final state to its slot;
 //   3. per (chunk, head): the recurrence again from Sin[c], now writing y.
 // This is the sequential recurrence re-associated only at chunk boundaries, so it matches the CPU oracle to fp32
-// rounding; it costs twice the recurrence's FLOPs, which on this shape is still far below the matmuls.
+// rounding; it costs twice the recurrence's FLOPs. bf16 prefill of the shapes it takes goes instead to the
+// tensor-core chunked form (ssd_chunked.cu); this file keeps fp32 compute, decode and the other shapes.
 #include <algorithm>
+#include <type_traits>
 
 #include "backend/cuda/kernels.cuh"
+#include "backend/cuda/ssd_chunked.cuh"
 
 namespace bamba::cuda {
 namespace {
@@ -179,17 +182,27 @@ void launch_rp(cudaStream_t st, const SsdArgs& a, const DevBatch& b, bool chunke
 
 }  // namespace
 
-size_t ssd_scratch_floats(const SsdArgs& a, int n_chunks) {
-  return size_t((int64_t(n_chunks) * a.nh + 31) / 32 * 32) + size_t(n_chunks) * size_t(a.nh) * size_t(a.P) * size_t(a.N);
+size_t ssd_scratch_floats(const SsdArgs& a, const DevBatch& b, int max_seq_len, bool bf16_compute) {
+  if (bf16_compute && ssd_chunked_takes(a, b, max_seq_len)) return ssd_chunked_scratch_floats(a, b);
+  if (max_seq_len <= b.chunk_q || b.n_chunks == 0) return 0;
+  const int64_t nc = b.n_chunks;
+  return size_t((nc * a.nh + 31) / 32 * 32) + size_t(nc) * size_t(a.nh) * size_t(a.P) * size_t(a.N);
 }
 
 template <typename T, typename ST>
 void ssd(cudaStream_t st, const SsdArgs& a, const DevBatch& b, int max_seq_len, float* scratch, size_t scratch_floats) {
   if (b.T == 0) return;
   if (a.nh % a.G) fail("cuda ssd: n_heads ", a.nh, " is not a multiple of n_groups ", a.G);
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (ssd_chunked_takes(a, b, max_seq_len)) {
+      if (scratch_floats < ssd_chunked_scratch_floats(a, b)) fail("internal: ssd scratch too small");
+      ssd_chunked<ST>(st, a, b, scratch);
+      return;
+    }
+  }
   // Chunk only when some sequence is long enough for the per-sequence blocks to be too few or too serial.
   const bool chunked = max_seq_len > b.chunk_q && b.n_chunks > 0;
-  if (chunked && scratch_floats < ssd_scratch_floats(a, b.n_chunks)) fail("internal: ssd scratch too small");
+  if (chunked && scratch_floats < ssd_scratch_floats(a, b, max_seq_len, false)) fail("internal: ssd scratch too small");
   const int nj = (a.N + 31) / 32;
   if (nj == 1) launch_rp<T, ST, 1>(st, a, b, chunked, scratch);
   else if (nj == 2) launch_rp<T, ST, 2>(st, a, b, chunked, scratch);

@@ -1,0 +1,549 @@
+// The SSD prefill (docs/bamba-model.md §3.2) in the chunked matrix form of Mamba-2, on bf16 tensor cores
+// (mma.sync m16n8k16, fp32 accumulation). Sequences are split into chunks of Q tokens (DevBatch, Q a multiple of
+// 64 up to 256, never crossing sequences); within a chunk, with cum_t = Σ_{u ≤ t} Δ_u A (fp32, chunk-local):
+//   chunk-local state  S_c[p][n] = Σ_s exp(cum_end − cum_s) Δ_s x_s[p] B_s[n]                 (P×Q · Q×N)
+//   carry              S_in(c+1) = exp(cum_end(c)) S_in(c) + S_c(c)   (S_in of a sequence's first chunk: its
+//                      slot's state, or 0 when fresh; the last value goes back to the slot)
+//   output             y_t[p] = exp(cum_t) Σ_n C_t[n] S_in[p][n]                                 (Q×N · N×P)
+//                             + Σ_{s ≤ t} (C_t·B_s) exp(cum_t − cum_s) Δ_s x_s[p] + D x_t[p]    (Q×Q masked · Q×P)
+// Every exponent is ≤ 0, so nothing overflows. Four kernels:
+//   1. chunk_state (chunk, head): Δ and cum of the chunk (kept in scratch for 4), then S_c as a GEMM with
+//      x_s·w_s (w_s = Δ_s exp(cum_end − cum_s), rounded to bf16 as mamba_ssm's Triton kernel does) and B_s;
+//   2. cb (t tile, s tile, group, chunk): C Bᵀ, shared by all heads of a group (n_groups = 1 in Bamba: once
+//      instead of 128 times), stored as bf16 in the mma accumulator layout so kernel 4 reads it back with one
+//      8-byte load per fragment;
+//   3. carry (state element, head, sequence): the serial walk over a sequence's chunks, writing S_in as bf16;
+//   4. output (head, 64-token t tile, chunk): term 1 from S_in, then per 64-token s tile up to the diagonal the
+//      decay-scaled, causally masked C Bᵀ straight from accumulator registers into A fragments (the C layout of
+//      two adjacent n8 tiles is the A layout of one k16 step), times x_s; plus D x.
+// Tiles are zero-padded to P = 64 and N = 128 in shared memory, so any head_dim ≤ 64 and d_state ≤ 128 work.
+//
+// Fragment layouts (g = lane / 4, q = lane % 4): A 16×16: a0 (row g, cols 2q, 2q+1), a1 (row g+8, ..), a2 (row g,
+// cols 2q+8, ..), a3 (row g+8, cols 2q+8, ..); B 16×8: b0 (k 2q, 2q+1; n g), b1 (k 2q+8, ..); C 16×8: c0, c1 (row
+// g, cols 2q, 2q+1), c2, c3 (row g+8, ..). ldmatrix.x4: lane L addresses row L%8 of matrix L/8; register i is
+// matrix i's (row g, cols 2q, 2q+1), or with .trans its (rows 2q, 2q+1, col g).
+#include <algorithm>
+
+#include "backend/cuda/ssd_chunked.cuh"
+
+namespace bamba::cuda {
+namespace {
+
+constexpr int kTile = 64;                 // tokens per tile: 4 warps × 16 rows
+constexpr int kThreads = 128;
+constexpr int kMaxQ = 256;                // tokens per chunk at most (4 tiles)
+constexpr int kPMax = 64, kNMax = 128;    // head_dim and d_state the tiles are padded to
+constexpr int kLdP = kPMax + 8;           // shared-memory row strides in bf16: +16 bytes, so that the 8 rows
+constexpr int kLdN = kNMax + 8;           // one ldmatrix reads fall into different banks
+constexpr int kCbTile = kTile * kTile;    // floats of one 64×64 C Bᵀ tile
+constexpr int kMinLen = 64;               // shorter sequences only: ssd.cu's per-sequence recurrence is cheaper
+
+struct Chunks {
+  const int32_t* seq;    // [n_chunks] sequence of chunk c
+  const int32_t* begin;  // [n_chunks] first token row
+  const int32_t* first;  // [S+1] first chunk of sequence s
+  int Q;
+};
+
+struct Scratch {
+  float* dec;    // [n_chunks, nh]                    cum at the chunk's last token
+  float* cum;    // [nh, T]                           cum_t (chunk-local)
+  float* delta;  // [nh, T]                           Δ_t
+  float* local;  // [n_chunks, nh, P, N]              S_c, fp32
+  bf16* s_in;    // [n_chunks, nh, P, N]              S_in, bf16 (only the output GEMM reads it)
+  bf16* cb;      // [n_chunks, G, Q/64, Q/64, 64·64]  C Bᵀ per (t tile, s tile), accumulator order
+};
+
+struct Layout {
+  size_t dec, cum, delta, local, s_in, cb, total;
+};
+Layout layout(const SsdArgs& a, const DevBatch& b) {
+  auto r32 = [](size_t x) { return (x + 31) / 32 * 32; };  // 128-byte aligned parts
+  const size_t nc = size_t(b.n_chunks), nh = size_t(a.nh), T = size_t(b.T), PN = size_t(a.P) * size_t(a.N);
+  const size_t qt = size_t(b.chunk_q / kTile);
+  Layout l{};
+  size_t o = 0;
+  l.dec = o, o += r32(nc * nh);
+  l.cum = o, o += r32(nh * T);
+  l.delta = o, o += r32(nh * T);
+  l.local = o, o += r32(nc * nh * PN);
+  l.s_in = o, o += r32((nc * nh * PN + 1) / 2);
+  l.cb = o, o += nc * size_t(a.G) * qt * qt * kCbTile / 2;  // bf16
+  l.total = o;
+  return l;
+}
+
+__device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const bf16* p) {
+  const unsigned s = unsigned(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+}
+__device__ __forceinline__ void ldsm4_t(uint32_t (&r)[4], const bf16* p) {
+  const unsigned s = unsigned(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+}
+// c += a · b for one 16×8 tile, k = 16.
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Two fp32 values as the bf16 pair of one fragment register: the lower column in the low half.
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// The four bf16 of a uint2 (two fragment registers) as floats.
+__device__ __forceinline__ float4 unpack4(uint2 u) {
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
+// 16 bytes global → shared without passing through registers; full = false writes zeros (nothing is read).
+__device__ __forceinline__ void cp_async16(bf16* dst, const bf16* src, bool full) {
+  const unsigned d = unsigned(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(full ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>  // wait until at most kPending of this thread's committed groups are still in flight
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory"); }
+
+// Like load_tile below, but asynchronous (cp.async; the caller commits and waits) when `vec` — then cols is a
+// multiple of 8, so a run is wholly inside or wholly padding; otherwise the synchronous copy.
+template <int W, int LD>
+__device__ __forceinline__ void load_tile_async(bf16* dst, const bf16* src, int64_t ld, int rows, int cols, bool vec) {
+  constexpr int kRuns = W / 8;
+  for (int i = threadIdx.x; i < kTile * kRuns; i += kThreads) {
+    const int r = i / kRuns, c = (i % kRuns) * 8;
+    bf16* d = dst + r * LD + c;
+    if (vec) {
+      const bool full = r < rows && c < cols;
+      cp_async16(d, full ? src + int64_t(r) * ld + c : src, full);
+    } else {
+      const bf16* s = src + int64_t(r) * ld + c;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) d[k] = r < rows && c + k < cols ? s[k] : __float2bfloat16_rn(0.f);
+    }
+  }
+}
+
+// dst[r][c] (row stride LD) = src[r * ld + c] for r < rows, c < cols, else 0, over 64 rows × W columns; with
+// `scale` (shared memory, 64 floats) row r is multiplied by scale[r] in fp32 before rounding to bf16. `vec`: src
+// and ld allow 16-byte loads (8 bf16) wherever a run of 8 lies inside cols.
+template <int W, int LD>
+__device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t ld, int rows, int cols, bool vec,
+                                          const float* scale = nullptr) {
+  constexpr int kRuns = W / 8;
+  for (int i = threadIdx.x; i < kTile * kRuns; i += kThreads) {
+    const int r = i / kRuns, c = (i % kRuns) * 8;
+    const bf16* s = src + int64_t(r) * ld + c;
+    __align__(16) bf16 v[8];
+    if (vec && r < rows && c + 8 <= cols) {
+      *reinterpret_cast<uint4*>(v) = __ldg(reinterpret_cast<const uint4*>(s));
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[k] = r < rows && c + k < cols ? s[k] : __float2bfloat16_rn(0.f);
+    }
+    if (scale) {
+      const float f = scale[r];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[k] = __float2bfloat16_rn(__bfloat162float(v[k]) * f);
+    }
+    *reinterpret_cast<uint4*>(dst + r * LD + c) = *reinterpret_cast<const uint4*>(v);
+  }
+}
+
+__device__ __forceinline__ int chunk_len(const Chunks& ch, const DevBatch& b, int c) {
+  return min(ch.Q, b.seq_start[ch.seq[c] + 1] - ch.begin[c]);
+}
+
+// 1. Per (chunk, head): Δ, cum, and S_c = Σ_s (x_s w_s) B_sᵀ. Warp w owns state rows p = 16w .. 16w+15, all N.
+// The x and B tiles are double-buffered (cp.async, the first issued before Δ is computed); w_s is applied to the
+// A fragments in registers, split as hi + lo (two bf16, two mma) so that x_s w_s keeps ~16 bits instead of
+// bf16's 8: the chunk state is the one result every later token of the sequence reads.
+constexpr size_t kStateSmem = size_t(2) * kTile * (kLdP + kLdN) * sizeof(bf16);
+__global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs a, DevBatch b, Chunks ch, Scratch sc, int vec) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* xs = reinterpret_cast<bf16*>(smem);  // [2][s][p]  x_s
+  bf16* bs = xs + 2 * kTile * kLdP;          // [2][s][n]  B_s
+  __shared__ __align__(16) float cum[kMaxQ], w[kMaxQ];  // [Q]
+  __shared__ float wsum[kThreads / 32];
+  const bf16* xBC = static_cast<const bf16*>(a.xBC);
+  const bf16* dt = static_cast<const bf16*>(a.dt);
+  const int c = blockIdx.x, h = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int t0 = ch.begin[c], n = chunk_len(ch, b, c);
+  const int P = a.P, N = a.N, I = a.nh * P, g = h / (a.nh / a.G);
+  const float A = -expf(ld_param(a.A_log, h)), dtb = ld_param(a.dt_bias, h);
+  const bf16* rows = xBC + int64_t(t0) * a.ldx;
+  auto issue = [&](int it) {  // s tile `it` into buffer it % 2
+    const int s0 = it * kTile, buf = it & 1;
+    load_tile_async<kPMax, kLdP>(xs + buf * kTile * kLdP, rows + int64_t(s0) * a.ldx + h * P, a.ldx, n - s0, P, vec);
+    load_tile_async<kNMax, kLdN>(bs + buf * kTile * kLdN, rows + int64_t(s0) * a.ldx + I + g * N, a.ldx, n - s0, N, vec);
+    cp_async_commit();
+  };
+  issue(0);
+
+  // Δ and the inclusive prefix sums of Δ A over the chunk; thread i owns tokens 2i and 2i+1.
+  const int i0 = 2 * tid;
+  auto delta_at = [&](int i) {
+    if (i >= n) return 0.f;
+    const float d = softplus_f(to_f(dt[int64_t(t0 + i) * a.lddt + h]) + dtb);
+    return fminf(fmaxf(d, a.dt_min), a.dt_max);
+  };
+  const float d0 = delta_at(i0), d1 = delta_at(i0 + 1);
+  const float a0 = d0 * A, a1 = d1 * A;
+  float incl = a0 + a1;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const float v = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += v;
+  }
+  if (lane == 31) wsum[warp] = incl;
+  __syncthreads();
+  float off = 0.f;
+  for (int k = 0; k < warp; ++k) off += wsum[k];
+  const float c0 = off + incl - a1, c1 = off + incl;
+  cum[i0] = c0;
+  cum[i0 + 1] = c1;
+  const int64_t tok = int64_t(h) * b.T + t0 + i0;
+  if (i0 < n) sc.cum[tok] = c0, sc.delta[tok] = d0;
+  if (i0 + 1 < n) sc.cum[tok + 1] = c1, sc.delta[tok + 1] = d1;
+  __syncthreads();
+  const float end = cum[n - 1];
+  w[i0] = i0 < n ? d0 * __expf(end - c0) : 0.f;
+  w[i0 + 1] = i0 + 1 < n ? d1 * __expf(end - c1) : 0.f;
+  if (tid == 0) sc.dec[int64_t(c) * a.nh + h] = end;
+
+  float acc[16][4];  // [n8 tile][fragment]: S_c rows 16w + g (+8), cols 8j + 2q (+1)
+#pragma unroll
+  for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  const int pw = 16 * warp, nk = (N + 15) / 16, q = lane & 3;
+  const int n_tiles = (n + kTile - 1) / kTile;
+  for (int it = 0; it < n_tiles; ++it) {
+    const int s0 = it * kTile;
+    if (it + 1 < n_tiles) {
+      issue(it + 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // tile `it` (and, the first time, w) is visible to every thread
+    const bf16* xt = xs + (it & 1) * kTile * kLdP;
+    const bf16* bt = bs + (it & 1) * kTile * kLdN;
+    if (pw < P) {  // warp-uniform: rows past head_dim
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        if (s0 + 16 * kk >= n) break;  // the rest of the tile is padding
+        uint32_t xf[4];                 // A[p][s] = xt[s][p]: transposed
+        ldsm4_t(xf, xt + (16 * kk + (lane & 7) + (lane >> 4) * 8) * kLdP + pw + ((lane >> 3) & 1) * 8);
+        // xf[0], xf[1] hold s = 2q, 2q+1 of the k step; xf[2], xf[3] hold s = 2q+8, 2q+9.
+        const float2 wl = *reinterpret_cast<const float2*>(w + s0 + 16 * kk + 2 * q);
+        const float2 wh = *reinterpret_cast<const float2*>(w + s0 + 16 * kk + 2 * q + 8);
+        uint32_t hi[4], lo[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&xf[r]));
+          const float2 ws = r < 2 ? wl : wh;
+          const float va = x.x * ws.x, vb = x.y * ws.y;
+          const __nv_bfloat162 vh = __floats2bfloat162_rn(va, vb);
+          const float2 vhf = __bfloat1622float2(vh);
+          hi[r] = *reinterpret_cast<const uint32_t*>(&vh);
+          lo[r] = pack_bf16(va - vhf.x, vb - vhf.y);
+        }
+#pragma unroll
+        for (int nn = 0; nn < 8; ++nn) {
+          if (nn >= nk) break;
+          uint32_t bf[4];  // B[s][n] = bt[s][n], n8 tiles 2nn and 2nn+1
+          ldsm4_t(bf, bt + (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdN + 16 * nn + (lane >> 4) * 8);
+          mma(acc[2 * nn], hi, bf[0], bf[1]);
+          mma(acc[2 * nn], lo, bf[0], bf[1]);
+          mma(acc[2 * nn + 1], hi, bf[2], bf[3]);
+          mma(acc[2 * nn + 1], lo, bf[2], bf[3]);
+        }
+      }
+    }
+    __syncthreads();  // buffer it % 2 is read; tile it + 2 may overwrite it
+  }
+  if (pw >= P) return;
+  float* dst = sc.local + (int64_t(c) * a.nh + h) * P * N;  // [P, N]
+  const int gr = lane >> 2;
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    const int col = 8 * j + 2 * q;
+    if (col >= N) break;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int p = pw + gr + 8 * half;
+      if (p >= P) continue;
+      float* d = dst + int64_t(p) * N + col;
+      if ((N & 1) == 0) *reinterpret_cast<float2*>(d) = make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
+      else {
+        d[0] = acc[j][2 * half];
+        if (col + 1 < N) d[1] = acc[j][2 * half + 1];
+      }
+    }
+  }
+}
+
+// 2. Per (t tile, s tile ≤ t tile, group, chunk): one 64×64 block of C Bᵀ. Warp w owns rows t = 16w .. 16w+15;
+// the block is stored in bf16 as [warp][n8 tile j][lane] uint2 = (c0 c1, c2 c3), which is how kernel 4's threads
+// hold it (bf16 halves kernel 4's largest L2 read; the product is rounded to bf16 for the mma there anyway).
+__global__ void __launch_bounds__(kThreads) cb_kernel(SsdArgs a, DevBatch b, Chunks ch, Scratch sc, int vec) {
+  __shared__ __align__(16) bf16 cs[kTile * kLdN];  // [t][n]  C_t
+  __shared__ __align__(16) bf16 bs[kTile * kLdN];  // [s][n]  B_s
+  const bf16* xBC = static_cast<const bf16*>(a.xBC);
+  const int QT = ch.Q / kTile, ti = blockIdx.x / QT, sj = blockIdx.x % QT, g = blockIdx.y, c = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int t0 = ch.begin[c], n = chunk_len(ch, b, c);
+  if (sj > ti || ti * kTile >= n) return;
+  const int N = a.N, I = a.nh * a.P, nk = (N + 15) / 16;
+  const bf16* rows = xBC + int64_t(t0) * a.ldx;
+  load_tile<kNMax, kLdN>(cs, rows + int64_t(ti * kTile) * a.ldx + I + a.G * N + g * N, a.ldx, n - ti * kTile, N, vec);
+  load_tile<kNMax, kLdN>(bs, rows + int64_t(sj * kTile) * a.ldx + I + g * N, a.ldx, n - sj * kTile, N, vec);
+  __syncthreads();
+  float acc[8][4];  // [s n8 tile][fragment]
+#pragma unroll
+  for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+    if (kk >= nk) break;
+    uint32_t af[4];  // A[t][n] = cs[t][n]
+    ldsm4(af, cs + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdN + 16 * kk + (lane >> 4) * 8);
+#pragma unroll
+    for (int pp = 0; pp < 4; ++pp) {
+      uint32_t bf[4];  // B[n][s] = bs[s][n]: s n8 tiles 2pp and 2pp+1
+      ldsm4(bf, bs + (16 * pp + (lane & 7) + (lane >> 4) * 8) * kLdN + 16 * kk + ((lane >> 3) & 1) * 8);
+      mma(acc[2 * pp], af, bf[0], bf[1]);
+      mma(acc[2 * pp + 1], af, bf[2], bf[3]);
+    }
+  }
+  uint2* out = reinterpret_cast<uint2*>(sc.cb + (((int64_t(c) * a.G + g) * QT + ti) * QT + sj) * kCbTile);
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    out[(warp * 8 + j) * 32 + lane] = make_uint2(pack_bf16(acc[j][0], acc[j][1]), pack_bf16(acc[j][2], acc[j][3]));
+}
+
+// 3. Per (state element, head, sequence): S_in of every chunk after the first (and of the first when the
+// sequence continues from its slot), and the final state into the slot.
+template <typename ST>
+__global__ void carry_kernel(SsdArgs a, DevBatch b, Chunks ch, Scratch sc) {
+  const int s = blockIdx.z, h = blockIdx.y;
+  const int64_t PN = int64_t(a.P) * a.N, e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int k0 = ch.first[s], k1 = ch.first[s + 1];
+  if (e >= PN || k0 == k1) return;
+  ST* slot = static_cast<ST*>(a.state) + (int64_t(b.slot[s]) * a.nh + h) * PN;  // [P, N]
+  const bool past = b.past_len[s] > 0;
+  const float* __restrict__ local = sc.local;
+  bf16* __restrict__ s_in = sc.s_in;
+  const int64_t stride = int64_t(a.nh) * PN;  // from one chunk to the next
+  int64_t at = (int64_t(k0) * a.nh + h) * PN + e;
+  float run = past ? to_f(slot[e]) : 0.f;
+  // Chunks 8 at a time: their loads in flight together, then the serial updates.
+  constexpr int kGroup = 8;
+  for (int k = k0; k < k1; k += kGroup, at += kGroup * stride) {
+    float loc[kGroup], dec[kGroup];
+#pragma unroll
+    for (int i = 0; i < kGroup; ++i)
+      if (k + i < k1) loc[i] = local[at + i * stride], dec[i] = sc.dec[int64_t(k + i) * a.nh + h];
+#pragma unroll
+    for (int i = 0; i < kGroup; ++i)
+      if (k + i < k1) {
+        if (k + i > k0 || past) s_in[at + i * stride] = __float2bfloat16_rn(run);
+        run = expf(dec[i]) * run + loc[i];
+      }
+  }
+  slot[e] = from_f<ST>(run);
+}
+
+// 4. Per (head, 64-token t tile, chunk): y for the tile. Warp w owns rows t = 16w .. 16w+15 and all P columns.
+// The x tiles are double-buffered (cp.async): tile 0 loads together with C and S_in, tile sj+1 while tile sj is
+// multiplied; the second x buffer reuses C's space, which is dead after term 1. Each C Bᵀ fragment is loaded
+// before the barrier that precedes its use.
+__global__ void __launch_bounds__(kThreads) output_kernel(SsdArgs a, DevBatch b, Chunks ch, Scratch sc, int vec,
+                                                          int vec_y) {
+  __shared__ __align__(16) bf16 sbuf[2 * kTile * kLdN + kTile * kLdP];
+  bf16* cs = sbuf;                   // [t][n]  C_t (term 1 only)
+  bf16* ss = sbuf + kTile * kLdN;    // [p][n]  S_in
+  auto xbuf = [&](int k) { return k ? sbuf : sbuf + 2 * kTile * kLdN; };  // [s][p]  x_s; buffer 1 is cs's space
+  __shared__ __align__(16) float cum[kMaxQ], dl[kMaxQ];  // [Q]  cum_s, Δ_s of the chunk
+  __shared__ __align__(16) float ecol[kTile];            // [s]  exp(cum_end(s tile) − cum_s) Δ_s
+  const bf16* xBC = static_cast<const bf16*>(a.xBC);
+  const int h = blockIdx.x, ti = blockIdx.y, c = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int s = ch.seq[c], t0 = ch.begin[c], n = chunk_len(ch, b, c);
+  if (ti * kTile >= n) return;
+  const int P = a.P, N = a.N, I = a.nh * P, g = h / (a.nh / a.G), QT = ch.Q / kTile;
+  const int np = (P + 15) / 16, nk = (N + 15) / 16;
+  const bf16* rows = xBC + int64_t(t0) * a.ldx;
+  auto issue_x = [&](int sj) {
+    load_tile_async<kPMax, kLdP>(xbuf(sj & 1), rows + int64_t(sj * kTile) * a.ldx + h * P, a.ldx, n - sj * kTile, P, vec);
+  };
+  const bool has_in = c != ch.first[s] || b.past_len[s] > 0;  // S_in is not zero
+  issue_x(0);
+  if (has_in) {
+    load_tile_async<kNMax, kLdN>(cs, rows + int64_t(ti * kTile) * a.ldx + I + a.G * N + g * N, a.ldx, n - ti * kTile,
+                                 N, vec);
+    load_tile_async<kNMax, kLdN>(ss, sc.s_in + (int64_t(c) * a.nh + h) * P * N, N, P, N, vec);
+  }
+  cp_async_commit();
+
+  // Padding tokens past the chunk's end get Δ = 0 and the last cum, so their terms vanish without NaNs.
+  const float* cumh = sc.cum + int64_t(h) * b.T + t0;
+  const float* dlh = sc.delta + int64_t(h) * b.T + t0;
+  for (int i = tid; i < (ti + 1) * kTile; i += kThreads) {
+    cum[i] = cumh[min(i, n - 1)];
+    dl[i] = i < n ? dlh[i] : 0.f;
+  }
+  const int gr = lane >> 2, q = lane & 3;
+  const int tc0 = ti * kTile + 16 * warp + gr, tc1 = tc0 + 8;  // this thread's two rows, chunk-local
+  cp_async_wait<0>();
+  __syncthreads();
+
+  float acc[8][4];  // [p n8 tile][fragment]: y rows tc0 / tc1, cols 8j + 2q (+1)
+#pragma unroll
+  for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  if (has_in) {
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      if (kk >= nk) break;
+      uint32_t af[4];  // A[t][n] = cs[t][n]
+      ldsm4(af, cs + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdN + 16 * kk + (lane >> 4) * 8);
+#pragma unroll
+      for (int pp = 0; pp < 4; ++pp) {
+        if (pp >= np) break;
+        uint32_t bf[4];  // B[n][p] = ss[p][n]: p n8 tiles 2pp and 2pp+1
+        ldsm4(bf, ss + (16 * pp + (lane & 7) + (lane >> 4) * 8) * kLdN + 16 * kk + ((lane >> 3) & 1) * 8);
+        mma(acc[2 * pp], af, bf[0], bf[1]);
+        mma(acc[2 * pp + 1], af, bf[2], bf[3]);
+      }
+    }
+    const float e0 = __expf(cum[tc0]), e1 = __expf(cum[tc1]);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[j][0] *= e0, acc[j][1] *= e0, acc[j][2] *= e1, acc[j][3] *= e1;
+  }
+
+  const uint2* cbt = reinterpret_cast<const uint2*>(sc.cb + ((int64_t(c) * a.G + g) * QT + ti) * QT * kCbTile);
+  const float ct0 = cum[tc0], ct1 = cum[tc1];
+  for (int sj = 0; sj <= ti; ++sj) {
+    const uint2* cbf = cbt + int64_t(sj) * (kCbTile / 4) + warp * 8 * 32 + lane;
+    uint2 u[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) u[j] = cbf[j * 32];
+    __syncthreads();  // the buffer tile sj+1 goes to (cs, or tile sj-1) and ecol are no longer read
+    if (sj < ti) issue_x(sj + 1);
+    cp_async_commit();
+    // Below the diagonal every s precedes every t, so exp(cum_t − cum_s) = exp(cum_t − base) · exp(base − cum_s)
+    // with base = cum at the s tile's last token: both factors ≤ 1, and 2 + 64/128 exps per thread instead of 32.
+    const float base = cum[sj * kTile + kTile - 1];
+    if (sj < ti && tid < kTile) ecol[tid] = __expf(base - cum[sj * kTile + tid]) * dl[sj * kTile + tid];
+    cp_async_wait<1>();  // tile sj has landed (tile sj+1 may still be in flight)
+    __syncthreads();
+    const bf16* xs = xbuf(sj & 1);
+    // On the diagonal tile, k steps past the warp's last row are masked out entirely.
+    const int kmax = sj == ti ? warp + 1 : 4;
+    uint32_t pa[4][4];  // A fragments of the 16×64 decay-scaled, masked C Bᵀ block, k step kk = n8 tiles 2kk, 2kk+1
+    if (sj < ti) {
+      const float r0 = __expf(ct0 - base), r1 = __expf(ct1 - base);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float4 v = unpack4(u[j]);
+        const float2 e = *reinterpret_cast<const float2*>(ecol + 8 * j + 2 * q);
+        pa[j / 2][(j & 1) * 2] = pack_bf16(v.x * r0 * e.x, v.y * r0 * e.y);
+        pa[j / 2][(j & 1) * 2 + 1] = pack_bf16(v.z * r1 * e.x, v.w * r1 * e.y);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        if (j / 2 >= kmax) break;
+        const float4 v = unpack4(u[j]);
+        const int sa = sj * kTile + 8 * j + 2 * q, sb = sa + 1;
+        const float ca = cum[sa], cb = cum[sb], da = dl[sa], db = dl[sb];
+        const float p00 = sa <= tc0 ? v.x * __expf(ct0 - ca) * da : 0.f;
+        const float p01 = sb <= tc0 ? v.y * __expf(ct0 - cb) * db : 0.f;
+        const float p10 = sa <= tc1 ? v.z * __expf(ct1 - ca) * da : 0.f;
+        const float p11 = sb <= tc1 ? v.w * __expf(ct1 - cb) * db : 0.f;
+        pa[j / 2][(j & 1) * 2] = pack_bf16(p00, p01);
+        pa[j / 2][(j & 1) * 2 + 1] = pack_bf16(p10, p11);
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      if (kk >= kmax) break;
+#pragma unroll
+      for (int pp = 0; pp < 4; ++pp) {
+        if (pp >= np) break;
+        uint32_t bf[4];  // B[s][p] = xs[s][p]: transposed, p n8 tiles 2pp and 2pp+1
+        ldsm4_t(bf, xs + (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdP + 16 * pp + (lane >> 4) * 8);
+        mma(acc[2 * pp], pa[kk], bf[0], bf[1]);
+        mma(acc[2 * pp + 1], pa[kk], bf[2], bf[3]);
+      }
+    }
+  }
+
+  // The last x buffer holds the diagonal tile, i.e. this tile's own x_t.
+  const bf16* xs = xbuf(ti & 1);
+  const float Dh = ld_param(a.D, h);
+  const int nrows = min(kTile, n - ti * kTile);
+  bf16* y = static_cast<bf16*>(a.y) + (int64_t(t0) + ti * kTile) * a.ldy + int64_t(h) * P;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int p = 8 * j + 2 * q;
+    if (p >= P) break;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = 16 * warp + gr + 8 * half;
+      if (r >= nrows) continue;
+      const float v0 = acc[j][2 * half] + Dh * __bfloat162float(xs[r * kLdP + p]);
+      const float v1 = acc[j][2 * half + 1] + Dh * __bfloat162float(xs[r * kLdP + p + 1]);
+      bf16* d = y + int64_t(r) * a.ldy + p;
+      if (vec_y) *reinterpret_cast<__nv_bfloat162*>(d) = __floats2bfloat162_rn(v0, v1);
+      else {
+        d[0] = __float2bfloat16_rn(v0);
+        if (p + 1 < P) d[1] = __float2bfloat16_rn(v1);
+      }
+    }
+  }
+}
+
+bool aligned(const void* p, size_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; }
+
+}  // namespace
+
+bool ssd_chunked_takes(const SsdArgs& a, const DevBatch& b, int max_seq_len) {
+  return a.P <= kPMax && a.N <= kNMax && b.chunk_q > 0 && b.chunk_q % kTile == 0 && b.chunk_q <= kMaxQ &&
+         b.n_chunks > 0 && max_seq_len > kMinLen;
+}
+
+size_t ssd_chunked_scratch_floats(const SsdArgs& a, const DevBatch& b) { return layout(a, b).total; }
+
+template <typename ST>
+void ssd_chunked(cudaStream_t st, const SsdArgs& a, const DevBatch& b, float* scratch) {
+  const Layout l = layout(a, b);
+  const Scratch sc{scratch + l.dec, scratch + l.cum, scratch + l.delta, scratch + l.local,
+                   reinterpret_cast<bf16*>(scratch + l.s_in), reinterpret_cast<bf16*>(scratch + l.cb)};
+  const Chunks ch{b.chunk_seq, b.chunk_begin, b.chunk_first, b.chunk_q};
+  const int vec = aligned(a.xBC, 16) && a.ldx % 8 == 0 && a.P % 8 == 0 && a.N % 8 == 0;
+  const int vec_y = aligned(a.y, 4) && a.ldy % 2 == 0 && a.P % 2 == 0;
+  const unsigned nc = unsigned(b.n_chunks), qt = unsigned(b.chunk_q / kTile), nh = unsigned(a.nh);
+  static const bool smem_set = [] {  // 53 KB of double buffers: over the 48 KB default
+    CUDA_CHECK(cudaFuncSetAttribute(chunk_state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kStateSmem)));
+    return true;
+  }();
+  (void)smem_set;
+  chunk_state_kernel<<<dim3(nc, nh), kThreads, kStateSmem, st>>>(a, b, ch, sc, vec);
+  CUDA_LAUNCH_CHECK();
+  cb_kernel<<<dim3(qt * qt, unsigned(a.G), nc), kThreads, 0, st>>>(a, b, ch, sc, vec);
+  CUDA_LAUNCH_CHECK();
+  carry_kernel<ST><<<dim3(ceil_div(int64_t(a.P) * a.N, 256), nh, unsigned(b.S)), 256, 0, st>>>(a, b, ch, sc);
+  CUDA_LAUNCH_CHECK();
+  output_kernel<<<dim3(nh, qt, nc), kThreads, 0, st>>>(a, b, ch, sc, vec, vec_y);
+  CUDA_LAUNCH_CHECK();
+}
+
+template void ssd_chunked<float>(cudaStream_t, const SsdArgs&, const DevBatch&, float*);
+template void ssd_chunked<bf16>(cudaStream_t, const SsdArgs&, const DevBatch&, float*);
+
+}  // namespace bamba::cuda
