@@ -528,11 +528,8 @@ void ssd_chunked(cudaStream_t st, const SsdArgs& a, const DevBatch& b, float* sc
   const int vec = aligned(a.xBC, 16) && a.ldx % 8 == 0 && a.P % 8 == 0 && a.N % 8 == 0;
   const int vec_y = aligned(a.y, 4) && a.ldy % 2 == 0 && a.P % 2 == 0;
   const unsigned nc = unsigned(b.n_chunks), qt = unsigned(b.chunk_q / kTile), nh = unsigned(a.nh);
-  static const bool smem_set = [] {  // 53 KB of double buffers: over the 48 KB default
-    CUDA_CHECK(cudaFuncSetAttribute(chunk_state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kStateSmem)));
-    return true;
-  }();
-  (void)smem_set;
+  // 53 KB of double buffers, over the 48 KB default: the opt-in is set per call (cheap, right on any device).
+  CUDA_CHECK(cudaFuncSetAttribute(chunk_state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kStateSmem)));
   chunk_state_kernel<<<dim3(nc, nh), kThreads, kStateSmem, st>>>(a, b, ch, sc, vec);
   CUDA_LAUNCH_CHECK();
   cb_kernel<<<dim3(qt * qt, unsigned(a.G), nc), kThreads, 0, st>>>(a, b, ch, sc, vec);
