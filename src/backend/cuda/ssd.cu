@@ -196,7 +196,7 @@ void ssd(cudaStream_t st, const SsdArgs& a, const DevBatch& b, int max_seq_len, 
   if constexpr (std::is_same_v<T, bf16>) {
     if (ssd_chunked_takes(a, b, max_seq_len)) {
       if (scratch_floats < ssd_chunked_scratch_floats(a, b)) fail("internal: ssd scratch too small");
-      ssd_chunked<ST>(st, a, b, scratch);
+      ssd_chunked<ST>(st, a, b, max_seq_len, scratch);
       return;
     }
   }

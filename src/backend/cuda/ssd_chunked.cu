@@ -12,7 +12,8 @@
 //   2. cb (t tile, s tile, group, chunk): C Bᵀ, shared by all heads of a group (n_groups = 1 in Bamba: once
 //      instead of 128 times), stored as bf16 in the mma accumulator layout so kernel 4 reads it back with one
 //      8-byte load per fragment;
-//   3. carry (state element, head, sequence): the serial walk over a sequence's chunks, writing S_in as bf16;
+//   3. carry (state element, head, sequence): the serial walk over a sequence's chunks, writing S_in as bf16
+//      (or, when sequences have few chunks, fused into 1: each block hands its state on to the next chunk's);
 //   4. output (head, 64-token t tile, chunk): term 1 from S_in, then per 64-token s tile up to the diagonal the
 //      decay-scaled, causally masked C Bᵀ straight from accumulator registers into A fragments (the C layout of
 //      two adjacent n8 tiles is the A layout of one k16 step), times x_s; plus D x.
@@ -23,6 +24,8 @@
 // g, cols 2q, 2q+1), c2, c3 (row g+8, ..). ldmatrix.x4: lane L addresses row L%8 of matrix L/8; register i is
 // matrix i's (row g, cols 2q, 2q+1), or with .trans its (rows 2q, 2q+1, col g).
 #include <algorithm>
+#include <cstdlib>
+#include <type_traits>
 
 #include "backend/cuda/ssd_chunked.cuh"
 
@@ -49,13 +52,15 @@ struct Scratch {
   float* dec;    // [n_chunks, nh]                    cum at the chunk's last token
   float* cum;    // [nh, T]                           cum_t (chunk-local)
   float* delta;  // [nh, T]                           Δ_t
-  float* local;  // [n_chunks, nh, P, N]              S_c, fp32
+  float* local;  // [n_chunks, nh, P, N]              S_c, fp32 (fused carry: the state after chunk c)
   bf16* s_in;    // [n_chunks, nh, P, N]              S_in, bf16 (only the output GEMM reads it)
   bf16* cb;      // [n_chunks, G, Q/64, Q/64, 64·64]  C Bᵀ per (t tile, s tile), accumulator order
+  int* ready;    // [n_chunks, nh]                    fused carry: local[c, h] holds the state after chunk c
+  int* ticket;   // [1]                               fused carry: the next (chunk, head) to start
 };
 
 struct Layout {
-  size_t dec, cum, delta, local, s_in, cb, total;
+  size_t dec, cum, delta, local, s_in, cb, ready, total;
 };
 Layout layout(const SsdArgs& a, const DevBatch& b) {
   auto r32 = [](size_t x) { return (x + 31) / 32 * 32; };  // 128-byte aligned parts
@@ -68,7 +73,8 @@ Layout layout(const SsdArgs& a, const DevBatch& b) {
   l.delta = o, o += r32(nh * T);
   l.local = o, o += r32(nc * nh * PN);
   l.s_in = o, o += r32((nc * nh * PN + 1) / 2);
-  l.cb = o, o += nc * size_t(a.G) * qt * qt * kCbTile / 2;  // bf16
+  l.cb = o, o += r32(nc * size_t(a.G) * qt * qt * kCbTile / 2);  // bf16
+  l.ready = o, o += r32(nc * nh + 1);                              // int: ready flags, then the ticket
   l.total = o;
   return l;
 }
@@ -114,10 +120,13 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 
 // Like load_tile below, but asynchronous (cp.async; the caller commits and waits) when `vec` — then cols is a
 // multiple of 8, so a run is wholly inside or wholly padding; otherwise the synchronous copy.
+// Threads t, t + nt, ... of the block do the copy.
 template <int W, int LD>
-__device__ __forceinline__ void load_tile_async(bf16* dst, const bf16* src, int64_t ld, int rows, int cols, bool vec) {
+__device__ __forceinline__ void load_tile_async(bf16* dst, const bf16* src, int64_t ld, int rows, int cols, bool vec,
+                                                int t = 0, int nt = 0) {
   constexpr int kRuns = W / 8;
-  for (int i = threadIdx.x; i < kTile * kRuns; i += kThreads) {
+  if (nt == 0) t = int(threadIdx.x), nt = kThreads;
+  for (int i = t; i < kTile * kRuns; i += nt) {
     const int r = i / kRuns, c = (i % kRuns) * 8;
     bf16* d = dst + r * LD + c;
     if (vec) {
@@ -157,6 +166,23 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t ld
   }
 }
 
+// The fused carry's hand-over from the block of chunk c to the block of chunk c+1 (same head): release after the
+// state is written, acquire before it is read (both at GPU scope).
+__device__ __forceinline__ void flag_release(int* f) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(f), "r"(1) : "memory");
+}
+__device__ __forceinline__ int flag_acquire(const int* f) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(f) : "memory");
+  return v;
+}
+
+template <typename ST>
+__device__ __forceinline__ void store2(ST* d, float v0, float v1) {
+  if constexpr (std::is_same_v<ST, float>) *reinterpret_cast<float2*>(d) = make_float2(v0, v1);
+  else *reinterpret_cast<__nv_bfloat162*>(d) = __floats2bfloat162_rn(v0, v1);
+}
+
 __device__ __forceinline__ int chunk_len(const Chunks& ch, const DevBatch& b, int c) {
   return min(ch.Q, b.seq_start[ch.seq[c] + 1] - ch.begin[c]);
 }
@@ -165,16 +191,29 @@ __device__ __forceinline__ int chunk_len(const Chunks& ch, const DevBatch& b, in
 // The x and B tiles are double-buffered (cp.async, the first issued before Δ is computed); w_s is applied to the
 // A fragments in registers, split as hi + lo (two bf16, two mma) so that x_s w_s keeps ~16 bits instead of
 // bf16's 8: the chunk state is the one result every later token of the sequence reads.
+// With `fused` the carry happens here too (kernel 3 is not launched): blocks take (chunk, head) in chunk order from
+// a ticket, so the block of chunk c−1 has started before the block of chunk c; after its S_c, a block waits for
+// its predecessor's flag, reads the state after chunk c−1 (= S_in, fp32, from L2), writes S_in as bf16 for
+// kernel 4 and exp(cum_end) S_in + S_c either to `local` for its successor (then sets its flag) or, for a
+// sequence's last chunk, to the slot. This drops S_c's fp32 round trip through the separate carry kernel.
 constexpr size_t kStateSmem = size_t(2) * kTile * (kLdP + kLdN) * sizeof(bf16);
-__global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs a, DevBatch b, Chunks ch, Scratch sc, int vec) {
+template <typename ST>
+__global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs a, DevBatch b, Chunks ch, Scratch sc, int vec,
+                                                               int fused) {
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* xs = reinterpret_cast<bf16*>(smem);  // [2][s][p]  x_s
   bf16* bs = xs + 2 * kTile * kLdP;          // [2][s][n]  B_s
   __shared__ __align__(16) float cum[kMaxQ], w[kMaxQ];  // [Q]
   __shared__ float wsum[kThreads / 32];
+  __shared__ int ticket;
   const bf16* xBC = static_cast<const bf16*>(a.xBC);
   const bf16* dt = static_cast<const bf16*>(a.dt);
-  const int c = blockIdx.x, h = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  if (fused) {
+    if (threadIdx.x == 0) ticket = atomicAdd(sc.ticket, 1);
+    __syncthreads();
+  }
+  const int c = fused ? ticket / a.nh : int(blockIdx.x), h = fused ? ticket % a.nh : int(blockIdx.y);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int t0 = ch.begin[c], n = chunk_len(ch, b, c);
   const int P = a.P, N = a.N, I = a.nh * P, g = h / (a.nh / a.G);
   const float A = -expf(ld_param(a.A_log, h)), dtb = ld_param(a.dt_bias, h);
@@ -268,24 +307,83 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs a, DevBat
     }
     __syncthreads();  // buffer it % 2 is read; tile it + 2 may overwrite it
   }
-  if (pw >= P) return;
-  float* dst = sc.local + (int64_t(c) * a.nh + h) * P * N;  // [P, N]
   const int gr = lane >> 2;
+  if (!fused) {
+    if (pw >= P) return;
+    float* dst = sc.local + (int64_t(c) * a.nh + h) * P * N;  // [P, N]
 #pragma unroll
-  for (int j = 0; j < 16; ++j) {
-    const int col = 8 * j + 2 * q;
-    if (col >= N) break;
+    for (int j = 0; j < 16; ++j) {
+      const int col = 8 * j + 2 * q;
+      if (col >= N) break;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int p = pw + gr + 8 * half;
-      if (p >= P) continue;
-      float* d = dst + int64_t(p) * N + col;
-      if ((N & 1) == 0) *reinterpret_cast<float2*>(d) = make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
-      else {
-        d[0] = acc[j][2 * half];
-        if (col + 1 < N) d[1] = acc[j][2 * half + 1];
+      for (int half = 0; half < 2; ++half) {
+        const int p = pw + gr + 8 * half;
+        if (p >= P) continue;
+        float* d = dst + int64_t(p) * N + col;
+        if ((N & 1) == 0) *reinterpret_cast<float2*>(d) = make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
+        else {
+          d[0] = acc[j][2 * half];
+          if (col + 1 < N) d[1] = acc[j][2 * half + 1];
+        }
       }
     }
+    return;
+  }
+
+  // The fused carry (same formula and fp32 chain as kernel 3).
+  const int s = ch.seq[c], k0 = ch.first[s], k1 = ch.first[s + 1];
+  const bool past = b.past_len[s] > 0, has_prev = c > k0, has_in = has_prev || past, last = c == k1 - 1;
+  const int64_t PN = int64_t(P) * N;
+  if (has_prev) {
+    if (tid == 0)
+      while (flag_acquire(sc.ready + int64_t(c - 1) * a.nh + h) == 0) __nanosleep(32);
+    __syncthreads();
+  }
+  const float* prev = sc.local + (int64_t(c - 1) * a.nh + h) * PN;  // [P, N]  state after chunk c−1 (has_prev)
+  float* next = sc.local + (int64_t(c) * a.nh + h) * PN;            // [P, N]  state after chunk c (not last)
+  bf16* s_in = sc.s_in + (int64_t(c) * a.nh + h) * PN;              // [P, N]  S_in for kernel 4 (has_in)
+  ST* slot = static_cast<ST*>(a.state) + (int64_t(b.slot[s]) * a.nh + h) * PN;  // [P, N]
+  const float decay = expf(end);
+  if (pw < P) {
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const int col = 8 * j + 2 * q;
+      if (col >= N) break;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int p = pw + gr + 8 * half;
+        if (p >= P) continue;
+        const int64_t e = int64_t(p) * N + col;
+        float in0 = 0.f, in1 = 0.f;
+        if ((N & 1) == 0) {  // e even: the pair is aligned
+          if (has_prev) {
+            const float2 v = __ldcg(reinterpret_cast<const float2*>(prev + e));
+            in0 = v.x, in1 = v.y;
+          } else if (past) {
+            in0 = to_f(slot[e]), in1 = to_f(slot[e + 1]);
+          }
+          if (has_in) store2<bf16>(s_in + e, in0, in1);
+          const float o0 = decay * in0 + acc[j][2 * half], o1 = decay * in1 + acc[j][2 * half + 1];
+          if (last) store2<ST>(slot + e, o0, o1);
+          else store2<float>(next + e, o0, o1);
+        } else {
+#pragma unroll
+          for (int k = 0; k < 2; ++k) {
+            if (col + k >= N) break;
+            const float in = has_prev ? __ldcg(prev + e + k) : past ? to_f(slot[e + k]) : 0.f;
+            if (has_in) s_in[e + k] = __float2bfloat16_rn(in);
+            const float o = decay * in + acc[j][2 * half + k];
+            if (last) slot[e + k] = from_f<ST>(o);
+            else next[e + k] = o;
+          }
+        }
+      }
+    }
+  }
+  if (!last) {
+    __threadfence();
+    __syncthreads();  // every thread's part of `next` is written
+    if (tid == 0) flag_release(sc.ready + int64_t(c) * a.nh + h);
   }
 }
 
@@ -359,46 +457,64 @@ __global__ void carry_kernel(SsdArgs a, DevBatch b, Chunks ch, Scratch sc) {
   slot[e] = from_f<ST>(run);
 }
 
-// 4. Per (head, 64-token t tile, chunk): y for the tile. Warp w owns rows t = 16w .. 16w+15 and all P columns.
+// 4. Per (kH heads, 64-token t tile, chunk): y for the tile. Warp group k (warps 4k .. 4k+3) does head
+// kH·blockIdx.x + k; its warp wl owns rows t = 16wl .. 16wl+15 and all P columns. The heads of a block share the
+// C tile in shared memory and the C Bᵀ fragments (the same addresses for warp wl of every group: one L2 read,
+// the others from L1) — with kH = 2 the block's L2 reads per head drop from ~81 KB to ~63 KB at Q = 256.
 // The x tiles are double-buffered (cp.async): tile 0 loads together with C and S_in, tile sj+1 while tile sj is
-// multiplied; the second x buffer reuses C's space, which is dead after term 1. Each C Bᵀ fragment is loaded
+// multiplied; the second x buffers reuse C's space, which is dead after term 1. Each C Bᵀ fragment is loaded
 // before the barrier that precedes its use.
-__global__ void __launch_bounds__(kThreads) output_kernel(SsdArgs a, DevBatch b, Chunks ch, Scratch sc, int vec,
-                                                          int vec_y) {
-  __shared__ __align__(16) bf16 sbuf[2 * kTile * kLdN + kTile * kLdP];
-  bf16* cs = sbuf;                   // [t][n]  C_t (term 1 only)
-  bf16* ss = sbuf + kTile * kLdN;    // [p][n]  S_in
-  auto xbuf = [&](int k) { return k ? sbuf : sbuf + 2 * kTile * kLdN; };  // [s][p]  x_s; buffer 1 is cs's space
-  __shared__ __align__(16) float cum[kMaxQ], dl[kMaxQ];  // [Q]  cum_s, Δ_s of the chunk
-  __shared__ __align__(16) float ecol[kTile];            // [s]  exp(cum_end(s tile) − cum_s) Δ_s
+template <int kH>  // bf16 of C's space, later the kH second x buffers
+constexpr int kCsElems = kTile * kLdN > kH * kTile * kLdP ? kTile * kLdN : kH * kTile * kLdP;
+template <int kH>  // C | kH S_in | kH first x buffers
+constexpr size_t kOutSmem =
+    (size_t(kCsElems<kH>) + size_t(kH) * kTile * kLdN + size_t(kH) * kTile * kLdP) * sizeof(bf16);
+template <int kH>
+__global__ void __launch_bounds__(kThreads * kH, 4 / kH)
+    output_kernel(SsdArgs a, DevBatch b, Chunks ch, Scratch sc, int vec, int vec_y) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* sbuf = reinterpret_cast<bf16*>(smem);
+  __shared__ __align__(16) float cum_h[kH][kMaxQ], dl_h[kH][kMaxQ];  // [head][Q]  cum_s, Δ_s of the chunk
+  __shared__ __align__(16) float ecol_h[kH][kTile];                  // [head][s]  exp(cum_end(s tile) − cum_s) Δ_s
   const bf16* xBC = static_cast<const bf16*>(a.xBC);
-  const int h = blockIdx.x, ti = blockIdx.y, c = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int ti = blockIdx.y, c = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int hw = warp / 4, wl = warp % 4, lt = tid % kThreads;  // head in the block, warp and thread in its group
+  const int h = blockIdx.x * kH + hw;
+  bf16* cs = sbuf;                                                  // [t][n]  C_t (term 1 only)
+  bf16* ss = sbuf + kCsElems<kH> + hw * kTile * kLdN;               // [p][n]  S_in of head h
+  bf16* xb0 = sbuf + kCsElems<kH> + kH * kTile * kLdN + hw * kTile * kLdP;
+  bf16* xb1 = sbuf + hw * kTile * kLdP;
+  auto xbuf = [&](int k) { return k ? xb1 : xb0; };  // [s][p]  x_s of head h; buffer 1 is in cs's space
+  float* cum = cum_h[hw];
+  float* dl = dl_h[hw];
+  float* ecol = ecol_h[hw];
   const int s = ch.seq[c], t0 = ch.begin[c], n = chunk_len(ch, b, c);
   if (ti * kTile >= n) return;
   const int P = a.P, N = a.N, I = a.nh * P, g = h / (a.nh / a.G), QT = ch.Q / kTile;
   const int np = (P + 15) / 16, nk = (N + 15) / 16;
   const bf16* rows = xBC + int64_t(t0) * a.ldx;
   auto issue_x = [&](int sj) {
-    load_tile_async<kPMax, kLdP>(xbuf(sj & 1), rows + int64_t(sj * kTile) * a.ldx + h * P, a.ldx, n - sj * kTile, P, vec);
+    load_tile_async<kPMax, kLdP>(xbuf(sj & 1), rows + int64_t(sj * kTile) * a.ldx + h * P, a.ldx, n - sj * kTile, P,
+                                 vec, lt, kThreads);
   };
   const bool has_in = c != ch.first[s] || b.past_len[s] > 0;  // S_in is not zero
   issue_x(0);
   if (has_in) {
     load_tile_async<kNMax, kLdN>(cs, rows + int64_t(ti * kTile) * a.ldx + I + a.G * N + g * N, a.ldx, n - ti * kTile,
-                                 N, vec);
-    load_tile_async<kNMax, kLdN>(ss, sc.s_in + (int64_t(c) * a.nh + h) * P * N, N, P, N, vec);
+                                 N, vec, tid, kThreads * kH);
+    load_tile_async<kNMax, kLdN>(ss, sc.s_in + (int64_t(c) * a.nh + h) * P * N, N, P, N, vec, lt, kThreads);
   }
   cp_async_commit();
 
   // Padding tokens past the chunk's end get Δ = 0 and the last cum, so their terms vanish without NaNs.
   const float* cumh = sc.cum + int64_t(h) * b.T + t0;
   const float* dlh = sc.delta + int64_t(h) * b.T + t0;
-  for (int i = tid; i < (ti + 1) * kTile; i += kThreads) {
+  for (int i = lt; i < (ti + 1) * kTile; i += kThreads) {
     cum[i] = cumh[min(i, n - 1)];
     dl[i] = i < n ? dlh[i] : 0.f;
   }
   const int gr = lane >> 2, q = lane & 3;
-  const int tc0 = ti * kTile + 16 * warp + gr, tc1 = tc0 + 8;  // this thread's two rows, chunk-local
+  const int tc0 = ti * kTile + 16 * wl + gr, tc1 = tc0 + 8;  // this thread's two rows, chunk-local
   cp_async_wait<0>();
   __syncthreads();
 
@@ -410,7 +526,7 @@ __global__ void __launch_bounds__(kThreads) output_kernel(SsdArgs a, DevBatch b,
     for (int kk = 0; kk < 8; ++kk) {
       if (kk >= nk) break;
       uint32_t af[4];  // A[t][n] = cs[t][n]
-      ldsm4(af, cs + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdN + 16 * kk + (lane >> 4) * 8);
+      ldsm4(af, cs + (16 * wl + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdN + 16 * kk + (lane >> 4) * 8);
 #pragma unroll
       for (int pp = 0; pp < 4; ++pp) {
         if (pp >= np) break;
@@ -428,7 +544,7 @@ __global__ void __launch_bounds__(kThreads) output_kernel(SsdArgs a, DevBatch b,
   const uint2* cbt = reinterpret_cast<const uint2*>(sc.cb + ((int64_t(c) * a.G + g) * QT + ti) * QT * kCbTile);
   const float ct0 = cum[tc0], ct1 = cum[tc1];
   for (int sj = 0; sj <= ti; ++sj) {
-    const uint2* cbf = cbt + int64_t(sj) * (kCbTile / 4) + warp * 8 * 32 + lane;
+    const uint2* cbf = cbt + int64_t(sj) * (kCbTile / 4) + wl * 8 * 32 + lane;
     uint2 u[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) u[j] = cbf[j * 32];
@@ -438,12 +554,12 @@ __global__ void __launch_bounds__(kThreads) output_kernel(SsdArgs a, DevBatch b,
     // Below the diagonal every s precedes every t, so exp(cum_t − cum_s) = exp(cum_t − base) · exp(base − cum_s)
     // with base = cum at the s tile's last token: both factors ≤ 1, and 2 + 64/128 exps per thread instead of 32.
     const float base = cum[sj * kTile + kTile - 1];
-    if (sj < ti && tid < kTile) ecol[tid] = __expf(base - cum[sj * kTile + tid]) * dl[sj * kTile + tid];
+    if (sj < ti && lt < kTile) ecol[lt] = __expf(base - cum[sj * kTile + lt]) * dl[sj * kTile + lt];
     cp_async_wait<1>();  // tile sj has landed (tile sj+1 may still be in flight)
     __syncthreads();
     const bf16* xs = xbuf(sj & 1);
     // On the diagonal tile, k steps past the warp's last row are masked out entirely.
-    const int kmax = sj == ti ? warp + 1 : 4;
+    const int kmax = sj == ti ? wl + 1 : 4;
     uint32_t pa[4][4];  // A fragments of the 16×64 decay-scaled, masked C Bᵀ block, k step kk = n8 tiles 2kk, 2kk+1
     if (sj < ti) {
       const float r0 = __expf(ct0 - base), r1 = __expf(ct1 - base);
@@ -494,7 +610,7 @@ __global__ void __launch_bounds__(kThreads) output_kernel(SsdArgs a, DevBatch b,
     if (p >= P) break;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int r = 16 * warp + gr + 8 * half;
+      const int r = 16 * wl + gr + 8 * half;
       if (r >= nrows) continue;
       const float v0 = acc[j][2 * half] + Dh * __bfloat162float(xs[r * kLdP + p]);
       const float v1 = acc[j][2 * half + 1] + Dh * __bfloat162float(xs[r * kLdP + p + 1]);
@@ -519,28 +635,65 @@ bool ssd_chunked_takes(const SsdArgs& a, const DevBatch& b, int max_seq_len) {
 
 size_t ssd_chunked_scratch_floats(const SsdArgs& a, const DevBatch& b) { return layout(a, b).total; }
 
+// BAMBA_SSD_PATH (read per call, so one process can time the variants): bit 0 = the carry fused into kernel 1,
+// bit 1 = two heads per output block, bit 2 = four heads per output block (over bit 1). Unset (-1 here): the
+// fused carry when the longest sequence has at most kFusedMaxChunks chunks, one head per output block. H200
+// (bench/NOTES.md "v8"): fusing took 64×512 from 3,086 to 2,052 µs and 1×512 from 74 to 65, but with 8 and 32
+// chunks per sequence the hand-over chain made it slower (1×2048 186 → 222, 1×8192 624 → 757); 2 or 4 heads
+// per output block did not pay (1×8192 622 and 640 µs, 64×512 3,106 and 3,183).
+constexpr int kFusedMaxChunks = 2;
+int ssd_path() {
+  const char* e = std::getenv("BAMBA_SSD_PATH");
+  return e && *e ? std::atoi(e) : -1;
+}
+
 template <typename ST>
-void ssd_chunked(cudaStream_t st, const SsdArgs& a, const DevBatch& b, float* scratch) {
+void ssd_chunked(cudaStream_t st, const SsdArgs& a, const DevBatch& b, int max_seq_len, float* scratch) {
   const Layout l = layout(a, b);
-  const Scratch sc{scratch + l.dec, scratch + l.cum, scratch + l.delta, scratch + l.local,
-                   reinterpret_cast<bf16*>(scratch + l.s_in), reinterpret_cast<bf16*>(scratch + l.cb)};
+  const Scratch sc{scratch + l.dec,
+                   scratch + l.cum,
+                   scratch + l.delta,
+                   scratch + l.local,
+                   reinterpret_cast<bf16*>(scratch + l.s_in),
+                   reinterpret_cast<bf16*>(scratch + l.cb),
+                   reinterpret_cast<int*>(scratch + l.ready),
+                   reinterpret_cast<int*>(scratch + l.ready) + size_t(b.n_chunks) * size_t(a.nh)};
   const Chunks ch{b.chunk_seq, b.chunk_begin, b.chunk_first, b.chunk_q};
   const int vec = aligned(a.xBC, 16) && a.ldx % 8 == 0 && a.P % 8 == 0 && a.N % 8 == 0;
   const int vec_y = aligned(a.y, 4) && a.ldy % 2 == 0 && a.P % 2 == 0;
   const unsigned nc = unsigned(b.n_chunks), qt = unsigned(b.chunk_q / kTile), nh = unsigned(a.nh);
+  const int chain = (max_seq_len + b.chunk_q - 1) / b.chunk_q;  // chunks of the longest sequence
+  const int env = ssd_path();
+  const int path = env >= 0 ? env : chain <= kFusedMaxChunks ? 1 : 0;
+  const int fused = path & 1;
+  // Heads per output block: all of one group.
+  const int heads = (path & 4) && (a.nh / a.G) % 4 == 0 ? 4 : (path & 2) && (a.nh / a.G) % 2 == 0 ? 2 : 1;
+  if (fused)
+    CUDA_CHECK(cudaMemsetAsync(sc.ready, 0, (size_t(nc) * nh + 1) * sizeof(int), st));
   // 53 KB of double buffers, over the 48 KB default: the opt-in is set per call (cheap, right on any device).
-  CUDA_CHECK(cudaFuncSetAttribute(chunk_state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kStateSmem)));
-  chunk_state_kernel<<<dim3(nc, nh), kThreads, kStateSmem, st>>>(a, b, ch, sc, vec);
+  CUDA_CHECK(
+      cudaFuncSetAttribute(chunk_state_kernel<ST>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kStateSmem)));
+  chunk_state_kernel<ST><<<dim3(nc, nh), kThreads, kStateSmem, st>>>(a, b, ch, sc, vec, fused);
   CUDA_LAUNCH_CHECK();
   cb_kernel<<<dim3(qt * qt, unsigned(a.G), nc), kThreads, 0, st>>>(a, b, ch, sc, vec);
   CUDA_LAUNCH_CHECK();
-  carry_kernel<ST><<<dim3(ceil_div(int64_t(a.P) * a.N, 256), nh, unsigned(b.S)), 256, 0, st>>>(a, b, ch, sc);
-  CUDA_LAUNCH_CHECK();
-  output_kernel<<<dim3(nh, qt, nc), kThreads, 0, st>>>(a, b, ch, sc, vec, vec_y);
+  if (!fused) {
+    carry_kernel<ST><<<dim3(ceil_div(int64_t(a.P) * a.N, 256), nh, unsigned(b.S)), 256, 0, st>>>(a, b, ch, sc);
+    CUDA_LAUNCH_CHECK();
+  }
+  if (heads == 4) {
+    CUDA_CHECK(cudaFuncSetAttribute(output_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kOutSmem<4>)));
+    output_kernel<4><<<dim3(nh / 4, qt, nc), kThreads * 4, kOutSmem<4>, st>>>(a, b, ch, sc, vec, vec_y);
+  } else if (heads == 2) {
+    CUDA_CHECK(cudaFuncSetAttribute(output_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kOutSmem<2>)));
+    output_kernel<2><<<dim3(nh / 2, qt, nc), kThreads * 2, kOutSmem<2>, st>>>(a, b, ch, sc, vec, vec_y);
+  } else {
+    output_kernel<1><<<dim3(nh, qt, nc), kThreads, kOutSmem<1>, st>>>(a, b, ch, sc, vec, vec_y);
+  }
   CUDA_LAUNCH_CHECK();
 }
 
-template void ssd_chunked<float>(cudaStream_t, const SsdArgs&, const DevBatch&, float*);
-template void ssd_chunked<bf16>(cudaStream_t, const SsdArgs&, const DevBatch&, float*);
+template void ssd_chunked<float>(cudaStream_t, const SsdArgs&, const DevBatch&, int, float*);
+template void ssd_chunked<bf16>(cudaStream_t, const SsdArgs&, const DevBatch&, int, float*);
 
 }  // namespace bamba::cuda

@@ -9,8 +9,9 @@ namespace bamba::cuda {
 // up to 256, and some sequence long enough that the per-sequence recurrence would be serial for long.
 bool ssd_chunked_takes(const SsdArgs& a, const DevBatch& b, int max_seq_len);
 size_t ssd_chunked_scratch_floats(const SsdArgs& a, const DevBatch& b);
-// y and the slots' final states for every sequence of the batch; scratch holds ssd_chunked_scratch_floats.
+// y and the slots' final states for every sequence of the batch (max_seq_len: its longest sequence's new tokens);
+// scratch holds ssd_chunked_scratch_floats.
 template <typename ST>
-void ssd_chunked(cudaStream_t st, const SsdArgs& a, const DevBatch& b, float* scratch);
+void ssd_chunked(cudaStream_t st, const SsdArgs& a, const DevBatch& b, int max_seq_len, float* scratch);
 
 }  // namespace bamba::cuda
