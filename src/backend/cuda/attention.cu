@@ -156,7 +156,7 @@ __global__ void __launch_bounds__(128) flash_attention_kernel(AttnArgs a, DevBat
   uint32_t qf[DH / 16][4];  // this warp's 16 rows as A fragments
 #pragma unroll
   for (int kk = 0; kk < DH / 16; ++kk)
-    ldsm_x4(smem_addr(sQ + (warp * 16 + (lane & 15)) * LDS + kk * 16 + (lane >> 4) * 8), qf[kk]);
+    ldsm_x4(qf[kk], sQ + (warp * 16 + (lane & 15)) * LDS + kk * 16 + (lane >> 4) * 8);
 
   float o[DH / 8][4];
 #pragma unroll
@@ -192,7 +192,7 @@ __global__ void __launch_bounds__(128) flash_attention_kernel(AttnArgs a, DevBat
       for (int j = 0; j < kFlashBK / 16; ++j) {
         uint32_t kf[4];  // b0, b1 of key block 2j, then of 2j+1
         const int mi = lane >> 3;
-        ldsm_x4(smem_addr(sK + (16 * j + (mi >> 1) * 8 + (lane & 7)) * LDS + kk * 16 + (mi & 1) * 8), kf);
+        ldsm_x4(kf, sK + (16 * j + (mi >> 1) * 8 + (lane & 7)) * LDS + kk * 16 + (mi & 1) * 8);
         mma_bf16(sc[2 * j], qf[kk], kf[0], kf[1]);
         mma_bf16(sc[2 * j + 1], qf[kk], kf[2], kf[3]);
       }
@@ -245,7 +245,7 @@ __global__ void __launch_bounds__(128) flash_attention_kernel(AttnArgs a, DevBat
       for (int j = 0; j < DH / 16; ++j) {
         uint32_t vf[4];  // b0, b1 of d block 2j, then of 2j+1
         const int mi = lane >> 3;
-        ldsm_x4_trans(smem_addr(sV + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * LDS + 16 * j + (mi >> 1) * 8), vf);
+        ldsm_x4_trans(vf, sV + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * LDS + 16 * j + (mi >> 1) * 8);
         mma_bf16(o[2 * j], pf, vf[0], vf[1]);
         mma_bf16(o[2 * j + 1], pf, vf[2], vf[3]);
       }

@@ -19,14 +19,12 @@
 //      two adjacent n8 tiles is the A layout of one k16 step), times x_s; plus D x.
 // Tiles are zero-padded to P = 64 and N = 128 in shared memory, so any head_dim ≤ 64 and d_state ≤ 128 work.
 //
-// Fragment layouts (g = lane / 4, q = lane % 4): A 16×16: a0 (row g, cols 2q, 2q+1), a1 (row g+8, ..), a2 (row g,
-// cols 2q+8, ..), a3 (row g+8, cols 2q+8, ..); B 16×8: b0 (k 2q, 2q+1; n g), b1 (k 2q+8, ..); C 16×8: c0, c1 (row
-// g, cols 2q, 2q+1), c2, c3 (row g+8, ..). ldmatrix.x4: lane L addresses row L%8 of matrix L/8; register i is
-// matrix i's (row g, cols 2q, 2q+1), or with .trans its (rows 2q, 2q+1, col g).
+// The mma fragment layouts these kernels rely on are written out in mma.cuh.
 #include <algorithm>
 #include <cstdlib>
 #include <type_traits>
 
+#include "backend/cuda/mma.cuh"
 #include "backend/cuda/ssd_chunked.cuh"
 
 namespace bamba::cuda {
@@ -77,29 +75,6 @@ Layout layout(const SsdArgs& a, const DevBatch& b) {
   l.ready = o, o += r32(nc * nh + 1);                              // int: ready flags, then the ticket
   l.total = o;
   return l;
-}
-
-__device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const bf16* p) {
-  const unsigned s = unsigned(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
-}
-__device__ __forceinline__ void ldsm4_t(uint32_t (&r)[4], const bf16* p) {
-  const unsigned s = unsigned(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
-}
-// c += a · b for one 16×8 tile, k = 16.
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-               "{%0,%1,%2,%3};\n"
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-// Two fp32 values as the bf16 pair of one fragment register: the lower column in the low half.
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
 }
 
 // The four bf16 of a uint2 (two fragment registers) as floats.
@@ -278,7 +253,7 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs a, DevBat
       for (int kk = 0; kk < 4; ++kk) {
         if (s0 + 16 * kk >= n) break;  // the rest of the tile is padding
         uint32_t xf[4];                 // A[p][s] = xt[s][p]: transposed
-        ldsm4_t(xf, xt + (16 * kk + (lane & 7) + (lane >> 4) * 8) * kLdP + pw + ((lane >> 3) & 1) * 8);
+        ldsm_x4_trans(xf, xt + (16 * kk + (lane & 7) + (lane >> 4) * 8) * kLdP + pw + ((lane >> 3) & 1) * 8);
         // xf[0], xf[1] hold s = 2q, 2q+1 of the k step; xf[2], xf[3] hold s = 2q+8, 2q+9.
         const float2 wl = *reinterpret_cast<const float2*>(w + s0 + 16 * kk + 2 * q);
         const float2 wh = *reinterpret_cast<const float2*>(w + s0 + 16 * kk + 2 * q + 8);
@@ -297,11 +272,11 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs a, DevBat
         for (int nn = 0; nn < 8; ++nn) {
           if (nn >= nk) break;
           uint32_t bf[4];  // B[s][n] = bt[s][n], n8 tiles 2nn and 2nn+1
-          ldsm4_t(bf, bt + (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdN + 16 * nn + (lane >> 4) * 8);
-          mma(acc[2 * nn], hi, bf[0], bf[1]);
-          mma(acc[2 * nn], lo, bf[0], bf[1]);
-          mma(acc[2 * nn + 1], hi, bf[2], bf[3]);
-          mma(acc[2 * nn + 1], lo, bf[2], bf[3]);
+          ldsm_x4_trans(bf, bt + (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdN + 16 * nn + (lane >> 4) * 8);
+          mma_bf16(acc[2 * nn], hi, bf[0], bf[1]);
+          mma_bf16(acc[2 * nn], lo, bf[0], bf[1]);
+          mma_bf16(acc[2 * nn + 1], hi, bf[2], bf[3]);
+          mma_bf16(acc[2 * nn + 1], lo, bf[2], bf[3]);
         }
       }
     }
@@ -410,13 +385,13 @@ __global__ void __launch_bounds__(kThreads) cb_kernel(SsdArgs a, DevBatch b, Chu
   for (int kk = 0; kk < 8; ++kk) {
     if (kk >= nk) break;
     uint32_t af[4];  // A[t][n] = cs[t][n]
-    ldsm4(af, cs + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdN + 16 * kk + (lane >> 4) * 8);
+    ldsm_x4(af, cs + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdN + 16 * kk + (lane >> 4) * 8);
 #pragma unroll
     for (int pp = 0; pp < 4; ++pp) {
       uint32_t bf[4];  // B[n][s] = bs[s][n]: s n8 tiles 2pp and 2pp+1
-      ldsm4(bf, bs + (16 * pp + (lane & 7) + (lane >> 4) * 8) * kLdN + 16 * kk + ((lane >> 3) & 1) * 8);
-      mma(acc[2 * pp], af, bf[0], bf[1]);
-      mma(acc[2 * pp + 1], af, bf[2], bf[3]);
+      ldsm_x4(bf, bs + (16 * pp + (lane & 7) + (lane >> 4) * 8) * kLdN + 16 * kk + ((lane >> 3) & 1) * 8);
+      mma_bf16(acc[2 * pp], af, bf[0], bf[1]);
+      mma_bf16(acc[2 * pp + 1], af, bf[2], bf[3]);
     }
   }
   uint2* out = reinterpret_cast<uint2*>(sc.cb + (((int64_t(c) * a.G + g) * QT + ti) * QT + sj) * kCbTile);
@@ -526,14 +501,14 @@ __global__ void __launch_bounds__(kThreads * kH, 4 / kH)
     for (int kk = 0; kk < 8; ++kk) {
       if (kk >= nk) break;
       uint32_t af[4];  // A[t][n] = cs[t][n]
-      ldsm4(af, cs + (16 * wl + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdN + 16 * kk + (lane >> 4) * 8);
+      ldsm_x4(af, cs + (16 * wl + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdN + 16 * kk + (lane >> 4) * 8);
 #pragma unroll
       for (int pp = 0; pp < 4; ++pp) {
         if (pp >= np) break;
         uint32_t bf[4];  // B[n][p] = ss[p][n]: p n8 tiles 2pp and 2pp+1
-        ldsm4(bf, ss + (16 * pp + (lane & 7) + (lane >> 4) * 8) * kLdN + 16 * kk + ((lane >> 3) & 1) * 8);
-        mma(acc[2 * pp], af, bf[0], bf[1]);
-        mma(acc[2 * pp + 1], af, bf[2], bf[3]);
+        ldsm_x4(bf, ss + (16 * pp + (lane & 7) + (lane >> 4) * 8) * kLdN + 16 * kk + ((lane >> 3) & 1) * 8);
+        mma_bf16(acc[2 * pp], af, bf[0], bf[1]);
+        mma_bf16(acc[2 * pp + 1], af, bf[2], bf[3]);
       }
     }
     const float e0 = __expf(cum[tc0]), e1 = __expf(cum[tc1]);
@@ -592,9 +567,9 @@ __global__ void __launch_bounds__(kThreads * kH, 4 / kH)
       for (int pp = 0; pp < 4; ++pp) {
         if (pp >= np) break;
         uint32_t bf[4];  // B[s][p] = xs[s][p]: transposed, p n8 tiles 2pp and 2pp+1
-        ldsm4_t(bf, xs + (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdP + 16 * pp + (lane >> 4) * 8);
-        mma(acc[2 * pp], pa[kk], bf[0], bf[1]);
-        mma(acc[2 * pp + 1], pa[kk], bf[2], bf[3]);
+        ldsm_x4_trans(bf, xs + (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdP + 16 * pp + (lane >> 4) * 8);
+        mma_bf16(acc[2 * pp], pa[kk], bf[0], bf[1]);
+        mma_bf16(acc[2 * pp + 1], pa[kk], bf[2], bf[3]);
       }
     }
   }
