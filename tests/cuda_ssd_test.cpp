@@ -147,9 +147,10 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, CudaSsd, ::testing::Values(DType::BF16, DType::
 // One Bamba-9B layer's scan (128 heads × 64, d_state 128, 1 group, fp32 state) on the H200, printed next to
 // mamba_ssm 2.3.2's `mamba_chunk_scan_combined` on the same card (median of triton.testing.do_bench,
 // ../shared/docs/performance.md). The time per call is the mean over 20 back-to-back calls after 2 warm-ups,
-// including launch costs. Held to the Triton time where we beat it (64×512 since the fused carry: 2,052 µs) and to
-// the measured time + ~25 % where we do not yet (1×8192: 624 µs vs 602; bench/NOTES.md "v8"), so a regression
-// fails.
+// including launch costs. Held to the Triton time where we beat it clearly (1×512 65 µs, 1×2048 179 µs, 64×512
+// 2,049 µs since the fused carry) and to Triton + 5 % at 1×8192, where we beat it by less than run-to-run noise
+// (598 µs vs 602 since the carry moves two elements and 16 chunks a round; bench/NOTES.md "v10"), so a
+// regression fails and noise does not.
 // Chunk 128 and the BAMBA_SSD_PATH variants are printed for comparison; only the default (256, default path) is
 // held.
 TEST(CudaSsdSpeed, BambaLayerShapesOnH200) {
@@ -171,7 +172,7 @@ TEST(CudaSsdSpeed, BambaLayerShapesOnH200) {
     be->fill_uniform(D, 2, 0.5f, 1.5f);
     be->fill_uniform(dt_bias, 3, -6.9f, -2.3f);  // softplus⁻¹ of dt in [0.001, 0.1]
     Tensor state = be->alloc(DType::F32, {64, nh, P, N});
-    for (const Shape& sh : {Shape{1, 512, 544, 544}, Shape{1, 2048, 491, 491}, Shape{1, 8192, 602, 800},
+    for (const Shape& sh : {Shape{1, 512, 544, 544}, Shape{1, 2048, 491, 491}, Shape{1, 8192, 602, 632},
                              Shape{64, 512, 2448, 2448}}) {
       std::vector<int32_t> lens(size_t(sh.seqs), sh.len), pasts(size_t(sh.seqs), 0), slots(size_t(sh.seqs));
       for (int s = 0; s < sh.seqs; ++s) slots[size_t(s)] = s;
