@@ -9,6 +9,8 @@ echo "== release build + tests"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build
 ctest --test-dir build --output-on-failure -j "$jobs"
+# ctest shows a skipped test only as "(Skipped)": print why the GPU tests skipped here (nothing when a GPU ran them).
+build/bamba_tests --gtest_filter='*Cuda*' 2>&1 | grep -oE "no CUDA GPU: [^)]*\)?" | sort | uniq -c || true
 [ "${1:-}" = "--quick" ] && exit 0
 echo "== ASan+UBSan build + tests (CPU code: no GPU here, and ASan does not cover device code)"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBAMBA_SANITIZE=ON -DBAMBA_CUDA=OFF >/dev/null
