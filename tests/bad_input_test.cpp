@@ -687,6 +687,19 @@ uint32_t bits(float f) {
   return u;
 }
 
+// Every 16-bit pattern survives half -> f32 -> half (NaNs as some NaN).
+template <typename ToF32, typename FromF32>
+void expect_every_half_round_trips(ToF32 to_f32, FromF32 from_f32) {
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    const float f = to_f32(uint16_t(h));
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(to_f32(from_f32(f)))) << h;
+    } else {
+      EXPECT_EQ(from_f32(f), h) << std::hex << h;
+    }
+  }
+}
+
 TEST(DTypeConversion, F16KnownBitPatterns) {
   const float inf = std::numeric_limits<float>::infinity();
   const struct {
@@ -721,15 +734,7 @@ TEST(DTypeConversion, F16KnownBitPatterns) {
   }
   EXPECT_TRUE(std::isnan(f16_to_f32(0x7e00)));
   EXPECT_TRUE(std::isnan(f16_to_f32(0x7c01)));
-  // Every f16 value survives f16 -> f32 -> f16 (NaNs as some NaN).
-  for (uint32_t h = 0; h < 0x10000; ++h) {
-    float f = f16_to_f32(uint16_t(h));
-    if (std::isnan(f)) {
-      EXPECT_TRUE(std::isnan(f16_to_f32(f32_to_f16(f)))) << h;
-    } else {
-      EXPECT_EQ(f32_to_f16(f), h) << std::hex << h;
-    }
-  }
+  expect_every_half_round_trips(f16_to_f32, f32_to_f16);
 }
 
 TEST(DTypeConversion, Bf16) {
@@ -751,14 +756,7 @@ TEST(DTypeConversion, Bf16) {
     EXPECT_TRUE(std::isnan(bf16_to_f32(h))) << std::hex << n;
     EXPECT_EQ(h & 0x8000, (n >> 16) & 0x8000);  // sign kept
   }
-  for (uint32_t h = 0; h < 0x10000; ++h) {
-    float f = bf16_to_f32(uint16_t(h));
-    if (std::isnan(f)) {
-      EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(f)))) << h;
-    } else {
-      EXPECT_EQ(f32_to_bf16(f), h) << std::hex << h;
-    }
-  }
+  expect_every_half_round_trips(bf16_to_f32, f32_to_bf16);
 }
 
 TEST(DTypeConversion, BulkAndUnaligned) {

@@ -13,24 +13,15 @@
 #include "backend/backend.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "test_util.h"
 
 namespace bamba {
 namespace {
 
-// docs/numerics.md: relative L2 error of a bf16 output against the fp32 oracle, of an fp32 output (only
-// summation order and __expf differ), and of the fp32 SSM state.
-constexpr double kTolBf16 = 1e-2;
-constexpr double kTolF32 = 1e-4;
-constexpr double kTolF32State = 2e-3;
-
-double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - ref[i]) * (double(a[i]) - ref[i]);
-    den += double(ref[i]) * ref[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
+using test::kTolBf16;
+using test::kTolF32;
+using test::kTolF32State;
+using test::rel_l2;
 
 struct Pair {
   Tensor cpu, gpu;
@@ -74,6 +65,12 @@ class CudaOps : public ::testing::TestWithParam<DType> {
     auto a = host(*gpu_, p.gpu), r = host(*cpu_, p.cpu);
     const double e = rel_l2(a, r);
     EXPECT_LE(e, tol) << what << " (relative L2 error " << e << ")";
+  }
+  // y = x Wᵀ + bias on both backends, compared at the compute dtype's tolerance (y may be F32: logits).
+  void expect_matmul_close(const Pair& y, const Pair& x, const Pair& W, const Pair& bias, const std::string& what) {
+    cpu_->matmul(y.cpu, x.cpu, W.cpu, bias.cpu);
+    gpu_->matmul(y.gpu, x.gpu, W.gpu, bias.gpu);
+    expect_close(y, tol(), what);
   }
   static Pair cols(const Pair& p, int64_t a, int64_t b) { return {p.cpu.slice_cols(a, b), p.gpu.slice_cols(a, b)}; }
   static Pair rows(const Pair& p, int64_t a, int64_t b) { return {p.cpu.slice_rows(a, b), p.gpu.slice_rows(a, b)}; }
@@ -132,12 +129,8 @@ TEST_P(CudaOps, MatmulStridedWithBiasAndF32Output) {
       Pair bias = make(DType::F32, {N}, -0.5f, 0.5f), y = zeros(act(), {M, N + 3}), y32 = zeros(DType::F32, {M, N});
       Pair x = cols(xw, off, off + K), yv = cols(y, 0, N);
       const std::string what = std::string(aligned ? "aligned" : "misaligned") + ", M=" + std::to_string(M);
-      cpu_->matmul(yv.cpu, x.cpu, W.cpu, bias.cpu);
-      gpu_->matmul(yv.gpu, x.gpu, W.gpu, bias.gpu);
-      expect_close(yv, tol(), "matmul bf16 out, " + what);
-      cpu_->matmul(y32.cpu, x.cpu, W.cpu, {});
-      gpu_->matmul(y32.gpu, x.gpu, W.gpu, {});
-      expect_close(y32, tol(), "matmul f32 out, " + what);
+      expect_matmul_close(yv, x, W, bias, "matmul bf16 out, " + what);
+      expect_matmul_close(y32, x, W, {}, "matmul f32 out, " + what);
     }
 }
 
@@ -148,9 +141,7 @@ TEST_P(CudaOps, MatmulLongK) {
     const int64_t K = 4104, N = 37;
     Pair x = make(act(), {M, K}, -1, 1), W = make(act(), {N, K}, -0.2f, 0.2f), y = zeros(act(), {M, N});
     Pair bias = make(DType::F32, {N}, -0.5f, 0.5f);
-    cpu_->matmul(y.cpu, x.cpu, W.cpu, bias.cpu);
-    gpu_->matmul(y.gpu, x.gpu, W.gpu, bias.gpu);
-    expect_close(y, tol(), "long-K matmul, M=" + std::to_string(M));
+    expect_matmul_close(y, x, W, bias, "long-K matmul, M=" + std::to_string(M));
   }
 }
 
@@ -164,12 +155,8 @@ TEST_P(CudaOps, MatmulDecodeShapes) {
     for (int64_t M : {1, 2, 3, 4, 8}) {
       Pair x = make(act(), {M, sh.K}, -1, 1), y = zeros(act(), {M, sh.N}), y32 = zeros(DType::F32, {M, sh.N});
       const std::string what = "K=" + std::to_string(sh.K) + ", N=" + std::to_string(sh.N) + ", M=" + std::to_string(M);
-      cpu_->matmul(y.cpu, x.cpu, W.cpu, bias.cpu);
-      gpu_->matmul(y.gpu, x.gpu, W.gpu, bias.gpu);
-      expect_close(y, tol(), "decode matmul, " + what);
-      cpu_->matmul(y32.cpu, x.cpu, W.cpu, {});
-      gpu_->matmul(y32.gpu, x.gpu, W.gpu, {});
-      expect_close(y32, tol(), "decode matmul f32 out, " + what);
+      expect_matmul_close(y, x, W, bias, "decode matmul, " + what);
+      expect_matmul_close(y32, x, W, {}, "decode matmul f32 out, " + what);
     }
   }
 }

@@ -14,23 +14,15 @@
 
 #include "backend/backend.h"
 #include "core/dtype.h"
+#include "test_util.h"
 
 namespace bamba {
 namespace {
 
-// docs/numerics.md: a bf16 output, an fp32 output, the fp32 SSM state.
-constexpr double kTolBf16 = 1e-2;
-constexpr double kTolF32 = 1e-4;
-constexpr double kTolF32State = 2e-3;
-
-double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - ref[i]) * (double(a[i]) - ref[i]);
-    den += double(ref[i]) * ref[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
+using test::kTolBf16;
+using test::kTolF32;
+using test::kTolF32State;
+using test::rel_l2;
 
 // Sets BAMBA_SSD_CHUNK for the backends made while it lives (the CUDA backend reads it when constructed).
 struct ChunkEnv {

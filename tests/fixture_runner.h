@@ -14,6 +14,15 @@
 
 namespace bamba::test {
 
+// The fixture models both suites run, and their gtest parameter names ("bamba_tiny_a").
+inline const std::vector<std::string> kFixtureModels = {"bamba-tiny-a", "bamba-tiny-b", "bamba-tiny-e2e"};
+inline std::string fixture_param_name(const std::string& model) {
+  std::string s = model;
+  for (char& c : s)
+    if (c == '-') c = '_';
+  return s;
+}
+
 struct FixtureSequence {
   std::vector<int32_t> ids;
   std::vector<int32_t> logit_positions;            // rows of logits we have references for

@@ -171,13 +171,8 @@ TEST_P(FixtureModel, GreedyGenerationUpToFirstNearTie) {
   EXPECT_GT(checked, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, FixtureModel, ::testing::Values("bamba-tiny-a", "bamba-tiny-b", "bamba-tiny-e2e"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (char& c : s)
-                             if (c == '-') c = '_';
-                           return s;
-                         });
+INSTANTIATE_TEST_SUITE_P(Fixtures, FixtureModel, ::testing::ValuesIn(test::kFixtureModels),
+                         [](const auto& info) { return test::fixture_param_name(info.param); });
 
 }  // namespace
 }  // namespace bamba

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 namespace bamba::test {
 
@@ -16,6 +17,14 @@ inline std::string bamba_binary() {
   const char* e = std::getenv("BAMBA_BIN");
   return e && *e ? e : BAMBA_BINARY;
 }
+
+// GPU op tolerances (docs/numerics.md), as relative L2 errors against the fp32 CPU oracle: a bf16 output, an fp32
+// output (only summation order and __expf differ), the fp32 SSM state.
+constexpr double kTolBf16 = 1e-2;
+constexpr double kTolF32 = 1e-4;
+constexpr double kTolF32State = 2e-3;
+// ‖a − ref‖₂ / ‖ref‖₂
+double rel_l2(const std::vector<float>& a, const std::vector<float>& ref);
 
 // A fresh empty folder under $TMPDIR, removed by the caller (or left for inspection).
 std::string make_temp_dir(const std::string& tag);
