@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "engine/step_batch.h"
+#include "backend/step_batch.h"
 #include "io/safetensors.h"
 
 namespace bamba {

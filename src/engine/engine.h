@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "engine/engine_stats.h"
-#include "engine/hybrid_cache.h"
+#include "model/hybrid_cache.h"
 #include "engine/request.h"
 #include "engine/scheduler.h"
 #include "engine/text_stream.h"

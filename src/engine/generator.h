@@ -7,7 +7,7 @@
 #include <span>
 #include <vector>
 
-#include "engine/hybrid_cache.h"
+#include "model/hybrid_cache.h"
 #include "model/hybrid.h"
 
 namespace bamba {

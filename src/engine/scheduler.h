@@ -14,7 +14,7 @@
 #include <memory>
 #include <vector>
 
-#include "engine/hybrid_cache.h"
+#include "model/hybrid_cache.h"
 
 namespace bamba {
 

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "backend/backend.h"
-#include "engine/hybrid_cache.h"
+#include "model/hybrid_cache.h"
 #include "model/config.h"
 #include "model/weights.h"
 

@@ -1,4 +1,4 @@
-#include "engine/step_batch.h"
+#include "backend/step_batch.h"
 
 #include <algorithm>
 

@@ -1,4 +1,4 @@
-#include "engine/hybrid_cache.h"
+#include "model/hybrid_cache.h"
 
 #include "core/error.h"
 
