@@ -131,6 +131,19 @@ TEST(Parquet, HyparquetV2PagesDeltaByteArrayRowGroups) {
   expect_same_rows(bamba::read_parquet(kData + "flat.parquet"), expected_rows("flat.jsonl"), "flat.parquet");
 }
 
+TEST(Parquet, DecimalsAndBinary) {
+  // DECIMAL(4,2) in INT32, DECIMAL(18,3) in INT64, DECIMAL(38,10) in 16 big-endian bytes; a BLOB.
+  std::vector<Json> rows = bamba::read_parquet(kData + "decimal.parquet");
+  std::vector<Json> want = expected_rows("decimal.jsonl");
+  ASSERT_EQ(rows.size(), want.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    for (const char* k : {"d2", "d3", "d10"}) EXPECT_EQ(rows[i][k], want[i][k]) << "row " << i << " " << k;
+  }
+  EXPECT_EQ(rows[0]["raw"], Json::binary({'a', 'b'}));
+  EXPECT_EQ(rows[1]["raw"], Json::binary({}));
+  EXPECT_TRUE(rows[2]["raw"].is_null());
+}
+
 TEST(Parquet, UnsupportedCodecNamesColumnAndRowGroup) {
   std::string err = error_of([] { bamba::read_parquet(kData + "mmlu_brotli.parquet"); });
   EXPECT_NE(err.find("mmlu_brotli.parquet"), std::string::npos) << err;

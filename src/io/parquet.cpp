@@ -484,13 +484,14 @@ class ColumnReader {
     }
   }
 
-  double decimal_scale() const { return std::pow(10.0, -double(e_.scale)); }
+  // Dividing by an exact power of ten rounds once, so 1234 with scale 2 gives the double nearest 12.34.
+  double decimal_divisor() const { return std::pow(10.0, double(e_.scale)); }
 
   template <typename I>
   Json from_int(I v) const {
     switch (leaf_.kind) {
       case Kind::UInt: return Json(uint64_t(std::make_unsigned_t<I>(v)));
-      case Kind::Decimal: return Json(double(v) * decimal_scale());
+      case Kind::Decimal: return Json(double(v) / decimal_divisor());
       default: return Json(int64_t(v));
     }
   }
@@ -511,10 +512,12 @@ class ColumnReader {
         return Json(std::string(s));
       }
       case Kind::Decimal: {  // big-endian two's complement
+        // A negative value is -(~x + 1), accumulated from the complemented bytes so that small magnitudes stay
+        // exact (2^128 - x in doubles would lose them).
+        const bool negative = n && (p[0] & 0x80);
         double v = 0.0;
-        for (size_t i = 0; i < n; ++i) v = v * 256.0 + double(p[i]);
-        if (n && (p[0] & 0x80)) v -= std::pow(256.0, double(n));
-        return Json(v * decimal_scale());
+        for (size_t i = 0; i < n; ++i) v = v * 256.0 + double(negative ? 255 - p[i] : p[i]);
+        return Json((negative ? -(v + 1.0) : v) / decimal_divisor());
       }
       case Kind::Float16: return Json(half_to_float(uint16_t(p[0] | p[1] << 8)));
       default: return Json::binary(std::vector<std::uint8_t>(p, p + n));
@@ -675,7 +678,7 @@ std::vector<Json> parse_parquet(const unsigned char* data, size_t size, const st
   Schema s = build_schema(m, label);
 
   const size_t data_end = size - 8 - footer_len;
-  const size_t max_values = std::max<size_t>(size * kMaxExpansion, size_t(16) << 20);
+  const size_t max_values = std::max<size_t>(size * kMaxExpansion, size_t(1) << 20);
   int64_t total_rows = 0;
   for (const RowGroup& g : m.row_groups) {
     if (g.num_rows < 0 || uint64_t(g.num_rows) > max_values) fail(label, ": row group claims ", g.num_rows, " rows");
@@ -685,7 +688,8 @@ std::vector<Json> parse_parquet(const unsigned char* data, size_t size, const st
     fail(label, ": row groups hold ", total_rows, " rows, the footer says ", m.num_rows);
 
   std::vector<Json> out;
-  ProgressBar progress(cat("reading ", label), m.row_groups.size(), size > (size_t(64) << 20));
+  ProgressBar progress(cat("reading ", label), size, size > (size_t(64) << 20));
+  size_t bytes_done = 0;
   for (size_t gi = 0; gi < m.row_groups.size(); ++gi) {
     const RowGroup& g = m.row_groups[gi];
     if (g.columns.size() != s.leaves.size())
@@ -704,6 +708,8 @@ std::vector<Json> parse_parquet(const unsigned char* data, size_t size, const st
       ColumnReader col(leaf, *s.nodes[size_t(leaf.node)].e, what, max_values);
       col.read_chunk(data, data_end, c);
       assemble(s, leaf, col, rows, ci == 0, what);
+      bytes_done += size_t(c.total_compressed_size);
+      progress.update(std::min(bytes_done, size), cat(out.size() + rows.size(), " rows"));
       if (ci == 0 && rows.size() != size_t(g.num_rows))
         fail(what, ": holds ", rows.size(), " rows, the row group says ", g.num_rows);
     }
@@ -715,7 +721,6 @@ std::vector<Json> parse_parquet(const unsigned char* data, size_t size, const st
       }
       out.push_back(std::move(row));
     }
-    progress.update(gi + 1, cat(out.size(), " rows"));
   }
   progress.finish();
   return out;

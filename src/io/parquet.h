@@ -5,7 +5,8 @@
 // Supported, i.e. what pyarrow, DuckDB and the JS writers produce:
 //   physical types BOOLEAN, INT32, INT64, FLOAT, DOUBLE, BYTE_ARRAY, FIXED_LEN_BYTE_ARRAY (not INT96);
 //   STRING / UTF8 / ENUM / JSON → JSON strings (checked to be UTF-8), other byte arrays → JSON binary,
-//   INT(8..64, signed or not) → integers, DECIMAL → a double, FLOAT16 → a number; nested LIST (3-level and the
+//   INT(8..64, signed or not) → integers, DECIMAL → a double, FLOAT16 → a number, DATE / TIME / TIMESTAMP → their
+//   stored integers (days, or units since the epoch or midnight); nested LIST (3-level and the
 //   legacy 2-level forms), bare repeated fields → arrays, STRUCT → objects, MAP → objects (keys as strings);
 //   nulls at any level; encodings PLAIN, PLAIN_DICTIONARY / RLE_DICTIONARY, RLE, DELTA_BINARY_PACKED,
 //   DELTA_LENGTH_BYTE_ARRAY, DELTA_BYTE_ARRAY, BYTE_STREAM_SPLIT; data pages v1 and v2, dictionary pages, any

@@ -109,7 +109,7 @@ await duck('dict_v2.parquet', dict, `{subject: 'VARCHAR', n: 'INTEGER'}`, 'COMPR
 // hyparquet-writer: v2 data pages, row groups of 3, DELTA_BYTE_ARRAY strings, DELTA_BINARY_PACKED ints.
 const flat = [];
 for (let i = 0; i < 8; ++i)
-  flat.push({ question: `Question ${i}?`, subject: i % 2 ? 'biology' : 'physics', id: `prefix_common_${1000 + i * 37}`, answer: BigInt(i % 4) - 1n, small: i * 1000 - 3500 });
+  flat.push({ question: `Question ${i}?`, subject: i % 2 ? 'biology' : 'physics', id: `prefix_common_${1000 + i * 37}`, answer: BigInt(i % 4) - 1n, small: i * 1000 - 3500, half: [0.5, -2, 65504, 2 ** -14, 2 ** -24, 0, -0.125, 1024][i] });
 writeJsonl('flat.jsonl', flat);
 parquetWriteFile({
   filename: path.join(out, 'flat.parquet'), rowGroupSize: 3, pageSize: 40,
@@ -119,6 +119,18 @@ parquetWriteFile({
     { name: 'id', data: flat.map((r) => r.id), type: 'STRING', encoding: 'DELTA_BYTE_ARRAY' },
     { name: 'answer', data: flat.map((r) => r.answer), type: 'INT64', encoding: 'DELTA_BINARY_PACKED' },
     { name: 'small', data: flat.map((r) => r.small), type: 'INT32', encoding: 'DELTA_BINARY_PACKED' },
+    { name: 'half', data: flat.map((r) => r.half), type: 'FLOAT16' },
   ],
 });
+
+// DECIMAL stored as INT32, INT64 and FIXED_LEN_BYTE_ARRAY(16), and a BLOB (checked by hand in the test: JSON text
+// has no bytes).
+const decimals = [
+  { d2: '12.34', d3: '-123456789012.345', d10: '1.5', raw: 'ab' },
+  { d2: '-0.05', d3: '0.001', d10: '-2.25', raw: '' },
+  { d2: null, d3: null, d10: '-12345678.25', raw: null },
+];
+writeJsonl('decimal.jsonl', decimals.map((r) => ({ d2: r.d2 && Number(r.d2), d3: r.d3 && Number(r.d3), d10: Number(r.d10) })));
+const lit = (x, t) => (x === null ? `NULL::${t}` : `'${x}'::${t}`);
+await db.run(`COPY (SELECT * FROM (VALUES ${decimals.map((r) => `(${lit(r.d2, 'DECIMAL(4,2)')}, ${lit(r.d3, 'DECIMAL(18,3)')}, ${lit(r.d10, 'DECIMAL(38,10)')}, ${lit(r.raw, 'BLOB')})`).join(', ')}) t(d2, d3, d10, raw)) TO '${path.join(out, 'decimal.parquet')}' (FORMAT parquet)`);
 fs.rmSync(tmp, { recursive: true });
