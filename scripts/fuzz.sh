@@ -37,6 +37,8 @@ printf '%s' '{"model_type":"bamba","hidden_size":16,"num_attention_heads":2,"num
 printf '\001%s' 'edit recipe bytes' >"$work/fuzz_config/edits"  # fuzz_config's edit mode (see there)
 printf '%s' '{"metadata":{"total_size":14},"weight_map":{"x":"a.safetensors","y":"a.safetensors"}}' \
   >"$work/fuzz_checkpoint_index/ok.json"
+mkdir -p "$work/fuzz_parquet"
+cp tests/data/records/*.parquet "$work/fuzz_parquet/"  # small files from independent writers (make_files.mjs)
 mkdir -p build-fuzz/findings
 
 targets=("$@")
