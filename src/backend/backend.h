@@ -72,6 +72,8 @@ class Backend {
   // dst (contiguous rows, any float dtype) = src converted; the inverse of to_host_f32 (tests, engine uploads).
   virtual void from_host_f32(Tensor dst, const float* src) = 0;
   virtual void zero_state_slot(std::span<const Tensor> state, int32_t slot) = 0;  // tensors [n_slots, ...]
+  // t[dst] = t[src] along dim 0 (a state slot or a KV page): forks a sequence's cache (HybridCache::fork).
+  virtual void copy_slice(Tensor t, int64_t src, int64_t dst) = 0;
 
   // ---- the step: metadata every op below reads
   virtual void set_batch(const StepBatch& b) = 0;
@@ -118,6 +120,11 @@ class Backend {
   // out_tokens[r] = a token drawn from logits row r with params[r] (see SamplingParams).
   // logits [R, V] F32 (may be strided); params and out_tokens: R entries, on the host.
   virtual void sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) = 0;
+  // Scoring (bamba eval): for each i, logprob[i] = log_softmax(logits[rows[i]])[targets[i]] (fp32, max-shifted)
+  // and greedy[i] = the first index of the maximum of that row. A row may appear several times (one context,
+  // several continuations). logits [R, V] F32 (may be strided); rows, targets, logprob, greedy: on the host.
+  virtual void token_logprobs(Tensor logits, std::span<const int32_t> rows, std::span<const int32_t> targets,
+                              float* logprob, int32_t* greedy) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

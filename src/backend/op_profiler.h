@@ -37,6 +37,7 @@ class OpProfiler final : public Backend {
   void to_host_f32(Tensor src, float* dst) override { in_.to_host_f32(src, dst); }
   void from_host_f32(Tensor dst, const float* src) override { in_.from_host_f32(dst, src); }
   void zero_state_slot(std::span<const Tensor> state, int32_t slot) override { in_.zero_state_slot(state, slot); }
+  void copy_slice(Tensor t, int64_t src, int64_t dst) override { in_.copy_slice(t, src, dst); }
   void set_batch(const StepBatch& b) override { in_.set_batch(b); }
   void synchronize() override { in_.synchronize(); }
   void run_step(uint64_t key, const std::function<void()>& ops) override {
@@ -81,6 +82,10 @@ class OpProfiler final : public Backend {
   }
   void sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) override {
     timed("sample", [&] { in_.sample(logits, params, out_tokens); });
+  }
+  void token_logprobs(Tensor logits, std::span<const int32_t> rows, std::span<const int32_t> targets, float* logprob,
+                      int32_t* greedy) override {
+    timed("token_logprobs", [&] { in_.token_logprobs(logits, rows, targets, logprob, greedy); });
   }
 
  private:

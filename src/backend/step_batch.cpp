@@ -12,12 +12,17 @@ int32_t StepBatch::max_seq_len() const {
 
 void StepBatch::add(std::span<const int32_t> new_tokens, int32_t past, int32_t slot,
                     std::span<const int32_t> blocks, bool all_logits) {
+  const int32_t t0 = n_tokens(), n = int32_t(new_tokens.size());
+  add_tokens(new_tokens, past, slot, blocks);
+  for (int32_t i = all_logits ? 0 : n - 1; i < n; ++i) logit_rows.push_back(t0 + i);
+}
+
+void StepBatch::add_tokens(std::span<const int32_t> new_tokens, int32_t past, int32_t slot,
+                           std::span<const int32_t> blocks) {
   if (seq_start.empty()) seq_start.push_back(0);
-  int32_t t0 = n_tokens();
   for (size_t i = 0; i < new_tokens.size(); ++i) {
     tokens.push_back(new_tokens[i]);
     positions.push_back(past + int32_t(i));
-    if (all_logits || i + 1 == new_tokens.size()) logit_rows.push_back(t0 + int32_t(i));
   }
   seq_start.push_back(n_tokens());
   past_len.push_back(past);

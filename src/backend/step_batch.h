@@ -26,6 +26,8 @@ struct StepBatch {
   // all_logits: logits for every new token (scoring/echo) instead of only the last.
   void add(std::span<const int32_t> new_tokens, int32_t past, int32_t slot, std::span<const int32_t> blocks,
            bool all_logits = false);
+  // The same with no logit rows: the caller appends the rows it wants (scoring picks arbitrary positions).
+  void add_tokens(std::span<const int32_t> new_tokens, int32_t past, int32_t slot, std::span<const int32_t> blocks);
   void clear();
 };
 

@@ -37,7 +37,7 @@ bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
 class Lexer {
  public:
-  Lexer(std::string_view source, const std::string& label) : label_(label) {
+  Lexer(std::string_view source, const std::string& label, const Syntax& syntax) : label_(label), syntax_(syntax) {
     // jinja2 normalizes newlines and, with keep_trailing_newline off (HF's setting), drops one final newline.
     src_.reserve(source.size());
     for (size_t p = 0; p < source.size(); ++p) {
@@ -48,7 +48,7 @@ class Lexer {
         src_ += source[p];
       }
     }
-    if (!src_.empty() && src_.back() == '\n') src_.pop_back();
+    if (!syntax_.keep_trailing_newline && !src_.empty() && src_.back() == '\n') src_.pop_back();
     for (size_t p = 0; p < src_.size(); ++p)
       if (src_[p] == '\n') line_starts_.push_back(p + 1);
   }
@@ -89,6 +89,7 @@ class Lexer {
  private:
   std::string src_;
   const std::string& label_;
+  Syntax syntax_;
   std::vector<size_t> line_starts_{0};
   std::vector<Token> out_;
   size_t p_ = 0;
@@ -151,7 +152,7 @@ class Lexer {
   void emit_text(size_t b, size_t e, char mod, bool before_var) {
     if (mod == '-') {
       e = rstrip_space(b, e);
-    } else if (mod != '+' && !before_var) {
+    } else if (mod != '+' && !before_var && syntax_.lstrip_blocks) {
       size_t nl = src_.rfind('\n', e == 0 ? 0 : e - 1);
       size_t line = (nl == std::string::npos || nl < b) ? b : nl + 1;
       bool line_starting = line > b || b == 0 || src_[b - 1] == '\n';
@@ -163,7 +164,7 @@ class Lexer {
   // After %} or #}: `-%}` strips all whitespace after it, `+%}` nothing, plain `%}` one newline (trim_blocks).
   void after_block_end(char mod) {
     if (mod == '-') skip_space();
-    else if (mod != '+' && p_ < src_.size() && src_[p_] == '\n') ++p_;
+    else if (mod != '+' && syntax_.trim_blocks && p_ < src_.size() && src_[p_] == '\n') ++p_;
   }
 
   // {% raw %}...{% endraw %}: the text in between is kept verbatim.
@@ -1120,7 +1121,7 @@ struct Interp::Frame {
 };
 
 Interp::Interp(const Program& prog, const Value& vars, const RenderOptions& opt)
-    : budget(opt.limits), now(opt.now ? opt.now : std::time(nullptr)), prog_(prog) {
+    : budget(opt.limits), now(opt.now ? opt.now : std::time(nullptr)), strict_undefined(opt.strict_undefined), prog_(prog) {
   auto globals = std::make_shared<Scope>();
   if (vars.is(Value::Kind::Dict))
     for (auto& [k, v] : vars.dict->items) globals->vars[k] = v;
@@ -1196,7 +1197,12 @@ Interp::Flow Interp::exec_stmt(const Stmt& s) {
     Frame frame(*this);
     switch (s.kind) {
       case K::Text: emit(s.text); return Flow::Normal;
-      case K::Output: emit(str(eval(*s.expr))); return Flow::Normal;
+      case K::Output: {
+        Value v = eval(*s.expr);
+        if (strict_undefined && v.is(Value::Kind::Undefined)) raise_undefined(v);
+        emit(str(v));
+        return Flow::Normal;
+      }
       case K::If: return exec(truthy(eval(*s.expr)) ? s.body : s.orelse);
       case K::For: return exec_for(s);
       case K::Set: assign(s.targets, eval(*s.values[0]), *scope_); return Flow::Normal;
@@ -1650,10 +1656,10 @@ Value Interp::eval_node(const Expr& e) {
 // ---------------------------------------------------------------------------------------------------------------
 // Template
 
-Template Template::parse(std::string_view source, const std::string& label) {
+Template Template::parse(std::string_view source, const std::string& label, const Syntax& syntax) {
   auto prog = std::make_shared<Program>();
   prog->label = label;
-  Parser parser(Lexer(source, label).run(), label);
+  Parser parser(Lexer(source, label, syntax).run(), label);
   prog->body = parser.parse_template();
   prog->iterates_content = body_iterates_content(prog->body);
   Template t;

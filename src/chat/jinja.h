@@ -21,13 +21,22 @@ struct Program;  // the parsed template (jinja_ast.h)
 struct RenderOptions {
   Limits limits;
   std::time_t now = 0;  // the clock strftime_now() reads; 0: the current time
+  // jinja2's StrictUndefined (what lm-eval's task templates use): printing an undefined value is an error
+  // instead of "" (chat templates probe optional fields, so the default stays lenient).
+  bool strict_undefined = false;
+};
+
+// jinja2 Environment switches that change how a template's text is read. The defaults are Hugging Face's chat
+// template settings; lm-eval's task templates use jinja2's own defaults plus keep_trailing_newline.
+struct Syntax {
+  bool trim_blocks = true, lstrip_blocks = true, keep_trailing_newline = false;
 };
 
 class Template {
  public:
   // Throws bamba::Error "<label>:<line>:<col>: <what>" on a syntax error (unclosed tag, unknown filter or test,
   // unexpected token).
-  static Template parse(std::string_view source, const std::string& label);
+  static Template parse(std::string_view source, const std::string& label, const Syntax& syntax = {});
 
   // `vars` is a Dict of the template's variables. Throws bamba::Error "<label>:<line>:<col>: <message>" when the
   // template fails: raise_exception(message), a type error, an undefined method, a limit.

@@ -106,6 +106,7 @@ class Interp {
 
   Budget budget;
   std::time_t now;
+  bool strict_undefined;
 
   Value eval(const Expr& e);
   Value call(const Value& fn, Args& args, const std::string& what);

@@ -2,6 +2,9 @@
 
 #include <cmath>
 #include <numbers>
+#include <unordered_set>
+
+#include "core/error.h"
 
 namespace bamba::eval {
 
@@ -81,6 +84,38 @@ uint32_t PyRandom::below(uint32_t n) {
     uint32_t r = next_u32() >> (32 - k);
     if (r < n) return r;
   }
+}
+
+std::vector<size_t> PyRandom::sample(size_t n, size_t k) {
+  BAMBA_CHECK(k <= n && n < (size_t(1) << 32), "sample: ", k, " items asked of a population of ", n);
+  std::vector<size_t> out(k);
+  size_t setsize = 21;  // CPython: the size below which a list of n is cheaper than a set of k
+  if (k > 5) setsize += size_t(std::pow(4.0, std::ceil(std::log(double(k * 3)) / std::log(4.0))));
+  if (n <= setsize) {
+    std::vector<size_t> pool(n);
+    for (size_t i = 0; i < n; ++i) pool[i] = i;
+    for (size_t i = 0; i < k; ++i) {
+      const size_t j = below(uint32_t(n - i));
+      out[i] = pool[j];
+      pool[j] = pool[n - i - 1];
+    }
+  } else {
+    std::unordered_set<size_t> selected;
+    for (size_t i = 0; i < k; ++i) {
+      size_t j = below(uint32_t(n));
+      while (selected.count(j)) j = below(uint32_t(n));
+      selected.insert(j);
+      out[i] = j;
+    }
+  }
+  return out;
+}
+
+std::vector<size_t> PyRandom::shuffle(size_t n) {
+  std::vector<size_t> x(n);
+  for (size_t i = 0; i < n; ++i) x[i] = i;
+  for (size_t i = n; i-- > 1;) std::swap(x[i], x[below(uint32_t(i + 1))]);
+  return x;
 }
 
 }  // namespace bamba::eval

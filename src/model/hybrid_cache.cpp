@@ -19,6 +19,7 @@ HybridCache::HybridCache(const ModelConfig& c, Backend& be, CacheSizes sizes) : 
   }
   for (int32_t i = sizes.n_slots - 1; i >= 0; --i) free_slots_.push_back(i);
   for (int32_t i = sizes.n_blocks - 1; i >= 0; --i) free_blocks_.push_back(i);
+  block_refs_.assign(size_t(sizes.n_blocks), 0);
 }
 
 HybridCache::~HybridCache() {
@@ -55,6 +56,7 @@ bool HybridCache::reserve(SeqCache& seq, int32_t new_len) {
   }
   for (int32_t i = 0; i < need_blocks; ++i) {
     seq.blocks.push_back(free_blocks_.back());
+    block_refs_[size_t(free_blocks_.back())] = 1;
     free_blocks_.pop_back();
   }
   return true;
@@ -62,8 +64,39 @@ bool HybridCache::reserve(SeqCache& seq, int32_t new_len) {
 
 void HybridCache::release(SeqCache& seq) {
   if (seq.slot >= 0) free_slots_.push_back(seq.slot);
-  for (auto it = seq.blocks.rbegin(); it != seq.blocks.rend(); ++it) free_blocks_.push_back(*it);
+  for (auto it = seq.blocks.rbegin(); it != seq.blocks.rend(); ++it)
+    if (--block_refs_[size_t(*it)] == 0) free_blocks_.push_back(*it);
   seq = SeqCache{};
+}
+
+bool HybridCache::fork(const SeqCache& src, SeqCache& dst) {
+  BAMBA_CHECK(src.slot >= 0 && dst.slot < 0 && dst.blocks.empty(), "fork: the source must hold state, the target none");
+  const int32_t bs = sizes_.block_size;
+  const int32_t full = has_attention() ? src.len / bs : 0;
+  const bool partial = has_attention() && src.len % bs != 0;
+  if (free_slots_.empty() || (partial && free_blocks_.empty())) return false;
+  dst.slot = free_slots_.back();
+  free_slots_.pop_back();
+  for (size_t i = 0; i < conv_.size(); ++i) {
+    be_.copy_slice(conv_[i], src.slot, dst.slot);
+    be_.copy_slice(ssm_[i], src.slot, dst.slot);
+  }
+  for (int32_t b = 0; b < full; ++b) {
+    dst.blocks.push_back(src.blocks[size_t(b)]);
+    ++block_refs_[size_t(src.blocks[size_t(b)])];
+  }
+  if (partial) {
+    const int32_t page = free_blocks_.back();
+    free_blocks_.pop_back();
+    block_refs_[size_t(page)] = 1;
+    for (size_t i = 0; i < k_.size(); ++i) {
+      be_.copy_slice(k_[i], src.blocks[size_t(full)], page);
+      be_.copy_slice(v_[i], src.blocks[size_t(full)], page);
+    }
+    dst.blocks.push_back(page);
+  }
+  dst.len = src.len;
+  return true;
 }
 
 }  // namespace bamba

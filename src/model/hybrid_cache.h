@@ -48,7 +48,11 @@ class HybridCache {
   // Gives seq a state slot (if it has none) and enough pages for new_len tokens. False (and nothing changed)
   // if the pools cannot; the caller then preempts or waits.
   bool reserve(SeqCache& seq, int32_t new_len);
-  void release(SeqCache& seq);  // returns its slot and pages at once
+  void release(SeqCache& seq);  // returns its slot and pages at once (a shared page when its last holder goes)
+  // dst (empty) becomes a copy of src's cached state: a new slot with src's conv window and SSM state copied,
+  // src's full KV pages shared (never written again: new tokens go to later rows) and its partly filled last page
+  // copied. O(state size), independent of the sequence length. False (nothing changed) if the pools cannot.
+  bool fork(const SeqCache& src, SeqCache& dst);
   int32_t free_slots() const { return int32_t(free_slots_.size()); }
   int32_t free_blocks() const { return int32_t(free_blocks_.size()); }
   int32_t blocks_for(int32_t len) const { return (len + sizes_.block_size - 1) / sizes_.block_size; }
@@ -59,6 +63,7 @@ class HybridCache {
   CacheSizes sizes_;
   std::vector<Tensor> conv_, ssm_, k_, v_;
   std::vector<int32_t> free_slots_, free_blocks_;  // stacks; lowest ids handed out first
+  std::vector<int32_t> block_refs_;                // holders of each page (fork shares full pages)
 };
 
 }  // namespace bamba

@@ -89,6 +89,12 @@ class CpuBackend final : public Backend {
     for (const Tensor& t : state) std::memset(row_mut(t, slot), 0, size_t(t.inner()) * dtype_size(t.dtype));
   }
 
+  void copy_slice(Tensor t, int64_t src, int64_t dst) override {
+    const size_t row_bytes = size_t(t.ld) * dtype_size(t.dtype);
+    std::memcpy(static_cast<char*>(t.data) + size_t(dst) * row_bytes, static_cast<const char*>(t.data) + size_t(src) * row_bytes,
+                size_t(t.inner()) * dtype_size(t.dtype));
+  }
+
   void set_batch(const StepBatch& b) override { b_ = &b; }
 
   void embed(Tensor out, Tensor table) override {
@@ -267,6 +273,22 @@ class CpuBackend final : public Backend {
 
   // The sequential definition of SamplingParams: sort to find the top-k and top-p thresholds (values; ties
   // at a threshold are kept), then walk the kept tokens in index order to the drawn cumulative mass.
+  void token_logprobs(Tensor logits, std::span<const int32_t> rows, std::span<const int32_t> targets, float* logprob,
+                      int32_t* greedy) override {
+    check_f32(logits, "token_logprobs logits");
+    const int64_t V = logits.shape[1];
+    for (size_t i = 0; i < rows.size(); ++i) {
+      BAMBA_CHECK(rows[i] >= 0 && rows[i] < logits.rows() && targets[i] >= 0 && targets[i] < V,
+                  "token_logprobs: row or target out of range");
+      const float* x = row(logits, rows[i]);
+      const float m = *std::max_element(x, x + V);
+      double s = 0;
+      for (int64_t j = 0; j < V; ++j) s += std::exp(double(x[j]) - m);
+      logprob[i] = float(double(x[targets[i]]) - m - std::log(s));
+      greedy[i] = int32_t(std::max_element(x, x + V) - x);
+    }
+  }
+
   void sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) override {
     check_f32(logits, "sample logits");
     const int64_t V = logits.shape[1];

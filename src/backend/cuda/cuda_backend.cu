@@ -188,6 +188,13 @@ class CudaBackend final : public Backend {
                                  size_t(t.inner()) * dtype_size(t.dtype), stream_));
   }
 
+  void copy_slice(Tensor t, int64_t src, int64_t dst) override {
+    const size_t row_bytes = size_t(t.ld) * dtype_size(t.dtype);
+    auto* base = static_cast<char*>(t.data);
+    CUDA_CHECK(cudaMemcpyAsync(base + size_t(dst) * row_bytes, base + size_t(src) * row_bytes,
+                               size_t(t.inner()) * dtype_size(t.dtype), cudaMemcpyDeviceToDevice, stream_));
+  }
+
   // ---- the step
   void set_batch(const StepBatch& b) override;
   void run_step(uint64_t key, const std::function<void()>& ops) override;
@@ -302,6 +309,8 @@ class CudaBackend final : public Backend {
     });
   }
   void sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) override;
+  void token_logprobs(Tensor logits, std::span<const int32_t> rows, std::span<const int32_t> targets, float* logprob,
+                      int32_t* greedy) override;
 
  private:
   static constexpr size_t kStageBytes = 32u << 20;
@@ -477,6 +486,38 @@ void CudaBackend::sample(Tensor logits, std::span<const SamplingParams> params, 
   cuda::sample(stream_, logits.ptr<float>(), logits.ld, R, V, dp, dout);
   CUDA_CHECK(cudaMemcpyAsync(out_tokens, dout, size_t(R) * 4, cudaMemcpyDeviceToHost, stream_));
   CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+// One block per (row, target) pair; the pairs' inputs and outputs travel in one pinned buffer each way.
+void CudaBackend::token_logprobs(Tensor logits, std::span<const int32_t> rows, std::span<const int32_t> targets,
+                                 float* logprob, int32_t* greedy) {
+  const int64_t n = int64_t(rows.size()), V = logits.shape[1];
+  f32(logits, "token_logprobs logits");
+  if (n == 0) return;
+  for (int64_t i = 0; i < n; ++i)
+    BAMBA_CHECK(rows[size_t(i)] >= 0 && rows[size_t(i)] < logits.rows() && targets[size_t(i)] >= 0 &&
+                    targets[size_t(i)] < V,
+                "token_logprobs: row or target out of range");
+  const size_t bytes = size_t(n) * 16;  // rows, targets in; logprob, greedy out
+  if (bytes > sample_cap_) {
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    cudaFree(sample_dev_);
+    cudaFreeHost(sample_host_);
+    sample_cap_ = std::max<size_t>(bytes * 2, 4096);
+    sample_dev_ = dev_malloc(sample_cap_, "the scoring buffers");
+    CUDA_CHECK(cudaMallocHost(&sample_host_, sample_cap_));
+  }
+  auto* h = reinterpret_cast<int32_t*>(sample_host_);
+  std::memcpy(h, rows.data(), size_t(n) * 4);
+  std::memcpy(h + n, targets.data(), size_t(n) * 4);
+  auto* d = static_cast<int32_t*>(sample_dev_);
+  CUDA_CHECK(cudaMemcpyAsync(d, h, size_t(n) * 8, cudaMemcpyHostToDevice, stream_));
+  cuda::token_logprobs(stream_, logits.ptr<float>(), logits.ld, V, n, d, d + n, reinterpret_cast<float*>(d + 2 * n),
+                       d + 3 * n);
+  CUDA_CHECK(cudaMemcpyAsync(h + 2 * n, d + 2 * n, size_t(n) * 8, cudaMemcpyDeviceToHost, stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  std::memcpy(logprob, h + 2 * n, size_t(n) * 4);
+  std::memcpy(greedy, h + 3 * n, size_t(n) * 4);
 }
 
 }  // namespace

@@ -88,5 +88,8 @@ struct DevSampling {
 };
 void sample(cudaStream_t st, const float* logits, int64_t ld, int64_t R, int64_t V, const DevSampling* params,
             int32_t* out);
+// For each of n (row, target) pairs: logprob = log_softmax(logits[row])[target], greedy = first argmax of the row.
+void token_logprobs(cudaStream_t st, const float* logits, int64_t ld, int64_t V, int64_t n, const int32_t* rows,
+                    const int32_t* targets, float* logprob, int32_t* greedy);
 
 }  // namespace bamba::cuda

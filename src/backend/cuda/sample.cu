@@ -132,7 +132,40 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, i
   if (tid == 0) out[r] = pick;
 }
 
+// One block per (row, target) pair: max and first argmax, then the sum of exp(x - max) in a fixed order
+// (deterministic: the same logits give the same bits).
+__global__ void __launch_bounds__(512) token_logprobs_kernel(const float* logits, int64_t ld, int V,
+                                                             const int32_t* rows, const int32_t* targets,
+                                                             float* logprob, int32_t* greedy) {
+  __shared__ float sh[32];
+  __shared__ int pick;
+  const float* x = logits + int64_t(rows[blockIdx.x]) * ld;
+  const int tid = threadIdx.x;
+  float best = -INFINITY;
+  int bi = V;
+  for (int j = tid; j < V; j += blockDim.x)
+    if (x[j] > best) best = x[j], bi = j;
+  const float m = block_max(best, sh);
+  if (tid == 0) pick = V;
+  __syncthreads();
+  if (best == m) atomicMin(&pick, bi);
+  float s = 0.f;
+  for (int j = tid; j < V; j += blockDim.x) s += expf(x[j] - m);
+  s = block_sum(s, sh);
+  if (tid == 0) {
+    logprob[blockIdx.x] = x[targets[blockIdx.x]] - m - logf(s);
+    greedy[blockIdx.x] = pick;
+  }
+}
+
 }  // namespace
+
+void token_logprobs(cudaStream_t st, const float* logits, int64_t ld, int64_t V, int64_t n, const int32_t* rows,
+                    const int32_t* targets, float* logprob, int32_t* greedy) {
+  if (n == 0) return;
+  token_logprobs_kernel<<<unsigned(n), 512, 0, st>>>(logits, ld, int(V), rows, targets, logprob, greedy);
+  CUDA_LAUNCH_CHECK();
+}
 
 void sample(cudaStream_t st, const float* logits, int64_t ld, int64_t R, int64_t V, const DevSampling* params,
             int32_t* out) {
