@@ -97,7 +97,7 @@ ToolCallParser::Delta ToolCallParser::finish() {
       for (size_t p; (p = rest.find(m)) != std::string::npos;) rest.erase(p, m.size());
     bool only_separators = true;
     for (char c : rest) only_separators &= is_space(c) || c == '[' || c == ']' || c == ',' || c == ';';
-    if (!only_separators) out.content += junk_;
+    if (!only_separators) out.content += trim(rest);
     if (calls_.empty()) valid_ = false;
   }
   return out;
