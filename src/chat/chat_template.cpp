@@ -70,6 +70,7 @@ jinja::Value message_value(const J& msg, size_t index, bool keep_parts, jinja::B
 ChatTemplate ChatTemplate::parse(std::string_view source, const std::string& label) {
   ChatTemplate t;
   t.tmpl_ = jinja::Template::parse(source, label);
+  t.source_ = source;
   return t;
 }
 

@@ -39,11 +39,14 @@ struct ChatTemplate {
   std::time_t now = 0;                             // strftime_now()'s clock; 0: the current time
 
   const std::string& label() const { return tmpl_.label(); }
+  // The template's text (the server reads which tool-call format it teaches, and whether it renders tools).
+  const std::string& source() const { return source_; }
   // Whether the template consumes content part lists itself (see jinja::Template::iterates_content).
   bool takes_content_parts() const { return tmpl_.iterates_content(); }
 
  private:
   jinja::Template tmpl_;
+  std::string source_;
 
   template <typename J>
   std::string render_impl(const J& messages, bool add_generation_prompt, const J& extra) const;

@@ -22,7 +22,7 @@ extern "C" void on_stop_signal(int) { g_stop_requested.store(true); }
 struct ServeOptions {
   ModelOptions model;
   HttpOptions http;
-  std::string served_name, chat_template;
+  std::string served_name, chat_template, tool_call_parser = "auto";
   int32_t max_num_seqs = 256, max_batched_tokens = 2048, num_kv_blocks = 0, max_n = 64, max_logprobs = 20;
   double cache_gib = 4;
   double max_body_mib = 32;
@@ -55,6 +55,11 @@ void run(ServeOptions o) {
   }
   if (!o.chat_template.empty()) ctx.chat_template = ChatTemplate::parse(read_text_file(o.chat_template), o.chat_template);
   else if (!m.dummy) ctx.chat_template = ChatTemplate::from_model_dir(o.model.model);
+  if (o.tool_call_parser == "auto") {
+    if (ctx.chat_template) ctx.tool_format = detect_tool_call_format(ctx.chat_template->source());
+  } else if (o.tool_call_parser != "none") {
+    ctx.tool_format = tool_call_format_from_name(o.tool_call_parser);
+  }
 
   EngineOptions eo;
   eo.max_model_len = m.max_model_len;
@@ -78,9 +83,9 @@ void run(ServeOptions o) {
   const double mib = (double(HybridCache::bytes_per_slot(cfg)) * cs.n_slots +
                       double(HybridCache::bytes_per_block(cfg, cs.block_size)) * cs.n_blocks) / double(1u << 20);
   std::fprintf(stderr, "bamba: serving %s on http://%s:%d (%d state slots, %d KV pages of %d tokens, %.1f MiB; "
-                       "max-model-len %d)\n",
+                       "max-model-len %d; tool calls: %s)\n",
                ctx.model_name.c_str(), o.http.host.c_str(), port, cs.n_slots, cs.n_blocks, cs.block_size, mib,
-               m.max_model_len);
+               m.max_model_len, ctx.tool_format ? tool_call_format_name(*ctx.tool_format) : "none");
   server.serve(g_stop_requested);
   std::fprintf(stderr, "bamba: stopped\n");
 }
@@ -96,6 +101,10 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--api-key", o->http.api_key, "Require 'Authorization: Bearer KEY' on /v1 routes (or BAMBA_API_KEY)");
   cmd->add_option("--served-model-name", o->served_name, "The model's name in the API (default: the --model path)");
   cmd->add_option("--chat-template", o->chat_template, "Jinja2 chat template file (default: the model's own)");
+  cmd->add_option("--tool-call-parser", o->tool_call_parser,
+                  "How tool calls are read from the output: auto (from the chat template), hermes, llama3_json, "
+                  "granite, mistral, none")
+      ->check(CLI::IsMember({"auto", "hermes", "llama3_json", "granite", "mistral", "none"}));
   cmd->add_option("--max-num-seqs", o->max_num_seqs, "Most sequences in a batch (= state slots)")->check(CLI::Range(1, 65536));
   cmd->add_option("--max-num-batched-tokens", o->max_batched_tokens, "Most tokens per step (prompts are chunked to fit)")
       ->check(CLI::Range(1, 1 << 20));

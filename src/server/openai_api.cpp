@@ -1,7 +1,9 @@
 #include "server/openai_api.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <random>
 
 #include "core/hash_uniform.h"
 
@@ -198,55 +200,192 @@ Job parse_completions(const json& b, const ServingContext& ctx) {
   return job;
 }
 
-std::string render_chat(const json& b, const ServingContext& ctx, const char* messages_key) {
+namespace {
+
+// The messages as the template sees them. As vLLM passes them: a field that is null is absent (a template's
+// `is defined` must not see it), a null content is "", and a tool call's "arguments" JSON string becomes the object
+// it encodes (templates print it with tojson or walk it). Content part lists go to ChatTemplate as they are.
+json template_messages(const json* msgs) {
+  if (!msgs || !msgs->is_array() || msgs->empty()) bad("messages", "'messages' must be a non-empty list");
+  json out = json::array();
+  for (size_t i = 0; i < msgs->size(); ++i) {
+    const json& m = (*msgs)[i];
+    const std::string at = cat("messages[", i, "]");
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
+      bad("messages", at + " must be an object with a string 'role'");
+    json fm = json::object();
+    for (auto it = m.begin(); it != m.end(); ++it)
+      if (!it->is_null()) fm[it.key()] = *it;
+    if (!fm.contains("content")) fm["content"] = "";
+    else if (!fm["content"].is_string() && !fm["content"].is_array())
+      bad("messages", at + ".content must be a string, null or a list of text parts");
+    if (fm.contains("function_call")) bad("messages", at + ".function_call is not supported: use tool_calls");
+    if (fm.contains("tool_call_id") && !fm["tool_call_id"].is_string())
+      bad("messages", at + ".tool_call_id must be a string");
+    if (fm.contains("tool_calls")) {
+      json& calls = fm["tool_calls"];
+      if (!calls.is_array()) bad("messages", at + ".tool_calls must be a list");
+      for (size_t k = 0; k < calls.size(); ++k) {
+        json& tc = calls[k];
+        const std::string ct = cat(at, ".tool_calls[", k, "]");
+        if (!tc.is_object()) bad("messages", ct + " must be an object");
+        if (tc.contains("type") && tc["type"] != "function") bad("messages", ct + ".type must be \"function\"");
+        if (tc.contains("id") && !tc["id"].is_string()) bad("messages", ct + ".id must be a string");
+        if (!tc.contains("function") || !tc["function"].is_object() || !tc["function"].contains("name") ||
+            !tc["function"]["name"].is_string())
+          bad("messages", ct + ".function must be an object with a string 'name'");
+        json& fn = tc["function"];
+        if (!fn.contains("arguments") || fn["arguments"].is_null()) fn["arguments"] = json::object();
+        else if (fn["arguments"].is_string()) {
+          json a = json::parse(fn["arguments"].get<std::string>(), nullptr, false);
+          if (a.is_discarded()) bad("messages", ct + ".function.arguments is not valid JSON");
+          fn["arguments"] = std::move(a);
+        } else if (!fn["arguments"].is_object()) {
+          bad("messages", ct + ".function.arguments must be a JSON string or an object");
+        }
+      }
+    }
+    out.push_back(std::move(fm));
+  }
+  return out;
+}
+
+// Checks tools / tool_choice / parallel_tool_calls, puts the tools where the template reads them, and says what
+// the output must be parsed for.
+ToolUse tool_use(const json& b, const ServingContext& ctx, json& vars) {
+  ToolUse tu;
+  if (field(b, "functions")) bad("functions", "'functions' is not supported: use 'tools'");
+  if (field(b, "function_call")) bad("function_call", "'function_call' is not supported: use 'tool_choice'");
+  const json* tools = field(b, "tools");
+  const json* params_of_named = nullptr;
+  if (tools) {
+    if (!tools->is_array()) bad("tools", "'tools' must be a list of {\"type\": \"function\", \"function\": {...}}");
+    for (size_t i = 0; i < tools->size(); ++i) {
+      const json& t = (*tools)[i];
+      const std::string at = cat("tools[", i, "]");
+      if (!t.is_object()) bad("tools", at + " must be an object");
+      if (t.value("type", "") != "function") bad("tools", at + ".type must be \"function\" (the only kind supported)");
+      const json* fn = field(t, "function");
+      if (!fn || !fn->is_object()) bad("tools", at + ".function must be an object");
+      const json* name = field(*fn, "name");
+      if (!name || !name->is_string() || name->get<std::string>().empty())
+        bad("tools", at + ".function.name must be a non-empty string");
+      if (const json* d = field(*fn, "description"); d && !d->is_string())
+        bad("tools", at + ".function.description must be a string");
+      if (const json* p = field(*fn, "parameters"); p && !p->is_object())
+        bad("tools", at + ".function.parameters must be a JSON schema object");
+      const std::string n = name->get<std::string>();
+      if (std::find(tu.names.begin(), tu.names.end(), n) != tu.names.end())
+        bad("tools", cat(at, ".function.name \"", n, "\" is given twice"));
+      tu.names.push_back(n);
+    }
+  }
+  const bool have_tools = !tu.names.empty();
+  if (have_tools) {
+    if (ctx.chat_template->source().find("tools") == std::string::npos)
+      bad("tools", "this model's chat template does not render tools (start the server with --chat-template FILE "
+                   "for one that does)");
+    vars["tools"] = *tools;
+  }
+  std::string choice = have_tools ? "auto" : "none";
+  const auto bad_choice = [] {
+    bad("tool_choice", "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", "
+                       "\"function\": {\"name\": ...}}");
+  };
+  if (const json* tc = field(b, "tool_choice")) {
+    if (tc->is_string()) {
+      choice = tc->get<std::string>();
+      if (choice != "none" && choice != "auto" && choice != "required") bad_choice();
+    } else if (tc->is_object()) {
+      const json* fn = field(*tc, "function");
+      if (tc->value("type", "") != "function" || !fn || !fn->is_object() || !fn->contains("name") ||
+          !(*fn)["name"].is_string())
+        bad_choice();
+      tu.named = (*fn)["name"].get<std::string>();
+      const auto it = std::find(tu.names.begin(), tu.names.end(), tu.named);
+      if (it == tu.names.end()) bad("tool_choice", cat("'tool_choice' names \"", tu.named, "\", which is not in 'tools'"));
+      params_of_named = field((*tools)[size_t(it - tu.names.begin())]["function"], "parameters");
+      choice = "named";
+    } else {
+      bad_choice();
+    }
+    if (choice != "none" && !have_tools) bad("tool_choice", cat("'tool_choice' \"", choice, "\" needs 'tools'"));
+  }
+  tu.parallel = get_bool(b, "parallel_tool_calls").value_or(true);
+  if (choice == "none") return tu;
+  if (!ctx.tool_format)
+    bad("tools", "no tool-call parser for this model: its chat template teaches no known format; start the server "
+                 "with --tool-call-parser hermes|llama3_json|granite|mistral");
+  tu.parse = true;
+  tu.format = *ctx.tool_format;
+  if (choice == "required") {
+    tu.forced = tool_call_opening(tu.format);
+  } else if (choice == "named") {
+    tu.forced = tool_call_opening(tu.format) + json(tu.named).dump().substr(1);  // the name, JSON-escaped
+    tu.forced.pop_back();
+    tu.forced += tool_call_after_name(tu.format);
+    // A function without parameters has one valid call: nothing is left for the model to write.
+    const json* props = params_of_named ? field(*params_of_named, "properties") : nullptr;
+    if (!props || (props->is_object() && props->empty())) {
+      tu.forced += "{}" + tool_call_closing(tu.format);
+      tu.forced_whole = true;
+    }
+  }
+  return tu;
+}
+
+}  // namespace
+
+ChatPrompt chat_prompt(const json& b, const ServingContext& ctx) {
+  if (!b.is_object()) bad("", "the request body must be a JSON object");
   if (!ctx.chat_template)
     bad("messages", "this model has no chat template (tokenizer_config.json has no chat_template): start the "
                     "server with --chat-template FILE");
-  const json* msgs = field(b, messages_key);
-  if (!msgs || !msgs->is_array() || msgs->empty()) bad("messages", "'messages' must be a non-empty list");
-  json flat = json::array();
-  for (const json& m : *msgs) {
-    if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
-      bad("messages", "each message must be an object with a string 'role'");
-    json fm = m;
-    const json* c = field(m, "content");
-    if (!c) fm["content"] = "";
-    else if (c->is_array()) {  // content parts: text only
-      std::string text;
-      for (const json& part : *c) {
-        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
-          bad("messages", "only text content parts are supported");
-        text += part["text"].get<std::string>();
-      }
-      fm["content"] = text;
-    } else if (!c->is_string()) {
-      bad("messages", "message 'content' must be a string or a list of text parts");
-    }
-    flat.push_back(std::move(fm));
+  json messages = template_messages(field(b, "messages"));
+  json vars = json(ctx.template_vars);
+  ChatPrompt cp;
+  cp.tools = tool_use(b, ctx, vars);
+  if (const json* docs = field(b, "documents")) {
+    if (!docs->is_array()) bad("documents", "'documents' must be a list of objects");
+    for (const json& d : *docs)
+      if (!d.is_object()) bad("documents", "'documents' must be a list of objects");
+    vars["documents"] = *docs;
   }
-  json extra = ctx.template_vars;
   if (const json* kw = field(b, "chat_template_kwargs")) {
     if (!kw->is_object()) bad("chat_template_kwargs", "'chat_template_kwargs' must be an object");
-    extra.update(*kw);
+    for (auto it = kw->begin(); it != kw->end(); ++it) {
+      if (it.key() == "messages" || it.key() == "add_generation_prompt")
+        bad("chat_template_kwargs", cat("'chat_template_kwargs' cannot set '", it.key(), "'"));
+      vars[it.key()] = *it;
+    }
   }
+  const bool add_generation_prompt = get_bool(b, "add_generation_prompt").value_or(true);
+  if (!cp.tools.forced.empty() && !add_generation_prompt)
+    bad("tool_choice", "'tool_choice' \"required\" or a named function needs add_generation_prompt");
   try {
-    return ctx.chat_template->render(flat, get_bool(b, "add_generation_prompt").value_or(true), extra);
+    cp.text = ctx.chat_template->render(messages, add_generation_prompt, vars);
   } catch (const Error& e) {
     bad("messages", cat("the chat template failed: ", e.what()));
   }
+  cp.text += cp.tools.forced;
+  return cp;
 }
 
 Job parse_chat(const json& b, const ServingContext& ctx) {
   Job job;
   job.chat = true;
   parse_common(b, ctx, job);
-  std::string text = render_chat(b, ctx, "messages");
+  ChatPrompt cp = chat_prompt(b, ctx);
+  job.tools = std::move(cp.tools);
   // The template writes the special tokens (BOS) itself.
-  job.prompts.push_back(encode(ctx, text, get_bool(b, "add_special_tokens").value_or(false), "messages"));
+  job.prompts.push_back(encode(ctx, cp.text, get_bool(b, "add_special_tokens").value_or(false), "messages"));
   if (job.prompts[0].empty()) bad("messages", "the rendered prompt is empty");
   const int32_t room = std::max(0, ctx.max_model_len - int32_t(job.prompts[0].size()));
   int32_t mt = max_tokens_field(b, "max_tokens", ctx, room);
   job.base.max_tokens = max_tokens_field(b, "max_completion_tokens", ctx, mt);
+  if (job.tools.forced_whole) job.base.max_tokens = 0;
+  // Call markers (<tool_call>, [TOOL_CALLS], ...) are special tokens in their models' vocabularies.
+  if (job.tools.parse) job.base.skip_special = false;
   if (get_bool(b, "logprobs").value_or(false)) job.logprobs = int_in(b, "top_logprobs", 0, ctx.max_logprobs, 0);
   job.base.logprobs = job.logprobs;
   check_total(job, ctx);
@@ -256,7 +395,55 @@ Job parse_chat(const json& b, const ServingContext& ctx) {
 // ---- responses
 
 ResponseBuilder::ResponseBuilder(const Job& job, const ServingContext& ctx, std::string id, int64_t created)
-    : job_(job), ctx_(ctx), id_(std::move(id)), created_(created), choices_(size_t(job.num_sequences())) {}
+    : job_(job), ctx_(ctx), id_(std::move(id)), created_(created), choices_(size_t(job.num_sequences())),
+      rng_((uint64_t(std::random_device{}()) << 32) ^ std::random_device{}()) {}
+
+std::string ResponseBuilder::new_call_id() const {
+  static const char kAlnum[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+  // Mistral's template refuses ids other than 9 alphanumerics; the others get OpenAI's "call_" shape.
+  const bool mistral = job_.tools.format == ToolCallFormat::Mistral;
+  std::string id = mistral ? "" : "call_";
+  for (int i = 0; i < (mistral ? 9 : 24); ++i) {
+    rng_ = rng_ * 6364136223846793005ull + 1442695040888963407ull;
+    id += kAlnum[(rng_ >> 33) % 62];
+  }
+  return id;
+}
+
+std::string ResponseBuilder::check_forced(const ToolCallParser::Result& r) const {
+  if (job_.tools.forced.empty()) return {};
+  const std::string what = job_.tools.named.empty() ? "a tool call (tool_choice \"required\")"
+                                                    : cat("a call of \"", job_.tools.named, "\" (tool_choice)");
+  if (!r.valid || r.calls.empty())
+    return cat("the model's output is not ", what, ": its arguments are not a complete JSON object");
+  for (const ToolCall& c : r.calls) {
+    if (!job_.tools.named.empty() ? c.name != job_.tools.named
+                                  : std::find(job_.tools.names.begin(), job_.tools.names.end(), c.name) == job_.tools.names.end())
+      return cat("the model's output is not ", what, ": it calls \"", c.name, "\"");
+  }
+  return {};
+}
+
+json ResponseBuilder::tool_delta(Choice& c, const ToolCallParser::Delta& d) {
+  json delta = json::object();
+  if (!d.content.empty()) delta["content"] = d.content;
+  json calls = json::array();
+  for (const ToolCallDelta& t : d.calls) {
+    if (!job_.tools.parallel && t.index > 0) continue;
+    json call = {{"index", t.index}};
+    if (t.name) {
+      c.call_ids.push_back(new_call_id());
+      call["id"] = c.call_ids.back();
+      call["type"] = "function";
+      call["function"] = {{"name", *t.name}, {"arguments", t.arguments}};
+    } else {
+      call["function"] = {{"arguments", t.arguments}};
+    }
+    calls.push_back(std::move(call));
+  }
+  if (!calls.empty()) delta["tool_calls"] = std::move(calls);
+  return delta;
+}
 
 std::string ResponseBuilder::token_text(int32_t id) const {
   if (id < 0 || id >= ctx_.tok->vocab_size()) return "";
@@ -329,6 +516,9 @@ std::vector<json> ResponseBuilder::add(const RequestOutput& o) {
     c.finish = o.finish;
     ++done_;
     if (!o.error.empty()) error_ = o.error;
+    if (!job_.stream && job_.tools.parse && o.error.empty())
+      if (std::string err = check_forced(ToolCallParser::parse(job_.tools.format, job_.tools.forced + c.text)); !err.empty())
+        error_ = err;
   }
   if (!job_.stream) return {};
 
@@ -341,7 +531,22 @@ std::vector<json> ResponseBuilder::add(const RequestOutput& o) {
                   {"choices", json::array({{{"index", o.index}, {"delta", delta}, {"logprobs", lp}, {"finish_reason", fin}}})}};
     };
     if (first) out.push_back(chunk({{"role", "assistant"}, {"content", ""}}, nullptr, nullptr));
-    if (!text.empty() || !o.tokens.empty() || o.finish != FinishReason::None) {
+    if (job_.tools.parse) {
+      if (first) c.parser.emplace(job_.tools.format);
+      ToolCallParser::Delta d = c.parser->feed(first ? job_.tools.forced + text : text);
+      json fin = finish;
+      if (o.finish != FinishReason::None) {
+        ToolCallParser::Delta e = c.parser->finish();
+        d.content += e.content;
+        d.calls.insert(d.calls.end(), e.calls.begin(), e.calls.end());
+        ToolCallParser::Result r{"", c.parser->calls(), c.parser->valid()};
+        if (std::string err = check_forced(r); !err.empty()) error_ = err;
+        if (r.valid && !r.calls.empty() && o.finish != FinishReason::Abort) fin = "tool_calls";
+      }
+      json delta = tool_delta(c, d);
+      if (!delta.empty() || o.finish != FinishReason::None || job_.logprobs >= 0)
+        out.push_back(chunk(delta, fin, job_.logprobs >= 0 ? chat_logprobs(o.logprobs) : json()));
+    } else if (!text.empty() || !o.tokens.empty() || o.finish != FinishReason::None) {
       json delta = text.empty() && o.finish != FinishReason::None ? json::object() : json{{"content", text}};
       out.push_back(chunk(delta, finish, job_.logprobs >= 0 ? chat_logprobs(o.logprobs) : json()));
     }
@@ -364,10 +569,26 @@ json ResponseBuilder::response() const {
     const Choice& c = choices_[i];
     const json finish = finish_reason_name(c.finish);
     if (job_.chat) {
+      json message = {{"role", "assistant"}, {"content", c.text}};
+      json fin = finish;
+      if (job_.tools.parse) {
+        ToolCallParser::Result r = ToolCallParser::parse(job_.tools.format, job_.tools.forced + c.text);
+        if (!job_.tools.parallel && r.calls.size() > 1) r.calls.resize(1);
+        json calls = json::array();
+        for (const ToolCall& t : r.calls)
+          calls.push_back({{"id", new_call_id()},
+                           {"type", "function"},
+                           {"function", {{"name", t.name}, {"arguments", t.arguments}}}});
+        message["content"] = r.content.empty() && !calls.empty() ? json() : json(r.content);
+        if (!calls.empty()) {
+          message["tool_calls"] = std::move(calls);
+          if (c.finish != FinishReason::Abort) fin = "tool_calls";
+        }
+      }
       choices.push_back({{"index", i},
-                         {"message", {{"role", "assistant"}, {"content", c.text}}},
+                         {"message", message},
                          {"logprobs", job_.logprobs >= 0 ? chat_logprobs(c.lp) : json()},
-                         {"finish_reason", finish}});
+                         {"finish_reason", fin}});
     } else {
       json lp;
       if (job_.logprobs >= 0) {
@@ -403,7 +624,7 @@ json tokenize(const json& b, const ServingContext& ctx) {
   check_model(b, ctx);
   std::vector<int32_t> ids;
   if (field(b, "messages")) {
-    ids = encode(ctx, render_chat(b, ctx, "messages"), get_bool(b, "add_special_tokens").value_or(false), "messages");
+    ids = encode(ctx, chat_prompt(b, ctx).text, get_bool(b, "add_special_tokens").value_or(false), "messages");
   } else {
     const json* p = field(b, "prompt");
     if (!p || !p->is_string()) bad("prompt", "'prompt' must be a string");

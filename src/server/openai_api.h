@@ -11,11 +11,13 @@
 #include "core/error.h"
 #include "engine/request.h"
 #include "chat/chat_template.h"
+#include "chat/tool_call_parser.h"
 #include "tokenizer/tokenizer.h"
 
 namespace bamba {
 
-using nlohmann::json;
+// Keys keep their order: tool schemas reach the template (and `tojson`) in the client's order, as in transformers.
+using json = nlohmann::ordered_json;
 
 // An error for the client: HTTP status and the message of {"error": {...}}.
 struct ApiError : Error {
@@ -36,12 +38,35 @@ struct ServingContext {
   int32_t max_model_len = 0;
   int32_t vocab_size = 0;
   std::optional<ChatTemplate> chat_template;
+  std::optional<ToolCallFormat> tool_format;  // --tool-call-parser, or the one the chat template teaches
   json template_vars = json::object();      // bos_token, eos_token for the template
   json tokenizer_config = json::object();  // tokenizer_config.json, for /tokenizer_info
   int32_t max_n = 64;                      // choices per request
   int32_t max_sequences = 1024;            // prompts x n per request
   int32_t max_logprobs = 20;
 };
+
+// What a chat request's `tools` and `tool_choice` ask of the output.
+struct ToolUse {
+  bool parse = false;  // look for tool calls in the output (tools given, tool_choice not "none")
+  ToolCallFormat format = ToolCallFormat::Hermes;
+  // tool_choice "required" or a named function: the opening of a call, written after the prompt so that the
+  // output can only continue it; the output is then checked to be a valid call (no grammar mask: the sampler is
+  // one fused backend op over all rows).
+  std::string forced;
+  bool forced_whole = false;  // `forced` is the whole call (a named function without parameters): nothing to generate
+  std::string named;          // tool_choice's function
+  std::vector<std::string> names;  // the functions offered
+  bool parallel = true;            // parallel_tool_calls: false keeps the first call only
+};
+
+// A chat request's prompt: messages, tools, documents and chat_template_kwargs through the model's template
+// (docs/chat-templates.md says what is converted), then the text tool_choice forces.
+struct ChatPrompt {
+  std::string text;
+  ToolUse tools;
+};
+ChatPrompt chat_prompt(const json& body, const ServingContext& ctx);
 
 // One /v1/completions or /v1/chat/completions request, checked.
 struct Job {
@@ -51,6 +76,7 @@ struct Job {
   std::vector<std::vector<int32_t>> prompts;
   RequestParams base;     // everything but the prompt and the seed
   std::optional<uint64_t> seed;
+  ToolUse tools;  // chat
   // Sequence i = prompts[i / n], choice i % n.
   int32_t num_sequences() const { return int32_t(prompts.size()) * n; }
   RequestParams sequence(int32_t i, uint64_t random_seed) const;
@@ -78,7 +104,14 @@ class ResponseBuilder {
     FinishReason finish = FinishReason::None;
     bool started = false;  // streaming: first chunk sent
     int32_t text_offset = 0;
+    std::optional<ToolCallParser> parser;  // streaming with tools
+    std::vector<std::string> call_ids;     // streaming: the id of each call announced
   };
+  // Streaming with tools: the delta JSON for this much of the output.
+  json tool_delta(Choice& c, const ToolCallParser::Delta& d);
+  // The finished output against tool_choice: an error message if a forced call did not come out valid.
+  std::string check_forced(const ToolCallParser::Result& r) const;
+  std::string new_call_id() const;
   // offset: text_offset of the first token; advanced past the last.
   json completion_logprobs(const std::vector<TokenLogprob>& lps, int32_t& offset) const;
   json chat_logprobs(const std::vector<TokenLogprob>& lps) const;
@@ -92,6 +125,7 @@ class ResponseBuilder {
   std::vector<Choice> choices_;
   int32_t done_ = 0;
   std::string error_;
+  mutable uint64_t rng_;  // tool call ids
 };
 
 // vLLM's /tokenize, /detokenize and /tokenizer_info.

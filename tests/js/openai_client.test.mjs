@@ -1,12 +1,13 @@
 // bamba serve driven by the official `openai` npm client. bamba_tests starts the servers and sets
 // BAMBA_URL (bamba-tiny-e2e) and, when chat templates can be rendered, BAMBA_CHAT_URL (the same model with a
-// Llama-3 chat template).
+// Llama-3 chat template) and BAMBA_TOOLS_URL (the same model with Qwen 2.5's template, which has tools).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 
 const url = process.env.BAMBA_URL;
 const chatUrl = process.env.BAMBA_CHAT_URL;
+const toolsUrl = process.env.BAMBA_TOOLS_URL;
 assert.ok(url, 'BAMBA_URL is not set (run through bamba_tests)');
 const client = (base) => new OpenAI({ baseURL: base + '/v1', apiKey: 'unused', maxRetries: 0 });
 
@@ -67,4 +68,43 @@ test('chat.completions.create and stream', { skip: chatUrl ? false : 'no chat te
   assert.equal(first.object, 'chat.completion.chunk');
   assert.equal(first.choices[0].delta.role, 'assistant');
   assert.equal(text, r.choices[0].message.content);
+});
+
+// The random-weight model calls no tool by itself: tool_choice names a function without parameters, whose one
+// valid call the server writes whole (docs/chat-templates.md). The rest is the client's usual flow.
+test('tool calling: request, tool result, final answer', { skip: toolsUrl ? false : 'no tools server' }, async () => {
+  const c = client(toolsUrl);
+  const model = (await c.models.list()).data[0].id;
+  const tools = [
+    { type: 'function', function: { name: 'get_time', description: 'The time now', parameters: { type: 'object', properties: {} } } },
+    { type: 'function', function: { name: 'get_weather', description: 'Current weather in a city',
+      parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } },
+  ];
+  const messages = [{ role: 'user', content: 'What time is it?' }];
+  const tool_choice = { type: 'function', function: { name: 'get_time' } };
+  const r = await c.chat.completions.create({ model, messages, tools, tool_choice, temperature: 0 });
+  assert.equal(r.choices[0].finish_reason, 'tool_calls');
+  const msg = r.choices[0].message;
+  assert.equal(msg.tool_calls.length, 1);
+  const call = msg.tool_calls[0];
+  assert.equal(call.type, 'function');
+  assert.equal(call.function.name, 'get_time');
+  assert.deepEqual(JSON.parse(call.function.arguments), {});
+  assert.match(call.id, /^call_[A-Za-z0-9]+$/);
+
+  // The SDK's stream helper accumulates tool_calls deltas (and rejects malformed ones).
+  const s = c.chat.completions.stream({ model, messages, tools, tool_choice, temperature: 0 });
+  const streamed = await s.finalChatCompletion();
+  assert.equal(streamed.choices[0].finish_reason, 'tool_calls');
+  assert.equal(streamed.choices[0].message.tool_calls[0].function.name, 'get_time');
+  assert.deepEqual(JSON.parse(streamed.choices[0].message.tool_calls[0].function.arguments), {});
+
+  messages.push(msg, { role: 'tool', tool_call_id: call.id, content: '12:00' });
+  const fin = await c.chat.completions.create({ model, messages, tools, max_tokens: 6, temperature: 0, ignore_eos: true });
+  assert.equal(fin.choices[0].message.role, 'assistant');
+  assert.equal(typeof fin.choices[0].message.content, 'string');
+  assert.equal(fin.usage.completion_tokens, 6);
+
+  await assert.rejects(c.chat.completions.create({ model, messages, tools, tool_choice: 'sometimes' }),
+    (e) => e.status === 400 && e.param === 'tool_choice');
 });
