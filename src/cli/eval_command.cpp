@@ -23,6 +23,7 @@ struct EvalCliOptions {
   bool add_bos = false, naive = false, list = false;
   unsigned long long fewshot_seed = 1234;
   int32_t max_seqs = 0, max_tokens_per_step = 0;
+  std::string preset;  // a model shape with generated weights and the byte-level tokenizer (speed measurements)
 };
 
 // tasks/ of the source tree the binary was built from (build/bamba -> ../tasks), else ./tasks.
@@ -62,7 +63,20 @@ void write_file(const std::string& path, const std::string& text) {
 void run(const EvalCliOptions& o) {
   const std::string tasks_dir = o.tasks_dir.empty() ? default_tasks_dir() : o.tasks_dir;
   if (o.tasks.empty()) fail("--tasks: name at least one task or group (see tasks/ and docs/evaluation.md)");
-  LoadedModel m = load(o.model, true);
+  LoadedModel m;
+  if (o.preset.empty()) {
+    m = load(o.model, true);
+  } else {
+    // Generated weights score nothing meaningful: this is for timing (bench/NOTES.md), and says so.
+    if (o.preset != "bamba-9b" && o.preset != "tiny") fail("--preset: unknown preset \"", o.preset, "\" (bamba-9b, tiny)");
+    const ModelConfig cfg = o.preset == "bamba-9b" ? bamba_9b_config() : dummy_config();
+    m.backend = make_backend(o.model.device, compute_dtype(o.model.dtype == "auto" ? "bf16" : o.model.dtype, DType::BF16));
+    m.model = std::make_unique<HybridModel>(cfg, dummy_weights(cfg, *m.backend, 1), *m.backend);
+    m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::byte_level_default());
+    m.max_model_len = o.model.max_model_len > 0 ? o.model.max_model_len : 8192;
+    std::fprintf(stderr, "bamba: --preset %s: generated weights and a byte-level tokenizer (timing only), backend %s\n",
+                 o.preset.c_str(), m.backend->name().c_str());
+  }
   eval::RunnerOptions ro;
   ro.max_model_len = m.max_model_len;
   ro.share = !o.naive;
@@ -120,6 +134,7 @@ void register_eval(CLI::App& app) {
   cmd->add_flag("--naive", o->naive, "Run every request as its own full sequence (no shared contexts or forks: for comparison)");
   cmd->add_option("--max-seqs", o->max_seqs, "Sequences in the cache at once (default 64 on the GPU, 8 on the CPU)");
   cmd->add_option("--max-tokens-per-step", o->max_tokens_per_step, "Tokens per forward step (default 8192 GPU, 1024 CPU)");
+  cmd->add_option("--preset", o->preset, "Instead of --model: a model shape with generated weights (bamba-9b, tiny), for timing");
   cmd->callback([o] { run(*o); });
 }
 
