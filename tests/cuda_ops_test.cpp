@@ -352,6 +352,38 @@ TEST_P(CudaOps, SampleGreedyExactOthersAgree) {
   EXPECT_GE(same, R - 2) << "GPU and CPU sampling disagree on too many rows";
 }
 
+// Scoring: log-softmax at given (row, target) pairs, rows repeated and strided, and the first argmax; then
+// copy_slice of a state slot and a KV page (what HybridCache::fork does).
+TEST_P(CudaOps, TokenLogprobsAndCopySlice) {
+  const int64_t R = 13, V = 50257;
+  Pair wide = make(DType::F32, {R, V + 5}, -6, 6);
+  Pair lg = cols(wide, 2, 2 + V);  // strided rows
+  std::vector<int32_t> rows = {0, 3, 3, 3, 12, 7, 0}, targets = {5, 0, 17, int32_t(V - 1), 42, 9, 5};
+  std::vector<float> lg_gpu(rows.size()), lg_cpu(rows.size());
+  std::vector<int32_t> am_gpu(rows.size()), am_cpu(rows.size());
+  gpu_->token_logprobs(lg.gpu, rows, targets, lg_gpu.data(), am_gpu.data());
+  cpu_->token_logprobs(lg.cpu, rows, targets, lg_cpu.data(), am_cpu.data());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_NEAR(lg_gpu[i], lg_cpu[i], 1e-4 * (1 + std::abs(lg_cpu[i]))) << "pair " << i;
+    EXPECT_EQ(am_gpu[i], am_cpu[i]) << "pair " << i;
+  }
+  EXPECT_THROW(gpu_->token_logprobs(lg.gpu, std::vector<int32_t>{int32_t(R)}, std::vector<int32_t>{0}, lg_gpu.data(),
+                                    am_gpu.data()),
+               Error);
+  Pair state = make(DType::F32, {5, 3, 7, 11}, -1, 1);
+  Pair pages = make(act(), {9, 16, 2, 33}, -1, 1);
+  for (Backend* be : {cpu_.get(), gpu_.get()}) {
+    be->copy_slice(be == cpu_.get() ? state.cpu : state.gpu, 1, 4);
+    be->copy_slice(be == cpu_.get() ? pages.cpu : pages.gpu, 8, 0);
+  }
+  auto s = host(*gpu_, state.gpu), p = host(*gpu_, pages.gpu);
+  const size_t sl = 3 * 7 * 11, pg = 16 * 2 * 33;
+  EXPECT_TRUE(std::equal(s.begin() + 4 * sl, s.begin() + 5 * sl, s.begin() + sl));
+  EXPECT_TRUE(std::equal(p.begin(), p.begin() + pg, p.begin() + 8 * pg));
+  expect_close(state, 0, "copy_slice state");
+  expect_close(pages, 0, "copy_slice pages");
+}
+
 // Asking for more than the card has is an Error with the numbers, and the backend stays usable afterwards.
 TEST_P(CudaOps, OutOfMemoryIsAClearError) {
   std::string msg;
