@@ -255,3 +255,43 @@ TEST(DataPrepare, ShardsHoldEachDocumentBehindTheSeparator) {
   expect_error([&] { bamba::prepare_token_shards(tok, o); }, {"separator \"<|nope|>\""});
   fs::remove_all(dir);
 }
+
+// The commands end to end: train a tokenizer on the test corpus, prepare shards with it, inspect them; bad input
+// ends in one "error:" line naming the file and line, and exit status 1.
+TEST(DataCli, TrainPrepareInspect) {
+  std::string dir = bamba::test::make_temp_dir("datacli");
+  std::string corpus = std::string(BAMBA_SOURCE_DIR) + "/tests/data/bpe/corpus.txt";
+  auto r = bamba::test::run_bamba("tokenizer train " + corpus + " --vocab-size 400 --split llama3 --special-tokens "
+                                  "'<|begin_of_text|>,<|end_of_text|>' --bos '<|begin_of_text|>' -q -o " + dir + "/tok.json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  bamba::Tokenizer tok = bamba::Tokenizer::from_file(dir + "/tok.json");
+  EXPECT_EQ(tok.vocab_size(), 400);
+  EXPECT_EQ(tok.bos_id(), 0);
+  r = bamba::test::run_bamba("data prepare " + corpus + " --tokenizer " + dir + "/tok.json --out " + dir + "/shards -q");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("1 documents"), std::string::npos) << r.out;
+  bamba::TokenShard s(dir + "/shards/shard-00000.bin");
+  std::vector<int32_t> want = tok.encode(bamba::read_text_file(corpus), true);  // BOS + text = separator + text
+  ASSERT_EQ(s.n_tokens(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) ASSERT_EQ(s.tokens()[i], uint32_t(want[i])) << i;
+  r = bamba::test::run_bamba("data inspect " + dir + "/shards/shard-00000.bin");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("1 documents, " + std::to_string(want.size()) + " tokens, vocab size 400, separator 0"),
+            std::string::npos)
+      << r.out;
+
+  write_file(dir + "/bad.jsonl", "{\"text\": \"ok\"}\n{\"content\": \"no text\"}\n");
+  r = bamba::test::run_bamba("data prepare " + dir + "/bad.jsonl --tokenizer " + dir + "/tok.json --out " + dir +
+                             "/s2 -q");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("error: " + dir + "/bad.jsonl line 2: no field \"text\""), std::string::npos) << r.err;
+  r = bamba::test::run_bamba("tokenizer train " + dir + "/bad.jsonl --vocab-size 300 -q -o " + dir + "/t2.json");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("bad.jsonl line 2: no field \"text\""), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir + "/t2.json"));
+  write_file(dir + "/short.bin", "BAMBATOK");
+  r = bamba::test::run_bamba("data inspect " + dir + "/short.bin");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("short.bin: truncated at byte 8"), std::string::npos) << r.err;
+  fs::remove_all(dir);
+}
