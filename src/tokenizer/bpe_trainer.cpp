@@ -45,21 +45,28 @@ struct Change {
 };
 
 // HF's Word::merge: replaces every (left, right) in `word`, scanning left to right, and lists how the counts of the
-// neighbouring pairs change, in order. The merged pair's own count is left as is: the caller popped it for good.
+// neighbouring pairs change, in HF's order. The merged pair's own count is left as is: the caller popped it for
+// good. One compacting pass (HF removes symbols one by one), so a long word costs O(length) per merge, not more.
 void merge_word(std::vector<int32_t>& word, int32_t left, int32_t right, int32_t merged, std::vector<Change>& changes) {
-  for (size_t i = 0; i < word.size(); ++i) {
-    if (word[i] != left || i + 1 >= word.size() || word[i + 1] != right) continue;
-    if (i > 0) {
-      changes.push_back({pair_key(word[i - 1], left), -1});
-      changes.push_back({pair_key(word[i - 1], merged), +1});
+  const size_t n = word.size();
+  size_t w = 0;  // word[0, w) is the merged word so far; word[r, n) is still to be read
+  for (size_t r = 0; r < n;) {
+    if (word[r] != left || r + 1 >= n || word[r + 1] != right) {
+      word[w++] = word[r++];
+      continue;
     }
-    word[i] = merged;
-    word.erase(word.begin() + std::ptrdiff_t(i) + 1);
-    if (i + 1 < word.size()) {
-      changes.push_back({pair_key(right, word[i + 1]), -1});
-      changes.push_back({pair_key(merged, word[i + 1]), +1});
+    if (w > 0) {
+      changes.push_back({pair_key(word[w - 1], left), -1});
+      changes.push_back({pair_key(word[w - 1], merged), +1});
     }
+    if (r + 2 < n) {
+      changes.push_back({pair_key(right, word[r + 2]), -1});
+      changes.push_back({pair_key(merged, word[r + 2]), +1});
+    }
+    word[w++] = merged;
+    r += 2;
   }
+  word.resize(w);
 }
 
 // The Unicode code point of a one-character UTF-8 string (the byte-level spelling of a byte: at most 2 bytes).
