@@ -12,5 +12,7 @@ void register_bench_serve(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_merge(CLI::App& app);
 void register_eval(CLI::App& app);
+void register_tokenizer(CLI::App& app);  // tokenizer train
+void register_data(CLI::App& app);       // data prepare, data inspect
 
 }  // namespace bamba::cli

@@ -16,6 +16,8 @@ int main(int argc, char** argv) {
   bamba::cli::register_bench(app);
   bamba::cli::register_merge(app);
   bamba::cli::register_eval(app);
+  bamba::cli::register_tokenizer(app);
+  bamba::cli::register_data(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
