@@ -252,6 +252,9 @@ TEST(Records, GpqaCsvAndTsv) {
   std::string bad = temp_file("bad.csv", "a,b\n1,2\n1,2,3\n");
   EXPECT_NE(error_of([&] { bamba::read_records(bad); }).find("bad.csv: line 3: 3 fields, the header has 2"),
             std::string::npos);
+  std::string latin1 = temp_file("latin1.csv", "a\nd\xE9j\xE0\n");
+  EXPECT_NE(error_of([&] { bamba::read_records(latin1); }).find("latin1.csv is not valid UTF-8"), std::string::npos)
+      << error_of([&] { bamba::read_records(latin1); });
   std::string tsv = temp_file("t.TSV", "x\ty\n1,5\t\"q\"\n");
   EXPECT_EQ(bamba::read_records(tsv), std::vector<Json>{Json::parse(R"({"x": "1,5", "y": "q"})")});
 }

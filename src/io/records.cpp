@@ -7,6 +7,7 @@
 #include "core/mapped_file.h"
 #include "io/csv.h"
 #include "io/parquet.h"
+#include "tokenizer/utf8.h"
 
 namespace bamba {
 
@@ -66,6 +67,7 @@ std::vector<Json> read_json(const std::string& path) {
 
 std::vector<Json> read_delimited(const std::string& path, char delimiter) {
   std::string text = read_text_file(path);
+  utf8::check_valid(text, path);  // JSON values must be UTF-8 (dump() throws on anything else)
   std::vector<CsvRow> table = parse_csv(text, delimiter, path);
   std::vector<Json> rows;
   if (table.empty()) return rows;
