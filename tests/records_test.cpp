@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <fstream>
@@ -269,6 +270,13 @@ TEST(Records, JsonlAndJson) {
   EXPECT_NE(error_of([&] { bamba::read_records(bad); }).find("bad.jsonl: line 3: not valid JSON"), std::string::npos);
   std::string arr = temp_file("arr.jsonl", "[1, 2]\n");
   EXPECT_NE(error_of([&] { bamba::read_records(arr); }).find("line 1: expected a JSON object"), std::string::npos);
+
+  // Gzipped JSONL (made by gzip(1), not by bamba's reader).
+  std::string plain = temp_file("z.jsonl", "{\"a\": \"\u00e9\"}\n{\"a\": 2}\n");
+  ASSERT_EQ(std::system(("gzip -kf " + plain).c_str()), 0);
+  std::vector<Json> gz = bamba::read_records(plain + ".gz");
+  ASSERT_EQ(gz.size(), 2u);
+  EXPECT_EQ(gz[0]["a"], "\xC3\xA9");
 
   EXPECT_EQ(bamba::read_records(temp_file("a.json", R"([{"k": 1}, {"k": 2}])")).size(), 2u);
   EXPECT_EQ(bamba::read_records(temp_file("d.json", R"({"version": 1, "data": [{"k": 1}]})"))[0]["k"], 1);
