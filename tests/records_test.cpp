@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <fstream>
@@ -252,6 +253,9 @@ TEST(Records, GpqaCsvAndTsv) {
   std::string bad = temp_file("bad.csv", "a,b\n1,2\n1,2,3\n");
   EXPECT_NE(error_of([&] { bamba::read_records(bad); }).find("bad.csv: line 3: 3 fields, the header has 2"),
             std::string::npos);
+  std::string latin1 = temp_file("latin1.csv", "a\nd\xE9j\xE0\n");
+  EXPECT_NE(error_of([&] { bamba::read_records(latin1); }).find("latin1.csv is not valid UTF-8"), std::string::npos)
+      << error_of([&] { bamba::read_records(latin1); });
   std::string tsv = temp_file("t.TSV", "x\ty\n1,5\t\"q\"\n");
   EXPECT_EQ(bamba::read_records(tsv), std::vector<Json>{Json::parse(R"({"x": "1,5", "y": "q"})")});
 }
@@ -266,6 +270,13 @@ TEST(Records, JsonlAndJson) {
   EXPECT_NE(error_of([&] { bamba::read_records(bad); }).find("bad.jsonl: line 3: not valid JSON"), std::string::npos);
   std::string arr = temp_file("arr.jsonl", "[1, 2]\n");
   EXPECT_NE(error_of([&] { bamba::read_records(arr); }).find("line 1: expected a JSON object"), std::string::npos);
+
+  // Gzipped JSONL (made by gzip(1), not by bamba's reader).
+  std::string plain = temp_file("z.jsonl", "{\"a\": \"\u00e9\"}\n{\"a\": 2}\n");
+  ASSERT_EQ(std::system(("gzip -kf " + plain).c_str()), 0);
+  std::vector<Json> gz = bamba::read_records(plain + ".gz");
+  ASSERT_EQ(gz.size(), 2u);
+  EXPECT_EQ(gz[0]["a"], "\xC3\xA9");
 
   EXPECT_EQ(bamba::read_records(temp_file("a.json", R"([{"k": 1}, {"k": 2}])")).size(), 2u);
   EXPECT_EQ(bamba::read_records(temp_file("d.json", R"({"version": 1, "data": [{"k": 1}]})"))[0]["k"], 1);

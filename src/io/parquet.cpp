@@ -155,6 +155,7 @@ Schema build_schema(const FileMetaData& m, const std::string& file) {
 
 void decompress(int32_t codec, const unsigned char* src, size_t n, unsigned char* dst, size_t dst_n,
                 const std::string& what) {
+  if (n == 0 && dst_n == 0) return;  // an empty values section (a v2 page of nulls) may be stored as no bytes at all
   switch (codec) {
     case UNCOMPRESSED:
       if (n != dst_n) fail(what, ": uncompressed page of ", n, " bytes, header says ", dst_n);

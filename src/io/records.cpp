@@ -1,12 +1,17 @@
 #include "io/records.h"
 
+#include <zlib.h>
+
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
+#include <cstring>
 
 #include "core/error.h"
 #include "core/mapped_file.h"
 #include "io/csv.h"
 #include "io/parquet.h"
+#include "tokenizer/utf8.h"
 
 namespace bamba {
 
@@ -22,10 +27,32 @@ std::string lower_extension(const std::string& path) {
   return ext;
 }
 
+// The whole file; a name ending in .gz is gunzipped (the hub ships some JSONL that way).
+std::string read_text(const std::string& path) {
+  if (path.size() < 3 || path.compare(path.size() - 3, 3, ".gz") != 0) return read_text_file(path);
+  gzFile f = gzopen(path.c_str(), "rb");
+  if (!f) fail(path, ": cannot open (", std::strerror(errno), ")");
+  std::string text;
+  char buf[1 << 16];
+  for (;;) {
+    int n = gzread(f, buf, sizeof buf);
+    if (n < 0) {
+      int code = 0;
+      std::string msg = gzerror(f, &code);
+      gzclose(f);
+      fail(path, ": not a readable gzip file (", msg, ")");
+    }
+    if (n == 0) break;
+    text.append(buf, size_t(n));
+  }
+  gzclose(f);
+  return text;
+}
+
 std::string_view strip_bom(std::string_view s) { return s.substr(0, 3) == "\xEF\xBB\xBF" ? s.substr(3) : s; }
 
 std::vector<Json> read_jsonl(const std::string& path) {
-  std::string text = read_text_file(path);
+  std::string text = read_text(path);
   std::string_view rest = strip_bom(text);
   std::vector<Json> rows;
   for (size_t line = 1; !rest.empty(); ++line) {
@@ -42,7 +69,7 @@ std::vector<Json> read_jsonl(const std::string& path) {
 }
 
 std::vector<Json> read_json(const std::string& path) {
-  std::string text = read_text_file(path);
+  std::string text = read_text(path);
   Json doc = Json::parse(strip_bom(text), nullptr, /*allow_exceptions=*/false);
   if (doc.is_discarded()) fail(path, ": not valid JSON");
   if (doc.is_object()) {
@@ -65,7 +92,8 @@ std::vector<Json> read_json(const std::string& path) {
 }
 
 std::vector<Json> read_delimited(const std::string& path, char delimiter) {
-  std::string text = read_text_file(path);
+  std::string text = read_text(path);
+  utf8::check_valid(text, path);  // JSON values must be UTF-8 (dump() throws on anything else)
   std::vector<CsvRow> table = parse_csv(text, delimiter, path);
   std::vector<Json> rows;
   if (table.empty()) return rows;
@@ -88,13 +116,14 @@ std::vector<Json> read_delimited(const std::string& path, char delimiter) {
 }  // namespace
 
 std::vector<Json> read_records(const std::string& path) {
-  const std::string ext = lower_extension(path);
+  std::string ext = lower_extension(path);
+  if (ext == "gz") ext = lower_extension(path.substr(0, path.size() - 3));
   if (ext == "jsonl" || ext == "ndjson") return read_jsonl(path);
   if (ext == "json") return read_json(path);
   if (ext == "csv") return read_delimited(path, ',');
   if (ext == "tsv") return read_delimited(path, '\t');
-  if (ext == "parquet") return read_parquet(path);
-  fail(path, ": unknown dataset format '.", ext, "' (expected .jsonl, .json, .csv, .tsv or .parquet)");
+  if (ext == "parquet" && lower_extension(path) == "parquet") return read_parquet(path);
+  fail(path, ": unknown dataset format '.", ext, "' (expected .jsonl, .json, .csv, .tsv, each optionally .gz, or .parquet)");
 }
 
 }  // namespace bamba

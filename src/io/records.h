@@ -4,6 +4,7 @@
 //   .json             an array of objects, or an object holding one under "data" or "rows"
 //   .csv / .tsv       RFC 4180 (io/csv.h); the header row gives the keys, every value is a string
 //   .parquet          io/parquet.h
+// The text formats may be gzipped (name.jsonl.gz).
 // Errors name the file and the line (text formats), element, or row group and column (Parquet).
 #pragma once
 #include <nlohmann/json.hpp>
