@@ -262,9 +262,9 @@ TEST(EvalTasks, GpqaPrompt) {
 }
 
 TEST(EvalTasks, MusrPrompt) {
-  Task t = mini("leaderboard_musr_murder_mysteries", "musr", {{"murder_mysteries", "murder_mysteries.jsonl"}});
+  Task t = mini("leaderboard_musr_murder_mysteries", "musr", {{"murder_mysteries", "murder_mystery.csv"}});
   EXPECT_EQ(context(t),
-            "In the quiet town, a body was found.\n\nWho is the most likely murderer?\n\n1 - Mackenzie\n"
+            "In the quiet town, a body was found.\nIt was late.\n\nWho is the most likely murderer?\n\n1 - Mackenzie\n"
             "2 - Ana's brother\nAnswer:");
   EXPECT_EQ(continuations(t), (std::vector<std::string>{" Mackenzie", " Ana's brother"}));
   EXPECT_EQ(t.doc_to_target(t.eval_docs()[0]), "Ana's brother");
