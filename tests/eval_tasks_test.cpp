@@ -69,6 +69,15 @@ TEST(EvalTasks, EveryFileLoadsAndEveryGroupResolves) {
   EXPECT_EQ(v2.size(), 1u + 24u + 3u + 7u + 1u + 3u);
 }
 
+// The harness tries a member name as a path beside the group file first: a folder of that name must not be there.
+TEST(EvalTasks, GroupMembersAreNotShadowedByPaths) {
+  for (const auto& [name, g] : index().groups)
+    for (const std::string& t : g.tasks) {
+      const fs::path beside = fs::path(g.file).parent_path() / t;
+      EXPECT_TRUE(!fs::exists(beside) || fs::is_regular_file(beside)) << g.file << ": member " << t << " is a folder there";
+    }
+}
+
 TEST(EvalTasks, NamesTheLeaderboardTableLooksUp) {
   const Index& idx = index();
   for (const char* t : {"leaderboard_mmlu_pro", "leaderboard_ifeval", "leaderboard_bbh_snarks",
