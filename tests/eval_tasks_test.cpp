@@ -303,6 +303,19 @@ TEST(EvalTasks, IfevalPromptIsTheRawPrompt) {
   EXPECT_EQ(context(t), "Write a haiku about rust.\nDo not use any commas.");
 }
 
+// gpqa/utils.py: preprocess(None) is " "; random.Random(0).shuffle(["a", "b", " ", "c"]) gives
+// [" ", "a", "b", "c"] in CPython 3.
+TEST(EvalTasks, GpqaEmptyAnswerIsASpace) {
+  const json doc = {{"Question", "q"}, {"Correct Answer", "c"}, {"Incorrect Answer 1", "a"},
+                    {"Incorrect Answer 2", "b"}, {"Incorrect Answer 3", nullptr}};
+  const json d = process_docs("gpqa", {doc}, "t").at(0);
+  EXPECT_EQ(d["choice1"], " ");
+  EXPECT_EQ(d["choice2"], "a");
+  EXPECT_EQ(d["choice3"], "b");
+  EXPECT_EQ(d["choice4"], "c");
+  EXPECT_EQ(d["answer"], "(D)");
+}
+
 TEST(EvalTasks, ProcessDocsErrors) {
   EXPECT_THROW(process_docs("mmlu_pro", {json{{"question", "q"}}}, "t"), Error);
   EXPECT_THROW(process_docs("math_hard", {json{{"level", "Level 5"}, {"solution", "no box"}}}, "t"), Error);

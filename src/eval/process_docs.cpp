@@ -84,10 +84,13 @@ std::vector<json> process_docs(const std::string& name, std::vector<json> docs, 
     PyRandom rnd(0);
     for (size_t i = 0; i < docs.size(); ++i) {
       json& d = docs[i];
-      std::vector<std::string> c = {preprocess(field(d, "Incorrect Answer 1", task, i)),
-                                    preprocess(field(d, "Incorrect Answer 2", task, i)),
-                                    preprocess(field(d, "Incorrect Answer 3", task, i)),
-                                    preprocess(field(d, "Correct Answer", task, i))};
+      // gpqa/utils.py preprocess: an empty cell (None) becomes " ", untouched by the rest.
+      auto answer = [&](const char* key) {
+        const std::string v = field(d, key, task, i);
+        return d[key].is_null() ? std::string(" ") : preprocess(v);
+      };
+      std::vector<std::string> c = {answer("Incorrect Answer 1"), answer("Incorrect Answer 2"),
+                                    answer("Incorrect Answer 3"), answer("Correct Answer")};
       const std::vector<size_t> perm = rnd.shuffle(4);
       std::vector<std::string> s(4);
       for (size_t k = 0; k < 4; ++k) s[k] = c[perm[k]];
