@@ -5,6 +5,7 @@
 #include <regex>
 
 #include "core/error.h"
+#include "eval/math_answer.h"
 #include "eval/py_random.h"
 #include "eval/python_literal.h"
 #include "eval/task.h"
@@ -83,10 +84,13 @@ std::vector<json> process_docs(const std::string& name, std::vector<json> docs, 
     PyRandom rnd(0);
     for (size_t i = 0; i < docs.size(); ++i) {
       json& d = docs[i];
-      std::vector<std::string> c = {preprocess(field(d, "Incorrect Answer 1", task, i)),
-                                    preprocess(field(d, "Incorrect Answer 2", task, i)),
-                                    preprocess(field(d, "Incorrect Answer 3", task, i)),
-                                    preprocess(field(d, "Correct Answer", task, i))};
+      // gpqa/utils.py preprocess: an empty cell (None) becomes " ", untouched by the rest.
+      auto answer = [&](const char* key) {
+        const std::string v = field(d, key, task, i);
+        return d[key].is_null() ? std::string(" ") : preprocess(v);
+      };
+      std::vector<std::string> c = {answer("Incorrect Answer 1"), answer("Incorrect Answer 2"),
+                                    answer("Incorrect Answer 3"), answer("Correct Answer")};
       const std::vector<size_t> perm = rnd.shuffle(4);
       std::vector<std::string> s(4);
       for (size_t k = 0; k < 4; ++k) s[k] = c[perm[k]];
@@ -102,8 +106,43 @@ std::vector<json> process_docs(const std::string& name, std::vector<json> docs, 
       for (size_t k = 0; k < choices.size(); ++k) list += std::to_string(k + 1) + " - " + choices[k].get<std::string>() + "\n";
       d["prompt_text"] = field(d, "narrative", task, i) + "\n\n" + field(d, "question", task, i) + "\n\n" + list + "Answer:";
     }
+  } else if (name == "mmlu_pro") {
+    // leaderboard/mmlu_pro/utils.py doc_to_text and doc_to_choice: the options lettered A, B, ... one per line.
+    for (size_t i = 0; i < docs.size(); ++i) {
+      json& d = docs[i];
+      BAMBA_CHECK(d.is_object() && d.contains("options") && d["options"].is_array(), "task ", task, ": document ", i,
+                  " has no list 'options'");
+      const json& options = d["options"];
+      BAMBA_CHECK(options.size() <= 26, "task ", task, ": document ", i, " has ", options.size(), " options (at most 26)");
+      std::string text = field(d, "question", task, i) + "\n";
+      json letters = json::array();
+      for (size_t k = 0; k < options.size(); ++k) {
+        const std::string letter(1, char('A' + k));
+        BAMBA_CHECK(options[k].is_string(), "task ", task, ": document ", i, ": option ", k, " is not a string");
+        text += letter + ". " + options[k].get<std::string>() + "\n";
+        letters.push_back(letter);
+      }
+      d["prompt_text"] = text + "Answer:";
+      d["choice_letters"] = letters;
+    }
+  } else if (name == "math_hard") {
+    // leaderboard/math/utils.py process_docs with lm-eval's Level 5 filter (#2773): MATH-lighteval holds every
+    // level, the leaderboard's MATH-Hard only level 5. `answer` is the normalized boxed answer of the solution.
+    std::vector<json> kept;
+    for (size_t i = 0; i < docs.size(); ++i) {
+      json& d = docs[i];
+      if (field(d, "level", task, i) != "Level 5") continue;
+      try {
+        d["answer"] = math_gold_answer(field(d, "solution", task, i));
+      } catch (const Error& e) {
+        throw Error("task " + task + ": document " + std::to_string(i) + ": " + e.what());
+      }
+      kept.push_back(std::move(d));
+    }
+    docs = std::move(kept);
   } else {
-    throw Error("task " + task + ": unknown process_docs '" + name + "' (built-ins: hellaswag, winogrande, gpqa, musr)");
+    throw Error("task " + task + ": unknown process_docs '" + name +
+                "' (built-ins: hellaswag, winogrande, gpqa, musr, mmlu_pro, math_hard)");
   }
   return docs;
 }

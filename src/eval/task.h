@@ -115,7 +115,7 @@ class Task {
   std::shared_ptr<Sampler> sampler_;
 };
 
-// The built-in process_docs transforms (hellaswag, winogrande, gpqa, mmlu_pro, musr): Error for an unknown name.
+// The built-in process_docs transforms (hellaswag, winogrande, gpqa, musr, mmlu_pro, math_hard): Error for an unknown name.
 std::vector<json> process_docs(const std::string& name, std::vector<json> docs, const std::string& task);
 
 }  // namespace bamba::eval
