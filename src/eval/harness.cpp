@@ -64,7 +64,7 @@ void expand(const std::string& name_or_file, const std::map<std::string, std::st
             std::vector<Leaf>& leaves, std::vector<GroupConfig>& groups, int depth = 0) {
   BAMBA_CHECK(depth < 6, "eval: groups nested too deeply at ", name_or_file);
   std::string path = name_or_file;
-  if (!fs::exists(path)) {
+  if (!fs::is_regular_file(path)) {
     auto it = idx.find(name_or_file);
     BAMBA_CHECK(it != idx.end(), "eval: no task or group named '", name_or_file, "' (and no such file); see --tasks-dir");
     path = it->second;
@@ -78,7 +78,7 @@ void expand(const std::string& name_or_file, const std::map<std::string, std::st
   groups.push_back(g);
   for (const std::string& t : g.tasks) {
     const fs::path rel = fs::path(path).parent_path() / t;
-    expand(fs::exists(rel) ? rel.string() : t, idx, g.group, leaves, groups, depth + 1);
+    expand(fs::is_regular_file(rel) ? rel.string() : t, idx, g.group, leaves, groups, depth + 1);
   }
 }
 
