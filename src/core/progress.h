@@ -3,13 +3,18 @@
 #pragma once
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace bamba {
 
+// What `done` and `total` count: bytes (printed "1.5 GB / 3.0 GB") or items such as training steps ("12/100",
+// with an ETA from the rate so far).
+enum class ProgressUnit { Bytes, Count };
+
 class ProgressBar {
  public:
-  ProgressBar(std::string label, size_t total, bool enabled = true);
+  ProgressBar(std::string label, size_t total, bool enabled = true, ProgressUnit unit = ProgressUnit::Bytes);
   ~ProgressBar();
   void update(size_t done, const std::string& note = "");  // note: e.g. "12/40 tensors"
   void finish();
@@ -18,6 +23,8 @@ class ProgressBar {
   std::string label_;
   size_t total_;
   bool enabled_, tty_, finished_ = false;
+  ProgressUnit unit_;
+  size_t first_done_ = SIZE_MAX;  // done at the first update: the ETA counts only work done since
   int last_decile_ = -1;
   std::chrono::steady_clock::time_point start_, last_draw_;
 };
