@@ -11,5 +11,6 @@ void register_serve(CLI::App& app);
 void register_bench_serve(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_merge(CLI::App& app);
+void register_train(CLI::App& app);
 
 }  // namespace bamba::cli

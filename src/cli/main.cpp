@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   bamba::cli::register_bench_serve(app);
   bamba::cli::register_bench(app);
   bamba::cli::register_merge(app);
+  bamba::cli::register_train(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

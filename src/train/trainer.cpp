@@ -98,13 +98,13 @@ TrainResult Trainer::run() {
     const std::string keep = last_checkpoint_.empty() ? "no checkpoint was written yet"
                                                       : "the last good checkpoint is " + last_checkpoint_;
     if (!std::isfinite(loss)) {
-      if (hooks_.progress) bar.finish();
+      bar.abandon();
       log.write_svg();
       fail("step ", s + 1, ": the loss is ", loss, "; training stopped without saving (", keep, ")");
     }
     const double norm = clip_grad_norm(params_, cfg_.grad_clip);
     if (!std::isfinite(norm)) {
-      if (hooks_.progress) bar.finish();
+      bar.abandon();
       log.write_svg();
       fail("step ", s + 1, ": the gradient norm is ", norm, " (loss ", loss, "); training stopped without saving (",
            keep, ")");
@@ -143,7 +143,10 @@ TrainResult Trainer::run() {
     }
   }
   if (state_.step == first_step && state_.step == cfg_.steps) log.write_svg();  // resumed at the end: nothing to do
-  if (hooks_.progress) bar.finish();
+  if (result.interrupted)
+    bar.abandon();
+  else
+    bar.finish();
   result.step = state_.step;
   result.last_checkpoint = last_checkpoint_;
   return result;
