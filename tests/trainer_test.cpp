@@ -218,6 +218,39 @@ TEST(Trainer, ResumeIsBitExactWithBf16MomentsAndBf16Weights) {
   expect_resume_is_exact(Precision::Bf16Memory, "bfloat16");  // master.safetensors carries the fp32 weights
 }
 
+TEST(Trainer, ResumingFromAnEarlierCheckpointRedoesTheBranch) {
+  const std::string out = test::make_temp_dir("trainer-branch");
+  TrainConfig cfg = toy_config(out, 6);
+  cfg.save_every = 2;
+  cfg.keep_last = 0;
+  Bigram m1(8);
+  PatternSource d1(8);
+  Trainer(cfg, m1, d1, toy_ckpt(), quiet()).run();
+  EXPECT_EQ(checkpoint_steps(out), (std::vector<int64_t>{2, 4, 6}));
+
+  // A fresh run into the same folder would mix two runs.
+  Bigram m2(8);
+  PatternSource d2(8);
+  try {
+    Trainer(cfg, m2, d2, toy_ckpt(), quiet()).run();
+    ADD_FAILURE() << "started a fresh run over existing checkpoints";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("already holds checkpoints (up to checkpoint-6)"), std::string::npos) << e.what();
+  }
+
+  // Back to step 2, saving every 3 now: checkpoint-4 and -6 of the old branch go at the first save, -6 is redone.
+  cfg.save_every = 3;
+  Trainer t3(cfg, m2, d2, toy_ckpt(), quiet());
+  t3.resume(out + "/checkpoint-2");
+  t3.run();
+  EXPECT_EQ(checkpoint_steps(out), (std::vector<int64_t>{2, 3, 6}));
+  EXPECT_EQ(m1.W_bits(), m2.W_bits());  // the same steps again, deterministically
+  auto lines = read_jsonl(out + "/metrics.jsonl");
+  ASSERT_EQ(lines.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) EXPECT_EQ(lines[i]["step"].get<int64_t>(), int64_t(i) + 1);
+  fs::remove_all(out);
+}
+
 TEST(Trainer, NonFiniteLossOrGradientStopsAndKeepsTheLastGoodCheckpoint) {
   for (int which = 0; which < 2; ++which) {
     const std::string out = test::make_temp_dir("trainer-nan");

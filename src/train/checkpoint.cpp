@@ -60,12 +60,12 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
 std::string checkpoint_dir(const std::string& output, int64_t step) { return cat(output, "/checkpoint-", step); }
 
 void save_checkpoint(const std::string& dir, const std::vector<ParamRef>& params, const AdamW& opt,
-                     const TrainerState& state, const CheckpointOptions& o) {
+                     const TrainerState& state, const CheckpointOptions& o, bool replace) {
   BAMBA_CHECK(o.save_dtype == "float32" || o.save_dtype == "bfloat16", "save_dtype \"", o.save_dtype,
               "\": expected float32 or bfloat16");
   BAMBA_CHECK(opt.num_params() == params.size(), dir, ": the optimizer has ", opt.num_params(), " parameters, the model ",
               params.size());
-  StagingDir staging(dir, /*replace=*/false);
+  StagingDir staging(dir, replace);
   const std::string tmp = staging.path();
   const DType wdt = o.save_dtype == "bfloat16" ? DType::BF16 : DType::F32;
 
@@ -207,14 +207,22 @@ std::string resolve_checkpoint(const std::string& path) {
   return all.back().second;
 }
 
-void prune_checkpoints(const std::string& output, int64_t keep) {
-  if (keep <= 0) return;
+std::vector<int64_t> checkpoint_steps(const std::string& output) {
+  std::vector<int64_t> out;
+  for (const auto& [step, path] : list_checkpoints(output)) out.push_back(step);
+  return out;
+}
+
+void prune_checkpoints(const std::string& output, int64_t keep, int64_t current_step) {
   auto all = list_checkpoints(output);
-  for (size_t i = 0; i + size_t(keep) < all.size(); ++i) {
+  auto remove = [](const std::string& path) {
     std::error_code ec;
-    fs::remove_all(all[i].second, ec);
-    if (ec) fail(all[i].second, ": cannot delete an old checkpoint (", ec.message(), ")");
-  }
+    fs::remove_all(path, ec);
+    if (ec) fail(path, ": cannot delete an old checkpoint (", ec.message(), ")");
+  };
+  while (!all.empty() && all.back().first > current_step) remove(all.back().second), all.pop_back();
+  if (keep <= 0) return;
+  for (size_t i = 0; i + size_t(keep) < all.size(); ++i) remove(all[i].second);
 }
 
 }  // namespace bamba

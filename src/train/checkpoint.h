@@ -40,9 +40,10 @@ struct CheckpointOptions {
 // "<output>/checkpoint-<step>"
 std::string checkpoint_dir(const std::string& output, int64_t step);
 
-// Writes `dir` (refusing to replace an existing non-empty folder) from the parameters, the optimizer and `state`.
+// Writes `dir` from the parameters, the optimizer and `state`. An existing `dir` is an Error unless `replace`
+// (then it is swapped out only once the new folder is complete).
 void save_checkpoint(const std::string& dir, const std::vector<ParamRef>& params, const AdamW& opt,
-                     const TrainerState& state, const CheckpointOptions& o);
+                     const TrainerState& state, const CheckpointOptions& o, bool replace = false);
 
 // Reads a checkpoint written by save_checkpoint back into the parameters (values: exact fp32), the optimizer's
 // moments and step count, and `state`. Every parameter must be there with its shape, and the optimizer's moment
@@ -53,7 +54,11 @@ void load_checkpoint(const std::string& dir, const std::vector<ParamRef>& params
 // Error when there is none.
 std::string resolve_checkpoint(const std::string& path);
 
-// Deletes all but the `keep` newest checkpoint-<step> folders of `output` (keep 0: none deleted).
-void prune_checkpoints(const std::string& output, int64_t keep);
+// The steps of the checkpoint-<step> folders (with a trainer_state.json) in `output`, ascending.
+std::vector<int64_t> checkpoint_steps(const std::string& output);
+
+// Deletes the checkpoint-<step> folders of `output` after `current_step` (left by a run that was resumed from an
+// earlier checkpoint: the abandoned branch), then all but the `keep` newest (keep 0: no more).
+void prune_checkpoints(const std::string& output, int64_t keep, int64_t current_step);
 
 }  // namespace bamba

@@ -50,15 +50,16 @@ void Trainer::resume(const std::string& path) {
     fail(dir, ": is at step ", state_.step, ", past the ", cfg_.steps, " steps this config trains for");
   data_.restore(state_.data);
   last_checkpoint_ = dir;
+  resumed_ = true;
 }
 
 std::string Trainer::save() {
   state_.data = data_.state();
   const std::string dir = checkpoint_dir(cfg_.output, state_.step);
   if (dir == last_checkpoint_) return dir;  // already saved at this step (e.g. resumed here and stopped at once)
-  save_checkpoint(dir, params_, opt_, state_, ckpt_);
+  save_checkpoint(dir, params_, opt_, state_, ckpt_, /*replace=*/resumed_);
   last_checkpoint_ = dir;
-  prune_checkpoints(cfg_.output, cfg_.keep_last);
+  prune_checkpoints(cfg_.output, cfg_.keep_last, state_.step);
   return dir;
 }
 
@@ -67,6 +68,9 @@ TrainResult Trainer::run() {
   std::error_code ec;
   fs::create_directories(cfg_.output, ec);
   if (ec) fail(cfg_.output, ": cannot create the output folder (", ec.message(), ")");
+  if (!resumed_ && !checkpoint_steps(cfg_.output).empty())
+    fail(cfg_.output, ": already holds checkpoints (up to checkpoint-", checkpoint_steps(cfg_.output).back(),
+         "); continue that run with --resume ", cfg_.output, ", or choose another output folder");
 
   const LrSchedule schedule = cfg_.lr_schedule();
   const int64_t accum = cfg_.accumulation_steps();

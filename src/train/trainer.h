@@ -41,7 +41,10 @@ class Trainer {
   Trainer(const TrainConfig& cfg, Trainable& model, BatchSource& data, CheckpointOptions ckpt, TrainerHooks hooks = {});
 
   // Loads a checkpoint folder (or the newest checkpoint of an output folder): weights, moments, step, data position.
+  // The run then continues from there; checkpoints of the output folder after that step (a branch that is being
+  // redone) are replaced or deleted as the new run saves.
   void resume(const std::string& path);
+  // Without resume(), an output folder that already holds checkpoints is an Error (it would mix two runs).
   TrainResult run();
 
   int64_t step() const { return state_.step; }
@@ -59,6 +62,7 @@ class Trainer {
   AdamW opt_;
   TrainerState state_;
   std::string last_checkpoint_;
+  bool resumed_ = false;
 };
 
 }  // namespace bamba
