@@ -4,6 +4,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "model/config.h"
 #include "train/train_config.h"
 
 namespace bamba {
@@ -125,6 +126,33 @@ TEST(TrainConfig, ErrorsNameTheLineAndField) {
   EXPECT_NE(error_of("seq_len: [1\n").find("t.yml:"), std::string::npos);  // not YAML
   EXPECT_NE(error_of("- 1\n- 2\n").find("expected a YAML map"), std::string::npos);
   EXPECT_NE(error_of("optimizer: 3\n").find("optimizer: expected a map of fields"), std::string::npos);
+}
+
+TEST(ConfigToJson, PresetShapesRoundTripThroughConfigJson) {
+  // A preset's checkpoint carries config.json written from the shape; reading it back must give the same model.
+  for (const ModelConfig& c : {dummy_config(), bamba_9b_config()}) {
+    const ModelConfig r = parse_config(config_to_json(c), "written");
+    EXPECT_EQ(r.vocab_size, c.vocab_size);
+    EXPECT_EQ(r.hidden_size, c.hidden_size);
+    EXPECT_EQ(r.intermediate_size, c.intermediate_size);
+    EXPECT_EQ(r.layer_kinds, c.layer_kinds);
+    EXPECT_EQ(r.num_attention_heads, c.num_attention_heads);
+    EXPECT_EQ(r.num_key_value_heads, c.num_key_value_heads);
+    EXPECT_EQ(r.head_dim, c.head_dim);
+    EXPECT_EQ(r.rotary_dim, c.rotary_dim);
+    EXPECT_EQ(r.mamba_n_heads, c.mamba_n_heads);
+    EXPECT_EQ(r.mamba_d_head, c.mamba_d_head);
+    EXPECT_EQ(r.mamba_n_groups, c.mamba_n_groups);
+    EXPECT_EQ(r.mamba_d_state, c.mamba_d_state);
+    EXPECT_EQ(r.mamba_chunk_size, c.mamba_chunk_size);
+    EXPECT_EQ(r.mamba_inner, c.mamba_inner);
+    EXPECT_EQ(r.parameter_count(), c.parameter_count());
+    EXPECT_EQ(r.bos_token_id, c.bos_token_id);
+    EXPECT_EQ(r.eos_token_ids, c.eos_token_ids);
+    EXPECT_EQ(r.dtype, c.dtype);
+    EXPECT_EQ(r.time_step_max, c.time_step_max);
+  }
+  EXPECT_EQ(bamba_9b_config().parameter_count(), parse_config(config_to_json(bamba_9b_config()), "x").parameter_count());
 }
 
 }  // namespace

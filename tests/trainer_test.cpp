@@ -145,6 +145,25 @@ TEST(Trainer, LearnsAndLogsEveryStep) {
   fs::remove_all(out);
 }
 
+TEST(Trainer, EvalEveryNStepsIsLogged) {
+  const std::string out = test::make_temp_dir("trainer-eval");
+  TrainConfig cfg = toy_config(out, 6);
+  cfg.eval_every = 4;
+  cfg.save_every = 0;
+  Bigram model(8);
+  PatternSource data(8);
+  TrainerHooks h = quiet();
+  int evals = 0;
+  h.eval = [&] { return 1.5 + ++evals; };
+  Trainer(cfg, model, data, toy_ckpt(), h).run();
+  EXPECT_EQ(evals, 1);
+  auto lines = read_jsonl(out + "/metrics.jsonl");
+  ASSERT_EQ(lines.size(), 6u);
+  EXPECT_FALSE(lines[2].contains("eval_loss"));
+  EXPECT_DOUBLE_EQ(lines[3]["eval_loss"].get<double>(), 2.5);
+  fs::remove_all(out);
+}
+
 TEST(Trainer, AccumulatedMicroBatchesEqualOneBigBatch) {
   // Rows reach the model in the same order either way, so the gradients (and the updates) are bit-identical.
   const std::string out = test::make_temp_dir("trainer-accum");

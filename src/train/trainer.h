@@ -53,7 +53,7 @@ class Trainer {
  private:
   std::string save();
 
-  const TrainConfig& cfg_;
+  const TrainConfig cfg_;
   Trainable& model_;
   BatchSource& data_;
   CheckpointOptions ckpt_;
