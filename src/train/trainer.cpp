@@ -76,6 +76,7 @@ TrainResult Trainer::run() {
   const int64_t accum = cfg_.accumulation_steps();
   MetricsLog log(cfg_.output, state_.step);
   ProgressBar bar("training", size_t(cfg_.steps), hooks_.progress, ProgressUnit::Count);
+  bar.update(size_t(state_.step));  // the ETA's rate counts the steps of this run only
   const auto t0 = std::chrono::steady_clock::now();
   const double elapsed0 = log.points().empty() ? 0 : log.points().back().elapsed_s;
   const int64_t first_step = state_.step;
