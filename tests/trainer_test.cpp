@@ -35,25 +35,29 @@ class Bigram : public Trainable {
     return {{"model.bigram.weight", W_.data(), gW_.data(), W_.size(), {V_, V_}, true},
             {"model.bigram.bias", b_.data(), gb_.data(), b_.size(), {V_}, false}};
   }
-  LossResult loss_and_grad(const TokenBatch& batch, float scale) override {
+  // HF's convention: the prediction from tokens[t - 1] is scored against labels[t].
+  LossResult loss_and_grad(const TokenBatch& batch, const LossDivisors& div) override {
     ++calls_;
     LossResult r;
+    const double scale = 1.0 / double(div.labels);
     std::vector<double> p(static_cast<size_t>(V_));
-    for (size_t i = 0; i < batch.tokens.size(); ++i) {
-      const int y = batch.labels[i], x = batch.tokens[i];
-      if (y == -100) continue;
-      double mx = -INFINITY, z = 0;
-      for (int k = 0; k < V_; ++k) mx = std::max(mx, p[k] = double(W_[size_t(k) * V_ + x]) + b_[k]);
-      for (int k = 0; k < V_; ++k) z += p[k] = std::exp(p[k] - mx);
-      r.loss_sum += std::log(z) - std::log(p[y]);
-      ++r.n_tokens;
-      for (int k = 0; k < V_; ++k) {
-        const float d = scale * float(p[k] / z - (k == y));
-        gW_[size_t(k) * V_ + x] += d;
-        gb_[k] += d;
+    for (int64_t row = 0; row < batch.rows; ++row)
+      for (int64_t t = 1; t < batch.cols; ++t) {
+        const size_t i = size_t(row * batch.cols + t);
+        const int y = batch.labels[i], x = batch.tokens[i - 1];
+        if (y == -100) continue;
+        double mx = -INFINITY, z = 0;
+        for (int k = 0; k < V_; ++k) mx = std::max(mx, p[k] = double(W_[size_t(k) * V_ + x]) + b_[k]);
+        for (int k = 0; k < V_; ++k) z += p[k] = std::exp(p[k] - mx);
+        r.loss += (std::log(z) - std::log(p[y])) * scale;
+        ++r.labeled;
+        for (int k = 0; k < V_; ++k) {
+          const float d = float(scale * (p[k] / z - (k == y)));
+          gW_[size_t(k) * V_ + x] += d;
+          gb_[k] += d;
+        }
       }
-    }
-    if (calls_ == nan_loss_at_call) r.loss_sum = NAN;
+    if (calls_ == nan_loss_at_call) r.loss = NAN;
     if (calls_ == inf_grad_at_call) gb_[0] = INFINITY;
     return r;
   }
@@ -67,7 +71,8 @@ class Bigram : public Trainable {
   int calls_ = 0;
 };
 
-// A stream of tokens with a learnable pattern (mostly t → t+3 mod V); the first label of every row is -100.
+// A stream of tokens with a learnable pattern (mostly t → t+3 mod V); labels = tokens (HF's convention) except
+// position 1 of every row, which is -100 (so 14 of a row's 16 positions are scored).
 class PatternSource : public BatchSource {
  public:
   explicit PatternSource(int V) : V_(V) {}
@@ -78,7 +83,7 @@ class PatternSource : public BatchSource {
     for (int64_t r = 0; r < rows; ++r, pos_ += T)
       for (int64_t t = 0; t < T; ++t) {
         b.tokens.push_back(token(pos_ + t));
-        b.labels.push_back(t == 0 ? -100 : token(pos_ + t + 1));
+        b.labels.push_back(t == 1 ? -100 : token(pos_ + t));
       }
     return b;
   }
@@ -162,6 +167,40 @@ TEST(Trainer, EvalEveryNStepsIsLogged) {
   EXPECT_FALSE(lines[2].contains("eval_loss"));
   EXPECT_DOUBLE_EQ(lines[3]["eval_loss"].get<double>(), 2.5);
   fs::remove_all(out);
+}
+
+// Records the divisors it is given.
+class DivisorSpy : public Bigram {
+ public:
+  DivisorSpy() : Bigram(8) {}
+  LossResult loss_and_grad(const TokenBatch& b, const LossDivisors& div) override {
+    seen.push_back(div);
+    return Bigram::loss_and_grad(b, div);
+  }
+  std::vector<LossDivisors> seen;
+};
+
+TEST(Trainer, LossDivisorsAreTheWholeStepsCounts) {
+  TokenBatch b{.rows = 2, .cols = 3, .tokens = {1, 2, 3, 4, 5, 6}, .labels = {-100, 2, -100, 4, 5, 6}};
+  EXPECT_EQ(b.labeled(), 3);  // position 0 of a row is never scored, whatever its label
+  double loss[2];
+  for (int sum = 0; sum < 2; ++sum) {
+    const std::string out = test::make_temp_dir("trainer-div");
+    TrainConfig cfg = toy_config(out, 2);
+    cfg.steps = 1;  // one step: the same start in both runs
+    cfg.loss_sum = sum;
+    DivisorSpy model;
+    PatternSource data(8);
+    loss[sum] = Trainer(cfg, model, data, toy_ckpt(), quiet()).run().loss;
+    ASSERT_EQ(model.seen.size(), 2u);  // two micro-batches of 2 rows × 16
+    for (const auto& d : model.seen) {
+      EXPECT_EQ(d.labels, sum ? 1 : 2 * 2 * 14);
+      EXPECT_EQ(d.positions, 64);
+    }
+    fs::remove_all(out);
+  }
+  EXPECT_NEAR(loss[0], loss[1], 1e-12);  // the logged loss is per scored token in both reductions
+  EXPECT_NEAR(loss[0], std::log(8.0), 0.05);
 }
 
 TEST(Trainer, AccumulatedMicroBatchesEqualOneBigBatch) {
@@ -389,13 +428,14 @@ class FixtureParams : public Trainable {
                      default_weight_decay(names_[i], shapes_[i])});
     return out;
   }
-  LossResult loss_and_grad(const TokenBatch& b, float scale) override {
+  LossResult loss_and_grad(const TokenBatch& b, const LossDivisors& div) override {
     LossResult r;
-    r.n_tokens = b.labeled();
+    r.labeled = b.labeled();
+    const double w = double(r.labeled) / double(div.labels);
     for (size_t i = 0; i < values_.size(); ++i)
       for (size_t j = 0; j < values_[i].size(); ++j) {
-        r.loss_sum += 0.5 * double(values_[i][j]) * values_[i][j] * double(r.n_tokens);
-        grads_[i][j] += scale * float(r.n_tokens) * values_[i][j];
+        r.loss += 0.5 * double(values_[i][j]) * values_[i][j] * w;
+        grads_[i][j] += float(w) * values_[i][j];
       }
     return r;
   }

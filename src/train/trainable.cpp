@@ -6,7 +6,8 @@ namespace bamba {
 
 int64_t TokenBatch::labeled() const {
   int64_t n = 0;
-  for (int32_t l : labels) n += l != -100;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t t = 1; t < cols; ++t) n += labels[size_t(r * cols + t)] != -100;
   return n;
 }
 

@@ -20,17 +20,26 @@ struct ParamRef {
   bool decay = true;  // AdamW weight decay applies (see default_weight_decay)
 };
 
-// Rows of token ids with their next-token labels; -100 marks a position that does not count in the loss.
+// Rows of token ids with Hugging Face's unshifted labels: the logits at position t are scored against
+// labels[t + 1] of the same row, so labels[0] of a row is never scored; -100 marks a position that does not
+// count. For plain pretraining labels == tokens; for SFT the prompt's labels are -100.
 struct TokenBatch {
   int64_t rows = 0, cols = 0;
   std::vector<int32_t> tokens;  // [rows, cols]
   std::vector<int32_t> labels;  // [rows, cols]
-  int64_t labeled() const;      // positions with a label != -100
+  int64_t labeled() const;      // scored positions: labels[r][t] != -100 for t >= 1
+};
+
+// The divisors of the loss for a whole optimizer step, so that the micro-batches' gradients add up to the
+// step's: labels = the step's scored tokens (per-token mean over the global batch) or 1 (sum); positions = the
+// step's rows × cols (the z-loss is a mean over all positions, as in HF).
+struct LossDivisors {
+  int64_t labels = 1, positions = 1;
 };
 
 struct LossResult {
-  double loss_sum = 0;   // Σ of the per-token cross-entropies over the labeled positions
-  int64_t n_tokens = 0;  // labeled positions
+  double loss = 0;      // this micro-batch's share: Σ its token losses / labels (+ its z-loss terms / positions)
+  int64_t labeled = 0;  // its scored positions
 };
 
 class Trainable {
@@ -38,11 +47,10 @@ class Trainable {
   virtual ~Trainable() = default;
   // The same list, in the same order, on every call: the order is the checkpoint's tensor order.
   virtual std::vector<ParamRef> params() = 0;
-  // Adds grad_scale · ∂(loss_sum)/∂θ to every parameter's grad (never overwrites: the trainer zeroes the buffers
-  // once per optimizer step and accumulates micro-batches). The trainer passes 1/(labeled tokens of the whole
-  // step) for a per-token mean over the global batch, so a model whose backward yields the gradient of the mean
-  // over its micro-batch multiplies that by n_tokens · grad_scale. Must be deterministic for resume to be exact.
-  virtual LossResult loss_and_grad(const TokenBatch& batch, float grad_scale) = 0;
+  // Adds ∂(this micro-batch's share of the loss)/∂θ to every parameter's grad (never overwrites: the trainer
+  // zeroes the buffers once per optimizer step and accumulates the micro-batches); HybridModel::forward_backward's
+  // label_count / position_count are these divisors. Must be deterministic for a resume to be exact.
+  virtual LossResult loss_and_grad(const TokenBatch& batch, const LossDivisors& div) = 0;
   // Forward-and-backward FLOPs per trained token (≈ 6N + attention), for MFU; 0 when unknown.
   virtual double flops_per_token() const { return 0; }
 };

@@ -87,18 +87,23 @@ TrainResult Trainer::run() {
     const int64_t s = state_.step;
     for (const auto& p : params_) std::fill(p.grad, p.grad + p.size, 0.f);
 
-    // The whole step's micro-batches first: the loss scale needs the step's labeled-token count.
+    // The whole step's micro-batches first: the loss divisors are the step's counts.
     std::vector<TokenBatch> micro;
     int64_t labeled = 0;
     for (int64_t k = 0; k < accum; ++k) {
       micro.push_back(data_.next(cfg_.micro_batch_size, cfg_.seq_len));
-      labeled += micro.back().labeled();
+      const TokenBatch& b = micro.back();
+      if (b.rows != cfg_.micro_batch_size || b.cols != cfg_.seq_len || b.tokens.size() != size_t(b.rows * b.cols) ||
+          b.labels.size() != b.tokens.size())
+        fail("step ", s + 1, ": the data gave a batch of ", b.rows, " × ", b.cols, " (", b.tokens.size(), " tokens, ",
+             b.labels.size(), " labels), expected ", cfg_.micro_batch_size, " × ", cfg_.seq_len);
+      labeled += b.labeled();
     }
-    if (labeled == 0) fail("step ", s + 1, ": the batch has no labeled tokens (every label is -100)");
-    const float scale = cfg_.loss_sum ? 1.f : float(1.0 / double(labeled));
-    double loss_sum = 0;
-    for (const auto& mb : micro) loss_sum += model_.loss_and_grad(mb, scale).loss_sum;
-    const double loss = loss_sum / double(labeled);
+    if (labeled == 0) fail("step ", s + 1, ": the batch has no scored tokens (every label is -100)");
+    const LossDivisors div{cfg_.loss_sum ? 1 : labeled, accum * cfg_.micro_batch_size * cfg_.seq_len};
+    double objective = 0;
+    for (const auto& mb : micro) objective += model_.loss_and_grad(mb, div).loss;
+    const double loss = objective * double(div.labels) / double(labeled);  // per scored token, in either reduction
 
     const std::string keep = last_checkpoint_.empty() ? "no checkpoint was written yet"
                                                       : "the last good checkpoint is " + last_checkpoint_;

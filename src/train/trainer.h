@@ -1,6 +1,6 @@
 // Trainer: the loop around a Trainable's gradients. Per optimizer step: zero the grads, run the step's
-// micro-batches (batch_tokens / (micro_batch_size · seq_len) of them) accumulating gradients scaled so the sum is
-// the per-token mean over the whole step (or the plain sum), stop on a non-finite loss or gradient, clip by the
+// micro-batches (batch_tokens / (micro_batch_size · seq_len) of them) accumulating gradients with the whole
+// step's loss divisors, so they add up to the per-token mean over the step (or the plain sum), stop on a non-finite loss or gradient, clip by the
 // global norm, set the learning rate from the schedule (a function of the step only), take the AdamW step, log
 // the metrics, save every save_every steps. A stop request (Ctrl-C) saves and returns after the current step.
 // Resuming from a checkpoint continues bit for bit: N steps straight equal N/2, save, resume, N/2.
