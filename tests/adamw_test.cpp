@@ -1,12 +1,13 @@
 // AdamW, gradient clipping and the learning-rate schedules against values computed independently: torch's
 // AdamW formulas in plain Python doubles (the script is below), hand-derived schedule values.
+#include "train/adamw.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <vector>
 
 #include "core/dtype.h"
-#include "train/adamw.h"
 #include "train/lr_schedule.h"
 
 namespace bamba {
@@ -26,7 +27,8 @@ namespace {
 //                   p[j] -= lr/bc1 * m[i][j] / (math.sqrt(v[i][j])/math.sqrt(bc2) + eps)
 //       return params, m, v
 struct Toy {
-  std::vector<float> W{0.5f, -1.25f, 2.0f, 0.0f}, b{0.1f, -0.3f}, gW = std::vector<float>(4), gb = std::vector<float>(2);
+  std::vector<float> W{0.5f, -1.25f, 2.0f, 0.0f}, b{0.1f, -0.3f}, gW = std::vector<float>(4),
+                                                                  gb = std::vector<float>(2);
   std::vector<ParamRef> params() {
     return {{"w", W.data(), gW.data(), 4, {2, 2}, true}, {"b", b.data(), gb.data(), 2, {2}, false}};
   }
@@ -142,8 +144,8 @@ TEST(DefaultWeightDecay, MatricesOnlyAndNeverTheSsmParameters) {
 }
 
 TEST(LrSchedule, WarmupShapes) {
-  LrSchedule s{.kind = LrSchedule::Kind::Constant, .warmup = LrSchedule::Warmup::Linear, .warmup_steps = 10,
-               .total_steps = 100};
+  LrSchedule s{
+      .kind = LrSchedule::Kind::Constant, .warmup = LrSchedule::Warmup::Linear, .warmup_steps = 10, .total_steps = 100};
   EXPECT_DOUBLE_EQ(lr_multiplier(s, 0), 0.1);
   EXPECT_DOUBLE_EQ(lr_multiplier(s, 4), 0.5);
   EXPECT_DOUBLE_EQ(lr_multiplier(s, 9), 1.0);
@@ -181,8 +183,11 @@ TEST(LrSchedule, CosineLinearAndWsd) {
 
 TEST(LrSchedule, FmsFsdpBambaCosineAtItsQuarterPoints) {
   // fms-fsdp main_training_mamba.py: quadratic warmup over w, then 0.1 + 0.45(1 + cos(πx/N)) after it.
-  LrSchedule s{.kind = LrSchedule::Kind::Cosine, .warmup = LrSchedule::Warmup::Quadratic, .warmup_steps = 2000,
-               .total_steps = 402000, .final_ratio = 0.1};
+  LrSchedule s{.kind = LrSchedule::Kind::Cosine,
+               .warmup = LrSchedule::Warmup::Quadratic,
+               .warmup_steps = 2000,
+               .total_steps = 402000,
+               .final_ratio = 0.1};
   EXPECT_NEAR(lr_multiplier(s, 2000 + 100000), 0.1 + 0.45 * (1 + std::cos(M_PI * 0.25)), 1e-12);
   EXPECT_NEAR(lr_multiplier(s, 2000 + 300000), 0.1 + 0.45 * (1 + std::cos(M_PI * 0.75)), 1e-12);
 }

@@ -43,7 +43,7 @@ TEST_F(TrainCli, CheckPrintsThePlan) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("4096 tokens = 8 rows of 512, 4 micro-batches of 2 rows"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("245 steps"), std::string::npos) << r.err;  // ceil(1e6 / 4096)
-  EXPECT_FALSE(fs::exists(tmp_ + "/out"));                          // nothing written
+  EXPECT_FALSE(fs::exists(tmp_ + "/out"));                         // nothing written
 }
 
 TEST_F(TrainCli, ErrorsAreOneLineWithExitCode1) {

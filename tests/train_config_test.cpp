@@ -1,11 +1,12 @@
 // TrainConfig: defaults, every field read, and errors that name the line and field.
+#include "train/train_config.h"
+
 #include <gtest/gtest.h>
 
 #include <string>
 
 #include "core/error.h"
 #include "model/config.h"
-#include "train/train_config.h"
 
 namespace bamba {
 namespace {
@@ -105,12 +106,14 @@ TEST(TrainConfig, ErrorsNameTheLineAndField) {
   EXPECT_NE(error_of("seq_len: 100\nbatch_tokens: 250\n").find("t.yml:2: batch_tokens: 250 is not a multiple"),
             std::string::npos);
   EXPECT_NE(error_of("steps: 10\ntokens: 1000\n").find("tokens: give either steps or tokens"), std::string::npos);
-  EXPECT_NE(error_of("data:\n  - {name: a, path: x}\n  - {name: a, path: y}\n").find("t.yml:3: data[1].name: \"a\" appears twice"),
+  EXPECT_NE(error_of("data:\n  - {name: a, path: x}\n  - {name: a, path: y}\n")
+                .find("t.yml:3: data[1].name: \"a\" appears twice"),
             std::string::npos);
   EXPECT_NE(error_of("data:\n  - {name: a}\n").find("data[0]: missing path"), std::string::npos);
   EXPECT_NE(error_of("data:\n  - {path: a, wieght: 2}\n").find("data[0].wieght: unknown field"), std::string::npos);
   EXPECT_NE(error_of("data: /x\n").find("data: expected a list"), std::string::npos);
-  EXPECT_NE(error_of("optimizer: {betas: [0.9]}\n").find("optimizer.betas: expected [beta1, beta2]"), std::string::npos);
+  EXPECT_NE(error_of("optimizer: {betas: [0.9]}\n").find("optimizer.betas: expected [beta1, beta2]"),
+            std::string::npos);
   EXPECT_NE(error_of("optimizer: {betas: [0.9, 1.5]}\n").find("optimizer.betas[1]: 1.5 is out of range"),
             std::string::npos);
   EXPECT_NE(error_of("optimizer: {name: sgd}\n").find("optimizer.name: unknown optimizer \"sgd\""), std::string::npos);
@@ -152,7 +155,8 @@ TEST(ConfigToJson, PresetShapesRoundTripThroughConfigJson) {
     EXPECT_EQ(r.dtype, c.dtype);
     EXPECT_EQ(r.time_step_max, c.time_step_max);
   }
-  EXPECT_EQ(bamba_9b_config().parameter_count(), parse_config(config_to_json(bamba_9b_config()), "x").parameter_count());
+  EXPECT_EQ(bamba_9b_config().parameter_count(),
+            parse_config(config_to_json(bamba_9b_config()), "x").parameter_count());
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // The training loop with toy Trainables: a bigram softmax model with an analytic gradient (learning, gradient
 // accumulation, resume bit for bit, NaN stop, checkpoint layout, pruning) and a stand-in over a fixture
 // model's real tensors (the saved folder loads in `bamba logits` and gives the fixture's logits).
+#include "train/trainer.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,7 +20,6 @@
 #include "test_util.h"
 #include "train/checkpoint.h"
 #include "train/lr_schedule.h"
-#include "train/trainer.h"
 
 namespace bamba {
 namespace {
@@ -135,7 +136,7 @@ TEST(Trainer, LearnsAndLogsEveryStep) {
   auto lines = read_jsonl(out + "/metrics.jsonl");
   ASSERT_EQ(lines.size(), 40u);
   EXPECT_NEAR(lines[0]["loss"].get<double>(), std::log(8.0), 0.05);  // near-uniform start
-  EXPECT_LT(r.loss, 0.6 * std::log(8.0));                              // the pattern is learned
+  EXPECT_LT(r.loss, 0.6 * std::log(8.0));                            // the pattern is learned
   const LrSchedule s = cfg.lr_schedule();
   for (size_t i = 0; i < lines.size(); ++i) {
     EXPECT_EQ(lines[i]["step"].get<int64_t>(), int64_t(i) + 1);
@@ -207,7 +208,7 @@ TEST(Trainer, AccumulatedMicroBatchesEqualOneBigBatch) {
   // Rows reach the model in the same order either way, so the gradients (and the updates) are bit-identical.
   const std::string out = test::make_temp_dir("trainer-accum");
   TrainConfig big = toy_config(out + "/a", 3), small = toy_config(out + "/b", 3);
-  big.micro_batch_size = 4;   // one micro-batch of 4 rows
+  big.micro_batch_size = 4;    // one micro-batch of 4 rows
   small.micro_batch_size = 1;  // four of 1 row
   ASSERT_EQ(big.accumulation_steps(), 1);
   ASSERT_EQ(small.accumulation_steps(), 4);
@@ -258,8 +259,10 @@ void expect_resume_is_exact(Precision precision, const std::string& save_dtype) 
   EXPECT_EQ(ma.W_bits(), mb.W_bits());
   EXPECT_EQ(ma.b_bits(), mb.b_bits());
   for (size_t i = 0; i < 2; ++i) {
-    EXPECT_EQ(0, std::memcmp(ta.optimizer().exp_avg_data(i), tc.optimizer().exp_avg_data(i), ta.optimizer().moment_bytes(i)));
-    EXPECT_EQ(0, std::memcmp(ta.optimizer().exp_avg_sq_data(i), tc.optimizer().exp_avg_sq_data(i), ta.optimizer().moment_bytes(i)));
+    EXPECT_EQ(
+        0, std::memcmp(ta.optimizer().exp_avg_data(i), tc.optimizer().exp_avg_data(i), ta.optimizer().moment_bytes(i)));
+    EXPECT_EQ(0, std::memcmp(ta.optimizer().exp_avg_sq_data(i), tc.optimizer().exp_avg_sq_data(i),
+                             ta.optimizer().moment_bytes(i)));
   }
   auto la = read_jsonl(out + "/a/metrics.jsonl"), lb = read_jsonl(out + "/b/metrics.jsonl");
   ASSERT_EQ(la.size(), 8u);
@@ -293,7 +296,8 @@ TEST(Trainer, ResumingFromAnEarlierCheckpointRedoesTheBranch) {
     Trainer(cfg, m2, d2, toy_ckpt(), quiet()).run();
     ADD_FAILURE() << "started a fresh run over existing checkpoints";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("already holds checkpoints (up to checkpoint-6)"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("already holds checkpoints (up to checkpoint-6)"), std::string::npos)
+        << e.what();
   }
 
   // Back to step 2, saving every 3 now: checkpoint-4 and -6 of the old branch go at the first save, -6 is redone.
@@ -461,7 +465,7 @@ TEST(Trainer, CheckpointIsAModelFolderThatBambaLoads) {
   Trainer(cfg, model, data, co, quiet()).run();
   const std::string ck = out + "/checkpoint-2";
   EXPECT_TRUE(fs::exists(ck + "/generation_config.json"));  // copied with the tokenizer files
-  EXPECT_GT(Checkpoint(ck).files().size(), 1u);  // sharded at 64 KB
+  EXPECT_GT(Checkpoint(ck).files().size(), 1u);             // sharded at 64 KB
   auto a = test::run_bamba("logits -q -m " + fixture + " --ids 1,5,9,200 -o " + out + "/a.safetensors");
   auto b = test::run_bamba("logits -q -m " + ck + " --ids 1,5,9,200 -o " + out + "/b.safetensors");
   ASSERT_EQ(a.exit_code, 0) << a.err;

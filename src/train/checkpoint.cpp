@@ -49,7 +49,8 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(output, ec)) {
     const int64_t s = step_of(e.path().filename().string());
-    if (s >= 0 && e.is_directory() && fs::exists(e.path() / "trainer_state.json")) out.emplace_back(s, e.path().string());
+    if (s >= 0 && e.is_directory() && fs::exists(e.path() / "trainer_state.json"))
+      out.emplace_back(s, e.path().string());
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -63,8 +64,8 @@ void save_checkpoint(const std::string& dir, const std::vector<ParamRef>& params
                      const TrainerState& state, const CheckpointOptions& o, bool replace) {
   BAMBA_CHECK(o.save_dtype == "float32" || o.save_dtype == "bfloat16", "save_dtype \"", o.save_dtype,
               "\": expected float32 or bfloat16");
-  BAMBA_CHECK(opt.num_params() == params.size(), dir, ": the optimizer has ", opt.num_params(), " parameters, the model ",
-              params.size());
+  BAMBA_CHECK(opt.num_params() == params.size(), dir, ": the optimizer has ", opt.num_params(),
+              " parameters, the model ", params.size());
   StagingDir staging(dir, replace);
   const std::string tmp = staging.path();
   const DType wdt = o.save_dtype == "bfloat16" ? DType::BF16 : DType::F32;
@@ -86,9 +87,9 @@ void save_checkpoint(const std::string& dir, const std::vector<ParamRef>& params
   weights.finish();
   write_text(tmp + "/config.json", config_json_with_dtype(o.config_json, o.save_dtype, "config.json"));
   if (!o.tokenizer_dir.empty())
-    for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                          "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja",
-                          "chat_template.json"}) {
+    for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                          "special_tokens_map.json", "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt",
+                          "chat_template.jinja", "chat_template.json"}) {
       const std::string src = o.tokenizer_dir + "/" + f;
       if (file_exists(src)) fs::copy_file(src, tmp + "/" + f);
     }
@@ -145,7 +146,8 @@ void load_checkpoint(const std::string& dir, const std::vector<ParamRef>& params
   auto j = nlohmann::json::parse(read_text_file(sp), nullptr, false);
   if (j.is_discarded() || !j.is_object()) fail(sp, ": not a valid JSON object");
   if (j.value("format", "") != kFormat) fail(sp, ": field \"format\" is not \"", kFormat, "\"");
-  if (j.value("version", 0) != kVersion) fail(sp, ": version ", j.value("version", 0), " is not supported (expected ", kVersion, ")");
+  if (j.value("version", 0) != kVersion)
+    fail(sp, ": version ", j.value("version", 0), " is not supported (expected ", kVersion, ")");
   try {
     state.step = j.at("step").get<int64_t>();
     state.tokens_seen = j.at("tokens_seen").get<int64_t>();
@@ -203,7 +205,9 @@ void load_checkpoint(const std::string& dir, const std::vector<ParamRef>& params
 std::string resolve_checkpoint(const std::string& path) {
   if (file_exists(path + "/trainer_state.json")) return path;
   auto all = list_checkpoints(path);
-  if (all.empty()) fail(path, ": neither a checkpoint folder (no trainer_state.json) nor an output folder with checkpoint-<step> folders");
+  if (all.empty())
+    fail(path,
+         ": neither a checkpoint folder (no trainer_state.json) nor an output folder with checkpoint-<step> folders");
   return all.back().second;
 }
 

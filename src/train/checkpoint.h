@@ -31,8 +31,8 @@ struct TrainerState {
 };
 
 struct CheckpointOptions {
-  std::string config_json;    // config.json text (its dtype field is set to save_dtype)
-  std::string tokenizer_dir;  // tokenizer files are copied from here; "" = none
+  std::string config_json;             // config.json text (its dtype field is set to save_dtype)
+  std::string tokenizer_dir;           // tokenizer files are copied from here; "" = none
   std::string save_dtype = "float32";  // float32 | bfloat16
   uint64_t max_shard_bytes = 5'000'000'000;
 };

@@ -15,9 +15,8 @@ namespace bamba {
 namespace {
 
 nlohmann::ordered_json to_json(const StepMetrics& m) {
-  nlohmann::ordered_json j = {{"step", m.step},           {"loss", m.loss},
-                              {"lr", m.lr},               {"grad_norm", m.grad_norm},
-                              {"tokens", m.tokens_seen},  {"tokens_per_s", m.tokens_per_s},
+  nlohmann::ordered_json j = {{"step", m.step},           {"loss", m.loss},          {"lr", m.lr},
+                              {"grad_norm", m.grad_norm}, {"tokens", m.tokens_seen}, {"tokens_per_s", m.tokens_per_s},
                               {"elapsed_s", m.elapsed_s}};
   if (m.mfu >= 0) j["mfu"] = m.mfu;
   if (m.eval_loss >= 0) j["eval_loss"] = m.eval_loss;

@@ -139,9 +139,10 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
   TrainConfig c;
   c.label = label;
   const Fields top{label, root, ""};
-  top.only({"model", "data", "seq_len", "micro_batch_size", "batch_tokens", "steps", "tokens", "optimizer", "schedule",
-            "precision", "activation_checkpointing", "loss_reduction", "z_loss", "save_every", "eval_every",
-            "keep_last", "save_dtype", "max_shard_size", "output", "seed"});
+  top.only(
+      {"model",      "data",      "seq_len",    "micro_batch_size",         "batch_tokens",   "steps",  "tokens",
+       "optimizer",  "schedule",  "precision",  "activation_checkpointing", "loss_reduction", "z_loss", "save_every",
+       "eval_every", "keep_last", "save_dtype", "max_shard_size",           "output",         "seed"});
 
   const Fields model = top.section("model");
   model.only({"path", "preset", "tokenizer"});
@@ -236,19 +237,18 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
   if (sch.get("decay_steps") && c.schedule != K::Wsd)
     fail(sch.where(sch.get("decay_steps"), "decay_steps"), ": only the wsd schedule reads it");
 
-  c.precision = top.choice("precision", c.precision,
-                           {{"bf16-mixed", Precision::Bf16Mixed},
-                            {"bf16-memory", Precision::Bf16Memory},
-                            {"fp32", Precision::Fp32}});
+  c.precision = top.choice(
+      "precision", c.precision,
+      {{"bf16-mixed", Precision::Bf16Mixed}, {"bf16-memory", Precision::Bf16Memory}, {"fp32", Precision::Fp32}});
   c.activation_checkpointing = top.boolean("activation_checkpointing", c.activation_checkpointing);
   c.loss_sum = top.choice("loss_reduction", c.loss_sum, {{"mean", false}, {"sum", true}});
   c.z_loss = top.num("z_loss", c.z_loss, 0, 1);
   c.save_every = top.integer("save_every", c.save_every, 0, kBig);
   c.eval_every = top.integer("eval_every", c.eval_every, 0, kBig);
   c.keep_last = top.integer("keep_last", c.keep_last, 0, kBig);
-  c.save_dtype = top.choice<std::string>("save_dtype", c.save_dtype,
-                                         {{"float32", "float32"}, {"bfloat16", "bfloat16"}, {"fp32", "float32"},
-                                          {"bf16", "bfloat16"}});
+  c.save_dtype = top.choice<std::string>(
+      "save_dtype", c.save_dtype,
+      {{"float32", "float32"}, {"bfloat16", "bfloat16"}, {"fp32", "float32"}, {"bf16", "bfloat16"}});
   c.max_shard_size = top.str("max_shard_size", c.max_shard_size);
   try {
     parse_byte_size(c.max_shard_size);

@@ -51,9 +51,9 @@ struct TrainConfig {
   bool loss_sum = false;  // loss_reduction: sum (else per-token mean over the global batch)
   double z_loss = 0;
 
-  int64_t save_every = 1000;  // steps; 0 = only at the end
-  int64_t eval_every = 0;     // steps; 0 = never
-  int64_t keep_last = 3;      // checkpoints kept; 0 = all
+  int64_t save_every = 1000;           // steps; 0 = only at the end
+  int64_t eval_every = 0;              // steps; 0 = never
+  int64_t keep_last = 3;               // checkpoints kept; 0 = all
   std::string save_dtype = "float32";  // weights in the HF folder: float32 | bfloat16
   std::string max_shard_size = "5GB";
   std::string output = "train-out";

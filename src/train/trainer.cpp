@@ -105,8 +105,8 @@ TrainResult Trainer::run() {
     for (const auto& mb : micro) objective += model_.loss_and_grad(mb, div).loss;
     const double loss = objective * double(div.labels) / double(labeled);  // per scored token, in either reduction
 
-    const std::string keep = last_checkpoint_.empty() ? "no checkpoint was written yet"
-                                                      : "the last good checkpoint is " + last_checkpoint_;
+    const std::string keep =
+        last_checkpoint_.empty() ? "no checkpoint was written yet" : "the last good checkpoint is " + last_checkpoint_;
     if (!std::isfinite(loss)) {
       bar.abandon();
       log.write_svg();

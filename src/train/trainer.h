@@ -1,9 +1,10 @@
 // Trainer: the loop around a Trainable's gradients. Per optimizer step: zero the grads, run the step's
 // micro-batches (batch_tokens / (micro_batch_size · seq_len) of them) accumulating gradients with the whole
-// step's loss divisors, so they add up to the per-token mean over the step (or the plain sum), stop on a non-finite loss or gradient, clip by the
-// global norm, set the learning rate from the schedule (a function of the step only), take the AdamW step, log
-// the metrics, save every save_every steps. A stop request (Ctrl-C) saves and returns after the current step.
-// Resuming from a checkpoint continues bit for bit: N steps straight equal N/2, save, resume, N/2.
+// step's loss divisors, so they add up to the per-token mean over the step (or the plain sum); stop on a
+// non-finite loss or gradient; clip by the global norm; set the learning rate from the schedule (a function of
+// the step only); take the AdamW step; log the metrics; save every save_every steps. A stop request (Ctrl-C)
+// saves and returns after the current step. Resuming from a checkpoint continues bit for bit: N steps straight
+// equal N/2, save, resume, N/2.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -30,8 +31,8 @@ struct TrainerHooks {
 struct TrainResult {
   int64_t step = 0;  // optimizer steps done
   bool interrupted = false;
-  double loss = 0;                // of the last step
-  std::string last_checkpoint;    // "" when none was written
+  double loss = 0;              // of the last step
+  std::string last_checkpoint;  // "" when none was written
 };
 
 class Trainer {
