@@ -16,12 +16,15 @@
 namespace bamba {
 
 struct LrSchedule {
-  enum class Kind { Constant, Cosine, Linear, Wsd } kind = Kind::Cosine;
-  enum class Warmup { Linear, Quadratic } warmup = Warmup::Linear;
-  enum class DecayShape { Linear, Sqrt, Cosine } decay_shape = DecayShape::Linear;  // wsd's decay
-  int64_t warmup_steps = 0;                                                          // W
-  int64_t total_steps = 1;                                                           // N
-  int64_t decay_steps = 0;                                                           // D (wsd)
+  enum class Kind { Constant, Cosine, Linear, Wsd };
+  enum class Warmup { Linear, Quadratic };
+  enum class DecayShape { Linear, Sqrt, Cosine };  // wsd's decay
+  Kind kind = Kind::Cosine;
+  Warmup warmup = Warmup::Linear;
+  DecayShape decay_shape = DecayShape::Linear;
+  int64_t warmup_steps = 0;  // W
+  int64_t total_steps = 1;   // N
+  int64_t decay_steps = 0;   // D (wsd)
   double final_ratio = 0.1;  // f: the end value as a fraction of the peak
 };
 
