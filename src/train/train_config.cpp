@@ -181,6 +181,8 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
   c.steps = top.integer("steps", c.steps, 0, kBig);
   c.tokens = top.integer("tokens", c.tokens, 0, kBig);
 
+  if (c.micro_batch_size > kBig / c.seq_len)
+    fail(top.where(top.get("micro_batch_size"), "micro_batch_size"), ": micro_batch_size × seq_len is too large");
   const int64_t micro_tokens = c.micro_batch_size * c.seq_len;
   if (c.batch_tokens == 0) c.batch_tokens = micro_tokens;
   if (c.batch_tokens % micro_tokens != 0)
