@@ -39,6 +39,11 @@ printf '%s' '{"metadata":{"total_size":14},"weight_map":{"x":"a.safetensors","y"
   >"$work/fuzz_checkpoint_index/ok.json"
 mkdir -p "$work/fuzz_parquet"
 cp tests/data/records/*.parquet "$work/fuzz_parquet/"  # small files from independent writers (make_files.mjs)
+mkdir -p "$work/fuzz_train_config"
+printf '%s\n' 'model: {preset: tiny}' 'data:' '  - {name: web, path: /d/web, weight: 0.7}' 'seq_len: 64' \
+  'micro_batch_size: 2' 'batch_tokens: 512' 'tokens: 1e5' 'optimizer: {lr: 3e-4, betas: [0.9, 0.95], no_decay: [embed]}' \
+  'schedule: {name: wsd, warmup_steps: 10, decay_steps: 20, decay_shape: sqrt}' 'precision: bf16-memory' \
+  'max_shard_size: 2GB' >"$work/fuzz_train_config/ok.yml"
 mkdir -p build-fuzz/findings
 
 targets=("$@")

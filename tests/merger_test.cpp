@@ -9,10 +9,10 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "merge/config_json.h"
+#include "io/config_json.h"
 #include "merge/merge_config.h"
 #include "merge/merge_methods.h"
-#include "merge/sharded_writer.h"
+#include "io/sharded_writer.h"
 #include "merge_test_util.h"
 #include "test_util.h"
 

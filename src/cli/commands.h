@@ -14,5 +14,6 @@ void register_merge(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_tokenizer(CLI::App& app);  // tokenizer train
 void register_data(CLI::App& app);       // data prepare, data inspect
+void register_train(CLI::App& app);
 
 }  // namespace bamba::cli

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   bamba::cli::register_eval(app);
   bamba::cli::register_tokenizer(app);
   bamba::cli::register_data(app);
+  bamba::cli::register_train(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -10,7 +10,7 @@
 #include "core/progress.h"
 #include "merge/merge_config.h"
 #include "merge/merger.h"
-#include "merge/sharded_writer.h"
+#include "io/sharded_writer.h"
 
 namespace bamba::cli {
 namespace {

@@ -59,4 +59,10 @@ void ProgressBar::finish() {
   finished_ = true;
 }
 
+void ProgressBar::abandon() {
+  if (!enabled_ || finished_) return;
+  if (tty_) std::fputc('\n', stderr);
+  finished_ = true;
+}
+
 }  // namespace bamba

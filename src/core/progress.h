@@ -18,6 +18,7 @@ class ProgressBar {
   ~ProgressBar();
   void update(size_t done, const std::string& note = "");  // note: e.g. "12/40 tensors"
   void finish();
+  void abandon();  // ends the line where it stands (work stopped early), without drawing 100 %
 
  private:
   std::string label_;

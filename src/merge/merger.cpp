@@ -17,10 +17,10 @@
 #include "core/error.h"
 #include "core/mapped_file.h"
 #include "io/checkpoint.h"
-#include "merge/config_json.h"
+#include "io/config_json.h"
 #include "merge/merge_methods.h"
-#include "merge/sharded_writer.h"
-#include "merge/staging_dir.h"
+#include "io/sharded_writer.h"
+#include "io/staging_dir.h"
 
 namespace bamba {
 

@@ -292,4 +292,48 @@ ModelConfig bamba_9b_config() {
   return c;
 }
 
+std::string config_to_json(const ModelConfig& c) {
+  json attn = json::array();
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    if (c.layer_kinds[size_t(i)] == LayerKind::Attention) attn.push_back(i);
+  json eos = c.eos_token_ids.size() == 1 ? json(c.eos_token_ids[0]) : json(c.eos_token_ids);
+  const char* dtype = c.dtype == DType::BF16 ? "bfloat16" : c.dtype == DType::F16 ? "float16" : "float32";
+  json j = {{"architectures", {"BambaForCausalLM"}},
+            {"model_type", "bamba"},
+            {"vocab_size", c.vocab_size},
+            {"hidden_size", c.hidden_size},
+            {"intermediate_size", c.intermediate_size},
+            {"num_hidden_layers", c.num_hidden_layers},
+            {"attn_layer_indices", attn},
+            {"num_attention_heads", c.num_attention_heads},
+            {"num_key_value_heads", c.num_key_value_heads},
+            {"head_dim", c.head_dim},
+            {"attn_rotary_emb", c.rotary_dim},
+            {"rope_theta", c.rope_theta},
+            {"mamba_n_heads", c.mamba_n_heads},
+            {"mamba_d_head", c.mamba_d_head},
+            {"mamba_n_groups", c.mamba_n_groups},
+            {"mamba_d_state", c.mamba_d_state},
+            {"mamba_d_conv", c.mamba_d_conv},
+            {"mamba_expand", c.mamba_inner / c.hidden_size},
+            {"mamba_chunk_size", c.mamba_chunk_size},
+            {"mamba_conv_bias", c.mamba_conv_bias},
+            {"mamba_proj_bias", c.mamba_proj_bias},
+            {"rms_norm_eps", c.rms_norm_eps},
+            {"tie_word_embeddings", c.tie_word_embeddings},
+            {"hidden_act", "silu"},
+            {"bos_token_id", c.bos_token_id},
+            {"eos_token_id", eos},
+            {"pad_token_id", c.pad_token_id},
+            {"max_position_embeddings", c.max_position_embeddings},
+            {"torch_dtype", dtype}};
+  // BambaConfig's default limit is (0, inf); an infinite bound has no spelling that both 4.x and 5.x read.
+  if (c.time_step_min != 0.f || !std::isinf(c.time_step_max)) {
+    BAMBA_CHECK(std::isfinite(c.time_step_max), c.source, ": cannot write time_step_limit [", c.time_step_min,
+                ", inf] in config.json");
+    j["time_step_limit"] = json::array({c.time_step_min, c.time_step_max});
+  }
+  return dump_python_json(j) + "\n";
+}
+
 }  // namespace bamba

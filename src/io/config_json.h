@@ -1,7 +1,6 @@
-// config.json as the merge sees it: read (tolerating the bare Infinity / NaN that Python's json module writes,
-// io/python_json.h) to
-// compare architectures and vocabularies, and copied into the merged folder with its dtype field updated and
-// everything else kept as it was.
+// config.json as the merge and the trainer's checkpoints see it: read (tolerating the bare Infinity / NaN that
+// Python's json module writes, io/python_json.h) to compare architectures and vocabularies, and copied into a
+// written model folder with its dtype field updated and everything else kept as it was.
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>

@@ -1,4 +1,4 @@
-#include "merge/config_json.h"
+#include "io/config_json.h"
 
 #include "core/error.h"
 #include "io/python_json.h"

@@ -1,6 +1,6 @@
 // StagingDir: a fresh hidden folder next to a destination folder that takes the destination's name only on
-// commit(). A merge that fails (or is killed) therefore never leaves a half-written folder under the
-// destination's name; on failure the destructor removes the staging folder.
+// commit(). A merge or a checkpoint save that fails (or is killed) therefore never leaves a half-written folder
+// under the destination's name; on failure the destructor removes the staging folder.
 #pragma once
 #include <string>
 

@@ -1,4 +1,4 @@
-#include "merge/staging_dir.h"
+#include "io/staging_dir.h"
 
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -17,7 +17,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// True when `p` names something that a merge may not silently replace: a file, or a folder with entries.
+// True when `p` names something that may not be silently replaced: a file, or a folder with entries.
 bool occupied(const fs::path& p) {
   std::error_code ec;
   auto st = fs::symlink_status(p, ec);
@@ -60,7 +60,7 @@ void StagingDir::commit() {
   const fs::path d(dest_);
   std::string aside;
   if (occupied(d)) {
-    if (!replace_) fail(dest_, ": appeared while merging; the merged model is left in ", path_);
+    if (!replace_) fail(dest_, ": appeared while writing; the new folder is left in ", path_);
     aside = make_temp_dir(d.has_parent_path() ? d.parent_path() : fs::path("."), d.filename(), "old");
     if (std::rename(dest_.c_str(), (aside + "/old").c_str()) != 0)
       fail(dest_, ": cannot move the existing folder aside (", std::strerror(errno), ")");
@@ -69,7 +69,7 @@ void StagingDir::commit() {
   if (std::rename(path_.c_str(), dest_.c_str()) != 0) {
     int e = errno;
     if (!aside.empty()) std::rename((aside + "/old").c_str(), dest_.c_str());
-    fail(dest_, ": cannot move the merged model into place (", std::strerror(e), ")");
+    fail(dest_, ": cannot move the new folder into place (", std::strerror(e), ")");
   }
   committed_ = true;
   if (!aside.empty()) {

@@ -1,4 +1,4 @@
-#include "merge/sharded_writer.h"
+#include "io/sharded_writer.h"
 
 #include <cctype>
 #include <cstdio>

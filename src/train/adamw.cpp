@@ -1,0 +1,123 @@
+#include "train/adamw.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/hash_uniform.h"
+
+namespace bamba {
+
+uint16_t bf16_stochastic_round(float x, uint32_t r) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) return uint16_t((u >> 16) | ((u & 0xffff) ? 0x40 : 0));  // inf; NaN stays NaN
+  // Adding r < 2^16 carries into the kept half with probability (low 16 bits)/2^16. A carry out of the largest
+  // finite magnitude would give inf; keep the value truncated instead.
+  uint32_t s = u + (r & 0xffffu);
+  if ((s & 0x7f800000u) == 0x7f800000u) s = u;
+  return uint16_t(s >> 16);
+}
+
+AdamW::AdamW(const std::vector<ParamRef>& params, AdamWOptions opt) : opt_(opt) {
+  for (const auto& p : params) {
+    sizes_.push_back(p.size);
+    if (opt_.bf16_moments) {
+      m16_.emplace_back(p.size, 0);
+      v16_.emplace_back(p.size, 0);
+    } else {
+      m32_.emplace_back(p.size, 0.f);
+      v32_.emplace_back(p.size, 0.f);
+    }
+  }
+}
+
+void AdamW::step(const std::vector<ParamRef>& params, double lr) {
+  BAMBA_CHECK(params.size() == sizes_.size(), "AdamW: ", params.size(), " parameters, the optimizer was made for ",
+              sizes_.size());
+  ++t_;
+  const double bc1 = 1 - std::pow(opt_.beta1, double(t_)), bc2 = 1 - std::pow(opt_.beta2, double(t_));
+  const float step_size = float(lr / bc1), bc2_sqrt = float(std::sqrt(bc2)), eps = float(opt_.eps);
+  const float one_minus_b1 = float(1 - opt_.beta1), b2 = float(opt_.beta2), one_minus_b2 = float(1 - opt_.beta2);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const ParamRef& p = params[i];
+    BAMBA_CHECK(p.size == sizes_[i], "AdamW: parameter ", p.name, " has ", p.size, " elements, expected ", sizes_[i]);
+    float* w = p.value;
+    const float* g = p.grad;
+    const float decay = p.decay ? float(1 - lr * opt_.weight_decay) : 1.f;
+    if (!opt_.bf16_moments) {
+      float* m = m32_[i].data();
+      float* v = v32_[i].data();
+      for (size_t j = 0; j < p.size; ++j) {
+        w[j] *= decay;
+        m[j] += one_minus_b1 * (g[j] - m[j]);
+        v[j] = b2 * v[j] + one_minus_b2 * g[j] * g[j];
+        w[j] -= step_size * (m[j] / (std::sqrt(v[j]) / bc2_sqrt + eps));
+      }
+    } else {
+      uint16_t* m = m16_[i].data();
+      uint16_t* v = v16_[i].data();
+      const uint64_t key = splitmix64(opt_.seed ^ splitmix64(uint64_t(t_) * 0x9e3779b97f4a7c15ull + i));
+      for (size_t j = 0; j < p.size; ++j) {
+        const uint64_t r = splitmix64(key + j);  // 2 × 16 bits: one for m, one for v
+        float mj = bf16_to_f32(m[j]), vj = bf16_to_f32(v[j]);
+        w[j] *= decay;
+        mj += one_minus_b1 * (g[j] - mj);
+        vj = b2 * vj + one_minus_b2 * g[j] * g[j];
+        w[j] -= step_size * (mj / (std::sqrt(vj) / bc2_sqrt + eps));
+        m[j] = bf16_stochastic_round(mj, uint32_t(r));
+        v[j] = bf16_stochastic_round(vj, uint32_t(r >> 16));
+      }
+    }
+  }
+}
+
+std::vector<float> AdamW::exp_avg(size_t i) const {
+  if (!opt_.bf16_moments) return m32_.at(i);
+  std::vector<float> out(sizes_.at(i));
+  for (size_t j = 0; j < out.size(); ++j) out[j] = bf16_to_f32(m16_[i][j]);
+  return out;
+}
+
+std::vector<float> AdamW::exp_avg_sq(size_t i) const {
+  if (!opt_.bf16_moments) return v32_.at(i);
+  std::vector<float> out(sizes_.at(i));
+  for (size_t j = 0; j < out.size(); ++j) out[j] = bf16_to_f32(v16_[i][j]);
+  return out;
+}
+
+const void* AdamW::exp_avg_data(size_t i) const {
+  return opt_.bf16_moments ? static_cast<const void*>(m16_.at(i).data()) : m32_.at(i).data();
+}
+const void* AdamW::exp_avg_sq_data(size_t i) const {
+  return opt_.bf16_moments ? static_cast<const void*>(v16_.at(i).data()) : v32_.at(i).data();
+}
+void* AdamW::exp_avg_data(size_t i) {
+  return opt_.bf16_moments ? static_cast<void*>(m16_.at(i).data()) : m32_.at(i).data();
+}
+void* AdamW::exp_avg_sq_data(size_t i) {
+  return opt_.bf16_moments ? static_cast<void*>(v16_.at(i).data()) : v32_.at(i).data();
+}
+size_t AdamW::moment_bytes(size_t i) const { return sizes_.at(i) * (opt_.bf16_moments ? 2 : 4); }
+
+double global_grad_norm(const std::vector<ParamRef>& params) {
+  double s = 0;
+  for (const auto& p : params)
+    for (size_t j = 0; j < p.size; ++j) s += double(p.grad[j]) * double(p.grad[j]);
+  return std::sqrt(s);
+}
+
+double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm) {
+  const double norm = global_grad_norm(params);
+  if (max_norm <= 0 || !std::isfinite(norm)) return norm;
+  const double coef = max_norm / (norm + 1e-6);
+  if (coef < 1) {
+    const float c = float(coef);
+    for (const auto& p : params)
+      for (size_t j = 0; j < p.size; ++j) p.grad[j] *= c;
+  }
+  return norm;
+}
+
+}  // namespace bamba

@@ -1,0 +1,271 @@
+#include "train/train_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <initializer_list>
+#include <utility>
+
+#include "core/error.h"
+#include "core/mapped_file.h"
+#include "io/sharded_writer.h"
+
+namespace bamba {
+
+namespace {
+
+// Reads one YAML map, naming "<file>:<line>: <dotted.field>" in every error.
+struct Fields {
+  const std::string& label;
+  YAML::Node map;
+  std::string prefix;  // "optimizer." for a section, "" at the top
+
+  std::string where(const YAML::Node& n, const std::string& key) const {
+    const YAML::Mark m = n.Mark();
+    return m.is_null() ? cat(label, ": ", prefix, key) : cat(label, ":", m.line + 1, ": ", prefix, key);
+  }
+
+  // Every key must be one of `known`.
+  void only(std::initializer_list<const char*> known) const {
+    for (auto it = map.begin(); it != map.end(); ++it) {
+      const std::string key = it->first.IsScalar() ? it->first.Scalar() : "?";
+      if (std::none_of(known.begin(), known.end(), [&](const char* k) { return key == k; })) {
+        std::string list;
+        for (const char* k : known) list += (list.empty() ? "" : ", ") + std::string(k);
+        fail(where(it->first, key), ": unknown field (expected one of: ", list, ")");
+      }
+    }
+  }
+
+  YAML::Node get(const char* key) const { return map[key]; }
+
+  std::string str(const char* key, std::string v) const {
+    YAML::Node n = get(key);
+    if (!n || n.IsNull()) return v;
+    if (!n.IsScalar()) fail(where(n, key), ": expected a string");
+    return n.Scalar();
+  }
+
+  double num(const char* key, double v, double lo, double hi) const {
+    YAML::Node n = get(key);
+    if (!n || n.IsNull()) return v;
+    return num_at(n, key, lo, hi);
+  }
+
+  double num_at(const YAML::Node& n, const std::string& key, double lo, double hi) const {
+    double v = 0;
+    if (!n.IsScalar() || !YAML::convert<double>::decode(n, v) || !std::isfinite(v))
+      fail(where(n, key), ": expected a number, got ", n.IsScalar() ? "\"" + n.Scalar() + "\"" : "a list or map");
+    if (v < lo || v > hi) fail(where(n, key), ": ", v, " is out of range (expected ", lo, " to ", hi, ")");
+    return v;
+  }
+
+  // Integers may be written 1.5e6 (YAML has no digit separators); they must be whole.
+  int64_t integer(const char* key, int64_t v, int64_t lo, int64_t hi) const {
+    YAML::Node n = get(key);
+    if (!n || n.IsNull()) return v;
+    const double d = num(key, double(v), double(lo), double(hi));
+    if (d != std::floor(d)) fail(where(n, key), ": expected a whole number, got ", n.Scalar());
+    return int64_t(d);
+  }
+
+  bool boolean(const char* key, bool v) const {
+    YAML::Node n = get(key);
+    if (!n || n.IsNull()) return v;
+    if (!n.IsScalar() || !YAML::convert<bool>::decode(n, v))
+      fail(where(n, key), ": expected true or false, got ", n.IsScalar() ? "\"" + n.Scalar() + "\"" : "a list or map");
+    return v;
+  }
+
+  template <typename E>
+  E choice(const char* key, E v, std::initializer_list<std::pair<const char*, E>> options) const {
+    YAML::Node n = get(key);
+    if (!n || n.IsNull()) return v;
+    const std::string s = n.IsScalar() ? n.Scalar() : "";
+    std::string list;
+    for (const auto& [name, e] : options) {
+      if (s == name) return e;
+      list += (list.empty() ? "" : ", ") + std::string(name);
+    }
+    fail(where(n, key), ": unknown value \"", s, "\" (expected one of: ", list, ")");
+  }
+
+  Fields section(const char* key) const {
+    YAML::Node n = get(key);
+    if (n && !n.IsNull() && !n.IsMap()) fail(where(n, key), ": expected a map of fields");
+    return Fields{label, n && n.IsMap() ? n : YAML::Node(YAML::NodeType::Map), prefix + key + "."};
+  }
+};
+
+constexpr int64_t kBig = int64_t(1) << 53;  // integers beyond this are not exact in a YAML double anyway
+
+}  // namespace
+
+std::string precision_name(Precision p) {
+  switch (p) {
+    case Precision::Bf16Mixed:
+      return "bf16-mixed";
+    case Precision::Bf16Memory:
+      return "bf16-memory";
+    case Precision::Fp32:
+      return "fp32";
+  }
+  return "?";
+}
+
+LrSchedule TrainConfig::lr_schedule() const {
+  LrSchedule s;
+  s.kind = schedule;
+  s.warmup = warmup;
+  s.decay_shape = decay_shape;
+  s.total_steps = steps;
+  s.warmup_steps = warmup_steps >= 0 ? warmup_steps : std::min<int64_t>(2000, steps / 20);
+  s.decay_steps = decay_steps >= 0 ? decay_steps : steps / 5;
+  s.final_ratio = final_lr_ratio;
+  return s;
+}
+
+TrainConfig parse_train_config(const std::string& text, const std::string& label) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    fail(label, ":", e.mark.line + 1, ":", e.mark.column + 1, ": not valid YAML (", e.msg, ")");
+  }
+  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);  // an empty file: every default
+  if (!root.IsMap()) fail(label, ": expected a YAML map of training settings (docs/training.md)");
+
+  TrainConfig c;
+  c.label = label;
+  const Fields top{label, root, ""};
+  top.only(
+      {"model",      "data",      "seq_len",    "micro_batch_size",         "batch_tokens",   "steps",  "tokens",
+       "optimizer",  "schedule",  "precision",  "activation_checkpointing", "loss_reduction", "z_loss", "save_every",
+       "eval_every", "keep_last", "save_dtype", "max_shard_size",           "output",         "seed"});
+
+  const Fields model = top.section("model");
+  model.only({"path", "preset", "tokenizer"});
+  c.model_path = model.str("path", "");
+  c.model_preset = model.str("preset", c.model_preset);
+  c.tokenizer_path = model.str("tokenizer", "");
+  if (c.model_preset != "tiny" && c.model_preset != "bamba-9b")
+    fail(model.where(model.get("preset"), "preset"), ": unknown preset \"", c.model_preset,
+         "\" (expected tiny or bamba-9b)");
+  if (!c.model_path.empty() && model.get("preset"))
+    fail(model.where(model.get("preset"), "preset"), ": give either model.path or model.preset, not both");
+
+  if (YAML::Node d = top.get("data"); d && !d.IsNull()) {
+    if (!d.IsSequence()) fail(top.where(d, "data"), ": expected a list of {name, path, weight}");
+    for (size_t i = 0; i < d.size(); ++i) {
+      const Fields ds{label, d[i], cat("data[", i, "].")};
+      if (!d[i].IsMap()) fail(top.where(d[i], cat("data[", i, "]")), ": expected {name, path, weight}");
+      ds.only({"name", "path", "weight"});
+      DatasetSpec s;
+      s.path = ds.str("path", "");
+      if (s.path.empty()) fail(top.where(d[i], cat("data[", i, "]")), ": missing path");
+      s.name = ds.str("name", s.path);
+      s.weight = ds.num("weight", 1.0, 0.0, 1e300);
+      for (const auto& other : c.data)
+        if (other.name == s.name) fail(top.where(d[i], cat("data[", i, "].name")), ": \"", s.name, "\" appears twice");
+      c.data.push_back(std::move(s));
+    }
+    double total = 0;
+    for (const auto& s : c.data) total += s.weight;
+    if (!c.data.empty() && total <= 0) fail(top.where(d, "data"), ": the weights add up to 0");
+  }
+
+  c.seq_len = top.integer("seq_len", c.seq_len, 1, kBig);
+  c.micro_batch_size = top.integer("micro_batch_size", c.micro_batch_size, 1, kBig);
+  c.batch_tokens = top.integer("batch_tokens", c.batch_tokens, 0, kBig);
+  c.steps = top.integer("steps", c.steps, 0, kBig);
+  c.tokens = top.integer("tokens", c.tokens, 0, kBig);
+
+  if (c.micro_batch_size > kBig / c.seq_len)
+    fail(top.where(top.get("micro_batch_size"), "micro_batch_size"), ": micro_batch_size × seq_len is too large");
+  const int64_t micro_tokens = c.micro_batch_size * c.seq_len;
+  if (c.batch_tokens == 0) c.batch_tokens = micro_tokens;
+  if (c.batch_tokens % micro_tokens != 0)
+    fail(top.where(top.get("batch_tokens"), "batch_tokens"), ": ", c.batch_tokens,
+         " is not a multiple of micro_batch_size × seq_len = ", micro_tokens,
+         " (a step is a whole number of micro-batches)");
+  if (c.steps > 0 && c.tokens > 0)
+    fail(top.where(top.get("tokens"), "tokens"), ": give either steps or tokens, not both");
+  if (c.tokens > 0) c.steps = (c.tokens + c.batch_tokens - 1) / c.batch_tokens;
+  if (c.steps == 0) c.steps = 1000;
+
+  const Fields opt = top.section("optimizer");
+  opt.only({"name", "lr", "betas", "eps", "weight_decay", "grad_clip", "no_decay"});
+  if (opt.str("name", "adamw") != "adamw")
+    fail(opt.where(opt.get("name"), "name"), ": unknown optimizer \"", opt.get("name").Scalar(), "\" (expected adamw)");
+  c.lr = opt.num("lr", c.lr, 0, 1e3);
+  if (YAML::Node b = opt.get("betas"); b && !b.IsNull()) {
+    if (!b.IsSequence() || b.size() != 2) fail(opt.where(b, "betas"), ": expected [beta1, beta2]");
+    c.beta1 = opt.num_at(b[0], "betas[0]", 0, 0.999999999);
+    c.beta2 = opt.num_at(b[1], "betas[1]", 0, 0.999999999);
+  }
+  c.eps = opt.num("eps", c.eps, 0, 1);
+  c.weight_decay = opt.num("weight_decay", c.weight_decay, 0, 1e3);
+  c.grad_clip = opt.num("grad_clip", c.grad_clip, 0, 1e300);
+  if (YAML::Node nd = opt.get("no_decay"); nd && !nd.IsNull()) {
+    if (!nd.IsSequence()) fail(opt.where(nd, "no_decay"), ": expected a list of tensor-name substrings");
+    for (size_t i = 0; i < nd.size(); ++i) {
+      if (!nd[i].IsScalar() || nd[i].Scalar().empty())
+        fail(opt.where(nd[i], cat("no_decay[", i, "]")), ": expected a non-empty tensor-name substring");
+      c.no_decay.push_back(nd[i].Scalar());
+    }
+  }
+
+  using K = LrSchedule::Kind;
+  const Fields sch = top.section("schedule");
+  sch.only({"name", "warmup_steps", "warmup", "final_lr_ratio", "decay_steps", "decay_shape"});
+  c.schedule = sch.choice("name", c.schedule,
+                          {{"cosine", K::Cosine}, {"constant", K::Constant}, {"linear", K::Linear}, {"wsd", K::Wsd}});
+  c.warmup_steps = sch.integer("warmup_steps", c.warmup_steps, -1, kBig);
+  c.warmup = sch.choice("warmup", c.warmup,
+                        {{"linear", LrSchedule::Warmup::Linear}, {"quadratic", LrSchedule::Warmup::Quadratic}});
+  c.final_lr_ratio = sch.num("final_lr_ratio", c.final_lr_ratio, 0, 1);
+  c.decay_steps = sch.integer("decay_steps", c.decay_steps, -1, kBig);
+  c.decay_shape = sch.choice("decay_shape", c.decay_shape,
+                             {{"linear", LrSchedule::DecayShape::Linear},
+                              {"sqrt", LrSchedule::DecayShape::Sqrt},
+                              {"cosine", LrSchedule::DecayShape::Cosine}});
+  if (c.warmup_steps > c.steps)
+    fail(sch.where(sch.get("warmup_steps"), "warmup_steps"), ": ", c.warmup_steps, " is more than the ", c.steps,
+         " training steps");
+  if (c.decay_steps > c.steps)
+    fail(sch.where(sch.get("decay_steps"), "decay_steps"), ": ", c.decay_steps, " is more than the ", c.steps,
+         " training steps");
+  if (sch.get("decay_steps") && c.schedule != K::Wsd)
+    fail(sch.where(sch.get("decay_steps"), "decay_steps"), ": only the wsd schedule reads it");
+
+  c.precision = top.choice(
+      "precision", c.precision,
+      {{"bf16-mixed", Precision::Bf16Mixed}, {"bf16-memory", Precision::Bf16Memory}, {"fp32", Precision::Fp32}});
+  c.activation_checkpointing = top.boolean("activation_checkpointing", c.activation_checkpointing);
+  c.loss_sum = top.choice("loss_reduction", c.loss_sum, {{"mean", false}, {"sum", true}});
+  c.z_loss = top.num("z_loss", c.z_loss, 0, 1);
+  c.save_every = top.integer("save_every", c.save_every, 0, kBig);
+  c.eval_every = top.integer("eval_every", c.eval_every, 0, kBig);
+  c.keep_last = top.integer("keep_last", c.keep_last, 0, kBig);
+  c.save_dtype = top.choice<std::string>(
+      "save_dtype", c.save_dtype,
+      {{"float32", "float32"}, {"bfloat16", "bfloat16"}, {"fp32", "float32"}, {"bf16", "bfloat16"}});
+  c.max_shard_size = top.str("max_shard_size", c.max_shard_size);
+  try {
+    parse_byte_size(c.max_shard_size);
+  } catch (const Error& e) {
+    fail(top.where(top.get("max_shard_size"), "max_shard_size"), ": ", e.what());
+  }
+  c.output = top.str("output", c.output);
+  if (c.output.empty()) fail(top.where(top.get("output"), "output"), ": expected a folder name");
+  c.seed = uint64_t(top.integer("seed", 0, 0, kBig));
+  return c;
+}
+
+TrainConfig load_train_config(const std::string& path) {
+  if (!file_exists(path)) fail(path, ": no such training config file");
+  return parse_train_config(read_text_file(path), path);
+}
+
+}  // namespace bamba

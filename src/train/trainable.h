@@ -1,0 +1,62 @@
+// Trainable: the seam between the trainer and a model. The trainer sees a model as a list of fp32 parameters (the
+// master weights) with same-sized gradient buffers, named as in the Hugging Face checkpoint, and one call that
+// adds the gradient of a micro-batch's loss into those buffers. The Bamba model's backward plugs in here; the
+// tests plug in a toy softmax model with an analytic gradient.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace bamba {
+
+// One parameter tensor. `value` and `grad` point at `size` floats owned by the Trainable and stay valid for its
+// lifetime; `shape` is the Hugging Face shape (the product is `size`).
+struct ParamRef {
+  std::string name;  // HF tensor name, e.g. "model.layers.0.mamba.A_log"
+  float* value = nullptr;
+  float* grad = nullptr;
+  size_t size = 0;
+  std::vector<int64_t> shape;
+  bool decay = true;  // AdamW weight decay applies (see default_weight_decay)
+};
+
+// Rows of token ids with Hugging Face's unshifted labels: the logits at position t are scored against
+// labels[t + 1] of the same row, so labels[0] of a row is never scored; -100 marks a position that does not
+// count. For plain pretraining labels == tokens; for SFT the prompt's labels are -100.
+struct TokenBatch {
+  int64_t rows = 0, cols = 0;
+  std::vector<int32_t> tokens;  // [rows, cols]
+  std::vector<int32_t> labels;  // [rows, cols]
+  int64_t labeled() const;      // scored positions: labels[r][t] != -100 for t >= 1
+};
+
+// The divisors of the loss for a whole optimizer step, so that the micro-batches' gradients add up to the
+// step's: labels = the step's scored tokens (per-token mean over the global batch) or 1 (sum); positions = the
+// step's rows × cols (the z-loss is a mean over all positions, as in HF).
+struct LossDivisors {
+  int64_t labels = 1, positions = 1;
+};
+
+struct LossResult {
+  double loss = 0;      // this micro-batch's share: Σ its token losses / labels (+ its z-loss terms / positions)
+  int64_t labeled = 0;  // its scored positions
+};
+
+class Trainable {
+ public:
+  virtual ~Trainable() = default;
+  // The same list, in the same order, on every call: the order is the checkpoint's tensor order.
+  virtual std::vector<ParamRef> params() = 0;
+  // Adds ∂(this micro-batch's share of the loss)/∂θ to every parameter's grad (never overwrites: the trainer
+  // zeroes the buffers once per optimizer step and accumulates the micro-batches); HybridModel::forward_backward's
+  // label_count / position_count are these divisors. Must be deterministic for a resume to be exact.
+  virtual LossResult loss_and_grad(const TokenBatch& batch, const LossDivisors& div) = 0;
+  // Forward-and-backward FLOPs per trained token (≈ 6N + attention), for MFU; 0 when unknown.
+  virtual double flops_per_token() const { return 0; }
+};
+
+// The usual rule (fms-fsdp, mamba_ssm's _no_weight_decay, llm.c): decay matrices only; no decay on 1-D tensors
+// (norm weights, biases) and on the SSM's A_log, D and dt_bias whatever their shape.
+bool default_weight_decay(const std::string& hf_name, const std::vector<int64_t>& shape);
+
+}  // namespace bamba

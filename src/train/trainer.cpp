@@ -1,0 +1,165 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/progress.h"
+#include "train/lr_schedule.h"
+
+namespace bamba {
+
+namespace {
+
+std::vector<ParamRef> with_decay_rules(std::vector<ParamRef> params, const std::vector<std::string>& no_decay) {
+  for (auto& p : params)
+    for (const auto& s : no_decay)
+      if (p.name.find(s) != std::string::npos) p.decay = false;
+  return params;
+}
+
+AdamWOptions adamw_options(const TrainConfig& c) {
+  AdamWOptions o;
+  o.beta1 = c.beta1, o.beta2 = c.beta2, o.eps = c.eps, o.weight_decay = c.weight_decay;
+  o.bf16_moments = c.precision == Precision::Bf16Memory;
+  o.seed = c.seed;
+  return o;
+}
+
+}  // namespace
+
+Trainer::Trainer(const TrainConfig& cfg, Trainable& model, BatchSource& data, CheckpointOptions ckpt,
+                 TrainerHooks hooks)
+    : cfg_(cfg),
+      model_(model),
+      data_(data),
+      ckpt_(std::move(ckpt)),
+      hooks_(std::move(hooks)),
+      params_(with_decay_rules(model.params(), cfg.no_decay)),
+      opt_(params_, adamw_options(cfg)) {
+  BAMBA_CHECK(!params_.empty(), "the model has no trainable parameters");
+  state_.seed = cfg.seed;
+}
+
+void Trainer::resume(const std::string& path) {
+  const std::string dir = resolve_checkpoint(path);
+  load_checkpoint(dir, params_, opt_, state_);
+  if (state_.step > cfg_.steps)
+    fail(dir, ": is at step ", state_.step, ", past the ", cfg_.steps, " steps this config trains for");
+  data_.restore(state_.data);
+  last_checkpoint_ = dir;
+  resumed_ = true;
+}
+
+std::string Trainer::save() {
+  state_.data = data_.state();
+  const std::string dir = checkpoint_dir(cfg_.output, state_.step);
+  if (dir == last_checkpoint_) return dir;  // already saved at this step (e.g. resumed here and stopped at once)
+  save_checkpoint(dir, params_, opt_, state_, ckpt_, /*replace=*/resumed_);
+  last_checkpoint_ = dir;
+  prune_checkpoints(cfg_.output, cfg_.keep_last, state_.step);
+  return dir;
+}
+
+TrainResult Trainer::run() {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(cfg_.output, ec);
+  if (ec) fail(cfg_.output, ": cannot create the output folder (", ec.message(), ")");
+  if (!resumed_ && !checkpoint_steps(cfg_.output).empty())
+    fail(cfg_.output, ": already holds checkpoints (up to checkpoint-", checkpoint_steps(cfg_.output).back(),
+         "); continue that run with --resume ", cfg_.output, ", or choose another output folder");
+
+  const LrSchedule schedule = cfg_.lr_schedule();
+  const int64_t accum = cfg_.accumulation_steps();
+  MetricsLog log(cfg_.output, state_.step);
+  ProgressBar bar("training", size_t(cfg_.steps), hooks_.progress, ProgressUnit::Count);
+  bar.update(size_t(state_.step));  // the ETA's rate counts the steps of this run only
+  const auto t0 = std::chrono::steady_clock::now();
+  const double elapsed0 = log.points().empty() ? 0 : log.points().back().elapsed_s;
+  const int64_t first_step = state_.step;
+  TrainResult result;
+
+  while (state_.step < cfg_.steps) {
+    const auto ts = std::chrono::steady_clock::now();
+    const int64_t s = state_.step;
+    for (const auto& p : params_) std::fill(p.grad, p.grad + p.size, 0.f);
+
+    // The whole step's micro-batches first: the loss divisors are the step's counts.
+    std::vector<TokenBatch> micro;
+    int64_t labeled = 0;
+    for (int64_t k = 0; k < accum; ++k) {
+      micro.push_back(data_.next(cfg_.micro_batch_size, cfg_.seq_len));
+      const TokenBatch& b = micro.back();
+      if (b.rows != cfg_.micro_batch_size || b.cols != cfg_.seq_len || b.tokens.size() != size_t(b.rows * b.cols) ||
+          b.labels.size() != b.tokens.size())
+        fail("step ", s + 1, ": the data gave a batch of ", b.rows, " × ", b.cols, " (", b.tokens.size(), " tokens, ",
+             b.labels.size(), " labels), expected ", cfg_.micro_batch_size, " × ", cfg_.seq_len);
+      labeled += b.labeled();
+    }
+    if (labeled == 0) fail("step ", s + 1, ": the batch has no scored tokens (every label is -100)");
+    const LossDivisors div{cfg_.loss_sum ? 1 : labeled, accum * cfg_.micro_batch_size * cfg_.seq_len};
+    double objective = 0;
+    for (const auto& mb : micro) objective += model_.loss_and_grad(mb, div).loss;
+    const double loss = objective * double(div.labels) / double(labeled);  // per scored token, in either reduction
+
+    const std::string keep =
+        last_checkpoint_.empty() ? "no checkpoint was written yet" : "the last good checkpoint is " + last_checkpoint_;
+    if (!std::isfinite(loss)) {
+      bar.abandon();
+      log.write_svg();
+      fail("step ", s + 1, ": the loss is ", loss, "; training stopped without saving (", keep, ")");
+    }
+    const double norm = clip_grad_norm(params_, cfg_.grad_clip);
+    if (!std::isfinite(norm)) {
+      bar.abandon();
+      log.write_svg();
+      fail("step ", s + 1, ": the gradient norm is ", norm, " (loss ", loss, "); training stopped without saving (",
+           keep, ")");
+    }
+    const double lr = cfg_.lr * lr_multiplier(schedule, s);
+    opt_.step(params_, lr);
+    state_.step = s + 1;
+    state_.tokens_seen += cfg_.batch_tokens;
+
+    const auto now = std::chrono::steady_clock::now();
+    const double step_s = std::chrono::duration<double>(now - ts).count();
+    StepMetrics m;
+    m.step = state_.step, m.loss = loss, m.lr = lr, m.grad_norm = norm, m.tokens_seen = state_.tokens_seen;
+    m.tokens_per_s = step_s > 0 ? double(cfg_.batch_tokens) / step_s : 0;
+    m.elapsed_s = elapsed0 + std::chrono::duration<double>(now - t0).count();
+    if (hooks_.peak_flops > 0 && model_.flops_per_token() > 0)
+      m.mfu = m.tokens_per_s * model_.flops_per_token() / hooks_.peak_flops;
+    if (hooks_.eval && cfg_.eval_every > 0 && state_.step % cfg_.eval_every == 0) m.eval_loss = hooks_.eval();
+    log.append(m);
+    result.loss = loss;
+
+    char note[160];
+    std::snprintf(note, sizeof note, "loss %.4f lr %.3g gnorm %.3g %.0f tok/s", loss, lr, norm, m.tokens_per_s);
+    std::string line = note;
+    if (m.mfu >= 0) line += cat(" MFU ", int(m.mfu * 1000) / 10.0, "%");
+    bar.update(size_t(state_.step), line);
+
+    const bool stop = hooks_.stop_requested && hooks_.stop_requested();
+    if (state_.step == cfg_.steps || stop || (cfg_.save_every > 0 && state_.step % cfg_.save_every == 0)) {
+      save();
+      log.write_svg();
+    }
+    if (stop) {
+      result.interrupted = true;
+      break;
+    }
+  }
+  if (state_.step == first_step && state_.step == cfg_.steps) log.write_svg();  // resumed at the end: nothing to do
+  if (result.interrupted)
+    bar.abandon();
+  else
+    bar.finish();
+  result.step = state_.step;
+  result.last_checkpoint = last_checkpoint_;
+  return result;
+}
+
+}  // namespace bamba

@@ -1,0 +1,67 @@
+// `bamba train` as a user runs it: help, --check's plan, and errors as one line with exit code 1.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "test_util.h"
+
+using namespace bamba::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+class TrainCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tmp_ = make_temp_dir("train-cli");
+    fs::create_directories(tmp_ + "/shards");
+  }
+  void TearDown() override {
+    if (!HasFailure()) fs::remove_all(tmp_);
+  }
+  RunResult train(const std::string& yaml, const std::string& extra = "") {
+    std::ofstream(tmp_ + "/t.yml") << yaml;
+    return run_bamba("train '" + tmp_ + "/t.yml' " + extra);
+  }
+  std::string valid() const {
+    return "model: {path: " + model_dir("bamba-tiny-a") + "}\ndata:\n  - {name: web, path: " + tmp_ +
+           "/shards}\nseq_len: 512\nmicro_batch_size: 2\nbatch_tokens: 4096\ntokens: 1e6\noutput: " + tmp_ + "/out\n";
+  }
+  std::string tmp_;
+};
+
+TEST_F(TrainCli, HelpNamesTheOptions) {
+  RunResult r = run_bamba("train --help");
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* s : {"--resume", "--check", "--peak-tflops", "Ctrl-C", "docs/training.md"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s;
+}
+
+TEST_F(TrainCli, CheckPrintsThePlan) {
+  RunResult r = train(valid(), "--check");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("4096 tokens = 8 rows of 512, 4 micro-batches of 2 rows"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("245 steps"), std::string::npos) << r.err;  // ceil(1e6 / 4096)
+  EXPECT_FALSE(fs::exists(tmp_ + "/out"));                         // nothing written
+}
+
+TEST_F(TrainCli, ErrorsAreOneLineWithExitCode1) {
+  auto expect_error = [&](const RunResult& r, const std::string& what) {
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
+    EXPECT_NE(r.err.find(what), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << r.err;
+  };
+  expect_error(train("seq_len: 512\nlearnin_rate: 1\n"), "t.yml:2: learnin_rate: unknown field");
+  expect_error(train("model: {path: " + tmp_ + "/none}\ndata: [{path: " + tmp_ + "}]\n"), "no such model folder");
+  expect_error(train("data:\n  - {name: web, path: " + tmp_ + "/missing}\n", "--check"),
+               "data[0] (web): " + tmp_ + "/missing does not exist");
+  expect_error(train("seq_len: 64\n", "--check"), "data: no datasets");
+  expect_error(train(valid(), "--resume " + tmp_ + "/nowhere"), "neither a checkpoint folder");
+  // Until the model's backward pass is merged, a real run says so (and writes nothing).
+  expect_error(train(valid(), "-q"), "needs its backward pass");
+  EXPECT_FALSE(fs::exists(tmp_ + "/out"));
+}
+
+}  // namespace
