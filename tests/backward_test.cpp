@@ -63,8 +63,13 @@ TEST(Backward, Embedding) {
     return s;
   };
   Vec g(table.size(), 0.0);
-  grad::embed_backward<double>(M(g, V, H), C(R, T, H), tok);
+  grad::embed_backward<double>(M(g, V, H), C(R, T, H), tok, -1);
   fd_check("dtable", table, loss, g);
+  // padding_idx 3: its row gets nothing, the others the same
+  Vec gp(table.size(), 0.0);
+  grad::embed_backward<double>(M(gp, V, H), C(R, T, H), tok, 3);
+  for (int64_t v = 0; v < V; ++v)
+    for (int64_t j = 0; j < H; ++j) EXPECT_EQ(gp[size_t(v * H + j)], v == 3 ? 0.0 : g[size_t(v * H + j)]);
 }
 
 TEST(Backward, MatmulWithBias) {

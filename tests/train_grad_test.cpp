@@ -78,10 +78,12 @@ struct Trainer {
   }
 };
 
-// rows × T random tokens; labels = ids with a masked prefix in row 1 (as an SFT prompt) and one masked token.
+// rows × T random tokens other than 0 (the fixtures' pad_token_id: its embedding row gets no lookup gradient,
+// which a finite difference would not see); labels = ids with a masked prefix in row 1 (as an SFT prompt would
+// be) and one more masked token.
 TrainBatch random_batch(const ModelConfig& cfg, int32_t rows, int32_t T, uint64_t seed) {
   TrainBatch b{rows, T, {}, {}};
-  for (int32_t i = 0; i < rows * T; ++i) b.input_ids.push_back(int32_t(splitmix64(seed * 1000003ull + uint64_t(i)) % uint64_t(cfg.vocab_size)));
+  for (int32_t i = 0; i < rows * T; ++i) b.input_ids.push_back(1 + int32_t(splitmix64(seed * 1000003ull + uint64_t(i)) % uint64_t(cfg.vocab_size - 1)));
   b.labels = b.input_ids;
   if (rows > 1)
     for (int32_t t = 0; t < std::min(T, 9); ++t) b.labels[size_t(T + t)] = -100;

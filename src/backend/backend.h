@@ -117,8 +117,10 @@ class Backend {
   // training row; StepBatch::seq_start gives the rows. Activation gradients are written (=), parameter gradients
   // accumulated (+=) so micro-batches add up. Optional outputs may be empty tensors. Reductions run in a fixed
   // order: the same step gives the same bits every time. Backends without training support throw (the default).
-  // dtable[tokens[t]] += dout[t]                                  dtable [V, H], dout [T, H]
-  virtual void embed_backward(Tensor dtable, Tensor dout) { no_backward("embed"); }
+  // dtable[tokens[t]] += dout[t], except for tokens == padding_idx (nn.Embedding's padding_idx: HF builds the
+  // embedding with padding_idx = pad_token_id, whose row gets no gradient from the lookup; -1 = none).
+  // dtable [V, H], dout [T, H]
+  virtual void embed_backward(Tensor dtable, Tensor dout, int32_t padding_idx) { no_backward("embed"); }
   // dx = dy·W, dW += dyᵀ·x, dbias += Σ_rows dy                     dx [M, K], dW [N, K], dbias [N], dy [M, N]
   virtual void matmul_backward(Tensor dx, Tensor dW, Tensor dbias, Tensor dy, Tensor x, Tensor W) { no_backward("matmul"); }
   // dx = d rmsnorm(x)·w / dx applied to dout; dw += ...           dx, dout, x [M, H], dw, w [H]

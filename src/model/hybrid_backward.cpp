@@ -173,7 +173,9 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     }
     be_.add_rmsnorm_backward(dh, lg.input_layernorm, dxn, a.h_in, lw.input_layernorm, eps);  // dh = d h_in
   }
-  be_.embed_backward(g.embed_tokens, dh);
+  // HF's nn.Embedding(..., padding_idx=pad_token_id): no lookup gradient for the pad row (a tied lm_head's is kept)
+  const int32_t pad = cfg_.pad_token_id >= 0 && cfg_.pad_token_id < V ? int32_t(cfg_.pad_token_id) : -1;
+  be_.embed_backward(g.embed_tokens, dh, pad);
   for (auto& s : seqs) cache.release(s);
   return res;
 }

@@ -276,8 +276,8 @@ class CpuBackend final : public Backend {
   }
   std::span<const int32_t> seqs() const { return b_->seq_start; }
 
-  void embed_backward(Tensor dtable, Tensor dout) override {
-    grad::embed_backward<float>(mat(dtable), mat(dout), b_->tokens);
+  void embed_backward(Tensor dtable, Tensor dout, int32_t padding_idx) override {
+    grad::embed_backward<float>(mat(dtable), mat(dout), b_->tokens, padding_idx);
   }
   void matmul_backward(Tensor dx, Tensor dW, Tensor dbias, Tensor dy, Tensor x, Tensor W) override {
     const int M = int(dy.rows()), N = int(dy.shape[1]), K = int(x.shape[1]);

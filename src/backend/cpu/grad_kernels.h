@@ -40,10 +40,11 @@ template <typename T> inline T silu_grad(T x) {  // d silu / dx = σ(x)(1 + x(1 
 template <typename T> inline T softplus(T x) { return x > T(20) ? x : std::log1p(std::exp(x)); }
 template <typename T> inline T softplus_grad(T x) { return x > T(20) ? T(1) : sigmoid(x); }
 
-// ---- embedding: out[t] = table[tokens[t]]
+// ---- embedding: out[t] = table[tokens[t]]; the padding_idx row gets no gradient (nn.Embedding), -1 = none
 template <typename T>
-void embed_backward(Mat<T> dtable, Mat<const T> dout, std::span<const int32_t> tokens) {
+void embed_backward(Mat<T> dtable, Mat<const T> dout, std::span<const int32_t> tokens, int32_t padding_idx) {
   for (int64_t t = 0; t < dout.rows; ++t) {
+    if (tokens[size_t(t)] == padding_idx) continue;
     T* d = dtable[tokens[size_t(t)]];
     for (int64_t j = 0; j < dout.cols; ++j) d[j] += dout[t][j];
   }
