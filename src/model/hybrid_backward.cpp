@@ -139,10 +139,9 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
   // ---- backward. dh: the gradient of the residual stream at the current point.
   Tensor dh = mem(T, H);
   be_.rmsnorm_backward(dh, g.final_layernorm, dxn, h, w_.final_layernorm, eps);
-  Tensor d_act = mem(T, F), d_gate_up = mem(T, 2 * F);
-  Tensor d_zxbcdt = I ? mem(T, E) : Tensor{}, d_conv = I ? mem(T, CD) : Tensor{};
-  Tensor d_y = I ? mem(T, I) : Tensor{}, d_normed = I ? mem(T, I) : Tensor{};
-  Tensor d_qkv = mem(T, QKV), d_o = mem(T, O);
+  Tensor d_act = mem(T, F), d_gate_up = mem(T, 2 * F);                            // MLP
+  Tensor d_zxbcdt = mem(T, E), d_conv = mem(T, CD), d_y = mem(T, I), d_normed = mem(T, I);  // Mamba
+  Tensor d_qkv = mem(T, QKV), d_o = mem(T, O);                                      // attention
   for (int64_t i = L - 1; i >= 0; --i) {
     const LayerWeights& lw = w_.layers[size_t(i)];
     LayerWeights& lg = g.layers[size_t(i)];
