@@ -49,6 +49,9 @@ struct SamplingParams {
 };
 void check_sampling(const SamplingParams& p);  // Error naming the bad field
 
+// Error("<op>_backward: not implemented on <backend>"): the default of every Backend::*_backward.
+[[noreturn]] void backward_not_implemented(const char* op, const std::string& backend);
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -120,20 +123,20 @@ class Backend {
   // dtable[tokens[t]] += dout[t], except for tokens == padding_idx (nn.Embedding's padding_idx: HF builds the
   // embedding with padding_idx = pad_token_id, whose row gets no gradient from the lookup; -1 = none).
   // dtable [V, H], dout [T, H]
-  virtual void embed_backward(Tensor dtable, Tensor dout, int32_t padding_idx) { no_backward("embed"); }
+  virtual void embed_backward(Tensor dtable, Tensor dout, int32_t padding_idx) { backward_not_implemented("embed", name()); }
   // dx = dy·W, dW += dyᵀ·x, dbias += Σ_rows dy                     dx [M, K], dW [N, K], dbias [N], dy [M, N]
-  virtual void matmul_backward(Tensor dx, Tensor dW, Tensor dbias, Tensor dy, Tensor x, Tensor W) { no_backward("matmul"); }
+  virtual void matmul_backward(Tensor dx, Tensor dW, Tensor dbias, Tensor dy, Tensor x, Tensor W) { backward_not_implemented("matmul", name()); }
   // dx = d rmsnorm(x)·w / dx applied to dout; dw += ...           dx, dout, x [M, H], dw, w [H]
-  virtual void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, float eps) { no_backward("rmsnorm"); }
+  virtual void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, float eps) { backward_not_implemented("rmsnorm", name()); }
   // The residual add before a norm (add_rmsnorm): h (after the add) feeds both the norm and the rest of the
   // residual stream, so dh (the residual gradient, [M, H]) += the norm's input gradient; dw += ...
   virtual void add_rmsnorm_backward(Tensor dh, Tensor dw, Tensor dout, Tensor h, Tensor w, float eps) {
-    no_backward("add_rmsnorm");
+    backward_not_implemented("add_rmsnorm", name());
   }
   // Recomputes the pre-activation. dxBC [T, CD] (may be strided), dweight [CD, K], dbias [CD] or empty.
   virtual void conv1d_silu_backward(Tensor dxBC, Tensor dweight, Tensor dbias, Tensor dout, Tensor xBC, Tensor weight,
                                     Tensor bias) {
-    no_backward("conv1d_silu");
+    backward_not_implemented("conv1d_silu", name());
   }
   // Of ssd from state0 ([S, nh, P, N] fp32, empty = zeros): dxBC [T, I + 2GN] (post-conv x | B | C), ddt [T, nh]
   // (w.r.t. the raw dt, through softplus and the time_step_limit clamp), dA_log, dD, ddt_bias [nh] (+=),
@@ -141,26 +144,26 @@ class Backend {
   virtual void ssd_backward(Tensor dxBC, Tensor ddt, Tensor dA_log, Tensor dD, Tensor ddt_bias, Tensor dstate0, Tensor dy,
                             Tensor xBC, Tensor dt, Tensor A_log, Tensor D, Tensor dt_bias, Tensor state0,
                             const MambaOpsConfig& c) {
-    no_backward("ssd");
+    backward_not_implemented("ssd", name());
   }
   // dy, dz [T, I] (may be strided), dw [I] (+=)
   virtual void gated_rmsnorm_backward(Tensor dy, Tensor dz, Tensor dw, Tensor dout, Tensor y, Tensor z, Tensor w,
                                       int64_t group_size, float eps) {
-    no_backward("gated_rmsnorm");
+    backward_not_implemented("gated_rmsnorm", name());
   }
   // qkv as attention() left it (q, k rotated); dqkv [T, (nq + 2 nkv) dh] w.r.t. the unrotated qkv (matmul output).
   // Softmax rows are recomputed, never stored.
   virtual void attention_backward(Tensor dqkv, Tensor dout, Tensor qkv, const AttentionOpsConfig& c) {
-    no_backward("attention");
+    backward_not_implemented("attention", name());
   }
   // dgate_up [T, 2F]
-  virtual void swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) { no_backward("swiglu"); }
+  virtual void swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) { backward_not_implemented("swiglu", name()); }
   // lm_head fused with cross-entropy, `chunk_rows` rows at a time (no [T, V] logits): returns
   //   Σ_t ce_scale·(logsumexp_t − logit_t[targets[t]]) over targets ≠ −100  +  z_scale·Σ_t logsumexp_t²  (all rows)
   // and writes dx [T, H] (optional), dW [V, H] += (optional). targets: T entries on the host.
   virtual double lm_head_cross_entropy(Tensor dx, Tensor dW, Tensor x, Tensor W, std::span<const int32_t> targets,
                                        double ce_scale, double z_scale, int64_t chunk_rows) {
-    no_backward("lm_head_cross_entropy");
+    backward_not_implemented("lm_head_cross_entropy", name());
     return 0;
   }
 
@@ -169,9 +172,6 @@ class Backend {
   // out_tokens[r] = a token drawn from logits row r with params[r] (see SamplingParams).
   // logits [R, V] F32 (may be strided); params and out_tokens: R entries, on the host.
   virtual void sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) = 0;
-
- protected:
-  [[noreturn]] void no_backward(const char* op) const;  // Error("<op>_backward: not implemented on <name>")
 };
 
 std::unique_ptr<Backend> make_cpu_backend();
