@@ -123,13 +123,19 @@ class Backend {
   // dtable[tokens[t]] += dout[t], except for tokens == padding_idx (nn.Embedding's padding_idx: HF builds the
   // embedding with padding_idx = pad_token_id, whose row gets no gradient from the lookup; -1 = none).
   // dtable [V, H], dout [T, H]
-  virtual void embed_backward(Tensor dtable, Tensor dout, int32_t padding_idx) { backward_not_implemented("embed", name()); }
+  virtual void embed_backward(Tensor dtable, Tensor dout, int32_t padding_idx) {
+    backward_not_implemented("embed", name());
+  }
   // dx = dy·W, dW += dyᵀ·x, dbias += Σ_rows dy                     dx [M, K], dW [N, K], dbias [N], dy [M, N]
-  virtual void matmul_backward(Tensor dx, Tensor dW, Tensor dbias, Tensor dy, Tensor x, Tensor W) { backward_not_implemented("matmul", name()); }
-  // dx = d rmsnorm(x)·w / dx applied to dout; dw += ...           dx, dout, x [M, H], dw, w [H]
-  virtual void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, float eps) { backward_not_implemented("rmsnorm", name()); }
+  virtual void matmul_backward(Tensor dx, Tensor dW, Tensor dbias, Tensor dy, Tensor x, Tensor W) {
+    backward_not_implemented("matmul", name());
+  }
+  // out = rmsnorm(x)·w: dx = the input gradient (=), dw += Σ_rows dout·x̂      dx, dout, x [M, H], dw, w [H]
+  virtual void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, float eps) {
+    backward_not_implemented("rmsnorm", name());
+  }
   // The residual add before a norm (add_rmsnorm): h (after the add) feeds both the norm and the rest of the
-  // residual stream, so dh (the residual gradient, [M, H]) += the norm's input gradient; dw += ...
+  // residual stream, so dh (the residual gradient, [M, H]) += the norm's input gradient; dw += as above.
   virtual void add_rmsnorm_backward(Tensor dh, Tensor dw, Tensor dout, Tensor h, Tensor w, float eps) {
     backward_not_implemented("add_rmsnorm", name());
   }
@@ -138,11 +144,12 @@ class Backend {
                                     Tensor bias) {
     backward_not_implemented("conv1d_silu", name());
   }
-  // Of ssd from state0 ([S, nh, P, N] fp32, empty = zeros): dxBC [T, I + 2GN] (post-conv x | B | C), ddt [T, nh]
+  // The gradient of ssd run from state0 ([S, nh, P, N] fp32, empty = zeros): dxBC [T, I + 2GN] (post-conv
+  // x | B | C), ddt [T, nh]
   // (w.r.t. the raw dt, through softplus and the time_step_limit clamp), dA_log, dD, ddt_bias [nh] (+=),
   // dstate0 [S, nh, P, N] (=, optional). States are recomputed from chunk-start checkpoints.
-  virtual void ssd_backward(Tensor dxBC, Tensor ddt, Tensor dA_log, Tensor dD, Tensor ddt_bias, Tensor dstate0, Tensor dy,
-                            Tensor xBC, Tensor dt, Tensor A_log, Tensor D, Tensor dt_bias, Tensor state0,
+  virtual void ssd_backward(Tensor dxBC, Tensor ddt, Tensor dA_log, Tensor dD, Tensor ddt_bias, Tensor dstate0,
+                            Tensor dy, Tensor xBC, Tensor dt, Tensor A_log, Tensor D, Tensor dt_bias, Tensor state0,
                             const MambaOpsConfig& c) {
     backward_not_implemented("ssd", name());
   }
@@ -157,7 +164,9 @@ class Backend {
     backward_not_implemented("attention", name());
   }
   // dgate_up [T, 2F]
-  virtual void swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) { backward_not_implemented("swiglu", name()); }
+  virtual void swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) {
+    backward_not_implemented("swiglu", name());
+  }
   // lm_head fused with cross-entropy, `chunk_rows` rows at a time (no [T, V] logits): returns
   //   Σ_t ce_scale·(logsumexp_t − logit_t[targets[t]]) over targets ≠ −100  +  z_scale·Σ_t logsumexp_t²  (all rows)
   // and writes dx [T, H] (optional), dW [V, H] += (optional). targets: T entries on the host.
