@@ -145,9 +145,8 @@ class Backend {
     backward_not_implemented("conv1d_silu", name());
   }
   // The gradient of ssd run from state0 ([S, nh, P, N] fp32, empty = zeros): dxBC [T, I + 2GN] (post-conv
-  // x | B | C), ddt [T, nh]
-  // (w.r.t. the raw dt, through softplus and the time_step_limit clamp), dA_log, dD, ddt_bias [nh] (+=),
-  // dstate0 [S, nh, P, N] (=, optional). States are recomputed from chunk-start checkpoints.
+  // x | B | C), ddt [T, nh] (w.r.t. the raw dt, through softplus and the time_step_limit clamp), dA_log, dD,
+  // ddt_bias [nh] (+=), dstate0 [S, nh, P, N] (=, optional). States are recomputed from chunk-start checkpoints.
   virtual void ssd_backward(Tensor dxBC, Tensor ddt, Tensor dA_log, Tensor dD, Tensor ddt_bias, Tensor dstate0,
                             Tensor dy, Tensor xBC, Tensor dt, Tensor A_log, Tensor D, Tensor dt_bias, Tensor state0,
                             const MambaOpsConfig& c) {
