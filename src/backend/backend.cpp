@@ -45,3 +45,9 @@ std::unique_ptr<Backend> make_backend(const std::string& device, DType compute) 
 }
 
 }  // namespace bamba
+
+namespace bamba {
+void backward_not_implemented(const char* op, const std::string& backend) {
+  fail(op, "_backward: not implemented on ", backend);
+}
+}  // namespace bamba

@@ -49,6 +49,9 @@ struct SamplingParams {
 };
 void check_sampling(const SamplingParams& p);  // Error naming the bad field
 
+// Error("<op>_backward: not implemented on <backend>"): the default of every Backend::*_backward.
+[[noreturn]] void backward_not_implemented(const char* op, const std::string& backend);
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -115,6 +118,65 @@ class Backend {
   virtual void attention(Tensor out, Tensor qkv, Tensor k_pages, Tensor v_pages, const AttentionOpsConfig& c) = 0;
   // out = silu(gate) * up, gate_up [T, 2F] = gate | up, out [T, F]
   virtual void swiglu(Tensor out, Tensor gate_up) = 0;
+  // ---- backward (training). Every sequence of the batch runs whole from a zero state (past_len == 0), as one
+  // training row; StepBatch::seq_start gives the rows. Activation gradients are written (=), parameter gradients
+  // accumulated (+=) so micro-batches add up. Optional outputs may be empty tensors. Reductions run in a fixed
+  // order: the same step gives the same bits every time. Backends without training support throw (the default).
+  // dtable[tokens[t]] += dout[t], except for tokens == padding_idx (nn.Embedding's padding_idx: HF builds the
+  // embedding with padding_idx = pad_token_id, whose row gets no gradient from the lookup; -1 = none).
+  // dtable [V, H], dout [T, H]
+  virtual void embed_backward(Tensor dtable, Tensor dout, int32_t padding_idx) {
+    backward_not_implemented("embed", name());
+  }
+  // dx = dy·W, dW += dyᵀ·x, dbias += Σ_rows dy                     dx [M, K], dW [N, K], dbias [N], dy [M, N]
+  virtual void matmul_backward(Tensor dx, Tensor dW, Tensor dbias, Tensor dy, Tensor x, Tensor W) {
+    backward_not_implemented("matmul", name());
+  }
+  // out = rmsnorm(x)·w: dx = the input gradient (=), dw += Σ_rows dout·x̂      dx, dout, x [M, H], dw, w [H]
+  virtual void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, float eps) {
+    backward_not_implemented("rmsnorm", name());
+  }
+  // The residual add before a norm (add_rmsnorm): h (after the add) feeds both the norm and the rest of the
+  // residual stream, so dh (the residual gradient, [M, H]) += the norm's input gradient; dw += as above.
+  virtual void add_rmsnorm_backward(Tensor dh, Tensor dw, Tensor dout, Tensor h, Tensor w, float eps) {
+    backward_not_implemented("add_rmsnorm", name());
+  }
+  // Recomputes the pre-activation. dxBC [T, CD] (may be strided), dweight [CD, K], dbias [CD] or empty.
+  virtual void conv1d_silu_backward(Tensor dxBC, Tensor dweight, Tensor dbias, Tensor dout, Tensor xBC, Tensor weight,
+                                    Tensor bias) {
+    backward_not_implemented("conv1d_silu", name());
+  }
+  // The gradient of ssd run from state0 ([S, nh, P, N] fp32, empty = zeros): dxBC [T, I + 2GN] (post-conv
+  // x | B | C), ddt [T, nh] (w.r.t. the raw dt, through softplus and the time_step_limit clamp), dA_log, dD,
+  // ddt_bias [nh] (+=), dstate0 [S, nh, P, N] (=, optional). States are recomputed from chunk-start checkpoints.
+  virtual void ssd_backward(Tensor dxBC, Tensor ddt, Tensor dA_log, Tensor dD, Tensor ddt_bias, Tensor dstate0,
+                            Tensor dy, Tensor xBC, Tensor dt, Tensor A_log, Tensor D, Tensor dt_bias, Tensor state0,
+                            const MambaOpsConfig& c) {
+    backward_not_implemented("ssd", name());
+  }
+  // dy, dz [T, I] (may be strided), dw [I] (+=)
+  virtual void gated_rmsnorm_backward(Tensor dy, Tensor dz, Tensor dw, Tensor dout, Tensor y, Tensor z, Tensor w,
+                                      int64_t group_size, float eps) {
+    backward_not_implemented("gated_rmsnorm", name());
+  }
+  // qkv as attention() left it (q, k rotated); dqkv [T, (nq + 2 nkv) dh] w.r.t. the unrotated qkv (matmul output).
+  // Softmax rows are recomputed, never stored.
+  virtual void attention_backward(Tensor dqkv, Tensor dout, Tensor qkv, const AttentionOpsConfig& c) {
+    backward_not_implemented("attention", name());
+  }
+  // dgate_up [T, 2F]
+  virtual void swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) {
+    backward_not_implemented("swiglu", name());
+  }
+  // lm_head fused with cross-entropy, `chunk_rows` rows at a time (no [T, V] logits): returns
+  //   Σ_t ce_scale·(logsumexp_t − logit_t[targets[t]]) over targets ≠ −100  +  z_scale·Σ_t logsumexp_t²  (all rows)
+  // and writes dx [T, H] (optional), dW [V, H] += (optional). targets: T entries on the host.
+  virtual double lm_head_cross_entropy(Tensor dx, Tensor dW, Tensor x, Tensor W, std::span<const int32_t> targets,
+                                       double ce_scale, double z_scale, int64_t chunk_rows) {
+    backward_not_implemented("lm_head_cross_entropy", name());
+    return 0;
+  }
+
   // out[i] = x[rows[i]] for the batch's logit_rows.              out [R, H], x [T, H]
   virtual void gather_logit_rows(Tensor out, Tensor x) = 0;
   // out_tokens[r] = a token drawn from logits row r with params[r] (see SamplingParams).

@@ -141,6 +141,8 @@ ModelConfig parse_config(const std::string& json_text, const std::string& label)
   c.rms_norm_eps = float(f.number("rms_norm_eps", 1e-5));
   if (!(c.rms_norm_eps > 0)) fail(label, ": field \"rms_norm_eps\" must be > 0");
   c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
+  c.z_loss_coefficient = float(f.number("z_loss_coefficient", 0.0));
+  if (!(c.z_loss_coefficient >= 0)) fail(label, ": field \"z_loss_coefficient\" must be >= 0");
   c.max_position_embeddings = f.integer("max_position_embeddings", 262144);
 
   if (c.hidden_size % c.num_attention_heads)

@@ -23,6 +23,7 @@ struct ModelConfig {
   std::vector<LayerKind> layer_kinds;
   float rms_norm_eps = 1e-5f;
   bool tie_word_embeddings = false;
+  float z_loss_coefficient = 0.f;  // training loss only: + coef · mean logsumexp² (BambaForCausalLM)
 
   // attention
   int64_t num_attention_heads = 0;  // nq

@@ -36,6 +36,26 @@ class Workspace {
 };
 
 // Called with the residual stream at named points: "embed", "layer0".."layer{L-1}", "final_norm".
+// A training batch: `rows` sequences of `seq_len` tokens, row-major [rows, seq_len]. labels as Hugging Face takes
+// them (unshifted: the logits at t are scored against labels[t + 1]; -100 = ignored).
+struct TrainBatch {
+  int32_t rows = 0, seq_len = 0;
+  std::vector<int32_t> input_ids, labels;
+};
+
+struct TrainOptions {
+  float z_loss_coefficient = 0.f;  // HF's z_loss_coefficient: + coef · mean over all positions of logsumexp²
+  // Divisors of the two loss terms; 0 = this batch's (HF: the number of labels != -100; rows · seq_len). Give the
+  // whole step's counts when a step is split into micro-batches, so that their gradients add up to the step's.
+  int64_t label_count = 0, position_count = 0;
+  int64_t ce_chunk_rows = 256;  // lm_head + cross-entropy this many rows at a time
+};
+
+struct TrainResult {
+  double loss = 0;           // this batch's share of the loss (its terms over the divisors)
+  int64_t label_count = 0;   // labels != -100 in the batch
+};
+
 using ActivationHook = std::function<void(const std::string& name, Tensor h)>;
 
 class HybridModel {
@@ -47,6 +67,12 @@ class HybridModel {
   // Runs one step and returns the logits of b.logit_rows, [R, V] in ws (valid until the next step).
   // Checks the batch against the model, workspace and cache, throwing Error on a mismatch.
   Tensor forward(const StepBatch& b, HybridCache& cache, Workspace& ws, const ActivationHook& hook = {}) const;
+
+  // Training (model/hybrid_backward.cpp): runs the batch forward keeping what the backward needs, then the
+  // backward, and ADDS every parameter's gradient into `grads` (zeros_like_weights; read them by HF name with
+  // hf_tensors). Every row starts from a zero state.
+  TrainResult forward_backward(const TrainBatch& batch, ModelWeights& grads, const TrainOptions& opt = {}) const;
+  const ModelWeights& weights() const { return w_; }
 
  private:
   void check_batch(const StepBatch& b, const HybridCache& cache, const Workspace& ws) const;

@@ -164,3 +164,34 @@ ModelWeights dummy_weights(const ModelConfig& cfg, Backend& be, uint64_t seed) {
 }
 
 }  // namespace bamba
+
+namespace bamba {
+
+std::vector<NamedTensor> hf_tensors(const ModelConfig& cfg, const ModelWeights& w) {
+  ModelWeights layout = w;  // the table points at fields of its argument; we read them back from a copy
+  std::vector<NamedTensor> out;
+  for (auto& spec : weight_table(cfg, layout)) {
+    const Tensor fused = *spec.field;
+    int64_t row = 0;
+    for (size_t k = 0; k < spec.hf_names.size(); ++k) {
+      const int64_t n = spec.part_shapes[k][0];
+      out.push_back({spec.hf_names[k], spec.part_shapes[k], spec.hf_names.size() > 1 ? fused.slice_rows(row, row + n) : fused});
+      row += n;
+    }
+  }
+  return out;
+}
+
+ModelWeights zeros_like_weights(const ModelConfig& cfg, Backend& be) {
+  ModelWeights w;
+  for (auto& spec : weight_table(cfg, w)) *spec.field = alloc_shaped(be, DType::F32, spec.shape);
+  if (cfg.tie_word_embeddings) w.lm_head = w.embed_tokens;
+  return w;
+}
+
+void release_weights(const ModelConfig& cfg, ModelWeights& w, Backend& be) {
+  for (auto& spec : weight_table(cfg, w)) be.release(*spec.field);
+  w = ModelWeights{};
+}
+
+}  // namespace bamba

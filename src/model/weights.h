@@ -51,6 +51,19 @@ using LoadProgress = std::function<void(size_t done_bytes, size_t total_bytes)>;
 // Loads and checks every tensor: names, shapes and dtypes against the config, nothing missing, nothing
 // unexpected. Errors name the file and tensor.
 ModelWeights load_weights(const ModelConfig& cfg, const Checkpoint& ckpt, Backend& be, const LoadProgress& progress = {});
+// A tensor as Hugging Face names it: a view into a (possibly fused) ModelWeights tensor, with HF's shape.
+struct NamedTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  Tensor t;
+};
+// Every parameter in HF's order and names (HF's named_parameters: a tied lm_head is not listed), fused tensors
+// split back into their parts. Works for weights and for gradients laid out like them (zeros_like_weights).
+std::vector<NamedTensor> hf_tensors(const ModelConfig& cfg, const ModelWeights& w);
+// Zero-filled tensors laid out like the model's weights (gradients, optimizer moments), fp32, tied like them.
+ModelWeights zeros_like_weights(const ModelConfig& cfg, Backend& be);
+void release_weights(const ModelConfig& cfg, ModelWeights& w, Backend& be);
+
 // Deterministic generated weights (like vLLM's --load-format dummy), scaled so that every layer matters.
 ModelWeights dummy_weights(const ModelConfig& cfg, Backend& be, uint64_t seed = 0);
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/grad_kernels.h"
 #include "core/error.h"
 #include "core/hash_uniform.h"
 
@@ -24,6 +25,12 @@ inline float softplus(float x) { return x > 20.f ? x : std::log1p(std::exp(x)); 
 
 inline const float* row(Tensor t, int64_t r) { return t.ptr<float>() + r * t.ld; }
 inline float* row_mut(Tensor t, int64_t r) { return t.ptr<float>() + r * t.ld; }
+
+grad::Mat<float> mat(Tensor t) {  // a 2-D view (or an empty one) for the training kernels
+  if (!t) return {};
+  return {t.ptr<float>(), t.rows(), t.ndim >= 2 ? t.shape[1] : 1, t.ld};
+}
+float* vec(Tensor t) { return t ? t.ptr<float>() : nullptr; }
 
 void check_f32(Tensor t, const char* what) {
   if (t && (t.dtype != DType::F32 || t.device != Device::CPU))
@@ -264,6 +271,91 @@ class CpuBackend final : public Backend {
       float* o = row_mut(out, t);
       for (int64_t j = 0; j < F; ++j) o[j] = silu(g[j]) * g[F + j];
     }
+  }
+
+  // ---- backward: the kernels of backend/cpu/grad_kernels.h in fp32; BLAS for the matmuls.
+  void check_training_batch(const char* op) const {
+    for (int32_t s = 0; s < b_->n_seqs(); ++s)
+      if (b_->past_len[size_t(s)] != 0)
+        fail(op, "_backward: sequence ", s, " continues from a cache (past_len ", b_->past_len[size_t(s)],
+             "); training runs whole sequences from a zero state");
+  }
+  std::span<const int32_t> seqs() const { return b_->seq_start; }
+
+  void embed_backward(Tensor dtable, Tensor dout, int32_t padding_idx) override {
+    grad::embed_backward<float>(mat(dtable), mat(dout), b_->tokens, padding_idx);
+  }
+  void matmul_backward(Tensor dx, Tensor dW, Tensor dbias, Tensor dy, Tensor x, Tensor W) override {
+    const int M = int(dy.rows()), N = int(dy.shape[1]), K = int(x.shape[1]);
+    if (M == 0) return;
+    if (dx)  // dx [M, K] = dy [M, N] · W [N, K]
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.f, dy.ptr<float>(), int(dy.ld),
+                  W.ptr<float>(), int(W.ld), 0.f, dx.ptr<float>(), int(dx.ld));
+    if (dW)  // dW [N, K] += dyᵀ · x
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, 1.f, dy.ptr<float>(), int(dy.ld), x.ptr<float>(),
+                  int(x.ld), 1.f, dW.ptr<float>(), int(dW.ld));
+    if (dbias)
+      for (int n = 0; n < N; ++n) {
+        float acc = 0.f;
+        for (int m = 0; m < M; ++m) acc += row(dy, m)[n];
+        dbias.ptr<float>()[n] += acc;
+      }
+  }
+  void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, float eps) override {
+    grad::rmsnorm_backward<float>(mat(dx), vec(dw), mat(dout), mat(x), w.ptr<float>(), eps, false);
+  }
+  void add_rmsnorm_backward(Tensor dh, Tensor dw, Tensor dout, Tensor h, Tensor w, float eps) override {
+    grad::rmsnorm_backward<float>(mat(dh), vec(dw), mat(dout), mat(h), w.ptr<float>(), eps, true);
+  }
+  void conv1d_silu_backward(Tensor dxBC, Tensor dweight, Tensor dbias, Tensor dout, Tensor xBC, Tensor weight,
+                            Tensor bias) override {
+    check_training_batch("conv1d_silu");
+    grad::conv1d_silu_backward<float>(mat(dxBC), mat(dweight), vec(dbias), mat(dout), mat(xBC), mat(weight), vec(bias),
+                                      seqs());
+  }
+  void ssd_backward(Tensor dxBC, Tensor ddt, Tensor dA_log, Tensor dD, Tensor ddt_bias, Tensor dstate0, Tensor dy,
+                    Tensor xBC, Tensor dt, Tensor A_log, Tensor D, Tensor dt_bias, Tensor state0,
+                    const MambaOpsConfig& c) override {
+    check_training_batch("ssd");
+    const grad::SsdDims d{c.n_heads, c.d_head, c.n_groups, c.d_state, c.chunk_size, c.time_step_min, c.time_step_max};
+    grad::ssd_backward<float>(mat(dxBC), mat(ddt), dA_log.ptr<float>(), dD.ptr<float>(), ddt_bias.ptr<float>(),
+                              vec(dstate0), mat(dy), mat(xBC), mat(dt), A_log.ptr<float>(), D.ptr<float>(),
+                              dt_bias.ptr<float>(), vec(state0), seqs(), d);
+  }
+  void gated_rmsnorm_backward(Tensor dy, Tensor dz, Tensor dw, Tensor dout, Tensor y, Tensor z, Tensor w,
+                              int64_t group_size, float eps) override {
+    grad::gated_rmsnorm_backward<float>(mat(dy), mat(dz), vec(dw), mat(dout), mat(y), mat(z), w.ptr<float>(),
+                                        group_size, eps);
+  }
+  void attention_backward(Tensor dqkv, Tensor dout, Tensor qkv, const AttentionOpsConfig& c) override {
+    check_training_batch("attention");
+    const std::vector<float> inv_freq = rope_inv_freq(c);
+    const grad::AttnDims d{c.n_heads, c.n_kv_heads, c.head_dim, c.rotary_dim, c.scale};
+    grad::attention_backward<float>(mat(dqkv), mat(dout), mat(qkv), inv_freq.data(), b_->positions, seqs(), d);
+  }
+  void swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) override {
+    grad::swiglu_backward<float>(mat(dgate_up), mat(dout), mat(gate_up));
+  }
+  double lm_head_cross_entropy(Tensor dx, Tensor dW, Tensor x, Tensor W, std::span<const int32_t> targets,
+                               double ce_scale, double z_scale, int64_t chunk_rows) override {
+    const int64_t V = W.rows(), H = W.shape[1];
+    BAMBA_CHECK(int64_t(targets.size()) == x.rows(), "lm_head_cross_entropy: ", targets.size(), " targets for ",
+                x.rows(), " rows");
+    for (int32_t t : targets)
+      BAMBA_CHECK(t == -100 || (t >= 0 && t < V), "label ", t, " is out of range for vocab_size ", V, " (or -100)");
+    auto logits = [&](int64_t r0, int64_t r1, float* out) {  // [r1 - r0, V] = x[r0:r1] · Wᵀ
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(r1 - r0), int(V), int(H), 1.f, row(x, r0), int(x.ld),
+                  W.ptr<float>(), int(W.ld), 0.f, out, int(V));
+    };
+    auto back = [&](int64_t r0, int64_t r1, float* g) {  // g = dlogits [r1 - r0, V]
+      if (dx)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(r1 - r0), int(H), int(V), 1.f, g, int(V),
+                    W.ptr<float>(), int(W.ld), 0.f, row_mut(dx, r0), int(dx.ld));
+      if (dW)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(V), int(H), int(r1 - r0), 1.f, g, int(V), row(x, r0),
+                    int(x.ld), 1.f, dW.ptr<float>(), int(dW.ld));
+    };
+    return grad::cross_entropy_chunks<float>(x.rows(), V, targets, ce_scale, z_scale, chunk_rows, logits, back);
   }
 
   void gather_logit_rows(Tensor out, Tensor x) override {

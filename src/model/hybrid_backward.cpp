@@ -1,0 +1,182 @@
+// The training step of HybridModel: a forward that keeps every activation the backward reads, then the backward
+// written out layer by layer in reverse (llm.c style: explicit, no autograd tape). The forward math is the one of
+// HybridModel::forward (model/hybrid.cpp); the ops' backwards are the Backend's *_backward.
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "model/hybrid.h"
+
+namespace bamba {
+namespace {
+
+// Backend tensors released together at the end of the step.
+class Arena {
+ public:
+  explicit Arena(Backend& be) : be_(be) {}
+  ~Arena() {
+    for (Tensor t : owned_) be_.release(t);
+  }
+  Tensor operator()(int64_t rows, int64_t cols) {
+    owned_.push_back(be_.alloc(DType::F32, {rows, cols}));
+    return owned_.back();
+  }
+
+ private:
+  Backend& be_;
+  std::vector<Tensor> owned_;
+};
+
+// What the backward of one layer reads, [T, ...] with T = rows · seq_len.
+struct LayerActs {
+  Tensor h_in;     // [T, H]  residual stream entering the layer
+  Tensor xn;       // [T, H]  input_layernorm(h_in)
+  Tensor zxbcdt;   // [T, E]  Mamba: in_proj output (z | xBC | dt)
+  Tensor conv;     // [T, CD] Mamba: post-conv x | B | C
+  Tensor y;        // [T, I]  Mamba: SSD output
+  Tensor normed;   // [T, I]  Mamba: gated-norm output
+  Tensor qkv;      // [T, (nq + 2 nkv) dh]  attention: q, k rotated by the forward
+  Tensor o;        // [T, nq dh]  attention output
+  Tensor h_mid;    // [T, H]  after the mixer's residual add
+  Tensor xn2;      // [T, H]  pre_ff_layernorm(h_mid)
+  Tensor gate_up;  // [T, 2F]
+  Tensor act;      // [T, F]  silu(gate) ⊙ up
+};
+
+}  // namespace
+
+TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights& g, const TrainOptions& opt) const {
+  const int64_t Bn = batch.rows, S = batch.seq_len, T = Bn * S;
+  BAMBA_CHECK(Bn > 0 && S > 0, "training batch is empty");
+  BAMBA_CHECK(int64_t(batch.input_ids.size()) == T && int64_t(batch.labels.size()) == T, "training batch: ",
+              batch.input_ids.size(), " input ids and ", batch.labels.size(), " labels for ", Bn, " rows of ", S);
+  const int64_t H = cfg_.hidden_size, F = cfg_.intermediate_size, I = cfg_.mamba_inner, CD = cfg_.conv_dim(),
+                E = cfg_.in_proj_dim(), L = cfg_.num_hidden_layers, V = cfg_.vocab_size;
+  const int64_t QKV = cfg_.qkv_dim(), O = cfg_.num_attention_heads * cfg_.head_dim;
+  const float eps = cfg_.rms_norm_eps;
+
+  // The shifted targets: row t of the logits is scored against labels[t + 1] of the same sequence.
+  std::vector<int32_t> targets(static_cast<size_t>(T), -100);
+  int64_t n_labels = 0;
+  for (int64_t r = 0; r < Bn; ++r)
+    for (int64_t t = 0; t + 1 < S; ++t) {
+      const int32_t lab = batch.labels[size_t(r * S + t + 1)];
+      BAMBA_CHECK(lab == -100 || (lab >= 0 && lab < V), "training batch row ", r, " position ", t + 1, ": label ", lab,
+                  " is out of range for vocab_size ", V, " (or -100)");
+      targets[size_t(r * S + t)] = lab;
+      n_labels += lab != -100;
+    }
+
+  // One sequence per row, from a zero state, in a cache that holds exactly the batch.
+  HybridCache cache(cfg_, be_, HybridCache::sizes_for(cfg_, int32_t(Bn), int32_t(S)));
+  StepBatch sb;
+  std::vector<SeqCache> seqs(static_cast<size_t>(Bn));
+  for (int64_t r = 0; r < Bn; ++r) {
+    BAMBA_CHECK(cache.reserve(seqs[size_t(r)], int32_t(S)), "internal: training cache too small");
+    sb.add(std::span(batch.input_ids).subspan(size_t(r * S), size_t(S)), 0, seqs[size_t(r)].slot, seqs[size_t(r)].blocks);
+  }
+  for (int32_t tok : sb.tokens)
+    BAMBA_CHECK(tok >= 0 && tok < V, "training batch: token id ", tok, " is out of range for vocab_size ", V);
+  be_.set_batch(sb);
+
+  // ---- forward, keeping the activations
+  Arena mem(be_);
+  std::vector<LayerActs> acts(static_cast<size_t>(L));
+  Tensor h = mem(T, H);
+  be_.embed(h, w_.embed_tokens);
+  for (int64_t i = 0; i < L; ++i) {
+    const LayerWeights& lw = w_.layers[size_t(i)];
+    LayerActs& a = acts[size_t(i)];
+    a.h_in = h;
+    a.xn = mem(T, H);
+    be_.rmsnorm(a.xn, a.h_in, lw.input_layernorm, eps);
+    a.h_mid = mem(T, H);  // mixer output, then + h_in
+    const int64_t k = cfg_.kind_index(i);
+    if (cfg_.layer_kinds[size_t(i)] == LayerKind::Mamba) {
+      const MambaWeights& w = lw.mamba;
+      a.zxbcdt = mem(T, E);
+      be_.matmul(a.zxbcdt, a.xn, w.in_proj, w.in_proj_bias);
+      a.conv = mem(T, CD);
+      be_.conv1d_silu(a.conv, a.zxbcdt.slice_cols(I, I + CD), w.conv1d_weight, w.conv1d_bias, cache.conv_state(k));
+      a.y = mem(T, I);
+      be_.ssd(a.y, a.conv, a.zxbcdt.slice_cols(I + CD, E), w.A_log, w.D, w.dt_bias, cache.ssm_state(k), mamba_ops_);
+      a.normed = mem(T, I);
+      be_.gated_rmsnorm(a.normed, a.y, a.zxbcdt.slice_cols(0, I), w.norm, cfg_.gated_norm_group_size, eps);
+      be_.matmul(a.h_mid, a.normed, w.out_proj, w.out_proj_bias);
+    } else {
+      a.qkv = mem(T, QKV);
+      be_.matmul(a.qkv, a.xn, lw.attn.qkv_proj, {});
+      a.o = mem(T, O);
+      AttentionOpsConfig c = attn_ops_;
+      c.block_size = cache.sizes().block_size;
+      be_.attention(a.o, a.qkv, cache.k_pages(k), cache.v_pages(k), c);
+      be_.matmul(a.h_mid, a.o, lw.attn.o_proj, {});
+    }
+    be_.add(a.h_mid, a.h_in);
+    a.xn2 = mem(T, H);
+    be_.rmsnorm(a.xn2, a.h_mid, lw.pre_ff_layernorm, eps);
+    a.gate_up = mem(T, 2 * F);
+    be_.matmul(a.gate_up, a.xn2, lw.gate_up_proj, {});
+    a.act = mem(T, F);
+    be_.swiglu(a.act, a.gate_up);
+    h = mem(T, H);
+    be_.matmul(h, a.act, lw.down_proj, {});
+    be_.add(h, a.h_mid);
+  }
+  Tensor xf = mem(T, H);  // final_layernorm(h)
+  be_.rmsnorm(xf, h, w_.final_layernorm, eps);
+
+  // ---- loss and its gradient w.r.t. xf
+  const int64_t label_div = opt.label_count > 0 ? opt.label_count : n_labels;
+  const int64_t pos_div = opt.position_count > 0 ? opt.position_count : T;
+  const double ce_scale = label_div > 0 ? 1.0 / double(label_div) : 0.0;  // HF: 0/0 = nan; we score nothing
+  const double z_scale = double(opt.z_loss_coefficient) / double(pos_div);
+  Tensor dxn = mem(T, H);
+  TrainResult res;
+  res.label_count = n_labels;
+  res.loss = be_.lm_head_cross_entropy(dxn, g.lm_head, xf, w_.lm_head, targets, ce_scale, z_scale, opt.ce_chunk_rows);
+
+  // ---- backward. dh: the gradient of the residual stream at the current point.
+  Tensor dh = mem(T, H);
+  be_.rmsnorm_backward(dh, g.final_layernorm, dxn, h, w_.final_layernorm, eps);
+  Tensor d_act = mem(T, F), d_gate_up = mem(T, 2 * F);                            // MLP
+  Tensor d_zxbcdt = mem(T, E), d_conv = mem(T, CD), d_y = mem(T, I), d_normed = mem(T, I);  // Mamba
+  Tensor d_qkv = mem(T, QKV), d_o = mem(T, O);                                      // attention
+  for (int64_t i = L - 1; i >= 0; --i) {
+    const LayerWeights& lw = w_.layers[size_t(i)];
+    LayerWeights& lg = g.layers[size_t(i)];
+    const LayerActs& a = acts[size_t(i)];
+    // MLP: h_out = h_mid + down(swiglu(gate_up(xn2)))
+    be_.matmul_backward(d_act, lg.down_proj, {}, dh, a.act, lw.down_proj);
+    be_.swiglu_backward(d_gate_up, d_act, a.gate_up);
+    be_.matmul_backward(dxn, lg.gate_up_proj, {}, d_gate_up, a.xn2, lw.gate_up_proj);
+    be_.add_rmsnorm_backward(dh, lg.pre_ff_layernorm, dxn, a.h_mid, lw.pre_ff_layernorm, eps);  // dh = d h_mid
+    // mixer: h_mid = h_in + mixer(xn)
+    if (cfg_.layer_kinds[size_t(i)] == LayerKind::Mamba) {
+      const MambaWeights& w = lw.mamba;
+      MambaWeights& wg = lg.mamba;
+      be_.matmul_backward(d_normed, wg.out_proj, wg.out_proj_bias, dh, a.normed, w.out_proj);
+      be_.gated_rmsnorm_backward(d_y, d_zxbcdt.slice_cols(0, I), wg.norm, d_normed, a.y, a.zxbcdt.slice_cols(0, I), w.norm,
+                                 cfg_.gated_norm_group_size, eps);
+      be_.ssd_backward(d_conv, d_zxbcdt.slice_cols(I + CD, E), wg.A_log, wg.D, wg.dt_bias, {}, d_y, a.conv,
+                       a.zxbcdt.slice_cols(I + CD, E), w.A_log, w.D, w.dt_bias, {}, mamba_ops_);
+      be_.conv1d_silu_backward(d_zxbcdt.slice_cols(I, I + CD), wg.conv1d_weight, wg.conv1d_bias, d_conv,
+                               a.zxbcdt.slice_cols(I, I + CD), w.conv1d_weight, w.conv1d_bias);
+      be_.matmul_backward(dxn, wg.in_proj, wg.in_proj_bias, d_zxbcdt, a.xn, w.in_proj);
+    } else {
+      AttentionOpsConfig c = attn_ops_;
+      c.block_size = cache.sizes().block_size;
+      be_.matmul_backward(d_o, lg.attn.o_proj, {}, dh, a.o, lw.attn.o_proj);
+      be_.attention_backward(d_qkv, d_o, a.qkv, c);
+      be_.matmul_backward(dxn, lg.attn.qkv_proj, {}, d_qkv, a.xn, lw.attn.qkv_proj);
+    }
+    be_.add_rmsnorm_backward(dh, lg.input_layernorm, dxn, a.h_in, lw.input_layernorm, eps);  // dh = d h_in
+  }
+  // HF's nn.Embedding(..., padding_idx=pad_token_id): no lookup gradient for the pad row (a tied lm_head's is kept)
+  const int32_t pad = cfg_.pad_token_id >= 0 && cfg_.pad_token_id < V ? int32_t(cfg_.pad_token_id) : -1;
+  be_.embed_backward(g.embed_tokens, dh, pad);
+  for (auto& s : seqs) cache.release(s);
+  return res;
+}
+
+}  // namespace bamba
