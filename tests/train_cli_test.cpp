@@ -59,8 +59,8 @@ TEST_F(TrainCli, ErrorsAreOneLineWithExitCode1) {
                "data[0] (web): " + tmp_ + "/missing does not exist");
   expect_error(train("seq_len: 64\n", "--check"), "data: no datasets");
   expect_error(train(valid(), "--resume " + tmp_ + "/nowhere"), "neither a checkpoint folder");
-  // Until the model's backward pass is merged, a real run says so (and writes nothing).
-  expect_error(train(valid(), "-q"), "needs its backward pass");
+  // A data folder with no token shards stops the run before anything is written.
+  expect_error(train(valid(), "-q"), "no *.bin token shards");
   EXPECT_FALSE(fs::exists(tmp_ + "/out"));
 }
 

@@ -130,7 +130,7 @@ TEST(Trainer, LearnsAndLogsEveryStep) {
   Bigram model(8);
   PatternSource data(8);
   Trainer tr(cfg, model, data, toy_ckpt(), quiet());
-  TrainResult r = tr.run();
+  TrainRunResult r = tr.run();
   EXPECT_EQ(r.step, 40);
   EXPECT_FALSE(r.interrupted);
   auto lines = read_jsonl(out + "/metrics.jsonl");
@@ -245,7 +245,7 @@ void expect_resume_is_exact(Precision precision, const std::string& save_dtype) 
   stop.stop_requested = [&] { return ++polls == 4; };
   Bigram mb0(8);
   PatternSource db0(8);
-  TrainResult rb = Trainer(cb, mb0, db0, toy_ckpt(), stop).run();
+  TrainRunResult rb = Trainer(cb, mb0, db0, toy_ckpt(), stop).run();
   ASSERT_TRUE(rb.interrupted);
   ASSERT_EQ(rb.step, 4);
   ASSERT_EQ(rb.last_checkpoint, out + "/b/checkpoint-4");
@@ -253,7 +253,7 @@ void expect_resume_is_exact(Precision precision, const std::string& save_dtype) 
   tc.resume(out + "/b");  // the output folder: its newest checkpoint
   EXPECT_EQ(tc.step(), 4);
   EXPECT_EQ(db.pos_, 4 * 64);
-  TrainResult rc = tc.run();
+  TrainRunResult rc = tc.run();
   EXPECT_EQ(rc.step, 8);
 
   EXPECT_EQ(ma.W_bits(), mb.W_bits());

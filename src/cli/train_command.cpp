@@ -15,7 +15,10 @@
 #include "io/sharded_writer.h"
 #include "model/config.h"
 #include "train/batch_source.h"
+#include "model/hybrid.h"
 #include "train/checkpoint.h"
+#include "train/hybrid_trainable.h"
+#include "train/mixture_source.h"
 #include "train/train_config.h"
 #include "train/trainable.h"
 #include "train/trainer.h"
@@ -86,14 +89,11 @@ void print_plan(const TrainConfig& c, const ResolvedModel& m) {
                (long long)c.keep_last);
 }
 
-// The seams the trainer runs through. The Bamba model's backward (train-grad) and the token-shard loader are not
-// merged yet; until they are, a real run stops here with this message.
-std::unique_ptr<Trainable> open_trainable(const TrainConfig& c, const ResolvedModel&) {
-  fail("training the Bamba model needs its backward pass, which is not in this build yet (issue 10); ", c.label,
-       " is valid (`bamba train ", c.label, " --check` prints the plan)");
-}
-std::unique_ptr<BatchSource> open_batches(const TrainConfig& c) {
-  fail("reading the token shards of data: is not in this build yet (issue 10)");
+// The model on the CPU backend (the backward's only backend so far): a checkpoint folder, or a preset shape with
+// generated weights (seeded by the config's seed).
+std::unique_ptr<HybridModel> open_model(const TrainConfig& c, const ResolvedModel& m, Backend& be) {
+  if (!c.model_path.empty()) return std::make_unique<HybridModel>(load_model(c.model_path, be));
+  return std::make_unique<HybridModel>(m.config, dummy_weights(m.config, be, c.seed), be);
 }
 
 void run_train_command(const TrainArgs& a) {
@@ -104,8 +104,11 @@ void run_train_command(const TrainArgs& a) {
   if (!a.quiet || a.check) print_plan(cfg, model);
   if (a.check) return;
 
-  std::unique_ptr<Trainable> trainable = open_trainable(cfg, model);
-  std::unique_ptr<BatchSource> batches = open_batches(cfg);
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  std::unique_ptr<HybridModel> hybrid = open_model(cfg, model, *be);
+  HybridTrainable trainable_model(*hybrid, float(cfg.z_loss));
+  Trainable* trainable = &trainable_model;
+  auto batches = std::make_unique<MixtureSource>(cfg.data, hybrid->config().vocab_size);
   TrainerHooks hooks;
   hooks.progress = !a.quiet;
   hooks.peak_flops = a.peak_tflops * 1e12;
@@ -118,10 +121,17 @@ void run_train_command(const TrainArgs& a) {
   sa.sa_flags = SA_RESETHAND;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
-  const TrainResult r = trainer.run();
-  if (!a.quiet)
+  const TrainRunResult r = trainer.run();
+  if (!a.quiet) {
     std::fprintf(stderr, "%s at step %lld (loss %.4f); checkpoint %s\n", r.interrupted ? "stopped" : "finished",
                  (long long)r.step, r.loss, r.last_checkpoint.c_str());
+    int64_t total = 0;
+    for (const auto& [name, n] : batches->drawn()) total += n;
+    std::fprintf(stderr, "data drawn:");
+    for (const auto& [name, n] : batches->drawn())
+      std::fprintf(stderr, " %s %.2f%%", name.c_str(), total ? 100.0 * double(n) / double(total) : 0.0);
+    std::fprintf(stderr, "\n");
+  }
 }
 
 }  // namespace

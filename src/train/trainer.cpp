@@ -63,7 +63,7 @@ std::string Trainer::save() {
   return dir;
 }
 
-TrainResult Trainer::run() {
+TrainRunResult Trainer::run() {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(cfg_.output, ec);
@@ -80,7 +80,7 @@ TrainResult Trainer::run() {
   const auto t0 = std::chrono::steady_clock::now();
   const double elapsed0 = log.points().empty() ? 0 : log.points().back().elapsed_s;
   const int64_t first_step = state_.step;
-  TrainResult result;
+  TrainRunResult result;
 
   while (state_.step < cfg_.steps) {
     const auto ts = std::chrono::steady_clock::now();

@@ -28,7 +28,7 @@ struct TrainerHooks {
   bool progress = true;                  // the progress bar on stderr
 };
 
-struct TrainResult {
+struct TrainRunResult {
   int64_t step = 0;  // optimizer steps done
   bool interrupted = false;
   double loss = 0;              // of the last step
@@ -46,7 +46,7 @@ class Trainer {
   // redone) are replaced or deleted as the new run saves.
   void resume(const std::string& path);
   // Without resume(), an output folder that already holds checkpoints is an Error (it would mix two runs).
-  TrainResult run();
+  TrainRunResult run();
 
   int64_t step() const { return state_.step; }
   const AdamW& optimizer() const { return opt_; }
