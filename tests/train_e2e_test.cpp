@@ -7,9 +7,16 @@
 #include <fstream>
 #include <sstream>
 
+#include <cmath>
+#include <cstring>
+
 #include "core/error.h"
 #include "data/token_shard.h"
+#include "io/safetensors.h"
+#include "model/hybrid.h"
 #include "test_util.h"
+#include "train/adamw.h"
+#include "train/hybrid_trainable.h"
 #include "train/mixture_source.h"
 
 namespace bamba {
@@ -101,6 +108,57 @@ TEST(TrainEndToEnd, TinyModelLearnsAndResumesExactly) {
   // The checkpoint is a model folder the inference commands load.
   r = test::run_bamba("logits -m " + out + "/checkpoint-6 --ids 256,116,104,101 --out " + out + "/l.safetensors -q");
   EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+// The product path — HybridTrainable's gradients, clip_grad_norm and train/adamw's AdamW — against PyTorch's three
+// steps in tests/data/train (gen_grad_fixtures.py: torch.optim.AdamW lr 1e-3, betas 0.9/0.95, eps 1e-8, decay 0.1
+// on tensors of rank >= 2, clip_grad_norm_ 1.0; HF's mean cross-entropy over the labels != -100).
+TEST(TrainEndToEnd, TrainersAdamWStepsEqualPyTorch) {
+  for (const std::string name : {"bamba-tiny-a", "bamba-tiny-b"}) {
+    const std::string ref_path = std::string(BAMBA_SOURCE_DIR) + "/tests/data/train/" + name + "/train_expected.safetensors";
+    if (!fs::exists(ref_path)) GTEST_SKIP() << "training reference " << ref_path << " is missing";
+    SafetensorsFile ref(ref_path);
+    auto f32 = [&](const std::string& n) {
+      const TensorInfo* t = ref.find(n);
+      EXPECT_NE(t, nullptr) << n;
+      std::vector<float> v(size_t(t->numel()));
+      std::memcpy(v.data(), t->data, t->nbytes);
+      return v;
+    };
+    auto i32 = [&](const std::string& n) {
+      const TensorInfo* t = ref.find(n);
+      std::vector<int32_t> v(size_t(t->numel()));
+      std::memcpy(v.data(), t->data, t->nbytes);
+      return v;
+    };
+    std::unique_ptr<Backend> be = make_cpu_backend();
+    HybridModel model = load_model(test::model_dir(name), *be);
+    HybridTrainable trainable(model, model.config().z_loss_coefficient);
+    const std::vector<ParamRef> params = trainable.params();
+    AdamW opt(params, AdamWOptions{});  // defaults are the reference's betas, eps and decay
+    TokenBatch b;
+    b.rows = ref.find("batch.input_ids")->shape[0];
+    b.cols = ref.find("batch.input_ids")->shape[1];
+    b.tokens = i32("batch.input_ids");
+    b.labels = i32("batch.labels");
+    for (int step = 0; step <= 3; ++step) {
+      for (const ParamRef& p : params) std::fill_n(p.grad, p.size, 0.f);
+      const LossResult r = trainable.loss_and_grad(b, LossDivisors{b.labeled(), b.rows * b.cols});
+      const double want = f32("step" + std::to_string(step) + ".loss")[0];
+      EXPECT_NEAR(r.loss, want, 1e-4 * (1 + std::abs(want))) << name << " loss before step " << step;
+      if (step == 3) break;
+      clip_grad_norm(params, 1.0);
+      opt.step(params, 1e-3);
+    }
+    for (const ParamRef& p : params) {
+      EXPECT_EQ(p.decay, p.shape.size() >= 2) << p.name;  // the reference's rule
+      const std::vector<float> w = f32("param." + p.name);
+      ASSERT_EQ(w.size(), p.size) << p.name;
+      double err = 0, scale = 0;
+      for (size_t k = 0; k < p.size; ++k) err = std::max(err, double(std::abs(p.value[k] - w[k]))), scale = std::max(scale, double(std::abs(w[k])));
+      EXPECT_LE(err, 1e-4 * (1 + scale)) << name << " " << p.name;
+    }
+  }
 }
 
 }  // namespace
