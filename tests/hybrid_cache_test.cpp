@@ -32,6 +32,54 @@ TEST(HybridCache, ReserveAndReleaseReturnEverything) {
   EXPECT_TRUE(a.blocks.empty());
 }
 
+// fork: a new slot with the state copied, full pages shared (freed with their last holder), the partly filled
+// last page copied; and a forked sequence continued equals the original continued (the eval runner's use).
+TEST(HybridCache, ForkSharesFullPagesAndCopiesTheRest) {
+  auto be = make_cpu_backend();
+  HybridModel m = load_model(test::model_dir("bamba-tiny-a"), *be);  // attention at layers 1 and 3
+  const ModelConfig& c = m.config();
+  HybridCache cache(c, *be, HybridCache::sizes_for(c, 3, 32, 4));  // 3 slots, 24 pages of 4 tokens
+  Workspace ws(c, *be, 32, 32);
+  std::vector<int32_t> prompt(10), more = {7, 8, 9};
+  for (int32_t i = 0; i < 10; ++i) prompt[size_t(i)] = (i * 37 + 5) % int32_t(c.vocab_size);
+  SeqCache a, f, g;
+  ASSERT_TRUE(cache.reserve(a, 10));
+  StepBatch b;
+  b.add(prompt, 0, a.slot, a.blocks);
+  m.forward(b, cache, ws);
+  a.len = 10;
+  const int32_t free_before = cache.free_blocks();
+  ASSERT_TRUE(cache.fork(a, f));
+  EXPECT_NE(f.slot, a.slot);
+  EXPECT_EQ(f.len, 10);
+  ASSERT_EQ(f.blocks.size(), 3u);
+  EXPECT_EQ(f.blocks[0], a.blocks[0]);  // 2 full pages shared
+  EXPECT_EQ(f.blocks[1], a.blocks[1]);
+  EXPECT_NE(f.blocks[2], a.blocks[2]);  // the page holding tokens 8, 9 copied
+  EXPECT_EQ(cache.free_blocks(), free_before - 1);
+  // Continue both with the same tokens: the same logits.
+  auto step = [&](SeqCache& s) {
+    EXPECT_TRUE(cache.reserve(s, s.len + 3));
+    StepBatch x;
+    x.add(more, s.len, s.slot, s.blocks);
+    Tensor l = m.forward(x, cache, ws);
+    std::vector<float> out(size_t(c.vocab_size));
+    be->to_host_f32(l, out.data());
+    s.len += 3;
+    return out;
+  };
+  const std::vector<float> from_fork = step(f), from_orig = step(a);
+  EXPECT_EQ(from_fork, from_orig);
+  // Shared pages survive the release of one holder and return with the last.
+  ASSERT_TRUE(cache.fork(a, g));
+  cache.release(a);
+  cache.release(f);
+  EXPECT_LT(cache.free_blocks(), 24);
+  cache.release(g);
+  EXPECT_EQ(cache.free_blocks(), 24);
+  EXPECT_EQ(cache.free_slots(), 3);
+}
+
 TEST(HybridCache, AReusedSlotStartsFromAZeroState) {
   auto be = make_cpu_backend();
   HybridModel m = load_model(test::model_dir("bamba-tiny-b"), *be);
