@@ -226,13 +226,15 @@ void ModelRunner::finish_gen_token(Node& n, int32_t token) {
     n.gen_done = true;
   } else {
     n.out.push_back(token);
-    n.tokens.push_back(token);
-    n.wants.push_back({int32_t(n.tokens.size()) - 1, 0, kNextToken});
     if (int32_t(n.out.size()) >= q.max_gen_toks) n.gen_done = true;
     if (!n.gen_done && !q.until.empty()) {
       const std::string text = tok_.decode(n.out, /*skip_special=*/true);
       for (const std::string& u : q.until)
         if (!u.empty() && text.find(u) != std::string::npos) n.gen_done = true;
+    }
+    if (!n.gen_done) {  // the token is fed next step, its logits give the one after
+      n.tokens.push_back(token);
+      n.wants.push_back({int32_t(n.tokens.size()) - 1, 0, kNextToken});
     }
   }
   if (!n.gen_done) return;

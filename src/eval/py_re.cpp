@@ -7,25 +7,12 @@
 #include <utility>
 
 #include "core/error.h"
+#include "tokenizer/pcre2_util.h"
 
 namespace bamba::eval {
 namespace {
 
-std::string pcre2_message(int code) {
-  PCRE2_UCHAR buf[256];
-  int n = pcre2_get_error_message(code, buf, sizeof buf);
-  return n < 0 ? cat("PCRE2 error ", code) : std::string(reinterpret_cast<const char*>(buf), size_t(n));
-}
-
-struct MatchData {
-  explicit MatchData(const pcre2_code* code) : md(pcre2_match_data_create_from_pattern(code, nullptr)) {
-    if (!md) throw std::bad_alloc();
-  }
-  ~MatchData() { pcre2_match_data_free(md); }
-  MatchData(const MatchData&) = delete;
-  MatchData& operator=(const MatchData&) = delete;
-  pcre2_match_data* md;
-};
+using MatchData = Pcre2MatchData;
 
 // Calls on_match(Match) for each match in Python's order; see the header for the empty-match rule.
 template <typename F>

@@ -6,27 +6,13 @@
 #include <utility>
 
 #include "core/error.h"
+#include "tokenizer/pcre2_util.h"
 #include "tokenizer/utf8.h"
 
 namespace bamba {
 namespace {
 
-std::string pcre2_message(int code) {
-  PCRE2_UCHAR buf[256];
-  int n = pcre2_get_error_message(code, buf, sizeof buf);
-  return n < 0 ? cat("PCRE2 error ", code) : std::string(reinterpret_cast<const char*>(buf), size_t(n));
-}
-
-// Match data sized for the pattern; one per search loop, so a shared Regex is safe to use from several threads.
-struct MatchData {
-  explicit MatchData(const pcre2_code* code) : md(pcre2_match_data_create_from_pattern(code, nullptr)) {
-    if (!md) throw std::bad_alloc();
-  }
-  ~MatchData() { pcre2_match_data_free(md); }
-  MatchData(const MatchData&) = delete;
-  MatchData& operator=(const MatchData&) = delete;
-  pcre2_match_data* md;
-};
+using MatchData = Pcre2MatchData;
 
 // Runs one search from `from`; returns the match in [start, end) or false. Errors (a JIT stack or match limit hit
 // on pathological input) become an Error naming the pattern rather than a silent "no match".

@@ -365,6 +365,7 @@ class CudaBackend final : public Backend {
   std::map<std::tuple<uint64_t, int, int, int>, cudaGraphExec_t> graphs_;
   std::set<std::tuple<uint64_t, int, int, int>> seen_;
   // sampling
+  void grow_sample_buffers(size_t bytes);
   DevSampling* sample_host_ = nullptr;
   void* sample_dev_ = nullptr;
   size_t sample_cap_ = 0;
@@ -467,15 +468,7 @@ void CudaBackend::run_step(uint64_t key, const std::function<void()>& ops) {
 void CudaBackend::sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) {
   const int64_t R = logits.rows(), V = logits.shape[1];
   f32(logits, "sample logits");
-  const size_t bytes = size_t(R) * (sizeof(DevSampling) + 4);
-  if (bytes > sample_cap_) {
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
-    cudaFree(sample_dev_);
-    cudaFreeHost(sample_host_);
-    sample_cap_ = std::max<size_t>(bytes * 2, 4096);
-    sample_dev_ = dev_malloc(sample_cap_, "the sampling parameters");
-    CUDA_CHECK(cudaMallocHost(&sample_host_, sample_cap_));
-  }
+  grow_sample_buffers(size_t(R) * (sizeof(DevSampling) + 4));
   for (int64_t r = 0; r < R; ++r) {
     const SamplingParams& p = params[size_t(r)];
     sample_host_[r] = {p.temperature, p.top_k, p.top_p, hash_uniform(p.seed, 0, 0.f, 1.f)};
@@ -488,6 +481,17 @@ void CudaBackend::sample(Tensor logits, std::span<const SamplingParams> params, 
   CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
+// The pinned host buffer and device buffer that sampling and scoring move their small per-row data through.
+void CudaBackend::grow_sample_buffers(size_t bytes) {
+  if (bytes <= sample_cap_) return;
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  cudaFree(sample_dev_);
+  cudaFreeHost(sample_host_);
+  sample_cap_ = std::max<size_t>(bytes * 2, 4096);
+  sample_dev_ = dev_malloc(sample_cap_, "the sampling and scoring buffers");
+  CUDA_CHECK(cudaMallocHost(&sample_host_, sample_cap_));
+}
+
 // One block per (row, target) pair; the pairs' inputs and outputs travel in one pinned buffer each way.
 void CudaBackend::token_logprobs(Tensor logits, std::span<const int32_t> rows, std::span<const int32_t> targets,
                                  float* logprob, int32_t* greedy) {
@@ -498,15 +502,7 @@ void CudaBackend::token_logprobs(Tensor logits, std::span<const int32_t> rows, s
     BAMBA_CHECK(rows[size_t(i)] >= 0 && rows[size_t(i)] < logits.rows() && targets[size_t(i)] >= 0 &&
                     targets[size_t(i)] < V,
                 "token_logprobs: row or target out of range");
-  const size_t bytes = size_t(n) * 16;  // rows, targets in; logprob, greedy out
-  if (bytes > sample_cap_) {
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
-    cudaFree(sample_dev_);
-    cudaFreeHost(sample_host_);
-    sample_cap_ = std::max<size_t>(bytes * 2, 4096);
-    sample_dev_ = dev_malloc(sample_cap_, "the scoring buffers");
-    CUDA_CHECK(cudaMallocHost(&sample_host_, sample_cap_));
-  }
+  grow_sample_buffers(size_t(n) * 16);  // rows, targets in; logprob, greedy out
   auto* h = reinterpret_cast<int32_t*>(sample_host_);
   std::memcpy(h, rows.data(), size_t(n) * 4);
   std::memcpy(h + n, targets.data(), size_t(n) * 4);
