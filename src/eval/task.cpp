@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <regex>
 
+#include "chat/jinja.h"
 #include "core/error.h"
 #include "eval/py_random.h"
 #include "eval/python_literal.h"
@@ -254,17 +255,9 @@ std::variant<TaskConfig, GroupConfig> load_task_file(const std::string& path) {
   return parse_task(j, path);
 }
 
-// The few-shot sampler: lm-eval's ContextSampler with `random.Random(fewshot_seed)`, shared by the task's
-// documents in order, or FirstNSampler.
-class Task::Sampler {
- public:
-  Sampler(uint64_t seed) : rnd(seed) {}
-  PyRandom rnd;
-};
-
 Task::Task(TaskConfig cfg, const std::string& data_dir, std::optional<int> num_fewshot, uint64_t fewshot_seed)
     : cfg_(std::move(cfg)), num_fewshot_(num_fewshot.value_or(cfg_.num_fewshot)),
-      sampler_(std::make_shared<Sampler>(fewshot_seed)) {
+      rnd_(std::make_shared<PyRandom>(fewshot_seed)) {
   const std::optional<std::string>& eval_split = cfg_.test_split ? cfg_.test_split : cfg_.validation_split;
   BAMBA_CHECK(eval_split.has_value(), cfg_.file, ": no test_split or validation_split to evaluate on");
   eval_docs_ = load_split(cfg_, data_dir, *eval_split);
@@ -349,7 +342,7 @@ std::string Task::fewshot_context(const json& doc) {
       // One extra draw when the few-shot split is the evaluation split (in lm-eval also when both are unset).
       const bool same = cfg_.fewshot_split == cfg_.test_split;
       const size_t n = size_t(num_fewshot_) + (same ? 1 : 0);
-      for (size_t i : sampler_->rnd.sample(fewshot_docs_.size(), n))
+      for (size_t i : rnd_->sample(fewshot_docs_.size(), n))
         if (fewshot_docs_[i] != doc && picked.size() < size_t(num_fewshot_)) picked.push_back(&fewshot_docs_[i]);
     }
     for (const json* ex : picked) {

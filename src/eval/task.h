@@ -22,11 +22,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "chat/jinja.h"
 
 namespace bamba::eval {
 
 using json = nlohmann::ordered_json;
+class PyRandom;
 
 struct FilterStep {
   std::string function;  // regex, take_first, remove_whitespace, lowercase, uppercase, strip
@@ -111,8 +111,8 @@ class Task {
   int num_fewshot_;
   std::vector<json> eval_docs_, fewshot_docs_;
   bool multiple_input_ = false;
-  class Sampler;
-  std::shared_ptr<Sampler> sampler_;
+  // lm-eval's few-shot generator, random.Random(fewshot_seed), advanced once per evaluated document in order.
+  std::shared_ptr<PyRandom> rnd_;
 };
 
 // The built-in process_docs transforms (hellaswag, winogrande, gpqa, musr, mmlu_pro, math_hard): Error for an unknown name.
