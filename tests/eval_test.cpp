@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "core/error.h"
 #include "eval/harness.h"
@@ -243,6 +244,45 @@ TEST(EvalTask, GenerateUntilFiltersAndExactMatch) {
   EXPECT_TRUE(r.contains("exact_match,flexible-extract"));
   // The random model never writes "#### <label>": 0, and the filters say why in the sample log.
   EXPECT_EQ(r["exact_match,strict-match"].get<double>(), 0.0);
+}
+
+// loglikelihood_rolling: one window when the model length allows (the BOS predicts the first token), and lm-eval's
+// disjoint windows otherwise (window k predicts its tokens from the up-to-L tokens before them).
+TEST(EvalTask, RollingPerplexityAsLmEval) {
+  Loaded m("bamba-tiny-e2e");
+  auto cfg = std::get<TaskConfig>(load_task_file(kData + "/tiny_rolling.yaml"));
+  Task task(cfg, kData, std::nullopt);
+  for (int32_t L : {512, 5}) {
+    double ll = 0, words = 0, bytes = 0;
+    for (size_t i = 0; i < 3; ++i) {
+      const std::string text = task.doc_to_target(task.eval_docs()[i]).get<std::string>();
+      const std::vector<int32_t> t = m.tok->encode(text, false);
+      for (size_t begin = 0; begin < t.size(); begin += size_t(L)) {  // predict t[begin, end)
+        const size_t end = std::min(t.size(), begin + size_t(L));
+        LoglikelihoodRequest r;
+        if (begin == 0) r.context = {128000};
+        else r.context.assign(t.begin() + int64_t(end > size_t(L) + 1 ? end - size_t(L) - 1 : 0), t.begin() + int64_t(begin));
+        r.continuation.assign(t.begin() + int64_t(begin), t.begin() + int64_t(end));
+        ll += m.full_forward(r).logprob;
+      }
+      std::istringstream ws(text);
+      for (std::string w; ws >> w;) ++words;
+      bytes += double(text.size());
+    }
+    RunnerOptions o;
+    o.max_model_len = L;
+    ModelRunner runner(*m.model, *m.tok, o);
+    EvalOptions e;
+    e.tasks = {"tiny_rolling"};
+    e.tasks_dir = kData;
+    e.data_dir = kData;
+    e.limit = 3;
+    e.progress = false;
+    const json r = evaluate(runner, *m.tok, e)["results"]["tiny_rolling"];
+    EXPECT_NEAR(r["word_perplexity,none"].get<double>(), std::exp(-ll / words), 1e-6 * std::exp(-ll / words)) << "L " << L;
+    EXPECT_NEAR(r["byte_perplexity,none"].get<double>(), std::exp(-ll / bytes), 1e-6 * std::exp(-ll / bytes)) << "L " << L;
+    EXPECT_NEAR(r["bits_per_byte,none"].get<double>(), -ll / bytes / std::log(2.0), 1e-6) << "L " << L;
+  }
 }
 
 TEST(EvalMetrics, FiltersAndExactMatchAsLmEval) {

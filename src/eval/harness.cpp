@@ -17,11 +17,13 @@
 namespace bamba::eval {
 namespace fs = std::filesystem;
 
-LoglikelihoodRequest encode_pair(const Tokenizer& tok, std::string ctx, std::string cont, bool add_bos) {
+LoglikelihoodRequest encode_pair(const Tokenizer& tok, std::string ctx, std::string cont, bool add_bos,
+                                 std::optional<int32_t> eos) {
   LoglikelihoodRequest r;
   if (ctx.empty()) {
-    std::optional<int32_t> prefix = tok.bos_id();
-    BAMBA_CHECK(prefix.has_value(), "eval: an empty context needs a BOS token, and the tokenizer has none");
+    // lm-eval's prefix_token_id: the BOS token, else the end-of-text token.
+    std::optional<int32_t> prefix = tok.bos_id() ? tok.bos_id() : eos;
+    BAMBA_CHECK(prefix.has_value(), "eval: an empty context needs a BOS or EOS token, and the model has neither");
     r.context = {*prefix};
     r.continuation = tok.encode(cont, add_bos);
     if (add_bos && !r.continuation.empty() && r.continuation[0] == *prefix) r.continuation.erase(r.continuation.begin());
@@ -170,7 +172,9 @@ json evaluate(ModelRunner& runner, const Tokenizer& tok, const EvalOptions& opt)
         for (const Request& r : per_doc[i]) {
           if (c.output_type == "loglikelihood_rolling") {
             // lm-eval's rolling windows: [prefix] + tokens, scored in windows of max_model_len with context 1.
-            LoglikelihoodRequest whole = encode_pair(tok, "", r.continuation, opt.add_bos);
+            const auto& eos = runner.options().eos;
+            LoglikelihoodRequest whole = encode_pair(tok, "", r.continuation, opt.add_bos,
+                                                     eos.empty() ? std::nullopt : std::optional<int32_t>(eos[0]));
             const std::vector<int32_t>& t = whole.continuation;
             const size_t L = size_t(runner.options().max_model_len);
             size_t pred = std::min(L, t.size());

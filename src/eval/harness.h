@@ -39,7 +39,8 @@ std::string results_table(const json& results);
 // and their average when all six are: a Markdown table, or "" when none is present.
 std::string leaderboard_v2_table(const json& results);
 
-// lm-eval's request tokens for (context, continuation).
-LoglikelihoodRequest encode_pair(const Tokenizer& tok, std::string context, std::string continuation, bool add_bos);
+// lm-eval's request tokens for (context, continuation); an empty context becomes the BOS token, else `eos`.
+LoglikelihoodRequest encode_pair(const Tokenizer& tok, std::string context, std::string continuation, bool add_bos,
+                                 std::optional<int32_t> eos = std::nullopt);
 
 }  // namespace bamba::eval
