@@ -285,6 +285,33 @@ TEST(EvalTask, RollingPerplexityAsLmEval) {
   }
 }
 
+TEST(EvalCli, WritesTableJsonAndSamplesAndFailsClearly) {
+  const std::string out = test::make_temp_dir("eval_cli");
+  const std::string common = "eval -m " + test::model_dir("bamba-tiny-e2e") + " --device cpu --tasks-dir " + kData +
+                             " --data-dir " + kData + " -q";
+  test::RunResult r = test::run_bamba(common + " --tasks tiny_group,tiny_gen --limit 2 -o " + out + "/r.json --log-samples " +
+                                      out + "/s.jsonl");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("| - tiny_mc|1.0|none|2|acc|"), std::string::npos) << r.out;  // a group member, as lm-eval prints it
+  EXPECT_NE(r.out.find("|tiny_group|"), std::string::npos) << r.out;
+  std::ifstream jf(out + "/r.json");
+  const json res = json::parse(jf);
+  EXPECT_TRUE(res["results"].contains("tiny_gen"));
+  EXPECT_EQ(res["n-samples"]["tiny_mc"]["effective"], 2);
+  EXPECT_TRUE(std::filesystem::exists(out + "/r.md"));
+  std::ifstream sf(out + "/s.jsonl");
+  size_t lines = 0;
+  for (std::string l; std::getline(sf, l);) {
+    ++lines;
+    EXPECT_TRUE(json::parse(l).contains("doc"));
+  }
+  EXPECT_EQ(lines, 6u);  // 2 documents of each of the three tasks
+  r = test::run_bamba(common + " --tasks tiny_mcc");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("error: eval: no task or group named 'tiny_mcc'"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("loaded in"), std::string::npos) << "the model was loaded before the task check: " << r.err;
+}
+
 TEST(EvalMetrics, FiltersAndExactMatchAsLmEval) {
   auto cfg = std::get<TaskConfig>(load_task_file(kData + "/tiny_gen.yaml"));
   const FilterPipeline& strict = cfg.filters[0];

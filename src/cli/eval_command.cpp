@@ -63,6 +63,18 @@ void write_file(const std::string& path, const std::string& text) {
 void run(const EvalCliOptions& o) {
   const std::string tasks_dir = o.tasks_dir.empty() ? default_tasks_dir() : o.tasks_dir;
   if (o.tasks.empty()) fail("--tasks: name at least one task or group (see tasks/ and docs/evaluation.md)");
+  eval::EvalOptions eo;
+  eo.tasks = split_commas(o.tasks);
+  eo.tasks_dir = tasks_dir;
+  eo.data_dir = o.data_dir;
+  if (o.num_fewshot >= 0) eo.num_fewshot = o.num_fewshot;
+  if (o.limit >= 0) eo.limit = size_t(o.limit);
+  eo.add_bos = o.add_bos;
+  eo.fewshot_seed = o.fewshot_seed;
+  eo.samples_path = o.samples;
+  eo.progress = !o.model.quiet;
+  eo.model_name = o.model.model.empty() ? "built-in" : o.model.model;
+  eval::check_tasks(eo);  // a typo or a missing file fails before a large model loads
   LoadedModel m;
   if (o.preset.empty()) {
     m = load(o.model, true);
@@ -87,17 +99,6 @@ void run(const EvalCliOptions& o) {
   ro.max_logit_rows = std::min(ro.max_tokens_per_step, gpu ? 1024 : 256);
   eval::ModelRunner runner(*m.model, *m.tokenizer, ro);
 
-  eval::EvalOptions eo;
-  eo.tasks = split_commas(o.tasks);
-  eo.tasks_dir = tasks_dir;
-  eo.data_dir = o.data_dir;
-  if (o.num_fewshot >= 0) eo.num_fewshot = o.num_fewshot;
-  if (o.limit >= 0) eo.limit = size_t(o.limit);
-  eo.add_bos = o.add_bos;
-  eo.fewshot_seed = o.fewshot_seed;
-  eo.samples_path = o.samples;
-  eo.progress = !o.model.quiet;
-  eo.model_name = o.model.model.empty() ? "built-in" : o.model.model;
   const eval::json res = eval::evaluate(runner, *m.tokenizer, eo);
 
   std::string table = eval::results_table(res);

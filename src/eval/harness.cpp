@@ -92,6 +92,14 @@ std::string fmt(double v) {
 
 }  // namespace
 
+void check_tasks(const EvalOptions& opt) {
+  const auto idx = index_tasks(opt.tasks_dir);
+  std::vector<Leaf> leaves;
+  std::vector<GroupConfig> groups;
+  for (const std::string& t : opt.tasks) expand(t, idx, "", leaves, groups);
+  for (const Leaf& l : leaves) Task(l.cfg, opt.data_dir, opt.num_fewshot, opt.fewshot_seed);
+}
+
 json evaluate(ModelRunner& runner, const Tokenizer& tok, const EvalOptions& opt) {
   const auto t_start = std::chrono::steady_clock::now();
   const auto idx = index_tasks(opt.tasks_dir);

@@ -29,6 +29,9 @@ struct EvalOptions {
   std::string model_name;
 };
 
+// Resolves every task and group and reads their data (Error naming what is missing): before a model is loaded.
+void check_tasks(const EvalOptions& opt);
+
 // Runs the tasks and returns lm-eval's results JSON ("results", "groups", "group_subtasks", "configs",
 // "versions", "n-shot", "higher_is_better", "n-samples", "config"), plus "bamba" (requests, tokens, timings).
 json evaluate(ModelRunner& runner, const Tokenizer& tok, const EvalOptions& opt);
