@@ -97,9 +97,11 @@ TaskConfig parse_task(const json& j, const std::string& file) {
                                 // accepted, change nothing lm-eval scores:
                                 "tag", "task_alias", "should_decontaminate", "doc_to_decontamination_query",
                                 "dataset_kwargs"};
-  for (auto& [k, v] : j.items())
+  for (const auto& item : j.items()) {
+    const std::string& k = item.key();  // (clang 14 cannot capture a structured binding in the lambda)
     BAMBA_CHECK(std::find_if(std::begin(known), std::end(known), [&](const char* s) { return k == s; }) != std::end(known),
                 file, ": unknown key '", k, "'");
+  }
   TaskConfig c;
   c.file = file;
   c.raw = j;
