@@ -98,6 +98,15 @@ TEST(TrainEndToEnd, TinyModelLearnsAndResumesExactly) {
   std::vector<double> losses;
   for (std::string line; std::getline(log, line);) losses.push_back(nlohmann::json::parse(line)["loss"].get<double>());
   ASSERT_EQ(losses.size(), 6u);
+  {  // metrics.jsonl logs the achieved mixture: after 6 steps of 4 rows, 18 rows of "a" and 6 of "b" (3:1)
+    std::ifstream again(out + "/metrics.jsonl");
+    std::string last;
+    for (std::string line; std::getline(again, line);) last = line;
+    const nlohmann::json data = nlohmann::json::parse(last)["data"];
+    ASSERT_EQ(data.size(), 2u) << last;
+    EXPECT_EQ(data[0]["drawn"].get<int64_t>(), 18 * 32);
+    EXPECT_EQ(data[1]["drawn"].get<int64_t>(), 6 * 32);
+  }
   EXPECT_LT(losses.back(), losses.front() - 0.1) << "loss " << losses.front() << " -> " << losses.back();
   const std::string straight = read_bytes(out + "/checkpoint-6/model-00001-of-00001.safetensors");
   ASSERT_FALSE(straight.empty());

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 namespace bamba {
 
 struct StepMetrics {
@@ -14,6 +16,7 @@ struct StepMetrics {
   double tokens_per_s = 0, elapsed_s = 0;
   double mfu = -1;        // < 0: unknown
   double eval_loss = -1;  // < 0: not evaluated at this step
+  nlohmann::json data;    // the data source's position after the step (a mixture: tokens drawn per dataset), or null
 };
 
 class MetricsLog {
