@@ -358,6 +358,24 @@ void rope_rotate(T* v, const float* inv_freq, int64_t half, float pos, bool inve
     v[j + half] = x1 * co + x0 * si;
   }
 }
+// p[u - t0] = exp(scale·q·k_u − max) over the keys u = t0..t of KV head kh; returns their sum. The softmax row
+// before its division: the forward and the backward (which recomputes it rather than keeping [T, T]) share it.
+template <typename T, typename Rows>
+T causal_scores(std::vector<T>& p, const T* q, const Rows& qkv, int64_t t0, int64_t t, int64_t kh, const AttnDims& d) {
+  const int64_t dh = d.dh;
+  p.assign(size_t(t - t0 + 1), T(0));
+  T mx = -std::numeric_limits<T>::infinity();
+  for (int64_t u = t0; u <= t; ++u) {
+    const T* k = qkv[u] + (d.nq + kh) * dh;
+    T dot = 0;
+    for (int64_t e = 0; e < dh; ++e) dot += q[e] * k[e];
+    p[size_t(u - t0)] = dot * T(d.scale);
+    mx = std::max(mx, p[size_t(u - t0)]);
+  }
+  T sum = 0;
+  for (T& v : p) sum += (v = std::exp(v - mx));
+  return sum;
+}
 template <typename T>
 void attention(Mat<T> out, Mat<T> qkv, const float* inv_freq, std::span<const int32_t> positions,
                std::span<const int32_t> seq_start, const AttnDims& d) {
@@ -369,19 +387,8 @@ void attention(Mat<T> out, Mat<T> qkv, const float* inv_freq, std::span<const in
     const int64_t t0 = seq_start[s], t1 = seq_start[s + 1];
     for (int64_t t = t0; t < t1; ++t)
       for (int64_t h = 0; h < nq; ++h) {
-        const T* q = qkv[t] + h * dh;
         const int64_t kh = h / rep;
-        p.assign(size_t(t - t0 + 1), T(0));
-        T mx = -std::numeric_limits<T>::infinity();
-        for (int64_t u = t0; u <= t; ++u) {
-          const T* k = qkv[u] + (nq + kh) * dh;
-          T dot = 0;
-          for (int64_t e = 0; e < dh; ++e) dot += q[e] * k[e];
-          p[size_t(u - t0)] = dot * T(d.scale);
-          mx = std::max(mx, p[size_t(u - t0)]);
-        }
-        T sum = 0;
-        for (T& v : p) sum += (v = std::exp(v - mx));
+        const T sum = causal_scores(p, qkv[t] + h * dh, qkv, t0, t, kh, d);
         T* o = out[t] + h * dh;
         std::fill_n(o, dh, T(0));
         for (int64_t u = t0; u <= t; ++u) {
@@ -406,19 +413,8 @@ void attention_backward(Mat<T> dqkv, Mat<const T> dout, Mat<const T> qkv, const 
         const T* q = qkv[t] + h * dh;
         const T* go = dout[t] + h * dh;
         const int64_t kh = h / rep;
-        const size_t n = size_t(t - t0 + 1);
-        p.assign(n, T(0));
-        dp.assign(n, T(0));
-        T mx = -std::numeric_limits<T>::infinity();
-        for (int64_t u = t0; u <= t; ++u) {
-          const T* k = qkv[u] + (nq + kh) * dh;
-          T dot = 0;
-          for (int64_t e = 0; e < dh; ++e) dot += q[e] * k[e];
-          p[size_t(u - t0)] = dot * T(d.scale);
-          mx = std::max(mx, p[size_t(u - t0)]);
-        }
-        T sum = 0;
-        for (T& v : p) sum += (v = std::exp(v - mx));
+        dp.assign(size_t(t - t0 + 1), T(0));
+        const T sum = causal_scores(p, q, qkv, t0, t, kh, d);
         T pdp = 0;
         for (int64_t u = t0; u <= t; ++u) {
           T& pu = p[size_t(u - t0)];
