@@ -182,7 +182,7 @@ class DivisorSpy : public Bigram {
 };
 
 TEST(Trainer, LossDivisorsAreTheWholeStepsCounts) {
-  TokenBatch b{.rows = 2, .cols = 3, .tokens = {1, 2, 3, 4, 5, 6}, .labels = {-100, 2, -100, 4, 5, 6}};
+  TokenBatch b{.rows = 2, .cols = 3, .tokens = {1, 2, 3, 4, 5, 6}, .labels = {-100, 2, -100, 4, 5, 6}, .seq_start = {}};
   EXPECT_EQ(b.labeled(), 3);  // position 0 of a row is never scored, whatever its label
   double loss[2];
   for (int sum = 0; sum < 2; ++sum) {
@@ -195,7 +195,7 @@ TEST(Trainer, LossDivisorsAreTheWholeStepsCounts) {
     loss[sum] = Trainer(cfg, model, data, toy_ckpt(), quiet()).run().loss;
     ASSERT_EQ(model.seen.size(), 2u);  // two micro-batches of 2 rows × 16
     for (const auto& d : model.seen) {
-      EXPECT_EQ(d.labels, sum ? 1 : 2 * 2 * 14);
+      EXPECT_EQ(d.labels, sum ? 4 : 2 * 2 * 14);  // sum: the step's 4 sequences (rows) with a scored token
       EXPECT_EQ(d.positions, 64);
     }
     fs::remove_all(out);

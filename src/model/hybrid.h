@@ -41,6 +41,9 @@ class Workspace {
 struct TrainBatch {
   int32_t rows = 0, seq_len = 0;
   std::vector<int32_t> input_ids, labels;
+  // Packing with resets: cu_seqlens over the flattened rows (every row start among them); each sequence starts
+  // from a zero state with RoPE positions from 0, as HF's position_ids / seq_idx packing. Empty: one per row.
+  std::vector<int32_t> seq_start;
 };
 
 struct TrainOptions {
@@ -49,6 +52,7 @@ struct TrainOptions {
   // whole step's counts when a step is split into micro-batches, so that their gradients add up to the step's.
   int64_t label_count = 0, position_count = 0;
   int64_t ce_chunk_rows = 256;  // lm_head + cross-entropy this many rows at a time
+  bool loss_only = false;       // validation: the loss, no gradients (the gradient buffers are left untouched)
 };
 
 struct TrainResult {
