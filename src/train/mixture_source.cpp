@@ -174,4 +174,10 @@ std::vector<std::pair<std::string, int64_t>> MixtureSource::drawn() const {
   return out;
 }
 
+int64_t MixtureSource::total_tokens() const {
+  int64_t n = 0;
+  for (const Stream& s : streams_) n += int64_t(s.n_tokens);
+  return n;
+}
+
 }  // namespace bamba

@@ -46,6 +46,8 @@ class MixtureSource final : public BatchSource {
   void restore(const nlohmann::json& state) override;
   // Tokens drawn per dataset so far (the achieved mixture, over all ranks).
   std::vector<std::pair<std::string, int64_t>> drawn() const;
+  // Tokens over all datasets' shards (one epoch of each).
+  int64_t total_tokens() const;
 
  private:
   struct Stream {

@@ -1,5 +1,7 @@
 #include "train/validation.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "train/mixture_source.h"
 
@@ -24,9 +26,11 @@ Validation::Validation(const TrainConfig& cfg, Trainable& model, int64_t vocab_s
 nlohmann::ordered_json Validation::run() {
   nlohmann::ordered_json out = nlohmann::ordered_json::object();
   const int64_t micro_tokens = cfg_.micro_batch_size * cfg_.seq_len;
-  const int64_t n_micro = (cfg_.eval_tokens + micro_tokens - 1) / micro_tokens;
   for (const DatasetSpec& d : cfg_.validation) {
     MixtureSource src({d}, vocab_, in_file_order(cfg_));  // from the start, every time
+    // eval_tokens, or the whole dataset when it is smaller (its last micro-batch wraps round to its start)
+    const int64_t tokens = std::min(cfg_.eval_tokens, src.total_tokens());
+    const int64_t n_micro = (tokens + micro_tokens - 1) / micro_tokens;
     std::vector<TokenBatch> batches;
     int64_t labeled = 0;
     for (int64_t k = 0; k < n_micro; ++k) {

@@ -1,7 +1,7 @@
 // Validation: the loss of each held-out dataset (the config's `validation` list), computed during training every
 // eval_every steps. Each dataset is read from its start in file order (no shuffling), packed as training packs,
-// for eval_tokens tokens rounded up to whole micro-batches: the same tokens every time, so the numbers of one run
-// form a curve. The loss is per scored token over those tokens (labels -100 and sequence starts excluded), the
+// for eval_tokens tokens (or all of its tokens, when it has fewer) rounded up to whole micro-batches: the same
+// tokens every time, so the numbers of one run form a curve. The loss is per scored token over those tokens (labels -100 and sequence starts excluded), the
 // forward only (Trainable::loss).
 #pragma once
 #include <nlohmann/json.hpp>
