@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <sstream>
 
@@ -89,6 +90,54 @@ TEST(ChatExample, ClearErrors) {
                    "up to this message as a prefix"),
             std::string::npos)
       << e;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(TokenShardV2, LabelMaskRoundTripsAndBadFilesAreClearErrors) {
+  const std::string dir = test::make_temp_dir("shard-v2");
+  const std::string path = dir + "/s.bin";
+  {
+    TokenShardWriter w(path, 258, 0, /*label_mask=*/true);
+    const std::vector<int32_t> a = {5, 6, 7}, b = {8, 9};
+    const std::vector<uint8_t> ma = {0, 1, 1}, mb = {1, 0};
+    w.add_document(a, ma);
+    w.add_document(b, mb);
+    EXPECT_NE(error_of([&] { w.add_document(a); }).find("0 label-mask entries for 3 tokens"), std::string::npos);
+    w.finish();
+  }
+  const TokenShard s(path);
+  ASSERT_TRUE(s.has_label_mask());
+  const std::vector<uint8_t> want = {0, 0, 1, 1, 0, 1, 0};  // separators are never targets
+  EXPECT_EQ(std::vector<uint8_t>(s.label_mask().begin(), s.label_mask().end()), want);
+  s.check_tokens();
+  std::string bytes = read_text_file(path);
+  EXPECT_EQ(bytes.size(), 64u + 32u + 24u + 8u);  // header, 7 tokens padded, 3 index entries, 7 mask bytes padded
+  auto write = [&](const std::string& b) { std::ofstream(path, std::ios::binary) << b; };
+  write(bytes.substr(0, bytes.size() - 1));
+  EXPECT_NE(error_of([&] { TokenShard t(path); }).find("truncated at byte 127"), std::string::npos);
+  std::string bad = bytes;
+  bad[64 + 32 + 24 + 2] = 2;
+  write(bad);
+  EXPECT_NE(error_of([&] { TokenShard(path).check_tokens(); }).find("label mask of token 2 is 2"), std::string::npos);
+  bad = bytes;
+  bad[8] = 1;  // version 1 with the mask flag set
+  write(bad);
+  EXPECT_NE(error_of([&] { TokenShard t(path); }).find("byte 40: flags 1 in a version 1 shard"), std::string::npos);
+  // A writer without a mask refuses one.
+  TokenShardWriter plain(dir + "/p.bin", 258, 0);
+  const std::vector<int32_t> a = {5};
+  const std::vector<uint8_t> m = {1};
+  EXPECT_NE(error_of([&] { plain.add_document(a, m); }).find("a label mask was given to a shard without one"),
+            std::string::npos);
+  fs::remove_all(dir);
 }
 
 std::vector<nlohmann::json> read_jsonl(const std::string& path) {
