@@ -170,7 +170,7 @@ TEST(SftEndToEnd, PrepareChatShardsAndTrainWithValidation) {
                      << "data:\n  - {name: chat, path: " << dir << "/train}\n"
                      << "validation:\n  - {name: held-out, path: " << dir << "/val}\n  - {name: seen, path: " << dir
                      << "/train}\n"
-                     << "packing: per-document\nloss_reduction: sum\n"
+                     << "packing: whole-documents\nloss_reduction: sum\n"
                      << "seq_len: 128\nmicro_batch_size: 2\nbatch_tokens: 512\nsteps: 8\neval_every: 4\n"
                      << "optimizer: {lr: 0.003}\nschedule: {name: constant, warmup_steps: 1}\n"
                      << "precision: fp32\nsave_every: 4\nkeep_last: 0\noutput: " << dir << "/out\n";

@@ -143,7 +143,7 @@ TEST(TrainConfig, ErrorsNameTheLineAndField) {
   EXPECT_NE(error_of("seq_len: [1\n").find("t.yml:"), std::string::npos);  // not YAML
   EXPECT_NE(error_of("- 1\n- 2\n").find("expected a YAML map"), std::string::npos);
   EXPECT_NE(error_of("packing: tight\n").find("t.yml:1: packing: unknown value \"tight\" (expected one of: continuous, "
-                                             "per-document)"),
+                                             "per-document, whole-documents)"),
             std::string::npos);
   EXPECT_NE(error_of("validation:\n  - {path: v, weight: 2}\n").find("validation[0].weight: unknown field"),
             std::string::npos);

@@ -220,6 +220,55 @@ TEST(MixtureSource, PerDocumentPackingMarksEachDocumentAndKeepsTheTokens) {
   EXPECT_FALSE(TokenShard(make_numbered("mix-pack-v1", 4) + "/shard-00000.bin").has_label_mask());
 }
 
+TEST(MixtureSource, WholeDocumentsPackingNeverSplitsADocumentThatFitsARow) {
+  const std::string dir = make_numbered("mix-whole", 25, /*mask=*/true);
+  MixtureSource src({{"n", dir, 1}}, 258, {.seed = 4, .packing = Packing::WholeDocuments});
+  std::vector<int> seen;
+  int padded_rows = 0;
+  for (int k = 0; k < 12; ++k) {
+    const TokenBatch b = src.next(2, 16);
+    const std::vector<int32_t> s = b.sequences();
+    for (size_t q = 0; q + 1 < s.size(); ++q) {
+      const int32_t t0 = s[q], t1 = s[q + 1];
+      if (b.tokens[size_t(t0)] == 256 && (t1 - t0 == 1 || b.tokens[size_t(t0 + 1)] == 256)) {
+        // padding: separators to the row's end, nothing scored
+        EXPECT_EQ(t1 % 16, 0) << "padding ends its row";
+        for (int32_t t = t0; t < t1; ++t) EXPECT_EQ(b.labels[size_t(t)], -100);
+        ++padded_rows;
+        continue;
+      }
+      // a whole document: its separator, then its d%7 + 2 tokens of value d
+      ASSERT_EQ(b.tokens[size_t(t0)], 256) << "micro-batch " << k << " sequence " << q << " is not a whole document";
+      const int d = b.tokens[size_t(t0 + 1)];
+      EXPECT_EQ(t1 - t0, d % 7 + 3) << "document " << d << " was split";
+      seen.push_back(d);
+    }
+  }
+  EXPECT_GT(padded_rows, 0);
+  // Every document of the first epoch comes once.
+  std::vector<int> first(seen.begin(), seen.begin() + 25);
+  std::sort(first.begin(), first.end());
+  for (int d = 0; d < 25; ++d) EXPECT_EQ(first[size_t(d)], d);
+  // Documents longer than a row (3 to 9 tokens in rows of 4) are split as in per-document packing, with no
+  // padding: the rows hold the same tokens as per-document packing's.
+  MixtureSource narrow({{"n", dir, 1}}, 258, {.seed = 4, .packing = Packing::WholeDocuments});
+  MixtureSource per({{"n", dir, 1}}, 258, {.seed = 4, .packing = Packing::PerDocument});
+  int differ = 0;
+  for (int k = 0; k < 30; ++k) differ += narrow.next(1, 4).tokens != per.next(1, 4).tokens;
+  EXPECT_GT(differ, 0);  // documents of 3 or 4 tokens still move to a fresh row rather than split
+  // Resumed mid-stream it goes on the same way, and two ranks share the stream as with the other packings.
+  MixtureSource a({{"n", dir, 1}}, 258, {.seed = 4, .packing = Packing::WholeDocuments});
+  for (int k = 0; k < 5; ++k) a.next(2, 16);
+  MixtureSource b0({{"n", dir, 1}}, 258, {.seed = 4, .packing = Packing::WholeDocuments, .rank = 0, .world = 2});
+  MixtureSource b1({{"n", dir, 1}}, 258, {.seed = 4, .packing = Packing::WholeDocuments, .rank = 1, .world = 2});
+  b0.restore(a.state());
+  b1.restore(a.state());
+  const TokenBatch want = a.next(2, 16), x = b0.next(1, 16), y = b1.next(1, 16);
+  std::vector<int32_t> both = x.tokens;
+  both.insert(both.end(), y.tokens.begin(), y.tokens.end());
+  EXPECT_EQ(both, want.tokens);
+}
+
 std::string read_bytes(const std::string& p) {
   std::ifstream f(p, std::ios::binary);
   std::stringstream s;

@@ -79,7 +79,9 @@ void print_plan(const TrainConfig& c, const ResolvedModel& m) {
   std::fprintf(stderr, "data      ");
   for (const auto& d : c.data) std::fprintf(stderr, "%s (weight %g)  ", d.name.c_str(), d.weight);
   std::fprintf(stderr, "\n          documents %s, packing %s\n", c.shuffle ? "shuffled (seeded, every epoch)" : "in file order",
-               c.packing == Packing::PerDocument ? "per-document (state reset at every document)" : "continuous");
+               c.packing == Packing::PerDocument    ? "per-document (state reset at every document)"
+               : c.packing == Packing::WholeDocuments ? "whole-documents (state reset, documents not split across rows)"
+                                                      : "continuous");
   if (!c.validation.empty()) {
     std::fprintf(stderr, "validate  ");
     for (const auto& d : c.validation) std::fprintf(stderr, "%s  ", d.name.c_str());

@@ -83,15 +83,37 @@ void MixtureSource::read(Stream& s, int32_t* tokens, int32_t* labels, std::vecto
       }
     i += take;
     s.offset += uint64_t(take);
-    if (s.offset == doc.size()) {  // the next document (an empty one is passed over: the dataset has tokens)
-      s.offset = 0;
-      if (++s.ordinal == s.n_docs) {
-        s.ordinal = 0;
-        ++s.epoch;
-        start_epoch(s);
-      }
-    }
+    if (s.offset == doc.size()) next_document(s);  // an empty one is passed over: the dataset has tokens
   }
+}
+
+void MixtureSource::next_document(Stream& s) const {
+  s.offset = 0;
+  if (++s.ordinal == s.n_docs) {
+    s.ordinal = 0;
+    ++s.epoch;
+    start_epoch(s);
+  }
+}
+
+int64_t MixtureSource::read_whole(Stream& s, int32_t* tokens, int32_t* labels, std::vector<int32_t>* doc_starts,
+                                  int32_t base, int64_t n) {
+  int64_t i = 0;
+  while (i < n) {
+    const uint8_t* mask = nullptr;
+    const int64_t left = int64_t(current_document(s, &mask).size() - s.offset);
+    if (left == 0) {
+      next_document(s);
+      continue;
+    }
+    // A document that starts here but does not fit the rest of this row moves to the next row, unless it could
+    // not fit in any row (or the row is still empty): then it is split as in per-document packing.
+    if (s.offset == 0 && left > n - i && left <= n && i > 0) break;
+    const int64_t take = std::min(left, n - i);
+    read(s, tokens ? tokens + i : nullptr, labels ? labels + i : nullptr, doc_starts, base + int32_t(i), take);
+    i += take;
+  }
+  return i;
 }
 
 TokenBatch MixtureSource::next(int64_t rows, int64_t seq_len) {
@@ -99,7 +121,8 @@ TokenBatch MixtureSource::next(int64_t rows, int64_t seq_len) {
   b.rows = rows, b.cols = seq_len;
   b.tokens.resize(size_t(rows * seq_len));
   b.labels.resize(size_t(rows * seq_len));
-  const bool per_doc = opt_.packing == Packing::PerDocument;
+  const bool whole = opt_.packing == Packing::WholeDocuments;
+  const bool per_doc = opt_.packing == Packing::PerDocument || whole;
   std::vector<int32_t> doc_starts;
   for (int64_t g = 0; g < rows * opt_.world; ++g) {  // the global micro-batch's rows; ours are [rank·rows, +rows)
     int64_t total = 0;
@@ -115,10 +138,23 @@ TokenBatch MixtureSource::next(int64_t rows, int64_t seq_len) {
       const int32_t base = int32_t(r * seq_len);
       if (per_doc) b.seq_start.push_back(base);
       doc_starts.clear();
-      read(streams_[pick], b.tokens.data() + base, b.labels.data() + base, per_doc ? &doc_starts : nullptr, base,
-           seq_len);
+      int32_t* tok = b.tokens.data() + base;
+      int32_t* lab = b.labels.data() + base;
+      if (whole) {
+        const int64_t used = read_whole(streams_[pick], tok, lab, &doc_starts, base, seq_len);
+        if (used < seq_len) {  // padding: a sequence of its own, never scored
+          const uint32_t sep = streams_[pick].shards.front()->separator();
+          std::fill(tok + used, tok + seq_len, sep == kNoSeparator ? 0 : int32_t(sep));
+          std::fill(lab + used, lab + seq_len, -100);
+          doc_starts.push_back(base + int32_t(used));
+        }
+      } else {
+        read(streams_[pick], tok, lab, per_doc ? &doc_starts : nullptr, base, seq_len);
+      }
       for (int32_t t : doc_starts)
         if (t != base) b.seq_start.push_back(t);
+    } else if (whole) {
+      read_whole(streams_[pick], nullptr, nullptr, nullptr, 0, seq_len);
     } else {
       read(streams_[pick], nullptr, nullptr, nullptr, 0, seq_len);
     }

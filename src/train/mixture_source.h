@@ -11,7 +11,11 @@
 //   continuous    documents run across each other within a row, as in Bamba's pretraining (one sequence per row);
 //   per-document  every document (or the part of it in this row) is its own sequence (TokenBatch::seq_start):
 //                 a fresh Mamba state and conv window, attention within the document, positions from 0.
-// Both see the same tokens in the same rows.
+// Both see the same tokens in the same rows. A third mode changes the rows:
+//   whole-documents  per-document, and a document that does not fit in the rest of a row (but would fit in a
+//                 row) starts the next row instead; the rest of the row is padding (the separator, or token 0,
+//                 with label -100) in a sequence of its own. Only documents longer than a row are split.
+// The tokens drawn count every position of a row, padding included.
 //
 // Data parallelism: the rows form one global stream. With `world` ranks, every call to next(rows, ...) is one
 // global micro-batch of rows × world rows, and rank r gets rows [r·rows, (r+1)·rows) of it; every rank walks the
@@ -63,10 +67,14 @@ class MixtureSource final : public BatchSource {
     DocPermutation order{1, 0};  // epoch's order (when shuffling)
   };
   void start_epoch(Stream& s) const;
+  void next_document(Stream& s) const;
   std::span<const uint32_t> current_document(const Stream& s, const uint8_t** mask) const;
   // The next n tokens of s into tokens/labels (null: skip them, another rank's row); the offsets (from `base`)
   // where a document starts go to doc_starts.
   void read(Stream& s, int32_t* tokens, int32_t* labels, std::vector<int32_t>* doc_starts, int32_t base, int64_t n);
+  // whole-documents: where the row's padding begins (n: none), reading the documents that fit.
+  int64_t read_whole(Stream& s, int32_t* tokens, int32_t* labels, std::vector<int32_t>* doc_starts, int32_t base,
+                     int64_t n);
 
   std::vector<Stream> streams_;
   MixtureOptions opt_;

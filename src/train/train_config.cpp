@@ -188,7 +188,9 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
   c.validation = datasets("validation", false);
   c.shuffle = top.boolean("shuffle", c.shuffle);
   c.packing = top.choice("packing", c.packing,
-                         {{"continuous", Packing::Continuous}, {"per-document", Packing::PerDocument}});
+                         {{"continuous", Packing::Continuous},
+                          {"per-document", Packing::PerDocument},
+                          {"whole-documents", Packing::WholeDocuments}});
 
   c.seq_len = top.integer("seq_len", c.seq_len, 1, kBig);
   c.micro_batch_size = top.integer("micro_batch_size", c.micro_batch_size, 1, kBig);

@@ -19,8 +19,9 @@ struct DatasetSpec {
 enum class Precision { Bf16Mixed, Bf16Memory, Fp32 };
 
 // How documents share a row (train/mixture_source.h): running across each other (Bamba's pretraining), or each
-// its own sequence inside the packed row (state reset, attention within the document).
-enum class Packing { Continuous, PerDocument };
+// its own sequence inside the packed row (state reset, attention within the document), and then optionally
+// never split across rows unless longer than a row (SFT: a conversation keeps its prompt).
+enum class Packing { Continuous, PerDocument, WholeDocuments };
 
 struct TrainConfig {
   std::string label;  // the YAML's path, for messages
