@@ -85,7 +85,8 @@ TEST(ChatExample, ClearErrors) {
       "{% endif %}",
       "rewriting");
   const std::string e = message_of(rewriting, R"({"messages": [{"role": "user", "content": "a"},
-      {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]})");
+      {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"},
+      {"role": "assistant", "content": "d"}]})");
   EXPECT_NE(e.find("chat.jsonl line 3: messages[1] (assistant): the chat template does not render the conversation "
                    "up to this message as a prefix"),
             std::string::npos)

@@ -32,7 +32,8 @@ ChatTemplate load_chat_template(const PrepareArgs& a) {
       if (auto m = ChatTemplate::from_model_dir(a.model)) t->bos_token = m->bos_token, t->eos_token = m->eos_token;
     }
   } else {
-    if (a.model.empty()) fail("--chat needs the chat template: give --model DIR (its template) or --chat-template FILE");
+    if (a.model.empty())
+      fail("--chat needs the chat template: give --model DIR (its template) or --chat-template FILE");
     t = ChatTemplate::from_model_dir(a.model);
     if (!t) fail(a.model, ": has no chat template (chat_template.jinja, or chat_template in tokenizer_config.json)");
   }

@@ -78,7 +78,8 @@ void print_plan(const TrainConfig& c, const ResolvedModel& m) {
                c.model_path.empty() ? ("preset " + c.model_preset).c_str() : c.model_path.c_str(), n);
   std::fprintf(stderr, "data      ");
   for (const auto& d : c.data) std::fprintf(stderr, "%s (weight %g)  ", d.name.c_str(), d.weight);
-  std::fprintf(stderr, "\n          documents %s, packing %s\n", c.shuffle ? "shuffled (seeded, every epoch)" : "in file order",
+  std::fprintf(stderr, "\n          documents %s, packing %s\n",
+               c.shuffle ? "shuffled (seeded, every epoch)" : "in file order",
                c.packing == Packing::PerDocument    ? "per-document (state reset at every document)"
                : c.packing == Packing::WholeDocuments ? "whole-documents (state reset, documents not split across rows)"
                                                       : "continuous");

@@ -170,7 +170,8 @@ PrepareSummary prepare_token_shards(const Tokenizer& tok, const PrepareOptions& 
 
   std::string text;
   for (const InputFile& f : files) {
-    if (o.chat && !f.jsonl) fail(f.path, ": chat data must be JSONL (one conversation per line, {\"messages\": [...]})");
+    if (o.chat && !f.jsonl)
+      fail(f.path, ": chat data must be JSONL (one conversation per line, {\"messages\": [...]})");
     DocumentReader reader(f, o.chat ? "" : o.field, DocumentReader::TextUnit::file);
     while (reader.next(text)) {
       if (text.empty()) {

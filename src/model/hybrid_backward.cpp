@@ -84,7 +84,15 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
 
   // Every sequence from a zero state (past 0: positions from 0, a zero conv window and SSM state), in a cache
   // that holds exactly the batch. The backend's ops treat each StepBatch sequence as its own causal stream.
-  HybridCache cache(cfg_, be_, HybridCache::sizes_for(cfg_, int32_t(n_seqs), int32_t(S)));
+  // KV pages for exactly the sequences' lengths (packed rows of many short documents need at most T/16 + S), and
+  // one state slot per sequence.
+  CacheSizes sizes = HybridCache::sizes_for(cfg_, int32_t(n_seqs), int32_t(S));
+  if (sizes.n_blocks > 0) {
+    sizes.n_blocks = 0;
+    for (size_t s = 0; s < n_seqs; ++s)
+      sizes.n_blocks += (starts[s + 1] - starts[s] + sizes.block_size - 1) / sizes.block_size;
+  }
+  HybridCache cache(cfg_, be_, sizes);
   StepBatch sb;
   std::vector<SeqCache> seqs(n_seqs);
   for (size_t s = 0; s < n_seqs; ++s) {

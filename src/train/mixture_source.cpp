@@ -56,7 +56,8 @@ MixtureSource::MixtureSource(const std::vector<DatasetSpec>& datasets, int64_t v
 
 // The order of an epoch depends on (seed, dataset name, epoch) only, so it is rebuilt from the saved position.
 void MixtureSource::start_epoch(Stream& s) const {
-  if (opt_.shuffle) s.order = DocPermutation(s.n_docs, splitmix64(opt_.seed ^ s.name_hash) ^ splitmix64(uint64_t(s.epoch)));
+  if (opt_.shuffle)
+    s.order = DocPermutation(s.n_docs, splitmix64(opt_.seed ^ s.name_hash) ^ splitmix64(uint64_t(s.epoch)));
 }
 
 std::span<const uint32_t> MixtureSource::current_document(const Stream& s, const uint8_t** mask) const {

@@ -37,7 +37,8 @@ nlohmann::ordered_json Validation::run() {
       batches.push_back(src.next(cfg_.micro_batch_size, cfg_.seq_len));
       labeled += batches.back().labeled();
     }
-    if (labeled == 0) fail("validation dataset ", d.name, ": its first ", n_micro * micro_tokens, " tokens hold no scored label");
+    if (labeled == 0)
+      fail("validation dataset ", d.name, ": its first ", n_micro * micro_tokens, " tokens hold no scored label");
     const LossDivisors div{labeled, n_micro * micro_tokens};
     double loss = 0;
     for (const TokenBatch& b : batches) loss += model_.loss(b, div).loss;
