@@ -69,6 +69,15 @@ void HybridCache::release(SeqCache& seq) {
   seq = SeqCache{};
 }
 
+void HybridCache::copy_state(int32_t src_slot, int32_t dst_slot) {
+  BAMBA_CHECK(src_slot >= 0 && src_slot < sizes_.n_slots && dst_slot >= 0 && dst_slot < sizes_.n_slots,
+              "copy_state: slot out of range");
+  for (size_t i = 0; i < conv_.size(); ++i) {
+    be_.copy_slice(conv_[i], src_slot, dst_slot);
+    be_.copy_slice(ssm_[i], src_slot, dst_slot);
+  }
+}
+
 bool HybridCache::fork(const SeqCache& src, SeqCache& dst) {
   BAMBA_CHECK(src.slot >= 0 && dst.slot < 0 && dst.blocks.empty(), "fork: the source must hold state, the target none");
   const int32_t bs = sizes_.block_size;

@@ -53,6 +53,9 @@ class HybridCache {
   // src's full KV pages shared (never written again: new tokens go to later rows) and its partly filled last page
   // copied. O(state size), independent of the sequence length. False (nothing changed) if the pools cannot.
   bool fork(const SeqCache& src, SeqCache& dst);
+  // The Mamba state (conv window + SSM state) of slot src copied into slot dst: a snapshot to roll a sequence back
+  // to (speculative decoding). KV pages need none: rows past a sequence's length are never read.
+  void copy_state(int32_t src_slot, int32_t dst_slot);
   int32_t free_slots() const { return int32_t(free_slots_.size()); }
   int32_t free_blocks() const { return int32_t(free_blocks_.size()); }
   int32_t blocks_for(int32_t len) const { return (len + sizes_.block_size - 1) / sizes_.block_size; }
