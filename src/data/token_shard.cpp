@@ -108,6 +108,8 @@ TokenShard::TokenShard(const std::string& path) : file_(path) {
   if (header_.version == kTokenShardVersion && header_.flags != 0)
     fail(path, ": byte 40: flags ", header_.flags, " in a version 1 shard (expected 0)");
   if (flags & ~kShardFlagLabelMask) fail(path, ": byte 40: unknown flags ", flags);
+  if (header_.version == kTokenShardVersionMask && !(flags & kShardFlagLabelMask))
+    fail(path, ": byte 40: flags ", flags, " in a version 2 shard (version 2 is for shards with a label mask, flag 1)");
   if (header_.header_bytes != kHeaderBytes)
     fail(path, ": byte 12: header size ", header_.header_bytes, " (expected ", kHeaderBytes, ")");
   if (header_.vocab_size == 0 || header_.vocab_size == kNoSeparator)
