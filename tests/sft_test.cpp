@@ -102,6 +102,51 @@ std::string error_of(const std::function<void()>& f) {
   return "no error";
 }
 
+// The prefix method on real models' templates (tests/data/tools/templates), with a tool list (hermes2pro's
+// template requires one): every assistant turn's content is a target, the users' and the system's text never is, and the targets decode to the assistant's content plus the
+// template's end-of-turn text.
+TEST(ChatExample, RealTemplatesGiveTheAssistantsContent) {
+  const Tokenizer tok = Tokenizer::from_file(kSft + "/tokenizer.json");  // bytes: any text tokenizes
+  const ojson conv = ojson::parse(R"({"messages": [
+      {"role": "system", "content": "SYSTEM-TEXT"}, {"role": "user", "content": "USER-ONE"},
+      {"role": "assistant", "content": "ANSWER-ONE"}, {"role": "user", "content": "USER-TWO"},
+      {"role": "assistant", "content": "ANSWER-TWO"}],
+      "tools": [{"type": "function", "function": {"name": "paint", "description": "Paint.", "parameters":
+          {"type": "object", "properties": {"colour": {"type": "string"}}, "required": ["colour"]}}}]})");
+  const std::string dir = std::string(BAMBA_SOURCE_DIR) + "/tests/data/tools/templates";
+  int checked = 0;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    ChatTemplate t = ChatTemplate::parse(read_text_file(e.path().string()), e.path().filename().string());
+    t.bos_token = "<|begin_of_text|>";
+    t.eos_token = "<|end_of_text|>";
+    t.now = 1767225600;  // 2026-01-01: one date in every prefix
+    const std::string name = e.path().filename().string();
+    if (name == "mistral_nemo.jinja") {
+      // It puts the system prompt in front of the *last* user message, so a prefix ending at the first answer
+      // places it elsewhere than the whole conversation does: no assistant span exists, and the error says so.
+      const std::string err = error_of([&] { tokenize_chat(t, tok, conv, name); });
+      EXPECT_NE(err.find("mistral_nemo.jinja: messages[2] (assistant): the chat template does not render"),
+                std::string::npos)
+          << err;
+      ++checked;
+      continue;
+    }
+    const ChatTokens c = tokenize_chat(t, tok, conv, name);
+    const auto [target, context] = split(tok, c);
+    EXPECT_EQ(c.assistant_turns, 2) << name;
+    EXPECT_NE(target.find("ANSWER-ONE"), std::string::npos) << name << ": " << target;
+    EXPECT_NE(target.find("ANSWER-TWO"), std::string::npos) << name << ": " << target;
+    EXPECT_LT(target.find("ANSWER-ONE"), 8u) << name << ": the target starts with the content, not a header: " << target;
+    // after each answer, the end-of-turn text (<|eot_id|>, <|im_end|>, <|end_of_text|>, </s>, ...)
+    EXPECT_GT(target.find("ANSWER-TWO"), target.find("ANSWER-ONE") + 10) << name << ": " << target;
+    EXPECT_GT(target.size(), target.find("ANSWER-TWO") + 10) << name << ": " << target;
+    for (const char* other : {"SYSTEM-TEXT", "USER-ONE", "USER-TWO"})
+      EXPECT_EQ(target.find(other), std::string::npos) << name << ": " << other << " is a target: " << target;
+    ++checked;
+  }
+  EXPECT_GE(checked, 9);
+}
+
 TEST(TokenShardV2, LabelMaskRoundTripsAndBadFilesAreClearErrors) {
   const std::string dir = test::make_temp_dir("shard-v2");
   const std::string path = dir + "/s.bin";
