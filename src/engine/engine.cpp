@@ -26,15 +26,16 @@ struct Engine::Live {
 };
 
 CacheSizes Engine::cache_sizes(const ModelConfig& cfg, int32_t max_num_seqs, int32_t max_model_len,
-                               double cache_bytes, int32_t num_blocks) {
+                               double cache_bytes, int32_t num_blocks, int32_t snapshot_slots) {
   CacheSizes s = HybridCache::sizes_for(cfg, max_num_seqs, max_model_len);  // everything resident: the most useful
+  s.n_slots += snapshot_slots;
   if (s.n_blocks == 0) return s;                                           // no attention layers: slots only
   const int32_t one_seq = (max_model_len + s.block_size - 1) / s.block_size;
   if (num_blocks > 0) {
     s.n_blocks = std::max(num_blocks, one_seq);
     return s;
   }
-  const double left = cache_bytes - double(HybridCache::bytes_per_slot(cfg)) * max_num_seqs;
+  const double left = cache_bytes - double(HybridCache::bytes_per_slot(cfg)) * s.n_slots;
   const double fit = std::floor(left / double(HybridCache::bytes_per_block(cfg, s.block_size)));
   s.n_blocks = int32_t(std::clamp<double>(fit, one_seq, s.n_blocks));
   return s;
@@ -91,6 +92,21 @@ std::shared_ptr<Request> Engine::submit(RequestParams p, std::shared_ptr<Channel
   return r;
 }
 
+std::vector<std::shared_ptr<Request>> Engine::submit_all(std::vector<RequestParams> ps, std::shared_ptr<Channel> ch) {
+  for (const RequestParams& p : ps) validate(p);
+  std::vector<std::shared_ptr<Request>> rs;
+  {
+    std::lock_guard lk(mu_);
+    BAMBA_CHECK(!stop_ && alive_, "the engine is shutting down");
+    for (size_t i = 0; i < ps.size(); ++i) {
+      rs.push_back(std::make_shared<Request>(std::move(ps[i]), ch, int32_t(i)));
+      inbox_.push_back(rs.back());
+    }
+  }
+  cv_.notify_one();
+  return rs;
+}
+
 EngineStats Engine::stats() const {
   std::lock_guard lk(mu_);
   return stats_;
@@ -112,10 +128,22 @@ void Engine::loop() {
       fresh.swap(inbox_);
       stopping = stop_;
     }
+    // n > 1: the choices of one prompt arrive together, on one channel, one after the other; all but the first
+    // fork the first's prefill (unless their prompts are scored: every row's logits are wanted).
+    std::shared_ptr<Request> leader;
+    int64_t leader_id = -1;
     for (auto& r : fresh) {
       const int64_t id = next_id_++;
       RequestParams const& p = r->params;
-      sched_.add(id, p.prompt, p.prompt_logprobs >= 0);
+      const bool forks = opt_.fork_choices && leader && leader->channel == r->channel &&
+                         leader->params.prompt == p.prompt && p.prompt_logprobs < 0;
+      if (forks) {
+        sched_.add_fork(id, leader_id);
+      } else {
+        sched_.add(id, p.prompt, p.prompt_logprobs >= 0);
+        leader = p.prompt_logprobs < 0 ? r : nullptr;
+        leader_id = id;
+      }
       auto l = std::make_unique<Live>(id, r, tok_);
       if (p.prompt_logprobs >= 0) l->prompt_lp.resize(p.prompt.size());
       live_.emplace(id, std::move(l));
@@ -243,7 +271,7 @@ void Engine::step() {
     Sequence& s = *p.seq;
     Live& l = *live_.at(s.id);
     const RequestParams& rp = l.req->params;
-    s.computed += p.n;
+    sched_.advance(p);
     RequestOutput out;
     out.index = l.req->index;
     if (p.all_logits) {  // row r (position begin + r) predicts prompt token begin + r + 1
@@ -309,9 +337,23 @@ void Engine::update_gauges() {
   stats_.num_waiting = sched_.num_waiting();
   stats_.free_slots = cache_.free_slots();
   stats_.free_blocks = cache_.free_blocks();
+  stats_.forks = sched_.forks();
+  // Usage counts what sequences hold: the prefix cache's idle pages are free for the taking, and its snapshot
+  // slots are its own budget.
   const CacheSizes& cs = cache_.sizes();
-  stats_.state_slots_usage = 1.0 - double(cache_.free_slots()) / cs.n_slots;
-  stats_.kv_cache_usage = cs.n_blocks ? 1.0 - double(cache_.free_blocks()) / cs.n_blocks : 0.0;
+  const PrefixCache* pc = sched_.prefix_cache();
+  const int32_t snaps = pc ? pc->snapshots() : 0, snap_budget = pc ? pc->max_snapshots() : 0;
+  const int32_t idle = pc ? pc->idle_pages() : 0;
+  stats_.state_slots_usage = 1.0 - double(cache_.free_slots() + snaps - snap_budget) / (cs.n_slots - snap_budget);
+  stats_.kv_cache_usage = cs.n_blocks ? 1.0 - double(cache_.free_blocks() + idle) / cs.n_blocks : 0.0;
+  if (pc) {
+    stats_.prefix_cache_queries = sched_.prefix_queries();
+    stats_.prefix_cache_hits = sched_.prefix_hits();
+    stats_.prefix_cache_pages = pc->pages();
+    stats_.prefix_cache_snapshots = snaps;
+    stats_.prefix_cache_evicted_pages = pc->evicted_pages();
+    stats_.prefix_cache_evicted_snapshots = pc->evicted_snapshots();
+  }
 }
 
 }  // namespace bamba

@@ -28,15 +28,17 @@ struct EngineOptions {
   CacheSizes cache;              // n_slots >= sched.max_num_seqs; n_blocks hold at least one max_model_len sequence
   std::vector<int32_t> eos;      // end-of-text ids (ignored with RequestParams::ignore_eos)
   int32_t max_logprobs = 20;     // most top logprobs a request may ask for
+  bool fork_choices = true;      // n > 1 choices of one prompt (submitted together) fork one prefill
 };
 
 class Engine {
  public:
   // The KV pages that fit `cache_bytes` after the state slots of max_num_seqs sequences; at least enough pages
   // for one sequence of max_model_len. num_blocks > 0 sets the number of pages directly (tests force
-  // preemption with it).
+  // preemption with it). snapshot_slots: extra state slots for the prefix cache's snapshots
+  // (SchedulerConfig::prefix_snapshots), paid from cache_bytes first.
   static CacheSizes cache_sizes(const ModelConfig& cfg, int32_t max_num_seqs, int32_t max_model_len,
-                                double cache_bytes, int32_t num_blocks = 0);
+                                double cache_bytes, int32_t num_blocks = 0, int32_t snapshot_slots = 0);
 
   // tok may be null: outputs then carry token ids and no text (stop strings unsupported).
   Engine(const HybridModel& model, const Tokenizer* tok, EngineOptions opt);
@@ -47,6 +49,9 @@ class Engine {
   // Checks the parameters (Error with a user-facing message) and queues the request; its outputs arrive on
   // `ch` tagged with `index`.
   std::shared_ptr<Request> submit(RequestParams p, std::shared_ptr<Channel> ch, int32_t index = 0);
+  // Several requests at once (indices 0, 1, ...), all checked first: the engine sees them in one step, so the
+  // choices of one prompt (n > 1) fork one prefill (EngineOptions::fork_choices).
+  std::vector<std::shared_ptr<Request>> submit_all(std::vector<RequestParams> ps, std::shared_ptr<Channel> ch);
   void validate(const RequestParams& p) const;  // what submit checks, without submitting
 
   EngineStats stats() const;

@@ -53,6 +53,14 @@ class HybridCache {
   // src's full KV pages shared (never written again: new tokens go to later rows) and its partly filled last page
   // copied. O(state size), independent of the sequence length. False (nothing changed) if the pools cannot.
   bool fork(const SeqCache& src, SeqCache& dst);
+  // Pieces for the prefix cache (engine/prefix_cache.h), which holds pages and state snapshots of its own:
+  // a page is freed when its last holder (sequence or prefix cache) lets go of it.
+  void retain_block(int32_t block) { ++block_refs_[size_t(block)]; }
+  void release_block(int32_t block);
+  int32_t block_refs(int32_t block) const { return block_refs_[size_t(block)]; }
+  int32_t take_slot();  // a free state slot, or -1
+  void give_slot(int32_t slot) { free_slots_.push_back(slot); }
+  void copy_state(int32_t src_slot, int32_t dst_slot);  // conv windows and SSM states of every Mamba layer
   int32_t free_slots() const { return int32_t(free_slots_.size()); }
   int32_t free_blocks() const { return int32_t(free_blocks_.size()); }
   int32_t blocks_for(int32_t len) const { return (len + sizes_.block_size - 1) / sizes_.block_size; }
