@@ -22,14 +22,18 @@ struct GenerateOptions {
   std::vector<std::string> stop;
   bool ignore_eos = false;
   bool no_bos = false;
+  std::string save_state, load_state;
 };
 
 void run(const GenerateOptions& o) {
   std::string prompt = o.prompt;
   if (!o.prompt_given) prompt.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
   LoadedModel m = load(o.model, true);
-  std::vector<int32_t> ids = m.tokenizer->encode(prompt, !o.no_bos);
   Generator gen(*m.model, m.max_model_len);
+  gen.set_keep_state(!o.save_state.empty());
+  // A loaded conversation goes on: the prompt is appended to it, without a second BOS.
+  if (!o.load_state.empty()) gen.load_state(o.load_state);
+  std::vector<int32_t> ids = m.tokenizer->encode(prompt, !o.no_bos && o.load_state.empty());
   TextStream text(*m.tokenizer, o.stop);
   std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);
@@ -40,6 +44,7 @@ void run(const GenerateOptions& o) {
                                       std::fflush(stdout);
                                       return !text.stopped();
                                     });
+  if (!o.save_state.empty()) gen.save_state(o.save_state);
   std::string rest = text.flush();
   std::fwrite(rest.data(), 1, rest.size(), stdout);
   std::fputc('\n', stdout);
@@ -67,6 +72,10 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--stop", o->stop, "Stop before this text (repeatable)");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "Keep generating past the end-of-text token");
   cmd->add_flag("--no-bos", o->no_bos, "Do not add the tokenizer's special tokens (BOS) to the prompt");
+  cmd->add_option("--save-state", o->save_state,
+                  "Write the conversation's state (tokens, Mamba states, KV rows) to FILE at the end (docs/serving.md)");
+  cmd->add_option("--load-state", o->load_state,
+                  "Continue the conversation saved in FILE: the prompt (may be empty) is appended to it");
   cmd->callback([o, cmd] {
     o->prompt_given = cmd->count("--prompt") > 0;
     run(*o);

@@ -40,6 +40,7 @@ class HybridCache {
   static size_t bytes_per_block(const ModelConfig& cfg, int32_t block_size);
 
   const CacheSizes& sizes() const { return sizes_; }
+  Backend& backend() const { return be_; }
   Tensor conv_state(int64_t mamba_index) const { return conv_[size_t(mamba_index)]; }  // [n_slots, K-1, CD]
   Tensor ssm_state(int64_t mamba_index) const { return ssm_[size_t(mamba_index)]; }    // [n_slots, nh, P, N]
   Tensor k_pages(int64_t attn_index) const { return k_[size_t(attn_index)]; }          // [n_blocks, bs, nkv, dh]
