@@ -27,6 +27,7 @@ struct ServeOptions {
   std::string served_name, chat_template, tool_call_parser = "auto";
   int32_t max_num_seqs = 256, max_batched_tokens = 2048, num_kv_blocks = 0, max_n = 64, max_logprobs = 20;
   double cache_gib = 4;
+  int32_t max_sessions = 0;
   bool prefix_cache = true;
   double prefix_cache_gib = -1;  // < 0: a quarter of cache_gib
   double max_body_mib = 32;
@@ -85,8 +86,9 @@ void run(ServeOptions o) {
   }
   eo.sched.prefix_cache = o.prefix_cache;
   eo.sched.prefix_snapshots = snapshots;
+  eo.max_sessions = o.max_sessions;
   eo.cache = Engine::cache_sizes(cfg, o.max_num_seqs, m.max_model_len, o.cache_gib * double(1u << 30), o.num_kv_blocks,
-                                 snapshots);
+                                 snapshots + o.max_sessions);
   Engine engine(*m.model, m.tokenizer.get(), eo);
 
   o.http.max_body_bytes = size_t(o.max_body_mib * double(1u << 20));
@@ -134,6 +136,10 @@ void register_serve(CLI::App& app) {
                   "GiB of --cache-memory for the prefix cache's Mamba state snapshots (default: a quarter); its KV "
                   "pages share the KV pool and are evicted, least recently used first, when sequences need them")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-sessions", o->max_sessions,
+                  "Sequence states kept between requests (the 'session' field, /v1/sessions; 0 = off); each has its "
+                  "own state slot, and its KV pages come from the pool")
+      ->check(CLI::Range(0, 4096));
   cmd->add_option("--num-kv-blocks", o->num_kv_blocks, "KV pages, overriding --cache-memory (testing preemption)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-concurrent-requests", o->http.max_concurrent, "Generation requests in flight; more get 429")

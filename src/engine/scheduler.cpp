@@ -40,6 +40,24 @@ Sequence& Scheduler::add_fork(int64_t id, int64_t leader) {
   return s;
 }
 
+Sequence& Scheduler::add_with_cache(int64_t id, std::vector<int32_t> tokens, SeqCache cache) {
+  BAMBA_CHECK(cache.slot >= 0 && cache.len < int32_t(tokens.size()), "add_with_cache: no state, or nothing to compute");
+  Sequence& s = add(id, std::move(tokens), false);
+  s.cache = std::move(cache);
+  s.computed = s.cache.len;
+  return s;
+}
+
+SeqCache Scheduler::detach(int64_t id) {
+  Sequence* s = find(id);
+  BAMBA_CHECK(s, "detach: no sequence ", id);
+  SeqCache c = std::move(s->cache);
+  c.len = s->computed;
+  s->cache = SeqCache{};
+  finish(id);
+  return c;
+}
+
 void Scheduler::run(Sequence* s) {
   running_.insert(std::upper_bound(running_.begin(), running_.end(), s,
                                    [](const Sequence* a, const Sequence* b) { return a->id < b->id; }),

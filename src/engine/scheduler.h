@@ -69,6 +69,10 @@ class Scheduler {
   // until the leader has computed all but the last prompt token, then a fork of it. It starts on its own
   // instead if the leader goes first (finished, cancelled, preempted) or the fork finds no room.
   Sequence& add_fork(int64_t id, int64_t leader);
+  // A sequence that starts from a kept state (a session): cache holds tokens[0, cache.len) of `tokens`.
+  Sequence& add_with_cache(int64_t id, std::vector<int32_t> tokens, SeqCache cache);
+  // Forgets the sequence like finish() but hands its cache (tokens[0, cache.len)) to the caller.
+  SeqCache detach(int64_t id);
   std::vector<ScheduledSeq> schedule();
   // After the step ran: s's tokens [begin, begin + n) are in the cache. Registers new full pages and snapshots
   // with the prefix cache, and forks the parked followers once the prefill reached their fork point.

@@ -52,6 +52,27 @@ struct Stream {
 
 std::string sse(const json& j) { return "data: " + dump(j) + "\n\n"; }
 
+// The `session` field of a completion request (docs/serving.md): kept apart from the OpenAI fields.
+std::string session_field(const json& body, const Job& job) {
+  auto it = body.find("session");
+  if (it == body.end() || it->is_null()) return {};
+  if (!it->is_string()) throw ApiError(400, "'session' must be a string", "session");
+  if (job.num_sequences() != 1)
+    throw ApiError(400, "a session holds one sequence: 'n' must be 1 and the prompt a single one", "session");
+  return it->get<std::string>();
+}
+
+// An engine session call: 404 for a session that does not exist, 400 for other bad input.
+template <class F>
+void session_call(httplib::Response& res, F f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    send_error(res, m.rfind("no session", 0) == 0 ? 404 : 400, m);
+  }
+}
+
 // The address and port of one end of a socket, as httplib writes them in a Request.
 bool endpoint(int fd, bool peer, std::string& addr, int& port) {
   sockaddr_storage ss{};
@@ -210,6 +231,42 @@ void HttpServer::routes() {
   s.Get("/tokenizer_info", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(dump(tokenizer_info(ctx_)), "application/json");
   });
+  // Sessions (docs/serving.md).
+  const std::string sid = "([A-Za-z0-9._-]+)";
+  s.Get("/v1/sessions", [this](const httplib::Request&, httplib::Response& res) {
+    session_call(res, [&] {
+      json data = json::array();
+      for (const SessionInfo& i : engine_.sessions())
+        data.push_back({{"id", i.id}, {"object", "session"}, {"tokens", i.tokens}, {"cached_tokens", i.cached}});
+      res.set_content(dump({{"object", "list"}, {"data", data}}), "application/json");
+    });
+  });
+  s.Post("/v1/sessions/" + sid + "/fork", [this](const httplib::Request& req, httplib::Response& res) {
+    json body = json::parse(req.body, nullptr, false);
+    if (!body.is_object() || !body.contains("id") || !body["id"].is_string())
+      return send_error(res, 400, "the body must be {\"id\": \"<new session id>\"}", "id");
+    session_call(res, [&] {
+      engine_.fork_session(req.matches[1], body["id"].get<std::string>());
+      res.set_content(dump({{"id", body["id"]}, {"object", "session"}, {"forked_from", std::string(req.matches[1])}}),
+                      "application/json");
+    });
+  });
+  s.Delete("/v1/sessions/" + sid, [this](const httplib::Request& req, httplib::Response& res) {
+    session_call(res, [&] {
+      if (!engine_.delete_session(req.matches[1])) fail("no session \"", std::string(req.matches[1]), "\"");
+      res.set_content(dump({{"id", std::string(req.matches[1])}, {"object", "session"}, {"deleted", true}}),
+                      "application/json");
+    });
+  });
+  s.Get("/v1/sessions/" + sid + "/state", [this](const httplib::Request& req, httplib::Response& res) {
+    session_call(res, [&] { res.set_content(engine_.save_session(req.matches[1]), "application/octet-stream"); });
+  });
+  s.Put("/v1/sessions/" + sid + "/state", [this](const httplib::Request& req, httplib::Response& res) {
+    session_call(res, [&] {
+      engine_.load_session(req.matches[1], req.body);
+      res.set_content(dump({{"id", std::string(req.matches[1])}, {"object", "session"}}), "application/json");
+    });
+  });
   s.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { generate(q, r, false); });
   s.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) { generate(q, r, true); });
 }
@@ -225,9 +282,11 @@ void HttpServer::generate(const httplib::Request& req, httplib::Response& res, b
   std::vector<RequestParams> seqs;
   try {
     job = chat ? parse_chat(body, ctx_) : parse_completions(body, ctx_);
+    const std::string session = session_field(body, job);
     std::random_device rd;
     for (int32_t i = 0; i < job.num_sequences(); ++i) {
       seqs.push_back(job.sequence(i, (uint64_t(rd()) << 32) ^ rd()));
+      seqs.back().session = session;
       engine_.validate(seqs.back());  // all checked before any is submitted
     }
   } catch (const ApiError& e) {

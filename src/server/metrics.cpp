@@ -80,6 +80,9 @@ std::string prometheus_text(const EngineStats& s, const std::string& model_name)
                {{"page", s.prefix_cache_evicted_pages}, {"snapshot", s.prefix_cache_evicted_snapshots}});
   w.counter("forked_sequences_total", "Choices (n > 1) that forked the prefill of another instead of repeating it.",
             double(s.forks));
+  w.gauge("num_sessions", "Kept sessions (sequence states held between requests).", s.sessions);
+  w.counter("session_hits_total", "Prompt tokens restored from a session's state (not computed).",
+            double(s.session_hits));
   w.histogram("time_to_first_token_seconds", "Time from arrival to the first token.", s.ttft);
   w.histogram("inter_token_latency_seconds", "Time between consecutive tokens of a request.", s.itl);
   w.histogram("e2e_request_latency_seconds", "Time from arrival to the end of a request.", s.e2e);
