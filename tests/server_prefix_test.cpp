@@ -1,11 +1,13 @@
 // `bamba serve` over HTTP (bamba-tiny-e2e): clients that go away free their sequences (a real socket closed
-// mid-stream, mid-prefill and while waiting for a non-streaming answer); the prefix cache answers as without it
-// and counts its hits in /metrics; --no-prefix-cache turns it off; n > 1 choices fork one prefill.
+// mid-stream and while waiting for a non-streaming answer); the prefix cache answers as without it and counts its
+// hits in /metrics; --no-prefix-cache turns it off; n > 1 choices fork one prefill; sessions continue, fork,
+// save, load and delete through /v1/sessions and answer as the whole conversation sent without a session.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <cstring>
 #include <regex>
 
 #include "server_util.h"
@@ -81,7 +83,7 @@ class RawClient {
 class ServerPrefix : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    server_ = new ServerProcess("--model '" + e2e() + "' -q --device cpu --max-model-len 4096 --max-num-seqs 8");
+    server_ = new ServerProcess("--model '" + e2e() + "' -q --device cpu --max-model-len 4096 --max-num-seqs 8 --max-sessions 4");
   }
   static void TearDownTestSuite() {
     delete server_;
@@ -167,6 +169,73 @@ TEST_F(ServerPrefix, ChoicesForkOnePrefill) {
   ASSERT_EQ(r->status, 200) << r->body;
   EXPECT_EQ(json::parse(r->body)["choices"].size(), 4u);
   EXPECT_EQ(metric(s(), "forked_sequences_total"), forks + 3);
+}
+
+TEST_F(ServerPrefix, SessionsContinueForkSaveLoadAndDelete) {
+  auto post = [&](const json& body) {
+    auto r = s().client().Post("/v1/completions", body.dump(), "application/json");
+    EXPECT_TRUE(r);
+    return r ? std::make_pair(r->status, json::parse(r->body, nullptr, false)) : std::make_pair(0, json());
+  };
+  auto ids_of = [&](const std::string& text) {
+    auto r = s().client().Post("/tokenize", json{{"prompt", text}}.dump(), "application/json");
+    return json::parse(r->body)["tokens"].get<std::vector<int32_t>>();
+  };
+  // Turn 1 in session "conv", then turn 2 = turn 1's tokens + its output + more, in the session and without.
+  auto p1 = ids_of("The weather today is");
+  auto [st1, r1] = post({{"prompt", p1}, {"max_tokens", 6}, {"temperature", 0}, {"ignore_eos", true},
+                         {"session", "conv"}});
+  ASSERT_EQ(st1, 200) << r1;
+  auto sessions = json::parse(s().client().Get("/v1/sessions")->body);
+  ASSERT_EQ(sessions["data"].size(), 1u) << sessions;
+  EXPECT_EQ(sessions["data"][0]["id"], "conv");
+  const int tokens = sessions["data"][0]["tokens"].get<int>();
+  EXPECT_EQ(tokens, int(p1.size()) + 6);
+  // The session's tokens come back in its saved state (after the header): rebuild the conversation from them.
+  auto state = s().client().Get("/v1/sessions/conv/state");
+  ASSERT_TRUE(state);
+  ASSERT_EQ(state->status, 200);
+  std::vector<int32_t> conv(static_cast<size_t>(tokens));
+  std::memcpy(conv.data(), state->body.data() + 8 + 4 + 13 * 4 + 8, conv.size() * 4);
+  EXPECT_TRUE(std::equal(p1.begin(), p1.end(), conv.begin()));
+  auto more = ids_of(" and tomorrow");
+  std::vector<int32_t> next = conv;
+  next.insert(next.end(), more.begin(), more.end());
+  const json turn = {{"prompt", next}, {"max_tokens", 6}, {"temperature", 0}, {"ignore_eos", true}};
+  auto [st_plain, plain] = post(turn);
+  ASSERT_EQ(st_plain, 200) << plain;
+  // Fork first (the branch continues like the trunk), then continue the trunk.
+  auto f = s().client().Post("/v1/sessions/conv/fork", json{{"id", "branch"}}.dump(), "application/json");
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->status, 200) << f->body;
+  const double hits = metric(s(), "session_hits_total");
+  json in_session = turn;
+  in_session["session"] = "conv";
+  auto [st2, r2] = post(in_session);
+  ASSERT_EQ(st2, 200) << r2;
+  EXPECT_EQ(r2["choices"][0]["text"], plain["choices"][0]["text"]);
+  EXPECT_EQ(metric(s(), "session_hits_total"), hits + tokens - 1);
+  in_session["session"] = "branch";
+  auto [st3, r3] = post(in_session);
+  EXPECT_EQ(r3["choices"][0]["text"], plain["choices"][0]["text"]);
+  // Load the saved turn-1 state under a new id: the same continuation.
+  auto put = s().client().Put("/v1/sessions/loaded/state", state->body, "application/octet-stream");
+  ASSERT_TRUE(put);
+  EXPECT_EQ(put->status, 200) << put->body;
+  in_session["session"] = "loaded";
+  auto [st4, r4] = post(in_session);
+  EXPECT_EQ(r4["choices"][0]["text"], plain["choices"][0]["text"]);
+  // Delete; errors.
+  auto d = s().client().Delete("/v1/sessions/branch");
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->status, 200);
+  EXPECT_EQ(s().client().Delete("/v1/sessions/branch")->status, 404);
+  EXPECT_EQ(s().client().Get("/v1/sessions/branch/state")->status, 404);
+  EXPECT_EQ(s().client().Put("/v1/sessions/x/state", "garbage", "application/octet-stream")->status, 400);
+  EXPECT_EQ(post({{"prompt", "hi"}, {"session", 5}}).first, 400);
+  EXPECT_EQ(post({{"prompt", "hi"}, {"session", "a b"}}).first, 400);
+  EXPECT_EQ(post({{"prompt", "hi"}, {"session", "s"}, {"n", 2}}).first, 400);
+  for (const char* id : {"conv", "loaded", "s"}) s().client().Delete(std::string("/v1/sessions/") + id);
 }
 
 }  // namespace
