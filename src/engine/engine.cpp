@@ -494,7 +494,13 @@ void Engine::update_gauges() {
   const CacheSizes& cs = cache_.sizes();
   const PrefixCache* pc = sched_.prefix_cache();
   const int32_t snaps = pc ? pc->snapshots() : 0, snap_budget = pc ? pc->max_snapshots() : 0;
-  const int32_t idle = pc ? pc->idle_pages() : 0;
+  // Counting idle pages walks the whole cache: at most every 100 ms, not every step.
+  // (Always once the engine is idle: it sleeps without updating until the next request.)
+  if (pc && (live_.empty() || Clock::now() - idle_counted_ > std::chrono::milliseconds(100))) {
+    idle_pages_ = pc->idle_pages();
+    idle_counted_ = Clock::now();
+  }
+  const int32_t idle = pc ? idle_pages_ : 0;
   stats_.state_slots_usage = 1.0 - double(cache_.free_slots() + snaps - snap_budget) / (cs.n_slots - snap_budget);
   stats_.kv_cache_usage = cs.n_blocks ? 1.0 - double(cache_.free_blocks() + idle) / cs.n_blocks : 0.0;
   if (pc) {

@@ -113,6 +113,8 @@ class Engine {
   std::unordered_map<int64_t, std::unique_ptr<Live>> live_;  // engine thread only
   std::unordered_map<std::string, Session> sessions_;        // engine thread only
   uint64_t session_clock_ = 0;
+  int32_t idle_pages_ = 0;  // the prefix cache's idle pages, counted at most every 100 ms (update_gauges)
+  std::chrono::steady_clock::time_point idle_counted_{};
   int64_t next_id_ = 0;
   std::thread thread_;
 };

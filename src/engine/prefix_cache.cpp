@@ -139,16 +139,26 @@ void PrefixCache::drop(uint64_t key) {
 }
 
 bool PrefixCache::evict_page() {
+  // Pages that sequences still hold are passed over and marked used now (a second chance): the next scan does
+  // not walk past them again, so evicting stays cheap under memory pressure.
+  std::vector<uint64_t> held;
+  bool evicted = false;
   for (const auto& [used, neg_depth, key] : lru_) {
     const Entry& e = map_.at(key);
-    if (e.block >= 0 && cache_.block_refs(e.block) == 1) {
-      if (e.slot >= 0) ++evicted_snapshots_;
-      drop(uint64_t(key));  // a copy: drop erases the set node `key` refers to
-      ++evicted_pages_;
-      return true;
+    if (e.block < 0) continue;
+    if (cache_.block_refs(e.block) > 1) {
+      held.push_back(key);
+      continue;
     }
+    if (e.slot >= 0) ++evicted_snapshots_;
+    drop(uint64_t(key));  // a copy: drop erases the set node `key` refers to
+    ++evicted_pages_;
+    evicted = true;
+    break;
   }
-  return false;
+  if (!held.empty()) ++clock_;
+  for (uint64_t k : held) touch(k, map_.at(k));
+  return evicted;
 }
 
 bool PrefixCache::evict_snapshot(uint64_t keep) {
