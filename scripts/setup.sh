@@ -7,7 +7,8 @@ pkgs=(build-essential cmake ninja-build ccache pkg-config
       nlohmann-json3-dev libpcre2-dev libopenblas-dev libcli11-dev libcpp-httplib-dev libyaml-cpp-dev
       libsnappy-dev libzstd-dev zlib1g-dev liblz4-dev
       libgtest-dev libgmock-dev libbenchmark-dev clang lld libclang-rt-14-dev curl nodejs
-      python3-langdetect)  # its 55 language profiles, read at run time by src/eval/langdetect (IFEval)
+      python3-langdetect  # its 55 language profiles, read at run time by src/eval/langdetect (IFEval)
+      bible-kjv wordnet-base dict-devil python3-doc)  # the corpora of examples/recipe (its README: licenses)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 command -v npm >/dev/null || missing+=(npm)  # (NodeSource's nodejs bundles npm; Debian's is a separate package)

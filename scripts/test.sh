@@ -11,6 +11,10 @@ cmake --build build
 ctest --test-dir build --output-on-failure -j "$jobs"
 # ctest shows a skipped test only as "(Skipped)": print why the GPU tests skipped here (nothing when a GPU ran them).
 build/bamba_tests --gtest_filter='*Cuda*' 2>&1 | grep -oE "no CUDA GPU: [^)]*\)?" | sort | uniq -c || true
+echo "== the recipe's smoke run: every stage for a few steps on the CPU (examples/recipe)"
+BAMBA=build/bamba examples/recipe/run.sh --smoke --out build/recipe-smoke --device cpu > build/recipe-smoke.log 2>&1 \
+  || { tail -40 build/recipe-smoke.log; exit 1; }
+tail -12 build/recipe-smoke.log
 [ "${1:-}" = "--quick" ] && exit 0
 echo "== ASan+UBSan build + tests (CPU code: no GPU here, and ASan does not cover device code)"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBAMBA_SANITIZE=ON -DBAMBA_CUDA=OFF >/dev/null

@@ -120,6 +120,11 @@ TEST(TrainConfig, ErrorsNameTheLineAndField) {
   EXPECT_NE(error_of("model: {preset: llama}\n").find("model.preset: unknown preset \"llama\""), std::string::npos);
   EXPECT_NE(error_of("model: {path: /m, preset: tiny}\n").find("give either model.path or model.preset"),
             std::string::npos);
+  EXPECT_NE(error_of("model: {config: c.json, preset: tiny}\n").find("model.config: give one of model.path"),
+            std::string::npos);
+  EXPECT_NE(error_of("model: {config: c.json, path: /m}\n").find("model.config: give one of model.path"),
+            std::string::npos);
+  EXPECT_EQ(parse_train_config("model: {config: small.json}\n", "t.yml").model_config, "small.json");
   EXPECT_NE(error_of("steps: 10\nschedule: {warmup_steps: 20}\n").find("schedule.warmup_steps: 20 is more than the 10"),
             std::string::npos);
   EXPECT_NE(error_of("schedule: {name: cosine, decay_steps: 5}\n").find("only the wsd schedule reads it"),

@@ -7,6 +7,7 @@
 #include "cli/common.h"
 #include "core/error.h"
 #include "backend/backend.h"
+#include "engine/drafter.h"
 #include "engine/generator.h"
 #include "engine/text_stream.h"
 
@@ -22,6 +23,8 @@ struct GenerateOptions {
   std::vector<std::string> stop;
   bool ignore_eos = false;
   bool no_bos = false;
+  std::string speculative;  // "ngram" or a draft model folder
+  int32_t num_speculative_tokens = 4, prompt_lookup_min = 1, prompt_lookup_max = 4;
   std::string save_state, load_state;
 };
 
@@ -29,7 +32,18 @@ void run(const GenerateOptions& o) {
   std::string prompt = o.prompt;
   if (!o.prompt_given) prompt.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
   LoadedModel m = load(o.model, true);
-  Generator gen(*m.model, m.max_model_len);
+  // Speculative decoding: prompt lookup, or a draft model loaded on the same device.
+  std::unique_ptr<Drafter> drafter;
+  LoadedModel draft;
+  if (o.speculative == "ngram") {
+    drafter = std::make_unique<NgramDrafter>(o.prompt_lookup_min, o.prompt_lookup_max);
+  } else if (!o.speculative.empty()) {
+    ModelOptions d = o.model;
+    d.model = o.speculative;
+    draft = load(d, false);
+    drafter = std::make_unique<ModelDrafter>(*draft.model, m.model->config().vocab_size, m.max_model_len);
+  }
+  Generator gen(*m.model, m.max_model_len, 512, {drafter.get(), o.num_speculative_tokens});
   gen.set_keep_state(!o.save_state.empty());
   // A loaded conversation goes on: the prompt is appended to it, without a second BOS.
   if (!o.load_state.empty()) gen.load_state(o.load_state);
@@ -55,6 +69,11 @@ void run(const GenerateOptions& o) {
                  st.prompt_tokens, st.prefill_seconds, st.prompt_tokens / std::max(st.prefill_seconds, 1e-9),
                  st.new_tokens, st.decode_seconds,
                  st.new_tokens > 1 ? (st.new_tokens - 1) / std::max(st.decode_seconds, 1e-9) : 0.0, why);
+    if (drafter)
+      std::fprintf(stderr, "bamba: speculative (%s, %d tokens): %d of %d drafted tokens accepted (%.1f%%), %.2f tokens per "
+                   "target step (%d steps, %d of them verifications)\n", drafter->name().c_str(), o.num_speculative_tokens,
+                   st.accepted, st.drafted, st.drafted ? 100.0 * st.accepted / st.drafted : 0.0,
+                   st.decode_steps ? double(st.new_tokens - 1) / st.decode_steps : 0.0, st.decode_steps, st.verify_steps);
   }
 }
 }  // namespace
@@ -72,6 +91,12 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--stop", o->stop, "Stop before this text (repeatable)");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "Keep generating past the end-of-text token");
   cmd->add_flag("--no-bos", o->no_bos, "Do not add the tokenizer's special tokens (BOS) to the prompt");
+  cmd->add_option("--speculative", o->speculative,
+                  "Speculative decoding: 'ngram' (prompt lookup) or a draft model folder (same tokenizer)");
+  cmd->add_option("--num-speculative-tokens", o->num_speculative_tokens, "Tokens drafted per verification step")
+      ->check(CLI::Range(1, 64));
+  cmd->add_option("--prompt-lookup-min", o->prompt_lookup_min, "Shortest n-gram prompt lookup matches")->check(CLI::Range(1, 64));
+  cmd->add_option("--prompt-lookup-max", o->prompt_lookup_max, "Longest n-gram prompt lookup tries first")->check(CLI::Range(1, 64));
   cmd->add_option("--save-state", o->save_state,
                   "Write the conversation's state (tokens, Mamba states, KV rows) to FILE at the end (docs/serving.md)");
   cmd->add_option("--load-state", o->load_state,

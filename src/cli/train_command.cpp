@@ -22,6 +22,7 @@
 #include "train/train_config.h"
 #include "train/trainable.h"
 #include "train/trainer.h"
+#include "train/weight_init.h"
 
 namespace bamba::cli {
 
@@ -49,6 +50,9 @@ ResolvedModel resolve_model(const TrainConfig& c) {
   if (!c.model_path.empty()) {
     m.config = load_config(c.model_path);
     m.ckpt.config_json = read_text_file(c.model_path + "/config.json");
+  } else if (!c.model_config.empty()) {
+    m.config = parse_config(read_text_file(c.model_config), c.model_config);
+    m.ckpt.config_json = config_to_json(m.config);
   } else {
     m.config = c.model_preset == "bamba-9b" ? bamba_9b_config() : dummy_config();
     m.ckpt.config_json = config_to_json(m.config);
@@ -71,7 +75,10 @@ void check_data(const TrainConfig& c) {
 void print_plan(const TrainConfig& c, const ResolvedModel& m) {
   const double n = double(m.config.parameter_count());
   std::fprintf(stderr, "model     %s (%.3g parameters)\n",
-               c.model_path.empty() ? ("preset " + c.model_preset).c_str() : c.model_path.c_str(), n);
+               !c.model_path.empty()     ? c.model_path.c_str()
+               : !c.model_config.empty() ? ("fresh weights, shape from " + c.model_config).c_str()
+                                         : ("preset " + c.model_preset + ", fresh weights").c_str(),
+               n);
   std::fprintf(stderr, "data      ");
   for (const auto& d : c.data) std::fprintf(stderr, "%s (weight %g)  ", d.name.c_str(), d.weight);
   std::fprintf(stderr, "\nbatch     %lld tokens = %lld rows of %lld, %lld micro-batch%s of %lld rows\n",
@@ -89,11 +96,11 @@ void print_plan(const TrainConfig& c, const ResolvedModel& m) {
                (long long)c.keep_last);
 }
 
-// The model on the CPU backend (the backward's only backend so far): a checkpoint folder, or a preset shape with
-// generated weights (seeded by the config's seed).
+// The model on the CPU backend (the backward's only backend so far): a checkpoint folder, or a shape with fresh
+// weights initialised for training (train/weight_init.h, seeded by the config's seed).
 std::unique_ptr<HybridModel> open_model(const TrainConfig& c, const ResolvedModel& m, Backend& be) {
   if (!c.model_path.empty()) return std::make_unique<HybridModel>(load_model(c.model_path, be));
-  return std::make_unique<HybridModel>(m.config, dummy_weights(m.config, be, c.seed), be);
+  return std::make_unique<HybridModel>(m.config, init_weights(m.config, be, c.seed), be);
 }
 
 void run_train_command(const TrainArgs& a) {

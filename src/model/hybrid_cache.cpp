@@ -81,6 +81,8 @@ int32_t HybridCache::take_slot() {
 }
 
 void HybridCache::copy_state(int32_t src_slot, int32_t dst_slot) {
+  BAMBA_CHECK(src_slot >= 0 && src_slot < sizes_.n_slots && dst_slot >= 0 && dst_slot < sizes_.n_slots,
+              "copy_state: slot out of range");
   for (size_t i = 0; i < conv_.size(); ++i) {
     be_.copy_slice(conv_[i], src_slot, dst_slot);  // [K-1, CD]
     be_.copy_slice(ssm_[i], src_slot, dst_slot);   // [nh, P, N]

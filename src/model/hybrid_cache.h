@@ -61,7 +61,9 @@ class HybridCache {
   int32_t block_refs(int32_t block) const { return block_refs_[size_t(block)]; }
   int32_t take_slot();  // a free state slot, or -1
   void give_slot(int32_t slot) { free_slots_.push_back(slot); }
-  void copy_state(int32_t src_slot, int32_t dst_slot);  // conv windows and SSM states of every Mamba layer
+  // The Mamba state (conv window + SSM state) of slot src copied into slot dst: a snapshot to roll a sequence back
+  // to (speculative decoding, prefix-cache snapshots). KV pages need none: rows past a sequence's length are never read.
+  void copy_state(int32_t src_slot, int32_t dst_slot);
   int32_t free_slots() const { return int32_t(free_slots_.size()); }
   int32_t free_blocks() const { return int32_t(free_blocks_.size()); }
   int32_t blocks_for(int32_t len) const { return (len + sizes_.block_size - 1) / sizes_.block_size; }

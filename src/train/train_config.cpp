@@ -145,8 +145,9 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
        "eval_every", "keep_last", "save_dtype", "max_shard_size",           "output",         "seed"});
 
   const Fields model = top.section("model");
-  model.only({"path", "preset", "tokenizer"});
+  model.only({"path", "config", "preset", "tokenizer"});
   c.model_path = model.str("path", "");
+  c.model_config = model.str("config", "");
   c.model_preset = model.str("preset", c.model_preset);
   c.tokenizer_path = model.str("tokenizer", "");
   if (c.model_preset != "tiny" && c.model_preset != "bamba-9b")
@@ -154,6 +155,8 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
          "\" (expected tiny or bamba-9b)");
   if (!c.model_path.empty() && model.get("preset"))
     fail(model.where(model.get("preset"), "preset"), ": give either model.path or model.preset, not both");
+  if (!c.model_config.empty() && (model.get("preset") || !c.model_path.empty()))
+    fail(model.where(model.get("config"), "config"), ": give one of model.path, model.config and model.preset");
 
   if (YAML::Node d = top.get("data"); d && !d.IsNull()) {
     if (!d.IsSequence()) fail(top.where(d, "data"), ": expected a list of {name, path, weight}");

@@ -21,9 +21,11 @@ enum class Precision { Bf16Mixed, Bf16Memory, Fp32 };
 struct TrainConfig {
   std::string label;  // the YAML's path, for messages
 
-  // model: a Hugging Face folder to continue from, or a preset shape with fresh weights
+  // model: a Hugging Face folder to continue from, or a shape with fresh weights (train/weight_init.h): a
+  // config.json file or a preset
   std::string model_path;
-  std::string model_preset = "tiny";  // tiny | bamba-9b (when no path)
+  std::string model_config;           // a config.json giving the shape (when no path)
+  std::string model_preset = "tiny";  // tiny | bamba-9b (when neither path nor config)
   std::string tokenizer_path;         // folder whose tokenizer files are copied into checkpoints (default: model)
 
   std::vector<DatasetSpec> data;
