@@ -1,9 +1,15 @@
 // bamba bench-serve: load against a running server, like vLLM's serving benchmark: N streamed completions of
 // random token-id prompts of a given length, a given number of output tokens (ignore_eos), at most C at a time;
 // reports throughput, time to first token, inter-token latency and end-to-end latency (mean, p50, p90, p99).
+// Workloads (--workload) for the prefix cache: `shared-prefix` puts one random system prompt of --prefix-len
+// tokens before every prompt; `multi-turn` runs conversations of --turns requests, each turn's prompt being the
+// previous prompt + a reply of --output-len tokens (random ids standing for the assistant's answer as a client
+// sends it back) + --input-len new tokens. The server's prefix-cache hit rate over the run is read from
+// /metrics.
 #include <httplib.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -27,12 +33,16 @@ struct BenchOptions {
   int port = 8000;
   int32_t num_prompts = 100, input_len = 128, output_len = 64, concurrency = 8;
   uint32_t seed = 0;
+  std::string workload = "random";
+  int32_t prefix_len = 512, turns = 4;
 };
 
 struct Sample {
   bool ok = false;
   std::string error;
   double ttft = 0, e2e = 0;
+  int64_t prompt_tokens = 0;
+  int32_t turn = 0;  // multi-turn: 0 for a conversation's first request
   std::vector<double> itl;  // gaps between chunks that carry tokens
   int64_t output_tokens = 0;
 };
@@ -81,6 +91,20 @@ Sample run_one(const BenchOptions& o, const std::vector<int32_t>& prompt) {
   return s;
 }
 
+// The server's prefix-cache counters (queries, hits) from /metrics; {-1, -1} if it has none.
+std::pair<double, double> prefix_counters(const BenchOptions& o) {
+  httplib::Client cli(o.host, o.port);
+  auto r = cli.Get("/metrics");
+  if (!r || r->status != 200) return {-1, -1};
+  auto value = [&](const std::string& name) {
+    const size_t at = r->body.find("\n" + name + "{");
+    if (at == std::string::npos) return -1.0;
+    const size_t sp = r->body.find("} ", at);
+    return sp == std::string::npos ? -1.0 : std::atof(r->body.c_str() + sp + 2);
+  };
+  return {value("bamba:prefix_cache_queries_total"), value("bamba:prefix_cache_hits_total")};
+}
+
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -105,25 +129,52 @@ void run(const BenchOptions& o) {
   const int64_t vocab = ti.is_object() ? ti.value("vocab_size", int64_t(0)) : 0;
   BAMBA_CHECK(vocab > 0, "the server did not report vocab_size in /tokenizer_info");
 
-  std::vector<std::vector<int32_t>> prompts(size_t(o.num_prompts));
+  // Conversations: lists of prompts run one after the other (one prompt each but in multi-turn).
   std::mt19937 rng(o.seed);
-  for (auto& p : prompts) {
-    p.resize(size_t(o.input_len));
+  auto random_ids = [&](int32_t n) {
+    std::vector<int32_t> p(static_cast<size_t>(n));
     for (auto& t : p) t = int32_t(rng() % uint32_t(std::min<int64_t>(vocab, 1 << 30)));
+    return p;
+  };
+  const std::vector<int32_t> system = o.workload == "shared-prefix" ? random_ids(o.prefix_len) : std::vector<int32_t>{};
+  std::vector<std::vector<std::vector<int32_t>>> convs;
+  const int32_t per = o.workload == "multi-turn" ? o.turns : 1;
+  for (int32_t made = 0; made < o.num_prompts;) {
+    std::vector<std::vector<int32_t>> c;
+    std::vector<int32_t> p = system;
+    for (int32_t t = 0; t < per && made < o.num_prompts; ++t, ++made) {
+      if (t > 0) {
+        auto reply = random_ids(o.output_len);
+        p.insert(p.end(), reply.begin(), reply.end());
+      }
+      auto msg = random_ids(o.input_len);
+      p.insert(p.end(), msg.begin(), msg.end());
+      c.push_back(p);
+    }
+    convs.push_back(std::move(c));
   }
-  std::vector<Sample> samples(prompts.size());
+  const auto before = prefix_counters(o);
+  std::vector<std::vector<Sample>> by_conv(convs.size());
   std::atomic<size_t> next{0};
   const auto t0 = Clock::now();
   std::vector<std::thread> workers;
-  for (int32_t w = 0; w < std::min(o.concurrency, o.num_prompts); ++w)
+  for (int32_t w = 0; w < std::min<int32_t>(o.concurrency, int32_t(convs.size())); ++w)
     workers.emplace_back([&] {
-      for (size_t i; (i = next++) < prompts.size();) samples[i] = run_one(o, prompts[i]);
+      for (size_t i; (i = next++) < convs.size();)
+        for (size_t t = 0; t < convs[i].size(); ++t) {
+          by_conv[i].push_back(run_one(o, convs[i][t]));
+          by_conv[i].back().prompt_tokens = int64_t(convs[i][t].size());
+          by_conv[i].back().turn = int32_t(t);
+        }
     });
   for (auto& t : workers) t.join();
   const double dur = std::chrono::duration<double>(Clock::now() - t0).count();
+  const auto after = prefix_counters(o);
+  std::vector<Sample> samples;
+  for (auto& c : by_conv) samples.insert(samples.end(), c.begin(), c.end());
 
-  std::vector<double> ttft, itl, e2e, tpot;
-  int64_t ok = 0, out_tokens = 0;
+  std::vector<double> ttft, itl, e2e, tpot, ttft_first, ttft_later;
+  int64_t ok = 0, out_tokens = 0, in_tokens = 0;
   std::string first_error;
   for (const Sample& s : samples) {
     if (!s.ok) {
@@ -132,12 +183,15 @@ void run(const BenchOptions& o) {
     }
     ++ok;
     out_tokens += s.output_tokens;
+    in_tokens += s.prompt_tokens;
     ttft.push_back(s.ttft);
+    (s.turn == 0 ? ttft_first : ttft_later).push_back(s.ttft);
     e2e.push_back(s.e2e);
     itl.insert(itl.end(), s.itl.begin(), s.itl.end());
     if (s.output_tokens > 1) tpot.push_back((s.e2e - s.ttft) / double(s.output_tokens - 1));
   }
-  const int64_t in_tokens = ok * o.input_len;
+  const double queries = after.first - before.first, hits = after.second - before.second;
+  const double hit_rate = before.first >= 0 && after.first >= 0 && queries > 0 ? hits / queries : -1;
   std::printf("============ Serving Benchmark Result ============\n");
   std::printf("%-40s %d\n", "Successful requests:", int(ok));
   std::printf("%-40s %d\n", "Failed requests:", int(samples.size() - size_t(ok)));
@@ -148,6 +202,14 @@ void run(const BenchOptions& o) {
   std::printf("%-40s %.2f\n", "Request throughput (req/s):", ok / dur);
   std::printf("%-40s %.2f\n", "Output token throughput (tok/s):", out_tokens / dur);
   std::printf("%-40s %.2f\n", "Total token throughput (tok/s):", (in_tokens + out_tokens) / dur);
+  std::printf("%-40s %s\n", "Workload:", o.workload.c_str());
+  if (hit_rate >= 0) std::printf("%-40s %.2f%% (%.0f of %.0f prompt tokens)\n", "Prefix cache hit rate:", hit_rate * 100, hits, queries);
+  else if (after.first < 0) std::printf("%-40s %s\n", "Prefix cache hit rate:", "n/a (no prefix-cache counters in /metrics)");
+  else std::printf("%-40s %s\n", "Prefix cache hit rate:", "n/a (nothing looked up: is the prefix cache off?)");
+  if (o.workload == "multi-turn") {
+    std::printf("%-40s %.2f\n", "Mean TTFT, first turns (ms):", mean(ttft_first) * 1e3);
+    std::printf("%-40s %.2f\n", "Mean TTFT, later turns (ms):", mean(ttft_later) * 1e3);
+  }
   auto block = [](const char* title, const char* name, const std::vector<double>& v) {
     std::printf("%s\n", title);
     std::printf("Mean %-35s %.2f\n", (std::string(name) + " (ms):").c_str(), mean(v) * 1e3);
@@ -163,7 +225,9 @@ void run(const BenchOptions& o) {
   if (!o.json_out.empty()) {
     json j = {{"completed", ok}, {"failed", int64_t(samples.size()) - ok}, {"duration", dur},
               {"total_input_tokens", in_tokens}, {"total_output_tokens", out_tokens},
-              {"request_throughput", ok / dur}, {"output_throughput", out_tokens / dur}};
+              {"request_throughput", ok / dur}, {"output_throughput", out_tokens / dur}, {"workload", o.workload},
+              {"prefix_cache_hit_rate", hit_rate >= 0 ? json(hit_rate) : json()},
+              {"mean_ttft_first_turn_ms", mean(ttft_first) * 1e3}, {"mean_ttft_later_turns_ms", mean(ttft_later) * 1e3}};
     for (auto [name, v] : {std::pair{"ttft", &ttft}, {"tpot", &tpot}, {"itl", &itl}, {"e2el", &e2e}}) {
       j[std::string("mean_") + name + "_ms"] = mean(*v) * 1e3;
       for (int p : {50, 90, 99}) j["p" + std::to_string(p) + "_" + name + "_ms"] = percentile(*v, p) * 1e3;
@@ -191,6 +255,13 @@ void register_bench_serve(CLI::App& app) {
   cmd->add_option("--output-len", o->output_len, "Generated tokens per request")->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--concurrency,-c", o->concurrency, "Requests in flight at once")->check(CLI::Range(1, 100000));
   cmd->add_option("--seed", o->seed, "Seed of the random prompts");
+  cmd->add_option("--workload", o->workload,
+                  "random (independent prompts), shared-prefix (one system prompt of --prefix-len tokens first), "
+                  "multi-turn (conversations of --turns requests, each extending the last)")
+      ->check(CLI::IsMember({"random", "shared-prefix", "multi-turn"}));
+  cmd->add_option("--prefix-len", o->prefix_len, "shared-prefix: tokens of the shared system prompt")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--turns", o->turns, "multi-turn: requests per conversation")->check(CLI::Range(1, 1000));
   cmd->add_option("--json", o->json_out, "Also write the results as JSON to this file");
   cmd->callback([o] { run(*o); });
 }

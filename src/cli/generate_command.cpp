@@ -25,13 +25,13 @@ struct GenerateOptions {
   bool no_bos = false;
   std::string speculative;  // "ngram" or a draft model folder
   int32_t num_speculative_tokens = 4, prompt_lookup_min = 1, prompt_lookup_max = 4;
+  std::string save_state, load_state;
 };
 
 void run(const GenerateOptions& o) {
   std::string prompt = o.prompt;
   if (!o.prompt_given) prompt.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
   LoadedModel m = load(o.model, true);
-  std::vector<int32_t> ids = m.tokenizer->encode(prompt, !o.no_bos);
   // Speculative decoding: prompt lookup, or a draft model loaded on the same device.
   std::unique_ptr<Drafter> drafter;
   LoadedModel draft;
@@ -44,6 +44,10 @@ void run(const GenerateOptions& o) {
     drafter = std::make_unique<ModelDrafter>(*draft.model, m.model->config().vocab_size, m.max_model_len);
   }
   Generator gen(*m.model, m.max_model_len, 512, {drafter.get(), o.num_speculative_tokens});
+  gen.set_keep_state(!o.save_state.empty());
+  // A loaded conversation goes on: the prompt is appended to it, without a second BOS.
+  if (!o.load_state.empty()) gen.load_state(o.load_state);
+  std::vector<int32_t> ids = m.tokenizer->encode(prompt, !o.no_bos && o.load_state.empty());
   TextStream text(*m.tokenizer, o.stop);
   std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);
@@ -54,6 +58,7 @@ void run(const GenerateOptions& o) {
                                       std::fflush(stdout);
                                       return !text.stopped();
                                     });
+  if (!o.save_state.empty()) gen.save_state(o.save_state);
   std::string rest = text.flush();
   std::fwrite(rest.data(), 1, rest.size(), stdout);
   std::fputc('\n', stdout);
@@ -92,6 +97,10 @@ void register_generate(CLI::App& app) {
       ->check(CLI::Range(1, 64));
   cmd->add_option("--prompt-lookup-min", o->prompt_lookup_min, "Shortest n-gram prompt lookup matches")->check(CLI::Range(1, 64));
   cmd->add_option("--prompt-lookup-max", o->prompt_lookup_max, "Longest n-gram prompt lookup tries first")->check(CLI::Range(1, 64));
+  cmd->add_option("--save-state", o->save_state,
+                  "Write the conversation's state (tokens, Mamba states, KV rows) to FILE at the end (docs/serving.md)");
+  cmd->add_option("--load-state", o->load_state,
+                  "Continue the conversation saved in FILE: the prompt (may be empty) is appended to it");
   cmd->callback([o, cmd] {
     o->prompt_given = cmd->count("--prompt") > 0;
     run(*o);

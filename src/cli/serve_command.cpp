@@ -1,4 +1,6 @@
 // bamba serve: the OpenAI-compatible HTTP server (docs/serving-api.md) with continuous batching.
+#include <algorithm>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -25,6 +27,9 @@ struct ServeOptions {
   std::string served_name, chat_template, tool_call_parser = "auto";
   int32_t max_num_seqs = 256, max_batched_tokens = 2048, num_kv_blocks = 0, max_n = 64, max_logprobs = 20;
   double cache_gib = 4;
+  int32_t max_sessions = 0;
+  bool prefix_cache = true;
+  double prefix_cache_gib = -1;  // < 0: a quarter of cache_gib
   double max_body_mib = 32;
 };
 
@@ -68,7 +73,22 @@ void run(ServeOptions o) {
   eo.sched.max_num_seqs = o.max_num_seqs;
   eo.sched.max_batched_tokens = std::max(o.max_batched_tokens, o.max_num_seqs);
   eo.sched.max_logit_rows = std::max(o.max_num_seqs, 256);  // scored prompts: up to 256 rows per step
-  eo.cache = Engine::cache_sizes(cfg, o.max_num_seqs, m.max_model_len, o.cache_gib * double(1u << 30), o.num_kv_blocks);
+  // The prefix cache's snapshots are whole state slots: as many as its memory holds (at most 4096).
+  int32_t snapshots = 0;
+  if (o.prefix_cache) {
+    const double gib = o.prefix_cache_gib >= 0 ? o.prefix_cache_gib : o.cache_gib / 4;
+    const double fit = std::floor(gib * double(1u << 30) / double(HybridCache::bytes_per_slot(cfg)));
+    snapshots = int32_t(std::clamp(fit, 0.0, 4096.0));
+    if (snapshots == 0)
+      std::fprintf(stderr, "bamba: warning: --prefix-cache-memory holds no state snapshot (%.1f MiB each): "
+                           "prompts will not hit the prefix cache\n",
+                   double(HybridCache::bytes_per_slot(cfg)) / double(1u << 20));
+  }
+  eo.sched.prefix_cache = o.prefix_cache;
+  eo.sched.prefix_snapshots = snapshots;
+  eo.max_sessions = o.max_sessions;
+  eo.cache = Engine::cache_sizes(cfg, o.max_num_seqs, m.max_model_len, o.cache_gib * double(1u << 30), o.num_kv_blocks,
+                                 snapshots + o.max_sessions);
   Engine engine(*m.model, m.tokenizer.get(), eo);
 
   o.http.max_body_bytes = size_t(o.max_body_mib * double(1u << 20));
@@ -83,9 +103,10 @@ void run(ServeOptions o) {
   const double mib = (double(HybridCache::bytes_per_slot(cfg)) * cs.n_slots +
                       double(HybridCache::bytes_per_block(cfg, cs.block_size)) * cs.n_blocks) / double(1u << 20);
   std::fprintf(stderr, "bamba: serving %s on http://%s:%d (%d state slots, %d KV pages of %d tokens, %.1f MiB; "
-                       "max-model-len %d; tool calls: %s)\n",
+                       "prefix cache: %s, %d state snapshots; max-model-len %d; tool calls: %s)\n",
                ctx.model_name.c_str(), o.http.host.c_str(), port, cs.n_slots, cs.n_blocks, cs.block_size, mib,
-               m.max_model_len, ctx.tool_format ? tool_call_format_name(*ctx.tool_format) : "none");
+               o.prefix_cache ? "on" : "off", snapshots, m.max_model_len,
+               ctx.tool_format ? tool_call_format_name(*ctx.tool_format) : "none");
   server.serve(g_stop_requested);
   std::fprintf(stderr, "bamba: stopped\n");
 }
@@ -109,6 +130,16 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--max-num-batched-tokens", o->max_batched_tokens, "Most tokens per step (prompts are chunked to fit)")
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--cache-memory", o->cache_gib, "GiB for the state slots and KV pages")->check(CLI::PositiveNumber);
+  cmd->add_flag("--prefix-cache,!--no-prefix-cache", o->prefix_cache,
+                "Reuse the cached state of prompt prefixes (KV pages + Mamba state snapshots; default on)");
+  cmd->add_option("--prefix-cache-memory", o->prefix_cache_gib,
+                  "GiB of --cache-memory for the prefix cache's Mamba state snapshots (default: a quarter); its KV "
+                  "pages share the KV pool and are evicted, least recently used first, when sequences need them")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-sessions", o->max_sessions,
+                  "Sequence states kept between requests (the 'session' field, /v1/sessions; 0 = off); each has its "
+                  "own state slot, and its KV pages come from the pool")
+      ->check(CLI::Range(0, 4096));
   cmd->add_option("--num-kv-blocks", o->num_kv_blocks, "KV pages, overriding --cache-memory (testing preemption)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-concurrent-requests", o->http.max_concurrent, "Generation requests in flight; more get 429")

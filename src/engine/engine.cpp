@@ -1,15 +1,26 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <limits>
 
 #include "core/error.h"
 #include "core/hash_uniform.h"
+#include "model/state_file.h"
 
 namespace bamba {
 
 using Clock = std::chrono::steady_clock;
+
+namespace {
+void check_session_id(const std::string& id) {
+  BAMBA_CHECK(!id.empty() && id.size() <= 128, "a session id has 1 to 128 characters");
+  for (char c : id)
+    BAMBA_CHECK(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.',
+                "a session id has only letters, digits, '-', '_' and '.' (got \"", id, "\")");
+}
+}  // namespace
 
 struct Engine::Live {
   Live(int64_t id, std::shared_ptr<Request> r, const Tokenizer* tok) : id(id), req(std::move(r)) {
@@ -26,15 +37,16 @@ struct Engine::Live {
 };
 
 CacheSizes Engine::cache_sizes(const ModelConfig& cfg, int32_t max_num_seqs, int32_t max_model_len,
-                               double cache_bytes, int32_t num_blocks) {
+                               double cache_bytes, int32_t num_blocks, int32_t extra_slots) {
   CacheSizes s = HybridCache::sizes_for(cfg, max_num_seqs, max_model_len);  // everything resident: the most useful
+  s.n_slots += extra_slots;
   if (s.n_blocks == 0) return s;                                           // no attention layers: slots only
   const int32_t one_seq = (max_model_len + s.block_size - 1) / s.block_size;
   if (num_blocks > 0) {
     s.n_blocks = std::max(num_blocks, one_seq);
     return s;
   }
-  const double left = cache_bytes - double(HybridCache::bytes_per_slot(cfg)) * max_num_seqs;
+  const double left = cache_bytes - double(HybridCache::bytes_per_slot(cfg)) * s.n_slots;
   const double fit = std::floor(left / double(HybridCache::bytes_per_block(cfg, s.block_size)));
   s.n_blocks = int32_t(std::clamp<double>(fit, one_seq, s.n_blocks));
   return s;
@@ -76,6 +88,10 @@ void Engine::validate(const RequestParams& p) const {
   check_sampling(p.sampling);
   BAMBA_CHECK(p.logprobs <= opt_.max_logprobs && p.prompt_logprobs <= opt_.max_logprobs, "logprobs must be <= ",
               opt_.max_logprobs);
+  if (!p.session.empty()) {
+    BAMBA_CHECK(opt_.max_sessions > 0, "sessions are off on this server (start it with --max-sessions N)");
+    check_session_id(p.session);
+  }
 }
 
 std::shared_ptr<Request> Engine::submit(RequestParams p, std::shared_ptr<Channel> ch, int32_t index) {
@@ -91,6 +107,124 @@ std::shared_ptr<Request> Engine::submit(RequestParams p, std::shared_ptr<Channel
   return r;
 }
 
+std::vector<std::shared_ptr<Request>> Engine::submit_all(std::vector<RequestParams> ps, std::shared_ptr<Channel> ch) {
+  for (const RequestParams& p : ps) validate(p);
+  std::vector<std::shared_ptr<Request>> rs;
+  {
+    std::lock_guard lk(mu_);
+    BAMBA_CHECK(!stop_ && alive_, "the engine is shutting down");
+    for (size_t i = 0; i < ps.size(); ++i) {
+      rs.push_back(std::make_shared<Request>(std::move(ps[i]), ch, int32_t(i)));
+      inbox_.push_back(rs.back());
+    }
+  }
+  cv_.notify_one();
+  return rs;
+}
+
+template <class F>
+auto Engine::on_engine_thread(F f) -> decltype(f()) {
+  auto task = std::make_shared<std::packaged_task<decltype(f())()>>(std::move(f));
+  auto done = task->get_future();
+  {
+    std::lock_guard lk(mu_);
+    BAMBA_CHECK(!stop_ && alive_, "the engine is shutting down");
+    tasks_.push_back([task] { (*task)(); });
+  }
+  cv_.notify_one();
+  return done.get();
+}
+
+void Engine::keep_session(const std::string& id, Session s) {
+  drop_session(id);
+  while (int32_t(sessions_.size()) >= opt_.max_sessions && !sessions_.empty()) {
+    auto lru = std::min_element(sessions_.begin(), sessions_.end(),
+                                [](auto& a, auto& b) { return a.second.used < b.second.used; });
+    drop_session(lru->first);
+  }
+  s.used = ++session_clock_;
+  sessions_.emplace(id, std::move(s));
+}
+
+void Engine::drop_session(const std::string& id) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return;
+  cache_.release(it->second.cache);
+  sessions_.erase(it);
+}
+
+Engine::Session& Engine::session(const std::string& id) {
+  auto it = sessions_.find(id);
+  BAMBA_CHECK(it != sessions_.end(), "no session \"", id, "\"");
+  it->second.used = ++session_clock_;
+  return it->second;
+}
+
+std::vector<SessionInfo> Engine::sessions() {
+  return on_engine_thread([this] {
+    std::vector<SessionInfo> out;
+    for (auto& [id, s] : sessions_) out.push_back({id, int32_t(s.tokens.size()), s.cache.len});
+    std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return a.id < b.id; });
+    return out;
+  });
+}
+
+void Engine::fork_session(const std::string& src, const std::string& dst) {
+  check_session_id(dst);
+  BAMBA_CHECK(opt_.max_sessions >= 2, "forking needs room for two sessions (--max-sessions >= 2)");
+  on_engine_thread([&] {
+    Session& s = session(src);
+    BAMBA_CHECK(src != dst, "a session cannot be forked onto itself");
+    Session copy;
+    copy.tokens = s.tokens;
+    drop_session(dst);
+    // Make room first (keep_session would evict only after the fork took its slot), sparing the source.
+    while (int32_t(sessions_.size()) >= opt_.max_sessions) {
+      auto lru = sessions_.end();
+      for (auto it = sessions_.begin(); it != sessions_.end(); ++it)
+        if (it->first != src && (lru == sessions_.end() || it->second.used < lru->second.used)) lru = it;
+      drop_session(lru->first);
+    }
+    BAMBA_CHECK(cache_.fork(sessions_.at(src).cache, copy.cache), "no room in the cache to fork session \"", src, "\"");
+    keep_session(dst, std::move(copy));
+  });
+}
+
+bool Engine::delete_session(const std::string& id) {
+  return on_engine_thread([&] {
+    const bool had = sessions_.count(id) > 0;
+    drop_session(id);
+    return had;
+  });
+}
+
+std::string Engine::save_session(const std::string& id) {
+  return on_engine_thread([&] {
+    Session& s = session(id);
+    return encode_state(model_.config(), cache_, s.cache, s.tokens);
+  });
+}
+
+void Engine::load_session(const std::string& id, const std::string& bytes) {
+  check_session_id(id);
+  BAMBA_CHECK(opt_.max_sessions > 0, "sessions are off on this server (start it with --max-sessions N)");
+  on_engine_thread([&] {
+    drop_session(id);
+    while (int32_t(sessions_.size()) >= opt_.max_sessions) {
+      auto lru = std::min_element(sessions_.begin(), sessions_.end(),
+                                  [](auto& a, auto& b) { return a.second.used < b.second.used; });
+      drop_session(lru->first);
+    }
+    Session s;
+    s.tokens = decode_state(bytes, "session \"" + id + "\"", model_.config(), cache_, s.cache);
+    if (int32_t(s.tokens.size()) > opt_.max_model_len) {
+      cache_.release(s.cache);
+      fail("session \"", id, "\" has ", s.tokens.size(), " tokens, more than --max-model-len ", opt_.max_model_len);
+    }
+    keep_session(id, std::move(s));
+  });
+}
+
 EngineStats Engine::stats() const {
   std::lock_guard lk(mu_);
   return stats_;
@@ -104,18 +238,46 @@ bool Engine::alive() const {
 void Engine::loop() {
   for (;;) {
     std::vector<std::shared_ptr<Request>> fresh;
+    std::vector<std::function<void()>> tasks;
     bool stopping;
     {
       std::unique_lock lk(mu_);
       // Idle: sleep until a request arrives. Busy: poll for cancellations every step.
-      cv_.wait(lk, [&] { return stop_ || !inbox_.empty() || !live_.empty(); });
+      cv_.wait(lk, [&] { return stop_ || !inbox_.empty() || !live_.empty() || !tasks_.empty(); });
       fresh.swap(inbox_);
+      tasks.swap(tasks_);
       stopping = stop_;
     }
+    for (auto& t : tasks) t();  // session operations, between steps
+    tasks.clear();
+    // n > 1: the choices of one prompt arrive together, on one channel, one after the other; all but the first
+    // fork the first's prefill (unless their prompts are scored: every row's logits are wanted).
+    std::shared_ptr<Request> leader;
+    int64_t leader_id = -1;
     for (auto& r : fresh) {
       const int64_t id = next_id_++;
       RequestParams const& p = r->params;
-      sched_.add(id, p.prompt, p.prompt_logprobs >= 0);
+      const bool forks = opt_.fork_choices && leader && leader->channel == r->channel &&
+                         leader->params.prompt == p.prompt && p.prompt_logprobs < 0;
+      auto kept = p.session.empty() ? sessions_.end() : sessions_.find(p.session);
+      const bool resumes = kept != sessions_.end() && kept->second.cache.len < int32_t(p.prompt.size()) &&
+                           std::equal(kept->second.tokens.begin(), kept->second.tokens.begin() + kept->second.cache.len,
+                                      p.prompt.begin());
+      if (resumes) {  // the sequence takes the session's state; it is kept again when the request finishes
+        sched_.add_with_cache(id, p.prompt, kept->second.cache);
+        {
+          std::lock_guard lk(mu_);
+          stats_.session_hits += uint64_t(kept->second.cache.len);
+        }
+        sessions_.erase(kept);
+        leader = nullptr;
+      } else if (forks) {
+        sched_.add_fork(id, leader_id);
+      } else {
+        sched_.add(id, p.prompt, p.prompt_logprobs >= 0);
+        leader = p.prompt_logprobs < 0 ? r : nullptr;
+        leader_id = id;
+      }
       auto l = std::make_unique<Live>(id, r, tok_);
       if (p.prompt_logprobs >= 0) l->prompt_lp.resize(p.prompt.size());
       live_.emplace(id, std::move(l));
@@ -180,7 +342,16 @@ void Engine::finish(Live& l, FinishReason why, RequestOutput out) {
   out.prompt_tokens = int32_t(l.req->params.prompt.size());
   const double e2e = std::chrono::duration<double>(Clock::now() - l.req->arrival).count();
   l.req->channel->push(std::move(out));
-  sched_.finish(id);
+  const std::string& sid = l.req->params.session;
+  Sequence* seq = sid.empty() || why == FinishReason::Abort ? nullptr : sched_.find(id);
+  if (seq && seq->computed > 0 && seq->cache.slot >= 0) {
+    Session kept;
+    kept.tokens = seq->tokens;
+    kept.cache = sched_.detach(id);
+    keep_session(sid, std::move(kept));
+  } else {
+    sched_.finish(id);
+  }
   {
     std::lock_guard lk(mu_);
     ++stats_.finished[finish_reason_name(why)];
@@ -191,6 +362,13 @@ void Engine::finish(Live& l, FinishReason why, RequestOutput out) {
 
 void Engine::step() {
   std::vector<ScheduledSeq> plan = sched_.schedule();
+  if (plan.empty() && sched_.num_running() == 0 && !sessions_.empty()) {
+    // Nothing can start: the pool is short and kept sessions hold pages. The least recently used goes.
+    auto lru = std::min_element(sessions_.begin(), sessions_.end(),
+                                [](auto& a, auto& b) { return a.second.used < b.second.used; });
+    drop_session(lru->first);
+    return;
+  }
   if (plan.empty()) return;
   const Clock::time_point t_start = Clock::now();
   StepBatch b;
@@ -243,7 +421,7 @@ void Engine::step() {
     Sequence& s = *p.seq;
     Live& l = *live_.at(s.id);
     const RequestParams& rp = l.req->params;
-    s.computed += p.n;
+    sched_.advance(p);
     RequestOutput out;
     out.index = l.req->index;
     if (p.all_logits) {  // row r (position begin + r) predicts prompt token begin + r + 1
@@ -309,9 +487,30 @@ void Engine::update_gauges() {
   stats_.num_waiting = sched_.num_waiting();
   stats_.free_slots = cache_.free_slots();
   stats_.free_blocks = cache_.free_blocks();
+  stats_.forks = sched_.forks();
+  stats_.sessions = int32_t(sessions_.size());
+  // Usage counts what sequences hold: the prefix cache's idle pages are free for the taking, and its snapshot
+  // slots are its own budget.
   const CacheSizes& cs = cache_.sizes();
-  stats_.state_slots_usage = 1.0 - double(cache_.free_slots()) / cs.n_slots;
-  stats_.kv_cache_usage = cs.n_blocks ? 1.0 - double(cache_.free_blocks()) / cs.n_blocks : 0.0;
+  const PrefixCache* pc = sched_.prefix_cache();
+  const int32_t snaps = pc ? pc->snapshots() : 0, snap_budget = pc ? pc->max_snapshots() : 0;
+  // Counting idle pages walks the whole cache: at most every 100 ms, not every step.
+  // (Always once the engine is idle: it sleeps without updating until the next request.)
+  if (pc && (live_.empty() || Clock::now() - idle_counted_ > std::chrono::milliseconds(100))) {
+    idle_pages_ = pc->idle_pages();
+    idle_counted_ = Clock::now();
+  }
+  const int32_t idle = pc ? idle_pages_ : 0;
+  stats_.state_slots_usage = 1.0 - double(cache_.free_slots() + snaps - snap_budget) / (cs.n_slots - snap_budget);
+  stats_.kv_cache_usage = cs.n_blocks ? 1.0 - double(cache_.free_blocks() + idle) / cs.n_blocks : 0.0;
+  if (pc) {
+    stats_.prefix_cache_queries = sched_.prefix_queries();
+    stats_.prefix_cache_hits = sched_.prefix_hits();
+    stats_.prefix_cache_pages = pc->pages();
+    stats_.prefix_cache_snapshots = snaps;
+    stats_.prefix_cache_evicted_pages = pc->evicted_pages();
+    stats_.prefix_cache_evicted_snapshots = pc->evicted_snapshots();
+  }
 }
 
 }  // namespace bamba

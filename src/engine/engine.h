@@ -4,6 +4,9 @@
 // slot and KV pages the step they finish, are cancelled or fail.
 #pragma once
 #include <condition_variable>
+#include <functional>
+#include <future>
+#include <string>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -28,15 +31,24 @@ struct EngineOptions {
   CacheSizes cache;              // n_slots >= sched.max_num_seqs; n_blocks hold at least one max_model_len sequence
   std::vector<int32_t> eos;      // end-of-text ids (ignored with RequestParams::ignore_eos)
   int32_t max_logprobs = 20;     // most top logprobs a request may ask for
+  bool fork_choices = true;      // n > 1 choices of one prompt (submitted together) fork one prefill
+  int32_t max_sessions = 0;      // kept sequence states (RequestParams::session); their slots are extra
+};
+
+// A kept conversation: its tokens and its cache state (tokens[0, cache.len) computed).
+struct SessionInfo {
+  std::string id;
+  int32_t tokens = 0, cached = 0;
 };
 
 class Engine {
  public:
   // The KV pages that fit `cache_bytes` after the state slots of max_num_seqs sequences; at least enough pages
   // for one sequence of max_model_len. num_blocks > 0 sets the number of pages directly (tests force
-  // preemption with it).
+  // preemption with it). extra_slots: state slots beyond max_num_seqs, for the prefix cache's snapshots
+  // (SchedulerConfig::prefix_snapshots) and the sessions (max_sessions), paid from cache_bytes first.
   static CacheSizes cache_sizes(const ModelConfig& cfg, int32_t max_num_seqs, int32_t max_model_len,
-                                double cache_bytes, int32_t num_blocks = 0);
+                                double cache_bytes, int32_t num_blocks = 0, int32_t extra_slots = 0);
 
   // tok may be null: outputs then carry token ids and no text (stop strings unsupported).
   Engine(const HybridModel& model, const Tokenizer* tok, EngineOptions opt);
@@ -47,7 +59,17 @@ class Engine {
   // Checks the parameters (Error with a user-facing message) and queues the request; its outputs arrive on
   // `ch` tagged with `index`.
   std::shared_ptr<Request> submit(RequestParams p, std::shared_ptr<Channel> ch, int32_t index = 0);
+  // Several requests at once (indices 0, 1, ...), all checked first: the engine sees them in one step, so the
+  // choices of one prompt (n > 1) fork one prefill (EngineOptions::fork_choices).
+  std::vector<std::shared_ptr<Request>> submit_all(std::vector<RequestParams> ps, std::shared_ptr<Channel> ch);
   void validate(const RequestParams& p) const;  // what submit checks, without submitting
+
+  // Sessions (docs/serving.md): run on the engine thread between steps; Error with a user-facing message.
+  std::vector<SessionInfo> sessions();
+  void fork_session(const std::string& src, const std::string& dst);  // dst: pages shared, state copied
+  bool delete_session(const std::string& id);                          // false if there is none
+  std::string save_session(const std::string& id);                     // model/state_file.h bytes
+  void load_session(const std::string& id, const std::string& bytes);  // replaces one of that id
 
   EngineStats stats() const;
   bool alive() const;  // false once the step loop has died
@@ -56,6 +78,17 @@ class Engine {
 
  private:
   struct Live;  // engine-thread state of one request
+  struct Session {
+    SeqCache cache;
+    std::vector<int32_t> tokens;
+    uint64_t used = 0;
+  };
+  // Runs f on the engine thread (between steps) and returns its result or rethrows its exception.
+  template <class F>
+  auto on_engine_thread(F f) -> decltype(f());
+  void keep_session(const std::string& id, Session s);  // evicts the least recently used beyond max_sessions
+  void drop_session(const std::string& id);
+  Session& session(const std::string& id);  // Error if there is none
   void loop();
   void step();
   void update_gauges();
@@ -76,7 +109,12 @@ class Engine {
   bool stop_ = false, alive_ = true;
   EngineStats stats_;
 
+  std::vector<std::function<void()>> tasks_;  // guarded by mu_: on_engine_thread's work
   std::unordered_map<int64_t, std::unique_ptr<Live>> live_;  // engine thread only
+  std::unordered_map<std::string, Session> sessions_;        // engine thread only
+  uint64_t session_clock_ = 0;
+  int32_t idle_pages_ = 0;  // the prefix cache's idle pages, counted at most every 100 ms (update_gauges)
+  std::chrono::steady_clock::time_point idle_counted_{};
   int64_t next_id_ = 0;
   std::thread thread_;
 };

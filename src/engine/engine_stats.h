@@ -35,6 +35,13 @@ struct EngineStats {
   // counters
   uint64_t prompt_tokens = 0, generation_tokens = 0, preemptions = 0, steps = 0;
   std::map<std::string, uint64_t> finished;  // by finish reason
+  // prefix cache (engine/prefix_cache.h): prompt tokens looked up when sequences start, and of those restored
+  uint64_t prefix_cache_queries = 0, prefix_cache_hits = 0;
+  uint64_t prefix_cache_evicted_pages = 0, prefix_cache_evicted_snapshots = 0;
+  int32_t prefix_cache_pages = 0, prefix_cache_snapshots = 0;  // gauges: what it holds
+  uint64_t forks = 0;
+  int32_t sessions = 0;       // kept sessions (gauge)
+  uint64_t session_hits = 0;  // prompt tokens not computed because a session's state held them  // n > 1 choices that forked another's prefill
   // histograms (seconds)
   Histogram ttft{latency_buckets()}, itl{latency_buckets()}, e2e{latency_buckets()}, queue{latency_buckets()};
 };

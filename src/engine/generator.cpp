@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/hash_uniform.h"
+#include "model/state_file.h"
 
 namespace bamba {
 
@@ -24,18 +25,27 @@ Generator::Generator(const HybridModel& model, int32_t max_model_len, int32_t pr
   if (spec.drafter) BAMBA_CHECK(cache_.reserve(spare_, 0), "internal: no snapshot slot");
 }
 
-Generator::~Generator() { cache_.release(spare_); }
+Generator::~Generator() {
+  cache_.release(spare_);
+  cache_.release(seq_);
+}
 
 GenerationStats Generator::generate(std::span<const int32_t> prompt, int32_t max_new, const SamplingParams& params,
                                     const std::vector<int32_t>& eos, const std::function<bool(int32_t)>& on_token) {
   using clock = std::chrono::steady_clock;
-  BAMBA_CHECK(!prompt.empty(), "the prompt is empty (no tokens)");
-  BAMBA_CHECK(int32_t(prompt.size()) <= max_model_len_, "the prompt has ", prompt.size(),
+  if (!keep_) {
+    cache_.release(seq_);
+    ids_.clear();
+  }
+  // With keep_state the kept sequence goes on: its tokens, then the prompt; the cache holds ids[0, seq.len).
+  std::vector<int32_t> ids = ids_;
+  ids.insert(ids.end(), prompt.begin(), prompt.end());
+  SeqCache& seq = seq_;
+  BAMBA_CHECK(int32_t(ids.size()) > seq.len, "the prompt is empty (no tokens)");
+  BAMBA_CHECK(int32_t(ids.size()) <= max_model_len_, "the prompt has ", ids.size(),
               " tokens, more than --max-model-len ", max_model_len_);
   GenerationStats st;
-  st.prompt_tokens = int32_t(prompt.size());
-  SeqCache seq;
-  std::vector<int32_t> ids(prompt.begin(), prompt.end());
+  st.prompt_tokens = int32_t(ids.size()) - seq.len;
   check_sampling(params);
   Backend& be = model_.backend();
   // Feeds ids[begin, end) (the cache holds ids[0, begin)); the logits of its last `rows` rows come back.
@@ -44,7 +54,9 @@ GenerationStats Generator::generate(std::span<const int32_t> prompt, int32_t max
     StepBatch b;
     b.add_tokens(std::span(ids).subspan(size_t(begin), size_t(end - begin)), begin, seq.slot, seq.blocks);
     for (int32_t r = end - begin - rows; r < end - begin; ++r) b.logit_rows.push_back(r);
-    return model_.forward(b, cache_, ws_);
+    Tensor logits = model_.forward(b, cache_, ws_);
+    seq.len = end;
+    return logits;
   };
   auto params_at = [&](int32_t k) {  // the draw of new token k
     SamplingParams p = params;
@@ -68,7 +80,7 @@ GenerationStats Generator::generate(std::span<const int32_t> prompt, int32_t max
   };
 
   auto t0 = clock::now();
-  for (int32_t b = 0; b < int32_t(ids.size()); b += prefill_chunk_)
+  for (int32_t b = seq.len; b < int32_t(ids.size()); b += prefill_chunk_)
     logits_ = step(b, std::min<int32_t>(int32_t(ids.size()), b + prefill_chunk_));
   auto t1 = clock::now();
   st.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
@@ -117,18 +129,46 @@ GenerationStats Generator::generate(std::span<const int32_t> prompt, int32_t max
       }
     }
     st.accepted += accepted;
-    if (stop) break;
+    if (stop) {
+      // The state holds the whole verification step, maybe past ids: a kept sequence goes back to the snapshot
+      // (ids[0, n0)) and feeds the rest with the next turn.
+      if (keep_) {
+        cache_.copy_state(spare_.slot, seq.slot);
+        seq.len = n0;
+      }
+      break;
+    }
     if (accepted == nd) {
       logits_ = rows.slice_rows(nd, nd + 1);  // the state holds all of ids: nothing to redo
     } else {
       cache_.copy_state(spare_.slot, seq.slot);
+      seq.len = n0;
       logits_ = step(n0, int32_t(ids.size()));
       ++st.decode_steps;
     }
   }
   st.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
-  cache_.release(seq);
+  // Kept: the last drawn token is not in the cache yet; the next call feeds it first.
+  if (keep_) ids_ = std::move(ids);
+  else cache_.release(seq);
   return st;
+}
+
+void Generator::save_state(const std::string& path) {
+  BAMBA_CHECK(seq_.slot >= 0, "no state to save: nothing was generated with keep_state");
+  save_state_file(path, model_.config(), cache_, seq_, ids_);
+}
+
+void Generator::load_state(const std::string& path) {
+  cache_.release(seq_);  // the kept sequence (if any) makes room
+  ids_.clear();
+  std::vector<int32_t> ids = load_state_file(path, model_.config(), cache_, seq_);
+  if (int32_t(ids.size()) > max_model_len_) {
+    cache_.release(seq_);
+    fail(path, ": the saved sequence has ", ids.size(), " tokens, more than --max-model-len ", max_model_len_);
+  }
+  ids_ = std::move(ids);
+  keep_ = true;
 }
 
 }  // namespace bamba

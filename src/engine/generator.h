@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "engine/drafter.h"
@@ -44,6 +45,14 @@ class Generator {
   GenerationStats generate(std::span<const int32_t> prompt, int32_t max_new, const SamplingParams& params,
                            const std::vector<int32_t>& eos, const std::function<bool(int32_t)>& on_token);
 
+  // A conversation: with keep_state, the sequence outlives generate(): the next call continues it (its tokens,
+  // then the new prompt, computed from the kept state), and save_state writes it (model/state_file.h).
+  // load_state reads one (keep_state on): the next generate() continues it. The prompt may then be empty.
+  void set_keep_state(bool keep) { keep_ = keep; }
+  void save_state(const std::string& path);
+  void load_state(const std::string& path);
+  const std::vector<int32_t>& tokens() const { return ids_; }  // the kept sequence: prompt(s) and outputs
+
  private:
   const HybridModel& model_;
   int32_t max_model_len_, prefill_chunk_;
@@ -52,6 +61,9 @@ class Generator {
   Workspace ws_;
   SeqCache spare_;  // the slot holding the snapshot a rejected draft rolls back to
   Tensor logits_;   // [1, V] of the last step
+  bool keep_ = false;
+  SeqCache seq_;              // the kept sequence's cache: ids_[0, seq_.len) are in it
+  std::vector<int32_t> ids_;  // the kept sequence's tokens
 };
 
 }  // namespace bamba

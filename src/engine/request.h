@@ -41,6 +41,9 @@ struct RequestParams {
   bool skip_special = true;
   int32_t logprobs = -1;         // per generated token: -1 none, else the chosen one + the top k
   int32_t prompt_logprobs = -1;  // per prompt token (echo / scoring): -1 none, else the chosen one + the top k
+  // Non-empty: the sequence's state is kept under this id when the request finishes, and a request naming a
+  // kept session whose prompt extends the session's tokens starts from its state (Engine sessions).
+  std::string session;
 };
 
 struct TokenLogprob {

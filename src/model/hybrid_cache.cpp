@@ -64,17 +64,28 @@ bool HybridCache::reserve(SeqCache& seq, int32_t new_len) {
 
 void HybridCache::release(SeqCache& seq) {
   if (seq.slot >= 0) free_slots_.push_back(seq.slot);
-  for (auto it = seq.blocks.rbegin(); it != seq.blocks.rend(); ++it)
-    if (--block_refs_[size_t(*it)] == 0) free_blocks_.push_back(*it);
+  for (auto it = seq.blocks.rbegin(); it != seq.blocks.rend(); ++it) release_block(*it);
   seq = SeqCache{};
+}
+
+void HybridCache::release_block(int32_t block) {
+  BAMBA_CHECK(block_refs_[size_t(block)] > 0, "page ", block, " released more often than held");
+  if (--block_refs_[size_t(block)] == 0) free_blocks_.push_back(block);
+}
+
+int32_t HybridCache::take_slot() {
+  if (free_slots_.empty()) return -1;
+  const int32_t s = free_slots_.back();
+  free_slots_.pop_back();
+  return s;
 }
 
 void HybridCache::copy_state(int32_t src_slot, int32_t dst_slot) {
   BAMBA_CHECK(src_slot >= 0 && src_slot < sizes_.n_slots && dst_slot >= 0 && dst_slot < sizes_.n_slots,
               "copy_state: slot out of range");
   for (size_t i = 0; i < conv_.size(); ++i) {
-    be_.copy_slice(conv_[i], src_slot, dst_slot);
-    be_.copy_slice(ssm_[i], src_slot, dst_slot);
+    be_.copy_slice(conv_[i], src_slot, dst_slot);  // [K-1, CD]
+    be_.copy_slice(ssm_[i], src_slot, dst_slot);   // [nh, P, N]
   }
 }
 
@@ -84,12 +95,8 @@ bool HybridCache::fork(const SeqCache& src, SeqCache& dst) {
   const int32_t full = has_attention() ? src.len / bs : 0;
   const bool partial = has_attention() && src.len % bs != 0;
   if (free_slots_.empty() || (partial && free_blocks_.empty())) return false;
-  dst.slot = free_slots_.back();
-  free_slots_.pop_back();
-  for (size_t i = 0; i < conv_.size(); ++i) {
-    be_.copy_slice(conv_[i], src.slot, dst.slot);
-    be_.copy_slice(ssm_[i], src.slot, dst.slot);
-  }
+  dst.slot = take_slot();
+  copy_state(src.slot, dst.slot);
   for (int32_t b = 0; b < full; ++b) {
     dst.blocks.push_back(src.blocks[size_t(b)]);
     ++block_refs_[size_t(src.blocks[size_t(b)])];

@@ -40,6 +40,7 @@ class HybridCache {
   static size_t bytes_per_block(const ModelConfig& cfg, int32_t block_size);
 
   const CacheSizes& sizes() const { return sizes_; }
+  Backend& backend() const { return be_; }
   Tensor conv_state(int64_t mamba_index) const { return conv_[size_t(mamba_index)]; }  // [n_slots, K-1, CD]
   Tensor ssm_state(int64_t mamba_index) const { return ssm_[size_t(mamba_index)]; }    // [n_slots, nh, P, N]
   Tensor k_pages(int64_t attn_index) const { return k_[size_t(attn_index)]; }          // [n_blocks, bs, nkv, dh]
@@ -53,8 +54,15 @@ class HybridCache {
   // src's full KV pages shared (never written again: new tokens go to later rows) and its partly filled last page
   // copied. O(state size), independent of the sequence length. False (nothing changed) if the pools cannot.
   bool fork(const SeqCache& src, SeqCache& dst);
+  // Pieces for the prefix cache (engine/prefix_cache.h), which holds pages and state snapshots of its own:
+  // a page is freed when its last holder (sequence or prefix cache) lets go of it.
+  void retain_block(int32_t block) { ++block_refs_[size_t(block)]; }
+  void release_block(int32_t block);
+  int32_t block_refs(int32_t block) const { return block_refs_[size_t(block)]; }
+  int32_t take_slot();  // a free state slot, or -1
+  void give_slot(int32_t slot) { free_slots_.push_back(slot); }
   // The Mamba state (conv window + SSM state) of slot src copied into slot dst: a snapshot to roll a sequence back
-  // to (speculative decoding). KV pages need none: rows past a sequence's length are never read.
+  // to (speculative decoding, prefix-cache snapshots). KV pages need none: rows past a sequence's length are never read.
   void copy_state(int32_t src_slot, int32_t dst_slot);
   int32_t free_slots() const { return int32_t(free_slots_.size()); }
   int32_t free_blocks() const { return int32_t(free_blocks_.size()); }

@@ -1,7 +1,13 @@
 #include "server/http_server.h"
 
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <httplib.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
+
+#include <cerrno>
+#include <cstdlib>
 
 #include <chrono>
 #include <random>
@@ -45,6 +51,83 @@ struct Stream {
 };
 
 std::string sse(const json& j) { return "data: " + dump(j) + "\n\n"; }
+
+// The `session` field of a completion request (docs/serving.md): kept apart from the OpenAI fields.
+std::string session_field(const json& body, const Job& job) {
+  auto it = body.find("session");
+  if (it == body.end() || it->is_null()) return {};
+  if (!it->is_string()) throw ApiError(400, "'session' must be a string", "session");
+  if (job.num_sequences() != 1)
+    throw ApiError(400, "a session holds one sequence: 'n' must be 1 and the prompt a single one", "session");
+  return it->get<std::string>();
+}
+
+// An engine session call: 404 for a session that does not exist, 400 for other bad input.
+template <class F>
+void session_call(httplib::Response& res, F f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    send_error(res, m.rfind("no session", 0) == 0 ? 404 : 400, m);
+  }
+}
+
+// The address and port of one end of a socket, as httplib writes them in a Request.
+bool endpoint(int fd, bool peer, std::string& addr, int& port) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if ((peer ? ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) : ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len)) != 0)
+    return false;
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (ss.ss_family == AF_INET) {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    ::inet_ntop(AF_INET, &a->sin_addr, buf, sizeof(buf));
+    port = ntohs(a->sin_port);
+  } else if (ss.ss_family == AF_INET6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    ::inet_ntop(AF_INET6, &a->sin6_addr, buf, sizeof(buf));
+    port = ntohs(a->sin6_port);
+  } else {
+    return false;
+  }
+  addr = buf;
+  return true;
+}
+
+// The socket of the connection a handler serves, found by its two ends: httplib 0.11 does not give it to
+// handlers, and a client that goes away while nothing is being written to it (a non-streaming request, a stream
+// still in its prefill) must free its sequences too, not only one whose next write fails.
+class PeerWatch {
+ public:
+  explicit PeerWatch(const httplib::Request& req) {
+    DIR* d = ::opendir("/proc/self/fd");
+    if (!d) return;
+    while (dirent* e = ::readdir(d)) {
+      char* end = nullptr;
+      const long fd = std::strtol(e->d_name, &end, 10);
+      if (end == e->d_name || *end) continue;
+      std::string addr;
+      int port = 0;
+      if (endpoint(int(fd), true, addr, port) && port == req.remote_port && addr == req.remote_addr &&
+          endpoint(int(fd), false, addr, port) && port == req.local_port) {
+        fd_ = int(fd);
+        break;
+      }
+    }
+    ::closedir(d);
+  }
+  // The client closed its end (or reset it). Peeks without consuming: a pipelined next request is not a close.
+  bool gone() const {
+    if (fd_ < 0) return false;
+    char c;
+    const ssize_t r = ::recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+  }
+
+ private:
+  int fd_ = -1;
+};
 
 }  // namespace
 
@@ -148,6 +231,42 @@ void HttpServer::routes() {
   s.Get("/tokenizer_info", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(dump(tokenizer_info(ctx_)), "application/json");
   });
+  // Sessions (docs/serving.md).
+  const std::string sid = "([A-Za-z0-9._-]+)";
+  s.Get("/v1/sessions", [this](const httplib::Request&, httplib::Response& res) {
+    session_call(res, [&] {
+      json data = json::array();
+      for (const SessionInfo& i : engine_.sessions())
+        data.push_back({{"id", i.id}, {"object", "session"}, {"tokens", i.tokens}, {"cached_tokens", i.cached}});
+      res.set_content(dump({{"object", "list"}, {"data", data}}), "application/json");
+    });
+  });
+  s.Post("/v1/sessions/" + sid + "/fork", [this](const httplib::Request& req, httplib::Response& res) {
+    json body = json::parse(req.body, nullptr, false);
+    if (!body.is_object() || !body.contains("id") || !body["id"].is_string())
+      return send_error(res, 400, "the body must be {\"id\": \"<new session id>\"}", "id");
+    session_call(res, [&] {
+      engine_.fork_session(req.matches[1], body["id"].get<std::string>());
+      res.set_content(dump({{"id", body["id"]}, {"object", "session"}, {"forked_from", std::string(req.matches[1])}}),
+                      "application/json");
+    });
+  });
+  s.Delete("/v1/sessions/" + sid, [this](const httplib::Request& req, httplib::Response& res) {
+    session_call(res, [&] {
+      if (!engine_.delete_session(req.matches[1])) fail("no session \"", std::string(req.matches[1]), "\"");
+      res.set_content(dump({{"id", std::string(req.matches[1])}, {"object", "session"}, {"deleted", true}}),
+                      "application/json");
+    });
+  });
+  s.Get("/v1/sessions/" + sid + "/state", [this](const httplib::Request& req, httplib::Response& res) {
+    session_call(res, [&] { res.set_content(engine_.save_session(req.matches[1]), "application/octet-stream"); });
+  });
+  s.Put("/v1/sessions/" + sid + "/state", [this](const httplib::Request& req, httplib::Response& res) {
+    session_call(res, [&] {
+      engine_.load_session(req.matches[1], req.body);
+      res.set_content(dump({{"id", std::string(req.matches[1])}, {"object", "session"}}), "application/json");
+    });
+  });
   s.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { generate(q, r, false); });
   s.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) { generate(q, r, true); });
 }
@@ -163,9 +282,11 @@ void HttpServer::generate(const httplib::Request& req, httplib::Response& res, b
   std::vector<RequestParams> seqs;
   try {
     job = chat ? parse_chat(body, ctx_) : parse_completions(body, ctx_);
+    const std::string session = session_field(body, job);
     std::random_device rd;
     for (int32_t i = 0; i < job.num_sequences(); ++i) {
       seqs.push_back(job.sequence(i, (uint64_t(rd()) << 32) ^ rd()));
+      seqs.back().session = session;
       engine_.validate(seqs.back());  // all checked before any is submitted
     }
   } catch (const ApiError& e) {
@@ -178,16 +299,21 @@ void HttpServer::generate(const httplib::Request& req, httplib::Response& res, b
   guard.reset();  // the Stream below counts from here
   auto st = std::make_shared<Stream>(std::move(job), ctx_, id, now, in_flight_);
   try {
-    for (int32_t i = 0; i < int32_t(seqs.size()); ++i) st->requests.push_back(engine_.submit(seqs[size_t(i)], st->channel, i));
+    st->requests = engine_.submit_all(std::move(seqs), st->channel);  // at once: n > 1 choices fork one prefill
   } catch (const Error& e) {
     st->cancel();
     return send_error(res, 503, e.what());
   }
 
+  auto peer = std::make_shared<PeerWatch>(req);
   if (!st->job.stream) {
     // The connection's thread waits here; the engine thread fills the channel.
     while (!st->builder.all_done()) {
-      if (auto o = st->channel->pop(100ms)) st->builder.add(*o);
+      if (peer->gone()) {  // nobody to answer: free the sequences at the next step
+        st->cancel();
+        return;
+      }
+      if (auto o = st->channel->pop(50ms)) st->builder.add(*o);
       else if (!engine_.alive()) return send_error(res, 503, "the engine stopped");
     }
     if (!st->builder.error().empty()) return send_error(res, 500, st->builder.error());
@@ -197,8 +323,12 @@ void HttpServer::generate(const httplib::Request& req, httplib::Response& res, b
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
-      [st, this](size_t, httplib::DataSink& sink) {
+      [st, peer, this](size_t, httplib::DataSink& sink) {
         if (st->finished) return true;
+        if (peer->gone()) {  // checked every 50 ms, not only when a write fails
+          st->cancel();
+          return false;
+        }
         auto o = st->channel->pop(50ms);  // nothing yet: httplib calls again (and checks the socket)
         if (!o) return engine_.alive();
         std::string data;

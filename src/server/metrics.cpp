@@ -68,6 +68,21 @@ std::string prometheus_text(const EngineStats& s, const std::string& model_name)
   w.counter("generation_tokens_total", "Tokens generated.", double(s.generation_tokens));
   w.counter_by("request_success_total", "Finished requests by finish reason.", "finished_reason", s.finished);
   w.counter("num_preemptions_total", "Sequences preempted (recomputed later).", double(s.preemptions));
+  w.counter("prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache when sequences start.",
+            double(s.prefix_cache_queries));
+  w.counter("prefix_cache_hits_total", "Prompt tokens restored from the prefix cache (not computed).",
+            double(s.prefix_cache_hits));
+  w.gauge("prefix_cache_hit_rate", "prefix_cache_hits_total / prefix_cache_queries_total (0 before any query).",
+          s.prefix_cache_queries ? double(s.prefix_cache_hits) / double(s.prefix_cache_queries) : 0.0);
+  w.gauge("prefix_cache_pages", "KV-cache pages the prefix cache holds.", s.prefix_cache_pages);
+  w.gauge("prefix_cache_snapshots", "Mamba state snapshots the prefix cache holds.", s.prefix_cache_snapshots);
+  w.counter_by("prefix_cache_evictions_total", "Prefix-cache entries evicted (least recently used first).", "kind",
+               {{"page", s.prefix_cache_evicted_pages}, {"snapshot", s.prefix_cache_evicted_snapshots}});
+  w.counter("forked_sequences_total", "Choices (n > 1) that forked the prefill of another instead of repeating it.",
+            double(s.forks));
+  w.gauge("num_sessions", "Kept sessions (sequence states held between requests).", s.sessions);
+  w.counter("session_hits_total", "Prompt tokens restored from a session's state (not computed).",
+            double(s.session_hits));
   w.histogram("time_to_first_token_seconds", "Time from arrival to the first token.", s.ttft);
   w.histogram("inter_token_latency_seconds", "Time between consecutive tokens of a request.", s.itl);
   w.histogram("e2e_request_latency_seconds", "Time from arrival to the end of a request.", s.e2e);
