@@ -497,7 +497,7 @@ ToolUse tool_use(const json& b, const ServingContext& ctx, json& vars) {
       tu.forced_whole = true;
     }
   }
-  if (!tu.forced_whole && ctx.vocab) tu.grammar = tool_call_grammar(tu, tu_params, ctx);
+  if (!tu.forced.empty() && !tu.forced_whole && ctx.vocab) tu.grammar = tool_call_grammar(tu, tu_params, ctx);
   return tu;
 }
 

@@ -134,7 +134,7 @@ class SchemaCompiler {
     return nfa_.repeat([&] { return nfa_.chars({{'0', '9'}}); }, lo, hi);
   }
   Frag integer() {
-    const Frag mag = nfa_.alt({nfa_.bytes("0"), nfa_.seq(nfa_.chars({{'1', '9'}}), digits(0, 18))});
+    const Frag mag = nfa_.alt({nfa_.bytes("0"), nfa_.seq(nfa_.chars({{'1', '9'}}), digits(0, 17))});
     return nfa_.seq(nfa_.opt(nfa_.bytes("-")), mag);
   }
   Frag number() {

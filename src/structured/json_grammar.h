@@ -8,7 +8,7 @@
 // Properties come out in the schema's order; optional ones may be left out. Anything else is an Error naming
 // the keyword and where it is (a JSON pointer), so that the server can answer 400.
 //
-// Bounds that keep the language regular and the output finite: numbers have at most 19 integer digits, 16
+// Bounds that keep the language regular and the output finite: numbers have at most 18 integer digits (integers fit int64), 16
 // fraction digits and a 2-digit exponent (so every number fits a double); a value with no schema (an object without properties, an array
 // without items, `{}`, json_object mode) nests at most kJsonAnyDepth levels deep.
 #pragma once
