@@ -215,9 +215,14 @@ std::string Engine::add_processing(Live& l, int32_t row, LogitsProcessing& proc)
     r.mask_offset = int64_t(proc.masks.size());
     proc.masks.resize(proc.masks.size() + size_t(words), 0u);
     uint32_t* m = proc.masks.data() + r.mask_offset;
-    const std::vector<uint32_t>& allowed = p.grammar->mask(l.grammar_state);  // the grammar's vocabulary may be smaller
-    std::copy(allowed.begin(), allowed.end(), m);
-    bool any = std::any_of(allowed.begin(), allowed.end(), [](uint32_t w) { return w != 0; });
+    try {  // (a grammar that outgrows its automaton budget fails its own request, not the step)
+      const std::vector<uint32_t>& allowed = p.grammar->mask(l.grammar_state);  // its vocabulary may be smaller
+      std::copy(allowed.begin(), allowed.end(), m);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    const uint32_t* allowed_end = m + words;
+    bool any = std::any_of(static_cast<const uint32_t*>(m), allowed_end, [](uint32_t w) { return w != 0; });
     if (p.grammar->accepting(l.grammar_state))
       for (int32_t e : opt_.eos)
         if (e >= 0 && e < V) m[e >> 5] |= 1u << (e & 31), any = true;
@@ -341,13 +346,16 @@ void Engine::step() {
     const bool stop_str = l.text && l.text->stopped();
     bool complete = false;  // structured output: nothing but eos can follow
     if (rp.grammar && !eos) {
-      l.grammar_state = rp.grammar->advance(l.grammar_state, tok);
-      if (l.grammar_state < 0) {  // the mask forbade it: a bug, not the client's fault
-        out.error = cat("structured output: token ", tok, " was drawn where the grammar forbids it");
+      try {
+        l.grammar_state = rp.grammar->advance(l.grammar_state, tok);
+        // (the mask forbade it: a bug, not the client's fault)
+        BAMBA_CHECK(l.grammar_state >= 0, "structured output: token ", tok, " was drawn where the grammar forbids it");
+        complete = rp.grammar->complete(l.grammar_state);
+      } catch (const Error& e) {
+        out.error = e.what();
         finish(l, FinishReason::Abort, std::move(out));
         continue;
       }
-      complete = rp.grammar->complete(l.grammar_state);
     }
     if (eos || stop_id || stop_str || complete) why = FinishReason::Stop;
     else if (l.generated >= rp.max_tokens || int32_t(s.tokens.size()) >= opt_.max_model_len) why = FinishReason::Length;
