@@ -88,6 +88,22 @@ TEST_F(SamplingApi, LogitBiasForcesAToken) {
   EXPECT_NE(bias.body["choices"][0]["text"], g.body["choices"][0]["text"]);
 }
 
+TEST_F(SamplingApi, AllowedTokenIds) {
+  // Only `"` (1) and `#` (2): the sampled text is made of them alone, and both come up.
+  Reply r = complete({{"max_tokens", 30}, {"temperature", 1}, {"seed", 1}, {"ignore_eos", true}, {"allowed_token_ids", {1, 2}}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  const std::string t = r.body["choices"][0]["text"];
+  EXPECT_EQ(t.size(), 30u);
+  EXPECT_EQ(t.find_first_not_of("\"#"), std::string::npos) << t;
+  EXPECT_NE(t.find('"'), std::string::npos);
+  EXPECT_NE(t.find('#'), std::string::npos);
+  // With a constraint as well: both hold.
+  r = complete({{"max_tokens", 30}, {"temperature", 1}, {"seed", 1}, {"allowed_token_ids", {1, 2, 16, 17}},
+                {"guided_regex", "#+(1|2)"}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_TRUE(std::regex_match(r.body["choices"][0]["text"].get<std::string>(), std::regex("#+(1|2)"))) << r.body;
+}
+
 TEST_F(SamplingApi, RepetitionPenaltyKeepsEveryTokenNew) {
   // A huge repetition penalty over prompt + output: greedy never repeats a token nor takes one of the prompt's.
   json body = {{"max_tokens", 40}, {"temperature", 0}, {"ignore_eos", true}, {"logprobs", 0}, {"echo", true},
@@ -274,6 +290,13 @@ TEST_F(SamplingApi, UnsupportedValuesAre400NamingTheField) {
   EXPECT_EQ(param({{"guided_regex", "a"}, {"guided_choice", {"a"}}}).rfind("guided_choice", 0), 0u);
   EXPECT_EQ(param({{"guided_regex", "a"}, {"ignore_eos", true}}).rfind("ignore_eos", 0), 0u);
   EXPECT_EQ(param({{"structured_outputs", {{"grammar", "x"}}}}).rfind("structured_outputs", 0), 0u);
+  EXPECT_EQ(param({{"allowed_token_ids", {999999999}}}).rfind("allowed_token_ids", 0), 0u);
+  for (const char* k : {"min_tokens", "best_of", "use_beam_search", "length_penalty", "bad_words", "prompt_logprobs",
+                        "truncate_prompt_tokens", "return_tokens_as_token_ids"}) {
+    json v = std::string(k) == "use_beam_search" || std::string(k) == "return_tokens_as_token_ids" ? json(true)
+             : std::string(k) == "bad_words" ? json::array({"x"}) : json(3);
+    EXPECT_EQ(param({{k, v}}).rfind(k, 0), 0u) << k;
+  }
 }
 
 TEST_F(SamplingApi, ChatTopLogprobsShape) {

@@ -9,6 +9,7 @@
 #include <regex>
 
 #include "core/error.h"
+#include "server/grammar_cache.h"
 #include "structured/byte_dfa.h"
 #include "structured/json_grammar.h"
 #include "structured/regex_grammar.h"
@@ -262,6 +263,35 @@ TEST(StructuredTokens, MasksEqualWalkingEachTokenOnTheLlama3Vocabulary) {
   expect_masks_equal_brute_force(g, *v, {states[0], states[3], states[6], states.back()});
   // Special tokens never come out of a structured output.
   EXPECT_LT(g.advance(states[6], 128001), 0);
+}
+
+}  // namespace
+}  // namespace bamba
+
+namespace bamba {
+namespace {
+
+TEST(GrammarCacheTest, ReusesByKeyAndDropsTheLeastRecentlyUsed) {
+  auto v = std::make_shared<const TokenVocab>(std::vector<std::string>{"a", "b"});
+  GrammarCache cache(2);
+  int built = 0;
+  auto make = [&] {
+    ++built;
+    return std::make_shared<TokenGrammar>(regex_nfa("a+"), v);
+  };
+  auto g1 = cache.get("x", make);
+  EXPECT_EQ(cache.get("x", make), g1);
+  EXPECT_EQ(built, 1);
+  cache.get("y", make);
+  cache.get("x", make);  // x is now the most recent
+  cache.get("z", make);  // drops y
+  EXPECT_EQ(built, 3);
+  EXPECT_EQ(cache.get("x", make), g1);
+  cache.get("y", make);
+  EXPECT_EQ(built, 4);
+  EXPECT_EQ(cache.size(), 2u);
+  EXPECT_THROW(cache.get("bad", [&]() -> std::shared_ptr<TokenGrammar> { throw Error("no"); }), Error);
+  EXPECT_EQ(cache.size(), 2u);
 }
 
 }  // namespace

@@ -90,6 +90,8 @@ void Engine::validate(const RequestParams& p) const {
     BAMBA_CHECK(b >= -100.f && b <= 100.f, "logit_bias values must be in [-100, 100] (got ", b, ")");
   }
   BAMBA_CHECK(!p.grammar || !p.ignore_eos, "ignore_eos cannot be combined with structured output");
+  for (int32_t id : p.allowed_token_ids)
+    BAMBA_CHECK(id >= 0 && id < V, "allowed_token_ids: token id ", id, " is out of range [0, ", V, ")");
   BAMBA_CHECK(!p.grammar || p.grammar->vocab_size() <= V, "the grammar's vocabulary is larger than the model's");
   BAMBA_CHECK(p.logprobs <= opt_.max_logprobs && p.prompt_logprobs <= opt_.max_logprobs, "logprobs must be <= ",
               opt_.max_logprobs);
@@ -210,23 +212,32 @@ void Engine::finish(Live& l, FinishReason why, RequestOutput out) {
 std::string Engine::add_processing(Live& l, int32_t row, LogitsProcessing& proc) {
   const RequestParams& p = l.req->params;
   LogitsRow r = logits_row(p, l.history, row, proc.edits);
-  if (p.grammar) {
+  if (p.grammar || !p.allowed_token_ids.empty()) {
     const int32_t V = int32_t(model_.config().vocab_size), words = (V + 31) / 32;
     r.mask_offset = int64_t(proc.masks.size());
     proc.masks.resize(proc.masks.size() + size_t(words), 0u);
     uint32_t* m = proc.masks.data() + r.mask_offset;
-    try {  // (a grammar that outgrows its automaton budget fails its own request, not the step)
-      const std::vector<uint32_t>& allowed = p.grammar->mask(l.grammar_state);  // its vocabulary may be smaller
-      std::copy(allowed.begin(), allowed.end(), m);
-    } catch (const Error& e) {
-      return e.what();
+    if (p.grammar) {
+      try {  // (a grammar that outgrows its automaton budget fails its own request, not the step)
+        const std::vector<uint32_t>& allowed = p.grammar->mask(l.grammar_state);  // its vocabulary may be smaller
+        std::copy(allowed.begin(), allowed.end(), m);
+      } catch (const Error& e) {
+        return e.what();
+      }
+      if (p.grammar->accepting(l.grammar_state))
+        for (int32_t e : opt_.eos)
+          if (e >= 0 && e < V) m[e >> 5] |= 1u << (e & 31);
+    } else {
+      std::fill(m, m + words, ~0u);
     }
-    const uint32_t* allowed_end = m + words;
-    bool any = std::any_of(static_cast<const uint32_t*>(m), allowed_end, [](uint32_t w) { return w != 0; });
-    if (p.grammar->accepting(l.grammar_state))
-      for (int32_t e : opt_.eos)
-        if (e >= 0 && e < V) m[e >> 5] |= 1u << (e & 31), any = true;
-    if (!any) return "structured output: no token of the vocabulary can continue the output here";
+    if (!p.allowed_token_ids.empty()) {  // and only these
+      std::vector<uint32_t> only(size_t(words), 0u);
+      for (int32_t id : p.allowed_token_ids) only[size_t(id) >> 5] |= 1u << (id & 31);
+      for (int32_t w = 0; w < words; ++w) m[w] &= only[size_t(w)];
+    }
+    if (std::all_of(static_cast<const uint32_t*>(m), static_cast<const uint32_t*>(m) + words, [](uint32_t w) { return w == 0; }))
+      return p.grammar ? "structured output: no token of the vocabulary can continue the output here"
+                       : "allowed_token_ids: no allowed token";
   }
   proc.rows.push_back(r);
   return {};

@@ -14,7 +14,8 @@ TokenHistory::TokenHistory(const RequestParams& p) {
 
 bool needs_logits_processing(const RequestParams& p) {
   return p.presence_penalty != 0.f || p.frequency_penalty != 0.f || p.repetition_penalty != 1.f ||
-         (p.min_p > 0.f && p.sampling.temperature > 0.f) || !p.logit_bias.empty() || p.grammar;
+         (p.min_p > 0.f && p.sampling.temperature > 0.f) || !p.logit_bias.empty() || p.grammar ||
+         !p.allowed_token_ids.empty();
 }
 
 LogitsRow logits_row(const RequestParams& p, const TokenHistory& h, int32_t row, std::vector<LogitEdit>& edits) {

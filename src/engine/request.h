@@ -40,6 +40,7 @@ struct RequestParams {
   // greedy), logit_bias (distinct ids).
   float presence_penalty = 0.f, frequency_penalty = 0.f, repetition_penalty = 1.f, min_p = 0.f;
   std::vector<std::pair<int32_t, float>> logit_bias;
+  std::vector<int32_t> allowed_token_ids;  // not empty: only these may be drawn (vLLM's allowed_token_ids)
   // Structured output: only tokens the grammar allows are drawn; an eos id only where the output is complete,
   // and the request stops (finish "stop") as soon as nothing but eos could follow. Null: unconstrained.
   std::shared_ptr<TokenGrammar> grammar;

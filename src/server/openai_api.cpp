@@ -93,6 +93,9 @@ void check_model(const json& b, const ServingContext& ctx) {
     throw ApiError(404, cat("The model `", m->get<std::string>(), "` does not exist."), "model");
 }
 
+std::shared_ptr<TokenGrammar> compile_constraint(const std::string& param, const std::string& kind, const json* value,
+                                                 const ServingContext& ctx);
+
 // The output constraint a request asks for, if any: response_format (json_object, json_schema), vLLM's
 // guided_json / guided_regex / guided_choice, or its structured_outputs object with the same keys. At most one.
 std::shared_ptr<TokenGrammar> structured_output(const json& b, const ServingContext& ctx) {
@@ -141,37 +144,44 @@ std::shared_ptr<TokenGrammar> structured_output(const json& b, const ServingCont
     bad(asks[1].param, cat("'", asks[0].param, "' and '", asks[1].param, "' both constrain the output: give one"));
   const Ask& a = asks[0];
   if (!ctx.vocab) bad(a.param, "structured output needs the model's tokenizer");
+  const std::string key = a.kind + "\n" + (a.value ? a.value->dump() : "");
   try {
-    ByteNfa nfa;
-    ByteNfa::Frag f;
-    if (a.kind == "json_object") {
-      f = json_any_object(nfa);
-    } else if (a.kind == "json") {
-      json schema = *a.value;
-      if (schema.is_string()) {  // guided_json may be the schema's JSON text
-        schema = json::parse(a.value->get<std::string>(), nullptr, false);
-        if (schema.is_discarded()) bad(a.param, cat("'", a.param, "' is not valid JSON"));
-      }
-      f = compile_json_schema(nfa, schema);
-    } else if (a.kind == "regex") {
-      if (!a.value->is_string()) bad(a.param, cat("'", a.param, "' regex must be a string"));
-      f = compile_regex(nfa, a.value->get<std::string>());
-    } else {
-      if (!a.value->is_array() || a.value->empty()) bad(a.param, cat("'", a.param, "' choice must be a non-empty list of strings"));
-      std::vector<ByteNfa::Frag> alts;
-      for (const json& c : *a.value) {
-        if (!c.is_string()) bad(a.param, cat("'", a.param, "' choice must be a non-empty list of strings"));
-        alts.push_back(nfa.bytes(c.get<std::string>()));
-      }
-      f = nfa.alt(alts);
-    }
-    nfa.finish(f);
-    return std::make_shared<TokenGrammar>(nfa, ctx.vocab);
+    return ctx.grammars->get(key, [&] { return compile_constraint(a.param, a.kind, a.value, ctx); });
   } catch (const ApiError&) {
     throw;
   } catch (const std::exception& e) {
     bad(a.param, cat("'", a.param, "': ", e.what()));
   }
+}
+
+// The grammar for one constraint of structured_output() (kind: json_object, json, regex, choice).
+std::shared_ptr<TokenGrammar> compile_constraint(const std::string& param, const std::string& kind, const json* value,
+                                                 const ServingContext& ctx) {
+  ByteNfa nfa;
+  ByteNfa::Frag f;
+  if (kind == "json_object") {
+    f = json_any_object(nfa);
+  } else if (kind == "json") {
+    json schema = *value;
+    if (schema.is_string()) {  // guided_json may be the schema's JSON text
+      schema = json::parse(value->get<std::string>(), nullptr, false);
+      if (schema.is_discarded()) bad(param, cat("'", param, "' is not valid JSON"));
+    }
+    f = compile_json_schema(nfa, schema);
+  } else if (kind == "regex") {
+    if (!value->is_string()) bad(param, cat("'", param, "' regex must be a string"));
+    f = compile_regex(nfa, value->get<std::string>());
+  } else {
+    if (!value->is_array() || value->empty()) bad(param, cat("'", param, "' choice must be a non-empty list of strings"));
+    std::vector<ByteNfa::Frag> alts;
+    for (const json& c : *value) {
+      if (!c.is_string()) bad(param, cat("'", param, "' choice must be a non-empty list of strings"));
+      alts.push_back(nfa.bytes(c.get<std::string>()));
+    }
+    f = nfa.alt(alts);
+  }
+  nfa.finish(f);
+  return std::make_shared<TokenGrammar>(nfa, ctx.vocab);
 }
 
 // The fields completions and chat share.
@@ -224,7 +234,24 @@ void parse_common(const json& b, const ServingContext& ctx, Job& job) {
       p.logit_bias.push_back({int32_t(id), float(it->get<double>())});
     }
   }
+  if (const json* al = field(b, "allowed_token_ids")) {
+    if (!al->is_array() || al->empty()) bad("allowed_token_ids", "'allowed_token_ids' must be a non-empty list of token ids");
+    p.allowed_token_ids = token_ids(*al, "allowed_token_ids", ctx);
+  }
   p.grammar = structured_output(b, ctx);
+  // vLLM fields whose effect is not implemented: a request that asks for them gets a 400, not a silent no-op.
+  if (int_in(b, "min_tokens", 0, std::numeric_limits<int32_t>::max(), 0) > 0)
+    bad("min_tokens", "'min_tokens' is not supported (only 0)");
+  if (auto bo = get_int(b, "best_of"); bo && *bo != 1 && *bo != job.n)
+    bad("best_of", "'best_of' is not supported (only 1 or n)");
+  if (get_bool(b, "use_beam_search").value_or(false)) bad("use_beam_search", "beam search is not supported");
+  if (get_num(b, "length_penalty").value_or(1) != 1) bad("length_penalty", "'length_penalty' is not supported (only 1)");
+  if (const json* bw = field(b, "bad_words"); bw && !(bw->is_array() && bw->empty()))
+    bad("bad_words", "'bad_words' is not supported");
+  for (const char* k : {"prompt_logprobs", "truncate_prompt_tokens", "logits_processors"})
+    if (field(b, k)) bad(k, cat("'", k, "' is not supported"));
+  if (get_bool(b, "return_tokens_as_token_ids").value_or(false))
+    bad("return_tokens_as_token_ids", "'return_tokens_as_token_ids' is not supported");
   if (const json* st = field(b, "stop")) {
     if (st->is_string()) p.stop.push_back(st->get<std::string>());
     else if (st->is_array()) {
@@ -370,6 +397,9 @@ ByteNfa::Frag tool_arguments(ByteNfa& nfa, const json* params) {
   }
 }
 
+std::shared_ptr<TokenGrammar> build_tool_call_grammar(const ToolUse& tu, const std::vector<const json*>& params,
+                                                      const ServingContext& ctx);
+
 // What may follow the opening `tool_choice` forced (tool_call_opening, plus the name for a named function):
 //   named:     ARGS closing
 //   required:  CALL (separator CALL)* closing, CALL = one offered name, the format's after-name text, its ARGS;
@@ -379,6 +409,13 @@ ByteNfa::Frag tool_arguments(ByteNfa& nfa, const json* params) {
 // vocabularies, which a structured output never draws), so one construction serves all four parsers.
 std::shared_ptr<TokenGrammar> tool_call_grammar(const ToolUse& tu, const std::vector<const json*>& params,
                                                 const ServingContext& ctx) {
+  std::string key = cat("tools\n", tool_call_format_name(tu.format), "\n", tu.named, "\n", tu.parallel);
+  for (size_t i = 0; i < tu.names.size(); ++i) key += "\n" + tu.names[i] + "\n" + (params[i] ? params[i]->dump() : "");
+  return ctx.grammars->get(key, [&] { return build_tool_call_grammar(tu, params, ctx); });
+}
+
+std::shared_ptr<TokenGrammar> build_tool_call_grammar(const ToolUse& tu, const std::vector<const json*>& params,
+                                                      const ServingContext& ctx) {
   ByteNfa nfa;
   const std::string closing = tool_call_closing(tu.format);
   ByteNfa::Frag whole;

@@ -12,6 +12,7 @@
 #include "engine/request.h"
 #include "chat/chat_template.h"
 #include "chat/tool_call_parser.h"
+#include "server/grammar_cache.h"
 #include "structured/token_grammar.h"
 #include "tokenizer/tokenizer.h"
 
@@ -46,6 +47,7 @@ struct ServingContext {
   int32_t max_sequences = 1024;            // prompts x n per request
   int32_t max_logprobs = 20;
   std::shared_ptr<const TokenVocab> vocab;  // every token's bytes, for structured output (null: unsupported)
+  std::shared_ptr<GrammarCache> grammars = std::make_shared<GrammarCache>();  // compiled grammars, shared
 };
 
 // What a chat request's `tools` and `tool_choice` ask of the output.

@@ -71,8 +71,8 @@ const std::vector<uint32_t>& TokenGrammar::mask(int32_t state) {
     for (++i; i < order.size() && lcp[i] >= k + 1; ++i) {
     }
   }
-  // Bounded cache: at most 4096 states' masks (16 KiB each for a 128k vocabulary) are kept.
-  if (masks_.size() >= 4096) masks_.clear();
+  // Bounded cache: at most 1024 states' masks (16 KiB each for a 128k vocabulary: 16 MiB) are kept.
+  if (masks_.size() >= 1024) masks_.clear();
   return masks_.emplace(state, std::move(m)).first->second;
 }
 
