@@ -17,6 +17,11 @@ class SchemaCompiler {
   SchemaCompiler(ByteNfa& nfa, const json& root) : nfa_(nfa), root_(root) {}
 
   Frag value(const json& s, const std::string& at) {
+    if (++depth_ > 64) fail("the JSON schema nests more than 64 levels deep (at '", at, "')");
+    struct Leave {
+      int& d;
+      ~Leave() { --d; }
+    } leave{depth_};
     if (s.is_boolean()) {
       if (!s.get<bool>()) fail("the JSON schema at '", at, "' is false: nothing is valid");
       return any_value(kJsonAnyDepth);
@@ -260,6 +265,7 @@ class SchemaCompiler {
   ByteNfa& nfa_;
   const json& root_;
   std::vector<std::string> refs_;
+  int depth_ = 0;
 };
 
 }  // namespace

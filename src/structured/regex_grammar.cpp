@@ -238,7 +238,9 @@ class Parser {
           error("the group syntax (?...) other than (?:...) and named groups");
         }
       }
+      if (++depth_ > 100) error("groups nested more than 100 deep");
       NodeP inner = alternation();
+      --depth_;
       if (!peek(')')) error("a missing ')'");
       ++i_;
       return inner;
@@ -264,6 +266,7 @@ class Parser {
 
   std::string_view p_;
   size_t i_ = 0;
+  int depth_ = 0;
 };
 
 ByteNfa::Frag build(ByteNfa& nfa, const Node& n) {
