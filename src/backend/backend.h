@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <span>
 #include <string>
@@ -48,6 +49,35 @@ struct SamplingParams {
   uint64_t seed = 0;
 };
 void check_sampling(const SamplingParams& p);  // Error naming the bad field
+
+// What is done to some logits rows before sampling (Backend::process_logits), in vLLM's order:
+//   1. the allowed-token mask (structured output): tokens whose bit is clear become -inf;
+//   2. the sparse per-token edits: x += bias (logit_bias); then, for tokens of the prompt or the output,
+//      the repetition penalty x = x > 0 ? x / r : x * r; then x -= sub (frequency_penalty * count +
+//      presence_penalty, over output tokens; the caller folds both into `sub`);
+//   3. min_p: tokens whose probability at the row's temperature is below min_p times the largest become -inf,
+//      i.e. x < max(x) + min_p_shift with min_p_shift = temperature * ln(min_p) (computed by the caller in fp32,
+//      so every backend compares against the same threshold).
+// Logprobs are taken before this (vLLM's raw logprobs). The ids of one row's edits are distinct.
+struct LogitEdit {
+  int32_t id;
+  int32_t repeat;  // != 0: in the prompt or the output (the repetition penalty applies)
+  float bias, sub;
+};
+struct LogitsRow {
+  int32_t row = 0;                   // the logits row
+  float repetition_penalty = 1.f;
+  float min_p_shift = -std::numeric_limits<float>::infinity();  // -inf: no min_p (nothing is below max - inf)
+  int32_t edit_begin = 0, edit_count = 0;  // edits[edit_begin, edit_begin + edit_count)
+  int64_t mask_offset = -1;          // masks[mask_offset, + ceil(V / 32)): bit j of word j / 32 = token j allowed
+};
+struct LogitsProcessing {
+  std::vector<LogitsRow> rows;
+  std::vector<LogitEdit> edits;
+  std::vector<uint32_t> masks;
+};
+// The definition, for one row x[0, V) (the CPU backend runs it; GPU kernels are tested against it).
+void process_logits_row(float* x, int64_t V, const LogitsRow& r, const LogitEdit* edits, const uint32_t* mask);
 
 // Error("<op>_backward: not implemented on <backend>"): the default of every Backend::*_backward.
 [[noreturn]] void backward_not_implemented(const char* op, const std::string& backend);
@@ -182,6 +212,8 @@ class Backend {
   // out_tokens[r] = a token drawn from logits row r with params[r] (see SamplingParams).
   // logits [R, V] F32 (may be strided); params and out_tokens: R entries, on the host.
   virtual void sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) = 0;
+  // Applies p (see LogitsProcessing) in place to the rows it names.        logits [R, V] F32 (may be strided)
+  virtual void process_logits(Tensor logits, const LogitsProcessing& p) = 0;
   // Scoring (bamba eval): for each i, logprob[i] = log_softmax(logits[rows[i]])[targets[i]] (fp32, max-shifted)
   // and greedy[i] = the first index of the maximum of that row. A row may appear several times (one context,
   // several continuations). logits [R, V] F32 (may be strided); rows, targets, logprob, greedy: on the host.

@@ -80,6 +80,9 @@ class OpProfiler final : public Backend {
   void gather_logit_rows(Tensor out, Tensor x) override {
     timed("gather_logit_rows", [&] { in_.gather_logit_rows(out, x); });
   }
+  void process_logits(Tensor logits, const LogitsProcessing& p) override {
+    timed("process_logits", [&] { in_.process_logits(logits, p); });
+  }
   void sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) override {
     timed("sample", [&] { in_.sample(logits, params, out_tokens); });
   }

@@ -381,6 +381,16 @@ class CpuBackend final : public Backend {
     }
   }
 
+  void process_logits(Tensor logits, const LogitsProcessing& p) override {
+    check_f32(logits, "process_logits logits");
+    const int64_t V = logits.shape[1];
+    for (const LogitsRow& r : p.rows) {
+      BAMBA_CHECK(r.row >= 0 && r.row < logits.rows(), "process_logits: row ", r.row, " out of range");
+      process_logits_row(row_mut(logits, r.row), V, r, p.edits.data() + r.edit_begin,
+                         r.mask_offset >= 0 ? p.masks.data() + r.mask_offset : nullptr);
+    }
+  }
+
   void sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) override {
     check_f32(logits, "sample logits");
     const int64_t V = logits.shape[1];

@@ -88,11 +88,12 @@ class CudaBackend final : public Backend {
     for (auto& [k, e] : graphs_) cudaGraphExecDestroy(e);
     for (auto& [p, n] : allocs_) cudaFree(p);
     for (auto& [k, p] : inv_freq_) cudaFree(p);
-    for (void* p : std::initializer_list<void*>{meta_dev_, scratch_, stage_dev_[0], stage_dev_[1], cublas_ws_, sample_dev_})
+    for (void* p : std::initializer_list<void*>{meta_dev_, scratch_, stage_dev_[0], stage_dev_[1], cublas_ws_, sample_dev_, proc_dev_})
       cudaFree(p);
-    for (void* p : std::initializer_list<void*>{meta_host_, stage_host_[0], stage_host_[1], sample_host_}) cudaFreeHost(p);
+    for (void* p : std::initializer_list<void*>{meta_host_, stage_host_[0], stage_host_[1], sample_host_, proc_host_}) cudaFreeHost(p);
     for (auto& e : stage_done_) cudaEventDestroy(e);
     cudaEventDestroy(meta_done_);
+    if (proc_done_) cudaEventDestroy(proc_done_);
     cublasDestroy(cublas_);
     cudaStreamDestroy(stream_);
   }
@@ -309,6 +310,7 @@ class CudaBackend final : public Backend {
     });
   }
   void sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) override;
+  void process_logits(Tensor logits, const LogitsProcessing& p) override;
   void token_logprobs(Tensor logits, std::span<const int32_t> rows, std::span<const int32_t> targets, float* logprob,
                       int32_t* greedy) override;
 
@@ -369,6 +371,10 @@ class CudaBackend final : public Backend {
   DevSampling* sample_host_ = nullptr;
   void* sample_dev_ = nullptr;
   size_t sample_cap_ = 0;
+  void* proc_host_ = nullptr;  // process_logits' pinned staging and device buffers
+  void* proc_dev_ = nullptr;
+  size_t proc_cap_ = 0;
+  cudaEvent_t proc_done_ = nullptr;
 };
 
 // Packs the batch into one int32 array (so one copy uploads it) in an order whose offsets depend only on
@@ -479,6 +485,46 @@ void CudaBackend::sample(Tensor logits, std::span<const SamplingParams> params, 
   cuda::sample(stream_, logits.ptr<float>(), logits.ld, R, V, dp, dout);
   CUDA_CHECK(cudaMemcpyAsync(out_tokens, dout, size_t(R) * 4, cudaMemcpyDeviceToHost, stream_));
   CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+// The rows, edits and masks go up in one copy through buffers of their own; one kernel processes every row.
+void CudaBackend::process_logits(Tensor logits, const LogitsProcessing& p) {
+  const int64_t n = int64_t(p.rows.size()), V = logits.shape[1];
+  f32(logits, "process_logits logits");
+  if (n == 0) return;
+  const size_t rows_b = size_t(n) * sizeof(cuda::DevLogitsRow), edits_b = p.edits.size() * sizeof(cuda::DevLogitEdit),
+               masks_b = p.masks.size() * 4;
+  const size_t bytes = rows_b + edits_b + masks_b;
+  if (!proc_done_) CUDA_CHECK(cudaEventCreateWithFlags(&proc_done_, cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventSynchronize(proc_done_));  // the previous call's copy has read the staging buffer
+  if (bytes > proc_cap_) {
+    cudaFree(proc_dev_);
+    cudaFreeHost(proc_host_);
+    proc_cap_ = std::max<size_t>(bytes * 2, 1u << 16);
+    proc_dev_ = dev_malloc(proc_cap_, "the logits processing buffers");
+    CUDA_CHECK(cudaMallocHost(&proc_host_, proc_cap_));
+  }
+  auto* h = static_cast<char*>(proc_host_);
+  auto* hr = reinterpret_cast<cuda::DevLogitsRow*>(h);
+  for (int64_t i = 0; i < n; ++i) {
+    const LogitsRow& r = p.rows[size_t(i)];
+    BAMBA_CHECK(r.row >= 0 && r.row < logits.rows(), "process_logits: row ", r.row, " out of range");
+    hr[i] = {r.row, r.repetition_penalty, r.min_p_shift, r.edit_begin, r.edit_count, 0, r.mask_offset};
+  }
+  auto* he = reinterpret_cast<cuda::DevLogitEdit*>(h + rows_b);
+  for (size_t i = 0; i < p.edits.size(); ++i) {
+    const LogitEdit& e = p.edits[i];
+    BAMBA_CHECK(e.id >= 0 && e.id < V, "process_logits: token ", e.id, " out of range");
+    he[i] = {e.id, e.repeat, e.bias, e.sub};
+  }
+  std::memcpy(h + rows_b + edits_b, p.masks.data(), masks_b);
+  char* d = static_cast<char*>(proc_dev_);
+  CUDA_CHECK(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_));
+  CUDA_CHECK(cudaEventRecord(proc_done_, stream_));
+  cuda::process_logits(stream_, logits.ptr<float>(), logits.ld, V, n, reinterpret_cast<const cuda::DevLogitsRow*>(d),
+                       reinterpret_cast<const cuda::DevLogitEdit*>(d + rows_b),
+                       reinterpret_cast<const uint32_t*>(d + rows_b + edits_b));
+  // No synchronization: the buffers are this op's own (proc_done_ guards the staging one).
 }
 
 // The pinned host buffer and device buffer that sampling and scoring move their small per-row data through.

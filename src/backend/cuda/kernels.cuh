@@ -88,6 +88,21 @@ struct DevSampling {
 };
 void sample(cudaStream_t st, const float* logits, int64_t ld, int64_t R, int64_t V, const DevSampling* params,
             int32_t* out);
+// logits_processing.cu: Backend::process_logits on the rows listed (one block each). The layouts mirror
+// LogitsRow / LogitEdit of backend.h.
+struct DevLogitsRow {
+  int32_t row;
+  float repetition_penalty, min_p_shift;
+  int32_t edit_begin, edit_count;
+  int32_t pad_;
+  int64_t mask_offset;  // in uint32 words; -1: no mask
+};
+struct DevLogitEdit {
+  int32_t id, repeat;
+  float bias, sub;
+};
+void process_logits(cudaStream_t st, float* logits, int64_t ld, int64_t V, int64_t n_rows, const DevLogitsRow* rows,
+                    const DevLogitEdit* edits, const uint32_t* masks);
 // For each of n (row, target) pairs: logprob = log_softmax(logits[row])[target], greedy = first argmax of the row.
 void token_logprobs(cudaStream_t st, const float* logits, int64_t ld, int64_t V, int64_t n, const int32_t* rows,
                     const int32_t* targets, float* logprob, int32_t* greedy);
