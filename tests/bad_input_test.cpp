@@ -389,8 +389,8 @@ TEST(BadConfig, InvalidJson) {
 
 TEST(BadConfig, ModelType) {
   json j = fixture_config("bamba-tiny-b");
-  j["model_type"] = "llama";
-  EXPECT_ERROR(parse(j), "cfg.json", "model_type \"llama\" is not supported", "\"bamba\"");
+  j["model_type"] = "gpt2";
+  EXPECT_ERROR(parse(j), "cfg.json", "model_type \"gpt2\" is not supported", "\"bamba\"", "\"nemotron_h\"");
   j.erase("model_type");
   EXPECT_ERROR(parse(j), "cfg.json", "missing field \"model_type\"", "\"bamba\"");
   j["model_type"] = 3;
