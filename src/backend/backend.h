@@ -64,7 +64,7 @@ struct MoeScratch {
   Tensor up;     // [T k, U]   the gathered rows' up projections
   Tensor act;    // [T k, F]
   Tensor down;   // [T k, H]
-  Tensor index;  // [T k + 2 E + 2] I32: the (token, slot) pairs sorted by expert, offsets, tile starts
+  Tensor index;  // [2 T k + 2 E + 2] I32: the (token, slot) pairs sorted by expert and back, group offsets, tiles
 };
 
 // How one logits row is turned into a token (Backend::sample). temperature <= 0 or top_k == 1: greedy (the first

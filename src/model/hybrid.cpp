@@ -39,7 +39,7 @@ Workspace::Workspace(const ModelConfig& c, Backend& be, int32_t max_tokens_, int
     moe.up = be.alloc_activation({T * k, U});
     moe.act = be.alloc_activation({T * k, Fe});
     moe.down = be.alloc_activation({T * k, H});
-    moe.index = be.alloc(DType::I32, {T * k + 2 * E + 2});
+    moe.index = be.alloc(DType::I32, {2 * T * k + 2 * E + 2});
   }
   if (zamba) {
     wide = be.alloc_activation({T, 2 * H});
