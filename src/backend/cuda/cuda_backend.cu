@@ -339,16 +339,16 @@ class CudaBackend final : public Backend {
   }
   void moe_experts(Tensor out, Tensor x, Tensor up, Tensor down, Tensor experts, Tensor weights, ExpertAct act_kind,
                    const MoeScratch& sc) override {
-    const int64_t T = x.rows(), k = experts.shape[1], E = up.shape[0];
-    if (sc.index.dtype != DType::I32 || sc.index.numel() < 2 * T * k + 2 * E + 2 || sc.up.rows() < T * k)
-      fail("cuda moe_experts: scratch too small for ", T, " tokens of ", k, " experts");
+    const int64_t n_tok = x.rows(), k = experts.shape[1], E = up.shape[0];
+    if (sc.index.dtype != DType::I32 || sc.index.numel() < 2 * n_tok * k + 2 * E + 2 || sc.up.rows() < n_tok * k)
+      fail("cuda moe_experts: scratch too small for ", n_tok, " tokens of ", k, " experts");
     if (!up.contiguous() || !down.contiguous()) fail("cuda moe_experts: expert weights must be contiguous");
     typed([&]<typename T>() {
       MoeExpertsArgs a{act<T>(out, "moe out"), out.ld, act<T>(x, "moe x"), x.ld, act<T>(up, "experts up"),
                        act<T>(down, "experts down"), experts.ptr<int32_t>(), experts.ld, f32(weights, "moe weights"),
                        weights.ld, sc.index.ptr<int32_t>(), act<T>(sc.up, "moe up rows"), sc.up.ld,
                        act<T>(sc.act, "moe act rows"), sc.act.ld, act<T>(sc.down, "moe down rows"), sc.down.ld,
-                       int(T), int(x.shape[1]), int(E), int(k), int(up.shape[1]), int(down.shape[2]),
+                       int(n_tok), int(x.shape[1]), int(E), int(k), int(up.shape[1]), int(down.shape[2]),
                        act_kind == ExpertAct::Relu2};
       cuda::moe_experts<T>(stream_, a);
     });
