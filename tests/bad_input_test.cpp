@@ -18,6 +18,7 @@
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/hybrid.h"
+#include "fixture_runner.h"
 #include "test_util.h"
 
 namespace bamba {
@@ -395,6 +396,66 @@ TEST(BadConfig, ModelType) {
   EXPECT_ERROR(parse(j), "cfg.json", "missing field \"model_type\"", "\"bamba\"");
   j["model_type"] = 3;
   EXPECT_ERROR(parse(j), "cfg.json", "\"model_type\" must be a string");
+}
+
+// Bamba's relatives (docs/family.md): their own fields, each error naming the field.
+TEST(BadConfig, FamilyModelTypes) {
+  auto family = [](const std::string& name) {
+    const std::string dir = test::fixture_model_dir(name);
+    return dir.empty() ? json() : json::parse(slurp(dir + "/config.json"));
+  };
+  json n = family("nemotron_h");
+  if (n.is_null()) GTEST_SKIP() << "family fixtures not found";
+  n.erase("layers_block_type");
+  n["hybrid_override_pattern"] = "M-*X";
+  EXPECT_ERROR(parse(n), "cfg.json", "hybrid_override_pattern has 'X'");
+  n["hybrid_override_pattern"] = "M-*EM";
+  n["num_hidden_layers"] = 4;
+  EXPECT_ERROR(parse(n), "cfg.json", "num_hidden_layers 4 differs from the 5 layer types");
+  n["num_hidden_layers"] = 5;
+  EXPECT_EQ(parse(n).mlp_kinds[3], MlpKind::MoE);
+  n["moe_latent_size"] = 16;
+  EXPECT_ERROR(parse(n), "cfg.json", "\"moe_latent_size\"");
+
+  json f = family("falcon_h1");
+  f["mamba_norm_before_gate"] = true;
+  EXPECT_ERROR(parse(f), "cfg.json", "mamba_norm_before_gate");
+  f["mamba_norm_before_gate"] = false;
+  f["ssm_multipliers"] = {1.0, 2.0};
+  EXPECT_ERROR(parse(f), "cfg.json", "\"ssm_multipliers\" must be a list of 5 numbers");
+
+  json m = family("mamba2");
+  m["num_heads"] = 7;
+  EXPECT_ERROR(parse(m), "cfg.json", "must equal num_heads * head_dim");
+
+  json l = family("llama3");
+  l["rope_parameters"]["rope_type"] = "yarn";
+  EXPECT_ERROR(parse(l), "cfg.json", "rope_type \"yarn\" is not supported", "\"llama3\"");
+  l["rope_parameters"]["rope_type"] = "llama3";
+  l["rope_parameters"]["high_freq_factor"] = 0.5;
+  EXPECT_ERROR(parse(l), "cfg.json", "high_freq_factor > low_freq_factor");
+
+  json g = family("granitemoehybrid-moe");
+  g["num_experts_per_tok"] = 9;
+  EXPECT_ERROR(parse(g), "cfg.json", "num_experts_per_tok 9 exceeds num_local_experts 4");
+  g["num_experts_per_tok"] = 2;
+  g["position_embedding_type"] = "alibi";
+  EXPECT_ERROR(parse(g), "cfg.json", "\"position_embedding_type\" = \"alibi\"");
+
+  json z = family("zamba2");
+  z["layers_block_type"][1] = "attention";
+  EXPECT_ERROR(parse(z), "cfg.json", "layers_block_type[1] = \"attention\"", "\"hybrid\"");
+}
+
+// Training is written for Bamba's layers: the relatives say so instead of computing something else.
+TEST(BadConfig, TrainingRejectsOtherModelTypes) {
+  const std::string dir = test::fixture_model_dir("llama3");
+  if (dir.empty()) GTEST_SKIP() << "family fixtures not found";
+  auto be = make_cpu_backend();
+  HybridModel m = load_model(dir, *be);
+  ModelWeights g = zeros_like_weights(m.config(), *be);
+  TrainBatch b{1, 4, {5, 6, 7, 8}, {5, 6, 7, 8}};
+  EXPECT_ERROR(m.forward_backward(b, g), "training supports model_type \"bamba\" only", "\"llama\"");
 }
 
 TEST(BadConfig, WrongFieldTypes) {
