@@ -358,6 +358,8 @@ ModelConfig bamba_9b_config() {
 }
 
 std::string config_to_json(const ModelConfig& c) {
+  if (c.family != Family::Bamba)
+    fail(c.source, ": writing config.json is supported for model_type \"bamba\" only (this model is \"", c.model_type, "\")");
   json attn = json::array();
   for (int64_t i = 0; i < c.num_hidden_layers; ++i)
     if (c.layer_kinds[size_t(i)] == LayerKind::Attention) attn.push_back(i);

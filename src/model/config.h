@@ -140,7 +140,7 @@ struct ModelConfig {
 ModelConfig parse_config(const std::string& json_text, const std::string& label);
 ModelConfig load_config(const std::string& model_dir);  // <dir>/config.json
 
-// config.json text for `c` as transformers' BambaConfig writes it (4.x field names, which 5.x also reads), so a
+// config.json text for `c` (a Bamba; other types: Error) as transformers' BambaConfig writes it (4.x field names, which 5.x also reads), so a
 // model with a preset shape can be saved as a Hugging Face folder.
 std::string config_to_json(const ModelConfig& c);
 
