@@ -2,6 +2,7 @@
 // its slot, whatever the previous owner left there.
 #include <gtest/gtest.h>
 
+#include "io/checkpoint.h"
 #include "model/hybrid.h"
 #include "fixture_runner.h"
 #include "test_util.h"
@@ -132,6 +133,19 @@ TEST(HybridCache, LayersWithoutStateOrKvTakeNoMemory) {
     HybridCache cache(c, *be, HybridCache::sizes_for(c, 2, 64));
     EXPECT_EQ(cache.has_attention(), w.attn > 0) << w.name;
     EXPECT_EQ(cache.sizes().n_blocks, w.attn > 0 ? 2 * 4 : 0) << w.name;
+  }
+}
+
+// ModelConfig::parameter_count (bench, train and the CLI banner use it) is the checkpoint's parameter count.
+TEST(HybridCache, FamilyParameterCountIsTheCheckpoints) {
+  for (const std::string& name : test::kFamilyModels) {
+    const std::string dir = test::fixture_model_dir(name);
+    if (dir.empty()) GTEST_SKIP() << "fixture " << name << " not found";
+    const ModelConfig c = load_config(dir);
+    Checkpoint ck(dir);
+    int64_t n = 0;
+    for (const auto& t : ck.names()) n += ck.get(t).numel();
+    EXPECT_EQ(c.parameter_count(), n) << name;
   }
 }
 

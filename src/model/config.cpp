@@ -60,7 +60,8 @@ int64_t ModelConfig::parameter_count() const {
       case MlpKind::SwiGLU: n += (family == Family::GraniteMoeHybrid ? glu : 3 * F * H); break;
       case MlpKind::Relu2: n += 2 * F * H; break;
       case MlpKind::MoE:
-        n += num_experts * H + (moe_router == MoeRouter::SoftmaxTopK ? 3 : 2) * num_experts * moe_intermediate_size * H +
+        n += num_experts * H + (moe_router == MoeRouter::SigmoidGroup ? num_experts : 0) +  // router (+ bias)
+             (moe_router == MoeRouter::SoftmaxTopK ? 3 : 2) * num_experts * moe_intermediate_size * H +
              (moe_router == MoeRouter::SoftmaxTopK ? glu : 2 * shared_intermediate_size * H);
         break;
     }
