@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "backend/backend.h"
@@ -445,6 +446,51 @@ TEST(BadConfig, FamilyModelTypes) {
   json z = family("zamba2");
   z["layers_block_type"][1] = "attention";
   EXPECT_ERROR(parse(z), "cfg.json", "layers_block_type[1] = \"attention\"", "\"hybrid\"");
+}
+
+// Nemotron-H in transformers 5.x's module spelling ("model." prefix, experts stacked [E, F, H]) loads too, and
+// computes the same logits as the hub spelling 5.17 saves; "mtp." tensors are skipped like transformers does.
+TEST(BadConfig, NemotronHBothSpellings) {
+  const std::string src = test::fixture_model_dir("nemotron_h");
+  if (src.empty()) GTEST_SKIP() << "family fixtures not found";
+  const std::string dir = test::make_temp_dir("nemotron-spelling");
+  std::vector<RawTensor> in = read_tensors(src + "/model.safetensors"), out;
+  std::map<std::string, RawTensor> stacks;  // merged experts by name
+  for (RawTensor& t : in) {
+    std::string n = t.name.rfind("backbone.", 0) == 0 ? "model." + t.name.substr(9) : t.name;
+    const size_t e = n.find(".experts.");
+    if (e != std::string::npos) {  // model.layers.3.mixer.experts.{e}.up_proj.weight -> ...experts.up_proj
+      const size_t dot = n.find('.', e + 9);
+      const std::string merged = n.substr(0, e) + ".experts." + n.substr(dot + 1, n.size() - dot - 1 - 7);
+      RawTensor& m = stacks[merged];
+      if (m.name.empty()) m = {merged, t.dtype, {0, t.shape[0], t.shape[1]}, {}};
+      m.shape[0] += 1;  // experts are stored in order 0, 1, ... in the file's sorted header
+      m.bytes.insert(m.bytes.end(), t.bytes.begin(), t.bytes.end());
+      continue;
+    }
+    t.name = n;
+    out.push_back(t);
+  }
+  for (auto& [n, t] : stacks) out.push_back(t);
+  out.push_back({"mtp.layers.0.norm.weight", DType::F32, {2}, std::vector<unsigned char>(8)});
+  write_tensors(dir + "/model.safetensors", out);
+  spit(dir + "/config.json", slurp(src + "/config.json"));
+  auto be = make_cpu_backend();
+  HybridModel a = load_model(src, *be), b = load_model(dir, *be);
+  auto logits = [&](const HybridModel& m) {
+    HybridCache cache(m.config(), *be, HybridCache::sizes_for(m.config(), 1, 16));
+    Workspace ws(m.config(), *be, 16, 16);
+    SeqCache sc;
+    EXPECT_TRUE(cache.reserve(sc, 6));
+    StepBatch sb;
+    std::vector<int32_t> ids = {5, 9, 200, 7, 31, 4};
+    sb.add(ids, 0, sc.slot, sc.blocks, true);
+    std::vector<float> v(6 * size_t(m.config().vocab_size));
+    be->to_host_f32(m.forward(sb, cache, ws), v.data());
+    return v;
+  };
+  EXPECT_EQ(logits(a), logits(b));
+  std::filesystem::remove_all(dir);
 }
 
 // Training is written for Bamba's layers: the relatives say so instead of computing something else.

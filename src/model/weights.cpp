@@ -217,8 +217,23 @@ Tensor load_shaped(Backend& be, std::span<const TensorInfo* const> parts, const 
 }
 
 // Checkpoint tensors that carry no weights and that loaders conventionally skip.
-bool ignorable(const std::string& name) {
+bool ignorable(const ModelConfig& c, const std::string& name) {
+  // Nemotron-H's multi-token-prediction layers: transformers does not load them either.
+  if (c.family == Family::NemotronH && name.rfind("mtp.", 0) == 0) return true;
   return name.size() >= 19 && name.compare(name.size() - 19, 19, "rotary_emb.inv_freq") == 0;
+}
+
+// Nemotron-H as transformers 5.x names its modules (a checkpoint saved without the hub conversion):
+// "model." for "backbone.", and the experts already stacked (mixer.experts.up_proj [E, F, H]).
+void nemotron_module_spelling(WeightSpec& spec) {
+  for (auto& n : spec.hf_names)
+    if (n.rfind("backbone.", 0) == 0) n = "model." + n.substr(9);
+  const std::string& first = spec.hf_names[0];
+  const size_t e = first.find(".experts.0.");
+  if (e != std::string::npos) {
+    spec.hf_names = {first.substr(0, e) + ".experts." + first.substr(e + 11, first.size() - e - 11 - 7)};  // - ".weight"
+    spec.part_shapes = {spec.shape};
+  }
 }
 
 }  // namespace
@@ -226,6 +241,8 @@ bool ignorable(const std::string& name) {
 ModelWeights load_weights(const ModelConfig& cfg, const Checkpoint& ckpt, Backend& be, const LoadProgress& progress) {
   ModelWeights w;
   auto table = weight_table(cfg, w);
+  if (cfg.family == Family::NemotronH && !ckpt.find(table[0].hf_names[0]))
+    for (auto& spec : table) nemotron_module_spelling(spec);
   size_t total = 0, done = 0;
   for (auto& spec : table)
     for (auto& n : spec.hf_names)
@@ -254,7 +271,7 @@ ModelWeights load_weights(const ModelConfig& cfg, const Checkpoint& ckpt, Backen
     used.insert("lm_head.weight");  // HF ties after loading, so a stored copy is ignored
   }
   for (auto& name : ckpt.names())
-    if (!used.count(name) && !ignorable(name)) {
+    if (!used.count(name) && !ignorable(cfg, name)) {
       const TensorInfo& t = ckpt.get(name);
       std::string hint = name.find(".mamba.") != std::string::npos || name.find(".self_attn.") != std::string::npos
                              ? " (does config.json's attn_layer_indices / layer_types match the checkpoint?)"
@@ -288,7 +305,10 @@ std::vector<NamedTensor> hf_tensors(const ModelConfig& cfg, const ModelWeights& 
     const Tensor fused = *spec.field;
     int64_t row = 0;
     for (size_t k = 0; k < spec.hf_names.size(); ++k) {
-      const int64_t n = spec.part_shapes[k][0];
+      // A part of the fused tensor's rank spans part_shape[0] rows of it; a part of lower rank (one expert of a
+      // stack [E, F, H]) is one entry of dim 0.
+      const bool entry = spec.part_shapes[k].size() < spec.shape.size();
+      const int64_t n = entry ? 1 : spec.part_shapes[k][0];
       out.push_back({spec.hf_names[k], spec.part_shapes[k], spec.hf_names.size() > 1 ? fused.slice_rows(row, row + n) : fused});
       row += n;
     }
