@@ -448,7 +448,8 @@ TEST(BadConfig, FamilyModelTypes) {
   EXPECT_ERROR(parse(z), "cfg.json", "layers_block_type[1] = \"attention\"", "\"hybrid\"");
 }
 
-// Nemotron-H in transformers 5.x's module spelling ("model." prefix, experts stacked [E, F, H]) loads too, and
+// Nemotron-H in transformers 5.x's module spelling ("model." prefix, experts stacked [E, F, H], and "embedding"
+// for "embeddings" as older checkpoints have it) loads too, and
 // computes the same logits as the hub spelling 5.17 saves; "mtp." tensors are skipped like transformers does.
 TEST(BadConfig, NemotronHBothSpellings) {
   const std::string src = test::fixture_model_dir("nemotron_h");
@@ -468,7 +469,7 @@ TEST(BadConfig, NemotronHBothSpellings) {
       m.bytes.insert(m.bytes.end(), t.bytes.begin(), t.bytes.end());
       continue;
     }
-    t.name = n;
+    t.name = n == "model.embeddings.weight" ? "model.embedding.weight" : n;  // the older spelling, also read
     out.push_back(t);
   }
   for (auto& [n, t] : stacks) out.push_back(t);

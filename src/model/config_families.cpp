@@ -174,7 +174,7 @@ void parse_nemotron_h(const Fields& f, ModelConfig& c) {
   eps_field(f, c, "layer_norm_epsilon", 1e-5);
   // Attention: no RoPE at all, explicit head_dim, no biases.
   attention_sizes(f, c, 32, 8);
-  c.head_dim = f.integer("head_dim", 128);
+  c.head_dim = f.integer_any({"head_dim", "attention_head_dim"}, 128);
   expect_false(f, "attention_bias");
   c.rotary_dim = 0;
   // MLP

@@ -243,6 +243,11 @@ ModelWeights load_weights(const ModelConfig& cfg, const Checkpoint& ckpt, Backen
   auto table = weight_table(cfg, w);
   if (cfg.family == Family::NemotronH && !ckpt.find(table[0].hf_names[0]))
     for (auto& spec : table) nemotron_module_spelling(spec);
+  // Mamba2 / Nemotron-H embeddings: older checkpoints say "embedding" (transformers' load hook renames it).
+  if (std::string& e = table[0].hf_names[0]; !ckpt.find(e) && e.size() > 16 && e.compare(e.size() - 17, 17, "embeddings.weight") == 0) {
+    std::string old = e.substr(0, e.size() - 17) + "embedding.weight";
+    if (ckpt.find(old)) e = old;
+  }
   size_t total = 0, done = 0;
   for (auto& spec : table)
     for (auto& n : spec.hf_names)
