@@ -230,6 +230,10 @@ TEST_P(CudaOps, FamilyElementwiseOps) {
     cpu_->scale(xs.cpu, 0.35f);
     gpu_->scale(xs.gpu, 0.35f);
     expect_close(x, tol(), "scale of a column slice (the other columns untouched)");
+    Pair logits = make(DType::F32, {M, 33}, -5, 5);  // fp32 whatever the compute dtype
+    cpu_->scale(logits.cpu, 0.25f);
+    gpu_->scale(logits.gpu, 0.25f);
+    expect_close(logits, kTolF32, "scale of fp32 logits");
   }
 }
 

@@ -304,8 +304,10 @@ class CudaBackend final : public Backend {
     });
   }
   // ---- ops of the relatives
+  // By x's own dtype: activations, or the fp32 logits (logits_scaling, lm_head_multiplier).
   void scale(Tensor x, float s) override {
-    typed([&]<typename T>() { cuda::scale<T>(stream_, act<T>(x, "scale x"), x.ld, x.rows(), x.shape[1], s); });
+    if (x.device != Device::CUDA) fail("cuda scale: x must be a CUDA tensor");
+    dispatch_dtype(x.dtype, [&]<typename T>() { cuda::scale<T>(stream_, x.ptr<T>(), x.ld, x.rows(), x.shape[1], s); });
   }
   void copy(Tensor dst, Tensor src) override {
     typed([&]<typename T>() {
