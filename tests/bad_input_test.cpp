@@ -494,6 +494,35 @@ TEST(BadConfig, NemotronHBothSpellings) {
   std::filesystem::remove_all(dir);
 }
 
+// Falcon-H1 with mamba_rms_norm = false (the mixer output is y * silu(z), no norm): the checkpoint has no
+// mamba.norm.weight, and one that has it is told it does not match.
+TEST(BadConfig, FalconH1WithoutMambaNorm) {
+  const std::string src = test::fixture_model_dir("falcon_h1");
+  if (src.empty()) GTEST_SKIP() << "family fixtures not found";
+  TempDir d;
+  json cfg = json::parse(slurp(src + "/config.json"));
+  cfg["mamba_rms_norm"] = false;
+  spit(d.path + "/config.json", cfg.dump());
+  std::vector<RawTensor> all = read_tensors(src + "/model.safetensors");
+  write_tensors(d.path + "/model.safetensors", all);
+  EXPECT_ERROR(load(d.path), "unexpected tensor \"model.layers.0.mamba.norm.weight\"");
+  std::erase_if(all, [](const RawTensor& t) { return t.name.find("mamba.norm.weight") != std::string::npos; });
+  write_tensors(d.path + "/model.safetensors", all);
+  auto be = make_cpu_backend();
+  HybridModel m = load_model(d.path, *be);
+  EXPECT_FALSE(m.config().mamba_gated_norm);
+  HybridCache cache(m.config(), *be, HybridCache::sizes_for(m.config(), 1, 16));
+  Workspace ws(m.config(), *be, 16, 16);
+  SeqCache sc;
+  ASSERT_TRUE(cache.reserve(sc, 5));
+  StepBatch b;
+  std::vector<int32_t> ids = {3, 4, 5, 6, 7};
+  b.add(ids, 0, sc.slot, sc.blocks, true);
+  std::vector<float> v(5 * size_t(m.config().vocab_size));
+  be->to_host_f32(m.forward(b, cache, ws), v.data());
+  for (float x : v) ASSERT_TRUE(std::isfinite(x));
+}
+
 // Training is written for Bamba's layers: the relatives say so instead of computing something else.
 TEST(BadConfig, TrainingRejectsOtherModelTypes) {
   const std::string dir = test::fixture_model_dir("llama3");

@@ -113,15 +113,9 @@ std::vector<WeightSpec> weight_table(const ModelConfig& c, ModelWeights& w) {
     const std::string p = nm.layers + std::to_string(i) + ".";
     const LayerKind kind = c.layer_kinds[size_t(i)];
     const MlpKind mlp = c.mlp_kinds[size_t(i)];
-    if (kind == LayerKind::SharedAttention) {  // Zamba2 hybrid: its own Mamba layer lives under mamba_decoder
-      one(&L.input_layernorm, p + "mamba_decoder.input_layernorm.weight", {H}, norm_init);
-      mamba(L.mamba, p + "mamba_decoder.mamba.");
-      one(&L.linear, p + "linear.weight", {H, H}, linear_init(H));
-    } else if (kind != LayerKind::None) {
+    // The order is the table's (and Bamba's generated weights are seeded by position): norms, MLP, mixer.
+    if (kind != LayerKind::None && kind != LayerKind::SharedAttention)
       one(&L.input_layernorm, p + nm.norm1 + ".weight", {H}, norm_init);
-    }
-    if (kind == LayerKind::Mamba || kind == LayerKind::MambaAttention) mamba(L.mamba, p + nm.mamba);
-    if (kind == LayerKind::Attention || kind == LayerKind::MambaAttention) attention(L.attn, p + nm.attn);
     if (mlp != MlpKind::None) one(&L.pre_ff_layernorm, p + nm.norm2 + ".weight", {H}, norm_init);
     if (mlp == MlpKind::SwiGLU) swiglu(&L.gate_up_proj, &L.down_proj, p + nm.mlp, F);
     if (mlp == MlpKind::Relu2) relu2(&L.gate_up_proj, &L.down_proj, p + nm.mlp, F);
@@ -150,6 +144,13 @@ std::vector<WeightSpec> weight_table(const ModelConfig& c, ModelWeights& w) {
         t.push_back(std::move(down));
         if (S > 0) relu2(&L.gate_up_proj, &L.down_proj, q + "shared_experts.", S);
       }
+    }
+    if (kind == LayerKind::Mamba || kind == LayerKind::MambaAttention) mamba(L.mamba, p + nm.mamba);
+    if (kind == LayerKind::Attention || kind == LayerKind::MambaAttention) attention(L.attn, p + nm.attn);
+    if (kind == LayerKind::SharedAttention) {  // Zamba2 hybrid: its own Mamba layer lives under mamba_decoder
+      one(&L.input_layernorm, p + "mamba_decoder.input_layernorm.weight", {H}, norm_init);
+      mamba(L.mamba, p + "mamba_decoder.mamba.");
+      one(&L.linear, p + "linear.weight", {H, H}, linear_init(H));
     }
   }
   if (c.family == Family::Zamba2) {
