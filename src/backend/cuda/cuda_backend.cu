@@ -333,7 +333,7 @@ class CudaBackend final : public Backend {
   }
   void moe_route(Tensor experts, Tensor weights, Tensor logits, Tensor bias, const MoeOpsConfig& c) override {
     if (experts.dtype != DType::I32 || experts.device != Device::CUDA) fail("cuda moe_route: experts must be CUDA I32");
-    MoeRouteArgs a{f32(logits, "router logits"), logits.ld, bias ? f32(bias, "router bias") : nullptr,
+    MoeRouteArgs a{f32(logits, "router logits"), logits.ld, pv(bias, "router bias"),
                    experts.ptr<int32_t>(), experts.ld, f32(weights, "router weights"), weights.ld,
                    int(logits.rows()), int(c.n_experts), int(c.top_k), c.routing == MoeRouting::SigmoidGroup,
                    int(c.n_group), int(c.topk_group), int(c.norm_topk_prob), c.routed_scaling};

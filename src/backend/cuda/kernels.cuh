@@ -94,7 +94,7 @@ void attention(cudaStream_t st, const AttnArgs& a, const DevBatch& b, int max_se
 // route: logits [T, E] fp32 (ld) -> experts [T, k] int32, weights [T, k] fp32 (ld of each given).
 struct MoeRouteArgs {
   const float* logits; int64_t ldl;
-  const float* bias;  // [E] or null
+  PView bias;  // [E] or empty (F32 from a checkpoint, BF16 when generated)
   int32_t* experts; int64_t lde;
   float* weights; int64_t ldw;
   int T, E, k;

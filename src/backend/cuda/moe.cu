@@ -25,7 +25,7 @@ __global__ void route_kernel(MoeRouteArgs a) {
   if (t >= a.T) return;
   const float* x = a.logits + int64_t(t) * a.ldl;
   auto sigmoid = [](float v) { return 1.f / (1.f + expf(-v)); };
-  auto choose = [&](int e) { return a.sigmoid_group ? sigmoid(x[e]) + (a.bias ? a.bias[e] : 0.f) : x[e]; };
+  auto choose = [&](int e) { return a.sigmoid_group ? sigmoid(x[e]) + (a.bias.p ? ld_param(a.bias, e) : 0.f) : x[e]; };
   // Groups kept (SigmoidGroup with topk_group < n_group): per group the sum of its two best, the best groups.
   unsigned long long kept = ~0ull;
   const int per = a.E / a.n_group;
