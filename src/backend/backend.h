@@ -31,10 +31,42 @@ struct AttentionOpsConfig {
   // HF keeps inv_freq as a buffer that model.to(dtype) rounds: a bf16 checkpoint rotates with bf16-rounded
   // frequencies (the angle error grows with the position), so we round them the same way.
   DType inv_freq_dtype;
+  // llama3 frequency scaling (rope_type "llama3"; factor 0 = none): wavelengths longer than
+  // original_max / low_freq_factor are divided by factor, shorter than original_max / high_freq_factor kept,
+  // the band between interpolated.
+  float rope_factor = 0.f, rope_low_freq_factor = 1.f, rope_high_freq_factor = 4.f;
+  int64_t rope_original_max_position = 8192;
 };
 
-// inv_freq[j] = 1 / theta^(2j / R), j < R/2, computed in fp32 as HF does and rounded to c.inv_freq_dtype.
+// inv_freq[j] = 1 / theta^(2j / R), j < R/2, computed in fp32 as HF does (then the llama3 rescaling of
+// transformers' _compute_llama3_parameters when c.rope_factor > 0) and rounded to c.inv_freq_dtype.
 std::vector<float> rope_inv_freq(const AttentionOpsConfig& c);
+
+// Mixture-of-experts routing (Backend::moe_route): which k experts each token goes to and with what weight.
+enum class MoeRouting : uint8_t {
+  // GraniteMoeHybrid: the k largest router logits, weights = softmax over those k.
+  SoftmaxTopK,
+  // Nemotron-H (DeepSeek-V3): s = sigmoid(logits); choose on s + bias: per group of E / n_group experts the sum of
+  // its two best, keep the topk_group best groups, then the k best experts in them; weights = s of the chosen
+  // (unbiased), / (their sum + 1e-20) if norm_topk_prob, × routed_scaling.
+  SigmoidGroup,
+};
+struct MoeOpsConfig {
+  int64_t n_experts, top_k;
+  MoeRouting routing;
+  int64_t n_group = 1, topk_group = 1;
+  bool norm_topk_prob = true;
+  float routed_scaling = 1.f;
+};
+// The expert MLP: SwiGLU (up rows = gate | up, 2F of them) or relu² (F up rows).
+enum class ExpertAct : uint8_t { SwiGLU, Relu2 };
+// Buffers moe_experts works in, sized for T tokens of k experts each (the Workspace owns them).
+struct MoeScratch {
+  Tensor up;     // [T k, U]   the gathered rows' up projections
+  Tensor act;    // [T k, F]
+  Tensor down;   // [T k, H]
+  Tensor index;  // [2 T k + 2 E + 2] I32: the (token, slot) pairs sorted by expert and back, group offsets, tiles
+};
 
 // How one logits row is turned into a token (Backend::sample). temperature <= 0 or top_k == 1: greedy (the first
 // index of the maximum). Otherwise softmax(logits / temperature) restricted to the top_k largest (0 = all) and
@@ -148,6 +180,24 @@ class Backend {
   virtual void attention(Tensor out, Tensor qkv, Tensor k_pages, Tensor v_pages, const AttentionOpsConfig& c) = 0;
   // out = silu(gate) * up, gate_up [T, 2F] = gate | up, out [T, F]
   virtual void swiglu(Tensor out, Tensor gate_up) = 0;
+
+  // ---- ops of Bamba's relatives (docs/family.md)
+  virtual void scale(Tensor x, float s) = 0;  // x *= s in place (muP multipliers), x [M, N] (may be strided)
+  virtual void copy(Tensor dst, Tensor src) = 0;  // dst = src, [M, N] each (may be strided): column blocks
+  // out = relu(x)², x, out [T, F] (Nemotron-H's MLP)
+  virtual void relu2(Tensor out, Tensor x) = 0;
+  // out = gelu(gate) * up with the exact (erf) GELU, gate_up [T, 2F] = gate | up (Zamba2's MLP)
+  virtual void geglu(Tensor out, Tensor gate_up) = 0;
+  // out = y * silu(z) (a Mamba2 gate without the norm: Falcon-H1 with mamba_rms_norm = false), [T, I]
+  virtual void silu_gate(Tensor out, Tensor y, Tensor z) = 0;
+  // Routing: logits [T, E] F32 (the router matmul's output), bias [E] F32 or empty (SigmoidGroup's score
+  // correction) -> experts [T, k] I32 (in descending order of the score chosen on) and weights [T, k] F32.
+  virtual void moe_route(Tensor experts, Tensor weights, Tensor logits, Tensor bias, const MoeOpsConfig& c) = 0;
+  // out [T, H] = Σ_j weights[t, j] · down[e](act(up[e] · x[t])), e = experts[t, j]: the tokens are grouped by
+  // expert and each expert's rows go through one GEMM per projection (grouped GEMMs, not per-token matmuls).
+  // x [T, H]; up [E, U, H]; down [E, H, F]; experts, weights [T, k] as moe_route wrote them.
+  virtual void moe_experts(Tensor out, Tensor x, Tensor up, Tensor down, Tensor experts, Tensor weights, ExpertAct act,
+                           const MoeScratch& scratch) = 0;
   // ---- backward (training). Every sequence of the batch runs whole from a zero state (past_len == 0), as one
   // training row; StepBatch::seq_start gives the rows. Activation gradients are written (=), parameter gradients
   // accumulated (+=) so micro-batches add up. Optional outputs may be empty tensors. Reductions run in a fixed

@@ -47,6 +47,9 @@ struct LayerActs {
 }  // namespace
 
 TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights& g, const TrainOptions& opt) const {
+  // The backward is written for Bamba's layers (mixer + SwiGLU, no multipliers); its relatives are inference-only.
+  if (cfg_.family != Family::Bamba)
+    fail(cfg_.source, ": training supports model_type \"bamba\" only (this model is \"", cfg_.model_type, "\")");
   const int64_t Bn = batch.rows, S = batch.seq_len, T = Bn * S;
   BAMBA_CHECK(Bn > 0 && S > 0, "training batch is empty");
   BAMBA_CHECK(int64_t(batch.input_ids.size()) == T && int64_t(batch.labels.size()) == T, "training batch: ",
@@ -116,7 +119,7 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     a.xn = mem(T, H);
     be_.rmsnorm(a.xn, a.h_in, lw.input_layernorm, eps);
     a.h_mid = mem(T, H);  // mixer output, then + h_in
-    const int64_t k = cfg_.kind_index(i);
+    const int64_t k = cfg_.layer_kinds[size_t(i)] == LayerKind::Mamba ? cfg_.ssm_index(i) : cfg_.kv_index(i);
     if (cfg_.layer_kinds[size_t(i)] == LayerKind::Mamba) {
       const MambaWeights& w = lw.mamba;
       a.zxbcdt = mem(T, E);

@@ -304,6 +304,59 @@ class CudaBackend final : public Backend {
                       out.shape[1]);
     });
   }
+  // ---- ops of the relatives
+  // By x's own dtype: activations, or the fp32 logits (logits_scaling, lm_head_multiplier).
+  void scale(Tensor x, float s) override {
+    if (x.device != Device::CUDA) fail("cuda scale: x must be a CUDA tensor");
+    dispatch_dtype(x.dtype, [&]<typename T>() { cuda::scale<T>(stream_, x.ptr<T>(), x.ld, x.rows(), x.shape[1], s); });
+  }
+  void copy(Tensor dst, Tensor src) override {
+    typed([&]<typename T>() {
+      copy2d<T>(stream_, act<T>(dst, "copy dst"), dst.ld, act<T>(src, "copy src"), src.ld, dst.rows(), dst.shape[1]);
+    });
+  }
+  void relu2(Tensor out, Tensor x) override {
+    typed([&]<typename T>() {
+      cuda::relu2<T>(stream_, act<T>(out, "relu2 out"), out.ld, act<T>(x, "relu2 x"), x.ld, out.rows(), out.shape[1]);
+    });
+  }
+  void geglu(Tensor out, Tensor gate_up) override {
+    typed([&]<typename T>() {
+      cuda::geglu<T>(stream_, act<T>(out, "geglu out"), out.ld, act<T>(gate_up, "gate_up"), gate_up.ld, out.rows(),
+                     out.shape[1]);
+    });
+  }
+  void silu_gate(Tensor out, Tensor y, Tensor z) override {
+    typed([&]<typename T>() {
+      cuda::silu_gate<T>(stream_, act<T>(out, "silu_gate out"), out.ld, act<T>(y, "silu_gate y"), y.ld,
+                         act<T>(z, "silu_gate z"), z.ld, out.rows(), out.shape[1]);
+    });
+  }
+  void moe_route(Tensor experts, Tensor weights, Tensor logits, Tensor bias, const MoeOpsConfig& c) override {
+    if (experts.dtype != DType::I32 || experts.device != Device::CUDA) fail("cuda moe_route: experts must be CUDA I32");
+    MoeRouteArgs a{f32(logits, "router logits"), logits.ld, pv(bias, "router bias"),
+                   experts.ptr<int32_t>(), experts.ld, f32(weights, "router weights"), weights.ld,
+                   int(logits.rows()), int(c.n_experts), int(c.top_k), c.routing == MoeRouting::SigmoidGroup,
+                   int(c.n_group), int(c.topk_group), int(c.norm_topk_prob), c.routed_scaling};
+    cuda::moe_route(stream_, a);
+  }
+  void moe_experts(Tensor out, Tensor x, Tensor up, Tensor down, Tensor experts, Tensor weights, ExpertAct act_kind,
+                   const MoeScratch& sc) override {
+    const int64_t n_tok = x.rows(), k = experts.shape[1], E = up.shape[0];
+    if (sc.index.dtype != DType::I32 || sc.index.numel() < 2 * n_tok * k + 2 * E + 2 || sc.up.rows() < n_tok * k)
+      fail("cuda moe_experts: scratch too small for ", n_tok, " tokens of ", k, " experts");
+    if (!up.contiguous() || !down.contiguous()) fail("cuda moe_experts: expert weights must be contiguous");
+    typed([&]<typename T>() {
+      MoeExpertsArgs a{act<T>(out, "moe out"), out.ld, act<T>(x, "moe x"), x.ld, act<T>(up, "experts up"),
+                       act<T>(down, "experts down"), experts.ptr<int32_t>(), experts.ld, f32(weights, "moe weights"),
+                       weights.ld, sc.index.ptr<int32_t>(), act<T>(sc.up, "moe up rows"), sc.up.ld,
+                       act<T>(sc.act, "moe act rows"), sc.act.ld, act<T>(sc.down, "moe down rows"), sc.down.ld,
+                       int(n_tok), int(x.shape[1]), int(E), int(k), int(up.shape[1]), int(down.shape[2]),
+                       act_kind == ExpertAct::Relu2};
+      cuda::moe_experts<T>(stream_, a);
+    });
+  }
+
   void gather_logit_rows(Tensor out, Tensor x) override {
     typed([&]<typename T>() {
       gather_rows<T>(stream_, act<T>(out, "gather out"), out.ld, act<T>(x, "gather in"), x.ld, x.shape[1], db_);
@@ -325,7 +378,8 @@ class CudaBackend final : public Backend {
     }
   }
   const float* inv_freq(const AttentionOpsConfig& c) {
-    auto key = std::make_tuple(c.rotary_dim, c.rope_theta, int(c.inv_freq_dtype));
+    auto key = std::make_tuple(c.rotary_dim, c.rope_theta, int(c.inv_freq_dtype), c.rope_factor, c.rope_low_freq_factor,
+                               c.rope_high_freq_factor, c.rope_original_max_position);
     auto it = inv_freq_.find(key);
     if (it != inv_freq_.end()) return it->second;
     if (capturing_) fail("internal: RoPE table built during graph capture");
@@ -359,7 +413,7 @@ class CudaBackend final : public Backend {
   bool decode_ = false;
   float* scratch_ = nullptr;
   size_t scratch_floats_ = 0;
-  std::map<std::tuple<int64_t, float, int>, float*> inv_freq_;
+  std::map<std::tuple<int64_t, float, int, float, float, float, int64_t>, float*> inv_freq_;
   // graphs
   bool graphs_enabled_ = true, capturing_ = false;
   int gemv_max_rows_ = kMaxGemvRows;
