@@ -18,7 +18,7 @@ class Arena {
     for (Tensor t : owned_) be_.release(t);
   }
   Tensor operator()(int64_t rows, int64_t cols) {
-    owned_.push_back(be_.alloc(DType::F32, {rows, cols}));
+    owned_.push_back(be_.alloc_activation({rows, cols}));  // the compute dtype: what the ops read and write
     return owned_.back();
   }
 
