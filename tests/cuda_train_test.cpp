@@ -329,9 +329,33 @@ class CudaTrainModel : public ::testing::TestWithParam<ModelCase> {
   }
 };
 
+// The CPU twin's gradients with the GPU model's weights: the 2-D tensors rounded to bf16 as the bf16 backend
+// loads them (1-D ones stay fp32), computed in fp32.
+std::map<std::string, std::vector<float>> cpu_grads_bf16_weights(const std::string& name, const TrainBatch& b,
+                                                                 const TrainOptions& opt) {
+  auto be = make_cpu_backend();
+  HybridModel m = load_model(test::model_dir(name), *be);
+  for (auto& nt : hf_tensors(m.config(), m.weights())) {
+    if (nt.shape.size() < 2) continue;
+    float* p = nt.t.ptr<float>();
+    for (int64_t i = 0; i < nt.t.numel(); ++i) p[i] = bf16_to_f32(f32_to_bf16(p[i]));
+  }
+  ModelWeights g = zeros_like_weights(m.config(), *be);
+  m.forward_backward(b, g, opt);
+  std::map<std::string, std::vector<float>> out;
+  for (auto& nt : hf_tensors(m.config(), g)) out[nt.name] = std::vector<float>(nt.t.ptr<float>(), nt.t.ptr<float>() + nt.t.numel());
+  return out;
+}
+
+// fp32: every gradient against PyTorch's (float64, the fp32 checkpoint) within 1e-4. bf16: rounding the fixtures'
+// fp32 weights to bf16 alone moves PyTorch's gradients by up to 2.3e-2 (tiny-a) and 1.3e-1 (tiny-b, whose loss
+// of 22.5 sits on a saturated softmax) — measured with the CPU twin — so the bf16 backend is held to 3e-2 against
+// the CPU twin given the same bf16 weights (what is left is the bf16 activations' rounding), and its distance to
+// PyTorch is printed for the record.
 TEST_P(CudaTrainModel, GradientsEqualPyTorchAndRepeatBitForBit) {
   const ModelCase& mc = GetParam();
-  const double tol = mc.dtype == DType::F32 ? 1e-4 : 3e-2;
+  const bool f32 = mc.dtype == DType::F32;
+  const double tol = f32 ? 1e-4 : 3e-2;
   SafetensorsFile ref(reference_path(mc.model));
   GpuModel gm(mc.model, mc.dtype);
   const TensorInfo* ids = ref.find("batch.input_ids");
@@ -341,9 +365,11 @@ TEST_P(CudaTrainModel, GradientsEqualPyTorchAndRepeatBitForBit) {
   TrainResult res;
   auto got = gm.run(b, &res, opt);
   const double want_loss = read_f32(*ref.find("step0.loss"))[0];
-  EXPECT_NEAR(res.loss, want_loss, (mc.dtype == DType::F32 ? 1e-4 : 1e-2) * (1 + std::abs(want_loss)));
-  double worst = 0;
-  std::string worst_name;
+  EXPECT_NEAR(res.loss, want_loss, (f32 ? 1e-4 : 1e-2) * (1 + std::abs(want_loss)));
+  std::map<std::string, std::vector<float>> twin;
+  if (!f32) twin = cpu_grads_bf16_weights(mc.model, b, opt);
+  double worst = 0, worst_ref = 0;
+  std::string worst_name, worst_ref_name;
   size_t n = 0;
   for (auto& t : ref.tensors()) {
     if (t.name.rfind("grad.", 0) != 0) continue;
@@ -352,14 +378,18 @@ TEST_P(CudaTrainModel, GradientsEqualPyTorchAndRepeatBitForBit) {
     ASSERT_NE(it, got.end()) << "no gradient for " << name;
     const std::vector<float> r = read_f32(t);
     ASSERT_EQ(it->second.size(), r.size()) << name;
-    const double e = rel_l2(it->second, r);
-    EXPECT_LE(e, tol) << mc.model << " " << dtype_name(mc.dtype) << ": " << name << " relative L2 " << e;
+    const double e_ref = rel_l2(it->second, r), e = f32 ? e_ref : rel_l2(it->second, twin.at(name));
+    EXPECT_LE(e, tol) << mc.model << " " << dtype_name(mc.dtype) << ": " << name << " relative L2 " << e
+                      << (f32 ? " against PyTorch" : " against the CPU twin with the same bf16 weights");
     if (e > worst) worst = e, worst_name = name;
+    if (e_ref > worst_ref) worst_ref = e_ref, worst_ref_name = name;
     ++n;
   }
   EXPECT_GT(n, 10u);
-  std::printf("[ %s %s ] loss %.8f (ref %.8f); worst gradient %s: relative L2 %.3g over %zu tensors\n",
-              mc.model.c_str(), std::string(dtype_name(mc.dtype)).c_str(), res.loss, want_loss, worst_name.c_str(), worst, n);
+  std::printf("[ %s %s ] loss %.8f (ref %.8f); worst gradient %s: relative L2 %.3g %s; against PyTorch %.3g (%s), "
+              "over %zu tensors\n",
+              mc.model.c_str(), std::string(dtype_name(mc.dtype)).c_str(), res.loss, want_loss, worst_name.c_str(),
+              worst, f32 ? "against PyTorch" : "against the CPU twin", worst_ref, worst_ref_name.c_str(), n);
   // the same step again: the same bits
   TrainResult res2;
   auto again = gm.run(b, &res2, opt);

@@ -10,8 +10,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <sstream>
 #include <string>
 
+#include "backend/op_profiler.h"
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/hash_uniform.h"
@@ -43,7 +45,7 @@ struct TrainArgs {
   double peak_tflops = 0;
   bool check = false, quiet = false;
   // --bench: timed steps on generated weights and random tokens, no data, no checkpoints
-  bool bench = false;
+  bool bench = false, profile = false;
   std::string preset;
   int64_t bench_steps = 3, bench_layers = 0, bench_seq_len = 0;
 };
@@ -178,7 +180,9 @@ void run_train_bench(const TrainArgs& a) {
   ModelConfig mc = cfg.model_path.empty() ? (cfg.model_preset == "bamba-9b" ? bamba_9b_config() : dummy_config())
                                           : load_config(cfg.model_path);
   mc = first_layers(mc, a.bench_layers);
-  std::unique_ptr<Backend> be = make_backend(a.device, precision_dtype(cfg.precision));
+  std::unique_ptr<Backend> device = make_backend(a.device, precision_dtype(cfg.precision));
+  OpProfiler prof(*device);  // forwards only, unless --profile
+  Backend* be = &prof;
   HybridModel model(mc, dummy_weights(mc, *be, cfg.seed), *be);
   HybridTrainable tr(model, float(cfg.z_loss));
   std::vector<ParamRef> params = tr.params();
@@ -212,6 +216,18 @@ void run_train_bench(const TrainArgs& a) {
     std::fprintf(stderr, "step %lld  %.3f s  loss %.4f%s\n", (long long)step, s, loss, step == 0 ? "  (warm-up)" : "");
     if (step > 0) times.push_back(s);
   }
+  if (a.profile) {  // one more step with every op timed alone (synchronised around each)
+    prof.set_timing(true);
+    for (const auto& p : params)
+      if (dev) dev->zero(p.grad, p.size);
+    tr.loss_and_grad(b, div);
+    clip_grad_norm(params, cfg.grad_clip, dev);
+    opt.step(params, cfg.lr);
+    prof.set_timing(false);
+    std::ostringstream table;
+    prof.print(table, 1);
+    std::printf("per-op times of one step (each op synchronised alone):\n%s", table.str().c_str());
+  }
   if (times.empty()) return;
   std::sort(times.begin(), times.end());
   const double med = times[times.size() / 2], tok_s = double(b.rows * b.cols) / med;
@@ -236,6 +252,7 @@ void register_train(CLI::App& app) {
   cmd->add_flag("--bench", a->bench,
                 "time optimizer steps on generated weights and random tokens (no data, no checkpoints): tok/s, MFU "
                 "(with --peak-tflops), peak device memory");
+  cmd->add_flag("--profile", a->profile, "--bench: then one step with every op timed alone (a per-op table)");
   cmd->add_option("--preset", a->preset, "--bench: the model shape (tiny | bamba-9b), overriding the config's model");
   cmd->add_option("--bench-steps", a->bench_steps, "--bench: timed steps after one warm-up step (default 3)");
   cmd->add_option("--bench-layers", a->bench_layers, "--bench: only the first N layers (a shape too big to fit)");
