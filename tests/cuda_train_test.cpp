@@ -390,12 +390,17 @@ TEST_P(CudaTrainModel, GradientsEqualPyTorchAndRepeatBitForBit) {
               "over %zu tensors\n",
               mc.model.c_str(), std::string(dtype_name(mc.dtype)).c_str(), res.loss, want_loss, worst_name.c_str(),
               worst, f32 ? "against PyTorch" : "against the CPU twin", worst_ref, worst_ref_name.c_str(), n);
-  // the same step again: the same bits
-  TrainResult res2;
-  auto again = gm.run(b, &res2, opt);
-  EXPECT_EQ(res.loss, res2.loss);
-  for (auto& [name, v] : got)
-    EXPECT_EQ(0, std::memcmp(v.data(), again[name].data(), v.size() * 4)) << name << " differs between two runs";
+  // the same step again, and again with activation checkpointing (layers recomputed in the backward): the same bits
+  for (bool ckpt : {false, true}) {
+    TrainOptions o = opt;
+    o.activation_checkpointing = ckpt;
+    TrainResult res2;
+    auto again = gm.run(b, &res2, o);
+    EXPECT_EQ(res.loss, res2.loss);
+    for (auto& [name, v] : got)
+      EXPECT_EQ(0, std::memcmp(v.data(), again[name].data(), v.size() * 4))
+          << name << " differs between two runs" << (ckpt ? " (the second with activation checkpointing)" : "");
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaTrainModel,

@@ -48,6 +48,8 @@ struct TrainArgs {
   bool bench = false, profile = false;
   std::string preset;
   int64_t bench_steps = 3, bench_layers = 0, bench_seq_len = 0;
+  bool bench_checkpointing = false;
+  std::string bench_precision;
 };
 
 // The compute dtype of the GPU backend for a precision: bf16 for both mixed modes (fp32 masters and moments, or
@@ -121,7 +123,7 @@ void run_train_command(const TrainArgs& a) {
   std::unique_ptr<Backend> be = make_backend(a.device, precision_dtype(cfg.precision));
   if (!a.quiet) std::fprintf(stderr, "device    %s\n", be->name().c_str());
   std::unique_ptr<HybridModel> hybrid = open_model(cfg, model, *be);
-  HybridTrainable trainable_model(*hybrid, float(cfg.z_loss));
+  HybridTrainable trainable_model(*hybrid, float(cfg.z_loss), cfg.activation_checkpointing);
   Trainable* trainable = &trainable_model;
   auto batches = std::make_unique<MixtureSource>(cfg.data, hybrid->config().vocab_size);
   TrainerHooks hooks;
@@ -175,6 +177,10 @@ void run_train_bench(const TrainArgs& a) {
     cfg.model_preset = a.preset;
   }
   if (a.bench_seq_len > 0) cfg.seq_len = a.bench_seq_len;
+  if (!a.bench_precision.empty())
+    cfg.precision = a.bench_precision == "fp32"          ? Precision::Fp32
+                    : a.bench_precision == "bf16-memory" ? Precision::Bf16Memory
+                                                         : Precision::Bf16Mixed;
   if (cfg.model_preset != "tiny" && cfg.model_preset != "bamba-9b")
     fail("--preset ", cfg.model_preset, ": expected tiny or bamba-9b");
   ModelConfig mc = cfg.model_path.empty() ? (cfg.model_preset == "bamba-9b" ? bamba_9b_config() : dummy_config())
@@ -184,7 +190,7 @@ void run_train_bench(const TrainArgs& a) {
   OpProfiler prof(*device);  // forwards only, unless --profile
   Backend* be = &prof;
   HybridModel model(mc, dummy_weights(mc, *be, cfg.seed), *be);
-  HybridTrainable tr(model, float(cfg.z_loss));
+  HybridTrainable tr(model, float(cfg.z_loss), cfg.activation_checkpointing || a.bench_checkpointing);
   std::vector<ParamRef> params = tr.params();
   AdamWOptions o;
   o.beta1 = cfg.beta1, o.beta2 = cfg.beta2, o.eps = cfg.eps, o.weight_decay = cfg.weight_decay;
@@ -197,10 +203,12 @@ void run_train_bench(const TrainArgs& a) {
   const LossDivisors div{b.labeled(), b.rows * b.cols};
   ParamDevice* dev = tr.param_device();
   const double n_params = double(mc.parameter_count());
-  std::fprintf(stderr, "bench     %s%s, %.3g parameters, %lld × %lld tokens per step, %s, %s\n",
+  std::fprintf(stderr, "bench     %s%s, %.3g parameters, %lld × %lld tokens per step, %s%s, %s\n",
                cfg.model_path.empty() ? ("preset " + cfg.model_preset).c_str() : cfg.model_path.c_str(),
                a.bench_layers > 0 ? cat(" (first ", mc.num_hidden_layers, " layers)").c_str() : "", n_params,
-               (long long)b.rows, (long long)b.cols, precision_name(cfg.precision).c_str(), be->name().c_str());
+               (long long)b.rows, (long long)b.cols, precision_name(cfg.precision).c_str(),
+               cfg.activation_checkpointing || a.bench_checkpointing ? ", activation checkpointing" : "",
+               be->name().c_str());
   std::vector<double> times;
   double loss = 0;
   for (int64_t step = 0; step <= a.bench_steps; ++step) {
@@ -252,6 +260,10 @@ void register_train(CLI::App& app) {
   cmd->add_flag("--bench", a->bench,
                 "time optimizer steps on generated weights and random tokens (no data, no checkpoints): tok/s, MFU "
                 "(with --peak-tflops), peak device memory");
+  cmd->add_flag("--activation-checkpointing", a->bench_checkpointing,
+                "--bench: recompute each layer's activations in the backward (as the config's activation_checkpointing)");
+  cmd->add_option("--precision", a->bench_precision, "--bench: bf16-mixed, bf16-memory or fp32 (default: the config's)")
+      ->check(CLI::IsMember({"bf16-mixed", "bf16-memory", "fp32"}));
   cmd->add_flag("--profile", a->profile, "--bench: then one step with every op timed alone (a per-op table)");
   cmd->add_option("--preset", a->preset, "--bench: the model shape (tiny | bamba-9b), overriding the config's model");
   cmd->add_option("--bench-steps", a->bench_steps, "--bench: timed steps after one warm-up step (default 3)");

@@ -68,8 +68,11 @@ class BackendParams final : public ParamDevice {
 
 }  // namespace
 
-HybridTrainable::HybridTrainable(HybridModel& model, float z_loss_coefficient)
-    : model_(model), grads_(zeros_like_weights(model.config(), model.backend())), z_loss_(z_loss_coefficient) {
+HybridTrainable::HybridTrainable(HybridModel& model, float z_loss_coefficient, bool activation_checkpointing)
+    : model_(model),
+      grads_(zeros_like_weights(model.config(), model.backend())),
+      z_loss_(z_loss_coefficient),
+      checkpointing_(activation_checkpointing) {
   Backend& be = model.backend();
   if (be.device() == Device::CPU && be.weight_dtype() != DType::F32)
     fail("bamba train: the CPU backend trains in fp32 only");
@@ -120,6 +123,7 @@ LossResult HybridTrainable::loss_and_grad(const TokenBatch& b, const LossDivisor
   o.z_loss_coefficient = z_loss_;
   o.label_count = d.labels;
   o.position_count = d.positions;
+  o.activation_checkpointing = checkpointing_;
   const TrainResult r = model_.forward_backward(tb, grads_, o);
   return {r.loss, r.label_count};
 }
