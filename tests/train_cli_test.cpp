@@ -34,7 +34,7 @@ class TrainCli : public ::testing::Test {
 TEST_F(TrainCli, HelpNamesTheOptions) {
   RunResult r = run_bamba("train --help");
   EXPECT_EQ(r.exit_code, 0);
-  for (const char* s : {"--resume", "--check", "--peak-tflops", "Ctrl-C", "docs/training.md"})
+  for (const char* s : {"--resume", "--check", "--peak-tflops", "--device", "--bench", "Ctrl-C", "docs/training.md"})
     EXPECT_NE(r.out.find(s), std::string::npos) << s;
 }
 
@@ -62,6 +62,22 @@ TEST_F(TrainCli, ErrorsAreOneLineWithExitCode1) {
   // A data folder with no token shards stops the run before anything is written.
   expect_error(train(valid(), "-q"), "no *.bin token shards");
   EXPECT_FALSE(fs::exists(tmp_ + "/out"));
+}
+
+// --bench needs no config: timed steps of the tiny preset on the CPU (with the per-op table), and a config-less
+// run without --bench is an error naming what is missing.
+TEST_F(TrainCli, BenchRunsWithoutAConfig) {
+  RunResult r = run_bamba("train --bench --preset tiny --seq-len 32 --bench-steps 1 --profile --activation-checkpointing");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("train bench: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| ssd_backward |"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("activation checkpointing"), std::string::npos) << r.err;
+  r = run_bamba("train");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("a config file is required (or --bench)"), std::string::npos) << r.err;
+  r = run_bamba("train --bench --preset huge");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--preset huge"), std::string::npos) << r.err;
 }
 
 }  // namespace

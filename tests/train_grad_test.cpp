@@ -327,7 +327,7 @@ TEST_P(TrainGrad, PackedRowWithResetsEqualsItsDocumentsAsRows) {
   EXPECT_GT(std::abs(across.loss - packed.loss), 1e-4);
 }
 
-TEST_P(TrainGrad, ChunkSizesAndRepeatsChangeNothing) {
+TEST_P(TrainGrad, ChunkSizesRepeatsAndCheckpointingChangeNothing) {
   Trainer a(GetParam());
   const int32_t T = int32_t(2 * a.cfg().mamba_chunk_size + 7);
   TrainBatch b = random_batch(a.cfg(), 2, T, 3);
@@ -340,6 +340,9 @@ TEST_P(TrainGrad, ChunkSizesAndRepeatsChangeNothing) {
   TrainOptions opt;
   opt.ce_chunk_rows = 1;  // cross-entropy a row at a time: only the summation order of dW may differ
   expect_grads_close(a.run(b, nullptr, opt), ga, 1e-6, "ce_chunk_rows 1");
+  TrainOptions ckpt;
+  ckpt.activation_checkpointing = true;  // layers recomputed in the backward: the same bits
+  expect_grads_close(a.run(b, nullptr, ckpt), ga, 0, "activation checkpointing");
 }
 
 // Central differences of the fp32 loss at the largest-gradient element of every tensor: a coarse check of the

@@ -110,6 +110,14 @@ struct LogitsProcessing {
 };
 // The definition, for one row x[0, V) (the CPU backend runs it; GPU kernels are tested against it).
 void process_logits_row(float* x, int64_t V, const LogitsRow& r, const LogitEdit* edits, const uint32_t* mask);
+// One AdamW update's scalars (train/adamw.h computes them in double once per step and parameter):
+//   w ← w·decay;  g' = g·grad_scale;  m ← m + (1−β1)(g' − m);  v ← β2 v + (1−β2) g'²;
+//   w ← w − step_size · m / (√v / bc2_sqrt + eps)
+// key: the stochastic-rounding hash key of bf16 moments (element j draws splitmix64(key + j)).
+struct AdamWUpdate {
+  float step_size, bc2_sqrt, eps, one_minus_b1, b2, one_minus_b2, decay, grad_scale;
+  uint64_t key;
+};
 
 // Error("<op>_backward: not implemented on <backend>"): the default of every Backend::*_backward.
 [[noreturn]] void backward_not_implemented(const char* op, const std::string& backend);
@@ -125,6 +133,8 @@ class Backend {
   // ---- memory (owned by the backend; freed when it is destroyed or by release)
   virtual Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) = 0;  // zero-filled
   virtual void release(Tensor t) = 0;
+  // The most device memory this backend has held at once (bytes), or -1 when it does not track it.
+  virtual int64_t peak_memory_bytes() const { return -1; }
   Tensor alloc_activation(std::initializer_list<int64_t> shape) { return alloc(activation_dtype(), shape); }
 
   // Copies `parts` (checkpoint tensors, any float dtype, possibly unaligned) concatenated along dim 0 into a new
@@ -256,6 +266,22 @@ class Backend {
     backward_not_implemented("lm_head_cross_entropy", name());
     return 0;
   }
+
+  // ---- optimizer (training) on F32 buffers of this backend: the element-wise AdamW of train/adamw.h (whose host
+  // loop is the CPU twin) and the pieces of global-norm clipping. A trainer whose parameters live in host memory
+  // never calls these; the default throws.
+  // w, g F32 [n]; m, v F32 or BF16 (stochastic rounding, AdamWUpdate::key) [n]; model_copy: empty, or a BF16 / F32
+  // tensor of n elements that receives the updated weight (the copy the forward reads).
+  virtual void adamw_update(Tensor w, Tensor g, Tensor m, Tensor v, const AdamWUpdate& a, Tensor model_copy) {
+    backward_not_implemented("adamw_update", name());
+  }
+  // Σ g² over an F32 buffer, in double, in a fixed order
+  virtual double sum_squares(Tensor g) {
+    backward_not_implemented("sum_squares", name());
+    return 0;
+  }
+  // g *= c over a whole F32 buffer [n] (clipping)
+  virtual void scale_gradient(Tensor g, float c) { backward_not_implemented("scale_gradient", name()); }
 
   // out[i] = x[rows[i]] for the batch's logit_rows.              out [R, H], x [T, H]
   virtual void gather_logit_rows(Tensor out, Tensor x) = 0;

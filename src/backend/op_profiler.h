@@ -99,6 +99,59 @@ class OpProfiler final : public Backend {
                    const MoeScratch& scratch) override {
     timed("moe_experts", [&] { in_.moe_experts(out, x, up, down, experts, weights, act, scratch); });
   }
+  // training (`bamba train --bench --profile`)
+  void embed_backward(Tensor dtable, Tensor dout, int32_t padding_idx) override {
+    timed("embed_backward", [&] { in_.embed_backward(dtable, dout, padding_idx); });
+  }
+  void matmul_backward(Tensor dx, Tensor dW, Tensor dbias, Tensor dy, Tensor x, Tensor W) override {
+    timed("matmul_backward N=" + std::to_string(W.shape[0]) + " K=" + std::to_string(W.shape[1]),
+          [&] { in_.matmul_backward(dx, dW, dbias, dy, x, W); });
+  }
+  void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, float eps) override {
+    timed("rmsnorm_backward", [&] { in_.rmsnorm_backward(dx, dw, dout, x, w, eps); });
+  }
+  void add_rmsnorm_backward(Tensor dh, Tensor dw, Tensor dout, Tensor h, Tensor w, float eps) override {
+    timed("add_rmsnorm_backward", [&] { in_.add_rmsnorm_backward(dh, dw, dout, h, w, eps); });
+  }
+  void conv1d_silu_backward(Tensor dxBC, Tensor dweight, Tensor dbias, Tensor dout, Tensor xBC, Tensor weight,
+                            Tensor bias) override {
+    timed("conv1d_silu_backward", [&] { in_.conv1d_silu_backward(dxBC, dweight, dbias, dout, xBC, weight, bias); });
+  }
+  void ssd_backward(Tensor dxBC, Tensor ddt, Tensor dA_log, Tensor dD, Tensor ddt_bias, Tensor dstate0, Tensor dy,
+                    Tensor xBC, Tensor dt, Tensor A_log, Tensor D, Tensor dt_bias, Tensor state0,
+                    const MambaOpsConfig& c) override {
+    timed("ssd_backward", [&] {
+      in_.ssd_backward(dxBC, ddt, dA_log, dD, ddt_bias, dstate0, dy, xBC, dt, A_log, D, dt_bias, state0, c);
+    });
+  }
+  void gated_rmsnorm_backward(Tensor dy, Tensor dz, Tensor dw, Tensor dout, Tensor y, Tensor z, Tensor w,
+                              int64_t group_size, float eps) override {
+    timed("gated_rmsnorm_backward", [&] { in_.gated_rmsnorm_backward(dy, dz, dw, dout, y, z, w, group_size, eps); });
+  }
+  void attention_backward(Tensor dqkv, Tensor dout, Tensor qkv, const AttentionOpsConfig& c) override {
+    timed("attention_backward", [&] { in_.attention_backward(dqkv, dout, qkv, c); });
+  }
+  void swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) override {
+    timed("swiglu_backward", [&] { in_.swiglu_backward(dgate_up, dout, gate_up); });
+  }
+  double lm_head_cross_entropy(Tensor dx, Tensor dW, Tensor x, Tensor W, std::span<const int32_t> targets,
+                               double ce_scale, double z_scale, int64_t chunk_rows) override {
+    double r = 0;
+    timed("lm_head_cross_entropy", [&] { r = in_.lm_head_cross_entropy(dx, dW, x, W, targets, ce_scale, z_scale, chunk_rows); });
+    return r;
+  }
+  void adamw_update(Tensor w, Tensor g, Tensor m, Tensor v, const AdamWUpdate& a, Tensor model_copy) override {
+    timed("adamw_update", [&] { in_.adamw_update(w, g, m, v, a, model_copy); });
+  }
+  double sum_squares(Tensor g) override {
+    double r = 0;
+    timed("sum_squares", [&] { r = in_.sum_squares(g); });
+    return r;
+  }
+  void scale_gradient(Tensor g, float c) override {
+    timed("scale_gradient", [&] { in_.scale_gradient(g, c); });
+  }
+  int64_t peak_memory_bytes() const override { return in_.peak_memory_bytes(); }
   void gather_logit_rows(Tensor out, Tensor x) override {
     timed("gather_logit_rows", [&] { in_.gather_logit_rows(out, x); });
   }

@@ -2,15 +2,21 @@
 // (docs/training.md). The loop, optimizer, schedules and checkpoints are in train/; this file resolves the model
 // and data the config names, wires Ctrl-C to a clean save-and-exit, and prints the plan.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <nlohmann/json.hpp>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <sstream>
 #include <string>
 
+#include "backend/op_profiler.h"
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/hash_uniform.h"
 #include "core/mapped_file.h"
 #include "io/sharded_writer.h"
 #include "model/config.h"
@@ -37,9 +43,20 @@ extern "C" void on_train_signal(int) { g_train_stop.store(true); }
 
 struct TrainArgs {
   std::string config, resume;
+  std::string device = "cpu";  // cpu | cuda | auto
   double peak_tflops = 0;
   bool check = false, quiet = false;
+  // --bench: timed steps on generated weights and random tokens, no data, no checkpoints
+  bool bench = false, profile = false;
+  std::string preset;
+  int64_t bench_steps = 3, bench_layers = 0, bench_seq_len = 0;
+  bool bench_checkpointing = false;
+  std::string bench_precision;
 };
+
+// The compute dtype of the GPU backend for a precision: bf16 for both mixed modes (fp32 masters and moments, or
+// bf16 moments), fp32 for fp32. The CPU backend always computes in fp32.
+DType precision_dtype(Precision p) { return p == Precision::Fp32 ? DType::F32 : DType::BF16; }
 
 struct ResolvedModel {
   ModelConfig config;
@@ -110,8 +127,8 @@ void print_plan(const TrainConfig& c, const ResolvedModel& m) {
                (long long)c.keep_last);
 }
 
-// The model on the CPU backend (the backward's only backend so far): a checkpoint folder, or a shape with fresh
-// weights initialised for training (train/weight_init.h, seeded by the config's seed).
+// The model: a checkpoint folder, or a shape with fresh weights initialised for training (train/weight_init.h,
+// seeded by the config's seed).
 std::unique_ptr<HybridModel> open_model(const TrainConfig& c, const ResolvedModel& m, Backend& be) {
   if (!c.model_path.empty()) return std::make_unique<HybridModel>(load_model(c.model_path, be));
   return std::make_unique<HybridModel>(m.config, init_weights(m.config, be, c.seed), be);
@@ -125,9 +142,10 @@ void run_train_command(const TrainArgs& a) {
   if (!a.quiet || a.check) print_plan(cfg, model);
   if (a.check) return;
 
-  std::unique_ptr<Backend> be = make_cpu_backend();
+  std::unique_ptr<Backend> be = make_backend(a.device, precision_dtype(cfg.precision));
+  if (!a.quiet) std::fprintf(stderr, "device    %s\n", be->name().c_str());
   std::unique_ptr<HybridModel> hybrid = open_model(cfg, model, *be);
-  HybridTrainable trainable_model(*hybrid, float(cfg.z_loss));
+  HybridTrainable trainable_model(*hybrid, float(cfg.z_loss), cfg.activation_checkpointing);
   Trainable* trainable = &trainable_model;
   MixtureOptions mix;
   mix.seed = cfg.seed, mix.shuffle = cfg.shuffle, mix.packing = cfg.packing;
@@ -162,13 +180,127 @@ void run_train_command(const TrainArgs& a) {
   }
 }
 
+
+// The first `layers` layers of a shape (attention layers kept where they fall, else one in the middle), so that
+// a model that does not fit can still be timed layer for layer at its real widths.
+ModelConfig first_layers(const ModelConfig& c, int64_t layers) {
+  if (layers <= 0 || layers >= c.num_hidden_layers) return c;
+  nlohmann::json j = nlohmann::json::parse(config_to_json(c));
+  nlohmann::json attn = nlohmann::json::array();
+  for (int64_t i = 0; i < layers; ++i)
+    if (c.layer_kinds[size_t(i)] == LayerKind::Attention) attn.push_back(i);
+  if (attn.empty() && layers >= 2) attn.push_back(layers / 2);
+  j["num_hidden_layers"] = layers;
+  j["attn_layer_indices"] = attn;
+  ModelConfig out = parse_config(j.dump(), cat("the first ", layers, " layers of the preset"));
+  out.dtype = c.dtype;
+  return out;
+}
+
+// `bamba train --bench`: optimizer steps (forward, backward, clipping, AdamW) on generated weights and one batch
+// of random tokens, timed after a warm-up step; tok/s, MFU (6N FLOPs per token) and the backend's peak memory.
+void run_train_bench(const TrainArgs& a) {
+  TrainConfig cfg = a.config.empty() ? TrainConfig{} : load_train_config(a.config);
+  if (!a.preset.empty()) {
+    cfg.model_path.clear();
+    cfg.model_config.clear();
+    cfg.model_preset = a.preset;
+  }
+  if (a.bench_seq_len > 0) cfg.seq_len = a.bench_seq_len;
+  if (!a.bench_precision.empty())
+    cfg.precision = a.bench_precision == "fp32"          ? Precision::Fp32
+                    : a.bench_precision == "bf16-memory" ? Precision::Bf16Memory
+                                                         : Precision::Bf16Mixed;
+  if (cfg.model_preset != "tiny" && cfg.model_preset != "bamba-9b")
+    fail("--preset ", cfg.model_preset, ": expected tiny or bamba-9b");
+  ModelConfig mc = !cfg.model_path.empty()   ? load_config(cfg.model_path)
+                   : !cfg.model_config.empty() ? parse_config(read_text_file(cfg.model_config), cfg.model_config)
+                   : cfg.model_preset == "bamba-9b" ? bamba_9b_config()
+                                                    : dummy_config();
+  mc = first_layers(mc, a.bench_layers);
+  std::unique_ptr<Backend> device = make_backend(a.device, precision_dtype(cfg.precision));
+  OpProfiler prof(*device);  // forwards only, unless --profile
+  Backend* be = &prof;
+  HybridModel model(mc, dummy_weights(mc, *be, cfg.seed), *be);
+  HybridTrainable tr(model, float(cfg.z_loss), cfg.activation_checkpointing || a.bench_checkpointing);
+  std::vector<ParamRef> params = tr.params();
+  AdamWOptions o;
+  o.beta1 = cfg.beta1, o.beta2 = cfg.beta2, o.eps = cfg.eps, o.weight_decay = cfg.weight_decay;
+  o.bf16_moments = cfg.precision == Precision::Bf16Memory;
+  AdamW opt(params, o, tr.param_device());
+  TokenBatch b;
+  b.rows = cfg.micro_batch_size, b.cols = cfg.seq_len;
+  for (int64_t i = 0; i < b.rows * b.cols; ++i) b.tokens.push_back(int32_t(splitmix64(uint64_t(i)) % uint64_t(mc.vocab_size)));
+  b.labels = b.tokens;
+  const LossDivisors div{b.labeled(), b.rows * b.cols};
+  ParamDevice* dev = tr.param_device();
+  const double n_params = double(mc.parameter_count());
+  std::fprintf(stderr, "bench     %s%s, %.3g parameters, %lld × %lld tokens per step, %s%s, %s\n",
+               cfg.model_path.empty() ? ("preset " + cfg.model_preset).c_str() : cfg.model_path.c_str(),
+               a.bench_layers > 0 ? cat(" (first ", mc.num_hidden_layers, " layers)").c_str() : "", n_params,
+               (long long)b.rows, (long long)b.cols, precision_name(cfg.precision).c_str(),
+               cfg.activation_checkpointing || a.bench_checkpointing ? ", activation checkpointing" : "",
+               be->name().c_str());
+  std::vector<double> times;
+  double loss = 0;
+  for (int64_t step = 0; step <= a.bench_steps; ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (const auto& p : params)
+      if (dev) dev->zero(p.grad, p.size);
+      else std::fill(p.grad, p.grad + p.size, 0.f);
+    loss = tr.loss_and_grad(b, div).loss;
+    clip_grad_norm(params, cfg.grad_clip, dev);
+    opt.step(params, cfg.lr);
+    be->synchronize();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::fprintf(stderr, "step %lld  %.3f s  loss %.4f%s\n", (long long)step, s, loss, step == 0 ? "  (warm-up)" : "");
+    if (step > 0) times.push_back(s);
+  }
+  if (a.profile) {  // one more step with every op timed alone (synchronised around each)
+    prof.set_timing(true);
+    for (const auto& p : params)
+      if (dev) dev->zero(p.grad, p.size);
+    tr.loss_and_grad(b, div);
+    clip_grad_norm(params, cfg.grad_clip, dev);
+    opt.step(params, cfg.lr);
+    prof.set_timing(false);
+    std::ostringstream table;
+    prof.print(table, 1);
+    std::printf("per-op times of one step (each op synchronised alone):\n%s", table.str().c_str());
+  }
+  if (times.empty()) return;
+  std::sort(times.begin(), times.end());
+  const double med = times[times.size() / 2], tok_s = double(b.rows * b.cols) / med;
+  const double flops = 6.0 * n_params * tok_s;
+  std::printf("train bench: %.0f tok/s (median step %.3f s over %zu), %.1f TFLOP/s at 6N", tok_s, med, times.size(),
+              flops / 1e12);
+  if (a.peak_tflops > 0) std::printf(", MFU %.1f%% of %g TFLOP/s", 100.0 * flops / (a.peak_tflops * 1e12), a.peak_tflops);
+  const int64_t peak = be->peak_memory_bytes();
+  if (peak >= 0) std::printf(", peak memory %.2f GiB", double(peak) / double(1ll << 30));
+  std::printf("\n");
+}
+
 }  // namespace
 
 void register_train(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
   CLI::App* cmd = app.add_subcommand("train", "Train (continued pretraining or fine-tuning) following a YAML config");
-  cmd->add_option("config", a->config, "training config (YAML): model, data, batch, optimizer, schedule, saving")
-      ->required();
+  cmd->add_option("config", a->config, "training config (YAML): model, data, batch, optimizer, schedule, saving "
+                                       "(required unless --bench)");
+  cmd->add_option("--device", a->device, "cpu, cuda or auto (the GPU when there is one)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  cmd->add_flag("--bench", a->bench,
+                "time optimizer steps on generated weights and random tokens (no data, no checkpoints): tok/s, MFU "
+                "(with --peak-tflops), peak device memory");
+  cmd->add_flag("--activation-checkpointing", a->bench_checkpointing,
+                "--bench: recompute each layer's activations in the backward (as the config's activation_checkpointing)");
+  cmd->add_option("--precision", a->bench_precision, "--bench: bf16-mixed, bf16-memory or fp32 (default: the config's)")
+      ->check(CLI::IsMember({"bf16-mixed", "bf16-memory", "fp32"}));
+  cmd->add_flag("--profile", a->profile, "--bench: then one step with every op timed alone (a per-op table)");
+  cmd->add_option("--preset", a->preset, "--bench: the model shape (tiny | bamba-9b), overriding the config's model");
+  cmd->add_option("--bench-steps", a->bench_steps, "--bench: timed steps after one warm-up step (default 3)");
+  cmd->add_option("--bench-layers", a->bench_layers, "--bench: only the first N layers (a shape too big to fit)");
+  cmd->add_option("--seq-len", a->bench_seq_len, "--bench: sequence length (default: the config's, 4096)");
   cmd->add_option("--resume", a->resume,
                   "continue from a checkpoint folder, or the newest checkpoint-<step> of an output folder "
                   "(weights, optimizer moments, step, data position: the run continues exactly)");
@@ -178,7 +310,11 @@ void register_train(CLI::App& app) {
   cmd->footer(
       "Ctrl-C saves a checkpoint after the current step and exits (a second Ctrl-C exits at once).\n"
       "Config reference and checkpoint format: docs/training.md");
-  cmd->callback([a] { run_train_command(*a); });
+  cmd->callback([a] {
+    if (a->bench) return run_train_bench(*a);
+    if (a->config.empty()) fail("bamba train: a config file is required (or --bench)");
+    run_train_command(*a);
+  });
 }
 
 }  // namespace bamba::cli

@@ -65,6 +65,9 @@ struct TrainOptions {
   int64_t label_count = 0, position_count = 0;
   int64_t ce_chunk_rows = 256;  // lm_head + cross-entropy this many rows at a time
   bool loss_only = false;       // validation: the loss, no gradients (the gradient buffers are left untouched)
+  // Keep only each layer's input through the forward and recompute the rest of a layer just before its backward
+  // (one extra forward; activation memory of one layer plus L × [T, hidden]). The gradients are the same bits.
+  bool activation_checkpointing = false;
 };
 
 struct TrainResult {

@@ -19,7 +19,7 @@ class Arena {
     for (Tensor t : owned_) be_.release(t);
   }
   Tensor operator()(int64_t rows, int64_t cols) {
-    owned_.push_back(be_.alloc(DType::F32, {rows, cols}));
+    owned_.push_back(be_.alloc_activation({rows, cols}));  // the compute dtype: what the ops read and write
     return owned_.back();
   }
 
@@ -107,49 +107,68 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     BAMBA_CHECK(tok >= 0 && tok < V, "training batch: token id ", tok, " is out of range for vocab_size ", V);
   be_.set_batch(sb);
 
-  // ---- forward, keeping the activations
+  // ---- forward, keeping the activations: every layer's, or (activation checkpointing) only each layer's input,
+  // the rest recomputed into one shared set of buffers just before that layer's backward. The ops are
+  // deterministic, so the recomputed activations are the same bits and so are the gradients.
   Arena mem(be_);
-  std::vector<LayerActs> acts(static_cast<size_t>(L));
-  Tensor h = mem(T, H);
-  be_.embed(h, w_.embed_tokens);
-  for (int64_t i = 0; i < L; ++i) {
-    const LayerWeights& lw = w_.layers[size_t(i)];
-    LayerActs& a = acts[size_t(i)];
-    a.h_in = h;
+  auto alloc_acts = [&](LayerActs& a, bool mamba, bool attn) {
     a.xn = mem(T, H);
+    a.h_mid = mem(T, H);
+    if (mamba) a.zxbcdt = mem(T, E), a.conv = mem(T, CD), a.y = mem(T, I), a.normed = mem(T, I);
+    if (attn) a.qkv = mem(T, QKV), a.o = mem(T, O);
+    a.xn2 = mem(T, H);
+    a.gate_up = mem(T, 2 * F);
+    a.act = mem(T, F);
+  };
+  // Layer i from a.h_in into a's buffers; h_out = its output (the next layer's input).
+  auto layer_forward = [&](int64_t i, LayerActs& a, Tensor h_out) {
+    const LayerWeights& lw = w_.layers[size_t(i)];
     be_.rmsnorm(a.xn, a.h_in, lw.input_layernorm, eps);
-    a.h_mid = mem(T, H);  // mixer output, then + h_in
     const int64_t k = cfg_.layer_kinds[size_t(i)] == LayerKind::Mamba ? cfg_.ssm_index(i) : cfg_.kv_index(i);
     if (cfg_.layer_kinds[size_t(i)] == LayerKind::Mamba) {
       const MambaWeights& w = lw.mamba;
-      a.zxbcdt = mem(T, E);
       be_.matmul(a.zxbcdt, a.xn, w.in_proj, w.in_proj_bias);
-      a.conv = mem(T, CD);
       be_.conv1d_silu(a.conv, a.zxbcdt.slice_cols(I, I + CD), w.conv1d_weight, w.conv1d_bias, cache.conv_state(k));
-      a.y = mem(T, I);
       be_.ssd(a.y, a.conv, a.zxbcdt.slice_cols(I + CD, E), w.A_log, w.D, w.dt_bias, cache.ssm_state(k), mamba_ops_);
-      a.normed = mem(T, I);
       be_.gated_rmsnorm(a.normed, a.y, a.zxbcdt.slice_cols(0, I), w.norm, cfg_.gated_norm_group_size, eps);
-      be_.matmul(a.h_mid, a.normed, w.out_proj, w.out_proj_bias);
+      be_.matmul(a.h_mid, a.normed, w.out_proj, w.out_proj_bias);  // mixer output, then + h_in
     } else {
-      a.qkv = mem(T, QKV);
       be_.matmul(a.qkv, a.xn, lw.attn.qkv_proj, {});
-      a.o = mem(T, O);
       AttentionOpsConfig c = attn_ops_;
       c.block_size = cache.sizes().block_size;
       be_.attention(a.o, a.qkv, cache.k_pages(k), cache.v_pages(k), c);
       be_.matmul(a.h_mid, a.o, lw.attn.o_proj, {});
     }
     be_.add(a.h_mid, a.h_in);
-    a.xn2 = mem(T, H);
     be_.rmsnorm(a.xn2, a.h_mid, lw.pre_ff_layernorm, eps);
-    a.gate_up = mem(T, 2 * F);
     be_.matmul(a.gate_up, a.xn2, lw.gate_up_proj, {});
-    a.act = mem(T, F);
     be_.swiglu(a.act, a.gate_up);
-    h = mem(T, H);
-    be_.matmul(h, a.act, lw.down_proj, {});
-    be_.add(h, a.h_mid);
+    be_.matmul(h_out, a.act, lw.down_proj, {});
+    be_.add(h_out, a.h_mid);
+  };
+  const bool ckpt = opt.activation_checkpointing;
+  std::vector<LayerActs> acts(static_cast<size_t>(L));
+  LayerActs work;  // checkpointing: the one set of buffers every layer is (re)computed into
+  if (ckpt) {
+    bool any_mamba = false, any_attn = false;
+    for (LayerKind kind : cfg_.layer_kinds) (kind == LayerKind::Mamba ? any_mamba : any_attn) = true;
+    alloc_acts(work, any_mamba, any_attn);
+  }
+  Tensor h = mem(T, H);
+  be_.embed(h, w_.embed_tokens);
+  for (int64_t i = 0; i < L; ++i) {
+    LayerActs& a = acts[size_t(i)];
+    if (ckpt) {
+      LayerActs in = work;
+      in.h_in = a.h_in = h;
+      h = mem(T, H);
+      layer_forward(i, in, h);
+    } else {
+      alloc_acts(a, cfg_.layer_kinds[size_t(i)] == LayerKind::Mamba, cfg_.layer_kinds[size_t(i)] != LayerKind::Mamba);
+      a.h_in = h;
+      h = mem(T, H);
+      layer_forward(i, a, h);
+    }
   }
   Tensor xf = mem(T, H);  // final_layernorm(h)
   be_.rmsnorm(xf, h, w_.final_layernorm, eps);
@@ -176,10 +195,16 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
   Tensor d_act = mem(T, F), d_gate_up = mem(T, 2 * F);                            // MLP
   Tensor d_zxbcdt = mem(T, E), d_conv = mem(T, CD), d_y = mem(T, I), d_normed = mem(T, I);  // Mamba
   Tensor d_qkv = mem(T, QKV), d_o = mem(T, O);                                      // attention
+  Tensor h_scratch = ckpt ? mem(T, H) : Tensor{};  // the recomputed layer's output, not needed again
   for (int64_t i = L - 1; i >= 0; --i) {
     const LayerWeights& lw = w_.layers[size_t(i)];
     LayerWeights& lg = g.layers[size_t(i)];
-    const LayerActs& a = acts[size_t(i)];
+    LayerActs recomputed = work;
+    if (ckpt) {
+      recomputed.h_in = acts[size_t(i)].h_in;
+      layer_forward(i, recomputed, h_scratch);
+    }
+    const LayerActs& a = ckpt ? recomputed : acts[size_t(i)];
     // MLP: h_out = h_mid + down(swiglu(gate_up(xn2)))
     be_.matmul_backward(d_act, lg.down_proj, {}, dh, a.act, lw.down_proj);
     be_.swiglu_backward(d_gate_up, d_act, a.gate_up);

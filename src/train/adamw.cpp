@@ -20,10 +20,14 @@ uint16_t bf16_stochastic_round(float x, uint32_t r) {
   return uint16_t(s >> 16);
 }
 
-AdamW::AdamW(const std::vector<ParamRef>& params, AdamWOptions opt) : opt_(opt) {
+AdamW::AdamW(const std::vector<ParamRef>& params, AdamWOptions opt, ParamDevice* dev) : opt_(opt), dev_(dev) {
   for (const auto& p : params) {
     sizes_.push_back(p.size);
-    if (opt_.bf16_moments) {
+    if (dev_) {
+      const DType mdt = opt_.bf16_moments ? DType::BF16 : DType::F32;
+      mdev_.push_back(dev_->alloc(mdt, p.size));
+      vdev_.push_back(dev_->alloc(mdt, p.size));
+    } else if (opt_.bf16_moments) {
       m16_.emplace_back(p.size, 0);
       v16_.emplace_back(p.size, 0);
     } else {
@@ -31,6 +35,11 @@ AdamW::AdamW(const std::vector<ParamRef>& params, AdamWOptions opt) : opt_(opt) 
       v32_.emplace_back(p.size, 0.f);
     }
   }
+}
+
+AdamW::~AdamW() {
+  for (void* p : mdev_) dev_->release(p);
+  for (void* p : vdev_) dev_->release(p);
 }
 
 void AdamW::step(const std::vector<ParamRef>& params, double lr) {
@@ -46,7 +55,11 @@ void AdamW::step(const std::vector<ParamRef>& params, double lr) {
     float* w = p.value;
     const float* g = p.grad;
     const float decay = p.decay ? float(1 - lr * opt_.weight_decay) : 1.f;
-    if (!opt_.bf16_moments) {
+    if (dev_) {
+      const uint64_t key = splitmix64(opt_.seed ^ splitmix64(uint64_t(t_) * 0x9e3779b97f4a7c15ull + i));
+      const AdamWUpdate u{step_size, bc2_sqrt, eps, one_minus_b1, b2, one_minus_b2, decay, 1.f, key};
+      dev_->adamw(p, mdev_[i], vdev_[i], opt_.bf16_moments, u);
+    } else if (!opt_.bf16_moments) {
       float* m = m32_[i].data();
       float* v = v32_[i].data();
       for (size_t j = 0; j < p.size; ++j) {
@@ -73,47 +86,73 @@ void AdamW::step(const std::vector<ParamRef>& params, double lr) {
   }
 }
 
-std::vector<float> AdamW::exp_avg(size_t i) const {
-  if (!opt_.bf16_moments) return m32_.at(i);
-  std::vector<float> out(sizes_.at(i));
-  for (size_t j = 0; j < out.size(); ++j) out[j] = bf16_to_f32(m16_[i][j]);
+namespace {
+std::vector<float> moment_f32(const AdamW& opt, size_t i, bool sq, size_t n) {
+  std::vector<float> out(n);
+  if (!opt.options().bf16_moments) {
+    opt.moment_to_host(i, sq, out.data());
+    return out;
+  }
+  std::vector<uint16_t> bits(n);
+  opt.moment_to_host(i, sq, bits.data());
+  for (size_t j = 0; j < n; ++j) out[j] = bf16_to_f32(bits[j]);
   return out;
 }
+}  // namespace
 
-std::vector<float> AdamW::exp_avg_sq(size_t i) const {
-  if (!opt_.bf16_moments) return v32_.at(i);
-  std::vector<float> out(sizes_.at(i));
-  for (size_t j = 0; j < out.size(); ++j) out[j] = bf16_to_f32(v16_[i][j]);
-  return out;
+std::vector<float> AdamW::exp_avg(size_t i) const { return moment_f32(*this, i, false, sizes_.at(i)); }
+std::vector<float> AdamW::exp_avg_sq(size_t i) const { return moment_f32(*this, i, true, sizes_.at(i)); }
+
+void AdamW::moment_to_host(size_t i, bool sq, void* dst) const {
+  const DType mdt = opt_.bf16_moments ? DType::BF16 : DType::F32;
+  if (dev_) dev_->download(dst, sq ? vdev_.at(i) : mdev_.at(i), mdt, sizes_.at(i));
+  else std::memcpy(dst, sq ? exp_avg_sq_data(i) : exp_avg_data(i), moment_bytes(i));
+}
+void AdamW::moment_from_host(size_t i, bool sq, const void* src) {
+  const DType mdt = opt_.bf16_moments ? DType::BF16 : DType::F32;
+  if (dev_) dev_->upload(sq ? vdev_.at(i) : mdev_.at(i), src, mdt, sizes_.at(i));
+  else std::memcpy(sq ? exp_avg_sq_data(i) : exp_avg_data(i), src, moment_bytes(i));
 }
 
 const void* AdamW::exp_avg_data(size_t i) const {
+  BAMBA_CHECK(!dev_, "internal: AdamW moments are device memory");
   return opt_.bf16_moments ? static_cast<const void*>(m16_.at(i).data()) : m32_.at(i).data();
 }
 const void* AdamW::exp_avg_sq_data(size_t i) const {
+  BAMBA_CHECK(!dev_, "internal: AdamW moments are device memory");
   return opt_.bf16_moments ? static_cast<const void*>(v16_.at(i).data()) : v32_.at(i).data();
 }
 void* AdamW::exp_avg_data(size_t i) {
+  BAMBA_CHECK(!dev_, "internal: AdamW moments are device memory");
   return opt_.bf16_moments ? static_cast<void*>(m16_.at(i).data()) : m32_.at(i).data();
 }
 void* AdamW::exp_avg_sq_data(size_t i) {
+  BAMBA_CHECK(!dev_, "internal: AdamW moments are device memory");
   return opt_.bf16_moments ? static_cast<void*>(v16_.at(i).data()) : v32_.at(i).data();
 }
 size_t AdamW::moment_bytes(size_t i) const { return sizes_.at(i) * (opt_.bf16_moments ? 2 : 4); }
 
-double global_grad_norm(const std::vector<ParamRef>& params) {
+double global_grad_norm(const std::vector<ParamRef>& params, ParamDevice* dev) {
   double s = 0;
+  if (dev) {  // per parameter (each a fixed-order sum on the device), added in parameter order
+    for (const auto& p : params) s += dev->sum_squares(p.grad, p.size);
+    return std::sqrt(s);
+  }
   for (const auto& p : params)
     for (size_t j = 0; j < p.size; ++j) s += double(p.grad[j]) * double(p.grad[j]);
   return std::sqrt(s);
 }
 
-double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm) {
-  const double norm = global_grad_norm(params);
+double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm, ParamDevice* dev) {
+  const double norm = global_grad_norm(params, dev);
   if (max_norm <= 0 || !std::isfinite(norm)) return norm;
   const double coef = max_norm / (norm + 1e-6);
   if (coef < 1) {
     const float c = float(coef);
+    if (dev) {
+      for (const auto& p : params) dev->scale(p.grad, p.size, c);
+      return norm;
+    }
     for (const auto& p : params)
       for (size_t j = 0; j < p.size; ++j) p.grad[j] *= c;
   }

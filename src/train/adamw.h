@@ -29,8 +29,12 @@ struct AdamWOptions {
 
 class AdamW {
  public:
-  // `params` fixes the number, order and sizes of the moment buffers (zeros, step 0).
-  AdamW(const std::vector<ParamRef>& params, AdamWOptions opt);
+  // `params` fixes the number, order and sizes of the moment buffers (zeros, step 0). With a ParamDevice the
+  // parameters are device buffers, and so are the moments (allocated here); the update runs there.
+  AdamW(const std::vector<ParamRef>& params, AdamWOptions opt, ParamDevice* dev = nullptr);
+  ~AdamW();
+  AdamW(const AdamW&) = delete;
+  AdamW& operator=(const AdamW&) = delete;
 
   // One update of every parameter from its grad at learning rate `lr`; increments step().
   void step(const std::vector<ParamRef>& params, double lr);
@@ -41,7 +45,11 @@ class AdamW {
   // The moments of parameter i as fp32 (exact for bf16 moments), and writing them back (from a checkpoint).
   std::vector<float> exp_avg(size_t i) const;
   std::vector<float> exp_avg_sq(size_t i) const;
-  // Raw storage for checkpoints: fp32 or bf16 bits, as bf16_moments says; `bytes` of each buffer.
+  // The raw bytes (fp32 or bf16 bits, moment_bytes(i) of them) of a moment, wherever it lives: for checkpoints.
+  void moment_to_host(size_t i, bool sq, void* dst) const;
+  void moment_from_host(size_t i, bool sq, const void* src);
+  ParamDevice* device() const { return dev_; }
+  // Raw host storage (host parameters only): fp32 or bf16 bits, as bf16_moments says; `bytes` of each buffer.
   const void* exp_avg_data(size_t i) const;
   const void* exp_avg_sq_data(size_t i) const;
   void* exp_avg_data(size_t i);
@@ -55,14 +63,16 @@ class AdamW {
   std::vector<size_t> sizes_;
   std::vector<std::vector<float>> m32_, v32_;     // fp32 moments
   std::vector<std::vector<uint16_t>> m16_, v16_;  // bf16 moments (memory mode)
+  ParamDevice* dev_ = nullptr;
+  std::vector<void*> mdev_, vdev_;                 // device moments
   int64_t t_ = 0;
 };
 
 // Σ over all grads of g², in double, in parameter order (deterministic), square-rooted: the global L2 norm.
-double global_grad_norm(const std::vector<ParamRef>& params);
+double global_grad_norm(const std::vector<ParamRef>& params, ParamDevice* dev = nullptr);
 // torch.nn.utils.clip_grad_norm_: scales every grad by max_norm / (norm + 1e-6) when that is below 1; returns
 // the norm before clipping. max_norm <= 0 only measures. A non-finite norm is returned without scaling.
-double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm);
+double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm, ParamDevice* dev = nullptr);
 
 // Stochastic rounding of an fp32 value to bf16 bits with 16 random bits `r` (see AdamWOptions::bf16_moments).
 uint16_t bf16_stochastic_round(float x, uint32_t r);

@@ -75,12 +75,21 @@ void save_checkpoint(const std::string& dir, const std::vector<ParamRef>& params
   for (const auto& p : params) specs.push_back({p.name, wdt, p.shape});
   ShardedWriter weights(tmp, specs, o.max_shard_bytes);
   std::vector<uint16_t> half;
+  std::vector<float> staged;
+  ParamDevice* dev = opt.device();
+  auto host_value = [&](const ParamRef& p) -> const float* {  // device parameters are copied out first
+    if (!dev) return p.value;
+    staged.resize(p.size);
+    dev->download(staged.data(), p.value, DType::F32, p.size);
+    return staged.data();
+  };
   for (const auto& p : params) {
+    const float* v = host_value(p);
     if (wdt == DType::F32) {
-      weights.write(p.name, p.value, p.size * 4);
+      weights.write(p.name, v, p.size * 4);
     } else {
       half.resize(p.size);
-      convert_from_f32(p.value, p.size, DType::BF16, half.data());
+      convert_from_f32(v, p.size, DType::BF16, half.data());
       weights.write(p.name, half.data(), p.size * 2);
     }
   }
@@ -103,16 +112,20 @@ void save_checkpoint(const std::string& dir, const std::vector<ParamRef>& params
       w.declare(p.name + ".exp_avg", mdt, p.shape);
       w.declare(p.name + ".exp_avg_sq", mdt, p.shape);
     }
+    std::vector<unsigned char> bytes;
     for (size_t i = 0; i < params.size(); ++i) {
-      w.write(params[i].name + ".exp_avg", opt.exp_avg_data(i), opt.moment_bytes(i));
-      w.write(params[i].name + ".exp_avg_sq", opt.exp_avg_sq_data(i), opt.moment_bytes(i));
+      bytes.resize(opt.moment_bytes(i));
+      opt.moment_to_host(i, false, bytes.data());
+      w.write(params[i].name + ".exp_avg", bytes.data(), bytes.size());
+      opt.moment_to_host(i, true, bytes.data());
+      w.write(params[i].name + ".exp_avg_sq", bytes.data(), bytes.size());
     }
     w.finish();
   }
   if (wdt != DType::F32) {
     SafetensorsWriter w(tmp + "/master.safetensors");
     for (const auto& p : params) w.declare(p.name, DType::F32, p.shape);
-    for (const auto& p : params) w.write(p.name, p.value, p.size * 4);
+    for (const auto& p : params) w.write(p.name, host_value(p), p.size * 4);
     w.finish();
   }
 
@@ -191,15 +204,16 @@ void load_checkpoint(const std::string& dir, const std::vector<ParamRef>& params
     const ParamRef& p = params[i];
     const TensorInfo& w = tensor(p.name);
     check(w, p, DType::F32);
-    std::memcpy(p.value, w.data, p.size * 4);
+    if (ParamDevice* dev = opt.device()) dev->upload(p.value, w.data, DType::F32, p.size);
+    else std::memcpy(p.value, w.data, p.size * 4);
     for (const char* which : {".exp_avg", ".exp_avg_sq"}) {
       const TensorInfo* m = moments_file.find(p.name + which);
       if (!m) fail(moments_file.path(), ": missing tensor \"", p.name, which, "\"");
       check(*m, p, mdt);
-      std::memcpy(std::strcmp(which, ".exp_avg") == 0 ? opt.exp_avg_data(i) : opt.exp_avg_sq_data(i), m->data,
-                  opt.moment_bytes(i));
+      opt.moment_from_host(i, std::strcmp(which, ".exp_avg") != 0, m->data);
     }
   }
+  if (ParamDevice* dev = opt.device()) dev->sync_model(params);
 }
 
 std::string resolve_checkpoint(const std::string& path) {

@@ -1,39 +1,117 @@
 #include "train/hybrid_trainable.h"
 
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace bamba {
+namespace {
 
-HybridTrainable::HybridTrainable(HybridModel& model, float z_loss_coefficient)
-    : model_(model), grads_(zeros_like_weights(model.config(), model.backend())), z_loss_(z_loss_coefficient) {
+// ParamDevice over a Backend's memory and optimizer ops. `copies` maps a master's address to the model's tensor
+// in the compute dtype that the update refreshes.
+class BackendParams final : public ParamDevice {
+ public:
+  BackendParams(Backend& be, std::unordered_map<const float*, Tensor> copies) : be_(be), copies_(std::move(copies)) {}
+  ~BackendParams() override {
+    for (auto& [p, t] : owned_) be_.release(t);
+  }
+  Tensor view(const void* p, DType dtype, size_t n) const {
+    return Tensor(const_cast<void*>(p), dtype, be_.device(), {int64_t(n)});
+  }
+  void* alloc(DType dtype, size_t n) override {
+    Tensor t = be_.alloc(dtype, {int64_t(n)});
+    owned_[t.data] = t;
+    return t.data;
+  }
+  void release(void* p) override {
+    auto it = owned_.find(p);
+    if (it == owned_.end()) return;
+    be_.release(it->second);
+    owned_.erase(it);
+  }
+  void download(void* host, const void* dev, DType dtype, size_t n) override {
+    if (dtype == DType::F32) return be_.to_host_f32(view(dev, dtype, n), static_cast<float*>(host));
+    std::vector<float> f(n);
+    be_.to_host_f32(view(dev, dtype, n), f.data());
+    convert_from_f32(f.data(), n, dtype, host);  // bf16 → f32 → bf16 is exact
+  }
+  void upload(void* dev, const void* host, DType dtype, size_t n) override {
+    if (dtype == DType::F32) return be_.from_host_f32(view(dev, dtype, n), static_cast<const float*>(host));
+    std::vector<float> f(n);
+    convert_to_f32(host, dtype, n, f.data());
+    be_.from_host_f32(view(dev, dtype, n), f.data());
+  }
+  void zero(float* p, size_t n) override { be_.fill(view(p, DType::F32, n), 0.f); }
+  double sum_squares(const float* g, size_t n) override { return be_.sum_squares(view(g, DType::F32, n)); }
+  void scale(float* g, size_t n, float c) override { be_.scale_gradient(view(g, DType::F32, n), c); }
+  void adamw(const ParamRef& p, void* m, void* v, bool bf16_moments, const AdamWUpdate& a) override {
+    const DType mdt = bf16_moments ? DType::BF16 : DType::F32;
+    auto it = copies_.find(p.value);
+    be_.adamw_update(view(p.value, DType::F32, p.size), view(p.grad, DType::F32, p.size), view(m, mdt, p.size),
+                     view(v, mdt, p.size), a, it == copies_.end() ? Tensor{} : it->second);
+  }
+  void sync_model(const std::vector<ParamRef>& params) override {
+    std::vector<float> f;
+    for (const ParamRef& p : params) {
+      auto it = copies_.find(p.value);
+      if (it == copies_.end()) continue;
+      f.resize(p.size);
+      be_.to_host_f32(view(p.value, DType::F32, p.size), f.data());
+      be_.from_host_f32(it->second, f.data());
+    }
+  }
+
+ private:
+  Backend& be_;
+  std::unordered_map<const float*, Tensor> copies_;
+  std::unordered_map<void*, Tensor> owned_;
+};
+
+}  // namespace
+
+HybridTrainable::HybridTrainable(HybridModel& model, float z_loss_coefficient, bool activation_checkpointing)
+    : model_(model),
+      grads_(zeros_like_weights(model.config(), model.backend())),
+      z_loss_(z_loss_coefficient),
+      checkpointing_(activation_checkpointing) {
   Backend& be = model.backend();
-  if (be.device() != Device::CPU || be.weight_dtype() != DType::F32)
-    fail("bamba train: the backward pass runs on the CPU backend (fp32) so far; use --device cpu (the CUDA "
-         "backward is the next step of issue 10)");
-}
-
-HybridTrainable::~HybridTrainable() { release_weights(model_.config(), grads_, model_.backend()); }
-
-// The weights are updated in place: on the CPU backend they are the fp32 master copy.
-std::vector<ParamRef> HybridTrainable::params() {
+  if (be.device() == Device::CPU && be.weight_dtype() != DType::F32)
+    fail("bamba train: the CPU backend trains in fp32 only");
   const std::vector<NamedTensor> w = hf_tensors(model_.config(), model_.weights());
   const std::vector<NamedTensor> g = hf_tensors(model_.config(), grads_);
   BAMBA_CHECK(w.size() == g.size(), "internal: weights and gradients differ in layout");
-  std::vector<ParamRef> out;
+  std::unordered_map<const float*, Tensor> copies;
   for (size_t i = 0; i < w.size(); ++i) {
-    BAMBA_CHECK(w[i].name == g[i].name && w[i].t.contiguous() && g[i].t.contiguous(), "internal: parameter ",
-                w[i].name, " is not a contiguous fp32 block");
+    BAMBA_CHECK(w[i].name == g[i].name && w[i].t.contiguous() && g[i].t.contiguous() && g[i].t.dtype == DType::F32,
+                "internal: parameter ", w[i].name, " is not a contiguous block with an fp32 gradient");
     ParamRef p;
     p.name = w[i].name;
-    p.value = w[i].t.ptr<float>();
     p.grad = g[i].t.ptr<float>();
     p.size = size_t(w[i].t.numel());
     p.shape = w[i].shape;
     p.decay = default_weight_decay(p.name, p.shape);
-    out.push_back(std::move(p));
+    if (w[i].t.dtype == DType::F32) {
+      p.value = w[i].t.ptr<float>();  // the model's weight is the master
+    } else {  // an fp32 master from the model's (rounded) weight; the update writes the model's copy
+      Tensor m = be.alloc(DType::F32, {int64_t(p.size)});
+      std::vector<float> v(p.size);
+      be.to_host_f32(w[i].t, v.data());
+      be.from_host_f32(m, v.data());
+      masters_.push_back(m);
+      p.value = m.ptr<float>();
+      copies[p.value] = w[i].t;
+    }
+    params_.push_back(std::move(p));
   }
-  return out;
+  if (be.device() != Device::CPU) device_ = std::make_unique<BackendParams>(be, std::move(copies));
 }
+
+HybridTrainable::~HybridTrainable() {
+  device_.reset();
+  for (Tensor t : masters_) model_.backend().release(t);
+  release_weights(model_.config(), grads_, model_.backend());
+}
+
+std::vector<ParamRef> HybridTrainable::params() { return params_; }
 
 LossResult HybridTrainable::run(const TokenBatch& b, const LossDivisors& d, bool loss_only) {
   TrainBatch tb;
@@ -47,6 +125,7 @@ LossResult HybridTrainable::run(const TokenBatch& b, const LossDivisors& d, bool
   o.label_count = d.labels;
   o.position_count = d.positions;
   o.loss_only = loss_only;
+  o.activation_checkpointing = checkpointing_;
   const TrainResult r = model_.forward_backward(tb, grads_, o);
   return {r.loss, r.label_count};
 }

@@ -1,7 +1,13 @@
-// HybridTrainable: the Bamba model as the trainer sees it (train/trainable.h) — its fp32 weights as the master
-// parameters, gradients laid out like them, one forward_backward per micro-batch (model/hybrid_backward.cpp).
-// The backward exists on the CPU backend only so far; on another backend this is an Error saying so.
+// HybridTrainable: the Bamba model as the trainer sees it (train/trainable.h) — fp32 master parameters named as
+// in the HF checkpoint, gradients laid out like them, one forward_backward per micro-batch
+// (model/hybrid_backward.cpp). On the CPU backend (fp32) the model's own weights are the master copy. On a GPU
+// backend everything stays on the device: fp32 gradients, fp32 masters (the model's weights themselves where they
+// are fp32 — the 1-D tensors always, every tensor in fp32 compute — else an fp32 copy whose update rewrites the
+// model's bf16 weight), and the optimizer's moments; the AdamW update is a backend kernel.
 #pragma once
+#include <memory>
+#include <unordered_map>
+
 #include "model/hybrid.h"
 #include "train/trainable.h"
 
@@ -9,18 +15,23 @@ namespace bamba {
 
 class HybridTrainable final : public Trainable {
  public:
-  HybridTrainable(HybridModel& model, float z_loss_coefficient);
+  HybridTrainable(HybridModel& model, float z_loss_coefficient, bool activation_checkpointing = false);
   ~HybridTrainable() override;
   std::vector<ParamRef> params() override;
   LossResult loss_and_grad(const TokenBatch& batch, const LossDivisors& div) override;
   LossResult loss(const TokenBatch& batch, const LossDivisors& div) override;  // forward + loss only
   double flops_per_token() const override;
+  ParamDevice* param_device() override { return device_.get(); }
 
  private:
   LossResult run(const TokenBatch& batch, const LossDivisors& div, bool loss_only);
   HybridModel& model_;
   ModelWeights grads_;
   float z_loss_;
+  bool checkpointing_;
+  std::vector<ParamRef> params_;
+  std::vector<Tensor> masters_;  // fp32 masters allocated here (bf16 compute)
+  std::unique_ptr<ParamDevice> device_;
 };
 
 }  // namespace bamba

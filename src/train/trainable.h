@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
+
 namespace bamba {
 
 // One parameter tensor. `value` and `grad` point at `size` floats owned by the Trainable and stay valid for its
@@ -52,6 +54,26 @@ struct LossResult {
   int64_t labeled = 0;  // its scored positions
 };
 
+// Where the parameters live when that is not host memory (a GPU): ParamRef::value and grad are then device
+// pointers, and the trainer and optimizer do their element-wise work, and move checkpoint bytes, through this.
+class ParamDevice {
+ public:
+  virtual ~ParamDevice() = default;
+  // Buffers of n elements of dtype (F32, or BF16 moments), zero-filled; copies move the raw elements.
+  virtual void* alloc(DType dtype, size_t n) = 0;
+  virtual void release(void* p) = 0;
+  virtual void download(void* host, const void* dev, DType dtype, size_t n) = 0;
+  virtual void upload(void* dev, const void* host, DType dtype, size_t n) = 0;
+  virtual void zero(float* p, size_t n) = 0;
+  virtual double sum_squares(const float* g, size_t n) = 0;  // Σ g² in double, in a fixed order
+  virtual void scale(float* g, size_t n, float c) = 0;
+  // The AdamW update of parameter p with moments m, v (F32, or BF16 bits), then the model's own copy of p (its
+  // compute dtype) refreshed from the fp32 master.
+  virtual void adamw(const ParamRef& p, void* m, void* v, bool bf16_moments, const AdamWUpdate& a) = 0;
+  // After parameter values were written directly (a checkpoint loaded): refresh every model copy.
+  virtual void sync_model(const std::vector<ParamRef>& params) = 0;
+};
+
 class Trainable {
  public:
   virtual ~Trainable() = default;
@@ -65,6 +87,8 @@ class Trainable {
   virtual LossResult loss(const TokenBatch& batch, const LossDivisors& div);
   // Forward-and-backward FLOPs per trained token (≈ 6N + attention), for MFU; 0 when unknown.
   virtual double flops_per_token() const { return 0; }
+  // Null: the parameters are host memory.
+  virtual ParamDevice* param_device() { return nullptr; }
 };
 
 // The usual rule (fms-fsdp, mamba_ssm's _no_weight_decay, llm.c): decay matrices only; no decay on 1-D tensors

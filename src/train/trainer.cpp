@@ -38,7 +38,7 @@ Trainer::Trainer(const TrainConfig& cfg, Trainable& model, BatchSource& data, Ch
       ckpt_(std::move(ckpt)),
       hooks_(std::move(hooks)),
       params_(with_decay_rules(model.params(), cfg.no_decay)),
-      opt_(params_, adamw_options(cfg)) {
+      opt_(params_, adamw_options(cfg), model.param_device()) {
   BAMBA_CHECK(!params_.empty(), "the model has no trainable parameters");
   state_.seed = cfg.seed;
 }
@@ -85,7 +85,10 @@ TrainRunResult Trainer::run() {
   while (state_.step < cfg_.steps) {
     const auto ts = std::chrono::steady_clock::now();
     const int64_t s = state_.step;
-    for (const auto& p : params_) std::fill(p.grad, p.grad + p.size, 0.f);
+    ParamDevice* dev = model_.param_device();
+    for (const auto& p : params_)
+      if (dev) dev->zero(p.grad, p.size);
+      else std::fill(p.grad, p.grad + p.size, 0.f);
 
     // The whole step's micro-batches first: the loss divisors are the step's counts.
     std::vector<TokenBatch> micro;
@@ -113,7 +116,7 @@ TrainRunResult Trainer::run() {
       log.write_svg();
       fail("step ", s + 1, ": the loss is ", loss, "; training stopped without saving (", keep, ")");
     }
-    const double norm = clip_grad_norm(params_, cfg_.grad_clip);
+    const double norm = clip_grad_norm(params_, cfg_.grad_clip, dev);
     if (!std::isfinite(norm)) {
       bar.abandon();
       log.write_svg();

@@ -88,7 +88,8 @@ class CudaBackend final : public Backend {
     for (auto& [k, e] : graphs_) cudaGraphExecDestroy(e);
     for (auto& [p, n] : allocs_) cudaFree(p);
     for (auto& [k, p] : inv_freq_) cudaFree(p);
-    for (void* p : std::initializer_list<void*>{meta_dev_, scratch_, stage_dev_[0], stage_dev_[1], cublas_ws_, sample_dev_, proc_dev_})
+    for (void* p : std::initializer_list<void*>{meta_dev_, scratch_, tscratch_, tints_, stage_dev_[0], stage_dev_[1],
+                                                cublas_ws_, sample_dev_, proc_dev_})
       cudaFree(p);
     for (void* p : std::initializer_list<void*>{meta_host_, stage_host_[0], stage_host_[1], sample_host_, proc_host_}) cudaFreeHost(p);
     for (auto& e : stage_done_) cudaEventDestroy(e);
@@ -118,8 +119,21 @@ class CudaBackend final : public Backend {
            mib(total_b), " MiB");
     }
     CUDA_CHECK(e);
+    held_bytes_ += n;
+    peak_bytes_ = std::max(peak_bytes_, held_bytes_);
+    dev_sizes_[p] = n;
     return p;
   }
+  void dev_free(void* p) {  // for what dev_malloc gave
+    if (!p) return;
+    auto it = dev_sizes_.find(p);
+    if (it != dev_sizes_.end()) {
+      held_bytes_ -= it->second;
+      dev_sizes_.erase(it);
+    }
+    cudaFree(p);
+  }
+  int64_t peak_memory_bytes() const override { return int64_t(peak_bytes_); }
   Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) override {
     Tensor t(nullptr, dtype, Device::CUDA, shape);
     const size_t n = t.nbytes();
@@ -132,7 +146,7 @@ class CudaBackend final : public Backend {
     auto it = allocs_.find(t.data);
     if (it == allocs_.end()) return;
     CUDA_CHECK(cudaStreamSynchronize(stream_));
-    cudaFree(it->first);
+    dev_free(it->first);
     allocs_.erase(it);
   }
 
@@ -269,7 +283,7 @@ class CudaBackend final : public Backend {
     if (need > scratch_floats_) {
       if (capturing_) fail("internal: ssd scratch grows during graph capture");
       CUDA_CHECK(cudaStreamSynchronize(stream_));
-      cudaFree(scratch_);
+      dev_free(scratch_);
       scratch_ = static_cast<float*>(dev_malloc(need * 4, "the SSD chunk-state scratch"));
       scratch_floats_ = need;
     }
@@ -356,6 +370,57 @@ class CudaBackend final : public Backend {
       cuda::moe_experts<T>(stream_, a);
     });
   }
+  // ---- backward (training): the kernels of backward.cu, ssd_backward.cu, attention_backward.cu and
+  // cross_entropy.cu; cuBLAS for every matmul (fp32 accumulation; parameter gradients accumulate in fp32 with
+  // beta = 1). Activation gradients are of the compute dtype, parameter gradients F32.
+  void embed_backward(Tensor dtable, Tensor dout, int32_t padding_idx) override;
+  void matmul_backward(Tensor dx, Tensor dW, Tensor dbias, Tensor dy, Tensor x, Tensor W) override;
+  void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, float eps) override {
+    norm_backward(dx, dw, dout, x, w, eps, false);
+  }
+  void add_rmsnorm_backward(Tensor dh, Tensor dw, Tensor dout, Tensor h, Tensor w, float eps) override {
+    norm_backward(dh, dw, dout, h, w, eps, true);
+  }
+  void conv1d_silu_backward(Tensor dxBC, Tensor dweight, Tensor dbias, Tensor dout, Tensor xBC, Tensor weight,
+                            Tensor bias) override;
+  void ssd_backward(Tensor dxBC, Tensor ddt, Tensor dA_log, Tensor dD, Tensor ddt_bias, Tensor dstate0, Tensor dy,
+                    Tensor xBC, Tensor dt, Tensor A_log, Tensor D, Tensor dt_bias, Tensor state0,
+                    const MambaOpsConfig& c) override;
+  void gated_rmsnorm_backward(Tensor dy, Tensor dz, Tensor dw, Tensor dout, Tensor y, Tensor z, Tensor w,
+                              int64_t group_size, float eps) override;
+  void attention_backward(Tensor dqkv, Tensor dout, Tensor qkv, const AttentionOpsConfig& c) override;
+  void swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) override {
+    typed([&]<typename T>() {
+      cuda::swiglu_backward<T>(stream_, act<T>(dgate_up, "swiglu dgate_up"), dgate_up.ld, act<T>(dout, "swiglu dout"),
+                               dout.ld, act<T>(gate_up, "gate_up"), gate_up.ld, dout.rows(), dout.shape[1]);
+    });
+  }
+  double lm_head_cross_entropy(Tensor dx, Tensor dW, Tensor x, Tensor W, std::span<const int32_t> targets,
+                               double ce_scale, double z_scale, int64_t chunk_rows) override;
+
+  void adamw_update(Tensor w, Tensor g, Tensor m, Tensor v, const AdamWUpdate& u, Tensor model_copy) override {
+    const int64_t n = w.numel();
+    if (g.numel() != n || m.numel() != n || v.numel() != n || (model_copy && model_copy.numel() != n))
+      fail("cuda adamw_update: buffers of different sizes");
+    if (m.dtype != v.dtype || (m.dtype != DType::F32 && m.dtype != DType::BF16)) fail("cuda adamw_update: moments");
+    const AdamWArgs a{u.step_size, u.bc2_sqrt, u.eps, u.one_minus_b1, u.b2, u.one_minus_b2, u.decay, u.grad_scale, u.key};
+    cuda::adamw_step(stream_, f32(w, "master weight"), f32(g, "gradient"), m.data, v.data, m.dtype == DType::BF16, n, a,
+                     model_copy ? model_copy.data : nullptr, model_copy ? model_copy.dtype : DType::F32);
+  }
+  double sum_squares(Tensor g) override {
+    const int64_t n = g.numel();
+    if (n == 0) return 0;
+    const int nb = cuda::blocks_for_sum_sq(n);
+    double* part = reinterpret_cast<double*>(train_scratch(size_t(nb) * 2));
+    cuda::sum_sq_partials(stream_, f32(g, "gradient"), n, part);
+    std::vector<double> h(static_cast<size_t>(nb));
+    CUDA_CHECK(cudaMemcpyAsync(h.data(), part, size_t(nb) * 8, cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    double s = 0;
+    for (double x : h) s += x;
+    return s;
+  }
+  void scale_gradient(Tensor g, float c) override { cuda::scale_inplace(stream_, f32(g, "gradient"), g.numel(), c); }
 
   void gather_logit_rows(Tensor out, Tensor x) override {
     typed([&]<typename T>() {
@@ -390,6 +455,13 @@ class CudaBackend final : public Backend {
     return d;
   }
 
+  void norm_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, float eps, bool accumulate);
+  void check_training_batch(const char* op) const;
+  float* train_scratch(size_t floats);       // grow-only device scratch of the backward ops
+  int32_t* train_ints(size_t n);             // grow-only device int32 buffer (index lists, targets)
+  void gemm(bool ta, bool tb, int m, int n, int k, const void* A, cudaDataType_t at, int lda, const void* B,
+            cudaDataType_t bt, int ldb, float beta, void* C, cudaDataType_t ct, int ldc);
+
   int device_;
   DType dtype_;  // the compute dtype: 2-D weights, activations, KV pages
   cudaDeviceProp prop_{};
@@ -414,6 +486,13 @@ class CudaBackend final : public Backend {
   float* scratch_ = nullptr;
   size_t scratch_floats_ = 0;
   std::map<std::tuple<int64_t, float, int, float, float, float, int64_t>, float*> inv_freq_;
+  size_t held_bytes_ = 0, peak_bytes_ = 0;  // through dev_malloc (tensors, scratch); not cuBLAS's own
+  std::unordered_map<void*, size_t> dev_sizes_;
+  const StepBatch* host_batch_ = nullptr;  // the batch last given to set_batch (the backward ops read it)
+  float* tscratch_ = nullptr;
+  size_t tscratch_floats_ = 0;
+  int32_t* tints_ = nullptr;
+  size_t tints_n_ = 0;
   // graphs
   bool graphs_enabled_ = true, capturing_ = false;
   int gemv_max_rows_ = kMaxGemvRows;
@@ -437,6 +516,7 @@ void CudaBackend::set_batch(const StepBatch& b) {
   const int T = b.n_tokens(), S = b.n_seqs(), R = int(b.logit_rows.size());
   max_seq_len_ = b.max_seq_len();
   decode_ = T == S;
+  host_batch_ = &b;
   // Prefill chunk for the SSD scan: fixed for the bf16 tensor-core form; by batch size for ssd.cu's recurrence.
   const int Q = dtype_ == DType::BF16 ? ssd_chunk_ : T >= 8192 ? 256 : T >= 2048 ? 128 : 64;
   std::vector<int32_t> cseq, cbeg, cfirst;
@@ -453,7 +533,7 @@ void CudaBackend::set_batch(const StepBatch& b) {
   if (n > meta_cap_) {
     if (capturing_) fail("internal: batch buffer grows during graph capture");
     CUDA_CHECK(cudaStreamSynchronize(stream_));
-    cudaFree(meta_dev_);
+    dev_free(meta_dev_);
     cudaFreeHost(meta_host_);
     meta_cap_ = std::max<size_t>(n * 2, 4096);
     meta_dev_ = static_cast<int32_t*>(dev_malloc(meta_cap_ * 4, "the step batch"));
@@ -585,7 +665,7 @@ void CudaBackend::process_logits(Tensor logits, const LogitsProcessing& p) {
 void CudaBackend::grow_sample_buffers(size_t bytes) {
   if (bytes <= sample_cap_) return;
   CUDA_CHECK(cudaStreamSynchronize(stream_));
-  cudaFree(sample_dev_);
+  dev_free(sample_dev_);
   cudaFreeHost(sample_host_);
   sample_cap_ = std::max<size_t>(bytes * 2, 4096);
   sample_dev_ = dev_malloc(sample_cap_, "the sampling and scoring buffers");
@@ -614,6 +694,210 @@ void CudaBackend::token_logprobs(Tensor logits, std::span<const int32_t> rows, s
   CUDA_CHECK(cudaStreamSynchronize(stream_));
   std::memcpy(logprob, h + 2 * n, size_t(n) * 4);
   std::memcpy(greedy, h + 3 * n, size_t(n) * 4);
+}
+
+// ---- training
+void CudaBackend::check_training_batch(const char* op) const {
+  if (!host_batch_) fail(op, "_backward: no batch was set");
+  for (int32_t s = 0; s < host_batch_->n_seqs(); ++s)
+    if (host_batch_->past_len[size_t(s)] != 0)
+      fail(op, "_backward: sequence ", s, " continues from a cache (past_len ", host_batch_->past_len[size_t(s)],
+           "); training runs whole sequences from a zero state");
+}
+
+float* CudaBackend::train_scratch(size_t floats) {
+  if (floats > tscratch_floats_) {
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    dev_free(tscratch_);
+    tscratch_ = nullptr;
+    tscratch_floats_ = 0;
+    tscratch_ = static_cast<float*>(dev_malloc(floats * 4, "the backward ops' scratch"));
+    tscratch_floats_ = floats;
+  }
+  return tscratch_;
+}
+
+int32_t* CudaBackend::train_ints(size_t n) {
+  if (n > tints_n_) {
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    dev_free(tints_);
+    tints_ = nullptr;
+    tints_n_ = 0;
+    tints_ = static_cast<int32_t*>(dev_malloc(n * 4, "the backward ops' index buffer"));
+    tints_n_ = n;
+  }
+  return tints_;
+}
+
+// Row-major C[m', n'] (+)= op(..) written as cuBLAS's column-major call: callers pass column-major m, n, k.
+void CudaBackend::gemm(bool ta, bool tb, int m, int n, int k, const void* A, cudaDataType_t at, int lda, const void* B,
+                       cudaDataType_t bt, int ldb, float beta, void* C, cudaDataType_t ct, int ldc) {
+  const float alpha = 1.f;
+  CUBLAS_CHECK(cublasGemmEx(cublas_, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha, A,
+                            at, lda, B, bt, ldb, &beta, C, ct, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// The batch's rows grouped by token on the host (tokens ascending, rows ascending within a token), so each
+// table row is summed by one thread in row order.
+void CudaBackend::embed_backward(Tensor dtable, Tensor dout, int32_t padding_idx) {
+  if (!host_batch_) fail("embed_backward: no batch was set");
+  const std::vector<int32_t>& tok = host_batch_->tokens;
+  const int64_t T = dout.rows(), H = dout.shape[1];
+  std::vector<int32_t> order;
+  for (int32_t t = 0; t < int32_t(T); ++t)
+    if (tok[size_t(t)] != padding_idx) order.push_back(t);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return tok[size_t(a)] < tok[size_t(b)]; });
+  std::vector<int32_t> uniq, start;
+  for (size_t i = 0; i < order.size(); ++i)
+    if (i == 0 || tok[size_t(order[i])] != tok[size_t(order[i - 1])]) {
+      uniq.push_back(tok[size_t(order[i])]);
+      start.push_back(int32_t(i));
+    }
+  start.push_back(int32_t(order.size()));
+  if (uniq.empty()) return;
+  std::vector<int32_t> packed = uniq;
+  packed.insert(packed.end(), start.begin(), start.end());
+  packed.insert(packed.end(), order.begin(), order.end());
+  int32_t* d = train_ints(packed.size());
+  CUDA_CHECK(cudaMemcpyAsync(d, packed.data(), packed.size() * 4, cudaMemcpyHostToDevice, stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));  // `packed` is pageable and dies here
+  typed([&]<typename T>() {
+    cuda::embed_backward<T>(stream_, f32(dtable, "embedding gradient"), dtable.ld, act<T>(dout, "embed dout"), dout.ld,
+                            H, d, d + uniq.size(), d + uniq.size() + start.size(), int(uniq.size()));
+  });
+}
+
+void CudaBackend::matmul_backward(Tensor dx, Tensor dW, Tensor dbias, Tensor dy, Tensor x, Tensor W) {
+  const int M = int(dy.rows()), N = int(dy.shape[1]), K = int(x.shape[1]);
+  if (M == 0) return;
+  for (const Tensor* t : {&dy, &x, &W})
+    if (t->dtype != dtype_ || t->device != Device::CUDA) fail("cuda matmul_backward: dy, x and W must be of the compute dtype");
+  if (W.rows() != N || W.shape[1] != K || x.rows() != M) fail("cuda matmul_backward: shapes");
+  const cudaDataType_t ty = cuda_type(dtype_);
+  // dx [M, K] = dy [M, N] · W [N, K]: column-major dxᵀ [K, M] = Wᵀ [K, N] · dyᵀ [N, M]
+  if (dx) {
+    if (dx.dtype != dtype_) fail("cuda matmul_backward: dx must be of the compute dtype");
+    gemm(false, false, K, M, N, W.data, ty, int(W.ld), dy.data, ty, int(dy.ld), 0.f, dx.data, ty, int(dx.ld));
+  }
+  // dW [N, K] += dyᵀ · x: column-major dWᵀ [K, N] += xᵀ [K, M] · dy [M, N]
+  if (dW) gemm(false, true, K, N, M, x.data, ty, int(x.ld), dy.data, ty, int(dy.ld), 1.f, f32(dW, "weight gradient"),
+               CUDA_R_32F, int(dW.ld));
+  if (dbias) {
+    float* part = train_scratch(cuda::column_sum_scratch_floats(M, N));
+    typed([&]<typename T>() {
+      cuda::column_sum<T>(stream_, f32(dbias, "bias gradient"), act<T>(dy, "matmul dy"), dy.ld, M, N, part);
+    });
+  }
+}
+
+void CudaBackend::norm_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, float eps, bool accumulate) {
+  const int64_t M = x.rows(), H = x.shape[1];
+  float* scratch = train_scratch(cuda::rmsnorm_backward_scratch_floats(M, H));
+  typed([&]<typename T>() {
+    cuda::rmsnorm_backward<T>(stream_, act<T>(dx, "rmsnorm dx"), dx.ld, dw ? f32(dw, "norm weight gradient") : nullptr,
+                              act<T>(dout, "rmsnorm dout"), dout.ld, act<T>(x, "rmsnorm x"), x.ld, pv(w, "norm weight"),
+                              M, H, eps, accumulate, scratch);
+  });
+}
+
+void CudaBackend::gated_rmsnorm_backward(Tensor dy, Tensor dz, Tensor dw, Tensor dout, Tensor y, Tensor z, Tensor w,
+                                         int64_t group_size, float eps) {
+  const int64_t M = y.rows(), I = y.shape[1];
+  float* scratch = train_scratch(cuda::gated_rmsnorm_backward_scratch_floats(M, I, group_size));
+  typed([&]<typename T>() {
+    cuda::gated_rmsnorm_backward<T>(stream_, act<T>(dy, "gated norm dy"), dy.ld, act<T>(dz, "gated norm dz"), dz.ld,
+                                    dw ? f32(dw, "gated norm weight gradient") : nullptr, act<T>(dout, "gated norm dout"),
+                                    dout.ld, act<T>(y, "gated norm y"), y.ld, act<T>(z, "gated norm z"), z.ld,
+                                    pv(w, "gated norm weight"), M, I, group_size, eps, scratch);
+  });
+}
+
+void CudaBackend::conv1d_silu_backward(Tensor dxBC, Tensor dweight, Tensor dbias, Tensor dout, Tensor xBC,
+                                       Tensor weight, Tensor bias) {
+  check_training_batch("conv1d_silu");
+  const int64_t CD = xBC.shape[1], K = weight.shape[1];
+  if (!weight.contiguous() || (dweight && !dweight.contiguous()))
+    fail("cuda conv1d_silu_backward: the weight and its gradient must be contiguous [CD, K]");
+  float* scratch = train_scratch(cuda::conv1d_silu_backward_scratch_floats(db_.T, CD, K));
+  typed([&]<typename T>() {
+    cuda::conv1d_silu_backward<T>(stream_, act<T>(dxBC, "conv dxBC"), dxBC.ld,
+                                  dweight ? f32(dweight, "conv weight gradient") : nullptr,
+                                  dbias ? f32(dbias, "conv bias gradient") : nullptr, act<T>(dout, "conv dout"), dout.ld,
+                                  act<T>(xBC, "conv in"), xBC.ld, pv(weight, "conv weight"), pv(bias, "conv bias"), CD, K,
+                                  db_, scratch);
+  });
+}
+
+void CudaBackend::ssd_backward(Tensor dxBC, Tensor ddt, Tensor dA_log, Tensor dD, Tensor ddt_bias, Tensor dstate0,
+                               Tensor dy, Tensor xBC, Tensor dt, Tensor A_log, Tensor D, Tensor dt_bias, Tensor state0,
+                               const MambaOpsConfig& c) {
+  check_training_batch("ssd");
+  for (const Tensor* t : {&dxBC, &ddt, &dy, &xBC, &dt})
+    if (t->dtype != dtype_ || t->device != Device::CUDA) fail("cuda ssd_backward: activations must be of the compute dtype");
+  SsdBwdArgs a{dxBC.data, dxBC.ld, ddt.data, ddt.ld, f32(dA_log, "dA_log"), f32(dD, "dD"), f32(ddt_bias, "ddt_bias"),
+               dstate0 ? f32(dstate0, "dstate0") : nullptr, dy.data, dy.ld, xBC.data, xBC.ld, dt.data, dt.ld,
+               pv(A_log, "A_log"), pv(D, "D"), pv(dt_bias, "dt_bias"), state0 ? f32(state0, "state0") : nullptr,
+               int(c.n_heads), int(c.d_head), int(c.n_groups), int(c.d_state), c.time_step_min, c.time_step_max};
+  float* scratch = train_scratch(cuda::ssd_backward_scratch_floats(a, db_, max_seq_len_));
+  typed([&]<typename T>() { cuda::ssd_backward<T>(stream_, a, db_, max_seq_len_, scratch); });
+}
+
+void CudaBackend::attention_backward(Tensor dqkv, Tensor dout, Tensor qkv, const AttentionOpsConfig& c) {
+  check_training_batch("attention");
+  AttnArgs a{nullptr, 0, qkv.data, qkv.ld, nullptr, nullptr, inv_freq(c), int(c.n_heads), int(c.n_kv_heads),
+             int(c.head_dim), int(c.rotary_dim), int(c.block_size), c.scale};
+  float* scratch = train_scratch(cuda::attention_backward_scratch_floats(a, db_));
+  typed([&]<typename T>() {
+    act<T>(qkv, "attention qkv");
+    cuda::attention_backward<T>(stream_, act<T>(dqkv, "attention dqkv"), dqkv.ld, act<T>(dout, "attention dout"),
+                                dout.ld, a, db_, scratch);
+  });
+}
+
+// Chunks of rows: logits [n, V] fp32 = x · Wᵀ (cuBLAS), the row kernel turns them into the loss and dlogits (T;
+// in place when T is fp32), then dx rows = dlogits · W and dW += dlogitsᵀ · x. Memory: one chunk of logits.
+double CudaBackend::lm_head_cross_entropy(Tensor dx, Tensor dW, Tensor x, Tensor W, std::span<const int32_t> targets,
+                                          double ce_scale, double z_scale, int64_t chunk_rows) {
+  const int64_t Tn = x.rows(), V = W.rows(), H = W.shape[1];
+  BAMBA_CHECK(int64_t(targets.size()) == Tn, "lm_head_cross_entropy: ", targets.size(), " targets for ", Tn, " rows");
+  for (int32_t t : targets)
+    BAMBA_CHECK(t == -100 || (t >= 0 && t < V), "label ", t, " is out of range for vocab_size ", V, " (or -100)");
+  if (x.dtype != dtype_ || W.dtype != dtype_) fail("cuda lm_head_cross_entropy: x and W must be of the compute dtype");
+  if (Tn == 0) return 0;
+  const int64_t chunk = std::max<int64_t>(1, std::min(chunk_rows, Tn));
+  const bool f32c = dtype_ == DType::F32;
+  const size_t logit_floats = size_t(chunk * V), dlog_floats = f32c ? 0 : size_t(chunk * V + 1) / 2;
+  float* scratch = train_scratch(logit_floats + dlog_floats + size_t(Tn));
+  float* logits = scratch;
+  void* dlog = f32c ? static_cast<void*>(logits) : static_cast<void*>(scratch + logit_floats);
+  float* loss_rows = scratch + logit_floats + dlog_floats;
+  int32_t* tg = train_ints(size_t(Tn));
+  CUDA_CHECK(cudaMemcpyAsync(tg, targets.data(), size_t(Tn) * 4, cudaMemcpyHostToDevice, stream_));
+  const cudaDataType_t ty = cuda_type(dtype_);
+  const size_t esz = dtype_size(dtype_);
+  for (int64_t r0 = 0; r0 < Tn; r0 += chunk) {
+    const int n = int(std::min(chunk, Tn - r0));
+    const void* xr = static_cast<const char*>(x.data) + size_t(r0 * x.ld) * esz;
+    // logits [n, V] = x[r0:] · Wᵀ: column-major logitsᵀ [V, n] = W [V, H]... as W read column-major ᵀ
+    gemm(true, false, int(V), n, int(H), W.data, ty, int(W.ld), xr, ty, int(x.ld), 0.f, logits, CUDA_R_32F, int(V));
+    typed([&]<typename T>() {
+      cuda::cross_entropy_rows<T>(stream_, logits, static_cast<T*>(dlog), n, V, tg + r0, float(ce_scale), float(z_scale),
+                                  loss_rows + r0);
+    });
+    if (dx) {  // dx [n, H] = dlog [n, V] · W [V, H]
+      void* dxr = static_cast<char*>(dx.data) + size_t(r0 * dx.ld) * esz;
+      gemm(false, false, int(H), n, int(V), W.data, ty, int(W.ld), dlog, ty, int(V), 0.f, dxr, ty, int(dx.ld));
+    }
+    if (dW)  // dW [V, H] += dlogᵀ · x[r0:]: column-major dWᵀ [H, V] += xᵀ [H, n] · dlog [n, V]
+      gemm(false, true, int(H), int(V), n, xr, ty, int(x.ld), dlog, ty, int(V), 1.f, f32(dW, "lm_head gradient"),
+           CUDA_R_32F, int(dW.ld));
+  }
+  std::vector<float> rows(static_cast<size_t>(Tn));
+  CUDA_CHECK(cudaMemcpyAsync(rows.data(), loss_rows, size_t(Tn) * 4, cudaMemcpyDeviceToHost, stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  double loss = 0;
+  for (float v : rows) loss += double(v);
+  return loss;
 }
 
 }  // namespace

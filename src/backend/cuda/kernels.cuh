@@ -148,4 +148,81 @@ void process_logits(cudaStream_t st, float* logits, int64_t ld, int64_t V, int64
 void token_logprobs(cudaStream_t st, const float* logits, int64_t ld, int64_t V, int64_t n, const int32_t* rows,
                     const int32_t* targets, float* logprob, int32_t* greedy);
 
+// ---- training (backward ops). Every sequence runs whole from a zero state (or ssd's state0). Activation
+// gradients are T (=), parameter gradients fp32 (+=). Reductions run in a fixed order (per-block partials, then a
+// second pass over them in order): no float atomics, the same step gives the same bits.
+// `scratch` is device memory of the floats each launcher's *_scratch_floats asks for.
+
+// backward.cu
+// out[n] += Σ_m dy[m][n] (bias gradients)
+template <typename T>
+void column_sum(cudaStream_t st, float* out, const T* dy, int64_t ld, int64_t M, int64_t N, float* scratch);
+size_t column_sum_scratch_floats(int64_t M, int64_t N);
+// dtable[uniq[i]] += Σ_{k in [start[i], start[i+1])} dout[rows[k]], in that order (the host groups the rows)
+template <typename T>
+void embed_backward(cudaStream_t st, float* dtable, int64_t ldt, const T* dout, int64_t ldo, int64_t H,
+                    const int32_t* uniq, const int32_t* start, const int32_t* rows, int n_uniq);
+template <typename T>
+void swiglu_backward(cudaStream_t st, T* dgu, int64_t lddg, const T* dout, int64_t ldo, const T* gu, int64_t ldg,
+                     int64_t M, int64_t F);
+// dx (= or, with accumulate, +=) and dw += Σ_rows dout ⊙ x̂ for out = rmsnorm(x) ⊙ w
+template <typename T>
+void rmsnorm_backward(cudaStream_t st, T* dx, int64_t lddx, float* dw, const T* dout, int64_t ldo, const T* x,
+                      int64_t ldx, PView w, int64_t M, int64_t H, float eps, bool accumulate, float* scratch);
+size_t rmsnorm_backward_scratch_floats(int64_t M, int64_t H);
+template <typename T>
+void gated_rmsnorm_backward(cudaStream_t st, T* dy, int64_t lddy, T* dz, int64_t lddz, float* dw, const T* dout,
+                            int64_t ldo, const T* y, int64_t ldy, const T* z, int64_t ldz, PView w, int64_t M,
+                            int64_t I, int64_t group, float eps, float* scratch);
+size_t gated_rmsnorm_backward_scratch_floats(int64_t M, int64_t I, int64_t group);
+// causal depthwise conv + SiLU over each sequence from zero padding: dx (=), dw [CD, K] and dbias += (fp32)
+template <typename T>
+void conv1d_silu_backward(cudaStream_t st, T* dx, int64_t lddx, float* dw, float* dbias, const T* dout, int64_t ldo,
+                          const T* x, int64_t ldx, PView w, PView bias, int64_t CD, int64_t K, const DevBatch& b,
+                          float* scratch);
+size_t conv1d_silu_backward_scratch_floats(int64_t T, int64_t CD, int64_t K);
+
+// ssd_backward.cu
+struct SsdBwdArgs {
+  void* dxBC; int64_t lddx;        // [T, I + 2GN]
+  void* ddt; int64_t ldddt;        // [T, nh]
+  float *dA_log, *dD, *ddt_bias;   // [nh] +=
+  float* dstate0;                  // [S, nh, P, N] =, or null
+  const void* dy; int64_t lddy;    // [T, I]
+  const void* xBC; int64_t ldx;    // post-conv x | B | C
+  const void* dt; int64_t lddt;    // raw
+  PView A_log, D, dt_bias;
+  const float* state0;             // [S, nh, P, N] or null (zeros)
+  int nh, P, G, N;
+  float dt_min, dt_max;
+};
+template <typename T>
+void ssd_backward(cudaStream_t st, const SsdBwdArgs& a, const DevBatch& b, int max_seq_len, float* scratch);
+size_t ssd_backward_scratch_floats(const SsdBwdArgs& a, const DevBatch& b, int max_seq_len);
+
+// attention_backward.cu: dqkv w.r.t. the unrotated qkv from the rotated one (a.qkv), recomputing softmax rows
+template <typename T>
+void attention_backward(cudaStream_t st, T* dqkv, int64_t lddq, const T* dout, int64_t ldo, const AttnArgs& a,
+                        const DevBatch& b, float* scratch);
+size_t attention_backward_scratch_floats(const AttnArgs& a, const DevBatch& b);
+
+// cross_entropy.cu: for R rows of fp32 logits (ld V): loss[r] = ce·(lse − logit[target]) [target ≥ 0] + z·lse², and
+// the logits' gradient written as T into dlogits (may alias logits when T is float).
+template <typename T>
+void cross_entropy_rows(cudaStream_t st, const float* logits, T* dlogits, int64_t R, int64_t V, const int32_t* targets,
+                        float ce_scale, float z_scale, float* loss);
+
+// adamw.cu: one AdamW update of n fp32 master weights (see train/adamw.h), optionally writing the compute-dtype
+// copy the model reads. m, v fp32, or bf16 with stochastic rounding from (key, element index).
+struct AdamWArgs {
+  float step_size, bc2_sqrt, eps, one_minus_b1, b2, one_minus_b2, decay, grad_scale;
+  uint64_t key;  // bf16 moments: the per-(step, parameter) hash key
+};
+void adamw_step(cudaStream_t st, float* w, const float* g, void* m, void* v, bool bf16_moments, int64_t n,
+                const AdamWArgs& a, void* model_copy, DType model_dtype);
+// Σ g² over n floats in double, as per-block partials into `partial` (blocks_for_sum_sq(n) doubles, fixed order).
+int blocks_for_sum_sq(int64_t n);
+void sum_sq_partials(cudaStream_t st, const float* g, int64_t n, double* partial);
+void scale_inplace(cudaStream_t st, float* g, int64_t n, float c);
+
 }  // namespace bamba::cuda
