@@ -361,7 +361,7 @@ TEST_P(CudaTrainModel, GradientsEqualPyTorchAndRepeatBitForBit) {
   GpuModel gm(mc.model, mc.dtype);
   const TensorInfo* ids = ref.find("batch.input_ids");
   ASSERT_TRUE(ids && ids->shape.size() == 2);
-  TrainBatch b{int32_t(ids->shape[0]), int32_t(ids->shape[1]), read_i32(*ids), read_i32(*ref.find("batch.labels"))};
+  TrainBatch b{int32_t(ids->shape[0]), int32_t(ids->shape[1]), read_i32(*ids), read_i32(*ref.find("batch.labels")), {}};
   const TrainOptions opt{gm.model->config().z_loss_coefficient, 0, 0, 7};
   TrainResult res;
   auto got = gm.run(b, &res, opt);
