@@ -9,6 +9,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "engine/drafter.h"
 #include "engine/generator.h"
 #include "model/state_file.h"
 #include "test_util.h"
@@ -87,6 +88,44 @@ TEST_P(StateModels, RestoredEqualsContinuedAndForkedBranchesEqualTheirRunsAlone)
     Generator alone(m.model, 256, 64);
     EXPECT_EQ(gen(branch, p, 10), gen(alone, whole, 10)) << "branch of " << p.size() << " tokens";
   }
+}
+
+// Under speculative decoding (prompt lookup, which drafts a lot on a repetitive prompt) the kept state is still
+// exactly the conversation's: a stop inside a verification step rolls it back to the step's snapshot.
+TEST_P(StateModels, KeptUnderSpeculationEqualsPlain) {
+  Model m(GetParam());
+  const int32_t V = int32_t(m.model.config().vocab_size);
+  const std::string file = test::make_temp_dir("state") + "/spec.bin";
+  std::vector<int32_t> p1;
+  for (int i = 0; i < 6; ++i) {
+    auto r = random_tokens(7, V, 9);
+    p1.insert(p1.end(), r.begin(), r.end());
+  }
+  const auto p2 = random_tokens(5, V, 10);
+  NgramDrafter drafter(1, 4);
+  Generator spec(m.model, 512, 16, {&drafter, 4});
+  spec.set_keep_state(true);
+  Generator plain(m.model, 512, 16);
+  plain.set_keep_state(true);
+  // The caller stops after n tokens (as a stop string does) while up to 40 are allowed, so the stop can come in
+  // the middle of a verification step.
+  auto stop_after = [](Generator& g, const std::vector<int32_t>& prompt, size_t n) {
+    std::vector<int32_t> out;
+    g.generate(prompt, 40, {}, {}, [&](int32_t id) {
+      out.push_back(id);
+      return out.size() < n;
+    });
+    return out;
+  };
+  for (size_t n : {7, 3, 11, 2, 5}) {
+    EXPECT_EQ(stop_after(spec, p1, n), stop_after(plain, p1, n));
+    spec.save_state(file);
+    Generator restored(m.model, 512, 16);
+    restored.load_state(file);
+    EXPECT_EQ(gen(restored, p2, 9), gen(spec, p2, 9));
+    gen(plain, p2, 9);
+  }
+  EXPECT_EQ(spec.tokens(), plain.tokens());
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, StateModels, ::testing::Values("bamba-tiny-a", "dummy"));
