@@ -223,6 +223,52 @@ TEST(PrefixCache, ChoicesForkOnePrefillAndEachEqualsItsRunAlone) {
   }
 }
 
+// Everything at once: 40 requests (four system prompts, choices of one prompt submitted together, seeded
+// sampling, scored prompts) through 16 pages, so sequences are preempted, cached pages and snapshots evicted and
+// choices forked while the cache fills: the outputs are those of an engine without the prefix cache and forks.
+TEST(PrefixCache, UnderPreemptionEvictionAndForksOutputsStayTheSame) {
+  Model m("bamba-tiny-a");
+  const int32_t V = int32_t(m.model.config().vocab_size);
+  std::vector<std::vector<int32_t>> systems;
+  for (uint32_t k = 0; k < 4; ++k) systems.push_back(random_tokens(20 + 13 * int32_t(k), V, 50 + k));
+  std::vector<RequestParams> ps;
+  for (int32_t i = 0; i < 40; ++i) {
+    const bool same_as_last = i % 5 == 1;  // the choices of one prompt
+    ps.push_back(same_as_last ? ps.back()
+                              : greedy(concat(systems[size_t(i % 4)], random_tokens(5 + (i * 7) % 40, V, 200 + uint32_t(i))),
+                                       3 + i % 6));
+    if (i % 3 == 0) ps.back().sampling = {0.8f, 20, 0.9f, 1000 + uint64_t(i)};
+    if (i % 11 == 0) ps.back().prompt_logprobs = 1;
+  }
+  auto run = [&](bool prefix, bool fork) {
+    EngineOptions o = options(m.model, prefix, 64, 16, 4);
+    o.fork_choices = fork;
+    Engine e(m.model, nullptr, o);
+    auto ch = std::make_shared<Channel>();
+    e.submit_all(ps, ch);
+    std::vector<Result> res(ps.size());
+    for (size_t done = 0; done < ps.size();) {
+      auto out = ch->pop(120s);
+      if (!out) {
+        ADD_FAILURE() << "timed out";
+        break;
+      }
+      EXPECT_TRUE(out->error.empty()) << out->error;
+      res[size_t(out->index)].tokens.insert(res[size_t(out->index)].tokens.end(), out->tokens.begin(), out->tokens.end());
+      done += out->finish != FinishReason::None;
+    }
+    const EngineStats st = e.stats();
+    if (prefix) {
+      EXPECT_GT(st.preemptions, 0u);
+      EXPECT_GT(st.prefix_cache_hits, 0u);
+      EXPECT_GT(st.forks, 0u);
+    }
+    return res;
+  };
+  const auto ref = run(false, false), got = run(true, true);
+  for (size_t i = 0; i < ps.size(); ++i) EXPECT_EQ(got[i].tokens, ref[i].tokens) << "request " << i;
+}
+
 // The Scheduler alone: a prefix that ends inside a prefill chunk splits the chunk at the page boundary (the
 // state exists only at the end of a step), and the next request with the prefix starts there.
 TEST(PrefixCache, ASnapshotInsideAChunkSplitsIt) {
