@@ -103,8 +103,8 @@ std::vector<Result> run_in_order(Engine& e, std::vector<RequestParams> ps) {
 
 class PrefixCacheModels : public ::testing::TestWithParam<const char*> {};
 
-TEST_P(PrefixCacheModels, OutputsEqualWithoutTheCacheAndHitsCountAsThePagesSay) {
-  Model m(GetParam());
+void outputs_and_hits(const char* model, bool decode_snapshots, uint64_t want_hits) {
+  Model m(model);
   const int32_t V = int32_t(m.model.config().vocab_size);
   // 16-token pages. A system prompt of 40 tokens; requests of 60 tokens (chunks of 64 tokens per step).
   const auto sys = random_tokens(40, V, 1);
@@ -121,7 +121,9 @@ TEST_P(PrefixCacheModels, OutputsEqualWithoutTheCacheAndHitsCountAsThePagesSay) 
     Engine e(m.model, nullptr, options(m.model, false));
     ref = run_in_order(e, ps);
   }
-  Engine e(m.model, nullptr, options(m.model, true));
+  EngineOptions with = options(m.model, true);
+  with.sched.prefix_decode_snapshots = decode_snapshots;
+  Engine e(m.model, nullptr, with);
   got = run_in_order(e, ps);
   double worst = 0;
   for (size_t i = 0; i < ps.size(); ++i) {
@@ -142,10 +144,20 @@ TEST_P(PrefixCacheModels, OutputsEqualWithoutTheCacheAndHitsCountAsThePagesSay) 
   EXPECT_LT(worst, 2e-4) << "largest logprob difference";
   std::printf("largest logprob difference with / without the prefix cache: %.3g\n", worst);
   const EngineStats st = e.stats();
-  EXPECT_EQ(st.prefix_cache_hits, 32u + 48u + 48u + 64u);
+  EXPECT_EQ(st.prefix_cache_hits, want_hits);
   EXPECT_EQ(st.prefix_cache_queries, 4u * 60u + 78u + 116u);
   EXPECT_GT(st.prefix_cache_pages, 0);
   EXPECT_LE(st.prefix_cache_snapshots, 8);
+}
+
+TEST_P(PrefixCacheModels, OutputsEqualWithoutTheCacheAndHitsCountAsThePagesSay) {
+  outputs_and_hits(GetParam(), false, 32 + 48 + 48 + 64);
+}
+
+// With decode-time snapshots the next turns restore past the previous answers too: turn 1 at 64 (A's output
+// crossed 64), turn 2 at 80.
+TEST_P(PrefixCacheModels, DecodeSnapshotsLetTheNextTurnSkipThePreviousAnswer) {
+  outputs_and_hits(GetParam(), true, 32 + 48 + 64 + 80);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, PrefixCacheModels, ::testing::Values("bamba-tiny-a", "dummy"));
