@@ -44,6 +44,10 @@ printf '%s\n' 'model: {preset: tiny}' 'data:' '  - {name: web, path: /d/web, wei
   'micro_batch_size: 2' 'batch_tokens: 512' 'tokens: 1e5' 'optimizer: {lr: 3e-4, betas: [0.9, 0.95], no_decay: [embed]}' \
   'schedule: {name: wsd, warmup_steps: 10, decay_steps: 20, decay_shape: sqrt}' 'precision: bf16-memory' \
   'max_shard_size: 2GB' >"$work/fuzz_train_config/ok.yml"
+mkdir -p "$work/fuzz_structured"  # the first byte picks: odd = a regex, even = a JSON schema
+printf '\001%s' '[a-c]{2,4}(x|yz)?\d+\.(?:[^"\\]|\\.)*' >"$work/fuzz_structured/regex"
+printf '\000%s' '{"type":"object","properties":{"a":{"type":"string","maxLength":3},"b":{"enum":[1,"x",null]},"c":{"type":"array","items":{"type":"number"},"maxItems":2},"d":{"anyOf":[{"type":"boolean"},{"$ref":"#/$defs/e"}]}},"required":["a"],"$defs":{"e":{"type":"integer"}}}' \
+  >"$work/fuzz_structured/schema"
 mkdir -p build-fuzz/findings
 
 targets=("$@")

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "backend/backend.h"
@@ -18,6 +19,7 @@
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/hybrid.h"
+#include "fixture_runner.h"
 #include "test_util.h"
 
 namespace bamba {
@@ -389,12 +391,147 @@ TEST(BadConfig, InvalidJson) {
 
 TEST(BadConfig, ModelType) {
   json j = fixture_config("bamba-tiny-b");
-  j["model_type"] = "llama";
-  EXPECT_ERROR(parse(j), "cfg.json", "model_type \"llama\" is not supported", "\"bamba\"");
+  j["model_type"] = "gpt2";
+  EXPECT_ERROR(parse(j), "cfg.json", "model_type \"gpt2\" is not supported", "\"bamba\"", "\"nemotron_h\"");
   j.erase("model_type");
   EXPECT_ERROR(parse(j), "cfg.json", "missing field \"model_type\"", "\"bamba\"");
   j["model_type"] = 3;
   EXPECT_ERROR(parse(j), "cfg.json", "\"model_type\" must be a string");
+}
+
+// Bamba's relatives (docs/family.md): their own fields, each error naming the field.
+TEST(BadConfig, FamilyModelTypes) {
+  auto family = [](const std::string& name) {
+    const std::string dir = test::fixture_model_dir(name);
+    return dir.empty() ? json() : json::parse(slurp(dir + "/config.json"));
+  };
+  json n = family("nemotron_h");
+  if (n.is_null()) GTEST_SKIP() << "family fixtures not found";
+  n.erase("layers_block_type");
+  n["hybrid_override_pattern"] = "M-*X";
+  EXPECT_ERROR(parse(n), "cfg.json", "hybrid_override_pattern has 'X'");
+  n["hybrid_override_pattern"] = "M-*EM";
+  n["num_hidden_layers"] = 4;
+  EXPECT_ERROR(parse(n), "cfg.json", "num_hidden_layers 4 differs from the 5 layer types");
+  n["num_hidden_layers"] = 5;
+  EXPECT_EQ(parse(n).mlp_kinds[3], MlpKind::MoE);
+  n["moe_latent_size"] = 16;
+  EXPECT_ERROR(parse(n), "cfg.json", "\"moe_latent_size\"");
+
+  json f = family("falcon_h1");
+  f["mamba_norm_before_gate"] = true;
+  EXPECT_ERROR(parse(f), "cfg.json", "mamba_norm_before_gate");
+  f["mamba_norm_before_gate"] = false;
+  f["ssm_multipliers"] = {1.0, 2.0};
+  EXPECT_ERROR(parse(f), "cfg.json", "\"ssm_multipliers\" must be a list of 5 numbers");
+
+  json m = family("mamba2");
+  m["num_heads"] = 7;
+  EXPECT_ERROR(parse(m), "cfg.json", "must equal num_heads * head_dim");
+
+  json l = family("llama3");
+  l["rope_parameters"]["rope_type"] = "yarn";
+  EXPECT_ERROR(parse(l), "cfg.json", "rope_type \"yarn\" is not supported", "\"llama3\"");
+  l["rope_parameters"]["rope_type"] = "llama3";
+  l["rope_parameters"]["high_freq_factor"] = 0.5;
+  EXPECT_ERROR(parse(l), "cfg.json", "high_freq_factor > low_freq_factor");
+
+  json g = family("granitemoehybrid-moe");
+  g["num_experts_per_tok"] = 9;
+  EXPECT_ERROR(parse(g), "cfg.json", "num_experts_per_tok 9 exceeds num_local_experts 4");
+  g["num_experts_per_tok"] = 2;
+  g["position_embedding_type"] = "alibi";
+  EXPECT_ERROR(parse(g), "cfg.json", "\"position_embedding_type\" = \"alibi\"");
+
+  json z = family("zamba2");
+  z["layers_block_type"][1] = "attention";
+  EXPECT_ERROR(parse(z), "cfg.json", "layers_block_type[1] = \"attention\"", "\"hybrid\"");
+}
+
+// Nemotron-H in transformers 5.x's module spelling ("model." prefix, experts stacked [E, F, H], and "embedding"
+// for "embeddings" as older checkpoints have it) loads too, and
+// computes the same logits as the hub spelling 5.17 saves; "mtp." tensors are skipped like transformers does.
+TEST(BadConfig, NemotronHBothSpellings) {
+  const std::string src = test::fixture_model_dir("nemotron_h");
+  if (src.empty()) GTEST_SKIP() << "family fixtures not found";
+  const std::string dir = test::make_temp_dir("nemotron-spelling");
+  std::vector<RawTensor> in = read_tensors(src + "/model.safetensors"), out;
+  std::map<std::string, RawTensor> stacks;  // merged experts by name
+  for (RawTensor& t : in) {
+    std::string n = t.name.rfind("backbone.", 0) == 0 ? "model." + t.name.substr(9) : t.name;
+    const size_t e = n.find(".experts.");
+    if (e != std::string::npos) {  // model.layers.3.mixer.experts.{e}.up_proj.weight -> ...experts.up_proj
+      const size_t dot = n.find('.', e + 9);
+      const std::string merged = n.substr(0, e) + ".experts." + n.substr(dot + 1, n.size() - dot - 1 - 7);
+      RawTensor& m = stacks[merged];
+      if (m.name.empty()) m = {merged, t.dtype, {0, t.shape[0], t.shape[1]}, {}};
+      m.shape[0] += 1;  // experts are stored in order 0, 1, ... in the file's sorted header
+      m.bytes.insert(m.bytes.end(), t.bytes.begin(), t.bytes.end());
+      continue;
+    }
+    t.name = n == "model.embeddings.weight" ? "model.embedding.weight" : n;  // the older spelling, also read
+    out.push_back(t);
+  }
+  for (auto& [n, t] : stacks) out.push_back(t);
+  out.push_back({"mtp.layers.0.norm.weight", DType::F32, {2}, std::vector<unsigned char>(8)});
+  write_tensors(dir + "/model.safetensors", out);
+  spit(dir + "/config.json", slurp(src + "/config.json"));
+  auto be = make_cpu_backend();
+  HybridModel a = load_model(src, *be), b = load_model(dir, *be);
+  auto logits = [&](const HybridModel& m) {
+    HybridCache cache(m.config(), *be, HybridCache::sizes_for(m.config(), 1, 16));
+    Workspace ws(m.config(), *be, 16, 16);
+    SeqCache sc;
+    EXPECT_TRUE(cache.reserve(sc, 6));
+    StepBatch sb;
+    std::vector<int32_t> ids = {5, 9, 200, 7, 31, 4};
+    sb.add(ids, 0, sc.slot, sc.blocks, true);
+    std::vector<float> v(6 * size_t(m.config().vocab_size));
+    be->to_host_f32(m.forward(sb, cache, ws), v.data());
+    return v;
+  };
+  EXPECT_EQ(logits(a), logits(b));
+  std::filesystem::remove_all(dir);
+}
+
+// Falcon-H1 with mamba_rms_norm = false (the mixer output is y * silu(z), no norm): the checkpoint has no
+// mamba.norm.weight, and one that has it is told it does not match.
+TEST(BadConfig, FalconH1WithoutMambaNorm) {
+  const std::string src = test::fixture_model_dir("falcon_h1");
+  if (src.empty()) GTEST_SKIP() << "family fixtures not found";
+  TempDir d;
+  json cfg = json::parse(slurp(src + "/config.json"));
+  cfg["mamba_rms_norm"] = false;
+  spit(d.path + "/config.json", cfg.dump());
+  std::vector<RawTensor> all = read_tensors(src + "/model.safetensors");
+  write_tensors(d.path + "/model.safetensors", all);
+  EXPECT_ERROR(load(d.path), "unexpected tensor \"model.layers.0.mamba.norm.weight\"");
+  std::erase_if(all, [](const RawTensor& t) { return t.name.find("mamba.norm.weight") != std::string::npos; });
+  write_tensors(d.path + "/model.safetensors", all);
+  auto be = make_cpu_backend();
+  HybridModel m = load_model(d.path, *be);
+  EXPECT_FALSE(m.config().mamba_gated_norm);
+  HybridCache cache(m.config(), *be, HybridCache::sizes_for(m.config(), 1, 16));
+  Workspace ws(m.config(), *be, 16, 16);
+  SeqCache sc;
+  ASSERT_TRUE(cache.reserve(sc, 5));
+  StepBatch b;
+  std::vector<int32_t> ids = {3, 4, 5, 6, 7};
+  b.add(ids, 0, sc.slot, sc.blocks, true);
+  std::vector<float> v(5 * size_t(m.config().vocab_size));
+  be->to_host_f32(m.forward(b, cache, ws), v.data());
+  for (float x : v) ASSERT_TRUE(std::isfinite(x));
+}
+
+// Training is written for Bamba's layers: the relatives say so instead of computing something else.
+TEST(BadConfig, TrainingRejectsOtherModelTypes) {
+  const std::string dir = test::fixture_model_dir("llama3");
+  if (dir.empty()) GTEST_SKIP() << "family fixtures not found";
+  auto be = make_cpu_backend();
+  HybridModel m = load_model(dir, *be);
+  ModelWeights g = zeros_like_weights(m.config(), *be);
+  TrainBatch b{1, 4, {5, 6, 7, 8}, {5, 6, 7, 8}};
+  EXPECT_ERROR(m.forward_backward(b, g), "training supports model_type \"bamba\" only", "\"llama\"");
 }
 
 TEST(BadConfig, WrongFieldTypes) {

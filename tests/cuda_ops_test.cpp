@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 
@@ -208,6 +209,78 @@ TEST_P(CudaOps, Swiglu) {
   }
 }
 
+// The elementwise ops of Bamba's relatives on strided rows (docs/family.md).
+TEST_P(CudaOps, FamilyElementwiseOps) {
+  for (int64_t M : {1, 9}) {
+    const int64_t F = 77;
+    Pair x = make(act(), {M, F + 5}, -3, 3), gu = make(act(), {M, 2 * F}, -3, 3), z = make(act(), {M, F}, -3, 3);
+    Pair xs = cols(x, 3, 3 + F), out = zeros(act(), {M, F});
+    cpu_->relu2(out.cpu, xs.cpu);
+    gpu_->relu2(out.gpu, xs.gpu);
+    expect_close(out, tol(), "relu2");
+    cpu_->geglu(out.cpu, gu.cpu);
+    gpu_->geglu(out.gpu, gu.gpu);
+    expect_close(out, tol(), "geglu");
+    cpu_->silu_gate(out.cpu, xs.cpu, z.cpu);
+    gpu_->silu_gate(out.gpu, xs.gpu, z.gpu);
+    expect_close(out, tol(), "silu_gate");
+    cpu_->copy(out.cpu, xs.cpu);
+    gpu_->copy(out.gpu, xs.gpu);
+    expect_close(out, tol(), "copy");
+    cpu_->scale(xs.cpu, 0.35f);
+    gpu_->scale(xs.gpu, 0.35f);
+    expect_close(x, tol(), "scale of a column slice (the other columns untouched)");
+    Pair logits = make(DType::F32, {M, 33}, -5, 5);  // fp32 whatever the compute dtype
+    cpu_->scale(logits.cpu, 0.25f);
+    gpu_->scale(logits.gpu, 0.25f);
+    expect_close(logits, kTolF32, "scale of fp32 logits");
+  }
+}
+
+// Routing (both routers) and the grouped expert GEMMs, against the CPU twin: T = 1 (decode), 7, and 150 tokens
+// (more rows per expert than one 64-row tile); odd H, F; SwiGLU and relu² experts.
+TEST_P(CudaOps, MoeRoutingAndGroupedExperts) {
+  struct Case { int64_t T, E, k, H, F; MoeRouting routing; int64_t n_group, topk_group; ExpertAct act; };
+  for (const Case& cs : {Case{1, 4, 2, 48, 40, MoeRouting::SoftmaxTopK, 1, 1, ExpertAct::SwiGLU},
+                         Case{7, 8, 3, 40, 24, MoeRouting::SigmoidGroup, 4, 2, ExpertAct::Relu2},
+                         Case{150, 6, 2, 72, 56, MoeRouting::SoftmaxTopK, 1, 1, ExpertAct::SwiGLU},
+                         Case{150, 8, 2, 64, 33, MoeRouting::SigmoidGroup, 1, 1, ExpertAct::Relu2}}) {
+    const int64_t T = cs.T, E = cs.E, k = cs.k, H = cs.H, F = cs.F, U = cs.act == ExpertAct::SwiGLU ? 2 * F : F;
+    const MoeOpsConfig c{E, k, cs.routing, cs.n_group, cs.topk_group, true, 2.5f};
+    Pair logits = make(DType::F32, {T, E}, -3, 3), bias = make(DType::F32, {E}, -0.3f, 0.3f);
+    Pair experts{cpu_->alloc(DType::I32, {T, k}), gpu_->alloc(DType::I32, {T, k})};
+    Pair weights = zeros(DType::F32, {T, k});
+    cpu_->moe_route(experts.cpu, weights.cpu, logits.cpu, bias.cpu, c);
+    gpu_->moe_route(experts.gpu, weights.gpu, logits.gpu, bias.gpu, c);
+    std::vector<int32_t> ec(size_t(T * k)), eg(size_t(T * k));
+    std::memcpy(ec.data(), experts.cpu.data, ec.size() * 4);
+    gpu_->synchronize();
+    {
+      std::vector<float> tmp(ec.size());
+      // I32 through to_host_f32 would convert; read the raw ints through a byte-exact F32 view instead.
+      Tensor raw = experts.gpu;
+      raw.dtype = DType::F32;
+      gpu_->to_host_f32(raw, tmp.data());
+      std::memcpy(eg.data(), tmp.data(), eg.size() * 4);
+    }
+    EXPECT_EQ(eg, ec) << "experts chosen, T=" << T;
+    expect_close(weights, kTolF32, "routing weights, T=" + std::to_string(T));
+
+    Pair x = make(act(), {T, H}, -1, 1), up = make(act(), {E, U, H}, -0.3f, 0.3f), down = make(act(), {E, H, F}, -0.3f, 0.3f);
+    Pair out = zeros(act(), {T, H});
+    auto scratch = [&](Backend& be) {
+      return MoeScratch{be.alloc(be.activation_dtype(), {T * k, U}), be.alloc(be.activation_dtype(), {T * k, F}),
+                        be.alloc(be.activation_dtype(), {T * k, H}), be.alloc(DType::I32, {2 * T * k + 2 * E + 2})};
+    };
+    MoeScratch sc_cpu = scratch(*cpu_), sc_gpu = scratch(*gpu_);
+    // Both from the CPU's routing (the GPU's is checked equal above).
+    gpu_->from_host_f32(weights.gpu, host(*cpu_, weights.cpu).data());
+    cpu_->moe_experts(out.cpu, x.cpu, up.cpu, down.cpu, experts.cpu, weights.cpu, cs.act, sc_cpu);
+    gpu_->moe_experts(out.gpu, x.gpu, up.gpu, down.gpu, experts.gpu, weights.gpu, cs.act, sc_gpu);
+    expect_close(out, tol(), "moe_experts, T=" + std::to_string(T) + ", E=" + std::to_string(E));
+  }
+}
+
 // Channel counts and strides for the scalar kernel (40 channels at an odd offset) and the 16-byte-vector one
 // (48 aligned channels); runs of 8 tokens that cross sequence boundaries and continue from cached windows.
 TEST_P(CudaOps, Conv1dPrefillDecodeAndContinuation) {
@@ -288,6 +361,10 @@ TEST_P(CudaOps, AttentionPagedGqaPartialRope) {
        {{1, 150, 64, 300}, {200}, {65, 1, 127}},
        {{0, 37, 100, 0}, {0}, {64, 90, 1}}},
       {{4, 2, 64, 64, 16, 500000.f, 0.125f, DType::F32}, {{129, 3}, {1, 1}}, {{5, 60}, {40, 0}}},
+      // Llama 3 frequency scaling (all three bands at head_dim 16, positions past original_max 64)
+      {{4, 2, 16, 16, 16, 10000.f, 0.25f, DType::F32, 8.f, 1.f, 4.f, 64}, {{1, 70}, {33}}, {{0, 5}, {100}}},
+      // NoPE (GraniteMoeHybrid, Nemotron-H) with head_dim 24 != H / nq and a scale that is not head_dim^-0.5
+      {{4, 2, 24, 0, 16, 10000.f, 0.1f, DType::F32}, {{17, 1}, {40}}, {{0, 40}, {3}}},
   };
   for (const AttnCase& ac : cases) {
   const AttentionOpsConfig& c = ac.c;

@@ -131,8 +131,10 @@ TEST_F(ShardTest, TruncatedAndWrongHeadersAreErrors) {
   b[0] = 'X';
   expect_error(with(b), {"a.bin", "byte 0", "magic"});
   b = good;
-  b[8] = 2;
-  expect_error(with(b), {"byte 8", "version 2"});
+  b[8] = 3;
+  expect_error(with(b), {"byte 8", "version 3"});
+  b[8] = 2;  // version 2 is for shards with a label mask, and this one has none
+  expect_error(with(b), {"byte 40", "flags 0 in a version 2 shard"});
   b = good;
   b[20] = 11;
   expect_error(with(b), {"byte 20", "separator id 11"});

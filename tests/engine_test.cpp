@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "engine/engine.h"
 #include "engine/generator.h"
+#include "fixture_runner.h"
 #include "test_util.h"
 
 namespace bamba {
@@ -50,7 +51,7 @@ std::vector<Result> run_all(Engine& e, const std::vector<RequestParams>& ps) {
 struct Model {
   std::unique_ptr<Backend> be = make_cpu_backend();
   HybridModel model;
-  explicit Model(const std::string& name) : model(load_model(test::model_dir(name), *be)) {}
+  explicit Model(const std::string& name) : model(load_model(test::fixture_model_dir(name), *be)) {}
 };
 
 EngineOptions options(const HybridModel& m, int32_t seqs, int32_t budget, int32_t num_blocks = 0) {
@@ -110,7 +111,12 @@ std::vector<RequestParams> mixed_requests(int32_t n, int32_t vocab) {
   return ps;
 }
 
-class EngineFixture : public ::testing::TestWithParam<const char*> {};
+class EngineFixture : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    if (test::fixture_model_dir(GetParam()).empty()) GTEST_SKIP() << "fixture " << GetParam() << " not found";
+  }
+};
 
 TEST_P(EngineFixture, Among32ConcurrentWithChunkedPrefillEqualsAlone) {
   Model m(GetParam());
@@ -127,6 +133,7 @@ TEST_P(EngineFixture, Among32ConcurrentWithChunkedPrefillEqualsAlone) {
 
 TEST_P(EngineFixture, ForcedPreemptionChangesNoOutput) {
   Model m(GetParam());
+  if (m.model.config().n_attention_layers() == 0) GTEST_SKIP() << "no KV cache to run out of (state slots only)";
   auto ps = mixed_requests(32, int32_t(m.model.config().vocab_size));
   std::vector<Result> ref;
   {
@@ -185,6 +192,10 @@ TEST_P(EngineFixture, ScoredPromptEqualsLogSoftmaxOfOnePrefill) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, EngineFixture, ::testing::Values("bamba-tiny-a", "bamba-tiny-b"));
+// Bamba's relatives (tests/data/family): one of each layer structure.
+INSTANTIATE_TEST_SUITE_P(Family, EngineFixture,
+                         ::testing::Values("mamba2", "llama3", "granitemoehybrid-moe", "nemotron_h", "falcon_h1", "zamba2"),
+                         [](const auto& info) { return test::fixture_param_name(info.param); });
 
 TEST(Engine, ReusedSlotStartsFromZeroState) {
   Model m("bamba-tiny-a");

@@ -16,6 +16,13 @@ namespace bamba::test {
 
 // The fixture models both suites run, and their gtest parameter names ("bamba_tiny_a").
 inline const std::vector<std::string> kFixtureModels = {"bamba-tiny-a", "bamba-tiny-b", "bamba-tiny-e2e"};
+// Tiny random models of Bamba's relatives (docs/family.md; made by ../shared/fixtures/tools/gen_family_fixtures.py
+// with transformers 5.17), kept as test data in tests/data/family/<name>.
+inline const std::vector<std::string> kFamilyModels = {"mamba2",     "llama3",   "granitemoehybrid-dense-rope",
+                                                       "granitemoehybrid-moe", "nemotron_h", "falcon_h1", "zamba2"};
+// The folder of a fixture model: a family model in tests/data/family/<name>, else $BAMBA_FAMILY_FIXTURES/<name>
+// (or .../models/<name>); "" if absent. The Bamba ones: model_dir(name).
+std::string fixture_model_dir(const std::string& name);
 inline std::string fixture_param_name(const std::string& model) {
   std::string s = model;
   for (char& c : s)
@@ -28,7 +35,7 @@ struct FixtureSequence {
   std::vector<int32_t> logit_positions;            // rows of logits we have references for
   std::vector<float> logits;                       // [logit_positions.size(), V]
   std::map<std::string, std::vector<float>> acts;  // embed, layerI, final_norm: [T, H] (when asked for)
-  std::vector<int32_t> greedy;                     // may be empty
+  std::vector<int32_t> greedy;                     // may be empty (the no-cache reference when recorded)
   std::vector<double> margins;
 };
 

@@ -2,7 +2,9 @@
 // its slot, whatever the previous owner left there.
 #include <gtest/gtest.h>
 
+#include "io/checkpoint.h"
 #include "model/hybrid.h"
+#include "fixture_runner.h"
 #include "test_util.h"
 
 namespace bamba {
@@ -108,6 +110,43 @@ TEST(HybridCache, AReusedSlotStartsFromAZeroState) {
     be->fill(cache.v_pages(i), 5.f);
   }
   EXPECT_EQ(run(), fresh);
+}
+
+// The relatives' caches (docs/family.md): a layer keeps a Mamba state iff it has a Mamba mixer and KV pages iff
+// it has attention; MLP-only layers (Nemotron-H "-" / "E") keep nothing, Falcon-H1 layers keep both, every Zamba2
+// layer a state and its hybrid layers KV too.
+TEST(HybridCache, LayersWithoutStateOrKvTakeNoMemory) {
+  struct Want { const char* name; int64_t mamba, attn; };
+  for (const Want& w : {Want{"nemotron_h", 2, 1}, Want{"mamba2", 3, 0}, Want{"llama3", 0, 3},
+                        Want{"falcon_h1", 3, 3}, Want{"zamba2", 6, 3}, Want{"granitemoehybrid-moe", 3, 1}}) {
+    const std::string dir = test::fixture_model_dir(w.name);
+    if (dir.empty()) GTEST_SKIP() << "fixture " << w.name << " not found";
+    const ModelConfig c = load_config(dir);
+    EXPECT_EQ(c.n_mamba_layers(), w.mamba) << w.name;
+    EXPECT_EQ(c.n_attention_layers(), w.attn) << w.name;
+    const size_t slot = size_t((c.mamba_d_conv - 1) * c.conv_dim()) * 4 +
+                        size_t(c.mamba_n_heads * c.mamba_d_head * c.mamba_d_state) * 4;
+    EXPECT_EQ(HybridCache::bytes_per_slot(c), size_t(w.mamba) * slot) << w.name;
+    EXPECT_EQ(HybridCache::bytes_per_block(c, 16), size_t(w.attn) * 2 * 16 * size_t(c.num_key_value_heads * c.head_dim) * 4)
+        << w.name;
+    auto be = make_cpu_backend();
+    HybridCache cache(c, *be, HybridCache::sizes_for(c, 2, 64));
+    EXPECT_EQ(cache.has_attention(), w.attn > 0) << w.name;
+    EXPECT_EQ(cache.sizes().n_blocks, w.attn > 0 ? 2 * 4 : 0) << w.name;
+  }
+}
+
+// ModelConfig::parameter_count (bench, train and the CLI banner use it) is the checkpoint's parameter count.
+TEST(HybridCache, FamilyParameterCountIsTheCheckpoints) {
+  for (const std::string& name : test::kFamilyModels) {
+    const std::string dir = test::fixture_model_dir(name);
+    if (dir.empty()) GTEST_SKIP() << "fixture " << name << " not found";
+    const ModelConfig c = load_config(dir);
+    Checkpoint ck(dir);
+    int64_t n = 0;
+    for (const auto& t : ck.names()) n += ck.get(t).numel();
+    EXPECT_EQ(c.parameter_count(), n) << name;
+  }
 }
 
 TEST(StepBatch, RaggedBlockTablesArePadded) {

@@ -1,4 +1,5 @@
-// The CPU model against Hugging Face transformers' numbers (../shared/fixtures/models): logits and every captured
+// The CPU model against Hugging Face transformers' numbers (../shared/fixtures/models, and for Bamba's relatives
+// tests/data/family, docs/family.md): logits and every captured
 // activation within |ours - ref| <= 1e-3 (1 + |ref|), fed (a) in one prefill, (b) prefill + teacher-forced decode,
 // (c) in pieces split inside and across chunk_size boundaries, (d) in one batch with the other sequences; and
 // greedy generation up to the first near-tie.
@@ -28,7 +29,11 @@ constexpr double kTol = 1e-3;
 class FixtureModel : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    r_ = std::make_unique<test::FixtureRunner>(test::model_dir(GetParam()), make_cpu_backend(), true);
+    const std::string dir = test::fixture_model_dir(GetParam());
+    if (dir.empty())
+      GTEST_SKIP() << "fixture " << GetParam() << " not found in tests/data/family or $BAMBA_FAMILY_FIXTURES "
+                   << "(make it with ../shared/fixtures/tools/gen_family_fixtures.py)";
+    r_ = std::make_unique<test::FixtureRunner>(dir, make_cpu_backend(), true);
     be_ = r_->be.get();
     model_ = r_->model.get();
     cache_ = r_->cache.get();
@@ -56,6 +61,7 @@ class FixtureModel : public ::testing::TestWithParam<std::string> {
 
 TEST_P(FixtureModel, PrefillMatchesLogitsAndEveryActivation) {
   const int64_t H = model_->config().hidden_size;
+  double worst_act = 0, worst_logit = 0;  // reported: the margin under the 1e-3 tolerance
   for (auto& e : r_->seqs) {
     std::map<std::string, std::vector<float>> got;
     SeqCache sc;
@@ -76,10 +82,16 @@ TEST_P(FixtureModel, PrefillMatchesLogitsAndEveryActivation) {
       for (size_t t = 0; t < e.ids.size(); ++t) {
         double err = max_rel_err(got[name].data() + t * size_t(H), ref.data() + t * size_t(H), size_t(H));
         EXPECT_LE(err, kTol) << name << " row " << t << " of a " << e.ids.size() << "-token sequence";
+        worst_act = std::max(worst_act, err);
       }
     }
+    for (size_t k = 0; k < e.logit_positions.size(); ++k)
+      worst_logit = std::max(worst_logit, max_rel_err(all.data() + size_t(e.logit_positions[k]) * size_t(V()),
+                                                       e.logits.data() + k * size_t(V()), size_t(V())));
     expect_logits_match(e, all, "prefill");
   }
+  std::printf("[ %s ] max |ours - ref| / (1 + |ref|): activations %.3g, logits %.3g\n", GetParam().c_str(), worst_act,
+              worst_logit);
 }
 
 TEST_P(FixtureModel, PrefillThenTeacherForcedDecode) {
@@ -172,6 +184,8 @@ TEST_P(FixtureModel, GreedyGenerationUpToFirstNearTie) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, FixtureModel, ::testing::ValuesIn(test::kFixtureModels),
+                         [](const auto& info) { return test::fixture_param_name(info.param); });
+INSTANTIATE_TEST_SUITE_P(Family, FixtureModel, ::testing::ValuesIn(test::kFamilyModels),
                          [](const auto& info) { return test::fixture_param_name(info.param); });
 
 }  // namespace

@@ -37,6 +37,9 @@ TEST(TrainConfig, EmptyFileGivesTheDefaults) {
   EXPECT_EQ(c.lr_schedule().warmup_steps, 50);  // min(2000, 1000/20)
   EXPECT_EQ(c.keep_last, 3);
   EXPECT_EQ(c.output, "train-out");
+  EXPECT_TRUE(c.shuffle);
+  EXPECT_EQ(c.packing, Packing::Continuous);
+  EXPECT_EQ(c.eval_tokens, c.batch_tokens);
 }
 
 TEST(TrainConfig, ReadsEveryField) {
@@ -62,6 +65,11 @@ save_dtype: bfloat16
 max_shard_size: 2GB
 output: out/run1
 seed: 42
+shuffle: false
+packing: per-document
+validation:
+  - {name: held-out, path: /data/val}
+eval_tokens: 8192
 )",
                                      "t.yml");
   EXPECT_EQ(c.model_path, "/models/bamba");
@@ -92,6 +100,12 @@ seed: 42
   EXPECT_EQ(c.save_dtype, "bfloat16");
   EXPECT_EQ(c.output, "out/run1");
   EXPECT_EQ(c.seed, 42u);
+  EXPECT_FALSE(c.shuffle);
+  EXPECT_EQ(c.packing, Packing::PerDocument);
+  ASSERT_EQ(c.validation.size(), 1u);
+  EXPECT_EQ(c.validation[0].name, "held-out");
+  EXPECT_EQ(c.validation[0].path, "/data/val");
+  EXPECT_EQ(c.eval_tokens, 8192);
 }
 
 TEST(TrainConfig, ErrorsNameTheLineAndField) {
@@ -133,6 +147,12 @@ TEST(TrainConfig, ErrorsNameTheLineAndField) {
   EXPECT_NE(error_of("max_shard_size: 5 parsecs\n").find("max_shard_size: size \"5 parsecs\""), std::string::npos);
   EXPECT_NE(error_of("seq_len: [1\n").find("t.yml:"), std::string::npos);  // not YAML
   EXPECT_NE(error_of("- 1\n- 2\n").find("expected a YAML map"), std::string::npos);
+  EXPECT_NE(error_of("packing: tight\n").find("t.yml:1: packing: unknown value \"tight\" (expected one of: continuous, "
+                                             "per-document, whole-documents)"),
+            std::string::npos);
+  EXPECT_NE(error_of("validation:\n  - {path: v, weight: 2}\n").find("validation[0].weight: unknown field"),
+            std::string::npos);
+  EXPECT_NE(error_of("validation:\n  - {path: v}\n").find("validation: give eval_every"), std::string::npos);
   EXPECT_NE(error_of("optimizer: 3\n").find("optimizer: expected a map of fields"), std::string::npos);
 }
 

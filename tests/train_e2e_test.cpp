@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -18,6 +19,7 @@
 #include "train/adamw.h"
 #include "train/hybrid_trainable.h"
 #include "train/mixture_source.h"
+#include "data/doc_permutation.h"
 
 namespace bamba {
 namespace {
@@ -65,10 +67,206 @@ TEST(MixtureSource, FollowsTheWeightsAndResumes) {
   EXPECT_EQ(resumed.labels, resumed.tokens);
   // Wrong state or shards are clear errors.
   nlohmann::json bad = st;
-  bad[0]["name"] = "c";
+  bad["datasets"][0]["name"] = "c";
   EXPECT_THROW(again.restore(bad), Error);
+  bad = st;
+  bad["seed"] = 7;  // another document order: not the same stream
+  EXPECT_THROW(again.restore(bad), Error);
+  EXPECT_THROW(again.restore(nlohmann::json::array()), Error);  // a state of the older, unshuffled loader
   EXPECT_THROW(MixtureSource({{"x", dir + "/nothing", 1}}, 258), Error);
   EXPECT_THROW(MixtureSource(ds, 100), Error);  // the shards' vocabulary exceeds the model's
+}
+
+TEST(DocPermutation, IsABijectionThatDependsOnTheSeed) {
+  for (uint64_t n : {1ull, 2ull, 3ull, 5ull, 16ull, 17ull, 1000ull, 4097ull})
+    for (uint64_t seed : {0ull, 1ull, 0xdeadbeefull}) {
+      DocPermutation p(n, seed);
+      std::vector<int> seen(n, 0);
+      for (uint64_t i = 0; i < n; ++i) {
+        const uint64_t j = p(i);
+        ASSERT_LT(j, n) << "n " << n << " seed " << seed;
+        ++seen[j];
+      }
+      for (uint64_t j = 0; j < n; ++j) ASSERT_EQ(seen[j], 1) << "n " << n << " seed " << seed << " index " << j;
+    }
+  // A shuffle, and another one for another seed (1000 documents: the chance of a fixed order is nil).
+  DocPermutation a(1000, 1), b(1000, 2);
+  int fixed = 0, same = 0;
+  for (uint64_t i = 0; i < 1000; ++i) fixed += a(i) == i, same += a(i) == b(i);
+  EXPECT_LT(fixed, 20);
+  EXPECT_LT(same, 20);
+}
+
+// One dataset of `n` documents of distinct lengths 3..(n+2) (separator 256 in front of each), document d's text
+// tokens all equal to d: a row tells which documents it holds and where each starts.
+std::string make_numbered(const std::string& tag, int n, bool mask = false) {
+  const std::string dir = test::make_temp_dir(tag);
+  TokenShardWriter w0(dir + "/shard-00000.bin", 258, 256, mask), w1(dir + "/shard-00001.bin", 258, 256, mask);
+  for (int d = 0; d < n; ++d) {
+    std::vector<int32_t> doc(size_t(d % 7 + 2), d);
+    std::vector<uint8_t> m(doc.size(), 0);
+    for (size_t i = doc.size() / 2; i < doc.size(); ++i) m[i] = 1;  // the second half is "the assistant's"
+    (d < n / 2 ? w0 : w1).add_document(doc, mask ? std::span<const uint8_t>(m) : std::span<const uint8_t>());
+  }
+  w0.finish();
+  w1.finish();
+  return dir;
+}
+
+// The documents in the order a stream visits them: the token after each separator.
+std::vector<int> documents_of(const std::vector<int32_t>& tokens) {
+  std::vector<int> out;
+  for (size_t i = 0; i + 1 < tokens.size(); ++i)
+    if (tokens[i] == 256) out.push_back(tokens[i + 1]);
+  return out;
+}
+
+TEST(MixtureSource, ShufflesEveryEpochWithoutRepeats) {
+  const std::string dir = make_numbered("mix-shuffle", 40);
+  // 40 documents of 3..9 tokens (with the separator): 237 tokens an epoch; read 3 epochs and a bit.
+  MixtureSource src({{"n", dir, 1}}, 258, {.seed = 5});
+  std::vector<int32_t> all;
+  for (int i = 0; i < 60; ++i) {
+    TokenBatch b = src.next(1, 13);
+    all.insert(all.end(), b.tokens.begin(), b.tokens.end());
+  }
+  const std::vector<int> docs = documents_of(all);
+  ASSERT_GE(docs.size(), 120u);
+  std::vector<std::vector<int>> epochs(3);
+  for (int e = 0; e < 3; ++e) {
+    epochs[e].assign(docs.begin() + e * 40, docs.begin() + (e + 1) * 40);
+    std::vector<int> sorted = epochs[e];
+    std::sort(sorted.begin(), sorted.end());
+    for (int d = 0; d < 40; ++d) ASSERT_EQ(sorted[size_t(d)], d) << "epoch " << e << " misses or repeats a document";
+  }
+  EXPECT_NE(epochs[0], epochs[1]);  // a new order every epoch
+  std::vector<int> in_order(40);
+  for (int d = 0; d < 40; ++d) in_order[size_t(d)] = d;
+  EXPECT_NE(epochs[0], in_order);
+  // shuffle: false reads the shards in order.
+  MixtureSource plain({{"n", dir, 1}}, 258, {.seed = 5, .shuffle = false});
+  std::vector<int32_t> first;
+  for (int i = 0; i < 20; ++i) {
+    TokenBatch b = plain.next(1, 13);
+    first.insert(first.end(), b.tokens.begin(), b.tokens.end());
+  }
+  const std::vector<int> pd = documents_of(first);
+  for (size_t i = 0; i < std::min<size_t>(pd.size(), 40); ++i) EXPECT_EQ(pd[i], int(i));
+}
+
+TEST(MixtureSource, RanksShareOneGlobalStreamAndResumeAcrossRankCounts) {
+  const std::string data = make_data("mix-ranks");
+  const std::string dir = make_numbered("mix-ranks-n", 30);
+  std::vector<DatasetSpec> ds = {{"a", data + "/a", 3}, {"n", dir, 1}};
+  // One rank drawing 4 rows per micro-batch vs two ranks drawing 2 each: rank r holds rows [2r, 2r+2).
+  MixtureSource one(ds, 258, {.seed = 3});
+  MixtureSource r0(ds, 258, {.seed = 3, .rank = 0, .world = 2}), r1(ds, 258, {.seed = 3, .rank = 1, .world = 2});
+  for (int k = 0; k < 12; ++k) {
+    const TokenBatch g = one.next(4, 16), a = r0.next(2, 16), b = r1.next(2, 16);
+    std::vector<int32_t> both = a.tokens;
+    both.insert(both.end(), b.tokens.begin(), b.tokens.end());
+    ASSERT_EQ(both, g.tokens) << "micro-batch " << k;
+    ASSERT_EQ(r0.state(), one.state());  // the state is global: the same on every rank
+    ASSERT_EQ(r1.state(), one.state());
+  }
+  // Resume the two-rank state on one rank (and the one-rank state on two): the same global stream goes on.
+  MixtureSource straight(ds, 258, {.seed = 3});
+  for (int k = 0; k < 12; ++k) straight.next(4, 16);
+  MixtureSource single(ds, 258, {.seed = 3});
+  single.restore(r1.state());
+  MixtureSource t0(ds, 258, {.seed = 3, .rank = 0, .world = 2}), t1(ds, 258, {.seed = 3, .rank = 1, .world = 2});
+  t0.restore(one.state());
+  t1.restore(one.state());
+  for (int k = 0; k < 5; ++k) {
+    const TokenBatch want = straight.next(4, 16);
+    EXPECT_EQ(single.next(4, 16).tokens, want.tokens);
+    std::vector<int32_t> both = t0.next(2, 16).tokens;
+    const TokenBatch b = t1.next(2, 16);
+    both.insert(both.end(), b.tokens.begin(), b.tokens.end());
+    EXPECT_EQ(both, want.tokens);
+  }
+}
+
+TEST(MixtureSource, PerDocumentPackingMarksEachDocumentAndKeepsTheTokens) {
+  const std::string dir = make_numbered("mix-pack", 25, /*mask=*/true);
+  MixtureSource cont({{"n", dir, 1}}, 258, {.seed = 9});
+  MixtureSource per({{"n", dir, 1}}, 258, {.seed = 9, .packing = Packing::PerDocument});
+  int masked = 0, scored = 0;
+  for (int k = 0; k < 10; ++k) {
+    const TokenBatch a = cont.next(2, 16), b = per.next(2, 16);
+    EXPECT_TRUE(a.seq_start.empty());
+    EXPECT_EQ(a.tokens, b.tokens);  // the same rows; only the boundaries differ
+    EXPECT_EQ(a.labels, b.labels);
+    const std::vector<int32_t> s = b.sequences();
+    // Every separator starts a sequence, every row start is one, and nothing else is.
+    std::vector<int32_t> want;
+    for (int32_t t = 0; t < 32; ++t)
+      if (t % 16 == 0 || b.tokens[size_t(t)] == 256) want.push_back(t);
+    want.push_back(32);
+    EXPECT_EQ(s, want) << "micro-batch " << k;
+    // The label mask: separators and each document's first half are -100, the rest are their tokens.
+    for (size_t t = 0; t < 32; ++t) {
+      if (b.tokens[t] == 256) {
+        EXPECT_EQ(b.labels[t], -100);
+      }
+      EXPECT_TRUE(b.labels[t] == -100 || b.labels[t] == b.tokens[t]);
+      masked += b.labels[t] == -100 && b.tokens[t] != 256, scored += b.labels[t] != -100;
+    }
+  }
+  EXPECT_GT(masked, 40);  // the mask's zeros and ones both reach the labels
+  EXPECT_GT(scored, 40);
+  // A shard with a mask is version 2; one without stays version 1 (what earlier readers read).
+  EXPECT_TRUE(TokenShard(dir + "/shard-00000.bin").has_label_mask());
+  EXPECT_FALSE(TokenShard(make_numbered("mix-pack-v1", 4) + "/shard-00000.bin").has_label_mask());
+}
+
+TEST(MixtureSource, WholeDocumentsPackingNeverSplitsADocumentThatFitsARow) {
+  const std::string dir = make_numbered("mix-whole", 25, /*mask=*/true);
+  MixtureSource src({{"n", dir, 1}}, 258, {.seed = 4, .packing = Packing::WholeDocuments});
+  std::vector<int> seen;
+  int padded_rows = 0;
+  for (int k = 0; k < 12; ++k) {
+    const TokenBatch b = src.next(2, 16);
+    const std::vector<int32_t> s = b.sequences();
+    for (size_t q = 0; q + 1 < s.size(); ++q) {
+      const int32_t t0 = s[q], t1 = s[q + 1];
+      if (b.tokens[size_t(t0)] == 256 && (t1 - t0 == 1 || b.tokens[size_t(t0 + 1)] == 256)) {
+        // padding: separators to the row's end, nothing scored
+        EXPECT_EQ(t1 % 16, 0) << "padding ends its row";
+        for (int32_t t = t0; t < t1; ++t) EXPECT_EQ(b.labels[size_t(t)], -100);
+        ++padded_rows;
+        continue;
+      }
+      // a whole document: its separator, then its d%7 + 2 tokens of value d
+      ASSERT_EQ(b.tokens[size_t(t0)], 256) << "micro-batch " << k << " sequence " << q << " is not a whole document";
+      const int d = b.tokens[size_t(t0 + 1)];
+      EXPECT_EQ(t1 - t0, d % 7 + 3) << "document " << d << " was split";
+      seen.push_back(d);
+    }
+  }
+  EXPECT_GT(padded_rows, 0);
+  // Every document of the first epoch comes once.
+  std::vector<int> first(seen.begin(), seen.begin() + 25);
+  std::sort(first.begin(), first.end());
+  for (int d = 0; d < 25; ++d) EXPECT_EQ(first[size_t(d)], d);
+  // Documents longer than a row (3 to 9 tokens in rows of 4) are split as in per-document packing, with no
+  // padding: the rows hold the same tokens as per-document packing's.
+  MixtureSource narrow({{"n", dir, 1}}, 258, {.seed = 4, .packing = Packing::WholeDocuments});
+  MixtureSource per({{"n", dir, 1}}, 258, {.seed = 4, .packing = Packing::PerDocument});
+  int differ = 0;
+  for (int k = 0; k < 30; ++k) differ += narrow.next(1, 4).tokens != per.next(1, 4).tokens;
+  EXPECT_GT(differ, 0);  // documents of 3 or 4 tokens still move to a fresh row rather than split
+  // Resumed mid-stream it goes on the same way, and two ranks share the stream as with the other packings.
+  MixtureSource a({{"n", dir, 1}}, 258, {.seed = 4, .packing = Packing::WholeDocuments});
+  for (int k = 0; k < 5; ++k) a.next(2, 16);
+  MixtureSource b0({{"n", dir, 1}}, 258, {.seed = 4, .packing = Packing::WholeDocuments, .rank = 0, .world = 2});
+  MixtureSource b1({{"n", dir, 1}}, 258, {.seed = 4, .packing = Packing::WholeDocuments, .rank = 1, .world = 2});
+  b0.restore(a.state());
+  b1.restore(a.state());
+  const TokenBatch want = a.next(2, 16), x = b0.next(1, 16), y = b1.next(1, 16);
+  std::vector<int32_t> both = x.tokens;
+  both.insert(both.end(), y.tokens.begin(), y.tokens.end());
+  EXPECT_EQ(both, want.tokens);
 }
 
 std::string read_bytes(const std::string& p) {
@@ -102,7 +300,7 @@ TEST(TrainEndToEnd, TinyModelLearnsAndResumesExactly) {
     std::ifstream again(out + "/metrics.jsonl");
     std::string last;
     for (std::string line; std::getline(again, line);) last = line;
-    const nlohmann::json data = nlohmann::json::parse(last)["data"];
+    const nlohmann::json data = nlohmann::json::parse(last)["data"]["datasets"];
     ASSERT_EQ(data.size(), 2u) << last;
     EXPECT_EQ(data[0]["drawn"].get<int64_t>(), 18 * 32);
     EXPECT_EQ(data[1]["drawn"].get<int64_t>(), 6 * 32);

@@ -82,7 +82,7 @@ struct Trainer {
 // which a finite difference would not see); labels = ids with a masked prefix in row 1 (as an SFT prompt would
 // be) and one more masked token.
 TrainBatch random_batch(const ModelConfig& cfg, int32_t rows, int32_t T, uint64_t seed) {
-  TrainBatch b{rows, T, {}, {}};
+  TrainBatch b{rows, T, {}, {}, {}};
   for (int32_t i = 0; i < rows * T; ++i) b.input_ids.push_back(1 + int32_t(splitmix64(seed * 1000003ull + uint64_t(i)) % uint64_t(cfg.vocab_size - 1)));
   b.labels = b.input_ids;
   if (rows > 1)
@@ -129,7 +129,7 @@ TEST_P(TrainGrad, LossAndEveryGradientEqualPyTorch) {
   Trainer tr(GetParam());
   const TensorInfo* ids = ref.find("batch.input_ids");
   ASSERT_TRUE(ids && ids->shape.size() == 2);
-  TrainBatch b{int32_t(ids->shape[0]), int32_t(ids->shape[1]), read_i32(*ids), read_i32(*ref.find("batch.labels"))};
+  TrainBatch b{int32_t(ids->shape[0]), int32_t(ids->shape[1]), read_i32(*ids), read_i32(*ref.find("batch.labels")), {}};
   TrainResult res;
   auto got = tr.run(b, &res, {tr.cfg().z_loss_coefficient, 0, 0, 7});
   const double want_loss = read_f32(*ref.find("step0.loss"))[0];
@@ -160,7 +160,7 @@ TEST_P(TrainGrad, ThreeAdamWStepsEqualPyTorch) {
   SafetensorsFile ref(path);
   Trainer tr(GetParam());
   const TensorInfo* ids = ref.find("batch.input_ids");
-  TrainBatch b{int32_t(ids->shape[0]), int32_t(ids->shape[1]), read_i32(*ids), read_i32(*ref.find("batch.labels"))};
+  TrainBatch b{int32_t(ids->shape[0]), int32_t(ids->shape[1]), read_i32(*ids), read_i32(*ref.find("batch.labels")), {}};
   const TrainOptions opt{tr.cfg().z_loss_coefficient, 0, 0, 256};
   const double lr = 1e-3, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1, max_norm = 1.0;
   std::vector<NamedTensor> params = hf_tensors(tr.cfg(), tr.model->weights()), grads = hf_tensors(tr.cfg(), tr.grads);
@@ -261,7 +261,7 @@ TEST_P(TrainGrad, BatchGradientIsTheSumOfItsRows) {
   double loss = 0;
   for (int32_t r = 0; r < b.rows; ++r) {
     TrainBatch one{1, T, {b.input_ids.begin() + r * T, b.input_ids.begin() + (r + 1) * T},
-                   {b.labels.begin() + r * T, b.labels.begin() + (r + 1) * T}};
+                   {b.labels.begin() + r * T, b.labels.begin() + (r + 1) * T}, {}};
     TrainResult res;
     auto gr = tr.run(one, &res, opt);
     loss += res.loss;
@@ -273,6 +273,58 @@ TEST_P(TrainGrad, BatchGradientIsTheSumOfItsRows) {
   }
   EXPECT_NEAR(loss, whole.loss, 1e-6 * whole.loss);
   expect_grads_close(sum, g, 1e-5, "sum of rows vs batch");
+}
+
+// Packing with resets: a packed row whose documents are marked by seq_start gives the same loss and gradients as
+// running each document as its own row (with the packed batch's divisors: the same scored tokens). The documents
+// are cut at odd places, one longer than a Mamba chunk, so the conv window, the SSD chunk states, attention and
+// RoPE positions must all restart at each document. Without seq_start the same tokens give other gradients.
+TEST_P(TrainGrad, PackedRowWithResetsEqualsItsDocumentsAsRows) {
+  Trainer tr(GetParam());
+  const int32_t Q = int32_t(tr.cfg().mamba_chunk_size), T = 2 * Q + 11;
+  TrainBatch b = random_batch(tr.cfg(), 2, T, 11);
+  b.seq_start = {0, 5, 5 + Q + 3, T, T + 1, T + 9, 2 * T};  // row 1 opens with a 1-token document
+  TrainResult packed;
+  auto g = tr.run(b, &packed);
+  TrainOptions opt;
+  opt.label_count = packed.label_count;
+  opt.position_count = int64_t(b.rows) * T;
+  std::map<std::string, std::vector<float>> sum;
+  double loss = 0;
+  int64_t labels = 0;
+  for (size_t s = 0; s + 1 < b.seq_start.size(); ++s) {
+    const int32_t t0 = b.seq_start[s], len = b.seq_start[s + 1] - t0;
+    TrainBatch one{1, len, {b.input_ids.begin() + t0, b.input_ids.begin() + t0 + len},
+                   {b.labels.begin() + t0, b.labels.begin() + t0 + len}, {}};
+    TrainResult res;
+    auto gr = tr.run(one, &res, opt);
+    loss += res.loss;
+    labels += res.label_count;
+    for (auto& [name, v] : gr) {
+      auto& acc = sum[name];
+      if (acc.empty()) acc.assign(v.size(), 0.f);
+      for (size_t i = 0; i < v.size(); ++i) acc[i] += v[i];
+    }
+  }
+  EXPECT_EQ(labels, packed.label_count);  // each document's first label is unscored, as a row's is
+  EXPECT_NEAR(loss, packed.loss, 1e-6 * packed.loss);
+  expect_grads_close(sum, g, 1e-5, "documents as rows vs packed with resets");
+
+  // The loss alone (validation) is the same number and leaves the gradients alone.
+  opt = {};
+  opt.loss_only = true;
+  tr.zero();
+  const TrainResult only = tr.model->forward_backward(b, tr.grads, opt);
+  EXPECT_NEAR(only.loss, packed.loss, 1e-9 * packed.loss);
+  for (auto& [name, v] : named(tr.cfg(), *tr.be, tr.grads))
+    for (float x : v) ASSERT_EQ(x, 0.f) << name << ": loss_only wrote a gradient";
+
+  // Control: the same rows without the document boundaries are another computation.
+  TrainBatch flat = b;
+  flat.seq_start.clear();
+  TrainResult across;
+  tr.run(flat, &across);
+  EXPECT_GT(std::abs(across.loss - packed.loss), 1e-4);
 }
 
 TEST_P(TrainGrad, ChunkSizesAndRepeatsChangeNothing) {

@@ -182,8 +182,18 @@ class DivisorSpy : public Bigram {
 };
 
 TEST(Trainer, LossDivisorsAreTheWholeStepsCounts) {
-  TokenBatch b{.rows = 2, .cols = 3, .tokens = {1, 2, 3, 4, 5, 6}, .labels = {-100, 2, -100, 4, 5, 6}};
+  TokenBatch b{.rows = 2, .cols = 3, .tokens = {1, 2, 3, 4, 5, 6}, .labels = {-100, 2, -100, 4, 5, 6}, .seq_start = {}};
   EXPECT_EQ(b.labeled(), 3);  // position 0 of a row is never scored, whatever its label
+  EXPECT_EQ(b.labeled_sequences(), 2);
+  {  // packed with resets: the first position of every sequence is unscored, and a sequence may score nothing
+    TokenBatch p = b;
+    p.seq_start = {0, 1, 3, 4, 6};  // [0] | [1, 2] | [3] | [4, 5]
+    p.labels = {5, 2, 3, 4, 5, 6};
+    EXPECT_EQ(p.labeled(), 2);            // positions 2 and 5 (1 and 4 start their sequences)
+    EXPECT_EQ(p.labeled_sequences(), 2);  // [1, 2] and [4, 5]
+    p.seq_start = {0, 2, 6};              // a sequence across the row boundary at 3
+    EXPECT_THROW(p.labeled(), Error);
+  }
   double loss[2];
   for (int sum = 0; sum < 2; ++sum) {
     const std::string out = test::make_temp_dir("trainer-div");
@@ -195,7 +205,7 @@ TEST(Trainer, LossDivisorsAreTheWholeStepsCounts) {
     loss[sum] = Trainer(cfg, model, data, toy_ckpt(), quiet()).run().loss;
     ASSERT_EQ(model.seen.size(), 2u);  // two micro-batches of 2 rows × 16
     for (const auto& d : model.seen) {
-      EXPECT_EQ(d.labels, sum ? 1 : 2 * 2 * 14);
+      EXPECT_EQ(d.labels, sum ? 4 : 2 * 2 * 14);  // sum: the step's 4 sequences (rows) with a scored token
       EXPECT_EQ(d.positions, 64);
     }
     fs::remove_all(out);

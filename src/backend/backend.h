@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <span>
 #include <string>
@@ -30,10 +31,42 @@ struct AttentionOpsConfig {
   // HF keeps inv_freq as a buffer that model.to(dtype) rounds: a bf16 checkpoint rotates with bf16-rounded
   // frequencies (the angle error grows with the position), so we round them the same way.
   DType inv_freq_dtype;
+  // llama3 frequency scaling (rope_type "llama3"; factor 0 = none): wavelengths longer than
+  // original_max / low_freq_factor are divided by factor, shorter than original_max / high_freq_factor kept,
+  // the band between interpolated.
+  float rope_factor = 0.f, rope_low_freq_factor = 1.f, rope_high_freq_factor = 4.f;
+  int64_t rope_original_max_position = 8192;
 };
 
-// inv_freq[j] = 1 / theta^(2j / R), j < R/2, computed in fp32 as HF does and rounded to c.inv_freq_dtype.
+// inv_freq[j] = 1 / theta^(2j / R), j < R/2, computed in fp32 as HF does (then the llama3 rescaling of
+// transformers' _compute_llama3_parameters when c.rope_factor > 0) and rounded to c.inv_freq_dtype.
 std::vector<float> rope_inv_freq(const AttentionOpsConfig& c);
+
+// Mixture-of-experts routing (Backend::moe_route): which k experts each token goes to and with what weight.
+enum class MoeRouting : uint8_t {
+  // GraniteMoeHybrid: the k largest router logits, weights = softmax over those k.
+  SoftmaxTopK,
+  // Nemotron-H (DeepSeek-V3): s = sigmoid(logits); choose on s + bias: per group of E / n_group experts the sum of
+  // its two best, keep the topk_group best groups, then the k best experts in them; weights = s of the chosen
+  // (unbiased), / (their sum + 1e-20) if norm_topk_prob, × routed_scaling.
+  SigmoidGroup,
+};
+struct MoeOpsConfig {
+  int64_t n_experts, top_k;
+  MoeRouting routing;
+  int64_t n_group = 1, topk_group = 1;
+  bool norm_topk_prob = true;
+  float routed_scaling = 1.f;
+};
+// The expert MLP: SwiGLU (up rows = gate | up, 2F of them) or relu² (F up rows).
+enum class ExpertAct : uint8_t { SwiGLU, Relu2 };
+// Buffers moe_experts works in, sized for T tokens of k experts each (the Workspace owns them).
+struct MoeScratch {
+  Tensor up;     // [T k, U]   the gathered rows' up projections
+  Tensor act;    // [T k, F]
+  Tensor down;   // [T k, H]
+  Tensor index;  // [2 T k + 2 E + 2] I32: the (token, slot) pairs sorted by expert and back, group offsets, tiles
+};
 
 // How one logits row is turned into a token (Backend::sample). temperature <= 0 or top_k == 1: greedy (the first
 // index of the maximum). Otherwise softmax(logits / temperature) restricted to the top_k largest (0 = all) and
@@ -48,6 +81,35 @@ struct SamplingParams {
   uint64_t seed = 0;
 };
 void check_sampling(const SamplingParams& p);  // Error naming the bad field
+
+// What is done to some logits rows before sampling (Backend::process_logits), in vLLM's order:
+//   1. the allowed-token mask (structured output): tokens whose bit is clear become -inf;
+//   2. the sparse per-token edits: x += bias (logit_bias); then, for tokens of the prompt or the output,
+//      the repetition penalty x = x > 0 ? x / r : x * r; then x -= sub (frequency_penalty * count +
+//      presence_penalty, over output tokens; the caller folds both into `sub`);
+//   3. min_p: tokens whose probability at the row's temperature is below min_p times the largest become -inf,
+//      i.e. x < max(x) + min_p_shift with min_p_shift = temperature * ln(min_p) (computed by the caller in fp32,
+//      so every backend compares against the same threshold).
+// Logprobs are taken before this (vLLM's raw logprobs). The ids of one row's edits are distinct.
+struct LogitEdit {
+  int32_t id;
+  int32_t repeat;  // != 0: in the prompt or the output (the repetition penalty applies)
+  float bias, sub;
+};
+struct LogitsRow {
+  int32_t row = 0;                   // the logits row
+  float repetition_penalty = 1.f;
+  float min_p_shift = -std::numeric_limits<float>::infinity();  // -inf: no min_p (nothing is below max - inf)
+  int32_t edit_begin = 0, edit_count = 0;  // edits[edit_begin, edit_begin + edit_count)
+  int64_t mask_offset = -1;          // masks[mask_offset, + ceil(V / 32)): bit j of word j / 32 = token j allowed
+};
+struct LogitsProcessing {
+  std::vector<LogitsRow> rows;
+  std::vector<LogitEdit> edits;
+  std::vector<uint32_t> masks;
+};
+// The definition, for one row x[0, V) (the CPU backend runs it; GPU kernels are tested against it).
+void process_logits_row(float* x, int64_t V, const LogitsRow& r, const LogitEdit* edits, const uint32_t* mask);
 
 // Error("<op>_backward: not implemented on <backend>"): the default of every Backend::*_backward.
 [[noreturn]] void backward_not_implemented(const char* op, const std::string& backend);
@@ -118,6 +180,24 @@ class Backend {
   virtual void attention(Tensor out, Tensor qkv, Tensor k_pages, Tensor v_pages, const AttentionOpsConfig& c) = 0;
   // out = silu(gate) * up, gate_up [T, 2F] = gate | up, out [T, F]
   virtual void swiglu(Tensor out, Tensor gate_up) = 0;
+
+  // ---- ops of Bamba's relatives (docs/family.md)
+  virtual void scale(Tensor x, float s) = 0;  // x *= s in place (muP multipliers), x [M, N] (may be strided)
+  virtual void copy(Tensor dst, Tensor src) = 0;  // dst = src, [M, N] each (may be strided): column blocks
+  // out = relu(x)², x, out [T, F] (Nemotron-H's MLP)
+  virtual void relu2(Tensor out, Tensor x) = 0;
+  // out = gelu(gate) * up with the exact (erf) GELU, gate_up [T, 2F] = gate | up (Zamba2's MLP)
+  virtual void geglu(Tensor out, Tensor gate_up) = 0;
+  // out = y * silu(z) (a Mamba2 gate without the norm: Falcon-H1 with mamba_rms_norm = false), [T, I]
+  virtual void silu_gate(Tensor out, Tensor y, Tensor z) = 0;
+  // Routing: logits [T, E] F32 (the router matmul's output), bias [E] F32 or empty (SigmoidGroup's score
+  // correction) -> experts [T, k] I32 (in descending order of the score chosen on) and weights [T, k] F32.
+  virtual void moe_route(Tensor experts, Tensor weights, Tensor logits, Tensor bias, const MoeOpsConfig& c) = 0;
+  // out [T, H] = Σ_j weights[t, j] · down[e](act(up[e] · x[t])), e = experts[t, j]: the tokens are grouped by
+  // expert and each expert's rows go through one GEMM per projection (grouped GEMMs, not per-token matmuls).
+  // x [T, H]; up [E, U, H]; down [E, H, F]; experts, weights [T, k] as moe_route wrote them.
+  virtual void moe_experts(Tensor out, Tensor x, Tensor up, Tensor down, Tensor experts, Tensor weights, ExpertAct act,
+                           const MoeScratch& scratch) = 0;
   // ---- backward (training). Every sequence of the batch runs whole from a zero state (past_len == 0), as one
   // training row; StepBatch::seq_start gives the rows. Activation gradients are written (=), parameter gradients
   // accumulated (+=) so micro-batches add up. Optional outputs may be empty tensors. Reductions run in a fixed
@@ -182,6 +262,8 @@ class Backend {
   // out_tokens[r] = a token drawn from logits row r with params[r] (see SamplingParams).
   // logits [R, V] F32 (may be strided); params and out_tokens: R entries, on the host.
   virtual void sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) = 0;
+  // Applies p (see LogitsProcessing) in place to the rows it names.        logits [R, V] F32 (may be strided)
+  virtual void process_logits(Tensor logits, const LogitsProcessing& p) = 0;
   // Scoring (bamba eval): for each i, logprob[i] = log_softmax(logits[rows[i]])[targets[i]] (fp32, max-shifted)
   // and greedy[i] = the first index of the maximum of that row. A row may appear several times (one context,
   // several continuations). logits [R, V] F32 (may be strided); rows, targets, logprob, greedy: on the host.

@@ -77,8 +77,33 @@ class OpProfiler final : public Backend {
   void swiglu(Tensor out, Tensor gate_up) override {
     timed("swiglu", [&] { in_.swiglu(out, gate_up); });
   }
+  void scale(Tensor x, float s) override {
+    timed("scale", [&] { in_.scale(x, s); });
+  }
+  void copy(Tensor dst, Tensor src) override {
+    timed("copy", [&] { in_.copy(dst, src); });
+  }
+  void relu2(Tensor out, Tensor x) override {
+    timed("relu2", [&] { in_.relu2(out, x); });
+  }
+  void geglu(Tensor out, Tensor gate_up) override {
+    timed("geglu", [&] { in_.geglu(out, gate_up); });
+  }
+  void silu_gate(Tensor out, Tensor y, Tensor z) override {
+    timed("silu_gate", [&] { in_.silu_gate(out, y, z); });
+  }
+  void moe_route(Tensor experts, Tensor weights, Tensor logits, Tensor bias, const MoeOpsConfig& c) override {
+    timed("moe_route", [&] { in_.moe_route(experts, weights, logits, bias, c); });
+  }
+  void moe_experts(Tensor out, Tensor x, Tensor up, Tensor down, Tensor experts, Tensor weights, ExpertAct act,
+                   const MoeScratch& scratch) override {
+    timed("moe_experts", [&] { in_.moe_experts(out, x, up, down, experts, weights, act, scratch); });
+  }
   void gather_logit_rows(Tensor out, Tensor x) override {
     timed("gather_logit_rows", [&] { in_.gather_logit_rows(out, x); });
+  }
+  void process_logits(Tensor logits, const LogitsProcessing& p) override {
+    timed("process_logits", [&] { in_.process_logits(logits, p); });
   }
   void sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) override {
     timed("sample", [&] { in_.sample(logits, params, out_tokens); });

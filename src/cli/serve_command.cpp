@@ -52,6 +52,7 @@ void run(ServeOptions o) {
   ctx.vocab_size = int32_t(cfg.vocab_size);
   ctx.max_n = o.max_n;
   ctx.max_logprobs = o.max_logprobs;
+  ctx.vocab = std::make_shared<const TokenVocab>(*m.tokenizer);  // structured output walks every token's bytes
   if (!m.dummy && file_exists(o.model.model + "/tokenizer_config.json")) {
     ctx.tokenizer_config = json::parse(read_text_file(o.model.model + "/tokenizer_config.json"), nullptr, false);
     if (!ctx.tokenizer_config.is_object()) fail(o.model.model, "/tokenizer_config.json is not a JSON object");

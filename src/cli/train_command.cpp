@@ -22,6 +22,7 @@
 #include "train/train_config.h"
 #include "train/trainable.h"
 #include "train/trainer.h"
+#include "train/validation.h"
 #include "train/weight_init.h"
 
 namespace bamba::cli {
@@ -70,6 +71,9 @@ void check_data(const TrainConfig& c) {
   for (size_t i = 0; i < c.data.size(); ++i)
     if (!std::filesystem::exists(c.data[i].path))
       fail(c.label, ": data[", i, "] (", c.data[i].name, "): ", c.data[i].path, " does not exist");
+  for (size_t i = 0; i < c.validation.size(); ++i)
+    if (!std::filesystem::exists(c.validation[i].path))
+      fail(c.label, ": validation[", i, "] (", c.validation[i].name, "): ", c.validation[i].path, " does not exist");
 }
 
 void print_plan(const TrainConfig& c, const ResolvedModel& m) {
@@ -81,7 +85,17 @@ void print_plan(const TrainConfig& c, const ResolvedModel& m) {
                n);
   std::fprintf(stderr, "data      ");
   for (const auto& d : c.data) std::fprintf(stderr, "%s (weight %g)  ", d.name.c_str(), d.weight);
-  std::fprintf(stderr, "\nbatch     %lld tokens = %lld rows of %lld, %lld micro-batch%s of %lld rows\n",
+  std::fprintf(stderr, "\n          documents %s, packing %s\n",
+               c.shuffle ? "shuffled (seeded, every epoch)" : "in file order",
+               c.packing == Packing::PerDocument    ? "per-document (state reset at every document)"
+               : c.packing == Packing::WholeDocuments ? "whole-documents (state reset, documents not split across rows)"
+                                                      : "continuous");
+  if (!c.validation.empty()) {
+    std::fprintf(stderr, "validate  ");
+    for (const auto& d : c.validation) std::fprintf(stderr, "%s  ", d.name.c_str());
+    std::fprintf(stderr, "(%lld tokens each, every %lld steps)\n", (long long)c.eval_tokens, (long long)c.eval_every);
+  }
+  std::fprintf(stderr, "batch     %lld tokens = %lld rows of %lld, %lld micro-batch%s of %lld rows\n",
                (long long)c.batch_tokens, (long long)c.rows_per_step(), (long long)c.seq_len,
                (long long)c.accumulation_steps(), c.accumulation_steps() == 1 ? "" : "es",
                (long long)c.micro_batch_size);
@@ -115,8 +129,15 @@ void run_train_command(const TrainArgs& a) {
   std::unique_ptr<HybridModel> hybrid = open_model(cfg, model, *be);
   HybridTrainable trainable_model(*hybrid, float(cfg.z_loss));
   Trainable* trainable = &trainable_model;
-  auto batches = std::make_unique<MixtureSource>(cfg.data, hybrid->config().vocab_size);
+  MixtureOptions mix;
+  mix.seed = cfg.seed, mix.shuffle = cfg.shuffle, mix.packing = cfg.packing;
+  auto batches = std::make_unique<MixtureSource>(cfg.data, hybrid->config().vocab_size, mix);
+  std::unique_ptr<Validation> validation;
   TrainerHooks hooks;
+  if (!cfg.validation.empty()) {
+    validation = std::make_unique<Validation>(cfg, *trainable, hybrid->config().vocab_size);
+    hooks.validate = [&] { return validation->run(); };
+  }
   hooks.progress = !a.quiet;
   hooks.peak_flops = a.peak_tflops * 1e12;
   hooks.stop_requested = [] { return g_train_stop.load(); };

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/progress.h"
+#include "data/chat_example.h"
 #include "data/document_reader.h"
 #include "data/token_shard.h"
 #include "tokenizer/tokenizer.h"
@@ -46,15 +47,29 @@ void prepare_out_dir(const PrepareOptions& o) {
   for (const fs::path& p : old) fs::remove(p);
 }
 
-// Encodes docs[i] into ids[i] on `threads` threads, a document at a time from a shared counter.
-void encode_batch(const Tokenizer& tok, const std::vector<std::string>& docs, std::vector<std::vector<int32_t>>& ids,
-                  int threads) {
+// Encodes docs[i] into ids[i] on `threads` threads, a document at a time from a shared counter. Chat documents
+// (o.chat) are conversations: rendered, tokenized and masked into ids[i] and masks[i].
+void encode_batch(const Tokenizer& tok, const PrepareOptions& o, const std::string& drop_prefix,
+                  const std::vector<std::string>& docs, const std::vector<std::string>& where,
+                  std::vector<std::vector<int32_t>>& ids, std::vector<std::vector<uint8_t>>& masks,
+                  std::vector<int>& turns, int threads) {
   ids.resize(docs.size());
+  masks.resize(docs.size());
+  turns.assign(docs.size(), 0);
   std::atomic<size_t> next{0};
   std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
   auto work = [&](size_t t) {
     try {
-      for (size_t i; (i = next.fetch_add(1)) < docs.size();) ids[i] = tok.encode(docs[i], /*add_special=*/false);
+      for (size_t i; (i = next.fetch_add(1)) < docs.size();) {
+        if (!o.chat) {
+          ids[i] = tok.encode(docs[i], /*add_special=*/false);
+          continue;
+        }
+        ChatTokens c = tokenize_chat(*o.chat, tok, nlohmann::ordered_json::parse(docs[i]), where[i], drop_prefix);
+        ids[i] = std::move(c.tokens);
+        masks[i] = std::move(c.mask);
+        turns[i] = c.assistant_turns;
+      }
     } catch (...) {
       errors[t] = std::current_exception();
     }
@@ -76,12 +91,15 @@ void write_manifest(const PrepareOptions& o, const Tokenizer& tok, uint32_t sepa
                       {"documents", shard_counts[i].first},
                       {"tokens", shard_counts[i].second}});
   ojson m = {{"format", "bamba token shards"},
-             {"version", kTokenShardVersion},
+             {"version", o.chat ? kTokenShardVersionMask : kTokenShardVersion},
+             {"label_mask", o.chat != nullptr},
              {"vocab_size", tok.vocab_size()},
              {"separator", separator == kNoSeparator ? ojson(nullptr) : ojson{{"token", o.separator}, {"id", separator}}},
              {"documents", s.documents},
              {"tokens", s.tokens},
              {"text_bytes", s.text_bytes},
+             {"target_tokens", o.chat ? ojson(s.target_tokens) : ojson(nullptr)},
+             {"chat_template", o.chat ? ojson(o.chat->label()) : ojson(nullptr)},
              {"inputs", o.inputs},
              {"shards", std::move(shards)}};
   const std::string path = (fs::path(o.out_dir) / "manifest.json").string(), tmp = path + ".tmp";
@@ -123,29 +141,38 @@ PrepareSummary prepare_token_shards(const Tokenizer& tok, const PrepareOptions& 
     shard.reset();
   };
 
-  std::vector<std::string> docs;
+  std::vector<std::string> docs, where;
   std::vector<std::vector<int32_t>> ids;
+  std::vector<std::vector<uint8_t>> masks;
+  std::vector<int> turns;
   size_t batch_bytes = 0;
   uint64_t bytes_before = 0;  // of the files already finished
+  // A template that starts with the BOS (bos_token) would double the separator in front of every conversation.
+  const std::string drop_prefix = separator == kNoSeparator ? "" : o.separator;
   auto flush = [&] {
-    encode_batch(tok, docs, ids, threads);
+    encode_batch(tok, o, drop_prefix, docs, where, ids, masks, turns, threads);
     for (size_t i = 0; i < docs.size(); ++i) {
       if (!shard) {
         shard = std::make_unique<TokenShardWriter>((fs::path(o.out_dir) / shard_name(s.shards.size())).string(),
-                                                   uint32_t(tok.vocab_size()), separator);
+                                                   uint32_t(tok.vocab_size()), separator, o.chat != nullptr);
       }
-      shard->add_document(ids[i]);
+      shard->add_document(ids[i], masks[i]);
+      for (uint8_t m : masks[i]) s.target_tokens += m;
+      s.assistant_turns += uint64_t(turns[i]);
       s.text_tokens += ids[i].size();
       s.tokens += ids[i].size() + (separator != kNoSeparator);
       if (shard->n_tokens() >= o.shard_tokens) close_shard();
     }
     docs.clear();
+    where.clear();
     batch_bytes = 0;
   };
 
   std::string text;
   for (const InputFile& f : files) {
-    DocumentReader reader(f, o.field, DocumentReader::TextUnit::file);
+    if (o.chat && !f.jsonl)
+      fail(f.path, ": chat data must be JSONL (one conversation per line, {\"messages\": [...]})");
+    DocumentReader reader(f, o.chat ? "" : o.field, DocumentReader::TextUnit::file);
     while (reader.next(text)) {
       if (text.empty()) {
         ++s.empty_skipped;
@@ -155,6 +182,7 @@ PrepareSummary prepare_token_shards(const Tokenizer& tok, const PrepareOptions& 
       s.text_bytes += text.size();
       batch_bytes += text.size();
       docs.push_back(std::move(text));
+      if (o.chat) where.push_back(cat(f.path, " line ", reader.line()));
       text = std::string();
       if (batch_bytes >= kBatchBytes) {
         flush();

@@ -9,6 +9,7 @@
 namespace bamba {
 
 class Tokenizer;
+struct ChatTemplate;
 
 struct PrepareOptions {
   std::vector<std::string> inputs;  // files and folders (data/document_reader.h)
@@ -20,6 +21,9 @@ struct PrepareOptions {
   int threads = 0;                               // 0: all cores
   bool force = false;                            // replace the shards of an earlier run in out_dir
   bool progress = true;
+  // SFT: every JSONL line is a conversation {"messages": [...], "tools": [...]?}, rendered with the chat template
+  // and written with a label mask on the assistant's tokens (data/chat_example.h; version 2 shards).
+  const ChatTemplate* chat = nullptr;
 };
 
 struct PrepareSummary {
@@ -27,6 +31,8 @@ struct PrepareSummary {
   uint64_t tokens = 0;            // everything written, separators included
   uint64_t text_tokens = 0;       // the documents' own tokens
   uint64_t text_bytes = 0;        // UTF-8 bytes of the documents
+  uint64_t target_tokens = 0;     // chat: the assistant's tokens (label mask 1)
+  uint64_t assistant_turns = 0;   // chat
   std::vector<std::string> shards;  // paths written
   double seconds = 0;
 };

@@ -136,6 +136,10 @@ bool DocumentReader::next(std::string& text) {
       fail(file_.path, " line ", line_no_, ": invalid JSON (", e.what(), ")");
     }
     if (!j.is_object()) fail(file_.path, " line ", line_no_, ": expected a JSON object, got ", j.type_name());
+    if (field_.empty()) {  // the whole object (a chat conversation), as its JSON text
+      text.assign(line_);
+      return true;
+    }
     auto it = j.find(field_);
     if (it == j.end()) fail(file_.path, " line ", line_no_, ": no field \"", field_, "\"");
     if (!it->is_string())

@@ -24,6 +24,7 @@ std::vector<InputFile> list_input_files(const std::vector<std::string>& paths, c
 class DocumentReader {
  public:
   enum class TextUnit { file, line };
+  // field "": a JSONL document is the line's whole JSON object, as text (chat conversations).
   DocumentReader(const InputFile& file, std::string field, TextUnit unit);  // Error if it cannot be opened
   ~DocumentReader();
   DocumentReader(const DocumentReader&) = delete;

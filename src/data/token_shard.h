@@ -2,11 +2,16 @@
 //
 //   offset 0   header, 64 bytes:
 //              char[8] magic "BAMBATOK" | u32 version (1) | u32 header bytes (64) | u32 vocab size
-//              | u32 separator id (0xFFFFFFFF: none) | u64 token count | u64 document count | 24 zero bytes
+//              | u32 separator id (0xFFFFFFFF: none) | u64 token count | u64 document count
+//              | u32 flags (version 2; 0 in version 1) | 20 zero bytes
 //   offset 64  tokens: u32[token count]; then zero bytes up to a multiple of 8
 //   then       document index: u64[document count + 1], token offsets; document i is tokens [index[i], index[i+1]),
 //              index[0] = 0 and index[document count] = token count
+//   then       version 2 with flag 1 (label mask) only: u8[token count], 1 = the token is a training target (SFT:
+//              the assistant's tokens), 0 = it is context only; then zero bytes up to a multiple of 8
 //
+// A shard without a mask is written as version 1, byte for byte what earlier writers made, so older readers keep
+// reading pretraining shards; a reader of version 2 reads both.
 // With a separator, every document starts with it, so that a stream of documents (within a shard or across shards)
 // has exactly one separator between any two of them. Documents are never split across shards.
 #pragma once
@@ -21,7 +26,9 @@
 namespace bamba {
 
 inline constexpr char kTokenShardMagic[8] = {'B', 'A', 'M', 'B', 'A', 'T', 'O', 'K'};
-inline constexpr uint32_t kTokenShardVersion = 1;
+inline constexpr uint32_t kTokenShardVersion = 1;      // shards without a label mask
+inline constexpr uint32_t kTokenShardVersionMask = 2;  // shards with one (flags & kShardFlagLabelMask)
+inline constexpr uint32_t kShardFlagLabelMask = 1;
 inline constexpr uint32_t kNoSeparator = 0xFFFFFFFFu;
 
 struct TokenShardHeader {
@@ -32,7 +39,8 @@ struct TokenShardHeader {
   uint32_t separator;
   uint64_t n_tokens;
   uint64_t n_documents;
-  uint8_t reserved[24];
+  uint32_t flags;  // version 2: kShardFlagLabelMask
+  uint8_t reserved[20];
 };
 static_assert(sizeof(TokenShardHeader) == 64);
 
@@ -40,13 +48,15 @@ static_assert(sizeof(TokenShardHeader) == 64);
 // its temporary file, so a failed run never leaves a shard that looks complete.
 class TokenShardWriter {
  public:
-  TokenShardWriter(std::string path, uint32_t vocab_size, uint32_t separator);
+  // label_mask: the shard carries a per-token label mask (version 2); add_document then needs one per document.
+  TokenShardWriter(std::string path, uint32_t vocab_size, uint32_t separator, bool label_mask = false);
   ~TokenShardWriter();
   TokenShardWriter(const TokenShardWriter&) = delete;
   TokenShardWriter& operator=(const TokenShardWriter&) = delete;
 
   // Appends one document: the separator (if any), then `tokens`. Error on an id outside [0, vocab size).
-  void add_document(std::span<const int32_t> tokens);
+  // `mask` (label-mask shards only, one 0/1 per token of `tokens`): which tokens are targets; the separator is not.
+  void add_document(std::span<const int32_t> tokens, std::span<const uint8_t> mask = {});
   void finish();
 
   uint64_t n_tokens() const { return offsets_.back(); }
@@ -61,6 +71,7 @@ class TokenShardWriter {
   TokenShardHeader header_{};
   std::vector<uint64_t> offsets_{0};
   std::vector<uint32_t> buffer_;
+  std::vector<uint8_t> mask_;  // the whole shard's label mask (written after the index), label-mask shards only
 };
 
 // A shard opened for reading. The constructor checks the header, the file size and the document index; every
@@ -77,6 +88,10 @@ class TokenShard {
 
   std::span<const uint32_t> tokens() const { return {tokens_, size_t(header_.n_tokens)}; }
   std::span<const uint32_t> document(uint64_t i) const;  // Error if i is out of range
+  uint64_t document_start(uint64_t i) const { return index_[i]; }  // i <= n_documents(), unchecked
+  // The label mask (version 2): 1 = the token is a target. Empty for a shard without one (every token is).
+  bool has_label_mask() const { return mask_ != nullptr; }
+  std::span<const uint8_t> label_mask() const { return {mask_, mask_ ? size_t(header_.n_tokens) : 0}; }
   // Reads every token: each must be below the vocab size, and each document must start with the separator.
   void check_tokens() const;
 
@@ -85,6 +100,7 @@ class TokenShard {
   TokenShardHeader header_{};
   const uint32_t* tokens_ = nullptr;
   const uint64_t* index_ = nullptr;
+  const uint8_t* mask_ = nullptr;
   uint64_t index_offset_ = 0;
 };
 

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/hash_uniform.h"
+#include "engine/logits_processors.h"
 #include "model/state_file.h"
 
 namespace bamba {
@@ -23,7 +24,8 @@ void check_session_id(const std::string& id) {
 }  // namespace
 
 struct Engine::Live {
-  Live(int64_t id, std::shared_ptr<Request> r, const Tokenizer* tok) : id(id), req(std::move(r)) {
+  Live(int64_t id, std::shared_ptr<Request> r, const Tokenizer* tok)
+      : id(id), req(std::move(r)), history(req->params) {
     if (tok) text.emplace(*tok, req->params.stop, req->params.skip_special);
   }
   int64_t id;
@@ -34,6 +36,8 @@ struct Engine::Live {
   bool prompt_lp_sent = false;
   bool scheduled = false;
   Clock::time_point last_token;
+  TokenHistory history;  // what the penalties look at
+  int32_t grammar_state = 0;
 };
 
 CacheSizes Engine::cache_sizes(const ModelConfig& cfg, int32_t max_num_seqs, int32_t max_model_len,
@@ -86,6 +90,21 @@ void Engine::validate(const RequestParams& p) const {
               opt_.max_model_len, " tokens. However, you requested ", int64_t(P) + p.max_tokens, " tokens (", P,
               " in the prompt, ", p.max_tokens, " in the completion).");
   check_sampling(p.sampling);
+  BAMBA_CHECK(std::isfinite(p.presence_penalty) && std::abs(p.presence_penalty) <= 2.f,
+              "presence_penalty must be in [-2, 2] (got ", p.presence_penalty, ")");
+  BAMBA_CHECK(std::isfinite(p.frequency_penalty) && std::abs(p.frequency_penalty) <= 2.f,
+              "frequency_penalty must be in [-2, 2] (got ", p.frequency_penalty, ")");
+  BAMBA_CHECK(p.repetition_penalty > 0.f && p.repetition_penalty <= 100.f,
+              "repetition_penalty must be in (0, 100] (got ", p.repetition_penalty, ")");
+  BAMBA_CHECK(p.min_p >= 0.f && p.min_p <= 1.f, "min_p must be in [0, 1] (got ", p.min_p, ")");
+  for (auto& [id, b] : p.logit_bias) {
+    BAMBA_CHECK(id >= 0 && id < V, "logit_bias: token id ", id, " is out of range [0, ", V, ")");
+    BAMBA_CHECK(b >= -100.f && b <= 100.f, "logit_bias values must be in [-100, 100] (got ", b, ")");
+  }
+  BAMBA_CHECK(!p.grammar || !p.ignore_eos, "ignore_eos cannot be combined with structured output");
+  for (int32_t id : p.allowed_token_ids)
+    BAMBA_CHECK(id >= 0 && id < V, "allowed_token_ids: token id ", id, " is out of range [0, ", V, ")");
+  BAMBA_CHECK(!p.grammar || p.grammar->vocab_size() <= V, "the grammar's vocabulary is larger than the model's");
   BAMBA_CHECK(p.logprobs <= opt_.max_logprobs && p.prompt_logprobs <= opt_.max_logprobs, "logprobs must be <= ",
               opt_.max_logprobs);
   if (!p.session.empty()) {
@@ -280,6 +299,7 @@ void Engine::loop() {
       }
       auto l = std::make_unique<Live>(id, r, tok_);
       if (p.prompt_logprobs >= 0) l->prompt_lp.resize(p.prompt.size());
+      if (p.grammar) l->grammar_state = p.grammar->start();
       live_.emplace(id, std::move(l));
     }
     // Cancelled (or disconnected) requests and, at shutdown, everything: free their pages now.
@@ -360,6 +380,40 @@ void Engine::finish(Live& l, FinishReason why, RequestOutput out) {
   live_.erase(id);
 }
 
+std::string Engine::add_processing(Live& l, int32_t row, LogitsProcessing& proc) {
+  const RequestParams& p = l.req->params;
+  LogitsRow r = logits_row(p, l.history, row, proc.edits);
+  if (p.grammar || !p.allowed_token_ids.empty()) {
+    const int32_t V = int32_t(model_.config().vocab_size), words = (V + 31) / 32;
+    r.mask_offset = int64_t(proc.masks.size());
+    proc.masks.resize(proc.masks.size() + size_t(words), 0u);
+    uint32_t* m = proc.masks.data() + r.mask_offset;
+    if (p.grammar) {
+      try {  // (a grammar that outgrows its automaton budget fails its own request, not the step)
+        const std::vector<uint32_t>& allowed = p.grammar->mask(l.grammar_state);  // its vocabulary may be smaller
+        std::copy(allowed.begin(), allowed.end(), m);
+      } catch (const Error& e) {
+        return e.what();
+      }
+      if (p.grammar->accepting(l.grammar_state))
+        for (int32_t e : opt_.eos)
+          if (e >= 0 && e < V) m[e >> 5] |= 1u << (e & 31);
+    } else {
+      std::fill(m, m + words, ~0u);
+    }
+    if (!p.allowed_token_ids.empty()) {  // and only these
+      std::vector<uint32_t> only(size_t(words), 0u);
+      for (int32_t id : p.allowed_token_ids) only[size_t(id) >> 5] |= 1u << (id & 31);
+      for (int32_t w = 0; w < words; ++w) m[w] &= only[size_t(w)];
+    }
+    if (std::all_of(static_cast<const uint32_t*>(m), static_cast<const uint32_t*>(m) + words, [](uint32_t w) { return w == 0; }))
+      return p.grammar ? "structured output: no token of the vocabulary can continue the output here"
+                       : "allowed_token_ids: no allowed token";
+  }
+  proc.rows.push_back(r);
+  return {};
+}
+
 void Engine::step() {
   std::vector<ScheduledSeq> plan = sched_.schedule();
   if (plan.empty() && sched_.num_running() == 0 && !sessions_.empty()) {
@@ -399,18 +453,22 @@ void Engine::step() {
   // One sampling call over all rows; rows that draw nothing (prompt rows) are greedy and ignored.
   std::vector<SamplingParams> params(static_cast<size_t>(R));
   std::vector<int32_t> last_row(plan.size());
+  LogitsProcessing proc;
+  std::vector<std::string> failed(plan.size());  // a row whose grammar allows no token: that request fails
   for (size_t i = 0, row = 0; i < plan.size(); ++i) {
     const ScheduledSeq& p = plan[i];
     row += size_t(p.all_logits ? p.n : 1);
     last_row[i] = int32_t(row) - 1;
-    const Live& l = *live_.at(p.seq->id);
+    Live& l = *live_.at(p.seq->id);
     if (p.samples()) {
       SamplingParams sp = l.req->params.sampling;
       // Draw k depends on (seed, k) only, as in the Generator: a recomputed sequence draws the same tokens.
       sp.seed = splitmix64(sp.seed + uint64_t(l.generated));
       params[size_t(last_row[i])] = sp;
+      if (needs_logits_processing(l.req->params) && l.generated < l.req->params.max_tokens) failed[i] = add_processing(l, last_row[i], proc);
     }
   }
+  if (!proc.rows.empty()) model_.backend().process_logits(logits, proc);
   std::vector<int32_t> drawn(static_cast<size_t>(R));
   model_.backend().sample(logits, params, drawn.data());
 
@@ -445,10 +503,16 @@ void Engine::step() {
       finish(l, FinishReason::Length, std::move(out));
       continue;
     }
+    if (!failed[i].empty()) {
+      out.error = failed[i];
+      finish(l, FinishReason::Abort, std::move(out));
+      continue;
+    }
     const int32_t tok = drawn[size_t(last_row[i])];
     s.tokens.push_back(tok);
     ++l.generated;
     ++new_tokens;
+    l.history.add(tok);
     out.tokens.push_back(tok);
     if (rp.logprobs >= 0) out.logprobs.push_back(logprob(host_logits_.data() + size_t(last_row[i]) * size_t(V), tok, rp.logprobs));
     const bool eos = !rp.ignore_eos && std::find(opt_.eos.begin(), opt_.eos.end(), tok) != opt_.eos.end();
@@ -469,7 +533,20 @@ void Engine::step() {
     l.last_token = now;
     FinishReason why = FinishReason::None;
     const bool stop_str = l.text && l.text->stopped();
-    if (eos || stop_id || stop_str) why = FinishReason::Stop;
+    bool complete = false;  // structured output: nothing but eos can follow
+    if (rp.grammar && !eos) {
+      try {
+        l.grammar_state = rp.grammar->advance(l.grammar_state, tok);
+        // (the mask forbade it: a bug, not the client's fault)
+        BAMBA_CHECK(l.grammar_state >= 0, "structured output: token ", tok, " was drawn where the grammar forbids it");
+        complete = rp.grammar->complete(l.grammar_state);
+      } catch (const Error& e) {
+        out.error = e.what();
+        finish(l, FinishReason::Abort, std::move(out));
+        continue;
+      }
+    }
+    if (eos || stop_id || stop_str || complete) why = FinishReason::Stop;
     else if (l.generated >= rp.max_tokens || int32_t(s.tokens.size()) >= opt_.max_model_len) why = FinishReason::Length;
     if (stop_str && rp.include_stop_str) out.text += l.text->stop_hit();
     if (why != FinishReason::None) finish(l, why, std::move(out));  // frees s: not used below

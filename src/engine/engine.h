@@ -94,6 +94,9 @@ class Engine {
   void update_gauges();
   void finish(Live& l, FinishReason why, RequestOutput out);
   TokenLogprob logprob(const float* row, int32_t id, int32_t top_k) const;
+  // Appends l's processing of logits row `row` (penalties, bias, min_p, grammar mask); an error message when its
+  // grammar allows no token.
+  std::string add_processing(Live& l, int32_t row, LogitsProcessing& proc);
 
   const HybridModel& model_;
   const Tokenizer* tok_;

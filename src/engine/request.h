@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "backend/backend.h"  // SamplingParams
+#include "structured/token_grammar.h"
 
 namespace bamba {
 
@@ -34,6 +35,15 @@ struct RequestParams {
   // The draw for generated token i uses a seed derived from (sampling.seed, i), so a sequence recomputed after
   // preemption draws the same tokens.
   SamplingParams sampling;
+  // Logits processing before the draw (Backend::process_logits, vLLM's semantics): penalties over the output
+  // tokens (presence, frequency) and over prompt + output (repetition; 1 = off), min_p (0 = off; ignored when
+  // greedy), logit_bias (distinct ids).
+  float presence_penalty = 0.f, frequency_penalty = 0.f, repetition_penalty = 1.f, min_p = 0.f;
+  std::vector<std::pair<int32_t, float>> logit_bias;
+  std::vector<int32_t> allowed_token_ids;  // not empty: only these may be drawn (vLLM's allowed_token_ids)
+  // Structured output: only tokens the grammar allows are drawn; an eos id only where the output is complete,
+  // and the request stops (finish "stop") as soon as nothing but eos could follow. Null: unconstrained.
+  std::shared_ptr<TokenGrammar> grammar;
   std::vector<std::string> stop;  // on the detokenized text; excluded from the output
   bool include_stop_str = false;
   std::vector<int32_t> stop_token_ids;

@@ -1,110 +1,93 @@
 #include "model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
-#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/mapped_file.h"
-#include "io/python_json.h"
+#include "model/config_fields.h"
 
 namespace bamba {
 
-// Ordered like the merge reads it; bare Infinity / NaN as Python writes them are accepted (io/python_json.h).
-using json = nlohmann::ordered_json;
+using namespace config_detail;
 
-int64_t ModelConfig::n_mamba_layers() const {
+bool ModelConfig::has_ssm(int64_t i) const {
+  const LayerKind k = layer_kinds[size_t(i)];
+  return k == LayerKind::Mamba || k == LayerKind::MambaAttention || k == LayerKind::SharedAttention;
+}
+bool ModelConfig::has_kv(int64_t i) const {
+  const LayerKind k = layer_kinds[size_t(i)];
+  return k == LayerKind::Attention || k == LayerKind::MambaAttention || k == LayerKind::SharedAttention;
+}
+int64_t ModelConfig::ssm_index(int64_t layer) const {
   int64_t n = 0;
-  for (auto k : layer_kinds) n += k == LayerKind::Mamba;
+  for (int64_t i = 0; i < layer; ++i) n += has_ssm(i);
   return n;
 }
-int64_t ModelConfig::n_attention_layers() const { return int64_t(layer_kinds.size()) - n_mamba_layers(); }
-
-int64_t ModelConfig::kind_index(int64_t layer) const {
+int64_t ModelConfig::kv_index(int64_t layer) const {
   int64_t n = 0;
-  for (int64_t i = 0; i < layer; ++i) n += layer_kinds[size_t(i)] == layer_kinds[size_t(layer)];
+  for (int64_t i = 0; i < layer; ++i) n += has_kv(i);
   return n;
+}
+int64_t ModelConfig::n_mamba_layers() const { return ssm_index(num_hidden_layers); }
+int64_t ModelConfig::n_attention_layers() const { return kv_index(num_hidden_layers); }
+
+int64_t ModelConfig::mlp_width() const {
+  int64_t w = shared_intermediate_size;
+  for (auto k : mlp_kinds)
+    if (k == MlpKind::SwiGLU || k == MlpKind::Relu2) w = std::max(w, intermediate_size);
+  if (family == Family::Zamba2) w = std::max(w, intermediate_size);
+  return w;
 }
 
 int64_t ModelConfig::parameter_count() const {
   const int64_t H = hidden_size, F = intermediate_size, I = mamba_inner, CD = conv_dim(), nh = mamba_n_heads;
+  const int64_t mamba = in_proj_dim() * H + I * H + CD * mamba_d_conv + (mamba_conv_bias ? CD : 0) + 3 * nh +
+                        (mamba_gated_norm ? I : 0) + (mamba_proj_bias ? in_proj_dim() : 0) + (mamba_out_proj_bias ? H : 0);
+  const int64_t attn = qkv_dim() * attn_in_dim() + num_attention_heads * head_dim * H;
+  const int64_t glu = shared_intermediate_size > 0 ? 3 * shared_intermediate_size * H : 0;
   int64_t n = vocab_size * H * (tie_word_embeddings ? 1 : 2) + H;  // embeddings, lm_head, final norm
-  for (auto k : layer_kinds) {
-    n += 2 * H + 3 * F * H;  // two norms, MLP
-    if (k == LayerKind::Mamba)
-      n += in_proj_dim() * H + I * H + CD * mamba_d_conv + (mamba_conv_bias ? CD : 0) + 3 * nh + I +
-           (mamba_proj_bias ? in_proj_dim() + H : 0);
-    else
-      n += qkv_dim() * H + num_attention_heads * head_dim * H;
+  for (int64_t i = 0; i < num_hidden_layers; ++i) {
+    const LayerKind k = layer_kinds[size_t(i)];
+    n += (k != LayerKind::None ? H : 0) + (mlp_kinds[size_t(i)] != MlpKind::None ? H : 0);  // norms
+    if (has_ssm(i)) n += mamba;
+    if (k == LayerKind::Attention || k == LayerKind::MambaAttention) n += attn;
+    if (k == LayerKind::SharedAttention)
+      n += H * H + 2 * attn_in_dim() * adapter_rank + (attention_adapters ? 3 * 2 * attn_in_dim() * adapter_rank : 0);
+    switch (mlp_kinds[size_t(i)]) {
+      case MlpKind::None: break;
+      case MlpKind::SwiGLU: n += (family == Family::GraniteMoeHybrid ? glu : 3 * F * H); break;
+      case MlpKind::Relu2: n += 2 * F * H; break;
+      case MlpKind::MoE:
+        n += num_experts * H + (moe_router == MoeRouter::SigmoidGroup ? num_experts : 0) +  // router (+ bias)
+             (moe_router == MoeRouter::SoftmaxTopK ? 3 : 2) * num_experts * moe_intermediate_size * H +
+             (moe_router == MoeRouter::SoftmaxTopK ? glu : 2 * shared_intermediate_size * H);
+        break;
+    }
   }
+  if (family == Family::Zamba2)  // the shared blocks: norms [2H] + [H], attention, gate_up + down
+    n += num_mem_blocks * (3 * H + attn + 3 * F * H);
   return n;
 }
 
 namespace {
 
-// Far above any real model; bounds the per-layer tables sized from a (possibly corrupt) num_hidden_layers.
-constexpr int64_t kMaxLayers = 1 << 16;
-
-// An upper bound on the parameter count, as if every layer had both mixers, computed in double (no overflow).
+// An upper bound on the parameter count, as if every layer had every block, computed in double (no overflow).
 // Every size derived from the config (conv_dim(), in_proj_dim(), qkv_dim(), parameter_count(), buffer sizes) is
 // below it, so bounding it keeps all int64 arithmetic on a parsed config exact.
 double size_bound(const ModelConfig& c) {
   const double H = double(c.hidden_size), F = double(c.intermediate_size), I = double(c.mamba_inner),
                nh = double(c.mamba_n_heads), CD = I + 2 * double(c.mamba_n_groups) * double(c.mamba_d_state),
                E = I + CD + nh, dh = double(c.head_dim), nq = double(c.num_attention_heads),
-               qkv = (nq + 2 * double(c.num_key_value_heads)) * dh;
+               qkv = (nq + 2 * double(c.num_key_value_heads)) * dh, Hin = 2 * H;
   const double mlp = 2 * H + 3 * F * H, mamba = (E + I) * H + CD * double(c.mamba_d_conv + 1) + 3 * nh + I + E + H,
-               attn = qkv * H + nq * dh * H;
-  return 2 * double(c.vocab_size) * H + H + double(c.num_hidden_layers) * (mlp + mamba + attn);
+               attn = qkv * Hin + nq * dh * H + H * H + 8 * Hin * double(c.adapter_rank),
+               moe = double(c.num_experts) * (H + 3 * double(c.moe_intermediate_size) * H) +
+                     3 * double(c.shared_intermediate_size) * H;
+  return 2 * double(c.vocab_size) * H + H + double(c.num_hidden_layers) * (mlp + mamba + attn + moe) +
+         double(c.num_mem_blocks) * (mlp + attn);
 }
-
-// Typed field access with messages that name the field and what was expected.
-struct Fields {
-  const json& j;
-  const std::string& label;
-
-  const json* find(const char* key) const {
-    auto it = j.find(key);
-    return it == j.end() || it->is_null() ? nullptr : &*it;
-  }
-  // Sizes and token ids are capped at INT32_MAX: ample for any model, and it keeps their products (checked in
-  // parse_config) from overflowing int64.
-  int64_t integer(const char* key, int64_t def, int64_t min = 1, int64_t max = INT32_MAX) const {
-    const json* v = find(key);
-    if (!v) return def;
-    if (!v->is_number_integer()) fail(label, ": field \"", key, "\" must be an integer (got ", dump_python_json(*v, -1), ")");
-    // A uint64 above INT64_MAX would wrap negative in get<int64_t>().
-    if (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(max))
-      fail(label, ": field \"", key, "\" must be <= ", max, " (got ", dump_python_json(*v, -1), ")");
-    int64_t x = v->get<int64_t>();
-    if (x < min) fail(label, ": field \"", key, "\" must be >= ", min, " (got ", x, ")");
-    if (x > max) fail(label, ": field \"", key, "\" must be <= ", max, " (got ", x, ")");
-    return x;
-  }
-  double number(const char* key, double def) const {
-    const json* v = find(key);
-    if (!v) return def;
-    return as_number(*v, key);
-  }
-  double as_number(const json& v, const std::string& key) const {
-    if (v.is_number()) return v.get<double>();
-    // Non-finite floats: bare (Python's json) or {"__float__": "Infinity"} (transformers 5.x).
-    if (auto x = json_nonfinite(v)) return *x;
-    fail(label, ": field \"", key, "\" must be a number (got ", dump_python_json(v, -1), ")");
-  }
-  bool boolean(const char* key, bool def) const {
-    const json* v = find(key);
-    if (!v) return def;
-    if (!v->is_boolean()) fail(label, ": field \"", key, "\" must be true or false (got ", dump_python_json(*v, -1), ")");
-    return v->get<bool>();
-  }
-  std::string string(const char* key, const std::string& def) const {
-    const json* v = find(key);
-    if (!v) return def;
-    if (!v->is_string()) fail(label, ": field \"", key, "\" must be a string (got ", dump_python_json(*v, -1), ")");
-    return v->get<std::string>();
-  }
-};
 
 DType parse_torch_dtype(const std::string& s, const std::string& label, const char* key) {
   std::string t = s.rfind("torch.", 0) == 0 ? s.substr(6) : s;
@@ -114,20 +97,80 @@ DType parse_torch_dtype(const std::string& s, const std::string& label, const ch
   fail(label, ": field \"", key, "\" = \"", s, "\" is not a supported dtype (expected float32, bfloat16 or float16)");
 }
 
+constexpr const char* kSupported =
+    "\"bamba\", \"granitemoehybrid\", \"nemotron_h\", \"falcon_h1\", \"zamba2\", \"mamba2\", \"llama\"";
+
 }  // namespace
 
-ModelConfig parse_config(const std::string& json_text, const std::string& label) {
-  json j = parse_python_json(json_text);
-  if (j.is_discarded()) fail(label, ": not valid JSON");
-  if (!j.is_object()) fail(label, ": expected a JSON object");
-  Fields f{j, label};
-  ModelConfig c;
-  c.source = label;
+namespace config_detail {
 
-  c.model_type = f.string("model_type", "");
-  if (c.model_type.empty()) fail(label, ": missing field \"model_type\" (expected \"bamba\")");
-  if (c.model_type != "bamba")
-    fail(label, ": model_type \"", c.model_type, "\" is not supported (supported: \"bamba\")");
+void parse_rope(const Fields& f, ModelConfig& c, bool allow_llama3) {
+  const std::string& label = f.label;
+  double theta = f.number("rope_theta", c.rope_theta);
+  // rope_parameters (5.x) or rope_scaling (legacy): {"rope_type" | "type": ..., "rope_theta", "factor", ...}
+  auto read = [&](const json& rp, const char* key) {
+    if (!rp.is_object()) fail(label, ": field \"", key, "\" must be an object");
+    Fields r{rp, label};
+    theta = r.number("rope_theta", theta);
+    std::string type = r.string("rope_type", r.string("type", "default"));
+    if (type == "llama3" && allow_llama3) {
+      c.rope_factor = float(r.number("factor", 8.0));
+      c.rope_low_freq_factor = float(r.number("low_freq_factor", 1.0));
+      c.rope_high_freq_factor = float(r.number("high_freq_factor", 4.0));
+      c.rope_original_max_position = r.integer("original_max_position_embeddings", c.max_position_embeddings);
+      if (!(c.rope_factor > 0 && c.rope_low_freq_factor > 0 && c.rope_high_freq_factor > c.rope_low_freq_factor))
+        fail(label, ": ", key, " (llama3) needs factor > 0 and high_freq_factor > low_freq_factor > 0");
+    } else if (type != "default") {
+      fail(label, ": ", key, ".rope_type \"", type, "\" is not supported (expected \"default\"",
+           allow_llama3 ? " or \"llama3\")" : ")");
+    }
+  };
+  if (const json* rp = f.find("rope_parameters")) read(*rp, "rope_parameters");
+  if (const json* rs = f.find("rope_scaling")) read(*rs, "rope_scaling");
+  if (!(theta > 0)) fail(label, ": rope_theta must be > 0");
+  c.rope_theta = float(theta);
+}
+
+void parse_time_step_limit(const Fields& f, ModelConfig& c) {
+  c.time_step_min = 0.f;
+  c.time_step_max = std::numeric_limits<float>::infinity();
+  if (const json* tl = f.find("time_step_limit")) {
+    if (!tl->is_array() || tl->size() != 2) fail(f.label, ": field \"time_step_limit\" must be [min, max]");
+    c.time_step_min = float(f.as_number((*tl)[0], "time_step_limit[0]"));
+    c.time_step_max = float(f.as_number((*tl)[1], "time_step_limit[1]"));
+    if (!(c.time_step_min <= c.time_step_max))
+      fail(f.label, ": field \"time_step_limit\" must have min <= max (got ", dump_python_json(*tl, -1), ")");
+  }
+}
+
+void check_mamba(const Fields& f, const ModelConfig& c) {
+  if (c.mamba_d_head * c.mamba_n_heads != c.mamba_inner)
+    fail(f.label, ": mamba heads ", c.mamba_n_heads, " x head dim ", c.mamba_d_head, " must equal the SSM inner size ",
+         c.mamba_inner);
+  if (c.mamba_n_heads % c.mamba_n_groups)
+    fail(f.label, ": mamba heads ", c.mamba_n_heads, " are not divisible by n_groups ", c.mamba_n_groups);
+  if (c.mamba_inner % c.gated_norm_group_size)
+    fail(f.label, ": the SSM inner size ", c.mamba_inner, " is not divisible into norm groups of ", c.gated_norm_group_size);
+}
+
+void check_heads(const Fields& f, const ModelConfig& c) {
+  if (c.num_attention_heads % c.num_key_value_heads)
+    fail(f.label, ": num_attention_heads ", c.num_attention_heads, " is not divisible by num_key_value_heads ",
+         c.num_key_value_heads);
+}
+
+std::string layer_type_at(const Fields& f, const json& list, size_t i, const char* key) {
+  const json& v = list[i];
+  if (!v.is_string()) fail(f.label, ": ", key, "[", i, "] = ", dump_python_json(v, -1), " must be a string");
+  return v.get<std::string>();
+}
+
+}  // namespace config_detail
+
+namespace {
+
+void parse_bamba(const Fields& f, ModelConfig& c) {
+  const std::string& label = f.label;
   std::string act = f.string("hidden_act", "silu");
   if (act != "silu") fail(label, ": field \"hidden_act\" = \"", act, "\" is not supported (expected \"silu\")");
 
@@ -195,16 +238,10 @@ ModelConfig parse_config(const std::string& json_text, const std::string& label)
   c.mamba_chunk_size = f.integer("mamba_chunk_size", 256);
   c.mamba_conv_bias = f.boolean("mamba_conv_bias", true);
   c.mamba_proj_bias = f.boolean("mamba_proj_bias", false);
+  c.mamba_out_proj_bias = c.mamba_proj_bias;
+  c.mamba_norm_eps = c.rms_norm_eps;
   c.gated_norm_group_size = c.mamba_inner;
-  c.time_step_min = 0.f;
-  c.time_step_max = std::numeric_limits<float>::infinity();
-  if (const json* tl = f.find("time_step_limit")) {
-    if (!tl->is_array() || tl->size() != 2) fail(label, ": field \"time_step_limit\" must be [min, max]");
-    c.time_step_min = float(f.as_number((*tl)[0], "time_step_limit[0]"));
-    c.time_step_max = float(f.as_number((*tl)[1], "time_step_limit[1]"));
-    if (!(c.time_step_min <= c.time_step_max))
-      fail(label, ": field \"time_step_limit\" must have min <= max (got ", dump_python_json(*tl, -1), ")");
-  }
+  parse_time_step_limit(f, c);
 
   if (double n = size_bound(c); n > 0x1p48)
     fail(label, ": the sizes describe a model of up to ", n, " parameters (more than 2^48; is a field corrupt?)");
@@ -237,6 +274,33 @@ ModelConfig parse_config(const std::string& json_text, const std::string& label)
     if (lt && kinds != c.layer_kinds) fail(label, ": \"layer_types\" and \"attn_layer_indices\" disagree");
     c.layer_kinds = kinds;
   }
+  c.mlp_kinds.assign(size_t(c.num_hidden_layers), MlpKind::SwiGLU);
+}
+
+}  // namespace
+
+ModelConfig parse_config(const std::string& json_text, const std::string& label) {
+  json j = parse_python_json(json_text);
+  if (j.is_discarded()) fail(label, ": not valid JSON");
+  if (!j.is_object()) fail(label, ": expected a JSON object");
+  Fields f{j, label};
+  ModelConfig c;
+  c.source = label;
+
+  c.model_type = f.string("model_type", "");
+  if (c.model_type.empty()) fail(label, ": missing field \"model_type\" (expected one of ", kSupported, ")");
+  if (c.model_type == "bamba") parse_bamba(f, c);
+  else if (c.model_type == "granitemoehybrid") parse_granitemoehybrid(f, c);
+  else if (c.model_type == "nemotron_h") parse_nemotron_h(f, c);
+  else if (c.model_type == "falcon_h1") parse_falcon_h1(f, c);
+  else if (c.model_type == "zamba2") parse_zamba2(f, c);
+  else if (c.model_type == "mamba2") parse_mamba2(f, c);
+  else if (c.model_type == "llama") parse_llama(f, c);
+  else fail(label, ": model_type \"", c.model_type, "\" is not supported (supported: ", kSupported, ")");
+  if (double n = size_bound(c); n > 0x1p48)
+    fail(label, ": the sizes describe a model of up to ", n, " parameters (more than 2^48; is a field corrupt?)");
+  BAMBA_CHECK(int64_t(c.layer_kinds.size()) == c.num_hidden_layers && int64_t(c.mlp_kinds.size()) == c.num_hidden_layers,
+              label, ": internal: layer tables of the wrong length");
 
   // Token ids.
   c.bos_token_id = f.integer("bos_token_id", 1, 0);
@@ -295,6 +359,8 @@ ModelConfig bamba_9b_config() {
 }
 
 std::string config_to_json(const ModelConfig& c) {
+  if (c.family != Family::Bamba)
+    fail(c.source, ": writing config.json is supported for model_type \"bamba\" only (this model is \"", c.model_type, "\")");
   json attn = json::array();
   for (int64_t i = 0; i < c.num_hidden_layers; ++i)
     if (c.layer_kinds[size_t(i)] == LayerKind::Attention) attn.push_back(i);

@@ -1,6 +1,9 @@
-// HybridModel: the ONLY place that knows the layer order and the math of a Bamba forward step
-// (docs/bamba-model.md §3), written against backend ops. One call serves prefill, chunked prefill, decode and
-// any mix of them across sequences (see StepBatch).
+// HybridModel: the ONLY place that knows the layer order and the math of a forward step of Bamba
+// (docs/bamba-model.md §3) and of its relatives (docs/family.md: GraniteMoeHybrid, Nemotron-H, Falcon-H1, Zamba2,
+// Mamba2, Llama), written against backend ops. Every layer is up to two pre-norm residual blocks, a mixer
+// (ModelConfig::layer_kinds) and an MLP (mlp_kinds); the model types differ in which blocks they stack and in
+// the multipliers of ModelConfig. One call serves prefill, chunked prefill, decode and any mix of them across
+// sequences (see StepBatch).
 #pragma once
 #include <functional>
 #include <string>
@@ -30,6 +33,15 @@ class Workspace {
   Tensor y2;      // [T, I]   gated-norm output
   Tensor sel;     // [R, H]   rows that need logits
   Tensor logits;  // [R, V]
+  // Only for the relatives that need them (empty otherwise):
+  Tensor aux, aux2;       // [T, H]   Falcon-H1: scaled mixer inputs, the attention half; Zamba2: shared-block outputs
+  Tensor router;          // [T, E]   F32 router logits (MoE)
+  Tensor moe_experts;     // [T, k]   I32
+  Tensor moe_weights;     // [T, k]   F32
+  MoeScratch moe;         // grouped expert GEMM buffers
+  Tensor wide, wide_n;    // [T, 2H]  Zamba2: concat(h, embeddings), normed
+  Tensor lora_r;          // [T, 3r]  Zamba2 adapters' low-rank activations
+  Tensor lora;            // [T, max(nq dh, 2F)]  an adapter's output
 
  private:
   Backend& be_;
@@ -41,6 +53,9 @@ class Workspace {
 struct TrainBatch {
   int32_t rows = 0, seq_len = 0;
   std::vector<int32_t> input_ids, labels;
+  // Packing with resets: cu_seqlens over the flattened rows (every row start among them); each sequence starts
+  // from a zero state with RoPE positions from 0, as HF's position_ids / seq_idx packing. Empty: one per row.
+  std::vector<int32_t> seq_start;
 };
 
 struct TrainOptions {
@@ -49,6 +64,7 @@ struct TrainOptions {
   // whole step's counts when a step is split into micro-batches, so that their gradients add up to the step's.
   int64_t label_count = 0, position_count = 0;
   int64_t ce_chunk_rows = 256;  // lm_head + cross-entropy this many rows at a time
+  bool loss_only = false;       // validation: the loss, no gradients (the gradient buffers are left untouched)
 };
 
 struct TrainResult {
@@ -76,14 +92,21 @@ class HybridModel {
 
  private:
   void check_batch(const StepBatch& b, const HybridCache& cache, const Workspace& ws) const;
+  // The blocks; each writes its output into `out` ([T, H]), the caller adds it to the residual stream.
   void mamba_mixer(const MambaWeights& w, Tensor xn, Tensor out, int64_t index, HybridCache& cache, Workspace& ws) const;
-  void attention(const AttentionWeights& w, Tensor xn, Tensor out, int64_t index, HybridCache& cache, Workspace& ws) const;
+  void attention(const AttentionWeights& w, Tensor xn, Tensor out, int64_t index, HybridCache& cache, Workspace& ws,
+                 const AdapterWeights* adapters = nullptr) const;
+  void mlp(const LayerWeights& w, MlpKind kind, Tensor xn, Tensor out, Workspace& ws) const;
+  // Zamba2 "hybrid" layer i (its j-th): the shared block on concat(h, embeddings), through `linear`, added to h
+  // as the input of the layer's Mamba mixer. h must be up to date; writes the mixer output into out.
+  void zamba2_hybrid(int64_t i, int64_t j, Tensor h, Tensor xn, Tensor out, HybridCache& cache, Workspace& ws) const;
 
   ModelConfig cfg_;
   ModelWeights w_;
   Backend& be_;
   MambaOpsConfig mamba_ops_;
   AttentionOpsConfig attn_ops_;
+  MoeOpsConfig moe_ops_;
 };
 
 // Loads <dir>/config.json and its safetensors into a model on `be` (the mmap'd files are closed afterwards).

@@ -1,6 +1,7 @@
 // The training step of HybridModel: a forward that keeps every activation the backward reads, then the backward
 // written out layer by layer in reverse (llm.c style: explicit, no autograd tape). The forward math is the one of
 // HybridModel::forward (model/hybrid.cpp); the ops' backwards are the Backend's *_backward.
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,9 @@ struct LayerActs {
 }  // namespace
 
 TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights& g, const TrainOptions& opt) const {
+  // The backward is written for Bamba's layers (mixer + SwiGLU, no multipliers); its relatives are inference-only.
+  if (cfg_.family != Family::Bamba)
+    fail(cfg_.source, ": training supports model_type \"bamba\" only (this model is \"", cfg_.model_type, "\")");
   const int64_t Bn = batch.rows, S = batch.seq_len, T = Bn * S;
   BAMBA_CHECK(Bn > 0 && S > 0, "training batch is empty");
   BAMBA_CHECK(int64_t(batch.input_ids.size()) == T && int64_t(batch.labels.size()) == T, "training batch: ",
@@ -55,25 +59,49 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
   const int64_t QKV = cfg_.qkv_dim(), O = cfg_.num_attention_heads * cfg_.head_dim;
   const float eps = cfg_.rms_norm_eps;
 
-  // The shifted targets: row t of the logits is scored against labels[t + 1] of the same sequence.
+  // The sequences: one per row, or the documents of packed rows (each row start is a sequence start).
+  std::vector<int32_t> starts = batch.seq_start;
+  if (starts.empty())
+    for (int64_t r = 0; r <= Bn; ++r) starts.push_back(int32_t(r * S));
+  BAMBA_CHECK(starts.front() == 0 && starts.back() == T, "training batch: seq_start runs from ", starts.front(), " to ",
+              starts.back(), ", expected 0 to ", T);
+  for (size_t i = 1; i < starts.size(); ++i)
+    BAMBA_CHECK(starts[i] > starts[i - 1], "training batch: seq_start[", i, "] = ", starts[i], " does not increase");
+  for (int64_t r = 1; r < Bn; ++r)
+    BAMBA_CHECK(std::binary_search(starts.begin(), starts.end(), int32_t(r * S)), "training batch: row ", r,
+                " starts inside a sequence (seq_start must hold every row start)");
+  const size_t n_seqs = starts.size() - 1;
+
+  // The shifted targets: row t of the logits is scored against labels[t + 1] of the same sequence; the last
+  // position of a sequence predicts nothing.
   std::vector<int32_t> targets(static_cast<size_t>(T), -100);
   int64_t n_labels = 0;
-  for (int64_t r = 0; r < Bn; ++r)
-    for (int64_t t = 0; t + 1 < S; ++t) {
-      const int32_t lab = batch.labels[size_t(r * S + t + 1)];
-      BAMBA_CHECK(lab == -100 || (lab >= 0 && lab < V), "training batch row ", r, " position ", t + 1, ": label ", lab,
-                  " is out of range for vocab_size ", V, " (or -100)");
-      targets[size_t(r * S + t)] = lab;
+  for (size_t s = 0; s < n_seqs; ++s)
+    for (int64_t t = starts[s]; t + 1 < starts[s + 1]; ++t) {
+      const int32_t lab = batch.labels[size_t(t + 1)];
+      BAMBA_CHECK(lab == -100 || (lab >= 0 && lab < V), "training batch row ", (t + 1) / S, " position ", (t + 1) % S,
+                  ": label ", lab, " is out of range for vocab_size ", V, " (or -100)");
+      targets[size_t(t)] = lab;
       n_labels += lab != -100;
     }
 
-  // One sequence per row, from a zero state, in a cache that holds exactly the batch.
-  HybridCache cache(cfg_, be_, HybridCache::sizes_for(cfg_, int32_t(Bn), int32_t(S)));
+  // Every sequence from a zero state (past 0: positions from 0, a zero conv window and SSM state), in a cache
+  // that holds exactly the batch. The backend's ops treat each StepBatch sequence as its own causal stream.
+  // KV pages for exactly the sequences' lengths (packed rows of many short documents need at most T/16 + S), and
+  // one state slot per sequence.
+  CacheSizes sizes = HybridCache::sizes_for(cfg_, int32_t(n_seqs), int32_t(S));
+  if (sizes.n_blocks > 0) {
+    sizes.n_blocks = 0;
+    for (size_t s = 0; s < n_seqs; ++s)
+      sizes.n_blocks += (starts[s + 1] - starts[s] + sizes.block_size - 1) / sizes.block_size;
+  }
+  HybridCache cache(cfg_, be_, sizes);
   StepBatch sb;
-  std::vector<SeqCache> seqs(static_cast<size_t>(Bn));
-  for (int64_t r = 0; r < Bn; ++r) {
-    BAMBA_CHECK(cache.reserve(seqs[size_t(r)], int32_t(S)), "internal: training cache too small");
-    sb.add(std::span(batch.input_ids).subspan(size_t(r * S), size_t(S)), 0, seqs[size_t(r)].slot, seqs[size_t(r)].blocks);
+  std::vector<SeqCache> seqs(n_seqs);
+  for (size_t s = 0; s < n_seqs; ++s) {
+    const int32_t len = starts[s + 1] - starts[s];
+    BAMBA_CHECK(cache.reserve(seqs[s], len), "internal: training cache too small");
+    sb.add(std::span(batch.input_ids).subspan(size_t(starts[s]), size_t(len)), 0, seqs[s].slot, seqs[s].blocks);
   }
   for (int32_t tok : sb.tokens)
     BAMBA_CHECK(tok >= 0 && tok < V, "training batch: token id ", tok, " is out of range for vocab_size ", V);
@@ -91,7 +119,7 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     a.xn = mem(T, H);
     be_.rmsnorm(a.xn, a.h_in, lw.input_layernorm, eps);
     a.h_mid = mem(T, H);  // mixer output, then + h_in
-    const int64_t k = cfg_.kind_index(i);
+    const int64_t k = cfg_.layer_kinds[size_t(i)] == LayerKind::Mamba ? cfg_.ssm_index(i) : cfg_.kv_index(i);
     if (cfg_.layer_kinds[size_t(i)] == LayerKind::Mamba) {
       const MambaWeights& w = lw.mamba;
       a.zxbcdt = mem(T, E);
@@ -134,6 +162,12 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
   Tensor dxn = mem(T, H);
   TrainResult res;
   res.label_count = n_labels;
+  if (opt.loss_only) {  // validation: the lm_head gradient goes to a scratch buffer, nothing else is computed
+    Tensor scratch = mem(w_.lm_head.shape[0], w_.lm_head.shape[1]);
+    res.loss = be_.lm_head_cross_entropy(dxn, scratch, xf, w_.lm_head, targets, ce_scale, z_scale, opt.ce_chunk_rows);
+    for (auto& s : seqs) cache.release(s);
+    return res;
+  }
   res.loss = be_.lm_head_cross_entropy(dxn, g.lm_head, xf, w_.lm_head, targets, ce_scale, z_scale, opt.ce_chunk_rows);
 
   // ---- backward. dh: the gradient of the residual stream at the current point.

@@ -30,13 +30,42 @@ struct AttentionWeights {
   Tensor o_proj;    // [H, nq dh]
 };
 
-struct LayerWeights {
-  Tensor input_layernorm;   // [H]
+struct MoeWeights {
+  Tensor router;        // [E, H]
+  Tensor router_bias;   // [E] or empty (Nemotron-H's e_score_correction_bias)
+  Tensor experts_up;    // [E, U, H]  U = 2Fe (SwiGLU: gate rows first) or Fe (relu²)
+  Tensor experts_down;  // [E, H, Fe]
+};
+
+// A Zamba2 hybrid layer's own LoRA adapters on the shared block it uses (Sequential(Linear(in, r), Linear(r, out))).
+struct AdapterWeights {
+  Tensor qkv_down;         // [3r, 2H]  q | k | v first linears (use_shared_attention_adapter), else empty
+  Tensor q_up, k_up, v_up; // [nq dh, r] each
+  Tensor mlp_down;         // [r, H]
+  Tensor mlp_up;           // [2F, r]
+};
+
+// Zamba2's shared attention + GeGLU block (num_mem_blocks of them, used in turn by the hybrid layers).
+struct SharedBlockWeights {
+  Tensor input_layernorm;   // [2H]
+  AttentionWeights attn;    // qkv_proj [3 nq dh, 2H], o_proj [H, nq dh]
   Tensor pre_ff_layernorm;  // [H]
-  Tensor gate_up_proj;      // [2F, H]  gate_proj | up_proj
+  Tensor gate_up_proj;      // [2F, H]
   Tensor down_proj;         // [H, F]
-  MambaWeights mamba;       // Mamba layers
-  AttentionWeights attn;    // attention layers
+};
+
+struct LayerWeights {
+  Tensor input_layernorm;   // [H]  before the mixer (none when the layer has no mixer)
+  Tensor pre_ff_layernorm;  // [H]  before the MLP (none when the layer has no MLP)
+  // The dense MLP: SwiGLU gate_proj | up_proj [2F, H] (GraniteMoeHybrid: shared_mlp.input_linear) or relu² up_proj
+  // [F, H]; in MoE layers the shared expert / shared MLP (empty if none).
+  Tensor gate_up_proj;
+  Tensor down_proj;         // [H, F]
+  MoeWeights moe;           // MoE layers
+  MambaWeights mamba;       // layers with a Mamba mixer
+  AttentionWeights attn;    // layers with attention
+  Tensor linear;            // [H, H]  Zamba2 hybrid layers: the shared block's output projection
+  AdapterWeights adapters;  // Zamba2 hybrid layers
 };
 
 struct ModelWeights {
@@ -44,6 +73,7 @@ struct ModelWeights {
   Tensor final_layernorm;  // [H]
   Tensor lm_head;          // [V, H]  (= embed_tokens when tied)
   std::vector<LayerWeights> layers;
+  std::vector<SharedBlockWeights> shared_blocks;  // Zamba2
 };
 
 using LoadProgress = std::function<void(size_t done_bytes, size_t total_bytes)>;

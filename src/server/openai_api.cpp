@@ -6,6 +6,8 @@
 #include <random>
 
 #include "core/hash_uniform.h"
+#include "structured/json_grammar.h"
+#include "structured/regex_grammar.h"
 
 namespace bamba {
 
@@ -91,6 +93,97 @@ void check_model(const json& b, const ServingContext& ctx) {
     throw ApiError(404, cat("The model `", m->get<std::string>(), "` does not exist."), "model");
 }
 
+std::shared_ptr<TokenGrammar> compile_constraint(const std::string& param, const std::string& kind, const json* value,
+                                                 const ServingContext& ctx);
+
+// The output constraint a request asks for, if any: response_format (json_object, json_schema), vLLM's
+// guided_json / guided_regex / guided_choice, or its structured_outputs object with the same keys. At most one.
+std::shared_ptr<TokenGrammar> structured_output(const json& b, const ServingContext& ctx) {
+  struct Ask {
+    std::string param, kind;  // kind: json_object, json, regex, choice
+    const json* value;
+  };
+  std::vector<Ask> asks;
+  if (const json* rf = field(b, "response_format")) {
+    if (!rf->is_object() || !(*rf).contains("type") || !(*rf)["type"].is_string())
+      bad("response_format", "'response_format' must be {\"type\": \"text\" | \"json_object\" | \"json_schema\"}");
+    const std::string t = (*rf)["type"].get<std::string>();
+    if (t == "json_object") {
+      asks.push_back({"response_format", "json_object", nullptr});
+    } else if (t == "json_schema") {
+      const json* js = field(*rf, "json_schema");
+      const json* schema = js && js->is_object() ? field(*js, "schema") : nullptr;
+      if (!schema) bad("response_format", "'response_format' json_schema needs {\"json_schema\": {\"schema\": {...}}}");
+      asks.push_back({"response_format", "json", schema});
+    } else if (t != "text") {
+      bad("response_format", cat("'response_format' type \"", t, "\" is not one of text, json_object, json_schema"));
+    }
+  }
+  for (const char* k : {"guided_grammar", "guided_whitespace_pattern"})
+    if (field(b, k)) bad(k, cat("'", k, "' is not supported (structured output takes response_format, guided_json, "
+                                "guided_regex or guided_choice)"));
+  if (const json* v = field(b, "guided_json")) asks.push_back({"guided_json", "json", v});
+  if (const json* v = field(b, "guided_regex")) asks.push_back({"guided_regex", "regex", v});
+  if (const json* v = field(b, "guided_choice")) asks.push_back({"guided_choice", "choice", v});
+  if (const json* so = field(b, "structured_outputs")) {
+    if (!so->is_object()) bad("structured_outputs", "'structured_outputs' must be an object");
+    for (auto it = so->begin(); it != so->end(); ++it) {
+      const std::string& k = it.key();
+      if (it->is_null()) continue;
+      if (k == "json" || k == "regex" || k == "choice") asks.push_back({"structured_outputs", k, &*it});
+      else if (k == "json_object") {
+        if (!it->is_boolean()) bad("structured_outputs", "'structured_outputs.json_object' must be a boolean");
+        if (it->get<bool>()) asks.push_back({"structured_outputs", "json_object", nullptr});
+      } else {
+        bad("structured_outputs", cat("'structured_outputs.", k, "' is not supported (json, regex, choice and json_object are)"));
+      }
+    }
+  }
+  if (asks.empty()) return nullptr;
+  if (asks.size() > 1)
+    bad(asks[1].param, cat("'", asks[0].param, "' and '", asks[1].param, "' both constrain the output: give one"));
+  const Ask& a = asks[0];
+  if (!ctx.vocab) bad(a.param, "structured output needs the model's tokenizer");
+  const std::string key = a.kind + "\n" + (a.value ? a.value->dump() : "");
+  try {
+    return ctx.grammars->get(key, [&] { return compile_constraint(a.param, a.kind, a.value, ctx); });
+  } catch (const ApiError&) {
+    throw;
+  } catch (const std::exception& e) {
+    bad(a.param, cat("'", a.param, "': ", e.what()));
+  }
+}
+
+// The grammar for one constraint of structured_output() (kind: json_object, json, regex, choice).
+std::shared_ptr<TokenGrammar> compile_constraint(const std::string& param, const std::string& kind, const json* value,
+                                                 const ServingContext& ctx) {
+  ByteNfa nfa;
+  ByteNfa::Frag f;
+  if (kind == "json_object") {
+    f = json_any_object(nfa);
+  } else if (kind == "json") {
+    json schema = *value;
+    if (schema.is_string()) {  // guided_json may be the schema's JSON text
+      schema = json::parse(value->get<std::string>(), nullptr, false);
+      if (schema.is_discarded()) bad(param, cat("'", param, "' is not valid JSON"));
+    }
+    f = compile_json_schema(nfa, schema);
+  } else if (kind == "regex") {
+    if (!value->is_string()) bad(param, cat("'", param, "' regex must be a string"));
+    f = compile_regex(nfa, value->get<std::string>());
+  } else {
+    if (!value->is_array() || value->empty()) bad(param, cat("'", param, "' choice must be a non-empty list of strings"));
+    std::vector<ByteNfa::Frag> alts;
+    for (const json& c : *value) {
+      if (!c.is_string()) bad(param, cat("'", param, "' choice must be a non-empty list of strings"));
+      alts.push_back(nfa.bytes(c.get<std::string>()));
+    }
+    f = nfa.alt(alts);
+  }
+  nfa.finish(f);
+  return std::make_shared<TokenGrammar>(nfa, ctx.vocab);
+}
+
 // The fields completions and chat share.
 void parse_common(const json& b, const ServingContext& ctx, Job& job) {
   if (!b.is_object()) bad("", "the request body must be a JSON object");
@@ -111,15 +204,54 @@ void parse_common(const json& b, const ServingContext& ctx, Job& job) {
   const int32_t k = int_in(b, "top_k", -1, std::numeric_limits<int32_t>::max(), 0);
   p.sampling.top_k = k < 0 ? 0 : k;  // -1 = off, as in vLLM
   if (auto s = get_int(b, "seed")) job.seed = uint64_t(*s);
-  // Accepted at their neutral values only: a request that asks for them gets a 400, not a silent no-op.
-  const double min_p = get_num(b, "min_p").value_or(0);
-  if (min_p != 0) bad("min_p", "'min_p' is not supported yet (only 0)");
-  for (const char* pen : {"presence_penalty", "frequency_penalty"})
-    if (get_num(b, pen).value_or(0) != 0) bad(pen, cat("'", pen, "' is not supported yet (only 0)"));
-  if (get_num(b, "repetition_penalty").value_or(1) != 1)
-    bad("repetition_penalty", "'repetition_penalty' is not supported yet (only 1)");
-  if (const json* lb = field(b, "logit_bias"); lb && !(lb->is_object() && lb->empty()))
-    bad("logit_bias", "'logit_bias' is not supported yet");
+  // Logits processing (vLLM's semantics; Backend::process_logits).
+  auto penalty = [&](const char* k, double lo, double hi, double def) {
+    const double v = get_num(b, k).value_or(def);
+    if (!(v >= lo && v <= hi)) bad(k, cat("'", k, "' must be in [", lo, ", ", hi, "] (got ", v, ")"));
+    return float(v);
+  };
+  p.presence_penalty = penalty("presence_penalty", -2, 2, 0);
+  p.frequency_penalty = penalty("frequency_penalty", -2, 2, 0);
+  p.repetition_penalty = penalty("repetition_penalty", 0, 100, 1);
+  if (p.repetition_penalty == 0.f) bad("repetition_penalty", "'repetition_penalty' must be > 0");
+  p.min_p = penalty("min_p", 0, 1, 0);
+  if (const json* lb = field(b, "logit_bias")) {
+    if (!lb->is_object()) bad("logit_bias", "'logit_bias' must be an object mapping token ids to biases");
+    for (auto it = lb->begin(); it != lb->end(); ++it) {
+      const std::string& key = it.key();
+      size_t used = 0;
+      long long id = -1;
+      try {
+        id = std::stoll(key, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used != key.size() || key.empty()) bad("logit_bias", cat("'logit_bias' key \"", key, "\" is not a token id"));
+      if (id < 0 || id >= ctx.vocab_size)
+        bad("logit_bias", cat("'logit_bias' token id ", id, " is out of range [0, ", ctx.vocab_size, ")"));
+      if (!it->is_number() || !(it->get<double>() >= -100 && it->get<double>() <= 100))
+        bad("logit_bias", cat("'logit_bias' values must be numbers in [-100, 100] (token ", id, ")"));
+      p.logit_bias.push_back({int32_t(id), float(it->get<double>())});
+    }
+  }
+  if (const json* al = field(b, "allowed_token_ids")) {
+    if (!al->is_array() || al->empty()) bad("allowed_token_ids", "'allowed_token_ids' must be a non-empty list of token ids");
+    p.allowed_token_ids = token_ids(*al, "allowed_token_ids", ctx);
+  }
+  p.grammar = structured_output(b, ctx);
+  // vLLM fields whose effect is not implemented: a request that asks for them gets a 400, not a silent no-op.
+  if (int_in(b, "min_tokens", 0, std::numeric_limits<int32_t>::max(), 0) > 0)
+    bad("min_tokens", "'min_tokens' is not supported (only 0)");
+  if (auto bo = get_int(b, "best_of"); bo && *bo != 1 && *bo != job.n)
+    bad("best_of", "'best_of' is not supported (only 1 or n)");
+  if (get_bool(b, "use_beam_search").value_or(false)) bad("use_beam_search", "beam search is not supported");
+  if (get_num(b, "length_penalty").value_or(1) != 1) bad("length_penalty", "'length_penalty' is not supported (only 1)");
+  if (const json* bw = field(b, "bad_words"); bw && !(bw->is_array() && bw->empty()))
+    bad("bad_words", "'bad_words' is not supported");
+  for (const char* k : {"prompt_logprobs", "truncate_prompt_tokens", "logits_processors"})
+    if (field(b, k)) bad(k, cat("'", k, "' is not supported"));
+  if (get_bool(b, "return_tokens_as_token_ids").value_or(false))
+    bad("return_tokens_as_token_ids", "'return_tokens_as_token_ids' is not supported");
   if (const json* st = field(b, "stop")) {
     if (st->is_string()) p.stop.push_back(st->get<std::string>());
     else if (st->is_array()) {
@@ -196,6 +328,8 @@ Job parse_completions(const json& b, const ServingContext& ctx) {
   job.logprobs = int_in(b, "logprobs", 0, ctx.max_logprobs, -1);
   job.base.logprobs = job.logprobs;
   job.base.prompt_logprobs = job.echo ? job.logprobs : -1;
+  if (job.base.grammar && job.base.ignore_eos)
+    bad("ignore_eos", "'ignore_eos' cannot be combined with structured output (the output ends where it is complete)");
   check_total(job, ctx);
   return job;
 }
@@ -250,6 +384,73 @@ json template_messages(const json* msgs) {
   return out;
 }
 
+// A function's arguments: its parameters schema compiled (structured/json_grammar.h); `{}` for a function
+// without properties; any JSON object where the schema uses what the compiler does not support (the call
+// still parses, its arguments are not held to that keyword).
+ByteNfa::Frag tool_arguments(ByteNfa& nfa, const json* params) {
+  const json* props = params ? field(*params, "properties") : nullptr;
+  if (!props || (props->is_object() && props->empty())) return nfa.bytes("{}");
+  try {
+    return compile_json_schema(nfa, *params);
+  } catch (const Error&) {
+    return json_any_object(nfa);  // (the pieces built before the failure stay unreachable)
+  }
+}
+
+std::shared_ptr<TokenGrammar> build_tool_call_grammar(const ToolUse& tu, const std::vector<const json*>& params,
+                                                      const ServingContext& ctx);
+
+// What may follow the opening `tool_choice` forced (tool_call_opening, plus the name for a named function):
+//   named:     ARGS closing
+//   required:  CALL (separator CALL)* closing, CALL = one offered name, the format's after-name text, its ARGS;
+//              the separator opens the next call (Hermes: `}\n</tool_call>\n<tool_call>\n{"name": "`; Granite and
+//              Mistral lists: `}, {"name": "`) and is left out with parallel_tool_calls false and for Llama 3 JSON.
+// Every format's markers sit in the forced opening (they are special tokens in Granite's and Mistral's
+// vocabularies, which a structured output never draws), so one construction serves all four parsers.
+std::shared_ptr<TokenGrammar> tool_call_grammar(const ToolUse& tu, const std::vector<const json*>& params,
+                                                const ServingContext& ctx) {
+  std::string key = cat("tools\n", tool_call_format_name(tu.format), "\n", tu.named, "\n", tu.parallel);
+  for (size_t i = 0; i < tu.names.size(); ++i) key += "\n" + tu.names[i] + "\n" + (params[i] ? params[i]->dump() : "");
+  return ctx.grammars->get(key, [&] { return build_tool_call_grammar(tu, params, ctx); });
+}
+
+std::shared_ptr<TokenGrammar> build_tool_call_grammar(const ToolUse& tu, const std::vector<const json*>& params,
+                                                      const ServingContext& ctx) {
+  ByteNfa nfa;
+  const std::string closing = tool_call_closing(tu.format);
+  ByteNfa::Frag whole;
+  // Every closing starts with the `}` of the call object; `tail` is the rest (`\n</tool_call>`, `]`, nothing).
+  const std::string tail = closing.substr(1);
+  if (!tu.named.empty()) {
+    const size_t i = size_t(std::find(tu.names.begin(), tu.names.end(), tu.named) - tu.names.begin());
+    whole = nfa.seq(tool_arguments(nfa, params[i]), nfa.bytes(closing));
+  } else {
+    std::vector<ByteNfa::Frag> calls;
+    for (size_t i = 0; i < tu.names.size(); ++i) {
+      const std::string name = json(tu.names[i]).dump();  // JSON-escaped, without the quotes below
+      calls.push_back(nfa.seq(nfa.bytes(name.substr(1, name.size() - 2) + tool_call_after_name(tu.format)),
+                              nfa.seq(tool_arguments(nfa, params[i]), nfa.bytes("}"))));
+    }
+    const ByteNfa::Frag call = nfa.alt(calls);
+    const ByteNfa::Frag end = nfa.bytes(tail);
+    nfa.eps(call.out, end.in);
+    std::string sep;
+    if (tu.parallel && tu.format == ToolCallFormat::Hermes) sep = tail + "\n" + tool_call_opening(tu.format);
+    else if (tu.parallel && tu.format != ToolCallFormat::Llama3Json) {
+      const std::string open = tool_call_opening(tu.format);
+      sep = ", " + open.substr(open.find('{'));
+    }
+    if (!sep.empty()) {
+      const ByteNfa::Frag again = nfa.bytes(sep);
+      nfa.eps(call.out, again.in);
+      nfa.eps(again.out, call.in);
+    }
+    whole = {call.in, end.out};
+  }
+  nfa.finish(whole);
+  return std::make_shared<TokenGrammar>(nfa, ctx.vocab);
+}
+
 // Checks tools / tool_choice / parallel_tool_calls, puts the tools where the template reads them, and says what
 // the output must be parsed for.
 ToolUse tool_use(const json& b, const ServingContext& ctx, json& vars) {
@@ -258,6 +459,7 @@ ToolUse tool_use(const json& b, const ServingContext& ctx, json& vars) {
   if (field(b, "function_call")) bad("function_call", "'function_call' is not supported: use 'tool_choice'");
   const json* tools = field(b, "tools");
   const json* params_of_named = nullptr;
+  std::vector<const json*> tu_params;  // each tool's parameters schema (null: none)
   if (tools) {
     if (!tools->is_array()) bad("tools", "'tools' must be a list of {\"type\": \"function\", \"function\": {...}}");
     for (size_t i = 0; i < tools->size(); ++i) {
@@ -278,6 +480,7 @@ ToolUse tool_use(const json& b, const ServingContext& ctx, json& vars) {
       if (std::find(tu.names.begin(), tu.names.end(), n) != tu.names.end())
         bad("tools", cat(at, ".function.name \"", n, "\" is given twice"));
       tu.names.push_back(n);
+      tu_params.push_back(field(*fn, "parameters"));
     }
   }
   const bool have_tools = !tu.names.empty();
@@ -331,6 +534,7 @@ ToolUse tool_use(const json& b, const ServingContext& ctx, json& vars) {
       tu.forced_whole = true;
     }
   }
+  if (!tu.forced.empty() && !tu.forced_whole && ctx.vocab) tu.grammar = tool_call_grammar(tu, tu_params, ctx);
   return tu;
 }
 
@@ -384,6 +588,14 @@ Job parse_chat(const json& b, const ServingContext& ctx) {
   int32_t mt = max_tokens_field(b, "max_tokens", ctx, room);
   job.base.max_tokens = max_tokens_field(b, "max_completion_tokens", ctx, mt);
   if (job.tools.forced_whole) job.base.max_tokens = 0;
+  if (job.tools.grammar) {
+    if (job.base.grammar)
+      bad("response_format", "'response_format' (or guided_*) cannot be combined with tool_choice \"required\" or a "
+                             "named function: the call's format is the constraint");
+    job.base.grammar = job.tools.grammar;
+  }
+  if (job.base.grammar && job.base.ignore_eos)
+    bad("ignore_eos", "'ignore_eos' cannot be combined with structured output (the output ends where it is complete)");
   // Call markers (<tool_call>, [TOOL_CALLS], ...) are special tokens in their models' vocabularies.
   if (job.tools.parse) job.base.skip_special = false;
   if (get_bool(b, "logprobs").value_or(false)) job.logprobs = int_in(b, "top_logprobs", 0, ctx.max_logprobs, 0);
@@ -516,7 +728,9 @@ std::vector<json> ResponseBuilder::add(const RequestOutput& o) {
     c.finish = o.finish;
     ++done_;
     if (!o.error.empty()) error_ = o.error;
-    if (!job_.stream && job_.tools.parse && o.error.empty())
+    // A constrained call cut short by max_tokens is not a failure: it comes back as it is, finish "length".
+    const bool cut = job_.tools.grammar && o.finish == FinishReason::Length;
+    if (!job_.stream && job_.tools.parse && o.error.empty() && !cut)
       if (std::string err = check_forced(ToolCallParser::parse(job_.tools.format, job_.tools.forced + c.text)); !err.empty())
         error_ = err;
   }
@@ -540,7 +754,8 @@ std::vector<json> ResponseBuilder::add(const RequestOutput& o) {
         d.content += e.content;
         d.calls.insert(d.calls.end(), e.calls.begin(), e.calls.end());
         ToolCallParser::Result r{"", c.parser->calls(), c.parser->valid()};
-        if (std::string err = check_forced(r); !err.empty()) error_ = err;
+        if (!(job_.tools.grammar && o.finish == FinishReason::Length))
+          if (std::string err = check_forced(r); !err.empty()) error_ = err;
         if (r.valid && !r.calls.empty() && o.finish != FinishReason::Abort) fin = "tool_calls";
       }
       json delta = tool_delta(c, d);

@@ -12,6 +12,8 @@
 #include "engine/request.h"
 #include "chat/chat_template.h"
 #include "chat/tool_call_parser.h"
+#include "server/grammar_cache.h"
+#include "structured/token_grammar.h"
 #include "tokenizer/tokenizer.h"
 
 namespace bamba {
@@ -44,16 +46,19 @@ struct ServingContext {
   int32_t max_n = 64;                      // choices per request
   int32_t max_sequences = 1024;            // prompts x n per request
   int32_t max_logprobs = 20;
+  std::shared_ptr<const TokenVocab> vocab;  // every token's bytes, for structured output (null: unsupported)
+  std::shared_ptr<GrammarCache> grammars = std::make_shared<GrammarCache>();  // compiled grammars, shared
 };
 
 // What a chat request's `tools` and `tool_choice` ask of the output.
 struct ToolUse {
   bool parse = false;  // look for tool calls in the output (tools given, tool_choice not "none")
   ToolCallFormat format = ToolCallFormat::Hermes;
-  // tool_choice "required" or a named function: the opening of a call, written after the prompt so that the
-  // output can only continue it; the output is then checked to be a valid call (no grammar mask: the sampler is
-  // one fused backend op over all rows).
+  // tool_choice "required" or a named function: the opening of a call, written after the prompt, and the grammar
+  // the rest of the output is held to (a call of an offered function whose arguments match its parameters, then
+  // the format's closing; see tool_call_grammar), so the output always parses. The output is checked all the same.
   std::string forced;
+  std::shared_ptr<TokenGrammar> grammar;
   bool forced_whole = false;  // `forced` is the whole call (a named function without parameters): nothing to generate
   std::string named;          // tool_choice's function
   std::vector<std::string> names;  // the functions offered

@@ -35,19 +35,24 @@ std::vector<ParamRef> HybridTrainable::params() {
   return out;
 }
 
-LossResult HybridTrainable::loss_and_grad(const TokenBatch& b, const LossDivisors& d) {
+LossResult HybridTrainable::run(const TokenBatch& b, const LossDivisors& d, bool loss_only) {
   TrainBatch tb;
   tb.rows = int32_t(b.rows);
   tb.seq_len = int32_t(b.cols);
   tb.input_ids = b.tokens;
   tb.labels = b.labels;
+  tb.seq_start = b.seq_start;
   TrainOptions o;
   o.z_loss_coefficient = z_loss_;
   o.label_count = d.labels;
   o.position_count = d.positions;
+  o.loss_only = loss_only;
   const TrainResult r = model_.forward_backward(tb, grads_, o);
   return {r.loss, r.label_count};
 }
+
+LossResult HybridTrainable::loss_and_grad(const TokenBatch& b, const LossDivisors& d) { return run(b, d, false); }
+LossResult HybridTrainable::loss(const TokenBatch& b, const LossDivisors& d) { return run(b, d, true); }
 
 double HybridTrainable::flops_per_token() const { return 6.0 * double(model_.config().parameter_count()); }
 

@@ -13,9 +13,11 @@ class HybridTrainable final : public Trainable {
   ~HybridTrainable() override;
   std::vector<ParamRef> params() override;
   LossResult loss_and_grad(const TokenBatch& batch, const LossDivisors& div) override;
+  LossResult loss(const TokenBatch& batch, const LossDivisors& div) override;  // forward + loss only
   double flops_per_token() const override;
 
  private:
+  LossResult run(const TokenBatch& batch, const LossDivisors& div, bool loss_only);
   HybridModel& model_;
   ModelWeights grads_;
   float z_loss_;

@@ -17,6 +17,7 @@ struct StepMetrics {
   double mfu = -1;        // < 0: unknown
   double eval_loss = -1;  // < 0: not evaluated at this step
   nlohmann::json data;    // the data source's position after the step (a mixture: tokens drawn per dataset), or null
+  nlohmann::ordered_json eval;  // validation loss per dataset ({"name": loss}), or null
 };
 
 class MetricsLog {

@@ -142,7 +142,8 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
   top.only(
       {"model",      "data",      "seq_len",    "micro_batch_size",         "batch_tokens",   "steps",  "tokens",
        "optimizer",  "schedule",  "precision",  "activation_checkpointing", "loss_reduction", "z_loss", "save_every",
-       "eval_every", "keep_last", "save_dtype", "max_shard_size",           "output",         "seed"});
+       "eval_every", "keep_last", "save_dtype", "max_shard_size",           "output",         "seed",
+       "shuffle",    "packing",   "validation", "eval_tokens"});
 
   const Fields model = top.section("model");
   model.only({"path", "config", "preset", "tokenizer"});
@@ -158,25 +159,41 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
   if (!c.model_config.empty() && (model.get("preset") || !c.model_path.empty()))
     fail(model.where(model.get("config"), "config"), ": give one of model.path, model.config and model.preset");
 
-  if (YAML::Node d = top.get("data"); d && !d.IsNull()) {
-    if (!d.IsSequence()) fail(top.where(d, "data"), ": expected a list of {name, path, weight}");
+  // A list of {name, path, weight} (weight only for the training mixture); names unique within the list.
+  auto datasets = [&](const char* key, bool weighted) {
+    std::vector<DatasetSpec> out;
+    YAML::Node d = top.get(key);
+    if (!d || d.IsNull()) return out;
+    const char* shape = weighted ? "{name, path, weight}" : "{name, path}";
+    if (!d.IsSequence()) fail(top.where(d, key), ": expected a list of ", shape);
     for (size_t i = 0; i < d.size(); ++i) {
-      const Fields ds{label, d[i], cat("data[", i, "].")};
-      if (!d[i].IsMap()) fail(top.where(d[i], cat("data[", i, "]")), ": expected {name, path, weight}");
-      ds.only({"name", "path", "weight"});
+      const Fields ds{label, d[i], cat(key, "[", i, "].")};
+      if (!d[i].IsMap()) fail(top.where(d[i], cat(key, "[", i, "]")), ": expected ", shape);
+      if (weighted)
+        ds.only({"name", "path", "weight"});
+      else
+        ds.only({"name", "path"});
       DatasetSpec s;
       s.path = ds.str("path", "");
-      if (s.path.empty()) fail(top.where(d[i], cat("data[", i, "]")), ": missing path");
+      if (s.path.empty()) fail(top.where(d[i], cat(key, "[", i, "]")), ": missing path");
       s.name = ds.str("name", s.path);
       s.weight = ds.num("weight", 1.0, 0.0, 1e300);
-      for (const auto& other : c.data)
-        if (other.name == s.name) fail(top.where(d[i], cat("data[", i, "].name")), ": \"", s.name, "\" appears twice");
-      c.data.push_back(std::move(s));
+      for (const auto& other : out)
+        if (other.name == s.name) fail(top.where(d[i], cat(key, "[", i, "].name")), ": \"", s.name, "\" appears twice");
+      out.push_back(std::move(s));
     }
     double total = 0;
-    for (const auto& s : c.data) total += s.weight;
-    if (!c.data.empty() && total <= 0) fail(top.where(d, "data"), ": the weights add up to 0");
-  }
+    for (const auto& s : out) total += s.weight;
+    if (!out.empty() && total <= 0) fail(top.where(d, key), ": the weights add up to 0");
+    return out;
+  };
+  c.data = datasets("data", true);
+  c.validation = datasets("validation", false);
+  c.shuffle = top.boolean("shuffle", c.shuffle);
+  c.packing = top.choice("packing", c.packing,
+                         {{"continuous", Packing::Continuous},
+                          {"per-document", Packing::PerDocument},
+                          {"whole-documents", Packing::WholeDocuments}});
 
   c.seq_len = top.integer("seq_len", c.seq_len, 1, kBig);
   c.micro_batch_size = top.integer("micro_batch_size", c.micro_batch_size, 1, kBig);
@@ -250,6 +267,10 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
   c.z_loss = top.num("z_loss", c.z_loss, 0, 1);
   c.save_every = top.integer("save_every", c.save_every, 0, kBig);
   c.eval_every = top.integer("eval_every", c.eval_every, 0, kBig);
+  c.eval_tokens = top.integer("eval_tokens", c.eval_tokens, 0, kBig);
+  if (c.eval_tokens == 0) c.eval_tokens = c.batch_tokens;
+  if (!c.validation.empty() && c.eval_every == 0)
+    fail(top.where(top.get("validation"), "validation"), ": give eval_every (steps between validation runs)");
   c.keep_last = top.integer("keep_last", c.keep_last, 0, kBig);
   c.save_dtype = top.choice<std::string>(
       "save_dtype", c.save_dtype,

@@ -18,6 +18,11 @@ struct DatasetSpec {
 
 enum class Precision { Bf16Mixed, Bf16Memory, Fp32 };
 
+// How documents share a row (train/mixture_source.h): running across each other (Bamba's pretraining), or each
+// its own sequence inside the packed row (state reset, attention within the document), and then optionally
+// never split across rows unless longer than a row (SFT: a conversation keeps its prompt).
+enum class Packing { Continuous, PerDocument, WholeDocuments };
+
 struct TrainConfig {
   std::string label;  // the YAML's path, for messages
 
@@ -29,6 +34,10 @@ struct TrainConfig {
   std::string tokenizer_path;         // folder whose tokenizer files are copied into checkpoints (default: model)
 
   std::vector<DatasetSpec> data;
+  bool shuffle = true;                    // documents in a seeded order, a new one every epoch
+  Packing packing = Packing::Continuous;  // packing: continuous | per-document
+  std::vector<DatasetSpec> validation;    // held-out datasets: loss of each every eval_every steps
+  int64_t eval_tokens = 0;                // tokens scored per validation dataset; 0 = batch_tokens
 
   int64_t seq_len = 4096;
   int64_t micro_batch_size = 1;  // rows per forward/backward

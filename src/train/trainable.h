@@ -23,16 +23,26 @@ struct ParamRef {
 // Rows of token ids with Hugging Face's unshifted labels: the logits at position t are scored against
 // labels[t + 1] of the same row, so labels[0] of a row is never scored; -100 marks a position that does not
 // count. For plain pretraining labels == tokens; for SFT the prompt's labels are -100.
+//
+// seq_start splits the rows further into sequences (packing with resets): cu_seqlens over the flattened
+// [rows · cols] positions, 0 first and rows · cols last, every row start among them. Each sequence starts from a
+// fresh state (Mamba's state and conv window at zero, attention within the sequence, RoPE positions from 0), and
+// its first position's label is never scored, as for a row. Empty: every row is one sequence.
 struct TokenBatch {
   int64_t rows = 0, cols = 0;
-  std::vector<int32_t> tokens;  // [rows, cols]
-  std::vector<int32_t> labels;  // [rows, cols]
-  int64_t labeled() const;      // scored positions: labels[r][t] != -100 for t >= 1
+  std::vector<int32_t> tokens;     // [rows, cols]
+  std::vector<int32_t> labels;     // [rows, cols]
+  std::vector<int32_t> seq_start;  // [S + 1] or empty
+  // The sequences' boundaries: seq_start, or the row starts when it is empty. Error when seq_start is malformed.
+  std::vector<int32_t> sequences() const;
+  int64_t labeled() const;          // scored positions: labels[t] != -100 for t not the start of a sequence
+  int64_t labeled_sequences() const;  // sequences with at least one scored position
 };
 
 // The divisors of the loss for a whole optimizer step, so that the micro-batches' gradients add up to the
-// step's: labels = the step's scored tokens (per-token mean over the global batch) or 1 (sum); positions = the
-// step's rows × cols (the z-loss is a mean over all positions, as in HF).
+// step's: labels = the step's scored tokens (per-token mean over the global batch) or its sequences with a scored
+// token (loss_reduction: sum — each sequence's summed loss, averaged over sequences, as Tulu-3 trains);
+// positions = the step's rows × cols (the z-loss is a mean over all positions, as in HF).
 struct LossDivisors {
   int64_t labels = 1, positions = 1;
 };
@@ -51,6 +61,8 @@ class Trainable {
   // zeroes the buffers once per optimizer step and accumulates the micro-batches); HybridModel::forward_backward's
   // label_count / position_count are these divisors. Must be deterministic for a resume to be exact.
   virtual LossResult loss_and_grad(const TokenBatch& batch, const LossDivisors& div) = 0;
+  // The same share of the loss without touching any gradient (validation). The default is an Error.
+  virtual LossResult loss(const TokenBatch& batch, const LossDivisors& div);
   // Forward-and-backward FLOPs per trained token (≈ 6N + attention), for MFU; 0 when unknown.
   virtual double flops_per_token() const { return 0; }
 };

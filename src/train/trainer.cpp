@@ -89,7 +89,7 @@ TrainRunResult Trainer::run() {
 
     // The whole step's micro-batches first: the loss divisors are the step's counts.
     std::vector<TokenBatch> micro;
-    int64_t labeled = 0;
+    int64_t labeled = 0, sequences = 0;
     for (int64_t k = 0; k < accum; ++k) {
       micro.push_back(data_.next(cfg_.micro_batch_size, cfg_.seq_len));
       const TokenBatch& b = micro.back();
@@ -98,9 +98,10 @@ TrainRunResult Trainer::run() {
         fail("step ", s + 1, ": the data gave a batch of ", b.rows, " × ", b.cols, " (", b.tokens.size(), " tokens, ",
              b.labels.size(), " labels), expected ", cfg_.micro_batch_size, " × ", cfg_.seq_len);
       labeled += b.labeled();
+      sequences += b.labeled_sequences();
     }
     if (labeled == 0) fail("step ", s + 1, ": the batch has no scored tokens (every label is -100)");
-    const LossDivisors div{cfg_.loss_sum ? 1 : labeled, accum * cfg_.micro_batch_size * cfg_.seq_len};
+    const LossDivisors div{cfg_.loss_sum ? sequences : labeled, accum * cfg_.micro_batch_size * cfg_.seq_len};
     double objective = 0;
     for (const auto& mb : micro) objective += model_.loss_and_grad(mb, div).loss;
     const double loss = objective * double(div.labels) / double(labeled);  // per scored token, in either reduction
@@ -133,7 +134,20 @@ TrainRunResult Trainer::run() {
     m.elapsed_s = elapsed0 + std::chrono::duration<double>(now - t0).count();
     if (hooks_.peak_flops > 0 && model_.flops_per_token() > 0)
       m.mfu = m.tokens_per_s * model_.flops_per_token() / hooks_.peak_flops;
-    if (hooks_.eval && cfg_.eval_every > 0 && state_.step % cfg_.eval_every == 0) m.eval_loss = hooks_.eval();
+    const bool eval_now = cfg_.eval_every > 0 && state_.step % cfg_.eval_every == 0;
+    if (hooks_.eval && eval_now) m.eval_loss = hooks_.eval();
+    std::string val_line;
+    if (hooks_.validate && eval_now) {
+      m.eval = hooks_.validate();
+      double sum = 0;
+      for (const auto& [name, v] : m.eval.items()) {
+        sum += v.get<double>();
+        char buf[96];
+        std::snprintf(buf, sizeof buf, " %s %.4f", name.c_str(), v.get<double>());
+        val_line += buf;
+      }
+      if (!m.eval.empty() && !hooks_.eval) m.eval_loss = sum / double(m.eval.size());
+    }
     log.append(m);
     result.loss = loss;
 
@@ -141,6 +155,8 @@ TrainRunResult Trainer::run() {
     std::snprintf(note, sizeof note, "loss %.4f lr %.3g gnorm %.3g %.0f tok/s", loss, lr, norm, m.tokens_per_s);
     std::string line = note;
     if (m.mfu >= 0) line += cat(" MFU ", int(m.mfu * 1000) / 10.0, "%");
+    if (!val_line.empty() && hooks_.progress)  // on its own line, above the bar's next drawing
+      std::fprintf(stderr, "\r\033[Kstep %lld validation loss:%s\n", (long long)state_.step, val_line.c_str());
     bar.update(size_t(state_.step), line);
 
     const bool stop = hooks_.stop_requested && hooks_.stop_requested();

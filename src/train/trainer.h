@@ -24,6 +24,9 @@ namespace bamba {
 struct TrainerHooks {
   std::function<bool()> stop_requested;  // polled after every step (the CLI's SIGINT flag)
   std::function<double()> eval;          // eval loss, run every eval_every steps
+  // Validation loss per dataset ({"name": loss}), run every eval_every steps: logged as "eval" (and its mean as
+  // eval_loss) and printed.
+  std::function<nlohmann::ordered_json()> validate;
   double peak_flops = 0;                 // the device's peak FLOP/s, for MFU (with Trainable::flops_per_token)
   bool progress = true;                  // the progress bar on stderr
 };

@@ -108,3 +108,46 @@ test('tool calling: request, tool result, final answer', { skip: toolsUrl ? fals
   await assert.rejects(c.chat.completions.create({ model, messages, tools, tool_choice: 'sometimes' }),
     (e) => e.status === 400 && e.param === 'tool_choice');
 });
+
+test('sampling parameters: penalties, logit_bias, seed, n, logprobs', async () => {
+  const c = client(url);
+  const model = (await c.models.list()).data[0].id;
+  const base = { model, prompt: 'Hello', max_tokens: 8, temperature: 1, ignore_eos: true };
+  const a = await c.completions.create({ ...base, seed: 7, n: 3, presence_penalty: 0.5, frequency_penalty: 0.5,
+    repetition_penalty: 1.2, min_p: 0.01, logprobs: 2 });
+  const b = await c.completions.create({ ...base, seed: 7, n: 3, presence_penalty: 0.5, frequency_penalty: 0.5,
+    repetition_penalty: 1.2, min_p: 0.01, logprobs: 2 });
+  assert.equal(a.choices.length, 3);
+  assert.deepEqual(a.choices.map((x) => x.text), b.choices.map((x) => x.text));
+  assert.equal(a.choices[0].logprobs.tokens.length, 8);
+  const q = await c.completions.create({ ...base, temperature: 0, logit_bias: { 1: 100 } });
+  assert.equal(q.choices[0].text, '""""""""');
+  await assert.rejects(c.completions.create({ ...base, presence_penalty: 5 }), (e) => e.status === 400 && e.param === 'presence_penalty');
+});
+
+test('structured output: json_schema and tool_choice required', { skip: toolsUrl ? false : 'no tools server' }, async () => {
+  const c = client(toolsUrl);
+  const model = (await c.models.list()).data[0].id;
+  const schema = { type: 'object', properties: { size: { enum: ['S', 'M', 'L'] }, ok: { type: 'boolean' },
+    n: { type: 'integer' } }, required: ['size', 'ok'], additionalProperties: false };
+  const messages = [{ role: 'user', content: 'A T-shirt as JSON' }];
+  const r = await c.chat.completions.create({ model, messages, temperature: 1, seed: 3, n: 3, max_tokens: 200,
+    response_format: { type: 'json_schema', json_schema: { name: 'shirt', schema, strict: true } } });
+  for (const ch of r.choices) {
+    const v = JSON.parse(ch.message.content);
+    assert.ok(['S', 'M', 'L'].includes(v.size));
+    assert.equal(typeof v.ok, 'boolean');
+    assert.equal(ch.finish_reason, 'stop');
+  }
+  const tools = [{ type: 'function', function: { name: 'get_weather',
+    parameters: { type: 'object', properties: { city: { enum: ['Paris', 'Rome'] } }, required: ['city'] } } }];
+  const s = c.chat.completions.stream({ model, messages, tools, tool_choice: 'required', parallel_tool_calls: false,
+    temperature: 1, seed: 4, max_tokens: 200 });
+  const fin = await s.finalChatCompletion();
+  assert.equal(fin.choices[0].finish_reason, 'tool_calls');
+  const call = fin.choices[0].message.tool_calls[0];
+  assert.equal(call.function.name, 'get_weather');
+  assert.ok(['Paris', 'Rome'].includes(JSON.parse(call.function.arguments).city));
+  await assert.rejects(c.chat.completions.create({ model, messages, response_format: { type: 'json_schema',
+    json_schema: { name: 'x', schema: { type: 'string', format: 'date' } } } }), (e) => e.status === 400 && e.param === 'response_format');
+});

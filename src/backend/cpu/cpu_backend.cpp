@@ -20,6 +20,8 @@ namespace bamba {
 namespace {
 
 inline float silu(float x) { return x / (1.f + std::exp(-x)); }
+// The exact GELU (torch's default approximate="none").
+inline float gelu(float x) { return 0.5f * x * (1.f + std::erf(x * 0.70710678118654752f)); }
 // torch.nn.functional.softplus with beta 1, threshold 20.
 inline float softplus(float x) { return x > 20.f ? x : std::log1p(std::exp(x)); }
 
@@ -273,6 +275,113 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // ---- ops of the relatives
+  void scale(Tensor x, float s) override {
+    for (int64_t t = 0; t < x.rows(); ++t)
+      for (int64_t j = 0; j < x.shape[1]; ++j) row_mut(x, t)[j] *= s;
+  }
+  void copy(Tensor dst, Tensor src) override {
+    for (int64_t t = 0; t < dst.rows(); ++t) std::memcpy(row_mut(dst, t), row(src, t), size_t(dst.shape[1]) * 4);
+  }
+  void relu2(Tensor out, Tensor x) override {
+    for (int64_t t = 0; t < out.rows(); ++t)
+      for (int64_t j = 0; j < out.shape[1]; ++j) {
+        const float r = std::max(row(x, t)[j], 0.f);
+        row_mut(out, t)[j] = r * r;
+      }
+  }
+  void geglu(Tensor out, Tensor gate_up) override {
+    const int64_t F = out.shape[1];
+    for (int64_t t = 0; t < out.rows(); ++t) {
+      const float* g = row(gate_up, t);
+      for (int64_t j = 0; j < F; ++j) row_mut(out, t)[j] = gelu(g[j]) * g[F + j];
+    }
+  }
+  void silu_gate(Tensor out, Tensor y, Tensor z) override {
+    for (int64_t t = 0; t < out.rows(); ++t)
+      for (int64_t j = 0; j < out.shape[1]; ++j) row_mut(out, t)[j] = row(y, t)[j] * silu(row(z, t)[j]);
+  }
+
+  void moe_route(Tensor experts, Tensor weights, Tensor logits, Tensor bias, const MoeOpsConfig& c) override {
+    const int64_t E = c.n_experts, k = c.top_k;
+    std::vector<float> score(static_cast<size_t>(E)), choose(static_cast<size_t>(E));
+    std::vector<int32_t> order(static_cast<size_t>(E));
+    // The k largest of `choose`, largest first, lower index first among equals.
+    auto top_k = [&](int32_t* out) {
+      for (int32_t e = 0; e < E; ++e) order[size_t(e)] = e;
+      std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+        return choose[size_t(a)] > choose[size_t(b)] || (choose[size_t(a)] == choose[size_t(b)] && a < b);
+      });
+      std::copy_n(order.begin(), k, out);
+    };
+    for (int64_t t = 0; t < logits.rows(); ++t) {
+      const float* x = row(logits, t);
+      int32_t* idx = experts.ptr<int32_t>() + t * experts.ld;
+      float* w = row_mut(weights, t);
+      if (c.routing == MoeRouting::SoftmaxTopK) {
+        std::copy_n(x, E, choose.begin());
+        top_k(idx);
+        const float m = x[idx[0]];
+        float sum = 0.f;
+        for (int64_t j = 0; j < k; ++j) sum += (w[j] = std::exp(x[idx[j]] - m));
+        for (int64_t j = 0; j < k; ++j) w[j] /= sum;
+        continue;
+      }
+      for (int64_t e = 0; e < E; ++e) {
+        score[size_t(e)] = 1.f / (1.f + std::exp(-x[e]));
+        choose[size_t(e)] = score[size_t(e)] + (bias ? bias.ptr<float>()[e] : 0.f);
+      }
+      if (c.topk_group < c.n_group) {  // keep the experts of the topk_group best groups
+        const int64_t per = E / c.n_group;
+        std::vector<std::pair<float, int64_t>> groups;
+        for (int64_t g = 0; g < c.n_group; ++g) {
+          std::vector<float> v(choose.begin() + g * per, choose.begin() + (g + 1) * per);
+          std::partial_sort(v.begin(), v.begin() + std::min<int64_t>(2, per), v.end(), std::greater<float>());
+          groups.push_back({v[0] + (per > 1 ? v[1] : 0.f), g});
+        }
+        std::stable_sort(groups.begin(), groups.end(), [](auto& a, auto& b) { return a.first > b.first; });
+        for (int64_t r = c.topk_group; r < c.n_group; ++r)
+          for (int64_t e = 0; e < per; ++e) choose[size_t(groups[size_t(r)].second * per + e)] = -INFINITY;
+      }
+      top_k(idx);
+      float sum = 0.f;
+      for (int64_t j = 0; j < k; ++j) sum += (w[j] = score[size_t(idx[j])]);
+      for (int64_t j = 0; j < k; ++j) w[j] = (c.norm_topk_prob ? w[j] / (sum + 1e-20f) : w[j]) * c.routed_scaling;
+    }
+  }
+
+  // Expert by expert: gather its tokens, one GEMM up, the activation, one GEMM down, scatter-add × weight.
+  void moe_experts(Tensor out, Tensor x, Tensor up, Tensor down, Tensor experts, Tensor weights, ExpertAct act,
+                   const MoeScratch& sc) override {
+    const int64_t T = x.rows(), H = x.shape[1], k = experts.shape[1], E = up.shape[0], U = up.shape[1],
+                  F = down.shape[2];
+    for (int64_t t = 0; t < T; ++t) std::fill_n(row_mut(out, t), H, 0.f);
+    std::vector<int64_t> members;  // token * k + slot
+    for (int64_t e = 0; e < E; ++e) {
+      members.clear();
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t j = 0; j < k; ++j)
+          if (experts.ptr<int32_t>()[t * experts.ld + j] == e) members.push_back(t * k + j);
+      const int n = int(members.size());
+      if (!n) continue;
+      Tensor xs = sc.down.slice_rows(0, n);  // gathered inputs [n, H] (the down buffer is free until the GEMM)
+      for (int i = 0; i < n; ++i) std::memcpy(row_mut(xs, i), row(x, members[size_t(i)] / k), size_t(H) * 4);
+      Tensor u = sc.up.slice_rows(0, n), a = sc.act.slice_rows(0, n);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, int(U), int(H), 1.f, xs.ptr<float>(), int(xs.ld),
+                  up.ptr<float>() + e * U * H, int(H), 0.f, u.ptr<float>(), int(u.ld));
+      if (act == ExpertAct::SwiGLU) swiglu(a, u);
+      else relu2(a, u);
+      Tensor d = sc.down.slice_rows(0, n);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, int(H), int(F), 1.f, a.ptr<float>(), int(a.ld),
+                  down.ptr<float>() + e * H * F, int(F), 0.f, d.ptr<float>(), int(d.ld));
+      for (int i = 0; i < n; ++i) {
+        const int64_t t = members[size_t(i)] / k, j = members[size_t(i)] % k;
+        const float wgt = row(weights, t)[j];
+        for (int64_t c = 0; c < H; ++c) row_mut(out, t)[c] += wgt * row(d, i)[c];
+      }
+    }
+  }
+
   // ---- backward: the kernels of backend/cpu/grad_kernels.h in fp32; BLAS for the matmuls.
   void check_training_batch(const char* op) const {
     for (int32_t s = 0; s < b_->n_seqs(); ++s)
@@ -378,6 +487,16 @@ class CpuBackend final : public Backend {
       for (int64_t j = 0; j < V; ++j) s += std::exp(double(x[j]) - m);
       logprob[i] = float(double(x[targets[i]]) - m - std::log(s));
       greedy[i] = int32_t(std::max_element(x, x + V) - x);
+    }
+  }
+
+  void process_logits(Tensor logits, const LogitsProcessing& p) override {
+    check_f32(logits, "process_logits logits");
+    const int64_t V = logits.shape[1];
+    for (const LogitsRow& r : p.rows) {
+      BAMBA_CHECK(r.row >= 0 && r.row < logits.rows(), "process_logits: row ", r.row, " out of range");
+      process_logits_row(row_mut(logits, r.row), V, r, p.edits.data() + r.edit_begin,
+                         r.mask_offset >= 0 ? p.masks.data() + r.mask_offset : nullptr);
     }
   }
 

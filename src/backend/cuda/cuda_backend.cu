@@ -88,11 +88,12 @@ class CudaBackend final : public Backend {
     for (auto& [k, e] : graphs_) cudaGraphExecDestroy(e);
     for (auto& [p, n] : allocs_) cudaFree(p);
     for (auto& [k, p] : inv_freq_) cudaFree(p);
-    for (void* p : std::initializer_list<void*>{meta_dev_, scratch_, stage_dev_[0], stage_dev_[1], cublas_ws_, sample_dev_})
+    for (void* p : std::initializer_list<void*>{meta_dev_, scratch_, stage_dev_[0], stage_dev_[1], cublas_ws_, sample_dev_, proc_dev_})
       cudaFree(p);
-    for (void* p : std::initializer_list<void*>{meta_host_, stage_host_[0], stage_host_[1], sample_host_}) cudaFreeHost(p);
+    for (void* p : std::initializer_list<void*>{meta_host_, stage_host_[0], stage_host_[1], sample_host_, proc_host_}) cudaFreeHost(p);
     for (auto& e : stage_done_) cudaEventDestroy(e);
     cudaEventDestroy(meta_done_);
+    if (proc_done_) cudaEventDestroy(proc_done_);
     cublasDestroy(cublas_);
     cudaStreamDestroy(stream_);
   }
@@ -303,12 +304,66 @@ class CudaBackend final : public Backend {
                       out.shape[1]);
     });
   }
+  // ---- ops of the relatives
+  // By x's own dtype: activations, or the fp32 logits (logits_scaling, lm_head_multiplier).
+  void scale(Tensor x, float s) override {
+    if (x.device != Device::CUDA) fail("cuda scale: x must be a CUDA tensor");
+    dispatch_dtype(x.dtype, [&]<typename T>() { cuda::scale<T>(stream_, x.ptr<T>(), x.ld, x.rows(), x.shape[1], s); });
+  }
+  void copy(Tensor dst, Tensor src) override {
+    typed([&]<typename T>() {
+      copy2d<T>(stream_, act<T>(dst, "copy dst"), dst.ld, act<T>(src, "copy src"), src.ld, dst.rows(), dst.shape[1]);
+    });
+  }
+  void relu2(Tensor out, Tensor x) override {
+    typed([&]<typename T>() {
+      cuda::relu2<T>(stream_, act<T>(out, "relu2 out"), out.ld, act<T>(x, "relu2 x"), x.ld, out.rows(), out.shape[1]);
+    });
+  }
+  void geglu(Tensor out, Tensor gate_up) override {
+    typed([&]<typename T>() {
+      cuda::geglu<T>(stream_, act<T>(out, "geglu out"), out.ld, act<T>(gate_up, "gate_up"), gate_up.ld, out.rows(),
+                     out.shape[1]);
+    });
+  }
+  void silu_gate(Tensor out, Tensor y, Tensor z) override {
+    typed([&]<typename T>() {
+      cuda::silu_gate<T>(stream_, act<T>(out, "silu_gate out"), out.ld, act<T>(y, "silu_gate y"), y.ld,
+                         act<T>(z, "silu_gate z"), z.ld, out.rows(), out.shape[1]);
+    });
+  }
+  void moe_route(Tensor experts, Tensor weights, Tensor logits, Tensor bias, const MoeOpsConfig& c) override {
+    if (experts.dtype != DType::I32 || experts.device != Device::CUDA) fail("cuda moe_route: experts must be CUDA I32");
+    MoeRouteArgs a{f32(logits, "router logits"), logits.ld, pv(bias, "router bias"),
+                   experts.ptr<int32_t>(), experts.ld, f32(weights, "router weights"), weights.ld,
+                   int(logits.rows()), int(c.n_experts), int(c.top_k), c.routing == MoeRouting::SigmoidGroup,
+                   int(c.n_group), int(c.topk_group), int(c.norm_topk_prob), c.routed_scaling};
+    cuda::moe_route(stream_, a);
+  }
+  void moe_experts(Tensor out, Tensor x, Tensor up, Tensor down, Tensor experts, Tensor weights, ExpertAct act_kind,
+                   const MoeScratch& sc) override {
+    const int64_t n_tok = x.rows(), k = experts.shape[1], E = up.shape[0];
+    if (sc.index.dtype != DType::I32 || sc.index.numel() < 2 * n_tok * k + 2 * E + 2 || sc.up.rows() < n_tok * k)
+      fail("cuda moe_experts: scratch too small for ", n_tok, " tokens of ", k, " experts");
+    if (!up.contiguous() || !down.contiguous()) fail("cuda moe_experts: expert weights must be contiguous");
+    typed([&]<typename T>() {
+      MoeExpertsArgs a{act<T>(out, "moe out"), out.ld, act<T>(x, "moe x"), x.ld, act<T>(up, "experts up"),
+                       act<T>(down, "experts down"), experts.ptr<int32_t>(), experts.ld, f32(weights, "moe weights"),
+                       weights.ld, sc.index.ptr<int32_t>(), act<T>(sc.up, "moe up rows"), sc.up.ld,
+                       act<T>(sc.act, "moe act rows"), sc.act.ld, act<T>(sc.down, "moe down rows"), sc.down.ld,
+                       int(n_tok), int(x.shape[1]), int(E), int(k), int(up.shape[1]), int(down.shape[2]),
+                       act_kind == ExpertAct::Relu2};
+      cuda::moe_experts<T>(stream_, a);
+    });
+  }
+
   void gather_logit_rows(Tensor out, Tensor x) override {
     typed([&]<typename T>() {
       gather_rows<T>(stream_, act<T>(out, "gather out"), out.ld, act<T>(x, "gather in"), x.ld, x.shape[1], db_);
     });
   }
   void sample(Tensor logits, std::span<const SamplingParams> params, int32_t* out_tokens) override;
+  void process_logits(Tensor logits, const LogitsProcessing& p) override;
   void token_logprobs(Tensor logits, std::span<const int32_t> rows, std::span<const int32_t> targets, float* logprob,
                       int32_t* greedy) override;
 
@@ -323,7 +378,8 @@ class CudaBackend final : public Backend {
     }
   }
   const float* inv_freq(const AttentionOpsConfig& c) {
-    auto key = std::make_tuple(c.rotary_dim, c.rope_theta, int(c.inv_freq_dtype));
+    auto key = std::make_tuple(c.rotary_dim, c.rope_theta, int(c.inv_freq_dtype), c.rope_factor, c.rope_low_freq_factor,
+                               c.rope_high_freq_factor, c.rope_original_max_position);
     auto it = inv_freq_.find(key);
     if (it != inv_freq_.end()) return it->second;
     if (capturing_) fail("internal: RoPE table built during graph capture");
@@ -357,7 +413,7 @@ class CudaBackend final : public Backend {
   bool decode_ = false;
   float* scratch_ = nullptr;
   size_t scratch_floats_ = 0;
-  std::map<std::tuple<int64_t, float, int>, float*> inv_freq_;
+  std::map<std::tuple<int64_t, float, int, float, float, float, int64_t>, float*> inv_freq_;
   // graphs
   bool graphs_enabled_ = true, capturing_ = false;
   int gemv_max_rows_ = kMaxGemvRows;
@@ -369,6 +425,10 @@ class CudaBackend final : public Backend {
   DevSampling* sample_host_ = nullptr;
   void* sample_dev_ = nullptr;
   size_t sample_cap_ = 0;
+  void* proc_host_ = nullptr;  // process_logits' pinned staging and device buffers
+  void* proc_dev_ = nullptr;
+  size_t proc_cap_ = 0;
+  cudaEvent_t proc_done_ = nullptr;
 };
 
 // Packs the batch into one int32 array (so one copy uploads it) in an order whose offsets depend only on
@@ -479,6 +539,46 @@ void CudaBackend::sample(Tensor logits, std::span<const SamplingParams> params, 
   cuda::sample(stream_, logits.ptr<float>(), logits.ld, R, V, dp, dout);
   CUDA_CHECK(cudaMemcpyAsync(out_tokens, dout, size_t(R) * 4, cudaMemcpyDeviceToHost, stream_));
   CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+// The rows, edits and masks go up in one copy through buffers of their own; one kernel processes every row.
+void CudaBackend::process_logits(Tensor logits, const LogitsProcessing& p) {
+  const int64_t n = int64_t(p.rows.size()), V = logits.shape[1];
+  f32(logits, "process_logits logits");
+  if (n == 0) return;
+  const size_t rows_b = size_t(n) * sizeof(cuda::DevLogitsRow), edits_b = p.edits.size() * sizeof(cuda::DevLogitEdit),
+               masks_b = p.masks.size() * 4;
+  const size_t bytes = rows_b + edits_b + masks_b;
+  if (!proc_done_) CUDA_CHECK(cudaEventCreateWithFlags(&proc_done_, cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventSynchronize(proc_done_));  // the previous call's copy has read the staging buffer
+  if (bytes > proc_cap_) {
+    cudaFree(proc_dev_);
+    cudaFreeHost(proc_host_);
+    proc_cap_ = std::max<size_t>(bytes * 2, 1u << 16);
+    proc_dev_ = dev_malloc(proc_cap_, "the logits processing buffers");
+    CUDA_CHECK(cudaMallocHost(&proc_host_, proc_cap_));
+  }
+  auto* h = static_cast<char*>(proc_host_);
+  auto* hr = reinterpret_cast<cuda::DevLogitsRow*>(h);
+  for (int64_t i = 0; i < n; ++i) {
+    const LogitsRow& r = p.rows[size_t(i)];
+    BAMBA_CHECK(r.row >= 0 && r.row < logits.rows(), "process_logits: row ", r.row, " out of range");
+    hr[i] = {r.row, r.repetition_penalty, r.min_p_shift, r.edit_begin, r.edit_count, 0, r.mask_offset};
+  }
+  auto* he = reinterpret_cast<cuda::DevLogitEdit*>(h + rows_b);
+  for (size_t i = 0; i < p.edits.size(); ++i) {
+    const LogitEdit& e = p.edits[i];
+    BAMBA_CHECK(e.id >= 0 && e.id < V, "process_logits: token ", e.id, " out of range");
+    he[i] = {e.id, e.repeat, e.bias, e.sub};
+  }
+  std::memcpy(h + rows_b + edits_b, p.masks.data(), masks_b);
+  char* d = static_cast<char*>(proc_dev_);
+  CUDA_CHECK(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_));
+  CUDA_CHECK(cudaEventRecord(proc_done_, stream_));
+  cuda::process_logits(stream_, logits.ptr<float>(), logits.ld, V, n, reinterpret_cast<const cuda::DevLogitsRow*>(d),
+                       reinterpret_cast<const cuda::DevLogitEdit*>(d + rows_b),
+                       reinterpret_cast<const uint32_t*>(d + rows_b + edits_b));
+  // No synchronization: the buffers are this op's own (proc_done_ guards the staging one).
 }
 
 // The pinned host buffer and device buffer that sampling and scoring move their small per-row data through.

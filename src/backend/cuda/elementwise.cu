@@ -76,6 +76,42 @@ __global__ void swiglu_vec_kernel(T* out, int64_t ldo, const T* gu, int64_t ldg,
   *reinterpret_cast<uint4*>(out + r * ldo + j) = ov;
 }
 
+// One block row per grid.y row, threads over the columns: the small elementwise ops of the relatives.
+template <typename T>
+__global__ void scale_kernel(T* x, int64_t ldx, int N, float s) {
+  const int64_t r = blockIdx.y;
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < N; j += gridDim.x * blockDim.x)
+    x[r * ldx + j] = from_f<T>(to_f(x[r * ldx + j]) * s);
+}
+template <typename T>
+__global__ void copy_kernel(T* dst, int64_t ldd, const T* src, int64_t lds, int N) {
+  const int64_t r = blockIdx.y;
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < N; j += gridDim.x * blockDim.x) dst[r * ldd + j] = src[r * lds + j];
+}
+template <typename T>
+__global__ void relu2_kernel(T* out, int64_t ldo, const T* x, int64_t ldx, int N) {
+  const int64_t r = blockIdx.y;
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < N; j += gridDim.x * blockDim.x) {
+    const float v = fmaxf(to_f(x[r * ldx + j]), 0.f);
+    out[r * ldo + j] = from_f<T>(v * v);
+  }
+}
+// out = gelu(gate) * up with the exact erf GELU (torch's default).
+template <typename T>
+__global__ void geglu_kernel(T* out, int64_t ldo, const T* gu, int64_t ldg, int F) {
+  const int64_t r = blockIdx.y;
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < F; j += gridDim.x * blockDim.x) {
+    const float g = to_f(gu[r * ldg + j]);
+    out[r * ldo + j] = from_f<T>(0.5f * g * (1.f + erff(g * 0.70710678118654752f)) * to_f(gu[r * ldg + F + j]));
+  }
+}
+template <typename T>
+__global__ void silu_gate_kernel(T* out, int64_t ldo, const T* y, int64_t ldy, const T* z, int64_t ldz, int N) {
+  const int64_t r = blockIdx.y;
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < N; j += gridDim.x * blockDim.x)
+    out[r * ldo + j] = from_f<T>(to_f(y[r * ldy + j]) * silu_f(to_f(z[r * ldz + j])));
+}
+
 __global__ void fill_uniform_kernel(void* p, int is_bf16, int64_t n, uint64_t seed, float lo, float hi) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     float v = hash_uniform(seed, uint64_t(i), lo, hi);
@@ -144,6 +180,37 @@ void swiglu(cudaStream_t st, T* out, int64_t ldo, const T* gu, int64_t ldg, int6
   dim3 grid(ceil_div(F, 256), unsigned(M));
   launch_pdl(swiglu_kernel<T>, grid, dim3(256), 0, st, out, ldo, gu, ldg, int(F));
 }
+dim3 rows_grid(int64_t M, int64_t N) { return dim3(std::min<unsigned>(ceil_div(N, 256), 64u), unsigned(M)); }
+template <typename T>
+void scale(cudaStream_t st, T* x, int64_t ldx, int64_t M, int64_t N, float s) {
+  if (M == 0 || N == 0) return;
+  scale_kernel<T><<<rows_grid(M, N), 256, 0, st>>>(x, ldx, int(N), s);
+  CUDA_LAUNCH_CHECK();
+}
+template <typename T>
+void copy2d(cudaStream_t st, T* dst, int64_t ldd, const T* src, int64_t lds, int64_t M, int64_t N) {
+  if (M == 0 || N == 0) return;
+  copy_kernel<T><<<rows_grid(M, N), 256, 0, st>>>(dst, ldd, src, lds, int(N));
+  CUDA_LAUNCH_CHECK();
+}
+template <typename T>
+void relu2(cudaStream_t st, T* out, int64_t ldo, const T* x, int64_t ldx, int64_t M, int64_t N) {
+  if (M == 0 || N == 0) return;
+  relu2_kernel<T><<<rows_grid(M, N), 256, 0, st>>>(out, ldo, x, ldx, int(N));
+  CUDA_LAUNCH_CHECK();
+}
+template <typename T>
+void geglu(cudaStream_t st, T* out, int64_t ldo, const T* gu, int64_t ldg, int64_t M, int64_t F) {
+  if (M == 0 || F == 0) return;
+  geglu_kernel<T><<<rows_grid(M, F), 256, 0, st>>>(out, ldo, gu, ldg, int(F));
+  CUDA_LAUNCH_CHECK();
+}
+template <typename T>
+void silu_gate(cudaStream_t st, T* out, int64_t ldo, const T* y, int64_t ldy, const T* z, int64_t ldz, int64_t M, int64_t N) {
+  if (M == 0 || N == 0) return;
+  silu_gate_kernel<T><<<rows_grid(M, N), 256, 0, st>>>(out, ldo, y, ldy, z, ldz, int(N));
+  CUDA_LAUNCH_CHECK();
+}
 void fill_uniform(cudaStream_t st, void* p, DType t, int64_t n, uint64_t seed, float lo, float hi) {
   if (n == 0) return;
   fill_uniform_kernel<<<grid_for(n), 256, 0, st>>>(p, is_bf16(t), n, seed, lo, hi);
@@ -166,7 +233,12 @@ void convert(cudaStream_t st, void* dst, DType dst_t, const void* src, DType src
   template void embed<T>(cudaStream_t, T*, int64_t, const T*, int64_t, int64_t, const DevBatch&);           \
   template void gather_rows<T>(cudaStream_t, T*, int64_t, const T*, int64_t, int64_t, const DevBatch&);     \
   template void add_inplace<T>(cudaStream_t, T*, int64_t, const T*, int64_t, int64_t, int64_t);             \
-  template void swiglu<T>(cudaStream_t, T*, int64_t, const T*, int64_t, int64_t, int64_t);
+  template void swiglu<T>(cudaStream_t, T*, int64_t, const T*, int64_t, int64_t, int64_t);                  \
+  template void scale<T>(cudaStream_t, T*, int64_t, int64_t, int64_t, float);                               \
+  template void copy2d<T>(cudaStream_t, T*, int64_t, const T*, int64_t, int64_t, int64_t);                  \
+  template void relu2<T>(cudaStream_t, T*, int64_t, const T*, int64_t, int64_t, int64_t);                   \
+  template void geglu<T>(cudaStream_t, T*, int64_t, const T*, int64_t, int64_t, int64_t);                   \
+  template void silu_gate<T>(cudaStream_t, T*, int64_t, const T*, int64_t, const T*, int64_t, int64_t, int64_t);
 BAMBA_CUDA_DTYPES(INST)
 #undef INST
 

@@ -16,6 +16,17 @@ void add_inplace(cudaStream_t st, T* h, int64_t ldh, const T* x, int64_t ldx, in
 void add_bias(cudaStream_t st, void* y, bool y_f32, int64_t ldy, PView bias, int64_t M, int64_t N);
 template <typename T>
 void swiglu(cudaStream_t st, T* out, int64_t ldo, const T* gu, int64_t ldg, int64_t M, int64_t F);
+// Elementwise ops of Bamba's relatives (docs/family.md), [M, N] views with row strides.
+template <typename T>
+void scale(cudaStream_t st, T* x, int64_t ldx, int64_t M, int64_t N, float s);
+template <typename T>
+void copy2d(cudaStream_t st, T* dst, int64_t ldd, const T* src, int64_t lds, int64_t M, int64_t N);
+template <typename T>
+void relu2(cudaStream_t st, T* out, int64_t ldo, const T* x, int64_t ldx, int64_t M, int64_t N);
+template <typename T>
+void geglu(cudaStream_t st, T* out, int64_t ldo, const T* gu, int64_t ldg, int64_t M, int64_t F);
+template <typename T>
+void silu_gate(cudaStream_t st, T* out, int64_t ldo, const T* y, int64_t ldy, const T* z, int64_t ldz, int64_t M, int64_t N);
 template <typename T>
 void gather_rows(cudaStream_t st, T* out, int64_t ldo, const T* x, int64_t ldx, int64_t N, const DevBatch& b);
 void fill_uniform(cudaStream_t st, void* p, DType t, int64_t n, uint64_t seed, float lo, float hi);
@@ -79,6 +90,36 @@ void rope_and_cache(cudaStream_t st, const AttnArgs& a, const DevBatch& b);
 template <typename T>
 void attention(cudaStream_t st, const AttnArgs& a, const DevBatch& b, int max_seq_len);
 
+// moe.cu: mixture-of-experts routing and the expert MLPs as grouped GEMMs.
+// route: logits [T, E] fp32 (ld) -> experts [T, k] int32, weights [T, k] fp32 (ld of each given).
+struct MoeRouteArgs {
+  const float* logits; int64_t ldl;
+  PView bias;  // [E] or empty (F32 from a checkpoint, BF16 when generated)
+  int32_t* experts; int64_t lde;
+  float* weights; int64_t ldw;
+  int T, E, k;
+  int sigmoid_group;  // 0: softmax over the top k; 1: DeepSeek-V3 sigmoid grouped routing
+  int n_group, topk_group, norm_topk_prob;
+  float routed_scaling;
+};
+void moe_route(cudaStream_t st, const MoeRouteArgs& a);
+// experts: out [T, H] = Σ_j w[t,j] down[e](act(up[e] x[t])). index: int32 scratch of 2 T k + 2E + 2 entries; up_rows
+// [T k, U], act_rows [T k, F], down_rows [T k, H] scratch of T (ld given); act 0 SwiGLU, 1 relu².
+struct MoeExpertsArgs {
+  void* out; int64_t ldo;
+  const void* x; int64_t ldx;
+  const void* up; const void* down;  // [E, U, H], [E, H, F] contiguous
+  const int32_t* experts; int64_t lde;
+  const float* weights; int64_t ldw;
+  int32_t* index;
+  void* up_rows; int64_t ldu;
+  void* act_rows; int64_t lda;
+  void* down_rows; int64_t ldd;
+  int T, H, E, k, U, F, act;
+};
+template <typename T>
+void moe_experts(cudaStream_t st, const MoeExpertsArgs& a);
+
 // sample.cu
 struct DevSampling {
   float temperature;
@@ -88,6 +129,21 @@ struct DevSampling {
 };
 void sample(cudaStream_t st, const float* logits, int64_t ld, int64_t R, int64_t V, const DevSampling* params,
             int32_t* out);
+// logits_processing.cu: Backend::process_logits on the rows listed (one block each). The layouts mirror
+// LogitsRow / LogitEdit of backend.h.
+struct DevLogitsRow {
+  int32_t row;
+  float repetition_penalty, min_p_shift;
+  int32_t edit_begin, edit_count;
+  int32_t pad_;
+  int64_t mask_offset;  // in uint32 words; -1: no mask
+};
+struct DevLogitEdit {
+  int32_t id, repeat;
+  float bias, sub;
+};
+void process_logits(cudaStream_t st, float* logits, int64_t ld, int64_t V, int64_t n_rows, const DevLogitsRow* rows,
+                    const DevLogitEdit* edits, const uint32_t* masks);
 // For each of n (row, target) pairs: logprob = log_softmax(logits[row])[target], greedy = first argmax of the row.
 void token_logprobs(cudaStream_t st, const float* logits, int64_t ld, int64_t V, int64_t n, const int32_t* rows,
                     const int32_t* targets, float* logprob, int32_t* greedy);

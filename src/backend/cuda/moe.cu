@@ -1,0 +1,237 @@
+// Mixture-of-experts on the GPU (GraniteMoeHybrid, Nemotron-H): the router's top-k per token, then the routed
+// expert MLPs as GROUPED GEMMs: the (token, slot) pairs are sorted by expert, every expert's rows form one
+// contiguous group, and one launch per projection computes all groups (each block finds its expert from a tile
+// table), instead of a matmul per expert or per token. Steps:
+//   1. moe_sort: the pairs sorted by expert (stable: token order within an expert, as the CPU twin), the group
+//      offsets and the first tile of each group; inv[t k + j] = the row of pair (t, j).
+//   2. grouped GEMM up: up_rows[i] = x[token(i)] · up[e]ᵀ          (rows gathered through the sort)
+//   3. SwiGLU / relu² on up_rows -> act_rows
+//   4. grouped GEMM down: down_rows[i] = act_rows[i] · down[e]ᵀ
+//   5. combine: out[t] = Σ_j w[t, j] · down_rows[inv[t k + j]]   (fp32, in slot order)
+// The GEMM is a plain shared-memory tiled kernel with fp32 accumulation (64×64 tiles, 4×4 outputs per thread):
+// correct and grouped; tensor cores for it are future work (bench/NOTES.md).
+#include <algorithm>
+
+#include "backend/cuda/kernels.cuh"
+
+namespace bamba::cuda {
+namespace {
+
+constexpr int kMaxTopK = 32;
+
+// One thread per token; the scores are recomputed on every pass instead of stored (E is small, k smaller).
+__global__ void route_kernel(MoeRouteArgs a) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= a.T) return;
+  const float* x = a.logits + int64_t(t) * a.ldl;
+  auto sigmoid = [](float v) { return 1.f / (1.f + expf(-v)); };
+  auto choose = [&](int e) { return a.sigmoid_group ? sigmoid(x[e]) + (a.bias.p ? ld_param(a.bias, e) : 0.f) : x[e]; };
+  // Groups kept (SigmoidGroup with topk_group < n_group): per group the sum of its two best, the best groups.
+  unsigned long long kept = ~0ull;
+  const int per = a.E / a.n_group;
+  if (a.sigmoid_group && a.topk_group < a.n_group) {
+    kept = 0;
+    for (int r = 0; r < a.topk_group; ++r) {
+      int best_g = -1;
+      float best = -INFINITY;
+      for (int g = 0; g < a.n_group; ++g) {
+        if (kept >> g & 1) continue;
+        float m1 = -INFINITY, m2 = -INFINITY;
+        for (int e = g * per; e < (g + 1) * per; ++e) {
+          const float v = choose(e);
+          if (v > m1) { m2 = m1; m1 = v; }
+          else if (v > m2) m2 = v;
+        }
+        const float s = m1 + (per > 1 ? m2 : 0.f);
+        if (best_g < 0 || s > best) { best = s; best_g = g; }
+      }
+      kept |= 1ull << best_g;
+    }
+  }
+  int idx[kMaxTopK];
+  for (int j = 0; j < a.k; ++j) {  // the j-th best: the largest not yet taken, lowest index among equals
+    int best_e = -1;
+    float best = -INFINITY;
+    for (int e = 0; e < a.E; ++e) {
+      if (!(kept >> (e / per) & 1)) continue;
+      bool taken = false;
+      for (int q = 0; q < j; ++q) taken |= idx[q] == e;
+      if (taken) continue;
+      const float v = choose(e);
+      if (best_e < 0 || v > best) { best = v; best_e = e; }
+    }
+    idx[j] = best_e;
+  }
+  float w[kMaxTopK], sum = 0.f;
+  if (!a.sigmoid_group) {  // softmax over the k chosen logits
+    const float m = x[idx[0]];
+    for (int j = 0; j < a.k; ++j) sum += (w[j] = expf(x[idx[j]] - m));
+    for (int j = 0; j < a.k; ++j) w[j] /= sum;
+  } else {  // the unbiased sigmoid scores of the chosen, renormalised, scaled
+    for (int j = 0; j < a.k; ++j) sum += (w[j] = sigmoid(x[idx[j]]));
+    for (int j = 0; j < a.k; ++j) w[j] = (a.norm_topk_prob ? w[j] / (sum + 1e-20f) : w[j]) * a.routed_scaling;
+  }
+  for (int j = 0; j < a.k; ++j) {
+    a.experts[int64_t(t) * a.lde + j] = idx[j];
+    a.weights[int64_t(t) * a.ldw + j] = w[j];
+  }
+}
+
+constexpr int kBM = 64, kBN = 64, kBK = 16;
+
+// The index scratch: order [Tk] | inv [Tk] | offsets [E+1] | tile_start [E+1]   (2 Tk + 2E + 2 ints).
+struct SortOut {
+  int32_t *order, *inv, *offsets, *tile_start;
+};
+
+// One block; thread e collects expert e's pairs in order, reading the pairs through shared-memory tiles.
+__global__ void sort_kernel(const int32_t* experts, int64_t lde, int T, int k, int E, SortOut o) {
+  __shared__ int32_t tile[1024];
+  __shared__ int32_t count[1024];
+  const int Tk = T * k, e = threadIdx.x;
+  int n = 0;
+  for (int base = 0; base < Tk; base += 1024) {  // pass 1: counts
+    __syncthreads();
+    for (int i = threadIdx.x; i < 1024 && base + i < Tk; i += blockDim.x)
+      tile[i] = experts[int64_t((base + i) / k) * lde + (base + i) % k];
+    __syncthreads();
+    if (e < E)
+      for (int i = 0; i < 1024 && base + i < Tk; ++i) n += tile[i] == e;
+  }
+  if (e < E) count[e] = n;
+  __syncthreads();
+  if (threadIdx.x == 0) {  // offsets and tile starts (E is small)
+    int off = 0, tiles = 0;
+    for (int g = 0; g < E; ++g) {
+      o.offsets[g] = off;
+      o.tile_start[g] = tiles;
+      off += count[g];
+      tiles += (count[g] + kBM - 1) / kBM;
+    }
+    o.offsets[E] = off;
+    o.tile_start[E] = tiles;
+  }
+  __syncthreads();
+  int pos = e < E ? o.offsets[e] : 0;
+  for (int base = 0; base < Tk; base += 1024) {  // pass 2: placement in pair order
+    __syncthreads();
+    for (int i = threadIdx.x; i < 1024 && base + i < Tk; i += blockDim.x)
+      tile[i] = experts[int64_t((base + i) / k) * lde + (base + i) % k];
+    __syncthreads();
+    if (e < E)
+      for (int i = 0; i < 1024 && base + i < Tk; ++i)
+        if (tile[i] == e) {
+          o.order[pos] = base + i;
+          o.inv[base + i] = pos;
+          ++pos;
+        }
+  }
+}
+
+// C[r, n] = Σ_k A[a_row(r), k] · W_e[n, k] for the rows r of group e, for every group at once. blockIdx.y is a
+// tile of some group (found in tile_start), blockIdx.x a column tile. gather: A rows are x[order[r] / topk].
+template <typename T>
+__global__ void grouped_gemm_kernel(T* C, int64_t ldc, const T* A, int64_t lda, const T* W, int N, int K, int E,
+                                    SortOut o, int gather_k) {
+  __shared__ float As[kBK][kBM + 1];
+  __shared__ float Ws[kBK][kBN + 1];
+  __shared__ int32_t a_rows[kBM];
+  const int tile = blockIdx.y;
+  if (tile >= o.tile_start[E]) return;
+  int e = 0;
+  while (o.tile_start[e + 1] <= tile) ++e;  // the group of this tile (E is small)
+  const int r0 = o.offsets[e] + (tile - o.tile_start[e]) * kBM, r1 = min(r0 + kBM, o.offsets[e + 1]);
+  const int n0 = blockIdx.x * kBN;
+  const T* We = W + int64_t(e) * N * K;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;  // 16 × 16 threads, 4 × 4 outputs each
+  for (int i = threadIdx.x; i < kBM; i += blockDim.x) {
+    const int r = r0 + i;
+    a_rows[i] = r < r1 ? (gather_k ? o.order[r] / gather_k : r) : -1;
+  }
+  float acc[4][4] = {};
+  for (int k0 = 0; k0 < K; k0 += kBK) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < kBM * kBK; i += blockDim.x) {
+      const int m = i / kBK, kk = i % kBK, row = a_rows[m];
+      As[kk][m] = row >= 0 && k0 + kk < K ? to_f(A[int64_t(row) * lda + k0 + kk]) : 0.f;
+      const int n = n0 + m;
+      Ws[kk][m] = n < N && k0 + kk < K ? to_f(We[int64_t(n) * K + k0 + kk]) : 0.f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kBK; ++kk) {
+      float av[4], wv[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        av[q] = As[kk][ty * 4 + q];
+        wv[q] = Ws[kk][tx * 4 + q];
+      }
+#pragma unroll
+      for (int p = 0; p < 4; ++p)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[p][q] += av[p] * wv[q];
+    }
+  }
+#pragma unroll
+  for (int p = 0; p < 4; ++p) {
+    const int r = r0 + ty * 4 + p;
+    if (r >= r1) continue;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int n = n0 + tx * 4 + q;
+      if (n < N) C[int64_t(r) * ldc + n] = from_f<T>(acc[p][q]);
+    }
+  }
+}
+
+template <typename T>
+__global__ void combine_kernel(T* out, int64_t ldo, const T* rows, int64_t ldr, const float* w, int64_t ldw,
+                               const int32_t* inv, int k, int H) {
+  const int t = blockIdx.x;
+  for (int c = threadIdx.x; c < H; c += blockDim.x) {
+    float acc = 0.f;
+    for (int j = 0; j < k; ++j) acc += w[int64_t(t) * ldw + j] * to_f(rows[int64_t(inv[t * k + j]) * ldr + c]);
+    out[int64_t(t) * ldo + c] = from_f<T>(acc);
+  }
+}
+
+}  // namespace
+
+void moe_route(cudaStream_t st, const MoeRouteArgs& a) {
+  if (a.T == 0) return;
+  if (a.k > kMaxTopK) fail("cuda moe_route: num_experts_per_tok ", a.k, " exceeds ", kMaxTopK);
+  if (a.sigmoid_group && a.n_group > 64) fail("cuda moe_route: n_group ", a.n_group, " exceeds 64");
+  route_kernel<<<ceil_div(a.T, 128), 128, 0, st>>>(a);
+  CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void moe_experts(cudaStream_t st, const MoeExpertsArgs& a) {
+  if (a.T == 0) return;
+  if (a.E > 1024) fail("cuda moe_experts: ", a.E, " experts exceed 1024");
+  const int Tk = a.T * a.k;
+  SortOut o{a.index, a.index + Tk, a.index + 2 * Tk, a.index + 2 * Tk + a.E + 1};
+  sort_kernel<<<1, std::max(32, (a.E + 31) / 32 * 32), 0, st>>>(a.experts, a.lde, a.T, a.k, a.E, o);
+  CUDA_LAUNCH_CHECK();
+  // At most Tk / BM + E tiles in all; blocks past the last one exit at once.
+  const unsigned max_tiles = unsigned(Tk / kBM + a.E);
+  grouped_gemm_kernel<T><<<dim3(ceil_div(a.U, kBN), max_tiles), 256, 0, st>>>(
+      static_cast<T*>(a.up_rows), a.ldu, static_cast<const T*>(a.x), a.ldx, static_cast<const T*>(a.up), a.U, a.H, a.E,
+      o, a.k);
+  CUDA_LAUNCH_CHECK();
+  if (a.act == 0) swiglu<T>(st, static_cast<T*>(a.act_rows), a.lda, static_cast<const T*>(a.up_rows), a.ldu, Tk, a.F);
+  else relu2<T>(st, static_cast<T*>(a.act_rows), a.lda, static_cast<const T*>(a.up_rows), a.ldu, Tk, a.F);
+  grouped_gemm_kernel<T><<<dim3(ceil_div(a.H, kBN), max_tiles), 256, 0, st>>>(
+      static_cast<T*>(a.down_rows), a.ldd, static_cast<const T*>(a.act_rows), a.lda, static_cast<const T*>(a.down), a.H,
+      a.F, a.E, o, 0);
+  CUDA_LAUNCH_CHECK();
+  combine_kernel<T><<<unsigned(a.T), 256, 0, st>>>(static_cast<T*>(a.out), a.ldo, static_cast<const T*>(a.down_rows),
+                                                   a.ldd, a.weights, a.ldw, o.inv, a.k, a.H);
+  CUDA_LAUNCH_CHECK();
+}
+
+#define INST(T) template void moe_experts<T>(cudaStream_t, const MoeExpertsArgs&);
+BAMBA_CUDA_DTYPES(INST)
+#undef INST
+
+}  // namespace bamba::cuda
