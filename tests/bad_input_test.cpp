@@ -530,7 +530,7 @@ TEST(BadConfig, TrainingRejectsOtherModelTypes) {
   auto be = make_cpu_backend();
   HybridModel m = load_model(dir, *be);
   ModelWeights g = zeros_like_weights(m.config(), *be);
-  TrainBatch b{1, 4, {5, 6, 7, 8}, {5, 6, 7, 8}};
+  TrainBatch b{1, 4, {5, 6, 7, 8}, {5, 6, 7, 8}, {}};
   EXPECT_ERROR(m.forward_backward(b, g), "training supports model_type \"bamba\" only", "\"llama\"");
 }
 
