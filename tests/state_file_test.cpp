@@ -12,6 +12,7 @@
 #include "engine/drafter.h"
 #include "engine/generator.h"
 #include "model/state_file.h"
+#include "fixture_runner.h"
 #include "test_util.h"
 
 namespace bamba {
@@ -21,7 +22,7 @@ struct Model {
   std::unique_ptr<Backend> be = make_cpu_backend();
   HybridModel model;
   explicit Model(const std::string& name)
-      : model(name == "dummy" ? dummy_model(*be) : load_model(test::model_dir(name), *be)) {}
+      : model(name == "dummy" ? dummy_model(*be) : load_model(test::fixture_model_dir(name), *be)) {}
 };
 
 std::vector<int32_t> random_tokens(int32_t n, int32_t vocab, uint32_t seed) {
@@ -129,6 +130,9 @@ TEST_P(StateModels, KeptUnderSpeculationEqualsPlain) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, StateModels, ::testing::Values("bamba-tiny-a", "dummy"));
+INSTANTIATE_TEST_SUITE_P(Family, StateModels,
+                         ::testing::Values("mamba2", "llama3", "granitemoehybrid-moe", "nemotron_h", "falcon_h1", "zamba2"),
+                         [](const auto& info) { return test::fixture_param_name(info.param); });
 
 TEST(StateFile, BadFilesFailWithClearErrors) {
   Model tiny("bamba-tiny-a"), dummy("dummy");
