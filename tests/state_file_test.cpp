@@ -158,7 +158,7 @@ TEST(StateFile, BadFilesFailWithClearErrors) {
   EXPECT_NE(load_into(tiny, dir + "/cut.bin").find("cut.bin: the checksum does not match"), std::string::npos)
       << load_into(tiny, dir + "/cut.bin");
   write_bytes(dir + "/short.bin", bytes.substr(0, 20));
-  EXPECT_NE(load_into(tiny, dir + "/short.bin").find("short.bin: the state is cut short (in the model shape"),
+  EXPECT_NE(load_into(tiny, dir + "/short.bin").find("short.bin: the state is cut short (in the model type"),
             std::string::npos)
       << load_into(tiny, dir + "/short.bin");
   std::string flipped = bytes;
@@ -167,6 +167,9 @@ TEST(StateFile, BadFilesFailWithClearErrors) {
   EXPECT_NE(load_into(tiny, dir + "/flipped.bin").find("checksum"), std::string::npos);
   const std::string other = load_into(dummy, good);
   EXPECT_NE(other.find("good.bin: saved from another model: its "), std::string::npos) << other;
+  Model mamba("mamba2");
+  const std::string kind = load_into(mamba, good);
+  EXPECT_NE(kind.find("good.bin: saved from a \"bamba\" model, this one is \"mamba2\""), std::string::npos) << kind;
 }
 
 TEST(StateFile, GenerateSavesAndLoadsAConversation) {
