@@ -12,6 +12,7 @@
 #include "engine/engine.h"
 #include "engine/generator.h"
 #include "engine/prefix_cache.h"
+#include "fixture_runner.h"
 #include "test_util.h"
 
 namespace bamba {
@@ -51,7 +52,7 @@ struct Model {
   std::unique_ptr<Backend> be = make_cpu_backend();
   HybridModel model;
   explicit Model(const std::string& name)
-      : model(name == "dummy" ? dummy_model(*be) : load_model(test::model_dir(name), *be)) {}
+      : model(name == "dummy" ? dummy_model(*be) : load_model(test::fixture_model_dir(name), *be)) {}
 };
 
 EngineOptions options(const HybridModel& m, bool prefix, int32_t budget = 64, int32_t num_blocks = 0,
@@ -103,8 +104,8 @@ std::vector<Result> run_in_order(Engine& e, std::vector<RequestParams> ps) {
 
 class PrefixCacheModels : public ::testing::TestWithParam<const char*> {};
 
-TEST_P(PrefixCacheModels, OutputsEqualWithoutTheCacheAndHitsCountAsThePagesSay) {
-  Model m(GetParam());
+void outputs_and_hits(const char* model, bool decode_snapshots, uint64_t want_hits) {
+  Model m(model);
   const int32_t V = int32_t(m.model.config().vocab_size);
   // 16-token pages. A system prompt of 40 tokens; requests of 60 tokens (chunks of 64 tokens per step).
   const auto sys = random_tokens(40, V, 1);
@@ -121,7 +122,9 @@ TEST_P(PrefixCacheModels, OutputsEqualWithoutTheCacheAndHitsCountAsThePagesSay) 
     Engine e(m.model, nullptr, options(m.model, false));
     ref = run_in_order(e, ps);
   }
-  Engine e(m.model, nullptr, options(m.model, true));
+  EngineOptions with = options(m.model, true);
+  with.sched.prefix_decode_snapshots = decode_snapshots;
+  Engine e(m.model, nullptr, with);
   got = run_in_order(e, ps);
   double worst = 0;
   for (size_t i = 0; i < ps.size(); ++i) {
@@ -142,13 +145,28 @@ TEST_P(PrefixCacheModels, OutputsEqualWithoutTheCacheAndHitsCountAsThePagesSay) 
   EXPECT_LT(worst, 2e-4) << "largest logprob difference";
   std::printf("largest logprob difference with / without the prefix cache: %.3g\n", worst);
   const EngineStats st = e.stats();
-  EXPECT_EQ(st.prefix_cache_hits, 32u + 48u + 48u + 64u);
+  EXPECT_EQ(st.prefix_cache_hits, want_hits);
   EXPECT_EQ(st.prefix_cache_queries, 4u * 60u + 78u + 116u);
-  EXPECT_GT(st.prefix_cache_pages, 0);
+  EXPECT_EQ(st.prefix_cache_pages > 0, m.model.config().n_attention_layers() > 0);  // a pure Mamba model: none
   EXPECT_LE(st.prefix_cache_snapshots, 8);
 }
 
+TEST_P(PrefixCacheModels, OutputsEqualWithoutTheCacheAndHitsCountAsThePagesSay) {
+  outputs_and_hits(GetParam(), false, 32 + 48 + 48 + 64);
+}
+
+// With decode-time snapshots the next turns restore past the previous answers too: turn 1 at 64 (A's output
+// crossed 64), turn 2 at 80.
+TEST_P(PrefixCacheModels, DecodeSnapshotsLetTheNextTurnSkipThePreviousAnswer) {
+  outputs_and_hits(GetParam(), true, 32 + 48 + 64 + 80);
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, PrefixCacheModels, ::testing::Values("bamba-tiny-a", "dummy"));
+// Bamba's relatives (tests/data/family): a pure Mamba model (snapshots, no pages), a pure attention one (pages,
+// empty snapshots) and the other layer structures.
+INSTANTIATE_TEST_SUITE_P(Family, PrefixCacheModels,
+                         ::testing::Values("mamba2", "llama3", "granitemoehybrid-moe", "nemotron_h", "falcon_h1", "zamba2"),
+                         [](const auto& info) { return test::fixture_param_name(info.param); });
 
 // Many different prompts through a pool of 16 pages (one 256-token sequence): the cache evicts its least
 // recently used pages and snapshots for the running sequences, outputs stay those without the cache, and at the
@@ -221,6 +239,52 @@ TEST(PrefixCache, ChoicesForkOnePrefillAndEachEqualsItsRunAlone) {
     }
     EXPECT_EQ(e.stats().forks, 3u);
   }
+}
+
+// Everything at once: 40 requests (four system prompts, choices of one prompt submitted together, seeded
+// sampling, scored prompts) through 16 pages, so sequences are preempted, cached pages and snapshots evicted and
+// choices forked while the cache fills: the outputs are those of an engine without the prefix cache and forks.
+TEST(PrefixCache, UnderPreemptionEvictionAndForksOutputsStayTheSame) {
+  Model m("bamba-tiny-a");
+  const int32_t V = int32_t(m.model.config().vocab_size);
+  std::vector<std::vector<int32_t>> systems;
+  for (uint32_t k = 0; k < 4; ++k) systems.push_back(random_tokens(20 + 13 * int32_t(k), V, 50 + k));
+  std::vector<RequestParams> ps;
+  for (int32_t i = 0; i < 40; ++i) {
+    const bool same_as_last = i % 5 == 1;  // the choices of one prompt
+    ps.push_back(same_as_last ? ps.back()
+                              : greedy(concat(systems[size_t(i % 4)], random_tokens(5 + (i * 7) % 40, V, 200 + uint32_t(i))),
+                                       3 + i % 6));
+    if (i % 3 == 0) ps.back().sampling = {0.8f, 20, 0.9f, 1000 + uint64_t(i)};
+    if (i % 11 == 0) ps.back().prompt_logprobs = 1;
+  }
+  auto run = [&](bool prefix, bool fork) {
+    EngineOptions o = options(m.model, prefix, 64, 16, 4);
+    o.fork_choices = fork;
+    Engine e(m.model, nullptr, o);
+    auto ch = std::make_shared<Channel>();
+    e.submit_all(ps, ch);
+    std::vector<Result> res(ps.size());
+    for (size_t done = 0; done < ps.size();) {
+      auto out = ch->pop(120s);
+      if (!out) {
+        ADD_FAILURE() << "timed out";
+        break;
+      }
+      EXPECT_TRUE(out->error.empty()) << out->error;
+      res[size_t(out->index)].tokens.insert(res[size_t(out->index)].tokens.end(), out->tokens.begin(), out->tokens.end());
+      done += out->finish != FinishReason::None;
+    }
+    const EngineStats st = e.stats();
+    if (prefix) {
+      EXPECT_GT(st.preemptions, 0u);
+      EXPECT_GT(st.prefix_cache_hits, 0u);
+      EXPECT_GT(st.forks, 0u);
+    }
+    return res;
+  };
+  const auto ref = run(false, false), got = run(true, true);
+  for (size_t i = 0; i < ps.size(); ++i) EXPECT_EQ(got[i].tokens, ref[i].tokens) << "request " << i;
 }
 
 // The Scheduler alone: a prefix that ends inside a prefill chunk splits the chunk at the page boundary (the

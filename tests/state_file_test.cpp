@@ -9,8 +9,10 @@
 #include <random>
 
 #include "core/error.h"
+#include "engine/drafter.h"
 #include "engine/generator.h"
 #include "model/state_file.h"
+#include "fixture_runner.h"
 #include "test_util.h"
 
 namespace bamba {
@@ -20,7 +22,7 @@ struct Model {
   std::unique_ptr<Backend> be = make_cpu_backend();
   HybridModel model;
   explicit Model(const std::string& name)
-      : model(name == "dummy" ? dummy_model(*be) : load_model(test::model_dir(name), *be)) {}
+      : model(name == "dummy" ? dummy_model(*be) : load_model(test::fixture_model_dir(name), *be)) {}
 };
 
 std::vector<int32_t> random_tokens(int32_t n, int32_t vocab, uint32_t seed) {
@@ -89,7 +91,48 @@ TEST_P(StateModels, RestoredEqualsContinuedAndForkedBranchesEqualTheirRunsAlone)
   }
 }
 
+// Under speculative decoding (prompt lookup, which drafts a lot on a repetitive prompt) the kept state is still
+// exactly the conversation's: a stop inside a verification step rolls it back to the step's snapshot.
+TEST_P(StateModels, KeptUnderSpeculationEqualsPlain) {
+  Model m(GetParam());
+  const int32_t V = int32_t(m.model.config().vocab_size);
+  const std::string file = test::make_temp_dir("state") + "/spec.bin";
+  std::vector<int32_t> p1;
+  for (int i = 0; i < 6; ++i) {
+    auto r = random_tokens(7, V, 9);
+    p1.insert(p1.end(), r.begin(), r.end());
+  }
+  const auto p2 = random_tokens(5, V, 10);
+  NgramDrafter drafter(1, 4);
+  Generator spec(m.model, 512, 16, {&drafter, 4});
+  spec.set_keep_state(true);
+  Generator plain(m.model, 512, 16);
+  plain.set_keep_state(true);
+  // The caller stops after n tokens (as a stop string does) while up to 40 are allowed, so the stop can come in
+  // the middle of a verification step.
+  auto stop_after = [](Generator& g, const std::vector<int32_t>& prompt, size_t n) {
+    std::vector<int32_t> out;
+    g.generate(prompt, 40, {}, {}, [&](int32_t id) {
+      out.push_back(id);
+      return out.size() < n;
+    });
+    return out;
+  };
+  for (size_t n : {7, 3, 11, 2, 5}) {
+    EXPECT_EQ(stop_after(spec, p1, n), stop_after(plain, p1, n));
+    spec.save_state(file);
+    Generator restored(m.model, 512, 16);
+    restored.load_state(file);
+    EXPECT_EQ(gen(restored, p2, 9), gen(spec, p2, 9));
+    gen(plain, p2, 9);
+  }
+  EXPECT_EQ(spec.tokens(), plain.tokens());
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, StateModels, ::testing::Values("bamba-tiny-a", "dummy"));
+INSTANTIATE_TEST_SUITE_P(Family, StateModels,
+                         ::testing::Values("mamba2", "llama3", "granitemoehybrid-moe", "nemotron_h", "falcon_h1", "zamba2"),
+                         [](const auto& info) { return test::fixture_param_name(info.param); });
 
 TEST(StateFile, BadFilesFailWithClearErrors) {
   Model tiny("bamba-tiny-a"), dummy("dummy");
@@ -115,7 +158,7 @@ TEST(StateFile, BadFilesFailWithClearErrors) {
   EXPECT_NE(load_into(tiny, dir + "/cut.bin").find("cut.bin: the checksum does not match"), std::string::npos)
       << load_into(tiny, dir + "/cut.bin");
   write_bytes(dir + "/short.bin", bytes.substr(0, 20));
-  EXPECT_NE(load_into(tiny, dir + "/short.bin").find("short.bin: the state is cut short (in the model shape"),
+  EXPECT_NE(load_into(tiny, dir + "/short.bin").find("short.bin: the state is cut short (in the model type"),
             std::string::npos)
       << load_into(tiny, dir + "/short.bin");
   std::string flipped = bytes;
@@ -124,6 +167,9 @@ TEST(StateFile, BadFilesFailWithClearErrors) {
   EXPECT_NE(load_into(tiny, dir + "/flipped.bin").find("checksum"), std::string::npos);
   const std::string other = load_into(dummy, good);
   EXPECT_NE(other.find("good.bin: saved from another model: its "), std::string::npos) << other;
+  Model mamba("mamba2");
+  const std::string kind = load_into(mamba, good);
+  EXPECT_NE(kind.find("good.bin: saved from a \"bamba\" model, this one is \"mamba2\""), std::string::npos) << kind;
 }
 
 TEST(StateFile, GenerateSavesAndLoadsAConversation) {

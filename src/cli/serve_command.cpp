@@ -28,7 +28,7 @@ struct ServeOptions {
   int32_t max_num_seqs = 256, max_batched_tokens = 2048, num_kv_blocks = 0, max_n = 64, max_logprobs = 20;
   double cache_gib = 4;
   int32_t max_sessions = 0;
-  bool prefix_cache = true;
+  bool prefix_cache = true, prefix_decode_snapshots = false;
   double prefix_cache_gib = -1;  // < 0: a quarter of cache_gib
   double max_body_mib = 32;
 };
@@ -87,6 +87,7 @@ void run(ServeOptions o) {
   }
   eo.sched.prefix_cache = o.prefix_cache;
   eo.sched.prefix_snapshots = snapshots;
+  eo.sched.prefix_decode_snapshots = o.prefix_cache && o.prefix_decode_snapshots;
   eo.max_sessions = o.max_sessions;
   eo.cache = Engine::cache_sizes(cfg, o.max_num_seqs, m.max_model_len, o.cache_gib * double(1u << 30), o.num_kv_blocks,
                                  snapshots + o.max_sessions);
@@ -137,6 +138,9 @@ void register_serve(CLI::App& app) {
                   "GiB of --cache-memory for the prefix cache's Mamba state snapshots (default: a quarter); its KV "
                   "pages share the KV pool and are evicted, least recently used first, when sequences need them")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--prefix-cache-decode-snapshots", o->prefix_decode_snapshots,
+                "Also snapshot the state of decoding sequences at page boundaries (the latest per sequence), so the "
+                "next turn of a chat restores past the previous answer; one state copy per page of output");
   cmd->add_option("--max-sessions", o->max_sessions,
                   "Sequence states kept between requests (the 'session' field, /v1/sessions; 0 = off); each has its "
                   "own state slot, and its KV pages come from the pool")

@@ -161,6 +161,14 @@ bool PrefixCache::evict_page() {
   return evicted;
 }
 
+void PrefixCache::drop_snapshot(uint64_t key) {
+  auto it = map_.find(key);
+  if (it == map_.end() || it->second.slot < 0) return;
+  cache_.give_slot(it->second.slot);
+  it->second.slot = -1;
+  --snapshots_;
+}
+
 bool PrefixCache::evict_snapshot(uint64_t keep) {
   for (const auto& [used, neg_depth, key] : lru_) {
     Entry& e = map_.at(key);

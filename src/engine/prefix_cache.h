@@ -46,6 +46,8 @@ class PrefixCache {
   // extended), and with `snapshot` (seq.len a page boundary) keeps a copy of its state there.
   void insert(std::span<const int32_t> tokens, const SeqCache& seq, std::vector<uint64_t>& keys, bool snapshot);
 
+  // Gives back the snapshot kept after page `key` (if any): a sequence's older decode-time snapshot.
+  void drop_snapshot(uint64_t key);
   // Frees the least recently used page that only the prefix cache holds. False if there is none.
   bool evict_page();
 

@@ -153,7 +153,16 @@ void Scheduler::advance(const ScheduledSeq& p) {
   s.cache.len = s.computed;
   const bool at_stop = !s.snapshot_at.empty() && s.snapshot_at.front() == s.computed;
   if (at_stop) s.snapshot_at.erase(s.snapshot_at.begin());
-  if (prefix_) prefix_->insert(s.tokens, s.cache, s.page_keys, at_stop && s.computed % prefix_->block_size() == 0);
+  if (prefix_) {
+    const int32_t bs = prefix_->block_size();
+    const bool decode_snap = cfg_.prefix_decode_snapshots && s.computed > s.prompt_len && s.computed % bs == 0;
+    prefix_->insert(s.tokens, s.cache, s.page_keys, (at_stop || decode_snap) && s.computed % bs == 0);
+    if (decode_snap && int32_t(s.page_keys.size()) == s.computed / bs) {
+      const uint64_t key = s.page_keys.back();
+      if (s.decode_snapshot != 0 && s.decode_snapshot != key) prefix_->drop_snapshot(s.decode_snapshot);
+      s.decode_snapshot = key;
+    }
+  }
   if (s.computed != s.prompt_len - 1) return;
   // The fork point of n > 1: the followers take a copy of this state and compute the last prompt token each.
   std::vector<Sequence*> followers;

@@ -37,6 +37,7 @@ struct Sequence {
   std::vector<uint64_t> page_keys;   // keys of the full pages registered so far (PrefixCache::insert)
   std::vector<int32_t> snapshot_at;  // positions where the state is to be kept, ascending; chunks end there
   int32_t cached = 0;                // tokens restored from the prefix cache at the last start
+  uint64_t decode_snapshot = 0;      // key of the page after which its latest decode-time snapshot is kept
   // n > 1: the id of the sequence whose prefill this one forks (-1: none)
   int64_t fork_of = -1;
 
@@ -57,6 +58,10 @@ struct SchedulerConfig {
   int32_t max_logit_rows = 256;       // logit rows per step (>= max_num_seqs)
   bool prefix_cache = false;          // share cached prompt prefixes (PrefixCache)
   int32_t prefix_snapshots = 0;       // state slots for the prefix cache's snapshots (beyond max_num_seqs)
+  // Also snapshot decoding sequences at each page boundary, keeping the latest one per sequence: the next turn of
+  // a chat then restores past the previous answer, not only past the previous prompt. One state copy per page
+  // of output per sequence, and the snapshots compete for the same budget.
+  bool prefix_decode_snapshots = false;
 };
 
 class Scheduler {

@@ -64,6 +64,9 @@ std::string encode_state(const ModelConfig& cfg, HybridCache& cache, const SeqCa
   std::string out;
   out.append(kMagic, 8);
   put(out, &kVersion, 1);
+  const uint32_t type_len = uint32_t(cfg.model_type.size());
+  put(out, &type_len, 1);
+  out += cfg.model_type;
   const auto shape = shape_of(cfg);
   put(out, shape.data(), shape.size());
   const uint32_t counts[2] = {uint32_t(tokens.size()), uint32_t(seq.len)};
@@ -103,6 +106,12 @@ std::vector<int32_t> decode_state(std::string_view bytes, const std::string& wha
   uint32_t version = 0;
   r.get(&version, 1, "the version");
   BAMBA_CHECK(version == kVersion, what, ": state format version ", version, " (this bamba reads ", kVersion, ")");
+  uint32_t type_len = 0;
+  r.get(&type_len, 1, "the model type");
+  BAMBA_CHECK(type_len <= 256, what, ": the model type's length (", type_len, ") is not plausible");
+  std::string type(type_len, '\0');
+  r.get(type.data(), type_len, "the model type");
+  BAMBA_CHECK(type == cfg.model_type, what, ": saved from a \"", type, "\" model, this one is \"", cfg.model_type, "\"");
   const auto want = shape_of(cfg);
   std::vector<uint32_t> got(want.size());
   r.get(got.data(), got.size(), "the model shape");

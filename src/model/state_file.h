@@ -6,6 +6,7 @@
 // Format (little-endian; docs/serving.md):
 //   "BAMBAST1"                                  8 bytes magic
 //   u32 version (1)
+//   u32 length + bytes: the model_type ("bamba", "mamba2", ...)
 //   u32 x 13 model shape: layers, hidden, vocab, mamba layers, attention layers, conv dim, d_conv, mamba heads,
 //            mamba head dim, d_state, kv heads, head dim, and a bit mask of the attention layers (first 32)
 //   u32 n_tokens, u32 len                       tokens; the state covers tokens[0, len) (len <= n_tokens: the
