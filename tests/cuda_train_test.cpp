@@ -468,7 +468,7 @@ TEST_F(CudaTrainer, AdamWKernelEqualsTheHostLoop) {
       void upload(void*, const void*, DType, size_t) override {}
       void zero(float* p, size_t n) override { be.fill(v(p, DType::F32, n), 0.f); }
       double sum_squares(const float* g, size_t n) override { return be.sum_squares(v(g, DType::F32, n)); }
-      void scale(float* g, size_t n, float c) override { be.scale(v(g, DType::F32, n), c); }
+      void scale(float* g, size_t n, float c) override { be.scale_gradient(v(g, DType::F32, n), c); }
       void adamw(const ParamRef& p, void* m, void* vv, bool b16, const AdamWUpdate& a) override {
         const DType t = b16 ? DType::BF16 : DType::F32;
         be.adamw_update(v(p.value, DType::F32, p.size), v(p.grad, DType::F32, p.size), v(m, t, p.size),

@@ -3,20 +3,22 @@
 #   corpora -> tokenizer -> token shards -> stage 1 (mixture 1) -> stage 2 in two branches (constant / cosine LR,
 #   mixture 2) -> each branch annealed (high-quality mixture) -> the two merged (linear) -> every stage evaluated.
 #
-# usage: examples/recipe/run.sh [--smoke] [--out DIR] [--device cpu|cuda|auto]
-#   --smoke   a few steps of every stage on a tiny shape and a sliver of the corpora (minutes on a CPU; CI runs it)
+# usage: examples/recipe/run.sh [--smoke] [--out DIR] [--device cpu|cuda|auto] [--tokens-scale F]
+#   --smoke          a few steps of every stage on a tiny shape and a sliver of the corpora (a minute on a CPU; CI)
+#   --tokens-scale   multiply every stage's `tokens` by F (a shorter or longer run of the same recipe)
 # env: BAMBA (the binary, default build/bamba), CORPORA (an already prepared corpora folder: skip step 1)
 # Needs the Debian packages that corpora.sh lists (scripts/setup.sh installs them).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-smoke=0 out=recipe-out device=auto
+smoke=0 out=recipe-out device=auto scale=1
 while [ $# -gt 0 ]; do
   case $1 in
     --smoke) smoke=1 ;;
     --out) out=$2; shift ;;
     --device) device=$2; shift ;;
-    *) echo "usage: $0 [--smoke] [--out DIR] [--device cpu|cuda|auto]" >&2; exit 2 ;;
+    --tokens-scale) scale=$2; shift ;;
+    *) echo "usage: $0 [--smoke] [--out DIR] [--device cpu|cuda|auto] [--tokens-scale F]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -59,13 +61,17 @@ if [ $smoke = 1 ]; then
   sed -i -e 's/^seq_len: .*/seq_len: 64/' -e 's/^micro_batch_size: .*/micro_batch_size: 2/' \
     -e 's/^batch_tokens: .*/batch_tokens: 256/' -e 's/^tokens: .*/steps: 3/' -e 's/warmup_steps: [0-9]*/warmup_steps: 1/' \
     configs/*.yml
+elif [ "$scale" != 1 ]; then
+  for f in configs/*.yml; do
+    t=$(sed -n 's/^tokens: //p' "$f"); [ -n "$t" ] && sed -i "s/^tokens: .*/tokens: $(python3 -c "print(int(float('$t') * $scale))")/" "$f"
+  done
 fi
 
 # 5. training: each stage starts from the previous stage's final checkpoint (stageN/final -> checkpoint-<last>)
 train() {
   log "train $1"
   rm -rf "$1"
-  "$bamba" train "configs/$1.yml" $([ $smoke = 1 ] && echo -q)
+  "$bamba" train "configs/$1.yml" --device "$device" $([ $smoke = 1 ] && echo -q)
   ln -sfn "$(basename "$(ls -d "$1"/checkpoint-* | sort -V | tail -1)")" "$1/final"
 }
 train stage1
