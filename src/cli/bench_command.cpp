@@ -15,7 +15,7 @@ void register_bench(CLI::App& app) {
   auto json = std::make_shared<std::string>("bench.json");
   auto tests = std::make_shared<std::string>();
   CLI::App* sub = app.add_subcommand("bench", "Prefill / decode / batched-decode speed with % of the hardware ceilings");
-  sub->add_option("--preset", o->preset, "Model shape with generated weights: bamba-9b or tiny")->capture_default_str();
+  sub->add_option("--preset", o->preset, "Model shape with generated weights: tiny, bamba-9b, llama-3.1-8b, granite-4.0-h-tiny or nemotron-h-8b")->capture_default_str();
   sub->add_option("--device", o->device, "cpu, cuda or auto")->capture_default_str();
   sub->add_option("--dtype", o->dtype, "GPU compute dtype: bf16 or fp32")
       ->capture_default_str()

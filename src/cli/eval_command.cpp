@@ -11,6 +11,7 @@
 #include "cli/common.h"
 #include "core/error.h"
 #include "eval/harness.h"
+#include "model/presets.h"
 
 namespace bamba::cli {
 
@@ -80,8 +81,7 @@ void run(const EvalCliOptions& o) {
     m = load(o.model, true);
   } else {
     // Generated weights score nothing meaningful: this is for timing (bench/NOTES.md), and says so.
-    if (o.preset != "bamba-9b" && o.preset != "tiny") fail("--preset: unknown preset \"", o.preset, "\" (bamba-9b, tiny)");
-    const ModelConfig cfg = o.preset == "bamba-9b" ? bamba_9b_config() : dummy_config();
+    const ModelConfig cfg = preset_config(o.preset);
     m.backend = make_backend(o.model.device, compute_dtype(o.model.dtype == "auto" ? "bf16" : o.model.dtype, DType::BF16));
     m.model = std::make_unique<HybridModel>(cfg, dummy_weights(cfg, *m.backend, 1), *m.backend);
     m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::byte_level_default());
@@ -135,7 +135,7 @@ void register_eval(CLI::App& app) {
   cmd->add_flag("--naive", o->naive, "Run every request as its own full sequence (no shared contexts or forks: for comparison)");
   cmd->add_option("--max-seqs", o->max_seqs, "Sequences in the cache at once (default 64 on the GPU, 8 on the CPU)");
   cmd->add_option("--max-tokens-per-step", o->max_tokens_per_step, "Tokens per forward step (default 8192 GPU, 1024 CPU)");
-  cmd->add_option("--preset", o->preset, "Instead of --model: a model shape with generated weights (bamba-9b, tiny), for timing");
+  cmd->add_option("--preset", o->preset, "Instead of --model: a model shape with generated weights (tiny, bamba-9b, llama-3.1-8b, granite-4.0-h-tiny, nemotron-h-8b), for timing");
   cmd->callback([o] { run(*o); });
 }
 

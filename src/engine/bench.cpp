@@ -9,6 +9,7 @@
 #include "backend/op_profiler.h"
 #include "core/error.h"
 #include "model/hybrid.h"
+#include "model/presets.h"
 
 namespace bamba {
 namespace {
@@ -173,10 +174,7 @@ struct Runner {
 }  // namespace
 
 BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
-  ModelConfig cfg;
-  if (o.preset == "bamba-9b") cfg = bamba_9b_config();
-  else if (o.preset == "tiny") cfg = dummy_config();
-  else fail("bench: unknown preset \"", o.preset, "\" (bamba-9b, tiny)");
+  const ModelConfig cfg = preset_config(o.preset);
   int max_pp = 0, max_seqs = 1;
   for (auto& t : o.tests) {
     if (t.rfind("pp", 0) == 0) max_pp = std::max(max_pp, std::stoi(t.substr(2)));

@@ -1,0 +1,17 @@
+// Preset model shapes (generated weights) for `bamba bench`, `bamba eval --preset` and `bamba train --bench`: the
+// dimensions of published checkpoints without their 16-20 GB of files. The relatives' presets are their hub
+// config.json texts, parsed by the same code that reads a downloaded folder (model/config_families.cpp).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace bamba {
+
+// tiny, bamba-9b, llama-3.1-8b, granite-4.0-h-tiny, nemotron-h-8b
+const std::vector<std::string>& preset_names();
+// Error naming the preset and listing the known ones.
+ModelConfig preset_config(const std::string& name);
+
+}  // namespace bamba

@@ -1,0 +1,35 @@
+// Preset shapes (model/presets.h): each parses through the config code a downloaded folder goes through, with the
+// published size.
+#include "model/presets.h"
+
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+
+namespace bamba {
+namespace {
+
+TEST(Presets, EveryPresetParsesWithItsPublishedSize) {
+  for (const std::string& n : preset_names()) EXPECT_NO_THROW(preset_config(n)) << n;
+  // Llama-3.1-8B's parameter count as Meta and HF report it, exactly.
+  EXPECT_EQ(preset_config("llama-3.1-8b").parameter_count(), 8030261248);
+  const ModelConfig g = preset_config("granite-4.0-h-tiny"), n = preset_config("nemotron-h-8b");
+  EXPECT_EQ(g.model_type, "granitemoehybrid");
+  EXPECT_EQ(g.n_attention_layers(), 4);
+  EXPECT_NEAR(double(g.parameter_count()), 6.9e9, 0.3e9);  // "7B total, 1B active"
+  EXPECT_EQ(n.model_type, "nemotron_h");
+  EXPECT_EQ(n.n_attention_layers(), 4);
+  EXPECT_EQ(n.n_mamba_layers(), 24);
+  EXPECT_NEAR(double(n.parameter_count()), 8.1e9, 0.3e9);
+  EXPECT_NEAR(double(preset_config("bamba-9b").parameter_count()), 9.78e9, 0.05e9);
+  try {
+    preset_config("llama-70b");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown preset \"llama-70b\" (expected one of: tiny, bamba-9b"),
+              std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace bamba
