@@ -419,6 +419,57 @@ TEST(TrainEndToEnd, TinyModelLearnsAndResumesExactly) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
+// A config with phases through `bamba train`: metrics.jsonl names each step's phase, and resuming before the
+// boundary or inside the second phase gives the straight run's final weights byte for byte.
+TEST(TrainEndToEnd, PhasesLogTheirNameAndResumeAcrossTheBoundary) {
+  const std::string data = make_data("train_phases");
+  const std::string out = test::make_temp_dir("train_phases_out");
+  fs::remove_all(out);
+  const std::string cfg = data + "/phases.yml";
+  std::ofstream(cfg) << "model: {preset: tiny}\n"
+                     << "phases:\n"
+                     << "  - {name: pretrain, steps: 4, data: [{name: a, path: " << data
+                     << "/a, weight: 3}, {name: b, path: " << data << "/b.bin, weight: 1}]}\n"
+                     << "  - {name: anneal, tokens: 384, data: [{name: b, path: " << data
+                     << "/b.bin, weight: 1}, {name: a, path: " << data << "/a, weight: 1}]}\n"
+                     << "seq_len: 32\nmicro_batch_size: 2\nbatch_tokens: 128\n"
+                     << "optimizer: {lr: 0.01}\nschedule: {name: constant, warmup_steps: 1}\n"
+                     << "precision: fp32\nsave_every: 3\nkeep_last: 0\noutput: " << out << "\n";
+  test::RunResult r = test::run_bamba("train " + cfg + " -q");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_TRUE(fs::exists(out + "/checkpoint-7/config.json"));  // 4 steps + 384 tokens = 3 steps of 128
+  std::ifstream log(out + "/metrics.jsonl");
+  std::vector<std::string> phases;
+  nlohmann::json last;
+  for (std::string line; std::getline(log, line);) {
+    last = nlohmann::json::parse(line);
+    phases.push_back(last.value("phase", "?"));
+  }
+  EXPECT_EQ(phases, (std::vector<std::string>{"pretrain", "pretrain", "pretrain", "pretrain", "anneal", "anneal",
+                                              "anneal"}));
+  // Each phase's own mixture: 16 rows at 3:1, then 12 rows at 1:1.
+  EXPECT_EQ(last["data"]["phases"][0]["drawn"]["a"].get<int64_t>(), 12 * 32) << last.dump();
+  EXPECT_EQ(last["data"]["phases"][0]["drawn"]["b"].get<int64_t>(), 4 * 32);
+  EXPECT_EQ(last["data"]["phases"][1]["drawn"]["a"].get<int64_t>(), 6 * 32);
+  EXPECT_EQ(last["data"]["phases"][1]["drawn"]["b"].get<int64_t>(), 6 * 32);
+  const std::string straight = read_bytes(out + "/checkpoint-7/model-00001-of-00001.safetensors");
+  ASSERT_FALSE(straight.empty());
+  for (const char* from : {"/checkpoint-3", "/checkpoint-6"}) {  // before the boundary; inside the anneal
+    r = test::run_bamba("train " + cfg + " -q --resume " + out + from);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(read_bytes(out + "/checkpoint-7/model-00001-of-00001.safetensors") == straight)
+        << "resumed from " << from << ": other weights";
+  }
+  // A config whose phases differ from the checkpoint's is refused with the reason.
+  std::ofstream(data + "/plain.yml") << "model: {preset: tiny}\ndata: [{name: a, path: " << data << "/a}, {name: b, path: "
+                                     << data << "/b.bin}]\n"
+                                     << "seq_len: 32\nmicro_batch_size: 2\nbatch_tokens: 128\nsteps: 7\noutput: "
+                                     << out << "\n";
+  r = test::run_bamba("train " + data + "/plain.yml -q --resume " + out + "/checkpoint-3");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("phases"), std::string::npos) << r.err;
+}
+
 // The product path — HybridTrainable's gradients, clip_grad_norm and train/adamw's AdamW — against PyTorch's three
 // steps in tests/data/train (gen_grad_fixtures.py: torch.optim.AdamW lr 1e-3, betas 0.9/0.95, eps 1e-8, decay 0.1
 // on tensors of rank >= 2, clip_grad_norm_ 1.0; HF's mean cross-entropy over the labels != -100).
