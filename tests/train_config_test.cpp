@@ -160,8 +160,10 @@ TEST(TrainConfig, ReadsPhases) {
   const TrainConfig c = parse_train_config(
       "seq_len: 16\nbatch_tokens: 64\n"
       "phases:\n"
-      "  - {name: pretrain, tokens: 600, data: [{name: web, path: w, weight: 90.5}, {name: code, path: c, weight: 9.5}]}\n"
-      "  - name: anneal\n    steps: 3\n    data:\n      - {name: web, path: w, weight: 1}\n      - {name: math, path: m}\n",
+      "  - {name: pretrain, tokens: 600,\n"
+      "     data: [{name: web, path: w, weight: 90.5}, {name: code, path: c, weight: 9.5}]}\n"
+      "  - name: anneal\n    steps: 3\n    data:\n"
+      "      - {name: web, path: w, weight: 1}\n      - {name: math, path: m}\n",
       "t.yml");
   ASSERT_EQ(c.phases.size(), 2u);
   EXPECT_TRUE(c.data.empty());
@@ -175,11 +177,9 @@ TEST(TrainConfig, ReadsPhases) {
   EXPECT_EQ(all[0].name, "web");
   EXPECT_EQ(all[2].name, "math");
   // A top-level length that agrees is accepted; a data list alone is one implicit phase.
-  EXPECT_EQ(parse_train_config("steps: 5\nphases:\n  - {steps: 2, data: [{path: a}]}\n  - {steps: 3, data: [{path: b}]}\n",
-                               "t.yml")
-                .phases[1]
-                .name,
-            "phase2");
+  const TrainConfig agree = parse_train_config(
+      "steps: 5\nphases:\n  - {steps: 2, data: [{path: a}]}\n  - {steps: 3, data: [{path: b}]}\n", "t.yml");
+  EXPECT_EQ(agree.phases[1].name, "phase2");
   const TrainConfig d = parse_train_config("steps: 7\ndata: [{name: a, path: a}]\n", "t.yml");
   ASSERT_EQ(d.mixture_phases().size(), 1u);
   EXPECT_EQ(d.mixture_phases()[0].name, "");
@@ -219,7 +219,8 @@ TEST(TrainConfig, PhaseErrorsNameTheField) {
   EXPECT_NE(error_of("phases:\n  - {name: p, steps: 1, data: " + ab + "}\n  - {name: p, steps: 1, data: " + ab + "}\n")
                 .find("t.yml:3: phases[1].name: \"p\" appears twice"),
             std::string::npos);
-  EXPECT_NE(error_of("phases:\n  - {steps: 1, data: [{name: a, path: x}]}\n  - {steps: 1, data: [{name: a, path: y}]}\n")
+  EXPECT_NE(error_of("phases:\n  - {steps: 1, data: [{name: a, path: x}]}\n"
+                     "  - {steps: 1, data: [{name: a, path: y}]}\n")
                 .find("phases[1].data[0].path: dataset \"a\" is y here but x in phase phase1"),
             std::string::npos);
   EXPECT_NE(error_of("phases: {steps: 1}\n").find("phases: expected a non-empty list"), std::string::npos);

@@ -461,8 +461,8 @@ TEST(TrainEndToEnd, PhasesLogTheirNameAndResumeAcrossTheBoundary) {
         << "resumed from " << from << ": other weights";
   }
   // A config whose phases differ from the checkpoint's is refused with the reason.
-  std::ofstream(data + "/plain.yml") << "model: {preset: tiny}\ndata: [{name: a, path: " << data << "/a}, {name: b, path: "
-                                     << data << "/b.bin}]\n"
+  std::ofstream(data + "/plain.yml") << "model: {preset: tiny}\ndata: [{name: a, path: " << data
+                                     << "/a}, {name: b, path: " << data << "/b.bin}]\n"
                                      << "seq_len: 32\nmicro_batch_size: 2\nbatch_tokens: 128\nsteps: 7\noutput: "
                                      << out << "\n";
   r = test::run_bamba("train " + data + "/plain.yml -q --resume " + out + "/checkpoint-3");

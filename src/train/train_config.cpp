@@ -145,8 +145,8 @@ void parse_phases(const Fields& top, const YAML::Node& p, TrainConfig& c, const 
          " (leave steps out: the phases give the length)");
   if (c.tokens > 0 && (c.tokens + c.batch_tokens - 1) / c.batch_tokens != sum)
     fail(top.where(top.get("tokens"), "tokens"), ": ", c.tokens, " tokens is ",
-         (c.tokens + c.batch_tokens - 1) / c.batch_tokens, " steps of ", c.batch_tokens, " tokens, but the phases add up to ",
-         sum, " steps (leave tokens out: the phases give the length)");
+         (c.tokens + c.batch_tokens - 1) / c.batch_tokens, " steps of ", c.batch_tokens,
+         " tokens, but the phases add up to ", sum, " steps (leave tokens out: the phases give the length)");
   c.steps = sum;
 }
 
