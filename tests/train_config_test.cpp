@@ -156,6 +156,78 @@ TEST(TrainConfig, ErrorsNameTheLineAndField) {
   EXPECT_NE(error_of("optimizer: 3\n").find("optimizer: expected a map of fields"), std::string::npos);
 }
 
+TEST(TrainConfig, ReadsPhases) {
+  const TrainConfig c = parse_train_config(
+      "seq_len: 16\nbatch_tokens: 64\n"
+      "phases:\n"
+      "  - {name: pretrain, tokens: 600,\n"
+      "     data: [{name: web, path: w, weight: 90.5}, {name: code, path: c, weight: 9.5}]}\n"
+      "  - name: anneal\n    steps: 3\n    data:\n"
+      "      - {name: web, path: w, weight: 1}\n      - {name: math, path: m}\n",
+      "t.yml");
+  ASSERT_EQ(c.phases.size(), 2u);
+  EXPECT_TRUE(c.data.empty());
+  EXPECT_EQ(c.phases[0].name, "pretrain");
+  EXPECT_EQ(c.phases[0].steps, 10);  // 600 tokens: 9.4 steps of 64, rounded up
+  EXPECT_EQ(c.phases[0].data[1].weight, 9.5);
+  EXPECT_EQ(c.phases[1].steps, 3);
+  EXPECT_EQ(c.steps, 13);  // the run is the sum
+  const std::vector<DatasetSpec> all = c.all_datasets();
+  ASSERT_EQ(all.size(), 3u);  // web once
+  EXPECT_EQ(all[0].name, "web");
+  EXPECT_EQ(all[2].name, "math");
+  // A top-level length that agrees is accepted; a data list alone is one implicit phase.
+  const TrainConfig agree = parse_train_config(
+      "steps: 5\nphases:\n  - {steps: 2, data: [{path: a}]}\n  - {steps: 3, data: [{path: b}]}\n", "t.yml");
+  EXPECT_EQ(agree.phases[1].name, "phase2");
+  const TrainConfig d = parse_train_config("steps: 7\ndata: [{name: a, path: a}]\n", "t.yml");
+  ASSERT_EQ(d.mixture_phases().size(), 1u);
+  EXPECT_EQ(d.mixture_phases()[0].name, "");
+  EXPECT_EQ(d.mixture_phases()[0].steps, 7);
+}
+
+TEST(TrainConfig, PhaseErrorsNameTheField) {
+  const std::string ab = "[{name: a, path: a}]";
+  EXPECT_NE(error_of("data: " + ab + "\nphases:\n  - {steps: 1, data: " + ab + "}\n")
+                .find("t.yml:1: data: give either data (one mixture) or phases"),
+            std::string::npos);
+  EXPECT_NE(error_of("phases:\n  - {steps: 1, data: " + ab + ", weight: 2}\n").find("phases[0].weight: unknown field"),
+            std::string::npos);
+  EXPECT_NE(error_of("phases:\n  - {name: p, steps: 1}\n").find("phases[0].data: the phase has no datasets"),
+            std::string::npos);
+  EXPECT_NE(error_of("phases:\n  - {steps: 1, data: []}\n").find("phases[0].data: the phase has no datasets"),
+            std::string::npos);
+  EXPECT_NE(error_of("phases:\n  - {steps: 1, data: [{path: a, weight: 0}]}\n")
+                .find("t.yml:2: phases[0].data: the weights add up to 0"),
+            std::string::npos);
+  EXPECT_NE(error_of("phases:\n  - {steps: 1, data: [{path: a, wieght: 1}]}\n")
+                .find("phases[0].data[0].wieght: unknown field"),
+            std::string::npos);
+  EXPECT_NE(error_of("phases:\n  - {data: " + ab + "}\n").find("phases[0]: give the phase's length as steps or tokens"),
+            std::string::npos);
+  EXPECT_NE(error_of("phases:\n  - {steps: 1, tokens: 9, data: " + ab + "}\n")
+                .find("phases[0].tokens: give either steps or tokens"),
+            std::string::npos);
+  EXPECT_NE(error_of("phases:\n  - {steps: 0, data: " + ab + "}\n").find("phases[0].steps: 0 is out of range"),
+            std::string::npos);
+  EXPECT_NE(error_of("steps: 4\nphases:\n  - {steps: 1, data: " + ab + "}\n  - {steps: 2, data: " + ab + "}\n")
+                .find("t.yml:1: steps: 4 steps, but the phases add up to 3"),
+            std::string::npos);
+  EXPECT_NE(error_of("seq_len: 10\ntokens: 100\nphases:\n  - {tokens: 50, data: " + ab + "}\n")
+                .find("t.yml:2: tokens: 100 tokens is 10 steps of 10 tokens, but the phases add up to 5"),
+            std::string::npos);
+  EXPECT_NE(error_of("phases:\n  - {name: p, steps: 1, data: " + ab + "}\n  - {name: p, steps: 1, data: " + ab + "}\n")
+                .find("t.yml:3: phases[1].name: \"p\" appears twice"),
+            std::string::npos);
+  EXPECT_NE(error_of("phases:\n  - {steps: 1, data: [{name: a, path: x}]}\n"
+                     "  - {steps: 1, data: [{name: a, path: y}]}\n")
+                .find("phases[1].data[0].path: dataset \"a\" is y here but x in phase phase1"),
+            std::string::npos);
+  EXPECT_NE(error_of("phases: {steps: 1}\n").find("phases: expected a non-empty list"), std::string::npos);
+  EXPECT_NE(error_of("phases: []\n").find("phases: expected a non-empty list"), std::string::npos);
+  EXPECT_NE(error_of("phases: [3]\n").find("phases[0]: expected {name, steps or tokens, data}"), std::string::npos);
+}
+
 TEST(ConfigToJson, PresetShapesRoundTripThroughConfigJson) {
   // A preset's checkpoint carries config.json written from the shape; reading it back must give the same model.
   for (const ModelConfig& c : {dummy_config(), bamba_9b_config()}) {

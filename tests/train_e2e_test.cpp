@@ -276,6 +276,108 @@ std::string read_bytes(const std::string& p) {
   return s.str();
 }
 
+// Phases: the deficit rule within each phase, a dataset shared by phases continuing where it was, and a resume
+// anywhere (inside a phase, at its boundary, in a micro-batch that straddles it) continuing the same stream.
+TEST(MixtureSource, PhasesFollowTheirOwnWeights) {
+  const std::string dir = make_data("mix-phases");
+  const DatasetSpec a{"a", dir + "/a", 3}, b{"b", dir + "/b.bin", 1};
+  MixtureSource src(std::vector<MixturePhase>{{"pretrain", 40 * 16, {a, b}},
+                                              {"anneal", 20 * 16, {{"b", dir + "/b.bin", 1}, {"a", dir + "/a", 1}}}},
+                    258);
+  EXPECT_EQ(src.phase(), "pretrain");
+  for (int k = 0; k < 10; ++k) src.next(4, 16);  // exactly the first phase's 40 rows
+  EXPECT_EQ(src.phase(), "pretrain");
+  for (int k = 0; k < 5; ++k) src.next(4, 16);
+  EXPECT_EQ(src.phase(), "anneal");
+  const auto per = src.drawn_per_phase();
+  ASSERT_EQ(per.size(), 2u);
+  EXPECT_EQ(per[0].second, (std::vector<std::pair<std::string, int64_t>>{{"a", 30 * 16}, {"b", 10 * 16}}));  // 3:1
+  EXPECT_EQ(per[1].second, (std::vector<std::pair<std::string, int64_t>>{{"b", 10 * 16}, {"a", 10 * 16}}));  // 1:1
+  const auto all = src.drawn();  // one stream per dataset over the run
+  EXPECT_EQ(all, (std::vector<std::pair<std::string, int64_t>>{{"a", 40 * 16}, {"b", 20 * 16}}));
+  const nlohmann::json st = src.state();
+  EXPECT_EQ(st["phase"], "anneal");
+  EXPECT_EQ(st["phases"][0]["drawn"]["a"], 30 * 16);
+  // The last phase goes on with its own mixture when drawn past its length.
+  for (int k = 0; k < 5; ++k) src.next(4, 16);
+  EXPECT_EQ(src.drawn_per_phase()[1].second[0].second, 20 * 16);
+  // A `data:` list keeps the state of the loader without phases.
+  MixtureSource plain(std::vector<DatasetSpec>{a, b}, 258);
+  plain.next(4, 16);
+  EXPECT_FALSE(plain.state().contains("phases"));
+  EXPECT_FALSE(plain.state().contains("phase"));
+  EXPECT_EQ(plain.phase(), "");
+  // One name for two paths is an error.
+  EXPECT_THROW(MixtureSource(std::vector<MixturePhase>{{"p", 16, {a}}, {"q", 16, {{"a", dir + "/b.bin", 1}}}}, 258),
+               Error);
+}
+
+TEST(MixtureSource, ADatasetSharedByPhasesContinuesWhereItWas) {
+  const std::string data = make_data("mix-shared");
+  const std::string numbered = make_numbered("mix-shared-n", 30);  // tokens 0..29 and the separator 256
+  const DatasetSpec n{"n", numbered, 1}, a{"a", data + "/a", 1};
+  MixtureSource src(std::vector<MixturePhase>{{"one", 5 * 16, {n}}, {"two", 0, {a, n}}}, 258);
+  auto is_numbered = [](std::span<const int32_t> row) {
+    return std::all_of(row.begin(), row.end(), [](int32_t t) { return t < 30 || t == 256; });
+  };
+  std::vector<int32_t> n_stream;  // the rows that came from "n", in order
+  int n_rows = 0, a_rows = 0;
+  for (int k = 0; k < 8; ++k) {
+    const TokenBatch b = src.next(2, 16);
+    for (int r = 0; r < 2; ++r) {
+      std::span<const int32_t> row(b.tokens.data() + r * 16, 16);
+      if (is_numbered(row)) {
+        n_stream.insert(n_stream.end(), row.begin(), row.end()), ++n_rows;
+      } else {
+        ++a_rows;
+      }
+    }
+  }
+  EXPECT_EQ(n_rows, 5 + 5);  // phase one's 5 rows, then "two" alternates a, n, a, ... over 11 rows (ties: a)
+  EXPECT_EQ(a_rows, 16 - n_rows);
+  // "n" alone, from the start: the same tokens, so phase two went on where phase one stopped (no restart, no skip).
+  MixtureSource alone(std::vector<DatasetSpec>{n}, 258);
+  const TokenBatch ref = alone.next(n_rows, 16);
+  EXPECT_EQ(n_stream, ref.tokens);
+}
+
+TEST(MixtureSource, ResumesAnywhereAcrossPhaseBoundaries) {
+  const std::string data = make_data("mix-phase-resume");
+  const std::string numbered = make_numbered("mix-phase-resume-n", 23);
+  const std::vector<MixturePhase> phases = {
+      {"pretrain", 7 * 16, {{"a", data + "/a", 3}, {"n", numbered, 1}}},  // 7 rows: calls of 3 rows straddle it
+      {"mid", 5 * 16, {{"b", data + "/b.bin", 1}}},
+      {"anneal", 9 * 16, {{"n", numbered, 2}, {"b", data + "/b.bin", 1}, {"a", data + "/a", 1}}}};
+  MixtureSource straight(phases, 258);
+  std::vector<nlohmann::json> states;
+  std::vector<std::vector<int32_t>> batches;
+  for (int k = 0; k < 8; ++k) {
+    states.push_back(straight.state());
+    batches.push_back(straight.next(3, 16).tokens);
+  }
+  for (size_t k = 0; k < states.size(); ++k) {
+    MixtureSource resumed(phases, 258);
+    resumed.restore(states[k]);
+    for (size_t j = k; j < batches.size(); ++j)
+      ASSERT_EQ(resumed.next(3, 16).tokens, batches[j]) << "resumed before call " << k << ", call " << j;
+    EXPECT_EQ(resumed.state(), straight.state());
+  }
+  // States that do not fit the config are errors naming the phase.
+  MixtureSource other(phases, 258);
+  nlohmann::json bad = states[4];
+  bad["phases"][1]["name"] = "middle";
+  EXPECT_THROW(other.restore(bad), Error);
+  bad = states[4];
+  bad["phase"] = "cooldown";
+  EXPECT_THROW(other.restore(bad), Error);
+  bad = states[4];
+  bad.erase("phases");  // a checkpoint of a run with one data list
+  EXPECT_THROW(other.restore(bad), Error);
+  MixtureSource plain(std::vector<DatasetSpec>{{"a", data + "/a", 3}, {"n", numbered, 1}, {"b", data + "/b.bin", 1}},
+                      258);
+  EXPECT_THROW(plain.restore(states[4]), Error);  // and the other way round
+}
+
 TEST(TrainEndToEnd, TinyModelLearnsAndResumesExactly) {
   const std::string data = make_data("train_data");
   const std::string out = test::make_temp_dir("train_out");
@@ -315,6 +417,57 @@ TEST(TrainEndToEnd, TinyModelLearnsAndResumesExactly) {
   // The checkpoint is a model folder the inference commands load.
   r = test::run_bamba("logits -m " + out + "/checkpoint-6 --ids 256,116,104,101 --out " + out + "/l.safetensors -q");
   EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+// A config with phases through `bamba train`: metrics.jsonl names each step's phase, and resuming before the
+// boundary or inside the second phase gives the straight run's final weights byte for byte.
+TEST(TrainEndToEnd, PhasesLogTheirNameAndResumeAcrossTheBoundary) {
+  const std::string data = make_data("train_phases");
+  const std::string out = test::make_temp_dir("train_phases_out");
+  fs::remove_all(out);
+  const std::string cfg = data + "/phases.yml";
+  std::ofstream(cfg) << "model: {preset: tiny}\n"
+                     << "phases:\n"
+                     << "  - {name: pretrain, steps: 4, data: [{name: a, path: " << data
+                     << "/a, weight: 3}, {name: b, path: " << data << "/b.bin, weight: 1}]}\n"
+                     << "  - {name: anneal, tokens: 384, data: [{name: b, path: " << data
+                     << "/b.bin, weight: 1}, {name: a, path: " << data << "/a, weight: 1}]}\n"
+                     << "seq_len: 32\nmicro_batch_size: 2\nbatch_tokens: 128\n"
+                     << "optimizer: {lr: 0.01}\nschedule: {name: constant, warmup_steps: 1}\n"
+                     << "precision: fp32\nsave_every: 3\nkeep_last: 0\noutput: " << out << "\n";
+  test::RunResult r = test::run_bamba("train " + cfg + " -q");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_TRUE(fs::exists(out + "/checkpoint-7/config.json"));  // 4 steps + 384 tokens = 3 steps of 128
+  std::ifstream log(out + "/metrics.jsonl");
+  std::vector<std::string> phases;
+  nlohmann::json last;
+  for (std::string line; std::getline(log, line);) {
+    last = nlohmann::json::parse(line);
+    phases.push_back(last.value("phase", "?"));
+  }
+  EXPECT_EQ(phases, (std::vector<std::string>{"pretrain", "pretrain", "pretrain", "pretrain", "anneal", "anneal",
+                                              "anneal"}));
+  // Each phase's own mixture: 16 rows at 3:1, then 12 rows at 1:1.
+  EXPECT_EQ(last["data"]["phases"][0]["drawn"]["a"].get<int64_t>(), 12 * 32) << last.dump();
+  EXPECT_EQ(last["data"]["phases"][0]["drawn"]["b"].get<int64_t>(), 4 * 32);
+  EXPECT_EQ(last["data"]["phases"][1]["drawn"]["a"].get<int64_t>(), 6 * 32);
+  EXPECT_EQ(last["data"]["phases"][1]["drawn"]["b"].get<int64_t>(), 6 * 32);
+  const std::string straight = read_bytes(out + "/checkpoint-7/model-00001-of-00001.safetensors");
+  ASSERT_FALSE(straight.empty());
+  for (const char* from : {"/checkpoint-3", "/checkpoint-6"}) {  // before the boundary; inside the anneal
+    r = test::run_bamba("train " + cfg + " -q --resume " + out + from);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(read_bytes(out + "/checkpoint-7/model-00001-of-00001.safetensors") == straight)
+        << "resumed from " << from << ": other weights";
+  }
+  // A config whose phases differ from the checkpoint's is refused with the reason.
+  std::ofstream(data + "/plain.yml") << "model: {preset: tiny}\ndata: [{name: a, path: " << data
+                                     << "/a}, {name: b, path: " << data << "/b.bin}]\n"
+                                     << "seq_len: 32\nmicro_batch_size: 2\nbatch_tokens: 128\nsteps: 7\noutput: "
+                                     << out << "\n";
+  r = test::run_bamba("train " + data + "/plain.yml -q --resume " + out + "/checkpoint-3");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("phases"), std::string::npos) << r.err;
 }
 
 // The product path — HybridTrainable's gradients, clip_grad_norm and train/adamw's AdamW — against PyTorch's three

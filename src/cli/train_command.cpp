@@ -84,10 +84,13 @@ ResolvedModel resolve_model(const TrainConfig& c) {
 }
 
 void check_data(const TrainConfig& c) {
-  if (c.data.empty()) fail(c.label, ": data: no datasets (expected a list of {name, path, weight})");
-  for (size_t i = 0; i < c.data.size(); ++i)
-    if (!std::filesystem::exists(c.data[i].path))
-      fail(c.label, ": data[", i, "] (", c.data[i].name, "): ", c.data[i].path, " does not exist");
+  if (c.data.empty() && c.phases.empty())
+    fail(c.label, ": data: no datasets (expected a list of {name, path, weight}, or phases)");
+  for (const PhaseSpec& p : c.mixture_phases())
+    for (size_t i = 0; i < p.data.size(); ++i)
+      if (!std::filesystem::exists(p.data[i].path))
+        fail(c.label, ": ", p.name.empty() ? "" : "phase " + p.name + ": ", "data[", i, "] (", p.data[i].name, "): ",
+             p.data[i].path, " does not exist");
   for (size_t i = 0; i < c.validation.size(); ++i)
     if (!std::filesystem::exists(c.validation[i].path))
       fail(c.label, ": validation[", i, "] (", c.validation[i].name, "): ", c.validation[i].path, " does not exist");
@@ -100,9 +103,13 @@ void print_plan(const TrainConfig& c, const ResolvedModel& m) {
                : !c.model_config.empty() ? ("fresh weights, shape from " + c.model_config).c_str()
                                          : ("preset " + c.model_preset + ", fresh weights").c_str(),
                n);
-  std::fprintf(stderr, "data      ");
-  for (const auto& d : c.data) std::fprintf(stderr, "%s (weight %g)  ", d.name.c_str(), d.weight);
-  std::fprintf(stderr, "\n          documents %s, packing %s\n",
+  for (const PhaseSpec& p : c.mixture_phases()) {
+    std::fprintf(stderr, "data      ");
+    if (!p.name.empty()) std::fprintf(stderr, "phase %s, %lld steps: ", p.name.c_str(), (long long)p.steps);
+    for (const auto& d : p.data) std::fprintf(stderr, "%s (weight %g)  ", d.name.c_str(), d.weight);
+    std::fprintf(stderr, "\n");
+  }
+  std::fprintf(stderr, "          documents %s, packing %s\n",
                c.shuffle ? "shuffled (seeded, every epoch)" : "in file order",
                c.packing == Packing::PerDocument    ? "per-document (state reset at every document)"
                : c.packing == Packing::WholeDocuments ? "whole-documents (state reset, documents not split across rows)"
@@ -149,7 +156,10 @@ void run_train_command(const TrainArgs& a) {
   Trainable* trainable = &trainable_model;
   MixtureOptions mix;
   mix.seed = cfg.seed, mix.shuffle = cfg.shuffle, mix.packing = cfg.packing;
-  auto batches = std::make_unique<MixtureSource>(cfg.data, hybrid->config().vocab_size, mix);
+  std::vector<MixturePhase> phases;  // each phase's length in tokens of the global stream
+  for (const PhaseSpec& p : cfg.mixture_phases())
+    phases.push_back({p.name, p.name.empty() ? 0 : p.steps * cfg.batch_tokens, p.data});
+  auto batches = std::make_unique<MixtureSource>(phases, hybrid->config().vocab_size, mix);
   std::unique_ptr<Validation> validation;
   TrainerHooks hooks;
   if (!cfg.validation.empty()) {
@@ -171,12 +181,17 @@ void run_train_command(const TrainArgs& a) {
   if (!a.quiet) {
     std::fprintf(stderr, "%s at step %lld (loss %.4f); checkpoint %s\n", r.interrupted ? "stopped" : "finished",
                  (long long)r.step, r.loss, r.last_checkpoint.c_str());
-    int64_t total = 0;
-    for (const auto& [name, n] : batches->drawn()) total += n;
-    std::fprintf(stderr, "data drawn:");
-    for (const auto& [name, n] : batches->drawn())
-      std::fprintf(stderr, " %s %.2f%%", name.c_str(), total ? 100.0 * double(n) / double(total) : 0.0);
-    std::fprintf(stderr, "\n");
+    auto print_drawn = [](const std::string& what, const std::vector<std::pair<std::string, int64_t>>& drawn) {
+      int64_t total = 0;
+      for (const auto& [name, n] : drawn) total += n;
+      std::fprintf(stderr, "%s:", what.c_str());
+      for (const auto& [name, n] : drawn)
+        std::fprintf(stderr, " %s %.2f%%", name.c_str(), total ? 100.0 * double(n) / double(total) : 0.0);
+      std::fprintf(stderr, "\n");
+    };
+    print_drawn("data drawn", batches->drawn());
+    if (!cfg.phases.empty())
+      for (const auto& [phase, drawn] : batches->drawn_per_phase()) print_drawn("  phase " + phase, drawn);
   }
 }
 

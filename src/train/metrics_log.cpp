@@ -18,6 +18,7 @@ nlohmann::ordered_json to_json(const StepMetrics& m) {
   nlohmann::ordered_json j = {{"step", m.step},           {"loss", m.loss},          {"lr", m.lr},
                               {"grad_norm", m.grad_norm}, {"tokens", m.tokens_seen}, {"tokens_per_s", m.tokens_per_s},
                               {"elapsed_s", m.elapsed_s}};
+  if (!m.phase.empty()) j["phase"] = m.phase;
   if (m.mfu >= 0) j["mfu"] = m.mfu;
   if (m.eval_loss >= 0) j["eval_loss"] = m.eval_loss;
   if (!m.eval.is_null()) j["eval"] = m.eval;
@@ -90,6 +91,7 @@ MetricsLog::MetricsLog(std::string output, int64_t resume_step) : output_(std::m
     m.loss = j.value("loss", 0.0), m.lr = j.value("lr", 0.0), m.grad_norm = j.value("grad_norm", 0.0);
     m.tokens_seen = j.value("tokens", int64_t(0)), m.tokens_per_s = j.value("tokens_per_s", 0.0);
     m.elapsed_s = j.value("elapsed_s", 0.0), m.mfu = j.value("mfu", -1.0), m.eval_loss = j.value("eval_loss", -1.0);
+    m.phase = j.value("phase", "");
     if (j.contains("data")) m.data = j["data"];
     if (j.contains("eval")) m.eval = nlohmann::ordered_json::parse(j["eval"].dump());
     points_.push_back(m);

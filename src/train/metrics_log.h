@@ -16,6 +16,7 @@ struct StepMetrics {
   double tokens_per_s = 0, elapsed_s = 0;
   double mfu = -1;        // < 0: unknown
   double eval_loss = -1;  // < 0: not evaluated at this step
+  std::string phase;      // the data's phase (a mixture with phases:), or ""
   nlohmann::json data;    // the data source's position after the step (a mixture: tokens drawn per dataset), or null
   nlohmann::ordered_json eval;  // validation loss per dataset ({"name": loss}), or null
 };

@@ -19,39 +19,68 @@ uint64_t fnv1a(const std::string& s) {
 }  // namespace
 
 MixtureSource::MixtureSource(const std::vector<DatasetSpec>& datasets, int64_t vocab_size, MixtureOptions options)
+    : MixtureSource(std::vector<MixturePhase>{{"", 0, datasets}}, vocab_size, options) {}
+
+MixtureSource::MixtureSource(const std::vector<MixturePhase>& phases, int64_t vocab_size, MixtureOptions options)
     : opt_(options) {
-  BAMBA_CHECK(!datasets.empty(), "data: no datasets");
+  BAMBA_CHECK(!phases.empty(), "data: no phases");
   BAMBA_CHECK(opt_.world >= 1 && opt_.rank >= 0 && opt_.rank < opt_.world, "data: rank ", opt_.rank, " of ",
               opt_.world, " ranks is out of range");
-  for (const DatasetSpec& d : datasets) {
-    BAMBA_CHECK(d.weight > 0, "data: dataset ", d.name, ": weight must be > 0");
-    Stream s;
-    s.d = d;
-    s.name_hash = fnv1a(d.name);
-    std::vector<std::string> files;
-    if (fs::is_directory(d.path)) {
-      for (const auto& e : fs::directory_iterator(d.path))
-        if (e.is_regular_file() && e.path().extension() == ".bin") files.push_back(e.path().string());
-      std::sort(files.begin(), files.end());
-    } else {
-      files.push_back(d.path);
+  phased_ = !(phases.size() == 1 && phases[0].name.empty());
+  for (const MixturePhase& mp : phases) {
+    const std::string in = mp.name.empty() ? "" : cat(" (phase ", mp.name, ")");
+    BAMBA_CHECK(!mp.data.empty(), "data", in, ": no datasets");
+    BAMBA_CHECK(mp.tokens >= 0, "data", in, ": length ", mp.tokens, " tokens");
+    Phase ph;
+    ph.name = mp.name;
+    ph.tokens = mp.tokens;
+    for (const DatasetSpec& d : mp.data) {
+      BAMBA_CHECK(d.weight > 0, "data", in, ": dataset ", d.name, ": weight must be > 0");
+      size_t k = 0;
+      while (k < streams_.size() && streams_[k].d.name != d.name) ++k;
+      if (k < streams_.size()) {  // shared with an earlier phase: the same stream, so the same files
+        BAMBA_CHECK(streams_[k].d.path == d.path, "data", in, ": dataset ", d.name, " is ", d.path,
+                    " here and ", streams_[k].d.path, " in an earlier phase");
+        BAMBA_CHECK(std::find(ph.stream.begin(), ph.stream.end(), k) == ph.stream.end(), "data", in, ": dataset ",
+                    d.name, " is listed twice");
+      } else {
+        streams_.push_back(open_stream(d, vocab_size));
+      }
+      ph.stream.push_back(k);
+      ph.weight.push_back(d.weight);
+      ph.weight_sum += d.weight;
+      ph.drawn.push_back(0);
     }
-    BAMBA_CHECK(!files.empty(), "data: dataset ", d.name, ": no *.bin token shards in ", d.path);
-    s.doc_base.push_back(0);
-    for (const std::string& f : files) {
-      auto shard = std::make_unique<TokenShard>(f);
-      BAMBA_CHECK(int64_t(shard->vocab_size()) <= vocab_size, "data: dataset ", d.name, ": ", f, " has vocab size ",
-                  shard->vocab_size(), ", more than the model's ", vocab_size);
-      s.n_tokens += shard->n_tokens();
-      s.n_docs += shard->n_documents();
-      s.doc_base.push_back(s.n_docs);
-      s.shards.push_back(std::move(shard));
-    }
-    BAMBA_CHECK(s.n_tokens > 0, "data: dataset ", d.name, ": its shards hold no tokens");
-    start_epoch(s);
-    weight_sum_ += d.weight;
-    streams_.push_back(std::move(s));
+    phases_.push_back(std::move(ph));
   }
+}
+
+MixtureSource::Stream MixtureSource::open_stream(const DatasetSpec& d, int64_t vocab_size) const {
+  Stream s;
+  s.d = d;
+  s.name_hash = fnv1a(d.name);
+  std::vector<std::string> files;
+  if (fs::is_directory(d.path)) {
+    for (const auto& e : fs::directory_iterator(d.path))
+      if (e.is_regular_file() && e.path().extension() == ".bin") files.push_back(e.path().string());
+    std::sort(files.begin(), files.end());
+  } else {
+    files.push_back(d.path);
+  }
+  BAMBA_CHECK(!files.empty(), "data: dataset ", d.name, ": no *.bin token shards in ", d.path);
+  s.doc_base.push_back(0);
+  for (const std::string& f : files) {
+    auto shard = std::make_unique<TokenShard>(f);
+    BAMBA_CHECK(int64_t(shard->vocab_size()) <= vocab_size, "data: dataset ", d.name, ": ", f, " has vocab size ",
+                shard->vocab_size(), ", more than the model's ", vocab_size);
+    s.n_tokens += shard->n_tokens();
+    s.n_docs += shard->n_documents();
+    s.doc_base.push_back(s.n_docs);
+    s.shards.push_back(std::move(shard));
+  }
+  BAMBA_CHECK(s.n_tokens > 0, "data: dataset ", d.name, ": its shards hold no tokens");
+  start_epoch(s);
+  return s;
 }
 
 // The order of an epoch depends on (seed, dataset name, epoch) only, so it is rebuilt from the saved position.
@@ -126,14 +155,18 @@ TokenBatch MixtureSource::next(int64_t rows, int64_t seq_len) {
   const bool per_doc = opt_.packing == Packing::PerDocument || whole;
   std::vector<int32_t> doc_starts;
   for (int64_t g = 0; g < rows * opt_.world; ++g) {  // the global micro-batch's rows; ours are [rank·rows, +rows)
-    int64_t total = 0;
-    for (const Stream& s : streams_) total += s.drawn;
-    size_t pick = 0;
+    // The phase moves on once its tokens are drawn (the last one never ends); within it, the dataset most
+    // behind its share of the phase's tokens gives the row (ties: the first listed).
+    while (phases_[phase_].tokens > 0 && phases_[phase_].total >= phases_[phase_].tokens && phase_ + 1 < phases_.size())
+      ++phase_;
+    Phase& ph = phases_[phase_];
+    size_t in_phase = 0;
     double best = -1e300;
-    for (size_t i = 0; i < streams_.size(); ++i) {
-      const double deficit = streams_[i].d.weight / weight_sum_ * double(total + seq_len) - double(streams_[i].drawn);
-      if (deficit > best) best = deficit, pick = i;
+    for (size_t i = 0; i < ph.stream.size(); ++i) {
+      const double deficit = ph.weight[i] / ph.weight_sum * double(ph.total + seq_len) - double(ph.drawn[i]);
+      if (deficit > best) best = deficit, in_phase = i;
     }
+    const size_t pick = ph.stream[in_phase];
     const int64_t r = g - opt_.rank * rows;
     if (r >= 0 && r < rows) {
       const int32_t base = int32_t(r * seq_len);
@@ -160,6 +193,8 @@ TokenBatch MixtureSource::next(int64_t rows, int64_t seq_len) {
       read(streams_[pick], nullptr, nullptr, nullptr, 0, seq_len);
     }
     streams_[pick].drawn += seq_len;
+    ph.drawn[in_phase] += seq_len;
+    ph.total += seq_len;
   }
   if (per_doc) b.seq_start.push_back(int32_t(rows * seq_len));
   return b;
@@ -173,7 +208,18 @@ nlohmann::json MixtureSource::state() const {
                   {"epoch", s.epoch},
                   {"document", s.ordinal},
                   {"offset", s.offset}});
-  return {{"version", 2}, {"seed", opt_.seed}, {"shuffle", opt_.shuffle}, {"datasets", std::move(ds)}};
+  nlohmann::json j = {{"version", 2}, {"seed", opt_.seed}, {"shuffle", opt_.shuffle}, {"datasets", std::move(ds)}};
+  if (phased_) {  // the current phase and the deficit rule's counts of every phase
+    nlohmann::json ps = nlohmann::json::array();
+    for (const Phase& ph : phases_) {
+      nlohmann::json drawn = nlohmann::json::object();
+      for (size_t i = 0; i < ph.stream.size(); ++i) drawn[streams_[ph.stream[i]].d.name] = ph.drawn[i];
+      ps.push_back({{"name", ph.name}, {"drawn", std::move(drawn)}});
+    }
+    j["phase"] = phases_[phase_].name;
+    j["phases"] = std::move(ps);
+  }
+  return j;
 }
 
 void MixtureSource::restore(const nlohmann::json& j) {
@@ -203,6 +249,59 @@ void MixtureSource::restore(const nlohmann::json& j) {
     BAMBA_CHECK(s.offset < len || (s.offset == 0 && len == 0), "resume: dataset ", s.d.name, ": offset ", s.offset,
                 " is past the end of its document (", len, " tokens; the shards changed)");
   }
+  restore_phases(j);
+}
+
+void MixtureSource::restore_phases(const nlohmann::json& j) {
+  if (!phased_) {
+    BAMBA_CHECK(!j.contains("phases"), "resume: the checkpoint's data position is from a run with phases, the "
+                                       "config has one data list");
+    Phase& ph = phases_[0];  // the one phase has drawn everything
+    ph.total = 0;
+    for (size_t i = 0; i < ph.stream.size(); ++i) ph.total += ph.drawn[i] = streams_[ph.stream[i]].drawn;
+    phase_ = 0;
+    return;
+  }
+  const nlohmann::json& ps = j.contains("phases") ? j.at("phases") : nlohmann::json();
+  BAMBA_CHECK(ps.is_array(), "resume: the checkpoint's data position has no phases (a run with one data list), "
+                             "the config has ", phases_.size());
+  BAMBA_CHECK(ps.size() == phases_.size(), "resume: the data position lists ", ps.size(), " phases, the config ",
+              phases_.size());
+  const std::string current = j.value("phase", "");
+  phase_ = phases_.size();
+  for (size_t p = 0; p < phases_.size(); ++p) {
+    Phase& ph = phases_[p];
+    BAMBA_CHECK(ps[p].value("name", "") == ph.name, "resume: phase ", p, " was '", ps[p].value("name", ""),
+                "', the config names '", ph.name, "'");
+    const nlohmann::json& drawn = ps[p].at("drawn");
+    ph.total = 0;
+    for (size_t i = 0; i < ph.stream.size(); ++i) {
+      const std::string& name = streams_[ph.stream[i]].d.name;
+      BAMBA_CHECK(drawn.contains(name), "resume: phase ", ph.name, " had no dataset ", name,
+                  " (the phase's mixture changed)");
+      ph.drawn[i] = drawn.at(name).get<int64_t>();
+      BAMBA_CHECK(ph.drawn[i] >= 0 && ph.drawn[i] <= streams_[ph.stream[i]].drawn, "resume: phase ", ph.name,
+                  ": dataset ", name, " drew ", ph.drawn[i], " tokens, more than its ", streams_[ph.stream[i]].drawn,
+                  " over the run");
+      ph.total += ph.drawn[i];
+    }
+    BAMBA_CHECK(drawn.size() == ph.stream.size(), "resume: phase ", ph.name, " had ", drawn.size(),
+                " datasets, the config lists ", ph.stream.size());
+    if (ph.name == current) phase_ = p;
+  }
+  BAMBA_CHECK(phase_ < phases_.size(), "resume: the checkpoint is in phase '", current,
+              "', which the config does not have");
+}
+
+std::vector<std::pair<std::string, std::vector<std::pair<std::string, int64_t>>>> MixtureSource::drawn_per_phase()
+    const {
+  std::vector<std::pair<std::string, std::vector<std::pair<std::string, int64_t>>>> out;
+  for (const Phase& ph : phases_) {
+    std::vector<std::pair<std::string, int64_t>> d;
+    for (size_t i = 0; i < ph.stream.size(); ++i) d.push_back({streams_[ph.stream[i]].d.name, ph.drawn[i]});
+    out.push_back({ph.name, std::move(d)});
+  }
+  return out;
 }
 
 std::vector<std::pair<std::string, int64_t>> MixtureSource::drawn() const {

@@ -22,6 +22,7 @@ struct Fields {
   std::string prefix;  // "optimizer." for a section, "" at the top
 
   std::string where(const YAML::Node& n, const std::string& key) const {
+    if (!n.IsDefined()) return cat(label, ": ", prefix, key);  // a missing key: no line to name
     const YAML::Mark m = n.Mark();
     return m.is_null() ? cat(label, ": ", prefix, key) : cat(label, ":", m.line + 1, ": ", prefix, key);
   }
@@ -100,6 +101,55 @@ struct Fields {
 
 constexpr int64_t kBig = int64_t(1) << 53;  // integers beyond this are not exact in a YAML double anyway
 
+// `phases:` (after the batch size is known): each phase's length in whole steps and its mixture; the run's
+// length is their sum, and a top-level steps or tokens, when given too, must agree with it.
+template <typename DatasetList>
+void parse_phases(const Fields& top, const YAML::Node& p, TrainConfig& c, const DatasetList& dataset_list) {
+  if (YAML::Node d = top.get("data"); d && !d.IsNull())
+    fail(top.where(d, "data"), ": give either data (one mixture) or phases (a mixture per phase), not both");
+  const char* shape = "{name, steps or tokens, data}";
+  if (!p.IsSequence() || p.size() == 0) fail(top.where(p, "phases"), ": expected a non-empty list of ", shape);
+  int64_t sum = 0;
+  for (size_t i = 0; i < p.size(); ++i) {
+    const std::string key = cat("phases[", i, "]");
+    if (!p[i].IsMap()) fail(top.where(p[i], key), ": expected ", shape);
+    const Fields ph{top.label, p[i], key + "."};
+    ph.only({"name", "steps", "tokens", "data"});
+    PhaseSpec s;
+    s.name = ph.str("name", cat("phase", i + 1));
+    if (s.name.empty()) fail(ph.where(ph.get("name"), "name"), ": expected a non-empty name");
+    for (const PhaseSpec& o : c.phases)
+      if (o.name == s.name) fail(ph.where(ph.get("name"), "name"), ": \"", s.name, "\" appears twice");
+    const int64_t steps = ph.integer("steps", 0, 1, kBig), tokens = ph.integer("tokens", 0, 1, kBig);
+    if (steps > 0 && tokens > 0) fail(ph.where(ph.get("tokens"), "tokens"), ": give either steps or tokens, not both");
+    if (steps == 0 && tokens == 0) fail(top.where(p[i], key), ": give the phase's length as steps or tokens");
+    s.steps = tokens > 0 ? (tokens + c.batch_tokens - 1) / c.batch_tokens : steps;
+    s.data = dataset_list(ph.get("data"), key + ".data", true);
+    if (s.data.empty())
+      fail(top.where(ph.get("data") ? ph.get("data") : p[i], key + ".data"),
+           ": the phase has no datasets (expected a list of {name, path, weight})");
+    // A dataset shared by phases is one stream (one position), so it must be the same files.
+    for (size_t j = 0; j < s.data.size(); ++j)
+      for (const PhaseSpec& o : c.phases)
+        for (const DatasetSpec& d : o.data)
+          if (d.name == s.data[j].name && d.path != s.data[j].path)
+            fail(top.where(ph.get("data")[j], cat(key, ".data[", j, "].path")), ": dataset \"", d.name, "\" is ",
+                 s.data[j].path, " here but ", d.path, " in phase ", o.name,
+                 " (a dataset shared by phases is one stream; give another name for other files)");
+    if (s.steps > kBig - sum) fail(top.where(p[i], key), ": the phases are too long");
+    sum += s.steps;
+    c.phases.push_back(std::move(s));
+  }
+  if (c.steps > 0 && c.steps != sum)
+    fail(top.where(top.get("steps"), "steps"), ": ", c.steps, " steps, but the phases add up to ", sum,
+         " (leave steps out: the phases give the length)");
+  if (c.tokens > 0 && (c.tokens + c.batch_tokens - 1) / c.batch_tokens != sum)
+    fail(top.where(top.get("tokens"), "tokens"), ": ", c.tokens, " tokens is ",
+         (c.tokens + c.batch_tokens - 1) / c.batch_tokens, " steps of ", c.batch_tokens,
+         " tokens, but the phases add up to ", sum, " steps (leave tokens out: the phases give the length)");
+  c.steps = sum;
+}
+
 }  // namespace
 
 std::string precision_name(Precision p) {
@@ -126,6 +176,20 @@ LrSchedule TrainConfig::lr_schedule() const {
   return s;
 }
 
+std::vector<PhaseSpec> TrainConfig::mixture_phases() const {
+  if (!phases.empty()) return phases;
+  return {PhaseSpec{"", steps, data}};
+}
+
+std::vector<DatasetSpec> TrainConfig::all_datasets() const {
+  std::vector<DatasetSpec> out;
+  for (const PhaseSpec& p : mixture_phases())
+    for (const DatasetSpec& d : p.data)
+      if (std::none_of(out.begin(), out.end(), [&](const DatasetSpec& o) { return o.name == d.name; }))
+        out.push_back(d);
+  return out;
+}
+
 TrainConfig parse_train_config(const std::string& text, const std::string& label) {
   YAML::Node root;
   try {
@@ -143,7 +207,7 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
       {"model",      "data",      "seq_len",    "micro_batch_size",         "batch_tokens",   "steps",  "tokens",
        "optimizer",  "schedule",  "precision",  "activation_checkpointing", "loss_reduction", "z_loss", "save_every",
        "eval_every", "keep_last", "save_dtype", "max_shard_size",           "output",         "seed",
-       "shuffle",    "packing",   "validation", "eval_tokens"});
+       "shuffle",    "packing",   "validation", "eval_tokens",              "phases"});
 
   const Fields model = top.section("model");
   model.only({"path", "config", "preset", "tokenizer"});
@@ -159,10 +223,10 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
   if (!c.model_config.empty() && (model.get("preset") || !c.model_path.empty()))
     fail(model.where(model.get("config"), "config"), ": give one of model.path, model.config and model.preset");
 
-  // A list of {name, path, weight} (weight only for the training mixture); names unique within the list.
-  auto datasets = [&](const char* key, bool weighted) {
+  // A list of {name, path, weight} (weight only for the training mixture) at `key` (a dotted path for errors);
+  // names unique within the list.
+  auto dataset_list = [&](const YAML::Node& d, const std::string& key, bool weighted) {
     std::vector<DatasetSpec> out;
-    YAML::Node d = top.get(key);
     if (!d || d.IsNull()) return out;
     const char* shape = weighted ? "{name, path, weight}" : "{name, path}";
     if (!d.IsSequence()) fail(top.where(d, key), ": expected a list of ", shape);
@@ -187,6 +251,7 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
     if (!out.empty() && total <= 0) fail(top.where(d, key), ": the weights add up to 0");
     return out;
   };
+  auto datasets = [&](const char* key, bool weighted) { return dataset_list(top.get(key), key, weighted); };
   c.data = datasets("data", true);
   c.validation = datasets("validation", false);
   c.shuffle = top.boolean("shuffle", c.shuffle);
@@ -211,8 +276,12 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
          " (a step is a whole number of micro-batches)");
   if (c.steps > 0 && c.tokens > 0)
     fail(top.where(top.get("tokens"), "tokens"), ": give either steps or tokens, not both");
-  if (c.tokens > 0) c.steps = (c.tokens + c.batch_tokens - 1) / c.batch_tokens;
-  if (c.steps == 0) c.steps = 1000;
+  if (YAML::Node p = top.get("phases"); p && !p.IsNull()) {
+    parse_phases(top, p, c, dataset_list);
+  } else {
+    if (c.tokens > 0) c.steps = (c.tokens + c.batch_tokens - 1) / c.batch_tokens;
+    if (c.steps == 0) c.steps = 1000;
+  }
 
   const Fields opt = top.section("optimizer");
   opt.only({"name", "lr", "betas", "eps", "weight_decay", "grad_clip", "no_decay"});

@@ -16,6 +16,14 @@ struct DatasetSpec {
   double weight = 1;  // sampling weight, normalised over the list
 };
 
+// One stage of a run with its own mixture (`phases:`), e.g. pretraining then annealing. A dataset named in
+// several phases is one stream: it continues where the previous phase left it (same documents, same epoch).
+struct PhaseSpec {
+  std::string name;
+  int64_t steps = 0;  // optimizer steps of this phase (given as steps, or tokens rounded up to whole steps)
+  std::vector<DatasetSpec> data;
+};
+
 enum class Precision { Bf16Mixed, Bf16Memory, Fp32 };
 
 // How documents share a row (train/mixture_source.h): running across each other (Bamba's pretraining), or each
@@ -33,7 +41,8 @@ struct TrainConfig {
   std::string model_preset = "tiny";  // tiny | bamba-9b (when neither path nor config)
   std::string tokenizer_path;         // folder whose tokenizer files are copied into checkpoints (default: model)
 
-  std::vector<DatasetSpec> data;
+  std::vector<DatasetSpec> data;          // one mixture for the whole run, or
+  std::vector<PhaseSpec> phases;          // a mixture per phase, in order (steps is then their sum)
   bool shuffle = true;                    // documents in a seeded order, a new one every epoch
   Packing packing = Packing::Continuous;  // packing: continuous | per-document
   std::vector<DatasetSpec> validation;    // held-out datasets: loss of each every eval_every steps
@@ -74,6 +83,10 @@ struct TrainConfig {
   int64_t rows_per_step() const { return batch_tokens / seq_len; }
   int64_t accumulation_steps() const { return rows_per_step() / micro_batch_size; }
   LrSchedule lr_schedule() const;
+  // The phases, or the one implicit phase (no name, the whole run) of a `data:` list.
+  std::vector<PhaseSpec> mixture_phases() const;
+  // Every dataset of the mixture once (first appearance; a dataset shared by phases keeps its first entry).
+  std::vector<DatasetSpec> all_datasets() const;
 };
 
 TrainConfig parse_train_config(const std::string& yaml_text, const std::string& label);

@@ -133,6 +133,7 @@ TrainRunResult Trainer::run() {
     StepMetrics m;
     m.step = state_.step, m.loss = loss, m.lr = lr, m.grad_norm = norm, m.tokens_seen = state_.tokens_seen;
     m.data = data_.state();  // the achieved mixture, step by step
+    if (m.data.is_object() && m.data.contains("phase") && m.data["phase"].is_string()) m.phase = m.data["phase"];
     m.tokens_per_s = step_s > 0 ? double(cfg_.batch_tokens) / step_s : 0;
     m.elapsed_s = elapsed0 + std::chrono::duration<double>(now - t0).count();
     if (hooks_.peak_flops > 0 && model_.flops_per_token() > 0)
