@@ -218,7 +218,8 @@ TEST_F(SamplingApi, JsonSchemaOutputsAlwaysParseAndValidate) {
   // Without the constraint the same request is noise.
   body.erase("response_format");
   body["max_tokens"] = 20;
-  for (const json& c : complete(body).body["choices"]) EXPECT_TRUE(json::parse(c["text"].get<std::string>(), nullptr, false).is_discarded());
+  const Reply noise = complete(body);  // (a range-for over a temporary's member would read it after it is freed)
+  for (const json& c : noise.body["choices"]) EXPECT_TRUE(json::parse(c["text"].get<std::string>(), nullptr, false).is_discarded());
   // vLLM's spellings of the same constraint, and streaming.
   for (json alt : {json{{"guided_json", kSchema}}, json{{"structured_outputs", {{"json", kSchema}}}}}) {
     alt["max_tokens"] = 400;
