@@ -82,7 +82,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     bamba::ModelConfig c = bamba::parse_config(text, "fuzz.json");
     volatile int64_t sink = c.conv_dim() + c.in_proj_dim() + c.qkv_dim() + c.parameter_count() +
-                            c.n_attention_layers() + c.kind_index(c.num_hidden_layers - 1);
+                            c.n_attention_layers() + c.ssm_index(c.num_hidden_layers - 1) +
+                            c.kv_index(c.num_hidden_layers - 1);
     (void)sink;
   } catch (const bamba::Error&) {
   }
