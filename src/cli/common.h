@@ -1,5 +1,5 @@
-// What several subcommands share: which model (a folder, or the built-in dummy), on which device, its tokenizer
-// and stop tokens.
+// What several subcommands share: which model (a folder, the built-in model, or the generated-weights dummy), on
+// which device, its tokenizer and stop tokens.
 #pragma once
 #include <memory>
 #include <string>
@@ -14,7 +14,7 @@
 namespace bamba::cli {
 
 struct ModelOptions {
-  std::string model;  // empty: the built-in dummy model
+  std::string model;  // empty: the built-in model (builtin_model_dir); "dummy": the generated-weights tiny model
   std::string device = "auto";
   std::string dtype = "auto";  // compute dtype on the GPU (backend.h compute_dtype)
   int32_t max_model_len = 0;  // 0: min(max_position_embeddings, 8192)
@@ -30,7 +30,15 @@ struct LoadedModel {
   std::vector<int32_t> eos;              // config.json + generation_config.json
   int32_t max_model_len = 0;
   bool dummy = false;
+  std::string dir;   // the folder loaded ("" for the dummy): --model, or the built-in model's
+  std::string name;  // what to call it: the folder as given, "bamba-recipe" (built-in) or "bamba-dummy"
 };
+
+// The built-in model: the recipe's merged result (examples/recipe), shipped in the repository under
+// models/bamba-recipe with its model card. Looked up at $BAMBA_BUILTIN_MODEL, beside the binary
+// (<exe>/../models/bamba-recipe: a build tree inside the checkout; <exe>/../share/bamba/models/bamba-recipe: an
+// install). "" when none has a config.json.
+std::string builtin_model_dir();
 
 // Loads the model (with a progress bar for large checkpoints) and says on stderr what was loaded.
 LoadedModel load(const ModelOptions& o, bool need_tokenizer);
