@@ -21,6 +21,19 @@ namespace {
 constexpr double kRelL2 = 2e-2;
 constexpr double kMargin = 0.5;
 
+// Two random-weight fixtures that bf16 itself cannot hold to 2e-2: Hugging Face's own bf16 forward (transformers
+// 5.17 on an H100, every sequence of the fixture against its fp32 reference) reaches relative L2 0.152 on
+// nemotron_h (the 55-token sequence: a top-k routing flip in its MoE layer 3; 0.068 on 97 tokens) and 0.027-0.062
+// on zamba2 (the shared attention block's rounding compounding over six applications). Ours measures the same
+// (0.152 / 0.068; zamba2 0.025-0.052), and in fp32 both match the reference to 2e-6 in every layer
+// (CudaFixtureLayers below, which holds fp32 to 1e-3). For these two the bf16 bound is Hugging Face's own worst
+// bf16 error, rounded up, and the argmax check is left to fp32 (docs/family.md, "On the GPU").
+double bf16_bound(const std::string& model) {
+  if (model == "nemotron_h") return 0.16;
+  if (model == "zamba2") return 0.065;
+  return kRelL2;
+}
+
 using test::FixtureSequence;
 
 class CudaFixtureModel : public ::testing::TestWithParam<std::string> {
@@ -35,6 +48,7 @@ class CudaFixtureModel : public ::testing::TestWithParam<std::string> {
                         test::kFamilyModels.end();
     const DType dt = family ? DType::BF16 : compute_dtype("auto", load_config(dir).dtype);
     r_ = std::make_unique<test::FixtureRunner>(dir, make_backend("cuda", dt), false);
+    bound_ = dt == DType::BF16 ? bf16_bound(GetParam()) : kRelL2;
   }
   int64_t V() const { return r_->V(); }
 
@@ -51,18 +65,19 @@ class CudaFixtureModel : public ::testing::TestWithParam<std::string> {
       }
       std::vector<float> sorted(ref, ref + V());
       std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
-      if (sorted[0] - sorted[1] > kMargin) {
+      if (sorted[0] - sorted[1] > kMargin && bound_ == kRelL2) {
         EXPECT_EQ(std::max_element(got, got + V()) - got, std::max_element(ref, ref + V()) - ref)
             << what << ": argmax of row " << r.logit_positions[k] << " (margin " << sorted[0] - sorted[1] << ")";
         ++argmax_checked;
       }
     }
     const double e = std::sqrt(num / den);
-    EXPECT_LE(e, kRelL2) << what << ": relative L2 error of a " << r.ids.size() << "-token sequence";
+    EXPECT_LE(e, bound_) << what << ": relative L2 error of a " << r.ids.size() << "-token sequence";
     RecordProperty(what + " len " + std::to_string(r.ids.size()), std::to_string(e));
   }
 
   std::unique_ptr<test::FixtureRunner> r_;
+  double bound_ = kRelL2;
 };
 
 TEST_P(CudaFixtureModel, Prefill) {

@@ -98,6 +98,25 @@ LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
     if (file_exists(gen)) {
       auto j = nlohmann::json::parse(read_text_file(gen), nullptr, false);
       if (j.is_object() && j.contains("eos_token_id")) add_eos(m.eos, j["eos_token_id"]);
+      if (j.is_object() && j.value("do_sample", false)) {
+        SamplingParams p;
+        p.temperature = 1.f;  // transformers' defaults for the fields it leaves out
+        p.top_k = 50;
+        auto num = [&](const char* k, auto& v) {
+          if (!j.contains(k)) return;
+          if (!j[k].is_number()) fail(gen, ": \"", k, "\" must be a number");
+          v = j[k].get<std::decay_t<decltype(v)>>();
+        };
+        num("temperature", p.temperature);
+        num("top_k", p.top_k);
+        num("top_p", p.top_p);
+        try {
+          check_sampling(p);
+        } catch (const Error& e) {
+          fail(gen, ": ", e.what());
+        }
+        m.sampling_defaults = p;
+      }
     }
   }
   const ModelConfig& c = m.model->config();

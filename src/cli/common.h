@@ -2,6 +2,7 @@
 // which device, its tokenizer and stop tokens.
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,9 @@ struct LoadedModel {
   std::unique_ptr<HybridModel> model;
   std::unique_ptr<Tokenizer> tokenizer;  // null when the folder has no tokenizer.json
   std::vector<int32_t> eos;              // config.json + generation_config.json
+  // generation_config.json's sampling defaults when it says do_sample (transformers and vLLM apply them when a
+  // request leaves them unset); empty otherwise.
+  std::optional<SamplingParams> sampling_defaults;
   int32_t max_model_len = 0;
   bool dummy = false;
   std::string dir;   // the folder loaded ("" for the dummy): --model, or the built-in model's
