@@ -83,6 +83,8 @@ std::string prometheus_text(const EngineStats& s, const std::string& model_name)
   w.gauge("num_sessions", "Kept sessions (sequence states held between requests).", s.sessions);
   w.counter("session_hits_total", "Prompt tokens restored from a session's state (not computed).",
             double(s.session_hits));
+  w.counter("engine_steps_total", "Forward steps the engine ran (generated tokens per step: speculative decoding's gain).",
+            double(s.steps));
   w.counter("spec_decode_num_drafts_total", "Verification steps of one sequence with draft tokens (--speculative).",
             double(s.spec_drafts));
   w.counter("spec_decode_num_draft_tokens_total", "Draft tokens proposed and verified.", double(s.spec_draft_tokens));
