@@ -108,8 +108,8 @@ void run(ServeOptions o) {
   eo.sched.prefix_decode_snapshots = o.prefix_cache && o.prefix_decode_snapshots;
   eo.max_sessions = o.max_sessions;
   // Speculative decoding: prompt lookup, or a draft model on the same device drafting for every sequence.
+  LoadedModel draft;  // (declared before the drafter, which holds a cache on the draft's backend)
   std::unique_ptr<Drafter> drafter;
-  LoadedModel draft;
   int32_t spec_slots = 0;
   if (!o.speculative.empty()) {
     if (o.speculative == "ngram") {

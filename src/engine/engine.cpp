@@ -428,8 +428,9 @@ void Engine::propose_drafts() {
   for (Sequence* s : sched_.running()) {
     s->draft.clear();
     const Live& l = *live_.at(s->id);
-    // Decoding sequences only: past the prompt (a recompute rollback leaves several tokens pending).
-    if (!speculates(l) || s->computed < s->prompt_len || s->pending() < 1) continue;
+    // Decoding sequences only, with one token pending: after a recompute rollback the accepted tokens are fed
+    // again first, without drafts (a verification would otherwise have to restore past them too).
+    if (!speculates(l) || s->computed < s->prompt_len || s->pending() != 1) continue;
     // At most the tokens still allowed: the verification step then ends at max_tokens at the latest.
     const int32_t k = std::min(opt_.num_speculative_tokens, l.req->params.max_tokens - l.generated);
     if (k <= 0) continue;
@@ -664,7 +665,7 @@ void Engine::step() {
         cache_.copy_state(spec[i][size_t(a)], s.cache.slot);  // the state after tokens[begin + n - 1] + a drafts
         sched_.advance({&s, p.begin, p.n + a, false, 0});
         cache_.truncate(s.cache, s.computed);
-      } else {  // back to the snapshot: tokens[begin, ...) are fed again with the sequence's next step
+      } else {  // back to the snapshot: tokens[begin, ...) are fed again in the sequence's next step
         cache_.copy_state(spec[i][0], s.cache.slot);
         cache_.truncate(s.cache, p.begin);
       }

@@ -31,7 +31,7 @@ class Drafter;
 // How a sequence's state goes back to the last accepted token after a verification step (docs/serving.md).
 enum class SpecRollback : uint8_t {
   Recompute,    // snapshot the state before the step; on a rejection restore it and re-feed the accepted tokens
-                // (with the sequence's next step, batched with everything else)
+                // (in the sequence's next step, without drafts, batched with everything else)
   PerPosition,  // the step keeps the state after every draft position (StepBatch::state_after); one copy
 };
 
