@@ -12,8 +12,11 @@
 #include "engine/drafter.h"
 #include "engine/engine.h"
 #include "fixture_runner.h"
+#include "server_util.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
+
+#include <nlohmann/json.hpp>
 
 namespace bamba {
 namespace {
@@ -287,6 +290,54 @@ INSTANTIATE_TEST_SUITE_P(Models, ServerSpeculative,
                            return std::string(i.param.model == std::string("dummy") ? "dummy" : "tiny_a") +
                                   (i.param.rollback == SpecRollback::Recompute ? "_recompute" : "_per_position");
                          });
+
+// `bamba serve --speculative`: HTTP outputs (greedy, dummy model) equal a server's without drafts, the request
+// field "speculative": false turns drafting off for that request (the draft counter does not move), a non-boolean
+// value is a 400, and /metrics reports the draft counters and the acceptance rate.
+double spec_metric(const test::ServerProcess& s, const std::string& name) {
+  auto r = s.client().Get("/metrics");
+  if (!r) return -1;
+  const std::string key = "bamba:" + name + "{model_name=\"bamba-dummy\"} ";
+  const size_t at = r->body.find(key);
+  return at == std::string::npos ? -2 : std::stod(r->body.substr(at + key.size()));
+}
+
+TEST(ServeSpeculative, HttpOutputsMetricsAndThePerRequestSwitch) {
+  using nlohmann::json;
+  test::ServerProcess plain("--max-num-seqs 4");
+  ASSERT_TRUE(plain.ready()) << plain.log();
+  for (const char* rollback : {"per-position", "recompute"}) {
+    test::ServerProcess spec(std::string("--max-num-seqs 4 --speculative ngram --num-speculative-tokens 3 "
+                                         "--speculative-rollback ") + rollback);
+    ASSERT_TRUE(spec.ready()) << spec.log();
+    EXPECT_NE(spec.log().find("speculative decoding: ngram, 3 tokens per step"), std::string::npos) << spec.log();
+    for (int i = 0; i < 3; ++i) {
+      json body = {{"prompt", repetitive(258, uint32_t(i + 7), 4 + i, 5)}, {"max_tokens", 40}, {"temperature", 0},
+                   {"ignore_eos", true}};
+      auto a = plain.client().Post("/v1/completions", body.dump(), "application/json");
+      auto b = spec.client().Post("/v1/completions", body.dump(), "application/json");
+      ASSERT_TRUE(a && b && a->status == 200 && b->status == 200);
+      EXPECT_EQ(json::parse(a->body)["choices"][0]["text"], json::parse(b->body)["choices"][0]["text"]) << rollback;
+    }
+    std::this_thread::sleep_for(100ms);  // (the counters are added at the end of the step that sent the answer)
+    const double drafted = spec_metric(spec, "spec_decode_num_draft_tokens_total");
+    EXPECT_GT(drafted, 0) << rollback;
+    EXPECT_GE(spec_metric(spec, "spec_decode_num_accepted_tokens_total"), 0);
+    const double rate = spec_metric(spec, "spec_decode_draft_acceptance_rate");
+    EXPECT_GE(rate, 0);
+    EXPECT_LE(rate, 1);
+    EXPECT_GT(spec_metric(spec, "engine_steps_total"), 0);
+    json off = {{"prompt", repetitive(258, 3, 4, 5)}, {"max_tokens", 20}, {"ignore_eos", true}, {"speculative", false}};
+    auto c = spec.client().Post("/v1/completions", off.dump(), "application/json");
+    ASSERT_TRUE(c && c->status == 200);
+    std::this_thread::sleep_for(100ms);
+    EXPECT_EQ(spec_metric(spec, "spec_decode_num_draft_tokens_total"), drafted) << "a request that opted out drafted";
+    off["speculative"] = "no";
+    auto d = spec.client().Post("/v1/completions", off.dump(), "application/json");
+    ASSERT_TRUE(d);
+    EXPECT_EQ(d->status, 400) << d->body;
+  }
+}
 
 // The per-position states of a step (StepBatch::state_after) equal the states after feeding the same tokens
 // one step at a time, for two sequences in one batch with a third that keeps none.
