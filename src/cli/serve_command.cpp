@@ -127,7 +127,11 @@ void run(ServeOptions o) {
     eo.drafter = drafter.get();
     eo.num_speculative_tokens = o.num_speculative_tokens;
     eo.spec_rollback = o.speculative_rollback == "recompute" ? SpecRollback::Recompute : SpecRollback::PerPosition;
-    const int32_t seqs = o.speculative_max_seqs < 0 ? o.max_num_seqs : std::min(o.speculative_max_seqs, o.max_num_seqs);
+    // Default: as many sequences as half of --cache-memory holds rollback slots for (a Bamba-9B slot is 135 MiB).
+    const double per_seq = double(Engine::speculative_slots(1, o.num_speculative_tokens, eo.spec_rollback)) *
+                           double(HybridCache::bytes_per_slot(cfg));
+    const int32_t fit = int32_t(std::clamp(std::floor(o.cache_gib * double(1u << 30) / 2 / per_seq), 1.0, 65536.0));
+    const int32_t seqs = std::min(o.speculative_max_seqs < 0 ? fit : o.speculative_max_seqs, o.max_num_seqs);
     spec_slots = Engine::speculative_slots(seqs, o.num_speculative_tokens, eo.spec_rollback);
     // The draft tokens need room in the step's budgets too (a decode of every sequence still fits first).
     eo.sched.max_batched_tokens = std::max(eo.sched.max_batched_tokens, seqs * (o.num_speculative_tokens + 1));
@@ -149,8 +153,10 @@ void run(ServeOptions o) {
   const double mib = (double(HybridCache::bytes_per_slot(cfg)) * cs.n_slots +
                       double(HybridCache::bytes_per_block(cfg, cs.block_size)) * cs.n_blocks) / double(1u << 20);
   if (drafter)
-    std::fprintf(stderr, "bamba: speculative decoding: %s, %d tokens per step, %s rollback (%d state slots)\n",
-                 drafter->name().c_str(), o.num_speculative_tokens, o.speculative_rollback.c_str(), spec_slots);
+    std::fprintf(stderr, "bamba: speculative decoding: %s, %d tokens per step, %s rollback (%d state slots: %d "
+                         "sequences at once)\n", drafter->name().c_str(), o.num_speculative_tokens,
+                 o.speculative_rollback.c_str(), spec_slots,
+                 spec_slots / Engine::speculative_slots(1, o.num_speculative_tokens, eo.spec_rollback));
   std::fprintf(stderr, "bamba: serving %s on http://%s:%d (%d state slots, %d KV pages of %d tokens, %.1f MiB; "
                        "prefix cache: %s, %d state snapshots; max-model-len %d; tool calls: %s)\n",
                ctx.model_name.c_str(), o.http.host.c_str(), port, cs.n_slots, cs.n_blocks, cs.block_size, mib,
@@ -213,8 +219,9 @@ void register_serve(CLI::App& app) {
                   "each draft position; one copy) or recompute (snapshot, restore, re-feed the accepted tokens)")
       ->check(CLI::IsMember({"recompute", "per-position"}));
   cmd->add_option("--speculative-max-seqs", o->speculative_max_seqs,
-                  "Sequences that may speculate in one step (default --max-num-seqs): the rollback's state slots "
-                  "(1 per sequence for recompute, --num-speculative-tokens for per-position) come from --cache-memory")
+                  "Sequences that may speculate in one step (default: as many as half of --cache-memory holds, at "
+                  "most --max-num-seqs): the rollback's state slots (1 per sequence for recompute, "
+                  "--num-speculative-tokens for per-position) come from --cache-memory")
       ->check(CLI::Range(0, 65536));
   cmd->add_option("--prompt-lookup-min", o->prompt_lookup_min, "ngram drafting: shortest tail to match")->check(CLI::Range(1, 64));
   cmd->add_option("--prompt-lookup-max", o->prompt_lookup_max, "ngram drafting: longest tail to match")->check(CLI::Range(1, 64));
