@@ -3,9 +3,11 @@
 // the engine without drafts, token for token, with both rollbacks (recompute, per-position) and three drafters:
 // prompt lookup, the target as its own draft model (accepts nearly all) and a draft of unrelated weights
 // (accepts little). Also: seeded sampling and penalties, the per-request opt-out, preemption, no leaked slots or
-// pages, and StepBatch::state_after (the per-position states) against feeding the tokens one step at a time.
+// pages, StepBatch::state_after (the per-position states) against feeding the tokens one step at a time, the
+// scheduler's draft budget, and `bamba serve --speculative` over HTTP.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 
@@ -15,8 +17,6 @@
 #include "server_util.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
-
-#include <nlohmann/json.hpp>
 
 namespace bamba {
 namespace {
@@ -290,6 +290,32 @@ INSTANTIATE_TEST_SUITE_P(Models, ServerSpeculative,
                            return std::string(i.param.model == std::string("dummy") ? "dummy" : "tiny_a") +
                                   (i.param.rollback == SpecRollback::Recompute ? "_recompute" : "_per_position");
                          });
+
+// The scheduler gives drafts only what leaves every later running sequence a token and a logit row, and gives
+// none to a sequence still in its prompt.
+TEST(SchedulerDrafts, DraftsLeaveEveryLaterDecodeItsTokenAndRow) {
+  auto be = make_cpu_backend();
+  const ModelConfig cfg = dummy_config();
+  HybridCache cache(cfg, *be, HybridCache::sizes_for(cfg, 4, 64));
+  Scheduler s({4, 8, 8}, cache);
+  for (int64_t i = 0; i < 3; ++i) s.add(i, {1, 2}, false);
+  for (const ScheduledSeq& p : s.schedule()) s.advance(p);  // the three prompts in one step
+  for (int64_t i = 0; i < 3; ++i) {
+    s.find(i)->tokens.push_back(5);  // each drew a token: decoding
+    s.find(i)->draft = {6, 7, 8, 9};
+  }
+  s.add(3, {1, 2, 3}, false);
+  s.find(3)->draft = {6};  // (a waiting sequence's draft is ignored)
+  const std::vector<ScheduledSeq> plan = s.schedule();
+  ASSERT_EQ(plan.size(), 3u);  // 8 tokens: 1 + 4 drafts, 1 + 1, 1 + 0; nothing left for the prompt
+  EXPECT_EQ(plan[0].n_draft, 4);
+  EXPECT_EQ(plan[1].n_draft, 1);
+  EXPECT_EQ(plan[2].n_draft, 0);
+  EXPECT_EQ(s.find(0)->draft.size(), 4u);
+  EXPECT_EQ(s.find(1)->draft.size(), 1u);
+  EXPECT_TRUE(s.find(2)->draft.empty());
+  for (const ScheduledSeq& p : plan) EXPECT_EQ(p.n, 1);
+}
 
 // `bamba serve --speculative`: HTTP outputs (greedy, dummy model) equal a server's without drafts, the request
 // field "speculative": false turns drafting off for that request (the draft counter does not move), a non-boolean
