@@ -1,8 +1,9 @@
 // Speculative decoding in the serving engine (Engine with EngineOptions::drafter): many concurrent requests of
 // mixed lengths, some stopping inside a verified draft (stop ids, stop strings, max_tokens), give the tokens of
-// the engine without drafts, token for token, with both rollbacks (recompute, per-position) and three drafters:
-// prompt lookup, the target as its own draft model (accepts nearly all) and a draft of unrelated weights
-// (accepts little). Also: seeded sampling and penalties, the per-request opt-out, preemption, no leaked slots or
+// the engine without drafts, token for token, with both rollbacks (recompute, per-position) and four drafters:
+// prompt lookup, the target as its own draft model (accepts nearly all), a draft of unrelated weights (accepts
+// little) and a scripted one (the known output with a spoiled token at a moving place: partial acceptances, and
+// accepted runs into stop ids, stop strings and max_tokens, where the rest of the verification is dropped). Also: seeded sampling and penalties, the per-request opt-out, preemption, no leaked slots or
 // pages, StepBatch::state_after (the per-position states) against feeding the tokens one step at a time, the
 // scheduler's draft budget, and `bamba serve --speculative` over HTTP.
 #include <gtest/gtest.h>
