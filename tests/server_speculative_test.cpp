@@ -275,6 +275,13 @@ TEST_P(ServerSpeculative, PreemptionAndTheOptOutChangeNothing) {
   }
   EXPECT_EQ(st.free_blocks, spec.cache().sizes().n_blocks);
   EXPECT_EQ(st.free_slots, spec.cache().sizes().n_slots);
+  // One speculating sequence per step at most (--speculative-max-seqs 1): the others decode plainly meanwhile.
+  EngineOptions one = options(m.model, &scripted, GetParam().rollback);
+  one.speculative_max_seqs = 1;
+  Engine capped(m.model, nullptr, one);
+  expect_same(run_all(capped, ps), want, "one speculating sequence per step");
+  EXPECT_GT(capped.stats().spec_drafts, 0u);
+  EXPECT_LE(capped.stats().spec_drafts, capped.stats().steps);
   // "speculative": false: no drafts at all.
   for (auto& p : ps) p.speculative = false;
   Engine off(m.model, nullptr, options(m.model, &scripted, GetParam().rollback));

@@ -133,6 +133,7 @@ void run(ServeOptions o) {
     const int32_t fit = int32_t(std::clamp(std::floor(o.cache_gib * double(1u << 30) / 2 / per_seq), 1.0, 65536.0));
     const int32_t seqs = std::min(o.speculative_max_seqs < 0 ? fit : o.speculative_max_seqs, o.max_num_seqs);
     spec_slots = Engine::speculative_slots(seqs, o.num_speculative_tokens, eo.spec_rollback);
+    eo.speculative_max_seqs = seqs;
     // The draft tokens need room in the step's budgets too (a decode of every sequence still fits first).
     eo.sched.max_batched_tokens = std::max(eo.sched.max_batched_tokens, seqs * (o.num_speculative_tokens + 1));
     eo.sched.max_logit_rows = std::max(eo.sched.max_logit_rows, seqs * (o.num_speculative_tokens + 1));

@@ -519,9 +519,11 @@ void Engine::step() {
     }
   } give_back{cache_, spec};
   StepBatch b;
+  int32_t speculating = 0;
   for (size_t i = 0; i < plan.size(); ++i) {
     ScheduledSeq& p = plan[i];
     Sequence& s = *p.seq;
+    if (p.n_draft > 0 && opt_.speculative_max_seqs > 0 && speculating >= opt_.speculative_max_seqs) p.n_draft = 0;
     if (p.n_draft > 0) {
       const int32_t want = per_position ? p.n_draft : 1;
       for (int32_t j = 0; j < want; ++j) {
@@ -531,8 +533,9 @@ void Engine::step() {
       }
       if (per_position) p.n_draft = int32_t(spec[i].size());  // as many positions as slots were found
       else if (spec[i].empty()) p.n_draft = 0;
-      s.draft.resize(size_t(p.n_draft));
+      speculating += p.n_draft > 0;
     }
+    s.draft.resize(size_t(p.n_draft));
     if (p.n_draft == 0) {
       b.add(std::span(s.tokens).subspan(size_t(p.begin), size_t(p.n)), p.begin, s.cache.slot, s.cache.blocks,
             p.all_logits);

@@ -50,6 +50,7 @@ struct EngineOptions {
   Drafter* drafter = nullptr;
   int32_t num_speculative_tokens = 4;
   SpecRollback spec_rollback = SpecRollback::Recompute;
+  int32_t speculative_max_seqs = 0;  // sequences that may verify drafts in one step (their rollback slots); 0: any
 };
 
 // A kept conversation: its tokens and its cache state (tokens[0, cache.len) computed).
