@@ -25,6 +25,7 @@ void StepBatch::add_tokens(std::span<const int32_t> new_tokens, int32_t past, in
     positions.push_back(past + int32_t(i));
   }
   seq_start.push_back(n_tokens());
+  if (!state_after.empty()) state_after.resize(size_t(n_tokens()), -1);
   past_len.push_back(past);
   state_slot.push_back(slot);
   // Re-pad the table if this sequence needs more columns than the others.
@@ -39,6 +40,15 @@ void StepBatch::add_tokens(std::span<const int32_t> new_tokens, int32_t past, in
     block_table.resize(size_t(n_seqs()) * size_t(max_blocks), -1);
   }
   std::copy(blocks.begin(), blocks.end(), block_table.begin() + (n_seqs() - 1) * max_blocks);
+}
+
+void StepBatch::keep_state_after(int32_t t, int32_t slot) {
+  state_after.resize(size_t(n_tokens()), -1);
+  state_after[size_t(t)] = slot;
+}
+
+bool StepBatch::keeps_states() const {
+  return std::any_of(state_after.begin(), state_after.end(), [](int32_t s) { return s >= 0; });
 }
 
 void StepBatch::clear() { *this = StepBatch{}; }

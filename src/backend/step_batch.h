@@ -16,6 +16,10 @@ struct StepBatch {
   std::vector<int32_t> block_table;  // [S, max_blocks] KV page ids, -1 past the end
   int32_t max_blocks = 0;
   std::vector<int32_t> logit_rows;   // rows of [0, T) whose logits are wanted, in output order
+  // [T] or empty (= all -1): a state slot that receives the Mamba state (conv window + SSM state) as it is right
+  // after token t, besides the sequence's own slot getting the state after its last token. Speculative decoding
+  // keeps the state after every draft position this way, so a rejected draft rolls back by one slot copy.
+  std::vector<int32_t> state_after;
 
   int32_t n_tokens() const { return int32_t(tokens.size()); }
   int32_t n_seqs() const { return int32_t(past_len.size()); }
@@ -28,6 +32,10 @@ struct StepBatch {
            bool all_logits = false);
   // The same with no logit rows: the caller appends the rows it wants (scoring picks arbitrary positions).
   void add_tokens(std::span<const int32_t> new_tokens, int32_t past, int32_t slot, std::span<const int32_t> blocks);
+  // Token t's state goes to `slot` too (see state_after).
+  void keep_state_after(int32_t t, int32_t slot);
+  int32_t state_after_slot(int32_t t) const { return state_after.empty() ? -1 : state_after[size_t(t)]; }
+  bool keeps_states() const;  // any state_after slot set
   void clear();
 };
 

@@ -5,7 +5,9 @@
 // tokens before every prompt; `multi-turn` runs conversations of --turns requests, each turn's prompt being the
 // previous prompt + a reply of --output-len tokens (random ids standing for the assistant's answer as a client
 // sends it back) + --input-len new tokens. The server's prefix-cache hit rate over the run is read from
-// /metrics.
+// /metrics. `repeat` (speculative decoding's best case: output that copies its context, as in "repeat this code")
+// makes each prompt one random phrase of --prefix-len tokens repeated up to --input-len tokens; a model continues
+// the pattern, which prompt lookup drafts. The server's draft acceptance over the run is read from /metrics too.
 #include <httplib.h>
 
 #include <algorithm>
@@ -91,19 +93,25 @@ Sample run_one(const BenchOptions& o, const std::vector<int32_t>& prompt) {
   return s;
 }
 
-// The server's prefix-cache counters (queries, hits) from /metrics; {-1, -1} if it has none.
-std::pair<double, double> prefix_counters(const BenchOptions& o) {
+// The server's counters from /metrics (bamba:NAME{...} VALUE); -1 for each it lacks.
+std::vector<double> counters(const BenchOptions& o, const std::vector<std::string>& names) {
   httplib::Client cli(o.host, o.port);
   auto r = cli.Get("/metrics");
-  if (!r || r->status != 200) return {-1, -1};
-  auto value = [&](const std::string& name) {
-    const size_t at = r->body.find("\n" + name + "{");
-    if (at == std::string::npos) return -1.0;
-    const size_t sp = r->body.find("} ", at);
-    return sp == std::string::npos ? -1.0 : std::atof(r->body.c_str() + sp + 2);
-  };
-  return {value("bamba:prefix_cache_queries_total"), value("bamba:prefix_cache_hits_total")};
+  std::vector<double> out;
+  for (const std::string& name : names) {
+    double v = -1;
+    if (r && r->status == 200) {
+      const size_t at = r->body.find("\nbamba:" + name + "{");
+      const size_t sp = at == std::string::npos ? at : r->body.find("} ", at);
+      if (sp != std::string::npos) v = std::atof(r->body.c_str() + sp + 2);
+    }
+    out.push_back(v);
+  }
+  return out;
 }
+const std::vector<std::string> kCounters = {"prefix_cache_queries_total", "prefix_cache_hits_total",
+                                            "spec_decode_num_draft_tokens_total",
+                                            "spec_decode_num_accepted_tokens_total"};
 
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
@@ -147,13 +155,15 @@ void run(const BenchOptions& o) {
         auto reply = random_ids(o.output_len);
         p.insert(p.end(), reply.begin(), reply.end());
       }
-      auto msg = random_ids(o.input_len);
+      auto msg = random_ids(o.workload == "repeat" ? std::min(o.prefix_len, o.input_len) : o.input_len);
+      if (o.workload == "repeat")  // the phrase again and again, up to input_len tokens
+        for (size_t i = msg.size(); i < size_t(o.input_len); ++i) msg.push_back(msg[i % size_t(o.prefix_len)]);
       p.insert(p.end(), msg.begin(), msg.end());
       c.push_back(p);
     }
     convs.push_back(std::move(c));
   }
-  const auto before = prefix_counters(o);
+  const auto before = counters(o, kCounters);
   std::vector<std::vector<Sample>> by_conv(convs.size());
   std::atomic<size_t> next{0};
   const auto t0 = Clock::now();
@@ -169,7 +179,7 @@ void run(const BenchOptions& o) {
     });
   for (auto& t : workers) t.join();
   const double dur = std::chrono::duration<double>(Clock::now() - t0).count();
-  const auto after = prefix_counters(o);
+  const auto after = counters(o, kCounters);
   std::vector<Sample> samples;
   for (auto& c : by_conv) samples.insert(samples.end(), c.begin(), c.end());
 
@@ -190,8 +200,10 @@ void run(const BenchOptions& o) {
     itl.insert(itl.end(), s.itl.begin(), s.itl.end());
     if (s.output_tokens > 1) tpot.push_back((s.e2e - s.ttft) / double(s.output_tokens - 1));
   }
-  const double queries = after.first - before.first, hits = after.second - before.second;
-  const double hit_rate = before.first >= 0 && after.first >= 0 && queries > 0 ? hits / queries : -1;
+  const double queries = after[0] - before[0], hits = after[1] - before[1];
+  const double hit_rate = before[0] >= 0 && after[0] >= 0 && queries > 0 ? hits / queries : -1;
+  const double drafted = after[2] - before[2], accepted = after[3] - before[3];
+  const double acceptance = before[2] >= 0 && drafted > 0 ? accepted / drafted : -1;
   std::printf("============ Serving Benchmark Result ============\n");
   std::printf("%-40s %d\n", "Successful requests:", int(ok));
   std::printf("%-40s %d\n", "Failed requests:", int(samples.size() - size_t(ok)));
@@ -204,8 +216,11 @@ void run(const BenchOptions& o) {
   std::printf("%-40s %.2f\n", "Total token throughput (tok/s):", (in_tokens + out_tokens) / dur);
   std::printf("%-40s %s\n", "Workload:", o.workload.c_str());
   if (hit_rate >= 0) std::printf("%-40s %.2f%% (%.0f of %.0f prompt tokens)\n", "Prefix cache hit rate:", hit_rate * 100, hits, queries);
-  else if (after.first < 0) std::printf("%-40s %s\n", "Prefix cache hit rate:", "n/a (no prefix-cache counters in /metrics)");
+  else if (after[0] < 0) std::printf("%-40s %s\n", "Prefix cache hit rate:", "n/a (no prefix-cache counters in /metrics)");
   else std::printf("%-40s %s\n", "Prefix cache hit rate:", "n/a (nothing looked up: is the prefix cache off?)");
+  if (acceptance >= 0)
+    std::printf("%-40s %.2f%% (%.0f of %.0f draft tokens; %.2f accepted per output token)\n", "Draft acceptance rate:",
+                acceptance * 100, accepted, drafted, out_tokens ? accepted / double(out_tokens) : 0.0);
   if (o.workload == "multi-turn") {
     std::printf("%-40s %.2f\n", "Mean TTFT, first turns (ms):", mean(ttft_first) * 1e3);
     std::printf("%-40s %.2f\n", "Mean TTFT, later turns (ms):", mean(ttft_later) * 1e3);
@@ -227,6 +242,9 @@ void run(const BenchOptions& o) {
               {"total_input_tokens", in_tokens}, {"total_output_tokens", out_tokens},
               {"request_throughput", ok / dur}, {"output_throughput", out_tokens / dur}, {"workload", o.workload},
               {"prefix_cache_hit_rate", hit_rate >= 0 ? json(hit_rate) : json()},
+              {"draft_acceptance_rate", acceptance >= 0 ? json(acceptance) : json()},
+              {"draft_tokens", drafted >= 0 ? json(drafted) : json()},
+              {"accepted_draft_tokens", accepted >= 0 ? json(accepted) : json()},
               {"mean_ttft_first_turn_ms", mean(ttft_first) * 1e3}, {"mean_ttft_later_turns_ms", mean(ttft_later) * 1e3}};
     for (auto [name, v] : {std::pair{"ttft", &ttft}, {"tpot", &tpot}, {"itl", &itl}, {"e2el", &e2e}}) {
       j[std::string("mean_") + name + "_ms"] = mean(*v) * 1e3;
@@ -257,9 +275,10 @@ void register_bench_serve(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "Seed of the random prompts");
   cmd->add_option("--workload", o->workload,
                   "random (independent prompts), shared-prefix (one system prompt of --prefix-len tokens first), "
-                  "multi-turn (conversations of --turns requests, each extending the last)")
-      ->check(CLI::IsMember({"random", "shared-prefix", "multi-turn"}));
-  cmd->add_option("--prefix-len", o->prefix_len, "shared-prefix: tokens of the shared system prompt")
+                  "multi-turn (conversations of --turns requests, each extending the last), repeat (a phrase of "
+                  "--prefix-len tokens repeated to --input-len: output that copies its context, for speculative decoding)")
+      ->check(CLI::IsMember({"random", "shared-prefix", "multi-turn", "repeat"}));
+  cmd->add_option("--prefix-len", o->prefix_len, "shared-prefix: tokens of the shared system prompt; repeat: the phrase")
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--turns", o->turns, "multi-turn: requests per conversation")->check(CLI::Range(1, 1000));
   cmd->add_option("--json", o->json_out, "Also write the results as JSON to this file");

@@ -9,7 +9,9 @@
 #include "cli/common.h"
 #include "core/error.h"
 #include "core/mapped_file.h"
+#include "engine/drafter.h"
 #include "engine/engine.h"
+#include "model/presets.h"
 #include "server/http_server.h"
 
 namespace bamba::cli {
@@ -31,6 +33,10 @@ struct ServeOptions {
   bool prefix_cache = true, prefix_decode_snapshots = false;
   double prefix_cache_gib = -1;  // < 0: a quarter of cache_gib
   double max_body_mib = 32;
+  std::string preset;       // a model shape with generated weights (timing only)
+  std::string speculative;  // "ngram", "self" or a draft model folder
+  int32_t num_speculative_tokens = 4, prompt_lookup_min = 1, prompt_lookup_max = 4, speculative_max_seqs = -1;
+  std::string speculative_rollback = "per-position";
 };
 
 // A token written in tokenizer_config.json as "text" or {"content": "text", ...}.
@@ -41,7 +47,19 @@ json token_string(const json& v) {
 }
 
 void run(ServeOptions o) {
-  LoadedModel m = load(o.model, true);
+  LoadedModel m;
+  if (o.preset.empty()) {
+    m = load(o.model, true);
+  } else {  // generated weights answer nothing meaningful: for timing (bench/NOTES.md), as `bamba eval --preset`
+    const ModelConfig pc = preset_config(o.preset);
+    m.backend = make_backend(o.model.device, compute_dtype(o.model.dtype == "auto" ? "bf16" : o.model.dtype, DType::BF16));
+    m.model = std::make_unique<HybridModel>(pc, dummy_weights(pc, *m.backend, 1), *m.backend);
+    m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::byte_level_default());
+    m.max_model_len = o.model.max_model_len > 0 ? o.model.max_model_len : 8192;
+    m.dummy = true;
+    std::fprintf(stderr, "bamba: --preset %s: generated weights and a byte-level tokenizer (timing only), backend %s\n",
+                 o.preset.c_str(), m.backend->name().c_str());
+  }
   const ModelConfig& cfg = m.model->config();
   if (const char* key = std::getenv("BAMBA_API_KEY"); key && *key && o.http.api_key.empty()) o.http.api_key = key;
 
@@ -89,8 +107,39 @@ void run(ServeOptions o) {
   eo.sched.prefix_snapshots = snapshots;
   eo.sched.prefix_decode_snapshots = o.prefix_cache && o.prefix_decode_snapshots;
   eo.max_sessions = o.max_sessions;
+  // Speculative decoding: prompt lookup, or a draft model on the same device drafting for every sequence.
+  LoadedModel draft;  // (declared before the drafter, which holds a cache on the draft's backend)
+  std::unique_ptr<Drafter> drafter;
+  int32_t spec_slots = 0;
+  if (!o.speculative.empty()) {
+    if (o.speculative == "ngram") {
+      drafter = std::make_unique<NgramDrafter>(o.prompt_lookup_min, o.prompt_lookup_max);
+    } else if (o.speculative == "self") {  // the target drafting for itself: every draft accepted (an upper bound)
+      drafter = std::make_unique<BatchModelDrafter>(*m.model, cfg.vocab_size, o.max_num_seqs, m.max_model_len,
+                                                    eo.sched.max_batched_tokens);
+    } else {
+      ModelOptions d = o.model;
+      d.model = o.speculative;
+      draft = load(d, false);
+      drafter = std::make_unique<BatchModelDrafter>(*draft.model, cfg.vocab_size, o.max_num_seqs, m.max_model_len,
+                                                    eo.sched.max_batched_tokens);
+    }
+    eo.drafter = drafter.get();
+    eo.num_speculative_tokens = o.num_speculative_tokens;
+    eo.spec_rollback = o.speculative_rollback == "recompute" ? SpecRollback::Recompute : SpecRollback::PerPosition;
+    // Default: as many sequences as half of --cache-memory holds rollback slots for (a Bamba-9B slot is 135 MiB).
+    const double per_seq = double(Engine::speculative_slots(1, o.num_speculative_tokens, eo.spec_rollback)) *
+                           double(HybridCache::bytes_per_slot(cfg));
+    const int32_t fit = int32_t(std::clamp(std::floor(o.cache_gib * double(1u << 30) / 2 / per_seq), 1.0, 65536.0));
+    const int32_t seqs = std::min(o.speculative_max_seqs < 0 ? fit : o.speculative_max_seqs, o.max_num_seqs);
+    spec_slots = Engine::speculative_slots(seqs, o.num_speculative_tokens, eo.spec_rollback);
+    eo.speculative_max_seqs = seqs;
+    // The draft tokens need room in the step's budgets too (a decode of every sequence still fits first).
+    eo.sched.max_batched_tokens = std::max(eo.sched.max_batched_tokens, seqs * (o.num_speculative_tokens + 1));
+    eo.sched.max_logit_rows = std::max(eo.sched.max_logit_rows, seqs * (o.num_speculative_tokens + 1));
+  }
   eo.cache = Engine::cache_sizes(cfg, o.max_num_seqs, m.max_model_len, o.cache_gib * double(1u << 30), o.num_kv_blocks,
-                                 snapshots + o.max_sessions);
+                                 snapshots + o.max_sessions + spec_slots);
   Engine engine(*m.model, m.tokenizer.get(), eo);
 
   o.http.max_body_bytes = size_t(o.max_body_mib * double(1u << 20));
@@ -104,6 +153,11 @@ void run(ServeOptions o) {
   const CacheSizes& cs = eo.cache;
   const double mib = (double(HybridCache::bytes_per_slot(cfg)) * cs.n_slots +
                       double(HybridCache::bytes_per_block(cfg, cs.block_size)) * cs.n_blocks) / double(1u << 20);
+  if (drafter)
+    std::fprintf(stderr, "bamba: speculative decoding: %s, %d tokens per step, %s rollback (%d state slots: %d "
+                         "sequences at once)\n", drafter->name().c_str(), o.num_speculative_tokens,
+                 o.speculative_rollback.c_str(), spec_slots,
+                 spec_slots / Engine::speculative_slots(1, o.num_speculative_tokens, eo.spec_rollback));
   std::fprintf(stderr, "bamba: serving %s on http://%s:%d (%d state slots, %d KV pages of %d tokens, %.1f MiB; "
                        "prefix cache: %s, %d state snapshots; max-model-len %d; tool calls: %s)\n",
                ctx.model_name.c_str(), o.http.host.c_str(), port, cs.n_slots, cs.n_blocks, cs.block_size, mib,
@@ -152,6 +206,26 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--max-body-mib", o->max_body_mib, "Largest request body (413 above)")->check(CLI::PositiveNumber);
   cmd->add_option("--max-n", o->max_n, "Largest 'n' per request")->check(CLI::Range(1, 4096));
   cmd->add_option("--max-logprobs", o->max_logprobs, "Largest 'logprobs' per request")->check(CLI::Range(0, 1000));
+  cmd->add_option("--speculative", o->speculative,
+                  "Speculative decoding for every request (a request may send \"speculative\": false): 'ngram' "
+                  "(prompt lookup), a draft model folder (same tokenizer) or 'self' (the model drafts for itself: "
+                  "all drafts accepted, for measuring)");
+  cmd->add_option("--preset", o->preset,
+                  "Instead of --model: a model shape with generated weights (tiny, bamba-9b, ...) and the byte-level "
+                  "tokenizer, for timing");
+  cmd->add_option("--num-speculative-tokens", o->num_speculative_tokens, "Tokens drafted per sequence and step")
+      ->check(CLI::Range(1, 64));
+  cmd->add_option("--speculative-rollback", o->speculative_rollback,
+                  "How a rejected draft's Mamba state is undone: per-position (the verification keeps the state after "
+                  "each draft position; one copy) or recompute (snapshot, restore, re-feed the accepted tokens)")
+      ->check(CLI::IsMember({"recompute", "per-position"}));
+  cmd->add_option("--speculative-max-seqs", o->speculative_max_seqs,
+                  "Sequences that may speculate in one step (default: as many as half of --cache-memory holds, at "
+                  "most --max-num-seqs): the rollback's state slots (1 per sequence for recompute, "
+                  "--num-speculative-tokens for per-position) come from --cache-memory")
+      ->check(CLI::Range(0, 65536));
+  cmd->add_option("--prompt-lookup-min", o->prompt_lookup_min, "ngram drafting: shortest tail to match")->check(CLI::Range(1, 64));
+  cmd->add_option("--prompt-lookup-max", o->prompt_lookup_max, "ngram drafting: longest tail to match")->check(CLI::Range(1, 64));
   cmd->callback([o] { run(*o); });
 }
 

@@ -85,4 +85,119 @@ std::vector<int32_t> ModelDrafter::propose(std::span<const int32_t> ids, int32_t
   return out;
 }
 
+BatchModelDrafter::BatchModelDrafter(const HybridModel& draft, int64_t target_vocab, int32_t max_seqs,
+                                     int32_t max_model_len, int32_t max_batched_tokens)
+    : draft_(draft),
+      max_seqs_(max_seqs),
+      max_model_len_(max_model_len),
+      max_batched_(std::max(max_batched_tokens, max_seqs)),
+      cache_(draft.config(), draft.backend(), [&] {
+        CacheSizes s = HybridCache::sizes_for(draft.config(), max_seqs, max_model_len);
+        s.n_slots = 2 * max_seqs;  // each sequence and its snapshot
+        return s;
+      }()),
+      ws_(draft.config(), draft.backend(), std::max(max_batched_tokens, max_seqs), max_seqs) {
+  BAMBA_CHECK(draft.config().vocab_size == target_vocab, "the draft model's vocab_size ", draft.config().vocab_size,
+              " differs from the target model's ", target_vocab, ": a draft model must share the tokenizer");
+}
+
+BatchModelDrafter::~BatchModelDrafter() {
+  for (auto& [id, s] : seqs_) {
+    cache_.release(s.cache);
+    cache_.release(s.snap);
+  }
+}
+
+void BatchModelDrafter::forget(int64_t seq) {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return;
+  cache_.release(it->second.cache);
+  cache_.release(it->second.snap);
+  seqs_.erase(it);
+}
+
+std::vector<int32_t> BatchModelDrafter::propose(std::span<const int32_t> ids, int32_t k) {
+  DraftRequest r{-1, ids, k, {}};
+  propose_batch(std::span(&r, 1));
+  return r.out;
+}
+
+void BatchModelDrafter::propose_batch(std::span<DraftRequest> reqs) {
+  struct Job {
+    DraftRequest* r;
+    Seq* s;
+    int32_t k;
+  };
+  std::vector<Job> jobs;
+  for (DraftRequest& r : reqs) {
+    r.out.clear();
+    const int32_t n = int32_t(r.ids.size()), k = std::min(r.k, max_model_len_ - n);
+    if (k <= 0 || n == 0 || int32_t(jobs.size()) >= max_seqs_) continue;
+    Seq& s = seqs_[r.seq];
+    // Continue from the snapshot when ids extend it (the target accepted some drafts), else start over.
+    const bool extends = !s.fed.empty() && int32_t(s.fed.size()) < n && std::equal(s.fed.begin(), s.fed.end(), r.ids.begin());
+    if (extends) {
+      cache_.copy_state(s.snap.slot, s.cache.slot);
+      cache_.truncate(s.cache, int32_t(s.fed.size()));
+      s.cache.len = int32_t(s.fed.size());
+    } else {
+      cache_.release(s.cache);
+      s.fed.clear();
+    }
+    // The draft feeds ids and all but the last drafted token.
+    if ((s.snap.slot < 0 && !cache_.reserve(s.snap, 0)) || !cache_.reserve(s.cache, n + k - 1)) {
+      forget(r.seq);  // no room: no draft this time
+      continue;
+    }
+    jobs.push_back({&r, &s, k});
+  }
+  const std::vector<SamplingParams> greedy(static_cast<size_t>(max_seqs_));
+  std::vector<int32_t> drawn(static_cast<size_t>(max_seqs_));
+  Backend& be = draft_.backend();
+  // Catch-up: every sequence's unseen tokens, chunked to the step budget; the last row of each sequence's last
+  // chunk draws its first draft token.
+  for (;;) {
+    StepBatch b;
+    std::vector<std::pair<Job*, int32_t>> in;  // job, end of its chunk
+    int32_t budget = max_batched_;
+    for (Job& j : jobs) {
+      const int32_t pos = j.s->cache.len, n = int32_t(j.r->ids.size());
+      if (pos >= n || budget == 0) continue;
+      const int32_t e = std::min(n, pos + budget);
+      b.add(j.r->ids.subspan(size_t(pos), size_t(e - pos)), pos, j.s->cache.slot, j.s->cache.blocks);
+      budget -= e - pos;
+      in.push_back({&j, e});
+    }
+    if (in.empty()) break;
+    Tensor logits = draft_.forward(b, cache_, ws_);  // [rows, V]
+    be.sample(logits, std::span(greedy).first(in.size()), drawn.data());
+    for (size_t i = 0; i < in.size(); ++i) {
+      auto [j, e] = in[i];
+      j->s->cache.len = e;
+      if (e < int32_t(j->r->ids.size())) continue;
+      cache_.copy_state(j->s->cache.slot, j->s->snap.slot);  // the snapshot: the state after ids
+      j->s->fed.assign(j->r->ids.begin(), j->r->ids.end());
+      j->r->out.push_back(drawn[i]);
+    }
+  }
+  // Then one token at a time for every sequence that wants more.
+  for (int32_t d = 1;; ++d) {
+    StepBatch b;
+    std::vector<Job*> in;
+    for (Job& j : jobs) {
+      if (int32_t(j.r->out.size()) != d || d >= j.k) continue;
+      b.add(std::span(&j.r->out.back(), 1), j.s->cache.len, j.s->cache.slot, j.s->cache.blocks);
+      in.push_back(&j);
+    }
+    if (in.empty()) break;
+    Tensor logits = draft_.forward(b, cache_, ws_);
+    be.sample(logits, std::span(greedy).first(in.size()), drawn.data());
+    for (size_t i = 0; i < in.size(); ++i) {
+      ++in[i]->s->cache.len;
+      in[i]->r->out.push_back(drawn[i]);
+    }
+  }
+}
+
 }  // namespace bamba
+

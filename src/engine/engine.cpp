@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/hash_uniform.h"
+#include "engine/drafter.h"
 #include "engine/logits_processors.h"
 #include "model/state_file.h"
 
@@ -377,12 +378,13 @@ void Engine::finish(Live& l, FinishReason why, RequestOutput out) {
     ++stats_.finished[finish_reason_name(why)];
     stats_.e2e.observe(e2e);
   }
+  if (opt_.drafter) opt_.drafter->forget(id);
   live_.erase(id);
 }
 
-std::string Engine::add_processing(Live& l, int32_t row, LogitsProcessing& proc) {
+std::string Engine::add_processing(Live& l, int32_t row, LogitsProcessing& proc, const TokenHistory* history) {
   const RequestParams& p = l.req->params;
-  LogitsRow r = logits_row(p, l.history, row, proc.edits);
+  LogitsRow r = logits_row(p, history ? *history : l.history, row, proc.edits);
   if (p.grammar || !p.allowed_token_ids.empty()) {
     const int32_t V = int32_t(model_.config().vocab_size), words = (V + 31) / 32;
     r.mask_offset = int64_t(proc.masks.size());
@@ -414,7 +416,85 @@ std::string Engine::add_processing(Live& l, int32_t row, LogitsProcessing& proc)
   return {};
 }
 
+bool Engine::speculates(const Live& l) const {
+  const RequestParams& p = l.req->params;
+  // A grammar's mask depends on the drafts' grammar states: constrained requests decode plainly.
+  return opt_.drafter && opt_.num_speculative_tokens > 0 && p.speculative && !p.grammar;
+}
+
+void Engine::propose_drafts() {
+  std::vector<DraftRequest> reqs;
+  std::vector<Sequence*> seqs;
+  for (Sequence* s : sched_.running()) {
+    s->draft.clear();
+    const Live& l = *live_.at(s->id);
+    // Decoding sequences only, with one token pending: after a recompute rollback the accepted tokens are fed
+    // again first, without drafts (a verification would otherwise have to restore past them too).
+    if (!speculates(l) || s->computed < s->prompt_len || s->pending() != 1) continue;
+    // At most the tokens still allowed: the verification step then ends at max_tokens at the latest.
+    const int32_t k = std::min(opt_.num_speculative_tokens, l.req->params.max_tokens - l.generated);
+    if (k <= 0) continue;
+    reqs.push_back({s->id, s->tokens, k, {}});
+    seqs.push_back(s);
+  }
+  if (reqs.empty()) return;
+  opt_.drafter->propose_batch(reqs);
+  const int32_t V = int32_t(model_.config().vocab_size);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    std::vector<int32_t>& d = reqs[i].out;
+    if (d.size() > size_t(reqs[i].k)) d.resize(size_t(reqs[i].k));
+    // (a draft model with a padded vocabulary may propose ids the target lacks: cut the draft there)
+    auto bad = std::find_if(d.begin(), d.end(), [&](int32_t t) { return t < 0 || t >= V; });
+    d.erase(bad, d.end());
+    seqs[i]->draft = std::move(d);
+  }
+}
+
+FinishReason Engine::emit(Live& l, Sequence& s, int32_t tok, const float* row, RequestOutput& out) {
+  const RequestParams& rp = l.req->params;
+  const Clock::time_point now = Clock::now();
+  s.tokens.push_back(tok);
+  ++l.generated;
+  l.history.add(tok);
+  out.tokens.push_back(tok);
+  if (rp.logprobs >= 0) out.logprobs.push_back(logprob(row, tok, rp.logprobs));
+  const bool eos = !rp.ignore_eos && std::find(opt_.eos.begin(), opt_.eos.end(), tok) != opt_.eos.end();
+  const bool stop_id = std::find(rp.stop_token_ids.begin(), rp.stop_token_ids.end(), tok) != rp.stop_token_ids.end();
+  // The end token's own text is not output. A model may emit an id the tokenizer lacks (a padded vocabulary):
+  // it then adds no text rather than failing the step.
+  if (l.text && !eos && !stop_id && tok < tok_->vocab_size()) {
+    try {
+      out.text += l.text->push(tok);
+    } catch (const Error&) {
+    }
+  }
+  {
+    std::lock_guard lk(mu_);
+    if (l.generated == 1) stats_.ttft.observe(std::chrono::duration<double>(now - l.req->arrival).count());
+    else stats_.itl.observe(std::chrono::duration<double>(now - l.last_token).count());
+  }
+  l.last_token = now;
+  const bool stop_str = l.text && l.text->stopped();
+  bool complete = false;  // structured output: nothing but eos can follow
+  if (rp.grammar && !eos) {
+    try {
+      l.grammar_state = rp.grammar->advance(l.grammar_state, tok);
+      // (the mask forbade it: a bug, not the client's fault)
+      BAMBA_CHECK(l.grammar_state >= 0, "structured output: token ", tok, " was drawn where the grammar forbids it");
+      complete = rp.grammar->complete(l.grammar_state);
+    } catch (const Error& e) {
+      out.error = e.what();
+      return FinishReason::Abort;
+    }
+  }
+  if (stop_str && rp.include_stop_str) out.text += l.text->stop_hit();
+  if (eos || stop_id || stop_str || complete) return FinishReason::Stop;
+  if (l.generated >= rp.max_tokens || int32_t(s.tokens.size()) >= opt_.max_model_len) return FinishReason::Length;
+  return FinishReason::None;
+}
+
 void Engine::step() {
+  if (opt_.drafter) propose_drafts();
   std::vector<ScheduledSeq> plan = sched_.schedule();
   if (plan.empty() && sched_.num_running() == 0 && !sessions_.empty()) {
     // Nothing can start: the pool is short and kept sessions hold pages. The least recently used goes.
@@ -425,16 +505,57 @@ void Engine::step() {
   }
   if (plan.empty()) return;
   const Clock::time_point t_start = Clock::now();
+  const bool per_position = opt_.spec_rollback == SpecRollback::PerPosition;
+  // Speculating sequences' rollback slots, for this step only (given back however the step ends): the snapshot
+  // before the step (recompute) or the state after each draft position but the last (per-position: the state
+  // after the last is the sequence's own).
+  std::vector<std::vector<int32_t>> spec(plan.size());
+  struct GiveBack {
+    HybridCache& c;
+    std::vector<std::vector<int32_t>>& s;
+    ~GiveBack() {
+      for (auto& v : s)
+        for (int32_t slot : v) c.give_slot(slot);
+    }
+  } give_back{cache_, spec};
   StepBatch b;
-  for (const ScheduledSeq& p : plan) {
-    b.add(std::span(p.seq->tokens).subspan(size_t(p.begin), size_t(p.n)), p.begin, p.seq->cache.slot,
-          p.seq->cache.blocks, p.all_logits);
-    Live& l = *live_.at(p.seq->id);
+  int32_t speculating = 0;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    ScheduledSeq& p = plan[i];
+    Sequence& s = *p.seq;
+    if (p.n_draft > 0 && opt_.speculative_max_seqs > 0 && speculating >= opt_.speculative_max_seqs) p.n_draft = 0;
+    if (p.n_draft > 0) {
+      const int32_t want = per_position ? p.n_draft : 1;
+      for (int32_t j = 0; j < want; ++j) {
+        const int32_t slot = cache_.take_slot();
+        if (slot < 0) break;
+        spec[i].push_back(slot);
+      }
+      if (per_position) p.n_draft = int32_t(spec[i].size());  // as many positions as slots were found
+      else if (spec[i].empty()) p.n_draft = 0;
+      speculating += p.n_draft > 0;
+    }
+    s.draft.resize(size_t(p.n_draft));
+    if (p.n_draft == 0) {
+      b.add(std::span(s.tokens).subspan(size_t(p.begin), size_t(p.n)), p.begin, s.cache.slot, s.cache.blocks,
+            p.all_logits);
+    } else {  // [tokens[begin, begin + n) | draft]: logits for the last real token and every draft
+      std::vector<int32_t> toks(s.tokens.begin() + p.begin, s.tokens.begin() + p.begin + p.n);
+      toks.insert(toks.end(), s.draft.begin(), s.draft.end());
+      b.add_tokens(toks, p.begin, s.cache.slot, s.cache.blocks);
+      const int32_t last = b.n_tokens() - p.n_draft - 1;  // row of tokens[begin + n - 1]
+      for (int32_t r = 0; r <= p.n_draft; ++r) b.logit_rows.push_back(last + r);
+      if (per_position)
+        for (int32_t j = 0; j < p.n_draft; ++j) b.keep_state_after(last + j, spec[i][size_t(j)]);
+      else
+        cache_.copy_state(s.cache.slot, spec[i][0]);
+    }
+    Live& l = *live_.at(s.id);
     if (!l.scheduled) {
       l.scheduled = true;
       std::lock_guard lk(mu_);
       stats_.queue.observe(std::chrono::duration<double>(t_start - l.req->arrival).count());
-      stats_.prompt_tokens += uint64_t(p.seq->prompt_len);
+      stats_.prompt_tokens += uint64_t(s.prompt_len);
     }
   }
   const int32_t R = int32_t(b.logit_rows.size()), V = int32_t(model_.config().vocab_size);
@@ -449,37 +570,49 @@ void Engine::step() {
     host_logits_.resize(size_t(R) * size_t(V));
     model_.backend().to_host_f32(logits, host_logits_.data());
   }
+  auto host_row = [&](int32_t r) { return need_host ? host_logits_.data() + size_t(r) * size_t(V) : nullptr; };
 
-  // One sampling call over all rows; rows that draw nothing (prompt rows) are greedy and ignored.
+  // One sampling call over all rows; rows that draw nothing (prompt rows) are greedy and ignored. The draw of
+  // generated token k uses seed (seed, k) whatever step it falls in: a draft row r draws token generated + r.
   std::vector<SamplingParams> params(static_cast<size_t>(R));
   std::vector<int32_t> last_row(plan.size());
   LogitsProcessing proc;
   std::vector<std::string> failed(plan.size());  // a row whose grammar allows no token: that request fails
   for (size_t i = 0, row = 0; i < plan.size(); ++i) {
     const ScheduledSeq& p = plan[i];
-    row += size_t(p.all_logits ? p.n : 1);
+    row += size_t(p.all_logits ? p.n : 1 + p.n_draft);
     last_row[i] = int32_t(row) - 1;
     Live& l = *live_.at(p.seq->id);
-    if (p.samples()) {
-      SamplingParams sp = l.req->params.sampling;
+    if (!p.samples()) continue;
+    const RequestParams& rp = l.req->params;
+    const bool process = needs_logits_processing(rp) && l.generated < rp.max_tokens;
+    // Row r of a verification is used only if drafts 0..r-1 were accepted: its penalties see them as output.
+    std::optional<TokenHistory> h;
+    if (process && p.n_draft > 0) h = l.history;
+    for (int32_t r = 0; r <= p.n_draft; ++r) {
+      const int32_t at = last_row[i] - p.n_draft + r;
+      SamplingParams sp = rp.sampling;
       // Draw k depends on (seed, k) only, as in the Generator: a recomputed sequence draws the same tokens.
-      sp.seed = splitmix64(sp.seed + uint64_t(l.generated));
-      params[size_t(last_row[i])] = sp;
-      if (needs_logits_processing(l.req->params) && l.generated < l.req->params.max_tokens) failed[i] = add_processing(l, last_row[i], proc);
+      sp.seed = splitmix64(sp.seed + uint64_t(l.generated + r));
+      params[size_t(at)] = sp;
+      if (process) {
+        std::string e = add_processing(l, at, proc, h ? &*h : nullptr);
+        if (failed[i].empty()) failed[i] = std::move(e);
+      }
+      if (h && r < p.n_draft) h->add(p.seq->draft[size_t(r)]);
     }
   }
   if (!proc.rows.empty()) model_.backend().process_logits(logits, proc);
   std::vector<int32_t> drawn(static_cast<size_t>(R));
   model_.backend().sample(logits, params, drawn.data());
 
-  const Clock::time_point now = Clock::now();
-  uint64_t new_tokens = 0;
+  uint64_t new_tokens = 0, drafts = 0, draft_tokens = 0, accepted = 0;
   for (size_t i = 0; i < plan.size(); ++i) {
     const ScheduledSeq& p = plan[i];
     Sequence& s = *p.seq;
     Live& l = *live_.at(s.id);
     const RequestParams& rp = l.req->params;
-    sched_.advance(p);
+    if (p.n_draft == 0) sched_.advance(p);  // (a verification advances by what it accepted, below)
     RequestOutput out;
     out.index = l.req->index;
     if (p.all_logits) {  // row r (position begin + r) predicts prompt token begin + r + 1
@@ -508,52 +641,47 @@ void Engine::step() {
       finish(l, FinishReason::Abort, std::move(out));
       continue;
     }
-    const int32_t tok = drawn[size_t(last_row[i])];
-    s.tokens.push_back(tok);
-    ++l.generated;
-    ++new_tokens;
-    l.history.add(tok);
-    out.tokens.push_back(tok);
-    if (rp.logprobs >= 0) out.logprobs.push_back(logprob(host_logits_.data() + size_t(last_row[i]) * size_t(V), tok, rp.logprobs));
-    const bool eos = !rp.ignore_eos && std::find(opt_.eos.begin(), opt_.eos.end(), tok) != opt_.eos.end();
-    const bool stop_id = std::find(rp.stop_token_ids.begin(), rp.stop_token_ids.end(), tok) != rp.stop_token_ids.end();
-    // The end token's own text is not output. A model may emit an id the tokenizer lacks (a padded vocabulary):
-    // it then adds no text rather than failing the step.
-    if (l.text && !eos && !stop_id && tok < tok_->vocab_size()) {
-      try {
-        out.text = l.text->push(tok);
-      } catch (const Error&) {
-      }
-    }
-    {
-      std::lock_guard lk(mu_);
-      if (l.generated == 1) stats_.ttft.observe(std::chrono::duration<double>(now - l.req->arrival).count());
-      else stats_.itl.observe(std::chrono::duration<double>(now - l.last_token).count());
-    }
-    l.last_token = now;
+    // Verification (n_draft == 0: a plain draw): row r draws what follows draft r - 1; a draft is accepted when
+    // the target's own draw equals it, and the first draw that differs replaces it. For greedy requests that is
+    // exact greedy decoding; sampled ones draw each token as they would without drafts (same seed per token),
+    // which for a draft proposed with certainty is the standard rejection-sampling rule: accepted with
+    // probability p(draft), else a draw from p without the draft.
+    const int32_t nd = p.n_draft, first = last_row[i] - nd;
+    int32_t a = 0;  // drafts accepted (and output)
     FinishReason why = FinishReason::None;
-    const bool stop_str = l.text && l.text->stopped();
-    bool complete = false;  // structured output: nothing but eos can follow
-    if (rp.grammar && !eos) {
-      try {
-        l.grammar_state = rp.grammar->advance(l.grammar_state, tok);
-        // (the mask forbade it: a bug, not the client's fault)
-        BAMBA_CHECK(l.grammar_state >= 0, "structured output: token ", tok, " was drawn where the grammar forbids it");
-        complete = rp.grammar->complete(l.grammar_state);
-      } catch (const Error& e) {
-        out.error = e.what();
-        finish(l, FinishReason::Abort, std::move(out));
-        continue;
-      }
+    for (int32_t r = 0; r <= nd; ++r) {
+      const int32_t y = drawn[size_t(first + r)];
+      const bool hit = r < nd && y == s.draft[size_t(r)];
+      why = emit(l, s, y, host_row(first + r), out);
+      ++new_tokens;
+      a += hit;
+      if (why != FinishReason::None || !hit) break;
     }
-    if (eos || stop_id || stop_str || complete) why = FinishReason::Stop;
-    else if (l.generated >= rp.max_tokens || int32_t(s.tokens.size()) >= opt_.max_model_len) why = FinishReason::Length;
-    if (stop_str && rp.include_stop_str) out.text += l.text->stop_hit();
+    if (nd > 0) {
+      ++drafts;
+      draft_tokens += uint64_t(nd);
+      accepted += uint64_t(a);
+      // The cache holds the step's every token; keep it up to the last accepted draft (state and KV length).
+      if (a == nd) {
+        sched_.advance({&s, p.begin, p.n + nd, false, 0});
+      } else if (per_position) {
+        cache_.copy_state(spec[i][size_t(a)], s.cache.slot);  // the state after tokens[begin + n - 1] + a drafts
+        sched_.advance({&s, p.begin, p.n + a, false, 0});
+        cache_.truncate(s.cache, s.computed);
+      } else {  // back to the snapshot: tokens[begin, ...) are fed again in the sequence's next step
+        cache_.copy_state(spec[i][0], s.cache.slot);
+        cache_.truncate(s.cache, p.begin);
+      }
+      s.draft.clear();
+    }
     if (why != FinishReason::None) finish(l, why, std::move(out));  // frees s: not used below
     else l.req->channel->push(std::move(out));
   }
   std::lock_guard lk(mu_);
   stats_.generation_tokens += new_tokens;
+  stats_.spec_drafts += drafts;
+  stats_.spec_draft_tokens += draft_tokens;
+  stats_.spec_accepted_tokens += accepted;
   stats_.steps++;
 }
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "engine/engine_stats.h"
+#include "engine/logits_processors.h"
 #include "model/hybrid_cache.h"
 #include "engine/request.h"
 #include "engine/scheduler.h"
@@ -25,6 +26,15 @@
 
 namespace bamba {
 
+class Drafter;
+
+// How a sequence's state goes back to the last accepted token after a verification step (docs/serving.md).
+enum class SpecRollback : uint8_t {
+  Recompute,    // snapshot the state before the step; on a rejection restore it and re-feed the accepted tokens
+                // (in the sequence's next step, without drafts, batched with everything else)
+  PerPosition,  // the step keeps the state after every draft position (StepBatch::state_after); one copy
+};
+
 struct EngineOptions {
   int32_t max_model_len = 8192;  // prompt + generated tokens per sequence
   SchedulerConfig sched;
@@ -33,6 +43,14 @@ struct EngineOptions {
   int32_t max_logprobs = 20;     // most top logprobs a request may ask for
   bool fork_choices = true;      // n > 1 choices of one prompt (submitted together) fork one prefill
   int32_t max_sessions = 0;      // kept sequence states (RequestParams::session); their slots are extra
+  // Speculative decoding (null drafter: off): each decoding sequence gets up to num_speculative_tokens drafts,
+  // verified in its next step. The rollback's state slots come from the pool's spare slots (CacheSizes::n_slots
+  // beyond the sequences, snapshots and sessions; speculative_slots() of them): a sequence that finds none
+  // that step decodes without drafts. Requests with RequestParams::speculative false or a grammar do not draft.
+  Drafter* drafter = nullptr;
+  int32_t num_speculative_tokens = 4;
+  SpecRollback spec_rollback = SpecRollback::Recompute;
+  int32_t speculative_max_seqs = 0;  // sequences that may verify drafts in one step (their rollback slots); 0: any
 };
 
 // A kept conversation: its tokens and its cache state (tokens[0, cache.len) computed).
@@ -47,6 +65,11 @@ class Engine {
   // for one sequence of max_model_len. num_blocks > 0 sets the number of pages directly (tests force
   // preemption with it). extra_slots: state slots beyond max_num_seqs, for the prefix cache's snapshots
   // (SchedulerConfig::prefix_snapshots) and the sessions (max_sessions), paid from cache_bytes first.
+  // State slots the rollback needs for max_num_seqs speculating sequences: one snapshot each (recompute) or
+  // one per draft position (per-position).
+  static int32_t speculative_slots(int32_t max_num_seqs, int32_t num_tokens, SpecRollback r) {
+    return max_num_seqs * (r == SpecRollback::Recompute ? 1 : num_tokens);
+  }
   static CacheSizes cache_sizes(const ModelConfig& cfg, int32_t max_num_seqs, int32_t max_model_len,
                                 double cache_bytes, int32_t num_blocks = 0, int32_t extra_slots = 0);
 
@@ -93,10 +116,16 @@ class Engine {
   void step();
   void update_gauges();
   void finish(Live& l, FinishReason why, RequestOutput out);
+  // Appends a drawn token to l's sequence and output (text, logprobs from host row `row` when asked, stop
+  // conditions, grammar): the reason the request ends with it, None if it goes on (Abort: out.error says why).
+  FinishReason emit(Live& l, Sequence& s, int32_t tok, const float* row, RequestOutput& out);
+  bool speculates(const Live& l) const;  // whether the request drafts (server option, request, constraints)
+  void propose_drafts();                 // Sequence::draft of every decoding sequence that speculates
   TokenLogprob logprob(const float* row, int32_t id, int32_t top_k) const;
   // Appends l's processing of logits row `row` (penalties, bias, min_p, grammar mask); an error message when its
   // grammar allows no token.
-  std::string add_processing(Live& l, int32_t row, LogitsProcessing& proc);
+  // history: the tokens the penalties look at, l's own when null (a draft row: l's plus the drafts before it).
+  std::string add_processing(Live& l, int32_t row, LogitsProcessing& proc, const TokenHistory* history = nullptr);
 
   const HybridModel& model_;
   const Tokenizer* tok_;

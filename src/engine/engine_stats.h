@@ -42,6 +42,8 @@ struct EngineStats {
   uint64_t forks = 0;
   int32_t sessions = 0;       // kept sessions (gauge)
   uint64_t session_hits = 0;  // prompt tokens not computed because a session's state held them  // n > 1 choices that forked another's prefill
+  // speculative decoding: verification steps of one sequence with drafts, the tokens drafted and, of those, accepted
+  uint64_t spec_drafts = 0, spec_draft_tokens = 0, spec_accepted_tokens = 0;
   // histograms (seconds)
   Histogram ttft{latency_buckets()}, itl{latency_buckets()}, e2e{latency_buckets()}, queue{latency_buckets()};
 };

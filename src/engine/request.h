@@ -54,6 +54,8 @@ struct RequestParams {
   // Non-empty: the sequence's state is kept under this id when the request finishes, and a request naming a
   // kept session whose prompt extends the session's tokens starts from its state (Engine sessions).
   std::string session;
+  // false: decode without drafts even when the server speculates (--speculative)
+  bool speculative = true;
 };
 
 struct TokenLogprob {

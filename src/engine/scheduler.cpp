@@ -191,6 +191,13 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     int32_t n = std::min(chunk_limit(*s), tokens);
     if (all) n = std::min(n, rows);
     if (n <= 0) continue;  // out of budget this step; decodes always fit (max_batched_tokens >= max_num_seqs)
+    int32_t nd = 0;
+    if (!all && n == s->pending() && !s->draft.empty()) {
+      const int32_t later = int32_t(running_.size() - i - 1);  // each needs a token and a row
+      nd = std::clamp(std::min(tokens - n, rows - 1) - later, 0, int32_t(s->draft.size()));
+      if (nd > 0 && !reserve(s, s->computed + n + nd)) nd = 0;  // no pages to spare: a plain step
+    }
+    s->draft.resize(size_t(nd));
     bool self_preempted = false;
     while (!reserve(s, s->computed + n)) {
       Sequence* victim = running_.back();
@@ -202,9 +209,9 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
       }
     }
     if (self_preempted) break;  // everything newer is already gone
-    out.push_back({s, s->computed, n, all});
-    tokens -= n;
-    rows -= all ? n : 1;
+    out.push_back({s, s->computed, n, all, nd});
+    tokens -= n + nd;
+    rows -= all ? n : 1 + nd;
   }
   // 2. Waiting sequences in order, with what is left; not after a preemption (the pages are short).
   while (!preempted && !waiting_.empty() && int32_t(running_.size()) < cfg_.max_num_seqs && tokens > 0 && rows > 0) {
@@ -226,6 +233,7 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
       prefix_hits_ += uint64_t(s->cached);
     }
     waiting_.pop_front();
+    s->draft.clear();
     run(s);
     out.push_back({s, s->computed, n, all});
     tokens -= n;

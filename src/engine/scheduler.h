@@ -6,6 +6,9 @@
 //      still in its prompt (chunked prefill). When the cache has no pages left for one, the newest running
 //      sequence is preempted: its slot and pages are freed and it goes back to the front of the queue, to be
 //      recomputed later from prompt + generated-so-far (the cache is only ever a function of the tokens).
+//      A decoding sequence with a draft (Sequence::draft) also gets its draft tokens, as far as the budgets leave
+//      a token and a logit row for every later running sequence and the pool has pages for them (a draft never
+//      preempts anything).
 //   2. then, if nothing was preempted, waiting sequences in arrival order start their prompts with what is left,
 //      so a long prompt is cut into chunks instead of stalling the running streams.
 // With a PrefixCache, a sequence that starts (or restarts after preemption) first takes the longest cached
@@ -40,15 +43,20 @@ struct Sequence {
   uint64_t decode_snapshot = 0;      // key of the page after which its latest decode-time snapshot is kept
   // n > 1: the id of the sequence whose prefill this one forks (-1: none)
   int64_t fork_of = -1;
+  // speculative decoding: tokens proposed to follow `tokens`, set by the engine before schedule(); a decoding
+  // sequence verifies them in its step (ScheduledSeq::n_draft of them, as budgets and pages allow)
+  std::vector<int32_t> draft;
 
   int32_t pending() const { return int32_t(tokens.size()) - computed; }
 };
 
-// One sequence's part of a step: tokens[begin, begin + n), with logits for all rows or only the last.
+// One sequence's part of a step: tokens[begin, begin + n), with logits for all rows or only the last; then
+// n_draft tokens of seq->draft (speculative decoding: logits for the last token and every draft).
 struct ScheduledSeq {
   Sequence* seq;
   int32_t begin, n;
   bool all_logits;
+  int32_t n_draft = 0;
   bool samples() const { return begin + n == int32_t(seq->tokens.size()); }  // reaches the end: draws a token
 };
 

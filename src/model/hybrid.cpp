@@ -85,6 +85,11 @@ void HybridModel::check_batch(const StepBatch& b, const HybridCache& cache, cons
     BAMBA_CHECK(t >= 0 && t < cfg_.vocab_size, "token id ", t, " is out of range for vocab_size ", cfg_.vocab_size);
   for (int32_t r : b.logit_rows) BAMBA_CHECK(r >= 0 && r < T, "logit row ", r, " out of range");
   const CacheSizes& cs = cache.sizes();
+  BAMBA_CHECK(b.state_after.empty() || int32_t(b.state_after.size()) == T, "malformed step batch: state_after has ",
+              b.state_after.size(), " entries for ", T, " tokens");
+  for (int32_t k : b.state_after)
+    BAMBA_CHECK(k >= -1 && k < cs.n_slots && std::find(b.state_slot.begin(), b.state_slot.end(), k) == b.state_slot.end(),
+                "state_after slot ", k, " is out of range or a sequence's own slot");
   std::vector<bool> seen(size_t(cs.n_slots), false);
   for (int32_t s = 0; s < S; ++s) {
     const int32_t slot = b.state_slot[size_t(s)], n = b.seq_len(s), past = b.past_len[size_t(s)];

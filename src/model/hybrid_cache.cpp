@@ -1,5 +1,7 @@
 #include "model/hybrid_cache.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 
 namespace bamba {
@@ -87,6 +89,16 @@ void HybridCache::copy_state(int32_t src_slot, int32_t dst_slot) {
     be_.copy_slice(conv_[i], src_slot, dst_slot);  // [K-1, CD]
     be_.copy_slice(ssm_[i], src_slot, dst_slot);   // [nh, P, N]
   }
+}
+
+void HybridCache::truncate(SeqCache& seq, int32_t len) {
+  BAMBA_CHECK(len >= 0, "truncate: negative length ", len);
+  const int32_t keep = has_attention() ? blocks_for(len) : 0;
+  while (int32_t(seq.blocks.size()) > keep) {
+    release_block(seq.blocks.back());
+    seq.blocks.pop_back();
+  }
+  seq.len = std::min(seq.len, len);
 }
 
 bool HybridCache::fork(const SeqCache& src, SeqCache& dst) {

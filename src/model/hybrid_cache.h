@@ -54,6 +54,9 @@ class HybridCache {
   // src's full KV pages shared (never written again: new tokens go to later rows) and its partly filled last page
   // copied. O(state size), independent of the sequence length. False (nothing changed) if the pools cannot.
   bool fork(const SeqCache& src, SeqCache& dst);
+  // Rolls the KV side of seq back to len tokens (rows past a length are never read): the pages past the one that
+  // holds row len - 1 go back to the pool. The Mamba state is the caller's (copy_state from a snapshot).
+  void truncate(SeqCache& seq, int32_t len);
   // Pieces for the prefix cache (engine/prefix_cache.h), which holds pages and state snapshots of its own:
   // a page is freed when its last holder (sequence or prefix cache) lets go of it.
   void retain_block(int32_t block) { ++block_refs_[size_t(block)]; }

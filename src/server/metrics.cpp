@@ -83,6 +83,15 @@ std::string prometheus_text(const EngineStats& s, const std::string& model_name)
   w.gauge("num_sessions", "Kept sessions (sequence states held between requests).", s.sessions);
   w.counter("session_hits_total", "Prompt tokens restored from a session's state (not computed).",
             double(s.session_hits));
+  w.counter("engine_steps_total", "Forward steps the engine ran (generated tokens per step: speculative decoding's gain).",
+            double(s.steps));
+  w.counter("spec_decode_num_drafts_total", "Verification steps of one sequence with draft tokens (--speculative).",
+            double(s.spec_drafts));
+  w.counter("spec_decode_num_draft_tokens_total", "Draft tokens proposed and verified.", double(s.spec_draft_tokens));
+  w.counter("spec_decode_num_accepted_tokens_total", "Draft tokens the target model accepted.",
+            double(s.spec_accepted_tokens));
+  w.gauge("spec_decode_draft_acceptance_rate", "Accepted / drafted tokens since start (0 before any draft).",
+          s.spec_draft_tokens ? double(s.spec_accepted_tokens) / double(s.spec_draft_tokens) : 0.0);
   w.histogram("time_to_first_token_seconds", "Time from arrival to the first token.", s.ttft);
   w.histogram("inter_token_latency_seconds", "Time between consecutive tokens of a request.", s.itl);
   w.histogram("e2e_request_latency_seconds", "Time from arrival to the end of a request.", s.e2e);

@@ -268,6 +268,7 @@ void parse_common(const json& b, const ServingContext& ctx, Job& job) {
   p.include_stop_str = get_bool(b, "include_stop_str_in_output").value_or(false);
   p.ignore_eos = get_bool(b, "ignore_eos").value_or(false);
   p.skip_special = get_bool(b, "skip_special_tokens").value_or(true);
+  p.speculative = get_bool(b, "speculative").value_or(true);  // bamba: false opts out of --speculative
 }
 
 int32_t max_tokens_field(const json& b, const char* k, const ServingContext& ctx, int32_t def) {

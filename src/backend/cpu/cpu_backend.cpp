@@ -162,6 +162,9 @@ class CpuBackend final : public Backend {
           o[c] = silu(acc);
         }
       }
+      for (int32_t i = 0; i < n; ++i)  // per-position states (speculative decoding): the window after token i
+        if (const int32_t keep = b_->state_after_slot(t0 + i); keep >= 0)
+          std::memcpy(row_mut(conv_state, keep), &window[size_t((i + 1) * CD)], size_t(W * CD) * 4);
       std::memcpy(state, &window[size_t(n * CD)], size_t(W * CD) * 4);  // the last K-1 inputs
     }
   }
@@ -197,6 +200,8 @@ class CpuBackend final : public Backend {
             }
             yr[p] = acc + D.ptr<float>()[h] * x[p];
           }
+          if (const int32_t keep = b_->state_after_slot(t0 + i); keep >= 0)  // per-position state
+            std::copy_n(S, P * N, row_mut(ssm_state, keep) + h * P * N);
         }
       }
     }

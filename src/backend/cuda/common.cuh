@@ -90,6 +90,8 @@ struct DevBatch {
   const int32_t* chunk_seq;    // [n_chunks]
   const int32_t* chunk_begin;  // [n_chunks] first token row
   const int32_t* chunk_first;  // [S+1] first chunk of each sequence
+  // [T] or null: a slot that also receives the Mamba state after token t (-1: none; StepBatch::state_after)
+  const int32_t* state_after = nullptr;
   int T, S, R, n_chunks, chunk_q;
 };
 

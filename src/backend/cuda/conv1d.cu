@@ -162,6 +162,27 @@ __global__ void conv_state_kernel(const T* xBC, int64_t ldx, float* conv_state, 
   }
 }
 
+// Per-position windows (speculative decoding): thread per (token t with state_after[t] >= 0, channel), writing
+// the last W inputs up to and including t (through the slot's old window for the first ones) into slot
+// state_after[t]. Runs before conv_state_kernel rewrites the old window.
+template <typename T>
+__global__ void conv_keep_states_kernel(const T* xBC, int64_t ldx, float* conv_state, int CD, int K, DevBatch b) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  const int t = blockIdx.y;
+  if (c >= CD) return;
+  const int keep = b.state_after[t];
+  if (keep < 0) return;
+  const int s = b.seq_of[t], start = b.seq_start[s], W = K - 1;
+  const bool cont = b.past_len[s] > 0;
+  const float* old = conv_state + int64_t(b.slot[s]) * W * CD;
+  float* dst = conv_state + int64_t(keep) * W * CD;
+  for (int w = 0; w < W; ++w) {
+    const int row = t - W + 1 + w;
+    const float v = row >= start ? to_f(xBC[int64_t(row) * ldx + c]) : cont ? old[int64_t(W + row - start) * CD + c] : 0.f;
+    dst[int64_t(w) * CD + c] = v;
+  }
+}
+
 // Decode: T == S, so token s is sequence s's only new token. Same summation order as conv_out_kernel (so the
 // same result to the bit), and the window after the step is [old window[1:] | x].
 template <typename T>
@@ -201,7 +222,7 @@ void conv1d_silu(cudaStream_t st, T* out, int64_t ldo, const T* xBC, int64_t ldx
                  float* conv_state, int64_t CD, int64_t K, const DevBatch& b, int max_seq_len) {
   if (K < 1 || K > kMaxK) fail("cuda conv1d: d_conv ", K, " is outside 1..", kMaxK);
   if (b.T == 0) return;
-  if (b.T == b.S) {  // decode: one kernel, window column in registers
+  if (b.T == b.S && !b.state_after) {  // decode: one kernel, window column in registers
     launch_pdl(conv_decode_kernel<T>, dim3(ceil_div(CD, 128), unsigned(b.S)), dim3(128), 0, st, out, ldo, xBC, ldx, w,
                bias, conv_state, int(CD), int(K), b);
     return;
@@ -219,6 +240,11 @@ void conv1d_silu(cudaStream_t st, T* out, int64_t ldo, const T* xBC, int64_t ldx
                                                                                      conv_state, int(CD), int(K), b);
   }
   CUDA_LAUNCH_CHECK();
+  if (K > 1 && b.state_after) {
+    conv_keep_states_kernel<T><<<dim3(ceil_div(CD, 128), unsigned(b.T)), 128, 0, st>>>(xBC, ldx, conv_state, int(CD),
+                                                                                       int(K), b);
+    CUDA_LAUNCH_CHECK();
+  }
   if (K > 1) {
     conv_state_kernel<T><<<dim3(ceil_div(CD, 128), unsigned(b.S)), 128, 0, st>>>(xBC, ldx, conv_state, int(CD), int(K), b);
     CUDA_LAUNCH_CHECK();

@@ -291,6 +291,7 @@ class CudaBackend final : public Backend {
     // Two element types: the activations' and the SSM state's (F32, or BF16: HybridCache's state option).
     typed([&]<typename T>() {
       dispatch_dtype(ssm_state.dtype, [&]<typename ST>() {
+        cuda::ssd_keep_states<T, ST>(stream_, a, db_);  // (reads the slot's state before ssd rewrites it)
         if (!cuda::ssd_step<T, ST>(stream_, a, db_)) cuda::ssd<T, ST>(stream_, a, db_, max_seq_len_, scratch_, scratch_floats_);
       });
     });
@@ -515,7 +516,8 @@ class CudaBackend final : public Backend {
 void CudaBackend::set_batch(const StepBatch& b) {
   const int T = b.n_tokens(), S = b.n_seqs(), R = int(b.logit_rows.size());
   max_seq_len_ = b.max_seq_len();
-  decode_ = T == S;
+  const bool keeps = b.keeps_states();
+  decode_ = T == S && !keeps;
   host_batch_ = &b;
   // Prefill chunk for the SSD scan: fixed for the bf16 tensor-core form; by batch size for ssd.cu's recurrence.
   const int Q = dtype_ == DType::BF16 ? ssd_chunk_ : T >= 8192 ? 256 : T >= 2048 ? 128 : 64;
@@ -529,7 +531,7 @@ void CudaBackend::set_batch(const StepBatch& b) {
   }
   cfirst.push_back(int32_t(cseq.size()));
   const int nc = int(cseq.size());
-  const size_t n = size_t(3 * T + 3 * S + 1 + R + 1 + (S + 1) + 2 * nc) + b.block_table.size();
+  const size_t n = size_t(3 * T + 3 * S + 1 + R + 1 + (S + 1) + 2 * nc + (keeps ? T : 0)) + b.block_table.size();
   if (n > meta_cap_) {
     if (capturing_) fail("internal: batch buffer grows during graph capture");
     CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -566,6 +568,7 @@ void CudaBackend::set_batch(const StepBatch& b) {
   db_.chunk_seq = put(cseq.data(), size_t(nc));
   db_.chunk_begin = put(cbeg.data(), size_t(nc));
   db_.block_table = put(b.block_table.data(), b.block_table.size());
+  db_.state_after = keeps ? put(b.state_after.data(), size_t(T)) : nullptr;  // (last: decode offsets unchanged)
   db_.T = T;
   db_.S = S;
   db_.R = R;

@@ -75,6 +75,11 @@ size_t ssd_scratch_floats(const SsdArgs& a, const DevBatch& b, int max_seq_len, 
 // launched) when the batch is not a decode step or the shape does not suit it (d_state % 4, d_state > 128).
 template <typename T, typename ST>
 bool ssd_step(cudaStream_t st, const SsdArgs& a, const DevBatch& b);
+// ssd_step.cu: the per-position states of speculative decoding (DevBatch::state_after): for every sequence with a
+// token t whose state_after[t] >= 0, the recurrence over its tokens from its slot's state (or zeros), writing
+// the state after each such t into slot state_after[t]. Runs before ssd(), which overwrites the slot.
+template <typename T, typename ST>
+void ssd_keep_states(cudaStream_t st, const SsdArgs& a, const DevBatch& b);
 
 // attention.cu (out, qkv and the pages are T*, typed by the kernel's template parameter)
 struct AttnArgs {

@@ -105,17 +105,58 @@ __global__ void __launch_bounds__(kWarps * 32) ssd_step_kernel(SsdArgs a, DevBat
   }
 }
 
+// Block per (sequence, head); thread per state element (p, n), strided. Sequences without kept states return at
+// once. Same per-element arithmetic as ssd_step_kernel (dA·s + (Δ·x)·B in fp32).
+template <typename T, typename ST>
+__global__ void ssd_keep_states_kernel(SsdArgs a, DevBatch b) {
+  const int s = blockIdx.x, h = blockIdx.y;
+  const int t0 = b.seq_start[s], t1 = b.seq_start[s + 1];
+  bool any = false;
+  for (int t = t0; t < t1; ++t) any |= b.state_after[t] >= 0;
+  if (!any) return;
+  const T* xBC = static_cast<const T*>(a.xBC);
+  const T* dt = static_cast<const T*>(a.dt);
+  const int P = a.P, N = a.N, I = a.nh * a.P, g = h / (a.nh / a.G);
+  const float A = -expf(ld_param(a.A_log, h)), dtb = ld_param(a.dt_bias, h);
+  const bool from_slot = b.past_len[s] > 0;
+  const ST* state = static_cast<const ST*>(a.state) + (int64_t(b.slot[s]) * a.nh + h) * P * N;  // [P, N]
+  int last = t0;  // tokens after the last kept state do not matter
+  for (int t = t0; t < t1; ++t)
+    if (b.state_after[t] >= 0) last = t;
+  for (int e = threadIdx.x; e < P * N; e += blockDim.x) {
+    const int p = e / N, n = e % N;
+    float v = from_slot ? to_f(state[e]) : 0.f;
+    for (int t = t0; t <= last; ++t) {
+      const T* row = xBC + int64_t(t) * a.ldx;
+      const float delta = fminf(fmaxf(softplus_f(to_f(dt[int64_t(t) * a.lddt + h]) + dtb), a.dt_min), a.dt_max);
+      const float dA = expf(delta * A), dx = delta * to_f(row[h * P + p]);
+      v = dA * v + dx * to_f(row[I + g * N + n]);
+      if (const int keep = b.state_after[t]; keep >= 0)
+        static_cast<ST*>(a.state)[(int64_t(keep) * a.nh + h) * P * N + e] = from_f<ST>(v);
+    }
+  }
+}
+
 }  // namespace
 
 template <typename T, typename ST>
+void ssd_keep_states(cudaStream_t st, const SsdArgs& a, const DevBatch& b) {
+  if (!b.state_after || b.T == 0) return;
+  ssd_keep_states_kernel<T, ST><<<dim3(unsigned(b.S), unsigned(a.nh)), 256, 0, st>>>(a, b);
+  CUDA_LAUNCH_CHECK();
+}
+
+template <typename T, typename ST>
 bool ssd_step(cudaStream_t st, const SsdArgs& a, const DevBatch& b) {
-  if (b.T != b.S || b.T == 0 || a.N % 4 || a.N > 128 || a.nh % a.G) return false;
+  if (b.T != b.S || b.T == 0 || b.state_after || a.N % 4 || a.N > 128 || a.nh % a.G) return false;
   const dim3 grid(unsigned(b.S), unsigned(a.nh), ceil_div(a.P, kWarps * kRowsPerWarp));
   launch_pdl(ssd_step_kernel<T, ST>, grid, dim3(kWarps * 32), 0, st, a, b);
   return true;
 }
 
-#define INST_ST(T, ST) template bool ssd_step<T, ST>(cudaStream_t, const SsdArgs&, const DevBatch&);
+#define INST_ST(T, ST)                                                       \
+  template bool ssd_step<T, ST>(cudaStream_t, const SsdArgs&, const DevBatch&); \
+  template void ssd_keep_states<T, ST>(cudaStream_t, const SsdArgs&, const DevBatch&);
 #define INST(T) INST_ST(T, float) INST_ST(T, bf16)
 BAMBA_CUDA_DTYPES(INST)
 #undef INST
