@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/mapped_file.h"
 #include "engine/engine.h"
+#include "model/presets.h"
 #include "server/http_server.h"
 
 namespace bamba::cli {
@@ -25,10 +26,13 @@ struct ServeOptions {
   ModelOptions model;
   HttpOptions http;
   std::string served_name, chat_template, tool_call_parser = "auto";
+  std::string preset;  // instead of --model: a model shape with generated weights (timing)
   int32_t max_num_seqs = 256, max_batched_tokens = 2048, num_kv_blocks = 0, max_n = 64, max_logprobs = 20;
   double cache_gib = 4;
   int32_t max_sessions = 0;
   bool prefix_cache = true, prefix_decode_snapshots = false;
+  bool deterministic = false;
+  int32_t deterministic_chunk = kDeterministicChunk;
   double prefix_cache_gib = -1;  // < 0: a quarter of cache_gib
   double max_body_mib = 32;
 };
@@ -41,7 +45,19 @@ json token_string(const json& v) {
 }
 
 void run(ServeOptions o) {
-  LoadedModel m = load(o.model, true);
+  LoadedModel m;
+  if (o.preset.empty()) {
+    m = load(o.model, true);
+  } else {  // generated weights answer gibberish: for timing (bench-serve at a real model's shape), and says so
+    const ModelConfig pc = preset_config(o.preset);
+    m.backend = make_backend(o.model.device, compute_dtype(o.model.dtype == "auto" ? "bf16" : o.model.dtype, DType::BF16));
+    m.model = std::make_unique<HybridModel>(pc, dummy_weights(pc, *m.backend, 1), *m.backend);
+    m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::byte_level_default());
+    m.dummy = true;
+    m.max_model_len = o.model.max_model_len > 0 ? o.model.max_model_len : 8192;
+    std::fprintf(stderr, "bamba: --preset %s: generated weights and a byte-level tokenizer (timing only), backend %s\n",
+                 o.preset.c_str(), m.backend->name().c_str());
+  }
   const ModelConfig& cfg = m.model->config();
   if (const char* key = std::getenv("BAMBA_API_KEY"); key && *key && o.http.api_key.empty()) o.http.api_key = key;
 
@@ -67,6 +83,8 @@ void run(ServeOptions o) {
     ctx.tool_format = tool_call_format_from_name(o.tool_call_parser);
   }
 
+  // Batch invariance: the prefix cache's hits depend on the other requests, so it is off.
+  if (o.deterministic) o.prefix_cache = false;
   EngineOptions eo;
   eo.max_model_len = m.max_model_len;
   eo.eos = m.eos;
@@ -74,6 +92,11 @@ void run(ServeOptions o) {
   eo.sched.max_num_seqs = o.max_num_seqs;
   eo.sched.max_batched_tokens = std::max(o.max_batched_tokens, o.max_num_seqs);
   eo.sched.max_logit_rows = std::max(o.max_num_seqs, 256);  // scored prompts: up to 256 rows per step
+  if (o.deterministic) {  // a whole chunk fits any step
+    eo.sched.deterministic_chunk = o.deterministic_chunk;
+    eo.sched.max_batched_tokens = std::max(eo.sched.max_batched_tokens, o.deterministic_chunk);
+    eo.sched.max_logit_rows = std::max(eo.sched.max_logit_rows, o.deterministic_chunk);
+  }
   // The prefix cache's snapshots are whole state slots: as many as its memory holds (at most 4096).
   int32_t snapshots = 0;
   if (o.prefix_cache) {
@@ -105,10 +128,11 @@ void run(ServeOptions o) {
   const double mib = (double(HybridCache::bytes_per_slot(cfg)) * cs.n_slots +
                       double(HybridCache::bytes_per_block(cfg, cs.block_size)) * cs.n_blocks) / double(1u << 20);
   std::fprintf(stderr, "bamba: serving %s on http://%s:%d (%d state slots, %d KV pages of %d tokens, %.1f MiB; "
-                       "prefix cache: %s, %d state snapshots; max-model-len %d; tool calls: %s)\n",
+                       "prefix cache: %s, %d state snapshots; max-model-len %d; tool calls: %s%s)\n",
                ctx.model_name.c_str(), o.http.host.c_str(), port, cs.n_slots, cs.n_blocks, cs.block_size, mib,
                o.prefix_cache ? "on" : "off", snapshots, m.max_model_len,
-               ctx.tool_format ? tool_call_format_name(*ctx.tool_format) : "none");
+               ctx.tool_format ? tool_call_format_name(*ctx.tool_format) : "none",
+               o.deterministic ? "; deterministic: batch-invariant" : "");
   server.serve(g_stop_requested);
   std::fprintf(stderr, "bamba: stopped\n");
 }
@@ -119,6 +143,9 @@ void register_serve(CLI::App& app) {
   auto o = std::make_shared<ServeOptions>();
   CLI::App* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching");
   o->model.add_to(cmd);
+  cmd->add_option("--preset", o->preset,
+                  "Instead of --model: a model shape with generated weights and the byte-level tokenizer (bamba-9b, "
+                  "...; for timing with bench-serve)");
   cmd->add_option("--host", o->http.host, "Address to listen on (default 127.0.0.1: this machine only)");
   cmd->add_option("--port", o->http.port, "Port (0: any free port, printed at start)")->check(CLI::Range(0, 65535));
   cmd->add_option("--api-key", o->http.api_key, "Require 'Authorization: Bearer KEY' on /v1 routes (or BAMBA_API_KEY)");
@@ -141,6 +168,13 @@ void register_serve(CLI::App& app) {
   cmd->add_flag("--prefix-cache-decode-snapshots", o->prefix_decode_snapshots,
                 "Also snapshot the state of decoding sequences at page boundaries (the latest per sequence), so the "
                 "next turn of a chat restores past the previous answer; one state copy per page of output");
+  cmd->add_flag("--deterministic", o->deterministic,
+                "Batch invariance: a request's tokens and logprobs are bitwise the same whatever else runs beside "
+                "it (prompt chunks at fixed positions, one kind of part per step, batch-invariant matmuls; no "
+                "prefix cache, no n > 1 forks; slower: docs/serving.md)");
+  cmd->add_option("--deterministic-chunk", o->deterministic_chunk,
+                  "With --deterministic: prompts are computed in chunks ending at multiples of this many tokens")
+      ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--max-sessions", o->max_sessions,
                   "Sequence states kept between requests (the 'session' field, /v1/sessions; 0 = off); each has its "
                   "own state slot, and its KV pages come from the pool")
