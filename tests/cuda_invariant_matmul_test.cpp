@@ -48,11 +48,14 @@ class CudaInvariantMatmul : public ::testing::TestWithParam<DType> {
 
 TEST_P(CudaInvariantMatmul, MatchesTheCpuAndRowsDoNotDependOnM) {
   const DType t = GetParam();
-  for (auto [M, N, K] : {std::tuple{67, 37, 131}, {1, 300, 64}, {130, 257, 1000}, {5, 9, 24}, {300, 129, 72}}) {
+  // K >= 1024 splits K over four warp groups. x is a strided view (row stride K + 8: 16-byte loads where K % 8 == 0;
+  // K + 3: the element-wise loads).
+  for (auto [M, N, K] : {std::tuple{67, 37, 131}, {1, 300, 64}, {130, 257, 1000}, {5, 9, 24}, {300, 129, 72},
+                         {70, 200, 2000}, {3, 64, 4104}, {9, 65, 1027}}) {
     for (bool f32_out : {false, true}) {
       if (t == DType::F32 && !f32_out) continue;  // fp32 compute: the activations are fp32 already
       const DType yt = f32_out ? DType::F32 : t;
-      auto [xc, xg] = make(t, {M, K + 3});  // strided rows: x is a column slice
+      auto [xc, xg] = make(t, {M, K + (K % 8 ? 3 : 8)});  // strided rows: x is a column slice
       auto [wc, wg] = make(t, {N, K});
       auto [bc, bg] = make(DType::F32, {N});
       Tensor x_c = xc.slice_cols(0, K), x_g = xg.slice_cols(0, K);

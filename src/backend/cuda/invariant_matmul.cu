@@ -3,7 +3,8 @@
 // split-K by shape, and small M goes to gemv.cu, so a sequence's logits would change bits with the batch it runs
 // in. Here an output is always one accumulator walked over k in order:
 //   bf16: acc = 0; for k0 = 0, 16, 32, ...: acc = mma.m16n8k16(x[m, k0:k0+16], W[n, k0:k0+16], acc)  (fp32 acc.)
-//         (zeros past K), then rounded once to the output type;
+//         (zeros past K) — from K = 1024 on, four such chains over four fixed k ranges, added in order — then
+//         rounded once to the output type;
 //   fp32: acc = 0; for k = 0 .. K-1: acc = fma(x[m, k], W[n, k], acc).
 // A tile's shape decides only which outputs a block computes, never the order within one, so the tiles are free
 // to follow the shape. No split-K, no atomics. The bias is added by the caller (one rounding, per element).
@@ -39,15 +40,27 @@ __device__ __forceinline__ uint4 load8(const bf16* base, int64_t ld, int row, in
 
 __device__ __forceinline__ uint32_t ld32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
-template <bool Vec>
-__global__ void __launch_bounds__(kThreads)
+// G groups of 4 warps split K into G contiguous ranges of whole k tiles (where the ranges end depends on K alone),
+// each group walking its range in order into its own accumulators: a decode step's few rows need G× the loads in
+// flight to stream the weights. The partial sums are then added in group order, ((p0 + p1) + p2) + p3, so an
+// output's chain is still fixed by K: the same for every M. A group synchronizes on its own named barrier
+// (the groups' trip counts may differ by one tile), the block on barrier 0 only around the reduction.
+template <bool Vec, int G>
+__global__ void __launch_bounds__(kThreads * G)
     invariant_mma_kernel(void* y, int y_f32, int64_t ldy, const bf16* x, int64_t ldx, const bf16* W, int64_t ldw,
                          int M, int N, int K) {
-  __shared__ __align__(16) bf16 xs[kBM][kBK + kPad];  // [m, k] of this k tile
-  __shared__ __align__(16) bf16 ws[kBN][kBK + kPad];  // [n, k]
+  __shared__ __align__(16) bf16 xs[G][kBM][kBK + kPad];  // [group][m, k] of its k tile
+  __shared__ __align__(16) bf16 ws[G][kBN][kBK + kPad];  // [group][n, k]
+  const int grp = int(threadIdx.x) / kThreads, tid = int(threadIdx.x) % kThreads;
   const int m0 = int(blockIdx.y) * kBM, n0 = int(blockIdx.x) * kBN;
-  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, q = lane % 4;
+  const int warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
   const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  const int tiles = (K + kBK - 1) / kBK, per = (tiles + G - 1) / G;
+  const int kb = min(K, grp * per * kBK), ke = min(K, (grp + 1) * per * kBK);  // this group's k range
+  auto group_sync = [&] {
+    if constexpr (G == 1) __syncthreads();
+    else asm volatile("bar.sync %0, %1;" ::"r"(grp + 1), "r"(kThreads) : "memory");
+  };
   float acc[2][4][4];
 #pragma unroll
   for (int i = 0; i < 2; ++i)
@@ -60,41 +73,67 @@ __global__ void __launch_bounds__(kThreads)
   auto fetch = [&](int k0) {
 #pragma unroll
     for (int v = 0; v < kVecPerThread; ++v) {
-      const int idx = int(threadIdx.x) + v * kThreads, r = idx / (kBK / 8), c = (idx % (kBK / 8)) * 8;
+      const int idx = tid + v * kThreads, r = idx / (kBK / 8), c = (idx % (kBK / 8)) * 8;
       xr[v] = load8<Vec>(x, ldx, m0 + r, M, k0 + c, K);
       wr[v] = load8<Vec>(W, ldw, n0 + r, N, k0 + c, K);
     }
   };
-  fetch(0);
-  for (int k0 = 0; k0 < K; k0 += kBK) {
+  if (kb < ke) fetch(kb);
+  for (int k0 = kb; k0 < ke; k0 += kBK) {
 #pragma unroll
     for (int v = 0; v < kVecPerThread; ++v) {
-      const int idx = int(threadIdx.x) + v * kThreads, r = idx / (kBK / 8), c = (idx % (kBK / 8)) * 8;
-      *reinterpret_cast<uint4*>(&xs[r][c]) = xr[v];
-      *reinterpret_cast<uint4*>(&ws[r][c]) = wr[v];
+      const int idx = tid + v * kThreads, r = idx / (kBK / 8), c = (idx % (kBK / 8)) * 8;
+      *reinterpret_cast<uint4*>(&xs[grp][r][c]) = xr[v];
+      *reinterpret_cast<uint4*>(&ws[grp][r][c]) = wr[v];
     }
-    __syncthreads();
-    if (k0 + kBK < K) fetch(k0 + kBK);
+    group_sync();
+    if (k0 + kBK < ke) fetch(k0 + kBK);
 #pragma unroll
     for (int kk = 0; kk < kBK; kk += 16) {
       uint32_t a[2][4];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         const int r = wm + i * 16 + g;
-        a[i][0] = ld32(&xs[r][kk + 2 * q]);
-        a[i][1] = ld32(&xs[r + 8][kk + 2 * q]);
-        a[i][2] = ld32(&xs[r][kk + 2 * q + 8]);
-        a[i][3] = ld32(&xs[r + 8][kk + 2 * q + 8]);
+        a[i][0] = ld32(&xs[grp][r][kk + 2 * q]);
+        a[i][1] = ld32(&xs[grp][r + 8][kk + 2 * q]);
+        a[i][2] = ld32(&xs[grp][r][kk + 2 * q + 8]);
+        a[i][3] = ld32(&xs[grp][r + 8][kk + 2 * q + 8]);
       }
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int c = wn + j * 8 + g;
-        const uint32_t b0 = ld32(&ws[c][kk + 2 * q]), b1 = ld32(&ws[c][kk + 2 * q + 8]);
+        const uint32_t b0 = ld32(&ws[grp][c][kk + 2 * q]), b1 = ld32(&ws[grp][c][kk + 2 * q + 8]);
 #pragma unroll
         for (int i = 0; i < 2; ++i) mma_bf16(acc[i][j], a[i], b0, b1);
       }
     }
-    __syncthreads();
+    group_sync();
+  }
+  if constexpr (G > 1) {
+    // Group 0 adds the others' partials in group order; thread tid of every group holds the same outputs.
+    static_assert(32 * kThreads * sizeof(float) <= sizeof(xs), "the reduction buffer reuses the x tiles");
+    float* red = reinterpret_cast<float*>(&xs[0][0][0]);  // [32 accumulators][kThreads]
+    for (int from = 1; from < G; ++from) {
+      __syncthreads();  // every group is done with the tiles (from = 1) / group 0 has read the last partial
+      if (grp == from) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) red[((i * 4 + j) * 4 + e) * kThreads + tid] = acc[i][j][e];
+      }
+      __syncthreads();
+      if (grp == 0) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] += red[((i * 4 + j) * 4 + e) * kThreads + tid];
+      }
+    }
+    if (grp != 0) return;
   }
 #pragma unroll
   for (int i = 0; i < 2; ++i)
@@ -155,10 +194,15 @@ void invariant_matmul(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T
   if constexpr (std::is_same_v<T, bf16>) {
     auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
     const dim3 grid(ceil_div(N, kBN), ceil_div(M, kBM));
-    if (K % 8 == 0 && ldx % 8 == 0 && ldw % 8 == 0 && aligned(x) && aligned(W))
-      invariant_mma_kernel<true><<<grid, kThreads, 0, st>>>(y, int(y_f32), ldy, x, ldx, W, ldw, M, N, K);
-    else
-      invariant_mma_kernel<false><<<grid, kThreads, 0, st>>>(y, int(y_f32), ldy, x, ldx, W, ldw, M, N, K);
+    const bool vec = K % 8 == 0 && ldx % 8 == 0 && ldw % 8 == 0 && aligned(x) && aligned(W);
+    // The split of K is chosen by K alone (never by M): 4 groups from 1024 on.
+    if (K >= 1024) {
+      if (vec) invariant_mma_kernel<true, 4><<<grid, kThreads * 4, 0, st>>>(y, int(y_f32), ldy, x, ldx, W, ldw, M, N, K);
+      else invariant_mma_kernel<false, 4><<<grid, kThreads * 4, 0, st>>>(y, int(y_f32), ldy, x, ldx, W, ldw, M, N, K);
+    } else {
+      if (vec) invariant_mma_kernel<true, 1><<<grid, kThreads, 0, st>>>(y, int(y_f32), ldy, x, ldx, W, ldw, M, N, K);
+      else invariant_mma_kernel<false, 1><<<grid, kThreads, 0, st>>>(y, int(y_f32), ldy, x, ldx, W, ldw, M, N, K);
+    }
   } else {
     if (!y_f32) fail("internal: invariant_matmul with fp32 inputs writes fp32");
     invariant_f32_kernel<<<dim3(ceil_div(N, kFBN), ceil_div(M, kFBM)), kFThreads, 0, st>>>(
