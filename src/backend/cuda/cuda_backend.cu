@@ -148,6 +148,14 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
     dev_free(it->first);
     allocs_.erase(it);
+    // A recorded decode step may point into the freed buffer, and a later workspace or cache may sit at the same
+    // host address (the graphs' key): the recordings go (releases come only when an engine is torn down).
+    drop_graphs();
+  }
+  void drop_graphs() {
+    for (auto& [k, e] : graphs_) cudaGraphExecDestroy(e);
+    graphs_.clear();
+    seen_.clear();
   }
 
   // Weights stream from the mmap'd file through two pinned staging buffers (double-buffered with events), so the
@@ -215,7 +223,10 @@ class CudaBackend final : public Backend {
   // Batch invariance: matmuls through invariant_matmul.cu; the SSD chunk fixed; and the prompt kernels chosen as
   // if every step's longest sequence had max_chunk tokens (the scheduler keeps one-token parts in steps of their
   // own, and no part longer), so the SSD path, its fused carry and the attention kernel do not follow the batch.
-  void set_batch_invariant(int32_t max_chunk) override { invariant_chunk_ = std::max(max_chunk, 0); }
+  void set_batch_invariant(int32_t max_chunk) override {
+    if (std::max(max_chunk, 0) != invariant_chunk_) drop_graphs();  // they were recorded with the other kernels
+    invariant_chunk_ = std::max(max_chunk, 0);
+  }
   void run_step(uint64_t key, const std::function<void()>& ops) override;
 
   // ---- ops
