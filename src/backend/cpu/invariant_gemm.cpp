@@ -18,9 +18,10 @@ inline float lanes_sum(const v8& a) { return ((a[0] + a[4]) + (a[2] + a[6])) + (
 // Four outputs y[j] = dot(x, w[j]): the only code that computes an output, so every output of every call is the
 // same arithmetic (not inlined: one copy of the machine code, whatever the caller's context lets the compiler
 // do). A short group of W rows passes a valid row again in the spare pointers and ignores those outputs.
-// AVX2 where the CPU has it (one instruction per 8 lanes instead of two), baseline SSE2 otherwise: the same IEEE
-// multiplies and adds in the same order either way (no FMA: "avx2" alone does not let the compiler contract).
-__attribute__((noinline, target_clones("avx2", "default"))) void dot4(const float* x, const float* w0, const float* w1, const float* w2,
+// Two clones, picked once per process by the CPU: x86-64-v3 (AVX2 + FMA: one instruction per 8 lanes, the
+// multiply-adds fused) and the SSE2 baseline. They may differ in the last bit from each other, but a machine always
+// runs the same one, and every output of every call goes through it.
+__attribute__((noinline, target_clones("arch=x86-64-v3", "default"))) void dot4(const float* x, const float* w0, const float* w1, const float* w2,
                                     const float* w3, int64_t K, float* out) {
   v8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
   const int64_t K8 = K / 8 * 8;

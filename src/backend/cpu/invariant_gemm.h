@@ -8,7 +8,8 @@
 namespace bamba::cpu {
 
 // y = x · Wᵀ      y [M, N] (row stride ldy), x [M, K] (ldx), W [N, K] (ldw), all fp32.
-// Every y[m, n] is one dot product in a fixed order: 8 lanes, lane j summing x[k]·w[k] for k ≡ j (mod 8), k < K8 =
+// Every y[m, n] is one dot product in a fixed order (multiply-adds fused on CPUs with FMA, the same for every output
+// of one machine): 8 lanes, lane j summing x[k]·w[k] for k ≡ j (mod 8), k < K8 =
 // K rounded down to 8, in increasing k; the lanes added as ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)); then
 // the tail k = K8 .. K-1 added in order. Blocked over N for cache reuse; large products split by columns over
 // the cores (which changes no bit).
