@@ -4,10 +4,13 @@
 // CPU and on the GPU (bf16 and fp32, the built-in tiny model and a wider one whose shapes take the flash attention
 // and the tensor-core SSD scan, 16- and 256-token chunks; skipped without a GPU). Also: the CPU's invariant matmul
 // gives a row the same bits whatever M is, and the scheduler's deterministic parts are a function of the sequence
-// alone.
+// alone; and on the command line, `logits --deterministic` still gives the fixture's reference logits.
 #include <gtest/gtest.h>
 
 #include <bit>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
 #include <cstdlib>
 #include <random>
 #include <thread>
@@ -15,6 +18,8 @@
 #include "backend/cpu/invariant_gemm.h"
 #include "core/error.h"
 #include "engine/engine.h"
+#include "io/safetensors.h"
+#include "test_util.h"
 #include "engine/generator.h"
 #include "model/hybrid.h"
 #include "model/presets.h"
@@ -109,6 +114,40 @@ TEST(BatchInvariantScheduler, RefusesThePrefixCacheAndChunksOverTheBudget) {
   sc.prefix_cache = true;
   sc.prefix_snapshots = 2;
   EXPECT_THROW(Scheduler s(sc, cache), Error);
+}
+
+// ---- the command line: the flags, the fixture's reference logits through the invariant kernels, a clear refusal
+
+TEST(BatchInvarianceCli, LogitsAndGenerateUnderDeterministic) {
+  const std::string dir = test::model_dir("bamba-tiny-a"), tmp = test::make_temp_dir("determ");
+  SafetensorsFile ref(dir + "/expected.safetensors");
+  const TensorInfo* ids_t = ref.find("seq4.input_ids");
+  ASSERT_NE(ids_t, nullptr);
+  std::vector<int32_t> ids(static_cast<size_t>(ids_t->numel()));
+  std::memcpy(ids.data(), ids_t->data, ids.size() * 4);
+  std::string list;
+  for (int32_t id : ids) list += (list.empty() ? "" : ",") + std::to_string(id);
+  auto r = test::run_bamba("logits -q --device cpu --deterministic --model '" + dir + "' --ids " + list + " --out '" + tmp +
+                           "/out.safetensors'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  {
+    SafetensorsFile got(tmp + "/out.safetensors");
+    const TensorInfo *g = got.find("logits"), *e = ref.find("seq4.logits");
+    ASSERT_TRUE(g && e);
+    std::vector<float> a(static_cast<size_t>(g->numel())), want(static_cast<size_t>(e->numel()));
+    convert_to_f32(g->data, g->dtype, a.size(), a.data());
+    convert_to_f32(e->data, e->dtype, want.size(), want.data());
+    ASSERT_EQ(a.size(), want.size());
+    for (size_t i = 0; i < a.size(); ++i) ASSERT_LE(std::fabs(a[i] - want[i]), 1e-3 * (1 + std::fabs(want[i]))) << i;
+  }
+  std::filesystem::remove_all(tmp);
+  const std::string gen = "generate -q --device cpu --deterministic --temperature 0.9 --seed 5 -n 12 --ignore-eos";
+  auto a = test::run_bamba(gen, "Hello"), b = test::run_bamba(gen, "Hello");
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_EQ(a.out, b.out);
+  auto bad = test::run_bamba("generate -q --device cpu --deterministic --speculative ngram -n 4", "Hi");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("--deterministic cannot be combined with --speculative"), std::string::npos) << bad.err;
 }
 
 // ---- the engine, alone vs among 63 others
