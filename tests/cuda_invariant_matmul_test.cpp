@@ -48,10 +48,10 @@ class CudaInvariantMatmul : public ::testing::TestWithParam<DType> {
 
 TEST_P(CudaInvariantMatmul, MatchesTheCpuAndRowsDoNotDependOnM) {
   const DType t = GetParam();
-  // K >= 1024 splits K over four warp groups. x is a strided view (row stride K + 8: 16-byte loads where K % 8 == 0;
+  // K >= 1024 splits K over four warp groups; N > 8192 takes 64-column tiles. x is a strided view (row stride K + 8: 16-byte loads where K % 8 == 0;
   // K + 3: the element-wise loads).
   for (auto [M, N, K] : {std::tuple{67, 37, 131}, {1, 300, 64}, {130, 257, 1000}, {5, 9, 24}, {300, 129, 72},
-                         {70, 200, 2000}, {3, 64, 4104}, {9, 65, 1027}}) {
+                         {70, 200, 2000}, {3, 64, 4104}, {9, 65, 1027}, {2, 8200, 64}, {5, 9000, 1100}}) {
     for (bool f32_out : {false, true}) {
       if (t == DType::F32 && !f32_out) continue;  // fp32 compute: the activations are fp32 already
       const DType yt = f32_out ? DType::F32 : t;

@@ -16,9 +16,10 @@
 namespace bamba::cuda {
 namespace {
 
-// ---- bf16 on tensor cores: a block computes 64 rows × 64 columns with 4 warps of 32 × 32 (2 m16 × 4 n8 frags).
-constexpr int kBM = 64, kBN = 64, kBK = 32, kPad = 8, kThreads = 128;
-constexpr int kVecPerThread = kBM * kBK / 8 / kThreads;  // 16-byte vectors of one tile per thread (2)
+// ---- bf16 on tensor cores: a block computes 64 rows × BN (64 or 32) columns with a group of 4 warps of 32 × BN/2
+// (2 m16 × BN/16 n8 frags) per K range.
+constexpr int kBM = 64, kBK = 32, kPad = 8, kThreads = 128;  // (group_sync's barriers count 128 threads)
+constexpr int kXVecPerThread = kBM * kBK / 8 / kThreads;  // 16-byte vectors of an x tile per thread (2)
 
 // Eight bf16 of row `row` from column `col` (zeros past `rows` and K). Vec: 16-byte loads (K, ld multiples of 8,
 // base 16-byte aligned), else element by element.
@@ -45,45 +46,63 @@ __device__ __forceinline__ uint32_t ld32(const bf16* p) { return *reinterpret_ca
 // flight to stream the weights. The partial sums are then added in group order, ((p0 + p1) + p2) + p3, so an
 // output's chain is still fixed by K: the same for every M. A group synchronizes on its own named barrier
 // (the groups' trip counts may differ by one tile), the block on barrier 0 only around the reduction.
-template <bool Vec, int G>
+template <bool Vec, int G, int BN>
 __global__ void __launch_bounds__(kThreads * G)
     invariant_mma_kernel(void* y, int y_f32, int64_t ldy, const bf16* x, int64_t ldx, const bf16* W, int64_t ldw,
                          int M, int N, int K) {
   __shared__ __align__(16) bf16 xs[G][kBM][kBK + kPad];  // [group][m, k] of its k tile
-  __shared__ __align__(16) bf16 ws[G][kBN][kBK + kPad];  // [group][n, k]
+  __shared__ __align__(16) bf16 ws[G][BN][kBK + kPad];  // [group][n, k]
+  constexpr int NJ = BN / 16, kWVecPerThread = BN * kBK / 8 / kThreads;  // n8 frags per warp; W vectors per thread
   const int grp = int(threadIdx.x) / kThreads, tid = int(threadIdx.x) % kThreads;
-  const int m0 = int(blockIdx.y) * kBM, n0 = int(blockIdx.x) * kBN;
+  const int m0 = int(blockIdx.y) * kBM, n0 = int(blockIdx.x) * BN;
   const int warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
-  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  const int wm = (warp / 2) * 32, wn = (warp % 2) * (BN / 2);
   const int tiles = (K + kBK - 1) / kBK, per = (tiles + G - 1) / G;
   const int kb = min(K, grp * per * kBK), ke = min(K, (grp + 1) * per * kBK);  // this group's k range
-  auto group_sync = [&] {
-    if constexpr (G == 1) __syncthreads();
-    else asm volatile("bar.sync %0, %1;" ::"r"(grp + 1), "r"(kThreads) : "memory");
+  auto group_sync = [&] {  // barrier ids as immediates: ptxas then reserves 5 of the SM's 16, not all of them
+    if constexpr (G == 1) {
+      __syncthreads();
+    } else {
+      static_assert(G <= 4, "named barriers 1..4");
+      switch (grp) {
+        case 0: asm volatile("bar.sync 1, 128;" ::: "memory"); break;
+        case 1: asm volatile("bar.sync 2, 128;" ::: "memory"); break;
+        case 2: asm volatile("bar.sync 3, 128;" ::: "memory"); break;
+        default: asm volatile("bar.sync 4, 128;" ::: "memory"); break;
+      }
+    }
   };
-  float acc[2][4][4];
+  float acc[2][NJ][4];
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
+    for (int j = 0; j < NJ; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
-  uint4 xr[kVecPerThread], wr[kVecPerThread];  // the next k tile, on its way from global memory
+  uint4 xr[kXVecPerThread], wr[kWVecPerThread];  // the next k tile, on its way from global memory
   auto fetch = [&](int k0) {
 #pragma unroll
-    for (int v = 0; v < kVecPerThread; ++v) {
+    for (int v = 0; v < kXVecPerThread; ++v) {
       const int idx = tid + v * kThreads, r = idx / (kBK / 8), c = (idx % (kBK / 8)) * 8;
       xr[v] = load8<Vec>(x, ldx, m0 + r, M, k0 + c, K);
+    }
+#pragma unroll
+    for (int v = 0; v < kWVecPerThread; ++v) {
+      const int idx = tid + v * kThreads, r = idx / (kBK / 8), c = (idx % (kBK / 8)) * 8;
       wr[v] = load8<Vec>(W, ldw, n0 + r, N, k0 + c, K);
     }
   };
   if (kb < ke) fetch(kb);
   for (int k0 = kb; k0 < ke; k0 += kBK) {
 #pragma unroll
-    for (int v = 0; v < kVecPerThread; ++v) {
+    for (int v = 0; v < kXVecPerThread; ++v) {
       const int idx = tid + v * kThreads, r = idx / (kBK / 8), c = (idx % (kBK / 8)) * 8;
       *reinterpret_cast<uint4*>(&xs[grp][r][c]) = xr[v];
+    }
+#pragma unroll
+    for (int v = 0; v < kWVecPerThread; ++v) {
+      const int idx = tid + v * kThreads, r = idx / (kBK / 8), c = (idx % (kBK / 8)) * 8;
       *reinterpret_cast<uint4*>(&ws[grp][r][c]) = wr[v];
     }
     group_sync();
@@ -100,7 +119,7 @@ __global__ void __launch_bounds__(kThreads * G)
         a[i][3] = ld32(&xs[grp][r + 8][kk + 2 * q + 8]);
       }
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < NJ; ++j) {
         const int c = wn + j * 8 + g;
         const uint32_t b0 = ld32(&ws[grp][c][kk + 2 * q]), b1 = ld32(&ws[grp][c][kk + 2 * q + 8]);
 #pragma unroll
@@ -111,26 +130,26 @@ __global__ void __launch_bounds__(kThreads * G)
   }
   if constexpr (G > 1) {
     // Group 0 adds the others' partials in group order; thread tid of every group holds the same outputs.
-    static_assert(32 * kThreads * sizeof(float) <= sizeof(xs), "the reduction buffer reuses the x tiles");
-    float* red = reinterpret_cast<float*>(&xs[0][0][0]);  // [32 accumulators][kThreads]
+    static_assert(8 * NJ * kThreads * sizeof(float) <= sizeof(xs), "the reduction buffer reuses the x tiles");
+    float* red = reinterpret_cast<float*>(&xs[0][0][0]);  // [8 NJ accumulators][kThreads]
     for (int from = 1; from < G; ++from) {
       __syncthreads();  // every group is done with the tiles (from = 1) / group 0 has read the last partial
       if (grp == from) {
 #pragma unroll
         for (int i = 0; i < 2; ++i)
 #pragma unroll
-          for (int j = 0; j < 4; ++j)
+          for (int j = 0; j < NJ; ++j)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) red[((i * 4 + j) * 4 + e) * kThreads + tid] = acc[i][j][e];
+            for (int e = 0; e < 4; ++e) red[((i * NJ + j) * 4 + e) * kThreads + tid] = acc[i][j][e];
       }
       __syncthreads();
       if (grp == 0) {
 #pragma unroll
         for (int i = 0; i < 2; ++i)
 #pragma unroll
-          for (int j = 0; j < 4; ++j)
+          for (int j = 0; j < NJ; ++j)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] += red[((i * 4 + j) * 4 + e) * kThreads + tid];
+            for (int e = 0; e < 4; ++e) acc[i][j][e] += red[((i * NJ + j) * 4 + e) * kThreads + tid];
       }
     }
     if (grp != 0) return;
@@ -138,7 +157,7 @@ __global__ void __launch_bounds__(kThreads * G)
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
+    for (int j = 0; j < NJ; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int m = m0 + wm + i * 16 + g + (e >= 2 ? 8 : 0), n = n0 + wn + j * 8 + 2 * q + (e & 1);
@@ -193,15 +212,20 @@ void invariant_matmul(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T
   if (M <= 0 || N <= 0) return;
   if constexpr (std::is_same_v<T, bf16>) {
     auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-    const dim3 grid(ceil_div(N, kBN), ceil_div(M, kBM));
     const bool vec = K % 8 == 0 && ldx % 8 == 0 && ldw % 8 == 0 && aligned(x) && aligned(W);
-    // The split of K is chosen by K alone (never by M): 4 groups from 1024 on.
+    // The split of K is chosen by K alone (never by M): 4 groups from 1024 on. The column tile only picks which
+    // outputs a block computes: 32 columns up to N = 8192 (more blocks to stream a narrow weight), else 64.
+    auto launch = [&]<int G, int BN>() {
+      const dim3 grid(ceil_div(N, BN), ceil_div(M, kBM));
+      if (vec) invariant_mma_kernel<true, G, BN><<<grid, kThreads * G, 0, st>>>(y, int(y_f32), ldy, x, ldx, W, ldw, M, N, K);
+      else invariant_mma_kernel<false, G, BN><<<grid, kThreads * G, 0, st>>>(y, int(y_f32), ldy, x, ldx, W, ldw, M, N, K);
+    };
     if (K >= 1024) {
-      if (vec) invariant_mma_kernel<true, 4><<<grid, kThreads * 4, 0, st>>>(y, int(y_f32), ldy, x, ldx, W, ldw, M, N, K);
-      else invariant_mma_kernel<false, 4><<<grid, kThreads * 4, 0, st>>>(y, int(y_f32), ldy, x, ldx, W, ldw, M, N, K);
+      if (N <= 8192) launch.template operator()<4, 32>();
+      else launch.template operator()<4, 64>();
     } else {
-      if (vec) invariant_mma_kernel<true, 1><<<grid, kThreads, 0, st>>>(y, int(y_f32), ldy, x, ldx, W, ldw, M, N, K);
-      else invariant_mma_kernel<false, 1><<<grid, kThreads, 0, st>>>(y, int(y_f32), ldy, x, ldx, W, ldw, M, N, K);
+      if (N <= 8192) launch.template operator()<1, 32>();
+      else launch.template operator()<1, 64>();
     }
   } else {
     if (!y_f32) fail("internal: invariant_matmul with fp32 inputs writes fp32");
