@@ -141,11 +141,12 @@ TEST(BatchInvarianceCli, LogitsAndGenerateUnderDeterministic) {
     for (size_t i = 0; i < a.size(); ++i) ASSERT_LE(std::fabs(a[i] - want[i]), 1e-3 * (1 + std::fabs(want[i]))) << i;
   }
   std::filesystem::remove_all(tmp);
-  const std::string gen = "generate -q --device cpu --deterministic --temperature 0.9 --seed 5 -n 12 --ignore-eos";
+  const std::string gen = "generate -q --model dummy --device cpu --deterministic --temperature 0.9 --seed 5 -n 12 "
+                          "--ignore-eos";
   auto a = test::run_bamba(gen, "Hello"), b = test::run_bamba(gen, "Hello");
   ASSERT_EQ(a.exit_code, 0) << a.err;
   EXPECT_EQ(a.out, b.out);
-  auto bad = test::run_bamba("generate -q --device cpu --deterministic --speculative ngram -n 4", "Hi");
+  auto bad = test::run_bamba("generate -q --model dummy --device cpu --deterministic --speculative ngram -n 4", "Hi");
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.err.find("--deterministic cannot be combined with --speculative"), std::string::npos) << bad.err;
 }

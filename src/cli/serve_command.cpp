@@ -54,6 +54,7 @@ void run(ServeOptions o) {
     m.model = std::make_unique<HybridModel>(pc, dummy_weights(pc, *m.backend, 1), *m.backend);
     m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::byte_level_default());
     m.dummy = true;
+    m.name = "preset-" + o.preset;
     m.max_model_len = o.model.max_model_len > 0 ? o.model.max_model_len : 8192;
     std::fprintf(stderr, "bamba: --preset %s: generated weights and a byte-level tokenizer (timing only), backend %s\n",
                  o.preset.c_str(), m.backend->name().c_str());
