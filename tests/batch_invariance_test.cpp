@@ -75,12 +75,16 @@ TEST(BatchInvariantScheduler, PartsAreAFunctionOfTheSequenceAlone) {
     target.push_back(prompt_len.back() + 1 + int32_t(rng() % 20));
     sched.add(i, std::vector<int32_t>(size_t(prompt_len.back()), 3), false);
   }
-  int32_t done = 0, steps = 0;
+  int32_t done = 0, steps = 0, empty = 0;
   const int64_t before = sched.num_preemptions();
   while (done < 30) {
     ASSERT_LT(++steps, 20000) << "no progress";
     auto plan = sched.schedule();
-    ASSERT_FALSE(plan.empty());
+    if (plan.empty()) {  // the kind whose turn it was could not run (no page, no slot): the other kind next
+      ASSERT_LT(++empty, 2) << "two empty steps in a row";
+      continue;
+    }
+    empty = 0;
     bool single = false, multi = false;
     for (const ScheduledSeq& p : plan) {
       (p.n == 1 ? single : multi) = true;

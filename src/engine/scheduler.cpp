@@ -197,6 +197,17 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
   std::vector<ScheduledSeq> out;
   int32_t tokens = cfg_.max_batched_tokens, rows = cfg_.max_logit_rows;
   const bool det = cfg_.deterministic_chunk > 0;
+  // Batch invariance: this step runs one kind of part, one-token (want 0) or longer (want 1), taking turns when
+  // both kinds wait, chosen before the budget is spent so that neither kind can starve the other.
+  int want = -1;
+  if (det) {
+    bool single = false, multi = false;
+    for (Sequence* s : running_) (chunk_limit(*s) > 1 ? multi : single) = true;
+    if (!waiting_.empty() && int32_t(running_.size()) < cfg_.max_num_seqs)
+      (chunk_limit(*waiting_.front()) > 1 ? multi : single) = true;
+    if (single || multi) want = single && multi ? !last_multi_ : multi;
+  }
+  auto other_kind = [&](const Sequence& s) { return want >= 0 && (chunk_limit(s) > 1) != (want == 1); };
   bool preempted = false;
   // 1. Running sequences, oldest first; preempt from the newest end when pages run out.
   for (size_t i = 0; i < running_.size(); ++i) {
@@ -205,7 +216,7 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     int32_t n = std::min(chunk_limit(*s), tokens);
     if (all) n = std::min(n, rows);
     if (n <= 0) continue;  // out of budget this step; decodes always fit (max_batched_tokens >= max_num_seqs)
-    if (det && n < chunk_limit(*s)) continue;  // batch invariance: a chunk is never cut short; it waits
+    if (det && (n < chunk_limit(*s) || other_kind(*s))) continue;  // never cut short: it waits (or its turn)
     bool self_preempted = false;
     while (!reserve(s, s->computed + n)) {
       Sequence* victim = running_.back();
@@ -229,7 +240,7 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     if (fresh) start_from_prefix(*s);
     int32_t n = std::min(chunk_limit(*s), tokens);
     if (all) n = std::min(n, rows);
-    if (det && n < chunk_limit(*s)) break;  // not cut short: it starts in a later step
+    if (det && (n < chunk_limit(*s) || other_kind(*s))) break;  // not cut short: it starts in a later step
     if (!reserve(s, s->computed + n)) {  // keep arrival order: wait for pages
       if (fresh && s->computed > 0) {    // give the restored prefix back; it is looked up again next time
         cache_.release(s->cache);
@@ -254,6 +265,7 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     const bool single = std::any_of(out.begin(), out.end(), [](const ScheduledSeq& p) { return p.n == 1; });
     if (multi && single) std::erase_if(out, [&](const ScheduledSeq& p) { return (p.n > 1) == last_multi_; });
     if (!out.empty()) last_multi_ = out.front().n > 1;
+    else if (want >= 0) last_multi_ = want == 1;  // this kind could not run (pages, slots): the other one next
   }
   return out;
 }
