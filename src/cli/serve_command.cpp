@@ -10,7 +10,6 @@
 #include "core/error.h"
 #include "core/mapped_file.h"
 #include "engine/engine.h"
-#include "model/presets.h"
 #include "server/http_server.h"
 
 namespace bamba::cli {
@@ -26,7 +25,6 @@ struct ServeOptions {
   ModelOptions model;
   HttpOptions http;
   std::string served_name, chat_template, tool_call_parser = "auto";
-  std::string preset;  // instead of --model: a model shape with generated weights (timing)
   int32_t max_num_seqs = 256, max_batched_tokens = 2048, num_kv_blocks = 0, max_n = 64, max_logprobs = 20;
   double cache_gib = 4;
   int32_t max_sessions = 0;
@@ -45,20 +43,7 @@ json token_string(const json& v) {
 }
 
 void run(ServeOptions o) {
-  LoadedModel m;
-  if (o.preset.empty()) {
-    m = load(o.model, true);
-  } else {  // generated weights answer gibberish: for timing (bench-serve at a real model's shape), and says so
-    const ModelConfig pc = preset_config(o.preset);
-    m.backend = make_backend(o.model.device, compute_dtype(o.model.dtype == "auto" ? "bf16" : o.model.dtype, DType::BF16));
-    m.model = std::make_unique<HybridModel>(pc, dummy_weights(pc, *m.backend, 1), *m.backend);
-    m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::byte_level_default());
-    m.dummy = true;
-    m.name = "preset-" + o.preset;
-    m.max_model_len = o.model.max_model_len > 0 ? o.model.max_model_len : 8192;
-    std::fprintf(stderr, "bamba: --preset %s: generated weights and a byte-level tokenizer (timing only), backend %s\n",
-                 o.preset.c_str(), m.backend->name().c_str());
-  }
+  LoadedModel m = load(o.model, true);
   const ModelConfig& cfg = m.model->config();
   if (const char* key = std::getenv("BAMBA_API_KEY"); key && *key && o.http.api_key.empty()) o.http.api_key = key;
 
@@ -144,9 +129,6 @@ void register_serve(CLI::App& app) {
   auto o = std::make_shared<ServeOptions>();
   CLI::App* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching");
   o->model.add_to(cmd);
-  cmd->add_option("--preset", o->preset,
-                  "Instead of --model: a model shape with generated weights and the byte-level tokenizer (bamba-9b, "
-                  "...; for timing with bench-serve)");
   cmd->add_option("--host", o->http.host, "Address to listen on (default 127.0.0.1: this machine only)");
   cmd->add_option("--port", o->http.port, "Port (0: any free port, printed at start)")->check(CLI::Range(0, 65535));
   cmd->add_option("--api-key", o->http.api_key, "Require 'Authorization: Bearer KEY' on /v1 routes (or BAMBA_API_KEY)");
