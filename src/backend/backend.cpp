@@ -51,3 +51,9 @@ void backward_not_implemented(const char* op, const std::string& backend) {
   fail(op, "_backward: not implemented on ", backend);
 }
 }  // namespace bamba
+
+namespace bamba {
+void Backend::set_batch_invariant(int32_t max_chunk) {
+  if (max_chunk > 0) fail("--deterministic (batch-invariant kernels) is not implemented on ", name());
+}
+}  // namespace bamba

@@ -158,6 +158,13 @@ class Backend {
   // so `ops` must issue the same ops on the same tensors whenever key and the batch's token and sequence
   // counts are the same, and must not read anything on the host that the previous step wrote.
   virtual void run_step(uint64_t key, const std::function<void()>& ops) { ops(); }
+  // Batch invariance (`--deterministic`, docs/serving.md). max_chunk > 0: from now on every op computes a
+  // sequence's rows with the same arithmetic, in the same order, whatever else is in the step: matmuls reduce
+  // each row in an order independent of the number of rows M, and no kernel is chosen by the step's shape.
+  // The caller keeps its side: a step holds either only one-token sequences or only longer ones (so the decode
+  // and prompt kernel families never see the same sequence by chance), and no sequence brings more than
+  // max_chunk tokens. 0 turns it off (the fastest kernels). The default: Error unless 0.
+  virtual void set_batch_invariant(int32_t max_chunk);
 
   // ---- ops
   // out[t] = table[tokens[t]]                                  out [T, H], table [V, H]

@@ -30,6 +30,8 @@ void register_bench(CLI::App& app) {
                                      "default pp512,pp2048,pp8192,tg128,decode1,decode16,decode64");
   sub->add_option("--prompt", o->decode_prompt, "Prompt length before batched decode")->capture_default_str();
   sub->add_option("--steps", o->decode_steps, "Decode steps timed per batched-decode run")->capture_default_str();
+  sub->add_flag("--deterministic", o->deterministic,
+                "The batch-invariant kernels of serve --deterministic (docs/serving.md), to measure their cost");
   sub->add_flag("--profile", o->profile, "After each test, one more run with every op timed alone (per-op table on "
                                          "stderr; ops are synchronized one by one, so decode times include launch "
                                          "latency)");

@@ -14,6 +14,10 @@
 
 namespace bamba::cli {
 
+// --deterministic (batch invariance, docs/serving.md): prompts are computed in chunks ending at multiples of this
+// many tokens, in `serve`, `generate` and `logits` alike, so the three give a request the same bits.
+constexpr int32_t kDeterministicChunk = 256;
+
 struct ModelOptions {
   std::string model;  // empty: the built-in model (builtin_model_dir); "dummy": the generated-weights tiny model
   std::string device = "auto";

@@ -27,6 +27,8 @@ struct GenerateOptions {
   int32_t num_speculative_tokens = 4, prompt_lookup_min = 1, prompt_lookup_max = 4;
   std::string save_state, load_state;
   bool temperature_given = false, top_k_given = false, top_p_given = false;
+  bool deterministic = false;
+  int32_t deterministic_chunk = kDeterministicChunk;
 };
 
 void run(const GenerateOptions& o) {
@@ -54,7 +56,13 @@ void run(const GenerateOptions& o) {
     draft = load(d, false);
     drafter = std::make_unique<ModelDrafter>(*draft.model, m.model->config().vocab_size, m.max_model_len);
   }
-  Generator gen(*m.model, m.max_model_len, 512, {drafter.get(), o.num_speculative_tokens});
+  // --deterministic: the steps `serve --deterministic` would run for this request (prompt chunks ending at
+  // multiples of the chunk, then a token a step) on batch-invariant kernels, so the output is the server's, bit
+  // for bit. Speculative verification steps are other steps.
+  if (o.deterministic && drafter) fail("--deterministic cannot be combined with --speculative");
+  if (o.deterministic) m.backend->set_batch_invariant(o.deterministic_chunk);
+  Generator gen(*m.model, m.max_model_len, o.deterministic ? o.deterministic_chunk : 512,
+                {drafter.get(), o.num_speculative_tokens});
   gen.set_keep_state(!o.save_state.empty());
   // A loaded conversation goes on: the prompt is appended to it, without a second BOS.
   if (!o.load_state.empty()) gen.load_state(o.load_state);
@@ -108,6 +116,11 @@ void register_generate(CLI::App& app) {
       ->check(CLI::Range(1, 64));
   cmd->add_option("--prompt-lookup-min", o->prompt_lookup_min, "Shortest n-gram prompt lookup matches")->check(CLI::Range(1, 64));
   cmd->add_option("--prompt-lookup-max", o->prompt_lookup_max, "Longest n-gram prompt lookup tries first")->check(CLI::Range(1, 64));
+  cmd->add_flag("--deterministic", o->deterministic,
+                "Batch invariance: the bits `serve --deterministic` gives this request (docs/serving.md)");
+  cmd->add_option("--deterministic-chunk", o->deterministic_chunk,
+                  "With --deterministic: prompt chunks end at multiples of this many tokens (as serve's)")
+      ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--save-state", o->save_state,
                   "Write the conversation's state (tokens, Mamba states, KV rows) to FILE at the end (docs/serving.md)");
   cmd->add_option("--load-state", o->load_state,

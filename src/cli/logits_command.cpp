@@ -16,7 +16,8 @@ struct LogitsOptions {
   ModelOptions model;
   std::string ids_text, prompt, out;
   bool activations = false, no_bos = false;
-  int32_t chunk = 512;
+  int32_t chunk = 0;  // 0: 512, or serve's deterministic chunk with --deterministic
+  bool deterministic = false;
 };
 
 std::vector<int32_t> parse_ids(const std::string& s) {
@@ -52,7 +53,11 @@ void run(const LogitsOptions& o) {
   const size_t V = size_t(c.vocab_size), H = size_t(c.hidden_size);
   std::vector<float> logits(size_t(T) * V);
   std::map<std::string, std::vector<float>> acts;
-  const int32_t chunk = std::min(o.chunk, T);
+  // --deterministic: batch-invariant kernels and serve's chunks, so row t is bit for bit the logits the server
+  // scores prompt token t + 1 with (prompt logprobs) under --deterministic.
+  const int32_t want = o.chunk > 0 ? o.chunk : o.deterministic ? kDeterministicChunk : 512;
+  if (o.deterministic) m.backend->set_batch_invariant(want);
+  const int32_t chunk = std::min(want, T);
   HybridCache cache(c, *m.backend, HybridCache::sizes_for(c, 1, T));
   Workspace ws(c, *m.backend, chunk, chunk);
   SeqCache seq;
@@ -93,7 +98,11 @@ void register_logits(CLI::App& app) {
   cmd->add_flag("--activations", o->activations,
                 "Also write embed, layer0..layer{L-1} (residual stream after each layer) and final_norm, [T, hidden]");
   cmd->add_flag("--no-bos", o->no_bos, "With --prompt: do not add BOS");
-  cmd->add_option("--chunk", o->chunk, "Tokens per forward step (chunked prefill)")->check(CLI::PositiveNumber);
+  cmd->add_option("--chunk", o->chunk, "Tokens per forward step (chunked prefill; default 512, with --deterministic "
+                  "serve's 256)")->check(CLI::PositiveNumber);
+  cmd->add_flag("--deterministic", o->deterministic,
+                "Batch-invariant kernels and serve's chunks: row t is what serve --deterministic scores with "
+                "(docs/serving.md)");
   cmd->callback([o, cmd] {
     if (!cmd->count("--ids") && !cmd->count("--prompt")) fail("logits: give --ids or --prompt");
     run(*o);

@@ -31,6 +31,8 @@ struct ServeOptions {
   double cache_gib = 4;
   int32_t max_sessions = 0;
   bool prefix_cache = true, prefix_decode_snapshots = false;
+  bool deterministic = false;
+  int32_t deterministic_chunk = kDeterministicChunk;
   double prefix_cache_gib = -1;  // < 0: a quarter of cache_gib
   double max_body_mib = 32;
   std::string preset;       // a model shape with generated weights (timing only)
@@ -85,6 +87,8 @@ void run(ServeOptions o) {
     ctx.tool_format = tool_call_format_from_name(o.tool_call_parser);
   }
 
+  // Batch invariance: the prefix cache's hits depend on the other requests, so it is off.
+  if (o.deterministic) o.prefix_cache = false;
   EngineOptions eo;
   eo.max_model_len = m.max_model_len;
   eo.eos = m.eos;
@@ -92,6 +96,11 @@ void run(ServeOptions o) {
   eo.sched.max_num_seqs = o.max_num_seqs;
   eo.sched.max_batched_tokens = std::max(o.max_batched_tokens, o.max_num_seqs);
   eo.sched.max_logit_rows = std::max(o.max_num_seqs, 256);  // scored prompts: up to 256 rows per step
+  if (o.deterministic) {  // a whole chunk fits any step
+    eo.sched.deterministic_chunk = o.deterministic_chunk;
+    eo.sched.max_batched_tokens = std::max(eo.sched.max_batched_tokens, o.deterministic_chunk);
+    eo.sched.max_logit_rows = std::max(eo.sched.max_logit_rows, o.deterministic_chunk);
+  }
   // The prefix cache's snapshots are whole state slots: as many as its memory holds (at most 4096).
   int32_t snapshots = 0;
   if (o.prefix_cache) {
@@ -159,10 +168,11 @@ void run(ServeOptions o) {
                  o.speculative_rollback.c_str(), spec_slots,
                  spec_slots / Engine::speculative_slots(1, o.num_speculative_tokens, eo.spec_rollback));
   std::fprintf(stderr, "bamba: serving %s on http://%s:%d (%d state slots, %d KV pages of %d tokens, %.1f MiB; "
-                       "prefix cache: %s, %d state snapshots; max-model-len %d; tool calls: %s)\n",
+                       "prefix cache: %s, %d state snapshots; max-model-len %d; tool calls: %s%s)\n",
                ctx.model_name.c_str(), o.http.host.c_str(), port, cs.n_slots, cs.n_blocks, cs.block_size, mib,
                o.prefix_cache ? "on" : "off", snapshots, m.max_model_len,
-               ctx.tool_format ? tool_call_format_name(*ctx.tool_format) : "none");
+               ctx.tool_format ? tool_call_format_name(*ctx.tool_format) : "none",
+               o.deterministic ? "; deterministic: batch-invariant" : "");
   server.serve(g_stop_requested);
   std::fprintf(stderr, "bamba: stopped\n");
 }
@@ -195,6 +205,13 @@ void register_serve(CLI::App& app) {
   cmd->add_flag("--prefix-cache-decode-snapshots", o->prefix_decode_snapshots,
                 "Also snapshot the state of decoding sequences at page boundaries (the latest per sequence), so the "
                 "next turn of a chat restores past the previous answer; one state copy per page of output");
+  cmd->add_flag("--deterministic", o->deterministic,
+                "Batch invariance: a request's tokens and logprobs are bitwise the same whatever else runs beside "
+                "it (prompt chunks at fixed positions, one kind of part per step, batch-invariant matmuls; no "
+                "prefix cache, no n > 1 forks; slower: docs/serving.md)");
+  cmd->add_option("--deterministic-chunk", o->deterministic_chunk,
+                  "With --deterministic: prompts are computed in chunks ending at multiples of this many tokens")
+      ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--max-sessions", o->max_sessions,
                   "Sequence states kept between requests (the 'session' field, /v1/sessions; 0 = off); each has its "
                   "own state slot, and its KV pages come from the pool")

@@ -182,9 +182,11 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
     else if (t.rfind("tg", 0) != 0) fail("bench: unknown test \"", t, "\" (ppN, tgN, decodeN)");
   }
   auto be = make_backend(o.device, compute_dtype(o.dtype, DType::BF16));
+  // The kernels of serve --deterministic (its 256-token chunks: a ppN test above 256 is one longer part).
+  if (o.deterministic) be->set_batch_invariant(256);
   BenchReport rep;
   rep.model = o.preset;
-  rep.backend = be->name();
+  rep.backend = be->name() + (o.deterministic ? " [deterministic]" : "");
   rep.device = o.device;
   rep.params = cfg.parameter_count();
   log << "bench: " << o.preset << ", " << rep.params << " parameters, backend " << rep.backend << "\n" << std::flush;

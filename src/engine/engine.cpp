@@ -69,6 +69,8 @@ Engine::Engine(const HybridModel& model, const Tokenizer* tok, EngineOptions opt
               opt_.max_model_len);
   stats_.free_slots = cache_.free_slots();
   stats_.free_blocks = cache_.free_blocks();
+  // Batch invariance: the scheduler cuts sequences by themselves, the backend's kernels do the rest.
+  if (opt_.sched.deterministic_chunk > 0) model_.backend().set_batch_invariant(opt_.sched.deterministic_chunk);
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -79,6 +81,7 @@ Engine::~Engine() {
   }
   cv_.notify_all();
   thread_.join();
+  if (opt_.sched.deterministic_chunk > 0) model_.backend().set_batch_invariant(0);
 }
 
 void Engine::validate(const RequestParams& p) const {

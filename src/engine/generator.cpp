@@ -80,8 +80,12 @@ GenerationStats Generator::generate(std::span<const int32_t> prompt, int32_t max
   };
 
   auto t0 = clock::now();
-  for (int32_t b = seq.len; b < int32_t(ids.size()); b += prefill_chunk_)
-    logits_ = step(b, std::min<int32_t>(int32_t(ids.size()), b + prefill_chunk_));
+  // Chunks end at multiples of prefill_chunk_ (absolute positions, also after a loaded state): the splits the
+  // server's deterministic schedule makes.
+  for (int32_t b = seq.len, e; b < int32_t(ids.size()); b = e) {
+    e = std::min<int32_t>(int32_t(ids.size()), (b / prefill_chunk_ + 1) * prefill_chunk_);
+    logits_ = step(b, e);
+  }
   auto t1 = clock::now();
   st.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
   // Invariant at the top of the loop: the cache holds every token of ids and logits_ predicts the next.

@@ -11,6 +11,12 @@ Scheduler::Scheduler(SchedulerConfig cfg, HybridCache& cache) : cfg_(cfg), cache
   BAMBA_CHECK(cfg.max_num_seqs >= 1 && cfg.max_num_seqs + snaps <= cache.sizes().n_slots, "max_num_seqs ",
               cfg.max_num_seqs, " + prefix-cache snapshots ", snaps, " must be in [1, ", cache.sizes().n_slots,
               " state slots]");
+  const int32_t det = cfg.deterministic_chunk;
+  BAMBA_CHECK(det >= 0, "the deterministic chunk size must be >= 0 (got ", det, ")");
+  BAMBA_CHECK(det == 0 || !cfg.prefix_cache, "--deterministic cannot be combined with the prefix cache (its hits "
+              "depend on the other requests): add --no-prefix-cache");
+  BAMBA_CHECK(det <= cfg.max_batched_tokens && det <= cfg.max_logit_rows, "the deterministic chunk (", det,
+              " tokens) must fit one step (", cfg.max_batched_tokens, " tokens, ", cfg.max_logit_rows, " logit rows)");
   if (cfg.prefix_cache) prefix_ = std::make_unique<PrefixCache>(cache, snaps);
   BAMBA_CHECK(cfg.max_batched_tokens >= cfg.max_num_seqs && cfg.max_logit_rows >= cfg.max_num_seqs,
               "the step budgets (", cfg.max_batched_tokens, " tokens, ", cfg.max_logit_rows,
@@ -32,6 +38,9 @@ Sequence& Scheduler::add(int64_t id, std::vector<int32_t> prompt, bool score_pro
 Sequence& Scheduler::add_fork(int64_t id, int64_t leader) {
   Sequence* l = find(leader);
   BAMBA_CHECK(l && l->computed == 0 && !l->score_prompt, "add_fork: no such leader waiting to start");
+  // Batch invariance: whether a fork finds room depends on the other requests, so every choice runs on its own.
+  if (cfg_.deterministic_chunk > 0)
+    return add(id, std::vector<int32_t>(l->tokens.begin(), l->tokens.begin() + l->prompt_len), false);
   Sequence& s = add(id, std::vector<int32_t>(l->tokens.begin(), l->tokens.begin() + l->prompt_len), false);
   if (s.prompt_len < 2) return s;  // nothing to share: the last token is the whole prompt
   std::erase(waiting_, &s);
@@ -144,6 +153,10 @@ void Scheduler::start_from_prefix(Sequence& s) {
 }
 
 int32_t Scheduler::chunk_limit(const Sequence& s) const {
+  if (const int32_t C = cfg_.deterministic_chunk; C > 0) {  // to the next multiple of C in the prompt, then 1
+    const int32_t end = s.computed < s.prompt_len ? std::min((s.computed / C + 1) * C, s.prompt_len) : s.computed + 1;
+    return std::min(end - s.computed, s.pending());
+  }
   return s.snapshot_at.empty() ? s.pending() : std::min(s.pending(), s.snapshot_at.front() - s.computed);
 }
 
@@ -183,6 +196,18 @@ void Scheduler::advance(const ScheduledSeq& p) {
 std::vector<ScheduledSeq> Scheduler::schedule() {
   std::vector<ScheduledSeq> out;
   int32_t tokens = cfg_.max_batched_tokens, rows = cfg_.max_logit_rows;
+  const bool det = cfg_.deterministic_chunk > 0;
+  // Batch invariance: this step runs one kind of part, one-token (want 0) or longer (want 1), taking turns when
+  // both kinds wait, chosen before the budget is spent so that neither kind can starve the other.
+  int want = -1;
+  if (det) {
+    bool single = false, multi = false;
+    for (Sequence* s : running_) (chunk_limit(*s) > 1 ? multi : single) = true;
+    if (!waiting_.empty() && int32_t(running_.size()) < cfg_.max_num_seqs)
+      (chunk_limit(*waiting_.front()) > 1 ? multi : single) = true;
+    if (single || multi) want = single && multi ? !last_multi_ : multi;
+  }
+  auto other_kind = [&](const Sequence& s) { return want >= 0 && (chunk_limit(s) > 1) != (want == 1); };
   bool preempted = false;
   // 1. Running sequences, oldest first; preempt from the newest end when pages run out.
   for (size_t i = 0; i < running_.size(); ++i) {
@@ -191,6 +216,7 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     int32_t n = std::min(chunk_limit(*s), tokens);
     if (all) n = std::min(n, rows);
     if (n <= 0) continue;  // out of budget this step; decodes always fit (max_batched_tokens >= max_num_seqs)
+    if (det && (n < chunk_limit(*s) || other_kind(*s))) continue;  // never cut short: it waits (or its turn)
     int32_t nd = 0;
     if (!all && n == s->pending() && !s->draft.empty()) {
       const int32_t later = int32_t(running_.size() - i - 1);  // each needs a token and a row
@@ -221,6 +247,7 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     if (fresh) start_from_prefix(*s);
     int32_t n = std::min(chunk_limit(*s), tokens);
     if (all) n = std::min(n, rows);
+    if (det && (n < chunk_limit(*s) || other_kind(*s))) break;  // not cut short: it starts in a later step
     if (!reserve(s, s->computed + n)) {  // keep arrival order: wait for pages
       if (fresh && s->computed > 0) {    // give the restored prefix back; it is looked up again next time
         cache_.release(s->cache);
@@ -238,6 +265,15 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     out.push_back({s, s->computed, n, all});
     tokens -= n;
     rows -= all ? n : 1;
+  }
+  if (det) {
+    // One kind of part per step, turn about when both wait: one-token parts only, or longer ones only. The parts
+    // left out keep their pages (and a started sequence its slot) and run in the next step.
+    const bool multi = std::any_of(out.begin(), out.end(), [](const ScheduledSeq& p) { return p.n > 1; });
+    const bool single = std::any_of(out.begin(), out.end(), [](const ScheduledSeq& p) { return p.n == 1; });
+    if (multi && single) std::erase_if(out, [&](const ScheduledSeq& p) { return (p.n > 1) == last_multi_; });
+    if (!out.empty()) last_multi_ = out.front().n > 1;
+    else if (want >= 0) last_multi_ = want == 1;  // this kind could not run (pages, slots): the other one next
   }
   return out;
 }

@@ -70,6 +70,14 @@ struct SchedulerConfig {
   // a chat then restores past the previous answer, not only past the previous prompt. One state copy per page
   // of output per sequence, and the snapshots compete for the same budget.
   bool prefix_decode_snapshots = false;
+  // Batch invariance (`--deterministic`, docs/serving.md); 0 = off. > 0: how a sequence is cut into steps is a
+  // function of the sequence alone. Its prompt goes in chunks that end at multiples of this many tokens (absolute
+  // positions) or at the prompt's end, never cut short by the step budgets (a chunk that does not fit waits for
+  // a later step); every token after the prompt goes alone (also when a preempted sequence is recomputed). And a
+  // step holds either only one-token parts or only longer ones, taking turns when both wait, so that a GPU's
+  // decode and prompt kernels each always see the same parts. No prefix cache and no forks (their hits and
+  // splits depend on the other requests).
+  int32_t deterministic_chunk = 0;
 };
 
 class Scheduler {
@@ -121,6 +129,7 @@ class Scheduler {
   std::deque<Sequence*> waiting_;   // preempted ones go to the front
   std::vector<Sequence*> parked_;   // n > 1 followers waiting for their leader's prefill
   int64_t preemptions_ = 0;
+  bool last_multi_ = false;  // deterministic_chunk: the last step ran multi-token parts (they take turns)
   std::unique_ptr<PrefixCache> prefix_;
   uint64_t prefix_queries_ = 0, prefix_hits_ = 0, forks_ = 0;
 };

@@ -13,6 +13,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/grad_kernels.h"
+#include "backend/cpu/invariant_gemm.h"
 #include "core/error.h"
 #include "core/hash_uniform.h"
 
@@ -105,6 +106,16 @@ class CpuBackend final : public Backend {
   }
 
   void set_batch(const StepBatch& b) override { b_ = &b; }
+  // Every op but the matmul already computes a sequence alone, in token order; the matmul changes kernels.
+  void set_batch_invariant(int32_t max_chunk) override { invariant_ = max_chunk > 0; }
+
+  // y = x · Wᵀ (row-major, W [N, K]): OpenBLAS, or the batch-invariant kernel.
+  void gemm_nt(const float* x, int64_t ldx, const float* W, int64_t ldw, float* y, int64_t ldy, int64_t M, int64_t N,
+               int64_t K) const {
+    if (invariant_) return cpu::invariant_gemm_nt(x, ldx, W, ldw, y, ldy, M, N, K);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(N), int(K), 1.f, x, int(ldx), W, int(ldw), 0.f,
+                y, int(ldy));
+  }
 
   void embed(Tensor out, Tensor table) override {
     for (int64_t t = 0; t < out.rows(); ++t)
@@ -117,8 +128,7 @@ class CpuBackend final : public Backend {
     check_f32(W, "matmul weight");
     const int M = int(x.rows()), K = int(x.shape[1]), N = int(W.rows());
     if (M == 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, x.ptr<float>(), int(x.ld), W.ptr<float>(),
-                int(W.ld), 0.f, y.ptr<float>(), int(y.ld));
+    gemm_nt(x.ptr<float>(), x.ld, W.ptr<float>(), W.ld, y.ptr<float>(), y.ld, M, N, K);
     if (bias)
       for (int m = 0; m < M; ++m)
         for (int n = 0; n < N; ++n) row_mut(y, m)[n] += bias.ptr<float>()[n];
@@ -372,13 +382,11 @@ class CpuBackend final : public Backend {
       Tensor xs = sc.down.slice_rows(0, n);  // gathered inputs [n, H] (the down buffer is free until the GEMM)
       for (int i = 0; i < n; ++i) std::memcpy(row_mut(xs, i), row(x, members[size_t(i)] / k), size_t(H) * 4);
       Tensor u = sc.up.slice_rows(0, n), a = sc.act.slice_rows(0, n);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, int(U), int(H), 1.f, xs.ptr<float>(), int(xs.ld),
-                  up.ptr<float>() + e * U * H, int(H), 0.f, u.ptr<float>(), int(u.ld));
+      gemm_nt(xs.ptr<float>(), xs.ld, up.ptr<float>() + e * U * H, H, u.ptr<float>(), u.ld, n, U, H);
       if (act == ExpertAct::SwiGLU) swiglu(a, u);
       else relu2(a, u);
       Tensor d = sc.down.slice_rows(0, n);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, int(H), int(F), 1.f, a.ptr<float>(), int(a.ld),
-                  down.ptr<float>() + e * H * F, int(F), 0.f, d.ptr<float>(), int(d.ld));
+      gemm_nt(a.ptr<float>(), a.ld, down.ptr<float>() + e * H * F, F, d.ptr<float>(), d.ld, n, H, F);
       for (int i = 0; i < n; ++i) {
         const int64_t t = members[size_t(i)] / k, j = members[size_t(i)] % k;
         const float wgt = row(weights, t)[j];
@@ -549,6 +557,7 @@ class CpuBackend final : public Backend {
  private:
   std::unordered_map<void*, size_t> allocs_;
   const StepBatch* b_ = nullptr;
+  bool invariant_ = false;  // set_batch_invariant
 };
 
 }  // namespace

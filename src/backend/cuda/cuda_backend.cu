@@ -148,6 +148,14 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
     dev_free(it->first);
     allocs_.erase(it);
+    // A recorded decode step may point into the freed buffer, and a later workspace or cache may sit at the same
+    // host address (the graphs' key): the recordings go (releases come only when an engine is torn down).
+    drop_graphs();
+  }
+  void drop_graphs() {
+    for (auto& [k, e] : graphs_) cudaGraphExecDestroy(e);
+    graphs_.clear();
+    seen_.clear();
   }
 
   // Weights stream from the mmap'd file through two pinned staging buffers (double-buffered with events), so the
@@ -212,6 +220,13 @@ class CudaBackend final : public Backend {
 
   // ---- the step
   void set_batch(const StepBatch& b) override;
+  // Batch invariance: matmuls through invariant_matmul.cu; the SSD chunk fixed; and the prompt kernels chosen as
+  // if every step's longest sequence had max_chunk tokens (the scheduler keeps one-token parts in steps of their
+  // own, and no part longer), so the SSD path, its fused carry and the attention kernel do not follow the batch.
+  void set_batch_invariant(int32_t max_chunk) override {
+    if (std::max(max_chunk, 0) != invariant_chunk_) drop_graphs();  // they were recorded with the other kernels
+    invariant_chunk_ = std::max(max_chunk, 0);
+  }
   void run_step(uint64_t key, const std::function<void()>& ops) override;
 
   // ---- ops
@@ -233,7 +248,13 @@ class CudaBackend final : public Backend {
     else if (y.dtype != dtype_) fail("cuda matmul: output must be F32 or the compute dtype");
     bool done = false;
     typed([&]<typename T>() {
-      if (M <= gemv_max_rows_)
+      if (invariant_chunk_ > 0) {  // batch invariance: one kernel, one reduction order, whatever M is
+        if (W.dtype != dtype_ || x.dtype != dtype_) fail("cuda matmul: x and W must be of the compute dtype");
+        invariant_matmul(stream_, y.data, y_f32, y.ld, act<T>(x, "matmul input"), x.ld, act<T>(W, "matmul weight"),
+                         W.ld, M, N, K);
+        if (bias) add_bias(stream_, y.data, y_f32, y.ld, pv(bias, "matmul bias"), M, N);
+        done = true;
+      } else if (M <= gemv_max_rows_)
         done = gemv(stream_, y.data, y_f32, y.ld, act<T>(x, "matmul input"), x.ld, act<T>(W, "matmul weight"), W.ld,
                     pv(bias, "matmul bias"), M, N, K);
     });
@@ -482,8 +503,9 @@ class CudaBackend final : public Backend {
   size_t meta_cap_ = 0;           // int32 elements of both
   cudaEvent_t meta_done_ = nullptr;
   DevBatch db_{};
-  int max_seq_len_ = 0;
+  int max_seq_len_ = 0;  // the longest sequence of the step (batch invariance: at least invariant_chunk_ in prompts)
   bool decode_ = false;
+  int32_t invariant_chunk_ = 0;  // set_batch_invariant
   float* scratch_ = nullptr;
   size_t scratch_floats_ = 0;
   std::map<std::tuple<int64_t, float, int, float, float, float, int64_t>, float*> inv_freq_;
@@ -519,8 +541,10 @@ void CudaBackend::set_batch(const StepBatch& b) {
   const bool keeps = b.keeps_states();
   decode_ = T == S && !keeps;
   host_batch_ = &b;
-  // Prefill chunk for the SSD scan: fixed for the bf16 tensor-core form; by batch size for ssd.cu's recurrence.
-  const int Q = dtype_ == DType::BF16 ? ssd_chunk_ : T >= 8192 ? 256 : T >= 2048 ? 128 : 64;
+  if (invariant_chunk_ > 0 && !decode_) max_seq_len_ = std::max(max_seq_len_, int(invariant_chunk_));
+  // Prefill chunk for the SSD scan: fixed for the bf16 tensor-core form; by batch size for ssd.cu's recurrence
+  // (fixed too under batch invariance).
+  const int Q = dtype_ == DType::BF16 ? ssd_chunk_ : invariant_chunk_ > 0 ? 64 : T >= 8192 ? 256 : T >= 2048 ? 128 : 64;
   std::vector<int32_t> cseq, cbeg, cfirst;
   for (int s = 0; s < S; ++s) {
     cfirst.push_back(int32_t(cseq.size()));

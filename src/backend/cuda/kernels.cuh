@@ -42,6 +42,13 @@ template <typename T>
 bool gemv(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64_t ldx, const T* W, int64_t ldw,
           PView bias, int M, int N, int K);
 
+// invariant_matmul.cu: y = x Wᵀ with every y[m, n] the same chain of operations whatever M is (batch invariance,
+// `--deterministic`): for bf16 one fp32 accumulator through mma.m16n8k16 over k in order, for fp32 one fma chain;
+// no split-K, no choice by shape. y is T or, with y_f32, float (fp32 inputs: float only). No bias.
+template <typename T>
+void invariant_matmul(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64_t ldx, const T* W,
+                      int64_t ldw, int M, int N, int K);
+
 // norm.cu
 // out = rmsnorm(h (+= x)) * w, one block per row.
 template <typename T>
