@@ -30,6 +30,9 @@ void register_bench(CLI::App& app) {
                                      "default pp512,pp2048,pp8192,tg128,decode1,decode16,decode64");
   sub->add_option("--prompt", o->decode_prompt, "Prompt length before batched decode")->capture_default_str();
   sub->add_option("--steps", o->decode_steps, "Decode steps timed per batched-decode run")->capture_default_str();
+  sub->add_option("--tensor-parallel-size,--tp", o->tensor_parallel_size,
+                  "Split the model over N ranks: GPUs 0..N-1 with --device cuda, threads on the CPU")
+      ->check(CLI::Range(1, 64));
   sub->add_flag("--profile", o->profile, "After each test, one more run with every op timed alone (per-op table on "
                                          "stderr; ops are synchronized one by one, so decode times include launch "
                                          "latency)");

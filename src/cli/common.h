@@ -18,6 +18,7 @@ struct ModelOptions {
   std::string device = "auto";
   std::string dtype = "auto";  // compute dtype on the GPU (backend.h compute_dtype)
   int32_t max_model_len = 0;  // 0: min(max_position_embeddings, 8192)
+  int32_t tensor_parallel_size = 1;  // ranks the model is split over (threads on the CPU, one GPU each on CUDA)
   bool quiet = false;
 
   void add_to(CLI::App* cmd, bool with_max_len = true);
@@ -32,6 +33,10 @@ struct LoadedModel {
   bool dummy = false;
 };
 
+void add_tensor_parallel_option(CLI::App* cmd, int32_t& size);
+// --tensor-parallel-size n > 1: m (loaded whole on the CPU backend) becomes rank 0's shard of n ranks (GPUs 0..n-1
+// for device cuda / auto with GPUs, else threads on the CPU), each shard converted to `compute` on a GPU.
+void split_tensor_parallel(LoadedModel& m, int32_t n, const std::string& device, DType compute);
 // Loads the model (with a progress bar for large checkpoints) and says on stderr what was loaded.
 LoadedModel load(const ModelOptions& o, bool need_tokenizer);
 Tokenizer load_tokenizer(const std::string& model_dir);  // <dir>/tokenizer.json, with a clear error if absent

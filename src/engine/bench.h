@@ -20,6 +20,7 @@ struct BenchOptions {
   int decode_prompt = 512;  // prompt length before batched decode
   int decode_steps = 128;   // decode steps timed per batched-decode run
   bool profile = false;     // after each test, one more run with every op timed (backend/op_profiler.h)
+  int tensor_parallel_size = 1;  // ranks the model is split over (GPUs 0..N-1, or threads on the CPU)
   // Ceilings (one H200, measured: docs/performance.md)
   double peak_tflops = 790.0;
   double peak_gbps = 4300.0;
