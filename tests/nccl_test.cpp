@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "backend/communicator.h"
+#include "core/error.h"
 #include "fixture_runner.h"
 #include "model/hybrid.h"
 #include "model/tensor_parallel.h"

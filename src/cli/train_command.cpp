@@ -225,7 +225,7 @@ void run_train_command(const TrainArgs& a) {
       std::fprintf(stderr, "device    %d ranks (data parallel, threads of one process), each on %s\n", a.nproc,
                    bes[0]->name().c_str());
     auto comms = make_group_communicators(raw, devices);
-    std::vector<std::exception_ptr> errs(size_t(a.nproc));
+    std::vector<std::exception_ptr> errs(static_cast<size_t>(a.nproc));
     std::vector<std::thread> ts;
     for (int r = 0; r < a.nproc; ++r)
       ts.emplace_back([&, r] {

@@ -66,7 +66,7 @@ Workspace::~Workspace() {
 HybridModel::HybridModel(ModelConfig cfg, ModelWeights w, Backend& be) : HybridModel(std::move(cfg), std::move(w), be, nullptr) {}
 
 HybridModel::HybridModel(ModelConfig cfg, ModelWeights w, Backend& be, Communicator* comm)
-    : cfg_(std::move(cfg)), w_(std::move(w)), be_(be), comm_(comm) {
+    : cfg_(std::move(cfg)), w_(std::move(w)), be_(be), comm_(cfg_.tp_size > 1 ? comm : nullptr) {  // one rank: no collectives
   BAMBA_CHECK(cfg_.tp_size == 1 || (comm_ && comm_->size() == cfg_.tp_size && comm_->rank() == cfg_.tp_rank),
               "internal: a tensor-parallel shard of rank ", cfg_.tp_rank, " of ", cfg_.tp_size,
               " needs that rank's communicator");

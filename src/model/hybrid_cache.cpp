@@ -88,7 +88,11 @@ void HybridCache::copy_state(int32_t src_slot, int32_t dst_slot) {
     be_.copy_slice(conv_[i], src_slot, dst_slot);  // [K-1, CD]
     be_.copy_slice(ssm_[i], src_slot, dst_slot);   // [nh, P, N]
   }
-  for (auto& m : mirrors_) m->copy_state(src_slot, dst_slot);
+  for (auto& m : mirrors_) {  // each on its own device (a GPU backend's ops go to the current device's streams)
+    m->be_.bind_thread();
+    m->copy_state(src_slot, dst_slot);
+  }
+  if (!mirrors_.empty()) be_.bind_thread();
 }
 
 void HybridCache::copy_page(int32_t src, int32_t dst) {
@@ -96,7 +100,11 @@ void HybridCache::copy_page(int32_t src, int32_t dst) {
     be_.copy_slice(k_[i], src, dst);
     be_.copy_slice(v_[i], src, dst);
   }
-  for (auto& m : mirrors_) m->copy_page(src, dst);
+  for (auto& m : mirrors_) {
+    m->be_.bind_thread();
+    m->copy_page(src, dst);
+  }
+  if (!mirrors_.empty()) be_.bind_thread();
 }
 
 bool HybridCache::fork(const SeqCache& src, SeqCache& dst) {

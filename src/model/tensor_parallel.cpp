@@ -226,15 +226,17 @@ void TensorParallelPeers::work(Peer& p) {
 Tensor TensorParallelPeers::forward(const HybridModel& leader, const StepBatch& b, HybridCache& cache, Workspace& ws,
                                     const ActivationHook& hook) {
   // The other ranks' caches and workspaces, made on first use alongside the leader's (same slots and pages).
-  if (cache.mirrors().size() != peers_.size()) {
-    cache.mirrors().clear();
-    for (auto& p : peers_)
-      cache.mirrors().push_back(std::make_unique<HybridCache>(p->model->config(), *p->be, cache.sizes()));
-  }
-  if (ws.mirrors.size() != peers_.size()) {
+  // (A cache's mirrors hold the other ranks' sequence states: they are made once and never replaced.)
+  if (cache.mirrors().size() != peers_.size() || ws.mirrors.size() != peers_.size()) {
+    BAMBA_CHECK(cache.mirrors().empty() || cache.mirrors().size() == peers_.size(),
+                "internal: a cache mirrored for another tensor-parallel group");
+    const bool new_cache = cache.mirrors().empty();
     ws.mirrors.clear();
-    for (auto& p : peers_)
+    for (auto& p : peers_) {
+      p->be->bind_thread();  // allocated on the rank's own device
+      if (new_cache) cache.mirrors().push_back(std::make_unique<HybridCache>(p->model->config(), *p->be, cache.sizes()));
       ws.mirrors.push_back(std::make_unique<Workspace>(p->model->config(), *p->be, ws.max_tokens, ws.max_logit_rows));
+    }
   }
   {
     std::lock_guard lk(mu_);
@@ -246,6 +248,7 @@ Tensor TensorParallelPeers::forward(const HybridModel& leader, const StepBatch& 
   Tensor logits;
   std::exception_ptr err;
   try {
+    leader.backend().bind_thread();  // GPU 0 on whichever thread steps the model (a server's worker, say)
     logits = leader.forward_rank(b, cache, ws, hook);
   } catch (const std::exception& e) {
     comms_[0]->abort(e.what());
@@ -282,6 +285,7 @@ std::unique_ptr<HybridModel> make_tensor_parallel_model(const ModelConfig& cfg, 
   auto leader = std::make_unique<HybridModel>(configs[0], shard_weights(cfg, full, full_be, configs[0], rank0), rank0, comm0);
   peers->start();
   leader->set_peers(std::move(peers));
+  rank0.bind_thread();  // making the other ranks' backends and communicators left this thread on their GPUs
   return leader;
 }
 

@@ -376,7 +376,7 @@ std::vector<std::unique_ptr<Communicator>> make_nccl_communicators(const std::ve
                                                                    const std::vector<void*>& streams) {
   BAMBA_CHECK(!devices.empty() && devices.size() == streams.size(), "make_nccl_communicators: one stream per device");
   const int n = int(devices.size());
-  std::vector<ncclComm_t> comms(size_t(n));
+  std::vector<ncclComm_t> comms(static_cast<size_t>(n));
   // ncclCommInitAll is blocking and has no config; it creates every rank's communicator from this thread.
   NCCL_CALL(ncclCommInitAll(comms.data(), n, devices.data()));
   std::vector<std::unique_ptr<Communicator>> out;
