@@ -7,11 +7,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <filesystem>
 #include <thread>
 
 #include "backend/thread_communicator.h"
 #include "core/error.h"
 #include "fixture_runner.h"
+#include "io/safetensors.h"
 #include "model/tensor_parallel.h"
 #include "test_util.h"
 
@@ -301,6 +303,42 @@ TEST(TensorParallel, ShapesThatDoNotSplitAreClearErrors) {
   EXPECT_TRUE(has(msg("granitemoehybrid-moe", 2), "mixture-of-experts"));
   EXPECT_TRUE(has(msg("nemotron_h", 2), "mixture-of-experts"));
   EXPECT_EQ(msg("bamba-tiny-a", 4), msg("bamba-tiny-a", 4) == "skip" ? "skip" : "");
+}
+
+}  // namespace
+}  // namespace bamba
+
+namespace bamba {
+namespace {
+
+// The command line: --tensor-parallel-size N gives the logits and the generated text of one rank; a shape that
+// does not split is a one-line error naming the field.
+TEST(TensorParallelCli, LogitsAndGenerateOverThreadRanks) {
+  const std::string dir = test::model_dir("bamba-tiny-e2e");
+  if (test::fixture_model_dir("bamba-tiny-e2e").empty()) GTEST_SKIP() << "fixture bamba-tiny-e2e not found";
+  const std::string tmp = test::make_temp_dir("tp-cli");
+  std::vector<std::vector<float>> logits;
+  std::vector<std::string> texts;
+  for (int n : {1, 2}) {
+    const std::string out = tmp + "/l" + std::to_string(n) + ".safetensors";
+    auto r = test::run_bamba(cat("logits -q --device cpu -m '", dir, "' --tensor-parallel-size ", n, " --ids 1,2,3,4,5 -o '", out, "'"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    SafetensorsFile f(out);
+    const TensorInfo* t = f.find("logits");
+    ASSERT_TRUE(t);
+    logits.emplace_back(size_t(t->numel()));
+    convert_to_f32(t->data, t->dtype, logits.back().size(), logits.back().data());
+    auto g = test::run_bamba(cat("generate -q --device cpu -m '", dir, "' --tp ", n, " --prompt 'the cat' --max-tokens 12 --temperature 0"));
+    ASSERT_EQ(g.exit_code, 0) << g.err;
+    texts.push_back(g.out);
+  }
+  ASSERT_EQ(logits[0].size(), logits[1].size());
+  EXPECT_LE(max_rel_err(logits[1].data(), logits[0].data(), logits[0].size()), 1e-4);
+  EXPECT_EQ(texts[1], texts[0]);
+  auto bad = test::run_bamba(cat("logits -q --device cpu -m '", dir, "' --tp 4 --ids 1,2 -o '", tmp, "/bad.safetensors'"));
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("num_attention_heads 2 is not divisible by the 4 ranks"), std::string::npos) << bad.err;
+  std::filesystem::remove_all(tmp);
 }
 
 }  // namespace
