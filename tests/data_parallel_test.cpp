@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <sstream>
 #include <thread>
 
@@ -175,6 +176,61 @@ TEST(DataParallel, BucketedGradientSumsEqualThePlainSum) {
   for (int r = 0; r < world; ++r)
     for (auto& g : grads[size_t(r)])
       for (size_t j = 0; j < g.size(); ++j) ASSERT_EQ(g[j], 0.5f + 1.f + 1.5f + 3.f * float(j));
+}
+
+}  // namespace
+}  // namespace bamba
+
+namespace bamba {
+namespace {
+
+// The launchers' variables: torchrun's first, then srun's and Open MPI's; bad values are errors naming the variable.
+TEST(LaunchEnv, ReadsTorchrunSlurmAndMpiVariables) {
+  const char* names[] = {"WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_NUM_TASKS",
+                         "SLURM_PROCID", "SLURM_LOCALID", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
+                         "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID"};
+  std::vector<std::pair<std::string, std::string>> saved;
+  for (const char* n : names)
+    if (const char* v = std::getenv(n)) saved.emplace_back(n, v);
+  auto clear = [&] {
+    for (const char* n : names) unsetenv(n);
+  };
+  clear();
+  LaunchEnv e = launch_env();
+  EXPECT_EQ(e.world_size, 1);
+  EXPECT_FALSE(e.launched);
+  setenv("WORLD_SIZE", "8", 1), setenv("RANK", "5", 1), setenv("LOCAL_RANK", "1", 1);
+  setenv("MASTER_ADDR", "node0", 1), setenv("MASTER_PORT", "1234", 1);
+  e = launch_env();
+  EXPECT_TRUE(e.launched);
+  EXPECT_EQ(e.world_size, 8);
+  EXPECT_EQ(e.rank, 5);
+  EXPECT_EQ(e.local_rank, 1);
+  EXPECT_EQ(e.master_addr, "node0");
+  EXPECT_EQ(e.master_port, 1234);
+  clear();
+  setenv("SLURM_STEP_NUM_TASKS", "16", 1), setenv("SLURM_PROCID", "9", 1), setenv("SLURM_LOCALID", "1", 1);
+  e = launch_env();
+  EXPECT_EQ(e.world_size, 16);
+  EXPECT_EQ(e.rank, 9);
+  EXPECT_EQ(e.local_rank, 1);
+  clear();
+  setenv("OMPI_COMM_WORLD_SIZE", "4", 1), setenv("OMPI_COMM_WORLD_RANK", "3", 1);
+  e = launch_env();
+  EXPECT_EQ(e.world_size, 4);
+  EXPECT_EQ(e.rank, 3);
+  setenv("OMPI_COMM_WORLD_RANK", "4", 1);
+  EXPECT_THROW(launch_env(), Error);  // rank 4 of 4
+  clear();
+  setenv("WORLD_SIZE", "two", 1);
+  try {
+    launch_env();
+    ADD_FAILURE() << "no error";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("WORLD_SIZE=\"two\""), std::string::npos) << err.what();
+  }
+  clear();
+  for (auto& [n, v] : saved) setenv(n.c_str(), v.c_str(), 1);
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // The NCCL communicator on the GPUs this machine has (skips itself without one, saying why). On one GPU NCCL allows
-// one rank per device, so there: a group of one (every collective, groups, abort, the TCP bootstrap of a launched
-// rank) and a data-parallel trainer of one rank (the device paths of ZeRO-1: moments gathered for the checkpoint,
+// one rank per device, so there: a group of one (every collective, groups, abort, the non-blocking init of a
+// launched rank) and a data-parallel trainer of one rank (the device paths of ZeRO-1: moments gathered for the checkpoint,
 // parameters broadcast, model copies refreshed) against the plain trainer, bit for bit. With two GPUs or more: a
 // model split over two GPUs against the fixture's logits.
 #include <gtest/gtest.h>
@@ -69,7 +69,8 @@ TEST(Nccl, AGroupOfOneRunsEveryCollective) {
   }
 }
 
-TEST(Nccl, ALaunchedRankBootstrapsOverTcp) {
+// (With one rank there is no one to send the id to: this checks the launched path's non-blocking init and wait.)
+TEST(Nccl, ALaunchedRankOfOneInitialises) {
   if (cuda_device_count() == 0) GTEST_SKIP() << no_gpu();
   auto be = make_backend("cuda", DType::F32);
   LaunchEnv env;

@@ -57,7 +57,7 @@ LaunchEnv launch_env() {
   LaunchEnv e;
   const char* size_var = nullptr;
   const char* rank_var = nullptr;
-  e.world_size = env_int({"WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"}, 1, 1, 1 << 20, &size_var);
+  e.world_size = env_int({"WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"}, 1, 1, 1 << 20, &size_var);
   e.rank = env_int({"RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"}, 0, 0, 1 << 20, &rank_var);
   e.local_rank = env_int({"LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"}, 0, 0, 1 << 16, nullptr);
   e.launched = size_var != nullptr;

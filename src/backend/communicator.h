@@ -67,7 +67,8 @@ std::vector<std::unique_ptr<Communicator>> make_group_communicators(const std::v
                                                                     const std::vector<int>& cuda_devices);
 
 // The world size and this process's rank from torchrun-style variables (RANK, WORLD_SIZE, LOCAL_RANK,
-// MASTER_ADDR, MASTER_PORT), falling back to what Slurm (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID) and Open MPI
+// MASTER_ADDR, MASTER_PORT), falling back to what srun (SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID: the
+// step's tasks, not the allocation's, so a batch script run outside srun is one rank) and Open MPI
 // (OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_RANK) set. No variable: one rank of one.
 struct LaunchEnv {
   int rank = 0, world_size = 1, local_rank = 0;

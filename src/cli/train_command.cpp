@@ -243,11 +243,13 @@ void run_train_command(const TrainArgs& a) {
     return;
   }
   if (env.world_size > 1) {  // one rank of several processes (torchrun, srun, mpirun): NCCL on GPU LOCAL_RANK
-    std::unique_ptr<Backend> be = make_rank_backend(a.device, env.local_rank, dtype);
+    // GPU LOCAL_RANK; or the only GPU the process sees (Slurm --gpus-per-task 1, CUDA_VISIBLE_DEVICES per rank).
+    const int gpu = cuda_device_count() == 1 ? 0 : env.local_rank;
+    std::unique_ptr<Backend> be = make_rank_backend(a.device, gpu, dtype);
     if (!a.quiet && lead)
       std::fprintf(stderr, "device    %d ranks (data parallel, WORLD_SIZE), rank 0 on %s\n", env.world_size,
                    be->name().c_str());
-    std::unique_ptr<Communicator> comm = make_launch_communicator(env, env.local_rank, be->native_stream());
+    std::unique_ptr<Communicator> comm = make_launch_communicator(env, gpu, be->native_stream());
     try {
       train_rank(a, cfg, model, *be, comm.get());
     } catch (const std::exception& e) {
