@@ -5,11 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
 
 #include "core/error.h"
 #include "eval/task.h"
+#include "test_util.h"
 
 namespace bamba::eval {
 namespace {
@@ -160,6 +162,22 @@ std::vector<std::string> continuations(Task& t) {
   std::vector<std::string> out;
   for (const Request& r : t.requests(t.eval_docs().at(0), context(t))) out.push_back(r.continuation);
   return out;
+}
+
+// lm-eval's registered direction when a metric_list entry does not say: perplexities and bits per byte are
+// lower-is-better (the results table's arrow), accuracies higher-is-better.
+TEST(EvalTasks, MetricDirectionDefaultsAsLmEval) {
+  const std::string dir = test::make_temp_dir("metric_dir");
+  const std::string f = dir + "/t.yaml";
+  std::ofstream(f) << "task: t\ndataset_path: x\ntest_split: test\noutput_type: loglikelihood_rolling\n"
+                      "doc_to_text: ''\ndoc_to_target: '{{text}}'\nmetric_list:\n  - metric: word_perplexity\n"
+                      "  - metric: bits_per_byte\n  - metric: acc\n  - metric: byte_perplexity\n    higher_is_better: true\n";
+  const TaskConfig t = std::get<TaskConfig>(load_task_file(f));
+  ASSERT_EQ(t.metrics.size(), 4u);
+  EXPECT_FALSE(t.metrics[0].higher_is_better);
+  EXPECT_FALSE(t.metrics[1].higher_is_better);
+  EXPECT_TRUE(t.metrics[2].higher_is_better);
+  EXPECT_TRUE(t.metrics[3].higher_is_better);  // as the file says
 }
 
 TEST(EvalTasks, MmluPrompt) {

@@ -2,6 +2,8 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -13,7 +15,9 @@
 namespace bamba::cli {
 
 void ModelOptions::add_to(CLI::App* cmd, bool with_max_len) {
-  cmd->add_option("--model,-m", model, "Hugging Face checkpoint folder (default: the built-in dummy model)");
+  cmd->add_option("--model,-m", model,
+                  "Hugging Face checkpoint folder (default: the built-in model, models/bamba-recipe; \"dummy\": a tiny "
+                  "model with generated weights)");
   cmd->add_option("--device", device, "cpu, cuda or auto (the GPU when there is one)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   cmd->add_option("--dtype", dtype,
@@ -69,33 +73,77 @@ void add_eos(std::vector<int32_t>& eos, const nlohmann::json& v) {
 }
 }  // namespace
 
+std::string builtin_model_dir() {
+  std::vector<std::string> candidates;
+  if (const char* env = std::getenv("BAMBA_BUILTIN_MODEL"); env && *env) candidates.push_back(env);
+  std::error_code ec;
+  const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    candidates.push_back((exe.parent_path().parent_path() / "models/bamba-recipe").string());
+    candidates.push_back((exe.parent_path().parent_path() / "share/bamba/models/bamba-recipe").string());
+  }
+  for (auto& c : candidates)
+    if (file_exists(c + "/config.json")) return c;
+  return "";
+}
+
 LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
   LoadedModel m;
   auto t0 = std::chrono::steady_clock::now();
+  m.dir = o.model;
+  m.name = o.model;
   if (o.model.empty()) {
-    const bool tp = o.tensor_parallel_size > 1;  // split below from a whole copy in host memory
+    m.dir = builtin_model_dir();
+    m.name = "bamba-recipe";
+    if (m.dir.empty() && !o.quiet)
+      std::fprintf(stderr, "bamba: no --model given and the built-in model (models/bamba-recipe) was not found beside "
+                           "the binary: using generated weights instead.\n");
+  }
+  const bool tp = o.tensor_parallel_size > 1;  // split below from a whole copy in host memory
+  const bool dummy = m.dir.empty() || (o.model == "dummy" && !file_exists("dummy/config.json"));
+  if (dummy) {
     m.backend = make_backend(tp ? "cpu" : o.device, compute_dtype(o.dtype, DType::BF16));  // generated weights: bf16-class
     m.dummy = true;
+    m.dir.clear();
+    m.name = "bamba-dummy";
     m.model = std::make_unique<HybridModel>(dummy_model(*m.backend));
     m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::byte_level_default());
     if (!o.quiet)
-      std::fprintf(stderr,
-                   "bamba: no --model given: using the built-in dummy model (a tiny Bamba with generated weights; "
-                   "its output is gibberish). Pass --model DIR to run a real checkpoint.\n");
+      std::fprintf(stderr, "bamba: the dummy model: a tiny Bamba with generated weights, whose output is gibberish. "
+                           "Pass --model DIR to run a real checkpoint.\n");
   } else {
-    if (need_tokenizer) m.tokenizer = std::make_unique<Tokenizer>(load_tokenizer(o.model));
-    ModelConfig cfg = load_config(o.model);
-    m.backend = make_backend(o.tensor_parallel_size > 1 ? "cpu" : o.device, compute_dtype(o.dtype, cfg.dtype));
-    Checkpoint ckpt(o.model);
+    if (need_tokenizer) m.tokenizer = std::make_unique<Tokenizer>(load_tokenizer(m.dir));
+    ModelConfig cfg = load_config(m.dir);
+    m.backend = make_backend(tp ? "cpu" : o.device, compute_dtype(o.dtype, cfg.dtype));
+    Checkpoint ckpt(m.dir);
     // A bar only where loading takes a noticeable time.
-    ProgressBar bar("loading " + o.model, ckpt.total_bytes(), !o.quiet && ckpt.total_bytes() > (256u << 20));
+    ProgressBar bar("loading " + m.dir, ckpt.total_bytes(), !o.quiet && ckpt.total_bytes() > (256u << 20));
     ModelWeights w = load_weights(cfg, ckpt, *m.backend, [&](size_t done, size_t) { bar.update(done); });
     bar.finish();
     m.model = std::make_unique<HybridModel>(std::move(cfg), std::move(w), *m.backend);
-    std::string gen = o.model + "/generation_config.json";
+    std::string gen = m.dir + "/generation_config.json";
     if (file_exists(gen)) {
       auto j = nlohmann::json::parse(read_text_file(gen), nullptr, false);
       if (j.is_object() && j.contains("eos_token_id")) add_eos(m.eos, j["eos_token_id"]);
+      if (j.is_object() && j.value("do_sample", false)) {
+        SamplingParams p;
+        p.temperature = 1.f;  // transformers' defaults for the fields it leaves out
+        p.top_k = 50;
+        auto num = [&](const char* k, auto& v) {
+          if (!j.contains(k)) return;
+          if (!j[k].is_number()) fail(gen, ": \"", k, "\" must be a number");
+          v = j[k].get<std::decay_t<decltype(v)>>();
+        };
+        num("temperature", p.temperature);
+        num("top_k", p.top_k);
+        num("top_p", p.top_p);
+        try {
+          check_sampling(p);
+        } catch (const Error& e) {
+          fail(gen, ": ", e.what());
+        }
+        m.sampling_defaults = p;
+      }
     }
   }
   if (o.tensor_parallel_size > 1) {
@@ -107,8 +155,11 @@ LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
   m.max_model_len = o.max_model_len ? o.max_model_len : int32_t(std::min<int64_t>(c.max_position_embeddings, 8192));
   if (!o.quiet) {
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const std::string what = o.model.empty() && !m.dummy ? "built-in model bamba-recipe (" + m.dir +
+                                                               "; its model card: README.md there)"
+                                                         : m.name;
     std::fprintf(stderr, "bamba: %s: %lld layers (%lld attention), %.2fM parameters, on %s, loaded in %.2fs\n",
-                 m.dummy ? "dummy" : o.model.c_str(), (long long)c.num_hidden_layers, (long long)c.n_attention_layers(),
+                 what.c_str(), (long long)c.num_hidden_layers, (long long)c.n_attention_layers(),
                  double(c.parameter_count()) / 1e6, m.backend->name().c_str(), s);
     if (c.tp_size > 1)
       std::fprintf(stderr, "bamba: tensor parallel over %d ranks (%s); the parameter count above is one rank's shard\n",

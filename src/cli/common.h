@@ -1,7 +1,8 @@
-// What several subcommands share: which model (a folder, or the built-in dummy), on which device, its tokenizer
-// and stop tokens.
+// What several subcommands share: which model (a folder, the built-in model, or the generated-weights dummy), on
+// which device, its tokenizer and stop tokens.
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,7 +15,7 @@
 namespace bamba::cli {
 
 struct ModelOptions {
-  std::string model;  // empty: the built-in dummy model
+  std::string model;  // empty: the built-in model (builtin_model_dir); "dummy": the generated-weights tiny model
   std::string device = "auto";
   std::string dtype = "auto";  // compute dtype on the GPU (backend.h compute_dtype)
   int32_t max_model_len = 0;  // 0: min(max_position_embeddings, 8192)
@@ -29,14 +30,25 @@ struct LoadedModel {
   std::unique_ptr<HybridModel> model;
   std::unique_ptr<Tokenizer> tokenizer;  // null when the folder has no tokenizer.json
   std::vector<int32_t> eos;              // config.json + generation_config.json
+  // generation_config.json's sampling defaults when it says do_sample (transformers and vLLM apply them when a
+  // request leaves them unset); empty otherwise.
+  std::optional<SamplingParams> sampling_defaults;
   int32_t max_model_len = 0;
   bool dummy = false;
+  std::string dir;   // the folder loaded ("" for the dummy): --model, or the built-in model's
+  std::string name;  // what to call it: the folder as given, "bamba-recipe" (built-in) or "bamba-dummy"
 };
 
 void add_tensor_parallel_option(CLI::App* cmd, int32_t& size);
 // --tensor-parallel-size n > 1: m (loaded whole on the CPU backend) becomes rank 0's shard of n ranks (GPUs 0..n-1
 // for device cuda / auto with GPUs, else threads on the CPU), each shard converted to `compute` on a GPU.
 void split_tensor_parallel(LoadedModel& m, int32_t n, const std::string& device, DType compute);
+// The built-in model: the recipe's merged result (examples/recipe), shipped in the repository under
+// models/bamba-recipe with its model card. Looked up at $BAMBA_BUILTIN_MODEL, beside the binary
+// (<exe>/../models/bamba-recipe: a build tree inside the checkout; <exe>/../share/bamba/models/bamba-recipe: an
+// install). "" when none has a config.json.
+std::string builtin_model_dir();
+
 // Loads the model (with a progress bar for large checkpoints) and says on stderr what was loaded.
 LoadedModel load(const ModelOptions& o, bool need_tokenizer);
 Tokenizer load_tokenizer(const std::string& model_dir);  // <dir>/tokenizer.json, with a clear error if absent

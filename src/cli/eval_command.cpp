@@ -74,12 +74,13 @@ void run(const EvalCliOptions& o) {
   eo.fewshot_seed = o.fewshot_seed;
   eo.samples_path = o.samples;
   eo.progress = !o.model.quiet;
-  eo.model_name = o.model.model.empty() ? "built-in" : o.model.model;
   eval::check_tasks(eo);  // a typo or a missing file fails before a large model loads
   LoadedModel m;
   if (o.preset.empty()) {
     m = load(o.model, true);
+    eo.model_name = m.name;
   } else {
+    eo.model_name = "preset " + o.preset;
     // Generated weights score nothing meaningful: this is for timing (bench/NOTES.md), and says so.
     const ModelConfig cfg = preset_config(o.preset);
     m.backend = make_backend(o.model.device, compute_dtype(o.model.dtype == "auto" ? "bf16" : o.model.dtype, DType::BF16));

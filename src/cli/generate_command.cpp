@@ -26,12 +26,23 @@ struct GenerateOptions {
   std::string speculative;  // "ngram" or a draft model folder
   int32_t num_speculative_tokens = 4, prompt_lookup_min = 1, prompt_lookup_max = 4;
   std::string save_state, load_state;
+  bool temperature_given = false, top_k_given = false, top_p_given = false;
 };
 
 void run(const GenerateOptions& o) {
   std::string prompt = o.prompt;
   if (!o.prompt_given) prompt.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
   LoadedModel m = load(o.model, true);
+  SamplingParams sampling = o.sampling;
+  if (m.sampling_defaults) {  // the model's own defaults, for what the command line leaves unset
+    if (!o.temperature_given) sampling.temperature = m.sampling_defaults->temperature;
+    if (!o.top_k_given) sampling.top_k = m.sampling_defaults->top_k;
+    if (!o.top_p_given) sampling.top_p = m.sampling_defaults->top_p;
+    if (!o.model.quiet && !(o.temperature_given && o.top_k_given && o.top_p_given))
+      std::fprintf(stderr, "bamba: sampling with temperature %g, top_k %d, top_p %g (the model's generation_config.json "
+                           "for what the command line leaves unset; -t 0 for greedy)\n",
+                   double(sampling.temperature), sampling.top_k, double(sampling.top_p));
+  }
   // Speculative decoding: prompt lookup, or a draft model loaded on the same device.
   std::unique_ptr<Drafter> drafter;
   LoadedModel draft;
@@ -51,7 +62,7 @@ void run(const GenerateOptions& o) {
   TextStream text(*m.tokenizer, o.stop);
   std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);
-  GenerationStats st = gen.generate(ids, o.max_tokens, o.sampling, o.ignore_eos ? std::vector<int32_t>{} : m.eos,
+  GenerationStats st = gen.generate(ids, o.max_tokens, sampling, o.ignore_eos ? std::vector<int32_t>{} : m.eos,
                                     [&](int32_t id) {
                                       std::string piece = text.push(id);
                                       std::fwrite(piece.data(), 1, piece.size(), stdout);
@@ -103,6 +114,9 @@ void register_generate(CLI::App& app) {
                   "Continue the conversation saved in FILE: the prompt (may be empty) is appended to it");
   cmd->callback([o, cmd] {
     o->prompt_given = cmd->count("--prompt") > 0;
+    o->temperature_given = cmd->count("--temperature") > 0;
+    o->top_k_given = cmd->count("--top-k") > 0;
+    o->top_p_given = cmd->count("--top-p") > 0;
     run(*o);
   });
 }

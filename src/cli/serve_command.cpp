@@ -47,20 +47,20 @@ void run(ServeOptions o) {
 
   ServingContext ctx;
   ctx.tok = m.tokenizer.get();
-  ctx.model_name = !o.served_name.empty() ? o.served_name : m.dummy ? "bamba-dummy" : o.model.model;
+  ctx.model_name = !o.served_name.empty() ? o.served_name : m.name;
   ctx.max_model_len = m.max_model_len;
   ctx.vocab_size = int32_t(cfg.vocab_size);
   ctx.max_n = o.max_n;
   ctx.max_logprobs = o.max_logprobs;
   ctx.vocab = std::make_shared<const TokenVocab>(*m.tokenizer);  // structured output walks every token's bytes
-  if (!m.dummy && file_exists(o.model.model + "/tokenizer_config.json")) {
-    ctx.tokenizer_config = json::parse(read_text_file(o.model.model + "/tokenizer_config.json"), nullptr, false);
-    if (!ctx.tokenizer_config.is_object()) fail(o.model.model, "/tokenizer_config.json is not a JSON object");
+  if (!m.dummy && file_exists(m.dir + "/tokenizer_config.json")) {
+    ctx.tokenizer_config = json::parse(read_text_file(m.dir + "/tokenizer_config.json"), nullptr, false);
+    if (!ctx.tokenizer_config.is_object()) fail(m.dir, "/tokenizer_config.json is not a JSON object");
     for (const char* k : {"bos_token", "eos_token", "pad_token", "unk_token"})
       if (ctx.tokenizer_config.contains(k)) ctx.template_vars[k] = token_string(ctx.tokenizer_config[k]);
   }
   if (!o.chat_template.empty()) ctx.chat_template = ChatTemplate::parse(read_text_file(o.chat_template), o.chat_template);
-  else if (!m.dummy) ctx.chat_template = ChatTemplate::from_model_dir(o.model.model);
+  else if (!m.dummy) ctx.chat_template = ChatTemplate::from_model_dir(m.dir);
   if (o.tool_call_parser == "auto") {
     if (ctx.chat_template) ctx.tool_format = detect_tool_call_format(ctx.chat_template->source());
   } else if (o.tool_call_parser != "none") {

@@ -189,6 +189,9 @@ TaskConfig parse_task(const json& j, const std::string& file) {
     for (const json& m : j["metric_list"]) {
       MetricSpec s;
       s.metric = str_field(m, "metric", file);
+      // lm-eval's registered default: the perplexity metrics are lower-is-better (the table's arrow says so)
+      s.higher_is_better = !(s.metric == "perplexity" || s.metric == "word_perplexity" ||
+                             s.metric == "byte_perplexity" || s.metric == "bits_per_byte");
       for (auto& [k, v] : m.items()) {
         if (k == "higher_is_better") s.higher_is_better = v.get<bool>();
         else if (k == "ignore_case") s.ignore_case = v.get<bool>();
