@@ -44,6 +44,19 @@ std::unique_ptr<Backend> make_backend(const std::string& device, DType compute) 
   fail("--device \"", device, "\" is not one of cpu, cuda, auto");
 }
 
+std::unique_ptr<Backend> make_rank_backend(const std::string& device, int index, DType compute) {
+  if (index == 0) return make_backend(device, compute);
+  const bool gpu = device == "cuda" || (device == "auto" && cuda_device_count() > 0);
+  if (!gpu) return make_backend(device, compute);
+#ifdef BAMBA_HAVE_CUDA
+  if (index >= cuda_device_count())
+    fail("rank ", index, " needs GPU ", index, ", but only ", cuda_device_count(), " CUDA GPU(s) are visible");
+  return make_cuda_backend(index, compute);
+#else
+  fail("--device cuda: this bamba was built without CUDA");
+#endif
+}
+
 }  // namespace bamba
 
 namespace bamba {

@@ -153,6 +153,11 @@ class Backend {
   // ---- the step: metadata every op below reads
   virtual void set_batch(const StepBatch& b) = 0;
   virtual void synchronize() {}
+  // Several devices driven from threads of one process (tensor parallelism, backend/communicator.h): a thread
+  // calls bind_thread before running this backend's ops (a GPU backend makes its device current), and the
+  // collectives are queued on native_stream (a cudaStream_t; null on the CPU) after the ops before them.
+  virtual void bind_thread() {}
+  virtual void* native_stream() { return nullptr; }
   // Runs `ops` (the ops of one forward step for the batch last given to set_batch). A GPU backend may record
   // them once per `key` and batch shape and replay the recording afterwards (CUDA graphs for decode steps):
   // so `ops` must issue the same ops on the same tensors whenever key and the batch's token and sequence
@@ -313,6 +318,9 @@ DType compute_dtype(const std::string& dtype, DType checkpoint);
 // backend always computes in fp32. Error when "cuda" is asked for and this build has no CUDA support
 // (BAMBA_HAVE_CUDA) or no GPU is present.
 std::unique_ptr<Backend> make_backend(const std::string& device, DType compute = DType::BF16);
+// The backend of rank `index` of a group on this machine: GPU `index` when `device` picks a GPU (as make_backend
+// decides), else a CPU backend. Error naming the GPU count when there are too few.
+std::unique_ptr<Backend> make_rank_backend(const std::string& device, int index, DType compute = DType::BF16);
 int cuda_device_count();  // 0 in a build without CUDA
 
 #ifdef BAMBA_HAVE_CUDA

@@ -40,6 +40,8 @@ class OpProfiler final : public Backend {
   void copy_slice(Tensor t, int64_t src, int64_t dst) override { in_.copy_slice(t, src, dst); }
   void set_batch(const StepBatch& b) override { in_.set_batch(b); }
   void synchronize() override { in_.synchronize(); }
+  void bind_thread() override { in_.bind_thread(); }
+  void* native_stream() override { return in_.native_stream(); }
   void run_step(uint64_t key, const std::function<void()>& ops) override {
     if (timing_) ops();
     else in_.run_step(key, ops);

@@ -10,6 +10,7 @@
 #include "core/mapped_file.h"
 #include "core/progress.h"
 #include "io/checkpoint.h"
+#include "model/tensor_parallel.h"
 
 namespace bamba::cli {
 
@@ -26,6 +27,31 @@ void ModelOptions::add_to(CLI::App* cmd, bool with_max_len) {
     cmd->add_option("--max-model-len", max_model_len, "Most tokens (prompt + output) per sequence (default: 8192)")
         ->check(CLI::PositiveNumber);
   cmd->add_flag("--quiet,-q", quiet, "No loading messages");
+  add_tensor_parallel_option(cmd, tensor_parallel_size);
+}
+
+void add_tensor_parallel_option(CLI::App* cmd, int32_t& size) {
+  cmd->add_option("--tensor-parallel-size,--tp", size,
+                  "Split the model over N ranks (Megatron-style: heads, MLP columns, vocabulary): N GPUs of this "
+                  "machine with --device cuda, N threads on the CPU (docs/multi-gpu.md)")
+      ->check(CLI::Range(1, 64));
+}
+
+void split_tensor_parallel(LoadedModel& m, int32_t n, const std::string& device, DType compute) {
+  if (n <= 1) return;
+  // The whole model was loaded into host memory (fp32, CPU backend); each rank's shard is copied out of it.
+  std::unique_ptr<Backend> full_be = std::move(m.backend);
+  std::unique_ptr<HybridModel> full = std::move(m.model);
+  const bool gpu = device == "cuda" || (device == "auto" && cuda_device_count() > 0);
+  std::vector<std::unique_ptr<Backend>> bes;
+  std::vector<int> devices;
+  for (int r = 0; r < n; ++r) bes.push_back(make_rank_backend(gpu ? "cuda" : "cpu", r, compute)), devices.push_back(r);
+  std::vector<Backend*> raw;
+  for (auto& b : bes) raw.push_back(b.get());
+  auto comms = make_group_communicators(raw, devices);
+  m.backend = std::move(bes[0]);
+  bes.erase(bes.begin());
+  m.model = make_tensor_parallel_model(full->config(), full->weights(), *full_be, *m.backend, std::move(bes), std::move(comms));
 }
 
 Tokenizer load_tokenizer(const std::string& dir) {
@@ -73,9 +99,10 @@ LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
       std::fprintf(stderr, "bamba: no --model given and the built-in model (models/bamba-recipe) was not found beside "
                            "the binary: using generated weights instead.\n");
   }
+  const bool tp = o.tensor_parallel_size > 1;  // split below from a whole copy in host memory
   const bool dummy = m.dir.empty() || (o.model == "dummy" && !file_exists("dummy/config.json"));
   if (dummy) {
-    m.backend = make_backend(o.device, compute_dtype(o.dtype, DType::BF16));  // generated weights: bf16-class
+    m.backend = make_backend(tp ? "cpu" : o.device, compute_dtype(o.dtype, DType::BF16));  // generated weights: bf16-class
     m.dummy = true;
     m.dir.clear();
     m.name = "bamba-dummy";
@@ -87,7 +114,7 @@ LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
   } else {
     if (need_tokenizer) m.tokenizer = std::make_unique<Tokenizer>(load_tokenizer(m.dir));
     ModelConfig cfg = load_config(m.dir);
-    m.backend = make_backend(o.device, compute_dtype(o.dtype, cfg.dtype));
+    m.backend = make_backend(tp ? "cpu" : o.device, compute_dtype(o.dtype, cfg.dtype));
     Checkpoint ckpt(m.dir);
     // A bar only where loading takes a noticeable time.
     ProgressBar bar("loading " + m.dir, ckpt.total_bytes(), !o.quiet && ckpt.total_bytes() > (256u << 20));
@@ -119,6 +146,10 @@ LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
       }
     }
   }
+  if (o.tensor_parallel_size > 1) {
+    const DType checkpoint = m.dummy ? DType::BF16 : m.model->config().dtype;
+    split_tensor_parallel(m, o.tensor_parallel_size, o.device, compute_dtype(o.dtype, checkpoint));
+  }
   const ModelConfig& c = m.model->config();
   for (int64_t e : c.eos_token_ids) add_eos(m.eos, int32_t(e));
   m.max_model_len = o.max_model_len ? o.max_model_len : int32_t(std::min<int64_t>(c.max_position_embeddings, 8192));
@@ -130,6 +161,9 @@ LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
     std::fprintf(stderr, "bamba: %s: %lld layers (%lld attention), %.2fM parameters, on %s, loaded in %.2fs\n",
                  what.c_str(), (long long)c.num_hidden_layers, (long long)c.n_attention_layers(),
                  double(c.parameter_count()) / 1e6, m.backend->name().c_str(), s);
+    if (c.tp_size > 1)
+      std::fprintf(stderr, "bamba: tensor parallel over %d ranks (%s); the parameter count above is one rank's shard\n",
+                   c.tp_size, m.backend->device() == Device::CPU ? "threads" : "GPUs over NCCL");
   }
   return m;
 }

@@ -23,6 +23,7 @@ struct ModelOptions {
   std::string device = "auto";
   std::string dtype = "auto";  // compute dtype on the GPU (backend.h compute_dtype)
   int32_t max_model_len = 0;  // 0: min(max_position_embeddings, 8192)
+  int32_t tensor_parallel_size = 1;  // ranks the model is split over (threads on the CPU, one GPU each on CUDA)
   bool quiet = false;
 
   void add_to(CLI::App* cmd, bool with_max_len = true);
@@ -42,6 +43,10 @@ struct LoadedModel {
   std::string name;  // what to call it: the folder as given, "bamba-recipe" (built-in) or "bamba-dummy"
 };
 
+void add_tensor_parallel_option(CLI::App* cmd, int32_t& size);
+// --tensor-parallel-size n > 1: m (loaded whole on the CPU backend) becomes rank 0's shard of n ranks (GPUs 0..n-1
+// for device cuda / auto with GPUs, else threads on the CPU), each shard converted to `compute` on a GPU.
+void split_tensor_parallel(LoadedModel& m, int32_t n, const std::string& device, DType compute);
 // The built-in model: the recipe's merged result (examples/recipe), shipped in the repository under
 // models/bamba-recipe with its model card. Looked up at $BAMBA_BUILTIN_MODEL, beside the binary
 // (<exe>/../models/bamba-recipe: a build tree inside the checkout; <exe>/../share/bamba/models/bamba-recipe: an

@@ -11,8 +11,10 @@
 #include <filesystem>
 #include <memory>
 #include <sstream>
+#include <thread>
 #include <string>
 
+#include "backend/communicator.h"
 #include "backend/op_profiler.h"
 #include "cli/commands.h"
 #include "core/error.h"
@@ -23,6 +25,7 @@
 #include "train/batch_source.h"
 #include "model/hybrid.h"
 #include "train/checkpoint.h"
+#include "train/data_parallel.h"
 #include "train/hybrid_trainable.h"
 #include "train/mixture_source.h"
 #include "train/train_config.h"
@@ -52,6 +55,7 @@ struct TrainArgs {
   int64_t bench_steps = 3, bench_layers = 0, bench_seq_len = 0;
   bool bench_checkpointing = false;
   std::string bench_precision;
+  int nproc = 1;  // data-parallel ranks as threads of this process
 };
 
 // The compute dtype of the GPU backend for a precision: bf16 for both mixed modes (fp32 masters and moments, or
@@ -141,44 +145,38 @@ std::unique_ptr<HybridModel> open_model(const TrainConfig& c, const ResolvedMode
   return std::make_unique<HybridModel>(m.config, init_weights(m.config, be, c.seed), be);
 }
 
-void run_train_command(const TrainArgs& a) {
-  TrainConfig cfg = load_train_config(a.config);
-  ResolvedModel model = resolve_model(cfg);
-  check_data(cfg);
-  if (!a.resume.empty()) resolve_checkpoint(a.resume);  // a bad --resume fails before any work
-  if (!a.quiet || a.check) print_plan(cfg, model);
-  if (a.check) return;
-
-  std::unique_ptr<Backend> be = make_backend(a.device, precision_dtype(cfg.precision));
-  if (!a.quiet) std::fprintf(stderr, "device    %s\n", be->name().c_str());
-  std::unique_ptr<HybridModel> hybrid = open_model(cfg, model, *be);
+// One rank of a run (the only one without data parallelism): its model replica, its rows of the data, its trainer.
+void train_rank(const TrainArgs& a, const TrainConfig& cfg, const ResolvedModel& model, Backend& be, Communicator* comm) {
+  const bool lead = !comm || comm->rank() == 0;
+  const bool quiet = a.quiet || !lead;
+  std::unique_ptr<HybridModel> hybrid = open_model(cfg, model, be);  // the same seeded weights on every rank
   HybridTrainable trainable_model(*hybrid, float(cfg.z_loss), cfg.activation_checkpointing);
   Trainable* trainable = &trainable_model;
   MixtureOptions mix;
   mix.seed = cfg.seed, mix.shuffle = cfg.shuffle, mix.packing = cfg.packing;
+  if (comm) mix.rank = comm->rank(), mix.world = comm->size();  // this rank's rows of every global micro-batch
   std::vector<MixturePhase> phases;  // each phase's length in tokens of the global stream
   for (const PhaseSpec& p : cfg.mixture_phases())
     phases.push_back({p.name, p.name.empty() ? 0 : p.steps * cfg.batch_tokens, p.data});
   auto batches = std::make_unique<MixtureSource>(phases, hybrid->config().vocab_size, mix);
   std::unique_ptr<Validation> validation;
+  std::unique_ptr<DataParallel> dp;
   TrainerHooks hooks;
+  if (comm) {
+    dp = std::make_unique<DataParallel>(*comm);
+    hooks.data_parallel = dp.get();
+  }
   if (!cfg.validation.empty()) {
     validation = std::make_unique<Validation>(cfg, *trainable, hybrid->config().vocab_size);
     hooks.validate = [&] { return validation->run(); };
   }
-  hooks.progress = !a.quiet;
+  hooks.progress = !quiet;
   hooks.peak_flops = a.peak_tflops * 1e12;
   hooks.stop_requested = [] { return g_train_stop.load(); };
   Trainer trainer(cfg, *trainable, *batches, model.ckpt, hooks);
   if (!a.resume.empty()) trainer.resume(a.resume);
-
-  struct sigaction sa = {};
-  sa.sa_handler = on_train_signal;
-  sa.sa_flags = SA_RESETHAND;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
   const TrainRunResult r = trainer.run();
-  if (!a.quiet) {
+  if (!quiet) {
     std::fprintf(stderr, "%s at step %lld (loss %.4f); checkpoint %s\n", r.interrupted ? "stopped" : "finished",
                  (long long)r.step, r.loss, r.last_checkpoint.c_str());
     auto print_drawn = [](const std::string& what, const std::vector<std::pair<std::string, int64_t>>& drawn) {
@@ -193,6 +191,76 @@ void run_train_command(const TrainArgs& a) {
     if (!cfg.phases.empty())
       for (const auto& [phase, drawn] : batches->drawn_per_phase()) print_drawn("  phase " + phase, drawn);
   }
+}
+
+void run_train_command(const TrainArgs& a) {
+  TrainConfig cfg = load_train_config(a.config);
+  ResolvedModel model = resolve_model(cfg);
+  check_data(cfg);
+  if (!a.resume.empty()) resolve_checkpoint(a.resume);  // a bad --resume fails before any work
+  const LaunchEnv env = launch_env();
+  if (a.nproc > 1 && env.world_size > 1)
+    fail("--nproc ", a.nproc, " and a launcher's WORLD_SIZE=", env.world_size, ": use one or the other");
+  const bool lead = env.rank == 0;
+  if ((!a.quiet && lead) || a.check) print_plan(cfg, model);
+  if (a.check) return;
+
+  struct sigaction sa = {};
+  sa.sa_handler = on_train_signal;
+  sa.sa_flags = SA_RESETHAND;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  const DType dtype = precision_dtype(cfg.precision);
+
+  if (a.nproc > 1) {  // data parallelism over threads of this process (GPUs 0..n-1 with --device cuda)
+    std::vector<std::unique_ptr<Backend>> bes;
+    std::vector<Backend*> raw;
+    std::vector<int> devices;
+    for (int r = 0; r < a.nproc; ++r) {
+      bes.push_back(make_rank_backend(a.device, r, dtype));
+      raw.push_back(bes.back().get());
+      devices.push_back(r);
+    }
+    if (!a.quiet)
+      std::fprintf(stderr, "device    %d ranks (data parallel, threads of one process), each on %s\n", a.nproc,
+                   bes[0]->name().c_str());
+    auto comms = make_group_communicators(raw, devices);
+    std::vector<std::exception_ptr> errs(static_cast<size_t>(a.nproc));
+    std::vector<std::thread> ts;
+    for (int r = 0; r < a.nproc; ++r)
+      ts.emplace_back([&, r] {
+        try {
+          bes[size_t(r)]->bind_thread();
+          train_rank(a, cfg, model, *bes[size_t(r)], comms[size_t(r)].get());
+        } catch (const std::exception& e) {
+          comms[size_t(r)]->abort(e.what());  // the other ranks stop instead of waiting for this one
+          errs[size_t(r)] = std::current_exception();
+        }
+      });
+    for (auto& t : ts) t.join();
+    for (auto& e : errs)  // the first rank's own error (the others' say that a rank failed)
+      if (e) std::rethrow_exception(e);
+    return;
+  }
+  if (env.world_size > 1) {  // one rank of several processes (torchrun, srun, mpirun): NCCL on GPU LOCAL_RANK
+    // GPU LOCAL_RANK; or the only GPU the process sees (Slurm --gpus-per-task 1, CUDA_VISIBLE_DEVICES per rank).
+    const int gpu = cuda_device_count() == 1 ? 0 : env.local_rank;
+    std::unique_ptr<Backend> be = make_rank_backend(a.device, gpu, dtype);
+    if (!a.quiet && lead)
+      std::fprintf(stderr, "device    %d ranks (data parallel, WORLD_SIZE), rank 0 on %s\n", env.world_size,
+                   be->name().c_str());
+    std::unique_ptr<Communicator> comm = make_launch_communicator(env, gpu, be->native_stream());
+    try {
+      train_rank(a, cfg, model, *be, comm.get());
+    } catch (const std::exception& e) {
+      comm->abort(e.what());
+      throw;
+    }
+    return;
+  }
+  std::unique_ptr<Backend> be = make_backend(a.device, dtype);
+  if (!a.quiet) std::fprintf(stderr, "device    %s\n", be->name().c_str());
+  train_rank(a, cfg, model, *be, nullptr);
 }
 
 
@@ -319,6 +387,10 @@ void register_train(CLI::App& app) {
   cmd->add_option("--resume", a->resume,
                   "continue from a checkpoint folder, or the newest checkpoint-<step> of an output folder "
                   "(weights, optimizer moments, step, data position: the run continues exactly)");
+  cmd->add_option("--nproc", a->nproc,
+                  "data-parallel ranks as threads of this process (GPUs 0..N-1 with --device cuda); several "
+                  "processes: launch with torchrun-style WORLD_SIZE/RANK/MASTER_ADDR (docs/multi-gpu.md)")
+      ->check(CLI::Range(1, 64));
   cmd->add_flag("--check", a->check, "validate the config, the model and the data paths, print the plan, and exit");
   cmd->add_option("--peak-tflops", a->peak_tflops, "the device's peak TFLOP/s (e.g. 989 for an H100 in bf16), for MFU");
   cmd->add_flag("--quiet,-q", a->quiet, "no plan, progress bar or summary");

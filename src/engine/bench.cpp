@@ -9,6 +9,7 @@
 #include "backend/op_profiler.h"
 #include "core/error.h"
 #include "model/hybrid.h"
+#include "model/tensor_parallel.h"
 #include "model/presets.h"
 
 namespace bamba {
@@ -192,14 +193,37 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
   log << "bench: " << o.preset << ", " << rep.params << " parameters, backend " << rep.backend << "\n" << std::flush;
   // The model runs through the profiler, which only forwards until a profiled run switches its timing on.
   OpProfiler prof(*be);
-  HybridModel model(cfg, dummy_weights(cfg, *be, 1), prof);
+  std::unique_ptr<HybridModel> owned;
+  std::vector<std::unique_ptr<Backend>> keep;  // (only to build the split model)
+  if (o.tensor_parallel_size > 1) {
+    // The generated weights are made whole on the CPU (fill_uniform draws the same numbers on every backend)
+    // and split over the ranks; rank 0 computes through the profiler like a single device does.
+    const int n = o.tensor_parallel_size;
+    auto host = make_cpu_backend();
+    ModelWeights full = dummy_weights(cfg, *host, 1);
+    std::vector<std::unique_ptr<Backend>> others;
+    std::vector<Backend*> raw = {be.get()};
+    std::vector<int> devices = {0};
+    for (int r = 1; r < n; ++r) {
+      others.push_back(make_rank_backend(be->device() == Device::CPU ? "cpu" : "cuda", r, compute_dtype(o.dtype, DType::BF16)));
+      raw.push_back(others.back().get());
+      devices.push_back(r);
+    }
+    owned = make_tensor_parallel_model(cfg, full, *host, prof, std::move(others), make_group_communicators(raw, devices));
+    rep.backend += cat(" × ", n, " (tensor parallel)");
+    log << "bench: split over " << n << " ranks\n" << std::flush;
+  } else {
+    owned = std::make_unique<HybridModel>(cfg, dummy_weights(cfg, *be, 1), prof);
+  }
+  HybridModel& model = *owned;
+  const ModelConfig& mcfg = model.config();  // a rank's shard when split: the cache holds its heads
   const int max_ctx = std::max(max_pp, o.decode_prompt) + std::max(o.decode_steps, 128) + 8;
-  CacheSizes sizes = HybridCache::sizes_for(cfg, max_seqs, max_ctx, 16);
+  CacheSizes sizes = HybridCache::sizes_for(mcfg, max_seqs, max_ctx, 16);
   if (o.ssm_state != "fp32" && o.ssm_state != "bf16") fail("bench: --ssm-state must be fp32 or bf16");
   sizes.ssm_state_dtype = o.ssm_state == "bf16" ? DType::BF16 : DType::F32;
-  HybridCache cache(cfg, *be, sizes);
+  HybridCache cache(mcfg, *be, sizes);
   const int ws_tokens = std::max({max_pp, std::min(max_seqs * o.decode_prompt, 8192), max_seqs});
-  Workspace ws(cfg, *be, ws_tokens, std::max(max_seqs, 1));
+  Workspace ws(mcfg, *be, ws_tokens, std::max(max_seqs, 1));
   Runner run{o, log, *be, model, model.config(), cache, ws, prof};
   for (auto& t : o.tests) {
     if (t.rfind("pp", 0) == 0) rep.rows.push_back(run.pp(std::stoi(t.substr(2))));

@@ -21,6 +21,8 @@ struct BenchOptions {
   int decode_steps = 128;   // decode steps timed per batched-decode run
   bool profile = false;     // after each test, one more run with every op timed (backend/op_profiler.h)
   bool deterministic = false;  // batch-invariant kernels (Backend::set_batch_invariant), as serve --deterministic
+
+  int tensor_parallel_size = 1;  // ranks the model is split over (GPUs 0..N-1, or threads on the CPU)
   // Ceilings (one H200, measured: docs/performance.md)
   double peak_tflops = 790.0;
   double peak_gbps = 4300.0;

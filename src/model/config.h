@@ -117,6 +117,14 @@ struct ModelConfig {
   int64_t max_position_embeddings = 262144;
   DType dtype = DType::F32;  // torch_dtype / dtype: what the checkpoint was saved as
 
+  // Tensor parallelism (model/tensor_parallel.h): this config is rank tp_rank's shard of tp_size. The split
+  // fields above (attention and KV heads, Mamba heads, inner size and groups, intermediate_size) are the rank's
+  // own; vocab_size stays whole (the ids the embedding takes, the logits forward returns) while the rank holds
+  // vocab_size / tp_size rows of lm_head. tp_full_inner > 0: the gated norm's groups span ranks, so the rank
+  // gathers its inputs (the whole mamba_inner = tp_full_inner) and holds the whole norm weight.
+  int32_t tp_rank = 0, tp_size = 1;
+  int64_t tp_full_inner = 0;
+
   // derived
   int64_t conv_dim() const { return mamba_inner + 2 * mamba_n_groups * mamba_d_state; }  // CD
   int64_t in_proj_dim() const { return mamba_inner + conv_dim() + mamba_n_heads; }       // E = I + CD + nh

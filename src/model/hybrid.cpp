@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/hash_uniform.h"
+#include "model/tensor_parallel_peers.h"
 
 namespace bamba {
 
@@ -41,6 +42,12 @@ Workspace::Workspace(const ModelConfig& c, Backend& be, int32_t max_tokens_, int
     moe.down = be.alloc_activation({T * k, H});
     moe.index = be.alloc(DType::I32, {2 * T * k + 2 * E + 2});
   }
+  if (c.tp_size > 1) logits_part = be.alloc(DType::F32, {R, c.vocab_size / c.tp_size});
+  if (c.tp_full_inner > 0) {
+    tp_y = be.alloc_activation({T, c.tp_full_inner});
+    tp_z = be.alloc_activation({T, c.tp_full_inner});
+    tp_normed = be.alloc_activation({T, c.tp_full_inner});
+  }
   if (zamba) {
     wide = be.alloc_activation({T, 2 * H});
     wide_n = be.alloc_activation({T, 2 * H});
@@ -50,12 +57,19 @@ Workspace::Workspace(const ModelConfig& c, Backend& be, int32_t max_tokens_, int
 }
 
 Workspace::~Workspace() {
+  mirrors.clear();
   for (Tensor t : {h, xn, out, proj, conv, y, y2, sel, logits, aux, aux2, router, moe_experts, moe_weights, moe.up,
-                   moe.act, moe.down, moe.index, wide, wide_n, lora_r, lora})
+                   moe.act, moe.down, moe.index, wide, wide_n, lora_r, lora, logits_part, tp_y, tp_z, tp_normed})
     if (t) be_.release(t);
 }
 
-HybridModel::HybridModel(ModelConfig cfg, ModelWeights w, Backend& be) : cfg_(std::move(cfg)), w_(std::move(w)), be_(be) {
+HybridModel::HybridModel(ModelConfig cfg, ModelWeights w, Backend& be) : HybridModel(std::move(cfg), std::move(w), be, nullptr) {}
+
+HybridModel::HybridModel(ModelConfig cfg, ModelWeights w, Backend& be, Communicator* comm)
+    : cfg_(std::move(cfg)), w_(std::move(w)), be_(be), comm_(cfg_.tp_size > 1 ? comm : nullptr) {  // one rank: no collectives
+  BAMBA_CHECK(cfg_.tp_size == 1 || (comm_ && comm_->size() == cfg_.tp_size && comm_->rank() == cfg_.tp_rank),
+              "internal: a tensor-parallel shard of rank ", cfg_.tp_rank, " of ", cfg_.tp_size,
+              " needs that rank's communicator");
   mamba_ops_ = {cfg_.mamba_n_heads, cfg_.mamba_d_head,     cfg_.mamba_n_groups, cfg_.mamba_d_state,
                 cfg_.mamba_d_conv,  cfg_.mamba_chunk_size, cfg_.time_step_min,  cfg_.time_step_max};
   const float scale = cfg_.attention_scale > 0.f ? cfg_.attention_scale : 1.f / std::sqrt(float(cfg_.head_dim));
@@ -108,6 +122,14 @@ void HybridModel::check_batch(const StepBatch& b, const HybridCache& cache, cons
 }
 
 Tensor HybridModel::forward(const StepBatch& b, HybridCache& cache, Workspace& ws, const ActivationHook& hook) const {
+  if (peers_) {
+    check_batch(b, cache, ws);  // a bad batch is an Error here, before any rank is running (which would abort them)
+    return peers_->forward(*this, b, cache, ws, hook);  // every rank of the group runs forward_rank
+  }
+  return forward_rank(b, cache, ws, hook);
+}
+
+Tensor HybridModel::forward_rank(const StepBatch& b, HybridCache& cache, Workspace& ws, const ActivationHook& hook) const {
   check_batch(b, cache, ws);
   be_.set_batch(b);
   const int64_t T = b.n_tokens(), R = int64_t(b.logit_rows.size()), L = cfg_.num_hidden_layers;
@@ -132,6 +154,9 @@ Tensor HybridModel::forward(const StepBatch& b, HybridCache& cache, Workspace& w
       pending = false;
     };
     auto residual = [&] {  // the block's output * residual_multiplier goes into h at the next norm
+      // Tensor parallelism: each rank's block output is its heads' / columns' share of the row-parallel output
+      // projection; their sum is the block's output, the same on every rank.
+      if (comm_) comm_->all_reduce_sum(out);
       if (cfg_.residual_multiplier != 1.f) be_.scale(out, cfg_.residual_multiplier);
       pending = true;
     };
@@ -180,10 +205,17 @@ Tensor HybridModel::forward(const StepBatch& b, HybridCache& cache, Workspace& w
     norm(w_.final_layernorm);
     if (hook) hook("final_norm", xn);
     be_.gather_logit_rows(sel, xn);
-    be_.matmul(logits, sel, w_.lm_head, {});
+    if (comm_) {  // this rank's vocabulary columns, then all of them side by side
+      Tensor part = ws.logits_part.slice_rows(0, R);  // [R, V / tp_size]
+      be_.matmul(part, sel, w_.lm_head, {});
+      comm_->all_gather_cols(logits, part);
+    } else {
+      be_.matmul(logits, sel, w_.lm_head, {});
+    }
     if (cfg_.logits_scale != 1.f) be_.scale(logits, cfg_.logits_scale);
   };
-  if (hook) ops();
+  // Tensor parallelism runs the ops plainly: a recorded step would have to capture the collectives too.
+  if (hook || comm_) ops();
   else {
     // One recording per (model, workspace, cache): the buffers the ops touch.
     auto id = [](const void* p) { return uint64_t(reinterpret_cast<uintptr_t>(p)); };
@@ -216,7 +248,17 @@ void HybridModel::mamba_mixer(const MambaWeights& w, Tensor xn, Tensor out, int6
   Tensor y = ws.y.slice_rows(0, T).slice_cols(0, I);  // [T, nh * P]
   be_.ssd(y, conv, dt, w.A_log, w.D, w.dt_bias, cache.ssm_state(index), mamba_ops_);
   Tensor normed = ws.y2.slice_rows(0, T);  // [T, I]
-  if (cfg_.mamba_gated_norm) be_.gated_rmsnorm(normed, y, z, w.norm, cfg_.gated_norm_group_size, cfg_.mamba_norm_eps);
+  if (cfg_.mamba_gated_norm && cfg_.tp_full_inner > 0) {
+    // Tensor parallelism with norm groups wider than a rank's channels (Bamba: one group over all of I): every
+    // rank gathers y and z whole and normalises the whole width (the same op as on one rank, so the same
+    // numbers), then keeps its own channels. (Twice T · I elements moved where an all-reduce of the T · groups
+    // sums of squares would do: a fused op is left for when it shows in a profile.)
+    Tensor fy = ws.tp_y.slice_rows(0, T), fz = ws.tp_z.slice_rows(0, T), fn = ws.tp_normed.slice_rows(0, T);  // [T, tp_full_inner]
+    comm_->all_gather_cols(fy, y);
+    comm_->all_gather_cols(fz, z);
+    be_.gated_rmsnorm(fn, fy, fz, w.norm, cfg_.gated_norm_group_size, cfg_.mamba_norm_eps);
+    be_.copy(normed, fn.slice_cols(cfg_.tp_rank * I, (cfg_.tp_rank + 1) * I));
+  } else if (cfg_.mamba_gated_norm) be_.gated_rmsnorm(normed, y, z, w.norm, cfg_.gated_norm_group_size, cfg_.mamba_norm_eps);
   else be_.silu_gate(normed, y, z);
   be_.matmul(out, normed, w.out_proj, w.out_proj_bias);
   if (cfg_.ssm_out_multiplier != 1.f) be_.scale(out, cfg_.ssm_out_multiplier);

@@ -6,9 +6,12 @@
 // sequences (see StepBatch).
 #pragma once
 #include <functional>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "backend/backend.h"
+#include "backend/communicator.h"
 #include "model/hybrid_cache.h"
 #include "model/config.h"
 #include "model/weights.h"
@@ -42,6 +45,12 @@ class Workspace {
   Tensor wide, wide_n;    // [T, 2H]  Zamba2: concat(h, embeddings), normed
   Tensor lora_r;          // [T, 3r]  Zamba2 adapters' low-rank activations
   Tensor lora;            // [T, max(nq dh, 2F)]  an adapter's output
+  // Tensor parallelism (c.tp_size > 1, model/tensor_parallel.h):
+  Tensor logits_part;     // [R, V / tp_size]  F32: this rank's vocabulary columns
+  Tensor tp_y, tp_z;      // [T, tp_full_inner]  the gathered inputs of a gated norm that spans ranks
+  Tensor tp_normed;       // [T, tp_full_inner]  its output, whole
+  // The other ranks' workspaces (one-process groups), made and used by rank 0's model.
+  std::vector<std::unique_ptr<Workspace>> mirrors;
 
  private:
   Backend& be_;
@@ -76,10 +85,14 @@ struct TrainResult {
 };
 
 using ActivationHook = std::function<void(const std::string& name, Tensor h)>;
+class TensorParallelPeers;  // model/tensor_parallel_peers.h
 
 class HybridModel {
  public:
   HybridModel(ModelConfig cfg, ModelWeights w, Backend& be);
+  // A rank of a tensor-parallel group (model/tensor_parallel.h): cfg is its shard's (ModelConfig::tp_*), w its
+  // shard, comm its collectives.
+  HybridModel(ModelConfig cfg, ModelWeights w, Backend& be, Communicator* comm);
   const ModelConfig& config() const { return cfg_; }
   Backend& backend() const { return be_; }
 
@@ -92,6 +105,12 @@ class HybridModel {
   // hf_tensors). Every row starts from a zero state.
   TrainResult forward_backward(const TrainBatch& batch, ModelWeights& grads, const TrainOptions& opt = {}) const;
   const ModelWeights& weights() const { return w_; }
+
+  // Tensor parallelism in one process: rank 0's model runs the other ranks' (make_tensor_parallel_model).
+  void set_peers(std::shared_ptr<TensorParallelPeers> peers) { peers_ = std::move(peers); }
+  int tensor_parallel_size() const { return cfg_.tp_size; }
+  // forward() on this rank alone (what forward runs on every rank of a group).
+  Tensor forward_rank(const StepBatch& b, HybridCache& cache, Workspace& ws, const ActivationHook& hook = {}) const;
 
  private:
   void check_batch(const StepBatch& b, const HybridCache& cache, const Workspace& ws) const;
@@ -110,6 +129,8 @@ class HybridModel {
   MambaOpsConfig mamba_ops_;
   AttentionOpsConfig attn_ops_;
   MoeOpsConfig moe_ops_;
+  Communicator* comm_ = nullptr;  // tensor parallelism: this rank's collectives (null: one rank)
+  std::shared_ptr<TensorParallelPeers> peers_;
 };
 
 // Loads <dir>/config.json and its safetensors into a model on `be` (the mmap'd files are closed afterwards).

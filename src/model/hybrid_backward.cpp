@@ -50,6 +50,8 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
   // The backward is written for Bamba's layers (mixer + SwiGLU, no multipliers); its relatives are inference-only.
   if (cfg_.family != Family::Bamba)
     fail(cfg_.source, ": training supports model_type \"bamba\" only (this model is \"", cfg_.model_type, "\")");
+  if (cfg_.tp_size > 1)
+    fail(cfg_.source, ": training runs data-parallel (bamba train --nproc / WORLD_SIZE), not tensor-parallel");
   const int64_t Bn = batch.rows, S = batch.seq_len, T = Bn * S;
   BAMBA_CHECK(Bn > 0 && S > 0, "training batch is empty");
   BAMBA_CHECK(int64_t(batch.input_ids.size()) == T && int64_t(batch.labels.size()) == T, "training batch: ",

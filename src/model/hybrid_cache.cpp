@@ -25,6 +25,7 @@ HybridCache::HybridCache(const ModelConfig& c, Backend& be, CacheSizes sizes) : 
 }
 
 HybridCache::~HybridCache() {
+  mirrors_.clear();
   for (auto* pool : {&conv_, &ssm_, &k_, &v_})
     for (Tensor& t : *pool) be_.release(t);
 }
@@ -89,6 +90,23 @@ void HybridCache::copy_state(int32_t src_slot, int32_t dst_slot) {
     be_.copy_slice(conv_[i], src_slot, dst_slot);  // [K-1, CD]
     be_.copy_slice(ssm_[i], src_slot, dst_slot);   // [nh, P, N]
   }
+  for (auto& m : mirrors_) {  // each on its own device (a GPU backend's ops go to the current device's streams)
+    m->be_.bind_thread();
+    m->copy_state(src_slot, dst_slot);
+  }
+  if (!mirrors_.empty()) be_.bind_thread();
+}
+
+void HybridCache::copy_page(int32_t src, int32_t dst) {
+  for (size_t i = 0; i < k_.size(); ++i) {
+    be_.copy_slice(k_[i], src, dst);
+    be_.copy_slice(v_[i], src, dst);
+  }
+  for (auto& m : mirrors_) {
+    m->be_.bind_thread();
+    m->copy_page(src, dst);
+  }
+  if (!mirrors_.empty()) be_.bind_thread();
 }
 
 void HybridCache::truncate(SeqCache& seq, int32_t len) {
@@ -117,10 +135,7 @@ bool HybridCache::fork(const SeqCache& src, SeqCache& dst) {
     const int32_t page = free_blocks_.back();
     free_blocks_.pop_back();
     block_refs_[size_t(page)] = 1;
-    for (size_t i = 0; i < k_.size(); ++i) {
-      be_.copy_slice(k_[i], src.blocks[size_t(full)], page);
-      be_.copy_slice(v_[i], src.blocks[size_t(full)], page);
-    }
+    copy_page(src.blocks[size_t(full)], page);
     dst.blocks.push_back(page);
   }
   dst.len = src.len;

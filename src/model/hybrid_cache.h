@@ -6,6 +6,7 @@
 //   layer; a sequence owns a list of blocks (its row of StepBatch::block_table).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "backend/backend.h"
@@ -71,6 +72,10 @@ class HybridCache {
   int32_t free_blocks() const { return int32_t(free_blocks_.size()); }
   int32_t blocks_for(int32_t len) const { return (len + sizes_.block_size - 1) / sizes_.block_size; }
   bool has_attention() const { return !k_.empty(); }
+  // Tensor parallelism in one process (model/tensor_parallel.h): the other ranks' caches, with the same sizes. They
+  // follow this one: its slots and pages are the ones used, and copy_state and fork copy in them too.
+  std::vector<std::unique_ptr<HybridCache>>& mirrors() { return mirrors_; }
+  const std::vector<std::unique_ptr<HybridCache>>& mirrors() const { return mirrors_; }
 
  private:
   Backend& be_;
@@ -78,6 +83,8 @@ class HybridCache {
   std::vector<Tensor> conv_, ssm_, k_, v_;
   std::vector<int32_t> free_slots_, free_blocks_;  // stacks; lowest ids handed out first
   std::vector<int32_t> block_refs_;                // holders of each page (fork shares full pages)
+  std::vector<std::unique_ptr<HybridCache>> mirrors_;
+  void copy_page(int32_t src, int32_t dst);  // KV page src -> dst in every attention layer, here and in the mirrors
 };
 
 }  // namespace bamba

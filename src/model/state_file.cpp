@@ -60,6 +60,7 @@ class Reader {
 std::string encode_state(const ModelConfig& cfg, HybridCache& cache, const SeqCache& seq,
                          std::span<const int32_t> tokens) {
   BAMBA_CHECK(seq.slot >= 0 && seq.len >= 0 && size_t(seq.len) <= tokens.size(), "encode_state: no state to save");
+  BAMBA_CHECK(cfg.tp_size == 1, "saving a sequence's state is not supported with tensor parallelism yet");
   Backend& be = cache.backend();
   std::string out;
   out.append(kMagic, 8);
@@ -99,6 +100,7 @@ std::string encode_state(const ModelConfig& cfg, HybridCache& cache, const SeqCa
 std::vector<int32_t> decode_state(std::string_view bytes, const std::string& what, const ModelConfig& cfg,
                                   HybridCache& cache, SeqCache& seq) {
   BAMBA_CHECK(seq.slot < 0 && seq.blocks.empty(), "decode_state: the sequence must hold nothing");
+  BAMBA_CHECK(cfg.tp_size == 1, "loading a sequence's state is not supported with tensor parallelism yet");
   Reader r(bytes, what);
   char magic[8];
   r.get(magic, 8, "the magic");

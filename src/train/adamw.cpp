@@ -56,7 +56,7 @@ void AdamW::step(const std::vector<ParamRef>& params, double lr) {
     const float* g = p.grad;
     const float decay = p.decay ? float(1 - lr * opt_.weight_decay) : 1.f;
     if (dev_) {
-      const uint64_t key = splitmix64(opt_.seed ^ splitmix64(uint64_t(t_) * 0x9e3779b97f4a7c15ull + i));
+      const uint64_t key = splitmix64(opt_.seed ^ splitmix64(uint64_t(t_) * 0x9e3779b97f4a7c15ull + opt_.first_param_index + i));
       const AdamWUpdate u{step_size, bc2_sqrt, eps, one_minus_b1, b2, one_minus_b2, decay, 1.f, key};
       dev_->adamw(p, mdev_[i], vdev_[i], opt_.bf16_moments, u);
     } else if (!opt_.bf16_moments) {
@@ -71,7 +71,7 @@ void AdamW::step(const std::vector<ParamRef>& params, double lr) {
     } else {
       uint16_t* m = m16_[i].data();
       uint16_t* v = v16_[i].data();
-      const uint64_t key = splitmix64(opt_.seed ^ splitmix64(uint64_t(t_) * 0x9e3779b97f4a7c15ull + i));
+      const uint64_t key = splitmix64(opt_.seed ^ splitmix64(uint64_t(t_) * 0x9e3779b97f4a7c15ull + opt_.first_param_index + i));
       for (size_t j = 0; j < p.size; ++j) {
         const uint64_t r = splitmix64(key + j);  // 2 × 16 bits: one for m, one for v
         float mj = bf16_to_f32(m[j]), vj = bf16_to_f32(v[j]);
@@ -129,6 +129,10 @@ void* AdamW::exp_avg_data(size_t i) {
 void* AdamW::exp_avg_sq_data(size_t i) {
   BAMBA_CHECK(!dev_, "internal: AdamW moments are device memory");
   return opt_.bf16_moments ? static_cast<void*>(v16_.at(i).data()) : v32_.at(i).data();
+}
+void* AdamW::moment_data(size_t i, bool sq) {
+  if (dev_) return sq ? vdev_.at(i) : mdev_.at(i);
+  return sq ? exp_avg_sq_data(i) : exp_avg_data(i);
 }
 size_t AdamW::moment_bytes(size_t i) const { return sizes_.at(i) * (opt_.bf16_moments ? 2 : 4); }
 

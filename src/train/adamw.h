@@ -25,6 +25,9 @@ struct AdamWOptions {
   // same (seed, step) gives the same bits after a resume.
   bool bf16_moments = false;
   uint64_t seed = 0;
+  // The index of the first parameter in the model's list: a ZeRO-1 shard (train/data_parallel.h) updates a run of
+  // the parameters and draws the same rounding bits for them as one optimizer over all of them would.
+  uint64_t first_param_index = 0;
 };
 
 class AdamW {
@@ -55,6 +58,8 @@ class AdamW {
   void* exp_avg_data(size_t i);
   void* exp_avg_sq_data(size_t i);
   size_t moment_bytes(size_t i) const;
+  // Where moment i lives (device memory with a ParamDevice, else host), moment_bytes(i) bytes: for collectives.
+  void* moment_data(size_t i, bool sq);
   size_t num_params() const { return sizes_.size(); }
   void set_steps_taken(int64_t t) { t_ = t; }
 

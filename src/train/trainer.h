@@ -15,6 +15,7 @@
 #include "train/adamw.h"
 #include "train/batch_source.h"
 #include "train/checkpoint.h"
+#include "train/data_parallel.h"
 #include "train/metrics_log.h"
 #include "train/train_config.h"
 #include "train/trainable.h"
@@ -29,6 +30,9 @@ struct TrainerHooks {
   std::function<nlohmann::ordered_json()> validate;
   double peak_flops = 0;                 // the device's peak FLOP/s, for MFU (with Trainable::flops_per_token)
   bool progress = true;                  // the progress bar on stderr
+  // Data parallelism (train/data_parallel.h): this trainer is one rank; `data` hands out this rank's rows of each
+  // global micro-batch. Rank 0 alone logs, draws the bar and writes checkpoints. Null: one rank.
+  DataParallel* data_parallel = nullptr;
 };
 
 struct TrainRunResult {
@@ -52,7 +56,7 @@ class Trainer {
   TrainRunResult run();
 
   int64_t step() const { return state_.step; }
-  const AdamW& optimizer() const { return opt_; }
+  const AdamW& optimizer() const { return opt_; }  // this rank's shard under data parallelism
 
  private:
   std::string save();
@@ -63,6 +67,8 @@ class Trainer {
   CheckpointOptions ckpt_;
   TrainerHooks hooks_;
   std::vector<ParamRef> params_;
+  std::vector<ParamRef> owned_;  // the parameters this rank's optimizer updates (all of them on one rank)
+  size_t first_owned_ = 0;
   AdamW opt_;
   TrainerState state_;
   std::string last_checkpoint_;

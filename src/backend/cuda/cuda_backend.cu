@@ -106,6 +106,8 @@ class CudaBackend final : public Backend {
   DType weight_dtype() const override { return dtype_; }
   DType activation_dtype() const override { return dtype_; }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void bind_thread() override { CUDA_CHECK(cudaSetDevice(device_)); }
+  void* native_stream() override { return stream_; }
 
   // ---- memory
   void* dev_malloc(size_t n, const std::string& what) {
