@@ -30,6 +30,10 @@ void register_bench(CLI::App& app) {
                                      "default pp512,pp2048,pp8192,tg128,decode1,decode16,decode64");
   sub->add_option("--prompt", o->decode_prompt, "Prompt length before batched decode")->capture_default_str();
   sub->add_option("--steps", o->decode_steps, "Decode steps timed per batched-decode run")->capture_default_str();
+  sub->add_option("--cache-memory", o->cache_gib,
+                  "decodeS@C: GiB for state slots + KV pages (as `bamba serve --cache-memory`); sequences beyond it "
+                  "are left out and the row says how many ran (default: no budget)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_flag("--profile", o->profile, "After each test, one more run with every op timed alone (per-op table on "
                                          "stderr; ops are synchronized one by one, so decode times include launch "
                                          "latency)");

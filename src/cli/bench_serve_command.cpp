@@ -5,10 +5,13 @@
 // tokens before every prompt; `multi-turn` runs conversations of --turns requests, each turn's prompt being the
 // previous prompt + a reply of --output-len tokens (random ids standing for the assistant's answer as a client
 // sends it back) + --input-len new tokens. The server's prefix-cache hit rate over the run is read from
-// /metrics.
+// /metrics, and so is what the server did with the load: the most requests it ran at once and kept waiting
+// (polled every 50 ms), and its preemptions. --max-duration caps a run: no request starts after it, and requests
+// still streaming then are cut (counted apart, their tokens so far counted).
 #include <httplib.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <atomic>
 #include <chrono>
@@ -35,6 +38,7 @@ struct BenchOptions {
   uint32_t seed = 0;
   std::string workload = "random";
   int32_t prefix_len = 512, turns = 4;
+  double max_duration = 0;  // seconds; 0 = no cap
 };
 
 struct Sample {
@@ -45,13 +49,22 @@ struct Sample {
   int32_t turn = 0;  // multi-turn: 0 for a conversation's first request
   std::vector<double> itl;  // gaps between chunks that carry tokens
   int64_t output_tokens = 0;
+  int64_t events = 0;  // SSE events with choices (tokens seen, for a request cut before its usage arrived)
+  bool cut = false;    // still running at --max-duration
 };
 
 // One streamed request; times every SSE event that carries text.
-Sample run_one(const BenchOptions& o, const std::vector<int32_t>& prompt) {
+Sample run_one(const BenchOptions& o, const std::vector<int32_t>& prompt, Clock::time_point deadline) {
   Sample s;
   httplib::Client cli(o.host, o.port);
-  cli.set_read_timeout(600, 0);
+  const bool capped = o.max_duration > 0;
+  const double left = capped ? std::chrono::duration<double>(deadline - Clock::now()).count() : 600.0;
+  if (left <= 0) {
+    s.cut = true;
+    return s;
+  }
+  const double wait = std::min(left + 0.05, 600.0);
+  cli.set_read_timeout(time_t(wait), long((wait - std::floor(wait)) * 1e6));
   json body = {{"prompt", prompt}, {"max_tokens", o.output_len}, {"ignore_eos", true}, {"stream", true},
                {"temperature", 0}, {"stream_options", {{"include_usage", true}}}};
   if (!o.model.empty()) body["model"] = o.model;
@@ -76,33 +89,52 @@ Sample run_one(const BenchOptions& o, const std::vector<int32_t>& prompt) {
       if (j.contains("usage") && j["usage"].is_object()) s.output_tokens = j["usage"].value("completion_tokens", int64_t(0));
       if (!j.contains("choices") || j["choices"].empty()) continue;
       const auto now = Clock::now();
+      ++s.events;
       if (first) s.ttft = std::chrono::duration<double>(now - t0).count();
       else s.itl.push_back(std::chrono::duration<double>(now - last).count());
       first = false;
       last = now;
     }
+    if (capped && Clock::now() >= deadline) {  // hang up: the server frees the sequence at its next step
+      s.cut = true;
+      return false;
+    }
     return true;
   };
   auto res = cli.send(req);
   s.e2e = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (capped && Clock::now() >= deadline && (!res || s.cut)) {
+    s.cut = true;
+    s.output_tokens = s.events;
+    return s;
+  }
   if (!res) s.error = "connection failed: " + httplib::to_string(res.error());
   else if (res->status != 200) s.error = "HTTP " + std::to_string(res->status) + ": " + res->body;
   s.ok = s.error.empty() && !first;
   return s;
 }
 
-// The server's prefix-cache counters (queries, hits) from /metrics; {-1, -1} if it has none.
-std::pair<double, double> prefix_counters(const BenchOptions& o) {
+// Values of the server's /metrics (Prometheus text, one label set per name); -1 for a name it lacks or when
+// nothing answers.
+std::vector<double> metrics(const BenchOptions& o, const std::vector<std::string>& names) {
   httplib::Client cli(o.host, o.port);
+  cli.set_read_timeout(5, 0);
   auto r = cli.Get("/metrics");
-  if (!r || r->status != 200) return {-1, -1};
-  auto value = [&](const std::string& name) {
-    const size_t at = r->body.find("\n" + name + "{");
-    if (at == std::string::npos) return -1.0;
+  std::vector<double> v(names.size(), -1.0);
+  if (!r || r->status != 200) return v;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const size_t at = r->body.find("\n" + names[i] + "{");
+    if (at == std::string::npos) continue;
     const size_t sp = r->body.find("} ", at);
-    return sp == std::string::npos ? -1.0 : std::atof(r->body.c_str() + sp + 2);
-  };
-  return {value("bamba:prefix_cache_queries_total"), value("bamba:prefix_cache_hits_total")};
+    if (sp != std::string::npos) v[i] = std::atof(r->body.c_str() + sp + 2);
+  }
+  return v;
+}
+
+// The server's prefix-cache counters (queries, hits); {-1, -1} if it has none.
+std::pair<double, double> prefix_counters(const BenchOptions& o) {
+  auto v = metrics(o, {"bamba:prefix_cache_queries_total", "bamba:prefix_cache_hits_total"});
+  return {v[0], v[1]};
 }
 
 double percentile(std::vector<double> v, double p) {
@@ -154,29 +186,54 @@ void run(const BenchOptions& o) {
     convs.push_back(std::move(c));
   }
   const auto before = prefix_counters(o);
+  const double preempt_before = metrics(o, {"bamba:num_preemptions_total"})[0];
   std::vector<std::vector<Sample>> by_conv(convs.size());
   std::atomic<size_t> next{0};
   const auto t0 = Clock::now();
+  const auto deadline = t0 + std::chrono::microseconds(int64_t(o.max_duration * 1e6));
+  // What the server does with the load: the most requests running / waiting at once, polled.
+  std::atomic<bool> done{false};
+  double max_running = -1, max_waiting = -1;
+  std::thread poller([&] {
+    while (!done) {
+      auto v = metrics(o, {"bamba:num_requests_running", "bamba:num_requests_waiting"});
+      max_running = std::max(max_running, v[0]);
+      max_waiting = std::max(max_waiting, v[1]);
+      for (int k = 0; k < 5 && !done; ++k) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  });
   std::vector<std::thread> workers;
   for (int32_t w = 0; w < std::min<int32_t>(o.concurrency, int32_t(convs.size())); ++w)
     workers.emplace_back([&] {
       for (size_t i; (i = next++) < convs.size();)
         for (size_t t = 0; t < convs[i].size(); ++t) {
-          by_conv[i].push_back(run_one(o, convs[i][t]));
+          by_conv[i].push_back(run_one(o, convs[i][t], deadline));
           by_conv[i].back().prompt_tokens = int64_t(convs[i][t].size());
           by_conv[i].back().turn = int32_t(t);
         }
     });
   for (auto& t : workers) t.join();
   const double dur = std::chrono::duration<double>(Clock::now() - t0).count();
+  done = true;
+  poller.join();
   const auto after = prefix_counters(o);
+  const double preempt_after = metrics(o, {"bamba:num_preemptions_total"})[0];
+  const double preemptions = preempt_before >= 0 && preempt_after >= 0 ? preempt_after - preempt_before : -1;
   std::vector<Sample> samples;
   for (auto& c : by_conv) samples.insert(samples.end(), c.begin(), c.end());
 
   std::vector<double> ttft, itl, e2e, tpot, ttft_first, ttft_later;
-  int64_t ok = 0, out_tokens = 0, in_tokens = 0;
+  int64_t ok = 0, out_tokens = 0, in_tokens = 0, cut = 0, not_started = 0;
   std::string first_error;
   for (const Sample& s : samples) {
+    if (s.cut) {  // the time cap: its tokens so far count, its latencies too (TTFT only if it had a first token)
+      ++cut;
+      out_tokens += s.output_tokens;
+      if (s.events == 0) ++not_started;
+      if (s.events > 0) ttft.push_back(s.ttft);
+      itl.insert(itl.end(), s.itl.begin(), s.itl.end());
+      continue;
+    }
     if (!s.ok) {
       if (first_error.empty()) first_error = s.error;
       continue;
@@ -194,7 +251,14 @@ void run(const BenchOptions& o) {
   const double hit_rate = before.first >= 0 && after.first >= 0 && queries > 0 ? hits / queries : -1;
   std::printf("============ Serving Benchmark Result ============\n");
   std::printf("%-40s %d\n", "Successful requests:", int(ok));
-  std::printf("%-40s %d\n", "Failed requests:", int(samples.size() - size_t(ok)));
+  std::printf("%-40s %d\n", "Failed requests:", int(samples.size() - size_t(ok) - size_t(cut)));
+  if (o.max_duration > 0)
+    std::printf("%-40s %d (%d before their first token)\n", "Cut at --max-duration:", int(cut), int(not_started));
+  if (max_running >= 0) {
+    std::printf("%-40s %.0f\n", "Most requests running at once (server):", max_running);
+    std::printf("%-40s %.0f\n", "Most requests waiting at once (server):", max_waiting);
+  }
+  if (preemptions >= 0) std::printf("%-40s %.0f\n", "Preemptions (server):", preemptions);
   std::printf("%-40s %d\n", "Maximum request concurrency:", o.concurrency);
   std::printf("%-40s %.2f\n", "Benchmark duration (s):", dur);
   std::printf("%-40s %lld\n", "Total input tokens:", (long long)in_tokens);
@@ -223,7 +287,13 @@ void run(const BenchOptions& o) {
   std::printf("==================================================\n");
   if (!first_error.empty()) std::fprintf(stderr, "bamba: first failure: %s\n", first_error.c_str());
   if (!o.json_out.empty()) {
-    json j = {{"completed", ok}, {"failed", int64_t(samples.size()) - ok}, {"duration", dur},
+    json j = {{"completed", ok}, {"failed", int64_t(samples.size()) - ok - cut}, {"duration", dur},
+              {"cut", cut}, {"cut_before_first_token", not_started}, {"max_duration", o.max_duration},
+              {"num_prompts", o.num_prompts}, {"concurrency", o.concurrency}, {"input_len", o.input_len},
+              {"output_len", o.output_len},
+              {"max_running", max_running >= 0 ? json(max_running) : json()},
+              {"max_waiting", max_waiting >= 0 ? json(max_waiting) : json()},
+              {"preemptions", preemptions >= 0 ? json(preemptions) : json()},
               {"total_input_tokens", in_tokens}, {"total_output_tokens", out_tokens},
               {"request_throughput", ok / dur}, {"output_throughput", out_tokens / dur}, {"workload", o.workload},
               {"prefix_cache_hit_rate", hit_rate >= 0 ? json(hit_rate) : json()},
@@ -238,7 +308,7 @@ void run(const BenchOptions& o) {
     std::fwrite(text.data(), 1, text.size(), f);
     std::fclose(f);
   }
-  BAMBA_CHECK(ok > 0, "every request failed");
+  BAMBA_CHECK(ok > 0 || cut > 0, "every request failed");
 }
 
 }  // namespace
@@ -262,6 +332,9 @@ void register_bench_serve(CLI::App& app) {
   cmd->add_option("--prefix-len", o->prefix_len, "shared-prefix: tokens of the shared system prompt")
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--turns", o->turns, "multi-turn: requests per conversation")->check(CLI::Range(1, 1000));
+  cmd->add_option("--max-duration", o->max_duration,
+                  "Seconds the run may take (0: no cap): no request starts after it, those still streaming are cut")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--json", o->json_out, "Also write the results as JSON to this file");
   cmd->callback([o] { run(*o); });
 }

@@ -89,8 +89,9 @@ void run(ServeOptions o) {
   eo.sched.prefix_snapshots = snapshots;
   eo.sched.prefix_decode_snapshots = o.prefix_cache && o.prefix_decode_snapshots;
   eo.max_sessions = o.max_sessions;
+  const DType kv_dtype = m.backend->activation_dtype();
   eo.cache = Engine::cache_sizes(cfg, o.max_num_seqs, m.max_model_len, o.cache_gib * double(1u << 30), o.num_kv_blocks,
-                                 snapshots + o.max_sessions);
+                                 snapshots + o.max_sessions, kv_dtype);
   Engine engine(*m.model, m.tokenizer.get(), eo);
 
   o.http.max_body_bytes = size_t(o.max_body_mib * double(1u << 20));
@@ -103,7 +104,7 @@ void run(ServeOptions o) {
   std::signal(SIGPIPE, SIG_IGN);  // a client that hangs up must be a failed write, not the end of the process
   const CacheSizes& cs = eo.cache;
   const double mib = (double(HybridCache::bytes_per_slot(cfg)) * cs.n_slots +
-                      double(HybridCache::bytes_per_block(cfg, cs.block_size)) * cs.n_blocks) / double(1u << 20);
+                      double(HybridCache::bytes_per_block(cfg, cs.block_size, kv_dtype)) * cs.n_blocks) / double(1u << 20);
   std::fprintf(stderr, "bamba: serving %s on http://%s:%d (%d state slots, %d KV pages of %d tokens, %.1f MiB; "
                        "prefix cache: %s, %d state snapshots; max-model-len %d; tool calls: %s)\n",
                ctx.model_name.c_str(), o.http.host.c_str(), port, cs.n_slots, cs.n_blocks, cs.block_size, mib,
@@ -119,6 +120,9 @@ void register_serve(CLI::App& app) {
   auto o = std::make_shared<ServeOptions>();
   CLI::App* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching");
   o->model.add_to(cmd);
+  cmd->add_option("--preset", o->model.preset,
+                  "Instead of --model: a model shape with generated weights and a byte-level tokenizer (tiny, "
+                  "bamba-9b, llama-3.1-8b, granite-4.0-h-tiny, nemotron-h-8b), for load tests with token-id prompts");
   cmd->add_option("--host", o->http.host, "Address to listen on (default 127.0.0.1: this machine only)");
   cmd->add_option("--port", o->http.port, "Port (0: any free port, printed at start)")->check(CLI::Range(0, 65535));
   cmd->add_option("--api-key", o->http.api_key, "Require 'Authorization: Bearer KEY' on /v1 routes (or BAMBA_API_KEY)");

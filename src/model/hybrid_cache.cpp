@@ -33,8 +33,9 @@ size_t HybridCache::bytes_per_slot(const ModelConfig& c, DType ssm_state_dtype) 
           size_t(c.mamba_n_heads * c.mamba_d_head * c.mamba_d_state) * dtype_size(ssm_state_dtype));
 }
 
-size_t HybridCache::bytes_per_block(const ModelConfig& c, int32_t block_size) {
-  return size_t(c.n_attention_layers()) * 2 * size_t(block_size * c.num_key_value_heads * c.head_dim) * 4;
+size_t HybridCache::bytes_per_block(const ModelConfig& c, int32_t block_size, DType kv_dtype) {
+  return size_t(c.n_attention_layers()) * 2 * size_t(block_size * c.num_key_value_heads * c.head_dim) *
+         dtype_size(kv_dtype);
 }
 
 CacheSizes HybridCache::sizes_for(const ModelConfig& c, int32_t n_seqs, int32_t max_len, int32_t block_size) {

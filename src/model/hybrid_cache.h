@@ -37,7 +37,8 @@ class HybridCache {
   // Sizes that hold `n_seqs` sequences of up to `max_len` tokens each.
   static CacheSizes sizes_for(const ModelConfig& cfg, int32_t n_seqs, int32_t max_len, int32_t block_size = 16);
   static size_t bytes_per_slot(const ModelConfig& cfg, DType ssm_state_dtype = DType::F32);
-  static size_t bytes_per_block(const ModelConfig& cfg, int32_t block_size);
+  // The KV pages hold the backend's activation dtype (bf16 on the GPU by default); F32 counts the largest case.
+  static size_t bytes_per_block(const ModelConfig& cfg, int32_t block_size, DType kv_dtype = DType::F32);
 
   const CacheSizes& sizes() const { return sizes_; }
   Backend& backend() const { return be_; }
