@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/mapped_file.h"
+#include "engine/engine.h"
+#include "model/presets.h"
 #include "test_util.h"
 
 namespace bamba {
@@ -21,6 +23,19 @@ std::string temp_dir(const std::string& name) {
   std::filesystem::remove_all(d);
   std::filesystem::create_directories(d);
   return d.string();
+}
+
+// The server's cache budget counts KV pages at the dtype they hold: bf16 pages (the GPU's) are half an fp32 page,
+// so the same --cache-memory holds twice the tokens.
+TEST(BenchDepth, KvPagesAreCountedAtTheirDtype) {
+  const ModelConfig c = preset_config("llama-3.1-8b");
+  EXPECT_EQ(HybridCache::bytes_per_block(c, 16, DType::BF16), size_t(32) * 2 * 16 * 8 * 128 * 2);  // 128 KiB/token
+  EXPECT_EQ(HybridCache::bytes_per_block(c, 16, DType::F32), 2 * HybridCache::bytes_per_block(c, 16, DType::BF16));
+  const double gib = double(1u << 30);
+  const CacheSizes f = Engine::cache_sizes(c, 16, 8192, 10 * gib, 0, 0, DType::F32);
+  const CacheSizes b = Engine::cache_sizes(c, 16, 8192, 10 * gib, 0, 0, DType::BF16);
+  EXPECT_EQ(b.n_blocks, 2 * f.n_blocks);
+  EXPECT_EQ(b.n_blocks, 10 * 1024 / 2);  // 10 GiB of 2 MiB pages (under 16 sequences × 512 pages)
 }
 
 // Decode at depth: the rows say synthetic cache, time each step, and leave out what the budget cannot hold.
@@ -86,6 +101,7 @@ TEST(BenchMatrix, TinyHybridVsTinyTransformerEndToEnd) {
     json cell = json::parse(read_text_file(dir + "/serve-" + model + "-" + std::to_string(s) + "x" +
                                            std::to_string(ctx) + ".json"));
     EXPECT_EQ(cell["total_input_tokens"], s * ctx);
+    EXPECT_EQ(cell["server_prompt_tokens"], s * ctx);  // the server took the token ids as they were, no BOS added
     EXPECT_EQ(cell["total_output_tokens"], s * 4);
     EXPECT_TRUE(cell["max_running"].is_number());
   }

@@ -49,6 +49,7 @@ struct Sample {
   int32_t turn = 0;  // multi-turn: 0 for a conversation's first request
   std::vector<double> itl;  // gaps between chunks that carry tokens
   int64_t output_tokens = 0;
+  int64_t server_prompt_tokens = -1;  // usage.prompt_tokens as the server counted the prompt
   int64_t events = 0;  // SSE events with choices (tokens seen, for a request cut before its usage arrived)
   bool cut = false;    // still running at --max-duration
 };
@@ -86,7 +87,10 @@ Sample run_one(const BenchOptions& o, const std::vector<int32_t>& prompt, Clock:
       json j = json::parse(ev.substr(6), nullptr, false);
       if (j.is_discarded()) continue;
       if (j.contains("error")) s.error = j["error"].value("message", "error");
-      if (j.contains("usage") && j["usage"].is_object()) s.output_tokens = j["usage"].value("completion_tokens", int64_t(0));
+      if (j.contains("usage") && j["usage"].is_object()) {
+        s.output_tokens = j["usage"].value("completion_tokens", int64_t(0));
+        s.server_prompt_tokens = j["usage"].value("prompt_tokens", int64_t(-1));
+      }
       if (!j.contains("choices") || j["choices"].empty()) continue;
       const auto now = Clock::now();
       ++s.events;
@@ -223,7 +227,7 @@ void run(const BenchOptions& o) {
   for (auto& c : by_conv) samples.insert(samples.end(), c.begin(), c.end());
 
   std::vector<double> ttft, itl, e2e, tpot, ttft_first, ttft_later;
-  int64_t ok = 0, out_tokens = 0, in_tokens = 0, cut = 0, not_started = 0;
+  int64_t ok = 0, out_tokens = 0, in_tokens = 0, cut = 0, not_started = 0, server_in_tokens = 0;
   std::string first_error;
   for (const Sample& s : samples) {
     if (s.cut) {  // the time cap: its tokens so far count, its latencies too (TTFT only if it had a first token)
@@ -241,6 +245,7 @@ void run(const BenchOptions& o) {
     ++ok;
     out_tokens += s.output_tokens;
     in_tokens += s.prompt_tokens;
+    server_in_tokens = server_in_tokens < 0 || s.server_prompt_tokens < 0 ? -1 : server_in_tokens + s.server_prompt_tokens;
     ttft.push_back(s.ttft);
     (s.turn == 0 ? ttft_first : ttft_later).push_back(s.ttft);
     e2e.push_back(s.e2e);
@@ -295,6 +300,7 @@ void run(const BenchOptions& o) {
               {"max_waiting", max_waiting >= 0 ? json(max_waiting) : json()},
               {"preemptions", preemptions >= 0 ? json(preemptions) : json()},
               {"total_input_tokens", in_tokens}, {"total_output_tokens", out_tokens},
+              {"server_prompt_tokens", server_in_tokens >= 0 ? json(server_in_tokens) : json()},
               {"request_throughput", ok / dur}, {"output_throughput", out_tokens / dur}, {"workload", o.workload},
               {"prefix_cache_hit_rate", hit_rate >= 0 ? json(hit_rate) : json()},
               {"mean_ttft_first_turn_ms", mean(ttft_first) * 1e3}, {"mean_ttft_later_turns_ms", mean(ttft_later) * 1e3}};
