@@ -209,15 +209,7 @@ BenchRow depth_row(const BenchOptions& o, std::ostream& log, Backend& be, Hybrid
   sizes.n_slots = fit;
   sizes.n_blocks *= fit;
   HybridCache cache(c, be, sizes);
-  // Arbitrary but finite contents: zeros (fresh device memory may hold NaN bit patterns).
-  for (int64_t i = 0; i < c.n_mamba_layers(); ++i) {
-    be.fill(cache.conv_state(i), 0.0f);
-    be.fill(cache.ssm_state(i), 0.0f);
-  }
-  for (int64_t i = 0; i < c.n_attention_layers(); ++i) {
-    be.fill(cache.k_pages(i), 0.0f);
-    be.fill(cache.v_pages(i), 0.0f);
-  }
+  // Arbitrary but finite contents: Backend::alloc zero-fills (fresh device memory could hold NaN bit patterns).
   Workspace ws(c, be, fit, fit);
   Runner run{o, log, be, model, c, cache, ws, prof};
   std::vector<SeqCache> sc(static_cast<size_t>(fit));

@@ -1,10 +1,18 @@
 #include "model/hybrid_cache.h"
 
+#include <atomic>
+
 #include "core/error.h"
 
 namespace bamba {
 
-HybridCache::HybridCache(const ModelConfig& c, Backend& be, CacheSizes sizes) : be_(be), sizes_(sizes) {
+uint64_t next_buffer_uid() {
+  static std::atomic<uint64_t> next{1};
+  return next++;
+}
+
+HybridCache::HybridCache(const ModelConfig& c, Backend& be, CacheSizes sizes)
+    : be_(be), sizes_(sizes), uid_(next_buffer_uid()) {
   BAMBA_CHECK(sizes.n_slots >= 1 && sizes.block_size >= 1 && sizes.n_blocks >= 0, "invalid cache sizes");
   BAMBA_CHECK(sizes.ssm_state_dtype == DType::F32 || sizes.ssm_state_dtype == DType::BF16,
               "the SSM state dtype must be fp32 or bf16");
