@@ -174,7 +174,7 @@ std::string matrix_svg(const MatrixReport& r) {
       << "\" stroke-width=\"2\"/><text x=\"" << lx + 28 << "\" y=\"44\">" << xml_escape(r.models[m]) << "</text>\n";
     lx += 40 + 7.5 * double(r.models[m].size());
   }
-  o << "<text x=\"" << lx << "\" y=\"44\" fill=\"#444\">solid: decode at depth (synthetic cache; hollow = not all "
+  o << "<text x=\"" << left << "\" y=\"" << H - 8 << "\" fill=\"#444\">solid: decode at depth (synthetic cache; hollow = not all "
        "streams fit); dashed: through the server (incl. prefill)</text>\n";
   const int ns = std::max<int>(1, int(r.streams.size()));
   for (int p = 0; p < n; ++p) {
