@@ -285,8 +285,11 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
   // The model runs through the profiler, which only forwards until a profiled run switches its timing on.
   OpProfiler prof(*be);
   HybridModel model(cfg, dummy_weights(cfg, *be, 1), prof);
-  const int max_ctx = std::max(max_pp, o.decode_prompt) + std::max(o.decode_steps, 128) + 8;
-  CacheSizes sizes = HybridCache::sizes_for(cfg, max_seqs, max_ctx, 16);
+  // Pages for the largest test alone: one ppN/tgN sequence, or decodeN's N sequences of --prompt tokens (not N
+  // sequences of the longest prefill: 64 × 8k tokens of Llama-3.1-8B KV is 64 GiB).
+  const int tail = std::max(o.decode_steps, 128) + 8;
+  CacheSizes sizes = HybridCache::sizes_for(cfg, max_seqs, o.decode_prompt + tail, 16);
+  sizes.n_blocks = std::max(sizes.n_blocks, HybridCache::sizes_for(cfg, 1, max_pp + tail, 16).n_blocks);
   if (o.ssm_state != "fp32" && o.ssm_state != "bf16") fail("bench: --ssm-state must be fp32 or bf16");
   sizes.ssm_state_dtype = o.ssm_state == "bf16" ? DType::BF16 : DType::F32;
   HybridCache cache(cfg, *be, sizes);
