@@ -2,6 +2,8 @@
 // its slot, whatever the previous owner left there.
 #include <gtest/gtest.h>
 
+#include <optional>
+
 #include "io/checkpoint.h"
 #include "model/hybrid.h"
 #include "fixture_runner.h"
@@ -80,6 +82,27 @@ TEST(HybridCache, ForkSharesFullPagesAndCopiesTheRest) {
   cache.release(g);
   EXPECT_EQ(cache.free_blocks(), 24);
   EXPECT_EQ(cache.free_slots(), 3);
+}
+
+// A cache or workspace built where a freed one lived is still another one: the CUDA backend keys its recorded
+// decode graphs (which point into these buffers) by their uids, so the uids must differ where addresses repeat.
+TEST(HybridCache, UidsDifferWhereAddressesRepeat) {
+  auto be = make_cpu_backend();
+  const ModelConfig c = dummy_config();
+  std::optional<HybridCache> cache;
+  std::optional<Workspace> ws;
+  cache.emplace(c, *be, HybridCache::sizes_for(c, 1, 32));
+  ws.emplace(c, *be, 8, 8);
+  const uint64_t cache_uid = cache->uid(), ws_uid = ws->uid;
+  const void* at = &*cache;
+  cache.reset();
+  ws.reset();
+  cache.emplace(c, *be, HybridCache::sizes_for(c, 1, 32));
+  ws.emplace(c, *be, 8, 8);
+  EXPECT_EQ(static_cast<const void*>(&*cache), at);  // the same storage...
+  EXPECT_NE(cache->uid(), cache_uid);                 // ...another cache
+  EXPECT_NE(ws->uid, ws_uid);
+  EXPECT_NE(cache->uid(), ws->uid);
 }
 
 TEST(HybridCache, AReusedSlotStartsFromAZeroState) {

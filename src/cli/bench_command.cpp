@@ -32,10 +32,13 @@ void register_bench(CLI::App& app) {
   sub->add_option("--steps", o->decode_steps, "Decode steps timed per batched-decode run")->capture_default_str();
   sub->add_flag("--deterministic", o->deterministic,
                 "The batch-invariant kernels of serve --deterministic (docs/serving.md), to measure their cost");
-
   sub->add_option("--tensor-parallel-size,--tp", o->tensor_parallel_size,
                   "Split the model over N ranks: GPUs 0..N-1 with --device cuda, threads on the CPU")
       ->check(CLI::Range(1, 64));
+  sub->add_option("--cache-memory", o->cache_gib,
+                  "decodeS@C: GiB for state slots + KV pages (as `bamba serve --cache-memory`); sequences beyond it "
+                  "are left out and the row says how many ran (default: no budget)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_flag("--profile", o->profile, "After each test, one more run with every op timed alone (per-op table on "
                                          "stderr; ops are synchronized one by one, so decode times include launch "
                                          "latency)");

@@ -7,10 +7,14 @@
 // sends it back) + --input-len new tokens. The server's prefix-cache hit rate over the run is read from
 // /metrics. `repeat` (speculative decoding's best case: output that copies its context, as in "repeat this code")
 // makes each prompt one random phrase of --prefix-len tokens repeated up to --input-len tokens; a model continues
-// the pattern, which prompt lookup drafts. The server's draft acceptance over the run is read from /metrics too.
+// the pattern, which prompt lookup drafts. The server's draft acceptance over the run is read from /metrics too,
+// and so is what the server did with the load: the most requests it ran at once and kept waiting (polled every
+// 50 ms), and its preemptions. --max-duration caps a run: no request starts after it, and requests
+// still streaming then are cut (counted apart, their tokens so far counted).
 #include <httplib.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <atomic>
 #include <chrono>
@@ -37,6 +41,7 @@ struct BenchOptions {
   uint32_t seed = 0;
   std::string workload = "random";
   int32_t prefix_len = 512, turns = 4;
+  double max_duration = 0;  // seconds; 0 = no cap
 };
 
 struct Sample {
@@ -47,13 +52,23 @@ struct Sample {
   int32_t turn = 0;  // multi-turn: 0 for a conversation's first request
   std::vector<double> itl;  // gaps between chunks that carry tokens
   int64_t output_tokens = 0;
+  int64_t server_prompt_tokens = -1;  // usage.prompt_tokens as the server counted the prompt
+  int64_t events = 0;  // SSE events with choices (tokens seen, for a request cut before its usage arrived)
+  bool cut = false;    // still running at --max-duration
 };
 
 // One streamed request; times every SSE event that carries text.
-Sample run_one(const BenchOptions& o, const std::vector<int32_t>& prompt) {
+Sample run_one(const BenchOptions& o, const std::vector<int32_t>& prompt, Clock::time_point deadline) {
   Sample s;
   httplib::Client cli(o.host, o.port);
-  cli.set_read_timeout(600, 0);
+  const bool capped = o.max_duration > 0;
+  const double left = capped ? std::chrono::duration<double>(deadline - Clock::now()).count() : 600.0;
+  if (left <= 0) {
+    s.cut = true;
+    return s;
+  }
+  const double wait = std::min(left + 0.05, 600.0);
+  cli.set_read_timeout(time_t(wait), long((wait - std::floor(wait)) * 1e6));
   json body = {{"prompt", prompt}, {"max_tokens", o.output_len}, {"ignore_eos", true}, {"stream", true},
                {"temperature", 0}, {"stream_options", {{"include_usage", true}}}};
   if (!o.model.empty()) body["model"] = o.model;
@@ -75,43 +90,56 @@ Sample run_one(const BenchOptions& o, const std::vector<int32_t>& prompt) {
       json j = json::parse(ev.substr(6), nullptr, false);
       if (j.is_discarded()) continue;
       if (j.contains("error")) s.error = j["error"].value("message", "error");
-      if (j.contains("usage") && j["usage"].is_object()) s.output_tokens = j["usage"].value("completion_tokens", int64_t(0));
+      if (j.contains("usage") && j["usage"].is_object()) {
+        s.output_tokens = j["usage"].value("completion_tokens", int64_t(0));
+        s.server_prompt_tokens = j["usage"].value("prompt_tokens", int64_t(-1));
+      }
       if (!j.contains("choices") || j["choices"].empty()) continue;
       const auto now = Clock::now();
+      ++s.events;
       if (first) s.ttft = std::chrono::duration<double>(now - t0).count();
       else s.itl.push_back(std::chrono::duration<double>(now - last).count());
       first = false;
       last = now;
     }
+    if (capped && Clock::now() >= deadline) {  // hang up: the server frees the sequence at its next step
+      s.cut = true;
+      return false;
+    }
     return true;
   };
   auto res = cli.send(req);
   s.e2e = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (capped && Clock::now() >= deadline && (!res || s.cut)) {
+    s.cut = true;
+    s.output_tokens = s.events;
+    return s;
+  }
   if (!res) s.error = "connection failed: " + httplib::to_string(res.error());
   else if (res->status != 200) s.error = "HTTP " + std::to_string(res->status) + ": " + res->body;
   s.ok = s.error.empty() && !first;
   return s;
 }
 
-// The server's counters from /metrics (bamba:NAME{...} VALUE); -1 for each it lacks.
-std::vector<double> counters(const BenchOptions& o, const std::vector<std::string>& names) {
+// Values of the server's /metrics (Prometheus text, one label set per name); -1 for a name it lacks or when
+// nothing answers.
+std::vector<double> metrics(const BenchOptions& o, const std::vector<std::string>& names) {
   httplib::Client cli(o.host, o.port);
+  cli.set_read_timeout(5, 0);
   auto r = cli.Get("/metrics");
-  std::vector<double> out;
-  for (const std::string& name : names) {
-    double v = -1;
-    if (r && r->status == 200) {
-      const size_t at = r->body.find("\nbamba:" + name + "{");
-      const size_t sp = at == std::string::npos ? at : r->body.find("} ", at);
-      if (sp != std::string::npos) v = std::atof(r->body.c_str() + sp + 2);
-    }
-    out.push_back(v);
+  std::vector<double> v(names.size(), -1.0);
+  if (!r || r->status != 200) return v;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const size_t at = r->body.find("\n" + names[i] + "{");
+    if (at == std::string::npos) continue;
+    const size_t sp = r->body.find("} ", at);
+    if (sp != std::string::npos) v[i] = std::atof(r->body.c_str() + sp + 2);
   }
-  return out;
+  return v;
 }
-const std::vector<std::string> kCounters = {"prefix_cache_queries_total", "prefix_cache_hits_total",
-                                            "spec_decode_num_draft_tokens_total",
-                                            "spec_decode_num_accepted_tokens_total"};
+const std::vector<std::string> kCounters = {"bamba:prefix_cache_queries_total", "bamba:prefix_cache_hits_total",
+                                            "bamba:spec_decode_num_draft_tokens_total",
+                                            "bamba:spec_decode_num_accepted_tokens_total"};
 
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
@@ -163,30 +191,55 @@ void run(const BenchOptions& o) {
     }
     convs.push_back(std::move(c));
   }
-  const auto before = counters(o, kCounters);
+  const auto before = metrics(o, kCounters);
+  const double preempt_before = metrics(o, {"bamba:num_preemptions_total"})[0];
   std::vector<std::vector<Sample>> by_conv(convs.size());
   std::atomic<size_t> next{0};
   const auto t0 = Clock::now();
+  const auto deadline = t0 + std::chrono::microseconds(int64_t(o.max_duration * 1e6));
+  // What the server does with the load: the most requests running / waiting at once, polled.
+  std::atomic<bool> done{false};
+  double max_running = -1, max_waiting = -1;
+  std::thread poller([&] {
+    while (!done) {
+      auto v = metrics(o, {"bamba:num_requests_running", "bamba:num_requests_waiting"});
+      max_running = std::max(max_running, v[0]);
+      max_waiting = std::max(max_waiting, v[1]);
+      for (int k = 0; k < 5 && !done; ++k) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  });
   std::vector<std::thread> workers;
   for (int32_t w = 0; w < std::min<int32_t>(o.concurrency, int32_t(convs.size())); ++w)
     workers.emplace_back([&] {
       for (size_t i; (i = next++) < convs.size();)
         for (size_t t = 0; t < convs[i].size(); ++t) {
-          by_conv[i].push_back(run_one(o, convs[i][t]));
+          by_conv[i].push_back(run_one(o, convs[i][t], deadline));
           by_conv[i].back().prompt_tokens = int64_t(convs[i][t].size());
           by_conv[i].back().turn = int32_t(t);
         }
     });
   for (auto& t : workers) t.join();
   const double dur = std::chrono::duration<double>(Clock::now() - t0).count();
-  const auto after = counters(o, kCounters);
+  done = true;
+  poller.join();
+  const auto after = metrics(o, kCounters);
+  const double preempt_after = metrics(o, {"bamba:num_preemptions_total"})[0];
+  const double preemptions = preempt_before >= 0 && preempt_after >= 0 ? preempt_after - preempt_before : -1;
   std::vector<Sample> samples;
   for (auto& c : by_conv) samples.insert(samples.end(), c.begin(), c.end());
 
   std::vector<double> ttft, itl, e2e, tpot, ttft_first, ttft_later;
-  int64_t ok = 0, out_tokens = 0, in_tokens = 0;
+  int64_t ok = 0, out_tokens = 0, in_tokens = 0, cut = 0, not_started = 0, server_in_tokens = 0;
   std::string first_error;
   for (const Sample& s : samples) {
+    if (s.cut) {  // the time cap: its tokens so far count, its latencies too (TTFT only if it had a first token)
+      ++cut;
+      out_tokens += s.output_tokens;
+      if (s.events == 0) ++not_started;
+      if (s.events > 0) ttft.push_back(s.ttft);
+      itl.insert(itl.end(), s.itl.begin(), s.itl.end());
+      continue;
+    }
     if (!s.ok) {
       if (first_error.empty()) first_error = s.error;
       continue;
@@ -194,6 +247,7 @@ void run(const BenchOptions& o) {
     ++ok;
     out_tokens += s.output_tokens;
     in_tokens += s.prompt_tokens;
+    server_in_tokens = server_in_tokens < 0 || s.server_prompt_tokens < 0 ? -1 : server_in_tokens + s.server_prompt_tokens;
     ttft.push_back(s.ttft);
     (s.turn == 0 ? ttft_first : ttft_later).push_back(s.ttft);
     e2e.push_back(s.e2e);
@@ -206,7 +260,14 @@ void run(const BenchOptions& o) {
   const double acceptance = before[2] >= 0 && drafted > 0 ? accepted / drafted : -1;
   std::printf("============ Serving Benchmark Result ============\n");
   std::printf("%-40s %d\n", "Successful requests:", int(ok));
-  std::printf("%-40s %d\n", "Failed requests:", int(samples.size() - size_t(ok)));
+  std::printf("%-40s %d\n", "Failed requests:", int(samples.size() - size_t(ok) - size_t(cut)));
+  if (o.max_duration > 0)
+    std::printf("%-40s %d (%d before their first token)\n", "Cut at --max-duration:", int(cut), int(not_started));
+  if (max_running >= 0) {
+    std::printf("%-40s %.0f\n", "Most requests running at once (server):", max_running);
+    std::printf("%-40s %.0f\n", "Most requests waiting at once (server):", max_waiting);
+  }
+  if (preemptions >= 0) std::printf("%-40s %.0f\n", "Preemptions (server):", preemptions);
   std::printf("%-40s %d\n", "Maximum request concurrency:", o.concurrency);
   std::printf("%-40s %.2f\n", "Benchmark duration (s):", dur);
   std::printf("%-40s %lld\n", "Total input tokens:", (long long)in_tokens);
@@ -238,8 +299,15 @@ void run(const BenchOptions& o) {
   std::printf("==================================================\n");
   if (!first_error.empty()) std::fprintf(stderr, "bamba: first failure: %s\n", first_error.c_str());
   if (!o.json_out.empty()) {
-    json j = {{"completed", ok}, {"failed", int64_t(samples.size()) - ok}, {"duration", dur},
+    json j = {{"completed", ok}, {"failed", int64_t(samples.size()) - ok - cut}, {"duration", dur},
+              {"cut", cut}, {"cut_before_first_token", not_started}, {"max_duration", o.max_duration},
+              {"num_prompts", o.num_prompts}, {"concurrency", o.concurrency}, {"input_len", o.input_len},
+              {"output_len", o.output_len},
+              {"max_running", max_running >= 0 ? json(max_running) : json()},
+              {"max_waiting", max_waiting >= 0 ? json(max_waiting) : json()},
+              {"preemptions", preemptions >= 0 ? json(preemptions) : json()},
               {"total_input_tokens", in_tokens}, {"total_output_tokens", out_tokens},
+              {"server_prompt_tokens", server_in_tokens >= 0 ? json(server_in_tokens) : json()},
               {"request_throughput", ok / dur}, {"output_throughput", out_tokens / dur}, {"workload", o.workload},
               {"prefix_cache_hit_rate", hit_rate >= 0 ? json(hit_rate) : json()},
               {"draft_acceptance_rate", acceptance >= 0 ? json(acceptance) : json()},
@@ -256,7 +324,7 @@ void run(const BenchOptions& o) {
     std::fwrite(text.data(), 1, text.size(), f);
     std::fclose(f);
   }
-  BAMBA_CHECK(ok > 0, "every request failed");
+  BAMBA_CHECK(ok > 0 || cut > 0, "every request failed");
 }
 
 }  // namespace
@@ -281,6 +349,9 @@ void register_bench_serve(CLI::App& app) {
   cmd->add_option("--prefix-len", o->prefix_len, "shared-prefix: tokens of the shared system prompt; repeat: the phrase")
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--turns", o->turns, "multi-turn: requests per conversation")->check(CLI::Range(1, 1000));
+  cmd->add_option("--max-duration", o->max_duration,
+                  "Seconds the run may take (0: no cap): no request starts after it, those still streaming are cut")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--json", o->json_out, "Also write the results as JSON to this file");
   cmd->callback([o] { run(*o); });
 }

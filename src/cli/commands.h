@@ -10,6 +10,7 @@ void register_tokenize(CLI::App& app);  // tokenize and detokenize
 void register_serve(CLI::App& app);
 void register_bench_serve(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_bench_matrix(CLI::App& app);  // hybrid vs transformer: bench + serve + bench-serve per cell
 void register_merge(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_tokenizer(CLI::App& app);  // tokenizer train

@@ -11,6 +11,7 @@
 #include "core/progress.h"
 #include "io/checkpoint.h"
 #include "model/tensor_parallel.h"
+#include "model/presets.h"
 
 namespace bamba::cli {
 
@@ -90,9 +91,11 @@ std::string builtin_model_dir() {
 LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
   LoadedModel m;
   auto t0 = std::chrono::steady_clock::now();
+  const bool preset = !o.preset.empty();
+  if (preset && !o.model.empty()) fail("--preset and --model exclude each other (a preset is a shape with generated weights)");
   m.dir = o.model;
   m.name = o.model;
-  if (o.model.empty()) {
+  if (o.model.empty() && !preset) {
     m.dir = builtin_model_dir();
     m.name = "bamba-recipe";
     if (m.dir.empty() && !o.quiet)
@@ -100,8 +103,19 @@ LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
                            "the binary: using generated weights instead.\n");
   }
   const bool tp = o.tensor_parallel_size > 1;  // split below from a whole copy in host memory
-  const bool dummy = m.dir.empty() || (o.model == "dummy" && !file_exists("dummy/config.json"));
-  if (dummy) {
+  const bool dummy = !preset && (m.dir.empty() || (o.model == "dummy" && !file_exists("dummy/config.json")));
+  if (preset) {
+    ModelConfig cfg = preset_config(o.preset);
+    m.backend = make_backend(tp ? "cpu" : o.device, compute_dtype(o.dtype == "auto" ? "bf16" : o.dtype, DType::BF16));
+    m.dummy = true;
+    m.name = o.preset;
+    m.model = std::make_unique<HybridModel>(cfg, dummy_weights(cfg, *m.backend, 1), *m.backend);
+    m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::byte_level_default());
+    if (!o.quiet)
+      std::fprintf(stderr, "bamba: --preset %s: generated weights and a byte-level tokenizer (timing only: the output "
+                           "is noise; prompts may be token ids up to the model's vocabulary)\n",
+                   o.preset.c_str());
+  } else if (dummy) {
     m.backend = make_backend(tp ? "cpu" : o.device, compute_dtype(o.dtype, DType::BF16));  // generated weights: bf16-class
     m.dummy = true;
     m.dir.clear();

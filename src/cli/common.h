@@ -25,6 +25,8 @@ struct ModelOptions {
   int32_t max_model_len = 0;  // 0: min(max_position_embeddings, 8192)
   int32_t tensor_parallel_size = 1;  // ranks the model is split over (threads on the CPU, one GPU each on CUDA)
   bool quiet = false;
+  std::string preset;  // instead of model: a preset shape with generated weights (model/presets.h); only where
+                       // a command offers --preset
 
   void add_to(CLI::App* cmd, bool with_max_len = true);
 };
@@ -53,7 +55,10 @@ void split_tensor_parallel(LoadedModel& m, int32_t n, const std::string& device,
 // install). "" when none has a config.json.
 std::string builtin_model_dir();
 
-// Loads the model (with a progress bar for large checkpoints) and says on stderr what was loaded.
+// Loads the model (with a progress bar for large checkpoints) and says on stderr what was loaded. With
+// o.preset: that shape with generated weights and the byte-level tokenizer (for timing; its output is noise), the
+// compute dtype bf16 unless --dtype fp32, max_model_len --max-model-len or min(max_position_embeddings, 8192);
+// name = the preset's.
 LoadedModel load(const ModelOptions& o, bool need_tokenizer);
 Tokenizer load_tokenizer(const std::string& model_dir);  // <dir>/tokenizer.json, with a clear error if absent
 

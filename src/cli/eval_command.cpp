@@ -75,21 +75,11 @@ void run(const EvalCliOptions& o) {
   eo.samples_path = o.samples;
   eo.progress = !o.model.quiet;
   eval::check_tasks(eo);  // a typo or a missing file fails before a large model loads
-  LoadedModel m;
-  if (o.preset.empty()) {
-    m = load(o.model, true);
-    eo.model_name = m.name;
-  } else {
-    eo.model_name = "preset " + o.preset;
-    // Generated weights score nothing meaningful: this is for timing (bench/NOTES.md), and says so.
-    const ModelConfig cfg = preset_config(o.preset);
-    m.backend = make_backend(o.model.device, compute_dtype(o.model.dtype == "auto" ? "bf16" : o.model.dtype, DType::BF16));
-    m.model = std::make_unique<HybridModel>(cfg, dummy_weights(cfg, *m.backend, 1), *m.backend);
-    m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::byte_level_default());
-    m.max_model_len = o.model.max_model_len > 0 ? o.model.max_model_len : 8192;
-    std::fprintf(stderr, "bamba: --preset %s: generated weights and a byte-level tokenizer (timing only), backend %s\n",
-                 o.preset.c_str(), m.backend->name().c_str());
-  }
+  // With --preset: generated weights score nothing meaningful; this is for timing (bench/NOTES.md), and says so.
+  ModelOptions mo = o.model;
+  mo.preset = o.preset;
+  LoadedModel m = load(mo, true);
+  eo.model_name = o.preset.empty() ? m.name : "preset " + o.preset;
   eval::RunnerOptions ro;
   ro.max_model_len = m.max_model_len;
   ro.share = !o.naive;

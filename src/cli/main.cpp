@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   bamba::cli::register_serve(app);
   bamba::cli::register_bench_serve(app);
   bamba::cli::register_bench(app);
+  bamba::cli::register_bench_matrix(app);
   bamba::cli::register_merge(app);
   bamba::cli::register_eval(app);
   bamba::cli::register_tokenizer(app);

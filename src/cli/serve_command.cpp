@@ -11,7 +11,6 @@
 #include "core/mapped_file.h"
 #include "engine/drafter.h"
 #include "engine/engine.h"
-#include "model/presets.h"
 #include "server/http_server.h"
 
 namespace bamba::cli {
@@ -35,7 +34,6 @@ struct ServeOptions {
   int32_t deterministic_chunk = kDeterministicChunk;
   double prefix_cache_gib = -1;  // < 0: a quarter of cache_gib
   double max_body_mib = 32;
-  std::string preset;       // a model shape with generated weights (timing only)
   std::string speculative;  // "ngram", "self" or a draft model folder
   int32_t num_speculative_tokens = 4, prompt_lookup_min = 1, prompt_lookup_max = 4, speculative_max_seqs = -1;
   std::string speculative_rollback = "per-position";
@@ -49,19 +47,10 @@ json token_string(const json& v) {
 }
 
 void run(ServeOptions o) {
-  LoadedModel m;
-  if (o.preset.empty()) {
-    m = load(o.model, true);
-  } else {  // generated weights answer nothing meaningful: for timing (bench/NOTES.md), as `bamba eval --preset`
-    const ModelConfig pc = preset_config(o.preset);
-    m.backend = make_backend(o.model.device, compute_dtype(o.model.dtype == "auto" ? "bf16" : o.model.dtype, DType::BF16));
-    m.model = std::make_unique<HybridModel>(pc, dummy_weights(pc, *m.backend, 1), *m.backend);
-    m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::byte_level_default());
-    m.max_model_len = o.model.max_model_len > 0 ? o.model.max_model_len : 8192;
-    m.dummy = true;
-    std::fprintf(stderr, "bamba: --preset %s: generated weights and a byte-level tokenizer (timing only), backend %s\n",
-                 o.preset.c_str(), m.backend->name().c_str());
-  }
+  if (o.deterministic && !o.speculative.empty())
+    fail("serve: --deterministic and --speculative exclude each other (verification steps are other steps than "
+         "a request alone would take)");
+  LoadedModel m = load(o.model, true);
   const ModelConfig& cfg = m.model->config();
   if (const char* key = std::getenv("BAMBA_API_KEY"); key && *key && o.http.api_key.empty()) o.http.api_key = key;
 
@@ -147,8 +136,9 @@ void run(ServeOptions o) {
     eo.sched.max_batched_tokens = std::max(eo.sched.max_batched_tokens, seqs * (o.num_speculative_tokens + 1));
     eo.sched.max_logit_rows = std::max(eo.sched.max_logit_rows, seqs * (o.num_speculative_tokens + 1));
   }
+  const DType kv_dtype = m.backend->activation_dtype();
   eo.cache = Engine::cache_sizes(cfg, o.max_num_seqs, m.max_model_len, o.cache_gib * double(1u << 30), o.num_kv_blocks,
-                                 snapshots + o.max_sessions + spec_slots);
+                                 snapshots + o.max_sessions + spec_slots, kv_dtype);
   Engine engine(*m.model, m.tokenizer.get(), eo);
 
   o.http.max_body_bytes = size_t(o.max_body_mib * double(1u << 20));
@@ -161,7 +151,7 @@ void run(ServeOptions o) {
   std::signal(SIGPIPE, SIG_IGN);  // a client that hangs up must be a failed write, not the end of the process
   const CacheSizes& cs = eo.cache;
   const double mib = (double(HybridCache::bytes_per_slot(cfg)) * cs.n_slots +
-                      double(HybridCache::bytes_per_block(cfg, cs.block_size)) * cs.n_blocks) / double(1u << 20);
+                      double(HybridCache::bytes_per_block(cfg, cs.block_size, kv_dtype)) * cs.n_blocks) / double(1u << 20);
   if (drafter)
     std::fprintf(stderr, "bamba: speculative decoding: %s, %d tokens per step, %s rollback (%d state slots: %d "
                          "sequences at once)\n", drafter->name().c_str(), o.num_speculative_tokens,
@@ -183,6 +173,9 @@ void register_serve(CLI::App& app) {
   auto o = std::make_shared<ServeOptions>();
   CLI::App* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching");
   o->model.add_to(cmd);
+  cmd->add_option("--preset", o->model.preset,
+                  "Instead of --model: a model shape with generated weights and a byte-level tokenizer (tiny, "
+                  "bamba-9b, llama-3.1-8b, granite-4.0-h-tiny, nemotron-h-8b), for load tests with token-id prompts");
   cmd->add_option("--host", o->http.host, "Address to listen on (default 127.0.0.1: this machine only)");
   cmd->add_option("--port", o->http.port, "Port (0: any free port, printed at start)")->check(CLI::Range(0, 65535));
   cmd->add_option("--api-key", o->http.api_key, "Require 'Authorization: Bearer KEY' on /v1 routes (or BAMBA_API_KEY)");
@@ -227,9 +220,6 @@ void register_serve(CLI::App& app) {
                   "Speculative decoding for every request (a request may send \"speculative\": false): 'ngram' "
                   "(prompt lookup), a draft model folder (same tokenizer) or 'self' (the model drafts for itself: "
                   "all drafts accepted, for measuring)");
-  cmd->add_option("--preset", o->preset,
-                  "Instead of --model: a model shape with generated weights (tiny, bamba-9b, ...) and the byte-level "
-                  "tokenizer, for timing");
   cmd->add_option("--num-speculative-tokens", o->num_speculative_tokens, "Tokens drafted per sequence and step")
       ->check(CLI::Range(1, 64));
   cmd->add_option("--speculative-rollback", o->speculative_rollback,

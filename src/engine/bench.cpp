@@ -1,5 +1,6 @@
 #include "engine/bench.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -45,6 +46,13 @@ double decode_bytes(const ModelConfig& c, int S, int ctx, DType ssm) {
   const double state = 2.0 * double(HybridCache::bytes_per_slot(c, ssm));
   const double kv = double(c.n_attention_layers()) * 2.0 * double(c.num_key_value_heads * c.head_dim) * 2.0 * ctx;
   return weights + S * (state + kv);
+}
+
+double percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  const double at = p / 100.0 * double(v.size() - 1);
+  const size_t lo = size_t(at);
+  return lo + 1 < v.size() ? v[lo] + (at - double(lo)) * (v[lo + 1] - v[lo]) : v[lo];
 }
 
 void stats(BenchRow& r) {
@@ -172,15 +180,101 @@ struct Runner {
   }
 };
 
+// decodeS@C: S sequences at depth C in a cache of their own (the "synthetic cache" of bench.h), timed step by
+// step after two untimed steps (the second records the CUDA graph of this batch shape).
+BenchRow depth_row(const BenchOptions& o, std::ostream& log, Backend& be, HybridModel& model, OpProfiler& prof,
+                   const std::string& name, int S, int ctx) {
+  const ModelConfig& c = model.config();
+  BenchRow r;
+  r.test = name;
+  r.requested_seqs = S;
+  r.depth = ctx;
+  r.rate_unit = "GB/s";
+  const int steps = o.decode_steps, len = ctx + 2 + steps + 1;
+  CacheSizes sizes = HybridCache::sizes_for(c, 1, len, 16);
+  sizes.ssm_state_dtype = o.ssm_state == "bf16" ? DType::BF16 : DType::F32;
+  const double per_seq = double(HybridCache::bytes_per_slot(c, sizes.ssm_state_dtype)) +
+                         double(sizes.n_blocks) * double(HybridCache::bytes_per_block(c, 16, be.activation_dtype()));
+  int fit = S;
+  if (o.cache_gib > 0) fit = int(std::min<double>(S, std::floor(o.cache_gib * double(1u << 30) / per_seq)));
+  r.n_seqs = fit;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "synthetic cache; %.1f MiB per sequence", per_seq / double(1u << 20));
+  r.note = buf;
+  if (fit < S) {
+    std::snprintf(buf, sizeof buf, "; %d of %d fit %.3g GiB (the rest would queue)", fit, S, o.cache_gib);
+    r.note += buf;
+  }
+  log << "  " << name << ": " << r.note << "\n" << std::flush;
+  if (fit == 0) return r;
+  sizes.n_slots = fit;
+  sizes.n_blocks *= fit;
+  HybridCache cache(c, be, sizes);
+  // Arbitrary but finite contents: Backend::alloc zero-fills (fresh device memory could hold NaN bit patterns).
+  Workspace ws(c, be, fit, fit);
+  Runner run{o, log, be, model, c, cache, ws, prof};
+  std::vector<SeqCache> sc(static_cast<size_t>(fit));
+  for (auto& q : sc)
+    if (!cache.reserve(q, len)) fail("bench: ", name, ": the cache cannot hold its sequences");
+  run.decode(sc, ctx, 2);
+  std::vector<double> step_s;
+  for (int k = 0; k < steps; ++k) {
+    be.synchronize();
+    const auto t0 = Clock::now();
+    run.decode(sc, ctx + 2 + k, 1);
+    be.synchronize();
+    step_s.push_back(seconds_since(t0));
+  }
+  run.check_written(fit);
+  double total = 0;
+  for (double t : step_s) total += t;
+  r.tok_s.push_back(double(fit) * steps / total);
+  stats(r);
+  r.step_ms_p50 = percentile(step_s, 50) * 1e3;
+  r.step_ms_p99 = percentile(step_s, 99) * 1e3;
+  if (o.profile) {
+    prof.reset();
+    prof.set_timing(true);
+    run.decode(sc, ctx + 2 + steps, 1);
+    prof.set_timing(false);
+    log << "  " << name << ", every op timed alone (ms per decode step, launch + sync included):\n";
+    prof.print(log, 1);
+  }
+  run.release(sc);
+  log << "  " << name << ": " << r.mean << " tok/s, step " << r.step_ms_p50 << " ms (p50), " << r.step_ms_p99
+      << " ms (p99)\n" << std::flush;
+  r.rate = decode_bytes(c, fit, ctx + 2 + steps / 2, sizes.ssm_state_dtype) * (r.mean / fit) / 1e9;
+  r.pct_of_peak = 100.0 * r.rate / o.peak_gbps;
+  return r;
+}
+
 }  // namespace
 
 BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
   const ModelConfig cfg = preset_config(o.preset);
   int max_pp = 0, max_seqs = 1;
+  // decodeS@C: S sequences at depth C (a cache of its own, filled without prefill).
+  auto depth_test = [](const std::string& t, int& S, int& C) {
+    const size_t at = t.find('@');
+    if (t.rfind("decode", 0) != 0 || at == std::string::npos) return false;
+    try {
+      size_t used = 0;
+      S = std::stoi(t.substr(6, at - 6), &used);
+      if (used != at - 6) throw std::invalid_argument("S");
+      C = std::stoi(t.substr(at + 1), &used);
+      if (used != t.size() - at - 1) throw std::invalid_argument("C");
+    } catch (const std::exception&) {
+      fail("bench: bad test \"", t, "\" (decodeS@C: S sequences at depth C, e.g. decode64@8192)");
+    }
+    if (S < 1 || C < 1) fail("bench: bad test \"", t, "\" (S and C must be positive)");
+    return true;
+  };
   for (auto& t : o.tests) {
+    int S = 0, C = 0;
+    if (depth_test(t, S, C)) continue;
     if (t.rfind("pp", 0) == 0) max_pp = std::max(max_pp, std::stoi(t.substr(2)));
     else if (t.rfind("decode", 0) == 0) max_seqs = std::max(max_seqs, std::stoi(t.substr(6)));
-    else if (t.rfind("tg", 0) != 0) fail("bench: unknown test \"", t, "\" (ppN, tgN, decodeN)");
+    else if (t.rfind("tg", 0) != 0) fail("bench: unknown test \"", t, "\" (ppN, tgN, decodeN, decodeS@C)");
   }
   auto be = make_backend(o.device, compute_dtype(o.dtype, DType::BF16));
   // The kernels of serve --deterministic (its 256-token chunks: a ppN test above 256 is one longer part).
@@ -217,8 +311,11 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
   }
   HybridModel& model = *owned;
   const ModelConfig& mcfg = model.config();  // a rank's shard when split: the cache holds its heads
-  const int max_ctx = std::max(max_pp, o.decode_prompt) + std::max(o.decode_steps, 128) + 8;
-  CacheSizes sizes = HybridCache::sizes_for(mcfg, max_seqs, max_ctx, 16);
+  // Pages for the largest test alone: one ppN/tgN sequence, or decodeN's N sequences of --prompt tokens (not N
+  // sequences of the longest prefill: 64 × 8k tokens of Llama-3.1-8B KV is 64 GiB).
+  const int tail = std::max(o.decode_steps, 128) + 8;
+  CacheSizes sizes = HybridCache::sizes_for(mcfg, max_seqs, o.decode_prompt + tail, 16);
+  sizes.n_blocks = std::max(sizes.n_blocks, HybridCache::sizes_for(mcfg, 1, max_pp + tail, 16).n_blocks);
   if (o.ssm_state != "fp32" && o.ssm_state != "bf16") fail("bench: --ssm-state must be fp32 or bf16");
   sizes.ssm_state_dtype = o.ssm_state == "bf16" ? DType::BF16 : DType::F32;
   HybridCache cache(mcfg, *be, sizes);
@@ -226,7 +323,23 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
   Workspace ws(mcfg, *be, ws_tokens, std::max(max_seqs, 1));
   Runner run{o, log, *be, model, model.config(), cache, ws, prof};
   for (auto& t : o.tests) {
-    if (t.rfind("pp", 0) == 0) rep.rows.push_back(run.pp(std::stoi(t.substr(2))));
+    int S = 0, C = 0;
+    if (depth_test(t, S, C)) {
+      // A cell that fails (e.g. out of device memory with no --cache-memory) is a result, not the end of the run.
+      try {
+        rep.rows.push_back(depth_row(o, log, *be, model, prof, t, S, C));
+      } catch (const Error& e) {
+        BenchRow r;
+        r.test = t;
+        r.requested_seqs = S;
+        r.n_seqs = 0;
+        r.depth = C;
+        r.note = std::string("failed: ") + e.what();
+        log << "  " << t << ": " << r.note << "\n" << std::flush;
+        rep.rows.push_back(r);
+      }
+    }
+    else if (t.rfind("pp", 0) == 0) rep.rows.push_back(run.pp(std::stoi(t.substr(2))));
     else if (t.rfind("tg", 0) == 0) {
       BenchRow r = run.decode_row(t, 1, 1, std::stoi(t.substr(2)));
       rep.rows.push_back(r);
@@ -242,12 +355,23 @@ void print_bench_table(const BenchReport& r, std::ostream& out) {
   char buf[512];
   out << "| model | params | backend | test | seqs | t/s | rate | % of peak |\n";
   out << "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |\n";
+  bool depth = false;
   for (auto& row : r.rows) {
+    depth |= row.depth > 0;
     std::snprintf(buf, sizeof buf, "| %s | %lld | %s | %s | %d | %.2f ± %.2f | %.1f %s | %.1f %% |\n", r.model.c_str(),
                   r.params, r.backend.c_str(), row.test.c_str(), row.n_seqs, row.mean, row.stdev, row.rate,
                   row.rate_unit.c_str(), row.pct_of_peak);
     out << buf;
   }
+  if (!depth) return;
+  out << "\ndecodeS@C (synthetic cache: KV pages and Mamba state filled with zeros, no prefill computed):\n\n";
+  out << "| test | sequences run | step ms p50 | step ms p99 | t/s | note |\n| --- | ---: | ---: | ---: | ---: | --- |\n";
+  for (auto& row : r.rows)
+    if (row.depth > 0) {
+      std::snprintf(buf, sizeof buf, "| %s | %d of %d | %.2f | %.2f | %.1f | %s |\n", row.test.c_str(), row.n_seqs,
+                    row.requested_seqs, row.step_ms_p50, row.step_ms_p99, row.mean, row.note.c_str());
+      out << buf;
+    }
 }
 
 std::string bench_json(const BenchReport& r) {
@@ -257,6 +381,16 @@ std::string bench_json(const BenchReport& r) {
     j["rows"].push_back({{"test", row.test}, {"n_seqs", row.n_seqs}, {"tok_s", row.tok_s}, {"mean", row.mean},
                          {"stdev", row.stdev}, {"rate", row.rate}, {"rate_unit", row.rate_unit},
                          {"pct_of_peak", row.pct_of_peak}});
+  for (size_t i = 0; i < r.rows.size(); ++i)
+    if (const BenchRow& row = r.rows[i]; row.depth > 0) {
+      auto& j_row = j["rows"][i];
+      j_row["synthetic_cache"] = true;
+      j_row["requested_seqs"] = row.requested_seqs;
+      j_row["depth"] = row.depth;
+      j_row["step_ms_p50"] = row.step_ms_p50;
+      j_row["step_ms_p99"] = row.step_ms_p99;
+      j_row["note"] = row.note;
+    }
   return j.dump(2);
 }
 

@@ -3,6 +3,11 @@
 // processing (ppN: one N-token prefill), text generation (tgN: N decode steps of one sequence) and batched decode
 // (N sequences decoding together after 512-token prompts), each with the achieved TFLOP/s or GB/s and its share of
 // the hardware ceilings in docs/performance.md.
+// decodeS@C (decode at depth): S sequences decoding at context C whose cache was filled without computing the
+// prompt — KV pages of the right length holding arbitrary values (zeros), the Mamba state arbitrary (zeros): a
+// decode step's cost depends on the lengths, not the values, so this measures decode at 32k-token depth without
+// the minutes of prefill. Labelled "synthetic cache" wherever it is printed. With a cache budget, the sequences
+// that do not fit are left out (as a server would queue them) and the row says how many ran.
 #pragma once
 #include <iosfwd>
 #include <string>
@@ -21,8 +26,8 @@ struct BenchOptions {
   int decode_steps = 128;   // decode steps timed per batched-decode run
   bool profile = false;     // after each test, one more run with every op timed (backend/op_profiler.h)
   bool deterministic = false;  // batch-invariant kernels (Backend::set_batch_invariant), as serve --deterministic
-
   int tensor_parallel_size = 1;  // ranks the model is split over (GPUs 0..N-1, or threads on the CPU)
+  double cache_gib = 0;     // decodeS@C: the cache budget (state slots + KV pages); 0 = whatever allocates
   // Ceilings (one H200, measured: docs/performance.md)
   double peak_tflops = 790.0;
   double peak_gbps = 4300.0;
@@ -30,7 +35,11 @@ struct BenchOptions {
 
 struct BenchRow {
   std::string test;          // pp512, tg128, decode16, ...
-  int n_seqs = 1;
+  int n_seqs = 1;            // sequences that ran
+  int requested_seqs = 0;    // decodeS@C: S (more than n_seqs when they did not all fit the budget)
+  int depth = 0;             // decodeS@C: C, the context each sequence decodes at
+  double step_ms_p50 = 0, step_ms_p99 = 0;  // decodeS@C: one decode step = the inter-token latency
+  std::string note;          // decodeS@C: "synthetic cache", what did not fit
   std::vector<double> tok_s; // one per timed run
   double mean = 0, stdev = 0;
   std::string rate_unit;     // "TFLOP/s" (prefill) or "GB/s" (decode)

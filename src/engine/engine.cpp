@@ -42,7 +42,7 @@ struct Engine::Live {
 };
 
 CacheSizes Engine::cache_sizes(const ModelConfig& cfg, int32_t max_num_seqs, int32_t max_model_len,
-                               double cache_bytes, int32_t num_blocks, int32_t extra_slots) {
+                               double cache_bytes, int32_t num_blocks, int32_t extra_slots, DType kv_dtype) {
   CacheSizes s = HybridCache::sizes_for(cfg, max_num_seqs, max_model_len);  // everything resident: the most useful
   s.n_slots += extra_slots;
   if (s.n_blocks == 0) return s;                                           // no attention layers: slots only
@@ -52,7 +52,7 @@ CacheSizes Engine::cache_sizes(const ModelConfig& cfg, int32_t max_num_seqs, int
     return s;
   }
   const double left = cache_bytes - double(HybridCache::bytes_per_slot(cfg)) * s.n_slots;
-  const double fit = std::floor(left / double(HybridCache::bytes_per_block(cfg, s.block_size)));
+  const double fit = std::floor(left / double(HybridCache::bytes_per_block(cfg, s.block_size, kv_dtype)));
   s.n_blocks = int32_t(std::clamp<double>(fit, one_seq, s.n_blocks));
   return s;
 }

@@ -61,17 +61,19 @@ struct SessionInfo {
 
 class Engine {
  public:
-  // The KV pages that fit `cache_bytes` after the state slots of max_num_seqs sequences; at least enough pages
-  // for one sequence of max_model_len. num_blocks > 0 sets the number of pages directly (tests force
-  // preemption with it). extra_slots: state slots beyond max_num_seqs, for the prefix cache's snapshots
-  // (SchedulerConfig::prefix_snapshots) and the sessions (max_sessions), paid from cache_bytes first.
   // State slots the rollback needs for max_num_seqs speculating sequences: one snapshot each (recompute) or
   // one per draft position (per-position).
   static int32_t speculative_slots(int32_t max_num_seqs, int32_t num_tokens, SpecRollback r) {
     return max_num_seqs * (r == SpecRollback::Recompute ? 1 : num_tokens);
   }
+  // The KV pages that fit `cache_bytes` after the state slots of max_num_seqs sequences; at least enough pages
+  // for one sequence of max_model_len. num_blocks > 0 sets the number of pages directly (tests force
+  // preemption with it). extra_slots: state slots beyond max_num_seqs, for the prefix cache's snapshots
+  // (SchedulerConfig::prefix_snapshots) and the sessions (max_sessions), paid from cache_bytes first.
+  // kv_dtype: what the pages hold (the backend's activation dtype).
   static CacheSizes cache_sizes(const ModelConfig& cfg, int32_t max_num_seqs, int32_t max_model_len,
-                                double cache_bytes, int32_t num_blocks = 0, int32_t extra_slots = 0);
+                                double cache_bytes, int32_t num_blocks = 0, int32_t extra_slots = 0,
+                                DType kv_dtype = DType::F32);
 
   // tok may be null: outputs then carry token ids and no text (stop strings unsupported).
   Engine(const HybridModel& model, const Tokenizer* tok, EngineOptions opt);

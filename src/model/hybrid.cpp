@@ -10,7 +10,7 @@
 namespace bamba {
 
 Workspace::Workspace(const ModelConfig& c, Backend& be, int32_t max_tokens_, int32_t max_logit_rows_)
-    : max_tokens(max_tokens_), max_logit_rows(max_logit_rows_), be_(be) {
+    : max_tokens(max_tokens_), max_logit_rows(max_logit_rows_), uid(next_buffer_uid()), be_(be) {
   const int64_t T = max_tokens, R = max_logit_rows, H = c.hidden_size, F = c.mlp_width();
   const bool any_mamba = c.n_mamba_layers() > 0;
   const int64_t proj_w = std::max({any_mamba ? c.in_proj_dim() : 0, 2 * F, c.qkv_dim()});
@@ -217,9 +217,11 @@ Tensor HybridModel::forward_rank(const StepBatch& b, HybridCache& cache, Workspa
   // Tensor parallelism runs the ops plainly: a recorded step would have to capture the collectives too.
   if (hook || comm_) ops();
   else {
-    // One recording per (model, workspace, cache): the buffers the ops touch.
+    // One recording per (model, workspace, cache): the buffers the ops touch. The workspace and the cache by their
+    // uids, not addresses: a cache freed and another built at the same address (bench's decodeS@C cells) must not
+    // replay a graph that points into the freed one's buffers.
     auto id = [](const void* p) { return uint64_t(reinterpret_cast<uintptr_t>(p)); };
-    be_.run_step(splitmix64(id(this) ^ splitmix64(id(&ws) ^ splitmix64(id(&cache)))), ops);
+    be_.run_step(splitmix64(id(this) ^ splitmix64(ws.uid ^ splitmix64(cache.uid() << 1))), ops);
   }
   return logits;
 }

@@ -27,6 +27,7 @@ class Workspace {
   Workspace& operator=(const Workspace&) = delete;
 
   int32_t max_tokens, max_logit_rows;
+  const uint64_t uid;  // unique in the process (an address may be reused by a later workspace): CUDA graph keys
   Tensor h;       // [T, H]   residual stream
   Tensor xn;      // [T, H]   normed input of the next block
   Tensor out;     // [T, H]   block output before the residual add

@@ -1,12 +1,19 @@
 #include "model/hybrid_cache.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "core/error.h"
 
 namespace bamba {
 
-HybridCache::HybridCache(const ModelConfig& c, Backend& be, CacheSizes sizes) : be_(be), sizes_(sizes) {
+uint64_t next_buffer_uid() {
+  static std::atomic<uint64_t> next{1};
+  return next++;
+}
+
+HybridCache::HybridCache(const ModelConfig& c, Backend& be, CacheSizes sizes)
+    : be_(be), sizes_(sizes), uid_(next_buffer_uid()) {
   BAMBA_CHECK(sizes.n_slots >= 1 && sizes.block_size >= 1 && sizes.n_blocks >= 0, "invalid cache sizes");
   BAMBA_CHECK(sizes.ssm_state_dtype == DType::F32 || sizes.ssm_state_dtype == DType::BF16,
               "the SSM state dtype must be fp32 or bf16");
@@ -36,8 +43,9 @@ size_t HybridCache::bytes_per_slot(const ModelConfig& c, DType ssm_state_dtype) 
           size_t(c.mamba_n_heads * c.mamba_d_head * c.mamba_d_state) * dtype_size(ssm_state_dtype));
 }
 
-size_t HybridCache::bytes_per_block(const ModelConfig& c, int32_t block_size) {
-  return size_t(c.n_attention_layers()) * 2 * size_t(block_size * c.num_key_value_heads * c.head_dim) * 4;
+size_t HybridCache::bytes_per_block(const ModelConfig& c, int32_t block_size, DType kv_dtype) {
+  return size_t(c.n_attention_layers()) * 2 * size_t(block_size * c.num_key_value_heads * c.head_dim) *
+         dtype_size(kv_dtype);
 }
 
 CacheSizes HybridCache::sizes_for(const ModelConfig& c, int32_t n_seqs, int32_t max_len, int32_t block_size) {

@@ -28,6 +28,9 @@ struct SeqCache {
   int32_t len = 0;  // tokens whose state is in the cache
 };
 
+// A number no other HybridCache or Workspace of this process has had (their `uid`s): addresses are reused.
+uint64_t next_buffer_uid();
+
 class HybridCache {
  public:
   HybridCache(const ModelConfig& cfg, Backend& be, CacheSizes sizes);
@@ -38,9 +41,11 @@ class HybridCache {
   // Sizes that hold `n_seqs` sequences of up to `max_len` tokens each.
   static CacheSizes sizes_for(const ModelConfig& cfg, int32_t n_seqs, int32_t max_len, int32_t block_size = 16);
   static size_t bytes_per_slot(const ModelConfig& cfg, DType ssm_state_dtype = DType::F32);
-  static size_t bytes_per_block(const ModelConfig& cfg, int32_t block_size);
+  // The KV pages hold the backend's activation dtype (bf16 on the GPU by default); F32 counts the largest case.
+  static size_t bytes_per_block(const ModelConfig& cfg, int32_t block_size, DType kv_dtype = DType::F32);
 
   const CacheSizes& sizes() const { return sizes_; }
+  uint64_t uid() const { return uid_; }  // unique in the process, unlike its address (CUDA graph keys)
   Backend& backend() const { return be_; }
   Tensor conv_state(int64_t mamba_index) const { return conv_[size_t(mamba_index)]; }  // [n_slots, K-1, CD]
   Tensor ssm_state(int64_t mamba_index) const { return ssm_[size_t(mamba_index)]; }    // [n_slots, nh, P, N]
@@ -80,6 +85,7 @@ class HybridCache {
  private:
   Backend& be_;
   CacheSizes sizes_;
+  uint64_t uid_;
   std::vector<Tensor> conv_, ssm_, k_, v_;
   std::vector<int32_t> free_slots_, free_blocks_;  // stacks; lowest ids handed out first
   std::vector<int32_t> block_refs_;                // holders of each page (fork shares full pages)

@@ -15,6 +15,14 @@ const char* kLlama31_8b = R"({
   "tie_word_embeddings": false, "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009],
   "torch_dtype": "bfloat16"})";
 
+// A tiny transformer beside the tiny hybrid (dummy_config): the CPU tests of hybrid-vs-transformer tooling.
+const char* kTinyLlama = R"({
+  "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 258, "hidden_size": 64,
+  "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+  "head_dim": 16, "hidden_act": "silu", "max_position_embeddings": 4096, "rms_norm_eps": 1e-05,
+  "rope_theta": 10000.0, "tie_word_embeddings": false, "bos_token_id": 256, "eos_token_id": 257,
+  "torch_dtype": "bfloat16"})";
+
 // ibm-granite/granite-4.0-h-tiny: 40 layers (4 NoPE attention), MoE 64 experts top-6 + a shared MLP, muP
 // multipliers; ~7B parameters, ~1B active per token.
 const char* kGranite40hTiny = R"({
@@ -47,7 +55,7 @@ const char* kNemotronH8b = R"({
 
 const std::vector<std::string>& preset_names() {
   static const std::vector<std::string> names = {"tiny", "bamba-9b", "llama-3.1-8b", "granite-4.0-h-tiny",
-                                                 "nemotron-h-8b"};
+                                                 "nemotron-h-8b", "tiny-llama"};
   return names;
 }
 
@@ -56,6 +64,7 @@ ModelConfig preset_config(const std::string& name) {
   if (name == "bamba-9b") return bamba_9b_config();
   if (name == "llama-3.1-8b") return parse_config(kLlama31_8b, "preset llama-3.1-8b");
   if (name == "granite-4.0-h-tiny") return parse_config(kGranite40hTiny, "preset granite-4.0-h-tiny");
+  if (name == "tiny-llama") return parse_config(kTinyLlama, "preset tiny-llama");
   if (name == "nemotron-h-8b") return parse_config(kNemotronH8b, "preset nemotron-h-8b");
   std::string known;
   for (const auto& n : preset_names()) known += (known.empty() ? "" : ", ") + n;

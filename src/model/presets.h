@@ -9,7 +9,7 @@
 
 namespace bamba {
 
-// tiny, bamba-9b, llama-3.1-8b, granite-4.0-h-tiny, nemotron-h-8b
+// tiny, bamba-9b, llama-3.1-8b, granite-4.0-h-tiny, nemotron-h-8b, tiny-llama (a tiny transformer for tests)
 const std::vector<std::string>& preset_names();
 // Error naming the preset and listing the known ones.
 ModelConfig preset_config(const std::string& name);
