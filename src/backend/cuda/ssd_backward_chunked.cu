@@ -34,7 +34,8 @@ constexpr int kQ = 64;                      // tokens per chunk
 constexpr int kPMax = 64, kNMax = 128;      // head_dim and d_state the tiles are padded to (at most)
 constexpr int kLdQ = kQ + 8, kLdP = kPMax + 8, kLdN = kNMax + 8;  // bf16 row strides: +16 bytes against bank
 constexpr int kLdF = kQ + 4, kLdFN = kNMax + 4;                   // conflicts; fp32 strides likewise
-constexpr int kThreads = 256;               // 8 warps
+constexpr int kThreads = 256;               // 8 warps (kernels 2 and 3)
+constexpr int kGradThreads = 512;           // 16 warps (kernel 4: one 16×16 tile each of a 64×64 product)
 constexpr int kCarryPer = 4;                // state elements per carry thread
 constexpr int kCarryElems = kCarryPer * kThreads;
 
@@ -97,18 +98,26 @@ __global__ void delta_kernel(SsdBwdArgs a, DevBatch b, int nq, Scratch sc) {
 }
 
 // dst[r][c] (row stride ld, bf16) = src[r·lds + c] · scale[r] (scale optional) for r < rows, c < cols, zero
-// elsewhere in the R × C tile. R, C: the padded sizes the GEMMs read.
+// elsewhere in the R × C tile. R, C: the padded sizes the GEMMs read. Each thread issues kLoads loads before it
+// stores any, so that a block keeps that many per thread in flight (one per iteration would wait out the
+// latency of every load in turn).
+constexpr int kLoads = 8;
 template <typename S>
-__device__ __forceinline__ void load_tile(bf16* dst, int ld, const S* src, int64_t lds, int rows, int cols, int R,
-                                          int C, const float* scale) {
-  for (int e = threadIdx.x; e < R * C; e += blockDim.x) {
-    const int r = e / C, c = e % C;
-    float v = 0.f;
-    if (r < rows && c < cols) {
-      v = to_f(src[int64_t(r) * lds + c]);
-      if (scale) v *= scale[r];
+__device__ __forceinline__ void load_tile(bf16* dst, int ld, const S* __restrict__ src, int64_t lds, int rows, int cols,
+                                          int R, int C, const float* scale) {
+  const int n = R * C, nt = blockDim.x;
+  for (int e0 = threadIdx.x; e0 < n; e0 += nt * kLoads) {
+    float v[kLoads];
+#pragma unroll
+    for (int k = 0; k < kLoads; ++k) {
+      const int e = e0 + k * nt, r = e / C, c = e % C;
+      v[k] = e < n && r < rows && c < cols ? to_f(src[int64_t(r) * lds + c]) : 0.f;
     }
-    dst[r * ld + c] = __float2bfloat16_rn(v);
+#pragma unroll
+    for (int k = 0; k < kLoads; ++k) {
+      const int e = e0 + k * nt, r = e / C, c = e % C;
+      if (e < n) dst[r * ld + c] = __float2bfloat16_rn(scale && r < rows ? v[k] * scale[r] : v[k]);
+    }
   }
 }
 
@@ -243,7 +252,7 @@ constexpr size_t kGradSmem = (4 * kQ * kLdN + 2 * kQ * kLdP + 3 * kQ * kLdQ) * k
                              (kQ * kLdF + 2 * kQ * kLdFN + 10 * kQ) * kF;
 static_assert(kPMax == kQ, "Sin and dSo are laid out with kQ rows");
 
-__global__ void __launch_bounds__(kThreads) grad_kernel(SsdBwdArgs a, DevBatch b, Scratch sc, int splits, float* dBp,
+__global__ void __launch_bounds__(kGradThreads) grad_kernel(SsdBwdArgs a, DevBatch b, Scratch sc, int splits, float* dBp,
                                                         float* dCp, float* tok) {
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* Cs = reinterpret_cast<bf16*>(smem);
@@ -407,7 +416,7 @@ void ssd_backward_chunked(cudaStream_t st, const SsdBwdArgs& a, const DevBatch& 
   carry_kernel<<<dim3(unsigned(l.splits), nh, unsigned(b.S)), kThreads, 0, st>>>(a, b, sc, l.splits);
   CUDA_LAUNCH_CHECK();
   CUDA_CHECK(cudaFuncSetAttribute(grad_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kGradSmem)));
-  grad_kernel<<<dim3(nq, nh), kThreads, kGradSmem, st>>>(a, b, sc, l.splits, dBp, dCp, tok);
+  grad_kernel<<<dim3(nq, nh), kGradThreads, kGradSmem, st>>>(a, b, sc, l.splits, dBp, dCp, tok);
   CUDA_LAUNCH_CHECK();
 }
 
