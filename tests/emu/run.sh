@@ -11,7 +11,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 src=$here/../../src
 out=${1:-/tmp/bamba-ssd-emu}
 mkdir -p "$out"
-awk '/^void ssd_backward_chunked\(cudaStream_t st/{skip=1} skip&&/^}$/{skip=0; next} !skip' \
+awk '/^void ssd_backward_chunked\(cudaStream_t st/{skip=1} /^}  \/\/ namespace bamba::cuda/{skip=0} !skip' \
     "$src/backend/cuda/ssd_backward_chunked.cu" |
   sed 's/extern __shared__ __align__(128) unsigned char smem\[\];/unsigned char* smem = emu::dyn_smem();/;
        s/__shared__ float red\[32\];/float* red = emu::static_red();/' > "$out/kernels_emu.inc"

@@ -282,9 +282,11 @@ void ssd_backward(cudaStream_t st, const SsdBwdArgs& a, const DevBatch& b, int m
   if (b.T == 0) return;
   if (a.G <= 0 || a.nh % a.G) fail("cuda ssd_backward: ", a.nh, " heads are not a multiple of ", a.G, " groups");
   const int64_t th = int64_t(b.T) * a.nh;
+  KernelClock clock(st, "ssd_backward");
   float *dBp, *dCp, *sc, *du;
   int splits = 1;
-  if (std::is_same_v<T, bf16> && ssd_backward_chunked_takes(a, b)) {
+  const bool chunked = std::is_same_v<T, bf16> && ssd_backward_chunked_takes(a, b);
+  if (chunked) {
     const ChunkedLayout l = chunked_layout(a, b);
     dBp = scratch + l.dBp, dCp = scratch + l.dCp, sc = scratch + l.sc, du = scratch + l.du;
     ssd_backward_chunked(st, a, b, dBp, dCp, sc, scratch + l.own);
@@ -302,13 +304,17 @@ void ssd_backward(cudaStream_t st, const SsdBwdArgs& a, const DevBatch& b, int m
     ssd_backward_kernel<T><<<dim3(unsigned(a.nh), unsigned(b.S), unsigned(l.splits)), kThreads, smem, st>>>(a, b, scratch, l);
     CUDA_LAUNCH_CHECK();
   }
+  clock.mark(chunked ? "chunked" : "plain");
   ssd_ddt_kernel<T><<<ceil_div(th, 256), 256, 0, st>>>(a, b.T, splits, sc, du);
   CUDA_LAUNCH_CHECK();
+  clock.mark("ddt");
   const int64_t n = int64_t(b.T) * a.G * a.N;
   ssd_group_sum_kernel<T><<<ceil_div(n, 256), 256, 0, st>>>(a, dBp, dCp, b.T, splits);
   CUDA_LAUNCH_CHECK();
+  clock.mark("group_sum");
   ssd_param_sum_kernel<<<unsigned(a.nh), 256, 0, st>>>(a, sc, du, b.T, splits);
   CUDA_LAUNCH_CHECK();
+  clock.mark("param_sum");
 }
 
 #define INST(T)                                                                                   \

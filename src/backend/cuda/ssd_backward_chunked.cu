@@ -19,6 +19,7 @@
 // as bf16, like the forward's S_in. Memory: two fp32 states per (chunk, head), as the forward's chunk states.
 #include <mma.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -408,16 +409,45 @@ void ssd_backward_chunked(cudaStream_t st, const SsdBwdArgs& a, const DevBatch& 
   const Scratch sc{scratch + l.cum, scratch + l.delta, scratch + l.dec, scratch + l.states, scratch + l.dstates,
                    scratch + l.edot};
   const unsigned nq = unsigned(l.nq), nh = unsigned(a.nh);
+  CUDA_CHECK(cudaFuncSetAttribute(chunk_state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kStateSmem)));
+  CUDA_CHECK(cudaFuncSetAttribute(grad_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kGradSmem)));
+  KernelClock clock(st, "ssd_backward_chunked");
   delta_kernel<<<ceil_div(int64_t(l.nq) * a.nh, 128), 128, 0, st>>>(a, b, l.nq, sc);
   CUDA_LAUNCH_CHECK();
-  CUDA_CHECK(cudaFuncSetAttribute(chunk_state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kStateSmem)));
+  clock.mark("delta");
   chunk_state_kernel<<<dim3(nq, nh), kThreads, kStateSmem, st>>>(a, b, sc);
   CUDA_LAUNCH_CHECK();
+  clock.mark("chunk_state");
   carry_kernel<<<dim3(unsigned(l.splits), nh, unsigned(b.S)), kThreads, 0, st>>>(a, b, sc, l.splits);
   CUDA_LAUNCH_CHECK();
-  CUDA_CHECK(cudaFuncSetAttribute(grad_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kGradSmem)));
+  clock.mark("carry");
   grad_kernel<<<dim3(nq, nh), kGradThreads, kGradSmem, st>>>(a, b, sc, l.splits, dBp, dCp, tok);
   CUDA_LAUNCH_CHECK();
+  clock.mark("grad");
+}
+
+KernelClock::KernelClock(cudaStream_t st, const char* what)
+    : st_(st), what_(what), on_(std::getenv("BAMBA_SSD_BWD_PROFILE") != nullptr) {
+  mark("start");
+}
+void KernelClock::mark(const char* name) {
+  if (!on_) return;
+  cudaEvent_t e;
+  CUDA_CHECK(cudaEventCreate(&e));
+  CUDA_CHECK(cudaEventRecord(e, st_));
+  marks_.emplace_back(name, e);
+}
+KernelClock::~KernelClock() {
+  if (!on_ || marks_.empty()) return;
+  cudaEventSynchronize(marks_.back().second);
+  std::fprintf(stderr, "%s:", what_);
+  for (size_t i = 1; i < marks_.size(); ++i) {
+    float ms = 0.f;
+    cudaEventElapsedTime(&ms, marks_[i - 1].second, marks_[i].second);
+    std::fprintf(stderr, " %s %.1f us", marks_[i].first, ms * 1000.f);
+  }
+  std::fprintf(stderr, "\n");
+  for (auto& m : marks_) cudaEventDestroy(m.second);
 }
 
 }  // namespace bamba::cuda

@@ -2,6 +2,9 @@
 // ssd_backward (ssd_backward.cu) for bf16 compute when the shape suits it; ssd_backward.cu keeps the plain reverse
 // recurrence for fp32, for larger heads, and when BAMBA_SSD_BWD=plain.
 #pragma once
+#include <utility>
+#include <vector>
+
 #include "backend/cuda/kernels.cuh"
 
 namespace bamba::cuda {
@@ -17,5 +20,20 @@ size_t ssd_backward_chunked_scratch_floats(const SsdBwdArgs& a, const DevBatch& 
 // the clamp, the dA_log term, the dD term); dstate0 when asked. scratch: ssd_backward_chunked_scratch_floats.
 void ssd_backward_chunked(cudaStream_t st, const SsdBwdArgs& a, const DevBatch& b, float* dBp, float* dCp, float* sc,
                           float* scratch);
+
+// With BAMBA_SSD_BWD_PROFILE set, the time of each kernel between marks (CUDA events on the stream), printed to
+// stderr as one line when the clock goes out of scope (which synchronises); otherwise nothing at all.
+class KernelClock {
+ public:
+  KernelClock(cudaStream_t st, const char* what);
+  ~KernelClock();
+  void mark(const char* name);
+
+ private:
+  cudaStream_t st_;
+  const char* what_;
+  bool on_;
+  std::vector<std::pair<const char*, cudaEvent_t>> marks_;
+};
 
 }  // namespace bamba::cuda

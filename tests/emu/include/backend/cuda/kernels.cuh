@@ -78,6 +78,7 @@ struct SsdBwdArgs {
   PView A_log, D, dt_bias; const float* state0; int nh, P, G, N; float dt_min, dt_max;
 };
 using cudaStream_t = void*;
+using cudaEvent_t = void*;
 template <class... A> [[noreturn]] void fail(A&&... a) { std::ostringstream o; (o << ... << a); throw std::runtime_error(o.str()); }
 inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
 }  // namespace bamba::cuda
