@@ -58,6 +58,14 @@ inline float warp_sum(float v) {
   w.bar.arrive_and_wait();
   return s;
 }
+inline float warp_max(float v) {
+  auto& w = emu::cur->warps[threadIdx.x / 32];
+  w.val[threadIdx.x % 32] = v;
+  w.bar.arrive_and_wait();
+  float s = -INFINITY; for (int i = 0; i < 32; ++i) s = std::max(s, w.val[i]);
+  w.bar.arrive_and_wait();
+  return s;
+}
 inline float block_sum(float v, float* sh) {
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
   v = warp_sum(v);
@@ -76,6 +84,10 @@ struct SsdBwdArgs {
   void* dxBC; int64_t lddx; void* ddt; int64_t ldddt; float *dA_log, *dD, *ddt_bias; float* dstate0;
   const void* dy; int64_t lddy; const void* xBC; int64_t ldx; const void* dt; int64_t lddt;
   PView A_log, D, dt_bias; const float* state0; int nh, P, G, N; float dt_min, dt_max;
+};
+struct AttnArgs {
+  void* out; int64_t ldo; void* qkv; int64_t ldq; void* k_pages; void* v_pages; const float* inv_freq;
+  int nq, nkv, dh, rot, block_size; float scale;
 };
 using cudaStream_t = void*;
 using cudaEvent_t = void*;
