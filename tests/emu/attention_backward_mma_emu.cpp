@@ -20,7 +20,8 @@ int main() {
                                    {3, 3, 64, 64, 128, {129}}};
   int bad = 0;
   for (const Case& cs : cases) {
-    const int nq = cs.nq, nkv = cs.nkv, dh = cs.dh, W = (nq + 2 * nkv) * dh, ldq = W + 5, O = nq * dh;
+    const int nq = cs.nq, nkv = cs.nkv, dh = cs.dh, W = (nq + 2 * nkv) * dh, O = nq * dh;
+    const int ldq = dh % 8 == 0 ? W + 8 : W + 5;  // the 16-byte loads, or not
     std::vector<int32_t> ss = {0}, pos;
     for (int l : cs.lens) {
       for (int i = 0; i < l; ++i) pos.push_back(i);

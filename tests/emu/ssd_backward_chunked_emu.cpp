@@ -22,7 +22,8 @@ int main() {
                              {2, 33, 1, 100, 64, {70, 129}, true, 0.f, INFINITY, -1, 1, -1, 0.5f}};
   int bad = 0;
   for (const Case& cs : cases) {
-    const int nh = cs.nh, P = cs.P, G = cs.G, N = cs.N, I = nh * P, W = I + 2 * G * N, ldx = W + 3, hpg = nh / G;
+    const int nh = cs.nh, P = cs.P, G = cs.G, N = cs.N, I = nh * P, W = I + 2 * G * N, hpg = nh / G;
+    const int ldx = P % 8 == 0 && N % 8 == 0 ? (W + 15) / 8 * 8 : W + 3;  // the 16-byte loads, or not
     std::vector<int32_t> ss = {0};
     for (int l : cs.lens) ss.push_back(ss.back() + l);
     const int T = ss.back(), S = int(cs.lens.size());

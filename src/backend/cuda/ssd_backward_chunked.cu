@@ -95,6 +95,17 @@ __global__ void delta_kernel(SsdBwdArgs a, DevBatch b, int nq, Scratch sc) {
   sc.dec[i] = acc;
 }
 
+// Inclusive prefix sum over the lanes of a warp (Hillis-Steele: the order of additions is fixed).
+__device__ __forceinline__ float warp_scan(float v) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const float u = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += u;
+  }
+  return v;
+}
+
 // 2. The chunk-local state and state gradient of (piece, head), [P, N] each, fp32 into scratch.
 constexpr size_t kStateSmem = size_t(2 * kQ * kLdP + 2 * kQ * kLdN) * 2 + size_t(kPMax * kLdFN + 2 * kQ) * 4;
 __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdBwdArgs a, DevBatch b, Scratch sc) {
@@ -256,13 +267,14 @@ __global__ void __launch_bounds__(kGradThreads) grad_kernel(SsdBwdArgs a, DevBat
     Fcb[k * kLdF + i] = i < k ? cb * Fdx[k * kLdF + i] * dl[i] : 0.f;
   }
   __syncthreads();
-  for (int k = tid; k < kQ; k += nt) {  // row k: exclusive prefix sums over m
-    float acc = 0.f;
-    for (int m = 0; m < kQ; ++m) {
-      const float w = Fcb[k * kLdF + m];
-      Fcb[k * kLdF + m] = acc;
-      acc += w;
-    }
+  for (int k = tid / 32; k < kQ; k += nt / 32) {  // row k: exclusive prefix sums over m, a warp a row
+    const int lane = tid % 32;
+    const float w0 = Fcb[k * kLdF + lane], w1 = Fcb[k * kLdF + lane + 32];
+    const float i0 = warp_scan(w0), i1 = warp_scan(w1);  // inclusive, over lanes
+    const float e0 = __shfl_up_sync(0xffffffffu, i0, 1), e1 = __shfl_up_sync(0xffffffffu, i1, 1);
+    const float half = __shfl_sync(0xffffffffu, i0, 31);  // Σ of the first 32
+    Fcb[k * kLdF + lane] = lane ? e0 : 0.f;
+    Fcb[k * kLdF + lane + 32] = half + (lane ? e1 : 0.f);
   }
   __syncthreads();
   for (int i = tid; i < kQ; i += nt) {  // column i: Σ_{j ≥ i}

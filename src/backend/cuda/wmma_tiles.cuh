@@ -5,6 +5,7 @@
 #pragma once
 #include <mma.h>
 
+#include <cstdint>
 #include <type_traits>
 
 #include "backend/cuda/kernels.cuh"
@@ -13,14 +14,39 @@ namespace bamba::cuda {
 namespace wmma = nvcuda::wmma;
 
 // dst[r][c] (row stride ld, bf16) = src[r·lds + c] · scale[r] (scale optional) for r < rows, c < cols, zero
-// elsewhere in the R × C tile. R, C: the padded sizes the GEMMs read. Each thread issues kLoads loads before it
-// stores any, so that a block keeps that many per thread in flight (one per iteration would wait out the
-// latency of every load in turn).
-constexpr int kLoads = 8;
+// elsewhere in the R × C tile (C a multiple of 16). R, C: the padded sizes the GEMMs read. With src 16-byte
+// aligned and lds, cols multiples of a 16-byte run, 16-byte loads; else one element at a time. Each thread issues
+// several loads before it stores any, so that a block keeps them in flight (one per iteration would wait out
+// the latency of every load in turn).
+constexpr int kLoads = 8, kLoadsV = 4;
 template <typename S>
 __device__ __forceinline__ void load_tile(bf16* dst, int ld, const S* __restrict__ src, int64_t lds, int rows, int cols,
                                           int R, int C, const float* scale) {
-  const int n = R * C, nt = blockDim.x;
+  constexpr int kV = 16 / int(sizeof(S));  // elements per 16-byte run
+  const int nt = blockDim.x;
+  if (reinterpret_cast<uintptr_t>(src) % 16 == 0 && lds % kV == 0 && cols % kV == 0) {
+    const int cv = C / kV, n = R * cv;
+    for (int e0 = threadIdx.x; e0 < n; e0 += nt * kLoadsV) {
+      uint4 v[kLoadsV];
+#pragma unroll
+      for (int k = 0; k < kLoadsV; ++k) {
+        const int e = e0 + k * nt, r = e / cv, c = e % cv * kV;
+        v[k] = e < n && r < rows && c < cols ? *reinterpret_cast<const uint4*>(src + int64_t(r) * lds + c)
+                                             : make_uint4(0u, 0u, 0u, 0u);
+      }
+#pragma unroll
+      for (int k = 0; k < kLoadsV; ++k) {
+        const int e = e0 + k * nt, r = e / cv, c = e % cv * kV;
+        if (e >= n) continue;
+        const S* x = reinterpret_cast<const S*>(&v[k]);
+        const float sc = scale && r < rows ? scale[r] : 1.f;
+#pragma unroll
+        for (int i = 0; i < kV; ++i) dst[r * ld + c + i] = __float2bfloat16_rn(to_f(x[i]) * sc);
+      }
+    }
+    return;
+  }
+  const int n = R * C;
   for (int e0 = threadIdx.x; e0 < n; e0 += nt * kLoads) {
     float v[kLoads];
 #pragma unroll

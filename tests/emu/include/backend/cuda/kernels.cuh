@@ -15,6 +15,8 @@
 #include <memory>
 #include <thread>
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 inline thread_local dim3 threadIdx, blockIdx, blockDim;
 #define __global__
 #define __device__
@@ -58,6 +60,20 @@ inline float warp_sum(float v) {
   w.bar.arrive_and_wait();
   return s;
 }
+// __shfl_up_sync / __shfl_sync: every lane of the warp calls them (as the kernels do)
+inline float warp_exchange(float v, int from) {
+  auto& w = emu::cur->warps[threadIdx.x / 32];
+  w.val[threadIdx.x % 32] = v;
+  w.bar.arrive_and_wait();
+  const float r = w.val[from];
+  w.bar.arrive_and_wait();
+  return r;
+}
+inline float __shfl_up_sync(unsigned, float v, int d) {
+  const int lane = int(threadIdx.x % 32);
+  return warp_exchange(v, lane >= d ? lane - d : lane);
+}
+inline float __shfl_sync(unsigned, float v, int src) { return warp_exchange(v, src); }
 inline float warp_max(float v) {
   auto& w = emu::cur->warps[threadIdx.x / 32];
   w.val[threadIdx.x % 32] = v;
