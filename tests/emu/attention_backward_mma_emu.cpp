@@ -54,9 +54,9 @@ int main() {
     const View v{qb.data(), gb.data(), ldq, O, nq, nkv, dh, (dh + 15) / 16 * 16, cs.rot, scale, inv.data()};
     const unsigned tiles = unsigned(b.n_chunks * (cs.q / kT));
     std::vector<float> stats(size_t(T) * nq * 2, NAN);
-    emu::launch({tiles, unsigned(nq)}, {unsigned(kThreads)}, kStatsSmem, [&] { stats_kernel(v, b, stats.data()); });
-    emu::launch({tiles, unsigned(nq)}, {unsigned(kThreads)}, kDqSmem, [&] { dq_kernel(v, b, stats.data(), db.data(), W); });
-    emu::launch({tiles, unsigned(nkv)}, {unsigned(kThreads)}, kDkvSmem, [&] { dkv_kernel(v, b, stats.data(), db.data(), W); });
+    emu::launch({unsigned(nq), tiles}, {unsigned(kThreads)}, kStatsSmem, [&] { stats_kernel(v, b, stats.data()); });
+    emu::launch({unsigned(nq), tiles}, {unsigned(kThreads)}, kDqSmem, [&] { dq_kernel(v, b, stats.data(), db.data(), W); });
+    emu::launch({unsigned(nkv), tiles}, {unsigned(kThreads)}, kDkvSmem, [&] { dkv_kernel(v, b, stats.data(), db.data(), W); });
     std::vector<float> ref(size_t(T) * W);
     grad::attention_backward<float>({ref.data(), T, W, W}, {gf.data(), T, O, O}, {qf.data(), T, W, W}, inv.data(), pos, ss,
                                     grad::AttnDims{nq, nkv, dh, cs.rot, scale});

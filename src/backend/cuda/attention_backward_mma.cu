@@ -4,11 +4,11 @@
 // into 64-token pieces, aligned to each sequence's start (as in ssd_backward_chunked.cu), so a query tile sees
 // the key tiles of its sequence up to its own, the last one masked causally. Three kernels, no atomics, every
 // sum in an order fixed by the shape:
-//   1. stats (query tile, q head): the forward once more — S = Q Kᵀ·scale, online softmax, O = P V — for
+//   1. stats (q head, query tile): the forward once more — S = Q Kᵀ·scale, online softmax, O = P V — for
 //      lse_t and δ_t = dO_t · O_t (the same δ = Σ_u p_tu (dO_t · v_u) as the plain form's, through O);
-//   2. dq (query tile, q head): over the key tiles, P = exp(S − lse), dP = dO Vᵀ, dS = P ∘ (dP − δ)·scale,
+//   2. dq (q head, query tile): over the key tiles, P = exp(S − lse), dP = dO Vᵀ, dS = P ∘ (dP − δ)·scale,
 //      dQ += dS K;
-//   3. dkv (key tile, KV head): over the group's q heads and the query tiles from its own on, the same P, dS,
+//   3. dkv (KV head, key tile): over the group's q heads and the query tiles from its own on, the same P, dS,
 //      dV += Pᵀ dO, dK += dSᵀ Q.
 // (FlashAttention-2 fuses 2 into 3 with atomic adds to dQ; recomputing S and dP in 2 instead keeps the bits fixed.)
 // dQ and dK are rotated back by −angle (RoPE's input gradient) as they are written. head_dim ≤ 128.
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kThreads) stats_kernel(View v, DevBatch b, flo
   float* l = m + kT;
   float* f = l + kT;
   float* dot = f + kT;
-  const int j = blockIdx.x, h = blockIdx.y, kh = h / (v.nq / v.nkv), sub = b.chunk_q / kT;
+  const int j = gridDim.y - 1 - blockIdx.y, h = blockIdx.x, kh = h / (v.nq / v.nkv), sub = b.chunk_q / kT;
   const Tile tq = tile_of(b, j);
   if (tq.len == 0) return;
   const int first = b.chunk_first[tq.seq] * sub, warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
@@ -173,7 +173,7 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(View v, DevBatch b, const 
   float* dQ = dP + kT * kLdS;  // [64, kLdA]
   float* lse = dQ + kT * kLdA;
   float* delta = lse + kT;
-  const int j = blockIdx.x, h = blockIdx.y, kh = h / (v.nq / v.nkv), sub = b.chunk_q / kT;
+  const int j = gridDim.y - 1 - blockIdx.y, h = blockIdx.x, kh = h / (v.nq / v.nkv), sub = b.chunk_q / kT;
   const Tile tq = tile_of(b, j);
   if (tq.len == 0) return;
   const int first = b.chunk_first[tq.seq] * sub;
@@ -213,7 +213,7 @@ __global__ void __launch_bounds__(kThreads) dkv_kernel(View v, DevBatch b, const
   float* dV = dK + kT * kLdA;
   float* lse = dV + kT * kLdA;
   float* delta = lse + kT;
-  const int j = blockIdx.x, kh = blockIdx.y, rep = v.nq / v.nkv, sub = b.chunk_q / kT;
+  const int j = blockIdx.y, kh = blockIdx.x, rep = v.nq / v.nkv, sub = b.chunk_q / kT;
   const Tile tk = tile_of(b, j);
   if (tk.len == 0) return;
   const int last = b.chunk_first[tk.seq + 1] * sub;
@@ -260,11 +260,13 @@ void attention_backward_mma(cudaStream_t st, bf16* dqkv, int64_t lddq, const bf1
   CUDA_CHECK(cudaFuncSetAttribute(stats_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kStatsSmem)));
   CUDA_CHECK(cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kDqSmem)));
   CUDA_CHECK(cudaFuncSetAttribute(dkv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kDkvSmem)));
-  stats_kernel<<<dim3(tiles, unsigned(a.nq)), kThreads, kStatsSmem, st>>>(v, b, stats);
+  // Heads in x, tiles in y, so that blocks start in y order: the longest first (a query tile's work grows with
+  // its index in the sequence, a key tile's shrinks), and the short ones fill in behind them.
+  stats_kernel<<<dim3(unsigned(a.nq), tiles), kThreads, kStatsSmem, st>>>(v, b, stats);
   CUDA_LAUNCH_CHECK();
-  dq_kernel<<<dim3(tiles, unsigned(a.nq)), kThreads, kDqSmem, st>>>(v, b, stats, dqkv, lddq);
+  dq_kernel<<<dim3(unsigned(a.nq), tiles), kThreads, kDqSmem, st>>>(v, b, stats, dqkv, lddq);
   CUDA_LAUNCH_CHECK();
-  dkv_kernel<<<dim3(tiles, unsigned(a.nkv)), kThreads, kDkvSmem, st>>>(v, b, stats, dqkv, lddq);
+  dkv_kernel<<<dim3(unsigned(a.nkv), tiles), kThreads, kDkvSmem, st>>>(v, b, stats, dqkv, lddq);
   CUDA_LAUNCH_CHECK();
 }
 

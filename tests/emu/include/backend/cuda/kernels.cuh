@@ -17,7 +17,7 @@
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 struct alignas(16) uint4 { unsigned x, y, z, w; };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
-inline thread_local dim3 threadIdx, blockIdx, blockDim;
+inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __global__
 #define __device__
 #define __host__
@@ -117,7 +117,7 @@ template <class F> void launch(dim3 grid, dim3 block, size_t smem, F f) {
     blk.smem.assign(smem + 128, 0xff);  // garbage-ish (NaN bf16 patterns) so unwritten reads show
     std::vector<std::thread> ts;
     for (unsigned t = 0; t < block.x; ++t)
-      ts.emplace_back([&, t] { threadIdx = {t, 0, 0}; blockIdx = {x, y, z}; blockDim = block; cur = &blk; f(); });
+      ts.emplace_back([&, t] { threadIdx = {t, 0, 0}; blockIdx = {x, y, z}; blockDim = block; gridDim = grid; cur = &blk; f(); });
     for (auto& th : ts) th.join();
   }
 }
