@@ -6,8 +6,8 @@
 //   3. per (key u, KV head): dk_u = scale Σ_{h in group} Σ_{t ≥ u} p_tu (dO_t · v_u − δ_t) q_t, dv_u = Σ p_tu dO_t
 // with s_tu = scale q_t · k_u over the keys of t's own sequence. qkv holds q and k rotated (the forward left them
 // so); dq and dk are rotated back (RoPE is a rotation: its input gradient is the output gradient turned by −angle)
-// before they are written. CUDA cores, fp32 throughout; the tensor-core form for bf16 is attention_backward_mma.cu
-// (BAMBA_ATTN_BWD=mma, opt-in for now).
+// before they are written. CUDA cores, fp32 throughout: fp32 compute's form, and bf16's with BAMBA_ATTN_BWD=plain;
+// bf16 otherwise takes the tensor-core tiles of attention_backward_mma.cu.
 #include <type_traits>
 
 #include "backend/cuda/attention_backward_mma.cuh"

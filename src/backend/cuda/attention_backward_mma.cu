@@ -247,8 +247,7 @@ bool attention_backward_mma_takes(const AttnArgs& a, const DevBatch& b) {
   const char* e = std::getenv("BAMBA_ATTN_BWD");
   if (e && *e && std::strcmp(e, "plain") != 0 && std::strcmp(e, "mma") != 0)
     fail("BAMBA_ATTN_BWD must be \"plain\" or \"mma\", not \"", e, "\"");
-  // Opt-in until it has run on a GPU; to make it the default, test for "plain" here instead.
-  if (!e || std::strcmp(e, "mma") != 0) return false;
+  if (e && std::strcmp(e, "plain") == 0) return false;
   return a.dh <= kDMax && a.nq % a.nkv == 0 && b.chunk_q >= kT && b.chunk_q % kT == 0 && b.n_chunks > 0;
 }
 
