@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -232,6 +234,150 @@ TEST_P(CudaTrainOps, SsdBackwardStatesAndClamp) {
     }
 }
 
+// Sets BAMBA_SSD_BWD (ssd_backward.cu reads it per call: "plain" = the reverse recurrence, otherwise the chunked
+// tensor-core form for bf16) while it lives, then restores it; "" leaves it as it is.
+struct SsdBwdEnv {
+  explicit SsdBwdEnv(const char* v) {
+    if (const char* o = std::getenv("BAMBA_SSD_BWD")) old = o, had = true;
+    if (*v) setenv("BAMBA_SSD_BWD", v, 1);
+  }
+  ~SsdBwdEnv() {
+    if (had) setenv("BAMBA_SSD_BWD", old.c_str(), 1);
+    else unsetenv("BAMBA_SSD_BWD");
+  }
+  std::string old;
+  bool had = false;
+};
+// Sets BAMBA_SSD_CHUNK (the chunk table's length, read when a CUDA backend is made) while it lives.
+struct SsdChunkEnv {
+  explicit SsdChunkEnv(int q) { setenv("BAMBA_SSD_CHUNK", std::to_string(q).c_str(), 1); }
+  ~SsdChunkEnv() { unsetenv("BAMBA_SSD_CHUNK"); }
+};
+
+// The shapes the chunked tensor-core backward (bf16) is for: head_dim 64 with d_state 128 (Bamba-9B's) and 64 (the
+// recipe's), G = 1 and 2; sequences of 1..700 tokens (ragged pieces, a sequence of exactly one chunk, one of a
+// single token), from zeros and from a state0; chunk tables of 256 (the default) and 64 tokens. In fp32 this runs
+// the plain recurrence on the same inputs.
+TEST_P(CudaTrainOps, SsdBackwardHeadDim64) {
+  struct Shape { int nh, P, G, N; };
+  for (const Shape sh : {Shape{4, 64, 1, 128}, Shape{6, 64, 2, 64}})
+    for (int q : {256, 64}) {
+      SsdChunkEnv cenv(q);
+      gpu_ = make_backend("cuda", act());
+      const int nh = sh.nh, P = sh.P, G = sh.G, N = sh.N, I = nh * P, CD = I + 2 * G * N;
+      StepBatch b = batch({300, 1, 64, 129, 700}, 10);
+      set_batch(b);
+      const int64_t T = b.n_tokens(), S = b.n_seqs();
+      Pair A_log = make(DType::F32, {nh}, 0.f, 2.77f), D = make(DType::F32, {nh}, 0.5f, 1.5f);
+      Pair dt_bias = make(DType::F32, {nh}, -6.9f, -2.3f);  // Δ about 0.001..0.1 as Mamba-2 initialises it
+      for (bool with_state : {false, true}) {
+        MambaOpsConfig c{nh, P, G, N, 4, 256, 0.f, INFINITY};
+        Pair in = make(act(), {T, CD + nh + 3}, -1, 1), xBC = cols(in, 0, CD), dt = cols(in, CD + 3, CD + 3 + nh);
+        Pair dy = make(act(), {T, I}, -1, 1), state0 = make(DType::F32, {S, nh, P, N}, -1, 1);
+        Pair dxw = zeros(act(), {T, CD + nh + 2}), dxBC = cols(dxw, 0, CD), ddt = cols(dxw, CD + 2, CD + 2 + nh);
+        Pair dA = grad({nh}), dD = grad({nh}), ddb = grad({nh}), ds0 = zeros(DType::F32, {S, nh, P, N});
+        const Tensor s0c = with_state ? state0.cpu : Tensor{}, s0g = with_state ? state0.gpu : Tensor{};
+        cpu_->ssd_backward(dxBC.cpu, ddt.cpu, dA.cpu, dD.cpu, ddb.cpu, ds0.cpu, dy.cpu, xBC.cpu, dt.cpu, A_log.cpu,
+                           D.cpu, dt_bias.cpu, s0c, c);
+        gpu_->ssd_backward(dxBC.gpu, ddt.gpu, dA.gpu, dD.gpu, ddb.gpu, ds0.gpu, dy.gpu, xBC.gpu, dt.gpu, A_log.gpu,
+                           D.gpu, dt_bias.gpu, s0g, c);
+        const std::string w = " nh " + std::to_string(nh) + " N " + std::to_string(N) + " G " + std::to_string(G) +
+                              ", chunk table " + std::to_string(q) + (with_state ? ", state0" : "");
+        expect_close(cols(dxBC, 0, I), tol(), "ssd dx" + w);
+        expect_close(cols(dxBC, I, I + G * N), tol(), "ssd dB" + w);
+        expect_close(cols(dxBC, I + G * N, CD), tol(), "ssd dC" + w);
+        expect_close(ddt, tol(), "ssd ddt" + w);
+        expect_close(dA, tol(), "ssd dA_log" + w);
+        expect_close(dD, tol(), "ssd dD" + w);
+        expect_close(ddb, tol(), "ssd ddt_bias" + w);
+        expect_close(ds0, tol(), "ssd dstate0" + w);
+      }
+    }
+}
+
+// The same call twice gives the same bits (no atomics; the reduction order is the shape's), for both forms.
+TEST_P(CudaTrainOps, SsdBackwardDeterministic) {
+  const int nh = 6, P = 64, G = 2, N = 128, I = nh * P, CD = I + 2 * G * N;
+  StepBatch b = batch({333, 17, 600}, 10);
+  set_batch(b);
+  const int64_t T = b.n_tokens(), S = b.n_seqs();
+  MambaOpsConfig c{nh, P, G, N, 4, 256, 0.f, INFINITY};
+  Pair A_log = make(DType::F32, {nh}, 0.f, 2.77f), D = make(DType::F32, {nh}, 0.5f, 1.5f);
+  Pair dt_bias = make(DType::F32, {nh}, -6.9f, -2.3f), state0 = make(DType::F32, {S, nh, P, N}, -1, 1);
+  Pair xBC = make(act(), {T, CD}, -1, 1), dt = make(act(), {T, nh}, -1, 1), dy = make(act(), {T, I}, -1, 1);
+  for (const char* form : {"", "plain"}) {
+    SsdBwdEnv env(form);
+    std::vector<std::vector<float>> runs[2];
+    for (auto& r : runs) {
+      Pair dxBC = zeros(act(), {T, CD}), ddt = zeros(act(), {T, nh}), ds0 = zeros(DType::F32, {S, nh, P, N});
+      Pair dA = zeros(DType::F32, {nh}), dD = zeros(DType::F32, {nh}), ddb = zeros(DType::F32, {nh});
+      for (Pair* p : {&dA, &dD, &ddb}) gpu_->fill(p->gpu, 0.f);
+      gpu_->ssd_backward(dxBC.gpu, ddt.gpu, dA.gpu, dD.gpu, ddb.gpu, ds0.gpu, dy.gpu, xBC.gpu, dt.gpu, A_log.gpu,
+                         D.gpu, dt_bias.gpu, state0.gpu, c);
+      for (Pair* p : {&dxBC, &ddt, &dA, &dD, &ddb, &ds0}) r.push_back(host(*gpu_, p->gpu));
+    }
+    const char* names[] = {"dxBC", "ddt", "dA_log", "dD", "ddt_bias", "dstate0"};
+    for (size_t i = 0; i < runs[0].size(); ++i)
+      EXPECT_EQ(0, std::memcmp(runs[0][i].data(), runs[1][i].data(), runs[0][i].size() * 4))
+          << names[i] << " differs between two runs (" << (*form ? form : "default") << " form)";
+  }
+}
+
+// bf16 at the real sizes, too large for the CPU twin: the chunked form against the plain recurrence on the GPU
+// (which the tests above hold to the CPU twin), and both timed. Bamba-9B's layer (nh 128, P 64, N 128) at 4,096
+// tokens as one sequence and as 8 packed documents, and the recipe's (nh 10, P 64, N 64) at 32 rows of 512.
+// Printed, not held: the speed-up is for the lead to read off (bench/NOTES.md).
+TEST_P(CudaTrainOps, SsdBackwardChunkedAgreesWithPlainAtModelSizes) {
+  if (act() != DType::BF16) GTEST_SKIP() << "the chunked form is bf16's";
+  struct Shape { int nh, P, G, N; std::vector<int32_t> lens; const char* name; };
+  const std::vector<Shape> shapes = {{128, 64, 1, 128, {4096}, "bamba-9b 1x4096"},
+                                     {128, 64, 1, 128, {700, 300, 1000, 96, 1200, 300, 200, 300}, "bamba-9b 8 docs"},
+                                     {10, 64, 1, 64, std::vector<int32_t>(32, 512), "recipe 32x512"}};
+  for (const Shape& sh : shapes) {
+    const int nh = sh.nh, P = sh.P, G = sh.G, N = sh.N, I = nh * P, CD = I + 2 * G * N;
+    StepBatch b = batch(sh.lens, 10);
+    gpu_->set_batch(b);
+    const int64_t T = b.n_tokens(), S = b.n_seqs();
+    MambaOpsConfig c{nh, P, G, N, 4, 256, 0.f, INFINITY};
+    auto t = [&](DType d, std::initializer_list<int64_t> shape) { return gpu_->alloc(d, shape); };
+    Tensor A_log = t(DType::F32, {nh}), D = t(DType::F32, {nh}), dt_bias = t(DType::F32, {nh});
+    Tensor xBC = t(DType::BF16, {T, CD}), dt = t(DType::BF16, {T, nh}), dy = t(DType::BF16, {T, I});
+    gpu_->fill_uniform(A_log, 1, 0.f, 2.77f);
+    gpu_->fill_uniform(D, 2, 0.5f, 1.5f);
+    gpu_->fill_uniform(dt_bias, 3, -6.9f, -2.3f);
+    gpu_->fill_uniform(xBC, 4, -1.f, 1.f);
+    gpu_->fill_uniform(dt, 5, -1.f, 1.f);
+    gpu_->fill_uniform(dy, 6, -1.f, 1.f);
+    std::vector<std::vector<float>> out[2];
+    double ms[2] = {0, 0};
+    for (int form = 0; form < 2; ++form) {
+      SsdBwdEnv env(form ? "plain" : "chunked");
+      Tensor dxBC = t(DType::BF16, {T, CD}), ddt = t(DType::BF16, {T, nh}), ds0 = t(DType::F32, {S, nh, P, N});
+      Tensor dA = t(DType::F32, {nh}), dD = t(DType::F32, {nh}), ddb = t(DType::F32, {nh});
+      const int reps = form ? 2 : 5;
+      for (int r = 0; r <= reps; ++r) {  // the first is a warm-up (scratch growth, attributes)
+        for (Tensor p : {dA, dD, ddb}) gpu_->fill(p, 0.f);
+        gpu_->synchronize();
+        const auto t0 = std::chrono::steady_clock::now();
+        gpu_->ssd_backward(dxBC, ddt, dA, dD, ddb, ds0, dy, xBC, dt, A_log, D, dt_bias, Tensor{}, c);
+        gpu_->synchronize();
+        if (r) ms[form] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+      }
+      for (Tensor p : {dxBC, ddt, dA, dD, ddb, ds0}) out[form].push_back(host(*gpu_, p));
+      for (Tensor p : {dxBC, ddt, dA, dD, ddb, ds0}) gpu_->release(p);
+    }
+    std::printf("  ssd_backward %s on %s: chunked %.2f ms, plain %.2f ms (%.1fx)\n", sh.name, gpu_->name().c_str(),
+                ms[0], ms[1], ms[1] / ms[0]);
+    const char* names[] = {"dxBC", "ddt", "dA_log", "dD", "ddt_bias", "dstate0"};
+    for (size_t i = 0; i < out[0].size(); ++i) {
+      const double e = rel_l2(out[0][i], out[1][i]);
+      EXPECT_LE(e, tol()) << sh.name << " " << names[i] << " (relative L2 " << e << ")";
+      std::printf("    %s: relative L2 %.3g\n", names[i], e);
+    }
+    for (Tensor p : {A_log, D, dt_bias, xBC, dt, dy}) gpu_->release(p);
+  }
+}
+
 // head_dim 40 (rotary 20, GQA 3), 128 (rotary 64, GQA 4) and 64 (full rotary, no GQA); sequences of 1..70.
 TEST_P(CudaTrainOps, AttentionBackwardGqaPartialRope) {
   const std::vector<AttentionOpsConfig> cfgs = {{6, 2, 40, 20, 16, 10000.f, 1.f / std::sqrt(40.f), DType::F32},
@@ -246,6 +392,91 @@ TEST_P(CudaTrainOps, AttentionBackwardGqaPartialRope) {
     cpu_->attention_backward(dqkv.cpu, dout.cpu, qkv.cpu, c);
     gpu_->attention_backward(dqkv.gpu, dout.gpu, qkv.gpu, c);
     expect_close(dqkv, tol(), "attention dqkv, head_dim " + std::to_string(c.head_dim));
+  }
+}
+
+// Sets BAMBA_ATTN_BWD ("mma" = the bf16 tile form, attention_backward_mma.cu; "plain" = the warp-per-row form)
+// while it lives, then restores it.
+struct AttnBwdEnv {
+  explicit AttnBwdEnv(const char* v) {
+    if (const char* o = std::getenv("BAMBA_ATTN_BWD")) old = o, had = true;
+    setenv("BAMBA_ATTN_BWD", v, 1);
+  }
+  ~AttnBwdEnv() {
+    if (had) setenv("BAMBA_ATTN_BWD", old.c_str(), 1);
+    else unsetenv("BAMBA_ATTN_BWD");
+  }
+  std::string old;
+  bool had = false;
+};
+
+// The bf16 tile form against the CPU twin: head_dim 40 (rotary 20, GQA 3), 128 (rotary 64, GQA 4, Bamba-9B's) and
+// 64 (full rotary, no GQA); sequences of 1..200 tokens (one token, ragged tiles, exactly one tile, several tiles);
+// chunk tables of 256 and 64 tokens; then the same call twice gives the same bits.
+TEST_P(CudaTrainOps, AttentionBackwardTiles) {
+  if (act() != DType::BF16) GTEST_SKIP() << "the tile form is bf16's";
+  AttnBwdEnv env("mma");
+  const std::vector<AttentionOpsConfig> cfgs = {{6, 2, 40, 20, 16, 10000.f, 1.f / std::sqrt(40.f), DType::F32},
+                                                {8, 2, 128, 64, 16, 10000.f, 1.f / std::sqrt(128.f), DType::F32},
+                                                {2, 2, 64, 64, 16, 500000.f, 0.125f, DType::F32}};
+  for (int q : {256, 64}) {
+    SsdChunkEnv cenv(q);
+    gpu_ = make_backend("cuda", act());
+    for (const AttentionOpsConfig& c : cfgs) {
+      StepBatch b = batch({1, 9, 64, 200, 70}, 10);
+      set_batch(b);
+      const int64_t T = b.n_tokens(), W = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, O = c.n_heads * c.head_dim;
+      Pair qkvw = make(act(), {T, W + 6}, -1.5f, 1.5f), qkv = cols(qkvw, 0, W), dout = make(act(), {T, O}, -1, 1);
+      Pair dqkv = zeros(act(), {T, W});
+      cpu_->attention_backward(dqkv.cpu, dout.cpu, qkv.cpu, c);
+      gpu_->attention_backward(dqkv.gpu, dout.gpu, qkv.gpu, c);
+      const std::string w = ", head_dim " + std::to_string(c.head_dim) + ", chunk table " + std::to_string(q);
+      expect_close(cols(dqkv, 0, O), tol(), "attention dq (tiles)" + w);
+      expect_close(cols(dqkv, O, W), tol(), "attention dk, dv (tiles)" + w);
+      const std::vector<float> first = host(*gpu_, dqkv.gpu);
+      gpu_->attention_backward(dqkv.gpu, dout.gpu, qkv.gpu, c);
+      const std::vector<float> again = host(*gpu_, dqkv.gpu);
+      EXPECT_EQ(0, std::memcmp(first.data(), again.data(), first.size() * 4)) << "two runs differ" << w;
+    }
+  }
+}
+
+// bf16 at Bamba-9B's attention shape (32 q heads, 8 KV heads, head_dim 128, rotary 64) and 4,096 tokens, as one
+// sequence and as 8 packed documents: the tile form against the warp-per-row form on the GPU, both timed (printed).
+TEST_P(CudaTrainOps, AttentionBackwardTilesAgreeWithPlainAtModelSize) {
+  if (act() != DType::BF16) GTEST_SKIP() << "the tile form is bf16's";
+  const AttentionOpsConfig c{32, 8, 128, 64, 16, 10000.f, 1.f / std::sqrt(128.f), DType::F32};
+  const std::vector<std::pair<const char*, std::vector<int32_t>>> shapes = {
+      {"1x4096", {4096}}, {"8 docs", {700, 300, 1000, 96, 1200, 300, 200, 300}}};
+  for (const auto& [name, lens] : shapes) {
+    StepBatch b = batch(lens, 10);
+    gpu_->set_batch(b);
+    const int64_t T = b.n_tokens(), W = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, O = c.n_heads * c.head_dim;
+    Tensor qkv = gpu_->alloc(DType::BF16, {T, W}), dout = gpu_->alloc(DType::BF16, {T, O});
+    gpu_->fill_uniform(qkv, 1, -1.5f, 1.5f);
+    gpu_->fill_uniform(dout, 2, -1.f, 1.f);
+    std::vector<float> out[2];
+    double ms[2] = {0, 0};
+    for (int form = 0; form < 2; ++form) {
+      AttnBwdEnv env(form ? "plain" : "mma");
+      Tensor dqkv = gpu_->alloc(DType::BF16, {T, W});
+      const int reps = 2;
+      for (int r = 0; r <= reps; ++r) {
+        gpu_->synchronize();
+        const auto t0 = std::chrono::steady_clock::now();
+        gpu_->attention_backward(dqkv, dout, qkv, c);
+        gpu_->synchronize();
+        if (r) ms[form] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+      }
+      out[form] = host(*gpu_, dqkv);
+      gpu_->release(dqkv);
+    }
+    const double e = rel_l2(out[0], out[1]);
+    std::printf("  attention_backward bamba-9b %s on %s: tiles %.2f ms, plain %.2f ms (%.1fx), relative L2 %.3g\n", name,
+                gpu_->name().c_str(), ms[0], ms[1], ms[1] / ms[0], e);
+    EXPECT_LE(e, tol()) << name;
+    gpu_->release(qkv);
+    gpu_->release(dout);
   }
 }
 

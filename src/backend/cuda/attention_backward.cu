@@ -6,7 +6,11 @@
 //   3. per (key u, KV head): dk_u = scale Σ_{h in group} Σ_{t ≥ u} p_tu (dO_t · v_u − δ_t) q_t, dv_u = Σ p_tu dO_t
 // with s_tu = scale q_t · k_u over the keys of t's own sequence. qkv holds q and k rotated (the forward left them
 // so); dq and dk are rotated back (RoPE is a rotation: its input gradient is the output gradient turned by −angle)
-// before they are written. CUDA cores, fp32 throughout; the tensor-core form is future work.
+// before they are written. CUDA cores, fp32 throughout: fp32 compute's form, and bf16's with BAMBA_ATTN_BWD=plain;
+// bf16 otherwise takes the tensor-core tiles of attention_backward_mma.cu.
+#include <type_traits>
+
+#include "backend/cuda/attention_backward_mma.cuh"
 #include "backend/cuda/kernels.cuh"
 
 namespace bamba::cuda {
@@ -158,6 +162,8 @@ void attention_backward(cudaStream_t st, T* dqkv, int64_t lddq, const T* dout, i
   if (b.T == 0) return;
   if (a.dh > 32 * kMaxJ) fail("cuda attention_backward: head_dim ", a.dh, " > ", 32 * kMaxJ);
   if (a.rot % 2 || a.rot > a.dh) fail("cuda attention_backward: rotary_dim ", a.rot, " for head_dim ", a.dh);
+  if constexpr (std::is_same_v<T, bf16>)
+    if (attention_backward_mma_takes(a, b)) return attention_backward_mma(st, dqkv, lddq, dout, ldo, a, b, scratch);
   const View v{a.nq, a.nkv, a.dh, int(a.ldq), a.scale};
   const T* qkv = static_cast<const T*>(a.qkv);
   attn_stats_kernel<T><<<dim3(unsigned(b.T), ceil_div(a.nq, kWarps)), kWarps * 32, 0, st>>>(qkv, dout, ldo, v, b, scratch);

@@ -867,7 +867,7 @@ void CudaBackend::ssd_backward(Tensor dxBC, Tensor ddt, Tensor dA_log, Tensor dD
                dstate0 ? f32(dstate0, "dstate0") : nullptr, dy.data, dy.ld, xBC.data, xBC.ld, dt.data, dt.ld,
                pv(A_log, "A_log"), pv(D, "D"), pv(dt_bias, "dt_bias"), state0 ? f32(state0, "state0") : nullptr,
                int(c.n_heads), int(c.d_head), int(c.n_groups), int(c.d_state), c.time_step_min, c.time_step_max};
-  float* scratch = train_scratch(cuda::ssd_backward_scratch_floats(a, db_, max_seq_len_));
+  float* scratch = train_scratch(cuda::ssd_backward_scratch_floats(a, db_, max_seq_len_, dtype_ == DType::BF16));
   typed([&]<typename T>() { cuda::ssd_backward<T>(stream_, a, db_, max_seq_len_, scratch); });
 }
 

@@ -210,7 +210,8 @@ struct SsdBwdArgs {
 };
 template <typename T>
 void ssd_backward(cudaStream_t st, const SsdBwdArgs& a, const DevBatch& b, int max_seq_len, float* scratch);
-size_t ssd_backward_scratch_floats(const SsdBwdArgs& a, const DevBatch& b, int max_seq_len);
+// bf16: whether the compute dtype is bf16 (then the chunked tensor-core form may take the call)
+size_t ssd_backward_scratch_floats(const SsdBwdArgs& a, const DevBatch& b, int max_seq_len, bool bf16);
 
 // attention_backward.cu: dqkv w.r.t. the unrotated qkv from the rotated one (a.qkv), recomputing softmax rows
 template <typename T>

@@ -14,11 +14,15 @@
 // softplus and the clamp per (token, head), and dA_log, dD, ddt_bias are summed over tokens per head with a
 // fixed-shape block reduction. No atomics.
 //
-// This is the plain form (CUDA cores, a few block barriers per token): correct and deterministic; the chunked
-// matrix form on tensor cores (as ssd_chunked.cu does for the forward) is the fast one still to write.
+// This is the plain form (CUDA cores, a few block barriers per token): correct and deterministic, and the one
+// fp32 compute takes. For bf16 the chunked matrix form on tensor cores (ssd_backward_chunked.cu) replaces the
+// delta and per-block kernels, and the finishing kernels here run on its outputs with one slice per head;
+// BAMBA_SSD_BWD=plain keeps this form for comparison.
 #include <cmath>
+#include <type_traits>
 
 #include "backend/cuda/kernels.cuh"
+#include "backend/cuda/ssd_backward_chunked.cuh"
 
 namespace bamba::cuda {
 namespace {
@@ -248,9 +252,28 @@ __global__ void ssd_param_sum_kernel(SsdBwdArgs a, const float* sc, const float*
 
 size_t smem_bytes(const SsdBwdArgs& a, const Layout& l) { return size_t(l.Ps * (a.N | 1) + 3 * l.Ps + 2 * a.N + 32) * 4; }
 
+// The chunked path's outputs for the finishing kernels (one slice per head), then its own scratch.
+struct ChunkedLayout {
+  size_t dBp, dCp, sc, du, own, total;
+};
+ChunkedLayout chunked_layout(const SsdBwdArgs& a, const DevBatch& b) {
+  auto r32 = [](size_t x) { return (x + 31) / 32 * 32; };
+  const size_t th = size_t(b.T) * size_t(a.nh);
+  ChunkedLayout l{};
+  size_t o = 0;
+  l.dBp = o, o += r32(th * size_t(a.N));
+  l.dCp = o, o += r32(th * size_t(a.N));
+  l.sc = o, o += r32(th * 3);
+  l.du = o, o += r32(th);
+  l.own = o, o += ssd_backward_chunked_scratch_floats(a, b);
+  l.total = o;
+  return l;
+}
+
 }  // namespace
 
-size_t ssd_backward_scratch_floats(const SsdBwdArgs& a, const DevBatch& b, int max_seq_len) {
+size_t ssd_backward_scratch_floats(const SsdBwdArgs& a, const DevBatch& b, int max_seq_len, bool bf16) {
+  if (bf16 && ssd_backward_chunked_takes(a, b)) return chunked_layout(a, b).total;
   return layout(a, b, max_seq_len).total;
 }
 
@@ -258,24 +281,40 @@ template <typename T>
 void ssd_backward(cudaStream_t st, const SsdBwdArgs& a, const DevBatch& b, int max_seq_len, float* scratch) {
   if (b.T == 0) return;
   if (a.G <= 0 || a.nh % a.G) fail("cuda ssd_backward: ", a.nh, " heads are not a multiple of ", a.G, " groups");
-  const Layout l = layout(a, b, max_seq_len);
-  const size_t smem = smem_bytes(a, l);
-  if (smem > 48 * 1024) {
-    if (smem > 227 * 1024) fail("cuda ssd_backward: head_dim ", a.P, " × d_state ", a.N, " does not fit shared memory");
-    CUDA_CHECK(cudaFuncSetAttribute(ssd_backward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  }
   const int64_t th = int64_t(b.T) * a.nh;
-  ssd_delta_kernel<T><<<ceil_div(th, 256), 256, 0, st>>>(a, b.T, scratch + l.step);
+  KernelClock clock(st, "ssd_backward");
+  float *dBp, *dCp, *sc, *du;
+  int splits = 1;
+  const bool chunked = std::is_same_v<T, bf16> && ssd_backward_chunked_takes(a, b);
+  if (chunked) {
+    const ChunkedLayout l = chunked_layout(a, b);
+    dBp = scratch + l.dBp, dCp = scratch + l.dCp, sc = scratch + l.sc, du = scratch + l.du;
+    ssd_backward_chunked(st, a, b, dBp, dCp, sc, scratch + l.own);
+  } else {
+    const Layout l = layout(a, b, max_seq_len);
+    dBp = scratch + l.dBp, dCp = scratch + l.dCp, sc = scratch + l.sc, du = scratch + l.du;
+    splits = l.splits;
+    const size_t smem = smem_bytes(a, l);
+    if (smem > 48 * 1024) {
+      if (smem > 227 * 1024) fail("cuda ssd_backward: head_dim ", a.P, " × d_state ", a.N, " does not fit shared memory");
+      CUDA_CHECK(cudaFuncSetAttribute(ssd_backward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    }
+    ssd_delta_kernel<T><<<ceil_div(th, 256), 256, 0, st>>>(a, b.T, scratch + l.step);
+    CUDA_LAUNCH_CHECK();
+    ssd_backward_kernel<T><<<dim3(unsigned(a.nh), unsigned(b.S), unsigned(l.splits)), kThreads, smem, st>>>(a, b, scratch, l);
+    CUDA_LAUNCH_CHECK();
+  }
+  clock.mark(chunked ? "chunked" : "plain");
+  ssd_ddt_kernel<T><<<ceil_div(th, 256), 256, 0, st>>>(a, b.T, splits, sc, du);
   CUDA_LAUNCH_CHECK();
-  ssd_backward_kernel<T><<<dim3(unsigned(a.nh), unsigned(b.S), unsigned(l.splits)), kThreads, smem, st>>>(a, b, scratch, l);
-  CUDA_LAUNCH_CHECK();
-  ssd_ddt_kernel<T><<<ceil_div(th, 256), 256, 0, st>>>(a, b.T, l.splits, scratch + l.sc, scratch + l.du);
-  CUDA_LAUNCH_CHECK();
+  clock.mark("ddt");
   const int64_t n = int64_t(b.T) * a.G * a.N;
-  ssd_group_sum_kernel<T><<<ceil_div(n, 256), 256, 0, st>>>(a, scratch + l.dBp, scratch + l.dCp, b.T, l.splits);
+  ssd_group_sum_kernel<T><<<ceil_div(n, 256), 256, 0, st>>>(a, dBp, dCp, b.T, splits);
   CUDA_LAUNCH_CHECK();
-  ssd_param_sum_kernel<<<unsigned(a.nh), 256, 0, st>>>(a, scratch + l.sc, scratch + l.du, b.T, l.splits);
+  clock.mark("group_sum");
+  ssd_param_sum_kernel<<<unsigned(a.nh), 256, 0, st>>>(a, sc, du, b.T, splits);
   CUDA_LAUNCH_CHECK();
+  clock.mark("param_sum");
 }
 
 #define INST(T)                                                                                   \

@@ -1,0 +1,400 @@
+// The SSD backward (grad_kernels.h ssd_backward, the CPU twin) in the chunked matrix form on bf16 tensor cores
+// (wmma m16n16k16, fp32 accumulation): the forward's structure (ssd_chunked.cu) transposed. The math, with every
+// symbol, is written out in backend/cpu/ssd_backward_chunked.h, a float64 statement of these kernels tested equal
+// to the reverse recurrence. Chunks of kQ = 64 tokens: the batch's chunk table (set_batch, a multiple of 64 for
+// bf16) cut into 64-token pieces, some empty at a sequence's end (Δ sum 0, no tokens: the carries pass through).
+// Five kernels, all in a fixed order that depends on the shape only (no atomics):
+//   1. delta (chunk, head): Δ_i (softplus, clamp) and the chunk-local cum_i = A Σ_{j ≤ i} Δ_j, and its last value;
+//   2. chunk_state (chunk, head): the chunk-local state Σ_i exp(cum_end − cum_i) Δ_i x_i B_iᵀ and the chunk-local
+//      state gradient Σ_k exp(cum_k) dy_k C_kᵀ, both [P, N] GEMMs over the chunk's tokens;
+//   3. carry (slice of the state, head, sequence): forward over the chunks, turning each chunk-local state into the
+//      state entering the chunk (S_in), then backwards, turning each local gradient into the gradient of the state
+//      leaving the chunk (dS_out), plus the slice's part of ⟨dS_out, S_in⟩; dstate0 at the end;
+//   4. grad (chunk, head): eight small GEMMs in shared memory — C Bᵀ, dy xᵀ (masked and decayed into M, DXL),
+//      B dS_outᵀ + Mᵀ dy (→ dx), x dS_out + DXLᵀ C (→ dB), dy S_in + (DXL Δ) B (→ dC) — and the per-token sums
+//      that make dΔ and the dA_log term (R_i in the .h); writes dx, each head's dB and dC, and the token terms;
+//   then ssd_backward.cu's finishing kernels: dΔ through softplus and the clamp, dB and dC summed over each
+//   group's heads in order, dA_log, dD, ddt_bias summed over tokens.
+// Tiles are zero-padded to multiples of 16 (head_dim ≤ 64, d_state ≤ 128); states pass through shared memory
+// as bf16, like the forward's S_in. Memory: two fp32 states per (chunk, head), as the forward's chunk states.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+
+#include "backend/cuda/ssd_backward_chunked.cuh"
+#include "backend/cuda/wmma_tiles.cuh"
+
+namespace bamba::cuda {
+namespace {
+
+constexpr int kQ = 64;                      // tokens per chunk
+constexpr int kPMax = 64, kNMax = 128;      // head_dim and d_state the tiles are padded to (at most)
+constexpr int kLdQ = kQ + 8, kLdP = kPMax + 8, kLdN = kNMax + 8;  // bf16 row strides: +16 bytes against bank
+constexpr int kLdF = kQ + 4, kLdFN = kNMax + 4;                   // conflicts; fp32 strides likewise
+constexpr int kThreads = 256;               // 8 warps (kernels 2 and 3)
+constexpr int kGradThreads = 512;           // 16 warps (kernel 4: one 16×16 tile each of a 64×64 product)
+constexpr int kCarryPer = 4;                // state elements per carry thread
+constexpr int kCarryElems = kCarryPer * kThreads;
+
+// The 64-token piece j of the batch's chunk table: first token row, tokens (0 past a sequence's end), sequence.
+struct Piece {
+  int begin, len, seq;
+};
+__device__ __forceinline__ Piece piece(const DevBatch& b, int j) {
+  const int sub = b.chunk_q / kQ, c = j / sub, s = b.chunk_seq[c];
+  const int begin = b.chunk_begin[c] + (j % sub) * kQ;
+  return {begin, max(0, min(kQ, b.seq_start[s + 1] - begin)), s};
+}
+
+struct Scratch {
+  float* cum;      // [nh, T]        cum_t, chunk-local
+  float* delta;    // [nh, T]        Δ_t
+  float* dec;      // [nq, nh]       cum at the chunk's last token (0 for an empty piece)
+  float* states;   // [nq, nh, P, N] chunk-local state, then S_in
+  float* dstates;  // [nq, nh, P, N] chunk-local state gradient, then dS_out
+  float* edot;     // [nq, nh, splits] ⟨dS_out, S_in⟩ per slice of the state
+};
+struct Layout {
+  size_t cum, delta, dec, states, dstates, edot, total;
+  int nq, splits;
+};
+Layout layout(const SsdBwdArgs& a, const DevBatch& b) {
+  auto r32 = [](size_t x) { return (x + 31) / 32 * 32; };
+  Layout l{};
+  l.nq = b.n_chunks * (b.chunk_q / kQ);
+  const size_t PN = size_t(a.P) * size_t(a.N), nh = size_t(a.nh), T = size_t(b.T), nq = size_t(l.nq);
+  l.splits = int((PN + kCarryElems - 1) / kCarryElems);
+  size_t o = 0;
+  l.cum = o, o += r32(nh * T);
+  l.delta = o, o += r32(nh * T);
+  l.dec = o, o += r32(nq * nh);
+  l.states = o, o += r32(nq * nh * PN);
+  l.dstates = o, o += r32(nq * nh * PN);
+  l.edot = o, o += r32(nq * nh * size_t(l.splits));
+  l.total = o;
+  return l;
+}
+
+// 1. Δ and cum per (piece, head): one thread walks the piece's tokens in order.
+__global__ void delta_kernel(SsdBwdArgs a, DevBatch b, int nq, Scratch sc) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= nq * a.nh) return;
+  const int h = i % a.nh, j = i / a.nh;
+  const Piece c = piece(b, j);
+  const float A = -expf(ld_param(a.A_log, h)), dtb = ld_param(a.dt_bias, h);
+  const bf16* dt = static_cast<const bf16*>(a.dt);
+  float acc = 0.f;
+  for (int k = 0; k < c.len; ++k) {
+    const int64_t t = c.begin + k;
+    const float d = fminf(fmaxf(softplus_f(to_f(dt[t * a.lddt + h]) + dtb), a.dt_min), a.dt_max);
+    acc += d * A;
+    sc.delta[int64_t(h) * b.T + t] = d;
+    sc.cum[int64_t(h) * b.T + t] = acc;
+  }
+  sc.dec[i] = acc;
+}
+
+// Inclusive prefix sum over the lanes of a warp (Hillis-Steele: the order of additions is fixed).
+__device__ __forceinline__ float warp_scan(float v) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const float u = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += u;
+  }
+  return v;
+}
+
+// 2. The chunk-local state and state gradient of (piece, head), [P, N] each, fp32 into scratch.
+constexpr size_t kStateSmem = size_t(2 * kQ * kLdP + 2 * kQ * kLdN) * 2 + size_t(kPMax * kLdFN + 2 * kQ) * 4;
+__global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdBwdArgs a, DevBatch b, Scratch sc) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* xs = reinterpret_cast<bf16*>(smem);  // [Q, kLdP] x_i · Δ_i exp(cum_end − cum_i)
+  bf16* ys = xs + kQ * kLdP;                  // [Q, kLdP] dy_k · exp(cum_k)
+  bf16* Bs = ys + kQ * kLdP;                  // [Q, kLdN]
+  bf16* Cs = Bs + kQ * kLdN;                  // [Q, kLdN]
+  float* out = reinterpret_cast<float*>(Cs + kQ * kLdN);  // [P, kLdFN]
+  float* wx = out + kPMax * kLdFN;                         // [Q]
+  float* wy = wx + kQ;                                     // [Q]
+  const int j = blockIdx.x, h = blockIdx.y, nh = a.nh, P = a.P, N = a.N, G = a.G, g = h / (nh / G);
+  const int Pp = (P + 15) / 16 * 16, Np = (N + 15) / 16 * 16;
+  const int64_t I = int64_t(nh) * P, PN = int64_t(P) * N;
+  const Piece c = piece(b, j);
+  const float de = sc.dec[j * nh + h];
+  for (int i = threadIdx.x; i < kQ; i += blockDim.x) {
+    const bool in = i < c.len;
+    const float cu = in ? sc.cum[int64_t(h) * b.T + c.begin + i] : 0.f;
+    wx[i] = in ? sc.delta[int64_t(h) * b.T + c.begin + i] * expf(de - cu) : 0.f;
+    wy[i] = in ? expf(cu) : 0.f;
+  }
+  __syncthreads();
+  const bf16* row = static_cast<const bf16*>(a.xBC) + int64_t(c.begin) * a.ldx;
+  const bf16* dyr = static_cast<const bf16*>(a.dy) + int64_t(c.begin) * a.lddy;
+  load_tile(xs, kLdP, row + h * P, a.ldx, c.len, P, kQ, Pp, wx);
+  load_tile(ys, kLdP, dyr + h * P, a.lddy, c.len, P, kQ, Pp, wy);
+  load_tile(Bs, kLdN, row + I + g * N, a.ldx, c.len, N, kQ, Np, nullptr);
+  load_tile(Cs, kLdN, row + I + int64_t(G) * N + g * N, a.ldx, c.len, N, kQ, Np, nullptr);
+  __syncthreads();
+  for (int which = 0; which < 2; ++which) {
+    // [p][n] = Σ_i xs[i][p] Bs[i][n] (then Σ_k ys[k][p] Cs[k][n]): A = xsᵀ, column-major in xs
+    block_gemm<wmma::col_major, wmma::row_major>(out, kLdFN, which ? ys : xs, kLdP, which ? Cs : Bs, kLdN, Pp, Np,
+                                                 kQ, false);
+    __syncthreads();
+    float* dst = (which ? sc.dstates : sc.states) + (int64_t(j) * nh + h) * PN;
+    for (int64_t e = threadIdx.x; e < PN; e += blockDim.x) dst[e] = out[(e / N) * kLdFN + e % N];
+    __syncthreads();
+  }
+}
+
+// 3. The carries over a sequence's pieces, for one slice of kCarryElems state elements of one head.
+__global__ void __launch_bounds__(kThreads) carry_kernel(SsdBwdArgs a, DevBatch b, Scratch sc, int splits) {
+  __shared__ float red[32];
+  const int split = blockIdx.x, h = blockIdx.y, s = blockIdx.z, nh = a.nh, sub = b.chunk_q / kQ;
+  const int64_t PN = int64_t(a.P) * a.N;
+  const int j0 = b.chunk_first[s] * sub, j1 = b.chunk_first[s + 1] * sub;
+  int64_t e[kCarryPer];
+  float v[kCarryPer];
+  for (int k = 0; k < kCarryPer; ++k) {
+    e[k] = int64_t(split) * kCarryElems + k * kThreads + threadIdx.x;
+    v[k] = a.state0 && e[k] < PN ? a.state0[(int64_t(s) * nh + h) * PN + e[k]] : 0.f;
+  }
+  for (int j = j0; j < j1; ++j) {  // local state → S_in
+    const float dcy = expf(sc.dec[j * nh + h]);
+    float* S = sc.states + (int64_t(j) * nh + h) * PN;
+    for (int k = 0; k < kCarryPer; ++k)
+      if (e[k] < PN) {
+        const float loc = S[e[k]];
+        S[e[k]] = v[k];
+        v[k] = dcy * v[k] + loc;
+      }
+  }
+  for (int k = 0; k < kCarryPer; ++k) v[k] = 0.f;
+  for (int j = j1 - 1; j >= j0; --j) {  // local gradient → dS_out
+    const float dcy = expf(sc.dec[j * nh + h]);
+    const float* S = sc.states + (int64_t(j) * nh + h) * PN;
+    float* dS = sc.dstates + (int64_t(j) * nh + h) * PN;
+    float dot = 0.f;
+    for (int k = 0; k < kCarryPer; ++k)
+      if (e[k] < PN) {
+        const float loc = dS[e[k]];
+        dS[e[k]] = v[k];
+        dot += v[k] * S[e[k]];
+        v[k] = dcy * v[k] + loc;
+      }
+    dot = block_sum(dot, red);
+    if (threadIdx.x == 0) sc.edot[(int64_t(j) * nh + h) * splits + split] = dot;
+  }
+  if (a.dstate0)
+    for (int k = 0; k < kCarryPer; ++k)
+      if (e[k] < PN) a.dstate0[(int64_t(s) * nh + h) * PN + e[k]] = v[k];
+}
+
+// 4. The gradients of one (piece, head). Shared memory, in the order of the layout below (bytes):
+//   Cs, Bs [Q, kLdN] bf16 (C_k, B_i); Sin, dSo [P, kLdN] bf16 (S_in, dS_out); xs, ys [Q, kLdP] bf16 (x_i, dy_k);
+//   Mb, Lx, Ld [Q, kLdQ] bf16 ((C Bᵀ)∘L, (dy xᵀ)∘L, (dy xᵀ)∘L·Δ_i); Fs [Q, kLdF] fp32 (sB: dS B, per token);
+//   Fb, Fc [Q, kLdFN] fp32 (dB, dC; before them, C Bᵀ then W, and dy xᵀ); 10 vectors of Q floats.
+constexpr size_t kBf = 2, kF = 4;
+constexpr size_t kGradSmem = (4 * kQ * kLdN + 2 * kQ * kLdP + 3 * kQ * kLdQ) * kBf +
+                             (kQ * kLdF + 2 * kQ * kLdFN + 10 * kQ) * kF;
+static_assert(kPMax == kQ, "Sin and dSo are laid out with kQ rows");
+
+__global__ void __launch_bounds__(kGradThreads) grad_kernel(SsdBwdArgs a, DevBatch b, Scratch sc, int splits, float* dBp,
+                                                        float* dCp, float* tok) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* Cs = reinterpret_cast<bf16*>(smem);
+  bf16* Bs = Cs + kQ * kLdN;
+  bf16* Sin = Bs + kQ * kLdN;
+  bf16* dSo = Sin + kPMax * kLdN;
+  bf16* xs = dSo + kPMax * kLdN;
+  bf16* ys = xs + kQ * kLdP;
+  bf16* Mb = ys + kQ * kLdP;
+  bf16* Lx = Mb + kQ * kLdQ;
+  bf16* Ld = Lx + kQ * kLdQ;
+  float* Fs = reinterpret_cast<float*>(Ld + kQ * kLdQ);
+  float* Fb = Fs + kQ * kLdF;
+  float* Fc = Fb + kQ * kLdFN;
+  float* cum = Fc + kQ * kLdFN;  // [Q] each
+  float* dl = cum + kQ;          // Δ_i
+  float* wout = dl + kQ;         // exp(cum_end − cum_i)
+  float* win = wout + kQ;        // exp(cum_k)
+  float* Rw = win + kQ;          // Σ_{j ≥ i} Σ_{m < i} W[j][m]
+  float* V = Rw + kQ;
+  float* u = V + kQ;
+  float* xsb = u + kQ;  // x_i · sB_i
+  float* dd = xsb + kQ;  // dy_i · x_i
+  float* Fcb = Fb;  // [Q, kLdF] C Bᵀ, then W, then its row prefix sums (until Fb is written)
+  float* Fdx = Fc;  // [Q, kLdF] dy xᵀ (until Fc is written)
+
+  const int j = blockIdx.x, h = blockIdx.y, nh = a.nh, P = a.P, N = a.N, G = a.G, g = h / (nh / G);
+  const int Pp = (P + 15) / 16 * 16, Np = (N + 15) / 16 * 16, tid = threadIdx.x, nt = blockDim.x;
+  const int64_t I = int64_t(nh) * P, PN = int64_t(P) * N;
+  const Piece c = piece(b, j);
+  if (c.len == 0) return;  // the whole block: an empty piece has no tokens
+  const int len = c.len;
+  const float de = sc.dec[j * nh + h], A = -expf(ld_param(a.A_log, h)), Dh = ld_param(a.D, h);
+  for (int i = tid; i < kQ; i += nt) {
+    const bool in = i < len;
+    cum[i] = in ? sc.cum[int64_t(h) * b.T + c.begin + i] : 0.f;
+    dl[i] = in ? sc.delta[int64_t(h) * b.T + c.begin + i] : 0.f;
+    wout[i] = in ? expf(de - cum[i]) : 0.f;
+    win[i] = in ? expf(cum[i]) : 0.f;
+  }
+  const bf16* row = static_cast<const bf16*>(a.xBC) + int64_t(c.begin) * a.ldx;
+  const bf16* dyr = static_cast<const bf16*>(a.dy) + int64_t(c.begin) * a.lddy;
+  const float* S_in = sc.states + (int64_t(j) * nh + h) * PN;
+  const float* dS_out = sc.dstates + (int64_t(j) * nh + h) * PN;
+  load_tile(Cs, kLdN, row + I + int64_t(G) * N + g * N, a.ldx, len, N, kQ, Np, nullptr);
+  load_tile(Bs, kLdN, row + I + g * N, a.ldx, len, N, kQ, Np, nullptr);
+  load_tile(xs, kLdP, row + h * P, a.ldx, len, P, kQ, Pp, nullptr);
+  load_tile(ys, kLdP, dyr + h * P, a.lddy, len, P, kQ, Pp, nullptr);
+  load_tile(Sin, kLdN, S_in, N, P, N, Pp, Np, nullptr);
+  load_tile(dSo, kLdN, dS_out, N, P, N, Pp, Np, nullptr);
+  __syncthreads();
+
+  // C Bᵀ [k][i] (K = N) and dy xᵀ [k][i] (K = P)
+  block_gemm<wmma::row_major, wmma::col_major>(Fcb, kLdF, Cs, kLdN, Bs, kLdN, kQ, kQ, Np, false);
+  block_gemm<wmma::row_major, wmma::col_major>(Fdx, kLdF, ys, kLdP, xs, kLdP, kQ, kQ, Pp, false);
+  __syncthreads();
+  // mask and decay: L[k][i] = exp(cum_k − cum_i) for i ≤ k < len; W (strictly below the diagonal) in place
+  for (int e = tid; e < kQ * kQ; e += nt) {
+    const int k = e / kQ, i = e % kQ;
+    const float l = i <= k && k < len ? expf(cum[k] - cum[i]) : 0.f;
+    const float cb = Fcb[k * kLdF + i] * l, dx = Fdx[k * kLdF + i] * l;
+    Mb[k * kLdQ + i] = __float2bfloat16_rn(cb);
+    Lx[k * kLdQ + i] = __float2bfloat16_rn(dx);
+    Ld[k * kLdQ + i] = __float2bfloat16_rn(dx * dl[i]);
+    Fcb[k * kLdF + i] = i < k ? cb * Fdx[k * kLdF + i] * dl[i] : 0.f;
+  }
+  __syncthreads();
+  for (int k = tid / 32; k < kQ; k += nt / 32) {  // row k: exclusive prefix sums over m, a warp a row
+    const int lane = tid % 32;
+    const float w0 = Fcb[k * kLdF + lane], w1 = Fcb[k * kLdF + lane + 32];
+    const float i0 = warp_scan(w0), i1 = warp_scan(w1);  // inclusive, over lanes
+    const float e0 = __shfl_up_sync(0xffffffffu, i0, 1), e1 = __shfl_up_sync(0xffffffffu, i1, 1);
+    const float half = __shfl_sync(0xffffffffu, i0, 31);  // Σ of the first 32
+    Fcb[k * kLdF + lane] = lane ? e0 : 0.f;
+    Fcb[k * kLdF + lane + 32] = half + (lane ? e1 : 0.f);
+  }
+  __syncthreads();
+  for (int i = tid; i < kQ; i += nt) {  // column i: Σ_{j ≥ i}
+    float r = 0.f;
+    for (int k = i; k < kQ; ++k) r += Fcb[k * kLdF + i];
+    Rw[i] = r;
+  }
+  __syncthreads();  // Fcb and Fdx are free from here
+
+  // the parts through the states: B dS_outᵀ [i][p], x dS_out [i][n], dy S_in [k][n]
+  block_gemm<wmma::row_major, wmma::col_major>(Fs, kLdF, Bs, kLdN, dSo, kLdN, kQ, Pp, Np, false);
+  block_gemm<wmma::row_major, wmma::row_major>(Fb, kLdFN, xs, kLdP, dSo, kLdN, kQ, Np, Pp, false);
+  block_gemm<wmma::row_major, wmma::row_major>(Fc, kLdFN, ys, kLdP, Sin, kLdN, kQ, Np, Pp, false);
+  __syncthreads();
+  for (int e = tid; e < kQ * Np; e += nt) {
+    const int r = e / Np, col = e % Np;
+    if (col < Pp) Fs[r * kLdF + col] *= wout[r];
+    Fb[r * kLdFN + col] *= wout[r];
+    Fc[r * kLdFN + col] *= win[r];
+  }
+  __syncthreads();
+  row_dots(V, xs, kLdP, Fs, kLdF, kQ, Pp, dl);     // V_i = Δ_i x_i · (exp(cum_end − cum_i) dS_out B_i)
+  row_dots(u, Cs, kLdN, Fc, kLdFN, kQ, Np, nullptr);  // u_k = C_k · (exp(cum_k) S_inᵀ dy_k)
+  __syncthreads();
+  // the parts inside the chunk, accumulated on top
+  block_gemm<wmma::col_major, wmma::row_major>(Fs, kLdF, Mb, kLdQ, ys, kLdP, kQ, Pp, kQ, true);   // + Mᵀ dy
+  block_gemm<wmma::col_major, wmma::row_major>(Fb, kLdFN, Lx, kLdQ, Cs, kLdN, kQ, Np, kQ, true);  // + Lxᵀ C
+  block_gemm<wmma::row_major, wmma::row_major>(Fc, kLdFN, Ld, kLdQ, Bs, kLdN, kQ, Np, kQ, true);  // + Ld B
+  __syncthreads();
+
+  bf16* dx = static_cast<bf16*>(a.dxBC) + int64_t(c.begin) * a.lddx + h * P;
+  for (int e = tid; e < len * P; e += nt) {
+    const int i = e / P, p = e % P;
+    dx[int64_t(i) * a.lddx + p] = __float2bfloat16_rn(Dh * to_f(ys[i * kLdP + p]) + dl[i] * Fs[i * kLdF + p]);
+  }
+  for (int e = tid; e < len * N; e += nt) {
+    const int i = e / N, n = e % N;
+    const int64_t o = ((int64_t(c.begin) + i) * nh + h) * N + n;
+    dBp[o] = dl[i] * Fb[i * kLdFN + n];
+    dCp[o] = Fc[i * kLdFN + n];
+  }
+  row_dots(xsb, xs, kLdP, Fs, kLdF, len, P, nullptr);
+  for (int r = tid / 32; r < len; r += nt / 32) {  // dy_i · x_i
+    float s = 0.f;
+    for (int p = tid % 32; p < P; p += 32) s += to_f(ys[r * kLdP + p]) * to_f(xs[r * kLdP + p]);
+    s = warp_sum(s);
+    if (tid % 32 == 0) dd[r] = s;
+  }
+  __syncthreads();
+  float E = 0.f;
+  for (int k = 0; k < splits; ++k) E += sc.edot[(int64_t(j) * nh + h) * splits + k];
+  E *= expf(de);
+  for (int i = tid; i < len; i += nt) {
+    float r = E + Rw[i];
+    for (int k = i; k < len; ++k) r += u[k];
+    for (int m = 0; m < i; ++m) r += V[m];
+    float* o = tok + ((int64_t(c.begin) + i) * nh + h) * 3;
+    o[0] = xsb[i] + A * r;
+    o[1] = dl[i] * A * r;
+    o[2] = dd[i];
+  }
+}
+
+}  // namespace
+
+bool ssd_backward_chunked_takes(const SsdBwdArgs& a, const DevBatch& b) {
+  const char* e = std::getenv("BAMBA_SSD_BWD");
+  if (e && *e && std::strcmp(e, "plain") != 0 && std::strcmp(e, "chunked") != 0)
+    fail("BAMBA_SSD_BWD must be \"plain\" or \"chunked\", not \"", e, "\"");
+  if (e && std::strcmp(e, "plain") == 0) return false;
+  return a.P <= kPMax && a.N <= kNMax && b.chunk_q >= kQ && b.chunk_q % kQ == 0 && b.n_chunks > 0;
+}
+
+size_t ssd_backward_chunked_scratch_floats(const SsdBwdArgs& a, const DevBatch& b) { return layout(a, b).total; }
+
+void ssd_backward_chunked(cudaStream_t st, const SsdBwdArgs& a, const DevBatch& b, float* dBp, float* dCp, float* tok,
+                          float* scratch) {
+  const Layout l = layout(a, b);
+  const Scratch sc{scratch + l.cum, scratch + l.delta, scratch + l.dec, scratch + l.states, scratch + l.dstates,
+                   scratch + l.edot};
+  const unsigned nq = unsigned(l.nq), nh = unsigned(a.nh);
+  CUDA_CHECK(cudaFuncSetAttribute(chunk_state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kStateSmem)));
+  CUDA_CHECK(cudaFuncSetAttribute(grad_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kGradSmem)));
+  KernelClock clock(st, "ssd_backward_chunked");
+  delta_kernel<<<ceil_div(int64_t(l.nq) * a.nh, 128), 128, 0, st>>>(a, b, l.nq, sc);
+  CUDA_LAUNCH_CHECK();
+  clock.mark("delta");
+  chunk_state_kernel<<<dim3(nq, nh), kThreads, kStateSmem, st>>>(a, b, sc);
+  CUDA_LAUNCH_CHECK();
+  clock.mark("chunk_state");
+  carry_kernel<<<dim3(unsigned(l.splits), nh, unsigned(b.S)), kThreads, 0, st>>>(a, b, sc, l.splits);
+  CUDA_LAUNCH_CHECK();
+  clock.mark("carry");
+  grad_kernel<<<dim3(nq, nh), kGradThreads, kGradSmem, st>>>(a, b, sc, l.splits, dBp, dCp, tok);
+  CUDA_LAUNCH_CHECK();
+  clock.mark("grad");
+}
+
+KernelClock::KernelClock(cudaStream_t st, const char* what)
+    : st_(st), what_(what), on_(std::getenv("BAMBA_SSD_BWD_PROFILE") != nullptr) {
+  mark("start");
+}
+void KernelClock::mark(const char* name) {
+  if (!on_) return;
+  cudaEvent_t e;
+  CUDA_CHECK(cudaEventCreate(&e));
+  CUDA_CHECK(cudaEventRecord(e, st_));
+  marks_.emplace_back(name, e);
+}
+KernelClock::~KernelClock() {
+  if (!on_ || marks_.empty()) return;
+  cudaEventSynchronize(marks_.back().second);
+  std::fprintf(stderr, "%s:", what_);
+  for (size_t i = 1; i < marks_.size(); ++i) {
+    float ms = 0.f;
+    cudaEventElapsedTime(&ms, marks_[i - 1].second, marks_[i].second);
+    std::fprintf(stderr, " %s %.1f us", marks_[i].first, ms * 1000.f);
+  }
+  std::fprintf(stderr, "\n");
+  for (auto& m : marks_) cudaEventDestroy(m.second);
+}
+
+}  // namespace bamba::cuda

@@ -1,0 +1,124 @@
+// Stand-in for src/backend/cuda/kernels.cuh when tests/emu/run.sh compiles ssd_backward_chunked.cu for the CPU:
+// the few CUDA types and intrinsics those kernels use, on std::thread (blocks run one after another, every thread
+// of a block a std::thread, __syncthreads a std::barrier, warp sums through a per-warp barrier).
+#pragma once
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <sstream>
+#include <type_traits>
+#include <vector>
+#include <memory>
+#include <thread>
+struct dim3 { unsigned x = 1, y = 1, z = 1; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+namespace emu {
+struct Warp { float val[32]; std::barrier<> bar{32}; };
+struct Block {
+  explicit Block(int n) : bar(n), warps(n / 32) {}
+  std::barrier<> bar;
+  std::vector<Warp> warps;
+  std::vector<unsigned char> smem;
+  float red[32];
+};
+inline thread_local Block* cur = nullptr;
+inline unsigned char* dyn_smem() { return cur->smem.data(); }
+inline float* static_red() { return cur->red; }
+}
+inline void __syncthreads() { emu::cur->bar.arrive_and_wait(); }
+namespace bamba::cuda {
+using std::min; using std::max;
+struct bf16 { uint16_t b; };
+inline bf16 __float2bfloat16_rn(float f) {
+  uint32_t u; std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return {uint16_t((u >> 16) | 0x40)};
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return {uint16_t(u >> 16)};
+}
+inline float __bfloat162float(bf16 x) { uint32_t u = uint32_t(x.b) << 16; float f; std::memcpy(&f, &u, 4); return f; }
+inline float to_f(bf16 x) { return __bfloat162float(x); }
+inline float to_f(float x) { return x; }
+inline float softplus_f(float x) { return x > 20.f ? x : log1pf(expf(x)); }
+struct PView { const void* p = nullptr; int is_bf16 = 0; };
+inline float ld_param(PView v, int64_t i) { return v.is_bf16 ? __bfloat162float(static_cast<const bf16*>(v.p)[i]) : static_cast<const float*>(v.p)[i]; }
+inline float warp_sum(float v) {
+  auto& w = emu::cur->warps[threadIdx.x / 32];
+  w.val[threadIdx.x % 32] = v;
+  w.bar.arrive_and_wait();
+  float s = 0; for (int i = 0; i < 32; ++i) s += w.val[i];
+  w.bar.arrive_and_wait();
+  return s;
+}
+// __shfl_up_sync / __shfl_sync: every lane of the warp calls them (as the kernels do)
+inline float warp_exchange(float v, int from) {
+  auto& w = emu::cur->warps[threadIdx.x / 32];
+  w.val[threadIdx.x % 32] = v;
+  w.bar.arrive_and_wait();
+  const float r = w.val[from];
+  w.bar.arrive_and_wait();
+  return r;
+}
+inline float __shfl_up_sync(unsigned, float v, int d) {
+  const int lane = int(threadIdx.x % 32);
+  return warp_exchange(v, lane >= d ? lane - d : lane);
+}
+inline float __shfl_sync(unsigned, float v, int src) { return warp_exchange(v, src); }
+inline float warp_max(float v) {
+  auto& w = emu::cur->warps[threadIdx.x / 32];
+  w.val[threadIdx.x % 32] = v;
+  w.bar.arrive_and_wait();
+  float s = -INFINITY; for (int i = 0; i < 32; ++i) s = std::max(s, w.val[i]);
+  w.bar.arrive_and_wait();
+  return s;
+}
+inline float block_sum(float v, float* sh) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  v = lane < nw ? sh[lane] : 0.f;
+  return warp_sum(v);
+}
+struct DevBatch {
+  const int32_t *tokens, *positions, *seq_of, *seq_start, *past_len, *slot, *logit_rows, *max_blocks, *block_table;
+  const int32_t *chunk_seq, *chunk_begin, *chunk_first;
+  int T, S, R, n_chunks, chunk_q;
+};
+struct SsdBwdArgs {
+  void* dxBC; int64_t lddx; void* ddt; int64_t ldddt; float *dA_log, *dD, *ddt_bias; float* dstate0;
+  const void* dy; int64_t lddy; const void* xBC; int64_t ldx; const void* dt; int64_t lddt;
+  PView A_log, D, dt_bias; const float* state0; int nh, P, G, N; float dt_min, dt_max;
+};
+struct AttnArgs {
+  void* out; int64_t ldo; void* qkv; int64_t ldq; void* k_pages; void* v_pages; const float* inv_freq;
+  int nq, nkv, dh, rot, block_size; float scale;
+};
+using cudaStream_t = void*;
+using cudaEvent_t = void*;
+template <class... A> [[noreturn]] void fail(A&&... a) { std::ostringstream o; (o << ... << a); throw std::runtime_error(o.str()); }
+inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
+}  // namespace bamba::cuda
+namespace emu {
+template <class F> void launch(dim3 grid, dim3 block, size_t smem, F f) {
+  for (unsigned z = 0; z < grid.z; ++z) for (unsigned y = 0; y < grid.y; ++y) for (unsigned x = 0; x < grid.x; ++x) {
+    Block blk(int(block.x));
+    blk.smem.assign(smem + 128, 0xff);  // garbage-ish (NaN bf16 patterns) so unwritten reads show
+    std::vector<std::thread> ts;
+    for (unsigned t = 0; t < block.x; ++t)
+      ts.emplace_back([&, t] { threadIdx = {t, 0, 0}; blockIdx = {x, y, z}; blockDim = block; gridDim = grid; cur = &blk; f(); });
+    for (auto& th : ts) th.join();
+  }
+}
+}
