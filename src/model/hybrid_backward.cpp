@@ -37,7 +37,7 @@ struct LayerActs {
   Tensor zxbcdt;    // [T, E]  Mamba: in_proj output (z | xBC | dt), each segment × its ssm_multiplier
   Tensor conv;      // [T, CD] Mamba: post-conv x | B | C
   Tensor y;         // [T, I]  Mamba: SSD output
-  Tensor normed;    // [T, I]  Mamba: gated-norm output
+  Tensor normed;    // [T, I]  Mamba: gated-norm output (or y ⊙ silu(z) without the norm)
   Tensor xa;        // [T, H]  attention's input: xn · attention_in_multiplier (Falcon-H1), else xn
   Tensor qkv;       // [T, (nq + 2 nkv) dh]  attention: k × key_multiplier, q, k rotated by the forward
   Tensor o;         // [T, nq dh]  attention output
@@ -58,9 +58,6 @@ std::string HybridModel::training_unsupported() const {
       return "Zamba2's shared attention blocks" + at + " are not supported yet";
     if (cfg_.mlp_kinds[i] == MlpKind::MoE) return "mixture-of-experts layers" + at + " are not supported yet";
     if (cfg_.mlp_kinds[i] == MlpKind::Relu2) return "relu² MLP layers" + at + " are not supported yet";
-    if (cfg_.layer_kinds[i] == LayerKind::Mamba || cfg_.layer_kinds[i] == LayerKind::MambaAttention)
-      if (!cfg_.mamba_gated_norm)
-        return "a Mamba mixer without its gated norm (mamba_rms_norm: false)" + at + " is not supported yet";
   }
   return "";
 }
@@ -177,7 +174,8 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
       if (cfg_.ssm_multipliers[sg] != 1.f) be_.scale(a.zxbcdt.slice_cols(seg[sg], seg[sg + 1]), cfg_.ssm_multipliers[sg]);
     be_.conv1d_silu(a.conv, a.zxbcdt.slice_cols(I, I + CD), w.conv1d_weight, w.conv1d_bias, cache.conv_state(k));
     be_.ssd(a.y, a.conv, a.zxbcdt.slice_cols(I + CD, E), w.A_log, w.D, w.dt_bias, cache.ssm_state(k), mamba_ops_);
-    be_.gated_rmsnorm(a.normed, a.y, a.zxbcdt.slice_cols(0, I), w.norm, cfg_.gated_norm_group_size, meps);
+    if (cfg_.mamba_gated_norm) be_.gated_rmsnorm(a.normed, a.y, a.zxbcdt.slice_cols(0, I), w.norm, cfg_.gated_norm_group_size, meps);
+    else be_.silu_gate(a.normed, a.y, a.zxbcdt.slice_cols(0, I));  // Falcon-H1 without mamba_rms_norm
     be_.matmul(out, a.normed, w.out_proj, w.out_proj_bias);
     if (s != 1.f) be_.scale(out, s);
   };
@@ -299,8 +297,10 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     const MambaWeights& w = w_.layers[size_t(i)].mamba;
     MambaWeights& wg = g.layers[size_t(i)].mamba;
     be_.matmul_backward(d_normed, wg.out_proj, wg.out_proj_bias, dout, a.normed, w.out_proj);
-    be_.gated_rmsnorm_backward(d_y, d_zxbcdt.slice_cols(0, I), wg.norm, d_normed, a.y, a.zxbcdt.slice_cols(0, I), w.norm,
-                               cfg_.gated_norm_group_size, meps);
+    if (cfg_.mamba_gated_norm)
+      be_.gated_rmsnorm_backward(d_y, d_zxbcdt.slice_cols(0, I), wg.norm, d_normed, a.y, a.zxbcdt.slice_cols(0, I),
+                                 w.norm, cfg_.gated_norm_group_size, meps);
+    else be_.silu_gate_backward(d_y, d_zxbcdt.slice_cols(0, I), d_normed, a.y, a.zxbcdt.slice_cols(0, I));
     be_.ssd_backward(d_conv, d_zxbcdt.slice_cols(I + CD, E), wg.A_log, wg.D, wg.dt_bias, {}, d_y, a.conv,
                      a.zxbcdt.slice_cols(I + CD, E), w.A_log, w.D, w.dt_bias, {}, mamba_ops_);
     be_.conv1d_silu_backward(d_zxbcdt.slice_cols(I, I + CD), wg.conv1d_weight, wg.conv1d_bias, d_conv,
