@@ -86,6 +86,19 @@ std::vector<float> logits_of(HybridModel& m, Backend& be, const std::vector<int3
   return out;
 }
 
+// A temp folder with a.bin: 8 documents of one repeated sentence in the byte vocabulary (258, separator 256).
+std::string shard_dir(const std::string& tag) {
+  const std::string data = test::make_temp_dir(tag);
+  TokenShardWriter w(data + "/a.bin", 258, 256);
+  for (int d = 0; d < 8; ++d) {
+    std::vector<int32_t> doc;
+    for (char c : std::string("the river flows north; the bird sings. ")) doc.push_back(static_cast<unsigned char>(c));
+    w.add_document(doc);
+  }
+  w.finish();
+  return data;
+}
+
 class FamilyTrain : public ::testing::TestWithParam<std::string> {};
 
 }  // namespace
@@ -268,16 +281,7 @@ TEST_P(FamilyTrain, DecaySplitAndACheckpointThatLoadsBack) {
 TEST_P(FamilyTrain, BambaTrainLowersTheLossAndSavesALoadableModel) {
   const std::string dir = test::fixture_model_dir(GetParam());
   if (dir.empty()) GTEST_SKIP() << "fixture " << GetParam() << " not found";
-  const std::string data = test::make_temp_dir("family-train-data-" + test::fixture_param_name(GetParam()));
-  {
-    TokenShardWriter w(data + "/a.bin", 258, 256);
-    for (int d = 0; d < 8; ++d) {
-      std::vector<int32_t> doc;
-      for (char c : std::string("the river flows north; the bird sings. ")) doc.push_back(static_cast<unsigned char>(c));
-      w.add_document(doc);
-    }
-    w.finish();
-  }
+  const std::string data = shard_dir("family-train-data-" + test::fixture_param_name(GetParam()));
   const std::string out = data + "/out";
   std::ofstream(data + "/run.yml") << "model: {path: " << dir << "}\n"
                                    << "data:\n  - {name: a, path: " << data << "/a.bin}\n"
@@ -310,6 +314,27 @@ TEST(FamilyTrainGenerated, FalconWithoutMambaNormGradientMatchesFiniteDifference
 
 INSTANTIATE_TEST_SUITE_P(Family, FamilyTrain, ::testing::ValuesIn(kTrainable),
                          [](const auto& info) { return test::fixture_param_name(info.param); });
+
+// From scratch: `model: {config: <a relative's config.json>}` initialises fresh weights of that type and saves
+// checkpoints with that config.json (not Bamba's).
+TEST(FamilyTrainScratch, Mamba2FromItsConfigJson) {
+  const std::string dir = test::fixture_model_dir("mamba2");
+  if (dir.empty()) GTEST_SKIP() << "fixture mamba2 not found";
+  const std::string data = shard_dir("family-train-scratch");
+  const std::string out = data + "/out";
+  std::ofstream(data + "/run.yml") << "model: {config: " << dir << "/config.json}\n"
+                                   << "data:\n  - {name: a, path: " << data << "/a.bin}\n"
+                                   << "seq_len: 32\nmicro_batch_size: 2\nbatch_tokens: 64\nsteps: 2\n"
+                                   << "precision: fp32\nsave_every: 2\nkeep_last: 0\noutput: " << out << "\n";
+  test::RunResult r = test::run_bamba("train " + data + "/run.yml -q");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::ifstream cj(out + "/checkpoint-2/config.json");
+  ASSERT_TRUE(cj.good());
+  EXPECT_EQ(nlohmann::json::parse(cj)["model_type"], "mamba2");
+  r = test::run_bamba("logits -m " + out + "/checkpoint-2 --ids 256,116,104 --out " + out + "/l.safetensors -q");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  fs::remove_all(data);
+}
 
 // The layer types the backward does not have yet refuse with an error naming them, never a wrong gradient.
 TEST(FamilyTrainUnsupported, ErrorsNameWhatIsMissing) {
