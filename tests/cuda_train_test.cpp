@@ -181,6 +181,16 @@ TEST_P(CudaTrainOps, SwigluBackward) {
   }
 }
 
+TEST_P(CudaTrainOps, Relu2Backward) {
+  for (int64_t N : {77, 1032}) {
+    const int64_t M = 9;
+    Pair x = make(act(), {M, N}, -2, 2), dout = make(act(), {M, N}, -1, 1), dx = zeros(act(), {M, N});
+    cpu_->relu2_backward(dx.cpu, dout.cpu, x.cpu);
+    gpu_->relu2_backward(dx.gpu, dout.gpu, x.gpu);
+    expect_close(dx, tol(), "relu2 dx, N=" + std::to_string(N));
+  }
+}
+
 TEST_P(CudaTrainOps, SiluGateBackward) {
   for (int64_t N : {77, 1032}) {
     const int64_t M = 9;

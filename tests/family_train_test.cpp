@@ -36,19 +36,25 @@ const std::vector<std::string> kTrainable = {"mamba2", "llama3", "granitemoehybr
 // "falcon_h1-ungated": the falcon_h1 fixture's shape with mamba_rms_norm false (y ⊙ silu(z), no norm: the default
 // of Falcon-H1's config) on generated weights, as no fixture holds one.
 const char* kUngated = "falcon_h1-ungated";
+// "nemotron_h-dense": the nemotron_h fixture's shape with its MoE layer a relu² MLP (Nemotron-H 8B / 56B are dense),
+// on generated weights.
+const char* kDense = "nemotron_h-dense";
 
 struct Fixture {
   std::string dir;
   std::unique_ptr<Backend> be = make_cpu_backend();
   std::unique_ptr<HybridModel> model;
-  explicit Fixture(const std::string& name) : dir(test::fixture_model_dir(name == kUngated ? "falcon_h1" : name)) {
+  explicit Fixture(const std::string& name)
+      : dir(test::fixture_model_dir(name == kUngated ? "falcon_h1" : name == kDense ? "nemotron_h" : name)) {
     if (dir.empty()) return;
-    if (name != kUngated) {
+    if (name != kUngated && name != kDense) {
       model = std::make_unique<HybridModel>(load_model(dir, *be));
       return;
     }
     ModelConfig cfg = load_config(dir);
-    cfg.mamba_gated_norm = false;
+    if (name == kUngated) cfg.mamba_gated_norm = false;
+    for (MlpKind& k : cfg.mlp_kinds)
+      if (k == MlpKind::MoE) k = MlpKind::Relu2;
     ModelWeights w = dummy_weights(cfg, *be, 5);
     model = std::make_unique<HybridModel>(cfg, std::move(w), *be);
   }
@@ -336,11 +342,19 @@ TEST(FamilyTrainScratch, Mamba2FromItsConfigJson) {
   fs::remove_all(data);
 }
 
+// Nemotron-H with dense relu² MLPs, NoPE attention, MLP-only layers (generated weights).
+TEST(FamilyTrainGenerated, DenseNemotronHGradientMatchesFiniteDifferences) {
+  Fixture f(kDense);
+  if (f.dir.empty()) GTEST_SKIP() << "fixture nemotron_h not found";
+  ASSERT_EQ(f.model->training_unsupported(), "");
+  check_gradient(f, kDense);
+}
+
 // The layer types the backward does not have yet refuse with an error naming them, never a wrong gradient.
 TEST(FamilyTrainUnsupported, ErrorsNameWhatIsMissing) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"granitemoehybrid-moe", "mixture-of-experts layers (granitemoehybrid, layer 0) are not supported yet"},
-      {"nemotron_h", "relu² MLP layers (nemotron_h, layer 1) are not supported yet"},
+      {"nemotron_h", "mixture-of-experts layers (nemotron_h, layer 3) are not supported yet"},
       {"zamba2", "Zamba2's shared attention blocks (zamba2, layer 1) are not supported yet"}};
   int ran = 0;
   for (auto& [name, what] : cases) {

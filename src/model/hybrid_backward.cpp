@@ -44,7 +44,7 @@ struct LayerActs {
   Tensor attn_out;  // [T, H]  Falcon-H1: the attention branch (summed with the Mamba branch into h_mid)
   Tensor h_mid;     // [T, H]  after the mixer's residual add
   Tensor xn2;       // [T, H]  pre_ff_layernorm(h_mid)
-  Tensor gate_up;   // [T, 2F] gate × mlp_gate_multiplier
+  Tensor gate_up;   // [T, 2F] gate × mlp_gate_multiplier | up (relu²: [T, F] up)
   Tensor act;       // [T, F]  silu(gate) ⊙ up
 };
 
@@ -57,7 +57,6 @@ std::string HybridModel::training_unsupported() const {
     if (cfg_.layer_kinds[i] == LayerKind::SharedAttention)
       return "Zamba2's shared attention blocks" + at + " are not supported yet";
     if (cfg_.mlp_kinds[i] == MlpKind::MoE) return "mixture-of-experts layers" + at + " are not supported yet";
-    if (cfg_.mlp_kinds[i] == MlpKind::Relu2) return "relu² MLP layers" + at + " are not supported yet";
   }
   return "";
 }
@@ -142,9 +141,11 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
   auto has_attn = [&](int64_t i) {
     return cfg_.layer_kinds[size_t(i)] == LayerKind::Attention || cfg_.layer_kinds[size_t(i)] == LayerKind::MambaAttention;
   };
-  auto has_mlp = [&](int64_t i) { return cfg_.mlp_kinds[size_t(i)] == MlpKind::SwiGLU; };
+  auto has_mlp = [&](int64_t i) { return cfg_.mlp_kinds[size_t(i)] != MlpKind::None; };
+  auto glu = [&](int64_t i) { return cfg_.mlp_kinds[size_t(i)] == MlpKind::SwiGLU; };  // else relu² (Nemotron-H)
+  auto up_width = [&](int64_t i) { return has_mlp(i) ? (glu(i) ? 2 * F : F) : 0; };      // gate | up, or up
   Arena mem(be_);
-  auto alloc_acts = [&](LayerActs& a, bool mamba, bool attn, bool both, bool mlp) {
+  auto alloc_acts = [&](LayerActs& a, bool mamba, bool attn, bool both, int64_t mlp_up) {
     a.xn = mem(T, H);
     a.h_mid = mem(T, H);
     if (mamba) {
@@ -156,7 +157,7 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
       a.qkv = mem(T, QKV), a.o = mem(T, O);
     }
     if (both) a.attn_out = mem(T, H);
-    if (mlp) a.xn2 = mem(T, H), a.gate_up = mem(T, 2 * F), a.act = mem(T, F);
+    if (mlp_up > 0) a.xn2 = mem(T, H), a.gate_up = mem(T, mlp_up), a.act = mem(T, F);
   };
   // x · s into dst (a copy), or x itself when s is 1
   auto scaled_input = [&](Tensor dst, Tensor x, float s) {
@@ -208,15 +209,19 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
       }
       be_.add(a.h_mid, a.h_in);
     }
-    // h_out = h_mid + down(swiglu(gate_up(xn2)))·multipliers
+    // h_out = h_mid + down(swiglu(gate_up(xn2)))·multipliers, or down(relu(up(xn2))²)
     if (!has_mlp(i)) {
       be_.copy(h_out, a.h_mid);
       return;
     }
     be_.rmsnorm(a.xn2, a.h_mid, lw.pre_ff_layernorm, eps);
-    be_.matmul(a.gate_up, a.xn2, lw.gate_up_proj, {});
-    if (cfg_.mlp_gate_multiplier != 1.f) be_.scale(a.gate_up.slice_cols(0, F), cfg_.mlp_gate_multiplier);
-    be_.swiglu(a.act, a.gate_up);
+    const Tensor gate_up = a.gate_up.slice_cols(0, up_width(i));  // [T, 2F] or [T, F]
+    be_.matmul(gate_up, a.xn2, lw.gate_up_proj, {});
+    if (!glu(i)) be_.relu2(a.act, gate_up);
+    else {
+      if (cfg_.mlp_gate_multiplier != 1.f) be_.scale(gate_up.slice_cols(0, F), cfg_.mlp_gate_multiplier);
+      be_.swiglu(a.act, gate_up);
+    }
     be_.matmul(h_out, a.act, lw.down_proj, {});
     if (mlp_out != 1.f) be_.scale(h_out, mlp_out);
     be_.add(h_out, a.h_mid);
@@ -225,11 +230,13 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
   std::vector<LayerActs> acts(static_cast<size_t>(L));
   LayerActs work;  // checkpointing: the one set of buffers every layer is (re)computed into
   bool any_mamba = false, any_attn = false, any_both = false, any_mlp = false;
+  int64_t max_up = 0;  // the widest MLP up projection
   for (int64_t i = 0; i < L; ++i) {
     any_mamba |= has_mamba(i), any_attn |= has_attn(i), any_mlp |= has_mlp(i);
     any_both |= cfg_.layer_kinds[size_t(i)] == LayerKind::MambaAttention;
+    max_up = std::max(max_up, up_width(i));
   }
-  if (ckpt) alloc_acts(work, any_mamba, any_attn, any_both, any_mlp);
+  if (ckpt) alloc_acts(work, any_mamba, any_attn, any_both, max_up);
   Tensor h = mem(T, H);
   be_.embed(h, w_.embed_tokens);
   if (cfg_.embedding_multiplier != 1.f) be_.scale(h, cfg_.embedding_multiplier);
@@ -241,7 +248,7 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
       h = mem(T, H);
       layer_forward(i, in, h);
     } else {
-      alloc_acts(a, has_mamba(i), has_attn(i), cfg_.layer_kinds[size_t(i)] == LayerKind::MambaAttention, has_mlp(i));
+      alloc_acts(a, has_mamba(i), has_attn(i), cfg_.layer_kinds[size_t(i)] == LayerKind::MambaAttention, up_width(i));
       a.h_in = h;
       h = mem(T, H);
       layer_forward(i, a, h);
@@ -278,7 +285,7 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
   // ---- backward. dh: the gradient of the residual stream at the current point.
   Tensor dh = mem(T, H);
   be_.rmsnorm_backward(dh, g.final_layernorm, dxn, h, w_.final_layernorm, eps);
-  Tensor d_act = any_mlp ? mem(T, F) : Tensor{}, d_gate_up = any_mlp ? mem(T, 2 * F) : Tensor{};  // MLP
+  Tensor d_act = any_mlp ? mem(T, F) : Tensor{}, d_gate_up = any_mlp ? mem(T, max_up) : Tensor{};  // MLP
   Tensor d_zxbcdt, d_conv, d_y, d_normed;                                                        // Mamba
   if (any_mamba) d_zxbcdt = mem(T, E), d_conv = mem(T, CD), d_y = mem(T, I), d_normed = mem(T, I);
   Tensor d_qkv = any_attn ? mem(T, QKV) : Tensor{}, d_o = any_attn ? mem(T, O) : Tensor{};  // attention
@@ -332,10 +339,14 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     const LayerActs& a = ckpt ? recomputed : acts[size_t(i)];
     // MLP: h_out = h_mid + down(swiglu(gate_up(xn2)))·mlp_out (without an MLP, h_out = h_mid: dh passes through)
     if (has_mlp(i)) {
+      const Tensor gate_up = a.gate_up.slice_cols(0, up_width(i)), dgu = d_gate_up.slice_cols(0, up_width(i));
       be_.matmul_backward(d_act, lg.down_proj, {}, scaled_grad(mlp_out), a.act, lw.down_proj);
-      be_.swiglu_backward(d_gate_up, d_act, a.gate_up);
-      if (cfg_.mlp_gate_multiplier != 1.f) be_.scale(d_gate_up.slice_cols(0, F), cfg_.mlp_gate_multiplier);
-      be_.matmul_backward(dxn, lg.gate_up_proj, {}, d_gate_up, a.xn2, lw.gate_up_proj);
+      if (!glu(i)) be_.relu2_backward(dgu, d_act, gate_up);
+      else {
+        be_.swiglu_backward(dgu, d_act, gate_up);
+        if (cfg_.mlp_gate_multiplier != 1.f) be_.scale(dgu.slice_cols(0, F), cfg_.mlp_gate_multiplier);
+      }
+      be_.matmul_backward(dxn, lg.gate_up_proj, {}, dgu, a.xn2, lw.gate_up_proj);
       be_.add_rmsnorm_backward(dh, lg.pre_ff_layernorm, dxn, a.h_mid, lw.pre_ff_layernorm, eps);  // dh = d h_mid
     }
     // mixer: h_mid = h_in + mixer(xn)·multipliers

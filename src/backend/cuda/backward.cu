@@ -75,6 +75,15 @@ __global__ void swiglu_backward_kernel(T* dgu, int64_t lddg, const T* dout, int6
 }
 
 template <typename T>
+__global__ void relu2_backward_kernel(T* dx, int64_t lddx, const T* dout, int64_t ldo, const T* x, int64_t ldx, int N) {
+  const int64_t r = blockIdx.y;
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < N; j += gridDim.x * blockDim.x) {
+    const float v = to_f(x[r * ldx + j]);
+    dx[r * lddx + j] = from_f<T>(v > 0.f ? to_f(dout[r * ldo + j]) * 2.f * v : 0.f);
+  }
+}
+
+template <typename T>
 __global__ void silu_gate_backward_kernel(T* dy, int64_t lddy, T* dz, int64_t lddz, const T* dout, int64_t ldo,
                                          const T* y, int64_t ldy, const T* z, int64_t ldz, int N) {
   const int64_t r = blockIdx.y;
@@ -201,6 +210,15 @@ void embed_backward(cudaStream_t st, float* dtable, int64_t ldt, const T* dout, 
 }
 
 template <typename T>
+void relu2_backward(cudaStream_t st, T* dx, int64_t lddx, const T* dout, int64_t ldo, const T* x, int64_t ldx,
+                    int64_t M, int64_t N) {
+  if (M == 0) return;
+  relu2_backward_kernel<T><<<dim3(std::min(ceil_div(N, 256), 64u), unsigned(M)), 256, 0, st>>>(dx, lddx, dout, ldo, x,
+                                                                                             ldx, int(N));
+  CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
 void silu_gate_backward(cudaStream_t st, T* dy, int64_t lddy, T* dz, int64_t lddz, const T* dout, int64_t ldo,
                         const T* y, int64_t ldy, const T* z, int64_t ldz, int64_t M, int64_t N) {
   if (M == 0) return;
@@ -275,6 +293,7 @@ void conv1d_silu_backward(cudaStream_t st, T* dx, int64_t lddx, float* dw, float
   template void embed_backward<T>(cudaStream_t, float*, int64_t, const T*, int64_t, int64_t, const int32_t*,         \
                                   const int32_t*, const int32_t*, int);                                              \
   template void swiglu_backward<T>(cudaStream_t, T*, int64_t, const T*, int64_t, const T*, int64_t, int64_t, int64_t); \
+  template void relu2_backward<T>(cudaStream_t, T*, int64_t, const T*, int64_t, const T*, int64_t, int64_t, int64_t);  \
   template void silu_gate_backward<T>(cudaStream_t, T*, int64_t, T*, int64_t, const T*, int64_t, const T*, int64_t,  \
                                       const T*, int64_t, int64_t, int64_t);                                          \
   template void rmsnorm_backward<T>(cudaStream_t, T*, int64_t, float*, const T*, int64_t, const T*, int64_t, PView,   \
