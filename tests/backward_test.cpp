@@ -122,6 +122,33 @@ TEST(Backward, SwiGLU) {
   fd_check("dgate_up", gu, loss, d);
 }
 
+TEST(Backward, Relu2) {
+  const int64_t T = 5, N = 9;
+  Vec x = rnd(size_t(T * N), 1, -2, 2), R = rnd(size_t(T * N), 2);
+  auto loss = [&] {
+    Vec out(size_t(T * N));
+    grad::relu2<double>(M(out, T, N), C(x, T, N));
+    return dot(out, R);
+  };
+  Vec dx(x.size());
+  grad::relu2_backward<double>(M(dx, T, N), C(R, T, N), C(x, T, N));
+  fd_check("dx", x, loss, dx);
+}
+
+TEST(Backward, SiluGate) {
+  const int64_t T = 5, N = 9;
+  Vec y = rnd(size_t(T * N), 1), z = rnd(size_t(T * N), 2, -3, 3), R = rnd(size_t(T * N), 3);
+  auto loss = [&] {
+    Vec out(size_t(T * N));
+    grad::silu_gate<double>(M(out, T, N), C(y, T, N), C(z, T, N));
+    return dot(out, R);
+  };
+  Vec dy(y.size()), dz(z.size());
+  grad::silu_gate_backward<double>(M(dy, T, N), M(dz, T, N), C(R, T, N), C(y, T, N), C(z, T, N));
+  fd_check("dy", y, loss, dy);
+  fd_check("dz", z, loss, dz);
+}
+
 TEST(Backward, CausalConv1dSilu) {
   const int64_t CD = 5, K = 4;
   const std::vector<int32_t> seqs = {0, 4, 11, 13};  // the last sequence is shorter than the kernel

@@ -183,6 +183,28 @@ TEST_P(CudaTrainOps, SwigluBackward) {
   }
 }
 
+TEST_P(CudaTrainOps, Relu2Backward) {
+  for (int64_t N : {77, 1032}) {
+    const int64_t M = 9;
+    Pair x = make(act(), {M, N}, -2, 2), dout = make(act(), {M, N}, -1, 1), dx = zeros(act(), {M, N});
+    cpu_->relu2_backward(dx.cpu, dout.cpu, x.cpu);
+    gpu_->relu2_backward(dx.gpu, dout.gpu, x.gpu);
+    expect_close(dx, tol(), "relu2 dx, N=" + std::to_string(N));
+  }
+}
+
+TEST_P(CudaTrainOps, SiluGateBackward) {
+  for (int64_t N : {77, 1032}) {
+    const int64_t M = 9;
+    Pair y = make(act(), {M, N}, -2, 2), z = make(act(), {M, N}, -3, 3), dout = make(act(), {M, N}, -1, 1);
+    Pair dy = zeros(act(), {M, N}), dz = zeros(act(), {M, N});
+    cpu_->silu_gate_backward(dy.cpu, dz.cpu, dout.cpu, y.cpu, z.cpu);
+    gpu_->silu_gate_backward(dy.gpu, dz.gpu, dout.gpu, y.gpu, z.gpu);
+    expect_close(dy, tol(), "silu_gate dy, N=" + std::to_string(N));
+    expect_close(dz, tol(), "silu_gate dz, N=" + std::to_string(N));
+  }
+}
+
 TEST_P(CudaTrainOps, Conv1dSiluBackwardAcrossSequences) {
   const int64_t CD = 40, K = 4;
   StepBatch b = batch({1, 5, 17, 2, 70}, 10);

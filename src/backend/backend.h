@@ -266,6 +266,12 @@ class Backend {
   virtual void attention_backward(Tensor dqkv, Tensor dout, Tensor qkv, const AttentionOpsConfig& c) {
     backward_not_implemented("attention", name());
   }
+  // out = relu(x)² (relu2): dx = dout ⊙ 2·relu(x), dx [T, F] (=)
+  virtual void relu2_backward(Tensor dx, Tensor dout, Tensor x) { backward_not_implemented("relu2", name()); }
+  // out = y ⊙ silu(z) (silu_gate): dy, dz [T, I] (=, may be strided)
+  virtual void silu_gate_backward(Tensor dy, Tensor dz, Tensor dout, Tensor y, Tensor z) {
+    backward_not_implemented("silu_gate", name());
+  }
   // dgate_up [T, 2F]
   virtual void swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) {
     backward_not_implemented("swiglu", name());

@@ -73,8 +73,10 @@ ResolvedModel resolve_model(const TrainConfig& c) {
     m.config = load_config(c.model_path);
     m.ckpt.config_json = read_text_file(c.model_path + "/config.json");
   } else if (!c.model_config.empty()) {
-    m.config = parse_config(read_text_file(c.model_config), c.model_config);
-    m.ckpt.config_json = config_to_json(m.config);
+    const std::string text = read_text_file(c.model_config);
+    m.config = parse_config(text, c.model_config);
+    // Bamba's is written out normalised; a relative's config.json is kept as given (its own parser read it).
+    m.ckpt.config_json = m.config.family == Family::Bamba ? config_to_json(m.config) : text;
   } else {
     m.config = c.model_preset == "bamba-9b" ? bamba_9b_config() : dummy_config();
     m.ckpt.config_json = config_to_json(m.config);

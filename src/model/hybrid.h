@@ -105,6 +105,9 @@ class HybridModel {
   // backward, and ADDS every parameter's gradient into `grads` (zeros_like_weights; read them by HF name with
   // hf_tensors). Every row starts from a zero state.
   TrainResult forward_backward(const TrainBatch& batch, ModelWeights& grads, const TrainOptions& opt = {}) const;
+  // "" when forward_backward supports every layer of this model, else what it does not support (an error names it
+  // rather than train a wrong gradient): MoE MLPs, Zamba2's shared blocks.
+  std::string training_unsupported() const;
   const ModelWeights& weights() const { return w_; }
 
   // Tensor parallelism in one process: rank 0's model runs the other ranks' (make_tensor_parallel_model).

@@ -44,9 +44,10 @@ ModelWeights init_weights(const ModelConfig& cfg, Backend& be, uint64_t seed) {
     } else if (n.find("conv1d.") != std::string::npos) {
       const float bound = 1.f / std::sqrt(float(cfg.mamba_d_conv));
       be.fill_uniform(p.t, s, -bound, bound);
-    } else if (ends_with(n, "norm.weight") || ends_with(n, "layernorm.weight")) be.fill(p.t, 1.f);
+    } else if (p.shape.size() == 1 && n.find("norm") != std::string::npos) be.fill(p.t, 1.f);  // every family's norms (norm_f too)
     else if (ends_with(n, ".bias")) be.fill(p.t, 0.f);
-    else if (ends_with(n, "out_proj.weight") || ends_with(n, "o_proj.weight") || ends_with(n, "down_proj.weight"))
+    else if (ends_with(n, "out_proj.weight") || ends_with(n, "o_proj.weight") || ends_with(n, "down_proj.weight") ||
+             ends_with(n, "output_linear.weight"))  // the projections into the residual stream (Granite's too)
       uniform_std(std_residual);
     else uniform_std(std_linear);
   }

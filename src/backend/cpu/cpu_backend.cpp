@@ -455,6 +455,12 @@ class CpuBackend final : public Backend {
     const grad::AttnDims d{c.n_heads, c.n_kv_heads, c.head_dim, c.rotary_dim, c.scale};
     grad::attention_backward<float>(mat(dqkv), mat(dout), mat(qkv), inv_freq.data(), b_->positions, seqs(), d);
   }
+  void relu2_backward(Tensor dx, Tensor dout, Tensor x) override {
+    grad::relu2_backward<float>(mat(dx), mat(dout), mat(x));
+  }
+  void silu_gate_backward(Tensor dy, Tensor dz, Tensor dout, Tensor y, Tensor z) override {
+    grad::silu_gate_backward<float>(mat(dy), mat(dz), mat(dout), mat(y), mat(z));
+  }
   void swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) override {
     grad::swiglu_backward<float>(mat(dgate_up), mat(dout), mat(gate_up));
   }

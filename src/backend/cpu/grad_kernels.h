@@ -120,6 +120,33 @@ void rmsnorm_backward(Mat<T> dx, T* dw, Mat<const T> dout, Mat<const T> x, const
   for (int64_t t = 0; t < x.rows; ++t) rmsnorm_row_backward(dx[t], dw, dout[t], x[t], w, x.cols, eps, accumulate);
 }
 
+// ---- Nemotron-H's MLP activation: out = relu(x)²
+template <typename T>
+void relu2(Mat<T> out, Mat<const T> x) {
+  for (int64_t t = 0; t < out.rows; ++t)
+    for (int64_t j = 0; j < out.cols; ++j) out[t][j] = x[t][j] > T(0) ? x[t][j] * x[t][j] : T(0);
+}
+template <typename T>
+void relu2_backward(Mat<T> dx, Mat<const T> dout, Mat<const T> x) {
+  for (int64_t t = 0; t < dout.rows; ++t)
+    for (int64_t j = 0; j < dout.cols; ++j) dx[t][j] = x[t][j] > T(0) ? dout[t][j] * T(2) * x[t][j] : T(0);
+}
+
+// ---- the ungated Mamba output (Falcon-H1 without mamba_rms_norm): out = y ⊙ silu(z)
+template <typename T>
+void silu_gate(Mat<T> out, Mat<const T> y, Mat<const T> z) {
+  for (int64_t t = 0; t < out.rows; ++t)
+    for (int64_t j = 0; j < out.cols; ++j) out[t][j] = y[t][j] * silu(z[t][j]);
+}
+template <typename T>
+void silu_gate_backward(Mat<T> dy, Mat<T> dz, Mat<const T> dout, Mat<const T> y, Mat<const T> z) {
+  for (int64_t t = 0; t < dout.rows; ++t)
+    for (int64_t j = 0; j < dout.cols; ++j) {
+      dy[t][j] = dout[t][j] * silu(z[t][j]);
+      dz[t][j] = dout[t][j] * y[t][j] * silu_grad(z[t][j]);
+    }
+}
+
 // ---- SwiGLU: out = silu(gate) ⊙ up, gate_up = gate | up
 template <typename T>
 void swiglu(Mat<T> out, Mat<const T> gate_up) {

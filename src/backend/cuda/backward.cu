@@ -74,6 +74,26 @@ __global__ void swiglu_backward_kernel(T* dgu, int64_t lddg, const T* dout, int6
   }
 }
 
+template <typename T>
+__global__ void relu2_backward_kernel(T* dx, int64_t lddx, const T* dout, int64_t ldo, const T* x, int64_t ldx, int N) {
+  const int64_t r = blockIdx.y;
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < N; j += gridDim.x * blockDim.x) {
+    const float v = to_f(x[r * ldx + j]);
+    dx[r * lddx + j] = from_f<T>(v > 0.f ? to_f(dout[r * ldo + j]) * 2.f * v : 0.f);
+  }
+}
+
+template <typename T>
+__global__ void silu_gate_backward_kernel(T* dy, int64_t lddy, T* dz, int64_t lddz, const T* dout, int64_t ldo,
+                                         const T* y, int64_t ldy, const T* z, int64_t ldz, int N) {
+  const int64_t r = blockIdx.y;
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < N; j += gridDim.x * blockDim.x) {
+    const float zz = to_f(z[r * ldz + j]), yy = to_f(y[r * ldy + j]), d = to_f(dout[r * ldo + j]);
+    dy[r * lddy + j] = from_f<T>(d * silu_exact(zz));
+    dz[r * lddz + j] = from_f<T>(d * yy * silu_grad_f(zz));
+  }
+}
+
 // ---- RMSNorm over groups of `group` columns (group = H: the plain norm). One block per row; for each group:
 // r = 1/sqrt(mean(x²) + eps), dx_j = r·g_j − x_j·r³·mean(g·x) with g = dout ⊙ w; rstd [M, H / group] is kept for dw.
 // GATED: x = y ⊙ silu(z) (recomputed), and the gradient goes on to dy, dz.
@@ -190,6 +210,24 @@ void embed_backward(cudaStream_t st, float* dtable, int64_t ldt, const T* dout, 
 }
 
 template <typename T>
+void relu2_backward(cudaStream_t st, T* dx, int64_t lddx, const T* dout, int64_t ldo, const T* x, int64_t ldx,
+                    int64_t M, int64_t N) {
+  if (M == 0) return;
+  relu2_backward_kernel<T><<<dim3(std::min(ceil_div(N, 256), 64u), unsigned(M)), 256, 0, st>>>(dx, lddx, dout, ldo, x,
+                                                                                             ldx, int(N));
+  CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void silu_gate_backward(cudaStream_t st, T* dy, int64_t lddy, T* dz, int64_t lddz, const T* dout, int64_t ldo,
+                        const T* y, int64_t ldy, const T* z, int64_t ldz, int64_t M, int64_t N) {
+  if (M == 0) return;
+  silu_gate_backward_kernel<T><<<dim3(std::min(ceil_div(N, 256), 64u), unsigned(M)), 256, 0, st>>>(
+      dy, lddy, dz, lddz, dout, ldo, y, ldy, z, ldz, int(N));
+  CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
 void swiglu_backward(cudaStream_t st, T* dgu, int64_t lddg, const T* dout, int64_t ldo, const T* gu, int64_t ldg,
                      int64_t M, int64_t F) {
   if (M == 0) return;
@@ -255,6 +293,9 @@ void conv1d_silu_backward(cudaStream_t st, T* dx, int64_t lddx, float* dw, float
   template void embed_backward<T>(cudaStream_t, float*, int64_t, const T*, int64_t, int64_t, const int32_t*,         \
                                   const int32_t*, const int32_t*, int);                                              \
   template void swiglu_backward<T>(cudaStream_t, T*, int64_t, const T*, int64_t, const T*, int64_t, int64_t, int64_t); \
+  template void relu2_backward<T>(cudaStream_t, T*, int64_t, const T*, int64_t, const T*, int64_t, int64_t, int64_t);  \
+  template void silu_gate_backward<T>(cudaStream_t, T*, int64_t, T*, int64_t, const T*, int64_t, const T*, int64_t,  \
+                                      const T*, int64_t, int64_t, int64_t);                                          \
   template void rmsnorm_backward<T>(cudaStream_t, T*, int64_t, float*, const T*, int64_t, const T*, int64_t, PView,   \
                                     int64_t, int64_t, float, bool, float*);                                          \
   template void gated_rmsnorm_backward<T>(cudaStream_t, T*, int64_t, T*, int64_t, float*, const T*, int64_t, const T*, \

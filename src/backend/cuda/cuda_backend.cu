@@ -413,6 +413,19 @@ class CudaBackend final : public Backend {
   void gated_rmsnorm_backward(Tensor dy, Tensor dz, Tensor dw, Tensor dout, Tensor y, Tensor z, Tensor w,
                               int64_t group_size, float eps) override;
   void attention_backward(Tensor dqkv, Tensor dout, Tensor qkv, const AttentionOpsConfig& c) override;
+  void relu2_backward(Tensor dx, Tensor dout, Tensor x) override {
+    typed([&]<typename T>() {
+      cuda::relu2_backward<T>(stream_, act<T>(dx, "relu2 dx"), dx.ld, act<T>(dout, "relu2 dout"), dout.ld,
+                              act<T>(x, "relu2 x"), x.ld, dout.rows(), dout.shape[1]);
+    });
+  }
+  void silu_gate_backward(Tensor dy, Tensor dz, Tensor dout, Tensor y, Tensor z) override {
+    typed([&]<typename T>() {
+      cuda::silu_gate_backward<T>(stream_, act<T>(dy, "silu_gate dy"), dy.ld, act<T>(dz, "silu_gate dz"), dz.ld,
+                                  act<T>(dout, "silu_gate dout"), dout.ld, act<T>(y, "silu_gate y"), y.ld,
+                                  act<T>(z, "silu_gate z"), z.ld, dout.rows(), dout.shape[1]);
+    });
+  }
   void swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) override {
     typed([&]<typename T>() {
       cuda::swiglu_backward<T>(stream_, act<T>(dgate_up, "swiglu dgate_up"), dgate_up.ld, act<T>(dout, "swiglu dout"),

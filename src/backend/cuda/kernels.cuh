@@ -174,6 +174,14 @@ size_t column_sum_scratch_floats(int64_t M, int64_t N);
 template <typename T>
 void embed_backward(cudaStream_t st, float* dtable, int64_t ldt, const T* dout, int64_t ldo, int64_t H,
                     const int32_t* uniq, const int32_t* start, const int32_t* rows, int n_uniq);
+// dx = dout ⊙ 2·relu(x)   (out = relu(x)²)
+template <typename T>
+void relu2_backward(cudaStream_t st, T* dx, int64_t lddx, const T* dout, int64_t ldo, const T* x, int64_t ldx,
+                    int64_t M, int64_t N);
+// dy = dout ⊙ silu(z), dz = dout ⊙ y ⊙ silu'(z)   (out = y ⊙ silu(z))
+template <typename T>
+void silu_gate_backward(cudaStream_t st, T* dy, int64_t lddy, T* dz, int64_t lddz, const T* dout, int64_t ldo,
+                        const T* y, int64_t ldy, const T* z, int64_t ldz, int64_t M, int64_t N);
 template <typename T>
 void swiglu_backward(cudaStream_t st, T* dgu, int64_t lddg, const T* dout, int64_t ldo, const T* gu, int64_t ldg,
                      int64_t M, int64_t F);
