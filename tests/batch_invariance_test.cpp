@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "engine/engine.h"
 #include "io/safetensors.h"
+#include "engine_runner.h"
 #include "test_util.h"
 #include "engine/generator.h"
 #include "model/hybrid.h"
@@ -157,35 +158,9 @@ TEST(BatchInvarianceCli, LogitsAndGenerateUnderDeterministic) {
 
 // ---- the engine, alone vs among 63 others
 
-struct Result {
-  std::vector<int32_t> tokens;
-  std::vector<TokenLogprob> logprobs, prompt_logprobs;
-  FinishReason finish = FinishReason::None;
-  std::string error;
-};
-
-std::vector<Result> run_all(Engine& e, const std::vector<RequestParams>& ps) {
-  auto ch = std::make_shared<Channel>();
-  for (size_t i = 0; i < ps.size(); ++i) e.submit(ps[i], ch, int32_t(i));
-  std::vector<Result> res(ps.size());
-  for (size_t done = 0; done < ps.size();) {
-    auto o = ch->pop(300s);
-    if (!o) {
-      ADD_FAILURE() << "timed out";
-      break;
-    }
-    Result& r = res[size_t(o->index)];
-    r.tokens.insert(r.tokens.end(), o->tokens.begin(), o->tokens.end());
-    r.logprobs.insert(r.logprobs.end(), o->logprobs.begin(), o->logprobs.end());
-    if (!o->prompt_logprobs.empty()) r.prompt_logprobs = o->prompt_logprobs;
-    if (!o->error.empty()) r.error = o->error;
-    if (o->finish != FinishReason::None) {
-      r.finish = o->finish;
-      ++done;
-    }
-  }
-  return res;
-}
+using Result = test::EngineResult;
+// (these suites look at error outputs themselves)
+std::vector<Result> run_all(Engine& e, const std::vector<RequestParams>& ps) { return test::run_all(e, ps, false); }
 
 // 64 requests: prompts of 1 to max_prompt tokens, greedy or seeded sampling (temperature, top-k, top-p), some
 // with logprobs and top logprobs, some scoring their prompt.

@@ -12,6 +12,7 @@
 #include "engine/engine.h"
 #include "engine/generator.h"
 #include "fixture_runner.h"
+#include "engine_runner.h"
 #include "test_util.h"
 
 namespace bamba {
@@ -19,34 +20,9 @@ namespace {
 
 using namespace std::chrono_literals;
 
-struct Result {
-  std::vector<int32_t> tokens;
-  std::vector<TokenLogprob> logprobs, prompt_logprobs;
-  FinishReason finish = FinishReason::None;
-};
-
-std::vector<Result> run_all(Engine& e, const std::vector<RequestParams>& ps) {
-  auto ch = std::make_shared<Channel>();
-  for (size_t i = 0; i < ps.size(); ++i) e.submit(ps[i], ch, int32_t(i));
-  std::vector<Result> res(ps.size());
-  for (size_t done = 0; done < ps.size();) {
-    auto o = ch->pop(120s);
-    if (!o) {
-      ADD_FAILURE() << "timed out";
-      break;
-    }
-    Result& r = res[size_t(o->index)];
-    EXPECT_EQ(r.finish, FinishReason::None) << "output after the last one";
-    r.tokens.insert(r.tokens.end(), o->tokens.begin(), o->tokens.end());
-    r.logprobs.insert(r.logprobs.end(), o->logprobs.begin(), o->logprobs.end());
-    if (!o->prompt_logprobs.empty()) r.prompt_logprobs = o->prompt_logprobs;
-    if (o->finish != FinishReason::None) {
-      r.finish = o->finish;
-      ++done;
-    }
-  }
-  return res;
-}
+using Result = test::EngineResult;
+// (these suites look at error outputs themselves)
+std::vector<Result> run_all(Engine& e, const std::vector<RequestParams>& ps) { return test::run_all(e, ps, false); }
 
 struct Model {
   std::unique_ptr<Backend> be = make_cpu_backend();

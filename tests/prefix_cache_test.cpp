@@ -13,6 +13,7 @@
 #include "engine/generator.h"
 #include "engine/prefix_cache.h"
 #include "fixture_runner.h"
+#include "engine_runner.h"
 #include "test_util.h"
 
 namespace bamba {
@@ -20,33 +21,8 @@ namespace {
 
 using namespace std::chrono_literals;
 
-struct Result {
-  std::vector<int32_t> tokens;
-  std::vector<TokenLogprob> logprobs;
-  FinishReason finish = FinishReason::None;
-};
-
-std::vector<Result> run_all(Engine& e, const std::vector<RequestParams>& ps) {
-  auto ch = std::make_shared<Channel>();
-  for (size_t i = 0; i < ps.size(); ++i) e.submit(ps[i], ch, int32_t(i));
-  std::vector<Result> res(ps.size());
-  for (size_t done = 0; done < ps.size();) {
-    auto o = ch->pop(120s);
-    if (!o) {
-      ADD_FAILURE() << "timed out";
-      break;
-    }
-    Result& r = res[size_t(o->index)];
-    EXPECT_TRUE(o->error.empty()) << o->error;
-    r.tokens.insert(r.tokens.end(), o->tokens.begin(), o->tokens.end());
-    r.logprobs.insert(r.logprobs.end(), o->logprobs.begin(), o->logprobs.end());
-    if (o->finish != FinishReason::None) {
-      r.finish = o->finish;
-      ++done;
-    }
-  }
-  return res;
-}
+using Result = test::EngineResult;
+using test::run_all;
 
 struct Model {
   std::unique_ptr<Backend> be = make_cpu_backend();

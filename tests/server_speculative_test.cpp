@@ -16,6 +16,7 @@
 #include "engine/engine.h"
 #include "fixture_runner.h"
 #include "server_util.h"
+#include "engine_runner.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -24,35 +25,8 @@ namespace {
 
 using namespace std::chrono_literals;
 
-struct Result {
-  std::vector<int32_t> tokens;
-  std::vector<TokenLogprob> logprobs;
-  std::string text;
-  FinishReason finish = FinishReason::None;
-};
-
-std::vector<Result> run_all(Engine& e, const std::vector<RequestParams>& ps) {
-  auto ch = std::make_shared<Channel>();
-  for (size_t i = 0; i < ps.size(); ++i) e.submit(ps[i], ch, int32_t(i));
-  std::vector<Result> res(ps.size());
-  for (size_t done = 0; done < ps.size();) {
-    auto o = ch->pop(300s);
-    if (!o) {
-      ADD_FAILURE() << "timed out";
-      break;
-    }
-    Result& r = res[size_t(o->index)];
-    EXPECT_TRUE(o->error.empty()) << o->error;
-    r.tokens.insert(r.tokens.end(), o->tokens.begin(), o->tokens.end());
-    r.logprobs.insert(r.logprobs.end(), o->logprobs.begin(), o->logprobs.end());
-    r.text += o->text;
-    if (o->finish != FinishReason::None) {
-      r.finish = o->finish;
-      ++done;
-    }
-  }
-  return res;
-}
+using Result = test::EngineResult;
+using test::run_all;
 
 // The engine's stats once it has settled after the last output (its gauges are updated after the step that sent it).
 EngineStats settled(const Engine& e) {
@@ -338,10 +312,10 @@ double spec_metric(const test::ServerProcess& s, const std::string& name) {
 
 TEST(ServeSpeculative, HttpOutputsMetricsAndThePerRequestSwitch) {
   using nlohmann::json;
-  test::ServerProcess plain("--max-num-seqs 4");
+  test::ServerProcess plain("--model dummy --max-num-seqs 4");
   ASSERT_TRUE(plain.ready()) << plain.log();
   for (const char* rollback : {"per-position", "recompute"}) {
-    test::ServerProcess spec(std::string("--max-num-seqs 4 --speculative ngram --num-speculative-tokens 3 "
+    test::ServerProcess spec(std::string("--model dummy --max-num-seqs 4 --speculative ngram --num-speculative-tokens 3 "
                                          "--speculative-rollback ") + rollback);
     ASSERT_TRUE(spec.ready()) << spec.log();
     EXPECT_NE(spec.log().find("speculative decoding: ngram, 3 tokens per step"), std::string::npos) << spec.log();
