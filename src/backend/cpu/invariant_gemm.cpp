@@ -16,13 +16,16 @@ inline void load8(v8& v, const float* p) { std::memcpy(&v, p, sizeof v); }
 inline float lanes_sum(const v8& a) { return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7])); }
 
 // Four outputs y[j] = dot(x, w[j]): the only code that computes an output, so every output of every call is the
-// same arithmetic (not inlined: one copy of the machine code, whatever the caller's context lets the compiler
-// do). A short group of W rows passes a valid row again in the spare pointers and ignores those outputs.
+// same arithmetic (never inlined: a multiversioned function is called through its resolver, so there is one copy
+// of the machine code whatever the caller's context lets the compiler do). A short group of W rows passes a valid
+// row again in the spare pointers and ignores those outputs.
 // Two clones, picked once per process by the CPU: x86-64-v3 (AVX2 + FMA: one instruction per 8 lanes, the
 // multiply-adds fused) and the SSE2 baseline. They may differ in the last bit from each other, but a machine always
-// runs the same one, and every output of every call goes through it.
-__attribute__((noinline, target_clones("arch=x86-64-v3", "default"))) void dot4(const float* x, const float* w0, const float* w1, const float* w2,
-                                    const float* w3, int64_t K, float* out) {
+// runs the same one, and every output of every call goes through it. (No `noinline` beside target_clones: clang
+// rejects the pair.)
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void dot4(const float* x, const float* w0, const float* w1,
+                                                                      const float* w2, const float* w3, int64_t K,
+                                                                      float* out) {
   v8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
   const int64_t K8 = K / 8 * 8;
   for (int64_t k = 0; k < K8; k += 8) {
