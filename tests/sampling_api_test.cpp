@@ -379,5 +379,42 @@ TEST(SamplingApiTools, RequiredAndNamedToolChoiceAlwaysParse) {
   }
 }
 
+// A request that leaves the sampling fields out gets the model's generation_config.json defaults (as vLLM's
+// `--generation-config auto`): here top_k 1, so every seed gives the greedy text; with `--generation-config vllm`
+// OpenAI's defaults (temperature 1, no top-k) sample, and seeds differ.
+TEST(ServeGenerationConfig, RequestsWithoutSamplingFieldsUseTheModelsDefaults) {
+  namespace fs = std::filesystem;
+  const std::string dir = test::make_temp_dir("gencfg-model");
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"})
+    fs::create_symlink(e2e() + "/" + f, dir + "/" + f);
+  std::ofstream(dir + "/generation_config.json") << json{{"do_sample", true}, {"top_k", 1}, {"eos_token_id", 128001}}.dump();
+  auto texts = [](const ServerProcess& s) {
+    std::vector<std::string> out;
+    for (json body : {json{{"temperature", 0}}, json{{"seed", 1}}, json{{"seed", 2}}}) {
+      body["prompt"] = "The weather today";
+      body["max_tokens"] = 12;
+      body["ignore_eos"] = true;
+      Reply r = post(s, "/v1/completions", body);
+      EXPECT_EQ(r.status, 200) << r.body;
+      out.push_back(r.status == 200 ? r.body["choices"][0]["text"].get<std::string>() : "");
+    }
+    return out;
+  };
+  {
+    ServerProcess s("--model '" + dir + "' " + kArgs);
+    ASSERT_TRUE(s.ready()) << s.log();
+    const auto t = texts(s);
+    EXPECT_EQ(t[1], t[0]);
+    EXPECT_EQ(t[2], t[0]);
+  }
+  {
+    ServerProcess s("--model '" + dir + "' " + kArgs + " --generation-config vllm");
+    ASSERT_TRUE(s.ready()) << s.log();
+    const auto t = texts(s);
+    EXPECT_NE(t[1], t[0]);  // 12 tokens sampled at temperature 1 from 128k random logits: equal only by accident
+    EXPECT_NE(t[2], t[1]);
+  }
+}
+
 }  // namespace
 }  // namespace bamba

@@ -25,7 +25,7 @@ extern "C" void on_stop_signal(int) { g_stop_requested.store(true); }
 struct ServeOptions {
   ModelOptions model;
   HttpOptions http;
-  std::string served_name, chat_template, tool_call_parser = "auto";
+  std::string served_name, chat_template, tool_call_parser = "auto", generation_config = "auto";
   int32_t max_num_seqs = 256, max_batched_tokens = 2048, num_kv_blocks = 0, max_n = 64, max_logprobs = 20;
   double cache_gib = 4;
   int32_t max_sessions = 0;
@@ -61,6 +61,14 @@ void run(ServeOptions o) {
   ctx.vocab_size = int32_t(cfg.vocab_size);
   ctx.max_n = o.max_n;
   ctx.max_logprobs = o.max_logprobs;
+  if (o.generation_config == "auto" && m.sampling_defaults) {
+    ctx.default_sampling = *m.sampling_defaults;
+    if (!o.model.quiet)
+      std::fprintf(stderr, "serve: requests that leave them out sample with the model's generation_config.json "
+                           "defaults: temperature %g, top_p %g, top_k %d (--generation-config vllm: 1, 1, off)\n",
+                   double(ctx.default_sampling.temperature), double(ctx.default_sampling.top_p),
+                   ctx.default_sampling.top_k);
+  }
   ctx.vocab = std::make_shared<const TokenVocab>(*m.tokenizer);  // structured output walks every token's bytes
   if (!m.dummy && file_exists(m.dir + "/tokenizer_config.json")) {
     ctx.tokenizer_config = json::parse(read_text_file(m.dir + "/tokenizer_config.json"), nullptr, false);
@@ -180,6 +188,10 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--port", o->http.port, "Port (0: any free port, printed at start)")->check(CLI::Range(0, 65535));
   cmd->add_option("--api-key", o->http.api_key, "Require 'Authorization: Bearer KEY' on /v1 routes (or BAMBA_API_KEY)");
   cmd->add_option("--served-model-name", o->served_name, "The model's name in the API (default: the --model path)");
+  cmd->add_option("--generation-config", o->generation_config,
+                  "Default sampling for requests that leave temperature/top_p/top_k out: auto (the model's "
+                  "generation_config.json when it samples, else OpenAI's 1/1/off) or vllm (always 1/1/off)")
+      ->check(CLI::IsMember({"auto", "vllm"}));
   cmd->add_option("--chat-template", o->chat_template, "Jinja2 chat template file (default: the model's own)");
   cmd->add_option("--tool-call-parser", o->tool_call_parser,
                   "How tool calls are read from the output: auto (from the chat template), hermes, llama3_json, "

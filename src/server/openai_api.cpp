@@ -195,13 +195,13 @@ void parse_common(const json& b, const ServingContext& ctx, Job& job) {
     job.include_usage = get_bool(*so, "include_usage").value_or(false);
   }
   job.n = int_in(b, "n", 1, ctx.max_n, 1);
-  const double t = get_num(b, "temperature").value_or(1.0);
+  const double t = get_num(b, "temperature").value_or(ctx.default_sampling.temperature);
   if (!(t >= 0 && t <= 1e4)) bad("temperature", "'temperature' must be >= 0");
   p.sampling.temperature = float(t);
-  const double tp = get_num(b, "top_p").value_or(1.0);
+  const double tp = get_num(b, "top_p").value_or(ctx.default_sampling.top_p);
   if (!(tp > 0 && tp <= 1)) bad("top_p", "'top_p' must be in (0, 1]");
   p.sampling.top_p = float(tp);
-  const int32_t k = int_in(b, "top_k", -1, std::numeric_limits<int32_t>::max(), 0);
+  const int32_t k = int_in(b, "top_k", -1, std::numeric_limits<int32_t>::max(), ctx.default_sampling.top_k);
   p.sampling.top_k = k < 0 ? 0 : k;  // -1 = off, as in vLLM
   if (auto s = get_int(b, "seed")) job.seed = uint64_t(*s);
   // Logits processing (vLLM's semantics; Backend::process_logits).

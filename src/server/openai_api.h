@@ -46,6 +46,9 @@ struct ServingContext {
   int32_t max_n = 64;                      // choices per request
   int32_t max_sequences = 1024;            // prompts x n per request
   int32_t max_logprobs = 20;
+  // What a request that leaves temperature / top_p / top_k out gets: OpenAI's defaults (1, 1, off), or the model's
+  // generation_config.json sampling defaults (`serve --generation-config auto`, as vLLM does).
+  SamplingParams default_sampling{.temperature = 1.f, .top_k = 0, .top_p = 1.f};
   std::shared_ptr<const TokenVocab> vocab;  // every token's bytes, for structured output (null: unsupported)
   std::shared_ptr<GrammarCache> grammars = std::make_shared<GrammarCache>();  // compiled grammars, shared
 };
