@@ -244,7 +244,12 @@ TEST_P(CudaOps, MoeRoutingAndGroupedExperts) {
   for (const Case& cs : {Case{1, 4, 2, 48, 40, MoeRouting::SoftmaxTopK, 1, 1, ExpertAct::SwiGLU},
                          Case{7, 8, 3, 40, 24, MoeRouting::SigmoidGroup, 4, 2, ExpertAct::Relu2},
                          Case{150, 6, 2, 72, 56, MoeRouting::SoftmaxTopK, 1, 1, ExpertAct::SwiGLU},
-                         Case{150, 8, 2, 64, 33, MoeRouting::SigmoidGroup, 1, 1, ExpertAct::Relu2}}) {
+                         Case{150, 8, 2, 64, 33, MoeRouting::SigmoidGroup, 1, 1, ExpertAct::Relu2},
+                         // bf16 tensor-core path: 64-row tiles, several per expert, K (136) not a multiple of the
+                         // 32-wide k slice, 40 SwiGLU features in a 64-feature column tile
+                         Case{300, 8, 3, 136, 40, MoeRouting::SoftmaxTopK, 1, 1, ExpertAct::SwiGLU},
+                         // 16-row tiles (few rows per expert, as in decode), relu², experts left empty
+                         Case{33, 64, 4, 64, 24, MoeRouting::SigmoidGroup, 4, 2, ExpertAct::Relu2}}) {
     const int64_t T = cs.T, E = cs.E, k = cs.k, H = cs.H, F = cs.F, U = cs.act == ExpertAct::SwiGLU ? 2 * F : F;
     const MoeOpsConfig c{E, k, cs.routing, cs.n_group, cs.topk_group, true, 2.5f};
     Pair logits = make(DType::F32, {T, E}, -3, 3), bias = make(DType::F32, {E}, -0.3f, 0.3f);
@@ -389,6 +394,45 @@ TEST_P(CudaOps, AttentionPagedGqaPartialRope) {
     expect_close(vp, tol(), "v pages, T=" + std::to_string(T));
     expect_close(out, tol(), "attention out, T=" + std::to_string(T) + ", head_dim " + std::to_string(c.head_dim));
   }
+  }
+}
+
+// Decode steps (one token per sequence) over long contexts: bf16 with head_dim 64/128 takes the split-K kernel
+// (splits of 256-512 keys here: sequences needing 1, 2, 4 and 20 splits in one step, lengths on and one past a
+// split boundary, GQA groups of 3, 8 and 16); fp32 the CUDA-core kernel over the same batches.
+TEST_P(CudaOps, DecodeAttentionSplitOverKeys) {
+  const std::vector<AttnCase> cases = {
+      {{12, 4, 128, 0, 16, 10000.f, 0.0078125f, DType::F32}, {{1, 1, 1, 1, 1, 1, 1}}, {{3000, 0, 777, 5000, 64, 255, 256}}},
+      {{8, 1, 64, 64, 32, 10000.f, 0.125f, DType::F32}, {{1, 1}}, {{1500, 200}}},
+      {{16, 1, 128, 128, 16, 500000.f, 1.f / std::sqrt(128.f), DType::F32}, {{1}, {1, 1, 1}}, {{100}, {2047, 9, 600}}},
+  };
+  for (const AttnCase& ac : cases) {
+    const AttentionOpsConfig& c = ac.c;
+    const int64_t nb = 640, qkv_w = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, o_w = c.n_heads * c.head_dim;
+    Pair kp = make(act(), {nb, c.block_size, c.n_kv_heads, c.head_dim}, -1, 1);
+    Pair vp = make(act(), {nb, c.block_size, c.n_kv_heads, c.head_dim}, -1, 1);
+    for (size_t i = 0; i < ac.lens.size(); ++i) {
+      std::vector<int32_t> slots(ac.lens[i].size());
+      std::iota(slots.begin(), slots.end(), 0);
+      StepBatch b = batch(ac.lens[i], ac.pasts[i], slots, int32_t(c.block_size), int32_t(nb), 10);
+      set_batch(b);
+      const int64_t T = b.n_tokens();
+      // Queries of scale 4: peaked softmaxes, so that a wrong max or a lost split shows.
+      Pair qkvw = make(act(), {T, qkv_w + 6}, -4, 4), out = zeros(act(), {T, o_w});
+      Pair qkv = cols(qkvw, 0, qkv_w);
+      cpu_->attention(out.cpu, qkv.cpu, kp.cpu, vp.cpu, c);
+      gpu_->attention(out.gpu, qkv.gpu, kp.gpu, vp.gpu, c);
+      const std::string what = ", S=" + std::to_string(T) + ", head_dim " + std::to_string(c.head_dim) + ", longest " +
+                               std::to_string(*std::max_element(ac.pasts[i].begin(), ac.pasts[i].end()) + 1);
+      expect_close(kp, tol(), "k pages" + what);
+      expect_close(out, tol(), "decode attention out" + what);
+      // Per sequence too: a short sequence's error would vanish in the L2 of the long ones.
+      auto g = host(*gpu_, out.gpu), r = host(*cpu_, out.cpu);
+      for (int64_t t = 0; t < T; ++t) {
+        std::vector<float> gt(g.begin() + t * o_w, g.begin() + (t + 1) * o_w), rt(r.begin() + t * o_w, r.begin() + (t + 1) * o_w);
+        EXPECT_LE(rel_l2(gt, rt), tol()) << "decode attention out of sequence " << t << what;
+      }
+    }
   }
 }
 
