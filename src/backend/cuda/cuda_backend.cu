@@ -334,8 +334,13 @@ class CudaBackend final : public Backend {
                int(c.block_size), c.scale};
     // Decode steps split over the keys (flash-decoding) unless under batch invariance, which keeps the kernel
     // its bits were fixed with; the split follows the step's longest context, which is part of the graph key.
+    // BAMBA_DECODE_SPLIT=0 keeps the CUDA-core kernel (to compare the two on one binary).
+    static const bool split_on = [] {
+      const char* e = std::getenv("BAMBA_DECODE_SPLIT");
+      return !(e && e[0] == '0');
+    }();
     DecodeSplit split;
-    if (decode_ && invariant_chunk_ == 0) {
+    if (decode_ && invariant_chunk_ == 0 && split_on) {
       split = decode_split_plan(dtype_ == DType::BF16, a.nq, a.nkv, a.dh, db_.S, decode_ctx_cap_);
       const size_t need = decode_split_floats(split, db_.T, a.nq, a.dh);
       if (need > decode_part_floats_) {
