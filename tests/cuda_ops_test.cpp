@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -244,7 +245,12 @@ TEST_P(CudaOps, MoeRoutingAndGroupedExperts) {
   for (const Case& cs : {Case{1, 4, 2, 48, 40, MoeRouting::SoftmaxTopK, 1, 1, ExpertAct::SwiGLU},
                          Case{7, 8, 3, 40, 24, MoeRouting::SigmoidGroup, 4, 2, ExpertAct::Relu2},
                          Case{150, 6, 2, 72, 56, MoeRouting::SoftmaxTopK, 1, 1, ExpertAct::SwiGLU},
-                         Case{150, 8, 2, 64, 33, MoeRouting::SigmoidGroup, 1, 1, ExpertAct::Relu2}}) {
+                         Case{150, 8, 2, 64, 33, MoeRouting::SigmoidGroup, 1, 1, ExpertAct::Relu2},
+                         // bf16 tensor-core path: 64-row tiles, several per expert, K (136) not a multiple of the
+                         // 32-wide k slice, 40 SwiGLU features in a 64-feature column tile
+                         Case{300, 8, 3, 136, 40, MoeRouting::SoftmaxTopK, 1, 1, ExpertAct::SwiGLU},
+                         // 16-row tiles (few rows per expert, as in decode), relu², experts left empty
+                         Case{33, 64, 4, 64, 24, MoeRouting::SigmoidGroup, 4, 2, ExpertAct::Relu2}}) {
     const int64_t T = cs.T, E = cs.E, k = cs.k, H = cs.H, F = cs.F, U = cs.act == ExpertAct::SwiGLU ? 2 * F : F;
     const MoeOpsConfig c{E, k, cs.routing, cs.n_group, cs.topk_group, true, 2.5f};
     Pair logits = make(DType::F32, {T, E}, -3, 3), bias = make(DType::F32, {E}, -0.3f, 0.3f);
@@ -389,6 +395,53 @@ TEST_P(CudaOps, AttentionPagedGqaPartialRope) {
     expect_close(vp, tol(), "v pages, T=" + std::to_string(T));
     expect_close(out, tol(), "attention out, T=" + std::to_string(T) + ", head_dim " + std::to_string(c.head_dim));
   }
+  }
+}
+
+// Decode steps (one token per sequence) over long contexts: bf16 with head_dim 64/128 takes the split-K kernel
+// (splits of 256-512 keys here: sequences needing 1, 2, 3, 4 and 20 splits in one step, lengths on and one past a
+// split boundary, GQA groups of 3, 8 and 16); fp32 the CUDA-core kernel over the same batches. The NoPE cases
+// give both backends bitwise the same q and keys (RoPE'd q and k are rounded to bf16 on the GPU only, which with
+// large queries makes the new token's own key differ by more than the kernel's error), with queries of scale 4:
+// peaked softmaxes, so that a wrong max or a lost split shows; the RoPE case uses unit queries.
+TEST_P(CudaOps, DecodeAttentionSplitOverKeys) {
+  struct Case { AttentionOpsConfig c; std::vector<std::vector<int32_t>> pasts; float q_amp; };
+  const std::vector<Case> cases = {
+      {{12, 4, 128, 0, 16, 10000.f, 0.0078125f, DType::F32}, {{3000, 0, 777, 5000, 64, 255, 256}}, 4.f},
+      {{8, 1, 64, 0, 32, 10000.f, 0.125f, DType::F32}, {{1500, 200}}, 4.f},
+      {{16, 1, 128, 0, 16, 500000.f, 1.f / std::sqrt(128.f), DType::F32}, {{100}, {2047, 9, 600}}, 4.f},
+      {{8, 2, 128, 64, 16, 500000.f, 0.25f, DType::F32}, {{1200, 33, 511}}, 1.f},
+  };
+  for (const Case& cs : cases) {
+    const AttentionOpsConfig& c = cs.c;
+    const int64_t nb = 640, qkv_w = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, o_w = c.n_heads * c.head_dim;
+    Pair kp = make(act(), {nb, c.block_size, c.n_kv_heads, c.head_dim}, -1, 1);
+    Pair vp = make(act(), {nb, c.block_size, c.n_kv_heads, c.head_dim}, -1, 1);
+    for (const std::vector<int32_t>& pasts : cs.pasts) {
+      std::vector<int32_t> slots(pasts.size()), lens(pasts.size(), 1);
+      std::iota(slots.begin(), slots.end(), 0);
+      StepBatch b = batch(lens, pasts, slots, int32_t(c.block_size), int32_t(nb), 10);
+      set_batch(b);
+      const int64_t T = b.n_tokens();
+      Pair qkvw = make(act(), {T, qkv_w + 6}, -cs.q_amp, cs.q_amp), out = zeros(act(), {T, o_w});
+      Pair qkv = cols(qkvw, 0, qkv_w);
+      cpu_->attention(out.cpu, qkv.cpu, kp.cpu, vp.cpu, c);
+      gpu_->attention(out.gpu, qkv.gpu, kp.gpu, vp.gpu, c);
+      const std::string what = ", S=" + std::to_string(T) + ", head_dim " + std::to_string(c.head_dim) + ", longest " +
+                               std::to_string(*std::max_element(pasts.begin(), pasts.end()) + 1);
+      expect_close(kp, tol(), "k pages" + what);
+      expect_close(out, tol(), "decode attention out" + what);
+      // Per sequence too: a short sequence's error would vanish in the L2 of the long ones.
+      auto g = host(*gpu_, out.gpu), r = host(*cpu_, out.cpu);
+      double worst = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        std::vector<float> gt(g.begin() + t * o_w, g.begin() + (t + 1) * o_w), rt(r.begin() + t * o_w, r.begin() + (t + 1) * o_w);
+        const double e = rel_l2(gt, rt);
+        worst = std::max(worst, e);
+        EXPECT_LE(e, tol()) << "decode attention out of sequence " << t << what;
+      }
+      std::printf("  decode attention%s: worst sequence's relative L2 %.5f\n", what.c_str(), worst);
+    }
   }
 }
 

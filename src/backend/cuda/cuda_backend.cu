@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cuda/attention_decode.cuh"
 #include "backend/cuda/kernels.cuh"
 #include "core/hash_uniform.h"
 
@@ -89,7 +90,7 @@ class CudaBackend final : public Backend {
     for (auto& [p, n] : allocs_) cudaFree(p);
     for (auto& [k, p] : inv_freq_) cudaFree(p);
     for (void* p : std::initializer_list<void*>{meta_dev_, scratch_, tscratch_, tints_, stage_dev_[0], stage_dev_[1],
-                                                cublas_ws_, sample_dev_, proc_dev_})
+                                                cublas_ws_, sample_dev_, proc_dev_, decode_part_})
       cudaFree(p);
     for (void* p : std::initializer_list<void*>{meta_host_, stage_host_[0], stage_host_[1], sample_host_, proc_host_}) cudaFreeHost(p);
     for (auto& e : stage_done_) cudaEventDestroy(e);
@@ -331,9 +332,31 @@ class CudaBackend final : public Backend {
     AttnArgs a{out.data, out.ld, qkv.data, qkv.ld, k_pages.data, v_pages.data,
                inv_freq(c), int(c.n_heads), int(c.n_kv_heads), int(c.head_dim), int(c.rotary_dim),
                int(c.block_size), c.scale};
+    // Decode steps split over the keys (flash-decoding) unless under batch invariance, which keeps the kernel
+    // its bits were fixed with; the split follows the step's longest context, which is part of the graph key.
+    // BAMBA_DECODE_SPLIT=0 keeps the CUDA-core kernel (to compare the two on one binary).
+    static const bool split_on = [] {
+      const char* e = std::getenv("BAMBA_DECODE_SPLIT");
+      return !(e && e[0] == '0');
+    }();
+    DecodeSplit split;
+    if (decode_ && invariant_chunk_ == 0 && split_on) {
+      split = decode_split_plan(dtype_ == DType::BF16, a.nq, a.nkv, a.dh, db_.S, decode_ctx_cap_);
+      const size_t need = decode_split_floats(split, db_.T, a.nq, a.dh);
+      if (need > decode_part_floats_) {
+        if (capturing_) fail("internal: the decode attention scratch grows during graph capture");
+        CUDA_CHECK(cudaStreamSynchronize(stream_));
+        dev_free(decode_part_);
+        decode_part_ = static_cast<float*>(dev_malloc(need * 4, "the split decode attention scratch"));
+        decode_part_floats_ = need;
+        drop_graphs();  // they point at the old scratch
+      }
+      split.partials = decode_part_;
+    }
     typed([&]<typename T>() {
       rope_and_cache<T>(stream_, a, db_);
-      cuda::attention<T>(stream_, a, db_, max_seq_len_);
+      if (split.splits > 0) cuda::attention_decode_split<T>(stream_, a, db_, split);
+      else cuda::attention<T>(stream_, a, db_, max_seq_len_);
     });
   }
   void swiglu(Tensor out, Tensor gate_up) override {
@@ -523,6 +546,9 @@ class CudaBackend final : public Backend {
   int32_t invariant_chunk_ = 0;  // set_batch_invariant
   float* scratch_ = nullptr;
   size_t scratch_floats_ = 0;
+  int decode_ctx_cap_ = 64;         // decode steps: the longest sequence's keys rounded up to a power of two (>= 64)
+  float* decode_part_ = nullptr;    // the split decode attention's partials
+  size_t decode_part_floats_ = 0;
   std::map<std::tuple<int64_t, float, int, float, float, float, int64_t>, float*> inv_freq_;
   size_t held_bytes_ = 0, peak_bytes_ = 0;  // through dev_malloc (tensors, scratch); not cuBLAS's own
   std::unordered_map<void*, size_t> dev_sizes_;
@@ -535,8 +561,9 @@ class CudaBackend final : public Backend {
   bool graphs_enabled_ = true, capturing_ = false;
   int gemv_max_rows_ = kMaxGemvRows;
   int ssd_chunk_ = 256;
-  std::map<std::tuple<uint64_t, int, int, int>, cudaGraphExec_t> graphs_;
-  std::set<std::tuple<uint64_t, int, int, int>> seen_;
+  // (engine key, T, S, R, log2 of decode_ctx_cap_ where the decode attention's split follows it)
+  std::map<std::tuple<uint64_t, int, int, int, int>, cudaGraphExec_t> graphs_;
+  std::set<std::tuple<uint64_t, int, int, int, int>> seen_;
   // sampling
   void grow_sample_buffers(size_t bytes);
   DevSampling* sample_host_ = nullptr;
@@ -556,6 +583,12 @@ void CudaBackend::set_batch(const StepBatch& b) {
   const bool keeps = b.keeps_states();
   decode_ = T == S && !keeps;
   host_batch_ = &b;
+  if (decode_) {
+    int longest = 1;
+    for (int s = 0; s < S; ++s) longest = std::max(longest, b.past_len[size_t(s)] + 1);
+    decode_ctx_cap_ = 64;
+    while (decode_ctx_cap_ < longest) decode_ctx_cap_ *= 2;
+  }
   if (invariant_chunk_ > 0 && !decode_) max_seq_len_ = std::max(max_seq_len_, int(invariant_chunk_));
   // Prefill chunk for the SSD scan: fixed for the bf16 tensor-core form; by batch size for ssd.cu's recurrence
   // (fixed too under batch invariance).
@@ -622,7 +655,10 @@ void CudaBackend::set_batch(const StepBatch& b) {
 // step is ~1,000 small launches, whose launch cost would otherwise be a large share of the 4.5 ms floor.
 void CudaBackend::run_step(uint64_t key, const std::function<void()>& ops) {
   if (!graphs_enabled_ || !decode_) return ops();
-  auto k = std::make_tuple(key, db_.T, db_.S, db_.R);
+  int cap_log2 = 0;  // graphs recorded with one split layout serve the steps whose contexts fit it
+  if (dtype_ == DType::BF16 && invariant_chunk_ == 0)
+    while ((64 << cap_log2) < decode_ctx_cap_) ++cap_log2;
+  auto k = std::make_tuple(key, db_.T, db_.S, db_.R, cap_log2);
   auto it = graphs_.find(k);
   if (it == graphs_.end()) {
     if (seen_.insert(k).second) return ops();

@@ -7,12 +7,20 @@
 //   2. grouped GEMM up: up_rows[i] = x[token(i)] · up[e]ᵀ          (rows gathered through the sort)
 //   3. SwiGLU / relu² on up_rows -> act_rows
 //   4. grouped GEMM down: down_rows[i] = act_rows[i] · down[e]ᵀ
-//   5. combine: out[t] = Σ_j w[t, j] · down_rows[inv[t k + j]]   (fp32, in slot order)
-// The GEMM is a plain shared-memory tiled kernel with fp32 accumulation (64×64 tiles, 4×4 outputs per thread):
-// correct and grouped; tensor cores for it are future work (bench/NOTES.md).
+//   5. combine: out[t] = Σ_j w[t, j] · down_rows[inv[t k + j]]   (fp32, in slot order: no atomics, fixed bits)
+// bf16 with 16-byte rows (hidden and expert sizes multiples of 8) runs the GEMMs on tensor cores (mma.m16n8k16,
+// fp32 accumulation, tiles streamed through shared memory by cp.async), with the activation fused into the up
+// GEMM's epilogue (steps 2 and 3 are one kernel: for SwiGLU each block's weight tile interleaves gate and up rows
+// 8 at a time, so a thread holds gate and up of the same outputs). Two tile shapes: 16 rows × 64 columns for
+// decode-sized groups (a few rows per expert: the cost is streaming each expert's weights once) and 64 × 128 for
+// prompts. Other shapes and fp32 keep the CUDA-core kernel (64×64 tiles, 4×4 outputs per thread).
 #include <algorithm>
+#include <cstdlib>
+#include <type_traits>
 
+#include "backend/cuda/cp_async.cuh"
 #include "backend/cuda/kernels.cuh"
+#include "backend/cuda/mma.cuh"
 
 namespace bamba::cuda {
 namespace {
@@ -84,8 +92,9 @@ struct SortOut {
   int32_t *order, *inv, *offsets, *tile_start;
 };
 
-// One block; thread e collects expert e's pairs in order, reading the pairs through shared-memory tiles.
-__global__ void sort_kernel(const int32_t* experts, int64_t lde, int T, int k, int E, SortOut o) {
+// One block; thread e collects expert e's pairs in order, reading the pairs through shared-memory tiles. Groups
+// are cut into tiles of bm rows (the GEMM's row tile).
+__global__ void sort_kernel(const int32_t* experts, int64_t lde, int T, int k, int E, int bm, SortOut o) {
   __shared__ int32_t tile[1024];
   __shared__ int32_t count[1024];
   const int Tk = T * k, e = threadIdx.x;
@@ -106,7 +115,7 @@ __global__ void sort_kernel(const int32_t* experts, int64_t lde, int T, int k, i
       o.offsets[g] = off;
       o.tile_start[g] = tiles;
       off += count[g];
-      tiles += (count[g] + kBM - 1) / kBM;
+      tiles += (count[g] + bm - 1) / bm;
     }
     o.offsets[E] = off;
     o.tile_start[E] = tiles;
@@ -128,20 +137,20 @@ __global__ void sort_kernel(const int32_t* experts, int64_t lde, int T, int k, i
   }
 }
 
-// C[r, n] = Σ_k A[a_row(r), k] · W_e[n, k] for the rows r of group e, for every group at once. blockIdx.y is a
-// tile of some group (found in tile_start), blockIdx.x a column tile. gather: A rows are x[order[r] / topk].
+// C[r, n] = Σ_k A[a_row(r), k] · W_e[n, k] for the rows r of group e, for every group at once. blockIdx.x is a
+// tile of some group (found in tile_start), blockIdx.y a column tile. gather: A rows are x[order[r] / topk].
 template <typename T>
 __global__ void grouped_gemm_kernel(T* C, int64_t ldc, const T* A, int64_t lda, const T* W, int N, int K, int E,
                                     SortOut o, int gather_k) {
   __shared__ float As[kBK][kBM + 1];
   __shared__ float Ws[kBK][kBN + 1];
   __shared__ int32_t a_rows[kBM];
-  const int tile = blockIdx.y;
+  const int tile = blockIdx.x;
   if (tile >= o.tile_start[E]) return;
   int e = 0;
   while (o.tile_start[e + 1] <= tile) ++e;  // the group of this tile (E is small)
   const int r0 = o.offsets[e] + (tile - o.tile_start[e]) * kBM, r1 = min(r0 + kBM, o.offsets[e + 1]);
-  const int n0 = blockIdx.x * kBN;
+  const int n0 = blockIdx.y * kBN;
   const T* We = W + int64_t(e) * N * K;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;  // 16 × 16 threads, 4 × 4 outputs each
   for (int i = threadIdx.x; i < kBM; i += blockDim.x) {
@@ -184,6 +193,151 @@ __global__ void grouped_gemm_kernel(T* C, int64_t ldc, const T* A, int64_t lda, 
   }
 }
 
+// The group of row tile `tile`: the last e with tile_start[e] <= tile (binary search; tile_start is ascending).
+__device__ __forceinline__ int group_of_tile(const int32_t* tile_start, int E, int tile) {
+  int lo = 0, hi = E - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (tile_start[mid] <= tile) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+// What the tensor-core GEMM does with its fp32 accumulators.
+enum Epilogue : int {
+  kStore = 0,   // C[r, n] = acc                       (the down projection)
+  kSwiGLU = 1,  // C[r, f] = silu(acc_gate) · acc_up    (the up projection, U = 2F, columns interleaved)
+  kRelu2 = 2,   // C[r, n] = relu(acc)²                 (the up projection, U = F)
+};
+
+constexpr int kMmaBK = 32;               // k per pipeline stage (two mma k-steps)
+constexpr int kMmaLds = kMmaBK + 8;      // smem row stride in bf16: 80 bytes, so ldmatrix's 8 rows hit distinct banks
+constexpr int kMmaThreads = 128;         // 4 warps
+
+// C = epilogue(A_gathered · W_eᵀ) for every group at once on bf16 tensor cores. Block (row tile of one group,
+// column tile); 4 warps as WM × WN, each owning (BM/WM) × (BN/WN) outputs in m16n8 accumulators. The A rows
+// (gathered through the sort for the up projection) and the BN weight rows are streamed in k slices of 32 through
+// STAGES shared-memory buffers by cp.async. Requires K, lda multiples of 8 and 16-byte aligned A and W (the
+// launcher checks). For kSwiGLU the block's columns are output features f0 .. f0 + BN/2 and its weight tile's
+// rows alternate 8 gate rows (f) and 8 up rows (F + f), so n8 accumulator blocks 2i and 2i+1 of a thread hold the
+// gate and up of the same features. Every output is one fp32 chain over k in order: no split-K, no atomics.
+template <int BM, int BN, int WM, int WN, int STAGES, int EPI>
+__global__ void __launch_bounds__(kMmaThreads) grouped_mma_kernel(bf16* C, int64_t ldc, const bf16* A, int64_t lda,
+                                                                   const bf16* W, int N, int K, int F, int E,
+                                                                   SortOut o, int gather_k) {
+  static_assert(WM * WN == kMmaThreads / 32, "4 warps");
+  constexpr int TM = BM / WM, TN = BN / WN;  // a warp's tile
+  constexpr int MI = TM / 16, NI = TN / 8;
+  static_assert(TM % 16 == 0 && TN % 16 == 0, "whole m16 tiles, n8 blocks in pairs");
+  __shared__ __align__(16) bf16 sA[STAGES][BM * kMmaLds];
+  __shared__ __align__(16) bf16 sW[STAGES][BN * kMmaLds];
+  __shared__ int64_t a_off[BM];  // element offset of each A row; -1 past the group's end
+  __shared__ int64_t w_off[BN];  // element offset of each weight row in W_e; -1 past N (or F)
+
+  const int tile = blockIdx.x;
+  if (tile >= o.tile_start[E]) return;  // block-uniform: more tiles were launched than the groups need
+  const int e = group_of_tile(o.tile_start, E, tile);
+  const int r0 = o.offsets[e] + (tile - o.tile_start[e]) * BM, r1 = min(r0 + BM, o.offsets[e + 1]);
+  const int n0 = blockIdx.y * (EPI == kSwiGLU ? BN / 2 : BN);  // first output column (feature) of the block
+  const bf16* We = W + int64_t(e) * N * K;
+  for (int i = threadIdx.x; i < BM; i += kMmaThreads) {
+    const int r = r0 + i;
+    a_off[i] = r < r1 ? int64_t(gather_k ? o.order[r] / gather_k : r) * lda : -1;
+  }
+  for (int i = threadIdx.x; i < BN; i += kMmaThreads) {
+    int n = n0 + i, lim = N;
+    if (EPI == kSwiGLU) {  // rows 16p .. 16p+7: gate features n0 + 8p + (0..7); rows 16p+8 ..: their up rows
+      const int f = n0 + (i / 16) * 8 + i % 8;
+      n = (i / 8) % 2 ? F + f : f;
+      lim = (i / 8) % 2 ? N : F;
+      if (f >= F) n = lim;  // a feature past F: padding
+    }
+    w_off[i] = n < lim ? int64_t(n) * K : -1;
+  }
+  __syncthreads();
+
+  // Stage s ← k slice kt: BM + BN rows of 4 runs of 8 bf16; runs past K or rows past the group read nothing.
+  auto load = [&](int s, int kt) {
+    const int k0 = kt * kMmaBK;
+    for (int i = threadIdx.x; i < (BM + BN) * (kMmaBK / 8); i += kMmaThreads) {
+      const int r = i / (kMmaBK / 8), c = (i % (kMmaBK / 8)) * 8;
+      const bool is_a = r < BM;
+      const int64_t off = is_a ? a_off[r] : w_off[r - BM];
+      const bool full = off >= 0 && k0 + c < K;
+      const bf16* base = is_a ? A : We;
+      bf16* dst = is_a ? &sA[s][r * kMmaLds + c] : &sW[s][(r - BM) * kMmaLds + c];
+      async::copy16(dst, full ? base + off + k0 + c : base, full);
+    }
+  };
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int wm0 = (warp / WN) * TM, wn0 = (warp % WN) * TN;
+  float acc[MI][NI][4] = {};
+  const int KT = (K + kMmaBK - 1) / kMmaBK;
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < KT) load(s, s);
+    async::commit();
+  }
+  for (int kt = 0; kt < KT; ++kt) {
+    async::wait<STAGES - 2>();
+    __syncthreads();  // slice kt is in, and every warp is done with the buffer the next load overwrites
+    if (kt + STAGES - 1 < KT) load((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
+    async::commit();  // (an empty group at the end keeps the count uniform)
+    const bf16* a_s = sA[kt % STAGES];
+    const bf16* w_s = sW[kt % STAGES];
+#pragma unroll
+    for (int kk = 0; kk < kMmaBK; kk += 16) {
+      uint32_t af[MI][4];
+#pragma unroll
+      for (int mi = 0; mi < MI; ++mi)
+        ldsm_x4(af[mi], a_s + (wm0 + mi * 16 + (lane & 15)) * kMmaLds + kk + (lane >> 4) * 8);
+#pragma unroll
+      for (int nj = 0; nj < NI / 2; ++nj) {
+        uint32_t bf[4];  // b0, b1 of n8 block 2nj, then of 2nj+1
+        const int mat = lane >> 3;
+        ldsm_x4(bf, w_s + (wn0 + 16 * nj + (mat >> 1) * 8 + (lane & 7)) * kMmaLds + kk + (mat & 1) * 8);
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) {
+          mma_bf16(acc[mi][2 * nj], af[mi], bf[0], bf[1]);
+          mma_bf16(acc[mi][2 * nj + 1], af[mi], bf[2], bf[3]);
+        }
+      }
+    }
+  }
+
+  // Epilogue: c0, c1 = (row g, cols 2q, 2q+1), c2, c3 = (row g+8, same cols) of each m16n8 block.
+  const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = r0 + wm0 + mi * 16 + g + 8 * h;
+      if (r >= r1) continue;
+      bf16* c_row = C + int64_t(r) * ldc;
+      if constexpr (EPI == kSwiGLU) {
+#pragma unroll
+        for (int ni = 0; ni < NI; ni += 2)
+#pragma unroll
+          for (int x = 0; x < 2; ++x) {
+            const int f = n0 + (wn0 + ni * 8) / 2 + 2 * q + x;  // (wn0 + 8 ni) / 16 pairs of 8 features before
+            if (f < F) c_row[f] = __float2bfloat16_rn(silu_f(acc[mi][ni][2 * h + x]) * acc[mi][ni + 1][2 * h + x]);
+          }
+      } else {
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+          for (int x = 0; x < 2; ++x) {
+            const int n = n0 + wn0 + ni * 8 + 2 * q + x;
+            float v = acc[mi][ni][2 * h + x];
+            if (EPI == kRelu2) v = fmaxf(v, 0.f) * fmaxf(v, 0.f);
+            if (n < N) c_row[n] = __float2bfloat16_rn(v);
+          }
+      }
+    }
+}
+
 template <typename T>
 __global__ void combine_kernel(T* out, int64_t ldo, const T* rows, int64_t ldr, const float* w, int64_t ldw,
                                const int32_t* inv, int k, int H) {
@@ -192,6 +346,46 @@ __global__ void combine_kernel(T* out, int64_t ldo, const T* rows, int64_t ldr, 
     float acc = 0.f;
     for (int j = 0; j < k; ++j) acc += w[int64_t(t) * ldw + j] * to_f(rows[int64_t(inv[t * k + j]) * ldr + c]);
     out[int64_t(t) * ldo + c] = from_f<T>(acc);
+  }
+}
+
+// The tensor-core path of moe_experts for one tile shape: up (+ activation) and down GEMMs.
+template <int BM, int BN, int WM, int WN, int STAGES>
+void experts_mma(cudaStream_t st, const MoeExpertsArgs& a, const SortOut& o) {
+  const unsigned max_tiles = unsigned(a.T * a.k / BM + a.E);  // blocks past the last tile exit at once
+  const auto* x = static_cast<const bf16*>(a.x);
+  const auto* up = static_cast<const bf16*>(a.up);
+  auto* act = static_cast<bf16*>(a.act_rows);
+  if (a.act == 0)
+    grouped_mma_kernel<BM, BN, WM, WN, STAGES, kSwiGLU><<<dim3(max_tiles, ceil_div(a.F, BN / 2)), kMmaThreads, 0, st>>>(
+        act, a.lda, x, a.ldx, up, a.U, a.H, a.F, a.E, o, a.k);
+  else
+    grouped_mma_kernel<BM, BN, WM, WN, STAGES, kRelu2><<<dim3(max_tiles, ceil_div(a.F, BN)), kMmaThreads, 0, st>>>(
+        act, a.lda, x, a.ldx, up, a.U, a.H, a.F, a.E, o, a.k);
+  CUDA_LAUNCH_CHECK();
+  grouped_mma_kernel<BM, BN, WM, WN, STAGES, kStore><<<dim3(max_tiles, ceil_div(a.H, BN)), kMmaThreads, 0, st>>>(
+      static_cast<bf16*>(a.down_rows), a.ldd, act, a.lda, static_cast<const bf16*>(a.down), a.H, a.F, a.F, a.E, o, 0);
+  CUDA_LAUNCH_CHECK();
+}
+
+// BAMBA_MOE_MMA=0 keeps the CUDA-core kernel (to compare the two on one binary).
+bool moe_mma_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("BAMBA_MOE_MMA");
+    return !(e && e[0] == '0');
+  }();
+  return on;
+}
+
+// Whether the tensor-core path applies: bf16, 16-byte rows everywhere cp.async reads (x, act_rows, weights).
+template <typename T>
+bool mma_fits(const MoeExpertsArgs& a) {
+  if constexpr (!std::is_same_v<T, bf16>) {
+    return false;
+  } else {
+    auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    return a.H % 8 == 0 && a.F % 8 == 0 && a.ldx % 8 == 0 && a.lda % 8 == 0 && aligned(a.x) && aligned(a.up) &&
+           aligned(a.down) && aligned(a.act_rows) && (a.act == 0 ? a.U == 2 * a.F : a.U == a.F);
   }
 }
 
@@ -211,20 +405,29 @@ void moe_experts(cudaStream_t st, const MoeExpertsArgs& a) {
   if (a.E > 1024) fail("cuda moe_experts: ", a.E, " experts exceed 1024");
   const int Tk = a.T * a.k;
   SortOut o{a.index, a.index + Tk, a.index + 2 * Tk, a.index + 2 * Tk + a.E + 1};
-  sort_kernel<<<1, std::max(32, (a.E + 31) / 32 * 32), 0, st>>>(a.experts, a.lde, a.T, a.k, a.E, o);
+  // Row tile: 16 when groups average under 32 rows (decode: weight streaming dominates, and a 64-row tile would
+  // mostly multiply padding), 64 for prompts; the CUDA-core fallback tiles by kBM.
+  const bool mma = mma_fits<T>(a) && moe_mma_enabled();
+  const int bm = !mma ? kBM : Tk < 32 * a.E ? 16 : 64;
+  sort_kernel<<<1, std::max(32, (a.E + 31) / 32 * 32), 0, st>>>(a.experts, a.lde, a.T, a.k, a.E, bm, o);
   CUDA_LAUNCH_CHECK();
-  // At most Tk / BM + E tiles in all; blocks past the last one exit at once.
-  const unsigned max_tiles = unsigned(Tk / kBM + a.E);
-  grouped_gemm_kernel<T><<<dim3(ceil_div(a.U, kBN), max_tiles), 256, 0, st>>>(
-      static_cast<T*>(a.up_rows), a.ldu, static_cast<const T*>(a.x), a.ldx, static_cast<const T*>(a.up), a.U, a.H, a.E,
-      o, a.k);
-  CUDA_LAUNCH_CHECK();
-  if (a.act == 0) swiglu<T>(st, static_cast<T*>(a.act_rows), a.lda, static_cast<const T*>(a.up_rows), a.ldu, Tk, a.F);
-  else relu2<T>(st, static_cast<T*>(a.act_rows), a.lda, static_cast<const T*>(a.up_rows), a.ldu, Tk, a.F);
-  grouped_gemm_kernel<T><<<dim3(ceil_div(a.H, kBN), max_tiles), 256, 0, st>>>(
-      static_cast<T*>(a.down_rows), a.ldd, static_cast<const T*>(a.act_rows), a.lda, static_cast<const T*>(a.down), a.H,
-      a.F, a.E, o, 0);
-  CUDA_LAUNCH_CHECK();
+  if (mma) {
+    if (bm == 16) experts_mma<16, 64, 1, 4, 4>(st, a, o);
+    else experts_mma<64, 128, 2, 2, 3>(st, a, o);
+  } else {
+    // At most Tk / BM + E tiles in all; blocks past the last one exit at once.
+    const unsigned max_tiles = unsigned(Tk / kBM + a.E);
+    grouped_gemm_kernel<T><<<dim3(max_tiles, ceil_div(a.U, kBN)), 256, 0, st>>>(
+        static_cast<T*>(a.up_rows), a.ldu, static_cast<const T*>(a.x), a.ldx, static_cast<const T*>(a.up), a.U, a.H,
+        a.E, o, a.k);
+    CUDA_LAUNCH_CHECK();
+    if (a.act == 0) swiglu<T>(st, static_cast<T*>(a.act_rows), a.lda, static_cast<const T*>(a.up_rows), a.ldu, Tk, a.F);
+    else relu2<T>(st, static_cast<T*>(a.act_rows), a.lda, static_cast<const T*>(a.up_rows), a.ldu, Tk, a.F);
+    grouped_gemm_kernel<T><<<dim3(max_tiles, ceil_div(a.H, kBN)), 256, 0, st>>>(
+        static_cast<T*>(a.down_rows), a.ldd, static_cast<const T*>(a.act_rows), a.lda, static_cast<const T*>(a.down),
+        a.H, a.F, a.E, o, 0);
+    CUDA_LAUNCH_CHECK();
+  }
   combine_kernel<T><<<unsigned(a.T), 256, 0, st>>>(static_cast<T*>(a.out), a.ldo, static_cast<const T*>(a.down_rows),
                                                    a.ldd, a.weights, a.ldw, o.inv, a.k, a.H);
   CUDA_LAUNCH_CHECK();
