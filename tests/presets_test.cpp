@@ -17,6 +17,10 @@ TEST(Presets, EveryPresetParsesWithItsPublishedSize) {
   EXPECT_EQ(g.model_type, "granitemoehybrid");
   EXPECT_EQ(g.n_attention_layers(), 4);
   EXPECT_NEAR(double(g.parameter_count()), 6.9e9, 0.3e9);  // "7B total, 1B active"
+  const double active = double(g.parameter_count()) - double(g.routed_expert_parameter_count()) *
+                                                          (1.0 - double(g.num_experts_per_tok) / double(g.num_experts));
+  EXPECT_NEAR(active, 1.0e9, 0.3e9);
+  EXPECT_EQ(n.routed_expert_parameter_count(), 0);  // Nemotron-H-8B is dense
   EXPECT_EQ(n.model_type, "nemotron_h");
   EXPECT_EQ(n.n_attention_layers(), 4);
   EXPECT_EQ(n.n_mamba_layers(), 24);

@@ -31,18 +31,28 @@ std::vector<int32_t> tokens(int n, int64_t vocab, uint32_t seed) {
 
 // FLOPs of one prefill of n tokens that asks for one logits row: 2 per weight per token for every matmul
 // (lm_head once), plus causal attention (q·k and p·v over n²/2 pairs).
+// MoE: a token runs k of the E routed experts, so only those count.
 double prefill_flops(const ModelConfig& c, int n) {
   const double H = double(c.hidden_size), V = double(c.vocab_size);
-  const double per_token = 2.0 * (double(c.parameter_count()) - 2.0 * V * H);
+  const double unused = c.num_experts > 0 ? double(c.routed_expert_parameter_count()) *
+                                                (1.0 - double(c.num_experts_per_tok) / double(c.num_experts))
+                                          : 0.0;
+  const double per_token = 2.0 * (double(c.parameter_count()) - 2.0 * V * H - unused);
   const double attn = double(c.n_attention_layers()) * 4.0 * double(c.num_attention_heads * c.head_dim) * 0.5 * n * n;
   return per_token * n + 2.0 * V * H + attn;
 }
 
 // Bytes one decode step of S sequences at context ~ctx must move: every weight once (bf16; the embedding table
 // only S rows), each sequence's Mamba state read and written (conv window fp32, SSM state `ssm`), and its KV read.
+// MoE: only the experts some sequence picked are read — with the generated weights' near-uniform routing, a
+// fraction 1 - (1 - k/E)^S of them.
 double decode_bytes(const ModelConfig& c, int S, int ctx, DType ssm) {
   const double V = double(c.vocab_size), H = double(c.hidden_size);
-  const double weights = 2.0 * (double(c.parameter_count()) - V * H);
+  const double unread = c.num_experts > 0
+                            ? double(c.routed_expert_parameter_count()) *
+                                  std::pow(1.0 - double(c.num_experts_per_tok) / double(c.num_experts), S)
+                            : 0.0;
+  const double weights = 2.0 * (double(c.parameter_count()) - V * H - unread);
   const double state = 2.0 * double(HybridCache::bytes_per_slot(c, ssm));
   const double kv = double(c.n_attention_layers()) * 2.0 * double(c.num_key_value_heads * c.head_dim) * 2.0 * ctx;
   return weights + S * (state + kv);

@@ -71,6 +71,13 @@ int64_t ModelConfig::parameter_count() const {
   return n;
 }
 
+int64_t ModelConfig::routed_expert_parameter_count() const {
+  int64_t n = 0;
+  for (MlpKind k : mlp_kinds)
+    if (k == MlpKind::MoE) n += (moe_router == MoeRouter::SoftmaxTopK ? 3 : 2) * num_experts * moe_intermediate_size * hidden_size;
+  return n;
+}
+
 namespace {
 
 // An upper bound on the parameter count, as if every layer had every block, computed in double (no overflow).

@@ -140,6 +140,7 @@ struct ModelConfig {
   int64_t n_attention_layers() const; // layers with a KV cache
   int64_t mlp_width() const;          // widest dense feed-forward (workspace sizing)
   int64_t parameter_count() const;
+  int64_t routed_expert_parameter_count() const;  // all MoE layers' routed experts; a token uses k/E of them
 };
 
 // Parses config.json text; `label` (usually the path) prefixes every error, which names the field and what was
