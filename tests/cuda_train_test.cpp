@@ -183,6 +183,75 @@ TEST_P(CudaTrainOps, SwigluBackward) {
   }
 }
 
+TEST_P(CudaTrainOps, GegluBackward) {
+  for (int64_t F : {77, 1032}) {
+    const int64_t M = 9;
+    Pair gu = make(act(), {M, 2 * F}, -3, 3), dout = make(act(), {M, F}, -1, 1), dgu = zeros(act(), {M, 2 * F});
+    cpu_->geglu_backward(dgu.cpu, dout.cpu, gu.cpu);
+    gpu_->geglu_backward(dgu.gpu, dout.gpu, gu.gpu);
+    expect_close(dgu, tol(), "geglu dgate_up, F=" + std::to_string(F));
+  }
+}
+
+// The MoE backward (both routers, SwiGLU and relu² experts) against the CPU twin: T = 1, 7 and 150 tokens (more
+// rows per expert than one 64-row tile), odd H and F, strided activations; the expert gradients accumulate (+=).
+TEST_P(CudaTrainOps, MoeRouteAndExpertsBackward) {
+  struct Case { int64_t T, E, k, H, F; MoeRouting routing; int64_t n_group, topk_group; ExpertAct act; };
+  for (const Case& cs : {Case{1, 4, 2, 48, 40, MoeRouting::SoftmaxTopK, 1, 1, ExpertAct::SwiGLU},
+                         Case{7, 8, 3, 40, 24, MoeRouting::SigmoidGroup, 4, 2, ExpertAct::Relu2},
+                         Case{150, 6, 2, 72, 56, MoeRouting::SoftmaxTopK, 1, 1, ExpertAct::SwiGLU},
+                         Case{150, 8, 2, 65, 33, MoeRouting::SigmoidGroup, 1, 1, ExpertAct::Relu2}}) {
+    const int64_t T = cs.T, E = cs.E, k = cs.k, H = cs.H, F = cs.F, U = cs.act == ExpertAct::SwiGLU ? 2 * F : F;
+    const std::string at = ", T=" + std::to_string(T) + ", E=" + std::to_string(E);
+    const MoeOpsConfig c{E, k, cs.routing, cs.n_group, cs.topk_group, true, 2.5f};
+    Pair logits = make(DType::F32, {T, E}, -3, 3), bias = make(DType::F32, {E}, -0.3f, 0.3f);
+    Pair experts{cpu_->alloc(DType::I32, {T, k}), gpu_->alloc(DType::I32, {T, k})};
+    Pair weights = zeros(DType::F32, {T, k});
+    cpu_->moe_route(experts.cpu, weights.cpu, logits.cpu, bias.cpu, c);
+    gpu_->moe_route(experts.gpu, weights.gpu, logits.gpu, bias.gpu, c);  // the same choice (cuda_ops_test checks it)
+    gpu_->from_host_f32(weights.gpu, host(*cpu_, weights.cpu).data());
+    Pair xw = make(act(), {T, H + 3}, -1, 1), doutw = make(act(), {T, H + 5}, -1, 1), dxw = zeros(act(), {T, H + 2});
+    Pair x = cols(xw, 3, 3 + H), dout = cols(doutw, 1, 1 + H), dx = cols(dxw, 2, 2 + H);
+    Pair up = make(act(), {E, U, H}, -0.3f, 0.3f), down = make(act(), {E, H, F}, -0.3f, 0.3f);
+    Pair dup = make(DType::F32, {E, U, H}, -0.5f, 0.5f), ddown = make(DType::F32, {E, H, F}, -0.5f, 0.5f);
+    Pair dweights = zeros(DType::F32, {T, k});
+    auto scratch = [&](Backend& be) {
+      const DType a = be.activation_dtype();
+      MoeScratch sc{be.alloc(a, {T * k, U}), be.alloc(a, {T * k, F}), be.alloc(a, {T * k, H}),
+                    be.alloc(DType::I32, {2 * T * k + 2 * E + 2})};
+      sc.d_up = be.alloc(a, {T * k, U}), sc.d_act = be.alloc(a, {T * k, F});
+      return sc;
+    };
+    const MoeScratch sc_cpu = scratch(*cpu_), sc_gpu = scratch(*gpu_);
+    cpu_->moe_experts_backward(dx.cpu, dup.cpu, ddown.cpu, dweights.cpu, dout.cpu, x.cpu, up.cpu, down.cpu, experts.cpu,
+                               weights.cpu, cs.act, sc_cpu);
+    gpu_->moe_experts_backward(dx.gpu, dup.gpu, ddown.gpu, dweights.gpu, dout.gpu, x.gpu, up.gpu, down.gpu, experts.gpu,
+                               weights.gpu, cs.act, sc_gpu);
+    expect_close(dx, tol(), "moe dx" + at);
+    expect_close(dup, tol(), "moe dup" + at);
+    expect_close(ddown, tol(), "moe ddown" + at);
+    expect_close(dweights, tol(), "moe dweights" + at);
+    // the router: the same dweights on both sides (the CPU's), the logits' gradient in the compute dtype
+    Pair dlogits = zeros(act(), {T, E});
+    gpu_->from_host_f32(dweights.gpu, host(*cpu_, dweights.cpu).data());
+    cpu_->moe_route_backward(dlogits.cpu, dweights.cpu, logits.cpu, experts.cpu, c);
+    gpu_->moe_route_backward(dlogits.gpu, dweights.gpu, logits.gpu, experts.gpu, c);
+    expect_close(dlogits, tol(), "moe dlogits" + at);
+    // deterministic: the same call twice gives the same bits
+    Pair dup2 = zeros(DType::F32, {E, U, H});
+    gpu_->from_host_f32(dup2.gpu, std::vector<float>(size_t(E * U * H), 0.f).data());
+    std::vector<float> first;
+    for (int rep = 0; rep < 2; ++rep) {
+      gpu_->from_host_f32(dup2.gpu, std::vector<float>(size_t(E * U * H), 0.f).data());
+      gpu_->moe_experts_backward(dx.gpu, dup2.gpu, ddown.gpu, dweights.gpu, dout.gpu, x.gpu, up.gpu, down.gpu,
+                                 experts.gpu, weights.gpu, cs.act, sc_gpu);
+      std::vector<float> got = host(*gpu_, dup2.gpu);
+      if (rep == 0) first = got;
+      else EXPECT_EQ(std::memcmp(first.data(), got.data(), first.size() * 4), 0) << "moe dup not deterministic" << at;
+    }
+  }
+}
+
 TEST_P(CudaTrainOps, Relu2Backward) {
   for (int64_t N : {77, 1032}) {
     const int64_t M = 9;
