@@ -24,6 +24,7 @@
 #include "io/safetensors.h"
 #include "data/token_shard.h"
 #include "model/hybrid.h"
+#include "fixture_runner.h"
 #include "test_util.h"
 #include "train/adamw.h"
 #include "train/hybrid_trainable.h"
@@ -593,6 +594,49 @@ TEST_P(CudaTrainOps, LmHeadCrossEntropyChunkedWithZLoss) {
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaTrainOps, ::testing::Values(DType::BF16, DType::F32),
                          [](const auto& info) { return std::string(info.param == DType::F32 ? "fp32" : "bf16"); });
+
+// ---- the relatives' training step on the GPU (fp32, where no rounding moves a top-k choice) against the CPU's:
+// MoE routers, experts and shared experts, Zamba2's shared blocks with adapters (tests/data/family).
+class CudaFamilyTrain : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaFamilyTrain, GradientsEqualTheCpuTwin) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << gpu_skip_reason();
+  const std::string dir = test::fixture_model_dir(GetParam());
+  if (dir.empty()) GTEST_SKIP() << "fixture " << GetParam() << " not found in tests/data/family";
+  std::unique_ptr<Backend> cpu = make_cpu_backend(), gpu = make_backend("cuda", DType::F32);
+  HybridModel mc = load_model(dir, *cpu), mg = load_model(dir, *gpu);
+  const ModelConfig& cfg = mc.config();
+  TrainBatch b{2, 45, {}, {}, {}};
+  std::mt19937 rng(7);
+  for (int i = 0; i < b.rows * b.seq_len; ++i) b.input_ids.push_back(1 + int32_t(rng() % uint32_t(cfg.vocab_size - 1)));
+  b.labels = b.input_ids;
+  ModelWeights gc = zeros_like_weights(cfg, *cpu), gg = zeros_like_weights(mg.config(), *gpu);
+  TrainOptions opt;
+  opt.record_routing = true;
+  const TrainResult rc = mc.forward_backward(b, gc, opt), rg = mg.forward_backward(b, gg, opt);
+  gpu->synchronize();
+  EXPECT_EQ(rc.routing, rg.routing) << "the GPU chose other experts";
+  EXPECT_NEAR(rg.loss, rc.loss, 1e-4 * (1 + std::abs(rc.loss)));
+  const auto tc = hf_tensors(cfg, gc), tg = hf_tensors(mg.config(), gg);
+  ASSERT_EQ(tc.size(), tg.size());
+  double worst = 0;
+  for (size_t p = 0; p < tc.size(); ++p) {
+    std::vector<float> a(size_t(tc[p].t.numel())), c(a.size());
+    cpu->to_host_f32(tc[p].t, a.data());
+    gpu->to_host_f32(tg[p].t, c.data());
+    const double e = rel_l2(c, a);
+    worst = std::max(worst, e);
+    EXPECT_LE(e, 1e-3) << tc[p].name;
+  }
+  std::printf("[ %s ] GPU fp32 training step vs CPU: loss %.6f / %.6f, worst gradient relative L2 %.3g\n",
+              GetParam().c_str(), rg.loss, rc.loss, worst);
+  release_weights(cfg, gc, *cpu);
+  release_weights(mg.config(), gg, *gpu);
+}
+
+INSTANTIATE_TEST_SUITE_P(Family, CudaFamilyTrain,
+                         ::testing::Values("granitemoehybrid-moe", "nemotron_h", "zamba2"),
+                         [](const auto& info) { return test::fixture_param_name(info.param); });
 
 // ---- the whole model on the GPU
 std::string reference_path(const std::string& model) {
