@@ -110,7 +110,7 @@ class HybridModel {
   // hf_tensors). Every row starts from a zero state.
   TrainResult forward_backward(const TrainBatch& batch, ModelWeights& grads, const TrainOptions& opt = {}) const;
   // "" when forward_backward supports every layer of this model, else what it does not support (an error names it
-  // rather than train a wrong gradient): MoE MLPs, Zamba2's shared blocks.
+  // rather than train a wrong gradient). Every layer kind has its backward today, so it returns "".
   std::string training_unsupported() const;
   const ModelWeights& weights() const { return w_; }
 
