@@ -305,6 +305,73 @@ TEST(Backward, LmHeadCrossEntropyChunked) {
   fd_check("dW", W, loss, dW);
 }
 
+TEST(Backward, GeGLU) {
+  const int64_t T = 5, F = 7;
+  Vec gu = rnd(size_t(T * 2 * F), 1, -3, 3), R = rnd(size_t(T * F), 2);
+  auto loss = [&] {
+    Vec y(size_t(T * F));
+    grad::geglu<double>(M(y, T, F), C(gu, T, 2 * F));
+    return dot(y, R);
+  };
+  Vec d(gu.size());
+  grad::geglu_backward<double>(M(d, T, 2 * F), C(R, T, F), C(gu, T, 2 * F));
+  fd_check("dgate_up", gu, loss, d);
+}
+
+namespace {
+// T tokens' k distinct experts of E, a fixed choice (the routing's choice has no gradient).
+std::vector<int32_t> fixed_experts(int64_t T, int64_t k, int64_t E, uint64_t seed) {
+  std::vector<int32_t> ex;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t first = int64_t(splitmix64(seed + uint64_t(t)) % uint64_t(E));
+    for (int64_t j = 0; j < k; ++j) ex.push_back(int32_t((first + j * 2) % E));  // E odd: distinct
+  }
+  return ex;
+}
+}  // namespace
+
+TEST(Backward, MoeRoutingWeights) {
+  const int64_t T = 6, E = 7, k = 3;
+  const std::vector<int32_t> ex = fixed_experts(T, k, E, 5);
+  const Mat<const int32_t> X{ex.data(), T, k, k};
+  for (const grad::MoeRouteDims d : {grad::MoeRouteDims{true, true, 1.0}, grad::MoeRouteDims{false, true, 2.5},
+                                     grad::MoeRouteDims{false, false, 1.5}}) {
+    Vec x = rnd(size_t(T * E), 1, -3, 3), R = rnd(size_t(T * k), 2);
+    auto loss = [&] {
+      Vec w(size_t(T * k));
+      grad::moe_route_weights<double>(M(w, T, k), C(x, T, E), X, d);
+      return dot(w, R);
+    };
+    Vec dx(x.size());
+    grad::moe_route_backward<double>(M(dx, T, E), C(R, T, k), C(x, T, E), X, d);
+    fd_check(d.softmax ? "dlogits softmax" : d.norm_topk_prob ? "dlogits sigmoid" : "dlogits sigmoid unnormalised",
+             x, loss, dx);
+  }
+}
+
+TEST(Backward, MoeExperts) {
+  const int64_t T = 5, E = 3, k = 2, H = 7, F = 5;
+  const std::vector<int32_t> ex = fixed_experts(T, k, E, 9);
+  const Mat<const int32_t> X{ex.data(), T, k, k};
+  for (const bool swiglu : {true, false}) {
+    const int64_t U = swiglu ? 2 * F : F;
+    Vec x = rnd(size_t(T * H), 1, -1, 1), up = rnd(size_t(E * U * H), 2, -1, 1), down = rnd(size_t(E * H * F), 3),
+        w = rnd(size_t(T * k), 4, 0.1, 1), R = rnd(size_t(T * H), 5);
+    auto loss = [&] {
+      Vec out(size_t(T * H));
+      grad::moe_experts<double>(M(out, T, H), C(x, T, H), up.data(), down.data(), X, C(w, T, k), U, F, swiglu);
+      return dot(out, R);
+    };
+    Vec dx(x.size()), dup(up.size(), 0.0), ddown(down.size(), 0.0), dw(w.size());
+    grad::moe_experts_backward<double>(M(dx, T, H), dup.data(), ddown.data(), M(dw, T, k), C(R, T, H), C(x, T, H),
+                                       up.data(), down.data(), X, C(w, T, k), U, F, swiglu);
+    fd_check(swiglu ? "moe dx swiglu" : "moe dx relu2", x, loss, dx);
+    fd_check("moe dup", up, loss, dup);
+    fd_check("moe ddown", down, loss, ddown);
+    fd_check("moe dweights", w, loss, dw);
+  }
+}
+
 // ---- the fp32 backend ops against the double kernels
 namespace {
 std::vector<float> to_f(const Vec& v) { return std::vector<float>(v.begin(), v.end()); }
@@ -356,5 +423,58 @@ TEST(BackendBackward, CpuOpsMatchTheFloat64Kernels) {
     expect_close_f(down(tdW), dW, 1e-6, "dW");
     EXPECT_THROW(be->lm_head_cross_entropy(tdx, tdW, tx, tW, std::vector<int32_t>{3, 1, 11, 0, 0, 0, 0}, 1, 0, 4),
                  std::exception);
+  }
+  // geglu
+  {
+    const int64_t T = 5, F = 7;
+    Vec gu = rnd(size_t(T * 2 * F), 1, -3, 3), dy = rnd(size_t(T * F), 2);
+    Tensor tgu = up(gu, T, 2 * F), tdy = up(dy, T, F), td = be->alloc(DType::F32, {T, 2 * F});
+    be->geglu_backward(td, tdy, tgu);
+    Vec d(gu.size());
+    grad::geglu_backward<double>(M(d, T, 2 * F), C(dy, T, F), C(gu, T, 2 * F));
+    expect_close_f(down(td), d, 1e-6, "dgate_up");
+  }
+  // MoE: the backend's routing (forward) chooses, its weights are the kernel's function of the chosen logits, and
+  // the two backwards match the double kernels (Granite's softmax + SwiGLU, Nemotron-H's grouped sigmoid + relu²)
+  for (const bool granite : {true, false}) {
+    const int64_t T = 6, E = 8, k = 2, H = 9, F = 5, U = granite ? 2 * F : F;
+    MoeOpsConfig c{E, k, granite ? MoeRouting::SoftmaxTopK : MoeRouting::SigmoidGroup, granite ? 1 : 4, granite ? 1 : 2,
+                   true, granite ? 1.f : 2.5f};
+    Vec lg = rnd(size_t(T * E), 1, -2, 2), bias = rnd(size_t(E), 2, -0.3, 0.3), x = rnd(size_t(T * H), 3),
+        upw = rnd(size_t(E * U * H), 4), dnw = rnd(size_t(E * H * F), 5), dy = rnd(size_t(T * H), 6);
+    Tensor tl = up(lg, T, E), tb = granite ? Tensor{} : up(bias, 1, E), tx = up(x, T, H);
+    Tensor tup = be->alloc(DType::F32, {E, U, H}), tdn = be->alloc(DType::F32, {E, H, F});
+    be->from_host_f32(tup, to_f(upw).data());
+    be->from_host_f32(tdn, to_f(dnw).data());
+    Tensor tex = be->alloc(DType::I32, {T, k}), tw = be->alloc(DType::F32, {T, k});
+    be->moe_route(tex, tw, tl, tb, c);
+    const std::vector<int32_t> ex(tex.ptr<int32_t>(), tex.ptr<int32_t>() + T * k);
+    const Mat<const int32_t> X{ex.data(), T, k, k};
+    const grad::MoeRouteDims d{granite, true, c.routed_scaling};
+    Vec lgf(lg.size()), w(size_t(T * k));  // the logits as the backend holds them (fp32)
+    for (size_t i = 0; i < lg.size(); ++i) lgf[i] = double(float(lg[i]));
+    grad::moe_route_weights<double>(M(w, T, k), C(lgf, T, E), X, d);
+    expect_close_f(down(tw), w, 1e-6, "routing weights");
+    Tensor tdy = up(dy, T, H), tdx = be->alloc(DType::F32, {T, H}), tdw = be->alloc(DType::F32, {T, k});
+    Tensor tdup = be->alloc(DType::F32, {E, U, H}), tddn = be->alloc(DType::F32, {E, H, F});
+    const std::vector<float> zu(size_t(E * U * H), 0.f), zd(size_t(E * H * F), 0.f);
+    be->from_host_f32(tdup, zu.data());
+    be->from_host_f32(tddn, zd.data());
+    be->moe_experts_backward(tdx, tdup, tddn, tdw, tdy, tx, tup, tdn, tex, tw, granite ? ExpertAct::SwiGLU : ExpertAct::Relu2, {});
+    Vec wf(w.size());
+    for (size_t i = 0; i < w.size(); ++i) wf[i] = double(down(tw)[i]);
+    Vec dx(x.size()), dup(upw.size(), 0.0), ddn(dnw.size(), 0.0), dw(w.size());
+    grad::moe_experts_backward<double>(M(dx, T, H), dup.data(), ddn.data(), M(dw, T, k), C(dy, T, H), C(x, T, H),
+                                       upw.data(), dnw.data(), X, C(wf, T, k), U, F, granite);
+    expect_close_f(down(tdx), dx, 1e-5, "moe dx");
+    expect_close_f(down(tdup), dup, 1e-5, "moe dup");
+    expect_close_f(down(tddn), ddn, 1e-5, "moe ddown");
+    expect_close_f(down(tdw), dw, 1e-5, "moe dweights");
+    Tensor tdl = be->alloc(DType::F32, {T, E});
+    be->moe_route_backward(tdl, tdw, tl, tex, c);
+    Vec dl(lg.size()), dwf(dw.size());
+    for (size_t i = 0; i < dw.size(); ++i) dwf[i] = double(down(tdw)[i]);
+    grad::moe_route_backward<double>(M(dl, T, E), C(dwf, T, k), C(lgf, T, E), X, d);
+    expect_close_f(down(tdl), dl, 1e-5, "moe dlogits");
   }
 }

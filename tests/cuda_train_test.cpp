@@ -24,6 +24,7 @@
 #include "io/safetensors.h"
 #include "data/token_shard.h"
 #include "model/hybrid.h"
+#include "fixture_runner.h"
 #include "test_util.h"
 #include "train/adamw.h"
 #include "train/hybrid_trainable.h"
@@ -180,6 +181,75 @@ TEST_P(CudaTrainOps, SwigluBackward) {
     cpu_->swiglu_backward(dgu.cpu, dout.cpu, gu.cpu);
     gpu_->swiglu_backward(dgu.gpu, dout.gpu, gu.gpu);
     expect_close(dgu, tol(), "swiglu dgate_up, F=" + std::to_string(F));
+  }
+}
+
+TEST_P(CudaTrainOps, GegluBackward) {
+  for (int64_t F : {77, 1032}) {
+    const int64_t M = 9;
+    Pair gu = make(act(), {M, 2 * F}, -3, 3), dout = make(act(), {M, F}, -1, 1), dgu = zeros(act(), {M, 2 * F});
+    cpu_->geglu_backward(dgu.cpu, dout.cpu, gu.cpu);
+    gpu_->geglu_backward(dgu.gpu, dout.gpu, gu.gpu);
+    expect_close(dgu, tol(), "geglu dgate_up, F=" + std::to_string(F));
+  }
+}
+
+// The MoE backward (both routers, SwiGLU and relu² experts) against the CPU twin: T = 1, 7 and 150 tokens (more
+// rows per expert than one 64-row tile), odd H and F, strided activations; the expert gradients accumulate (+=).
+TEST_P(CudaTrainOps, MoeRouteAndExpertsBackward) {
+  struct Case { int64_t T, E, k, H, F; MoeRouting routing; int64_t n_group, topk_group; ExpertAct act; };
+  for (const Case& cs : {Case{1, 4, 2, 48, 40, MoeRouting::SoftmaxTopK, 1, 1, ExpertAct::SwiGLU},
+                         Case{7, 8, 3, 40, 24, MoeRouting::SigmoidGroup, 4, 2, ExpertAct::Relu2},
+                         Case{150, 6, 2, 72, 56, MoeRouting::SoftmaxTopK, 1, 1, ExpertAct::SwiGLU},
+                         Case{150, 8, 2, 65, 33, MoeRouting::SigmoidGroup, 1, 1, ExpertAct::Relu2}}) {
+    const int64_t T = cs.T, E = cs.E, k = cs.k, H = cs.H, F = cs.F, U = cs.act == ExpertAct::SwiGLU ? 2 * F : F;
+    const std::string at = ", T=" + std::to_string(T) + ", E=" + std::to_string(E);
+    const MoeOpsConfig c{E, k, cs.routing, cs.n_group, cs.topk_group, true, 2.5f};
+    Pair logits = make(DType::F32, {T, E}, -3, 3), bias = make(DType::F32, {E}, -0.3f, 0.3f);
+    Pair experts{cpu_->alloc(DType::I32, {T, k}), gpu_->alloc(DType::I32, {T, k})};
+    Pair weights = zeros(DType::F32, {T, k});
+    cpu_->moe_route(experts.cpu, weights.cpu, logits.cpu, bias.cpu, c);
+    gpu_->moe_route(experts.gpu, weights.gpu, logits.gpu, bias.gpu, c);  // the same choice (cuda_ops_test checks it)
+    gpu_->from_host_f32(weights.gpu, host(*cpu_, weights.cpu).data());
+    Pair xw = make(act(), {T, H + 3}, -1, 1), doutw = make(act(), {T, H + 5}, -1, 1), dxw = zeros(act(), {T, H + 2});
+    Pair x = cols(xw, 3, 3 + H), dout = cols(doutw, 1, 1 + H), dx = cols(dxw, 2, 2 + H);
+    Pair up = make(act(), {E, U, H}, -0.3f, 0.3f), down = make(act(), {E, H, F}, -0.3f, 0.3f);
+    Pair dup = make(DType::F32, {E, U, H}, -0.5f, 0.5f), ddown = make(DType::F32, {E, H, F}, -0.5f, 0.5f);
+    Pair dweights = zeros(DType::F32, {T, k});
+    auto scratch = [&](Backend& be) {
+      const DType a = be.activation_dtype();
+      MoeScratch sc{be.alloc(a, {T * k, U}), be.alloc(a, {T * k, F}), be.alloc(a, {T * k, H}),
+                    be.alloc(DType::I32, {2 * T * k + 2 * E + 2})};
+      sc.d_up = be.alloc(a, {T * k, U}), sc.d_act = be.alloc(a, {T * k, F});
+      return sc;
+    };
+    const MoeScratch sc_cpu = scratch(*cpu_), sc_gpu = scratch(*gpu_);
+    cpu_->moe_experts_backward(dx.cpu, dup.cpu, ddown.cpu, dweights.cpu, dout.cpu, x.cpu, up.cpu, down.cpu, experts.cpu,
+                               weights.cpu, cs.act, sc_cpu);
+    gpu_->moe_experts_backward(dx.gpu, dup.gpu, ddown.gpu, dweights.gpu, dout.gpu, x.gpu, up.gpu, down.gpu, experts.gpu,
+                               weights.gpu, cs.act, sc_gpu);
+    expect_close(dx, tol(), "moe dx" + at);
+    expect_close(dup, tol(), "moe dup" + at);
+    expect_close(ddown, tol(), "moe ddown" + at);
+    expect_close(dweights, tol(), "moe dweights" + at);
+    // the router: the same dweights on both sides (the CPU's), the logits' gradient in the compute dtype
+    Pair dlogits = zeros(act(), {T, E});
+    gpu_->from_host_f32(dweights.gpu, host(*cpu_, dweights.cpu).data());
+    cpu_->moe_route_backward(dlogits.cpu, dweights.cpu, logits.cpu, experts.cpu, c);
+    gpu_->moe_route_backward(dlogits.gpu, dweights.gpu, logits.gpu, experts.gpu, c);
+    expect_close(dlogits, tol(), "moe dlogits" + at);
+    // deterministic: the same call twice gives the same bits
+    Pair dup2 = zeros(DType::F32, {E, U, H});
+    gpu_->from_host_f32(dup2.gpu, std::vector<float>(size_t(E * U * H), 0.f).data());
+    std::vector<float> first;
+    for (int rep = 0; rep < 2; ++rep) {
+      gpu_->from_host_f32(dup2.gpu, std::vector<float>(size_t(E * U * H), 0.f).data());
+      gpu_->moe_experts_backward(dx.gpu, dup2.gpu, ddown.gpu, dweights.gpu, dout.gpu, x.gpu, up.gpu, down.gpu,
+                                 experts.gpu, weights.gpu, cs.act, sc_gpu);
+      std::vector<float> got = host(*gpu_, dup2.gpu);
+      if (rep == 0) first = got;
+      else EXPECT_EQ(std::memcmp(first.data(), got.data(), first.size() * 4), 0) << "moe dup not deterministic" << at;
+    }
   }
 }
 
@@ -524,6 +594,49 @@ TEST_P(CudaTrainOps, LmHeadCrossEntropyChunkedWithZLoss) {
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaTrainOps, ::testing::Values(DType::BF16, DType::F32),
                          [](const auto& info) { return std::string(info.param == DType::F32 ? "fp32" : "bf16"); });
+
+// ---- the relatives' training step on the GPU (fp32, where no rounding moves a top-k choice) against the CPU's:
+// MoE routers, experts and shared experts, Zamba2's shared blocks with adapters (tests/data/family).
+class CudaFamilyTrain : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaFamilyTrain, GradientsEqualTheCpuTwin) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << gpu_skip_reason();
+  const std::string dir = test::fixture_model_dir(GetParam());
+  if (dir.empty()) GTEST_SKIP() << "fixture " << GetParam() << " not found in tests/data/family";
+  std::unique_ptr<Backend> cpu = make_cpu_backend(), gpu = make_backend("cuda", DType::F32);
+  HybridModel mc = load_model(dir, *cpu), mg = load_model(dir, *gpu);
+  const ModelConfig& cfg = mc.config();
+  TrainBatch b{2, 45, {}, {}, {}};
+  std::mt19937 rng(7);
+  for (int i = 0; i < b.rows * b.seq_len; ++i) b.input_ids.push_back(1 + int32_t(rng() % uint32_t(cfg.vocab_size - 1)));
+  b.labels = b.input_ids;
+  ModelWeights gc = zeros_like_weights(cfg, *cpu), gg = zeros_like_weights(mg.config(), *gpu);
+  TrainOptions opt;
+  opt.record_routing = true;
+  const TrainResult rc = mc.forward_backward(b, gc, opt), rg = mg.forward_backward(b, gg, opt);
+  gpu->synchronize();
+  EXPECT_EQ(rc.routing, rg.routing) << "the GPU chose other experts";
+  EXPECT_NEAR(rg.loss, rc.loss, 1e-4 * (1 + std::abs(rc.loss)));
+  const auto tc = hf_tensors(cfg, gc), tg = hf_tensors(mg.config(), gg);
+  ASSERT_EQ(tc.size(), tg.size());
+  double worst = 0;
+  for (size_t p = 0; p < tc.size(); ++p) {
+    std::vector<float> a(size_t(tc[p].t.numel())), c(a.size());
+    cpu->to_host_f32(tc[p].t, a.data());
+    gpu->to_host_f32(tg[p].t, c.data());
+    const double e = rel_l2(c, a);
+    worst = std::max(worst, e);
+    EXPECT_LE(e, 1e-3) << tc[p].name;
+  }
+  std::printf("[ %s ] GPU fp32 training step vs CPU: loss %.6f / %.6f, worst gradient relative L2 %.3g\n",
+              GetParam().c_str(), rg.loss, rc.loss, worst);
+  release_weights(cfg, gc, *cpu);
+  release_weights(mg.config(), gg, *gpu);
+}
+
+INSTANTIATE_TEST_SUITE_P(Family, CudaFamilyTrain,
+                         ::testing::Values("granitemoehybrid-moe", "nemotron_h", "zamba2"),
+                         [](const auto& info) { return test::fixture_param_name(info.param); });
 
 // ---- the whole model on the GPU
 std::string reference_path(const std::string& model) {

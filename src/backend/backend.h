@@ -66,6 +66,9 @@ struct MoeScratch {
   Tensor act;    // [T k, F]
   Tensor down;   // [T k, H]
   Tensor index;  // [2 T k + 2 E + 2] I32: the (token, slot) pairs sorted by expert and back, group offsets, tiles
+  // moe_experts_backward only (a GPU backend's; the CPU twin needs none): the gradients of the gathered rows
+  Tensor d_up = {};   // [T k, U]
+  Tensor d_act = {};  // [T k, F]
 };
 
 // How one logits row is turned into a token (Backend::sample). temperature <= 0 or top_k == 1: greedy (the first
@@ -275,6 +278,23 @@ class Backend {
   // dgate_up [T, 2F]
   virtual void swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) {
     backward_not_implemented("swiglu", name());
+  }
+  // out = gelu(gate) ⊙ up (geglu, the exact GELU): dgate_up [T, 2F] (=)
+  virtual void geglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) {
+    backward_not_implemented("geglu", name());
+  }
+  // moe_route's weights as functions of the chosen experts' logits (the choice itself has no gradient, as in
+  // PyTorch): dlogits [T, E] (=, compute dtype: it feeds the router matmul's backward; zero outside the chosen)
+  // from dweights [T, k] F32; logits [T, E] F32 and experts [T, k] as moe_route read and wrote them.
+  virtual void moe_route_backward(Tensor dlogits, Tensor dweights, Tensor logits, Tensor experts, const MoeOpsConfig& c) {
+    backward_not_implemented("moe_route", name());
+  }
+  // moe_experts' backward, recomputing the experts' up projections: dx [T, H] (=), dup [E, U, H] and
+  // ddown [E, H, F] F32 (+=), dweights [T, k] F32 (=, ⟨dout[t], expert_e(x[t])⟩, for moe_route_backward).
+  virtual void moe_experts_backward(Tensor dx, Tensor dup, Tensor ddown, Tensor dweights, Tensor dout, Tensor x,
+                                    Tensor up, Tensor down, Tensor experts, Tensor weights, ExpertAct act,
+                                    const MoeScratch& scratch) {
+    backward_not_implemented("moe_experts", name());
   }
   // lm_head fused with cross-entropy, `chunk_rows` rows at a time (no [T, V] logits): returns
   //   Σ_t ce_scale·(logsumexp_t − logit_t[targets[t]]) over targets ≠ −100  +  z_scale·Σ_t logsumexp_t²  (all rows)

@@ -78,11 +78,15 @@ struct TrainOptions {
   // Keep only each layer's input through the forward and recompute the rest of a layer just before its backward
   // (one extra forward; activation memory of one layer plus L × [T, hidden]). The gradients are the same bits.
   bool activation_checkpointing = false;
+  // Keep every MoE layer's chosen experts in TrainResult::routing (load statistics; tests that must know whether a
+  // perturbation moved a top-k choice, where the loss is not differentiable).
+  bool record_routing = false;
 };
 
 struct TrainResult {
   double loss = 0;           // this batch's share of the loss (its terms over the divisors)
   int64_t label_count = 0;   // labels != -100 in the batch
+  std::vector<int32_t> routing;  // record_routing: each MoE layer's experts [T, k], layer after layer
 };
 
 using ActivationHook = std::function<void(const std::string& name, Tensor h)>;
@@ -106,7 +110,7 @@ class HybridModel {
   // hf_tensors). Every row starts from a zero state.
   TrainResult forward_backward(const TrainBatch& batch, ModelWeights& grads, const TrainOptions& opt = {}) const;
   // "" when forward_backward supports every layer of this model, else what it does not support (an error names it
-  // rather than train a wrong gradient): MoE MLPs, Zamba2's shared blocks.
+  // rather than train a wrong gradient). Every layer kind has its backward today, so it returns "".
   std::string training_unsupported() const;
   const ModelWeights& weights() const { return w_; }
 

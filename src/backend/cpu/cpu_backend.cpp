@@ -455,6 +455,24 @@ class CpuBackend final : public Backend {
     const grad::AttnDims d{c.n_heads, c.n_kv_heads, c.head_dim, c.rotary_dim, c.scale};
     grad::attention_backward<float>(mat(dqkv), mat(dout), mat(qkv), inv_freq.data(), b_->positions, seqs(), d);
   }
+  void geglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) override {
+    grad::geglu_backward<float>(mat(dgate_up), mat(dout), mat(gate_up));
+  }
+  void moe_route_backward(Tensor dlogits, Tensor dweights, Tensor logits, Tensor experts, const MoeOpsConfig& c) override {
+    const grad::MoeRouteDims d{c.routing == MoeRouting::SoftmaxTopK, c.norm_topk_prob, c.routed_scaling};
+    const grad::Mat<const int32_t> ex{experts.ptr<int32_t>(), experts.rows(), experts.shape[1], experts.ld};
+    grad::moe_route_backward<float>(mat(dlogits), mat(dweights), mat(logits), ex, d);
+  }
+  void moe_experts_backward(Tensor dx, Tensor dup, Tensor ddown, Tensor dweights, Tensor dout, Tensor x, Tensor up,
+                            Tensor down, Tensor experts, Tensor weights, ExpertAct act, const MoeScratch&) override {
+    const int64_t U = up.shape[1], F = down.shape[2];
+    BAMBA_CHECK(up.contiguous() && down.contiguous() && dup.contiguous() && ddown.contiguous(),
+                "cpu moe_experts_backward: expert weights and their gradients must be contiguous");
+    const grad::Mat<const int32_t> ex{experts.ptr<int32_t>(), experts.rows(), experts.shape[1], experts.ld};
+    grad::moe_experts_backward<float>(mat(dx), dup.ptr<float>(), ddown.ptr<float>(), mat(dweights), mat(dout), mat(x),
+                                      up.ptr<float>(), down.ptr<float>(), ex, mat(weights), U, F,
+                                      act == ExpertAct::SwiGLU);
+  }
   void relu2_backward(Tensor dx, Tensor dout, Tensor x) override {
     grad::relu2_backward<float>(mat(dx), mat(dout), mat(x));
   }

@@ -132,6 +132,171 @@ void relu2_backward(Mat<T> dx, Mat<const T> dout, Mat<const T> x) {
     for (int64_t j = 0; j < dout.cols; ++j) dx[t][j] = x[t][j] > T(0) ? dout[t][j] * T(2) * x[t][j] : T(0);
 }
 
+// ---- GeGLU (Zamba2's MLP): out = gelu(gate) ⊙ up, gate_up = gate | up, the exact GELU x·Φ(x)
+template <typename T> inline T gelu(T x) { return T(0.5) * x * (T(1) + std::erf(x / std::sqrt(T(2)))); }
+template <typename T> inline T gelu_grad(T x) {  // Φ(x) + x·φ(x)
+  const T pi = T(3.14159265358979323846);
+  return T(0.5) * (T(1) + std::erf(x / std::sqrt(T(2)))) + x * std::exp(T(-0.5) * x * x) / std::sqrt(T(2) * pi);
+}
+template <typename T>
+void geglu(Mat<T> out, Mat<const T> gate_up) {
+  const int64_t F = out.cols;
+  for (int64_t t = 0; t < out.rows; ++t)
+    for (int64_t j = 0; j < F; ++j) out[t][j] = gelu(gate_up[t][j]) * gate_up[t][F + j];
+}
+template <typename T>
+void geglu_backward(Mat<T> dgate_up, Mat<const T> dout, Mat<const T> gate_up) {
+  const int64_t F = dout.cols;
+  for (int64_t t = 0; t < dout.rows; ++t)
+    for (int64_t j = 0; j < F; ++j) {
+      const T g = gate_up[t][j], u = gate_up[t][F + j];
+      dgate_up[t][j] = dout[t][j] * u * gelu_grad(g);
+      dgate_up[t][F + j] = dout[t][j] * gelu(g);
+    }
+}
+
+// ---- mixture of experts (docs/family.md §1, §2). The routing's choice of experts is piecewise constant: no
+// gradient flows through it (as in PyTorch, where topk's indices carry none); the weights of the chosen experts
+// are differentiable functions of their router logits.
+// Routing weights from the logits of the chosen experts: softmax over the k (GraniteMoeHybrid), or the sigmoid
+// scores, renormalised (norm_topk_prob) and × routed_scaling (Nemotron-H; the correction bias only chooses).
+struct MoeRouteDims {
+  bool softmax;  // else sigmoid
+  bool norm_topk_prob;
+  double routed_scaling;
+};
+template <typename T>
+void moe_route_weights(Mat<T> weights, Mat<const T> logits, Mat<const int32_t> experts, const MoeRouteDims& d) {
+  const int64_t k = experts.cols;
+  for (int64_t t = 0; t < logits.rows; ++t) {
+    const T* x = logits[t];
+    const int32_t* idx = experts[t];
+    T* w = weights[t];
+    T sum = 0;
+    if (d.softmax) {
+      T m = x[idx[0]];
+      for (int64_t j = 1; j < k; ++j) m = std::max(m, x[idx[j]]);
+      for (int64_t j = 0; j < k; ++j) sum += (w[j] = std::exp(x[idx[j]] - m));
+      for (int64_t j = 0; j < k; ++j) w[j] /= sum;
+      continue;
+    }
+    for (int64_t j = 0; j < k; ++j) sum += (w[j] = sigmoid(x[idx[j]]));
+    for (int64_t j = 0; j < k; ++j) w[j] = (d.norm_topk_prob ? w[j] / (sum + T(1e-20)) : w[j]) * T(d.routed_scaling);
+  }
+}
+// dlogits [T, E] (=, zero outside the chosen experts) from dweights [T, k].
+//   softmax: w = softmax(x_sel), dx_j = w_j (dw_j − Σ_i w_i dw_i)
+//   sigmoid: w_j = c·s_j / (S + ε), S = Σ s: ds_m = c (dw_m / (S + ε) − Σ_j dw_j s_j / (S + ε)²); dx = ds·s(1 − s)
+template <typename T>
+void moe_route_backward(Mat<T> dlogits, Mat<const T> dweights, Mat<const T> logits, Mat<const int32_t> experts,
+                        const MoeRouteDims& d) {
+  const int64_t k = experts.cols;
+  std::vector<T> w(static_cast<size_t>(k)), s(static_cast<size_t>(k));
+  for (int64_t t = 0; t < logits.rows; ++t) {
+    const T* x = logits[t];
+    const int32_t* idx = experts[t];
+    const T* dw = dweights[t];
+    T* dx = dlogits[t];
+    std::fill_n(dx, dlogits.cols, T(0));
+    if (d.softmax) {
+      moe_route_weights<T>({w.data(), 1, k, k}, {x, 1, logits.cols, logits.cols}, {idx, 1, k, k}, d);
+      T wdw = 0;
+      for (int64_t j = 0; j < k; ++j) wdw += w[size_t(j)] * dw[j];
+      for (int64_t j = 0; j < k; ++j) dx[idx[j]] = w[size_t(j)] * (dw[j] - wdw);
+      continue;
+    }
+    T S = 0, sdw = 0;
+    for (int64_t j = 0; j < k; ++j) S += (s[size_t(j)] = sigmoid(x[idx[j]])), sdw += dw[j] * s[size_t(j)];
+    const T c = T(d.routed_scaling), den = S + T(1e-20);
+    for (int64_t j = 0; j < k; ++j) {
+      const T ds = d.norm_topk_prob ? c * (dw[j] / den - sdw / (den * den)) : c * dw[j];
+      dx[idx[j]] = ds * s[size_t(j)] * (T(1) - s[size_t(j)]);
+    }
+  }
+}
+// The routed experts: out[t] = Σ_j weights[t, j] · down[e] · act(up[e] · x[t]), e = experts[t, j]; up [E, U, H]
+// (SwiGLU: U = 2F, gate rows first; relu²: U = F), down [E, H, F], both contiguous.
+template <typename T>
+void moe_expert_row(T* u, T* a, const T* x, const T* up_e, int64_t U, int64_t H, int64_t F, bool swiglu_act) {
+  for (int64_t r = 0; r < U; ++r) {
+    T acc = 0;
+    for (int64_t c = 0; c < H; ++c) acc += up_e[r * H + c] * x[c];
+    u[r] = acc;
+  }
+  for (int64_t f = 0; f < F; ++f) {
+    const T v = std::max(u[f], T(0));
+    a[f] = swiglu_act ? silu(u[f]) * u[F + f] : v * v;
+  }
+}
+template <typename T>
+void moe_experts(Mat<T> out, Mat<const T> x, const T* up, const T* down, Mat<const int32_t> experts,
+                 Mat<const T> weights, int64_t U, int64_t F, bool swiglu_act) {
+  const int64_t H = x.cols, k = experts.cols;
+  std::vector<T> u(static_cast<size_t>(U)), a(static_cast<size_t>(F));
+  for (int64_t t = 0; t < x.rows; ++t) {
+    std::fill_n(out[t], H, T(0));
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t e = experts[t][j];
+      moe_expert_row(u.data(), a.data(), x[t], up + e * U * H, U, H, F, swiglu_act);
+      const T* down_e = down + e * H * F;
+      for (int64_t h = 0; h < H; ++h) {
+        T acc = 0;
+        for (int64_t f = 0; f < F; ++f) acc += down_e[h * F + f] * a[size_t(f)];
+        out[t][h] += weights[t][j] * acc;
+      }
+    }
+  }
+}
+// Recomputes each (token, slot)'s up projection. dx [T, H] (=), dup [E, U, H] and ddown [E, H, F] (+=),
+// dweights [T, k] (=: the gradient w.r.t. the routing weight, ⟨dout[t], expert_e(x[t])⟩).
+template <typename T>
+void moe_experts_backward(Mat<T> dx, T* dup, T* ddown, Mat<T> dweights, Mat<const T> dout, Mat<const T> x,
+                          const T* up, const T* down, Mat<const int32_t> experts, Mat<const T> weights, int64_t U,
+                          int64_t F, bool swiglu_act) {
+  const int64_t H = x.cols, k = experts.cols;
+  std::vector<T> u(static_cast<size_t>(U)), a(static_cast<size_t>(F)), g(static_cast<size_t>(F)),
+      du(static_cast<size_t>(U));
+  for (int64_t t = 0; t < x.rows; ++t) {
+    std::fill_n(dx[t], H, T(0));
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t e = experts[t][j];
+      const T* up_e = up + e * U * H;
+      const T* down_e = down + e * H * F;
+      const T w = weights[t][j];
+      moe_expert_row(u.data(), a.data(), x[t], up_e, U, H, F, swiglu_act);
+      // g = down_eᵀ · dout[t]: the gradient w.r.t. the activation, before the routing weight
+      std::fill(g.begin(), g.end(), T(0));
+      for (int64_t h = 0; h < H; ++h) {
+        const T dh = dout[t][h];
+        for (int64_t f = 0; f < F; ++f) g[size_t(f)] += down_e[h * F + f] * dh;
+      }
+      T dw = 0;
+      for (int64_t f = 0; f < F; ++f) dw += a[size_t(f)] * g[size_t(f)];
+      dweights[t][j] = dw;
+      T* ddown_e = ddown + e * H * F;
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t f = 0; f < F; ++f) ddown_e[h * F + f] += w * dout[t][h] * a[size_t(f)];
+      for (int64_t f = 0; f < F; ++f) {  // the activation's backward on da = w·g
+        const T da = w * g[size_t(f)];
+        if (swiglu_act) {
+          du[size_t(f)] = da * u[size_t(F + f)] * silu_grad(u[size_t(f)]);
+          du[size_t(F + f)] = da * silu(u[size_t(f)]);
+        } else {
+          du[size_t(f)] = u[size_t(f)] > T(0) ? da * T(2) * u[size_t(f)] : T(0);
+        }
+      }
+      T* dup_e = dup + e * U * H;
+      for (int64_t r = 0; r < U; ++r) {
+        const T d = du[size_t(r)];
+        for (int64_t c = 0; c < H; ++c) {
+          dx[t][c] += d * up_e[r * H + c];
+          dup_e[r * H + c] += d * x[t][c];
+        }
+      }
+    }
+  }
+}
+
 // ---- the ungated Mamba output (Falcon-H1 without mamba_rms_norm): out = y ⊙ silu(z)
 template <typename T>
 void silu_gate(Mat<T> out, Mat<const T> y, Mat<const T> z) {

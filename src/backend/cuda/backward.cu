@@ -75,6 +75,19 @@ __global__ void swiglu_backward_kernel(T* dgu, int64_t lddg, const T* dout, int6
 }
 
 template <typename T>
+__global__ void geglu_backward_kernel(T* dgu, int64_t lddg, const T* dout, int64_t ldo, const T* gu, int64_t ldg,
+                                      int F) {
+  const int64_t r = blockIdx.y;
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < F; j += gridDim.x * blockDim.x) {
+    const float g = to_f(gu[r * ldg + j]), u = to_f(gu[r * ldg + F + j]), d = to_f(dout[r * ldo + j]);
+    const float cdf = 0.5f * (1.f + erff(g * 0.70710678118654752f));
+    const float pdf = 0.39894228040143268f * expf(-0.5f * g * g);  // φ(g)
+    dgu[r * lddg + j] = from_f<T>(d * u * (cdf + g * pdf));
+    dgu[r * lddg + F + j] = from_f<T>(d * g * cdf);
+  }
+}
+
+template <typename T>
 __global__ void relu2_backward_kernel(T* dx, int64_t lddx, const T* dout, int64_t ldo, const T* x, int64_t ldx, int N) {
   const int64_t r = blockIdx.y;
   for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < N; j += gridDim.x * blockDim.x) {
@@ -236,6 +249,15 @@ void swiglu_backward(cudaStream_t st, T* dgu, int64_t lddg, const T* dout, int64
   CUDA_LAUNCH_CHECK();
 }
 
+template <typename T>
+void geglu_backward(cudaStream_t st, T* dgu, int64_t lddg, const T* dout, int64_t ldo, const T* gu, int64_t ldg,
+                    int64_t M, int64_t F) {
+  if (M == 0) return;
+  geglu_backward_kernel<T><<<dim3(std::min(ceil_div(F, 256), 64u), unsigned(M)), 256, 0, st>>>(dgu, lddg, dout, ldo,
+                                                                                             gu, ldg, int(F));
+  CUDA_LAUNCH_CHECK();
+}
+
 size_t rmsnorm_backward_scratch_floats(int64_t M, int64_t H) { return size_t(M) + column_sum_scratch_floats(M, H); }
 
 template <typename T>
@@ -293,6 +315,7 @@ void conv1d_silu_backward(cudaStream_t st, T* dx, int64_t lddx, float* dw, float
   template void embed_backward<T>(cudaStream_t, float*, int64_t, const T*, int64_t, int64_t, const int32_t*,         \
                                   const int32_t*, const int32_t*, int);                                              \
   template void swiglu_backward<T>(cudaStream_t, T*, int64_t, const T*, int64_t, const T*, int64_t, int64_t, int64_t); \
+  template void geglu_backward<T>(cudaStream_t, T*, int64_t, const T*, int64_t, const T*, int64_t, int64_t, int64_t); \
   template void relu2_backward<T>(cudaStream_t, T*, int64_t, const T*, int64_t, const T*, int64_t, int64_t, int64_t);  \
   template void silu_gate_backward<T>(cudaStream_t, T*, int64_t, T*, int64_t, const T*, int64_t, const T*, int64_t,  \
                                       const T*, int64_t, int64_t, int64_t);                                          \

@@ -455,6 +455,45 @@ class CudaBackend final : public Backend {
                                dout.ld, act<T>(gate_up, "gate_up"), gate_up.ld, dout.rows(), dout.shape[1]);
     });
   }
+  void geglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) override {
+    typed([&]<typename T>() {
+      cuda::geglu_backward<T>(stream_, act<T>(dgate_up, "geglu dgate_up"), dgate_up.ld, act<T>(dout, "geglu dout"),
+                              dout.ld, act<T>(gate_up, "gate_up"), gate_up.ld, dout.rows(), dout.shape[1]);
+    });
+  }
+  void moe_route_backward(Tensor dlogits, Tensor dweights, Tensor logits, Tensor experts, const MoeOpsConfig& c) override {
+    if (experts.dtype != DType::I32 || experts.device != Device::CUDA) fail("cuda moe_route_backward: experts must be CUDA I32");
+    typed([&]<typename T>() {
+      MoeRouteBackwardArgs a{act<T>(dlogits, "router logits gradient"), dlogits.ld, f32(dweights, "routing weights gradient"),
+                             dweights.ld, f32(logits, "router logits"), logits.ld, experts.ptr<int32_t>(), experts.ld,
+                             int(logits.rows()), int(c.n_experts), int(c.top_k), c.routing == MoeRouting::SigmoidGroup,
+                             int(c.norm_topk_prob), c.routed_scaling};
+      cuda::moe_route_backward<T>(stream_, a);
+    });
+  }
+  void moe_experts_backward(Tensor dx, Tensor dup, Tensor ddown, Tensor dweights, Tensor dout, Tensor x, Tensor up,
+                            Tensor down, Tensor experts, Tensor weights, ExpertAct act_kind,
+                            const MoeScratch& sc) override {
+    const int64_t n_tok = x.rows(), k = experts.shape[1], E = up.shape[0];
+    if (sc.index.dtype != DType::I32 || sc.index.numel() < 2 * n_tok * k + 2 * E + 2 || sc.up.rows() < n_tok * k ||
+        !sc.d_up || sc.d_up.rows() < n_tok * k || !sc.d_act || sc.d_act.rows() < n_tok * k)
+      fail("cuda moe_experts_backward: scratch too small for ", n_tok, " tokens of ", k, " experts");
+    if (!up.contiguous() || !down.contiguous() || !dup.contiguous() || !ddown.contiguous())
+      fail("cuda moe_experts_backward: expert weights and their gradients must be contiguous");
+    typed([&]<typename T>() {
+      MoeExpertsBackwardArgs a{act<T>(dx, "moe dx"), dx.ld, f32(dup, "experts up gradient"),
+                               f32(ddown, "experts down gradient"), f32(dweights, "routing weights gradient"),
+                               dweights.ld, act<T>(dout, "moe dout"), dout.ld, act<T>(x, "moe x"), x.ld,
+                               act<T>(up, "experts up"), act<T>(down, "experts down"), experts.ptr<int32_t>(),
+                               experts.ld, f32(weights, "moe weights"), weights.ld, sc.index.ptr<int32_t>(),
+                               act<T>(sc.up, "moe up rows"), sc.up.ld, act<T>(sc.act, "moe act rows"), sc.act.ld,
+                               act<T>(sc.down, "moe down rows"), sc.down.ld, act<T>(sc.d_up, "moe d_up rows"),
+                               sc.d_up.ld, act<T>(sc.d_act, "moe d_act rows"), sc.d_act.ld, int(n_tok),
+                               int(x.shape[1]), int(E), int(k), int(up.shape[1]), int(down.shape[2]),
+                               act_kind == ExpertAct::Relu2};
+      cuda::moe_experts_backward<T>(stream_, a);
+    });
+  }
   double lm_head_cross_entropy(Tensor dx, Tensor dW, Tensor x, Tensor W, std::span<const int32_t> targets,
                                double ce_scale, double z_scale, int64_t chunk_rows) override;
 

@@ -131,6 +131,39 @@ struct MoeExpertsArgs {
 };
 template <typename T>
 void moe_experts(cudaStream_t st, const MoeExpertsArgs& a);
+// route backward: dlogits [T, E] (compute dtype, =; zero outside the chosen) from dweights [T, k] fp32.
+struct MoeRouteBackwardArgs {
+  void* dlogits; int64_t ldd;
+  const float* dweights; int64_t ldw;
+  const float* logits; int64_t ldl;
+  const int32_t* experts; int64_t lde;
+  int T, E, k;
+  int sigmoid_group, norm_topk_prob;
+  float routed_scaling;
+};
+template <typename T>
+void moe_route_backward(cudaStream_t st, const MoeRouteBackwardArgs& a);
+// experts backward: dx [T, H] (=), dup [E, U, H] / ddown [E, H, F] fp32 (+=), dweights [T, k] fp32 (=); the
+// scratch of moe_experts plus d_up [T k, U], d_act [T k, F].
+struct MoeExpertsBackwardArgs {
+  void* dx; int64_t lddx;
+  float* dup; float* ddown;
+  float* dweights; int64_t lddw;
+  const void* dout; int64_t ldo;
+  const void* x; int64_t ldx;
+  const void* up; const void* down;
+  const int32_t* experts; int64_t lde;
+  const float* weights; int64_t ldw;
+  int32_t* index;
+  void* up_rows; int64_t ldu;
+  void* act_rows; int64_t lda;
+  void* down_rows; int64_t ldd;
+  void* d_up; int64_t ld_dup;
+  void* d_act; int64_t ld_dact;
+  int T, H, E, k, U, F, act;
+};
+template <typename T>
+void moe_experts_backward(cudaStream_t st, const MoeExpertsBackwardArgs& a);
 
 // sample.cu
 struct DevSampling {
@@ -185,6 +218,10 @@ void silu_gate_backward(cudaStream_t st, T* dy, int64_t lddy, T* dz, int64_t ldd
 template <typename T>
 void swiglu_backward(cudaStream_t st, T* dgu, int64_t lddg, const T* dout, int64_t ldo, const T* gu, int64_t ldg,
                      int64_t M, int64_t F);
+// dgu = d(gelu(gate) ⊙ up) with the exact GELU   (out = geglu(gu))
+template <typename T>
+void geglu_backward(cudaStream_t st, T* dgu, int64_t lddg, const T* dout, int64_t ldo, const T* gu, int64_t ldg,
+                    int64_t M, int64_t F);
 // dx (= or, with accumulate, +=) and dw += Σ_rows dout ⊙ x̂ for out = rmsnorm(x) ⊙ w
 template <typename T>
 void rmsnorm_backward(cudaStream_t st, T* dx, int64_t lddx, float* dw, const T* dout, int64_t ldo, const T* x,

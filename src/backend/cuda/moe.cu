@@ -14,6 +14,10 @@
 // 8 at a time, so a thread holds gate and up of the same outputs). Two tile shapes: 16 rows × 64 columns for
 // decode-sized groups (a few rows per expert: the cost is streaming each expert's weights once) and 64 × 128 for
 // prompts. Other shapes and fp32 keep the CUDA-core kernel (64×64 tiles, 4×4 outputs per thread).
+// The backward (training) reuses the same pieces: the sort, the grouped GEMM (with the expert matrix read
+// transposed for the input gradients), the activations' backward kernels, a per-row dot for the routing
+// weights' gradient and a grouped weight-gradient GEMM that sums each expert's rows in row order (one block owns
+// each output element: deterministic, no atomics).
 #include <algorithm>
 #include <cstdlib>
 #include <type_traits>
@@ -139,7 +143,8 @@ __global__ void sort_kernel(const int32_t* experts, int64_t lde, int T, int k, i
 
 // C[r, n] = Σ_k A[a_row(r), k] · W_e[n, k] for the rows r of group e, for every group at once. blockIdx.x is a
 // tile of some group (found in tile_start), blockIdx.y a column tile. gather: A rows are x[order[r] / topk].
-template <typename T>
+// kTransW: W_e is stored [K, N] (element (n, k) at k N + n): the input gradients' dx = dy · W_e.
+template <typename T, bool kTransW = false>
 __global__ void grouped_gemm_kernel(T* C, int64_t ldc, const T* A, int64_t lda, const T* W, int N, int K, int E,
                                     SortOut o, int gather_k) {
   __shared__ float As[kBK][kBM + 1];
@@ -164,7 +169,8 @@ __global__ void grouped_gemm_kernel(T* C, int64_t ldc, const T* A, int64_t lda, 
       const int m = i / kBK, kk = i % kBK, row = a_rows[m];
       As[kk][m] = row >= 0 && k0 + kk < K ? to_f(A[int64_t(row) * lda + k0 + kk]) : 0.f;
       const int n = n0 + m;
-      Ws[kk][m] = n < N && k0 + kk < K ? to_f(We[int64_t(n) * K + k0 + kk]) : 0.f;
+      const int64_t wi = kTransW ? int64_t(k0 + kk) * N + n : int64_t(n) * K + k0 + kk;
+      Ws[kk][m] = n < N && k0 + kk < K ? to_f(We[wi]) : 0.f;
     }
     __syncthreads();
 #pragma unroll
@@ -344,7 +350,8 @@ __global__ void combine_kernel(T* out, int64_t ldo, const T* rows, int64_t ldr, 
   const int t = blockIdx.x;
   for (int c = threadIdx.x; c < H; c += blockDim.x) {
     float acc = 0.f;
-    for (int j = 0; j < k; ++j) acc += w[int64_t(t) * ldw + j] * to_f(rows[int64_t(inv[t * k + j]) * ldr + c]);
+    for (int j = 0; j < k; ++j)  // w null: unit weights (the backward's input gradient)
+      acc += (w ? w[int64_t(t) * ldw + j] : 1.f) * to_f(rows[int64_t(inv[t * k + j]) * ldr + c]);
     out[int64_t(t) * ldo + c] = from_f<T>(acc);
   }
 }
@@ -386,6 +393,114 @@ bool mma_fits(const MoeExpertsArgs& a) {
     auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
     return a.H % 8 == 0 && a.F % 8 == 0 && a.ldx % 8 == 0 && a.lda % 8 == 0 && aligned(a.x) && aligned(a.up) &&
            aligned(a.down) && aligned(a.act_rows) && (a.act == 0 ? a.U == 2 * a.F : a.U == a.F);
+  }
+}
+
+// ---- backward
+// One thread per token: the routing weights' gradient → the chosen experts' logits (zero elsewhere).
+template <typename T>
+__global__ void route_backward_kernel(MoeRouteBackwardArgs a) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= a.T) return;
+  const float* x = a.logits + int64_t(t) * a.ldl;
+  const int32_t* idx = a.experts + int64_t(t) * a.lde;
+  const float* dw = a.dweights + int64_t(t) * a.ldw;
+  T* dx = static_cast<T*>(a.dlogits) + int64_t(t) * a.ldd;
+  for (int e = 0; e < a.E; ++e) dx[e] = from_f<T>(0.f);
+  float s[kMaxTopK], sum = 0.f, sdw = 0.f;
+  if (!a.sigmoid_group) {  // w = softmax(x_sel): dx_j = w_j (dw_j − Σ w_i dw_i)
+    float m = x[idx[0]];
+    for (int j = 1; j < a.k; ++j) m = fmaxf(m, x[idx[j]]);
+    for (int j = 0; j < a.k; ++j) sum += (s[j] = expf(x[idx[j]] - m));
+    for (int j = 0; j < a.k; ++j) sdw += (s[j] / sum) * dw[j];
+    for (int j = 0; j < a.k; ++j) dx[idx[j]] = from_f<T>(s[j] / sum * (dw[j] - sdw));
+    return;
+  }
+  for (int j = 0; j < a.k; ++j) {  // w_j = c s_j / (S + ε): ds, then × σ'
+    s[j] = 1.f / (1.f + expf(-x[idx[j]]));
+    sum += s[j], sdw += dw[j] * s[j];
+  }
+  const float den = sum + 1e-20f;
+  for (int j = 0; j < a.k; ++j) {
+    const float ds = a.norm_topk_prob ? a.routed_scaling * (dw[j] / den - sdw / (den * den)) : a.routed_scaling * dw[j];
+    dx[idx[j]] = from_f<T>(ds * s[j] * (1.f - s[j]));
+  }
+}
+
+// One block per gathered row i (pair p = order[i] = t k + j): dweights[t, j] = ⟨act_i, g_i⟩, then g_i ×= w[t, j]
+// (g_i = dout[t] · down_e, the activation's gradient before the routing weight).
+template <typename T>
+__global__ void weight_grad_kernel(T* g, int64_t ldg, const T* act, int64_t lda, const float* w, int64_t ldw,
+                                   float* dw, int64_t lddw, const int32_t* order, int k, int F) {
+  const int i = blockIdx.x, p = order[i], t = p / k, j = p % k;
+  float acc = 0.f;
+  for (int f = threadIdx.x; f < F; f += blockDim.x) acc += to_f(act[int64_t(i) * lda + f]) * to_f(g[int64_t(i) * ldg + f]);
+  __shared__ float red[256];
+  red[threadIdx.x] = acc;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) dw[int64_t(t) * lddw + j] = red[0];
+  const float wt = w[int64_t(t) * ldw + j];
+  for (int f = threadIdx.x; f < F; f += blockDim.x)
+    g[int64_t(i) * ldg + f] = from_f<T>(wt * to_f(g[int64_t(i) * ldg + f]));
+}
+
+// dW[e] [N, M] += Σ_{rows r of group e, in order} s(r) · A[a(r), n] · B[b(r), m], one block per 64 × 64 output
+// tile of one expert (blockIdx.z). a(r) = order[r] / k when a_gather (a token's row), else r (a gathered row);
+// likewise b; s(r) = w[pair(r)] when w is given, else 1.
+template <typename T>
+__global__ void grouped_wgrad_kernel(float* dW, const T* A, int64_t lda, int a_gather, const T* B, int64_t ldb,
+                                     int b_gather, const float* w, int64_t ldw, int N, int M, SortOut o, int k) {
+  __shared__ float As[kBK][kBM + 1];
+  __shared__ float Bs[kBK][kBN + 1];
+  const int e = blockIdx.z, n0 = blockIdx.y * kBM, m0 = blockIdx.x * kBN;
+  const int r_begin = o.offsets[e], r_end = o.offsets[e + 1];
+  if (r_begin == r_end) return;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  float acc[4][4] = {};
+  for (int r0 = r_begin; r0 < r_end; r0 += kBK) {
+    __syncthreads();
+    for (int q = threadIdx.x; q < kBK * kBM; q += blockDim.x) {
+      const int kk = q / kBM, c = q % kBM, r = r0 + kk;
+      float av = 0.f, bv = 0.f;
+      if (r < r_end) {
+        const int p = o.order[r];
+        const int64_t ar = a_gather ? p / k : r, br = b_gather ? p / k : r;
+        const float s = w ? w[int64_t(p / k) * ldw + p % k] : 1.f;
+        if (n0 + c < N) av = s * to_f(A[ar * lda + n0 + c]);
+        if (m0 + c < M) bv = to_f(B[br * ldb + m0 + c]);
+      }
+      As[kk][c] = av;
+      Bs[kk][c] = bv;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kBK; ++kk) {
+      float av[4], bv[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        av[q] = As[kk][ty * 4 + q];
+        bv[q] = Bs[kk][tx * 4 + q];
+      }
+#pragma unroll
+      for (int p = 0; p < 4; ++p)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[p][q] += av[p] * bv[q];
+    }
+  }
+  float* dWe = dW + int64_t(e) * N * M;
+#pragma unroll
+  for (int p = 0; p < 4; ++p) {
+    const int n = n0 + ty * 4 + p;
+    if (n >= N) continue;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int m = m0 + tx * 4 + q;
+      if (m < M) dWe[int64_t(n) * M + m] += acc[p][q];
+    }
   }
 }
 
@@ -433,7 +548,68 @@ void moe_experts(cudaStream_t st, const MoeExpertsArgs& a) {
   CUDA_LAUNCH_CHECK();
 }
 
-#define INST(T) template void moe_experts<T>(cudaStream_t, const MoeExpertsArgs&);
+template <typename T>
+void moe_route_backward(cudaStream_t st, const MoeRouteBackwardArgs& a) {
+  if (a.T == 0) return;
+  if (a.k > kMaxTopK) fail("cuda moe_route_backward: num_experts_per_tok ", a.k, " exceeds ", kMaxTopK);
+  route_backward_kernel<T><<<ceil_div(a.T, 128), 128, 0, st>>>(a);
+  CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void moe_experts_backward(cudaStream_t st, const MoeExpertsBackwardArgs& a) {
+  if (a.T == 0) return;
+  if (a.E > 1024) fail("cuda moe_experts_backward: ", a.E, " experts exceed 1024");
+  const int Tk = a.T * a.k;
+  SortOut o{a.index, a.index + Tk, a.index + 2 * Tk, a.index + 2 * Tk + a.E + 1};
+  sort_kernel<<<1, std::max(32, (a.E + 31) / 32 * 32), 0, st>>>(a.experts, a.lde, a.T, a.k, a.E, kBM, o);
+  CUDA_LAUNCH_CHECK();
+  const unsigned max_tiles = unsigned(Tk / kBM + a.E);
+  T* up_rows = static_cast<T*>(a.up_rows);
+  T* act_rows = static_cast<T*>(a.act_rows);
+  T* d_up = static_cast<T*>(a.d_up);
+  T* d_act = static_cast<T*>(a.d_act);
+  const T* x = static_cast<const T*>(a.x);
+  const T* dout = static_cast<const T*>(a.dout);
+  const T* up = static_cast<const T*>(a.up);
+  const T* down = static_cast<const T*>(a.down);
+  // the forward's up rows and activations, recomputed
+  grouped_gemm_kernel<T><<<dim3(max_tiles, ceil_div(a.U, kBN)), 256, 0, st>>>(up_rows, a.ldu, x, a.ldx, up, a.U, a.H,
+                                                                               a.E, o, a.k);
+  CUDA_LAUNCH_CHECK();
+  if (a.act == 0) swiglu<T>(st, act_rows, a.lda, up_rows, a.ldu, Tk, a.F);
+  else relu2<T>(st, act_rows, a.lda, up_rows, a.ldu, Tk, a.F);
+  // g_i = dout[t] · down_e  [Tk, F] (down_e [H, F] read as the transposed W), then dweights and × w
+  grouped_gemm_kernel<T, true><<<dim3(max_tiles, ceil_div(a.F, kBN)), 256, 0, st>>>(d_act, a.ld_dact, dout, a.ldo,
+                                                                                     down, a.F, a.H, a.E, o, a.k);
+  CUDA_LAUNCH_CHECK();
+  if (Tk > 0) {
+    weight_grad_kernel<T><<<unsigned(Tk), 256, 0, st>>>(d_act, a.ld_dact, act_rows, a.lda, a.weights, a.ldw,
+                                                        a.dweights, a.lddw, o.order, a.k, a.F);
+    CUDA_LAUNCH_CHECK();
+  }
+  if (a.act == 0) swiglu_backward<T>(st, d_up, a.ld_dup, d_act, a.ld_dact, up_rows, a.ldu, Tk, a.F);
+  else relu2_backward<T>(st, d_up, a.ld_dup, d_act, a.ld_dact, up_rows, a.ldu, Tk, a.F);
+  // dx rows = d_up_i · up_e [Tk, H] (up_e [U, H] read transposed), summed per token in slot order
+  grouped_gemm_kernel<T, true><<<dim3(max_tiles, ceil_div(a.H, kBN)), 256, 0, st>>>(
+      static_cast<T*>(a.down_rows), a.ldd, d_up, a.ld_dup, up, a.H, a.U, a.E, o, 0);
+  CUDA_LAUNCH_CHECK();
+  combine_kernel<T><<<unsigned(a.T), 256, 0, st>>>(static_cast<T*>(a.dx), a.lddx, static_cast<const T*>(a.down_rows),
+                                                   a.ldd, nullptr, 0, o.inv, a.k, a.H);
+  CUDA_LAUNCH_CHECK();
+  // dup_e [U, H] += Σ d_up_iᵀ x[t];  ddown_e [H, F] += Σ (w · dout[t])ᵀ act_i
+  grouped_wgrad_kernel<T><<<dim3(ceil_div(a.H, kBN), ceil_div(a.U, kBM), unsigned(a.E)), 256, 0, st>>>(
+      a.dup, d_up, a.ld_dup, 0, x, a.ldx, 1, nullptr, 0, a.U, a.H, o, a.k);
+  CUDA_LAUNCH_CHECK();
+  grouped_wgrad_kernel<T><<<dim3(ceil_div(a.F, kBN), ceil_div(a.H, kBM), unsigned(a.E)), 256, 0, st>>>(
+      a.ddown, dout, a.ldo, 1, act_rows, a.lda, 0, a.weights, a.ldw, a.H, a.F, o, a.k);
+  CUDA_LAUNCH_CHECK();
+}
+
+#define INST(T)                                                                 \
+  template void moe_experts<T>(cudaStream_t, const MoeExpertsArgs&);            \
+  template void moe_route_backward<T>(cudaStream_t, const MoeRouteBackwardArgs&); \
+  template void moe_experts_backward<T>(cudaStream_t, const MoeExpertsBackwardArgs&);
 BAMBA_CUDA_DTYPES(INST)
 #undef INST
 
