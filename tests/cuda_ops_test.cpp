@@ -162,6 +162,38 @@ TEST_P(CudaOps, MatmulDecodeShapes) {
   }
 }
 
+// The fused decode ops (gemv_mma.cu on bf16; the composed default otherwise) against the CPU's composition of the
+// unfused ops: 1-8 rows, K with a partial last 64-wide k-block (136, 200, 4104) and Bamba's widths, N not a multiple
+// of the kernel's 16 rows, strided x and h, bias or none, the norm weight in fp32 and in bf16 (checkpoint vs dummy).
+TEST_P(CudaOps, FusedDecodeOps) {
+  struct Shape { int64_t K, N; };
+  for (const Shape& sh : {Shape{136, 37}, Shape{4096, 1031}, Shape{200, 2053}, Shape{4104, 19}})
+    for (int64_t M : {1, 2, 3, 5, 8}) {
+      const int64_t K = sh.K, N = sh.N;
+      const std::string what = "K=" + std::to_string(K) + ", N=" + std::to_string(N) + ", M=" + std::to_string(M);
+      Pair W = make(act(), {N, K}, -0.05f, 0.05f), bias = make(DType::F32, {N}, -0.5f, 0.5f);
+      // y = rmsnorm(x) * w · Wᵀ (+ bias); x a column block of a wider row
+      Pair xw = make(act(), {M, K + 24}, -2, 2), x = cols(xw, 8, 8 + K), scratch = zeros(act(), {M, K});
+      for (DType wt : {DType::F32, DType::BF16}) {
+        Pair nw = make(wt, {K}, 0.8f, 1.2f), y = zeros(act(), {M, N});
+        const Pair b = wt == DType::F32 ? bias : Pair{};
+        cpu_->rmsnorm_matmul(y.cpu, x.cpu, nw.cpu, 1e-5f, W.cpu, b.cpu, scratch.cpu);
+        gpu_->rmsnorm_matmul(y.gpu, x.gpu, nw.gpu, 1e-5f, W.gpu, b.gpu, scratch.gpu);
+        expect_close(y, tol(), std::string("rmsnorm_matmul, ") + dtype_name(wt) + " norm weight, " + what);
+      }
+      // h += x · Wᵀ (+ bias), h a column block of a wider row
+      Pair hw = make(act(), {M, N + 5}, -1, 1), h = cols(hw, 0, N), out = zeros(act(), {M, N});
+      cpu_->matmul_residual(h.cpu, x.cpu, W.cpu, bias.cpu, out.cpu);
+      gpu_->matmul_residual(h.gpu, x.gpu, W.gpu, bias.gpu, out.gpu);
+      expect_close(hw, tol(), "matmul_residual, " + what);
+      // h += swiglu(gate_up) · Wᵀ
+      Pair gate_up = make(act(), {M, 2 * K}, -3, 3), a = zeros(act(), {M, K});
+      cpu_->swiglu_matmul_residual(h.cpu, gate_up.cpu, W.cpu, {}, a.cpu, out.cpu);
+      gpu_->swiglu_matmul_residual(h.gpu, gate_up.gpu, W.gpu, {}, a.gpu, out.gpu);
+      expect_close(hw, tol(), "swiglu_matmul_residual, " + what);
+    }
+}
+
 // Row lengths and strides that take the scalar kernels (130, odd strides) and the 16-byte-vector ones (multiples
 // of 8 elements, partly filled last vectors per thread: 136, 5000; Bamba's 4096).
 TEST_P(CudaOps, RmsnormAndFusedResidualAdd) {
