@@ -179,7 +179,7 @@ TEST_P(CudaOps, FusedDecodeOps) {
         const Pair b = wt == DType::F32 ? bias : Pair{};
         cpu_->rmsnorm_matmul(y.cpu, x.cpu, nw.cpu, 1e-5f, W.cpu, b.cpu, scratch.cpu);
         gpu_->rmsnorm_matmul(y.gpu, x.gpu, nw.gpu, 1e-5f, W.gpu, b.gpu, scratch.gpu);
-        expect_close(y, tol(), std::string("rmsnorm_matmul, ") + dtype_name(wt) + " norm weight, " + what);
+        expect_close(y, tol(), "rmsnorm_matmul, " + std::string(dtype_name(wt)) + " norm weight, " + what);
       }
       // h += x · Wᵀ (+ bias), h a column block of a wider row
       Pair hw = make(act(), {M, N + 5}, -1, 1), h = cols(hw, 0, N), out = zeros(act(), {M, N});
