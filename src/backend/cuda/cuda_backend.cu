@@ -78,12 +78,12 @@ class CudaBackend final : public Backend {
     const char* gm = std::getenv("BAMBA_CUDA_GEMV_ROWS");  // decode rows up to which gemv.cu beats cuBLAS
     gemv_max_rows_ = gm ? std::atoi(gm) : kMaxGemvRows;
     // Rows from which a bf16 matmul takes the tensor-core GEMV (gemv_mma.cu) instead of gemv.cu's warp per row
-    // (2: decode2..8; 1: also batch 1; 9: never), and whether the model fuses norm / SwiGLU / residual add into
-    // the decode GEMVs (BAMBA_CUDA_FUSE=0: the unfused ops, for ablations).
+    // (2: decode2..8; 1: also batch 1; 9: never), and the steps for which the model folds norm / SwiGLU / residual
+    // add into the decode GEMVs (for ablations; bench/NOTES.md "decode2" has the measurements behind both defaults).
     const char* mr = std::getenv("BAMBA_CUDA_GEMV_MMA_ROWS");
     gemv_mma_rows_ = mr ? std::atoi(mr) : 2;
-    const char* fu = std::getenv("BAMBA_CUDA_FUSE");
-    fuse_ = !(fu && fu[0] == '0');
+    const char* fu = std::getenv("BAMBA_CUDA_FUSE_ROWS");  // fused decode ops for steps of N..8 rows (9: never)
+    fuse_rows_ = fu ? std::atoi(fu) : 1;
     // Tokens per chunk of the bf16 tensor-core SSD scan (ssd_chunked.cu). 256 (Bamba's chunk_size) halves the
     // chunk-state traffic of 128 (P·N values per head and chunk, written, carried and read back) for ~20 % more
     // products at P = 64, N = 128 (bench/NOTES.md has both measured).
@@ -287,7 +287,7 @@ class CudaBackend final : public Backend {
   }
   // ---- fused decode ops (gemv_mma.cu): one kernel where the shapes suit it, else the composed default
   bool fuse_decode(int64_t rows) const override {
-    return fuse_ && dtype_ == DType::BF16 && invariant_chunk_ == 0 && rows >= 1 && rows <= gemv_max_rows_;
+    return dtype_ == DType::BF16 && invariant_chunk_ == 0 && rows >= std::max(fuse_rows_, 1) && rows <= gemv_max_rows_;
   }
   // The fused kernel for y (= or +=) op(x) · Wᵀ; false when it does not take these tensors.
   bool fused_gemv(Tensor y, bool residual, GemvX mode, Tensor x, Tensor norm_w, float eps, Tensor W, Tensor bias) {
@@ -575,7 +575,7 @@ class CudaBackend final : public Backend {
   bool graphs_enabled_ = true, capturing_ = false;
   int gemv_max_rows_ = kMaxGemvRows;
   int gemv_mma_rows_ = 2;
-  bool fuse_ = true;
+  int fuse_rows_ = 1;
   int ssd_chunk_ = 256;
   std::map<std::tuple<uint64_t, int, int, int>, cudaGraphExec_t> graphs_;
   std::set<std::tuple<uint64_t, int, int, int>> seen_;

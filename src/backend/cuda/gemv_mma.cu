@@ -18,8 +18,11 @@
 //
 // x modes (the op folded into the load, so its output is never written and its kernel never launched):
 //   plain    x[m, k]
-//   rmsnorm  bf16(w[k] · (x[m, k] · r[m])), r[m] = rsqrt(mean_k x[m, k]² + eps): every block computes r before
-//            its loop (the rows are 8 KB each for Bamba, read from L2) — the arithmetic and rounding of norm.cu
+//   rmsnorm  bf16(x[m, k] · w[k]), and r[m] = rsqrt(mean_k x[m, k]² + eps) applied to the sums at the end: r
+//            is one scalar per row, so it factors out of the dot product, and the Σ x² comes from the x the
+//            block's lanes load anyway (they cover each row's K once). A first version computed r in a prologue
+//            of every block (8 KB rows from L2, two barriers) and scaled x by it: decode4 504 -> 447 tok/s.
+//            The rounding differs from norm.cu's (x · w rounded to bf16 before the product, not x · r · w).
 //   swiglu   bf16(silu(x[m, k]) · x[m, K + k]) from gate_up = gate | up, as elementwise.cu's swiglu
 // Store modes: y = acc (+ bias) in bf16 or fp32, or (residual) y = bf16(y + bf16(acc + bias)), the add that the
 // next add_rmsnorm would otherwise do (rounded twice, as matmul then add).
@@ -49,7 +52,7 @@ __device__ __forceinline__ float lo_f(uint32_t w) { return __uint_as_float(w << 
 __device__ __forceinline__ float hi_f(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
 template <GemvX MODE>
-__device__ __forceinline__ uint4 load_x(const Args& a, int m, int k, float r) {
+__device__ __forceinline__ uint4 load_x(const Args& a, int m, int k, float& ss) {
   const bf16* xr = a.x + int64_t(m) * a.ldx;
   if constexpr (MODE == GemvX::Plain) {
     return *reinterpret_cast<const uint4*>(xr + k);
@@ -70,8 +73,11 @@ __device__ __forceinline__ uint4 load_x(const Args& a, int m, int k, float r) {
     uint4 o;
     uint32_t* oo = &o.x;
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
-      oo[i] = pack2(w[2 * i] * (lo_f(vv[i]) * r), w[2 * i + 1] * (hi_f(vv[i]) * r));
+    for (int i = 0; i < 4; ++i) {
+      const float x0 = lo_f(vv[i]), x1 = hi_f(vv[i]);
+      ss = fmaf(x0, x0, fmaf(x1, x1, ss));
+      oo[i] = pack2(w[2 * i] * x0, w[2 * i + 1] * x1);
+    }
     return o;
   } else {  // SwiGlu: gate at k, up at K + k
     const uint4 g = *reinterpret_cast<const uint4*>(xr + k);
@@ -89,7 +95,7 @@ __device__ __forceinline__ uint4 load_x(const Args& a, int m, int k, float r) {
 template <GemvX MODE>
 __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
   __shared__ float red[kWarps][kRows][8];
-  __shared__ float rinv[8];
+  __shared__ float part[kWarps][8];  // RmsNorm: Σ x² per (warp, row)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int n0 = blockIdx.x * kRows;
   const int nkb = (a.K + kKB - 1) / kKB;
@@ -110,39 +116,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
   pdl_trigger();
   if (!a.prefetch) load(wa, warp);
 
-  if constexpr (MODE == GemvX::RmsNorm) {  // r[m] for the block's x rows: all threads, all loads in flight at once
-    __shared__ float part[kWarps][8];
-    float ss[8];
-#pragma unroll
-    for (int m = 0; m < 8; ++m) {
-      ss[m] = 0.f;
-      if (m < a.M) {
-        const bf16* xr = a.x + int64_t(m) * a.ldx;
-#pragma unroll 2
-        for (int k = 8 * threadIdx.x; k < a.K; k += 8 * kWarps * 32) {
-          const uint4 v = *reinterpret_cast<const uint4*>(xr + k);
-          const uint32_t* vv = &v.x;
-#pragma unroll
-          for (int i = 0; i < 4; ++i) ss[m] += lo_f(vv[i]) * lo_f(vv[i]) + hi_f(vv[i]) * hi_f(vv[i]);
-        }
-      }
-    }
-#pragma unroll
-    for (int m = 0; m < 8; ++m) {
-      const float v = warp_sum(ss[m]);
-      if (lane == 0) part[warp][m] = v;
-    }
-    __syncthreads();
-    if (threadIdx.x < a.M) {
-      float t = 0.f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) t += part[w][threadIdx.x];
-      rinv[threadIdx.x] = rsqrtf(t / float(a.K) + a.eps);
-    }
-    __syncthreads();
-  }
   const bool has_x = g < a.M;
-  const float r = MODE == GemvX::RmsNorm && has_x ? rinv[g] : 1.f;
+  float ss = 0.f;  // RmsNorm: Σ x² of row g over this lane's k's (the block's lanes of row g cover K once)
 
   float c[4] = {0.f, 0.f, 0.f, 0.f};
   auto multiply = [&](const uint4 (&w)[4], int kb) {
@@ -150,8 +125,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
     const int k = kb * kKB + 8 * q;
     uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
     if (has_x) {
-      if (k < a.K) x0 = load_x<MODE>(a, g, k, r);
-      if (k + 32 < a.K) x1 = load_x<MODE>(a, g, k + 32, r);
+      if (k < a.K) x0 = load_x<MODE>(a, g, k, ss);
+      if (k + 32 < a.K) x1 = load_x<MODE>(a, g, k + 32, ss);
     }
     const uint32_t xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
     const uint32_t r0[8] = {w[0].x, w[0].y, w[0].z, w[0].w, w[1].x, w[1].y, w[1].z, w[1].w};
@@ -174,6 +149,11 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
   red[warp][g][2 * q + 1] = c[1];
   red[warp][g + 8][2 * q] = c[2];
   red[warp][g + 8][2 * q + 1] = c[3];
+  if constexpr (MODE == GemvX::RmsNorm) {  // row g's Σ x² over the warp's 4 lanes q, then over the warps below
+    ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+    ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+    if (q == 0) part[warp][g] = ss;
+  }
   __syncthreads();
   if (threadIdx.x < kRows * 8) {
     const int row = threadIdx.x >> 3, m = threadIdx.x & 7, n = n0 + row;
@@ -181,6 +161,12 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
       float s = 0.f;
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) s += red[w][row][m];
+      if constexpr (MODE == GemvX::RmsNorm) {
+        float t = 0.f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) t += part[w][m];
+        s *= rsqrtf(t / float(a.K) + a.eps);
+      }
       if (a.bias.p) s += ld_param(a.bias, n);
       const int64_t i = int64_t(m) * a.ldy + n;
       if (a.y_f32) static_cast<float*>(a.y)[i] = s;
