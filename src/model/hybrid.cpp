@@ -161,7 +161,8 @@ Tensor HybridModel::forward_rank(const StepBatch& b, HybridCache& cache, Workspa
       pending = true;
     };
     // Decode steps on a GPU (Backend::fuse_decode): a block's norm goes into its first matmul and its residual add
-    // into its last, so a block is its matmuls plus what lies between them (BAMBA_CUDA_FUSE_ROWS=9: never).
+    // into its last, so a block is its matmuls plus what lies between them. (CUDA: BAMBA_CUDA_FUSE_ROWS; off by
+    // default, measured slower: bench/NOTES.md "decode2".)
     const bool fuse = !hook && !comm_ && cfg_.residual_multiplier == 1.f && be_.fuse_decode(T);
     Fused fz{h, {}, eps};
     auto fused = [&](Tensor weight) {  // the Fused of a block normalising h with `weight`

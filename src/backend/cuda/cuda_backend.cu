@@ -78,12 +78,14 @@ class CudaBackend final : public Backend {
     const char* gm = std::getenv("BAMBA_CUDA_GEMV_ROWS");  // decode rows up to which gemv.cu beats cuBLAS
     gemv_max_rows_ = gm ? std::atoi(gm) : kMaxGemvRows;
     // Rows from which a bf16 matmul takes the tensor-core GEMV (gemv_mma.cu) instead of gemv.cu's warp per row
-    // (2: decode2..8; 1: also batch 1; 9: never), and the steps for which the model folds norm / SwiGLU / residual
-    // add into the decode GEMVs (for ablations; bench/NOTES.md "decode2" has the measurements behind both defaults).
+    // (1: every decode step; 9: never), and the steps of N..8 rows for which the model folds norm / SwiGLU /
+    // residual add into the decode GEMVs (9: never). Defaults as measured (bench/NOTES.md "decode2", H100):
+    // the tensor-core GEMV is faster at every M (decode8 600 -> 960 tok/s, tg128 139.5 -> 140.2), the fused ops
+    // slower at every M (tg128 125.4, decode8 869), so they are off until they win.
     const char* mr = std::getenv("BAMBA_CUDA_GEMV_MMA_ROWS");
-    gemv_mma_rows_ = mr ? std::atoi(mr) : 2;
+    gemv_mma_rows_ = mr ? std::atoi(mr) : 1;
     const char* fu = std::getenv("BAMBA_CUDA_FUSE_ROWS");  // fused decode ops for steps of N..8 rows (9: never)
-    fuse_rows_ = fu ? std::atoi(fu) : 1;
+    fuse_rows_ = fu ? std::atoi(fu) : 9;
     // Tokens per chunk of the bf16 tensor-core SSD scan (ssd_chunked.cu). 256 (Bamba's chunk_size) halves the
     // chunk-state traffic of 128 (P·N values per head and chunk, written, carried and read back) for ~20 % more
     // products at P = 64, N = 128 (bench/NOTES.md has both measured).
@@ -289,10 +291,11 @@ class CudaBackend final : public Backend {
   bool fuse_decode(int64_t rows) const override {
     return dtype_ == DType::BF16 && invariant_chunk_ == 0 && rows >= std::max(fuse_rows_, 1) && rows <= gemv_max_rows_;
   }
-  // The fused kernel for y (= or +=) op(x) · Wᵀ; false when it does not take these tensors.
+  // The fused kernel for y (= or +=) op(x) · Wᵀ; false when it does not take these tensors. (Called whenever the
+  // op is: fuse_decode is the model's policy, not the op's.)
   bool fused_gemv(Tensor y, bool residual, GemvX mode, Tensor x, Tensor norm_w, float eps, Tensor W, Tensor bias) {
     const int M = int(x.rows()), N = int(W.rows()), K = int(W.shape[1]);
-    if (!fuse_decode(M) || W.dtype != DType::BF16 || x.dtype != DType::BF16 || y.rows() != M || y.shape[1] != N ||
+    if (dtype_ != DType::BF16 || invariant_chunk_ > 0 || M > gemv_max_rows_ || W.dtype != DType::BF16 || x.dtype != DType::BF16 || y.rows() != M || y.shape[1] != N ||
         (y.dtype != DType::BF16 && (residual || y.dtype != DType::F32)))
       return false;
     return gemv_mma(stream_, y.data, y.dtype == DType::F32, residual, y.ld, mode, static_cast<const bf16*>(x.data),
@@ -574,8 +577,8 @@ class CudaBackend final : public Backend {
   // graphs
   bool graphs_enabled_ = true, capturing_ = false;
   int gemv_max_rows_ = kMaxGemvRows;
-  int gemv_mma_rows_ = 2;
-  int fuse_rows_ = 1;
+  int gemv_mma_rows_ = 1;
+  int fuse_rows_ = 9;
   int ssd_chunk_ = 256;
   std::map<std::tuple<uint64_t, int, int, int>, cudaGraphExec_t> graphs_;
   std::set<std::tuple<uint64_t, int, int, int>> seen_;

@@ -20,13 +20,20 @@
 //   plain    x[m, k]
 //   rmsnorm  bf16(x[m, k] · w[k]), and r[m] = rsqrt(mean_k x[m, k]² + eps) applied to the sums at the end: r
 //            is one scalar per row, so it factors out of the dot product, and the Σ x² comes from the x the
-//            block's lanes load anyway (they cover each row's K once). A first version computed r in a prologue
-//            of every block (8 KB rows from L2, two barriers) and scaled x by it: decode4 504 -> 447 tok/s.
+//            block's lanes load anyway (they cover each row's K once). (A first version computed r in a
+//            prologue of every block, 8 KB rows from L2 and two barriers: about as slow, see below.)
 //            The rounding differs from norm.cu's (x · w rounded to bf16 before the product, not x · r · w).
 //   swiglu   bf16(silu(x[m, k]) · x[m, K + k]) from gate_up = gate | up, as elementwise.cu's swiglu
 // Store modes: y = acc (+ bias) in bf16 or fp32, or (residual) y = bf16(y + bf16(acc + bias)), the add that the
 // next add_rmsnorm would otherwise do (rounded twice, as matmul then add).
 // Launched as a programmatic dependent: the first k-blocks of W are loaded before pdl_wait.
+//
+// Measured (bench/NOTES.md "decode2", H100): plain, this kernel beats gemv.cu at every M (decode8 600 -> 960 tok/s,
+// decode4 441 -> 504, tg128 139.5 -> 140.2). The folded modes made the model SLOWER at every M (tg128 140.2 ->
+// 125.4, decode8 960 -> 869) although they remove 96 launches a step, so the model does not use them by default
+// (BAMBA_CUDA_FUSE_ROWS). Not measured yet, the likely cause: every one of a GEMV's N / 16 blocks redoes the folded
+// op for all of x (down_proj: 256 blocks each evaluating silu on all 14,336 × M inputs, on the 4 lanes per row
+// that hold x — 256× the work of the SwiGLU kernel, in the latency path of every k-block).
 #include "backend/cuda/gemv_mma.cuh"
 #include "backend/cuda/mma.cuh"
 
