@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -166,6 +167,14 @@ TEST_P(CudaOps, MatmulDecodeShapes) {
 // unfused ops: 1-8 rows, K with a partial last 64-wide k-block (136, 200, 4104) and Bamba's widths, N not a multiple
 // of the kernel's 16 rows, strided x and h, bias or none, the norm weight in fp32 and in bf16 (checkpoint vs dummy).
 TEST_P(CudaOps, FusedDecodeOps) {
+  // A second backend whose swiglu_matmul_residual folds SwiGLU into the GEMV (BAMBA_CUDA_FUSE_SWIGLU=1, read when a
+  // backend is made); it computes on gpu_'s tensors (same device, its own stream).
+  const char* was = std::getenv("BAMBA_CUDA_FUSE_SWIGLU");
+  const std::string saved = was ? was : "";
+  setenv("BAMBA_CUDA_FUSE_SWIGLU", "1", 1);
+  std::unique_ptr<Backend> folded_swiglu = make_backend("cuda", GetParam());
+  if (was) setenv("BAMBA_CUDA_FUSE_SWIGLU", saved.c_str(), 1);
+  else unsetenv("BAMBA_CUDA_FUSE_SWIGLU");
   struct Shape { int64_t K, N; };
   for (const Shape& sh : {Shape{136, 37}, Shape{4096, 1031}, Shape{200, 2053}, Shape{4104, 19}})
     for (int64_t M : {1, 2, 3, 5, 8}) {
@@ -186,11 +195,16 @@ TEST_P(CudaOps, FusedDecodeOps) {
       cpu_->matmul_residual(h.cpu, x.cpu, W.cpu, bias.cpu, out.cpu);
       gpu_->matmul_residual(h.gpu, x.gpu, W.gpu, bias.gpu, out.gpu);
       expect_close(hw, tol(), "matmul_residual, " + what);
-      // h += swiglu(gate_up) · Wᵀ
+      // h += swiglu(gate_up) · Wᵀ: SwiGLU as its own kernel (the default), then folded into the x load
       Pair gate_up = make(act(), {M, 2 * K}, -3, 3), a = zeros(act(), {M, K});
       cpu_->swiglu_matmul_residual(h.cpu, gate_up.cpu, W.cpu, {}, a.cpu, out.cpu);
       gpu_->swiglu_matmul_residual(h.gpu, gate_up.gpu, W.gpu, {}, a.gpu, out.gpu);
       expect_close(hw, tol(), "swiglu_matmul_residual, " + what);
+      cpu_->swiglu_matmul_residual(h.cpu, gate_up.cpu, W.cpu, {}, a.cpu, out.cpu);
+      gpu_->synchronize();  // the two backends have a stream each
+      folded_swiglu->swiglu_matmul_residual(h.gpu, gate_up.gpu, W.gpu, {}, a.gpu, out.gpu);
+      folded_swiglu->synchronize();
+      expect_close(hw, tol(), "swiglu_matmul_residual, SwiGLU folded, " + what);
     }
 }
 

@@ -86,6 +86,11 @@ class CudaBackend final : public Backend {
     gemv_mma_rows_ = mr ? std::atoi(mr) : 1;
     const char* fu = std::getenv("BAMBA_CUDA_FUSE_ROWS");  // fused decode ops for steps of N..8 rows (9: never)
     fuse_rows_ = fu ? std::atoi(fu) : 9;
+    // Whether swiglu_matmul_residual folds SwiGLU into down_proj's x load (1) or runs the SwiGLU kernel first and
+    // folds only the residual add (the default): folded, each of down_proj's N / 16 blocks evaluates silu on all of
+    // gate_up, the suspected cost of the fused path (bench/NOTES.md "decode2"; not yet measured apart).
+    const char* fs = std::getenv("BAMBA_CUDA_FUSE_SWIGLU");
+    fuse_swiglu_ = fs && fs[0] == '1';
     // Tokens per chunk of the bf16 tensor-core SSD scan (ssd_chunked.cu). 256 (Bamba's chunk_size) halves the
     // chunk-state traffic of 128 (P·N values per head and chunk, written, carried and read back) for ~20 % more
     // products at P = 64, N = 128 (bench/NOTES.md has both measured).
@@ -307,8 +312,9 @@ class CudaBackend final : public Backend {
       Backend::rmsnorm_matmul(y, x, norm_w, eps, W, bias, scratch);
   }
   void swiglu_matmul_residual(Tensor h, Tensor gate_up, Tensor W, Tensor bias, Tensor act, Tensor out) override {
-    if (gate_up.shape[1] != 2 * W.shape[1] || !fused_gemv(h, true, GemvX::SwiGlu, gate_up, {}, 0.f, W, bias))
-      Backend::swiglu_matmul_residual(h, gate_up, W, bias, act, out);
+    if (!fuse_swiglu_ || gate_up.shape[1] != 2 * W.shape[1] ||
+        !fused_gemv(h, true, GemvX::SwiGlu, gate_up, {}, 0.f, W, bias))
+      Backend::swiglu_matmul_residual(h, gate_up, W, bias, act, out);  // swiglu, then this->matmul_residual
   }
   void matmul_residual(Tensor h, Tensor x, Tensor W, Tensor bias, Tensor scratch) override {
     if (x.shape[1] != W.shape[1] || !fused_gemv(h, true, GemvX::Plain, x, {}, 0.f, W, bias))
@@ -579,6 +585,7 @@ class CudaBackend final : public Backend {
   int gemv_max_rows_ = kMaxGemvRows;
   int gemv_mma_rows_ = 1;
   int fuse_rows_ = 9;
+  bool fuse_swiglu_ = false;
   int ssd_chunk_ = 256;
   std::map<std::tuple<uint64_t, int, int, int>, cudaGraphExec_t> graphs_;
   std::set<std::tuple<uint64_t, int, int, int>> seen_;
