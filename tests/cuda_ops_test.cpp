@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -161,6 +162,51 @@ TEST_P(CudaOps, MatmulDecodeShapes) {
       expect_matmul_close(y32, x, W, {}, "decode matmul f32 out, " + what);
     }
   }
+}
+
+// The fused decode ops (gemv_mma.cu on bf16; the composed default otherwise) against the CPU's composition of the
+// unfused ops: 1-8 rows, K with a partial last 64-wide k-block (136, 200, 4104) and Bamba's widths, N not a multiple
+// of the kernel's 16 rows, strided x and h, bias or none, the norm weight in fp32 and in bf16 (checkpoint vs dummy).
+TEST_P(CudaOps, FusedDecodeOps) {
+  // A second backend whose swiglu_matmul_residual folds SwiGLU into the GEMV (BAMBA_CUDA_FUSE_SWIGLU=1, read when a
+  // backend is made); it computes on gpu_'s tensors (same device, its own stream).
+  const char* was = std::getenv("BAMBA_CUDA_FUSE_SWIGLU");
+  const std::string saved = was ? was : "";
+  setenv("BAMBA_CUDA_FUSE_SWIGLU", "1", 1);
+  std::unique_ptr<Backend> folded_swiglu = make_backend("cuda", GetParam());
+  if (was) setenv("BAMBA_CUDA_FUSE_SWIGLU", saved.c_str(), 1);
+  else unsetenv("BAMBA_CUDA_FUSE_SWIGLU");
+  struct Shape { int64_t K, N; };
+  for (const Shape& sh : {Shape{136, 37}, Shape{4096, 1031}, Shape{200, 2053}, Shape{4104, 19}})
+    for (int64_t M : {1, 2, 3, 5, 8}) {
+      const int64_t K = sh.K, N = sh.N;
+      const std::string what = "K=" + std::to_string(K) + ", N=" + std::to_string(N) + ", M=" + std::to_string(M);
+      Pair W = make(act(), {N, K}, -0.05f, 0.05f), bias = make(DType::F32, {N}, -0.5f, 0.5f);
+      // y = rmsnorm(x) * w · Wᵀ (+ bias); x a column block of a wider row
+      Pair xw = make(act(), {M, K + 24}, -2, 2), x = cols(xw, 8, 8 + K), scratch = zeros(act(), {M, K});
+      for (DType wt : {DType::F32, DType::BF16}) {
+        Pair nw = make(wt, {K}, 0.8f, 1.2f), y = zeros(act(), {M, N});
+        const Pair b = wt == DType::F32 ? bias : Pair{};
+        cpu_->rmsnorm_matmul(y.cpu, x.cpu, nw.cpu, 1e-5f, W.cpu, b.cpu, scratch.cpu);
+        gpu_->rmsnorm_matmul(y.gpu, x.gpu, nw.gpu, 1e-5f, W.gpu, b.gpu, scratch.gpu);
+        expect_close(y, tol(), "rmsnorm_matmul, " + std::string(dtype_name(wt)) + " norm weight, " + what);
+      }
+      // h += x · Wᵀ (+ bias), h a column block of a wider row
+      Pair hw = make(act(), {M, N + 5}, -1, 1), h = cols(hw, 0, N), out = zeros(act(), {M, N});
+      cpu_->matmul_residual(h.cpu, x.cpu, W.cpu, bias.cpu, out.cpu);
+      gpu_->matmul_residual(h.gpu, x.gpu, W.gpu, bias.gpu, out.gpu);
+      expect_close(hw, tol(), "matmul_residual, " + what);
+      // h += swiglu(gate_up) · Wᵀ: SwiGLU as its own kernel (the default), then folded into the x load
+      Pair gate_up = make(act(), {M, 2 * K}, -3, 3), a = zeros(act(), {M, K});
+      cpu_->swiglu_matmul_residual(h.cpu, gate_up.cpu, W.cpu, {}, a.cpu, out.cpu);
+      gpu_->swiglu_matmul_residual(h.gpu, gate_up.gpu, W.gpu, {}, a.gpu, out.gpu);
+      expect_close(hw, tol(), "swiglu_matmul_residual, " + what);
+      cpu_->swiglu_matmul_residual(h.cpu, gate_up.cpu, W.cpu, {}, a.cpu, out.cpu);
+      gpu_->synchronize();  // the two backends have a stream each
+      folded_swiglu->swiglu_matmul_residual(h.gpu, gate_up.gpu, W.gpu, {}, a.gpu, out.gpu);
+      folded_swiglu->synchronize();
+      expect_close(hw, tol(), "swiglu_matmul_residual, SwiGLU folded, " + what);
+    }
 }
 
 // Row lengths and strides that take the scalar kernels (130, odd strides) and the 16-byte-vector ones (multiples

@@ -70,3 +70,18 @@ void Backend::set_batch_invariant(int32_t max_chunk) {
   if (max_chunk > 0) fail("--deterministic (batch-invariant kernels) is not implemented on ", name());
 }
 }  // namespace bamba
+
+namespace bamba {
+void Backend::rmsnorm_matmul(Tensor y, Tensor x, Tensor norm_w, float eps, Tensor W, Tensor bias, Tensor scratch) {
+  rmsnorm(scratch, x, norm_w, eps);
+  matmul(y, scratch, W, bias);
+}
+void Backend::swiglu_matmul_residual(Tensor h, Tensor gate_up, Tensor W, Tensor bias, Tensor act, Tensor out) {
+  swiglu(act, gate_up);
+  matmul_residual(h, act, W, bias, out);
+}
+void Backend::matmul_residual(Tensor h, Tensor x, Tensor W, Tensor bias, Tensor scratch) {
+  matmul(scratch, x, W, bias);
+  add(h, scratch);
+}
+}  // namespace bamba

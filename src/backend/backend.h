@@ -206,6 +206,20 @@ class Backend {
   // out = silu(gate) * up, gate_up [T, 2F] = gate | up, out [T, F]
   virtual void swiglu(Tensor out, Tensor gate_up) = 0;
 
+  // ---- fused decode ops: an op and the matmul after it (or the residual add after a matmul) as one, for steps
+  // where launches, not bytes, are what a GPU spends its time on (docs/performance.md). The defaults compose the
+  // ops above through `scratch` (so they are every backend's plain twin); a backend overrides them where it has a
+  // kernel and falls back to the default where its kernel does not take the shape. The model uses them when
+  // fuse_decode(rows) says so (never on the CPU: there the unfused ops are the reference).
+  // y = (rmsnorm(x) * norm_w) · Wᵀ (+ bias)          y [M, N], x [M, K], norm_w [K], W [N, K]; scratch [M, K]
+  virtual void rmsnorm_matmul(Tensor y, Tensor x, Tensor norm_w, float eps, Tensor W, Tensor bias, Tensor scratch);
+  // h += x · Wᵀ (+ bias)                              h [M, N], x [M, K], W [N, K]; scratch [M, N]
+  virtual void matmul_residual(Tensor h, Tensor x, Tensor W, Tensor bias, Tensor scratch);
+  // h += swiglu(gate_up) · Wᵀ (+ bias)                h [M, N], gate_up [M, 2K], W [N, K]; act [M, K], out [M, N]
+  virtual void swiglu_matmul_residual(Tensor h, Tensor gate_up, Tensor W, Tensor bias, Tensor act, Tensor out);
+  // Whether the model should use the three ops above for a step of `rows` tokens (false: the unfused ops).
+  virtual bool fuse_decode(int64_t rows) const { return false; }
+
   // ---- ops of Bamba's relatives (docs/family.md)
   virtual void scale(Tensor x, float s) = 0;  // x *= s in place (muP multipliers), x [M, N] (may be strided)
   virtual void copy(Tensor dst, Tensor src) = 0;  // dst = src, [M, N] each (may be strided): column blocks

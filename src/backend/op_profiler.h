@@ -63,6 +63,19 @@ class OpProfiler final : public Backend {
   void add(Tensor h, Tensor x) override {
     timed("add", [&] { in_.add(h, x); });
   }
+  bool fuse_decode(int64_t rows) const override { return in_.fuse_decode(rows); }
+  void rmsnorm_matmul(Tensor y, Tensor x, Tensor norm_w, float eps, Tensor W, Tensor bias, Tensor scratch) override {
+    timed("rmsnorm_matmul N=" + std::to_string(W.shape[0]) + " K=" + std::to_string(W.shape[1]),
+          [&] { in_.rmsnorm_matmul(y, x, norm_w, eps, W, bias, scratch); });
+  }
+  void matmul_residual(Tensor h, Tensor x, Tensor W, Tensor bias, Tensor scratch) override {
+    timed("matmul_residual N=" + std::to_string(W.shape[0]) + " K=" + std::to_string(W.shape[1]),
+          [&] { in_.matmul_residual(h, x, W, bias, scratch); });
+  }
+  void swiglu_matmul_residual(Tensor h, Tensor gate_up, Tensor W, Tensor bias, Tensor act, Tensor out) override {
+    timed("swiglu_matmul_residual N=" + std::to_string(W.shape[0]) + " K=" + std::to_string(W.shape[1]),
+          [&] { in_.swiglu_matmul_residual(h, gate_up, W, bias, act, out); });
+  }
   void conv1d_silu(Tensor out, Tensor xBC, Tensor weight, Tensor bias, Tensor conv_state) override {
     timed("conv1d_silu", [&] { in_.conv1d_silu(out, xBC, weight, bias, conv_state); });
   }

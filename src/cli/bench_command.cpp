@@ -27,7 +27,7 @@ void register_bench(CLI::App& app) {
   sub->add_option("--json", *json, "Also write the table as JSON here")->capture_default_str();
   sub->add_option("--tests", *tests, "Comma-separated tests: ppN (N-token prefill), tgN (N decode steps, one "
                                      "sequence), decodeN (N sequences decoding after --prompt tokens each); "
-                                     "default pp512,pp2048,pp8192,tg128,decode1,decode16,decode64");
+                                     "default pp512,pp2048,pp8192,tg128,decode1,decode2,decode4,decode8,decode16,decode64");
   sub->add_option("--prompt", o->decode_prompt, "Prompt length before batched decode")->capture_default_str();
   sub->add_option("--steps", o->decode_steps, "Decode steps timed per batched-decode run")->capture_default_str();
   sub->add_flag("--deterministic", o->deterministic,

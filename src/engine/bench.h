@@ -21,7 +21,8 @@ struct BenchOptions {
   std::string dtype = "bf16";  // GPU compute dtype (bf16 | fp32); the dummy weights have no checkpoint dtype
   std::string ssm_state = "fp32";  // SSM state dtype in the cache (fp32 | bf16)
   int reps = 3;
-  std::vector<std::string> tests = {"pp512", "pp2048", "pp8192", "tg128", "decode1", "decode16", "decode64"};
+  std::vector<std::string> tests = {"pp512",   "pp2048",  "pp8192",  "tg128",    "decode1",
+                                    "decode2", "decode4", "decode8", "decode16", "decode64"};
   int decode_prompt = 512;  // prompt length before batched decode
   int decode_steps = 128;   // decode steps timed per batched-decode run
   bool profile = false;     // after each test, one more run with every op timed (backend/op_profiler.h)

@@ -160,17 +160,37 @@ Tensor HybridModel::forward_rank(const StepBatch& b, HybridCache& cache, Workspa
       if (cfg_.residual_multiplier != 1.f) be_.scale(out, cfg_.residual_multiplier);
       pending = true;
     };
+    // Decode steps on a GPU (Backend::fuse_decode): a block's norm goes into its first matmul and its residual add
+    // into its last, so a block is its matmuls plus what lies between them. (CUDA: BAMBA_CUDA_FUSE_ROWS; off by
+    // default, measured slower: bench/NOTES.md "decode2".)
+    const bool fuse = !hook && !comm_ && cfg_.residual_multiplier == 1.f && be_.fuse_decode(T);
+    Fused fz{h, {}, eps};
+    auto fused = [&](Tensor weight) {  // the Fused of a block normalising h with `weight`
+      if (pending) be_.add(h, out);  // an unfused block before it left its output in out
+      pending = false;
+      fz.norm_w = weight;
+      return &fz;
+    };
     int64_t hybrid_j = 0;
     for (int64_t i = 0; i < L; ++i) {
       const LayerWeights& lw = w_.layers[size_t(i)];
-      switch (cfg_.layer_kinds[size_t(i)]) {
+      const LayerKind kind = cfg_.layer_kinds[size_t(i)];
+      switch (kind) {
         case LayerKind::None: break;
         case LayerKind::Mamba:
+          if (fuse && fusable(kind)) {
+            mamba_mixer(lw.mamba, xn, out, cfg_.ssm_index(i), cache, ws, fused(lw.input_layernorm));
+            break;
+          }
           norm(lw.input_layernorm);
           mamba_mixer(lw.mamba, xn, out, cfg_.ssm_index(i), cache, ws);
           residual();
           break;
         case LayerKind::Attention:
+          if (fuse && fusable(kind)) {
+            attention(lw.attn, xn, out, cfg_.kv_index(i), cache, ws, nullptr, fused(lw.input_layernorm));
+            break;
+          }
           norm(lw.input_layernorm);
           attention(lw.attn, xn, out, cfg_.kv_index(i), cache, ws);
           residual();
@@ -191,7 +211,9 @@ Tensor HybridModel::forward_rank(const StepBatch& b, HybridCache& cache, Workspa
           residual();
           break;
       }
-      if (cfg_.mlp_kinds[size_t(i)] != MlpKind::None) {
+      if (fuse && fusable(cfg_.mlp_kinds[size_t(i)])) {
+        mlp(lw, cfg_.mlp_kinds[size_t(i)], xn, out, ws, fused(lw.pre_ff_layernorm));
+      } else if (cfg_.mlp_kinds[size_t(i)] != MlpKind::None) {
         norm(lw.pre_ff_layernorm);
         mlp(lw, cfg_.mlp_kinds[size_t(i)], xn, out, ws);
         residual();
@@ -226,8 +248,21 @@ Tensor HybridModel::forward_rank(const StepBatch& b, HybridCache& cache, Workspa
   return logits;
 }
 
+bool HybridModel::fusable(LayerKind kind) const {
+  switch (kind) {
+    case LayerKind::Mamba:
+      return cfg_.ssm_in_multiplier == 1.f && cfg_.ssm_out_multiplier == 1.f && cfg_.tp_full_inner == 0 &&
+             std::all_of(std::begin(cfg_.ssm_multipliers), std::end(cfg_.ssm_multipliers), [](float m) { return m == 1.f; });
+    case LayerKind::Attention: return cfg_.attention_in_multiplier == 1.f && cfg_.attention_out_multiplier == 1.f;
+    default: return false;  // Falcon-H1's parallel pair, Zamba2's shared block: their own ops around the mixers
+  }
+}
+bool HybridModel::fusable(MlpKind kind) const {
+  return kind == MlpKind::SwiGLU && cfg_.mlp_gate_multiplier == 1.f && cfg_.mlp_down_multiplier == 1.f;
+}
+
 void HybridModel::mamba_mixer(const MambaWeights& w, Tensor xn, Tensor out, int64_t index, HybridCache& cache,
-                              Workspace& ws) const {
+                              Workspace& ws, const Fused* f) const {
   const int64_t T = xn.rows(), I = cfg_.mamba_inner, CD = cfg_.conv_dim(), E = cfg_.in_proj_dim(),
                 GN = cfg_.mamba_n_groups * cfg_.mamba_d_state;
   Tensor zxbcdt = ws.proj.slice_rows(0, T).slice_cols(0, E);  // [T, E]
@@ -237,7 +272,8 @@ void HybridModel::mamba_mixer(const MambaWeights& w, Tensor xn, Tensor out, int6
     be_.scale(xs, cfg_.ssm_in_multiplier);
     xn = xs;
   }
-  be_.matmul(zxbcdt, xn, w.in_proj, w.in_proj_bias);
+  if (f) be_.rmsnorm_matmul(zxbcdt, f->h, f->norm_w, f->eps, w.in_proj, w.in_proj_bias, xn);
+  else be_.matmul(zxbcdt, xn, w.in_proj, w.in_proj_bias);
   // Falcon-H1's mup_vector: one multiplier per segment z | x | B | C | dt of the in_proj output.
   const int64_t seg[6] = {0, I, 2 * I, 2 * I + GN, 2 * I + 2 * GN, E};
   for (int s = 0; s < 5; ++s)
@@ -262,12 +298,13 @@ void HybridModel::mamba_mixer(const MambaWeights& w, Tensor xn, Tensor out, int6
     be_.copy(normed, fn.slice_cols(cfg_.tp_rank * I, (cfg_.tp_rank + 1) * I));
   } else if (cfg_.mamba_gated_norm) be_.gated_rmsnorm(normed, y, z, w.norm, cfg_.gated_norm_group_size, cfg_.mamba_norm_eps);
   else be_.silu_gate(normed, y, z);
+  if (f) return be_.matmul_residual(f->h, normed, w.out_proj, w.out_proj_bias, out);
   be_.matmul(out, normed, w.out_proj, w.out_proj_bias);
   if (cfg_.ssm_out_multiplier != 1.f) be_.scale(out, cfg_.ssm_out_multiplier);
 }
 
 void HybridModel::attention(const AttentionWeights& w, Tensor xn, Tensor out, int64_t index, HybridCache& cache,
-                            Workspace& ws, const AdapterWeights* adapters) const {
+                            Workspace& ws, const AdapterWeights* adapters, const Fused* f) const {
   const int64_t T = xn.rows(), nq = cfg_.num_attention_heads, nkv = cfg_.num_key_value_heads, dh = cfg_.head_dim;
   Tensor qkv = ws.proj.slice_rows(0, T).slice_cols(0, cfg_.qkv_dim());  // [T, (nq + 2 nkv) dh]
   if (cfg_.attention_in_multiplier != 1.f) {  // Falcon-H1: attention on x * attention_in_multiplier
@@ -276,7 +313,8 @@ void HybridModel::attention(const AttentionWeights& w, Tensor xn, Tensor out, in
     be_.scale(xs, cfg_.attention_in_multiplier);
     xn = xs;
   }
-  be_.matmul(qkv, xn, w.qkv_proj, {});
+  if (f) be_.rmsnorm_matmul(qkv, f->h, f->norm_w, f->eps, w.qkv_proj, {}, xn);
+  else be_.matmul(qkv, xn, w.qkv_proj, {});
   if (adapters && adapters->qkv_down) {  // Zamba2: q, k, v each += B_j(A_j(x))
     const int64_t r = cfg_.adapter_rank;
     Tensor low = ws.lora_r.slice_rows(0, T);  // [T, 3r]
@@ -294,12 +332,20 @@ void HybridModel::attention(const AttentionWeights& w, Tensor xn, Tensor out, in
   AttentionOpsConfig c = attn_ops_;
   c.block_size = cache.sizes().block_size;
   be_.attention(o, qkv, cache.k_pages(index), cache.v_pages(index), c);
+  if (f) return be_.matmul_residual(f->h, o, w.o_proj, {}, out);
   be_.matmul(out, o, w.o_proj, {});
   if (cfg_.attention_out_multiplier != 1.f) be_.scale(out, cfg_.attention_out_multiplier);
 }
 
-void HybridModel::mlp(const LayerWeights& w, MlpKind kind, Tensor xn, Tensor out, Workspace& ws) const {
+void HybridModel::mlp(const LayerWeights& w, MlpKind kind, Tensor xn, Tensor out, Workspace& ws, const Fused* f) const {
   const int64_t T = xn.rows();
+  if (f) {  // fusable(kind): SwiGLU without multipliers
+    const int64_t F = cfg_.intermediate_size;
+    Tensor gate_up = ws.proj.slice_rows(0, T).slice_cols(0, 2 * F);  // [T, 2F]
+    be_.rmsnorm_matmul(gate_up, f->h, f->norm_w, f->eps, w.gate_up_proj, {}, xn);
+    be_.swiglu_matmul_residual(f->h, gate_up, w.down_proj, {}, ws.y.slice_rows(0, T).slice_cols(0, F), out);
+    return;
+  }
   // The dense MLP (SwiGLU or relu²) of width F into dst.
   auto dense = [&](Tensor dst, bool glu, int64_t F) {
     Tensor act = ws.y.slice_rows(0, T).slice_cols(0, F);  // [T, F]

@@ -122,11 +122,22 @@ class HybridModel {
 
  private:
   void check_batch(const StepBatch& b, const HybridCache& cache, const Workspace& ws) const;
-  // The blocks; each writes its output into `out` ([T, H]), the caller adds it to the residual stream.
-  void mamba_mixer(const MambaWeights& w, Tensor xn, Tensor out, int64_t index, HybridCache& cache, Workspace& ws) const;
+  // A block run with Backend's fused decode ops: its input norm folded into its first matmul (which then reads h
+  // and norm_w, xn is only scratch) and its output added to h by its last matmul (`out` is only scratch).
+  struct Fused {
+    Tensor h, norm_w;  // [T, H], [H]
+    float eps;
+  };
+  // Whether a block of this kind runs fused (every op between its norm and its output is one of the plain ones).
+  bool fusable(LayerKind kind) const;
+  bool fusable(MlpKind kind) const;
+  // The blocks; each writes its output into `out` ([T, H]), the caller adds it to the residual stream; or, with
+  // `f`, normalises f->h itself and adds its output to f->h.
+  void mamba_mixer(const MambaWeights& w, Tensor xn, Tensor out, int64_t index, HybridCache& cache, Workspace& ws,
+                   const Fused* f = nullptr) const;
   void attention(const AttentionWeights& w, Tensor xn, Tensor out, int64_t index, HybridCache& cache, Workspace& ws,
-                 const AdapterWeights* adapters = nullptr) const;
-  void mlp(const LayerWeights& w, MlpKind kind, Tensor xn, Tensor out, Workspace& ws) const;
+                 const AdapterWeights* adapters = nullptr, const Fused* f = nullptr) const;
+  void mlp(const LayerWeights& w, MlpKind kind, Tensor xn, Tensor out, Workspace& ws, const Fused* f = nullptr) const;
   // Zamba2 "hybrid" layer i (its j-th): the shared block on concat(h, embeddings), through `linear`, added to h
   // as the input of the layer's Mamba mixer. h must be up to date; writes the mixer output into out.
   void zamba2_hybrid(int64_t i, int64_t j, Tensor h, Tensor xn, Tensor out, HybridCache& cache, Workspace& ws) const;

@@ -18,6 +18,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/attention_decode.cuh"
+#include "backend/cuda/gemv_mma.cuh"
 #include "backend/cuda/kernels.cuh"
 #include "core/hash_uniform.h"
 
@@ -77,6 +78,20 @@ class CudaBackend final : public Backend {
     graphs_enabled_ = !(g && std::string(g) == "0");
     const char* gm = std::getenv("BAMBA_CUDA_GEMV_ROWS");  // decode rows up to which gemv.cu beats cuBLAS
     gemv_max_rows_ = gm ? std::atoi(gm) : kMaxGemvRows;
+    // Rows from which a bf16 matmul takes the tensor-core GEMV (gemv_mma.cu) instead of gemv.cu's warp per row
+    // (1: every decode step; 9: never), and the steps of N..8 rows for which the model folds norm / SwiGLU /
+    // residual add into the decode GEMVs (9: never). Defaults as measured (bench/NOTES.md "decode2", H100):
+    // the tensor-core GEMV is faster at every M (decode8 600 -> 960 tok/s, tg128 139.5 -> 140.2), the fused ops
+    // slower at every M (tg128 125.4, decode8 869), so they are off until they win.
+    const char* mr = std::getenv("BAMBA_CUDA_GEMV_MMA_ROWS");
+    gemv_mma_rows_ = mr ? std::atoi(mr) : 1;
+    const char* fu = std::getenv("BAMBA_CUDA_FUSE_ROWS");  // fused decode ops for steps of N..8 rows (9: never)
+    fuse_rows_ = fu ? std::atoi(fu) : 9;
+    // Whether swiglu_matmul_residual folds SwiGLU into down_proj's x load (1) or runs the SwiGLU kernel first and
+    // folds only the residual add (the default): folded, each of down_proj's N / 16 blocks evaluates silu on all of
+    // gate_up, the suspected cost of the fused path (bench/NOTES.md "decode2"; not yet measured apart).
+    const char* fs = std::getenv("BAMBA_CUDA_FUSE_SWIGLU");
+    fuse_swiglu_ = fs && fs[0] == '1';
     // Tokens per chunk of the bf16 tensor-core SSD scan (ssd_chunked.cu). 256 (Bamba's chunk_size) halves the
     // chunk-state traffic of 128 (P·N values per head and chunk, written, carried and read back) for ~20 % more
     // products at P = 64, N = 128 (bench/NOTES.md has both measured).
@@ -257,9 +272,15 @@ class CudaBackend final : public Backend {
                          W.ld, M, N, K);
         if (bias) add_bias(stream_, y.data, y_f32, y.ld, pv(bias, "matmul bias"), M, N);
         done = true;
-      } else if (M <= gemv_max_rows_)
-        done = gemv(stream_, y.data, y_f32, y.ld, act<T>(x, "matmul input"), x.ld, act<T>(W, "matmul weight"), W.ld,
-                    pv(bias, "matmul bias"), M, N, K);
+      } else if (M <= gemv_max_rows_) {
+        if constexpr (std::is_same_v<T, bf16>)
+          if (M >= gemv_mma_rows_)
+            done = gemv_mma(stream_, y.data, y_f32, false, y.ld, GemvX::Plain, act<T>(x, "matmul input"), x.ld, {}, 0.f,
+                            act<T>(W, "matmul weight"), W.ld, pv(bias, "matmul bias"), M, N, K);
+        if (!done)
+          done = gemv(stream_, y.data, y_f32, y.ld, act<T>(x, "matmul input"), x.ld, act<T>(W, "matmul weight"), W.ld,
+                      pv(bias, "matmul bias"), M, N, K);
+      }
     });
     if (done) return;
     const float alpha = 1.f, beta = 0.f;
@@ -271,6 +292,34 @@ class CudaBackend final : public Backend {
                               int(W.ld), x.data, cuda_type(dtype_), int(x.ld), &beta, y.data, cuda_type(y.dtype),
                               int(y.ld), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (bias) add_bias(stream_, y.data, y_f32, y.ld, pv(bias, "matmul bias"), M, N);
+  }
+  // ---- fused decode ops (gemv_mma.cu): one kernel where the shapes suit it, else the composed default
+  bool fuse_decode(int64_t rows) const override {
+    return dtype_ == DType::BF16 && invariant_chunk_ == 0 && rows >= std::max(fuse_rows_, 1) && rows <= gemv_max_rows_;
+  }
+  // The fused kernel for y (= or +=) op(x) · Wᵀ; false when it does not take these tensors. (Called whenever the
+  // op is: fuse_decode is the model's policy, not the op's.)
+  bool fused_gemv(Tensor y, bool residual, GemvX mode, Tensor x, Tensor norm_w, float eps, Tensor W, Tensor bias) {
+    const int M = int(x.rows()), N = int(W.rows()), K = int(W.shape[1]);
+    if (dtype_ != DType::BF16 || invariant_chunk_ > 0 || M > gemv_max_rows_ || W.dtype != DType::BF16 || x.dtype != DType::BF16 || y.rows() != M || y.shape[1] != N ||
+        (y.dtype != DType::BF16 && (residual || y.dtype != DType::F32)))
+      return false;
+    return gemv_mma(stream_, y.data, y.dtype == DType::F32, residual, y.ld, mode, static_cast<const bf16*>(x.data),
+                    x.ld, norm_w ? pv(norm_w, "norm weight") : PView{}, eps, static_cast<const bf16*>(W.data), W.ld,
+                    pv(bias, "matmul bias"), M, N, K);
+  }
+  void rmsnorm_matmul(Tensor y, Tensor x, Tensor norm_w, float eps, Tensor W, Tensor bias, Tensor scratch) override {
+    if (x.shape[1] != W.shape[1] || !fused_gemv(y, false, GemvX::RmsNorm, x, norm_w, eps, W, bias))
+      Backend::rmsnorm_matmul(y, x, norm_w, eps, W, bias, scratch);
+  }
+  void swiglu_matmul_residual(Tensor h, Tensor gate_up, Tensor W, Tensor bias, Tensor act, Tensor out) override {
+    if (!fuse_swiglu_ || gate_up.shape[1] != 2 * W.shape[1] ||
+        !fused_gemv(h, true, GemvX::SwiGlu, gate_up, {}, 0.f, W, bias))
+      Backend::swiglu_matmul_residual(h, gate_up, W, bias, act, out);  // swiglu, then this->matmul_residual
+  }
+  void matmul_residual(Tensor h, Tensor x, Tensor W, Tensor bias, Tensor scratch) override {
+    if (x.shape[1] != W.shape[1] || !fused_gemv(h, true, GemvX::Plain, x, {}, 0.f, W, bias))
+      Backend::matmul_residual(h, x, W, bias, scratch);
   }
   void rmsnorm(Tensor out, Tensor x, Tensor w, float eps) override {
     typed([&]<typename T>() {
@@ -599,6 +648,9 @@ class CudaBackend final : public Backend {
   // graphs
   bool graphs_enabled_ = true, capturing_ = false;
   int gemv_max_rows_ = kMaxGemvRows;
+  int gemv_mma_rows_ = 1;
+  int fuse_rows_ = 9;
+  bool fuse_swiglu_ = false;
   int ssd_chunk_ = 256;
   // (engine key, T, S, R, log2 of decode_ctx_cap_ where the decode attention's split follows it)
   std::map<std::tuple<uint64_t, int, int, int, int>, cudaGraphExec_t> graphs_;

@@ -1,0 +1,16 @@
+// gemv_mma.cu: y = x Wᵀ (+ bias) for 1-8 rows on bf16 tensor cores (weights streamed once, x read at half the
+// weight bytes whatever M is), with the op before the matmul optionally folded into the x load:
+//   Plain: x;  RmsNorm: rmsnorm(x) * norm_w (x [M, K]);  SwiGlu: silu(x[:, :K]) * x[:, K:] (x = gate_up [M, 2K]).
+// residual: y += the product (bf16 y, rounded as matmul then add). y is bf16 or, with y_f32, float.
+// False (nothing launched) when the shapes or the alignment don't suit it (K, ldx, ldw multiples of 8 elements,
+// 16-byte aligned x, W and norm weight; M <= kMaxGemvRows); the caller then runs the unfused ops.
+#pragma once
+#include "backend/cuda/kernels.cuh"
+
+namespace bamba::cuda {
+
+enum class GemvX { Plain, RmsNorm, SwiGlu };
+bool gemv_mma(cudaStream_t st, void* y, bool y_f32, bool residual, int64_t ldy, GemvX mode, const bf16* x,
+              int64_t ldx, PView norm_w, float eps, const bf16* W, int64_t ldw, PView bias, int M, int N, int K);
+
+}  // namespace bamba::cuda
