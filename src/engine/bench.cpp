@@ -12,6 +12,7 @@
 #include "model/hybrid.h"
 #include "model/tensor_parallel.h"
 #include "model/presets.h"
+#include "model/quantization.h"
 
 namespace bamba {
 namespace {
@@ -276,12 +277,14 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
     else if (t.rfind("decode", 0) == 0) max_seqs = std::max(max_seqs, std::stoi(t.substr(6)));
     else if (t.rfind("tg", 0) != 0) fail("bench: unknown test \"", t, "\" (ppN, tgN, decodeN, decodeS@C)");
   }
+  const bool fp8 = parse_quantization(o.quantization);
+  if (fp8 && o.tensor_parallel_size > 1) fail("bench: --quantization fp8 with --tensor-parallel-size > 1 is not supported yet");
   auto be = make_backend(o.device, compute_dtype(o.dtype, DType::BF16));
   // The kernels of serve --deterministic (its 256-token chunks: a ppN test above 256 is one longer part).
   if (o.deterministic) be->set_batch_invariant(256);
   BenchReport rep;
   rep.model = o.preset;
-  rep.backend = be->name() + (o.deterministic ? " [deterministic]" : "");
+  rep.backend = be->name() + (o.deterministic ? " [deterministic]" : "") + (fp8 ? " [fp8 weights]" : "");
   rep.device = o.device;
   rep.params = cfg.parameter_count();
   log << "bench: " << o.preset << ", " << rep.params << " parameters, backend " << rep.backend << "\n" << std::flush;
@@ -307,7 +310,9 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
     rep.backend += cat(" × ", n, " (tensor parallel)");
     log << "bench: split over " << n << " ranks\n" << std::flush;
   } else {
-    owned = std::make_unique<HybridModel>(cfg, dummy_weights(cfg, *be, 1), prof);
+    ModelWeights w = dummy_weights(cfg, *be, 1);
+    if (fp8) quantize_weights_fp8(cfg, w, *be);
+    owned = std::make_unique<HybridModel>(cfg, std::move(w), prof);
   }
   HybridModel& model = *owned;
   const ModelConfig& mcfg = model.config();  // a rank's shard when split: the cache holds its heads
