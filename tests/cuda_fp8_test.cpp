@@ -77,7 +77,9 @@ class CudaFp8 : public ::testing::TestWithParam<DType> {
 
 TEST_P(CudaFp8, MatmulMatchesTheCpuTwin) {
   const DType dt = GetParam();
-  const double tol = dt == DType::BF16 ? test::kTolBf16 : 1e-4;
+  // fp32 outputs: 1e-3, not kTolF32 — Hopper's FP8 MMA accumulates with fewer bits than fp32 (measured 1.1e-4
+  // relative L2 at K = 4112, bench/NOTES.md section fp8).
+  const double tol = dt == DType::BF16 ? test::kTolBf16 : 1e-3;
   for (int64_t B : {0, 16})
     for (int64_t K : {80, 45, 4096 + 16})
       for (int64_t M : {1, 2, 5, 8, 13, 67}) {

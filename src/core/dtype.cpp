@@ -70,7 +70,8 @@ uint16_t f32_to_f16(float f) {
   return sign | uint16_t(h);
 }
 
-float e4m3_to_f32(uint8_t b) {
+namespace {
+float e4m3_value(int b) {
   const int sign = b >> 7, exp = (b >> 3) & 0xf, man = b & 7;
   float a;
   if (exp == 0xf && man == 7) a = NAN;
@@ -78,6 +79,17 @@ float e4m3_to_f32(uint8_t b) {
   else a = std::ldexp(float(8 + man), exp - 10);      // (1 + m/8) · 2^(exp-7)
   return sign ? -a : a;
 }
+// All 256 values once: the CPU matmul widens every weight of an FP8 matrix on each call.
+struct E4M3Table {
+  float v[256];
+  E4M3Table() {
+    for (int b = 0; b < 256; ++b) v[b] = e4m3_value(b);
+  }
+};
+const E4M3Table kE4M3;
+}  // namespace
+
+float e4m3_to_f32(uint8_t b) { return kE4M3.v[b]; }
 
 uint8_t f32_to_e4m3(float f) {
   uint32_t u;

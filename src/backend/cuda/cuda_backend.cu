@@ -311,12 +311,16 @@ class CudaBackend final : public Backend {
       fp8_gemv<T>(stream_, y.data, y_f32, y.ld, xp, x.ld, wq, W.ld, W.scale, W.scale_block, pv(bias, "matmul bias"), M, N, K);
     });
   }
-  uint8_t* fp8_scratch(size_t bytes) {  // grow-only: the quantized activations of a prefill GEMM, then their scales
+  // Grow-only: the quantized activations of a W8A8 GEMM, then their scales. A decode step of more than 8
+  // sequences is recorded into a graph, but only on its second run (run_step), after the first has grown this;
+  // a graph recorded before a growth would point at the freed buffer, so growing drops the recordings.
+  uint8_t* fp8_scratch(size_t bytes) {
     if (bytes > fp8_scratch_bytes_) {
+      if (capturing_) fail("cuda backend: FP8 scratch grows while a decode step is being recorded");
       CUDA_CHECK(cudaStreamSynchronize(stream_));
-      cudaFree(fp8_scratch_);
-      fp8_scratch_ = nullptr;
-      CUDA_CHECK(cudaMalloc(&fp8_scratch_, bytes));
+      drop_graphs();
+      dev_free(fp8_scratch_);
+      fp8_scratch_ = static_cast<uint8_t*>(dev_malloc(bytes, "the FP8 activation scratch"));
       fp8_scratch_bytes_ = bytes;
     }
     return fp8_scratch_;
