@@ -39,11 +39,16 @@ double prefill_flops(const ModelConfig& c, int n) {
   return per_token * n + 2.0 * V * H + attn;
 }
 
-// Bytes one decode step of S sequences at context ~ctx must move: every weight once (bf16; the embedding table
-// only S rows), each sequence's Mamba state read and written (conv window fp32, SSM state `ssm`), and its KV read.
-double decode_bytes(const ModelConfig& c, int S, int ctx, DType ssm) {
+// Bytes one decode step of S sequences at context ~ctx must move: every weight once (bf16, or 1 byte for FP8
+// weights; the embedding table only S rows), each sequence's Mamba state read and written (conv window fp32, SSM
+// state `ssm`), and its KV read.
+double decode_bytes(const HybridModel& m, int S, int ctx, DType ssm) {
+  const ModelConfig& c = m.config();
   const double V = double(c.vocab_size), H = double(c.hidden_size);
-  const double weights = 2.0 * (double(c.parameter_count()) - V * H);
+  double fp8 = 0;
+  for (const NamedTensor& t : hf_tensors(c, m.weights()))
+    if (t.t.dtype == DType::F8_E4M3) fp8 += double(t.t.numel());
+  const double weights = 2.0 * (double(c.parameter_count()) - V * H) - fp8;
   const double state = 2.0 * double(HybridCache::bytes_per_slot(c, ssm));
   const double kv = double(c.n_attention_layers()) * 2.0 * double(c.num_key_value_heads * c.head_dim) * 2.0 * ctx;
   return weights + S * (state + kv);
@@ -175,7 +180,7 @@ struct Runner {
       prof.print(log, steps);
     }
     r.rate_unit = "GB/s";
-    r.rate = decode_bytes(c, S, prompt + steps / 2, cache.sizes().ssm_state_dtype) * (r.mean / S) / 1e9;
+    r.rate = decode_bytes(model, S, prompt + steps / 2, cache.sizes().ssm_state_dtype) * (r.mean / S) / 1e9;
     r.pct_of_peak = 100.0 * r.rate / o.peak_gbps;
     return r;
   }
@@ -244,7 +249,7 @@ BenchRow depth_row(const BenchOptions& o, std::ostream& log, Backend& be, Hybrid
   run.release(sc);
   log << "  " << name << ": " << r.mean << " tok/s, step " << r.step_ms_p50 << " ms (p50), " << r.step_ms_p99
       << " ms (p99)\n" << std::flush;
-  r.rate = decode_bytes(c, fit, ctx + 2 + steps / 2, sizes.ssm_state_dtype) * (r.mean / fit) / 1e9;
+  r.rate = decode_bytes(model, fit, ctx + 2 + steps / 2, sizes.ssm_state_dtype) * (r.mean / fit) / 1e9;
   r.pct_of_peak = 100.0 * r.rate / o.peak_gbps;
   return r;
 }
