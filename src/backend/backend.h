@@ -141,7 +141,8 @@ class Backend {
   Tensor alloc_activation(std::initializer_list<int64_t> shape) { return alloc(activation_dtype(), shape); }
 
   // Copies `parts` (checkpoint tensors, any float dtype, possibly unaligned) concatenated along dim 0 into a new
-  // weight tensor of `shape`. The caller has checked the shapes.
+  // weight tensor of `shape`. The caller has checked the shapes. F8_E4M3 parts (all of them) are kept as they are:
+  // an F8_E4M3 tensor whose scales the caller attaches (Tensor::scale; model/quantization.h).
   virtual Tensor load_weight(std::span<const TensorInfo* const> parts, std::initializer_list<int64_t> shape) = 0;
   // Fills t with values uniform in [lo, hi): element i gets hash(seed, i), identical on every backend.
   virtual void fill_uniform(Tensor t, uint64_t seed, float lo, float hi) = 0;
@@ -178,7 +179,13 @@ class Backend {
   // out[t] = table[tokens[t]]                                  out [T, H], table [V, H]
   virtual void embed(Tensor out, Tensor table) = 0;
   // y = x · Wᵀ (+ bias)                                        y [M, N], x [M, K], W [N, K], bias [N] or empty
+  // W may be F8_E4M3 with scales (Tensor::scale): W8A16 for M <= 8 rows (x as it is against the dequantized W);
+  // above, with per-channel scales, W8A8 as FP8 tensor cores run it: x quantized per row (core/fp8.h, a dynamic
+  // per-token scale) first. Batch-invariant mode and block scales keep W8A16 for every M. fp32 accumulation.
   virtual void matmul(Tensor y, Tensor x, Tensor W, Tensor bias) = 0;
+  // Per-output-channel FP8 quantization of a weight (`--quantization fp8`): scale[n] = amax(|w[n]|) / 448,
+  // q[n] = e4m3(w[n] / scale[n]) (core/fp8.h).                 q [N, K] F8_E4M3, scale [N] F32, w [N, K]
+  virtual void quantize_fp8(Tensor q, Tensor scale, Tensor w) { backward_not_implemented("quantize_fp8", name()); }
   // out = rmsnorm(x) * w                                       x, out [M, H], w [H]
   virtual void rmsnorm(Tensor out, Tensor x, Tensor w, float eps) = 0;
   // h += x; out = rmsnorm(h) * w  (the residual add fused with the next norm)

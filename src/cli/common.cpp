@@ -12,6 +12,7 @@
 #include "io/checkpoint.h"
 #include "model/tensor_parallel.h"
 #include "model/presets.h"
+#include "model/quantization.h"
 
 namespace bamba::cli {
 
@@ -27,6 +28,10 @@ void ModelOptions::add_to(CLI::App* cmd, bool with_max_len) {
   if (with_max_len)
     cmd->add_option("--max-model-len", max_model_len, "Most tokens (prompt + output) per sequence (default: 8192)")
         ->check(CLI::PositiveNumber);
+  cmd->add_option("--quantization", quantization,
+                  "none, or fp8: the linear layers' bf16/fp32 weights become FP8 (e4m3, one scale per output channel) "
+                  "at load; FP8 checkpoints load as FP8 either way (docs/quantization.md)")
+      ->check(CLI::IsMember({"none", "fp8"}));
   cmd->add_flag("--quiet,-q", quiet, "No loading messages");
   add_tensor_parallel_option(cmd, tensor_parallel_size);
 }
@@ -103,13 +108,20 @@ LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
                            "the binary: using generated weights instead.\n");
   }
   const bool tp = o.tensor_parallel_size > 1;  // split below from a whole copy in host memory
+  const bool fp8 = parse_quantization(o.quantization);
+  if (fp8 && tp) fail("--quantization fp8 with --tensor-parallel-size > 1 is not supported yet");
+  // --quantization fp8 turns the weights into FP8 on the backend before the model is built.
+  auto quantized = [&](const ModelConfig& cfg, ModelWeights w) {
+    if (fp8) quantize_weights_fp8(cfg, w, *m.backend);
+    return w;
+  };
   const bool dummy = !preset && (m.dir.empty() || (o.model == "dummy" && !file_exists("dummy/config.json")));
   if (preset) {
     ModelConfig cfg = preset_config(o.preset);
     m.backend = make_backend(tp ? "cpu" : o.device, compute_dtype(o.dtype == "auto" ? "bf16" : o.dtype, DType::BF16));
     m.dummy = true;
     m.name = o.preset;
-    m.model = std::make_unique<HybridModel>(cfg, dummy_weights(cfg, *m.backend, 1), *m.backend);
+    m.model = std::make_unique<HybridModel>(cfg, quantized(cfg, dummy_weights(cfg, *m.backend, 1)), *m.backend);
     m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::byte_level_default());
     if (!o.quiet)
       std::fprintf(stderr, "bamba: --preset %s: generated weights and a byte-level tokenizer (timing only: the output "
@@ -120,7 +132,8 @@ LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
     m.dummy = true;
     m.dir.clear();
     m.name = "bamba-dummy";
-    m.model = std::make_unique<HybridModel>(dummy_model(*m.backend));
+    const ModelConfig cfg = dummy_config();
+    m.model = std::make_unique<HybridModel>(cfg, quantized(cfg, dummy_weights(cfg, *m.backend)), *m.backend);
     m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::byte_level_default());
     if (!o.quiet)
       std::fprintf(stderr, "bamba: the dummy model: a tiny Bamba with generated weights, whose output is gibberish. "
@@ -134,6 +147,8 @@ LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
     ProgressBar bar("loading " + m.dir, ckpt.total_bytes(), !o.quiet && ckpt.total_bytes() > (256u << 20));
     ModelWeights w = load_weights(cfg, ckpt, *m.backend, [&](size_t done, size_t) { bar.update(done); });
     bar.finish();
+    if (tp && has_fp8_weights(cfg, w)) fail(m.dir, ": FP8 checkpoints with --tensor-parallel-size > 1 are not supported yet");
+    w = quantized(cfg, std::move(w));
     m.model = std::make_unique<HybridModel>(std::move(cfg), std::move(w), *m.backend);
     std::string gen = m.dir + "/generation_config.json";
     if (file_exists(gen)) {
@@ -172,9 +187,10 @@ LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
     const std::string what = o.model.empty() && !m.dummy ? "built-in model bamba-recipe (" + m.dir +
                                                                "; its model card: README.md there)"
                                                          : m.name;
-    std::fprintf(stderr, "bamba: %s: %lld layers (%lld attention), %.2fM parameters, on %s, loaded in %.2fs\n",
+    std::fprintf(stderr, "bamba: %s: %lld layers (%lld attention), %.2fM parameters%s, on %s, loaded in %.2fs\n",
                  what.c_str(), (long long)c.num_hidden_layers, (long long)c.n_attention_layers(),
-                 double(c.parameter_count()) / 1e6, m.backend->name().c_str(), s);
+                 double(c.parameter_count()) / 1e6, has_fp8_weights(c, m.model->weights()) ? " (FP8 linear weights)" : "",
+                 m.backend->name().c_str(), s);
     if (c.tp_size > 1)
       std::fprintf(stderr, "bamba: tensor parallel over %d ranks (%s); the parameter count above is one rank's shard\n",
                    c.tp_size, m.backend->device() == Device::CPU ? "threads" : "GPUs over NCCL");

@@ -24,6 +24,7 @@ struct ModelOptions {
   std::string dtype = "auto";  // compute dtype on the GPU (backend.h compute_dtype)
   int32_t max_model_len = 0;  // 0: min(max_position_embeddings, 8192)
   int32_t tensor_parallel_size = 1;  // ranks the model is split over (threads on the CPU, one GPU each on CUDA)
+  std::string quantization = "none";  // "fp8": linear weights quantized at load (model/weights.h quantize_weights_fp8)
   bool quiet = false;
   std::string preset;  // instead of model: a preset shape with generated weights (model/presets.h); only where
                        // a command offers --preset

@@ -15,7 +15,7 @@ struct DTypeInfo {
 constexpr DTypeInfo kTypes[] = {
     {DType::F32, "F32", 4}, {DType::BF16, "BF16", 2}, {DType::F16, "F16", 2}, {DType::F64, "F64", 8},
     {DType::I64, "I64", 8}, {DType::I32, "I32", 4},   {DType::I16, "I16", 2}, {DType::I8, "I8", 1},
-    {DType::U8, "U8", 1},   {DType::BOOL, "BOOL", 1},
+    {DType::U8, "U8", 1},   {DType::BOOL, "BOOL", 1}, {DType::F8_E4M3, "F8_E4M3", 1},
 };
 }  // namespace
 
@@ -70,6 +70,43 @@ uint16_t f32_to_f16(float f) {
   return sign | uint16_t(h);
 }
 
+namespace {
+float e4m3_value(int b) {
+  const int sign = b >> 7, exp = (b >> 3) & 0xf, man = b & 7;
+  float a;
+  if (exp == 0xf && man == 7) a = NAN;
+  else if (exp == 0) a = std::ldexp(float(man), -9);  // subnormal: m/8 · 2^(1-7)
+  else a = std::ldexp(float(8 + man), exp - 10);      // (1 + m/8) · 2^(exp-7)
+  return sign ? -a : a;
+}
+// All 256 values once: the CPU matmul widens every weight of an FP8 matrix on each call.
+struct E4M3Table {
+  float v[256];
+  E4M3Table() {
+    for (int b = 0; b < 256; ++b) v[b] = e4m3_value(b);
+  }
+};
+const E4M3Table kE4M3;
+}  // namespace
+
+float e4m3_to_f32(uint8_t b) { return kE4M3.v[b]; }
+
+uint8_t f32_to_e4m3(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint8_t sign = uint8_t((u >> 24) & 0x80);
+  if (std::isnan(f)) return sign | 0x7f;
+  const float a = std::fabs(f);
+  if (a >= kE4M3Max) return sign | 0x7e;  // saturate (inf included)
+  if (a < 0.015625f) {                     // below 2^-6: multiples of 2^-9; 8·2^-9 rounds up into the first normal
+    return sign | uint8_t(std::nearbyint(a * 512.f));  // default rounding mode: nearest even
+  }
+  const uint32_t exp = ((u >> 23) & 0xff) - 127 + 7, man = u & 0x7fffff;
+  uint32_t h = exp << 3 | man >> 20, rest = man & 0xfffff;
+  if (rest > 0x80000 || (rest == 0x80000 && (h & 1))) ++h;  // a carry moves into the exponent correctly
+  return sign | uint8_t(h);                                 // a < 448 rounds to at most 0x7e
+}
+
 void convert_to_f32(const void* src, DType t, size_t n, float* dst) {
   const auto* b = static_cast<const unsigned char*>(src);
   switch (t) {
@@ -97,8 +134,11 @@ void convert_to_f32(const void* src, DType t, size_t n, float* dst) {
         dst[i] = float(d);
       }
       return;
+    case DType::F8_E4M3:
+      for (size_t i = 0; i < n; ++i) dst[i] = e4m3_to_f32(b[i]);
+      return;
     default:
-      fail("cannot convert ", dtype_name(t), " to F32 (expected F32, BF16, F16 or F64)");
+      fail("cannot convert ", dtype_name(t), " to F32 (expected F32, BF16, F16, F64 or F8_E4M3)");
   }
 }
 

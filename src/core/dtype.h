@@ -7,7 +7,9 @@
 
 namespace bamba {
 
-enum class DType : uint8_t { F32, BF16, F16, F64, I64, I32, I16, I8, U8, BOOL };
+// F8_E4M3: OCP FP8 E4M3FN (torch.float8_e4m3fn): 1 sign, 4 exponent bits (bias 7), 3 mantissa bits, no
+// infinities, NaN = S.1111.111, largest finite ±448, subnormals m·2⁻⁹. Only FP8 weights use it (model/quantization.h).
+enum class DType : uint8_t { F32, BF16, F16, F64, I64, I32, I16, I8, U8, BOOL, F8_E4M3 };
 
 size_t dtype_size(DType t);
 std::string_view dtype_name(DType t);           // safetensors spelling: "F32", "BF16", ...
@@ -30,9 +32,15 @@ inline uint16_t f32_to_bf16(float f) {
 }
 
 float f16_to_f32(uint16_t h);
+
+// E4M3 <-> f32. The widening is exact. The narrowing rounds to nearest even and saturates: a finite value
+// beyond ±448 (and ±inf) becomes ±448, as CUDA's __NV_SATFINITE conversion does; NaN stays NaN.
+constexpr float kE4M3Max = 448.f;
+float e4m3_to_f32(uint8_t b);
+uint8_t f32_to_e4m3(float f);
 uint16_t f32_to_f16(float f);
 
-// Converts n elements of a float type (F32, BF16, F16, F64) to f32. src may be unaligned (mmap'd file data).
+// Converts n elements of a float type (F32, BF16, F16, F64, F8_E4M3) to f32. src may be unaligned (mmap'd file data).
 void convert_to_f32(const void* src, DType t, size_t n, float* dst);
 // Converts n f32 values to a float type (F32, BF16, F16).
 void convert_from_f32(const float* src, size_t n, DType t, void* dst);

@@ -19,6 +19,11 @@ struct Tensor {
   int ndim = 0;
   int64_t shape[4] = {0, 0, 0, 0};
   int64_t ld = 0;  // elements between consecutive dim-0 entries
+  // An F8_E4M3 weight [N, K] carries its dequantization scales (F32, on the tensor's device; model/quantization.h):
+  // W[n, k] = q[n, k] · scale[n] (scale_block == 0: one per output row), or with block scales
+  // [ceil(N / B), ceil(K / B)], B = scale_block: W[n, k] = q[n, k] · scale[n / B][k / B].
+  float* scale = nullptr;
+  int32_t scale_block = 0;
 
   Tensor() = default;
   Tensor(void* d, DType t, Device dev, std::initializer_list<int64_t> s) : data(d), dtype(t), device(dev) {
@@ -45,6 +50,7 @@ struct Tensor {
     Tensor t = *this;
     t.data = static_cast<char*>(data) + size_t(begin * ld) * dtype_size(dtype);
     t.shape[0] = end - begin;
+    if (scale) t.scale = scale + (scale_block ? begin / scale_block * scale_cols() : begin);  // begin % B == 0
     return t;
   }
   // Columns [begin, end) of a 2-D view; keeps ld.
@@ -58,6 +64,13 @@ struct Tensor {
   Tensor view(std::initializer_list<int64_t> s) const {
     Tensor t(data, dtype, device, s);
     return t;
+  }
+  // Block scales per row of blocks: ceil(K / B).
+  int64_t scale_cols() const { return scale_block ? (shape[1] + scale_block - 1) / scale_block : 1; }
+  // The scales of an FP8 weight as a tensor of their own: [N] or [ceil(N / B), ceil(K / B)] F32.
+  Tensor scales() const {
+    if (!scale_block) return Tensor(scale, DType::F32, device, {shape[0]});
+    return Tensor(scale, DType::F32, device, {(shape[0] + scale_block - 1) / scale_block, scale_cols()});
   }
   std::string shape_str() const {
     std::string s = "[";

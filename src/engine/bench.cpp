@@ -12,6 +12,7 @@
 #include "model/hybrid.h"
 #include "model/tensor_parallel.h"
 #include "model/presets.h"
+#include "model/quantization.h"
 
 namespace bamba {
 namespace {
@@ -42,17 +43,21 @@ double prefill_flops(const ModelConfig& c, int n) {
   return per_token * n + 2.0 * V * H + attn;
 }
 
-// Bytes one decode step of S sequences at context ~ctx must move: every weight once (bf16; the embedding table
-// only S rows), each sequence's Mamba state read and written (conv window fp32, SSM state `ssm`), and its KV read.
-// MoE: only the experts some sequence picked are read — with the generated weights' near-uniform routing, a
-// fraction 1 - (1 - k/E)^S of them.
-double decode_bytes(const ModelConfig& c, int S, int ctx, DType ssm) {
+// Bytes one decode step of S sequences at context ~ctx must move: every weight once (bf16, or 1 byte for FP8
+// weights; the embedding table only S rows), each sequence's Mamba state read and written (conv window fp32, SSM
+// state `ssm`), and its KV read. MoE: only the experts some sequence picked are read — with the generated weights'
+// near-uniform routing, a fraction 1 - (1 - k/E)^S of them (the experts stay bf16 under --quantization fp8).
+double decode_bytes(const HybridModel& m, int S, int ctx, DType ssm) {
+  const ModelConfig& c = m.config();
   const double V = double(c.vocab_size), H = double(c.hidden_size);
+  double fp8 = 0;
+  for (const NamedTensor& t : hf_tensors(c, m.weights()))
+    if (t.t.dtype == DType::F8_E4M3) fp8 += double(t.t.numel());
   const double unread = c.num_experts > 0
                             ? double(c.routed_expert_parameter_count()) *
                                   std::pow(1.0 - double(c.num_experts_per_tok) / double(c.num_experts), S)
                             : 0.0;
-  const double weights = 2.0 * (double(c.parameter_count()) - V * H - unread);
+  const double weights = 2.0 * (double(c.parameter_count()) - V * H - unread) - fp8;
   const double state = 2.0 * double(HybridCache::bytes_per_slot(c, ssm));
   const double kv = double(c.n_attention_layers()) * 2.0 * double(c.num_key_value_heads * c.head_dim) * 2.0 * ctx;
   return weights + S * (state + kv);
@@ -184,7 +189,7 @@ struct Runner {
       prof.print(log, steps);
     }
     r.rate_unit = "GB/s";
-    r.rate = decode_bytes(c, S, prompt + steps / 2, cache.sizes().ssm_state_dtype) * (r.mean / S) / 1e9;
+    r.rate = decode_bytes(model, S, prompt + steps / 2, cache.sizes().ssm_state_dtype) * (r.mean / S) / 1e9;
     r.pct_of_peak = 100.0 * r.rate / o.peak_gbps;
     return r;
   }
@@ -253,7 +258,7 @@ BenchRow depth_row(const BenchOptions& o, std::ostream& log, Backend& be, Hybrid
   run.release(sc);
   log << "  " << name << ": " << r.mean << " tok/s, step " << r.step_ms_p50 << " ms (p50), " << r.step_ms_p99
       << " ms (p99)\n" << std::flush;
-  r.rate = decode_bytes(c, fit, ctx + 2 + steps / 2, sizes.ssm_state_dtype) * (r.mean / fit) / 1e9;
+  r.rate = decode_bytes(model, fit, ctx + 2 + steps / 2, sizes.ssm_state_dtype) * (r.mean / fit) / 1e9;
   r.pct_of_peak = 100.0 * r.rate / o.peak_gbps;
   return r;
 }
@@ -286,12 +291,14 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
     else if (t.rfind("decode", 0) == 0) max_seqs = std::max(max_seqs, std::stoi(t.substr(6)));
     else if (t.rfind("tg", 0) != 0) fail("bench: unknown test \"", t, "\" (ppN, tgN, decodeN, decodeS@C)");
   }
+  const bool fp8 = parse_quantization(o.quantization);
+  if (fp8 && o.tensor_parallel_size > 1) fail("bench: --quantization fp8 with --tensor-parallel-size > 1 is not supported yet");
   auto be = make_backend(o.device, compute_dtype(o.dtype, DType::BF16));
   // The kernels of serve --deterministic (its 256-token chunks: a ppN test above 256 is one longer part).
   if (o.deterministic) be->set_batch_invariant(256);
   BenchReport rep;
   rep.model = o.preset;
-  rep.backend = be->name() + (o.deterministic ? " [deterministic]" : "");
+  rep.backend = be->name() + (o.deterministic ? " [deterministic]" : "") + (fp8 ? " [fp8 weights]" : "");
   rep.device = o.device;
   rep.params = cfg.parameter_count();
   log << "bench: " << o.preset << ", " << rep.params << " parameters, backend " << rep.backend << "\n" << std::flush;
@@ -317,7 +324,9 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
     rep.backend += cat(" × ", n, " (tensor parallel)");
     log << "bench: split over " << n << " ranks\n" << std::flush;
   } else {
-    owned = std::make_unique<HybridModel>(cfg, dummy_weights(cfg, *be, 1), prof);
+    ModelWeights w = dummy_weights(cfg, *be, 1);
+    if (fp8) quantize_weights_fp8(cfg, w, *be);
+    owned = std::make_unique<HybridModel>(cfg, std::move(w), prof);
   }
   HybridModel& model = *owned;
   const ModelConfig& mcfg = model.config();  // a rank's shard when split: the cache holds its heads

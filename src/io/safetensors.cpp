@@ -63,7 +63,7 @@ SafetensorsHeader parse_safetensors(const unsigned char* data, size_t size, cons
     t.name = name;
     t.file = label;
     if (!parse_dtype(dt->get<std::string>(), &t.dtype))
-      fail(where, ": unknown dtype \"", dt->get<std::string>(), "\" (expected F32, BF16, F16, F64, I64, I32, I16, I8, U8 or BOOL)");
+      fail(where, ": unknown dtype \"", dt->get<std::string>(), "\" (expected F32, BF16, F16, F64, F8_E4M3, I64, I32, I16, I8, U8 or BOOL)");
     uint64_t numel = 1;
     for (auto& d : *sh) {
       if (!d.is_number_unsigned()) fail(where, ": shape entries must be non-negative integers (got ", sh->dump(), ")");

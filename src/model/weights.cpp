@@ -4,6 +4,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "model/quantization.h"
 
 namespace bamba {
 namespace {
@@ -24,6 +25,7 @@ struct WeightSpec {
   std::vector<int64_t> shape;  // of the fused tensor
   Init init;
   bool optional = false;  // e.g. biases: present iff the config says so (checked separately)
+  bool linear = false;    // a projection that may be FP8 (model/quantization.h); lm_head too
 };
 
 // Tensor names per model type: Bamba's layout with different spellings (docs/family.md, "State dict").
@@ -72,12 +74,14 @@ std::vector<WeightSpec> weight_table(const ModelConfig& c, ModelWeights& w) {
   };
   auto mamba = [&](MambaWeights& m, const std::string& q) {
     one(&m.in_proj, q + "in_proj.weight", {E, H}, linear_init(H));
+    t.back().linear = true;
     t.push_back({&m.conv1d_weight, {q + "conv1d.weight"}, {{CD, 1, K}}, {CD, K}, {-0.5f, 0.5f}});
     one(&m.dt_bias, q + "dt_bias", {nh}, {-4.f, -2.f});
     one(&m.A_log, q + "A_log", {nh}, {0.f, 2.7f});
     one(&m.D, q + "D", {nh}, {0.5f, 1.5f});
     if (c.mamba_gated_norm) one(&m.norm, q + "norm.weight", {I}, norm_init);
     one(&m.out_proj, q + "out_proj.weight", {H, I}, linear_init(I));
+    t.back().linear = true;
     if (c.mamba_conv_bias) one(&m.conv1d_bias, q + "conv1d.bias", {CD}, {-0.2f, 0.2f});
     if (c.mamba_proj_bias) one(&m.in_proj_bias, q + "in_proj.bias", {E}, {-0.1f, 0.1f});
     if (c.mamba_out_proj_bias) one(&m.out_proj_bias, q + "out_proj.bias", {H}, {-0.1f, 0.1f});
@@ -88,7 +92,9 @@ std::vector<WeightSpec> weight_table(const ModelConfig& c, ModelWeights& w) {
                  {{nq * dh, Hin}, {nkv * dh, Hin}, {nkv * dh, Hin}},
                  {(nq + 2 * nkv) * dh, Hin},
                  linear_init(Hin)});
+    t.back().linear = true;
     one(&a.o_proj, q + "o_proj.weight", {H, nq * dh}, linear_init(nq * dh));
+    t.back().linear = true;
   };
   // A SwiGLU MLP [2F, H] stored as gate_proj + up_proj, or already fused (gate rows first) under `up`.
   auto swiglu = [&](Tensor* gate_up, Tensor* down, const std::string& q, int64_t width) {
@@ -97,17 +103,24 @@ std::vector<WeightSpec> weight_table(const ModelConfig& c, ModelWeights& w) {
     else
       t.push_back({gate_up, {q + nm.gate + ".weight", q + nm.up + ".weight"}, {{width, H}, {width, H}}, {2 * width, H},
                    linear_init(H)});
+    t.back().linear = true;
     one(down, q + nm.down + ".weight", {H, width}, linear_init(width));
+    t.back().linear = true;
   };
   auto relu2 = [&](Tensor* up, Tensor* down, const std::string& q, int64_t width) {
     one(up, q + "up_proj.weight", {width, H}, linear_init(H));
+    t.back().linear = true;
     one(down, q + "down_proj.weight", {H, width}, linear_init(width));
+    t.back().linear = true;
   };
 
   w.layers.resize(size_t(c.num_hidden_layers));
   one(&w.embed_tokens, nm.embed, {V, H}, {-1.f, 1.f});
   one(&w.final_layernorm, nm.final_norm, {H}, norm_init);
-  if (!c.tie_word_embeddings) one(&w.lm_head, "lm_head.weight", {V, H}, linear_init(H));
+  if (!c.tie_word_embeddings) {
+    one(&w.lm_head, "lm_head.weight", {V, H}, linear_init(H));
+    t.back().linear = true;
+  }
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     LayerWeights& L = w.layers[size_t(i)];
     const std::string p = nm.layers + std::to_string(i) + ".";
@@ -151,6 +164,7 @@ std::vector<WeightSpec> weight_table(const ModelConfig& c, ModelWeights& w) {
       one(&L.input_layernorm, p + "mamba_decoder.input_layernorm.weight", {H}, norm_init);
       mamba(L.mamba, p + "mamba_decoder.mamba.");
       one(&L.linear, p + "linear.weight", {H, H}, linear_init(H));
+      t.back().linear = true;
     }
   }
   if (c.family == Family::Zamba2) {
@@ -237,6 +251,15 @@ void nemotron_module_spelling(WeightSpec& spec) {
   }
 }
 
+void attach_fp8_scales(Backend& be, Tensor& w, const std::vector<float>& scales, int32_t block) {
+  w.scale_block = block;
+  Tensor s = block ? be.alloc(DType::F32, {(w.shape[0] + block - 1) / block, (w.shape[1] + block - 1) / block})
+                   : be.alloc(DType::F32, {w.shape[0]});
+  if (size_t(s.numel()) != scales.size()) fail("internal: ", scales.size(), " FP8 scales for ", s.shape_str());
+  be.from_host_f32(s, scales.data());
+  w.scale = s.ptr<float>();
+}
+
 }  // namespace
 
 ModelWeights load_weights(const ModelConfig& cfg, const Checkpoint& ckpt, Backend& be, const LoadProgress& progress) {
@@ -254,14 +277,30 @@ ModelWeights load_weights(const ModelConfig& cfg, const Checkpoint& ckpt, Backen
     for (auto& n : spec.hf_names)
       if (auto* t = ckpt.find(n)) total += t->nbytes;
   std::set<std::string> used;
+  const Fp8Format fp8 = read_fp8_format(ckpt.dir() + "/config.json");
   for (auto& spec : table) {
     std::vector<const TensorInfo*> parts;
     for (size_t k = 0; k < spec.hf_names.size(); ++k) {
       const std::string& name = spec.hf_names[k];
       const TensorInfo* t = ckpt.find(name);
       if (!t) fail(ckpt.dir(), ": missing tensor \"", name, "\" (expected ", shape_str(spec.part_shapes[k]), ")");
-      if (t->dtype != DType::F32 && t->dtype != DType::BF16 && t->dtype != DType::F16)
-        fail(t->file, ": tensor \"", name, "\" has dtype ", dtype_name(t->dtype), ", expected F32, BF16 or F16");
+      if (t->dtype == DType::F8_E4M3) {
+        const std::string module = name.substr(0, name.size() - 7);
+        if (!spec.linear) fail(t->file, ": tensor \"", name, "\" is F8_E4M3, but only linear projections may be FP8");
+        if (fp8.method == Fp8Method::None)
+          fail(t->file, ": tensor \"", name, "\" is F8_E4M3, but ", fp8.source, " has no quantization_config");
+        if (fp8.ignored(module))
+          fail(t->file, ": tensor \"", name, "\" is F8_E4M3, but ", fp8.source, "'s quantization_config leaves module \"",
+               module, "\" unquantized (ignore / modules_to_not_convert)");
+        if (k > 0 && parts[0]->dtype != DType::F8_E4M3)
+          fail(t->file, ": tensor \"", name, "\" is F8_E4M3, but \"", parts[0]->name, "\" (stacked with it) is not");
+      } else if (t->dtype != DType::F32 && t->dtype != DType::BF16 && t->dtype != DType::F16) {
+        fail(t->file, ": tensor \"", name, "\" has dtype ", dtype_name(t->dtype), ", expected F32, BF16 or F16",
+             spec.linear ? " (or F8_E4M3 with scales)" : "");
+      } else if (k > 0 && parts[0]->dtype == DType::F8_E4M3) {
+        fail(t->file, ": tensor \"", name, "\" is ", dtype_name(t->dtype), ", but \"", parts[0]->name,
+             "\" (stacked with it) is F8_E4M3");
+      }
       if (t->shape != spec.part_shapes[k])
         fail(t->file, ": tensor \"", name, "\" has shape ", t->shape_str(), ", expected ",
              shape_str(spec.part_shapes[k]), " from ", cfg.source);
@@ -270,6 +309,12 @@ ModelWeights load_weights(const ModelConfig& cfg, const Checkpoint& ckpt, Backen
       done += t->nbytes;
     }
     *spec.field = load_shaped(be, parts, spec.shape);
+    if (parts[0]->dtype == DType::F8_E4M3) {
+      std::vector<std::string> scale_names;
+      const std::vector<float> scales = read_fp8_scales(fp8, ckpt, parts, spec.shape[1], scale_names);
+      used.insert(scale_names.begin(), scale_names.end());
+      attach_fp8_scales(be, *spec.field, scales, int32_t(fp8.block));
+    }
     if (progress) progress(done, total);
   }
   if (cfg.tie_word_embeddings) {
@@ -329,8 +374,30 @@ ModelWeights zeros_like_weights(const ModelConfig& cfg, Backend& be) {
   return w;
 }
 
+void quantize_weights_fp8(const ModelConfig& cfg, ModelWeights& w, Backend& be, bool lm_head) {
+  for (auto& spec : weight_table(cfg, w)) {
+    Tensor& f = *spec.field;
+    if (!spec.linear || f.dtype == DType::F8_E4M3 || (spec.field == &w.lm_head && !lm_head)) continue;
+    Tensor q = be.alloc(DType::F8_E4M3, {f.shape[0], f.shape[1]}), s = be.alloc(DType::F32, {f.shape[0]});
+    be.quantize_fp8(q, s, f);
+    be.release(f);
+    q.scale = s.ptr<float>();
+    f = q;
+  }
+}
+
+bool has_fp8_weights(const ModelConfig& cfg, const ModelWeights& w) {
+  ModelWeights layout = w;
+  for (auto& spec : weight_table(cfg, layout))
+    if (spec.field->dtype == DType::F8_E4M3) return true;
+  return false;
+}
+
 void release_weights(const ModelConfig& cfg, ModelWeights& w, Backend& be) {
-  for (auto& spec : weight_table(cfg, w)) be.release(*spec.field);
+  for (auto& spec : weight_table(cfg, w)) {
+    if (spec.field->scale) be.release(spec.field->scales());
+    be.release(*spec.field);
+  }
   w = ModelWeights{};
 }
 

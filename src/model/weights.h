@@ -93,6 +93,12 @@ std::vector<NamedTensor> hf_tensors(const ModelConfig& cfg, const ModelWeights& 
 // Zero-filled tensors laid out like the model's weights (gradients, optimizer moments), fp32, tied like them.
 ModelWeights zeros_like_weights(const ModelConfig& cfg, Backend& be);
 void release_weights(const ModelConfig& cfg, ModelWeights& w, Backend& be);
+// `--quantization fp8`: every linear projection (in_proj, out_proj, q|k|v, o_proj, gate|up, down; lm_head only
+// when asked, as vLLM keeps it in bf16) that is not FP8 already becomes F8_E4M3 with one scale per output channel
+// (Backend::quantize_fp8), its original released. Embeddings, norms, conv, A_log / D / dt_bias, routers and MoE
+// experts stay as they are.
+void quantize_weights_fp8(const ModelConfig& cfg, ModelWeights& w, Backend& be, bool lm_head = false);
+bool has_fp8_weights(const ModelConfig& cfg, const ModelWeights& w);
 
 // Deterministic generated weights (like vLLM's --load-format dummy), scaled so that every layer matters.
 ModelWeights dummy_weights(const ModelConfig& cfg, Backend& be, uint64_t seed = 0);

@@ -15,6 +15,7 @@
 #include "backend/cpu/grad_kernels.h"
 #include "backend/cpu/invariant_gemm.h"
 #include "core/error.h"
+#include "core/fp8.h"
 #include "core/hash_uniform.h"
 
 namespace bamba {
@@ -70,6 +71,16 @@ class CpuBackend final : public Backend {
   }
 
   Tensor load_weight(std::span<const TensorInfo* const> parts, std::initializer_list<int64_t> shape) override {
+    if (!parts.empty() && parts[0]->dtype == DType::F8_E4M3) {  // FP8 bytes as they are
+      Tensor t = alloc(DType::F8_E4M3, shape);
+      auto* dst = t.ptr<unsigned char>();
+      for (const TensorInfo* p : parts) {
+        if (p->dtype != DType::F8_E4M3) fail("cpu backend: ", p->name, " mixes ", dtype_name(p->dtype), " into an F8_E4M3 weight");
+        std::memcpy(dst, p->data, p->nbytes);
+        dst += p->nbytes;
+      }
+      return t;
+    }
     Tensor t = alloc(DType::F32, shape);
     float* dst = t.ptr<float>();
     for (const TensorInfo* p : parts) {
@@ -122,9 +133,59 @@ class CpuBackend final : public Backend {
       std::memcpy(row_mut(out, t), row(table, b_->tokens[size_t(t)]), size_t(out.shape[1]) * 4);
   }
 
+  // The FP8 twin: W's rows dequantized exactly (q · scale, in fp32) a panel at a time, and x, for M > 8 rows with
+  // per-channel scales outside batch-invariant mode, rounded per row to e4m3 and back first (what the GPU's W8A8
+  // GEMM computes).
+  void matmul_fp8(Tensor y, Tensor x, Tensor W) {
+    const int64_t M = x.rows(), K = x.shape[1], N = W.rows();
+    if (!W.scale) fail("cpu matmul: F8_E4M3 weight ", W.shape_str(), " without scales");
+    std::vector<float> xq;  // [M, K] the activations as the FP8 GEMM sees them
+    const float* xp = x.ptr<float>();
+    int64_t ldx = x.ld;
+    if (M > 8 && !invariant_ && W.scale_block == 0) {
+      xq.resize(size_t(M * K));
+      std::vector<uint8_t> q(static_cast<size_t>(K));
+      for (int64_t m = 0; m < M; ++m) {
+        const float s = quantize_row_e4m3(row(x, m), K, q.data());
+        for (int64_t k = 0; k < K; ++k) xq[size_t(m * K + k)] = e4m3_to_f32(q[size_t(k)]) * s;
+      }
+      xp = xq.data();
+      ldx = K;
+    }
+    constexpr int64_t kPanel = 256;  // rows of W dequantized at a time
+    std::vector<float> panel(size_t(std::min(N, kPanel) * K));
+    const int64_t B = W.scale_block, kb = W.scale_cols();
+    for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
+      const int64_t rows = std::min(kPanel, N - n0);
+      for (int64_t n = n0; n < n0 + rows; ++n) {
+        const uint8_t* q = W.ptr<uint8_t>() + n * W.ld;
+        float* dst = panel.data() + (n - n0) * K;
+        for (int64_t k = 0; k < K; ++k)
+          dst[k] = e4m3_to_f32(q[k]) * (B ? W.scale[(n / B) * kb + k / B] : W.scale[n]);
+      }
+      gemm_nt(xp, ldx, panel.data(), K, y.ptr<float>() + n0, y.ld, M, rows, K);
+    }
+  }
+
+  void quantize_fp8(Tensor q, Tensor scale, Tensor w) override {
+    check_f32(w, "quantize_fp8 input");
+    check_f32(scale, "quantize_fp8 scale");
+    if (q.dtype != DType::F8_E4M3 || q.rows() != w.rows() || q.shape[1] != w.shape[1] || scale.numel() != w.rows())
+      fail("cpu quantize_fp8: q ", q.shape_str(), " ", dtype_name(q.dtype), ", scale ", scale.shape_str(), " for w ", w.shape_str());
+    for (int64_t n = 0; n < w.rows(); ++n)
+      scale.ptr<float>()[n] = quantize_row_e4m3(row(w, n), w.shape[1], q.ptr<uint8_t>() + n * q.ld);
+  }
+
   void matmul(Tensor y, Tensor x, Tensor W, Tensor bias) override {
     check_f32(y, "matmul output");
     check_f32(x, "matmul input");
+    if (W.dtype == DType::F8_E4M3 && x.rows() > 0) {
+      matmul_fp8(y, x, W);
+      if (bias)
+        for (int64_t m = 0; m < x.rows(); ++m)
+          for (int64_t n = 0; n < W.rows(); ++n) row_mut(y, m)[n] += bias.ptr<float>()[n];
+      return;
+    }
     check_f32(W, "matmul weight");
     const int M = int(x.rows()), K = int(x.shape[1]), N = int(W.rows());
     if (M == 0) return;

@@ -19,6 +19,7 @@
 #include "backend/backend.h"
 #include "backend/cuda/attention_decode.cuh"
 #include "backend/cuda/gemv_mma.cuh"
+#include "backend/cuda/fp8.cuh"
 #include "backend/cuda/kernels.cuh"
 #include "core/hash_uniform.h"
 
@@ -111,6 +112,8 @@ class CudaBackend final : public Backend {
     for (auto& e : stage_done_) cudaEventDestroy(e);
     cudaEventDestroy(meta_done_);
     if (proc_done_) cudaEventDestroy(proc_done_);
+    cudaFree(fp8_scratch_);
+    if (fp8_gemm_.lt) cublasLtDestroy(fp8_gemm_.lt);
     cublasDestroy(cublas_);
     cudaStreamDestroy(stream_);
   }
@@ -179,7 +182,10 @@ class CudaBackend final : public Backend {
   // Weights stream from the mmap'd file through two pinned staging buffers (double-buffered with events), so the
   // host never holds a second copy: bf16 goes straight into place, F32/F16 are converted by a kernel.
   Tensor load_weight(std::span<const TensorInfo* const> parts, std::initializer_list<int64_t> shape) override {
-    const DType dst_t = shape.size() == 1 ? DType::F32 : dtype_;
+    // FP8 weights (model/quantization.h) arrive as E4M3 bytes and stay so.
+    const DType dst_t = !parts.empty() && parts[0]->dtype == DType::F8_E4M3 ? DType::F8_E4M3
+                        : shape.size() == 1                                  ? DType::F32
+                                                                             : dtype_;
     Tensor t = alloc(dst_t, shape);
     ensure_staging();
     char* dst = static_cast<char*>(t.data);
@@ -264,6 +270,7 @@ class CudaBackend final : public Backend {
     const bool y_f32 = y.dtype == DType::F32;
     if (y_f32) f32(y, "matmul output");
     else if (y.dtype != dtype_) fail("cuda matmul: output must be F32 or the compute dtype");
+    if (W.dtype == DType::F8_E4M3) return matmul_fp8(y, x, W, bias);
     bool done = false;
     typed([&]<typename T>() {
       if (invariant_chunk_ > 0) {  // batch invariance: one kernel, one reduction order, whatever M is
@@ -320,6 +327,61 @@ class CudaBackend final : public Backend {
   void matmul_residual(Tensor h, Tensor x, Tensor W, Tensor bias, Tensor scratch) override {
     if (x.shape[1] != W.shape[1] || !fused_gemv(h, true, GemvX::Plain, x, {}, 0.f, W, bias))
       Backend::matmul_residual(h, x, W, bias, scratch);
+  }
+  // FP8 weights (fp8.cuh): the W8A16 GEMV for decode (and batch-invariant mode, whose rows must not depend on M,
+  // and block scales); otherwise the activations quantized per token into fp8_scratch_ and the W8A8 GEMM.
+  void matmul_fp8(Tensor y, Tensor x, Tensor W, Tensor bias) {
+    const int M = int(x.rows()), K = int(x.shape[1]), N = int(W.rows());
+    const bool y_f32 = y.dtype == DType::F32;
+    if (!W.scale || W.device != Device::CUDA) fail("cuda matmul: F8_E4M3 weight ", W.shape_str(), " without CUDA scales");
+    const auto* wq = W.ptr<uint8_t>();
+    typed([&]<typename T>() {
+      const T* xp = act<T>(x, "matmul input");
+      if (M > kMaxGemvRows && invariant_chunk_ == 0 && W.scale_block == 0) {
+        const int64_t ldq = (K + 15) / 16 * 16;
+        uint8_t* xq = fp8_scratch(size_t(M) * size_t(ldq) + size_t(M) * 4);
+        float* xs = reinterpret_cast<float*>(xq + size_t(M) * size_t(ldq));
+        quantize_rows_fp8<T>(stream_, xq, ldq, xs, xp, x.ld, M, K);
+        if (!fp8_gemm_.lt) {
+          CUBLAS_CHECK(cublasLtCreate(&fp8_gemm_.lt));
+          fp8_gemm_.workspace = cublas_ws_;  // the same stream: cuBLAS and cuBLASLt never run at once
+          fp8_gemm_.workspace_bytes = cublas_ws_bytes_;
+        }
+        if (fp8_gemm(fp8_gemm_, stream_, y.data, y_f32, y.ld, xq, ldq, xs, wq, W.ld, W.scale, M, N, K)) {
+          if (bias) add_bias(stream_, y.data, y_f32, y.ld, pv(bias, "matmul bias"), M, N);
+          return;
+        }
+        // A shape cuBLASLt's FP8 GEMM does not take (K not a multiple of 16, ...): the same W8A8 arithmetic with
+        // the rounded activations through the GEMV kernel.
+        T* xr = reinterpret_cast<T*>(fp8_scratch(size_t(M) * size_t(K) * sizeof(T)));
+        fake_quantize_rows_fp8<T>(stream_, xr, xp, x.ld, M, K);
+        fp8_gemv<T>(stream_, y.data, y_f32, y.ld, xr, K, wq, W.ld, W.scale, 0, pv(bias, "matmul bias"), M, N, K);
+        return;
+      }
+      fp8_gemv<T>(stream_, y.data, y_f32, y.ld, xp, x.ld, wq, W.ld, W.scale, W.scale_block, pv(bias, "matmul bias"), M, N, K);
+    });
+  }
+  // Grow-only: the quantized activations of a W8A8 GEMM, then their scales. A decode step of more than 8
+  // sequences is recorded into a graph, but only on its second run (run_step), after the first has grown this;
+  // a graph recorded before a growth would point at the freed buffer, so growing drops the recordings.
+  uint8_t* fp8_scratch(size_t bytes) {
+    if (bytes > fp8_scratch_bytes_) {
+      if (capturing_) fail("cuda backend: FP8 scratch grows while a decode step is being recorded");
+      CUDA_CHECK(cudaStreamSynchronize(stream_));
+      drop_graphs();
+      dev_free(fp8_scratch_);
+      fp8_scratch_ = static_cast<uint8_t*>(dev_malloc(bytes, "the FP8 activation scratch"));
+      fp8_scratch_bytes_ = bytes;
+    }
+    return fp8_scratch_;
+  }
+  void quantize_fp8(Tensor q, Tensor scale, Tensor w) override {
+    if (q.dtype != DType::F8_E4M3 || q.rows() != w.rows() || q.shape[1] != w.shape[1] || scale.numel() != w.rows())
+      fail("cuda quantize_fp8: q ", q.shape_str(), " ", dtype_name(q.dtype), ", scale ", scale.shape_str(), " for w ", w.shape_str());
+    dispatch_dtype(w.dtype, [&]<typename T>() {
+      quantize_rows_fp8<T>(stream_, q.ptr<uint8_t>(), q.ld, f32(scale, "quantize_fp8 scale"), act<T>(w, "quantize_fp8 input"),
+                           w.ld, w.rows(), w.shape[1]);
+    });
   }
   void rmsnorm(Tensor out, Tensor x, Tensor w, float eps) override {
     typed([&]<typename T>() {
@@ -617,6 +679,9 @@ class CudaBackend final : public Backend {
   cublasHandle_t cublas_ = nullptr;
   void* cublas_ws_ = nullptr;
   size_t cublas_ws_bytes_ = 0;
+  Fp8Gemm fp8_gemm_;  // FP8 weights' prefill GEMM (cuBLASLt, created at the first one)
+  uint8_t* fp8_scratch_ = nullptr;
+  size_t fp8_scratch_bytes_ = 0;
   std::unordered_map<void*, size_t> allocs_;
   // weight staging
   void* stage_host_[2] = {nullptr, nullptr};

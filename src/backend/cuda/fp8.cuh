@@ -1,0 +1,40 @@
+// Launchers of the FP8 (E4M3) weight kernels: the W8A16 GEMV of decode (fp8_gemv.cu) and the W8A8 tensor-core GEMM
+// of prefill with its per-row quantization (fp8_gemm.cu). A weight is [N, K] E4M3 bytes with F32 scales, one per
+// output row (scale_block 0) or per B×B block ([ceil(N/B), ceil(K/B)]); the CPU backend's matmul is the twin.
+#pragma once
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include "backend/cuda/common.cuh"
+
+namespace bamba::cuda {
+
+// fp8_gemv.cu: y[m, n] = Σ_k x[m, k] · q[n, k] · scale(n, k) (+ bias[n]) for any M (a launch per 8 rows; meant for
+// M <= 8, and the fallback of every shape the GEMM below does not take). fp32 accumulation; y is T or float.
+template <typename T>
+void fp8_gemv(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64_t ldx, const uint8_t* W, int64_t ldw,
+              const float* scale, int scale_block, PView bias, int M, int N, int K);
+
+// fp8_gemm.cu: q[m] = e4m3(x[m] / s[m]), s[m] = amax(|x[m]|) / 448 (1 for a zero row) — core/fp8.h on the GPU.
+// Weights at load (--quantization fp8) and activations before the W8A8 GEMM. x [M, K] T, q [M, K] (ldq), s [M].
+template <typename T>
+void quantize_rows_fp8(cudaStream_t st, uint8_t* q, int64_t ldq, float* s, const T* x, int64_t ldx, int64_t M, int64_t K);
+
+// out [M, K] (contiguous) = e4m3(x / s) · s per row, as T: the activations exactly as the GEMM would see them, for
+// the W8A16 kernel to run W8A8's arithmetic where the GEMM cannot take the shape.
+template <typename T>
+void fake_quantize_rows_fp8(cudaStream_t st, T* out, const T* x, int64_t ldx, int64_t M, int64_t K);
+
+// cuBLASLt's FP8 GEMM with per-row scales on both operands: y[m, n] = xs[m] · ws[n] · Σ_k xq[m, k] · wq[n, k]
+// (fp32 accumulation). y is BF16 or F32. False (nothing launched) when this cuBLASLt or the shapes (16-byte
+// multiples and alignment) do not allow it.
+struct Fp8Gemm {
+  cublasLtHandle_t lt = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  int mode = -1;  // -1 not tried yet; 1 outer-vector scales in cuBLASLt; 0 unit scales + a rescaling kernel
+};
+bool fp8_gemm(Fp8Gemm& g, cudaStream_t st, void* y, bool y_f32, int64_t ldy, const uint8_t* xq, int64_t ldxq,
+              const float* xs, const uint8_t* W, int64_t ldw, const float* ws, int M, int N, int K);
+
+}  // namespace bamba::cuda

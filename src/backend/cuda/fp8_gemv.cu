@@ -1,0 +1,186 @@
+// W8A16 GEMV for decode: y[m, n] = Σ_k x[m, k] · q[n, k] · scale (+ bias[n]) with E4M3 weights and bf16 (or fp32)
+// activations. Decode is bound by reading the weights once, and FP8 halves those bytes: the kernel is gemv.cu's
+// warp-per-row shape (one warp per output row n, 16-byte streaming loads — here 16 weights each —, four loads in
+// flight, every x row read from L1 against each chunk, one warp reduction per (m, n)) with the weights widened in
+// registers (cvt e4m3x2 -> f16x2, exact) and the scale applied once per row at the end — or, for block scales,
+// once per 16-weight chunk (B is a multiple of 16, so a chunk never straddles two blocks).
+// Launched as a programmatic dependent (common.cuh): the first chunks are loaded before pdl_wait.
+// Rows whose length or stride is not a multiple of 16 bytes take a plain element-per-lane kernel (correct, slower).
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include "backend/cuda/fp8.cuh"
+
+namespace bamba::cuda {
+namespace {
+
+constexpr int kWarps = 8, kUnroll = 4, kRows = 8;
+
+// 16 E4M3 weights (one 16-byte load) widened to fp32.
+__device__ __forceinline__ void widen16(uint4 v, float* f) {
+  const __nv_fp8x2_storage_t* p = reinterpret_cast<const __nv_fp8x2_storage_t*>(&v);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float2 h = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(p[i], __NV_E4M3)));
+    f[2 * i] = h.x;
+    f[2 * i + 1] = h.y;
+  }
+}
+__device__ __forceinline__ float widen1(uint8_t b) {
+  return __half2float(__half(__nv_cvt_fp8_to_halfraw(b, __NV_E4M3)));
+}
+
+// Σ_i w[i] · x[i] over 16 consecutive activations (16-byte aligned).
+__device__ __forceinline__ float dot16(const float* w, const bf16* x) {
+  const uint4 a = reinterpret_cast<const uint4*>(x)[0], b = reinterpret_cast<const uint4*>(x)[1];
+  const __nv_bfloat162* pa = reinterpret_cast<const __nv_bfloat162*>(&a);
+  const __nv_bfloat162* pb = reinterpret_cast<const __nv_bfloat162*>(&b);
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 fa = __bfloat1622float2(pa[i]), fb = __bfloat1622float2(pb[i]);
+    s = fmaf(w[2 * i], fa.x, s);
+    s = fmaf(w[2 * i + 1], fa.y, s);
+    s = fmaf(w[8 + 2 * i], fb.x, s);
+    s = fmaf(w[8 + 2 * i + 1], fb.y, s);
+  }
+  return s;
+}
+__device__ __forceinline__ float dot16(const float* w, const float* x) {
+  float s = 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float4 f = reinterpret_cast<const float4*>(x)[j];
+    s = fmaf(w[4 * j], f.x, fmaf(w[4 * j + 1], f.y, fmaf(w[4 * j + 2], f.z, fmaf(w[4 * j + 3], f.w, s))));
+  }
+  return s;
+}
+
+template <typename T>
+__device__ __forceinline__ void store_y(void* y, int y_f32, int64_t i, float v) {
+  if (y_f32) static_cast<float*>(y)[i] = v;
+  else static_cast<T*>(y)[i] = from_f<T>(v);
+}
+
+// B > 0: block scales [ceil(N/B), kb]; B == 0: scale[n].
+template <typename T, int M>
+__global__ void __launch_bounds__(kWarps * 32) fp8_gemv_kernel(void* y, int y_f32, int64_t ldy, const T* x, int64_t ldx,
+                                                               const uint8_t* W, int64_t ldw, const float* scale, int B,
+                                                               int kb, PView bias, int N, int K) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kWarps + warp;
+  const int K16 = K / 16;
+  const uint4* w = reinterpret_cast<const uint4*>(W + int64_t(n < N ? n : 0) * ldw);
+  uint4 wv[kUnroll];
+  auto load = [&](int k0) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int k = k0 + 32 * u;
+      wv[u] = n < N && k < K16 ? __ldcs(w + k) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  load(lane);  // weights only: they do not depend on the kernel before
+  pdl_wait();
+  pdl_trigger();
+  if (n >= N) return;
+  const float* srow = B ? scale + int64_t(n / B) * kb : nullptr;
+  float acc[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = 0.f;
+  for (int k0 = lane; k0 < K16; k0 += 32 * kUnroll) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int k = k0 + 32 * u;
+      if (k < K16) {
+        float wf[16];
+        widen16(wv[u], wf);
+        const float sb = B ? srow[k * 16 / B] : 1.f;
+#pragma unroll
+        for (int m = 0; m < M; ++m) acc[m] = fmaf(sb, dot16(wf, x + m * ldx + k * 16), acc[m]);
+      }
+    }
+    if (k0 + 32 * kUnroll < K16) load(k0 + 32 * kUnroll);
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = warp_sum(acc[m]);
+  if (lane == 0) {
+    const float s = B ? 1.f : scale[n], b = bias.p ? ld_param(bias, n) : 0.f;
+#pragma unroll
+    for (int m = 0; m < M; ++m) store_y<T>(y, y_f32, int64_t(m) * ldy + n, acc[m] * s + b);
+  }
+}
+
+// Any length and stride: lanes take single elements.
+template <typename T>
+__global__ void __launch_bounds__(kWarps * 32) fp8_gemv_plain_kernel(void* y, int y_f32, int64_t ldy, const T* x,
+                                                                     int64_t ldx, const uint8_t* W, int64_t ldw,
+                                                                     const float* scale, int B, int kb, PView bias,
+                                                                     int M, int N, int K) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kWarps + warp;
+  pdl_wait();
+  pdl_trigger();
+  if (n >= N) return;
+  float acc[kRows];
+#pragma unroll
+  for (int m = 0; m < kRows; ++m) acc[m] = 0.f;
+  for (int k = lane; k < K; k += 32) {
+    const float wk = widen1(W[int64_t(n) * ldw + k]) * (B ? scale[int64_t(n / B) * kb + k / B] : 1.f);
+#pragma unroll
+    for (int m = 0; m < kRows; ++m)
+      if (m < M) acc[m] = fmaf(wk, to_f(x[m * ldx + k]), acc[m]);
+  }
+#pragma unroll
+  for (int m = 0; m < kRows; ++m) acc[m] = warp_sum(acc[m]);
+  if (lane == 0) {
+    const float s = B ? 1.f : scale[n], b = bias.p ? ld_param(bias, n) : 0.f;
+    for (int m = 0; m < M; ++m) store_y<T>(y, y_f32, int64_t(m) * ldy + n, acc[m] * s + b);
+  }
+}
+
+template <typename T, int M>
+void launch(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64_t ldx, const uint8_t* W, int64_t ldw,
+            const float* scale, int B, int kb, PView bias, int N, int K) {
+  launch_pdl(fp8_gemv_kernel<T, M>, dim3(ceil_div(N, kWarps)), dim3(kWarps * 32), 0, st, y, int(y_f32), ldy, x, ldx, W,
+             ldw, scale, B, kb, bias, N, K);
+}
+
+}  // namespace
+
+template <typename T>
+void fp8_gemv(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64_t ldx, const uint8_t* W, int64_t ldw,
+              const float* scale, int B, PView bias, int M, int N, int K) {
+  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  const int kb = B ? (K + B - 1) / B : 1;
+  const bool vec = K % 16 == 0 && ldw % 16 == 0 && (ldx * int64_t(sizeof(T))) % 16 == 0 && aligned(W) && aligned(x) &&
+                   B % 16 == 0;
+  const size_t ysz = y_f32 ? 4 : sizeof(T);
+  for (int m0 = 0; m0 < M; m0 += kRows) {
+    const int rows = std::min(kRows, M - m0);
+    void* ym = static_cast<char*>(y) + size_t(m0) * size_t(ldy) * ysz;
+    const T* xm = x + int64_t(m0) * ldx;
+    if (!vec) {
+      launch_pdl(fp8_gemv_plain_kernel<T>, dim3(ceil_div(N, kWarps)), dim3(kWarps * 32), 0, st, ym, int(y_f32), ldy, xm,
+                 ldx, W, ldw, scale, B, kb, bias, rows, N, K);
+      continue;
+    }
+    switch (rows) {
+      case 1: launch<T, 1>(st, ym, y_f32, ldy, xm, ldx, W, ldw, scale, B, kb, bias, N, K); break;
+      case 2: launch<T, 2>(st, ym, y_f32, ldy, xm, ldx, W, ldw, scale, B, kb, bias, N, K); break;
+      case 3: launch<T, 3>(st, ym, y_f32, ldy, xm, ldx, W, ldw, scale, B, kb, bias, N, K); break;
+      case 4: launch<T, 4>(st, ym, y_f32, ldy, xm, ldx, W, ldw, scale, B, kb, bias, N, K); break;
+      case 5: launch<T, 5>(st, ym, y_f32, ldy, xm, ldx, W, ldw, scale, B, kb, bias, N, K); break;
+      case 6: launch<T, 6>(st, ym, y_f32, ldy, xm, ldx, W, ldw, scale, B, kb, bias, N, K); break;
+      case 7: launch<T, 7>(st, ym, y_f32, ldy, xm, ldx, W, ldw, scale, B, kb, bias, N, K); break;
+      default: launch<T, 8>(st, ym, y_f32, ldy, xm, ldx, W, ldw, scale, B, kb, bias, N, K); break;
+    }
+  }
+}
+
+#define INST(T)                                                                                                  \
+  template void fp8_gemv<T>(cudaStream_t, void*, bool, int64_t, const T*, int64_t, const uint8_t*, int64_t,      \
+                            const float*, int, PView, int, int, int);
+BAMBA_CUDA_DTYPES(INST)
+#undef INST
+
+}  // namespace bamba::cuda
