@@ -16,5 +16,6 @@ void register_eval(CLI::App& app);
 void register_tokenizer(CLI::App& app);  // tokenizer train
 void register_data(CLI::App& app);       // data prepare, data inspect
 void register_train(CLI::App& app);
+void register_init(CLI::App& app);       // a preset shape with generated weights as an HF folder
 
 }  // namespace bamba::cli

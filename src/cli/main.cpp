@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   bamba::cli::register_tokenizer(app);
   bamba::cli::register_data(app);
   bamba::cli::register_train(app);
+  bamba::cli::register_init(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -71,4 +71,12 @@ ModelConfig preset_config(const std::string& name) {
   fail("unknown preset \"", name, "\" (expected one of: ", known, ")");
 }
 
+std::string preset_config_json(const std::string& name) {
+  if (name == "llama-3.1-8b") return kLlama31_8b;
+  if (name == "granite-4.0-h-tiny") return kGranite40hTiny;
+  if (name == "tiny-llama") return kTinyLlama;
+  if (name == "nemotron-h-8b") return kNemotronH8b;
+  return config_to_json(preset_config(name));  // tiny, bamba-9b; an unknown name fails there
+}
+
 }  // namespace bamba

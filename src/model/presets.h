@@ -13,5 +13,8 @@ namespace bamba {
 const std::vector<std::string>& preset_names();
 // Error naming the preset and listing the known ones.
 ModelConfig preset_config(const std::string& name);
+// The preset's config.json text, as its checkpoint folder would hold it: the hub text for the relatives and the
+// transformer, config_to_json for the Bamba shapes. `bamba init` writes it beside generated weights.
+std::string preset_config_json(const std::string& name);
 
 }  // namespace bamba

@@ -203,7 +203,9 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& la
   return t;
 }
 
-Tokenizer Tokenizer::byte_level_default() {
+Tokenizer Tokenizer::byte_level_default() { return from_json(byte_level_default_json(), "byte_level_default"); }
+
+std::string Tokenizer::byte_level_default_json() {
   json root = json::parse(R"({
     "added_tokens": [
       {"id": 256, "content": "<|begin_of_text|>", "special": true, "normalized": false},
@@ -225,7 +227,7 @@ Tokenizer Tokenizer::byte_level_default() {
     byte_level::append_token_text(std::string(1, char(b)), text);
     vocab[text] = b;
   }
-  return from_json(root.dump(), "byte_level_default");
+  return root.dump(2) + "\n";
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special) const {

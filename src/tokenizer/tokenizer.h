@@ -28,6 +28,7 @@ class Tokenizer {
   // byte), 256 = "<|begin_of_text|>" (BOS, special), 257 = "<|end_of_text|>" (special); the post-processor adds
   // BOS. Used by the built-in dummy model so `bamba generate` works with no download.
   static Tokenizer byte_level_default();
+  static std::string byte_level_default_json();  // its tokenizer.json text (`bamba init` writes it)
 
   ~Tokenizer();
   Tokenizer(Tokenizer&&) noexcept;
