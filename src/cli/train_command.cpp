@@ -334,8 +334,7 @@ void run_train_bench(const TrainArgs& a) {
       if (dev) dev->zero(p.grad, p.size);
       else std::fill(p.grad, p.grad + p.size, 0.f);
     loss = tr.loss_and_grad(b, div).loss;
-    clip_grad_norm(params, cfg.grad_clip, dev);
-    opt.step(params, cfg.lr);
+    opt.step(params, cfg.lr, clip_coefficient(global_grad_norm(params, dev), cfg.grad_clip));
     be->synchronize();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::fprintf(stderr, "step %lld  %.3f s  loss %.4f%s\n", (long long)step, s, loss, step == 0 ? "  (warm-up)" : "");
@@ -346,8 +345,7 @@ void run_train_bench(const TrainArgs& a) {
     for (const auto& p : params)
       if (dev) dev->zero(p.grad, p.size);
     tr.loss_and_grad(b, div);
-    clip_grad_norm(params, cfg.grad_clip, dev);
-    opt.step(params, cfg.lr);
+    opt.step(params, cfg.lr, clip_coefficient(global_grad_norm(params, dev), cfg.grad_clip));
     prof.set_timing(false);
     std::ostringstream table;
     prof.print(table, 1);
