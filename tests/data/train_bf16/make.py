@@ -1,6 +1,7 @@
 """The fair reference for bf16 training: PyTorch's gradients of the model the bf16 GPU backend actually holds.
 
-usage: python3 tests/data/train_bf16/make.py OUT MODEL_DIR...   (on the device machine: torch + transformers 5.17)
+usage: python3 tests/data/train_bf16/make.py OUT MODEL_DIR...   (on the device machine: torch + transformers 5.17;
+       BAMBA_REPO=<repo root> when the script runs from a copy outside the repo)
 
 The GPU's bf16 mode keeps the ≥ 2-D weights (matmuls, embedding, lm_head, conv) in bf16 and the 1-D ones (A_log, D,
 dt_bias, norms, biases) in fp32, so its gradients differ from those of the fp32 fixture by the weights' rounding
@@ -12,8 +13,8 @@ takes each fixture model, rounds exactly those weights to bf16, and writes OUT/<
                                two references score the same tokens), step0.loss, grad.<HF name> (fp32)
   reference.json               what was computed, and the gradients' distance to the fp32 model's
 The loss and gradients are computed from those weights in float64 where HF's code allows it (else float32) on the
-CPU, HF's loss (mean cross-entropy over the shifted labels that are not -100). CudaTrainer.Bf16GradientsEqualPyTorch
-(tests/cuda_train_test.cpp) loads the rounded model on the GPU in bf16 and holds every gradient to 3e-2.
+CPU, HF's loss (mean cross-entropy over the shifted labels that are not -100). CudaTrainer.Bf16GradientsEqualPyTorchOnTheSameWeights
+(tests/cuda_train_test.cpp; BAMBA_TRAIN_BF16_REF=OUT if not here) loads the rounded model on the GPU in bf16 and holds every gradient to 3e-2.
 """
 import json, os, sys
 import torch
@@ -21,7 +22,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURE_BATCH = os.path.join(HERE, "..", "train", "{}", "train_expected.safetensors")
+# the fp32 fixture's reference (its batch): in the repo beside this folder, or under $BAMBA_REPO when this script
+# was copied elsewhere to run
+REPO = os.environ.get("BAMBA_REPO") or os.path.join(HERE, "..", "..", "..")
+FIXTURE_BATCH = os.path.join(REPO, "tests", "data", "train", "{}", "train_expected.safetensors")
 
 
 def load(mdir):
