@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
+#include <tuple>
 
 #include "backend/backend.h"
 #include "core/dtype.h"
@@ -657,8 +658,9 @@ struct GpuModel {
   std::unique_ptr<Backend> be;
   std::unique_ptr<HybridModel> model;
   ModelWeights grads;
+  // name: a fixture model, or a folder (a path with a '/')
   GpuModel(const std::string& name, DType dtype) : be(make_backend("cuda", dtype)) {
-    const std::string dir = test::model_dir(name);
+    const std::string dir = name.find('/') != std::string::npos ? name : test::model_dir(name);
     ModelConfig cfg = load_config(dir);
     Checkpoint ckpt(dir);
     ModelWeights w = load_weights(cfg, ckpt, *be);
@@ -867,6 +869,75 @@ TEST_F(CudaTrainer, AdamWKernelEqualsTheHostLoop) {
   }
 }
 
+// The one-launch AdamW over every tensor (Backend::adamw_update_many) against the one-launch-per-tensor kernel: the
+// same bits for weights, moments (fp32, and bf16 with the same stochastic rounding) and the bf16 model copies, with
+// tensors of odd sizes around the chunk (8,192 elements), a clipping factor as grad_scale, decay on and off; and
+// sum_squares_many against sum_squares added in order, bit for bit.
+TEST_F(CudaTrainer, AdamWOneLaunchEqualsOneLaunchPerTensorBitForBit) {
+  auto gpu = make_backend("cuda", DType::BF16);
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> d(-1, 1);
+  const std::vector<int64_t> sizes = {1, 255, 8191, 8192, 8193, 3 * 8192 + 17, 100003};
+  for (bool bf16_moments : {false, true}) {
+    const DType mdt = bf16_moments ? DType::BF16 : DType::F32;
+    struct Set {
+      std::vector<Tensor> w, g, m, v, copy;
+    } sets[2];
+    for (Set& st : sets)
+      for (int64_t n : sizes) {
+        st.w.push_back(gpu->alloc(DType::F32, {n}));
+        st.g.push_back(gpu->alloc(DType::F32, {n}));
+        st.m.push_back(gpu->alloc(mdt, {n}));
+        st.v.push_back(gpu->alloc(mdt, {n}));
+        st.copy.push_back(gpu->alloc(DType::BF16, {n}));
+      }
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      std::vector<float> w(size_t(sizes[i])), g(w.size());
+      for (auto& x : w) x = d(rng);
+      for (auto& x : g) x = d(rng) * 0.1f;
+      for (Set& st : sets) gpu->from_host_f32(st.w[i], w.data()), gpu->from_host_f32(st.g[i], g.data());
+    }
+    std::vector<Tensor> grads(sets[0].g.begin(), sets[0].g.end());
+    double per_tensor = 0;
+    for (const Tensor& g : grads) per_tensor += gpu->sum_squares(g);
+    const double many = gpu->sum_squares_many(grads);
+    EXPECT_EQ(0, std::memcmp(&per_tensor, &many, sizeof many)) << per_tensor << " vs " << many;
+    for (int step = 1; step <= 3; ++step) {
+      const AdamWUpdate u{1e-2f / (1 - std::pow(0.9f, float(step))), std::sqrt(1 - std::pow(0.95f, float(step))), 1e-8f,
+                          0.1f, 0.95f, 0.05f, 1.f, 0.37f, 0};
+      std::vector<AdamWTensor> ts;
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        const float decay = i % 2 ? 1.f : 0.999f;
+        const uint64_t key = 1000003ull * uint64_t(step) + i;
+        AdamWUpdate one = u;
+        one.decay = decay, one.key = key;
+        gpu->adamw_update(sets[0].w[i], sets[0].g[i], sets[0].m[i], sets[0].v[i], one, sets[0].copy[i]);
+        ts.push_back({sets[1].w[i], sets[1].g[i], sets[1].m[i], sets[1].v[i], sets[1].copy[i], decay, key});
+      }
+      gpu->adamw_update_many(ts, u);
+    }
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      auto bits = [&](Tensor t) {
+        std::vector<float> f(size_t(t.numel()));
+        gpu->to_host_f32(t, f.data());  // exact for bf16
+        return f;
+      };
+      const std::tuple<const char*, Tensor, Tensor> pairs[] = {{"weight", sets[0].w[i], sets[1].w[i]},
+                                                               {"exp_avg", sets[0].m[i], sets[1].m[i]},
+                                                               {"exp_avg_sq", sets[0].v[i], sets[1].v[i]},
+                                                               {"bf16 copy", sets[0].copy[i], sets[1].copy[i]}};
+      for (const auto& [what, a, b] : pairs) {
+        const std::vector<float> x = bits(a), y = bits(b);
+        EXPECT_EQ(0, std::memcmp(x.data(), y.data(), x.size() * 4))
+            << what << " of tensor " << i << " (" << sizes[i] << " elements)" << (bf16_moments ? ", bf16 moments" : "");
+      }
+    }
+    for (Set& st : sets)
+      for (auto* v : {&st.w, &st.g, &st.m, &st.v, &st.copy})
+        for (Tensor t : *v) gpu->release(t);
+  }
+}
+
 // The product path on the GPU — HybridTrainable (fp32 masters, device moments), clip_grad_norm, AdamW — against
 // PyTorch's three steps (as TrainEndToEnd.TrainersAdamWStepsEqualPyTorch does on the CPU).
 TEST_F(CudaTrainer, ThreeAdamWStepsEqualPyTorch) {
@@ -908,6 +979,56 @@ TEST_F(CudaTrainer, ThreeAdamWStepsEqualPyTorch) {
       }
       std::printf("[ %s %s ] after 3 AdamW steps: worst parameter relative L2 %.3g\n", name.c_str(), std::string(dtype_name(dtype)).c_str(), worst);
     }
+}
+
+// The fair bf16 comparison (issue 10's 3e-2): PyTorch's loss and gradients of the very model the bf16 backend holds
+// — tests/data/train_bf16/make.py rounds each fixture's ≥ 2-D weights to bf16, saves that model, and computes from
+// it in float64 on the fixture's batch — so only the GPU's bf16 arithmetic is measured, not the weights' rounding
+// (which alone moves the fp32 fixture's gradients by 2.3e-2 / 1.3e-1). Every tensor within 3e-2 relative L2.
+TEST_F(CudaTrainer, Bf16GradientsEqualPyTorchOnTheSameWeights) {
+  const char* env = std::getenv("BAMBA_TRAIN_BF16_REF");
+  const std::string root = env && *env ? env : std::string(BAMBA_SOURCE_DIR) + "/tests/data/train_bf16";
+  size_t checked = 0;
+  for (const std::string name : {"bamba-tiny-a", "bamba-tiny-b"}) {
+    const std::string dir = root + "/" + name;
+    if (!std::filesystem::exists(dir + "/grads.safetensors")) {
+      std::printf("[ %s ] %s/grads.safetensors is missing (tests/data/train_bf16/make.py makes it)\n", name.c_str(),
+                  dir.c_str());
+      continue;
+    }
+    SafetensorsFile ref(dir + "/grads.safetensors");
+    GpuModel gm(dir, DType::BF16);
+    const TensorInfo* ids = ref.find("batch.input_ids");
+    ASSERT_TRUE(ids && ids->shape.size() == 2) << dir;
+    TrainBatch b{int32_t(ids->shape[0]), int32_t(ids->shape[1]), read_i32(*ids), read_i32(*ref.find("batch.labels")), {}};
+    const TrainOptions opt{gm.model->config().z_loss_coefficient, 0, 0, 7};
+    TrainResult res;
+    auto got = gm.run(b, &res, opt);
+    const double want_loss = read_f32(*ref.find("step0.loss"))[0];
+    EXPECT_NEAR(res.loss, want_loss, 1e-2 * (1 + std::abs(want_loss))) << name;
+    double worst = 0;
+    std::string worst_name;
+    size_t n = 0, over = 0;
+    for (auto& t : ref.tensors()) {
+      if (t.name.rfind("grad.", 0) != 0) continue;
+      const std::string pname = t.name.substr(5);
+      auto it = got.find(pname);
+      ASSERT_NE(it, got.end()) << "no gradient for " << pname;
+      const std::vector<float> r = read_f32(t);
+      ASSERT_EQ(it->second.size(), r.size()) << pname;
+      const double e = rel_l2(it->second, r);
+      EXPECT_LE(e, 3e-2) << name << " bf16: " << pname << " relative L2 " << e << " against PyTorch on the same weights";
+      if (e > 3e-2) ++over;
+      if (e > worst) worst = e, worst_name = pname;
+      ++n;
+    }
+    EXPECT_GT(n, 10u) << name;
+    checked += n;
+    std::printf("[ %s bf16, PyTorch on the same bf16 weights ] loss %.6f (ref %.6f); worst gradient %s: relative L2 "
+                "%.3g; %zu of %zu tensors over 3e-2\n",
+                name.c_str(), res.loss, want_loss, worst_name.c_str(), worst, over, n);
+  }
+  if (checked == 0) GTEST_SKIP() << root << " holds no reference (tests/data/train_bf16/make.py makes it)";
 }
 
 std::string read_bytes(const std::string& p) {

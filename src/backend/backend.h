@@ -122,6 +122,13 @@ struct AdamWUpdate {
   uint64_t key;
 };
 
+// One tensor of Backend::adamw_update_many: its buffers (as adamw_update takes them) and its own decay and key.
+struct AdamWTensor {
+  Tensor w, g, m, v, model_copy;
+  float decay = 1.f;
+  uint64_t key = 0;
+};
+
 // Error("<op>_backward: not implemented on <backend>"): the default of every Backend::*_backward.
 [[noreturn]] void backward_not_implemented(const char* op, const std::string& backend);
 
@@ -341,6 +348,21 @@ class Backend {
   }
   // g *= c over a whole F32 buffer [n] (clipping)
   virtual void scale_gradient(Tensor g, float c) { backward_not_implemented("scale_gradient", name()); }
+  // Every parameter of a step at once (one launch on the GPU): adamw_update of each tensor with the shared scalars
+  // of `a` and the tensor's own decay and key; the same bits as those calls one by one, which the default makes.
+  virtual void adamw_update_many(std::span<const AdamWTensor> ts, const AdamWUpdate& a) {
+    for (const AdamWTensor& t : ts) {
+      AdamWUpdate u = a;
+      u.decay = t.decay, u.key = t.key;
+      adamw_update(t.w, t.g, t.m, t.v, u, t.model_copy);
+    }
+  }
+  // Σ over the tensors of sum_squares(g), added in order: the same bits as the calls one by one (the default).
+  virtual double sum_squares_many(std::span<const Tensor> gs) {
+    double s = 0;
+    for (const Tensor& g : gs) s += sum_squares(g);
+    return s;
+  }
 
   // out[i] = x[rows[i]] for the batch's logit_rows.              out [R, H], x [T, H]
   virtual void gather_logit_rows(Tensor out, Tensor x) = 0;

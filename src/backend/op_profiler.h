@@ -166,6 +166,14 @@ class OpProfiler final : public Backend {
   void scale_gradient(Tensor g, float c) override {
     timed("scale_gradient", [&] { in_.scale_gradient(g, c); });
   }
+  void adamw_update_many(std::span<const AdamWTensor> ts, const AdamWUpdate& a) override {
+    timed("adamw_update_many", [&] { in_.adamw_update_many(ts, a); });
+  }
+  double sum_squares_many(std::span<const Tensor> gs) override {
+    double r = 0;
+    timed("sum_squares_many", [&] { r = in_.sum_squares_many(gs); });
+    return r;
+  }
   int64_t peak_memory_bytes() const override { return in_.peak_memory_bytes(); }
   void gather_logit_rows(Tensor out, Tensor x) override {
     timed("gather_logit_rows", [&] { in_.gather_logit_rows(out, x); });

@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <sstream>
@@ -326,6 +328,18 @@ void run_train_bench(const TrainArgs& a) {
                (long long)b.rows, (long long)b.cols, precision_name(cfg.precision).c_str(),
                cfg.activation_checkpointing || a.bench_checkpointing ? ", activation checkpointing" : "",
                be->name().c_str());
+  // Clipping's factor goes into AdamW (as the trainer does); BAMBA_BENCH_CLIP=scale scales every gradient in a
+  // pass of its own first, as before, for comparisons.
+  const char* clip_env = std::getenv("BAMBA_BENCH_CLIP");
+  const bool clip_pass = clip_env && std::strcmp(clip_env, "scale") == 0;
+  auto clip_and_step = [&](const std::vector<ParamRef>& ps, ParamDevice* d) {
+    if (clip_pass) {
+      clip_grad_norm(ps, cfg.grad_clip, d);
+      opt.step(ps, cfg.lr);
+    } else {
+      opt.step(ps, cfg.lr, clip_coefficient(global_grad_norm(ps, d), cfg.grad_clip));
+    }
+  };
   std::vector<double> times;
   double loss = 0;
   for (int64_t step = 0; step <= a.bench_steps; ++step) {
@@ -334,8 +348,7 @@ void run_train_bench(const TrainArgs& a) {
       if (dev) dev->zero(p.grad, p.size);
       else std::fill(p.grad, p.grad + p.size, 0.f);
     loss = tr.loss_and_grad(b, div).loss;
-    clip_grad_norm(params, cfg.grad_clip, dev);
-    opt.step(params, cfg.lr);
+    clip_and_step(params, dev);
     be->synchronize();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::fprintf(stderr, "step %lld  %.3f s  loss %.4f%s\n", (long long)step, s, loss, step == 0 ? "  (warm-up)" : "");
@@ -346,8 +359,7 @@ void run_train_bench(const TrainArgs& a) {
     for (const auto& p : params)
       if (dev) dev->zero(p.grad, p.size);
     tr.loss_and_grad(b, div);
-    clip_grad_norm(params, cfg.grad_clip, dev);
-    opt.step(params, cfg.lr);
+    clip_and_step(params, dev);
     prof.set_timing(false);
     std::ostringstream table;
     prof.print(table, 1);

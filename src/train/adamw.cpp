@@ -42,42 +42,56 @@ AdamW::~AdamW() {
   for (void* p : vdev_) dev_->release(p);
 }
 
-void AdamW::step(const std::vector<ParamRef>& params, double lr) {
+void AdamW::step(const std::vector<ParamRef>& params, double lr, float grad_scale) {
   BAMBA_CHECK(params.size() == sizes_.size(), "AdamW: ", params.size(), " parameters, the optimizer was made for ",
               sizes_.size());
   ++t_;
   const double bc1 = 1 - std::pow(opt_.beta1, double(t_)), bc2 = 1 - std::pow(opt_.beta2, double(t_));
   const float step_size = float(lr / bc1), bc2_sqrt = float(std::sqrt(bc2)), eps = float(opt_.eps);
   const float one_minus_b1 = float(1 - opt_.beta1), b2 = float(opt_.beta2), one_minus_b2 = float(1 - opt_.beta2);
+  auto key_of = [&](size_t i) {
+    return splitmix64(opt_.seed ^ splitmix64(uint64_t(t_) * 0x9e3779b97f4a7c15ull + opt_.first_param_index + i));
+  };
+  if (dev_) {  // every parameter in one call (one launch on the GPU)
+    std::vector<float> decay(params.size());
+    std::vector<uint64_t> keys(params.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+      BAMBA_CHECK(params[i].size == sizes_[i], "AdamW: parameter ", params[i].name, " has ", params[i].size,
+                  " elements, expected ", sizes_[i]);
+      decay[i] = params[i].decay ? float(1 - lr * opt_.weight_decay) : 1.f;
+      keys[i] = key_of(i);
+    }
+    const AdamWUpdate u{step_size, bc2_sqrt, eps, one_minus_b1, b2, one_minus_b2, 1.f, grad_scale, 0};
+    dev_->adamw_all(params, mdev_, vdev_, opt_.bf16_moments, u, decay, keys);
+    return;
+  }
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamRef& p = params[i];
     BAMBA_CHECK(p.size == sizes_[i], "AdamW: parameter ", p.name, " has ", p.size, " elements, expected ", sizes_[i]);
     float* w = p.value;
     const float* g = p.grad;
     const float decay = p.decay ? float(1 - lr * opt_.weight_decay) : 1.f;
-    if (dev_) {
-      const uint64_t key = splitmix64(opt_.seed ^ splitmix64(uint64_t(t_) * 0x9e3779b97f4a7c15ull + opt_.first_param_index + i));
-      const AdamWUpdate u{step_size, bc2_sqrt, eps, one_minus_b1, b2, one_minus_b2, decay, 1.f, key};
-      dev_->adamw(p, mdev_[i], vdev_[i], opt_.bf16_moments, u);
-    } else if (!opt_.bf16_moments) {
+    if (!opt_.bf16_moments) {
       float* m = m32_[i].data();
       float* v = v32_[i].data();
       for (size_t j = 0; j < p.size; ++j) {
+        const float gj = g[j] * grad_scale;
         w[j] *= decay;
-        m[j] += one_minus_b1 * (g[j] - m[j]);
-        v[j] = b2 * v[j] + one_minus_b2 * g[j] * g[j];
+        m[j] += one_minus_b1 * (gj - m[j]);
+        v[j] = b2 * v[j] + one_minus_b2 * gj * gj;
         w[j] -= step_size * (m[j] / (std::sqrt(v[j]) / bc2_sqrt + eps));
       }
     } else {
       uint16_t* m = m16_[i].data();
       uint16_t* v = v16_[i].data();
-      const uint64_t key = splitmix64(opt_.seed ^ splitmix64(uint64_t(t_) * 0x9e3779b97f4a7c15ull + opt_.first_param_index + i));
+      const uint64_t key = key_of(i);
       for (size_t j = 0; j < p.size; ++j) {
         const uint64_t r = splitmix64(key + j);  // 2 × 16 bits: one for m, one for v
+        const float gj = g[j] * grad_scale;
         float mj = bf16_to_f32(m[j]), vj = bf16_to_f32(v[j]);
         w[j] *= decay;
-        mj += one_minus_b1 * (g[j] - mj);
-        vj = b2 * vj + one_minus_b2 * g[j] * g[j];
+        mj += one_minus_b1 * (gj - mj);
+        vj = b2 * vj + one_minus_b2 * gj * gj;
         w[j] -= step_size * (mj / (std::sqrt(vj) / bc2_sqrt + eps));
         m[j] = bf16_stochastic_round(mj, uint32_t(r));
         v[j] = bf16_stochastic_round(vj, uint32_t(r >> 16));
@@ -138,13 +152,16 @@ size_t AdamW::moment_bytes(size_t i) const { return sizes_.at(i) * (opt_.bf16_mo
 
 double global_grad_norm(const std::vector<ParamRef>& params, ParamDevice* dev) {
   double s = 0;
-  if (dev) {  // per parameter (each a fixed-order sum on the device), added in parameter order
-    for (const auto& p : params) s += dev->sum_squares(p.grad, p.size);
-    return std::sqrt(s);
-  }
+  if (dev) return std::sqrt(dev->sum_squares_all(params));  // per parameter (fixed order), added in order
   for (const auto& p : params)
     for (size_t j = 0; j < p.size; ++j) s += double(p.grad[j]) * double(p.grad[j]);
   return std::sqrt(s);
+}
+
+float clip_coefficient(double norm, double max_norm) {
+  if (max_norm <= 0 || !std::isfinite(norm)) return 1.f;
+  const double coef = max_norm / (norm + 1e-6);
+  return coef < 1 ? float(coef) : 1.f;
 }
 
 double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm, ParamDevice* dev) {

@@ -39,8 +39,10 @@ class AdamW {
   AdamW(const AdamW&) = delete;
   AdamW& operator=(const AdamW&) = delete;
 
-  // One update of every parameter from its grad at learning rate `lr`; increments step().
-  void step(const std::vector<ParamRef>& params, double lr);
+  // One update of every parameter from its grad at learning rate `lr`; increments step(). Each grad is read as
+  // g·grad_scale (fp32 product): clip_coefficient's factor applied on the way, with the bits an in-place scaling
+  // of the grads would give, without that pass over them.
+  void step(const std::vector<ParamRef>& params, double lr, float grad_scale = 1.f);
 
   int64_t steps_taken() const { return t_; }
   const AdamWOptions& options() const { return opt_; }
@@ -78,6 +80,10 @@ double global_grad_norm(const std::vector<ParamRef>& params, ParamDevice* dev = 
 // torch.nn.utils.clip_grad_norm_: scales every grad by max_norm / (norm + 1e-6) when that is below 1; returns
 // the norm before clipping. max_norm <= 0 only measures. A non-finite norm is returned without scaling.
 double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm, ParamDevice* dev = nullptr);
+
+// clip_grad_norm's factor for a norm already measured, without scaling anything: max_norm / (norm + 1e-6) as a
+// float when that is below 1, else 1 (also for max_norm <= 0 or a non-finite norm). For AdamW::step's grad_scale.
+float clip_coefficient(double norm, double max_norm);
 
 // Stochastic rounding of an fp32 value to bf16 bits with 16 random bits `r` (see AdamWOptions::bf16_moments).
 uint16_t bf16_stochastic_round(float x, uint32_t r);

@@ -49,6 +49,25 @@ class BackendParams final : public ParamDevice {
     be_.adamw_update(view(p.value, DType::F32, p.size), view(p.grad, DType::F32, p.size), view(m, mdt, p.size),
                      view(v, mdt, p.size), a, it == copies_.end() ? Tensor{} : it->second);
   }
+  void adamw_all(const std::vector<ParamRef>& ps, const std::vector<void*>& m, const std::vector<void*>& v,
+                 bool bf16_moments, const AdamWUpdate& u, const std::vector<float>& decay,
+                 const std::vector<uint64_t>& key) override {
+    const DType mdt = bf16_moments ? DType::BF16 : DType::F32;
+    std::vector<AdamWTensor> ts(ps.size());
+    for (size_t i = 0; i < ps.size(); ++i) {
+      const ParamRef& p = ps[i];
+      auto it = copies_.find(p.value);
+      ts[i] = {view(p.value, DType::F32, p.size), view(p.grad, DType::F32, p.size), view(m[i], mdt, p.size),
+               view(v[i], mdt, p.size), it == copies_.end() ? Tensor{} : it->second, decay[i], key[i]};
+    }
+    be_.adamw_update_many(ts, u);
+  }
+  double sum_squares_all(const std::vector<ParamRef>& ps) override {
+    std::vector<Tensor> gs;
+    gs.reserve(ps.size());
+    for (const ParamRef& p : ps) gs.push_back(view(p.grad, DType::F32, p.size));
+    return be_.sum_squares_many(gs);
+  }
   void sync_model(const std::vector<ParamRef>& params) override {
     std::vector<float> f;
     for (const ParamRef& p : params) {

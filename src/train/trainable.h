@@ -70,6 +70,23 @@ class ParamDevice {
   // The AdamW update of parameter p with moments m, v (F32, or BF16 bits), then the model's own copy of p (its
   // compute dtype) refreshed from the fp32 master.
   virtual void adamw(const ParamRef& p, void* m, void* v, bool bf16_moments, const AdamWUpdate& a) = 0;
+  // Every parameter's update at once (adamw for each, in one launch where the device can): m[i], v[i] the moments
+  // of ps[i], u the shared scalars, decay[i] and key[i] each tensor's. The default calls adamw one by one.
+  virtual void adamw_all(const std::vector<ParamRef>& ps, const std::vector<void*>& m, const std::vector<void*>& v,
+                         bool bf16_moments, const AdamWUpdate& u, const std::vector<float>& decay,
+                         const std::vector<uint64_t>& key) {
+    for (size_t i = 0; i < ps.size(); ++i) {
+      AdamWUpdate a = u;
+      a.decay = decay[i], a.key = key[i];
+      adamw(ps[i], m[i], v[i], bf16_moments, a);
+    }
+  }
+  // Σ over all grads of Σ g², each parameter's sum_squares added in order (one launch where the device can).
+  virtual double sum_squares_all(const std::vector<ParamRef>& ps) {
+    double s = 0;
+    for (const ParamRef& p : ps) s += sum_squares(p.grad, p.size);
+    return s;
+  }
   // After parameter values were written directly (a checkpoint loaded): refresh every model copy.
   virtual void sync_model(const std::vector<ParamRef>& params) = 0;
 };

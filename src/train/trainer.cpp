@@ -159,7 +159,8 @@ TrainRunResult Trainer::run() {
       if (log) log->write_svg();
       fail("step ", s + 1, ": the loss is ", loss, "; training stopped without saving (", keep, ")");
     }
-    const double norm = clip_grad_norm(params_, cfg_.grad_clip, dev);
+    // clipping's factor goes into the update (AdamW reads g·coef): no separate pass over every gradient
+    const double norm = global_grad_norm(params_, dev);
     if (!std::isfinite(norm)) {
       bar.abandon();
       if (log) log->write_svg();
@@ -167,7 +168,7 @@ TrainRunResult Trainer::run() {
            keep, ")");
     }
     const double lr = cfg_.lr * lr_multiplier(schedule, s);
-    opt_.step(owned_, lr);
+    opt_.step(owned_, lr, clip_coefficient(norm, cfg_.grad_clip));
     if (dp) dp->broadcast_parameters(params_, dev);
     state_.step = s + 1;
     state_.tokens_seen += cfg_.batch_tokens;

@@ -5,6 +5,7 @@
 #include "kernels_emu.inc"
 #include "backend/cpu/grad_kernels.h"
 #include <cstdio>
+#include <cstring>
 #include <random>
 using namespace bamba;
 using namespace bamba::cuda;
@@ -19,7 +20,9 @@ int main() {
   std::vector<Case> cases = {{4, 10, 2, 20, 256, {1, 37, 200, 5}, true, 0.05f, 0.5f, -1, 1, -1, 0.5f},
                              {2, 64, 1, 128, 64, {130, 64, 3}, true, 0.f, INFINITY, 0, 2.77f, -6.9f, -2.3f},
                              {3, 64, 1, 64, 128, {200}, false, 0.f, INFINITY, -1, 1, -1, 0.5f},
-                             {2, 33, 1, 100, 64, {70, 129}, true, 0.f, INFINITY, -1, 1, -1, 0.5f}};
+                             {2, 33, 1, 100, 64, {70, 129}, true, 0.f, INFINITY, -1, 1, -1, 0.5f},
+                             // more than kCarryAhead pieces in one sequence: the carry's groups and a partial one
+                             {1, 16, 1, 16, 64, {650, 70}, true, 0.f, INFINITY, -1, 1, -1, 0.5f}};
   int bad = 0;
   for (const Case& cs : cases) {
     const int nh = cs.nh, P = cs.P, G = cs.G, N = cs.N, I = nh * P, W = I + 2 * G * N, hpg = nh / G;
@@ -65,7 +68,20 @@ int main() {
     const unsigned nq = unsigned(l.nq);
     emu::launch({ceil_div(int64_t(l.nq) * nh, 128)}, {128}, 0, [&] { delta_kernel(a, b, l.nq, sc); });
     emu::launch({nq, unsigned(nh)}, {256}, kStateSmem, [&] { chunk_state_kernel(a, b, sc); });
+    // the grouped carry (kCarryAhead chunks' loads at a time) must give the serial walk's bits
+    std::vector<float> scratch_serial = scratch, ds0_serial(ds0.size(), 0.f);
+    float* s1 = scratch_serial.data();
+    const Scratch sc1{s1 + l.cum, s1 + l.delta, s1 + l.dec, s1 + l.states, s1 + l.dstates, s1 + l.edot};
+    SsdBwdArgs a1 = a;
+    a1.dstate0 = ds0_serial.data();
+    emu::launch({unsigned(l.splits), unsigned(nh), unsigned(S)}, {256}, 0, [&] { carry_serial_kernel(a1, b, sc1, l.splits); });
     emu::launch({unsigned(l.splits), unsigned(nh), unsigned(S)}, {256}, 0, [&] { carry_kernel(a, b, sc, l.splits); });
+    {
+      auto same = [](const float* x, const float* y, size_t n) { return std::memcmp(x, y, n * sizeof(float)) == 0; };
+      const bool ok = same(scratch.data(), scratch_serial.data(), scratch.size()) && same(ds0.data(), ds0_serial.data(), ds0.size());
+      std::printf("carry grouped vs serial (%d pieces): %s\n", l.nq, ok ? "bit-identical" : "DIFFER");
+      bad += !ok;
+    }
     emu::launch({nq, unsigned(nh)}, {unsigned(kGradThreads)}, kGradSmem, [&] { grad_kernel(a, b, sc, l.splits, dBp.data(), dCp.data(), tok.data()); });
     // finishing (as ssd_backward.cu's kernels)
     std::vector<float> got_dx(size_t(T) * I), got_dB(size_t(T) * G * N), got_dC(size_t(T) * G * N), got_ddt(size_t(T) * nh);

@@ -631,6 +631,68 @@ class CudaBackend final : public Backend {
     return s;
   }
   void scale_gradient(Tensor g, float c) override { cuda::scale_inplace(stream_, f32(g, "gradient"), g.numel(), c); }
+  void adamw_update_many(std::span<const AdamWTensor> ts, const AdamWUpdate& u) override {
+    if (ts.empty()) return;
+    const char* e = std::getenv("BAMBA_ADAMW");  // "loop": one launch per tensor, as before (for comparisons)
+    if (e && *e && std::strcmp(e, "loop") != 0 && std::strcmp(e, "many") != 0)
+      fail("BAMBA_ADAMW must be \"loop\" or \"many\", not \"", e, "\"");
+    if (e && std::strcmp(e, "loop") == 0) return Backend::adamw_update_many(ts, u);
+    const bool bf16m = ts[0].m.dtype == DType::BF16;
+    std::vector<cuda::AdamWTensorArgs> table;
+    int64_t blocks = 0;
+    for (const AdamWTensor& t : ts) {
+      const int64_t n = t.w.numel();
+      if (t.g.numel() != n || t.m.numel() != n || t.v.numel() != n || (t.model_copy && t.model_copy.numel() != n))
+        fail("cuda adamw_update_many: buffers of different sizes");
+      if (t.m.dtype != t.v.dtype || (t.m.dtype != DType::F32 && t.m.dtype != DType::BF16) ||
+          (t.m.dtype == DType::BF16) != bf16m)
+        fail("cuda adamw_update_many: moments must all be F32 or all BF16");
+      if (n == 0) continue;
+      table.push_back({f32(t.w, "master weight"), f32(t.g, "gradient"), t.m.data, t.v.data,
+                       t.model_copy ? t.model_copy.data : nullptr, n, blocks, t.key, t.decay,
+                       t.model_copy && t.model_copy.dtype == DType::BF16 ? 1 : 0});
+      blocks += cuda::adamw_many_blocks(n);
+    }
+    if (table.empty()) return;
+    auto* dev_table = reinterpret_cast<cuda::AdamWTensorArgs*>(
+        train_scratch((table.size() * sizeof(cuda::AdamWTensorArgs) + 3) / 4));
+    CUDA_CHECK(cudaMemcpyAsync(dev_table, table.data(), table.size() * sizeof(cuda::AdamWTensorArgs),
+                               cudaMemcpyHostToDevice, stream_));
+    const AdamWArgs a{u.step_size, u.bc2_sqrt, u.eps, u.one_minus_b1, u.b2, u.one_minus_b2, 1.f, u.grad_scale, 0};
+    // (a copy from pageable memory has taken the host table's bytes when it returns, so `table` may go)
+    cuda::adamw_step_many(stream_, dev_table, int(table.size()), blocks, bf16m, a);
+  }
+  double sum_squares_many(std::span<const Tensor> gs) override {
+    const char* e = std::getenv("BAMBA_ADAMW");
+    if (e && std::strcmp(e, "loop") == 0) return Backend::sum_squares_many(gs);
+    std::vector<cuda::SumSqTensorArgs> table;
+    int64_t blocks = 0;
+    for (const Tensor& g : gs) {
+      const int64_t n = g.numel();
+      if (n == 0) continue;
+      const int nb = cuda::blocks_for_sum_sq(n);
+      table.push_back({f32(g, "gradient"), n, blocks, nb});
+      blocks += nb;
+    }
+    if (table.empty()) return 0;
+    const size_t table_bytes = (table.size() * sizeof(cuda::SumSqTensorArgs) + 15) / 16 * 16;
+    char* base = reinterpret_cast<char*>(train_scratch((table_bytes + size_t(blocks) * 8 + 3) / 4));
+    auto* dev_table = reinterpret_cast<cuda::SumSqTensorArgs*>(base);
+    double* part = reinterpret_cast<double*>(base + table_bytes);
+    CUDA_CHECK(cudaMemcpyAsync(dev_table, table.data(), table.size() * sizeof(cuda::SumSqTensorArgs),
+                               cudaMemcpyHostToDevice, stream_));
+    cuda::sum_sq_many_partials(stream_, dev_table, int(table.size()), blocks, part);
+    std::vector<double> h(static_cast<size_t>(blocks));
+    CUDA_CHECK(cudaMemcpyAsync(h.data(), part, size_t(blocks) * 8, cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    double total = 0;  // per tensor in block order, then tensors in order: sum_squares' bits, added as before
+    for (const cuda::SumSqTensorArgs& t : table) {
+      double s = 0;
+      for (int b = 0; b < t.blocks; ++b) s += h[size_t(t.first_block + b)];
+      total += s;
+    }
+    return total;
+  }
 
   void gather_logit_rows(Tensor out, Tensor x) override {
     typed([&]<typename T>() {
@@ -1098,6 +1160,10 @@ double CudaBackend::lm_head_cross_entropy(Tensor dx, Tensor dW, Tensor x, Tensor
     BAMBA_CHECK(t == -100 || (t >= 0 && t < V), "label ", t, " is out of range for vocab_size ", V, " (or -100)");
   if (x.dtype != dtype_ || W.dtype != dtype_) fail("cuda lm_head_cross_entropy: x and W must be of the compute dtype");
   if (Tn == 0) return 0;
+  if (const char* e = std::getenv("BAMBA_CE_CHUNK_ROWS"); e && *e) {  // for comparisons of the chunk size
+    chunk_rows = std::atoll(e);
+    if (chunk_rows <= 0) fail("BAMBA_CE_CHUNK_ROWS must be a positive number of rows, not \"", e, "\"");
+  }
   const int64_t chunk = std::max<int64_t>(1, std::min(chunk_rows, Tn));
   const bool f32c = dtype_ == DType::F32;
   const size_t logit_floats = size_t(chunk * V), dlog_floats = f32c ? 0 : size_t(chunk * V + 1) / 2;

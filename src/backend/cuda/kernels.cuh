@@ -278,6 +278,32 @@ struct AdamWArgs {
 };
 void adamw_step(cudaStream_t st, float* w, const float* g, void* m, void* v, bool bf16_moments, int64_t n,
                 const AdamWArgs& a, void* model_copy, DType model_dtype);
+// The same update of many tensors in one launch (adamw_step's arithmetic and rounding bits, element for element):
+// `table` (device memory) lists them in order, each with the first of its adamw_many_blocks(n) blocks; `blocks`
+// is the total. a.decay and a.key are unused (each tensor has its own).
+struct AdamWTensorArgs {
+  float* w;
+  const float* g;
+  void* m;
+  void* v;
+  void* copy;  // the model's compute-dtype copy, or null
+  int64_t n, first_block;
+  uint64_t key;
+  float decay;
+  int copy_bf16;
+};
+int64_t adamw_many_blocks(int64_t n);
+void adamw_step_many(cudaStream_t st, const AdamWTensorArgs* table, int n_tensors, int64_t blocks, bool bf16_moments,
+                     const AdamWArgs& a);
+// Σ g² of many tensors in one launch: tensor i's blocks_for_sum_sq(n) partials (the bits sum_sq_partials gives)
+// at partial[first_block ...]; `blocks` the total.
+struct SumSqTensorArgs {
+  const float* g;
+  int64_t n, first_block;
+  int blocks;
+};
+void sum_sq_many_partials(cudaStream_t st, const SumSqTensorArgs* table, int n_tensors, int64_t blocks,
+                          double* partial);
 // Σ g² over n floats in double, as per-block partials into `partial` (blocks_for_sum_sq(n) doubles, fixed order).
 int blocks_for_sum_sq(int64_t n);
 void sum_sq_partials(cudaStream_t st, const float* g, int64_t n, double* partial);

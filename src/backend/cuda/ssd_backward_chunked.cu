@@ -36,6 +36,7 @@ constexpr int kThreads = 256;               // 8 warps (kernels 2 and 3)
 constexpr int kGradThreads = 512;           // 16 warps (kernel 4: one 16×16 tile each of a 64×64 product)
 constexpr int kCarryPer = 4;                // state elements per carry thread
 constexpr int kCarryElems = kCarryPer * kThreads;
+constexpr int kCarryAhead = 8;              // chunks whose loads the carry issues together
 
 // The 64-token piece j of the batch's chunk table: first token row, tokens (0 past a sequence's end), sequence.
 struct Piece {
@@ -147,8 +148,91 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdBwdArgs a, Dev
   }
 }
 
-// 3. The carries over a sequence's pieces, for one slice of kCarryElems state elements of one head.
+// 3. The carries over a sequence's pieces, for one slice of kCarryElems state elements of one head. The walk is
+// serial in the chunks, but its loads are not: they do not depend on the carried value, so the chunks go in groups
+// of kCarryAhead with every load of a group issued before the group's first store (a store may alias a later load
+// as far as the compiler knows, which kept the plain loop at one memory round trip per chunk and element). The
+// arithmetic is the plain loop's, in its order: the same bits.
 __global__ void __launch_bounds__(kThreads) carry_kernel(SsdBwdArgs a, DevBatch b, Scratch sc, int splits) {
+  __shared__ float red[32];
+  const int split = blockIdx.x, h = blockIdx.y, s = blockIdx.z, nh = a.nh, sub = b.chunk_q / kQ;
+  const int64_t PN = int64_t(a.P) * a.N;
+  const int j0 = b.chunk_first[s] * sub, j1 = b.chunk_first[s + 1] * sub;
+  int64_t e[kCarryPer];
+  float v[kCarryPer];
+  for (int k = 0; k < kCarryPer; ++k) {
+    e[k] = int64_t(split) * kCarryElems + k * kThreads + threadIdx.x;
+    v[k] = a.state0 && e[k] < PN ? a.state0[(int64_t(s) * nh + h) * PN + e[k]] : 0.f;
+  }
+  for (int g = j0; g < j1; g += kCarryAhead) {  // local state → S_in
+    float loc[kCarryAhead][kCarryPer], dcy[kCarryAhead];
+#pragma unroll
+    for (int d = 0; d < kCarryAhead; ++d) {
+      const int j = g + d;
+      if (j < j1) {
+        dcy[d] = expf(sc.dec[j * nh + h]);
+        const float* S = sc.states + (int64_t(j) * nh + h) * PN;
+#pragma unroll
+        for (int k = 0; k < kCarryPer; ++k) loc[d][k] = e[k] < PN ? S[e[k]] : 0.f;
+      }
+    }
+#pragma unroll
+    for (int d = 0; d < kCarryAhead; ++d) {
+      const int j = g + d;
+      if (j < j1) {
+        float* S = sc.states + (int64_t(j) * nh + h) * PN;
+#pragma unroll
+        for (int k = 0; k < kCarryPer; ++k)
+          if (e[k] < PN) {
+            S[e[k]] = v[k];
+            v[k] = dcy[d] * v[k] + loc[d][k];
+          }
+      }
+    }
+  }
+  for (int k = 0; k < kCarryPer; ++k) v[k] = 0.f;
+  for (int g = j1 - 1; g >= j0; g -= kCarryAhead) {  // local gradient → dS_out, walking backwards
+    float loc[kCarryAhead][kCarryPer], sin[kCarryAhead][kCarryPer], dcy[kCarryAhead];
+#pragma unroll
+    for (int d = 0; d < kCarryAhead; ++d) {
+      const int j = g - d;
+      if (j >= j0) {
+        dcy[d] = expf(sc.dec[j * nh + h]);
+        const float* S = sc.states + (int64_t(j) * nh + h) * PN;
+        const float* dS = sc.dstates + (int64_t(j) * nh + h) * PN;
+#pragma unroll
+        for (int k = 0; k < kCarryPer; ++k) {
+          loc[d][k] = e[k] < PN ? dS[e[k]] : 0.f;
+          sin[d][k] = e[k] < PN ? S[e[k]] : 0.f;
+        }
+      }
+    }
+#pragma unroll
+    for (int d = 0; d < kCarryAhead; ++d) {
+      const int j = g - d;
+      if (j >= j0) {  // the same for the whole block: block_sum's barriers are met by every thread
+        float* dS = sc.dstates + (int64_t(j) * nh + h) * PN;
+        float dot = 0.f;
+#pragma unroll
+        for (int k = 0; k < kCarryPer; ++k)
+          if (e[k] < PN) {
+            dS[e[k]] = v[k];
+            dot += v[k] * sin[d][k];
+            v[k] = dcy[d] * v[k] + loc[d][k];
+          }
+        dot = block_sum(dot, red);
+        if (threadIdx.x == 0) sc.edot[(int64_t(j) * nh + h) * splits + split] = dot;
+      }
+    }
+  }
+  if (a.dstate0)
+    for (int k = 0; k < kCarryPer; ++k)
+      if (e[k] < PN) a.dstate0[(int64_t(s) * nh + h) * PN + e[k]] = v[k];
+}
+
+// 3 (before). The same walk one chunk at a time, a memory round trip per chunk (BAMBA_SSD_CARRY=serial keeps it
+// for comparison).
+__global__ void __launch_bounds__(kThreads) carry_serial_kernel(SsdBwdArgs a, DevBatch b, Scratch sc, int splits) {
   __shared__ float red[32];
   const int split = blockIdx.x, h = blockIdx.y, s = blockIdx.z, nh = a.nh, sub = b.chunk_q / kQ;
   const int64_t PN = int64_t(a.P) * a.N;
@@ -365,7 +449,13 @@ void ssd_backward_chunked(cudaStream_t st, const SsdBwdArgs& a, const DevBatch& 
   chunk_state_kernel<<<dim3(nq, nh), kThreads, kStateSmem, st>>>(a, b, sc);
   CUDA_LAUNCH_CHECK();
   clock.mark("chunk_state");
-  carry_kernel<<<dim3(unsigned(l.splits), nh, unsigned(b.S)), kThreads, 0, st>>>(a, b, sc, l.splits);
+  const char* ce = std::getenv("BAMBA_SSD_CARRY");
+  if (ce && *ce && std::strcmp(ce, "serial") != 0 && std::strcmp(ce, "grouped") != 0)
+    fail("BAMBA_SSD_CARRY must be \"serial\" or \"grouped\", not \"", ce, "\"");
+  if (ce && std::strcmp(ce, "serial") == 0)
+    carry_serial_kernel<<<dim3(unsigned(l.splits), nh, unsigned(b.S)), kThreads, 0, st>>>(a, b, sc, l.splits);
+  else
+    carry_kernel<<<dim3(unsigned(l.splits), nh, unsigned(b.S)), kThreads, 0, st>>>(a, b, sc, l.splits);
   CUDA_LAUNCH_CHECK();
   clock.mark("carry");
   grad_kernel<<<dim3(nq, nh), kGradThreads, kGradSmem, st>>>(a, b, sc, l.splits, dBp, dCp, tok);
