@@ -46,7 +46,8 @@ TEST(InitCli, TinyPresetFolderLoadsAndHoldsTheGeneratedWeights) {
   auto lb = run_bamba("logits --device cpu -m dummy --ids 1,2,3,200,7 -o " + b);
   ASSERT_EQ(la.exit_code, 0) << la.err;
   ASSERT_EQ(lb.exit_code, 0) << lb.err;
-  const std::vector<float> got = tensor_f32(SafetensorsFile(a), "logits"), want = tensor_f32(SafetensorsFile(b), "logits");
+  const std::vector<float> got = tensor_f32(SafetensorsFile(a), "logits");
+  const std::vector<float> want = tensor_f32(SafetensorsFile(b), "logits");
   ASSERT_FALSE(want.empty());
   EXPECT_EQ(got, want);
 

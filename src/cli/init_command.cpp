@@ -108,7 +108,8 @@ void register_init(CLI::App& app) {
   std::string presets;
   for (const auto& n : preset_names()) presets += (presets.empty() ? "" : ", ") + n;
   auto* preset = cmd->add_option("--preset", o->preset, "The shape: " + presets);
-  auto* config = cmd->add_option("--config", o->config_file, "Or the shape of this config.json (any model type bamba reads)");
+  auto* config =
+      cmd->add_option("--config", o->config_file, "Or the shape of this config.json (any model type bamba reads)");
   preset->excludes(config);
   cmd->add_option("--out,-o", o->out, "The folder to write (must not exist or be empty, unless --force)")->required();
   cmd->add_option("--dtype", o->dtype, "Weights in the files: bf16 (default) or fp32")
@@ -120,7 +121,8 @@ void register_init(CLI::App& app) {
                   "Where to generate the weights: auto (default: a GPU if there is one), cuda, cpu (holds them in "
                   "fp32: ~4 bytes a parameter of RAM)")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  cmd->add_option("--seed", o->seed, "Weight seed (default 1: the weights bench/serve --preset use; 0: --model dummy's)");
+  cmd->add_option("--seed", o->seed,
+                  "Weight seed (default 1: the weights bench/serve --preset use; 0: --model dummy's)");
   cmd->add_option("--max-shard-size", o->max_shard_size, "Largest safetensors shard (default 5GB)");
   cmd->add_flag("--force", o->force, "Replace an existing --out folder");
   cmd->add_flag("--quiet,-q", o->quiet, "No progress lines on stderr");
