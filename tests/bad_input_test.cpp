@@ -523,19 +523,6 @@ TEST(BadConfig, FalconH1WithoutMambaNorm) {
   for (float x : v) ASSERT_TRUE(std::isfinite(x));
 }
 
-// Training covers the relatives' dense layers; what it does not cover yet is refused by name instead of
-// computing something else.
-TEST(BadConfig, TrainingRejectsUnsupportedLayers) {
-  const std::string dir = test::fixture_model_dir("zamba2");
-  if (dir.empty()) GTEST_SKIP() << "family fixtures not found";
-  auto be = make_cpu_backend();
-  HybridModel m = load_model(dir, *be);
-  ModelWeights g = zeros_like_weights(m.config(), *be);
-  TrainBatch b{1, 4, {5, 6, 7, 8}, {5, 6, 7, 8}, {}};
-  EXPECT_ERROR(m.forward_backward(b, g), "training: Zamba2's shared attention blocks", "(zamba2, layer 1)",
-               "not supported yet");
-}
-
 TEST(BadConfig, WrongFieldTypes) {
   json j = fixture_config("bamba-tiny-b");
   j["hidden_size"] = "48";
