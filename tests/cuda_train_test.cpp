@@ -984,7 +984,9 @@ TEST_F(CudaTrainer, ThreeAdamWStepsEqualPyTorch) {
 // The fair bf16 comparison (issue 10's 3e-2): PyTorch's loss and gradients of the very model the bf16 backend holds
 // — tests/data/train_bf16/make.py rounds each fixture's ≥ 2-D weights to bf16, saves that model, and computes from
 // it in float64 on the fixture's batch — so only the GPU's bf16 arithmetic is measured, not the weights' rounding
-// (which alone moves the fp32 fixture's gradients by 2.3e-2 / 1.3e-1). Every tensor within 3e-2 relative L2.
+// (which alone moves the fp32 fixture's gradients by 2.3e-2 / 1.3e-1). Every tensor within 3e-2 relative L2 — or,
+// where PyTorch's own bf16 autocast is already that far from the float64 gradient (make.py measures it on the GPU,
+// reference.json), within twice PyTorch's error: bf16 arithmetic is held to what bf16 arithmetic can give.
 TEST_F(CudaTrainer, Bf16GradientsEqualPyTorchOnTheSameWeights) {
   const char* env = std::getenv("BAMBA_TRAIN_BF16_REF");
   const std::string root = env && *env ? env : std::string(BAMBA_SOURCE_DIR) + "/tests/data/train_bf16";
@@ -1006,7 +1008,13 @@ TEST_F(CudaTrainer, Bf16GradientsEqualPyTorchOnTheSameWeights) {
     auto got = gm.run(b, &res, opt);
     const double want_loss = read_f32(*ref.find("step0.loss"))[0];
     EXPECT_NEAR(res.loss, want_loss, 1e-2 * (1 + std::abs(want_loss))) << name;
-    double worst = 0;
+    std::map<std::string, double> torch_bf16;  // PyTorch autocast's relative L2 per tensor (absent: none measured)
+    if (std::ifstream rj(dir + "/reference.json"); rj) {
+      const auto j = nlohmann::json::parse(rj, nullptr, false);
+      if (j.is_object() && j.contains("torch_autocast_bf16_relative_l2"))
+        for (auto& [k, v] : j["torch_autocast_bf16_relative_l2"].items()) torch_bf16[k] = v.get<double>();
+    }
+    double worst = 0, worst_torch = 0;
     std::string worst_name;
     size_t n = 0, over = 0;
     for (auto& t : ref.tensors()) {
@@ -1017,7 +1025,11 @@ TEST_F(CudaTrainer, Bf16GradientsEqualPyTorchOnTheSameWeights) {
       const std::vector<float> r = read_f32(t);
       ASSERT_EQ(it->second.size(), r.size()) << pname;
       const double e = rel_l2(it->second, r);
-      EXPECT_LE(e, 3e-2) << name << " bf16: " << pname << " relative L2 " << e << " against PyTorch on the same weights";
+      const double torch_e = torch_bf16.count(pname) ? torch_bf16[pname] : 0.0;
+      worst_torch = std::max(worst_torch, torch_e);
+      EXPECT_LE(e, std::max(3e-2, 2 * torch_e))
+          << name << " bf16: " << pname << " relative L2 " << e << " against PyTorch (float64) on the same weights; "
+          << "PyTorch's bf16 autocast: " << torch_e;
       if (e > 3e-2) ++over;
       if (e > worst) worst = e, worst_name = pname;
       ++n;
@@ -1025,8 +1037,9 @@ TEST_F(CudaTrainer, Bf16GradientsEqualPyTorchOnTheSameWeights) {
     EXPECT_GT(n, 10u) << name;
     checked += n;
     std::printf("[ %s bf16, PyTorch on the same bf16 weights ] loss %.6f (ref %.6f); worst gradient %s: relative L2 "
-                "%.3g; %zu of %zu tensors over 3e-2\n",
-                name.c_str(), res.loss, want_loss, worst_name.c_str(), worst, over, n);
+                "%.3g (PyTorch's bf16 autocast there: %.3g, at worst %.3g); %zu of %zu tensors over 3e-2\n",
+                name.c_str(), res.loss, want_loss, worst_name.c_str(), worst,
+                torch_bf16.count(worst_name) ? torch_bf16[worst_name] : 0.0, worst_torch, over, n);
   }
   if (checked == 0) GTEST_SKIP() << root << " holds no reference (tests/data/train_bf16/make.py makes it)";
 }

@@ -265,7 +265,9 @@ TEST_P(FamilyTrain, BatchEqualsTheSumOfItsRowsAlone) {
     double scale = 0, worst = 0;
     for (int64_t i = 0; i < gw[p].t.numel(); ++i)
       scale = std::max(scale, double(std::abs(a[i]))), worst = std::max(worst, double(std::abs(a[i] - c[i])));
-    EXPECT_LE(worst, 1e-5 * scale + 1e-9) << gw[p].name;
+    // fp32 sums in another order: zamba2's summed-over-uses gradients reach 1.5e-5 of their scale on the device
+    // machine's CPU (other BLAS kernels); a lost or doubled row would be O(1).
+    EXPECT_LE(worst, 5e-5 * scale + 1e-9) << gw[p].name;
   }
   release_weights(cfg, whole, *f.be);
   release_weights(cfg, parts, *f.be);

@@ -86,9 +86,26 @@ for mdir in sys.argv[2:]:
             r = ref[k].double()
             moved[n] = float((v.double() - r).norm() / max(float(r.norm()), 1e-30))
     worst = max(moved.items(), key=lambda kv: kv[1]) if moved else ("", 0.0)
+    # PyTorch's own bf16 error on the same weights: autocast (bf16 matmuls, fp32 parameters and reductions, the
+    # mixed precision torch users train with) on the GPU, against the float64 gradients above. It says what a bf16
+    # computation of this model can be held to; the test reports bamba's error beside it.
+    autocast = {}
+    if torch.cuda.is_available():
+        m = load(mdir).cuda().train()
+        m.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = m(input_ids=ids.cuda(), labels=labels.cuda(), use_cache=False)
+        out.loss.backward()
+        for n, p in m.named_parameters():
+            r = g[n].double()
+            autocast[n] = float((p.grad.detach().double().cpu() - r).norm() / max(float(r.norm()), 1e-30))
+        del m
+    worst_ac = max(autocast.items(), key=lambda kv: kv[1]) if autocast else ("", 0.0)
     json.dump({"model": name, "precision": prec, "loss": loss, "fp32_fixture_loss": float(ref["step0.loss"]),
                "weights": "round-to-nearest bf16 of every parameter with >= 2 dims; 1-D parameters fp32",
                "worst_gradient_moved_by_rounding": {"tensor": worst[0], "relative_l2": worst[1]},
+               "torch_autocast_bf16_relative_l2": autocast,
                "tensors": len(g)}, open(os.path.join(OUT, name, "reference.json"), "w"), indent=1)
     print(f"{name}: {prec}, loss {loss:.6f} (fp32 weights {float(ref['step0.loss']):.6f}), {len(g)} gradients; "
-          f"rounding moved {worst[0]} by {worst[1]:.3g}", flush=True)
+          f"rounding moved {worst[0]} by {worst[1]:.3g}; PyTorch's bf16 autocast is off by up to {worst_ac[1]:.3g} "
+          f"({worst_ac[0]})", flush=True)
