@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <random>
 
@@ -139,20 +140,28 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, CudaFp8, ::testing::Values(DType::BF16, DType::
 
 // The fixture model quantized at load on the GPU against the same on the CPU (both FP8; the GPU's weights are
 // quantized from bf16, so the two FP8 models differ by that rounding too).
+// The fixture quantized at load on both backends, prefill then decode. In fp32 compute the GPU and the CPU twin
+// quantize the same activations (per token) and differ only by the FP8 GEMM's accumulation: tight. In bf16 the
+// activations are rounded before their e4m3 quantization, which re-rolls that quantization's rounding — as large
+// as FP8's own error on this random model (0.09-0.29 rel L2 against fp32, Fp8.AccuracyOnTheFixtures): the bound
+// only catches a wrong scale or layout (rel L2 ~1). Measured on an H100: bf16 0.074 / 0.081.
 TEST(CudaFp8Model, QuantizedFixtureMatchesTheCpu) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU: the CUDA FP8 tests need one";
   const std::string dir = test::model_dir("bamba-tiny-a");
-  test::FixtureRunner c(dir, make_cpu_backend(), false), g(dir, make_backend("cuda", DType::BF16), false);
-  for (test::FixtureRunner* r : {&c, &g}) {
-    ModelWeights w = r->model->weights();
-    quantize_weights_fp8(r->model->config(), w, *r->be);
-    r->model = std::make_unique<HybridModel>(r->model->config(), std::move(w), *r->be);
-  }
-  for (auto& s : c.seqs) {
-    const int32_t T = int32_t(s.ids.size());
-    std::vector<int32_t> cuts = test::prefill_then_decode_cuts(std::max(1, T / 2), T);  // a 1-token sequence: no empty prefill
-    const double e = test::rel_l2(g.run_pieces(s.ids, cuts), c.run_pieces(s.ids, cuts));
-    EXPECT_LE(e, 5e-2) << "rel L2 " << e;
+  for (auto [dtype, bound] : {std::pair{DType::F32, 2e-2}, std::pair{DType::BF16, 0.2}}) {
+    test::FixtureRunner c(dir, make_cpu_backend(), false), g(dir, make_backend("cuda", dtype), false);
+    for (test::FixtureRunner* r : {&c, &g}) {
+      ModelWeights w = r->model->weights();
+      quantize_weights_fp8(r->model->config(), w, *r->be);
+      r->model = std::make_unique<HybridModel>(r->model->config(), std::move(w), *r->be);
+    }
+    for (auto& s : c.seqs) {
+      const int32_t T = int32_t(s.ids.size());
+      std::vector<int32_t> cuts = test::prefill_then_decode_cuts(std::max(1, T / 2), T);  // no empty prefill
+      const double e = test::rel_l2(g.run_pieces(s.ids, cuts), c.run_pieces(s.ids, cuts));
+      EXPECT_LE(e, bound) << dtype_name(dtype) << " rel L2 " << e;
+      std::printf("[ fp8 bamba-tiny-a, cuda %s vs cpu ] rel L2 %.4g\n", std::string(dtype_name(dtype)).c_str(), e);
+    }
   }
 }
 
