@@ -201,12 +201,12 @@ void run(const BenchOptions& o) {
   std::atomic<bool> done{false};
   double max_running = -1, max_waiting = -1;
   std::thread poller([&] {
-    while (!done) {
+    do {  // at least one sample, even when the load is over before this thread first runs
       auto v = metrics(o, {"bamba:num_requests_running", "bamba:num_requests_waiting"});
       max_running = std::max(max_running, v[0]);
       max_waiting = std::max(max_waiting, v[1]);
       for (int k = 0; k < 5 && !done; ++k) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
+    } while (!done);
   });
   std::vector<std::thread> workers;
   for (int32_t w = 0; w < std::min<int32_t>(o.concurrency, int32_t(convs.size())); ++w)
