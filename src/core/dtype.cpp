@@ -108,6 +108,7 @@ uint8_t f32_to_e4m3(float f) {
 }
 
 void convert_to_f32(const void* src, DType t, size_t n, float* dst) {
+  if (n == 0) return;  // an empty tensor may have no data pointer, and memcpy's arguments must not be null
   const auto* b = static_cast<const unsigned char*>(src);
   switch (t) {
     case DType::F32:
