@@ -80,4 +80,30 @@ TEST_F(TrainCli, BenchRunsWithoutAConfig) {
   EXPECT_NE(r.err.find("--preset huge"), std::string::npos) << r.err;
 }
 
+// --batch-tokens runs a step as several micro-batches and one optimizer step, as training does: the per-op table
+// shows 4× the forward/backward calls of a one-micro-batch step; the step's loss
+// (the mean over its tokens) is that of the single micro-batch, since the bench repeats its tokens.
+TEST_F(TrainCli, BenchBatchTokensAccumulatesMicroBatches) {
+  auto calls = [](const std::string& out, const std::string& op) {
+    const size_t at = out.find("| " + op + " | ");
+    EXPECT_NE(at, std::string::npos) << op << " not in\n" << out;
+    return at == std::string::npos ? -1.0 : std::stod(out.substr(at + op.size() + 5));
+  };
+  auto first_loss = [](const std::string& err) {
+    const size_t at = err.find("loss ");
+    return at == std::string::npos ? -1.0 : std::stod(err.substr(at + 5));
+  };
+  const std::string base = "train --bench --preset tiny --seq-len 32 --bench-steps 1 --profile";
+  RunResult one = run_bamba(base), four = run_bamba(base + " --batch-tokens 128");
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  ASSERT_EQ(four.exit_code, 0) << four.err;
+  EXPECT_NE(four.err.find("4 micro-batches of 1 × 32 tokens per step"), std::string::npos) << four.err;
+  EXPECT_DOUBLE_EQ(calls(four.out, "ssd_backward"), 4 * calls(one.out, "ssd_backward"));
+  EXPECT_NEAR(first_loss(four.err), first_loss(one.err), 1e-4);
+  RunResult bad = run_bamba(base + " --batch-tokens 100");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("--batch-tokens 100 is not a multiple of micro_batch_size × seq_len = 32"), std::string::npos)
+      << bad.err;
+}
+
 }  // namespace

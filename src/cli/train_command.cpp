@@ -54,7 +54,7 @@ struct TrainArgs {
   // --bench: timed steps on generated weights and random tokens, no data, no checkpoints
   bool bench = false, profile = false;
   std::string preset;
-  int64_t bench_steps = 3, bench_layers = 0, bench_seq_len = 0;
+  int64_t bench_steps = 3, bench_layers = 0, bench_seq_len = 0, bench_batch_tokens = 0;
   bool bench_checkpointing = false;
   std::string bench_precision;
   int nproc = 1;  // data-parallel ranks as threads of this process
@@ -309,7 +309,8 @@ void run_train_bench(const TrainArgs& a) {
   OpProfiler prof(*device);  // forwards only, unless --profile
   Backend* be = &prof;
   HybridModel model(mc, dummy_weights(mc, *be, cfg.seed), *be);
-  HybridTrainable tr(model, float(cfg.z_loss), cfg.activation_checkpointing || a.bench_checkpointing);
+  const bool checkpointing = cfg.activation_checkpointing || a.bench_checkpointing;
+  HybridTrainable tr(model, float(cfg.z_loss), checkpointing);
   std::vector<ParamRef> params = tr.params();
   AdamWOptions o;
   o.beta1 = cfg.beta1, o.beta2 = cfg.beta2, o.eps = cfg.eps, o.weight_decay = cfg.weight_decay;
@@ -319,14 +320,24 @@ void run_train_bench(const TrainArgs& a) {
   b.rows = cfg.micro_batch_size, b.cols = cfg.seq_len;
   for (int64_t i = 0; i < b.rows * b.cols; ++i) b.tokens.push_back(int32_t(splitmix64(uint64_t(i)) % uint64_t(mc.vocab_size)));
   b.labels = b.tokens;
-  const LossDivisors div{b.labeled(), b.rows * b.cols};
+  // A step is `accum` micro-batches and one optimizer step, as the trainer runs a batch_tokens step: AdamW and the
+  // norm are per parameter, the rest per token, so their share of a step depends on how many tokens it holds.
+  const int64_t micro_tokens = b.rows * b.cols;
+  const int64_t batch_tokens = a.bench_batch_tokens > 0         ? a.bench_batch_tokens
+                               : a.config.empty() || a.bench_seq_len > 0 ? micro_tokens
+                                                                          : cfg.batch_tokens;
+  if (batch_tokens % micro_tokens != 0)
+    fail("--batch-tokens ", batch_tokens, " is not a multiple of micro_batch_size × seq_len = ", micro_tokens);
+  const int64_t accum = batch_tokens / micro_tokens;
+  const LossDivisors div{accum * b.labeled(), batch_tokens};
   ParamDevice* dev = tr.param_device();
   const double n_params = double(mc.parameter_count());
-  std::fprintf(stderr, "bench     %s%s, %.3g parameters, %lld × %lld tokens per step, %s%s, %s\n",
+  std::fprintf(stderr, "bench     %s%s, %.3g parameters, %s%lld × %lld tokens per step, %s%s, %s\n",
                cfg.model_path.empty() ? ("preset " + cfg.model_preset).c_str() : cfg.model_path.c_str(),
                a.bench_layers > 0 ? cat(" (first ", mc.num_hidden_layers, " layers)").c_str() : "", n_params,
-               (long long)b.rows, (long long)b.cols, precision_name(cfg.precision).c_str(),
-               cfg.activation_checkpointing || a.bench_checkpointing ? ", activation checkpointing" : "",
+               accum > 1 ? cat(accum, " micro-batches of ").c_str() : "", (long long)b.rows, (long long)b.cols,
+               precision_name(cfg.precision).c_str(),
+               checkpointing ? ", activation checkpointing" : "",
                be->name().c_str());
   // Clipping's factor goes into AdamW (as the trainer does); BAMBA_BENCH_CLIP=scale scales every gradient in a
   // pass of its own first, as before, for comparisons.
@@ -347,7 +358,8 @@ void run_train_bench(const TrainArgs& a) {
     for (const auto& p : params)
       if (dev) dev->zero(p.grad, p.size);
       else std::fill(p.grad, p.grad + p.size, 0.f);
-    loss = tr.loss_and_grad(b, div).loss;
+    loss = 0;
+    for (int64_t k = 0; k < accum; ++k) loss += tr.loss_and_grad(b, div).loss;
     clip_and_step(params, dev);
     be->synchronize();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -358,7 +370,7 @@ void run_train_bench(const TrainArgs& a) {
     prof.set_timing(true);
     for (const auto& p : params)
       if (dev) dev->zero(p.grad, p.size);
-    tr.loss_and_grad(b, div);
+    for (int64_t k = 0; k < accum; ++k) tr.loss_and_grad(b, div);
     clip_and_step(params, dev);
     prof.set_timing(false);
     std::ostringstream table;
@@ -367,11 +379,16 @@ void run_train_bench(const TrainArgs& a) {
   }
   if (times.empty()) return;
   std::sort(times.begin(), times.end());
-  const double med = times[times.size() / 2], tok_s = double(b.rows * b.cols) / med;
+  const double med = times[times.size() / 2], tok_s = double(batch_tokens) / med;
   const double flops = 6.0 * n_params * tok_s;
   std::printf("train bench: %.0f tok/s (median step %.3f s over %zu), %.1f TFLOP/s at 6N", tok_s, med, times.size(),
               flops / 1e12);
-  if (a.peak_tflops > 0) std::printf(", MFU %.1f%% of %g TFLOP/s", 100.0 * flops / (a.peak_tflops * 1e12), a.peak_tflops);
+  if (a.peak_tflops > 0) {
+    std::printf(", MFU %.1f%% of %g TFLOP/s", 100.0 * flops / (a.peak_tflops * 1e12), a.peak_tflops);
+    // MFU counts the model's 6N; checkpointing's recomputed forward (2N more) is work the hardware did as well.
+    if (checkpointing)
+      std::printf(" (HFU at 8N: %.1f%%)", 100.0 * flops * 8.0 / 6.0 / (a.peak_tflops * 1e12));
+  }
   const int64_t peak = be->peak_memory_bytes();
   if (peak >= 0) std::printf(", peak memory %.2f GiB", double(peak) / double(1ll << 30));
   std::printf("\n");
@@ -398,6 +415,9 @@ void register_train(CLI::App& app) {
   cmd->add_option("--bench-steps", a->bench_steps, "--bench: timed steps after one warm-up step (default 3)");
   cmd->add_option("--bench-layers", a->bench_layers, "--bench: only the first N layers (a shape too big to fit)");
   cmd->add_option("--seq-len", a->bench_seq_len, "--bench: sequence length (default: the config's, 4096)");
+  cmd->add_option("--batch-tokens", a->bench_batch_tokens,
+                  "--bench: tokens per optimizer step, run as micro-batches of micro_batch_size × seq_len (default: "
+                  "the config's batch_tokens, else one micro-batch)");
   cmd->add_option("--resume", a->resume,
                   "continue from a checkpoint folder, or the newest checkpoint-<step> of an output folder "
                   "(weights, optimizer moments, step, data position: the run continues exactly)");
