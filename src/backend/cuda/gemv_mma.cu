@@ -43,6 +43,7 @@
 #include <type_traits>
 
 #include "backend/cuda/gemv_mma.cuh"
+#include "backend/cuda/gemv_row.cuh"  // gemv_prefetch_weights
 #include "backend/cuda/mma.cuh"
 
 namespace bamba::cuda {
@@ -249,15 +250,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
   }
 }
 
-// BAMBA_CUDA_GEMV_PREFETCH=0 loads no weights before pdl_wait (as gemv.cu).
-int prefetch_weights() {
-  static const int on = [] {
-    const char* e = std::getenv("BAMBA_CUDA_GEMV_PREFETCH");
-    return !(e && e[0] == '0');
-  }();
-  return on;
-}
-
 }  // namespace
 
 bool gemv_mma(cudaStream_t st, void* y, bool y_f32, bool residual, int64_t ldy, GemvX mode, const bf16* x,
@@ -268,7 +260,7 @@ bool gemv_mma(cudaStream_t st, void* y, bool y_f32, bool residual, int64_t ldy, 
   if (residual && y_f32) return false;
   if (mode == GemvX::RmsNorm && (!norm_w.p || !aligned(norm_w.p))) return false;
   const Args a{y,       ldy, int(y_f32), int(residual), x,   ldx, W, ldw, nullptr, 0, 0,
-               bias,    norm_w, eps,    M,            N,   K,   prefetch_weights()};
+               bias,    norm_w, eps,    M,            N,   K,   gemv_prefetch_weights()};
   const dim3 grid(ceil_div(N, kRows)), block(kWarps * 32);
   switch (mode) {
     case GemvX::Plain: launch_pdl(gemv_mma_kernel<GemvX::Plain, Bf16W>, grid, block, 0, st, a); break;
@@ -290,7 +282,7 @@ bool gemv_mma_fp8(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const bf16*
   if (scale_block < 0 || scale_block % (8 * E4m3W::E) != 0) return false;
   const int scale_ld = scale_block ? (K + scale_block - 1) / scale_block : 0;
   const Args a{y,    ldy,    int(y_f32), 0, x, ldx, W, ldw, scale, scale_block, scale_ld,
-               bias, PView{}, 0.f,       M, N, K,   prefetch_weights()};
+               bias, PView{}, 0.f,       M, N, K,   gemv_prefetch_weights()};
   launch_pdl(gemv_mma_kernel<GemvX::Plain, E4m3W>, dim3(ceil_div(N, kRows)), dim3(kWarps * 32), 0, st, a);
   return true;
 }
