@@ -19,8 +19,9 @@
 // FP8 weights (W8A16, gemv_mma_fp8): the same kernel over E4M3 bytes. A 16-byte chunk is then 16 weights, so a
 // k-block is 128 deep (lane q: k0 + 16q and k0 + 64 + 16q, 2 × 16 bytes of x each) and takes 8 mma steps; the
 // bytes in flight are the same. The chunks are widened to bf16 in registers (exact, e4m3x2_to_bf16x2), so the
-// products are those of the warp-per-row fp8_gemv.cu; the per-row scale multiplies the fp32 sum at the end, a
-// 128×128 block scale each k-block's partial sums (one scale per k-block and block of 16 rows).
+// products are the warp-per-row fp8_gemv.cu's, summed in another order; the per-row scale multiplies the fp32 sum
+// at the end, a block scale (B a multiple of 128, as the 128×128 "fp8" layout) each k-block's partial sums: a
+// k-block and a block of 16 rows lie within one scale block.
 //
 // x modes (the op folded into the load, so its output is never written and its kernel never launched):
 //   plain    x[m, k]
