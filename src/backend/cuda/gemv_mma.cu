@@ -82,7 +82,8 @@ __device__ __forceinline__ float hi_f(uint32_t w) { return __uint_as_float(w & 0
 // Two E4M3 weights (the low byte the lower k) as bf16x2, exactly. The cvt to f16x2 is exact (every E4M3 value,
 // 2^-9..448, is a normal f16); moving each f16's exponent and mantissa down 3 bits into bf16's fields leaves
 // the value times 2^-112 (bf16's exponent bias is 112 above f16's; still normal, ≥ 2^-121, and zero stays
-// zero), which one bf16x2 multiply by 2^112 undoes, exactly. 5 instructions per 2 weights, no table.
+// zero), which one bf16x2 multiply by 2^112 undoes, exactly. 5 instructions per 2 weights, no table. (E4M3's
+// NaN, 0x7f / 0xff, which neither quantizer writes, comes out as a large finite value, not NaN.)
 __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t two) {
   const uint32_t h = cvt_f16x2_e4m3x2(static_cast<uint16_t>(two));
   const uint32_t t = ((h & 0x7fff7fffu) >> 3) | (h & 0x80008000u);
