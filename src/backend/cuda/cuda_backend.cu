@@ -332,9 +332,10 @@ class CudaBackend final : public Backend {
     if (x.shape[1] != W.shape[1] || !fused_gemv(h, true, GemvX::Plain, x, {}, 0.f, W, bias))
       Backend::matmul_residual(h, x, W, bias, scratch);
   }
-  // FP8 weights (fp8.cuh): the W8A16 GEMV for decode — gemv_mma.cu's tensor-core GEMV up to 8 rows, else
-  // fp8_gemv.cu's warp per row (batch-invariant mode, whose rows must not depend on M, and block scales);
-  // otherwise the activations quantized per token into fp8_scratch_ and the W8A8 GEMM.
+  // FP8 weights (fp8.cuh): W8A16 for decode (up to 8 rows: gemv_mma.cu's tensor-core GEMV where it takes the shape,
+  // else fp8_gemv.cu's warp per row), for batch-invariant mode (whose rows must not depend on M) and for block
+  // scales at every M (fp8_gemv.cu); otherwise the activations quantized per token into fp8_scratch_ and the W8A8
+  // GEMM.
   void matmul_fp8(Tensor y, Tensor x, Tensor W, Tensor bias) {
     const int M = int(x.rows()), K = int(x.shape[1]), N = int(W.rows());
     const bool y_f32 = y.dtype == DType::F32;
