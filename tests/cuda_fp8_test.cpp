@@ -154,9 +154,10 @@ TEST_P(CudaFp8, DecodeGemvBothKernels) {
                              << " rel L2 " << d;
           // ... but not bit for bit where the switch routes them apart (the sums' orders differ over 4112 k's): a
           // launcher that refused every shape would otherwise pass all of the above.
-          if (dt == DType::BF16 && K == 4096 + 16)
+          if (dt == DType::BF16 && K == 4096 + 16) {
             EXPECT_NE(std::memcmp(got[0].data(), got[1].data(), got[0].size() * 4), 0)
                 << "BAMBA_CUDA_FP8_MMA_ROWS=1 and =9 gave identical sums: is the tensor-core GEMV taken? M " << M;
+          }
         }
       }
     }
