@@ -1,9 +1,10 @@
-// The FP8 weight kernels alone (backend/cuda/fp8_gemv.cu, fp8_gemm.cu), without the rest of the engine: a check
-// against the host definition (core/fp8.h) on odd sizes, then their speed on Bamba-9B's projection shapes beside
-// the bf16 kernels the engine uses today (gemv.cu for decode, cuBLAS for prefill). It builds from five files, so
-// it runs on a GPU machine that lacks the engine's other dependencies (bench/NOTES.md, section fp8):
+// The FP8 weight kernels alone (backend/cuda/fp8_gemv.cu, gemv_mma.cu's FP8 variant, fp8_gemm.cu), without the
+// rest of the engine: a check against the host definition (core/fp8.h) on odd sizes, then their speed on
+// Bamba-9B's projection shapes beside the bf16 kernels (gemv.cu and gemv_mma.cu for decode, cuBLAS for prefill).
+// It builds from a few files, so it runs on a GPU machine that lacks the engine's other dependencies
+// (bench/NOTES.md, sections fp8 and fp8mma):
 //   nvcc -O3 -std=c++20 -arch=sm_90 --expt-relaxed-constexpr -Isrc bench/fp8_kernels.cu src/backend/cuda/fp8_gemv.cu \
-//        src/backend/cuda/fp8_gemm.cu src/backend/cuda/gemv.cu \
+//        src/backend/cuda/fp8_gemm.cu src/backend/cuda/gemv.cu src/backend/cuda/gemv_mma.cu \
 //        src/backend/cuda/elementwise.cu src/core/dtype.cpp -lcublasLt -lcublas -o fp8_kernels
 #include <cublas_v2.h>
 
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "backend/cuda/fp8.cuh"
+#include "backend/cuda/gemv_mma.cuh"
 #include "backend/cuda/kernels.cuh"
 #include "core/fp8.h"
 
@@ -42,8 +44,9 @@ std::vector<bf16> to_bf16(const std::vector<float>& v) {
 Fp8Gemm g_gemm;
 uint8_t* g_scratch = nullptr;
 
-// What CudaBackend::matmul_fp8 runs (kept in step with it): GEMV for M <= 8 or block scales, else the per-token
-// quantization and the FP8 GEMM, or the rounded activations through the GEMV.
+// What CudaBackend::matmul_fp8 runs (kept in step with it): GEMV for M <= 8 (bf16: the tensor-core one where it
+// takes the shape) or block scales, else the per-token quantization and the FP8 GEMM, or the rounded activations
+// through the GEMV.
 template <typename T>
 void fp8_matmul(float* y, const T* x, int64_t ldx, const uint8_t* W, const float* s, int B, int M, int N, int K) {
   if (M > kMaxGemvRows && B == 0) {
@@ -57,6 +60,8 @@ void fp8_matmul(float* y, const T* x, int64_t ldx, const uint8_t* W, const float
     fp8_gemv<T>(0, y, true, N, xr, K, W, K, s, 0, PView{}, M, N, K);
     return;
   }
+  if constexpr (std::is_same_v<T, bf16>)
+    if (M <= kMaxGemvRows && gemv_mma_fp8(0, y, true, N, x, ldx, W, K, s, B, PView{}, M, N, K)) return;
   fp8_gemv<T>(0, y, true, N, x, ldx, W, K, s, B, PView{}, M, N, K);
 }
 
@@ -137,7 +142,7 @@ int main() {
   double worst = 0;
   // N = 37 leaves y's rows off 16 bytes (the rounded-activation GEMV path above 8 rows); N = 40 takes cuBLASLt's.
   for (int N : {37, 40})
-    for (int B : {0, 16})
+    for (int B : {0, 16, 128})
       for (int K : {80, 45, 4112})
         for (int M : {1, 2, 5, 8, 13, 67, 300}) {
           if (B && K == 45) continue;
@@ -184,6 +189,10 @@ int main() {
   cublasCreate(&cublas);
   cublasSetWorkspace(cublas, g_gemm.workspace, g_gemm.workspace_bytes);
   double step_bf16 = 0, step_fp8 = 0, pp_bf16 = 0, pp_fp8 = 0;
+  const int dec_rows[4] = {1, 2, 4, 8};
+  double dec[4][3] = {};  // per step at M rows: bf16 tensor-core GEMV, FP8 warp per row, FP8 tensor-core GEMV
+  double step_fp8_bytes = 0;
+  bool mma_ok = true;
   const int Mp = 8192;
   bf16* xb = nullptr;
   bf16* yb = nullptr;
@@ -226,6 +235,20 @@ int main() {
                 double(n) / (t_fp8 * 1e-3) / 1e9, p_bf16, p_fp8, ok ? "" : " (GEMM refused)",
                 2.0 * Mp * double(n) / (p_fp8 * 1e-3) / 1e12);
     step_bf16 += t_bf16 * sh.per_step, step_fp8 += t_fp8 * sh.per_step;
+    step_fp8_bytes += double(n) * sh.per_step;
+    for (int i = 0; i < 4; ++i) {
+      const int M = dec_rows[i];
+      dec[i][0] += sh.per_step * time_ms([&] {
+        gemv_mma(0, yb, false, false, sh.N, GemvX::Plain, xb, sh.K, PView{}, 0.f, wb[c++ % kCopies], sh.K, PView{}, M,
+                 sh.N, sh.K);
+      }, 40);
+      dec[i][1] += sh.per_step * time_ms([&] {
+        fp8_gemv<bf16>(0, yb, false, sh.N, xb, sh.K, wq[c++ % kCopies], sh.K, ws, 0, PView{}, M, sh.N, sh.K);
+      }, 40);
+      dec[i][2] += sh.per_step * time_ms([&] {
+        mma_ok &= gemv_mma_fp8(0, yb, false, sh.N, xb, sh.K, wq[c++ % kCopies], sh.K, ws, 0, PView{}, M, sh.N, sh.K);
+      }, 40);
+    }
     pp_bf16 += p_bf16 * sh.per_step, pp_fp8 += p_fp8 * sh.per_step;
     for (int k = 0; k < kCopies; ++k) cudaFree(wb[k]), cudaFree(wq[k]);
     cudaFree(ws);
@@ -234,6 +257,13 @@ int main() {
               step_bf16, step_fp8, step_bf16 - step_fp8);
   std::printf("per 8192-token prefill, the same projections: bf16 cuBLAS %.1f ms, FP8 %.1f ms (saves %.1f ms)\n", pp_bf16,
               pp_fp8, pp_bf16 - pp_fp8);
+  std::printf("\nper decode step of M rows, the same projections (ms; the FP8 tensor-core GEMV's weight GB/s):\n"
+              "| M | bf16 tensor-core GEMV | FP8 warp per row | FP8 tensor-core GEMV | its GB/s |\n"
+              "| ---: | ---: | ---: | ---: | ---: |\n");
+  for (int i = 0; i < 4; ++i)
+    std::printf("| %d | %.3f | %.3f | %.3f | %.0f |\n", dec_rows[i], dec[i][0], dec[i][1], dec[i][2],
+                step_fp8_bytes / (dec[i][2] * 1e-3) / 1e9);
+  if (!mma_ok) std::printf("(gemv_mma_fp8 refused a shape: its column is not what it says)\n");
   std::printf("GEMM mode after the timings: %d\n", g_gemm.mode);
   return bad ? 1 : 0;
 }

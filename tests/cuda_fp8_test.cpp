@@ -1,12 +1,14 @@
-// The FP8 weight kernels (backend/cuda/fp8_*.cu) against the CPU twin on odd sizes, for both GPU compute dtypes:
-// the W8A16 GEMV (1-8 rows; vector and element-per-lane kernels; per-channel and 16×16 block scales), the W8A8
-// GEMM of longer inputs (cuBLASLt FP8; an unaligned K through the rounded-activation fallback), bias and strided
-// rows, and the load-time quantization bit for bit. Then the fixture model quantized at load on both backends.
-// Skips itself, visibly, without a GPU.
+// The FP8 weight kernels (backend/cuda/fp8_*.cu, gemv_mma.cu) against the CPU twin on odd sizes, for both GPU
+// compute dtypes: the W8A16 GEMVs (1-8 rows; the tensor-core GEMV and the warp-per-row vector and element-per-lane
+// kernels; per-channel, 16×16 and 128/256 block scales), the W8A8 GEMM of longer inputs (cuBLASLt FP8; an
+// unaligned K through the rounded-activation fallback), bias and strided rows, and the load-time quantization bit
+// for bit. Then the fixture model quantized at load on both backends. Skips itself, visibly, without a GPU.
+// (The tensor-core GEMV's indexing also runs without a GPU: tests/emu/run.sh.)
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
@@ -15,34 +17,23 @@
 #include "core/fp8.h"
 #include "model/weights.h"
 #include "fixture_runner.h"
+#include "cuda_twin_test.h"
 #include "test_util.h"
 
 namespace bamba {
 namespace {
 
-class CudaFp8 : public ::testing::TestWithParam<DType> {
+class CudaFp8 : public test::CudaTwinTest {
  protected:
-  void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU: the CUDA FP8 tests need one (this build "
-#ifdef BAMBA_HAVE_CUDA
-                                                  "has CUDA support)";
-#else
-                                                  "was built without CUDA)";
-#endif
-    cpu_ = make_cpu_backend();
-    gpu_ = make_backend("cuda", GetParam());
-  }
-  std::vector<float> random(size_t n, float lo, float hi) {
-    std::uniform_real_distribution<float> d(lo, hi);
-    std::vector<float> v(n);
-    for (auto& x : v) {
-      x = d(rng_);
-      if (GetParam() == DType::BF16) x = bf16_to_f32(f32_to_bf16(x));
-    }
-    return v;
-  }
-  // The same FP8 weight (bytes and scales) on both backends.
+  CudaFp8() : CudaTwinTest("CUDA FP8 tests", 5) {}
+  std::vector<float> random(size_t n, float lo, float hi) { return CudaTwinTest::random(n, lo, hi, GetParam()); }
+  // The same FP8 weight (bytes and scales) on the CPU and on the fixture's GPU backend.
   std::pair<Tensor, Tensor> weight(int64_t N, int64_t K, int64_t B) {
+    std::vector<Tensor> t = weights(N, K, B, {cpu_.get(), gpu_.get()});
+    return {t[0], t[1]};
+  }
+  // ... on the backends given.
+  std::vector<Tensor> weights(int64_t N, int64_t K, int64_t B, std::initializer_list<Backend*> backends) {
     std::vector<float> w = random(size_t(N * K), -1.f, 1.f);
     std::vector<uint8_t> q(static_cast<size_t>(N * K));
     std::vector<float> s;
@@ -70,11 +61,10 @@ class CudaFp8 : public ::testing::TestWithParam<DType> {
       t.scale_block = int32_t(B);
       return t;
     };
-    return {make(*cpu_), make(*gpu_)};
+    std::vector<Tensor> out;
+    for (Backend* be : backends) out.push_back(make(*be));
+    return out;
   }
-
-  std::unique_ptr<Backend> cpu_, gpu_;
-  std::mt19937 rng_{5};
 };
 
 TEST_P(CudaFp8, MatmulMatchesTheCpuTwin) {
@@ -108,6 +98,69 @@ TEST_P(CudaFp8, MatmulMatchesTheCpuTwin) {
               << "B " << B << " K " << K << " M " << M << " y " << (y32 ? "f32" : "compute") << " rel L2 " << e;
         }
       }
+}
+
+// Decode (1-8 rows) through both W8A16 kernels: gemv_mma.cu's tensor-core GEMV over E4M3 weights (taken by bf16
+// activations with K and ldw multiples of 16, 16-byte strides, per-row or 128-multiple block scales) and
+// fp8_gemv.cu's warp per row (BAMBA_CUDA_FP8_MMA_ROWS=9 turns the first off; fp32 activations, odd K, odd strides
+// and 16-blocks always take the second). Each against the CPU twin, and the two against each other: both multiply
+// the exact e4m3 values with fp32 sums, so with fp32 outputs they agree to rounding.
+TEST_P(CudaFp8, DecodeGemvBothKernels) {
+  const DType dt = GetParam();
+  std::unique_ptr<Backend> kern[2];  // 0: the tensor-core GEMV from 1 row; 1: warp per row only
+  for (int i = 0; i < 2; ++i) {
+    const char* old = std::getenv("BAMBA_CUDA_FP8_MMA_ROWS");
+    const std::string keep = old ? old : "";
+    setenv("BAMBA_CUDA_FP8_MMA_ROWS", i == 0 ? "1" : "9", 1);
+    kern[i] = make_backend("cuda", dt);
+    if (old) setenv("BAMBA_CUDA_FP8_MMA_ROWS", keep.c_str(), 1);
+    else unsetenv("BAMBA_CUDA_FP8_MMA_ROWS");
+  }
+  struct Shape { int64_t N, K, B, pad; };  // pad: x's row stride is K + pad
+  const Shape shapes[] = {{37, 80, 0, 16},    {21, 16, 0, 8},     {50, 4096 + 16, 0, 16}, {16, 128, 128, 16},
+                          {37, 400, 128, 16}, {45, 1040, 256, 8}, {37, 208, 16, 16},      {29, 45, 0, 16},
+                          {37, 96, 0, 3}};
+  for (const Shape& sh : shapes)
+    for (int64_t M = 1; M <= 8; ++M) {
+      const int64_t N = sh.N, K = sh.K, B = sh.B, ldx = K + sh.pad;
+      const std::vector<Tensor> W = weights(N, K, B, {cpu_.get(), kern[0].get(), kern[1].get()});
+      const std::vector<float> xv = random(size_t(M * ldx), -2.f, 2.f), bv = random(size_t(N), -0.5f, 0.5f);
+      Tensor xc = cpu_->alloc(DType::F32, {M, ldx});
+      cpu_->from_host_f32(xc, xv.data());
+      Tensor bc = cpu_->alloc(DType::F32, {N});
+      cpu_->from_host_f32(bc, bv.data());
+      for (bool y32 : {false, true}) {
+        Tensor yc = cpu_->alloc(DType::F32, {M, N});
+        cpu_->matmul(yc, xc.slice_cols(0, K), W[0], bc);
+        std::vector<float> r(static_cast<size_t>(M * N)), got[2];
+        cpu_->to_host_f32(yc, r.data());
+        for (int i = 0; i < 2; ++i) {
+          Backend& g = *kern[i];
+          Tensor xg = g.alloc(dt, {M, ldx}), bg = g.alloc(DType::F32, {N});
+          g.from_host_f32(xg, xv.data());
+          g.from_host_f32(bg, bv.data());
+          Tensor yg = g.alloc(y32 ? DType::F32 : dt, {M, N});
+          g.matmul(yg, xg.slice_cols(0, K), W[size_t(1 + i)], bg);
+          got[i].resize(r.size());
+          g.to_host_f32(yg, got[i].data());
+          const double e = test::rel_l2(got[i], r);
+          EXPECT_LE(e, y32 ? 1e-4 : test::kTolBf16)  // W8A16: exact products, fp32 sums; only y's rounding
+              << (i ? "warp per row" : "tensor-core GEMV") << ": N " << N << " K " << K << " B " << B << " ldx "
+              << ldx << " M " << M << " y " << (y32 ? "f32" : "compute") << " rel L2 " << e;
+        }
+        if (y32) {
+          const double d = test::rel_l2(got[0], got[1]);
+          EXPECT_LE(d, 1e-5) << "the two kernels differ: N " << N << " K " << K << " B " << B << " M " << M
+                             << " rel L2 " << d;
+          // ... but not bit for bit where the switch routes them apart (the sums' orders differ over 4112 k's): a
+          // launcher that refused every shape would otherwise pass all of the above.
+          if (dt == DType::BF16 && K == 4096 + 16) {
+            EXPECT_NE(std::memcmp(got[0].data(), got[1].data(), got[0].size() * 4), 0)
+                << "BAMBA_CUDA_FP8_MMA_ROWS=1 and =9 gave identical sums: is the tensor-core GEMV taken? M " << M;
+          }
+        }
+      }
+    }
 }
 
 TEST_P(CudaFp8, QuantizationBitForBit) {

@@ -16,6 +16,7 @@
 #include "backend/backend.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "cuda_twin_test.h"
 #include "test_util.h"
 
 namespace bamba {
@@ -30,28 +31,14 @@ struct Pair {
   Tensor cpu, gpu;
 };
 
-class CudaOps : public ::testing::TestWithParam<DType> {
+class CudaOps : public test::CudaTwinTest {
  protected:
-  void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU: the CUDA op tests need one (this build "
-#ifdef BAMBA_HAVE_CUDA
-                                                  "has CUDA support)";
-#else
-                                                  "was built without CUDA)";
-#endif
-    cpu_ = make_cpu_backend();
-    gpu_ = make_backend("cuda", GetParam());
-  }
+  CudaOps() : CudaTwinTest("CUDA op tests", 1234) {}
 
   // Random values in [lo, hi), rounded to bf16 when the GPU tensor is bf16, uploaded to both backends.
   Pair make(DType gpu_t, std::initializer_list<int64_t> shape, float lo, float hi, bool round = true) {
     Pair p{cpu_->alloc(DType::F32, shape), gpu_->alloc(gpu_t, shape)};
-    std::vector<float> v(static_cast<size_t>(p.cpu.numel()));
-    std::uniform_real_distribution<float> d(lo, hi);
-    for (auto& x : v) {
-      x = d(rng_);
-      if (round && gpu_t == DType::BF16) x = bf16_to_f32(f32_to_bf16(x));
-    }
+    const std::vector<float> v = random(static_cast<size_t>(p.cpu.numel()), lo, hi, gpu_t, round);
     cpu_->from_host_f32(p.cpu, v.data());
     gpu_->from_host_f32(p.gpu, v.data());
     return p;
@@ -105,8 +92,6 @@ class CudaOps : public ::testing::TestWithParam<DType> {
   DType act() const { return GetParam(); }
   double tol() const { return GetParam() == DType::F32 ? kTolF32 : kTolBf16; }
 
-  std::mt19937 rng_{1234};
-  std::unique_ptr<Backend> cpu_, gpu_;
 };
 
 TEST_P(CudaOps, EmbedAndGather) {

@@ -86,6 +86,10 @@ class CudaBackend final : public Backend {
     // slower at every M (tg128 125.4, decode8 869), so they are off until they win.
     const char* mr = std::getenv("BAMBA_CUDA_GEMV_MMA_ROWS");
     gemv_mma_rows_ = mr ? std::atoi(mr) : 1;
+    // Rows from which an FP8 matmul of at most 8 rows takes the same tensor-core GEMV over E4M3 weights
+    // (gemv_mma_fp8) instead of fp8_gemv.cu's warp per row (1: every decode step; 9: never).
+    const char* fr = std::getenv("BAMBA_CUDA_FP8_MMA_ROWS");
+    fp8_mma_rows_ = fr ? std::atoi(fr) : 1;
     const char* fu = std::getenv("BAMBA_CUDA_FUSE_ROWS");  // fused decode ops for steps of N..8 rows (9: never)
     fuse_rows_ = fu ? std::atoi(fu) : 9;
     // Whether swiglu_matmul_residual folds SwiGLU into down_proj's x load (1) or runs the SwiGLU kernel first and
@@ -328,8 +332,10 @@ class CudaBackend final : public Backend {
     if (x.shape[1] != W.shape[1] || !fused_gemv(h, true, GemvX::Plain, x, {}, 0.f, W, bias))
       Backend::matmul_residual(h, x, W, bias, scratch);
   }
-  // FP8 weights (fp8.cuh): the W8A16 GEMV for decode (and batch-invariant mode, whose rows must not depend on M,
-  // and block scales); otherwise the activations quantized per token into fp8_scratch_ and the W8A8 GEMM.
+  // FP8 weights (fp8.cuh): W8A16 for decode (up to 8 rows: gemv_mma.cu's tensor-core GEMV where it takes the shape,
+  // else fp8_gemv.cu's warp per row), for batch-invariant mode (whose rows must not depend on M) and for block
+  // scales at every M (fp8_gemv.cu); otherwise the activations quantized per token into fp8_scratch_ and the W8A8
+  // GEMM.
   void matmul_fp8(Tensor y, Tensor x, Tensor W, Tensor bias) {
     const int M = int(x.rows()), K = int(x.shape[1]), N = int(W.rows());
     const bool y_f32 = y.dtype == DType::F32;
@@ -358,6 +364,13 @@ class CudaBackend final : public Backend {
         fp8_gemv<T>(stream_, y.data, y_f32, y.ld, xr, K, wq, W.ld, W.scale, 0, pv(bias, "matmul bias"), M, N, K);
         return;
       }
+      // Decode: the tensor-core GEMV where it takes the shape (not in batch-invariant mode, whose rows must come
+      // out the same whatever M is: fp8_gemv's, one kernel for every M).
+      if constexpr (std::is_same_v<T, bf16>)
+        if (M >= fp8_mma_rows_ && M <= kMaxGemvRows && invariant_chunk_ == 0 &&
+            gemv_mma_fp8(stream_, y.data, y_f32, y.ld, xp, x.ld, wq, W.ld, W.scale, W.scale_block,
+                         pv(bias, "matmul bias"), M, N, K))
+          return;
       fp8_gemv<T>(stream_, y.data, y_f32, y.ld, xp, x.ld, wq, W.ld, W.scale, W.scale_block, pv(bias, "matmul bias"), M, N, K);
     });
   }
@@ -776,6 +789,7 @@ class CudaBackend final : public Backend {
   bool graphs_enabled_ = true, capturing_ = false;
   int gemv_max_rows_ = kMaxGemvRows;
   int gemv_mma_rows_ = 1;
+  int fp8_mma_rows_ = 1;
   int fuse_rows_ = 9;
   bool fuse_swiglu_ = false;
   int ssd_chunk_ = 256;

@@ -1,20 +1,22 @@
 // W8A16 GEMV for decode: y[m, n] = Σ_k x[m, k] · q[n, k] · scale (+ bias[n]) with E4M3 weights and bf16 (or fp32)
-// activations. Decode is bound by reading the weights once, and FP8 halves those bytes: the kernel is gemv.cu's
-// warp-per-row shape (one warp per output row n, 16-byte streaming loads — here 16 weights each —, four loads in
-// flight, every x row read from L1 against each chunk, one warp reduction per (m, n)) with the weights widened in
-// registers (cvt e4m3x2 -> f16x2, exact) and the scale applied once per row at the end — or, for block scales,
-// once per 16-weight chunk (B is a multiple of 16, so a chunk never straddles two blocks).
-// Launched as a programmatic dependent (common.cuh): the first chunks are loaded before pdl_wait.
+// activations. Decode is bound by reading the weights once, and FP8 halves those bytes: the kernel walks rows as
+// gemv.cu does (gemv_row.cuh: one warp per output row n, 16-byte streaming loads — here 16 weights each —, the
+// first ones before pdl_wait; every x row read from L1 against each chunk, one warp reduction per (m, n)) with the
+// weights widened in registers (cvt e4m3x2 -> f16x2, exact) and the scale applied once per row at the end — or,
+// for block scales, once per 16-weight chunk (B is a multiple of 16, so a chunk never straddles two blocks).
+// bf16 decode of 1-8 rows takes gemv_mma.cu's tensor-core GEMV over the same bytes where it can (per-row scales or
+// blocks of 128k); this kernel is fp32's, batch-invariant mode's, finer block scales' and the rest's.
 // Rows whose length or stride is not a multiple of 16 bytes take a plain element-per-lane kernel (correct, slower).
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
 #include "backend/cuda/fp8.cuh"
+#include "backend/cuda/gemv_row.cuh"
 
 namespace bamba::cuda {
 namespace {
 
-constexpr int kWarps = 8, kUnroll = 4, kRows = 8;
+constexpr int kRows = 8;  // x rows per launch
 
 // 16 E4M3 weights (one 16-byte load) widened to fp32.
 __device__ __forceinline__ void widen16(uint4 v, float* f) {
@@ -56,54 +58,28 @@ __device__ __forceinline__ float dot16(const float* w, const float* x) {
   return s;
 }
 
-template <typename T>
-__device__ __forceinline__ void store_y(void* y, int y_f32, int64_t i, float v) {
-  if (y_f32) static_cast<float*>(y)[i] = v;
-  else static_cast<T*>(y)[i] = from_f<T>(v);
-}
-
 // B > 0: block scales [ceil(N/B), kb]; B == 0: scale[n].
 template <typename T, int M>
-__global__ void __launch_bounds__(kWarps * 32) fp8_gemv_kernel(void* y, int y_f32, int64_t ldy, const T* x, int64_t ldx,
-                                                               const uint8_t* W, int64_t ldw, const float* scale, int B,
-                                                               int kb, PView bias, int N, int K) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n = blockIdx.x * kWarps + warp;
-  const int K16 = K / 16;
-  const uint4* w = reinterpret_cast<const uint4*>(W + int64_t(n < N ? n : 0) * ldw);
-  uint4 wv[kUnroll];
-  auto load = [&](int k0) {
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int k = k0 + 32 * u;
-      wv[u] = n < N && k < K16 ? __ldcs(w + k) : make_uint4(0, 0, 0, 0);
-    }
-  };
-  load(lane);  // weights only: they do not depend on the kernel before
-  pdl_wait();
-  pdl_trigger();
-  if (n >= N) return;
+__global__ void __launch_bounds__(kRowWarps * 32) fp8_gemv_kernel(void* y, int y_f32, int64_t ldy, const T* x,
+                                                                  int64_t ldx, const uint8_t* W, int64_t ldw,
+                                                                  const float* scale, int B, int kb, PView bias, int N,
+                                                                  int K, int prefetch) {
+  const int n = blockIdx.x * kRowWarps + (threadIdx.x >> 5);
   const float* srow = B ? scale + int64_t(n / B) * kb : nullptr;
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.f;
-  for (int k0 = lane; k0 < K16; k0 += 32 * kUnroll) {
+  const bool row = walk_row(W, ldw, n, N, K / 16, prefetch, [&](uint4 w, int c) {
+    float wf[16];
+    widen16(w, wf);
+    const float sb = B ? srow[c * 16 / B] : 1.f;
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int k = k0 + 32 * u;
-      if (k < K16) {
-        float wf[16];
-        widen16(wv[u], wf);
-        const float sb = B ? srow[k * 16 / B] : 1.f;
-#pragma unroll
-        for (int m = 0; m < M; ++m) acc[m] = fmaf(sb, dot16(wf, x + m * ldx + k * 16), acc[m]);
-      }
-    }
-    if (k0 + 32 * kUnroll < K16) load(k0 + 32 * kUnroll);
-  }
+    for (int m = 0; m < M; ++m) acc[m] = fmaf(sb, dot16(wf, x + m * ldx + c * 16), acc[m]);
+  });
+  if (!row) return;
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = warp_sum(acc[m]);
-  if (lane == 0) {
+  if ((threadIdx.x & 31) == 0) {
     const float s = B ? 1.f : scale[n], b = bias.p ? ld_param(bias, n) : 0.f;
 #pragma unroll
     for (int m = 0; m < M; ++m) store_y<T>(y, y_f32, int64_t(m) * ldy + n, acc[m] * s + b);
@@ -112,12 +88,12 @@ __global__ void __launch_bounds__(kWarps * 32) fp8_gemv_kernel(void* y, int y_f3
 
 // Any length and stride: lanes take single elements.
 template <typename T>
-__global__ void __launch_bounds__(kWarps * 32) fp8_gemv_plain_kernel(void* y, int y_f32, int64_t ldy, const T* x,
+__global__ void __launch_bounds__(kRowWarps * 32) fp8_gemv_plain_kernel(void* y, int y_f32, int64_t ldy, const T* x,
                                                                      int64_t ldx, const uint8_t* W, int64_t ldw,
                                                                      const float* scale, int B, int kb, PView bias,
                                                                      int M, int N, int K) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n = blockIdx.x * kWarps + warp;
+  const int n = blockIdx.x * kRowWarps + warp;
   pdl_wait();
   pdl_trigger();
   if (n >= N) return;
@@ -141,8 +117,8 @@ __global__ void __launch_bounds__(kWarps * 32) fp8_gemv_plain_kernel(void* y, in
 template <typename T, int M>
 void launch(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64_t ldx, const uint8_t* W, int64_t ldw,
             const float* scale, int B, int kb, PView bias, int N, int K) {
-  launch_pdl(fp8_gemv_kernel<T, M>, dim3(ceil_div(N, kWarps)), dim3(kWarps * 32), 0, st, y, int(y_f32), ldy, x, ldx, W,
-             ldw, scale, B, kb, bias, N, K);
+  launch_pdl(fp8_gemv_kernel<T, M>, dim3(ceil_div(N, kRowWarps)), dim3(kRowWarps * 32), 0, st, y, int(y_f32), ldy, x,
+             ldx, W, ldw, scale, B, kb, bias, N, K, gemv_prefetch_weights());
 }
 
 }  // namespace
@@ -160,8 +136,8 @@ void fp8_gemv(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int
     void* ym = static_cast<char*>(y) + size_t(m0) * size_t(ldy) * ysz;
     const T* xm = x + int64_t(m0) * ldx;
     if (!vec) {
-      launch_pdl(fp8_gemv_plain_kernel<T>, dim3(ceil_div(N, kWarps)), dim3(kWarps * 32), 0, st, ym, int(y_f32), ldy, xm,
-                 ldx, W, ldw, scale, B, kb, bias, rows, N, K);
+      launch_pdl(fp8_gemv_plain_kernel<T>, dim3(ceil_div(N, kRowWarps)), dim3(kRowWarps * 32), 0, st, ym, int(y_f32),
+                 ldy, xm, ldx, W, ldw, scale, B, kb, bias, rows, N, K);
       continue;
     }
     switch (rows) {

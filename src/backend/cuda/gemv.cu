@@ -1,21 +1,16 @@
 // Matmuls with a handful of rows (decode of 1-8 sequences): y[m, n] = Σ_k x[m, k] W[n, k] (+ bias[n]).
 // Such a step is bound by reading W once, so the kernel is shaped for bandwidth, not reuse: one warp per output
-// row n, lanes walk W's row with 16-byte streaming loads (8 bf16 or 4 fp32), four loads in flight before any math
-// (eight measured slower: tg128 164 -> 160), and every x row (a few KB, L1-resident) is read against each W chunk;
-// one warp reduction per (m, n) at the end.
-// Launched as a programmatic dependent (common.cuh): the first four chunks of each warp's row are loaded before
-// pdl_wait, so the resident blocks stream weights while the norm or SwiGLU before them still runs.
+// row n walking W's row in 16-byte streaming loads (8 bf16 or 4 fp32; gemv_row.cuh, shared with fp8_gemv.cu, the
+// loads in flight and the PDL prologue), every x row (a few KB, L1-resident) read against each W chunk; one warp
+// reduction per (m, n) at the end. (bf16 decode now takes gemv_mma.cu's tensor-core GEMV; this is fp32's, and
+// the fallback of shapes that one does not take.)
 // Tried and measured slower (bench/NOTES.md, round 3): a tile kernel with the K range split over the 8 warps of a
 // block, several rows per warp, x staged in shared memory and one grid-wide wave (down_proj/out_proj: 1,716 ->
 // 2,007 µs per step under ncu; tg128 171.0 -> 162.8; for every shape 145.9).
-#include <cstdlib>
-
-#include "backend/cuda/kernels.cuh"
+#include "backend/cuda/gemv_row.cuh"
 
 namespace bamba::cuda {
 namespace {
-
-constexpr int kWarps = 8, kUnroll = 4;
 
 // Dot product of two 16-byte vectors of T, in fp32.
 __device__ __forceinline__ float dot16(uint4 a, uint4 b, bf16) {
@@ -35,71 +30,34 @@ __device__ __forceinline__ float dot16(uint4 a, uint4 b, float) {
   return fmaf(fa.x, fb.x, fmaf(fa.y, fb.y, fmaf(fa.z, fb.z, fa.w * fb.w)));
 }
 
-template <typename T>
-__device__ __forceinline__ void store_y(void* y, int y_f32, int64_t i, float v) {
-  if (y_f32) static_cast<float*>(y)[i] = v;
-  else static_cast<T*>(y)[i] = from_f<T>(v);
-}
-
 template <typename T, int M>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(void* y, int y_f32, int64_t ldy, const T* x, int64_t ldx,
-                                                           const T* W, int64_t ldw, PView bias, int N, int K,
-                                                           int prefetch) {
+__global__ void __launch_bounds__(kRowWarps * 32) gemv_kernel(void* y, int y_f32, int64_t ldy, const T* x,
+                                                              int64_t ldx, const T* W, int64_t ldw, PView bias, int N,
+                                                              int K, int prefetch) {
   constexpr int E = 16 / sizeof(T);  // elements per 16-byte load
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n = blockIdx.x * kWarps + warp;
-  const int K8 = K / E;
-  const uint4* w = reinterpret_cast<const uint4*>(W + int64_t(n < N ? n : 0) * ldw);
-  uint4 wv[kUnroll];  // chunks k0 + 32u of the current group
-  auto load = [&](int k0) {
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int k = k0 + 32 * u;
-      wv[u] = n < N && k < K8 ? __ldcs(w + k) : make_uint4(0, 0, 0, 0);
-    }
-  };
-  if (prefetch) load(lane);  // weights only: they do not depend on the kernel before
-  pdl_wait();
-  pdl_trigger();
-  if (n >= N) return;
-  if (!prefetch) load(lane);
+  const int n = blockIdx.x * kRowWarps + (threadIdx.x >> 5);
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.f;
-  for (int k0 = lane; k0 < K8; k0 += 32 * kUnroll) {
+  const bool row = walk_row(W, ldw * int64_t(sizeof(T)), n, N, K / E, prefetch, [&](uint4 w, int c) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int k = k0 + 32 * u;
-      if (k < K8) {
-#pragma unroll
-        for (int m = 0; m < M; ++m) acc[m] += dot16(wv[u], reinterpret_cast<const uint4*>(x + m * ldx)[k], T{});
-      }
-    }
-    if (k0 + 32 * kUnroll < K8) load(k0 + 32 * kUnroll);
-  }
+    for (int m = 0; m < M; ++m) acc[m] += dot16(w, reinterpret_cast<const uint4*>(x + m * ldx)[c], T{});
+  });
+  if (!row) return;
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = warp_sum(acc[m]);
-  if (lane == 0) {
+  if ((threadIdx.x & 31) == 0) {
     const float b = bias.p ? ld_param(bias, n) : 0.f;
 #pragma unroll
     for (int m = 0; m < M; ++m) store_y<T>(y, y_f32, int64_t(m) * ldy + n, acc[m] + b);
   }
 }
 
-// BAMBA_CUDA_GEMV_PREFETCH=0 loads no weights before pdl_wait (for measuring what the early loads give).
-int prefetch_weights() {
-  static const int on = [] {
-    const char* e = std::getenv("BAMBA_CUDA_GEMV_PREFETCH");
-    return !(e && e[0] == '0');
-  }();
-  return on;
-}
-
 template <typename T, int M>
 void launch(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64_t ldx, const T* W, int64_t ldw,
             PView bias, int N, int K) {
-  launch_pdl(gemv_kernel<T, M>, dim3(ceil_div(N, kWarps)), dim3(kWarps * 32), 0, st, y, int(y_f32), ldy, x, ldx, W,
-             ldw, bias, N, K, prefetch_weights());
+  launch_pdl(gemv_kernel<T, M>, dim3(ceil_div(N, kRowWarps)), dim3(kRowWarps * 32), 0, st, y, int(y_f32), ldy, x, ldx,
+             W, ldw, bias, N, K, gemv_prefetch_weights());
 }
 
 }  // namespace

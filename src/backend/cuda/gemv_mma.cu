@@ -16,6 +16,13 @@
 // the same words of its W rows as A (a0, a2 for row g; a1, a3 for row g + 8): no shuffles, no shared memory.
 // Two k-blocks of W (8 loads of 16 bytes per lane) are in flight while the previous one is multiplied.
 //
+// FP8 weights (W8A16, gemv_mma_fp8): the same kernel over E4M3 bytes. A 16-byte chunk is then 16 weights, so a
+// k-block is 128 deep (lane q: k0 + 16q and k0 + 64 + 16q, 2 × 16 bytes of x each) and takes 8 mma steps; the
+// bytes in flight are the same. The chunks are widened to bf16 in registers (exact, e4m3x2_to_bf16x2), so the
+// products are the warp-per-row fp8_gemv.cu's, summed in another order; the per-row scale multiplies the fp32 sum
+// at the end, a block scale (B a multiple of 128, as the 128×128 "fp8" layout) each k-block's partial sums: a
+// k-block and a block of 16 rows lie within one scale block.
+//
 // x modes (the op folded into the load, so its output is never written and its kernel never launched):
 //   plain    x[m, k]
 //   rmsnorm  bf16(x[m, k] · w[k]), and r[m] = rsqrt(mean_k x[m, k]² + eps) applied to the sums at the end: r
@@ -34,29 +41,67 @@
 // (BAMBA_CUDA_FUSE_ROWS). Not measured yet, the likely cause: every one of a GEMV's N / 16 blocks redoes the folded
 // op for all of x (down_proj: 256 blocks each evaluating silu on all 14,336 × M inputs, on the 4 lanes per row
 // that hold x — 256× the work of the SwiGLU kernel, in the latency path of every k-block).
+#include <type_traits>
+
 #include "backend/cuda/gemv_mma.cuh"
+#include "backend/cuda/gemv_row.cuh"  // gemv_prefetch_weights
 #include "backend/cuda/mma.cuh"
 
 namespace bamba::cuda {
 namespace {
 
-constexpr int kWarps = 8, kRows = 16, kKB = 64;  // warps per block, output rows per block, k per k-block
+constexpr int kWarps = 8, kRows = 16;  // warps per block, output rows per block
+
+// The weight formats. E weights per 16-byte load; a k-block is 8·E weights of each row (its 4 lanes load two
+// E-weight chunks each), 16 bytes × 8 per row whatever the format, so FP8 k-blocks are twice as deep (128) and
+// the loads in flight per warp are the same bytes.
+struct Bf16W {  // bf16 weights as they are
+  static constexpr int E = 8;
+};
+struct E4m3W {  // FP8 E4M3 weights, widened to bf16 in registers; scales on the fp32 sums
+  static constexpr int E = 16;
+};
 
 struct Args {
   void* y; int64_t ldy; int y_f32, residual;
   const bf16* x; int64_t ldx;
-  const bf16* W; int64_t ldw;
+  const void* W; int64_t ldw;  // ldw in weights
+  const float* scale; int scale_block, scale_ld;  // E4M3: scale[n] (scale_block 0) or scale[n / B · scale_ld + k / B]
   PView bias, norm_w;
   float eps;
   int M, N, K, prefetch;
 };
 
-__device__ __forceinline__ uint4 ld_w(const bf16* row, int k, bool ok) {
-  return ok ? __ldcs(reinterpret_cast<const uint4*>(row + k)) : make_uint4(0, 0, 0, 0);
+__device__ __forceinline__ uint4 ld_w(const uint8_t* row, int64_t byte, bool ok) {
+  return ok ? __ldcs(reinterpret_cast<const uint4*>(row + byte)) : make_uint4(0, 0, 0, 0);
 }
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) { return pack_bf16(lo, hi); }
 __device__ __forceinline__ float lo_f(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float hi_f(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+
+// Two E4M3 weights (the low byte the lower k) as bf16x2, exactly. The cvt to f16x2 is exact (every E4M3 value,
+// 2^-9..448, is a normal f16); moving each f16's exponent and mantissa down 3 bits into bf16's fields leaves
+// the value times 2^-112 (bf16's exponent bias is 112 above f16's; still normal, ≥ 2^-121, and zero stays
+// zero), which one bf16x2 multiply by 2^112 undoes, exactly. 5 instructions per 2 weights, no table. (E4M3's
+// NaN, 0x7f / 0xff, which neither quantizer writes, comes out as a large finite value, not NaN.)
+__device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t two) {
+  const uint32_t h = cvt_f16x2_e4m3x2(static_cast<uint16_t>(two));
+  const uint32_t t = ((h & 0x7fff7fffu) >> 3) | (h & 0x80008000u);
+  return mul_bf16x2(t, 0x77807780u);  // bf16 2^112 = exponent field 239
+}
+
+// A lane's two chunks of one weight row (this k-block) as the E bf16x2 words of its mma A operand.
+__device__ __forceinline__ void widen(Bf16W, const uint4& c0, const uint4& c1, uint32_t (&r)[8]) {
+  r[0] = c0.x, r[1] = c0.y, r[2] = c0.z, r[3] = c0.w, r[4] = c1.x, r[5] = c1.y, r[6] = c1.z, r[7] = c1.w;
+}
+__device__ __forceinline__ void widen(E4m3W, const uint4& c0, const uint4& c1, uint32_t (&r)[16]) {
+  const uint32_t v[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    r[2 * i] = e4m3x2_to_bf16x2(v[i]);
+    r[2 * i + 1] = e4m3x2_to_bf16x2(v[i] >> 16);
+  }
+}
 
 template <GemvX MODE>
 __device__ __forceinline__ uint4 load_x(const Args& a, int m, int k, float& ss) {
@@ -99,24 +144,26 @@ __device__ __forceinline__ uint4 load_x(const Args& a, int m, int k, float& ss) 
   }
 }
 
-template <GemvX MODE>
+template <GemvX MODE, class WF>
 __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
+  constexpr int E = WF::E, kKB = 8 * E, kBytes = 16 / E;  // weights per chunk, per k-block; bytes per weight
+  constexpr bool kFp8 = std::is_same_v<WF, E4m3W>;
   __shared__ float red[kWarps][kRows][8];
   __shared__ float part[kWarps][8];  // RmsNorm: Σ x² per (warp, row)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int n0 = blockIdx.x * kRows;
   const int nkb = (a.K + kKB - 1) / kKB;
   const bool ok0 = n0 + g < a.N, ok1 = n0 + g + 8 < a.N;
-  const bf16* w0 = a.W + int64_t(ok0 ? n0 + g : 0) * a.ldw;
-  const bf16* w1 = a.W + int64_t(ok1 ? n0 + g + 8 : 0) * a.ldw;
-  uint4 wa[4], wb[4];  // k-block chunks: row g at 8q, row g at 32 + 8q, row g+8 at 8q, row g+8 at 32 + 8q
+  const uint8_t* w0 = static_cast<const uint8_t*>(a.W) + int64_t(ok0 ? n0 + g : 0) * a.ldw * kBytes;
+  const uint8_t* w1 = static_cast<const uint8_t*>(a.W) + int64_t(ok1 ? n0 + g + 8 : 0) * a.ldw * kBytes;
+  uint4 wa[4], wb[4];  // k-block chunks: row g at E·q, row g at 4E + E·q, row g+8 at E·q, row g+8 at 4E + E·q
   auto load = [&](uint4 (&w)[4], int kb) {
-    const int k = kb * kKB + 8 * q;
+    const int k = kb * kKB + E * q;
     const bool in = kb < nkb;
-    w[0] = ld_w(w0, k, in && ok0 && k < a.K);
-    w[1] = ld_w(w0, k + 32, in && ok0 && k + 32 < a.K);
-    w[2] = ld_w(w1, k, in && ok1 && k < a.K);
-    w[3] = ld_w(w1, k + 32, in && ok1 && k + 32 < a.K);
+    w[0] = ld_w(w0, int64_t(k) * kBytes, in && ok0 && k < a.K);
+    w[1] = ld_w(w0, int64_t(k + 4 * E) * kBytes, in && ok0 && k + 4 * E < a.K);
+    w[2] = ld_w(w1, int64_t(k) * kBytes, in && ok1 && k < a.K);
+    w[3] = ld_w(w1, int64_t(k + 4 * E) * kBytes, in && ok1 && k + 4 * E < a.K);
   };
   if (a.prefetch) load(wa, warp);  // weights only: they do not depend on the kernel before
   pdl_wait();
@@ -129,20 +176,38 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
   float c[4] = {0.f, 0.f, 0.f, 0.f};
   auto multiply = [&](const uint4 (&w)[4], int kb) {
     if (kb >= nkb) return;
-    const int k = kb * kKB + 8 * q;
-    uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
-    if (has_x) {
-      if (k < a.K) x0 = load_x<MODE>(a, g, k, ss);
-      if (k + 32 < a.K) x1 = load_x<MODE>(a, g, k + 32, ss);
-    }
-    const uint32_t xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-    const uint32_t r0[8] = {w[0].x, w[0].y, w[0].z, w[0].w, w[1].x, w[1].y, w[1].z, w[1].w};
-    const uint32_t r1[8] = {w[2].x, w[2].y, w[2].z, w[2].w, w[3].x, w[3].y, w[3].z, w[3].w};
+    const int k = kb * kKB + E * q;
+    uint32_t xs[E];  // x row g at the lane's two chunks' k's (E / 2 words each), zero where out of range
 #pragma unroll
-    for (int s = 0; s < 4; ++s) {
-      const uint32_t af[4] = {r0[2 * s], r1[2 * s], r0[2 * s + 1], r1[2 * s + 1]};
-      mma_bf16(c, af, xs[2 * s], xs[2 * s + 1]);
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int j = 0; j < E / 8; ++j) {
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (has_x && k + 4 * E * h < a.K) v = load_x<MODE>(a, g, k + 4 * E * h + 8 * j, ss);
+        uint32_t* o = &xs[h * E / 2 + 4 * j];
+        o[0] = v.x, o[1] = v.y, o[2] = v.z, o[3] = v.w;
+      }
+    uint32_t r0[E], r1[E];
+    widen(WF{}, w[0], w[1], r0);
+    widen(WF{}, w[2], w[3], r1);
+    auto steps = [&](float (&acc)[4]) {
+#pragma unroll
+      for (int s = 0; s < E / 2; ++s) {
+        const uint32_t af[4] = {r0[2 * s], r1[2 * s], r0[2 * s + 1], r1[2 * s + 1]};
+        mma_bf16(acc, af, xs[2 * s], xs[2 * s + 1]);
+      }
+    };
+    if constexpr (kFp8) {
+      if (a.scale_block) {  // one scale for the whole k-block: B is a multiple of kKB (and of kRows), see gemv_mma_fp8
+        float t[4] = {0.f, 0.f, 0.f, 0.f};
+        steps(t);
+        const float sb = a.scale[int64_t(n0 / a.scale_block) * a.scale_ld + kb * kKB / a.scale_block];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) c[i] = fmaf(sb, t[i], c[i]);
+        return;
+      }
     }
+    steps(c);
   };
   for (int kb = warp; kb < nkb; kb += 2 * kWarps) {
     load(wb, kb + kWarps);
@@ -151,7 +216,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
     multiply(wb, kb + kWarps);
   }
 
-  // c0, c1: (row g, tokens 2q, 2q + 1); c2, c3: (row g + 8, same tokens)
+// c0, c1: (row g, tokens 2q, 2q + 1); c2, c3: (row g + 8, same tokens)
   red[warp][g][2 * q] = c[0];
   red[warp][g][2 * q + 1] = c[1];
   red[warp][g + 8][2 * q] = c[2];
@@ -174,6 +239,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
         for (int w = 0; w < kWarps; ++w) t += part[w][m];
         s *= rsqrtf(t / float(a.K) + a.eps);
       }
+      if constexpr (kFp8)
+        if (!a.scale_block) s *= a.scale[n];  // per output channel
       if (a.bias.p) s += ld_param(a.bias, n);
       const int64_t i = int64_t(m) * a.ldy + n;
       if (a.y_f32) static_cast<float*>(a.y)[i] = s;
@@ -185,15 +252,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
   }
 }
 
-// BAMBA_CUDA_GEMV_PREFETCH=0 loads no weights before pdl_wait (as gemv.cu).
-int prefetch_weights() {
-  static const int on = [] {
-    const char* e = std::getenv("BAMBA_CUDA_GEMV_PREFETCH");
-    return !(e && e[0] == '0');
-  }();
-  return on;
-}
-
 }  // namespace
 
 bool gemv_mma(cudaStream_t st, void* y, bool y_f32, bool residual, int64_t ldy, GemvX mode, const bf16* x,
@@ -203,13 +261,31 @@ bool gemv_mma(cudaStream_t st, void* y, bool y_f32, bool residual, int64_t ldy, 
     return false;
   if (residual && y_f32) return false;
   if (mode == GemvX::RmsNorm && (!norm_w.p || !aligned(norm_w.p))) return false;
-  const Args a{y, ldy, int(y_f32), int(residual), x, ldx, W, ldw, bias, norm_w, eps, M, N, K, prefetch_weights()};
+  const Args a{y,       ldy, int(y_f32), int(residual), x,   ldx, W, ldw, nullptr, 0, 0,
+               bias,    norm_w, eps,    M,            N,   K,   gemv_prefetch_weights()};
   const dim3 grid(ceil_div(N, kRows)), block(kWarps * 32);
   switch (mode) {
-    case GemvX::Plain: launch_pdl(gemv_mma_kernel<GemvX::Plain>, grid, block, 0, st, a); break;
-    case GemvX::RmsNorm: launch_pdl(gemv_mma_kernel<GemvX::RmsNorm>, grid, block, 0, st, a); break;
-    case GemvX::SwiGlu: launch_pdl(gemv_mma_kernel<GemvX::SwiGlu>, grid, block, 0, st, a); break;
+    case GemvX::Plain: launch_pdl(gemv_mma_kernel<GemvX::Plain, Bf16W>, grid, block, 0, st, a); break;
+    case GemvX::RmsNorm: launch_pdl(gemv_mma_kernel<GemvX::RmsNorm, Bf16W>, grid, block, 0, st, a); break;
+    case GemvX::SwiGlu: launch_pdl(gemv_mma_kernel<GemvX::SwiGlu, Bf16W>, grid, block, 0, st, a); break;
   }
+  return true;
+}
+
+bool gemv_mma_fp8(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const bf16* x, int64_t ldx, const uint8_t* W,
+                  int64_t ldw, const float* scale, int scale_block, PView bias, int M, int N, int K) {
+  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  if (M < 1 || M > kMaxGemvRows || N < 1 || K < 16 || K % 16 || ldx % 8 || ldw % 16 || !aligned(x) || !aligned(W) ||
+      !scale)
+    return false;
+  // Block scales: one per k-block of 128 weights and per block of 16 rows, applied to the k-block's sums. Blocks
+  // finer than that (B = 16, 64: a scale per mma step or per part of a lane's chunk) are left to fp8_gemv.cu,
+  // which applies them per 16-weight chunk; checkpoints' "fp8" block layout is 128 × 128.
+  if (scale_block < 0 || scale_block % (8 * E4m3W::E) != 0) return false;
+  const int scale_ld = scale_block ? (K + scale_block - 1) / scale_block : 0;
+  const Args a{y,    ldy,    int(y_f32), 0, x, ldx, W, ldw, scale, scale_block, scale_ld,
+               bias, PView{}, 0.f,       M, N, K,   gemv_prefetch_weights()};
+  launch_pdl(gemv_mma_kernel<GemvX::Plain, E4m3W>, dim3(ceil_div(N, kRows)), dim3(kWarps * 32), 0, st, a);
   return true;
 }
 

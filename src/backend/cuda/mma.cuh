@@ -1,4 +1,5 @@
-// Warp-level bf16 tensor-core primitives (sm_80+): ldmatrix and mma.sync m16n8k16 with fp32 accumulation.
+// Warp-level bf16 tensor-core primitives (sm_80+): ldmatrix and mma.sync m16n8k16 with fp32 accumulation, and
+// the conversions that feed FP8 weights to them as bf16.
 // Written as inline PTX because CUDA's C++ wmma API hides the fragment layout, and the kernels here depend on it
 // (a score tile's accumulators are reused in registers as the A operand of the next product).
 //
@@ -41,6 +42,20 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
       "{%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two E4M3 bytes (the low byte the lower element) as f16x2: exact, every E4M3 value is a normal f16 (sm_89+).
+__device__ __forceinline__ uint32_t cvt_f16x2_e4m3x2(uint16_t two) {
+  uint32_t h;
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(h) : "h"(two));
+  return h;
+}
+
+// a · b in bf16x2, rounded to nearest (fma with -0, which leaves every product as it is, +0 included).
+__device__ __forceinline__ uint32_t mul_bf16x2(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
+  return d;
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {

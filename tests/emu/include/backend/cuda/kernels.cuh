@@ -1,4 +1,4 @@
-// Stand-in for src/backend/cuda/kernels.cuh when tests/emu/run.sh compiles ssd_backward_chunked.cu for the CPU:
+// Stand-in for src/backend/cuda/kernels.cuh when tests/emu/run.sh compiles the CUDA kernels for the CPU:
 // the few CUDA types and intrinsics those kernels use, on std::thread (blocks run one after another, every thread
 // of a block a std::thread, __syncthreads a std::barrier, warp sums through a per-warp barrier).
 #pragma once
@@ -16,6 +16,7 @@
 #include <thread>
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(16) float4 { float x, y, z, w; };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __global__
@@ -23,8 +24,9 @@ inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(x)
+#define __shared__ static  // blocks run one after another: one array per kernel serves every block in turn
 namespace emu {
-struct Warp { float val[32]; std::barrier<> bar{32}; };
+struct Warp { float val[32]; uint32_t ma[32][4], mb[32][2]; std::barrier<> bar{32}; };  // ma, mb: mma.h's operands
 struct Block {
   explicit Block(int n) : bar(n), warps(n / 32) {}
   std::barrier<> bar;
@@ -74,6 +76,17 @@ inline float __shfl_up_sync(unsigned, float v, int d) {
   return warp_exchange(v, lane >= d ? lane - d : lane);
 }
 inline float __shfl_sync(unsigned, float v, int src) { return warp_exchange(v, src); }
+inline float __shfl_xor_sync(unsigned, float v, int m) { return warp_exchange(v, int(threadIdx.x % 32) ^ m); }
+inline float __uint_as_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+inline float silu_f(float x) { return x / (1.f + std::exp(-x)); }
+template <typename T> T from_f(float x);
+template <> inline bf16 from_f<bf16>(float x) { return __float2bfloat16_rn(x); }
+template <> inline float from_f<float>(float x) { return x; }
+inline uint4 __ldcs(const uint4* p) { return *p; }
+inline void pdl_wait() {}     // the kernels run one at a time here
+inline void pdl_trigger() {}
+constexpr int kMaxGemvRows = 8;
 inline float warp_max(float v) {
   auto& w = emu::cur->warps[threadIdx.x / 32];
   w.val[threadIdx.x % 32] = v;

@@ -1,0 +1,62 @@
+// The warp-per-row walk of the decode GEMVs on CUDA cores, shared by gemv.cu (bf16 / fp32 weights) and
+// fp8_gemv.cu (E4M3 weights): one warp per output row n of W, its lanes taking every 32nd 16-byte chunk with
+// streaming loads, kRowUnroll of them in flight before any math (eight measured slower: tg128 164 -> 160). The
+// first loads are issued before pdl_wait, so the resident blocks stream weights while the kernel before them
+// still runs (the kernels are launched as programmatic dependents, common.cuh).
+#pragma once
+#include <cstdlib>
+
+#include "backend/cuda/kernels.cuh"
+
+namespace bamba::cuda {
+
+constexpr int kRowWarps = 8, kRowUnroll = 4;  // warps (rows) per block; 16-byte loads in flight per lane
+
+// Calls chunk(w, c) for every 16-byte chunk c < n_chunks of row n that this lane takes (c = lane + 32 i), w its
+// bytes. Every thread passes the PDL wait and trigger; a warp past the last row (n >= N) then returns false
+// without calling chunk. prefetch 0: nothing loaded before pdl_wait.
+template <class F>
+__device__ __forceinline__ bool walk_row(const void* W, int64_t row_bytes, int n, int N, int n_chunks, int prefetch,
+                                         F&& chunk) {
+  const int lane = threadIdx.x & 31;
+  const uint4* w = reinterpret_cast<const uint4*>(static_cast<const char*>(W) + int64_t(n < N ? n : 0) * row_bytes);
+  uint4 wv[kRowUnroll];  // chunks c0 + 32u of the current group
+  auto load = [&](int c0) {
+#pragma unroll
+    for (int u = 0; u < kRowUnroll; ++u) {
+      const int c = c0 + 32 * u;
+      wv[u] = n < N && c < n_chunks ? __ldcs(w + c) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  if (prefetch) load(lane);  // weights only: they do not depend on the kernel before
+  pdl_wait();
+  pdl_trigger();
+  if (n >= N) return false;
+  if (!prefetch) load(lane);
+  for (int c0 = lane; c0 < n_chunks; c0 += 32 * kRowUnroll) {
+#pragma unroll
+    for (int u = 0; u < kRowUnroll; ++u)
+      if (c0 + 32 * u < n_chunks) chunk(wv[u], c0 + 32 * u);
+    if (c0 + 32 * kRowUnroll < n_chunks) load(c0 + 32 * kRowUnroll);
+  }
+  return true;
+}
+
+// y[i] = v as T, or as float when y_f32.
+template <typename T>
+__device__ __forceinline__ void store_y(void* y, int y_f32, int64_t i, float v) {
+  if (y_f32) static_cast<float*>(y)[i] = v;
+  else static_cast<T*>(y)[i] = from_f<T>(v);
+}
+
+// BAMBA_CUDA_GEMV_PREFETCH=0 loads no weights before pdl_wait, in every decode GEMV (for measuring what the early
+// loads give).
+inline int gemv_prefetch_weights() {
+  static const int on = [] {
+    const char* e = std::getenv("BAMBA_CUDA_GEMV_PREFETCH");
+    return !(e && e[0] == '0');
+  }();
+  return on;
+}
+
+}  // namespace bamba::cuda
