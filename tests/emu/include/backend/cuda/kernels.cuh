@@ -22,9 +22,14 @@ inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 namespace emu {
-struct Warp { float val[32]; std::barrier<> bar{32}; };
+struct Warp {
+  float val[32];
+  const void* ptr[32];     // ldmatrix: each lane's row address (mma.cuh)
+  uint32_t reg[32][10];    // mma: each lane's A, B and C registers (mma.cuh)
+  std::barrier<> bar{32};
+};
 struct Block {
   explicit Block(int n) : bar(n), warps(n / 32) {}
   std::barrier<> bar;
@@ -74,6 +79,7 @@ inline float __shfl_up_sync(unsigned, float v, int d) {
   return warp_exchange(v, lane >= d ? lane - d : lane);
 }
 inline float __shfl_sync(unsigned, float v, int src) { return warp_exchange(v, src); }
+inline float __shfl_xor_sync(unsigned, float v, int m) { return warp_exchange(v, int(threadIdx.x % 32) ^ m); }
 inline float warp_max(float v) {
   auto& w = emu::cur->warps[threadIdx.x / 32];
   w.val[threadIdx.x % 32] = v;
