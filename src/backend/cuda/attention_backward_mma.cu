@@ -276,7 +276,9 @@ __device__ __forceinline__ void warp_abt(float (&acc)[8][4], const bf16* a, cons
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
-  for (int kk = 0; kk < dhp / 16; ++kk) {
+#pragma unroll
+  for (int kk = 0; kk < kDMax / 16; ++kk) {  // unrolled, so the next step's ldmatrix can issue under this one's mma
+    if (16 * kk >= dhp) break;
     uint32_t af[4];
     ldsm_x4(af, a + (lane & 15) * kLdD + 16 * kk + (lane >> 4) * 8);
 #pragma unroll
