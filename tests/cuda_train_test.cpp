@@ -488,7 +488,8 @@ TEST_P(CudaTrainOps, AttentionBackwardGqaPartialRope) {
   }
 }
 
-// Sets BAMBA_ATTN_BWD ("mma" = the bf16 tile form, attention_backward_mma.cu; "plain" = the warp-per-row form)
+// Sets BAMBA_ATTN_BWD ("mma" = the bf16 register tile form, attention_backward_mma.cu; "wmma" = its older
+// shared-memory tile form; "plain" = the warp-per-row form)
 // while it lives, then restores it.
 struct AttnBwdEnv {
   explicit AttnBwdEnv(const char* v) {
@@ -505,37 +506,44 @@ struct AttnBwdEnv {
 
 // The bf16 tile form against the CPU twin: head_dim 40 (rotary 20, GQA 3), 128 (rotary 64, GQA 4, Bamba-9B's) and
 // 64 (full rotary, no GQA); sequences of 1..200 tokens (one token, ragged tiles, exactly one tile, several tiles);
-// chunk tables of 256 and 64 tokens; then the same call twice gives the same bits.
+// chunk tables of 256 and 64 tokens; rows with and without 16-byte runs; then the same call twice gives the same
+// bits. Both tile forms.
 TEST_P(CudaTrainOps, AttentionBackwardTiles) {
   if (act() != DType::BF16) GTEST_SKIP() << "the tile form is bf16's";
-  AttnBwdEnv env("mma");
-  const std::vector<AttentionOpsConfig> cfgs = {{6, 2, 40, 20, 16, 10000.f, 1.f / std::sqrt(40.f), DType::F32},
-                                                {8, 2, 128, 64, 16, 10000.f, 1.f / std::sqrt(128.f), DType::F32},
-                                                {2, 2, 64, 64, 16, 500000.f, 0.125f, DType::F32}};
-  for (int q : {256, 64}) {
-    SsdChunkEnv cenv(q);
-    gpu_ = make_backend("cuda", act());
-    for (const AttentionOpsConfig& c : cfgs) {
-      StepBatch b = batch({1, 9, 64, 200, 70}, 10);
-      set_batch(b);
-      const int64_t T = b.n_tokens(), W = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, O = c.n_heads * c.head_dim;
-      Pair qkvw = make(act(), {T, W + 6}, -1.5f, 1.5f), qkv = cols(qkvw, 0, W), dout = make(act(), {T, O}, -1, 1);
-      Pair dqkv = zeros(act(), {T, W});
-      cpu_->attention_backward(dqkv.cpu, dout.cpu, qkv.cpu, c);
-      gpu_->attention_backward(dqkv.gpu, dout.gpu, qkv.gpu, c);
-      const std::string w = ", head_dim " + std::to_string(c.head_dim) + ", chunk table " + std::to_string(q);
-      expect_close(cols(dqkv, 0, O), tol(), "attention dq (tiles)" + w);
-      expect_close(cols(dqkv, O, W), tol(), "attention dk, dv (tiles)" + w);
-      const std::vector<float> first = host(*gpu_, dqkv.gpu);
-      gpu_->attention_backward(dqkv.gpu, dout.gpu, qkv.gpu, c);
-      const std::vector<float> again = host(*gpu_, dqkv.gpu);
-      EXPECT_EQ(0, std::memcmp(first.data(), again.data(), first.size() * 4)) << "two runs differ" << w;
+  for (const char* form : {"mma", "wmma"}) {
+    AttnBwdEnv env(form);
+    const std::vector<AttentionOpsConfig> cfgs = {{6, 2, 40, 20, 16, 10000.f, 1.f / std::sqrt(40.f), DType::F32},
+                                                  {8, 2, 128, 64, 16, 10000.f, 1.f / std::sqrt(128.f), DType::F32},
+                                                  {2, 2, 64, 64, 16, 500000.f, 0.125f, DType::F32}};
+    for (int q : {256, 64}) {
+      SsdChunkEnv cenv(q);
+      gpu_ = make_backend("cuda", act());
+      for (const AttentionOpsConfig& c : cfgs) {
+        // qkv's rows padded by 8 (16-byte runs: cp.async) or, for head_dim 128 (cp.async at model size below), by 6
+        const int pad = c.head_dim == 128 ? 6 : 8;
+        StepBatch b = batch({1, 9, 64, 200, 70}, 10);
+        set_batch(b);
+        const int64_t T = b.n_tokens(), W = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, O = c.n_heads * c.head_dim;
+        Pair qkvw = make(act(), {T, W + pad}, -1.5f, 1.5f), qkv = cols(qkvw, 0, W), dout = make(act(), {T, O}, -1, 1);
+        Pair dqkv = zeros(act(), {T, W});
+        cpu_->attention_backward(dqkv.cpu, dout.cpu, qkv.cpu, c);
+        gpu_->attention_backward(dqkv.gpu, dout.gpu, qkv.gpu, c);
+        const std::string w = std::string(", ") + form + ", head_dim " + std::to_string(c.head_dim) + ", chunk table " +
+                              std::to_string(q) + ", row pad " + std::to_string(pad);
+        expect_close(cols(dqkv, 0, O), tol(), "attention dq (tiles)" + w);
+        expect_close(cols(dqkv, O, W), tol(), "attention dk, dv (tiles)" + w);
+        const std::vector<float> first = host(*gpu_, dqkv.gpu);
+        gpu_->attention_backward(dqkv.gpu, dout.gpu, qkv.gpu, c);
+        const std::vector<float> again = host(*gpu_, dqkv.gpu);
+        EXPECT_EQ(0, std::memcmp(first.data(), again.data(), first.size() * 4)) << "two runs differ" << w;
+      }
     }
   }
 }
 
 // bf16 at Bamba-9B's attention shape (32 q heads, 8 KV heads, head_dim 128, rotary 64) and 4,096 tokens, as one
-// sequence and as 8 packed documents: the tile form against the warp-per-row form on the GPU, both timed (printed).
+// sequence and as 8 packed documents, rows 16-byte aligned (cp.async) as in training: the register and the wmma
+// tile forms against the warp-per-row form on the GPU, all timed (printed), each run twice to the same bits.
 TEST_P(CudaTrainOps, AttentionBackwardTilesAgreeWithPlainAtModelSize) {
   if (act() != DType::BF16) GTEST_SKIP() << "the tile form is bf16's";
   const AttentionOpsConfig c{32, 8, 128, 64, 16, 10000.f, 1.f / std::sqrt(128.f), DType::F32};
@@ -548,26 +556,33 @@ TEST_P(CudaTrainOps, AttentionBackwardTilesAgreeWithPlainAtModelSize) {
     Tensor qkv = gpu_->alloc(DType::BF16, {T, W}), dout = gpu_->alloc(DType::BF16, {T, O});
     gpu_->fill_uniform(qkv, 1, -1.5f, 1.5f);
     gpu_->fill_uniform(dout, 2, -1.f, 1.f);
-    std::vector<float> out[2];
-    double ms[2] = {0, 0};
-    for (int form = 0; form < 2; ++form) {
-      AttnBwdEnv env(form ? "plain" : "mma");
+    const char* forms[3] = {"mma", "wmma", "plain"};
+    std::vector<float> out[3];
+    double ms[3] = {0, 0, 0};
+    for (int form = 0; form < 3; ++form) {
+      AttnBwdEnv env(forms[form]);
       Tensor dqkv = gpu_->alloc(DType::BF16, {T, W});
       const int reps = 2;
+      std::vector<float> first;  // the untimed first run's bits, which every later run must repeat
       for (int r = 0; r <= reps; ++r) {
         gpu_->synchronize();
         const auto t0 = std::chrono::steady_clock::now();
         gpu_->attention_backward(dqkv, dout, qkv, c);
         gpu_->synchronize();
         if (r) ms[form] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+        else first = host(*gpu_, dqkv);
       }
       out[form] = host(*gpu_, dqkv);
+      EXPECT_EQ(0, std::memcmp(first.data(), out[form].data(), first.size() * 4))
+          << name << ", " << forms[form] << ": two runs differ";
       gpu_->release(dqkv);
     }
-    const double e = rel_l2(out[0], out[1]);
-    std::printf("  attention_backward bamba-9b %s on %s: tiles %.2f ms, plain %.2f ms (%.1fx), relative L2 %.3g\n", name,
-                gpu_->name().c_str(), ms[0], ms[1], ms[1] / ms[0], e);
-    EXPECT_LE(e, tol()) << name;
+    const double e = rel_l2(out[0], out[2]), ew = rel_l2(out[1], out[2]);
+    std::printf("  attention_backward bamba-9b %s on %s: mma %.2f ms, wmma %.2f ms, plain %.2f ms (%.1fx, %.1fx); "
+                "relative L2 to plain %.3g, %.3g\n",
+                name, gpu_->name().c_str(), ms[0], ms[1], ms[2], ms[2] / ms[0], ms[1] / ms[0], e, ew);
+    EXPECT_LE(e, tol()) << name << ", mma";
+    EXPECT_LE(ew, tol()) << name << ", wmma";
     gpu_->release(qkv);
     gpu_->release(dout);
   }

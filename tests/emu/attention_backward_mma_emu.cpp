@@ -1,5 +1,6 @@
 // The bf16 tile kernels of causal attention's backward (src/backend/cuda/attention_backward_mma.cu) run on the CPU
-// by tests/emu/run.sh (see there), against the CPU twin grad::attention_backward on bf16-rounded inputs.
+// by tests/emu/run.sh (see there), against the CPU twin grad::attention_backward on bf16-rounded inputs: both
+// forms, the register one (mma.sync fragments, ldmatrix, cp.async; the default) and the wmma one (BAMBA_ATTN_BWD=wmma).
 #include "backend/cuda/kernels.cuh"
 #include <mma.h>
 #include "attention_kernels_emu.inc"
@@ -14,14 +15,17 @@ static double rel(const std::vector<float>& a, const std::vector<float>& r) {
   for (size_t i = 0; i < a.size(); ++i) { n += double(a[i] - r[i]) * (a[i] - r[i]); d += double(r[i]) * r[i]; }
   return std::sqrt(n / std::max(d, 1e-30));
 }
-int main() {
-  struct Case { int nq, nkv, dh, rot, q; std::vector<int> lens; };
+int main(int argc, char** argv) {
+  const int forms = argc > 1 && std::string(argv[1]) == "mma" ? 1 : 2;  // "mma": the register form only
+  struct Case { int nq, nkv, dh, rot, q; std::vector<int> lens; bool odd_ld = false; };  // odd_ld: no 16-byte rows
   const std::vector<Case> cases = {{4, 2, 40, 20, 256, {1, 70, 130}}, {2, 1, 128, 64, 64, {200, 64}},
-                                   {3, 3, 64, 64, 128, {129}}};
+                                   {3, 3, 64, 64, 128, {129}}, {4, 1, 128, 64, 128, {3, 190}},
+                                   {2, 2, 24, 8, 64, {65, 1, 20}}, {4, 2, 40, 20, 128, {150, 5}, true}};
   int bad = 0;
+  for (int form = 0; form < forms; ++form)
   for (const Case& cs : cases) {
     const int nq = cs.nq, nkv = cs.nkv, dh = cs.dh, W = (nq + 2 * nkv) * dh, O = nq * dh;
-    const int ldq = dh % 8 == 0 ? W + 8 : W + 5;  // the 16-byte loads, or not
+    const int ldq = dh % 8 == 0 && !cs.odd_ld ? W + 8 : W + 5;  // the 16-byte loads, or not
     std::vector<int32_t> ss = {0}, pos;
     for (int l : cs.lens) {
       for (int i = 0; i < l; ++i) pos.push_back(i);
@@ -51,12 +55,23 @@ int main() {
     b.chunk_first = cfirst.data(); b.T = T; b.S = S; b.n_chunks = int(cseq.size()); b.chunk_q = cs.q;
     setenv("BAMBA_ATTN_BWD", "mma", 1);
     if (!attention_backward_mma_takes(a, b)) { std::printf("not taken\n"); return 1; }
-    const View v{qb.data(), gb.data(), ldq, O, nq, nkv, dh, (dh + 15) / 16 * 16, cs.rot, scale, inv.data()};
+    // the launcher's test for cp.async: every row whole 16-byte runs
+    const bool async = reinterpret_cast<uintptr_t>(qb.data()) % 16 == 0 && reinterpret_cast<uintptr_t>(gb.data()) % 16 == 0 &&
+                       ldq % 8 == 0 && O % 8 == 0 && dh % 8 == 0;
+    const View v{qb.data(), gb.data(), ldq, O, nq, nkv, dh, (dh + 15) / 16 * 16, cs.rot, scale, inv.data(), async};
     const unsigned tiles = unsigned(b.n_chunks * (cs.q / kT));
     std::vector<float> stats(size_t(T) * nq * 2, NAN);
-    emu::launch({unsigned(nq), tiles}, {unsigned(kThreads)}, kStatsSmem, [&] { stats_kernel(v, b, stats.data()); });
-    emu::launch({unsigned(nq), tiles}, {unsigned(kThreads)}, kDqSmem, [&] { dq_kernel(v, b, stats.data(), db.data(), W); });
-    emu::launch({unsigned(nkv), tiles}, {unsigned(kThreads)}, kDkvSmem, [&] { dkv_kernel(v, b, stats.data(), db.data(), W); });
+    if (form == 0) {  // the register form (mma.sync, ldmatrix, cp.async)
+      emu::launch({unsigned(nq), tiles}, {unsigned(kFThreads)}, kFlashSmem, [&] { flash_stats_kernel(v, b, stats.data()); });
+      emu::launch({unsigned(nq), tiles}, {unsigned(kFThreads)}, kFlashSmem,
+                  [&] { flash_dq_kernel(v, b, stats.data(), db.data(), W); });
+      emu::launch({unsigned(nkv), tiles}, {unsigned(kFThreads)}, kFlashDkvSmem,
+                  [&] { flash_dkv_kernel(v, b, stats.data(), db.data(), W); });
+    } else {  // the wmma form (BAMBA_ATTN_BWD=wmma)
+      emu::launch({unsigned(nq), tiles}, {unsigned(kThreads)}, kStatsSmem, [&] { stats_kernel(v, b, stats.data()); });
+      emu::launch({unsigned(nq), tiles}, {unsigned(kThreads)}, kDqSmem, [&] { dq_kernel(v, b, stats.data(), db.data(), W); });
+      emu::launch({unsigned(nkv), tiles}, {unsigned(kThreads)}, kDkvSmem, [&] { dkv_kernel(v, b, stats.data(), db.data(), W); });
+    }
     std::vector<float> ref(size_t(T) * W);
     grad::attention_backward<float>({ref.data(), T, W, W}, {gf.data(), T, O, O}, {qf.data(), T, W, W}, inv.data(), pos, ss,
                                     grad::AttnDims{nq, nkv, dh, cs.rot, scale});
@@ -68,7 +83,8 @@ int main() {
           got[k].push_back(__bfloat162float(db[size_t(t) * W + c]));
           want[k].push_back(ref[size_t(t) * W + c]);
         }
-    std::printf("case nq %d nkv %d dh %d rot %d q %d T %d:", nq, nkv, dh, cs.rot, cs.q, T);
+    std::printf("%s nq %d nkv %d dh %d rot %d q %d T %d%s:", form ? "wmma" : "mma ", nq, nkv, dh, cs.rot, cs.q, T,
+                async ? " (cp.async)" : "");
     const char* names[] = {"dq", "dk", "dv"};
     for (int k = 0; k < 3; ++k) {
       const double e = rel(got[k], want[k]);

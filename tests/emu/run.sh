@@ -1,14 +1,15 @@
 #!/bin/bash
 # Runs the kernels of src/backend/cuda/ssd_backward_chunked.cu, attention_backward_mma.cu and gemv_mma.cu on the
 # CPU, without a GPU or nvcc: every CUDA thread a std::thread, __syncthreads a barrier, wmma tiles done by lane 0
-# of each warp, mma.m16n8k16 by every lane from the PTX ISA's fragment layouts (include/ stands in for the CUDA
-# headers), shared memory filled with NaN patterns so that a read of anything
-# unwritten shows. The launchers (<<<...>>>) are cut out; the drivers launch the kernels themselves, finish as the
-# launchers' other kernels do, and compare with the CPU twins (grad::ssd_backward, grad::attention_backward) on
-# bf16-rounded inputs: odd sizes, several sequences, G = 2 / GQA, state0, the dt clamp, partial RoPE, chunk tables
-# of 64..256; the decode GEMV for bf16 and FP8 weights (gemv_mma_emu.cpp). Checks indexing, padding, masks,
-# fragment layouts and barriers; not speed, races or the real mma.
-# Usage: tests/emu/run.sh [out-dir]   (about 2 min on two cores; EMU_ONLY="gemv_mma" runs one driver)
+# of each warp, mma.sync and ldmatrix lane by lane from their PTX fragment layouts, cp.async held back until its
+# wait (include/ stands in for the CUDA headers), shared memory filled with NaN patterns so that a read of
+# anything unwritten shows. The launchers (<<<...>>>) are cut out; the drivers launch the kernels themselves,
+# finish as the launchers' other kernels do, and compare with the CPU twins (grad::ssd_backward,
+# grad::attention_backward) on bf16-rounded inputs: odd sizes, several sequences, G = 2 / GQA, state0, the dt
+# clamp, partial RoPE, chunk tables of 64..256, rows with and without 16-byte runs, both attention forms (mma,
+# wmma); and the decode GEMV for bf16 and FP8 weights (gemv_mma_emu.cpp). Checks indexing, fragment layouts,
+# padding, masks, barriers and cp.async waits; not speed, races or the real mma's rounding.
+# Usage: tests/emu/run.sh [out-dir]   (about 6 min on two cores; EMU_ONLY="gemv_mma" runs one driver)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/../../src

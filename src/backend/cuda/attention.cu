@@ -118,6 +118,47 @@ __global__ void __launch_bounds__(128) attention_kernel(AttnArgs a, DevBatch b) 
   }
 }
 
+// One step of FlashAttention-2's online softmax on a warp's score accumulators: sc holds NB blocks of 8 keys for
+// rows g and g+8 of each quad (masked scores already −inf), m the rows' running maxima and l this lane's share of
+// their sums (both in the scores' units, taken to base 2 by sl), o the rows' output accumulators. Joins the new
+// maxima over the quad, rescales l and o, and turns sc into P = 2^((s − m)·sl). Shared by the prefill and the
+// split-K decode kernels.
+template <int NB, int DH>
+__device__ __forceinline__ void online_softmax_step(float (&sc)[NB][4], float (&m)[2], float (&l)[2],
+                                                    float (&o)[DH / 8][4], float sl) {
+  float mx[2] = {m[0], m[1]};
+#pragma unroll
+  for (int j = 0; j < NB; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], sc[j][e]);
+  float corr[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    // A row with no visible key yet (only rows past the sequence's end) keeps m = -inf: guard the NaN.
+    corr[r] = mx[r] == -INFINITY ? 1.f : exp2f((m[r] - mx[r]) * sl);
+    m[r] = mx[r];
+    l[r] *= corr[r];
+  }
+#pragma unroll
+  for (int j = 0; j < DH / 8; ++j) {
+    o[j][0] *= corr[0];
+    o[j][1] *= corr[0];
+    o[j][2] *= corr[1];
+    o[j][3] *= corr[1];
+  }
+#pragma unroll
+  for (int j = 0; j < NB; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = e >> 1;
+      const float p = m[r] == -INFINITY ? 0.f : exp2f((sc[j][e] - m[r]) * sl);
+      sc[j][e] = p;
+      l[r] += p;
+    }
+}
+
 // Prefill (flash-style) on bf16 tensor cores: block per (64-token query tile of one sequence, q head), 4 warps of
 // 16 query rows each. Key/value tiles of 64 cache rows (gathered through the block table) are staged in shared
 // memory; each warp computes S = Q Kᵀ (16 × 64, mma), an online softmax on the accumulators in registers, and
@@ -203,42 +244,14 @@ __global__ void __launch_bounds__(128) flash_attention_kernel(AttnArgs a, DevBat
       }
 
     // Causal mask and online softmax, row by row (each row lives in the 4 lanes of a quad).
-    float mx[2] = {m[0], m[1]};
 #pragma unroll
     for (int j = 0; j < kFlashBK / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = kb + j * 8 + 2 * q + (e & 1);
-        const int r = e >> 1;
-        if (key > row_pos[r] || key >= kv_len) sc[j][e] = -INFINITY;
-        mx[r] = fmaxf(mx[r], sc[j][e]);
+        if (key > row_pos[e >> 1] || key >= kv_len) sc[j][e] = -INFINITY;
       }
-    float corr[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      // A row with no visible key yet (only rows past the sequence's end) keeps m = -inf: guard the NaN.
-      corr[r] = mx[r] == -INFINITY ? 1.f : exp2f((m[r] - mx[r]) * sl);
-      m[r] = mx[r];
-      l[r] *= corr[r];
-    }
-#pragma unroll
-    for (int j = 0; j < DH / 8; ++j) {
-      o[j][0] *= corr[0];
-      o[j][1] *= corr[0];
-      o[j][2] *= corr[1];
-      o[j][3] *= corr[1];
-    }
-#pragma unroll
-    for (int j = 0; j < kFlashBK / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1;
-        const float p = m[r] == -INFINITY ? 0.f : exp2f((sc[j][e] - m[r]) * sl);
-        sc[j][e] = p;
-        l[r] += p;
-      }
+    online_softmax_step<kFlashBK / 8, DH>(sc, m, l, o, sl);
 
     // O += P V: P's accumulators of key blocks 2kk, 2kk+1 are the A fragment of key step kk.
 #pragma unroll
@@ -372,39 +385,12 @@ __global__ void __launch_bounds__(128) decode_split_kernel(AttnArgs a, DevBatch 
         mma_bf16(sc[0], qf[kk], kf[0], kf[1]);
         mma_bf16(sc[1], qf[kk], kf[2], kf[3]);
       }
-      float mx[2] = {m[0], m[1]};
 #pragma unroll
       for (int jj = 0; jj < 2; ++jj)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
+        for (int e = 0; e < 4; ++e)
           if (key0 + jj * 8 + 2 * q + (e & 1) >= k_end) sc[jj][e] = -INFINITY;
-          mx[e >> 1] = fmaxf(mx[e >> 1], sc[jj][e]);
-        }
-      float corr[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        corr[r] = mx[r] == -INFINITY ? 1.f : exp2f((m[r] - mx[r]) * sl);
-        m[r] = mx[r];
-        l[r] *= corr[r];
-      }
-#pragma unroll
-      for (int jj = 0; jj < DH / 8; ++jj) {
-        o[jj][0] *= corr[0];
-        o[jj][1] *= corr[0];
-        o[jj][2] *= corr[1];
-        o[jj][3] *= corr[1];
-      }
-#pragma unroll
-      for (int jj = 0; jj < 2; ++jj)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e >> 1;
-          const float p = m[r] == -INFINITY ? 0.f : exp2f((sc[jj][e] - m[r]) * sl);
-          sc[jj][e] = p;
-          l[r] += p;
-        }
+      online_softmax_step<2, DH>(sc, m, l, o, sl);
       const uint32_t pf[4] = {pack_bf16(sc[0][0], sc[0][1]), pack_bf16(sc[0][2], sc[0][3]),
                               pack_bf16(sc[1][0], sc[1][1]), pack_bf16(sc[1][2], sc[1][3])};
 #pragma unroll

@@ -7,7 +7,7 @@
 // with s_tu = scale q_t · k_u over the keys of t's own sequence. qkv holds q and k rotated (the forward left them
 // so); dq and dk are rotated back (RoPE is a rotation: its input gradient is the output gradient turned by −angle)
 // before they are written. CUDA cores, fp32 throughout: fp32 compute's form, and bf16's with BAMBA_ATTN_BWD=plain;
-// bf16 otherwise takes the tensor-core tiles of attention_backward_mma.cu.
+// bf16 otherwise takes the tensor-core tiles of attention_backward_mma.cu (BAMBA_ATTN_BWD=wmma: their older form).
 #include <type_traits>
 
 #include "backend/cuda/attention_backward_mma.cuh"

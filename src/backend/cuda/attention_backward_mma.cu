@@ -1,9 +1,8 @@
-// Causal attention's backward (grad_kernels.h attention_backward, the CPU twin) on bf16 tensor cores, in 64-token
-// tiles (wmma through shared memory, fp32 accumulation; wmma_tiles.cuh), flash-style: no [T, T] matrix is ever
-// stored, each 64×64 block of scores is recomputed where it is needed. Tiles are the batch's chunk table cut
-// into 64-token pieces, aligned to each sequence's start (as in ssd_backward_chunked.cu), so a query tile sees
-// the key tiles of its sequence up to its own, the last one masked causally. Three kernels, no atomics, every
-// sum in an order fixed by the shape:
+// Causal attention's backward (grad_kernels.h attention_backward, the CPU twin) on bf16 tensor cores in 64-token
+// tiles, flash-style: no [T, T] matrix is ever stored, each 64×64 block of scores is recomputed where it is needed.
+// Tiles are the batch's chunk table cut into 64-token pieces, aligned to each sequence's start (as in
+// ssd_backward_chunked.cu), so a query tile sees the key tiles of its sequence up to its own, the last one masked
+// causally. Three kernels, no atomics, every sum in an order fixed by the shape:
 //   1. stats (q head, query tile): the forward once more — S = Q Kᵀ·scale, online softmax, O = P V — for
 //      lse_t and δ_t = dO_t · O_t (the same δ = Σ_u p_tu (dO_t · v_u) as the plain form's, through O);
 //   2. dq (q head, query tile): over the key tiles, P = exp(S − lse), dP = dO Vᵀ, dS = P ∘ (dP − δ)·scale,
@@ -12,10 +11,15 @@
 //      dV += Pᵀ dO, dK += dSᵀ Q.
 // (FlashAttention-2 fuses 2 into 3 with atomic adds to dQ; recomputing S and dP in 2 instead keeps the bits fixed.)
 // dQ and dK are rotated back by −angle (RoPE's input gradient) as they are written. head_dim ≤ 128.
+// Two forms of the same three kernels: the register form (flash_*, the default; mma.sync fragments kept in
+// registers, operands by ldmatrix, tiles by cp.async) and the older wmma form (BAMBA_ATTN_BWD=wmma: every 64×64
+// product a round trip through shared memory, 16 warps a block), kept to compare against.
 #include <cstdlib>
 #include <cstring>
 
 #include "backend/cuda/attention_backward_mma.cuh"
+#include "backend/cuda/cp_async.cuh"
+#include "backend/cuda/mma.cuh"
 #include "backend/cuda/wmma_tiles.cuh"
 
 namespace bamba::cuda {
@@ -25,7 +29,7 @@ constexpr int kT = 64;                       // tokens per tile
 constexpr int kDMax = 128;                   // head_dim at most
 constexpr int kLdD = kDMax + 8, kLdT = kT + 8;  // bf16 strides of [64, d] and [64, 64] tiles
 constexpr int kLdS = kT + 4, kLdA = kDMax + 4;  // fp32 strides of [64, 64] scores and [64, d] accumulators
-constexpr int kThreads = 512;                // 16 warps: one 16×16 tile each of a 64×64 product
+constexpr int kThreads = 512;                // wmma form: 16 warps, one 16×16 tile each of a 64×64 product
 
 struct Tile {
   int begin, len, seq;
@@ -43,6 +47,7 @@ struct View {
   int nq, nkv, dh, dhp, rot;
   float scale;
   const float* inv_freq;
+  bool async;  // q, k, v and dO rows are whole 16-byte runs (cp.async can fetch them)
 };
 __device__ __forceinline__ const bf16* q_at(const View& v, int t, int h) { return v.qkv + int64_t(t) * v.ldq + h * v.dh; }
 __device__ __forceinline__ const bf16* k_at(const View& v, int t, int kh) {
@@ -241,26 +246,379 @@ __global__ void __launch_bounds__(kThreads) dkv_kernel(View v, DevBatch b, const
   store_rows(row + (v.nq + v.nkv + kh) * v.dh, lddq, dV, tk.len, v, b.positions, tk.begin, false);
 }
 
+// ---- The register form (the default): mma.sync m16n8k16 as FlashAttention-2 uses it (mma.cuh has the fragment
+// layouts). 4 warps a block, each owning 16 rows of the block's 64-row tile; a 16×64 block of scores (S, dP) lives
+// in the warp's registers as mma accumulators, becomes P and dS there, and is packed straight into the A operand of
+// the next product (no shared-memory round trip). The other operand streams through shared memory by cp.async,
+// two stages: the next tile's load is in flight while this one is multiplied. Same three passes, same order of
+// every sum (fixed by the shape), no atomics. Exponentials in base 2 (scale·log2 e folded into one multiply).
+constexpr int kFThreads = 128;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr size_t kTileBytes = size_t(kT) * kLdD * 2;  // one [64, kLdD] bf16 tile
+constexpr size_t kFlashSmem = 6 * kTileBytes;          // 104 KB: two blocks an SM
+constexpr size_t kFlashDkvSmem = kFlashSmem + 4 * kT * 4;
+
+// Rows [0, rows) × cols [0, dh) of a [64, dhp] tile from src (row stride lds) into dst (stride kLdD), zeros around:
+// by cp.async when every row is whole 16-byte runs (v.async; the caller commits and waits), else through registers.
+__device__ __forceinline__ void fetch_tile(bf16* dst, const bf16* src, int64_t lds, int rows, const View& v) {
+  if (!v.async) return load_tile(dst, kLdD, src, lds, rows, v.dh, kT, v.dhp, nullptr);
+  const int cv = v.dhp / 8;
+  for (int e = threadIdx.x; e < kT * cv; e += blockDim.x) {
+    const int r = e / cv, c = e % cv * 8;
+    const bool in = r < rows && c < v.dh;
+    async::copy16(dst + r * kLdD + c, in ? src + int64_t(r) * lds + c : src, in);
+  }
+}
+
+// acc (this warp's 16 rows × 64 columns, 8 columns a block) = A Bᵀ over k < dhp: a points at the warp's first row
+// of a row-major tile, b at a 64-row one (both stride kLdD, k along the row).
+__device__ __forceinline__ void warp_abt(float (&acc)[8][4], const bf16* a, const bf16* b, int dhp) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < kDMax / 16; ++kk) {  // unrolled, so the next step's ldmatrix can issue under this one's mma
+    if (16 * kk >= dhp) break;
+    uint32_t af[4];
+    ldsm_x4(af, a + (lane & 15) * kLdD + 16 * kk + (lane >> 4) * 8);
+#pragma unroll
+    for (int pp = 0; pp < 4; ++pp) {
+      uint32_t bf[4];
+      ldsm_x4(bf, b + (16 * pp + (lane & 7) + (lane >> 4) * 8) * kLdD + 16 * kk + ((lane >> 3) & 1) * 8);
+      mma_bf16(acc[2 * pp], af, bf[0], bf[1]);
+      mma_bf16(acc[2 * pp + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+
+// The accumulators of a 16×64 block, rounded to bf16, as the A operand of a product over its 64 columns
+// (pa[kk]: columns 16kk..16kk+15): two adjacent C blocks are one A block.
+__device__ __forceinline__ void to_a(uint32_t (&pa)[4][4], const float (&x)[8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    pa[kk][0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
+    pa[kk][1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
+    pa[kk][2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+    pa[kk][3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+  }
+}
+
+// acc (16 rows × dhp columns, 8 a block) += P B: P the 16×64 A fragments, b a row-major [64, dhp] tile (stride kLdD).
+__device__ __forceinline__ void warp_pb(float (&acc)[kDMax / 8][4], const uint32_t (&pa)[4][4], const bf16* b, int dhp) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int pp = 0; pp < kDMax / 16; ++pp) {
+    if (16 * pp >= dhp) break;
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      uint32_t bf[4];
+      ldsm_x4_trans(bf, b + (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdD + 16 * pp + (lane >> 4) * 8);
+      mma_bf16(acc[2 * pp], pa[kk], bf[0], bf[1]);
+      mma_bf16(acc[2 * pp + 1], pa[kk], bf[2], bf[3]);
+    }
+  }
+}
+
+// This warp's accumulator rows into dst [64, kLdA] fp32 (for store_rows, which rotates across column pairs).
+__device__ __forceinline__ void stage_rows(float* dst, const float (&acc)[kDMax / 8][4], int dhp) {
+  const int lane = threadIdx.x % 32, r = 16 * (threadIdx.x / 32) + lane / 4, c = 2 * (lane % 4);
+#pragma unroll
+  for (int nb = 0; nb < kDMax / 8; ++nb) {
+    if (8 * nb >= dhp) break;
+    float* o = dst + r * kLdA + 8 * nb + c;
+    o[0] = acc[nb][0], o[1] = acc[nb][1], o[8 * kLdA] = acc[nb][2], o[8 * kLdA + 1] = acc[nb][3];
+  }
+}
+
+// Whether every (query row, key column) of the pair of tiles is visible: whole tiles, the key tile wholly before.
+__device__ __forceinline__ bool all_visible(const Tile& tq, const Tile& tk) {
+  return tq.len == kT && tk.len == kT && tk.begin + kT - 1 <= tq.begin;
+}
+
+// 1. lse and δ per (query, q head) into stats [T, nq, 2]: the forward, FlashAttention-2's loop (running max and
+// sum per row in registers; a row's 64 columns are spread over the 4 lanes of a quad, joined by shuffles).
+__global__ void __launch_bounds__(kFThreads, 2) flash_stats_kernel(View v, DevBatch b, float* stats) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [64, kLdD]
+  bf16* dOs = Qs + kT * kLdD;
+  bf16* Ks = dOs + kT * kLdD;                 // [2][64, kLdD]
+  bf16* Vs = Ks + 2 * kT * kLdD;              // [2][64, kLdD]
+  const int j = gridDim.y - 1 - blockIdx.y, h = blockIdx.x, kh = h / (v.nq / v.nkv), sub = b.chunk_q / kT;
+  const Tile tq = tile_of(b, j);
+  if (tq.len == 0) return;
+  const int first = b.chunk_first[tq.seq] * sub, lane = threadIdx.x % 32, m0 = 16 * (threadIdx.x / 32);
+  const int g = lane / 4, qc = 2 * (lane % 4);
+  const float sl = v.scale * kLog2e;
+  fetch_tile(Qs, q_at(v, tq.begin, h), v.ldq, tq.len, v);
+  fetch_tile(dOs, v.dout + int64_t(tq.begin) * v.ldo + h * v.dh, v.ldo, tq.len, v);
+  {
+    const Tile tk = tile_of(b, first);
+    fetch_tile(Ks, k_at(v, tk.begin, kh), v.ldq, tk.len, v);
+    fetch_tile(Vs, v_at(v, tk.begin, kh), v.ldq, tk.len, v);
+    async::commit();
+  }
+  float m[2] = {-1e30f, -1e30f}, l[2] = {0.f, 0.f}, o[kDMax / 8][4] = {};  // m: log2 units
+  for (int jk = first; jk <= j; ++jk) {
+    const Tile tk = tile_of(b, jk);
+    const int buf = (jk - first) & 1;
+    if (jk < j) {
+      const Tile tn = tile_of(b, jk + 1);
+      fetch_tile(Ks + (buf ^ 1) * kT * kLdD, k_at(v, tn.begin, kh), v.ldq, tn.len, v);
+      fetch_tile(Vs + (buf ^ 1) * kT * kLdD, v_at(v, tn.begin, kh), v.ldq, tn.len, v);
+      async::commit();
+      async::wait<1>();
+    } else {
+      async::wait<0>();
+    }
+    __syncthreads();
+    float s[8][4];
+    warp_abt(s, Qs + m0 * kLdD, Ks + buf * kT * kLdD, v.dhp);  // Q Kᵀ
+    const bool full = all_visible(tq, tk);
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const bool vis = full || visible(tq, tk, m0 + g + 8 * (e >> 1), 8 * nb + qc + (e & 1));
+        s[nb][e] = vis ? s[nb][e] * sl : -INFINITY;
+        mx[e >> 1] = fmaxf(mx[e >> 1], s[nb][e]);
+      }
+    float f[2], sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      f[i] = exp2f(m[i] - mx[i]);
+      m[i] = mx[i];
+    }
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nb][e] = exp2f(s[nb][e] - mx[e >> 1]);
+        sum[e >> 1] += s[nb][e];
+      }
+    l[0] = l[0] * f[0] + sum[0], l[1] = l[1] * f[1] + sum[1];  // this lane's columns only; joined at the end
+#pragma unroll
+    for (int nb = 0; nb < kDMax / 8; ++nb) o[nb][0] *= f[0], o[nb][1] *= f[0], o[nb][2] *= f[1], o[nb][3] *= f[1];
+    uint32_t pa[4][4];
+    to_a(pa, s);
+    warp_pb(o, pa, Vs + buf * kT * kLdD, v.dhp);  // O += P V
+    __syncthreads();  // this stage is read out before the next iteration loads over it
+  }
+  float dot[2] = {0.f, 0.f};  // dO · O (unnormalised) over this lane's columns
+#pragma unroll
+  for (int nb = 0; nb < kDMax / 8; ++nb) {
+    if (8 * nb >= v.dhp) break;
+    const bf16* d0 = dOs + (m0 + g) * kLdD + 8 * nb + qc;
+    dot[0] += to_f(d0[0]) * o[nb][0] + to_f(d0[1]) * o[nb][1];
+    dot[1] += to_f(d0[8 * kLdD]) * o[nb][2] + to_f(d0[8 * kLdD + 1]) * o[nb][3];
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    dot[i] += __shfl_xor_sync(0xffffffffu, dot[i], 1);
+    dot[i] += __shfl_xor_sync(0xffffffffu, dot[i], 2);
+    const int r = m0 + g + 8 * i;
+    if (lane % 4 == 0 && r < tq.len) {
+      float* out = stats + (int64_t(tq.begin + r) * v.nq + h) * 2;
+      out[0] = (m[i] + log2f(l[i])) / kLog2e;
+      out[1] = dot[i] / l[i];
+    }
+  }
+}
+
+// 2. dQ of (query tile, q head): per key tile S = Q Kᵀ and dP = dO Vᵀ in registers, dS = P ∘ (dP − δ)·scale,
+// dQ += dS K; the warp's dQ rows stay in registers to the end.
+__global__ void __launch_bounds__(kFThreads, 2) flash_dq_kernel(View v, DevBatch b, const float* stats, bf16* dqkv,
+                                                                int64_t lddq) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [64, kLdD]
+  bf16* dOs = Qs + kT * kLdD;
+  bf16* Ks = dOs + kT * kLdD;                 // [2][64, kLdD]
+  bf16* Vs = Ks + 2 * kT * kLdD;              // [2][64, kLdD]
+  const int j = gridDim.y - 1 - blockIdx.y, h = blockIdx.x, kh = h / (v.nq / v.nkv), sub = b.chunk_q / kT;
+  const Tile tq = tile_of(b, j);
+  if (tq.len == 0) return;
+  const int first = b.chunk_first[tq.seq] * sub, lane = threadIdx.x % 32, m0 = 16 * (threadIdx.x / 32);
+  const int g = lane / 4, qc = 2 * (lane % 4);
+  const float sl = v.scale * kLog2e;
+  fetch_tile(Qs, q_at(v, tq.begin, h), v.ldq, tq.len, v);
+  fetch_tile(dOs, v.dout + int64_t(tq.begin) * v.ldo + h * v.dh, v.ldo, tq.len, v);
+  {
+    const Tile tk = tile_of(b, first);
+    fetch_tile(Ks, k_at(v, tk.begin, kh), v.ldq, tk.len, v);
+    fetch_tile(Vs, v_at(v, tk.begin, kh), v.ldq, tk.len, v);
+    async::commit();
+  }
+  float lse[2], delta[2];  // of rows m0 + g and m0 + g + 8; lse in log2 units
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = m0 + g + 8 * i;
+    const float* st = stats + (int64_t(tq.begin + r) * v.nq + h) * 2;
+    lse[i] = r < tq.len ? st[0] * kLog2e : 0.f;
+    delta[i] = r < tq.len ? st[1] : 0.f;
+  }
+  float dq[kDMax / 8][4] = {};
+  for (int jk = first; jk <= j; ++jk) {
+    const Tile tk = tile_of(b, jk);
+    const int buf = (jk - first) & 1;
+    if (jk < j) {
+      const Tile tn = tile_of(b, jk + 1);
+      fetch_tile(Ks + (buf ^ 1) * kT * kLdD, k_at(v, tn.begin, kh), v.ldq, tn.len, v);
+      fetch_tile(Vs + (buf ^ 1) * kT * kLdD, v_at(v, tn.begin, kh), v.ldq, tn.len, v);
+      async::commit();
+      async::wait<1>();
+    } else {
+      async::wait<0>();
+    }
+    __syncthreads();
+    const bf16* K = Ks + buf * kT * kLdD;
+    float s[8][4], dp[8][4];
+    warp_abt(s, Qs + m0 * kLdD, K, v.dhp);                        // Q Kᵀ
+    warp_abt(dp, dOs + m0 * kLdD, Vs + buf * kT * kLdD, v.dhp);  // dO Vᵀ
+    const bool full = all_visible(tq, tk);
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = e >> 1;
+        const bool vis = full || visible(tq, tk, m0 + g + 8 * i, 8 * nb + qc + (e & 1));
+        const float p = vis ? exp2f(s[nb][e] * sl - lse[i]) : 0.f;
+        s[nb][e] = p * (dp[nb][e] - delta[i]) * v.scale;  // dS
+      }
+    uint32_t pa[4][4];
+    to_a(pa, s);
+    warp_pb(dq, pa, K, v.dhp);  // dQ += dS K
+    __syncthreads();
+  }
+  float* stage = reinterpret_cast<float*>(Ks);  // [64, kLdA] over the K stages, read out by now
+  stage_rows(stage, dq, v.dhp);
+  __syncthreads();
+  store_rows(dqkv + int64_t(tq.begin) * lddq + h * v.dh, lddq, stage, tq.len, v, b.positions, tq.begin, true);
+}
+
+// 3. dK, dV of (key tile, KV head): the warp owns 16 keys; over the group's q heads and the query tiles from its
+// own on, Sᵀ = K Qᵀ and dPᵀ = V dOᵀ in registers, then dV += Pᵀ dO, dK += dSᵀ Q. Q, dO, lse and δ stream in.
+__global__ void __launch_bounds__(kFThreads, 2) flash_dkv_kernel(View v, DevBatch b, const float* stats, bf16* dqkv,
+                                                                 int64_t lddq) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* Ks = reinterpret_cast<bf16*>(smem);  // [64, kLdD]
+  bf16* Vs = Ks + kT * kLdD;
+  bf16* Qs = Vs + kT * kLdD;    // [2][64, kLdD]
+  bf16* dOs = Qs + 2 * kT * kLdD;  // [2][64, kLdD]
+  float* lse_s = reinterpret_cast<float*>(dOs + 2 * kT * kLdD);  // [2][64], log2 units
+  float* delta_s = lse_s + 2 * kT;                               // [2][64]
+  const int j = blockIdx.y, kh = blockIdx.x, rep = v.nq / v.nkv, sub = b.chunk_q / kT;
+  const Tile tk = tile_of(b, j);
+  if (tk.len == 0) return;
+  const int last = b.chunk_first[tk.seq + 1] * sub, lane = threadIdx.x % 32, m0 = 16 * (threadIdx.x / 32);
+  const int g = lane / 4, qc = 2 * (lane % 4);
+  const float sl = v.scale * kLog2e;
+  int n = 0;  // query tiles from this one to the sequence's end (only its last pieces are empty)
+  while (j + n < last && tile_of(b, j + n).len > 0) ++n;
+  // the query side of step it (q head kh·rep + it / n, query tile j + it % n) into stage buf
+  auto fetch_query_side = [&](int it, int buf) {
+    const int h = kh * rep + it / n;
+    const Tile tq = tile_of(b, j + it % n);
+    fetch_tile(Qs + buf * kT * kLdD, q_at(v, tq.begin, h), v.ldq, tq.len, v);
+    fetch_tile(dOs + buf * kT * kLdD, v.dout + int64_t(tq.begin) * v.ldo + h * v.dh, v.ldo, tq.len, v);
+    for (int r = threadIdx.x; r < kT; r += blockDim.x) {
+      const float* st = stats + (int64_t(tq.begin + r) * v.nq + h) * 2;
+      lse_s[buf * kT + r] = r < tq.len ? st[0] * kLog2e : 0.f;
+      delta_s[buf * kT + r] = r < tq.len ? st[1] : 0.f;
+    }
+  };
+  fetch_tile(Ks, k_at(v, tk.begin, kh), v.ldq, tk.len, v);
+  fetch_tile(Vs, v_at(v, tk.begin, kh), v.ldq, tk.len, v);
+  fetch_query_side(0, 0);
+  async::commit();
+  float dk[kDMax / 8][4] = {}, dv[kDMax / 8][4] = {};
+  for (int it = 0; it < rep * n; ++it) {
+    const Tile tq = tile_of(b, j + it % n);
+    const int buf = it & 1;
+    if (it + 1 < rep * n) {
+      fetch_query_side(it + 1, buf ^ 1);
+      async::commit();
+      async::wait<1>();
+    } else {
+      async::wait<0>();
+    }
+    __syncthreads();
+    const bf16 *Q = Qs + buf * kT * kLdD, *dO = dOs + buf * kT * kLdD;
+    const float *lse = lse_s + buf * kT, *delta = delta_s + buf * kT;
+    float s[8][4], dp[8][4];
+    warp_abt(s, Ks + m0 * kLdD, Q, v.dhp);    // Sᵀ = K Qᵀ: keys × queries
+    warp_abt(dp, Vs + m0 * kLdD, dO, v.dhp);  // dPᵀ = V dOᵀ
+    const bool full = all_visible(tq, tk);
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = 8 * nb + qc + (e & 1);  // query
+        const bool vis = full || visible(tq, tk, c, m0 + g + 8 * (e >> 1));
+        const float p = vis ? exp2f(s[nb][e] * sl - lse[c]) : 0.f;
+        s[nb][e] = p;
+        dp[nb][e] = p * (dp[nb][e] - delta[c]) * v.scale;  // dSᵀ
+      }
+    uint32_t pa[4][4];
+    to_a(pa, s);
+    warp_pb(dv, pa, dO, v.dhp);  // dV += Pᵀ dO
+    to_a(pa, dp);
+    warp_pb(dk, pa, Q, v.dhp);   // dK += dSᵀ Q
+    __syncthreads();
+  }
+  float* dk_s = reinterpret_cast<float*>(Qs);  // [64, kLdA] twice, over the Q and dO stages, read out by now
+  float* dv_s = dk_s + kT * kLdA;
+  stage_rows(dk_s, dk, v.dhp);
+  stage_rows(dv_s, dv, v.dhp);
+  __syncthreads();
+  bf16* row = dqkv + int64_t(tk.begin) * lddq;
+  store_rows(row + (v.nq + kh) * v.dh, lddq, dk_s, tk.len, v, b.positions, tk.begin, true);
+  store_rows(row + (v.nq + v.nkv + kh) * v.dh, lddq, dv_s, tk.len, v, b.positions, tk.begin, false);
+}
+
 }  // namespace
 
-bool attention_backward_mma_takes(const AttnArgs& a, const DevBatch& b) {
+// BAMBA_ATTN_BWD: unset or "mma" the register form, "wmma" the older shared-memory tiles, "plain" neither.
+static const char* attn_bwd_form() {
   const char* e = std::getenv("BAMBA_ATTN_BWD");
-  if (e && *e && std::strcmp(e, "plain") != 0 && std::strcmp(e, "mma") != 0)
-    fail("BAMBA_ATTN_BWD must be \"plain\" or \"mma\", not \"", e, "\"");
-  if (e && std::strcmp(e, "plain") == 0) return false;
+  if (!e || !*e) return "mma";
+  if (std::strcmp(e, "plain") != 0 && std::strcmp(e, "mma") != 0 && std::strcmp(e, "wmma") != 0)
+    fail("BAMBA_ATTN_BWD must be \"mma\", \"wmma\" or \"plain\", not \"", e, "\"");
+  return e;
+}
+
+bool attention_backward_mma_takes(const AttnArgs& a, const DevBatch& b) {
+  if (std::strcmp(attn_bwd_form(), "plain") == 0) return false;
   return a.dh <= kDMax && a.nq % a.nkv == 0 && b.chunk_q >= kT && b.chunk_q % kT == 0 && b.n_chunks > 0;
 }
 
 void attention_backward_mma(cudaStream_t st, bf16* dqkv, int64_t lddq, const bf16* dout, int64_t ldo, const AttnArgs& a,
                             const DevBatch& b, float* stats) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool async = aligned(a.qkv) && aligned(dout) && a.ldq % 8 == 0 && ldo % 8 == 0 && a.dh % 8 == 0;
   const View v{static_cast<const bf16*>(a.qkv), dout, a.ldq, ldo, a.nq, a.nkv, a.dh, (a.dh + 15) / 16 * 16, a.rot,
-               a.scale, a.inv_freq};
+               a.scale, a.inv_freq, async};
   const unsigned tiles = unsigned(b.n_chunks * (b.chunk_q / kT));
+  // Heads in x, tiles in y, so that blocks start in y order: the longest first (a query tile's work grows with
+  // its index in the sequence, a key tile's shrinks), and the short ones fill in behind them.
+  if (std::strcmp(attn_bwd_form(), "wmma") != 0) {
+    CUDA_CHECK(cudaFuncSetAttribute(flash_stats_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kFlashSmem)));
+    CUDA_CHECK(cudaFuncSetAttribute(flash_dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kFlashSmem)));
+    CUDA_CHECK(cudaFuncSetAttribute(flash_dkv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kFlashDkvSmem)));
+    flash_stats_kernel<<<dim3(unsigned(a.nq), tiles), kFThreads, kFlashSmem, st>>>(v, b, stats);
+    CUDA_LAUNCH_CHECK();
+    flash_dq_kernel<<<dim3(unsigned(a.nq), tiles), kFThreads, kFlashSmem, st>>>(v, b, stats, dqkv, lddq);
+    CUDA_LAUNCH_CHECK();
+    flash_dkv_kernel<<<dim3(unsigned(a.nkv), tiles), kFThreads, kFlashDkvSmem, st>>>(v, b, stats, dqkv, lddq);
+    CUDA_LAUNCH_CHECK();
+    return;
+  }
   CUDA_CHECK(cudaFuncSetAttribute(stats_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kStatsSmem)));
   CUDA_CHECK(cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kDqSmem)));
   CUDA_CHECK(cudaFuncSetAttribute(dkv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kDkvSmem)));
-  // Heads in x, tiles in y, so that blocks start in y order: the longest first (a query tile's work grows with
-  // its index in the sequence, a key tile's shrinks), and the short ones fill in behind them.
   stats_kernel<<<dim3(unsigned(a.nq), tiles), kThreads, kStatsSmem, st>>>(v, b, stats);
   CUDA_LAUNCH_CHECK();
   dq_kernel<<<dim3(unsigned(a.nq), tiles), kThreads, kDqSmem, st>>>(v, b, stats, dqkv, lddq);

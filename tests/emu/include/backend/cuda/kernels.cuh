@@ -23,10 +23,15 @@ inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __shared__ static  // blocks run one after another: one array per kernel serves every block in turn
 namespace emu {
-struct Warp { float val[32]; uint32_t ma[32][4], mb[32][2]; std::barrier<> bar{32}; };  // ma, mb: mma.h's operands
+struct Warp {
+  float val[32];
+  const void* ptr[32];     // ldmatrix: each lane's row address (mma.cuh)
+  uint32_t reg[32][10];    // mma: each lane's A, B and C registers (mma.cuh)
+  std::barrier<> bar{32};
+};
 struct Block {
   explicit Block(int n) : bar(n), warps(n / 32) {}
   std::barrier<> bar;

@@ -1,59 +1,68 @@
-// Stand-in for src/backend/cuda/mma.cuh when tests/emu/run.sh compiles gemv_mma.cu for the CPU: mma.m16n8k16
-// with the fragment layouts of NVIDIA's PTX ISA ("Matrix Fragments for mma.m16n8k16" with .bf16), written from
-// that document rather than from mma.cuh's comment, so that a kernel which misreads the layout fails here. Every
-// lane of the warp calls it (as on the GPU): the lanes post their fragments, each rebuilds the whole A (16×16) and
-// B (16×8) and computes its own four C entries in fp32 (exact products, a sum order of its own).
+// Stand-in for src/backend/cuda/mma.cuh when tests/emu/run.sh compiles kernels for the CPU: ldmatrix and
+// mma.sync m16n8k16 done lane by lane from the fragment layouts of the PTX ISA (written out in mma.cuh). Every
+// lane of a warp calls them (as on the GPU); each publishes its operands in the warp's slot, a barrier, then each
+// lane builds its own result from the others', a barrier. So a kernel that puts a value in the wrong register or
+// points a lane at the wrong row gives wrong numbers here, as it would on the GPU.
 // The E4M3 conversion is written from the format's definition (OCP FP8: bias 7, subnormals m · 2^-9, no Inf).
 #pragma once
+#include <cstdint>
 #include <cstring>
 
 #include "backend/cuda/kernels.cuh"
 
 namespace bamba::cuda {
 
-inline float emu_bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
-inline float emu_bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+inline uint16_t emu_ld16(const void* row, int col) {
+  uint16_t x;
+  std::memcpy(&x, static_cast<const unsigned char*>(row) + 2 * col, 2);
+  return x;
+}
+inline float emu_bf(uint32_t reg, int half) { return __bfloat162float(bf16{uint16_t(half ? reg >> 16 : reg & 0xffffu)}); }
+
+// Lane L points at row L % 8 of 8×8 matrix L / 8; register i = matrix i's (row g, cols 2q, 2q+1), or with trans
+// its (rows 2q, 2q+1, col g); g = lane / 4, q = lane % 4, the lower index in the low half.
+inline void emu_ldsm(uint32_t (&r)[4], const void* p, bool trans) {
+  auto& w = emu::cur->warps[threadIdx.x / 32];
+  const int lane = int(threadIdx.x % 32), g = lane / 4, q = lane % 4;
+  w.ptr[lane] = p;
+  w.bar.arrive_and_wait();
+  for (int i = 0; i < 4; ++i) {
+    const uint16_t lo = trans ? emu_ld16(w.ptr[8 * i + 2 * q], g) : emu_ld16(w.ptr[8 * i + g], 2 * q);
+    const uint16_t hi = trans ? emu_ld16(w.ptr[8 * i + 2 * q + 1], g) : emu_ld16(w.ptr[8 * i + g], 2 * q + 1);
+    r[i] = uint32_t(lo) | uint32_t(hi) << 16;
+  }
+  w.bar.arrive_and_wait();
+}
+inline void ldsm_x4(uint32_t (&r)[4], const void* p) { emu_ldsm(r, p, false); }
+inline void ldsm_x4_trans(uint32_t (&r)[4], const void* p) { emu_ldsm(r, p, true); }
+
+// c += a · b with A 16×16 (a0: row g, k 2q..; a1: row g+8; a2: k + 8; a3: both), B 16×8 (b0: k 2q.., col g;
+// b1: k + 8), C 16×8 (c0, c1: row g, cols 2q, 2q+1; c2, c3: row g + 8). Sums in fp32, k in order.
+inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  auto& w = emu::cur->warps[threadIdx.x / 32];
+  const int lane = int(threadIdx.x % 32), g = lane / 4, q = lane % 4;
+  for (int i = 0; i < 4; ++i) w.reg[lane][i] = a[i];
+  w.reg[lane][4] = b0, w.reg[lane][5] = b1;
+  w.bar.arrive_and_wait();
+  auto A = [&](int r, int k) { return emu_bf(w.reg[(r % 8) * 4 + (k % 8) / 2][(r >= 8) + 2 * (k >= 8)], k % 2); };
+  auto B = [&](int k, int n) { return emu_bf(w.reg[n * 4 + (k % 8) / 2][4 + (k >= 8)], k % 2); };
+  float out[4];
+  for (int e = 0; e < 4; ++e) {
+    const int r = g + 8 * (e / 2), n = 2 * q + e % 2;
+    float s = c[e];
+    for (int k = 0; k < 16; ++k) s += A(r, k) * B(k, n);
+    out[e] = s;
+  }
+  w.bar.arrive_and_wait();
+  for (int e = 0; e < 4; ++e) c[e] = out[e];
+}
 
 inline uint32_t pack_bf16(float lo, float hi) {
   return uint32_t(__float2bfloat16_rn(lo).b) | uint32_t(__float2bfloat16_rn(hi).b) << 16;
 }
 
-// c += a · b. PTX ISA, m16n8k16 .bf16 (groupID = lane >> 2, threadID_in_group = lane % 4):
-//   A: a_i for i = 0..7 (two per register): row = groupID (+8 for i in {2,3,6,7}),
-//      col = threadID_in_group · 2 + (i & 1) (+8 for i >= 4)
-//   B: b_i for i = 0..3: row (k) = threadID_in_group · 2 + (i & 1) (+8 for i >= 2), col = groupID
-//   C: c_i for i = 0..3: row = groupID (+8 for i >= 2), col = threadID_in_group · 2 + (i & 1)
-inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  auto& w = emu::cur->warps[threadIdx.x / 32];
-  const int lane = int(threadIdx.x % 32);
-  for (int i = 0; i < 4; ++i) w.ma[lane][i] = a[i];
-  w.mb[lane][0] = b0;
-  w.mb[lane][1] = b1;
-  w.bar.arrive_and_wait();
-  float A[16][16], B[16][8];
-  for (int L = 0; L < 32; ++L) {
-    const int gid = L >> 2, tig = L & 3;
-    for (int i = 0; i < 8; ++i) {
-      const uint32_t r = w.ma[L][i / 2];
-      const float v = i & 1 ? emu_bf16_hi(r) : emu_bf16_lo(r);
-      const int row = gid + ((i == 2 || i == 3 || i == 6 || i == 7) ? 8 : 0);
-      const int col = tig * 2 + (i & 1) + (i >= 4 ? 8 : 0);
-      A[row][col] = v;
-    }
-    for (int i = 0; i < 4; ++i) {
-      const uint32_t r = w.mb[L][i / 2];
-      B[tig * 2 + (i & 1) + (i >= 2 ? 8 : 0)][gid] = i & 1 ? emu_bf16_hi(r) : emu_bf16_lo(r);
-    }
-  }
-  w.bar.arrive_and_wait();  // every lane has read the operands: the next call may post new ones
-  const int gid = lane >> 2, tig = lane & 3;
-  for (int i = 0; i < 4; ++i) {
-    const int row = gid + (i >= 2 ? 8 : 0), col = tig * 2 + (i & 1);
-    float s = 0.f;
-    for (int k = 0; k < 16; ++k) s += A[row][k] * B[k][col];
-    c[i] += s;
-  }
-}
+inline float emu_bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
+inline float emu_bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
 // f16 bits of an E4M3 byte (all E4M3 values are normal f16 numbers; NaN to the f16 NaN).
 inline uint16_t emu_e4m3_to_f16(uint8_t b) {
