@@ -270,14 +270,23 @@ TEST_P(TensorParallelFixture, AForkedSequenceContinuesOnEveryRank) {
 }
 
 // Every shape that splits evenly, up to 4 ranks (heads, KV heads or their multiple, Mamba heads and groups,
-// intermediate size, vocabulary).
+// intermediate, shared and expert widths, vocabulary); every family fixture at N = 1 and 2. N = 4 does not split
+// falcon_h1 and nemotron_h (6 Mamba heads: ShapesThatDoNotSplitAreClearErrors).
 INSTANTIATE_TEST_SUITE_P(Fixtures, TensorParallelFixture,
                          ::testing::Values(Case{"bamba-tiny-a", 1}, Case{"bamba-tiny-a", 2}, Case{"bamba-tiny-a", 4},
                                            Case{"bamba-tiny-b", 1}, Case{"bamba-tiny-e2e", 2},
-                                           Case{"llama3", 2}, Case{"llama3", 4}, Case{"mamba2", 2}, Case{"mamba2", 4},
-                                           Case{"falcon_h1", 2},
-                                           Case{"granitemoehybrid-dense-rope", 2},
-                                           Case{"granitemoehybrid-dense-rope", 4}),
+                                           Case{"llama3", 1}, Case{"llama3", 2}, Case{"llama3", 4},
+                                           Case{"mamba2", 1}, Case{"mamba2", 2}, Case{"mamba2", 4},
+                                           Case{"falcon_h1", 1}, Case{"falcon_h1", 2},
+                                           Case{"granitemoehybrid-dense-rope", 1}, Case{"granitemoehybrid-dense-rope", 2},
+                                           Case{"granitemoehybrid-dense-rope", 4},
+                                           // MoE: softmax top-k SwiGLU experts + a shared MLP (2 KV heads: copied at N = 4)
+                                           Case{"granitemoehybrid-moe", 1}, Case{"granitemoehybrid-moe", 2},
+                                           Case{"granitemoehybrid-moe", 4},
+                                           // MoE: sigmoid grouped routing with e_score_correction_bias, relu² experts
+                                           Case{"nemotron_h", 1}, Case{"nemotron_h", 2},
+                                           // shared blocks with LoRA adapters (N = 4: the gated norm gathered)
+                                           Case{"zamba2", 1}, Case{"zamba2", 2}, Case{"zamba2", 4}),
                          case_name);
 
 TEST(TensorParallel, ShapesThatDoNotSplitAreClearErrors) {
@@ -299,10 +308,53 @@ TEST(TensorParallel, ShapesThatDoNotSplitAreClearErrors) {
   EXPECT_TRUE(has(msg("bamba-tiny-b", 4), "num_attention_heads 6 is not divisible by the 4 ranks"));
   EXPECT_TRUE(has(msg("bamba-tiny-e2e", 4), "num_attention_heads 2 is not divisible by the 4 ranks"));
   EXPECT_TRUE(has(msg("bamba-tiny-a", 3), "does not split"));  // vocab 512
-  EXPECT_TRUE(has(msg("zamba2", 2), "does not support zamba2"));
-  EXPECT_TRUE(has(msg("granitemoehybrid-moe", 2), "mixture-of-experts"));
-  EXPECT_TRUE(has(msg("nemotron_h", 2), "mixture-of-experts"));
+  EXPECT_TRUE(has(msg("nemotron_h", 4), "the Mamba head count 6 is not divisible by the 4 ranks"));
+  EXPECT_TRUE(has(msg("falcon_h1", 4), "the Mamba head count 6 is not divisible by the 4 ranks"));
   EXPECT_EQ(msg("bamba-tiny-a", 4), msg("bamba-tiny-a", 4) == "skip" ? "skip" : "");
+  for (const char* ok : {"zamba2", "granitemoehybrid-moe"}) {  // once refused, now split
+    const std::string m = msg(ok, 4);
+    EXPECT_TRUE(m.empty() || m == "skip") << ok << ": " << m;
+  }
+}
+
+// The feed-forward widths name their config.json field (per model type) when they do not split.
+TEST(TensorParallel, WidthsThatDoNotSplitNameTheirField) {
+  auto msg = [](ModelConfig c, int n) -> std::string {
+    try {
+      shard_config(c, 0, n);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  const std::string granite = test::fixture_model_dir("granitemoehybrid-moe"), nemotron = test::fixture_model_dir("nemotron_h"),
+                    zamba = test::fixture_model_dir("zamba2");
+  if (granite.empty() || nemotron.empty() || zamba.empty()) GTEST_SKIP() << "family fixtures not found";
+  ModelConfig g = load_config(granite);  // experts 32 wide, shared MLP 48
+  g.moe_intermediate_size = 34;
+  EXPECT_NE(msg(g, 4).find("intermediate_size (the width of one expert) 34 is not divisible by the 4 ranks"), std::string::npos) << msg(g, 4);
+  g = load_config(granite);
+  g.shared_intermediate_size = g.intermediate_size = 50;
+  EXPECT_NE(msg(g, 4).find("shared_intermediate_size 50 is not divisible by the 4 ranks"), std::string::npos) << msg(g, 4);
+  ModelConfig nh = load_config(nemotron);
+  nh.moe_intermediate_size = 33;
+  EXPECT_NE(msg(nh, 2).find("moe_intermediate_size 33 is not divisible by the 2 ranks"), std::string::npos) << msg(nh, 2);
+  nh = load_config(nemotron);
+  nh.shared_intermediate_size = 47;
+  EXPECT_NE(msg(nh, 2).find("moe_shared_expert_intermediate_size 47 is not divisible"), std::string::npos) << msg(nh, 2);
+  nh = load_config(nemotron);
+  nh.intermediate_size = 95;
+  EXPECT_NE(msg(nh, 2).find("intermediate_size 95 is not divisible by the 2 ranks"), std::string::npos) << msg(nh, 2);
+  ModelConfig z = load_config(zamba);  // the shared blocks' MLP
+  z.intermediate_size = 98;
+  EXPECT_NE(msg(z, 4).find("intermediate_size 98 is not divisible by the 4 ranks"), std::string::npos) << msg(z, 4);
+  // The split config: experts and shared MLP each 1/N wide, routing unchanged.
+  ModelConfig s = shard_config(load_config(granite), 1, 4);
+  EXPECT_EQ(s.moe_intermediate_size, 8);
+  EXPECT_EQ(s.shared_intermediate_size, 12);
+  EXPECT_EQ(s.intermediate_size, 12);
+  EXPECT_EQ(s.num_experts, 4);
+  EXPECT_EQ(s.num_experts_per_tok, 2);
 }
 
 }  // namespace
