@@ -393,5 +393,26 @@ TEST(TensorParallelCli, LogitsAndGenerateOverThreadRanks) {
   std::filesystem::remove_all(tmp);
 }
 
+// --quantization fp8 with --tp: the whole model is quantized before the split, so a one-token step (W8A16) gives the
+// one-device FP8 logits (tests/fp8_test.cpp checks the split itself on several models).
+TEST(TensorParallelCli, Fp8QuantizationSplitsWithItsScales) {
+  if (test::fixture_model_dir("bamba-tiny-a").empty()) GTEST_SKIP() << "fixture bamba-tiny-a not found";
+  const std::string dir = test::model_dir("bamba-tiny-a"), tmp = test::make_temp_dir("tp-cli-fp8");
+  std::vector<std::vector<float>> logits;
+  for (int n : {1, 2}) {
+    const std::string out = tmp + "/l" + std::to_string(n) + ".safetensors";
+    auto r = test::run_bamba(cat("logits -q --device cpu -m '", dir, "' --quantization fp8 --tp ", n, " --ids 7 -o '", out, "'"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    SafetensorsFile f(out);
+    const TensorInfo* t = f.find("logits");
+    ASSERT_TRUE(t);
+    logits.emplace_back(size_t(t->numel()));
+    convert_to_f32(t->data, t->dtype, logits.back().size(), logits.back().data());
+  }
+  ASSERT_EQ(logits[0].size(), logits[1].size());
+  EXPECT_LE(max_rel_err(logits[1].data(), logits[0].data(), logits[0].size()), 1e-5);
+  std::filesystem::remove_all(tmp);
+}
+
 }  // namespace
 }  // namespace bamba
