@@ -8,6 +8,8 @@
 #include <atomic>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "backend/thread_communicator.h"
@@ -16,6 +18,7 @@
 #include "io/safetensors.h"
 #include "model/tensor_parallel.h"
 #include "test_util.h"
+#include "tokenizer/tokenizer.h"
 
 namespace bamba {
 namespace {
@@ -411,6 +414,51 @@ TEST(TensorParallelCli, Fp8QuantizationSplitsWithItsScales) {
   }
   ASSERT_EQ(logits[0].size(), logits[1].size());
   EXPECT_LE(max_rel_err(logits[1].data(), logits[0].data(), logits[0].size()), 1e-5);
+  std::filesystem::remove_all(tmp);
+}
+
+// Every family type from the command line over 2 thread ranks (the fixtures split at N = 2): greedy text equal to
+// one rank's, and `bamba eval`'s scores (loglikelihoods through the engine) equal to one rank's. The fixtures have
+// no tokenizer: each is run from a folder beside it with the byte-level one, its vocabulary filled up to the model's.
+TEST(TensorParallelCli, EveryFamilyTypeGeneratesAndEvaluatesAsOneRank) {
+  const std::string tmp = test::make_temp_dir("tp-cli-family"), tasks = std::string(BAMBA_SOURCE_DIR) + "/tests/data/eval";
+  int ran = 0;
+  for (const std::string& name : test::kFamilyModels) {
+    const std::string src = test::fixture_model_dir(name);
+    if (src.empty()) continue;
+    ++ran;
+    const std::string dir = tmp + "/" + name;
+    std::filesystem::create_directories(dir);
+    for (const char* f : {"config.json", "model.safetensors", "generation_config.json"})
+      if (std::filesystem::exists(src + "/" + f)) std::filesystem::create_symlink(src + "/" + f, dir + "/" + f);
+    nlohmann::json tok = nlohmann::json::parse(Tokenizer::byte_level_default_json());
+    const int64_t V = load_config(src).vocab_size;  // the ids above the bytes and specials: plain tokens "x<id>"
+    for (int64_t id = int64_t(tok["model"]["vocab"].size() + tok["added_tokens"].size()); id < V; ++id)
+      tok["model"]["vocab"]["x" + std::to_string(id)] = id;
+    std::ofstream(dir + "/tokenizer.json") << tok.dump();
+    std::vector<std::string> text;
+    std::vector<nlohmann::json> scores;
+    for (int n : {1, 2}) {
+      auto g = test::run_bamba(cat("generate -q --device cpu -m '", dir, "' --tp ", n,
+                                   " --prompt 'the river' -t 0 -n 12 --ignore-eos --no-bos"));
+      ASSERT_EQ(g.exit_code, 0) << name << " --tp " << n << ": " << g.err;
+      text.push_back(g.out);
+      const std::string out = dir + "/eval" + std::to_string(n) + ".json";
+      auto e = test::run_bamba(cat("eval -q --device cpu -m '", dir, "' --tp ", n, " --tasks-dir ", tasks, " --data-dir ",
+                                   tasks, " --tasks tiny_mc,tiny_rolling --limit 2 -o '", out, "'"));
+      ASSERT_EQ(e.exit_code, 0) << name << " --tp " << n << ": " << e.err;
+      std::ifstream f(out);
+      scores.push_back(nlohmann::json::parse(f)["results"]);
+    }
+    EXPECT_EQ(text[1], text[0]) << name;
+    const double p1 = scores[0]["tiny_rolling"]["word_perplexity,none"].get<double>(),
+                 p2 = scores[1]["tiny_rolling"]["word_perplexity,none"].get<double>();
+    EXPECT_NEAR(std::log(p2), std::log(p1), 1e-4) << name;
+    EXPECT_EQ(scores[1]["tiny_mc"]["acc,none"], scores[0]["tiny_mc"]["acc,none"]) << name;
+    std::printf("[tensor parallel cli] %s: --tp 2 text %s one rank's; word perplexity %.6g / %.6g\n", name.c_str(),
+                text[1] == text[0] ? "==" : "!=", p1, p2);
+  }
+  if (ran == 0) GTEST_SKIP() << "no family fixture found";
   std::filesystem::remove_all(tmp);
 }
 
