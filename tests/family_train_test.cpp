@@ -403,6 +403,35 @@ TEST_P(FamilyTrain, BambaTrainLowersTheLossAndSavesALoadableModel) {
   fs::remove_all(data);
 }
 
+// Data parallelism (`bamba train --nproc N`, docs/multi-gpu.md) for every type: 2 and 4 thread ranks, each reading
+// its rows of the same global batches, give the one-rank step losses (their gradients summed in another order).
+TEST_P(FamilyTrain, DataParallelRanksGiveTheOneRankLosses) {
+  const std::string dir = test::fixture_model_dir(GetParam());
+  if (dir.empty()) GTEST_SKIP() << "fixture " << GetParam() << " not found";
+  const std::string data = shard_dir("family-train-dp-" + test::fixture_param_name(GetParam()));
+  std::vector<std::vector<double>> losses;
+  for (int n : {1, 2, 4}) {
+    const std::string out = data + "/out" + std::to_string(n), yml = data + "/run" + std::to_string(n) + ".yml";
+    std::ofstream(yml) << "model: {path: " << dir << "}\n"
+                       << "data:\n  - {name: a, path: " << data << "/a.bin}\n"
+                       << "seq_len: 32\nmicro_batch_size: 2\nbatch_tokens: 256\nsteps: 3\n"
+                       << "optimizer: {lr: 0.01}\nschedule: {name: constant, warmup_steps: 1}\n"
+                       << "precision: fp32\nsave_every: 0\nkeep_last: 0\noutput: " << out << "\n";
+    test::RunResult r = test::run_bamba("train " + yml + " --nproc " + std::to_string(n) + " -q");
+    ASSERT_EQ(r.exit_code, 0) << "--nproc " << n << ": " << r.err;
+    std::ifstream log(out + "/metrics.jsonl");
+    losses.emplace_back();
+    for (std::string line; std::getline(log, line);) losses.back().push_back(nlohmann::json::parse(line)["loss"].get<double>());
+    ASSERT_EQ(losses.back().size(), 3u) << "--nproc " << n;
+  }
+  for (size_t k = 1; k < losses.size(); ++k)
+    for (size_t s = 0; s < 3; ++s)
+      EXPECT_NEAR(losses[k][s], losses[0][s], 1e-5 * std::fabs(losses[0][s])) << "--nproc " << (k == 1 ? 2 : 4) << " step " << s;
+  std::printf("[ %s ] bamba train --nproc 1 / 2 / 4: last loss %.7f / %.7f / %.7f\n", GetParam().c_str(), losses[0][2],
+              losses[1][2], losses[2][2]);
+  fs::remove_all(data);
+}
+
 // Falcon-H1 without mamba_rms_norm (generated weights: the other tests need a fixture folder on disk).
 TEST(FamilyTrainGenerated, FalconWithoutMambaNormGradientMatchesFiniteDifferences) {
   Fixture f(kUngated);

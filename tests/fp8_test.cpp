@@ -2,7 +2,8 @@
 // NaN), the per-row quantization, the CPU matmul twin against its definition, --quantization fp8's choice of
 // layers, FP8 checkpoints written here in each published layout (compressed-tensors channel / tensor / block,
 // FBGEMM FP8, DeepSeek-style fp8 block and tensor) loaded and run against the same weights dequantized into an
-// fp32 checkpoint, the errors of inconsistent configs, and the accuracy against the fp32 fixtures.
+// fp32 checkpoint, the errors of inconsistent configs, the accuracy against the fp32 fixtures, and FP8 weights
+// split for tensor parallelism (thread ranks) against the same weights on one device.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,6 +14,7 @@
 #include <random>
 
 #include "backend/backend.h"
+#include "backend/thread_communicator.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/fp8.h"
@@ -21,6 +23,7 @@
 #include "io/safetensors.h"
 #include "model/hybrid.h"
 #include "model/quantization.h"
+#include "model/tensor_parallel.h"
 #include "model/weights.h"
 #include "fixture_runner.h"
 #include "test_util.h"
@@ -480,6 +483,111 @@ TEST(Fp8, AccuracyOnTheFixtures) {
     EXPECT_LT(worst_p, 0.45) << name;
     EXPECT_LT(worst_d, 0.3) << name;
   }
+}
+
+// ---- FP8 with tensor parallelism
+
+// r's model split over n thread ranks (its whole weights, FP8 ones included, are the source), with a cache and a
+// workspace for rank 0's shard.
+void split_runner(test::FixtureRunner& r, int n) {
+  std::vector<std::unique_ptr<Backend>> others;
+  for (int k = 1; k < n; ++k) others.push_back(make_cpu_backend());
+  r.ws.reset();
+  r.cache.reset();
+  auto tp = make_tensor_parallel_model(r.model->config(), r.model->weights(), *r.be, *r.be, std::move(others),
+                                       make_thread_communicators(n));
+  r.model = std::move(tp);
+  int32_t max_len = 0, total = 0;
+  for (auto& e : r.seqs) max_len = std::max(max_len, int32_t(e.ids.size()) + 16), total += int32_t(e.ids.size());
+  const ModelConfig& c = r.model->config();
+  r.cache = std::make_unique<HybridCache>(c, *r.be, HybridCache::sizes_for(c, int32_t(r.seqs.size()), max_len, 8));
+  r.ws = std::make_unique<Workspace>(c, *r.be, total, total);
+}
+
+// Worst relative L2 of a split FP8 model's logits against the same FP8 weights on one device, over the fixture's
+// sequences: one token per step (W8A16) and whole prompts (W8A8 for per-channel weights).
+std::pair<double, double> split_vs_one(test::FixtureRunner& one, test::FixtureRunner& split) {
+  double d = 0, p = 0;
+  for (auto& s : one.seqs) {
+    const int32_t T = int32_t(s.ids.size());
+    std::vector<int32_t> steps;
+    for (int32_t t = 1; t <= T; ++t) steps.push_back(t);
+    d = std::max(d, test::rel_l2(split.run_pieces(s.ids, steps), one.run_pieces(s.ids, steps)));
+    p = std::max(p, test::rel_l2(split.run_pieces(s.ids, {T}), one.run_pieces(s.ids, {T})));
+  }
+  return {d, p};
+}
+
+// --quantization fp8 quantizes the whole model (per output channel) before the split: a row-split weight's shard
+// keeps its rows' scales, a column-split one every row's scale, so one token at a time (W8A16) the ranks compute
+// the one-device FP8 products (summed in another order). Whole prompts run W8A8, whose per-token activation scale
+// a rank takes over its own slice of a row-parallel input: another rounding of the same size as FP8's own.
+TEST(Fp8, TensorParallelPerChannelScalesGoWithTheirRows) {
+  struct C {
+    std::string model;
+    int n;
+  };
+  std::vector<C> cases = {{"bamba-tiny-a", 2}, {"bamba-tiny-a", 4}};
+  for (const std::string& m : test::kFamilyModels) cases.push_back({m, 2});  // every type splits at N = 2
+  for (const C& k : cases) {
+    const std::string dir = test::fixture_model_dir(k.model);
+    if (dir.empty()) continue;
+    test::FixtureRunner ref(dir, make_cpu_backend(), false), one(dir, make_cpu_backend(), false), split(dir, make_cpu_backend(), false);
+    for (auto* r : {&one, &split}) {
+      ModelWeights w = r->model->weights();
+      quantize_weights_fp8(r->model->config(), w, *r->be);
+      r->model = std::make_unique<HybridModel>(r->model->config(), std::move(w), *r->be);
+    }
+    split_runner(split, k.n);
+    EXPECT_TRUE(has_fp8_weights(split.model->config(), split.model->weights())) << k.model;
+    auto [d, p] = split_vs_one(one, split);
+    double p1 = 0, pn = 0;  // whole prompts against fp32: one device, split
+    for (auto& s : ref.seqs) {
+      const int32_t T = int32_t(s.ids.size());
+      const auto r32 = ref.run_pieces(s.ids, {T});
+      p1 = std::max(p1, test::rel_l2(one.run_pieces(s.ids, {T}), r32));
+      pn = std::max(pn, test::rel_l2(split.run_pieces(s.ids, {T}), r32));
+    }
+    std::printf("[ fp8 tp %s N=%d ] vs one device: decode %.2e, prefill %.4f; prefill vs fp32: one device %.4f, split %.4f\n",
+                k.model.c_str(), k.n, d, p, p1, pn);
+    EXPECT_LT(d, 1e-5) << k.model << " N=" << k.n;
+    EXPECT_LT(pn, 1.25 * p1 + 1e-3) << k.model << " N=" << k.n << ": the split's W8A8 error is FP8's own size";
+  }
+}
+
+// Block-scaled FP8 checkpoints (DeepSeek-style 16x16 blocks here) split by block: W8A16 at every size, so the split
+// model computes the one-device products. A split that cuts a block is an error naming the layer and the block.
+TEST(Fp8, TensorParallelBlockScalesSplitByBlock) {
+  const std::string src = test::fixture_model_dir("llama3");
+  if (src.empty()) GTEST_SKIP() << "fixture llama3 not found";
+  const std::string tmp = test::make_temp_dir("fp8-tp-block");
+  for (int64_t block : {16, 32}) {
+    Layout L{"fp8-block", {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"},
+                           {"weight_block_size", {block, block}}},
+             "weight_scale_inv", block, false, {}, true};
+    const std::string d = tmp + "/b" + std::to_string(block);
+    write_fp8_checkpoint(src, L, d + "/fp8", d + "/deq", false);
+    test::FixtureRunner one(d + "/fp8", make_cpu_backend(), false), split(d + "/fp8", make_cpu_backend(), false);
+    if (block == 32) {  // llama3 at N = 2: one KV head (16 rows of k_proj) per rank, half a block
+      try {
+        split_runner(split, 2);
+        ADD_FAILURE() << "no error";
+      } catch (const Error& e) {
+        const std::string m = e.what();  // rank 1's k rows [80, 96) or rank 0's [64, 80), whichever is cut first
+        EXPECT_NE(m.find("layer 0: rows ["), std::string::npos) << m;
+        EXPECT_NE(m.find("of an FP8 weight [128, 64] with 32x32 block scales: the split cuts a block"), std::string::npos) << m;
+      }
+      continue;
+    }
+    split_runner(split, 2);
+    EXPECT_EQ(split.model->weights().layers[0].attn.qkv_proj.scale_block, 16);
+    EXPECT_EQ(split.model->weights().layers[0].attn.o_proj.dtype, DType::F8_E4M3);  // split by columns
+    auto [dd, p] = split_vs_one(one, split);
+    std::printf("[ fp8 tp llama3 16x16 blocks N=2 ] vs one device: decode %.2e, prefill %.2e\n", dd, p);
+    EXPECT_LT(dd, 1e-5);
+    EXPECT_LT(p, 1e-5);
+  }
+  std::filesystem::remove_all(tmp);
 }
 
 }  // namespace

@@ -8,6 +8,8 @@
 #include <atomic>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "backend/thread_communicator.h"
@@ -16,6 +18,7 @@
 #include "io/safetensors.h"
 #include "model/tensor_parallel.h"
 #include "test_util.h"
+#include "tokenizer/tokenizer.h"
 
 namespace bamba {
 namespace {
@@ -270,14 +273,23 @@ TEST_P(TensorParallelFixture, AForkedSequenceContinuesOnEveryRank) {
 }
 
 // Every shape that splits evenly, up to 4 ranks (heads, KV heads or their multiple, Mamba heads and groups,
-// intermediate size, vocabulary).
+// intermediate, shared and expert widths, vocabulary); every family fixture at N = 1 and 2. N = 4 does not split
+// falcon_h1 and nemotron_h (6 Mamba heads: ShapesThatDoNotSplitAreClearErrors).
 INSTANTIATE_TEST_SUITE_P(Fixtures, TensorParallelFixture,
                          ::testing::Values(Case{"bamba-tiny-a", 1}, Case{"bamba-tiny-a", 2}, Case{"bamba-tiny-a", 4},
                                            Case{"bamba-tiny-b", 1}, Case{"bamba-tiny-e2e", 2},
-                                           Case{"llama3", 2}, Case{"llama3", 4}, Case{"mamba2", 2}, Case{"mamba2", 4},
-                                           Case{"falcon_h1", 2},
-                                           Case{"granitemoehybrid-dense-rope", 2},
-                                           Case{"granitemoehybrid-dense-rope", 4}),
+                                           Case{"llama3", 1}, Case{"llama3", 2}, Case{"llama3", 4},
+                                           Case{"mamba2", 1}, Case{"mamba2", 2}, Case{"mamba2", 4},
+                                           Case{"falcon_h1", 1}, Case{"falcon_h1", 2},
+                                           Case{"granitemoehybrid-dense-rope", 1}, Case{"granitemoehybrid-dense-rope", 2},
+                                           Case{"granitemoehybrid-dense-rope", 4},
+                                           // MoE: softmax top-k SwiGLU experts + a shared MLP (2 KV heads: copied at N = 4)
+                                           Case{"granitemoehybrid-moe", 1}, Case{"granitemoehybrid-moe", 2},
+                                           Case{"granitemoehybrid-moe", 4},
+                                           // MoE: sigmoid grouped routing with e_score_correction_bias, relu² experts
+                                           Case{"nemotron_h", 1}, Case{"nemotron_h", 2},
+                                           // shared blocks with LoRA adapters (N = 4: the gated norm gathered)
+                                           Case{"zamba2", 1}, Case{"zamba2", 2}, Case{"zamba2", 4}),
                          case_name);
 
 TEST(TensorParallel, ShapesThatDoNotSplitAreClearErrors) {
@@ -299,10 +311,53 @@ TEST(TensorParallel, ShapesThatDoNotSplitAreClearErrors) {
   EXPECT_TRUE(has(msg("bamba-tiny-b", 4), "num_attention_heads 6 is not divisible by the 4 ranks"));
   EXPECT_TRUE(has(msg("bamba-tiny-e2e", 4), "num_attention_heads 2 is not divisible by the 4 ranks"));
   EXPECT_TRUE(has(msg("bamba-tiny-a", 3), "does not split"));  // vocab 512
-  EXPECT_TRUE(has(msg("zamba2", 2), "does not support zamba2"));
-  EXPECT_TRUE(has(msg("granitemoehybrid-moe", 2), "mixture-of-experts"));
-  EXPECT_TRUE(has(msg("nemotron_h", 2), "mixture-of-experts"));
+  EXPECT_TRUE(has(msg("nemotron_h", 4), "the Mamba head count 6 is not divisible by the 4 ranks"));
+  EXPECT_TRUE(has(msg("falcon_h1", 4), "the Mamba head count 6 is not divisible by the 4 ranks"));
   EXPECT_EQ(msg("bamba-tiny-a", 4), msg("bamba-tiny-a", 4) == "skip" ? "skip" : "");
+  for (const char* ok : {"zamba2", "granitemoehybrid-moe"}) {  // once refused, now split
+    const std::string m = msg(ok, 4);
+    EXPECT_TRUE(m.empty() || m == "skip") << ok << ": " << m;
+  }
+}
+
+// The feed-forward widths name their config.json field (per model type) when they do not split.
+TEST(TensorParallel, WidthsThatDoNotSplitNameTheirField) {
+  auto msg = [](ModelConfig c, int n) -> std::string {
+    try {
+      shard_config(c, 0, n);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  const std::string granite = test::fixture_model_dir("granitemoehybrid-moe"), nemotron = test::fixture_model_dir("nemotron_h"),
+                    zamba = test::fixture_model_dir("zamba2");
+  if (granite.empty() || nemotron.empty() || zamba.empty()) GTEST_SKIP() << "family fixtures not found";
+  ModelConfig g = load_config(granite);  // experts 32 wide, shared MLP 48
+  g.moe_intermediate_size = 34;
+  EXPECT_NE(msg(g, 4).find("intermediate_size (the width of one expert) 34 is not divisible by the 4 ranks"), std::string::npos) << msg(g, 4);
+  g = load_config(granite);
+  g.shared_intermediate_size = g.intermediate_size = 50;
+  EXPECT_NE(msg(g, 4).find("shared_intermediate_size 50 is not divisible by the 4 ranks"), std::string::npos) << msg(g, 4);
+  ModelConfig nh = load_config(nemotron);
+  nh.moe_intermediate_size = 33;
+  EXPECT_NE(msg(nh, 2).find("moe_intermediate_size 33 is not divisible by the 2 ranks"), std::string::npos) << msg(nh, 2);
+  nh = load_config(nemotron);
+  nh.shared_intermediate_size = 47;
+  EXPECT_NE(msg(nh, 2).find("moe_shared_expert_intermediate_size 47 is not divisible"), std::string::npos) << msg(nh, 2);
+  nh = load_config(nemotron);
+  nh.intermediate_size = 95;
+  EXPECT_NE(msg(nh, 2).find("intermediate_size 95 is not divisible by the 2 ranks"), std::string::npos) << msg(nh, 2);
+  ModelConfig z = load_config(zamba);  // the shared blocks' MLP
+  z.intermediate_size = 98;
+  EXPECT_NE(msg(z, 4).find("intermediate_size 98 is not divisible by the 4 ranks"), std::string::npos) << msg(z, 4);
+  // The split config: experts and shared MLP each 1/N wide, routing unchanged.
+  ModelConfig s = shard_config(load_config(granite), 1, 4);
+  EXPECT_EQ(s.moe_intermediate_size, 8);
+  EXPECT_EQ(s.shared_intermediate_size, 12);
+  EXPECT_EQ(s.intermediate_size, 12);
+  EXPECT_EQ(s.num_experts, 4);
+  EXPECT_EQ(s.num_experts_per_tok, 2);
 }
 
 }  // namespace
@@ -338,6 +393,72 @@ TEST(TensorParallelCli, LogitsAndGenerateOverThreadRanks) {
   auto bad = test::run_bamba(cat("logits -q --device cpu -m '", dir, "' --tp 4 --ids 1,2 -o '", tmp, "/bad.safetensors'"));
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.err.find("num_attention_heads 2 is not divisible by the 4 ranks"), std::string::npos) << bad.err;
+  std::filesystem::remove_all(tmp);
+}
+
+// --quantization fp8 with --tp: the whole model is quantized before the split, so a one-token step (W8A16) gives the
+// one-device FP8 logits (tests/fp8_test.cpp checks the split itself on several models).
+TEST(TensorParallelCli, Fp8QuantizationSplitsWithItsScales) {
+  if (test::fixture_model_dir("bamba-tiny-a").empty()) GTEST_SKIP() << "fixture bamba-tiny-a not found";
+  const std::string dir = test::model_dir("bamba-tiny-a"), tmp = test::make_temp_dir("tp-cli-fp8");
+  std::vector<std::vector<float>> logits;
+  for (int n : {1, 2}) {
+    const std::string out = tmp + "/l" + std::to_string(n) + ".safetensors";
+    auto r = test::run_bamba(cat("logits -q --device cpu -m '", dir, "' --quantization fp8 --tp ", n, " --ids 7 -o '", out, "'"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    SafetensorsFile f(out);
+    const TensorInfo* t = f.find("logits");
+    ASSERT_TRUE(t);
+    logits.emplace_back(size_t(t->numel()));
+    convert_to_f32(t->data, t->dtype, logits.back().size(), logits.back().data());
+  }
+  ASSERT_EQ(logits[0].size(), logits[1].size());
+  EXPECT_LE(max_rel_err(logits[1].data(), logits[0].data(), logits[0].size()), 1e-5);
+  std::filesystem::remove_all(tmp);
+}
+
+// Every family type from the command line over 2 thread ranks (the fixtures split at N = 2): greedy text equal to
+// one rank's, and `bamba eval`'s scores (loglikelihoods through the engine) equal to one rank's. The fixtures have
+// no tokenizer: each is run from a folder beside it with the byte-level one, its vocabulary filled up to the model's.
+TEST(TensorParallelCli, EveryFamilyTypeGeneratesAndEvaluatesAsOneRank) {
+  const std::string tmp = test::make_temp_dir("tp-cli-family"), tasks = std::string(BAMBA_SOURCE_DIR) + "/tests/data/eval";
+  int ran = 0;
+  for (const std::string& name : test::kFamilyModels) {
+    const std::string src = test::fixture_model_dir(name);
+    if (src.empty()) continue;
+    ++ran;
+    const std::string dir = tmp + "/" + name;
+    std::filesystem::create_directories(dir);
+    for (const char* f : {"config.json", "model.safetensors", "generation_config.json"})
+      if (std::filesystem::exists(src + "/" + f)) std::filesystem::create_symlink(src + "/" + f, dir + "/" + f);
+    nlohmann::json tok = nlohmann::json::parse(Tokenizer::byte_level_default_json());
+    const int64_t V = load_config(src).vocab_size;  // the ids above the bytes and specials: plain tokens "x<id>"
+    for (int64_t id = int64_t(tok["model"]["vocab"].size() + tok["added_tokens"].size()); id < V; ++id)
+      tok["model"]["vocab"]["x" + std::to_string(id)] = id;
+    std::ofstream(dir + "/tokenizer.json") << tok.dump();
+    std::vector<std::string> text;
+    std::vector<nlohmann::json> scores;
+    for (int n : {1, 2}) {
+      auto g = test::run_bamba(cat("generate -q --device cpu -m '", dir, "' --tp ", n,
+                                   " --prompt 'the river' -t 0 -n 12 --ignore-eos --no-bos"));
+      ASSERT_EQ(g.exit_code, 0) << name << " --tp " << n << ": " << g.err;
+      text.push_back(g.out);
+      const std::string out = dir + "/eval" + std::to_string(n) + ".json";
+      auto e = test::run_bamba(cat("eval -q --device cpu -m '", dir, "' --tp ", n, " --tasks-dir ", tasks, " --data-dir ",
+                                   tasks, " --tasks tiny_mc,tiny_rolling --limit 2 -o '", out, "'"));
+      ASSERT_EQ(e.exit_code, 0) << name << " --tp " << n << ": " << e.err;
+      std::ifstream f(out);
+      scores.push_back(nlohmann::json::parse(f)["results"]);
+    }
+    EXPECT_EQ(text[1], text[0]) << name;
+    const double p1 = scores[0]["tiny_rolling"]["word_perplexity,none"].get<double>(),
+                 p2 = scores[1]["tiny_rolling"]["word_perplexity,none"].get<double>();
+    EXPECT_NEAR(std::log(p2), std::log(p1), 1e-4) << name;
+    EXPECT_EQ(scores[1]["tiny_mc"]["acc,none"], scores[0]["tiny_mc"]["acc,none"]) << name;
+    std::printf("[tensor parallel cli] %s: --tp 2 text %s one rank's; word perplexity %.6g / %.6g\n", name.c_str(),
+                text[1] == text[0] ? "==" : "!=", p1, p2);
+  }
+  if (ran == 0) GTEST_SKIP() << "no family fixture found";
   std::filesystem::remove_all(tmp);
 }
 

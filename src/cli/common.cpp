@@ -109,8 +109,9 @@ LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
   }
   const bool tp = o.tensor_parallel_size > 1;  // split below from a whole copy in host memory
   const bool fp8 = parse_quantization(o.quantization);
-  if (fp8 && tp) fail("--quantization fp8 with --tensor-parallel-size > 1 is not supported yet");
-  // --quantization fp8 turns the weights into FP8 on the backend before the model is built.
+  // --quantization fp8 turns the weights into FP8 on the backend before the model is built. With tensor
+  // parallelism that is the whole model in host memory, so every weight gets the scales it has on one device and
+  // the ranks' shards take theirs (model/tensor_parallel.cpp).
   auto quantized = [&](const ModelConfig& cfg, ModelWeights w) {
     if (fp8) quantize_weights_fp8(cfg, w, *m.backend);
     return w;
@@ -147,7 +148,6 @@ LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
     ProgressBar bar("loading " + m.dir, ckpt.total_bytes(), !o.quiet && ckpt.total_bytes() > (256u << 20));
     ModelWeights w = load_weights(cfg, ckpt, *m.backend, [&](size_t done, size_t) { bar.update(done); });
     bar.finish();
-    if (tp && has_fp8_weights(cfg, w)) fail(m.dir, ": FP8 checkpoints with --tensor-parallel-size > 1 are not supported yet");
     w = quantized(cfg, std::move(w));
     m.model = std::make_unique<HybridModel>(std::move(cfg), std::move(w), *m.backend);
     std::string gen = m.dir + "/generation_config.json";

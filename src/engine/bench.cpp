@@ -292,7 +292,6 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
     else if (t.rfind("tg", 0) != 0) fail("bench: unknown test \"", t, "\" (ppN, tgN, decodeN, decodeS@C)");
   }
   const bool fp8 = parse_quantization(o.quantization);
-  if (fp8 && o.tensor_parallel_size > 1) fail("bench: --quantization fp8 with --tensor-parallel-size > 1 is not supported yet");
   auto be = make_backend(o.device, compute_dtype(o.dtype, DType::BF16));
   // The kernels of serve --deterministic (its 256-token chunks: a ppN test above 256 is one longer part).
   if (o.deterministic) be->set_batch_invariant(256);
@@ -312,6 +311,7 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
     const int n = o.tensor_parallel_size;
     auto host = make_cpu_backend();
     ModelWeights full = dummy_weights(cfg, *host, 1);
+    if (fp8) quantize_weights_fp8(cfg, full, *host);  // the one-device scales; each rank's shard takes its own
     std::vector<std::unique_ptr<Backend>> others;
     std::vector<Backend*> raw = {be.get()};
     std::vector<int> devices = {0};

@@ -400,6 +400,9 @@ void HybridModel::zamba2_hybrid(int64_t i, int64_t j, Tensor h, Tensor xn, Tenso
   // o = self_attn(t) (no residual inside the shared block); a = pre_ff_layernorm(o)
   Tensor o = ws.aux.slice_rows(0, T), a = ws.aux2.slice_rows(0, T);  // [T, H]
   attention(blk.attn, t, o, cfg_.kv_index(i), cache, ws, &lw.adapters);
+  // Tensor parallelism: the shared block's attention and MLP outputs are each a rank's share (row-parallel
+  // o_proj, down_proj); each is summed before the norm / the add that follows it.
+  if (comm_) comm_->all_reduce_sum(o);
   be_.rmsnorm(a, o, blk.pre_ff_layernorm, eps);
   // f = down(gelu(g) * u), [g | u] = gate_up(a) + B_j(A_j(a))
   Tensor gate_up = ws.proj.slice_rows(0, T).slice_cols(0, 2 * F);  // [T, 2F]
@@ -411,6 +414,7 @@ void HybridModel::zamba2_hybrid(int64_t i, int64_t j, Tensor h, Tensor xn, Tenso
   Tensor act = ws.y.slice_rows(0, T).slice_cols(0, F);  // [T, F]
   be_.geglu(act, gate_up);
   be_.matmul(o, act, blk.down_proj, {});
+  if (comm_) comm_->all_reduce_sum(o);
   // The layer's own linear, then its Mamba mixer on input_layernorm(h + shared): the shared block's output
   // feeds only the mixer input, not the residual stream.
   be_.matmul(a, o, lw.linear, {});

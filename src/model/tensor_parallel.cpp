@@ -19,9 +19,6 @@ ModelConfig shard_config(const ModelConfig& c, int rank, int n) {
   s.tp_full_inner = 0;
   if (n == 1) return s;
   const std::string why = cat(" (", c.source, ", --tensor-parallel-size ", n, ")");
-  BAMBA_CHECK(c.family != Family::Zamba2, "tensor parallelism does not support zamba2 models yet", why);
-  for (MlpKind k : c.mlp_kinds)
-    BAMBA_CHECK(k != MlpKind::MoE, "tensor parallelism does not support mixture-of-experts layers yet", why);
   BAMBA_CHECK(c.vocab_size % n == 0, "vocab_size ", c.vocab_size, " does not split into ", n,
               " equal parts for the vocabulary-parallel lm_head", why);
   if (c.n_attention_layers() > 0) {
@@ -44,12 +41,30 @@ ModelConfig shard_config(const ModelConfig& c, int rank, int n) {
     // The gated norm's statistics: local when each rank holds whole norm groups, else gathered.
     if (c.mamba_gated_norm && s.mamba_inner % c.gated_norm_group_size != 0) s.tp_full_inner = c.mamba_inner;
   }
-  bool dense = false;
-  for (MlpKind k : c.mlp_kinds) dense |= k == MlpKind::SwiGLU || k == MlpKind::Relu2;
-  if (dense) {
+  // The feed-forward widths, each split into N column-parallel slices. The names are config.json's, per type.
+  const bool granite = c.family == Family::GraniteMoeHybrid;
+  bool dense = c.family == Family::Zamba2, moe = false;  // Zamba2: the shared blocks' GeGLU MLP
+  for (MlpKind k : c.mlp_kinds) {
+    dense |= k == MlpKind::SwiGLU || k == MlpKind::Relu2;
+    moe |= k == MlpKind::MoE;
+  }
+  if (dense && !granite) {  // (GraniteMoeHybrid's dense MLP is its shared_mlp, checked below)
     BAMBA_CHECK(c.intermediate_size % n == 0, "intermediate_size ", c.intermediate_size, " is not divisible by the ", n,
                 " ranks", why);
     s.intermediate_size = c.intermediate_size / n;
+  }
+  if (c.shared_intermediate_size > 0) {  // GraniteMoeHybrid's shared_mlp, Nemotron-H's shared expert
+    const char* field = granite ? "shared_intermediate_size" : "moe_shared_expert_intermediate_size";
+    BAMBA_CHECK(c.shared_intermediate_size % n == 0, field, " ", c.shared_intermediate_size,
+                " is not divisible by the ", n, " ranks", why);
+    s.shared_intermediate_size = c.shared_intermediate_size / n;
+    if (granite) s.intermediate_size = s.shared_intermediate_size;  // the same MLP (config_families.cpp)
+  }
+  if (moe) {  // each routed expert split like a dense MLP; the router and the routing replicated
+    const char* field = granite ? "intermediate_size (the width of one expert)" : "moe_intermediate_size";
+    BAMBA_CHECK(c.moe_intermediate_size % n == 0, field, " ", c.moe_intermediate_size, " is not divisible by the ", n,
+                " ranks", why);
+    s.moe_intermediate_size = c.moe_intermediate_size / n;
   }
   return s;
 }
@@ -57,10 +72,57 @@ ModelConfig shard_config(const ModelConfig& c, int rank, int n) {
 namespace {
 
 // Builds one shard tensor from row ranges of a full tensor, or a column range of a 2-D one, through host fp32
-// and the destination backend's load_weight (so it gets the dtype a checkpoint tensor would).
+// and the destination backend's load_weight (so it gets the dtype a checkpoint tensor would). FP8 weights keep
+// their bytes and scales (fp8 below).
 struct Sharder {
   Backend& src;
   Backend& dst;
+  std::string where;  // the layer being split, for errors
+
+  // An FP8 weight [N, K] (model/quantization.h): rows `rr`, columns [c0, c1) of its bytes, with the scales that
+  // go with them. Per output channel: a row shard takes its rows' scales; a column shard (a row-parallel weight)
+  // keeps every row's scale, the scale of its unsplit output channel, so that the ranks' partial products add up
+  // to the one-device product. B×B block scales: a shard takes its blocks' scales, and a boundary inside a block
+  // (which would need a scale the checkpoint does not have) is an error. The whole model is in host memory here.
+  Tensor fp8(Tensor t, std::initializer_list<std::pair<int64_t, int64_t>> rr, int64_t c0, int64_t c1) {
+    BAMBA_CHECK(t.ndim == 2 && t.scale && t.device == Device::CPU, "internal: an FP8 shard of ", t.shape_str(),
+                " is cut from a host copy with scales");
+    const int64_t N = t.shape[0], K = t.shape[1], B = t.scale_block, SC = t.scale_cols();
+    auto cut = [&](int64_t x, int64_t end) { return B > 0 && x % B != 0 && x != end; };
+    for (auto [b, e] : rr)
+      BAMBA_CHECK(!cut(b, N) && !cut(e, N), "tensor parallelism: ", where, "rows [", b, ", ", e, ") of an FP8 weight ",
+                  t.shape_str(), " with ", B, "x", B, " block scales: the split cuts a block (each rank's share of ",
+                  "every split dimension must be a multiple of ", B, ")");
+    BAMBA_CHECK(!cut(c0, K) && !cut(c1, K), "tensor parallelism: ", where, "columns [", c0, ", ", c1,
+                ") of an FP8 weight ", t.shape_str(), " with ", B, "x", B, " block scales: the split cuts a block ",
+                "(each rank's share of every split dimension must be a multiple of ", B, ")");
+    const auto* q = t.ptr<const unsigned char>();
+    std::vector<unsigned char> bytes;
+    std::vector<float> scales;
+    int64_t n = 0;
+    for (auto [b, e] : rr) {
+      for (int64_t i = b; i < e; ++i) bytes.insert(bytes.end(), q + i * t.ld + c0, q + i * t.ld + c1);
+      n += e - b;
+      if (B == 0 && c1 - c0 == K) scales.insert(scales.end(), t.scale + b, t.scale + e);
+      for (int64_t br = b / std::max<int64_t>(B, 1); B > 0 && br < (e + B - 1) / B; ++br)
+        scales.insert(scales.end(), t.scale + br * SC + c0 / B, t.scale + br * SC + (c1 + B - 1) / B);
+    }
+    if (B == 0 && c1 - c0 != K) scales.assign(t.scale, t.scale + N);  // column shard: every row whole
+    TensorInfo info;
+    info.name = "tensor-parallel shard";
+    info.dtype = DType::F8_E4M3;
+    info.shape = {n, c1 - c0};
+    info.data = bytes.data();
+    info.nbytes = bytes.size();
+    const TensorInfo* parts[1] = {&info};
+    Tensor out = dst.load_weight(parts, {n, c1 - c0});
+    Tensor sc = B ? dst.alloc(DType::F32, {(n + B - 1) / B, (c1 - c0 + B - 1) / B}) : dst.alloc(DType::F32, {n});
+    BAMBA_CHECK(size_t(sc.numel()) == scales.size(), "internal: FP8 shard scales ", scales.size(), " for ", sc.shape_str());
+    dst.from_host_f32(sc, scales.data());
+    out.scale = sc.ptr<float>();
+    out.scale_block = int32_t(B);
+    return out;
+  }
 
   std::vector<float> host(Tensor t) {
     std::vector<float> v(size_t(t.numel()));
@@ -78,11 +140,13 @@ struct Sharder {
     switch (shape.size()) {
       case 1: return dst.load_weight(parts, {shape[0]});
       case 2: return dst.load_weight(parts, {shape[0], shape[1]});
+      case 3: return dst.load_weight(parts, {shape[0], shape[1], shape[2]});
       default: fail("internal: shard of rank ", shape.size());
     }
   }
   Tensor whole(Tensor t) {
     if (!t) return {};
+    if (t.dtype == DType::F8_E4M3) return fp8(t, {{0, t.rows()}}, 0, t.shape[1]);
     auto v = host(t);
     std::vector<int64_t> shape(t.shape, t.shape + t.ndim);
     return load(v, shape);
@@ -90,6 +154,7 @@ struct Sharder {
   // Rows [b, e) of each range, concatenated (1-D or 2-D).
   Tensor rows(Tensor t, std::initializer_list<std::pair<int64_t, int64_t>> ranges) {
     if (!t) return {};
+    if (t.dtype == DType::F8_E4M3) return fp8(t, ranges, 0, t.shape[1]);
     const auto v = host(t);
     const int64_t inner = t.inner();
     std::vector<float> out;
@@ -101,13 +166,31 @@ struct Sharder {
     }
     return load(out, t.ndim == 1 ? std::vector<int64_t>{n} : std::vector<int64_t>{n, inner});
   }
+  // Columns [b, e) of a 2-D tensor, or of each matrix of a 3-D stack [E, R, C].
   Tensor cols(Tensor t, int64_t b, int64_t e) {
+    if (!t) return {};
+    if (t.dtype == DType::F8_E4M3) return fp8(t, {{0, t.rows()}}, b, e);
     const auto v = host(t);
-    const int64_t R = t.rows(), C = t.shape[1];
+    const int64_t E = t.ndim == 3 ? t.shape[0] : 1, R = t.shape[t.ndim - 2], C = t.shape[t.ndim - 1];
     std::vector<float> out;
-    out.reserve(size_t(R * (e - b)));
-    for (int64_t r = 0; r < R; ++r) out.insert(out.end(), v.begin() + r * C + b, v.begin() + r * C + e);
-    return load(out, {R, e - b});
+    out.reserve(size_t(E * R * (e - b)));
+    for (int64_t r = 0; r < E * R; ++r) out.insert(out.end(), v.begin() + r * C + b, v.begin() + r * C + e);
+    return load(out, t.ndim == 3 ? std::vector<int64_t>{E, R, e - b} : std::vector<int64_t>{R, e - b});
+  }
+  // Rows [b, e) of each range within each matrix of a stack [E, R, C] (every expert's own slice).
+  Tensor stacked_rows(Tensor t, std::initializer_list<std::pair<int64_t, int64_t>> ranges) {
+    BAMBA_CHECK(t.dtype != DType::F8_E4M3, "tensor parallelism: ", where, "FP8 expert weights are not split yet");
+    const auto v = host(t);
+    const int64_t E = t.shape[0], R = t.shape[1], C = t.shape[2];
+    std::vector<float> out;
+    int64_t n = 0;
+    for (int64_t x = 0; x < E; ++x)
+      for (auto [b, e] : ranges) {
+        BAMBA_CHECK(b >= 0 && b <= e && e <= R, "internal: shard rows [", b, ", ", e, ") of ", t.shape_str());
+        out.insert(out.end(), v.begin() + (x * R + b) * C, v.begin() + (x * R + e) * C);
+        if (x == 0) n += e - b;
+      }
+    return load(out, {E, n, C});
   }
 };
 
@@ -116,11 +199,12 @@ struct Sharder {
 ModelWeights shard_weights(const ModelConfig& c, const ModelWeights& full, Backend& full_be, const ModelConfig& s,
                            Backend& dst) {
   const int64_t r = s.tp_rank, n = s.tp_size;
-  Sharder sh{full_be, dst};
+  Sharder sh{full_be, dst, ""};
   ModelWeights w;
   w.embed_tokens = sh.whole(full.embed_tokens);
   w.final_layernorm = sh.whole(full.final_layernorm);
   const int64_t Vs = c.vocab_size / n;
+  sh.where = "lm_head: ";
   w.lm_head = sh.rows(full.lm_head, {{r * Vs, (r + 1) * Vs}});
 
   // Mamba: this rank's heads, channels and groups.
@@ -134,12 +218,27 @@ ModelWeights shard_weights(const ModelConfig& c, const ModelWeights& full, Backe
   const int64_t nq = c.num_attention_heads, nkv = c.num_key_value_heads, dh = c.head_dim, nql = s.num_attention_heads,
                 nkvl = s.num_key_value_heads;
   const int64_t k0 = nkv >= n ? r * nkvl : r / std::max<int64_t>(n / std::max<int64_t>(nkv, 1), 1);
+  const std::pair<int64_t, int64_t> q_heads{r * nql * dh, (r + 1) * nql * dh}, kv_heads{k0 * dh, (k0 + nkvl) * dh};
+  auto attn = [&](const AttentionWeights& a) {  // q | k | v rows of this rank's heads, o_proj columns
+    AttentionWeights o;
+    o.qkv_proj = sh.rows(a.qkv_proj, {q_heads, shift(kv_heads, nq * dh), shift(kv_heads, (nq + nkv) * dh)});
+    o.o_proj = sh.cols(a.o_proj, q_heads.first, q_heads.second);
+    return o;
+  };
   const int64_t F = c.intermediate_size, Fl = s.intermediate_size;
+  // A dense MLP of width F (Fl a rank): gate|up (or relu²'s up) by rows, down by columns.
+  auto mlp = [&](Tensor gate_up, Tensor down, Tensor& gate_up_l, Tensor& down_l, int64_t width, int64_t width_l) {
+    if (!gate_up) return;
+    const std::pair<int64_t, int64_t> g{r * width_l, (r + 1) * width_l}, u{width + r * width_l, width + (r + 1) * width_l};
+    gate_up_l = gate_up.rows() == 2 * width ? sh.rows(gate_up, {g, u}) : sh.rows(gate_up, {g});
+    down_l = sh.cols(down, g.first, g.second);
+  };
 
   w.layers.resize(full.layers.size());
   for (size_t i = 0; i < full.layers.size(); ++i) {
     const LayerWeights& f = full.layers[i];
     LayerWeights& l = w.layers[i];
+    sh.where = cat("layer ", i, ": ");
     l.input_layernorm = sh.whole(f.input_layernorm);
     l.pre_ff_layernorm = sh.whole(f.pre_ff_layernorm);
     if (f.mamba.in_proj) {
@@ -158,19 +257,52 @@ ModelWeights shard_weights(const ModelConfig& c, const ModelWeights& full, Backe
       if (r == 0) o.out_proj_bias = sh.whole(m.out_proj_bias);  // added once, by rank 0, before the all-reduce
       (void)nh;
     }
-    if (f.attn.qkv_proj) {
-      const int64_t q0 = r * nql * dh;
-      l.attn.qkv_proj = sh.rows(f.attn.qkv_proj, {{q0, q0 + nql * dh},
-                                                  {nq * dh + k0 * dh, nq * dh + (k0 + nkvl) * dh},
-                                                  {(nq + nkv) * dh + k0 * dh, (nq + nkv) * dh + (k0 + nkvl) * dh}});
-      l.attn.o_proj = sh.cols(f.attn.o_proj, q0, q0 + nql * dh);
+    if (f.attn.qkv_proj) l.attn = attn(f.attn);
+    // The dense MLP (in an MoE layer: the shared MLP / shared expert, of its own width)
+    const bool moe = c.mlp_kinds[i] == MlpKind::MoE;
+    mlp(f.gate_up_proj, f.down_proj, l.gate_up_proj, l.down_proj, moe ? c.shared_intermediate_size : F,
+        moe ? s.shared_intermediate_size : Fl);
+    if (f.moe.router) {
+      // Routed experts as vLLM splits them: the router (and Nemotron-H's e_score_correction_bias) whole on every
+      // rank, so every rank picks the same experts with the same weights for a token (the same op on the same
+      // replicated input); each expert's gate|up split by output rows and its down by input columns, so a rank's
+      // experts give its share of each expert's output, already weighted. The routed share and the shared MLP's
+      // share are summed on the rank, then the one all-reduce after the block adds the ranks' shares.
+      const int64_t Fe = c.moe_intermediate_size, Fel = s.moe_intermediate_size;
+      l.moe.router = sh.whole(f.moe.router);
+      l.moe.router_bias = sh.whole(f.moe.router_bias);
+      const std::pair<int64_t, int64_t> gate{r * Fel, (r + 1) * Fel}, up{Fe + r * Fel, Fe + (r + 1) * Fel};
+      l.moe.experts_up = f.moe.experts_up.shape[1] == 2 * Fe ? sh.stacked_rows(f.moe.experts_up, {gate, up})
+                                                             : sh.stacked_rows(f.moe.experts_up, {gate});
+      l.moe.experts_down = sh.cols(f.moe.experts_down, r * Fel, (r + 1) * Fel);
     }
-    if (f.gate_up_proj) {
-      const bool glu = f.gate_up_proj.rows() == 2 * F;
-      l.gate_up_proj = glu ? sh.rows(f.gate_up_proj, {{r * Fl, (r + 1) * Fl}, {F + r * Fl, F + (r + 1) * Fl}})
-                           : sh.rows(f.gate_up_proj, {{r * Fl, (r + 1) * Fl}});
-      l.down_proj = sh.cols(f.down_proj, r * Fl, (r + 1) * Fl);
+    if (f.linear) {  // Zamba2 hybrid layer: its own linear whole (it runs on the all-reduced shared-block output)
+      l.linear = sh.whole(f.linear);
+      // LoRA adapters: y += B(A(x)). A (rank r) is replicated: every rank computes the same A(x) from the whole
+      // input. B is split by rows with the weight it adds to (q, k, v heads; gate | up columns), so the rank's
+      // (W_rank + B_rank A) x is exactly the rows of the unsplit (W + B A) x it holds: the split is exact, no
+      // extra communication.
+      const AdapterWeights& a = f.adapters;
+      AdapterWeights& o = l.adapters;
+      o.qkv_down = sh.whole(a.qkv_down);
+      o.q_up = sh.rows(a.q_up, {q_heads});
+      o.k_up = sh.rows(a.k_up, {kv_heads});
+      o.v_up = sh.rows(a.v_up, {kv_heads});
+      o.mlp_down = sh.whole(a.mlp_down);
+      o.mlp_up = sh.rows(a.mlp_up, {{r * Fl, (r + 1) * Fl}, {F + r * Fl, F + (r + 1) * Fl}});
     }
+  }
+  // Zamba2's shared blocks: attention and the GeGLU MLP split as in any layer (their input, concat(h, emb), and
+  // its norm are whole on every rank). Their two outputs are all-reduced inside the hybrid layer (model/hybrid.cpp):
+  // each feeds a norm before the next residual add.
+  for (const SharedBlockWeights& f : full.shared_blocks) {
+    sh.where = cat("shared block ", w.shared_blocks.size(), ": ");
+    SharedBlockWeights b;
+    b.input_layernorm = sh.whole(f.input_layernorm);
+    b.pre_ff_layernorm = sh.whole(f.pre_ff_layernorm);
+    b.attn = attn(f.attn);
+    mlp(f.gate_up_proj, f.down_proj, b.gate_up_proj, b.down_proj, F, Fl);
+    w.shared_blocks.push_back(b);
   }
   return w;
 }

@@ -7,6 +7,12 @@
 //     its heads read; the gated norm local when its groups fall inside a rank's channels, else (Bamba: one group
 //     over the whole inner size) its inputs are gathered and every rank normalises the whole width;
 //   - MLP: gate/up split by rows (column-parallel), down by columns (row-parallel);
+//   - mixture of experts (as vLLM): the router replicated, so every rank routes a token alike; each routed expert
+//     split like an MLP (its width over the ranks), the shared MLP / shared expert too; routed + shared summed on
+//     the rank, then the block's one all-reduce;
+//   - Zamba2's shared attention + MLP blocks split like any attention and MLP, the LoRA adapters' A replicated
+//     and B split with the weight it adds to; their outputs all-reduced inside the hybrid layer (each feeds a
+//     norm), the layer's own `linear` replicated;
 //   - one all-reduce (sum) of the block output after each mixer and each MLP, before the residual add;
 //   - lm_head split over the vocabulary, the logits gathered; the embedding and norms replicated.
 // The hybrid cache is split the same way (each rank's cache holds its heads' states and KV pages). The math stays
@@ -28,7 +34,7 @@
 namespace bamba {
 
 // Rank `rank`'s config of `size`; an Error naming the field when the model does not split that way (heads,
-// groups, widths or the vocabulary not divisible; model types not supported yet: MoE layers, Zamba2).
+// groups, MLP / expert widths or the vocabulary not divisible).
 ModelConfig shard_config(const ModelConfig& full, int rank, int size);
 // Rank local.tp_rank's shard of `full` (weights of `full_cfg` on full_be, any backend) as weights of `dst`,
 // converted as a checkpoint would be loaded there.
