@@ -406,6 +406,14 @@ TEST_P(CudaOps, SsdScanAndDecodeStep) {
 // heads; decode batches of fresh and continuing sequences in shuffled slots, and a prefill batch (the composed
 // default); z | xBC | dt a column block of a wider row; the SSM state in fp32 and bf16.
 TEST_P(CudaOps, MambaDecodeStep) {
+  // A second backend whose kernel loads the SSM state before its pdl_wait (BAMBA_CUDA_MAMBA_STEP=2, read when a
+  // backend is made): the same arithmetic, so the same bits. It computes on gpu_'s tensors (its own stream).
+  const char* was = std::getenv("BAMBA_CUDA_MAMBA_STEP");
+  const std::string saved = was ? was : "";
+  setenv("BAMBA_CUDA_MAMBA_STEP", "2", 1);
+  std::unique_ptr<Backend> early = make_backend("cuda", GetParam());
+  if (was) setenv("BAMBA_CUDA_MAMBA_STEP", saved.c_str(), 1);
+  else unsetenv("BAMBA_CUDA_MAMBA_STEP");
   struct Shape { int64_t nh, P, G, N, K, group; bool norm, bias; };  // group: channels
   for (const Shape& sh : {Shape{6, 12, 3, 20, 4, 24, true, true}, Shape{6, 12, 3, 20, 4, 72, true, false},
                           Shape{6, 12, 3, 20, 4, 12, true, true}, Shape{6, 12, 3, 20, 4, 8, true, true},
@@ -447,8 +455,23 @@ TEST_P(CudaOps, MambaDecodeStep) {
         expect_close(out, out_tol, "mamba_step out, " + what);
         expect_close(conv_state, 1e-6, "mamba_step conv state, " + what);
         expect_close(ssm_state, state_tol, "mamba_step SSM state, " + what);
-        // The GPU's three kernels from the same states.
         const auto f_out = host(*gpu_, out.gpu), f_conv = host(*gpu_, conv_state.gpu), f_ssm = host(*gpu_, ssm_state.gpu);
+        auto differing = [](const std::vector<float>& a, const std::vector<float>& b) {
+          size_t n = 0;
+          for (size_t i = 0; i < a.size(); ++i) n += std::memcmp(&a[i], &b[i], 4) != 0;
+          return n;
+        };
+        // The state loaded before pdl_wait, from the same states: the same bits.
+        gpu_->from_host_f32(conv_state.gpu, conv0.data());
+        gpu_->from_host_f32(ssm_state.gpu, ssm0.data());
+        early->set_batch(b);
+        early->mamba_step(out.gpu, step(true), c);
+        early->synchronize();
+        EXPECT_EQ(differing(host(*gpu_, out.gpu), f_out) + differing(host(*gpu_, conv_state.gpu), f_conv) +
+                      differing(host(*gpu_, ssm_state.gpu), f_ssm),
+                  0u)
+            << "state loaded before the wait (BAMBA_CUDA_MAMBA_STEP=2), " << what;
+        // The GPU's three kernels from the same states.
         gpu_->from_host_f32(conv_state.gpu, conv0.data());
         gpu_->from_host_f32(ssm_state.gpu, ssm0.data());
         gpu_->conv1d_silu(conv_out.gpu, zxbcdt.gpu.slice_cols(I, I + CD), cw.gpu, cb.gpu, conv_state.gpu);
@@ -456,11 +479,6 @@ TEST_P(CudaOps, MambaDecodeStep) {
         if (sh.norm) gpu_->gated_rmsnorm(out.gpu, y.gpu, zxbcdt.gpu.slice_cols(0, I), nw.gpu, group, 1e-5f);
         else gpu_->silu_gate(out.gpu, y.gpu, zxbcdt.gpu.slice_cols(0, I));
         const auto u_out = host(*gpu_, out.gpu), u_conv = host(*gpu_, conv_state.gpu), u_ssm = host(*gpu_, ssm_state.gpu);
-        auto differing = [](const std::vector<float>& a, const std::vector<float>& b) {
-          size_t n = 0;
-          for (size_t i = 0; i < a.size(); ++i) n += std::memcmp(&a[i], &b[i], 4) != 0;
-          return n;
-        };
         EXPECT_EQ(differing(f_conv, u_conv), 0u) << "conv windows, fused vs the three kernels, " << what;
         EXPECT_LE(rel_l2(f_out, u_out), out_tol) << "out, fused vs the three kernels, " << what;
         EXPECT_LE(rel_l2(f_ssm, u_ssm), state_tol) << "SSM state, fused vs the three kernels, " << what;

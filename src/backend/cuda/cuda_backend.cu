@@ -97,9 +97,11 @@ class CudaBackend final : public Backend {
     // chunk-state traffic of 128 (P·N values per head and chunk, written, carried and read back) for ~20 % more
     // products at P = 64, N = 128 (bench/NOTES.md has both measured).
     // Decode steps run each Mamba mixer's conv, SSD step and gated norm as one kernel (mamba_step.cu);
-    // BAMBA_CUDA_MAMBA_STEP=0 keeps the three kernels (bench/NOTES.md "mambastep").
+    // BAMBA_CUDA_MAMBA_STEP=0 keeps the three kernels, =2 has the kernel load the SSM state before its pdl_wait
+    // (a measurement; bench/NOTES.md "mambastep").
     const char* ms = std::getenv("BAMBA_CUDA_MAMBA_STEP");
     fuse_mamba_decode_ = graphs_mamba_step_ = !(ms && ms[0] == '0');
+    mamba_early_state_ = ms && ms[0] == '2';
     const char* sq = std::getenv("BAMBA_SSD_CHUNK");
     ssd_chunk_ = sq ? std::atoi(sq) : 256;
     if (ssd_chunk_ < 64 || ssd_chunk_ > 256 || ssd_chunk_ % 64) fail("BAMBA_SSD_CHUNK must be 64, 128, 192 or 256");
@@ -473,7 +475,7 @@ class CudaBackend final : public Backend {
                     pv(m.dt_bias, "dt_bias"), m.ssm_state.data, pv(m.norm_weight, "gated norm weight"),
                     int(m.group_size), m.eps, mamba_gated_, mamba_gated_ + size_t(S) * size_t(I), mamba_tickets_,
                     int(c.n_heads), int(c.d_head), int(c.n_groups), int(c.d_state), int(m.conv_weight.shape[1]),
-                    c.time_step_min, c.time_step_max};
+                    c.time_step_min, c.time_step_max, int(mamba_early_state_)};
     bool launched = false;
     typed([&]<typename T>() {
       dispatch_dtype(m.ssm_state.dtype, [&]<typename ST>() { launched = cuda::mamba_step<T, ST>(stream_, a, db_); });
@@ -826,6 +828,7 @@ class CudaBackend final : public Backend {
   int fuse_rows_ = 9;
   bool fuse_swiglu_ = false;
   bool graphs_mamba_step_ = false;  // fuse_mamba_decode_ when the graphs in graphs_ were recorded
+  bool mamba_early_state_ = false;  // BAMBA_CUDA_MAMBA_STEP=2
   int ssd_chunk_ = 256;
   // (engine key, T, S, R, log2 of decode_ctx_cap_ where the decode attention's split follows it)
   std::map<std::tuple<uint64_t, int, int, int, int>, cudaGraphExec_t> graphs_;

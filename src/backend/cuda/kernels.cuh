@@ -106,6 +106,7 @@ struct MambaStepArgs {
   unsigned* tickets;                // [S], zero between launches (the kernel leaves them so)
   int nh, P, G, N, K;
   float dt_min, dt_max;
+  int early_state = 0;              // load the SSM state before pdl_wait (BAMBA_CUDA_MAMBA_STEP=2; mamba_step.cu)
 };
 template <typename T, typename ST>
 bool mamba_step(cudaStream_t st, const MambaStepArgs& a, const DevBatch& b);
