@@ -382,6 +382,100 @@ TEST_P(CudaOps, SsdScanAndDecodeStep) {
   }
 }
 
+// A Mamba mixer's decode step as one kernel (Backend::mamba_step, mamba_step.cu) against the CPU's composition of
+// conv1d_silu, ssd and gated_rmsnorm / silu_gate, and against the GPU's own three kernels (the conv windows must
+// match them bit for bit; outputs and states to the tolerance, the differing values are counted and printed).
+// Odd shapes: head_dim 12 (one block of 32 rows, partly idle) and 40 (a second, partial block per head), d_state 20,
+// 16 and 8, 3 SSM groups, norm groups of 1, 2, 3 heads and all of them, of 8 channels (not whole heads: the
+// composed fallback), no norm, no conv bias, d_conv 3 and 6 (6: the fallback); Bamba's head and state sizes on 32
+// heads; decode batches of fresh and continuing sequences in shuffled slots, and a prefill batch (the composed
+// default); z | xBC | dt a column block of a wider row; the SSM state in fp32 and bf16.
+TEST_P(CudaOps, MambaDecodeStep) {
+  // A second backend whose kernel loads the SSM state before its pdl_wait (BAMBA_CUDA_MAMBA_STEP=2, read when a
+  // backend is made): the same arithmetic, so the same bits. It computes on gpu_'s tensors (its own stream).
+  const char* was = std::getenv("BAMBA_CUDA_MAMBA_STEP");
+  const std::string saved = was ? was : "";
+  setenv("BAMBA_CUDA_MAMBA_STEP", "2", 1);
+  std::unique_ptr<Backend> early = make_backend("cuda", GetParam());
+  if (was) setenv("BAMBA_CUDA_MAMBA_STEP", saved.c_str(), 1);
+  else unsetenv("BAMBA_CUDA_MAMBA_STEP");
+  struct Shape { int64_t nh, P, G, N, K, group; bool norm, bias; };  // group: channels
+  for (const Shape& sh : {Shape{6, 12, 3, 20, 4, 24, true, true}, Shape{6, 12, 3, 20, 4, 72, true, false},
+                          Shape{6, 12, 3, 20, 4, 12, true, true}, Shape{6, 12, 3, 20, 4, 8, true, true},
+                          Shape{6, 12, 1, 20, 3, 72, false, true}, Shape{4, 40, 2, 16, 4, 120, true, true},
+                          Shape{4, 16, 2, 8, 6, 64, true, true}, Shape{32, 64, 1, 128, 4, 2048, true, true}}) {
+    const int64_t nh = sh.nh, P = sh.P, G = sh.G, N = sh.N, K = sh.K, I = nh * P, CD = I + 2 * G * N;
+    const int64_t E = I + CD + nh, group = sh.group, n_slots = 7;
+    const MambaOpsConfig c{nh, P, G, N, K, 16, 0.f, INFINITY};
+    const std::string shape = "nh=" + std::to_string(nh) + " P=" + std::to_string(P) + " G=" + std::to_string(G) +
+                              " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                              (sh.norm ? " group=" + std::to_string(group) : " no norm");
+    Pair A_log = make(DType::F32, {nh}, 0.f, 1.5f), D = make(DType::F32, {nh}, 0.5f, 1.5f);
+    Pair dt_bias = make(DType::F32, {nh}, -1.f, 0.5f);
+    Pair cw = make(act(), {CD, K}, -0.5f, 0.5f);
+    Pair cb = sh.bias ? make(DType::F32, {CD}, -0.2f, 0.2f) : Pair{};
+    Pair nw = sh.norm ? make(DType::F32, {I}, 0.8f, 1.2f) : Pair{};
+    for (DType state_t : {DType::F32, DType::BF16}) {
+      Pair conv_state = make(DType::F32, {n_slots, K - 1, CD}, -1, 1), ssm_state = make(state_t, {n_slots, nh, P, N}, -1, 1);
+      const double out_tol = state_t == DType::BF16 ? kTolBf16 : tol();
+      const double state_tol = state_t == DType::BF16 ? kTolBf16 : kTolF32State;
+      struct Case { std::vector<int32_t> lens, pasts, slots; };
+      for (const Case& k : {Case{{1, 1, 1, 1, 1}, {3, 0, 7, 2, 9}, {1, 3, 0, 5, 6}}, Case{{1}, {4}, {2}},
+                            Case{{1}, {0}, {4}}, Case{{5, 1, 3}, {0, 2, 1}, {0, 1, 2}}, Case{{1, 1}, {6, 1}, {5, 0}}}) {
+        StepBatch b = batch(k.lens, k.pasts, k.slots, 4, 64, 10);
+        set_batch(b);
+        const int64_t T = b.n_tokens();
+        const std::string what = shape + (state_t == DType::BF16 ? ", bf16 state" : "") + ", T=" + std::to_string(T) +
+                                 ", S=" + std::to_string(b.n_seqs());
+        Pair in = make(act(), {T, E + 11}, -1, 1), zxbcdt = cols(in, 3, 3 + E);
+        Pair out = zeros(act(), {T, I}), conv_out = zeros(act(), {T, CD}), y = zeros(act(), {T, I});
+        auto step = [&](bool gpu) {
+          auto t = [gpu](const Pair& p) { return gpu ? p.gpu : p.cpu; };
+          return Backend::MambaStep{t(zxbcdt), t(cw), t(cb), t(conv_state), t(A_log), t(D), t(dt_bias), t(ssm_state),
+                                    t(nw), group, 1e-5f, t(conv_out), t(y)};
+        };
+        const auto conv0 = host(*cpu_, conv_state.cpu), ssm0 = host(*cpu_, ssm_state.cpu);
+        cpu_->mamba_step(out.cpu, step(false), c);
+        gpu_->mamba_step(out.gpu, step(true), c);
+        expect_close(out, out_tol, "mamba_step out, " + what);
+        expect_close(conv_state, 1e-6, "mamba_step conv state, " + what);
+        expect_close(ssm_state, state_tol, "mamba_step SSM state, " + what);
+        const auto f_out = host(*gpu_, out.gpu), f_conv = host(*gpu_, conv_state.gpu), f_ssm = host(*gpu_, ssm_state.gpu);
+        auto differing = [](const std::vector<float>& a, const std::vector<float>& b) {
+          size_t n = 0;
+          for (size_t i = 0; i < a.size(); ++i) n += std::memcmp(&a[i], &b[i], 4) != 0;
+          return n;
+        };
+        // The state loaded before pdl_wait, from the same states: the same bits.
+        gpu_->from_host_f32(conv_state.gpu, conv0.data());
+        gpu_->from_host_f32(ssm_state.gpu, ssm0.data());
+        early->set_batch(b);
+        early->mamba_step(out.gpu, step(true), c);
+        early->synchronize();
+        EXPECT_EQ(differing(host(*gpu_, out.gpu), f_out) + differing(host(*gpu_, conv_state.gpu), f_conv) +
+                      differing(host(*gpu_, ssm_state.gpu), f_ssm),
+                  0u)
+            << "state loaded before the wait (BAMBA_CUDA_MAMBA_STEP=2), " << what;
+        // The GPU's three kernels from the same states.
+        gpu_->from_host_f32(conv_state.gpu, conv0.data());
+        gpu_->from_host_f32(ssm_state.gpu, ssm0.data());
+        gpu_->conv1d_silu(conv_out.gpu, zxbcdt.gpu.slice_cols(I, I + CD), cw.gpu, cb.gpu, conv_state.gpu);
+        gpu_->ssd(y.gpu, conv_out.gpu, zxbcdt.gpu.slice_cols(I + CD, E), A_log.gpu, D.gpu, dt_bias.gpu, ssm_state.gpu, c);
+        if (sh.norm) gpu_->gated_rmsnorm(out.gpu, y.gpu, zxbcdt.gpu.slice_cols(0, I), nw.gpu, group, 1e-5f);
+        else gpu_->silu_gate(out.gpu, y.gpu, zxbcdt.gpu.slice_cols(0, I));
+        const auto u_out = host(*gpu_, out.gpu), u_conv = host(*gpu_, conv_state.gpu), u_ssm = host(*gpu_, ssm_state.gpu);
+        EXPECT_EQ(differing(f_conv, u_conv), 0u) << "conv windows, fused vs the three kernels, " << what;
+        EXPECT_LE(rel_l2(f_out, u_out), out_tol) << "out, fused vs the three kernels, " << what;
+        EXPECT_LE(rel_l2(f_ssm, u_ssm), state_tol) << "SSM state, fused vs the three kernels, " << what;
+        const size_t d_out = differing(f_out, u_out), d_ssm = differing(f_ssm, u_ssm);
+        if (d_out + d_ssm > 0)
+          std::printf("[ mamba_step ] %s: %zu of %zu outputs and %zu of %zu state values differ from the three kernels'\n",
+                      what.c_str(), d_out, f_out.size(), d_ssm, f_ssm.size());
+      }
+    }
+  }
+}
+
 // head_dim 40 takes the CUDA-core kernel; 64 and 128 (bf16) the tensor-core prefill kernel, whose 64-row query
 // and key tiles are crossed here by prompts of 1..300 tokens after 0..100 cached ones (decode rows in the same
 // batch included), with GQA groups of 2 and 4.
