@@ -1,10 +1,11 @@
 #!/bin/bash
-# Runs the kernels of src/backend/cuda/ssd_backward_chunked.cu, attention_backward_mma.cu and backward.cu on the CPU, without
+# Runs the kernels of src/backend/cuda/ssd_backward_chunked.cu, attention_backward_mma.cu, backward.cu and
+# cross_entropy.cu on the CPU, without
 # a GPU or nvcc: every CUDA thread a std::thread, __syncthreads a barrier, wmma tiles done by lane 0 of each warp
 # (include/ stands in for the CUDA headers), shared memory filled with NaN patterns so that a read of anything
 # unwritten shows. The launchers (<<<...>>>) are cut out; the drivers launch the kernels themselves, finish as the
 # launchers' other kernels do, and compare with the CPU twins (grad::ssd_backward, grad::attention_backward,
-# grad::conv1d_silu_backward, grad::(gated_)rmsnorm_backward) on
+# grad::conv1d_silu_backward, grad::(gated_)rmsnorm_backward; the cross-entropy rows in double) on
 # bf16-rounded inputs: odd sizes, several sequences, G = 2 / GQA, state0, the dt clamp, partial RoPE, chunk tables
 # of 64..256. Checks indexing, padding, masks and barriers; not speed, races or the real mma.
 # Usage: tests/emu/run.sh [out-dir]   (about 2 min on two cores; EMU_ONLY="backward" runs one driver)
@@ -22,8 +23,9 @@ strip() {
 strip ssd_backward_chunked.cu '^void ssd_backward_chunked\(cudaStream_t st' > "$out/kernels_emu.inc"
 strip attention_backward_mma.cu '^void attention_backward_mma\(cudaStream_t st' > "$out/attention_kernels_emu.inc"
 strip backward.cu '^// ---- launchers' > "$out/backward_kernels_emu.inc"
+strip cross_entropy.cu '^// ---- launcher' > "$out/cross_entropy_kernels_emu.inc"
 rc=0
-for t in ${EMU_ONLY:-ssd_backward_chunked attention_backward_mma backward}; do
+for t in ${EMU_ONLY:-ssd_backward_chunked attention_backward_mma backward cross_entropy}; do
   g++ -std=c++20 -O2 -pthread -I "$here/include" -I "$src" -I "$out" "$here/${t}_emu.cpp" -o "$out/$t"
   echo "== $t"
   "$out/$t" || rc=1

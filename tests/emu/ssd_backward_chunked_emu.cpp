@@ -74,8 +74,8 @@ int main() {
     const Scratch sc1{s1 + l.cum, s1 + l.delta, s1 + l.dec, s1 + l.states, s1 + l.dstates, s1 + l.edot};
     SsdBwdArgs a1 = a;
     a1.dstate0 = ds0_serial.data();
-    emu::launch({unsigned(l.splits), unsigned(nh), unsigned(S)}, {256}, 0, [&] { carry_serial_kernel(a1, b, sc1, l.splits); });
-    emu::launch({unsigned(l.splits), unsigned(nh), unsigned(S)}, {256}, 0, [&] { carry_kernel(a, b, sc, l.splits); });
+    emu::launch({unsigned(l.splits), unsigned(nh), unsigned(S)}, {256}, 0, [&] { carry_kernel<1>(a1, b, sc1, l.splits); });
+    emu::launch({unsigned(l.splits), unsigned(nh), unsigned(S)}, {256}, 0, [&] { carry_kernel<kCarryAhead>(a, b, sc, l.splits); });
     {
       auto same = [](const float* x, const float* y, size_t n) { return std::memcmp(x, y, n * sizeof(float)) == 0; };
       const bool ok = same(scratch.data(), scratch_serial.data(), scratch.size()) && same(ds0.data(), ds0_serial.data(), ds0.size());

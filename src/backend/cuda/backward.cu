@@ -59,27 +59,30 @@ __global__ void embed_backward_kernel(float* dtable, int64_t ldt, const T* dout,
   dtable[int64_t(uniq[i]) * ldt + j] += acc;
 }
 
-template <typename T>
-__global__ void swiglu_backward_kernel(T* dgu, int64_t lddg, const T* dout, int64_t ldo, const T* gu, int64_t ldg,
-                                       int F) {
-  const int64_t r = blockIdx.y;
-  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < F; j += gridDim.x * blockDim.x) {
-    const float g = to_f(gu[r * ldg + j]), u = to_f(gu[r * ldg + F + j]), d = to_f(dout[r * ldo + j]);
-    dgu[r * lddg + j] = from_f<T>(d * u * silu_grad_f(g));
-    dgu[r * lddg + F + j] = from_f<T>(d * silu_exact(g));
+// ---- gated activations, out = act(gate) ⊙ up over gu = [gate | up] (F columns each): one kernel, the activation a
+// functor giving the gradients of gate and up from (gate, up, dout) per element.
+struct SwigluGrad {
+  __device__ void operator()(float g, float u, float d, float& dg, float& du) const {
+    dg = d * u * silu_grad_f(g), du = d * silu_exact(g);
   }
-}
-
-template <typename T>
-__global__ void geglu_backward_kernel(T* dgu, int64_t lddg, const T* dout, int64_t ldo, const T* gu, int64_t ldg,
-                                      int F) {
-  const int64_t r = blockIdx.y;
-  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < F; j += gridDim.x * blockDim.x) {
-    const float g = to_f(gu[r * ldg + j]), u = to_f(gu[r * ldg + F + j]), d = to_f(dout[r * ldo + j]);
+};
+struct GegluGrad {  // the exact GELU
+  __device__ void operator()(float g, float u, float d, float& dg, float& du) const {
     const float cdf = 0.5f * (1.f + erff(g * 0.70710678118654752f));
     const float pdf = 0.39894228040143268f * expf(-0.5f * g * g);  // φ(g)
-    dgu[r * lddg + j] = from_f<T>(d * u * (cdf + g * pdf));
-    dgu[r * lddg + F + j] = from_f<T>(d * g * cdf);
+    dg = d * u * (cdf + g * pdf), du = d * g * cdf;
+  }
+};
+template <typename T, typename Act>
+__global__ void gated_act_backward_kernel(T* dgu, int64_t lddg, const T* dout, int64_t ldo, const T* gu, int64_t ldg,
+                                          int F) {
+  const int64_t r = blockIdx.y;
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < F; j += gridDim.x * blockDim.x) {
+    const float g = to_f(gu[r * ldg + j]), u = to_f(gu[r * ldg + F + j]), d = to_f(dout[r * ldo + j]);
+    float dg, du;
+    Act{}(g, u, d, dg, du);
+    dgu[r * lddg + j] = from_f<T>(dg);
+    dgu[r * lddg + F + j] = from_f<T>(du);
   }
 }
 
@@ -497,6 +500,15 @@ void column_reduce(cudaStream_t st, F f, int64_t M, int64_t N, float* out, float
   column_finish(st, part, chunks, N, N, out);
 }
 
+template <typename Act, typename T>
+void gated_act_backward(cudaStream_t st, T* dgu, int64_t lddg, const T* dout, int64_t ldo, const T* gu, int64_t ldg,
+                        int64_t M, int64_t F) {
+  if (M == 0) return;
+  gated_act_backward_kernel<T, Act><<<dim3(std::min(ceil_div(F, 256), 64u), unsigned(M)), 256, 0, st>>>(
+      dgu, lddg, dout, ldo, gu, ldg, int(F));
+  CUDA_LAUNCH_CHECK();
+}
+
 template <typename T, int K>
 void conv_backward_fused(cudaStream_t st, T* dx, int64_t lddx, float* dw, float* dbias, const T* dout, int64_t ldo,
                          const T* x, int64_t ldx, PView w, PView bias, int64_t CD, const DevBatch& b, float* part) {
@@ -556,19 +568,13 @@ void silu_gate_backward(cudaStream_t st, T* dy, int64_t lddy, T* dz, int64_t ldd
 template <typename T>
 void swiglu_backward(cudaStream_t st, T* dgu, int64_t lddg, const T* dout, int64_t ldo, const T* gu, int64_t ldg,
                      int64_t M, int64_t F) {
-  if (M == 0) return;
-  swiglu_backward_kernel<T><<<dim3(std::min(ceil_div(F, 256), 64u), unsigned(M)), 256, 0, st>>>(dgu, lddg, dout, ldo,
-                                                                                              gu, ldg, int(F));
-  CUDA_LAUNCH_CHECK();
+  gated_act_backward<SwigluGrad>(st, dgu, lddg, dout, ldo, gu, ldg, M, F);
 }
 
 template <typename T>
 void geglu_backward(cudaStream_t st, T* dgu, int64_t lddg, const T* dout, int64_t ldo, const T* gu, int64_t ldg,
                     int64_t M, int64_t F) {
-  if (M == 0) return;
-  geglu_backward_kernel<T><<<dim3(std::min(ceil_div(F, 256), 64u), unsigned(M)), 256, 0, st>>>(dgu, lddg, dout, ldo,
-                                                                                             gu, ldg, int(F));
-  CUDA_LAUNCH_CHECK();
+  gated_act_backward<GegluGrad>(st, dgu, lddg, dout, ldo, gu, ldg, M, F);
 }
 
 size_t rmsnorm_backward_scratch_floats(int64_t M, int64_t H) {

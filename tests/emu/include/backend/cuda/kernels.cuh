@@ -60,44 +60,44 @@ inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 inline float softplus_f(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 struct PView { const void* p = nullptr; int is_bf16 = 0; };
 inline float ld_param(PView v, int64_t i) { return v.is_bf16 ? __bfloat162float(static_cast<const bf16*>(v.p)[i]) : static_cast<const float*>(v.p)[i]; }
-inline float warp_sum(float v) {
+// Every lane of the calling thread's warp puts in v, waits for the other 31, and gets f(the warp's 32 values in lane
+// order). All lanes call it, as the kernels call the warp intrinsics below.
+template <class F> inline float warp_all(float v, F f) {
   auto& w = emu::cur->warps[emu::linear_tid() / 32];
   w.val[emu::linear_tid() % 32] = v;
   w.bar.arrive_and_wait();
-  float s = 0; for (int i = 0; i < 32; ++i) s += w.val[i];
-  w.bar.arrive_and_wait();
-  return s;
-}
-// __shfl_up_sync / __shfl_sync: every lane of the warp calls them (as the kernels do)
-inline float warp_exchange(float v, int from) {
-  auto& w = emu::cur->warps[emu::linear_tid() / 32];
-  w.val[emu::linear_tid() % 32] = v;
-  w.bar.arrive_and_wait();
-  const float r = w.val[from];
+  const float r = f(w.val);
   w.bar.arrive_and_wait();
   return r;
 }
-inline float __shfl_up_sync(unsigned, float v, int d) {
-  const int lane = int(emu::linear_tid() % 32);
-  return warp_exchange(v, lane >= d ? lane - d : lane);
+inline float warp_sum(float v) {
+  return warp_all(v, [](const float* x) { float s = 0; for (int i = 0; i < 32; ++i) s += x[i]; return s; });
 }
-inline float __shfl_sync(unsigned, float v, int src) { return warp_exchange(v, src); }
 inline float warp_max(float v) {
-  auto& w = emu::cur->warps[emu::linear_tid() / 32];
-  w.val[emu::linear_tid() % 32] = v;
-  w.bar.arrive_and_wait();
-  float s = -INFINITY; for (int i = 0; i < 32; ++i) s = std::max(s, w.val[i]);
-  w.bar.arrive_and_wait();
-  return s;
+  return warp_all(v, [](const float* x) { float s = -INFINITY; for (int i = 0; i < 32; ++i) s = std::max(s, x[i]); return s; });
+}
+inline float __shfl_sync(unsigned, float v, int src) { return warp_all(v, [src](const float* x) { return x[src]; }); }
+inline float __shfl_up_sync(unsigned m, float v, int d) {
+  const int lane = int(emu::linear_tid() % 32);
+  return __shfl_sync(m, v, lane >= d ? lane - d : lane);
 }
 inline float block_sum(float v, float* sh) {
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int t = int(emu::linear_tid()), lane = t & 31, w = t >> 5, nw = int(blockDim.x * blockDim.y * blockDim.z) >> 5;
   v = warp_sum(v);
   __syncthreads();
   if (lane == 0) sh[w] = v;
   __syncthreads();
   v = lane < nw ? sh[lane] : 0.f;
   return warp_sum(v);
+}
+inline float block_max(float v, float* sh) {
+  const int t = int(emu::linear_tid()), lane = t & 31, w = t >> 5, nw = int(blockDim.x * blockDim.y * blockDim.z) >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  v = lane < nw ? sh[lane] : -INFINITY;
+  return warp_max(v);
 }
 struct DevBatch {
   const int32_t *tokens, *positions, *seq_of, *seq_start, *past_len, *slot, *logit_rows, *max_blocks, *block_table;
