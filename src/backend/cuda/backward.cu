@@ -224,7 +224,8 @@ struct alignas(sizeof(T) * E) ConvVec {
   T v[E];
 };
 
-int64_t conv_fused_chunks(int64_t T_) { return (T_ + kConvRun * kConvRunsPerBlock - 1) / (kConvRun * kConvRunsPerBlock); }
+constexpr int kConvBlockRows = kConvRun * kConvRunsPerBlock;  // rows of one dw/dbias partial
+int64_t conv_fused_chunks(int64_t T_) { return (T_ + kConvBlockRows - 1) / kConvBlockRows; }
 
 template <typename T, int K, int E>
 __global__ void __launch_bounds__(kConvLanes* kConvRunsPerBlock, 2)
@@ -628,7 +629,8 @@ void gated_rmsnorm_backward(cudaStream_t st, T* dy, int64_t lddy, T* dz, int64_t
 }
 
 size_t conv1d_silu_backward_scratch_floats(int64_t T_, int64_t CD, int64_t K) {
-  const size_t split = size_t(T_ * CD) + std::max(column_sum_scratch_floats(T_, CD * K), column_sum_scratch_floats(T_, CD));
+  const size_t split =
+      size_t(T_ * CD) + std::max(column_sum_scratch_floats(T_, CD * K), column_sum_scratch_floats(T_, CD));
   return std::max(split, size_t(conv_fused_chunks(T_) * CD * (K + 1)));
 }
 
@@ -638,7 +640,9 @@ void conv1d_silu_backward(cudaStream_t st, T* dx, int64_t lddx, float* dw, float
                           float* scratch) {
   if (b.T == 0) return;
   if (!conv_backward_split() && K >= 2 && K <= 4) {
-    auto fused = [&]<int KK>() { conv_backward_fused<T, KK>(st, dx, lddx, dw, dbias, dout, ldo, x, ldx, w, bias, CD, b, scratch); };
+    auto fused = [&]<int KK>() {
+      conv_backward_fused<T, KK>(st, dx, lddx, dw, dbias, dout, ldo, x, ldx, w, bias, CD, b, scratch);
+    };
     if (K == 4) fused.template operator()<4>();
     else if (K == 3) fused.template operator()<3>();
     else fused.template operator()<2>();

@@ -16,7 +16,8 @@
 //   then ssd_backward.cu's finishing kernels: dΔ through softplus and the clamp, dB and dC summed over each
 //   group's heads in order, dA_log, dD, ddt_bias summed over tokens.
 // Tiles are zero-padded to multiples of 16 (head_dim ≤ 64, d_state ≤ 128); states pass through shared memory
-// as bf16, like the forward's S_in. Memory: two fp32 states per (chunk, head), as the forward's chunk states.
+// as bf16, like the forward's S_in. Memory: two fp32 states per (chunk, head), as the forward's chunk states, and
+// dS_out in bf16 (the carry writes it as the grad kernel's tile takes it).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -54,11 +55,13 @@ struct Scratch {
   float* delta;    // [nh, T]        Δ_t
   float* dec;      // [nq, nh]       cum at the chunk's last token (0 for an empty piece)
   float* states;   // [nq, nh, P, N] chunk-local state, then S_in
-  float* dstates;  // [nq, nh, P, N] chunk-local state gradient, then dS_out
+  float* dstates;  // [nq, nh, P, N] chunk-local state gradient
   float* edot;     // [nq, nh, splits] ⟨dS_out, S_in⟩ per slice of the state
+  bf16* dsout;     // [nq, nh, P, N] dS_out, rounded as the grad kernel's tile takes it (its only reader: half the
+                   //                bytes of fp32 written by the carry and read by grad, the same bits in the tile)
 };
 struct Layout {
-  size_t cum, delta, dec, states, dstates, edot, total;
+  size_t cum, delta, dec, states, dstates, edot, dsout, total;
   int nq, splits;
 };
 Layout layout(const SsdBwdArgs& a, const DevBatch& b) {
@@ -74,8 +77,13 @@ Layout layout(const SsdBwdArgs& a, const DevBatch& b) {
   l.states = o, o += r32(nq * nh * PN);
   l.dstates = o, o += r32(nq * nh * PN);
   l.edot = o, o += r32(nq * nh * size_t(l.splits));
+  l.dsout = o, o += r32((nq * nh * PN + 1) / 2);  // bf16
   l.total = o;
   return l;
+}
+Scratch scratch_at(float* s, const Layout& l) {
+  return {s + l.cum,     s + l.delta, s + l.dec, s + l.states,
+          s + l.dstates, s + l.edot,  reinterpret_cast<bf16*>(s + l.dsout)};
 }
 
 // 1. Δ and cum per (piece, head): one thread walks the piece's tokens in order.
@@ -229,12 +237,12 @@ __global__ void __launch_bounds__(kThreads) carry_kernel(SsdBwdArgs a, DevBatch 
     for (int d = 0; d < AHEAD; ++d) {
       const int j = g - d;
       if (j >= j0) {  // the same for the whole block: block_sum's barriers are met by every thread
-        float* dS = sc.dstates + (int64_t(j) * nh + h) * PN;
+        bf16* dS = sc.dsout + (int64_t(j) * nh + h) * PN;
         float dot = 0.f;
 #pragma unroll
         for (int k = 0; k < kCarryPer; ++k)
           if (e[k] < PN) {
-            dS[e[k]] = v[k];
+            dS[e[k]] = __float2bfloat16_rn(v[k]);
             dot += v[k] * sin[d][k];
             v[k] = dcy[d] * v[k] + loc[d][k];
           }
@@ -322,7 +330,7 @@ __global__ void __launch_bounds__(kGradThreads, 1) grad_kernel(SsdBwdArgs a, Dev
   const bf16* row = static_cast<const bf16*>(a.xBC) + int64_t(c.begin) * a.ldx;
   const bf16* dyr = static_cast<const bf16*>(a.dy) + int64_t(c.begin) * a.lddy;
   const float* S_in = sc.states + (int64_t(j) * nh + h) * PN;
-  const float* dS_out = sc.dstates + (int64_t(j) * nh + h) * PN;
+  const bf16* dS_out = sc.dsout + (int64_t(j) * nh + h) * PN;
   load_tile(Cs, kLdN, row + I + int64_t(G) * N + g * N, a.ldx, len, N, kQ, Np, nullptr);
   load_tile(Bs, kLdN, row + I + g * N, a.ldx, len, N, kQ, Np, nullptr);
   load_tile(xs, kLdP, row + h * P, a.ldx, len, P, kQ, Pp, nullptr);
@@ -425,8 +433,7 @@ size_t ssd_backward_chunked_scratch_floats(const SsdBwdArgs& a, const DevBatch& 
 void ssd_backward_chunked(cudaStream_t st, const SsdBwdArgs& a, const DevBatch& b, float* dBp, float* dCp, float* tok,
                           float* scratch) {
   const Layout l = layout(a, b);
-  const Scratch sc{scratch + l.cum, scratch + l.delta, scratch + l.dec, scratch + l.states, scratch + l.dstates,
-                   scratch + l.edot};
+  const Scratch sc = scratch_at(scratch, l);
   const unsigned nq = unsigned(l.nq), nh = unsigned(a.nh);
   CUDA_CHECK(cudaFuncSetAttribute(chunk_state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kStateSmem)));
   CUDA_CHECK(cudaFuncSetAttribute(grad_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kGradSmem)));
