@@ -296,6 +296,97 @@ TEST_P(CudaTrainOps, Conv1dSiluBackwardAcrossSequences) {
   }
 }
 
+// Sets an environment variable while it lives (the CUDA launchers read their BAMBA_* form switches per call), then
+// restores it.
+struct ScopedEnv {
+  ScopedEnv(const char* name, const char* v) : name(name) {
+    if (const char* o = std::getenv(name)) old = o, had = true;
+    setenv(name, v, 1);
+  }
+  ~ScopedEnv() {
+    if (had) setenv(name, old.c_str(), 1);
+    else unsetenv(name);
+  }
+  const char* name;
+  std::string old;
+  bool had = false;
+};
+
+// The one-pass conv1d backward (backward.cu, the default) and the three-kernel form (BAMBA_CONV_BWD=split) against
+// the CPU twin: 2..4 taps, the vector path (channels a multiple of 4, x strided but aligned) and the one-channel
+// path (odd channels, x misaligned), sequences that cross the kernel's 32-row runs and 256-row blocks and end
+// inside them; the same call again (from the same dw, dbias) gives the same bits.
+TEST_P(CudaTrainOps, Conv1dSiluBackwardFusedAndSplit) {
+  StepBatch b = batch({1, 300, 37, 2, 33, 64}, 10);
+  set_batch(b);
+  const int64_t T = b.n_tokens();
+  struct Case { int64_t CD, K, pad; };
+  for (const Case& cs : {Case{72, 4, 0}, Case{37, 4, 3}, Case{44, 3, 0}, Case{36, 2, 4}}) {
+    const int64_t CD = cs.CD, K = cs.K;
+    Pair w = make(act(), {CD, K}, -0.5f, 0.5f), bias = make(DType::F32, {CD}, -0.2f, 0.2f);
+    Pair xw = make(act(), {T, CD + cs.pad}, -2, 2), x = cols(xw, cs.pad, cs.pad + CD);
+    Pair dout = make(act(), {T, CD}, -1, 1);
+    for (const char* form : {"fused", "split"}) {
+      ScopedEnv env("BAMBA_CONV_BWD", form);
+      const std::string s = std::string(" (") + form + ", CD=" + std::to_string(CD) + ", K=" + std::to_string(K) + ")";
+      Pair dx = zeros(act(), {T, CD}), dw = grad({CD, K}), db = grad({CD});
+      const std::vector<float> dw0 = host(*gpu_, dw.gpu), db0 = host(*gpu_, db.gpu);
+      cpu_->conv1d_silu_backward(dx.cpu, dw.cpu, db.cpu, dout.cpu, x.cpu, w.cpu, bias.cpu);
+      gpu_->conv1d_silu_backward(dx.gpu, dw.gpu, db.gpu, dout.gpu, x.gpu, w.gpu, bias.gpu);
+      expect_close(dx, tol(), "conv1d dx" + s);
+      expect_close(dw, tol(), "conv1d dweight" + s);
+      expect_close(db, tol(), "conv1d dbias" + s);
+      const std::vector<float> first[3] = {host(*gpu_, dx.gpu), host(*gpu_, dw.gpu), host(*gpu_, db.gpu)};
+      gpu_->from_host_f32(dw.gpu, dw0.data());
+      gpu_->from_host_f32(db.gpu, db0.data());
+      gpu_->conv1d_silu_backward(dx.gpu, dw.gpu, db.gpu, dout.gpu, x.gpu, w.gpu, bias.gpu);
+      const std::vector<float> again[3] = {host(*gpu_, dx.gpu), host(*gpu_, dw.gpu), host(*gpu_, db.gpu)};
+      for (int i = 0; i < 3; ++i)
+        EXPECT_EQ(0, std::memcmp(first[i].data(), again[i].data(), first[i].size() * 4))
+            << (i == 0 ? "dx" : i == 1 ? "dweight" : "dbias") << " differs between two runs" << s;
+    }
+  }
+}
+
+// The RMSNorm backward with rows in registers (backward.cu, the default where each warp's 32 16-byte vectors lie
+// in one group) and the split form (BAMBA_NORM_BWD=split) against the CPU twin: the gated norm with 1, 2 and 4
+// groups, the plain norm accumulating into dx; rows not a multiple of the kernel's 16; Bamba-9B's width 8192 (fp32
+// takes the split form there: wider than the registers hold). The same call again gives the same bits.
+TEST_P(CudaTrainOps, NormBackwardFusedAndSplit) {
+  for (int64_t I : {1024, 8192}) {
+    const int64_t M = I == 1024 ? 67 : 37, pad = 8;
+    Pair yz = make(act(), {M, 2 * I + pad}, -2, 2), w = make(DType::F32, {I}, 0.8f, 1.2f);
+    Pair y = cols(yz, 0, I), z = cols(yz, I + pad, 2 * I + pad);
+    for (const char* form : {"fused", "split"}) {
+      ScopedEnv env("BAMBA_NORM_BWD", form);
+      for (int64_t group : {I, I / 2, I / 4}) {
+        const std::string g = std::string(" (") + form + ", I=" + std::to_string(I) + ", group " + std::to_string(group) + ")";
+        Pair dout = make(act(), {M, I}, -1, 1), dyz = zeros(act(), {M, 2 * I + pad}), dw = grad({I});
+        Pair dy = cols(dyz, 0, I), dz = cols(dyz, I + pad, 2 * I + pad);
+        const std::vector<float> dw0 = host(*gpu_, dw.gpu);
+        cpu_->gated_rmsnorm_backward(dy.cpu, dz.cpu, dw.cpu, dout.cpu, y.cpu, z.cpu, w.cpu, group, 1e-5f);
+        gpu_->gated_rmsnorm_backward(dy.gpu, dz.gpu, dw.gpu, dout.gpu, y.gpu, z.gpu, w.gpu, group, 1e-5f);
+        expect_close(dy, tol(), "gated_rmsnorm dy" + g);
+        expect_close(dz, tol(), "gated_rmsnorm dz" + g);
+        expect_close(dw, tol(), "gated_rmsnorm dw" + g);
+        const std::vector<float> first[2] = {host(*gpu_, dyz.gpu), host(*gpu_, dw.gpu)};
+        gpu_->from_host_f32(dw.gpu, dw0.data());
+        gpu_->gated_rmsnorm_backward(dy.gpu, dz.gpu, dw.gpu, dout.gpu, y.gpu, z.gpu, w.gpu, group, 1e-5f);
+        const std::vector<float> again[2] = {host(*gpu_, dyz.gpu), host(*gpu_, dw.gpu)};
+        for (int i = 0; i < 2; ++i)
+          EXPECT_EQ(0, std::memcmp(first[i].data(), again[i].data(), first[i].size() * 4))
+              << (i ? "gated_rmsnorm dw" : "gated_rmsnorm dy|dz") << " differs between two runs" << g;
+      }
+      const std::string p = std::string(" (") + form + ", H=" + std::to_string(I) + ")";
+      Pair dout = make(act(), {M, I}, -1, 1), dh = make(act(), {M, I}, -1, 1), dw = grad({I});
+      cpu_->add_rmsnorm_backward(dh.cpu, dw.cpu, dout.cpu, y.cpu, w.cpu, 1e-6f);
+      gpu_->add_rmsnorm_backward(dh.gpu, dw.gpu, dout.gpu, y.gpu, w.gpu, 1e-6f);
+      expect_close(dh, tol(), "add_rmsnorm dh (accumulated)" + p);
+      expect_close(dw, tol(), "add_rmsnorm dw" + p);
+    }
+  }
+}
+
 // n_groups 2, odd head_dim, d_state not a multiple of 32, sequences of 1..200 tokens; the dt clamp active on part
 // of the tokens; from zeros and from a given state0 (with dstate0).
 TEST_P(CudaTrainOps, SsdBackwardStatesAndClamp) {

@@ -64,18 +64,18 @@ int main() {
     std::vector<float> scratch(ssd_backward_chunked_scratch_floats(a, b), NAN);
     std::vector<float> dBp(size_t(T) * nh * N, NAN), dCp(size_t(T) * nh * N, NAN), tok(size_t(T) * nh * 3, NAN);
     float* s0 = scratch.data();
-    const Scratch sc{s0 + l.cum, s0 + l.delta, s0 + l.dec, s0 + l.states, s0 + l.dstates, s0 + l.edot};
+    const Scratch sc = scratch_at(s0, l);
     const unsigned nq = unsigned(l.nq);
     emu::launch({ceil_div(int64_t(l.nq) * nh, 128)}, {128}, 0, [&] { delta_kernel(a, b, l.nq, sc); });
     emu::launch({nq, unsigned(nh)}, {256}, kStateSmem, [&] { chunk_state_kernel(a, b, sc); });
     // the grouped carry (kCarryAhead chunks' loads at a time) must give the serial walk's bits
     std::vector<float> scratch_serial = scratch, ds0_serial(ds0.size(), 0.f);
     float* s1 = scratch_serial.data();
-    const Scratch sc1{s1 + l.cum, s1 + l.delta, s1 + l.dec, s1 + l.states, s1 + l.dstates, s1 + l.edot};
+    const Scratch sc1 = scratch_at(s1, l);
     SsdBwdArgs a1 = a;
     a1.dstate0 = ds0_serial.data();
-    emu::launch({unsigned(l.splits), unsigned(nh), unsigned(S)}, {256}, 0, [&] { carry_serial_kernel(a1, b, sc1, l.splits); });
-    emu::launch({unsigned(l.splits), unsigned(nh), unsigned(S)}, {256}, 0, [&] { carry_kernel(a, b, sc, l.splits); });
+    emu::launch({unsigned(l.splits), unsigned(nh), unsigned(S)}, {256}, 0, [&] { carry_kernel<1>(a1, b, sc1, l.splits); });
+    emu::launch({unsigned(l.splits), unsigned(nh), unsigned(S)}, {256}, 0, [&] { carry_kernel<kCarryAhead>(a, b, sc, l.splits); });
     {
       auto same = [](const float* x, const float* y, size_t n) { return std::memcmp(x, y, n * sizeof(float)) == 0; };
       const bool ok = same(scratch.data(), scratch_serial.data(), scratch.size()) && same(ds0.data(), ds0_serial.data(), ds0.size());

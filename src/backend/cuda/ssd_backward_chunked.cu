@@ -16,7 +16,8 @@
 //   then ssd_backward.cu's finishing kernels: dΔ through softplus and the clamp, dB and dC summed over each
 //   group's heads in order, dA_log, dD, ddt_bias summed over tokens.
 // Tiles are zero-padded to multiples of 16 (head_dim ≤ 64, d_state ≤ 128); states pass through shared memory
-// as bf16, like the forward's S_in. Memory: two fp32 states per (chunk, head), as the forward's chunk states.
+// as bf16, like the forward's S_in. Memory: two fp32 states per (chunk, head), as the forward's chunk states, and
+// dS_out in bf16 (the carry writes it as the grad kernel's tile takes it).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -37,6 +38,7 @@ constexpr int kGradThreads = 512;           // 16 warps (kernel 4: one 16×16 ti
 constexpr int kCarryPer = 4;                // state elements per carry thread
 constexpr int kCarryElems = kCarryPer * kThreads;
 constexpr int kCarryAhead = 8;              // chunks whose loads the carry issues together
+constexpr int kMaxSplits = (kPMax * kNMax + kCarryElems - 1) / kCarryElems;  // carry slices of one state, at most
 
 // The 64-token piece j of the batch's chunk table: first token row, tokens (0 past a sequence's end), sequence.
 struct Piece {
@@ -53,11 +55,13 @@ struct Scratch {
   float* delta;    // [nh, T]        Δ_t
   float* dec;      // [nq, nh]       cum at the chunk's last token (0 for an empty piece)
   float* states;   // [nq, nh, P, N] chunk-local state, then S_in
-  float* dstates;  // [nq, nh, P, N] chunk-local state gradient, then dS_out
+  float* dstates;  // [nq, nh, P, N] chunk-local state gradient
   float* edot;     // [nq, nh, splits] ⟨dS_out, S_in⟩ per slice of the state
+  bf16* dsout;     // [nq, nh, P, N] dS_out, rounded as the grad kernel's tile takes it (its only reader: half the
+                   //                bytes of fp32 written by the carry and read by grad, the same bits in the tile)
 };
 struct Layout {
-  size_t cum, delta, dec, states, dstates, edot, total;
+  size_t cum, delta, dec, states, dstates, edot, dsout, total;
   int nq, splits;
 };
 Layout layout(const SsdBwdArgs& a, const DevBatch& b) {
@@ -73,8 +77,13 @@ Layout layout(const SsdBwdArgs& a, const DevBatch& b) {
   l.states = o, o += r32(nq * nh * PN);
   l.dstates = o, o += r32(nq * nh * PN);
   l.edot = o, o += r32(nq * nh * size_t(l.splits));
+  l.dsout = o, o += r32((nq * nh * PN + 1) / 2);  // bf16
   l.total = o;
   return l;
+}
+Scratch scratch_at(float* s, const Layout& l) {
+  return {s + l.cum,     s + l.delta, s + l.dec, s + l.states,
+          s + l.dstates, s + l.edot,  reinterpret_cast<bf16*>(s + l.dsout)};
 }
 
 // 1. Δ and cum per (piece, head): one thread walks the piece's tokens in order.
@@ -105,6 +114,21 @@ __device__ __forceinline__ float warp_scan(float v) {
     if (lane >= o) v += u;
   }
   return v;
+}
+
+// f(r, c) for the elements r·cols + c = tid, tid + nt, ... of a rows × cols grid: the loop
+// `for (e = tid; e < rows·cols; e += nt) f(e / cols, e % cols)`, element for element in its order, with one
+// division per thread rather than two per element (a division by a run-time value is some twenty instructions: the
+// chunk_state copy-out did 64 of them per thread, in 64-bit). cols > 0.
+template <typename F>
+__device__ __forceinline__ void for_grid(int rows, int cols, F&& f) {
+  const int nt = blockDim.x, dr = nt / cols, dc = nt % cols;
+  int r = threadIdx.x / cols, c = threadIdx.x % cols;
+  while (r < rows) {
+    f(r, c);
+    r += dr, c += dc;
+    if (c >= cols) c -= cols, ++r;
+  }
 }
 
 // 2. The chunk-local state and state gradient of (piece, head), [P, N] each, fp32 into scratch.
@@ -143,16 +167,18 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdBwdArgs a, Dev
                                                  kQ, false);
     __syncthreads();
     float* dst = (which ? sc.dstates : sc.states) + (int64_t(j) * nh + h) * PN;
-    for (int64_t e = threadIdx.x; e < PN; e += blockDim.x) dst[e] = out[(e / N) * kLdFN + e % N];
+    for_grid(P, N, [&](int p, int n) { dst[p * N + n] = out[p * kLdFN + n]; });
     __syncthreads();
   }
 }
 
 // 3. The carries over a sequence's pieces, for one slice of kCarryElems state elements of one head. The walk is
 // serial in the chunks, but its loads are not: they do not depend on the carried value, so the chunks go in groups
-// of kCarryAhead with every load of a group issued before the group's first store (a store may alias a later load
-// as far as the compiler knows, which kept the plain loop at one memory round trip per chunk and element). The
-// arithmetic is the plain loop's, in its order: the same bits.
+// of AHEAD (kCarryAhead) with every load of a group issued before the group's first store (a store may alias a
+// later load as far as the compiler knows, which kept the plain loop at one memory round trip per chunk and
+// element). AHEAD = 1 is that plain loop (BAMBA_SSD_CARRY=serial keeps it for comparison); the arithmetic is the
+// same in the same order for any AHEAD: the same bits.
+template <int AHEAD>
 __global__ void __launch_bounds__(kThreads) carry_kernel(SsdBwdArgs a, DevBatch b, Scratch sc, int splits) {
   __shared__ float red[32];
   const int split = blockIdx.x, h = blockIdx.y, s = blockIdx.z, nh = a.nh, sub = b.chunk_q / kQ;
@@ -164,10 +190,10 @@ __global__ void __launch_bounds__(kThreads) carry_kernel(SsdBwdArgs a, DevBatch 
     e[k] = int64_t(split) * kCarryElems + k * kThreads + threadIdx.x;
     v[k] = a.state0 && e[k] < PN ? a.state0[(int64_t(s) * nh + h) * PN + e[k]] : 0.f;
   }
-  for (int g = j0; g < j1; g += kCarryAhead) {  // local state → S_in
-    float loc[kCarryAhead][kCarryPer], dcy[kCarryAhead];
+  for (int g = j0; g < j1; g += AHEAD) {  // local state → S_in
+    float loc[AHEAD][kCarryPer], dcy[AHEAD];
 #pragma unroll
-    for (int d = 0; d < kCarryAhead; ++d) {
+    for (int d = 0; d < AHEAD; ++d) {
       const int j = g + d;
       if (j < j1) {
         dcy[d] = expf(sc.dec[j * nh + h]);
@@ -177,7 +203,7 @@ __global__ void __launch_bounds__(kThreads) carry_kernel(SsdBwdArgs a, DevBatch 
       }
     }
 #pragma unroll
-    for (int d = 0; d < kCarryAhead; ++d) {
+    for (int d = 0; d < AHEAD; ++d) {
       const int j = g + d;
       if (j < j1) {
         float* S = sc.states + (int64_t(j) * nh + h) * PN;
@@ -191,10 +217,10 @@ __global__ void __launch_bounds__(kThreads) carry_kernel(SsdBwdArgs a, DevBatch 
     }
   }
   for (int k = 0; k < kCarryPer; ++k) v[k] = 0.f;
-  for (int g = j1 - 1; g >= j0; g -= kCarryAhead) {  // local gradient → dS_out, walking backwards
-    float loc[kCarryAhead][kCarryPer], sin[kCarryAhead][kCarryPer], dcy[kCarryAhead];
+  for (int g = j1 - 1; g >= j0; g -= AHEAD) {  // local gradient → dS_out, walking backwards
+    float loc[AHEAD][kCarryPer], sin[AHEAD][kCarryPer], dcy[AHEAD];
 #pragma unroll
-    for (int d = 0; d < kCarryAhead; ++d) {
+    for (int d = 0; d < AHEAD; ++d) {
       const int j = g - d;
       if (j >= j0) {
         dcy[d] = expf(sc.dec[j * nh + h]);
@@ -208,15 +234,15 @@ __global__ void __launch_bounds__(kThreads) carry_kernel(SsdBwdArgs a, DevBatch 
       }
     }
 #pragma unroll
-    for (int d = 0; d < kCarryAhead; ++d) {
+    for (int d = 0; d < AHEAD; ++d) {
       const int j = g - d;
       if (j >= j0) {  // the same for the whole block: block_sum's barriers are met by every thread
-        float* dS = sc.dstates + (int64_t(j) * nh + h) * PN;
+        bf16* dS = sc.dsout + (int64_t(j) * nh + h) * PN;
         float dot = 0.f;
 #pragma unroll
         for (int k = 0; k < kCarryPer; ++k)
           if (e[k] < PN) {
-            dS[e[k]] = v[k];
+            dS[e[k]] = __float2bfloat16_rn(v[k]);
             dot += v[k] * sin[d][k];
             v[k] = dcy[d] * v[k] + loc[d][k];
           }
@@ -230,60 +256,32 @@ __global__ void __launch_bounds__(kThreads) carry_kernel(SsdBwdArgs a, DevBatch 
       if (e[k] < PN) a.dstate0[(int64_t(s) * nh + h) * PN + e[k]] = v[k];
 }
 
-// 3 (before). The same walk one chunk at a time, a memory round trip per chunk (BAMBA_SSD_CARRY=serial keeps it
-// for comparison).
-__global__ void __launch_bounds__(kThreads) carry_serial_kernel(SsdBwdArgs a, DevBatch b, Scratch sc, int splits) {
-  __shared__ float red[32];
-  const int split = blockIdx.x, h = blockIdx.y, s = blockIdx.z, nh = a.nh, sub = b.chunk_q / kQ;
-  const int64_t PN = int64_t(a.P) * a.N;
-  const int j0 = b.chunk_first[s] * sub, j1 = b.chunk_first[s + 1] * sub;
-  int64_t e[kCarryPer];
-  float v[kCarryPer];
-  for (int k = 0; k < kCarryPer; ++k) {
-    e[k] = int64_t(split) * kCarryElems + k * kThreads + threadIdx.x;
-    v[k] = a.state0 && e[k] < PN ? a.state0[(int64_t(s) * nh + h) * PN + e[k]] : 0.f;
-  }
-  for (int j = j0; j < j1; ++j) {  // local state → S_in
-    const float dcy = expf(sc.dec[j * nh + h]);
-    float* S = sc.states + (int64_t(j) * nh + h) * PN;
-    for (int k = 0; k < kCarryPer; ++k)
-      if (e[k] < PN) {
-        const float loc = S[e[k]];
-        S[e[k]] = v[k];
-        v[k] = dcy * v[k] + loc;
-      }
-  }
-  for (int k = 0; k < kCarryPer; ++k) v[k] = 0.f;
-  for (int j = j1 - 1; j >= j0; --j) {  // local gradient → dS_out
-    const float dcy = expf(sc.dec[j * nh + h]);
-    const float* S = sc.states + (int64_t(j) * nh + h) * PN;
-    float* dS = sc.dstates + (int64_t(j) * nh + h) * PN;
-    float dot = 0.f;
-    for (int k = 0; k < kCarryPer; ++k)
-      if (e[k] < PN) {
-        const float loc = dS[e[k]];
-        dS[e[k]] = v[k];
-        dot += v[k] * S[e[k]];
-        v[k] = dcy * v[k] + loc;
-      }
-    dot = block_sum(dot, red);
-    if (threadIdx.x == 0) sc.edot[(int64_t(j) * nh + h) * splits + split] = dot;
-  }
-  if (a.dstate0)
-    for (int k = 0; k < kCarryPer; ++k)
-      if (e[k] < PN) a.dstate0[(int64_t(s) * nh + h) * PN + e[k]] = v[k];
+// out[i] = Σ_{k < kQ} f(i, k) for the kQ columns i at once, 8 lanes a column (kGradThreads = 8 kQ): lane q of a
+// column adds the terms k = q, q + 8, ... in order, then the column's eight partials are added in lane order — a
+// fixed order, the same bits every run. (One thread a column walked 64 dependent shared-memory loads.) Interleaved
+// rows put a warp's 32 reads of a [k][i] tile with row stride kLdF on distinct banks.
+template <typename F>
+__device__ __forceinline__ void column_sums(float* out, F&& f) {
+  const int lane = threadIdx.x % 32, i = threadIdx.x / 8, q = threadIdx.x % 8;
+  float s = 0.f;
+  for (int k = q; k < kQ; k += 8) s += f(i, k);
+  float tot = 0.f;
+#pragma unroll
+  for (int p = 0; p < 8; ++p) tot += __shfl_sync(0xffffffffu, s, (lane & ~7) + p);
+  if (q == 0) out[i] = tot;
 }
 
 // 4. The gradients of one (piece, head). Shared memory, in the order of the layout below (bytes):
 //   Cs, Bs [Q, kLdN] bf16 (C_k, B_i); Sin, dSo [P, kLdN] bf16 (S_in, dS_out); xs, ys [Q, kLdP] bf16 (x_i, dy_k);
 //   Mb, Lx, Ld [Q, kLdQ] bf16 ((C Bᵀ)∘L, (dy xᵀ)∘L, (dy xᵀ)∘L·Δ_i); Fs [Q, kLdF] fp32 (sB: dS B, per token);
-//   Fb, Fc [Q, kLdFN] fp32 (dB, dC; before them, C Bᵀ then W, and dy xᵀ); 10 vectors of Q floats.
+//   Fb, Fc [Q, kLdFN] fp32 (dB, dC; before them, C Bᵀ then W, and dy xᵀ); 10 vectors of Q floats; kMaxSplits floats.
 constexpr size_t kBf = 2, kF = 4;
 constexpr size_t kGradSmem = (4 * kQ * kLdN + 2 * kQ * kLdP + 3 * kQ * kLdQ) * kBf +
-                             (kQ * kLdF + 2 * kQ * kLdFN + 10 * kQ) * kF;
+                             (kQ * kLdF + 2 * kQ * kLdFN + 10 * kQ + kMaxSplits) * kF;
 static_assert(kPMax == kQ, "Sin and dSo are laid out with kQ rows");
+static_assert(kGradThreads == 8 * kQ, "column_sums gives each column 8 lanes");
 
-__global__ void __launch_bounds__(kGradThreads) grad_kernel(SsdBwdArgs a, DevBatch b, Scratch sc, int splits, float* dBp,
+__global__ void __launch_bounds__(kGradThreads, 1) grad_kernel(SsdBwdArgs a, DevBatch b, Scratch sc, int splits, float* dBp,
                                                         float* dCp, float* tok) {
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* Cs = reinterpret_cast<bf16*>(smem);
@@ -307,6 +305,8 @@ __global__ void __launch_bounds__(kGradThreads) grad_kernel(SsdBwdArgs a, DevBat
   float* u = V + kQ;
   float* xsb = u + kQ;  // x_i · sB_i
   float* dd = xsb + kQ;  // dy_i · x_i
+  float* uv = dd + kQ;   // Σ_{k ≥ i} u_k + Σ_{m < i} V_m
+  float* eds = uv + kQ;  // [kMaxSplits] ⟨dS_out, S_in⟩ per slice
   float* Fcb = Fb;  // [Q, kLdF] C Bᵀ, then W, then its row prefix sums (until Fb is written)
   float* Fdx = Fc;  // [Q, kLdF] dy xᵀ (until Fc is written)
 
@@ -317,6 +317,9 @@ __global__ void __launch_bounds__(kGradThreads) grad_kernel(SsdBwdArgs a, DevBat
   if (c.len == 0) return;  // the whole block: an empty piece has no tokens
   const int len = c.len;
   const float de = sc.dec[j * nh + h], A = -expf(ld_param(a.A_log, h)), Dh = ld_param(a.D, h);
+  // ⟨dS_out, S_in⟩'s slices (kernel 3): into shared memory now, a thread each, beside the tile loads; added at the
+  // end in slice order (where every thread walked them, a dependent L2 round trip per slice)
+  if (tid < splits) eds[tid] = sc.edot[(int64_t(j) * nh + h) * splits + tid];
   for (int i = tid; i < kQ; i += nt) {
     const bool in = i < len;
     cum[i] = in ? sc.cum[int64_t(h) * b.T + c.begin + i] : 0.f;
@@ -327,7 +330,7 @@ __global__ void __launch_bounds__(kGradThreads) grad_kernel(SsdBwdArgs a, DevBat
   const bf16* row = static_cast<const bf16*>(a.xBC) + int64_t(c.begin) * a.ldx;
   const bf16* dyr = static_cast<const bf16*>(a.dy) + int64_t(c.begin) * a.lddy;
   const float* S_in = sc.states + (int64_t(j) * nh + h) * PN;
-  const float* dS_out = sc.dstates + (int64_t(j) * nh + h) * PN;
+  const bf16* dS_out = sc.dsout + (int64_t(j) * nh + h) * PN;
   load_tile(Cs, kLdN, row + I + int64_t(G) * N + g * N, a.ldx, len, N, kQ, Np, nullptr);
   load_tile(Bs, kLdN, row + I + g * N, a.ldx, len, N, kQ, Np, nullptr);
   load_tile(xs, kLdP, row + h * P, a.ldx, len, P, kQ, Pp, nullptr);
@@ -361,11 +364,7 @@ __global__ void __launch_bounds__(kGradThreads) grad_kernel(SsdBwdArgs a, DevBat
     Fcb[k * kLdF + lane + 32] = half + (lane ? e1 : 0.f);
   }
   __syncthreads();
-  for (int i = tid; i < kQ; i += nt) {  // column i: Σ_{j ≥ i}
-    float r = 0.f;
-    for (int k = i; k < kQ; ++k) r += Fcb[k * kLdF + i];
-    Rw[i] = r;
-  }
+  column_sums(Rw, [&](int i, int k) { return k >= i ? Fcb[k * kLdF + i] : 0.f; });  // column i: Σ_{k ≥ i}
   __syncthreads();  // Fcb and Fdx are free from here
 
   // the parts through the states: B dS_outᵀ [i][p], x dS_out [i][n], dy S_in [k][n]
@@ -373,12 +372,11 @@ __global__ void __launch_bounds__(kGradThreads) grad_kernel(SsdBwdArgs a, DevBat
   block_gemm<wmma::row_major, wmma::row_major>(Fb, kLdFN, xs, kLdP, dSo, kLdN, kQ, Np, Pp, false);
   block_gemm<wmma::row_major, wmma::row_major>(Fc, kLdFN, ys, kLdP, Sin, kLdN, kQ, Np, Pp, false);
   __syncthreads();
-  for (int e = tid; e < kQ * Np; e += nt) {
-    const int r = e / Np, col = e % Np;
+  for_grid(kQ, Np, [&](int r, int col) {
     if (col < Pp) Fs[r * kLdF + col] *= wout[r];
     Fb[r * kLdFN + col] *= wout[r];
     Fc[r * kLdFN + col] *= win[r];
-  }
+  });
   __syncthreads();
   row_dots(V, xs, kLdP, Fs, kLdF, kQ, Pp, dl);     // V_i = Δ_i x_i · (exp(cum_end − cum_i) dS_out B_i)
   row_dots(u, Cs, kLdN, Fc, kLdFN, kQ, Np, nullptr);  // u_k = C_k · (exp(cum_k) S_inᵀ dy_k)
@@ -390,16 +388,14 @@ __global__ void __launch_bounds__(kGradThreads) grad_kernel(SsdBwdArgs a, DevBat
   __syncthreads();
 
   bf16* dx = static_cast<bf16*>(a.dxBC) + int64_t(c.begin) * a.lddx + h * P;
-  for (int e = tid; e < len * P; e += nt) {
-    const int i = e / P, p = e % P;
+  for_grid(len, P, [&](int i, int p) {
     dx[int64_t(i) * a.lddx + p] = __float2bfloat16_rn(Dh * to_f(ys[i * kLdP + p]) + dl[i] * Fs[i * kLdF + p]);
-  }
-  for (int e = tid; e < len * N; e += nt) {
-    const int i = e / N, n = e % N;
+  });
+  for_grid(len, N, [&](int i, int n) {
     const int64_t o = ((int64_t(c.begin) + i) * nh + h) * N + n;
     dBp[o] = dl[i] * Fb[i * kLdFN + n];
     dCp[o] = Fc[i * kLdFN + n];
-  }
+  });
   row_dots(xsb, xs, kLdP, Fs, kLdF, len, P, nullptr);
   for (int r = tid / 32; r < len; r += nt / 32) {  // dy_i · x_i
     float s = 0.f;
@@ -407,14 +403,14 @@ __global__ void __launch_bounds__(kGradThreads) grad_kernel(SsdBwdArgs a, DevBat
     s = warp_sum(s);
     if (tid % 32 == 0) dd[r] = s;
   }
+  // Σ_{k ≥ i} u_k + Σ_{m < i} V_m over the piece's tokens
+  column_sums(uv, [&](int i, int k) { return k < len ? (k >= i ? u[k] : V[k]) : 0.f; });
   __syncthreads();
   float E = 0.f;
-  for (int k = 0; k < splits; ++k) E += sc.edot[(int64_t(j) * nh + h) * splits + k];
+  for (int k = 0; k < splits; ++k) E += eds[k];
   E *= expf(de);
   for (int i = tid; i < len; i += nt) {
-    float r = E + Rw[i];
-    for (int k = i; k < len; ++k) r += u[k];
-    for (int m = 0; m < i; ++m) r += V[m];
+    const float r = E + Rw[i] + uv[i];
     float* o = tok + ((int64_t(c.begin) + i) * nh + h) * 3;
     o[0] = xsb[i] + A * r;
     o[1] = dl[i] * A * r;
@@ -437,8 +433,7 @@ size_t ssd_backward_chunked_scratch_floats(const SsdBwdArgs& a, const DevBatch& 
 void ssd_backward_chunked(cudaStream_t st, const SsdBwdArgs& a, const DevBatch& b, float* dBp, float* dCp, float* tok,
                           float* scratch) {
   const Layout l = layout(a, b);
-  const Scratch sc{scratch + l.cum, scratch + l.delta, scratch + l.dec, scratch + l.states, scratch + l.dstates,
-                   scratch + l.edot};
+  const Scratch sc = scratch_at(scratch, l);
   const unsigned nq = unsigned(l.nq), nh = unsigned(a.nh);
   CUDA_CHECK(cudaFuncSetAttribute(chunk_state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kStateSmem)));
   CUDA_CHECK(cudaFuncSetAttribute(grad_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kGradSmem)));
@@ -452,10 +447,11 @@ void ssd_backward_chunked(cudaStream_t st, const SsdBwdArgs& a, const DevBatch& 
   const char* ce = std::getenv("BAMBA_SSD_CARRY");
   if (ce && *ce && std::strcmp(ce, "serial") != 0 && std::strcmp(ce, "grouped") != 0)
     fail("BAMBA_SSD_CARRY must be \"serial\" or \"grouped\", not \"", ce, "\"");
+  const dim3 carry_grid(unsigned(l.splits), nh, unsigned(b.S));
   if (ce && std::strcmp(ce, "serial") == 0)
-    carry_serial_kernel<<<dim3(unsigned(l.splits), nh, unsigned(b.S)), kThreads, 0, st>>>(a, b, sc, l.splits);
+    carry_kernel<1><<<carry_grid, kThreads, 0, st>>>(a, b, sc, l.splits);
   else
-    carry_kernel<<<dim3(unsigned(l.splits), nh, unsigned(b.S)), kThreads, 0, st>>>(a, b, sc, l.splits);
+    carry_kernel<kCarryAhead><<<carry_grid, kThreads, 0, st>>>(a, b, sc, l.splits);
   CUDA_LAUNCH_CHECK();
   clock.mark("carry");
   grad_kernel<<<dim3(nq, nh), kGradThreads, kGradSmem, st>>>(a, b, sc, l.splits, dBp, dCp, tok);

@@ -1,6 +1,7 @@
 // Stand-in for src/backend/cuda/kernels.cuh when tests/emu/run.sh compiles the CUDA kernels for the CPU:
 // the few CUDA types and intrinsics those kernels use, on std::thread (blocks run one after another, every thread
-// of a block a std::thread, __syncthreads a std::barrier, warp sums through a per-warp barrier).
+// of a block a std::thread, __syncthreads a std::barrier, warp sums through a per-warp barrier). Static __shared__
+// arrays become function statics: one copy, shared by the threads of the one block that runs at a time.
 #pragma once
 #include <algorithm>
 #include <barrier>
@@ -42,6 +43,8 @@ struct Block {
 inline thread_local Block* cur = nullptr;
 inline unsigned char* dyn_smem() { return cur->smem.data(); }
 inline float* static_red() { return cur->red; }
+// the thread's index in its block (x fastest), which fixes its warp as on the GPU
+inline unsigned linear_tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
 }
 inline void __syncthreads() { emu::cur->bar.arrive_and_wait(); }
 namespace bamba::cuda {
@@ -56,58 +59,61 @@ inline bf16 __float2bfloat16_rn(float f) {
 inline float __bfloat162float(bf16 x) { uint32_t u = uint32_t(x.b) << 16; float f; std::memcpy(&f, &u, 4); return f; }
 inline float to_f(bf16 x) { return __bfloat162float(x); }
 inline float to_f(float x) { return x; }
-inline float softplus_f(float x) { return x > 20.f ? x : log1pf(expf(x)); }
-struct PView { const void* p = nullptr; int is_bf16 = 0; };
-inline float ld_param(PView v, int64_t i) { return v.is_bf16 ? __bfloat162float(static_cast<const bf16*>(v.p)[i]) : static_cast<const float*>(v.p)[i]; }
-inline float warp_sum(float v) {
-  auto& w = emu::cur->warps[threadIdx.x / 32];
-  w.val[threadIdx.x % 32] = v;
-  w.bar.arrive_and_wait();
-  float s = 0; for (int i = 0; i < 32; ++i) s += w.val[i];
-  w.bar.arrive_and_wait();
-  return s;
-}
-// __shfl_up_sync / __shfl_sync: every lane of the warp calls them (as the kernels do)
-inline float warp_exchange(float v, int from) {
-  auto& w = emu::cur->warps[threadIdx.x / 32];
-  w.val[threadIdx.x % 32] = v;
-  w.bar.arrive_and_wait();
-  const float r = w.val[from];
-  w.bar.arrive_and_wait();
-  return r;
-}
-inline float __shfl_up_sync(unsigned, float v, int d) {
-  const int lane = int(threadIdx.x % 32);
-  return warp_exchange(v, lane >= d ? lane - d : lane);
-}
-inline float __shfl_sync(unsigned, float v, int src) { return warp_exchange(v, src); }
-inline float __shfl_xor_sync(unsigned, float v, int m) { return warp_exchange(v, int(threadIdx.x % 32) ^ m); }
-inline float __uint_as_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
-inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
-inline float silu_f(float x) { return x / (1.f + std::exp(-x)); }
 template <typename T> T from_f(float x);
 template <> inline bf16 from_f<bf16>(float x) { return __float2bfloat16_rn(x); }
 template <> inline float from_f<float>(float x) { return x; }
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+inline float softplus_f(float x) { return x > 20.f ? x : log1pf(expf(x)); }
+struct PView { const void* p = nullptr; int is_bf16 = 0; };
+inline float ld_param(PView v, int64_t i) { return v.is_bf16 ? __bfloat162float(static_cast<const bf16*>(v.p)[i]) : static_cast<const float*>(v.p)[i]; }
+// Every lane of the calling thread's warp puts in v, waits for the other 31, and gets f(the warp's 32 values in lane
+// order). All lanes call it, as the kernels call the warp intrinsics below.
+template <class F> inline float warp_all(float v, F f) {
+  auto& w = emu::cur->warps[emu::linear_tid() / 32];
+  w.val[emu::linear_tid() % 32] = v;
+  w.bar.arrive_and_wait();
+  const float r = f(w.val);
+  w.bar.arrive_and_wait();
+  return r;
+}
+inline float warp_sum(float v) {
+  return warp_all(v, [](const float* x) { float s = 0; for (int i = 0; i < 32; ++i) s += x[i]; return s; });
+}
+inline float __shfl_xor_sync(unsigned, float v, int m) {
+  const int lane = int(emu::linear_tid() % 32);
+  return warp_all(v, [lane, m](const float* x) { return x[lane ^ m]; });
+}
+inline float __uint_as_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline float silu_f(float x) { return x / (1.f + std::exp(-x)); }
 inline uint4 __ldcs(const uint4* p) { return *p; }
 inline void pdl_wait() {}     // the kernels run one at a time here
 inline void pdl_trigger() {}
 constexpr int kMaxGemvRows = 8;
 inline float warp_max(float v) {
-  auto& w = emu::cur->warps[threadIdx.x / 32];
-  w.val[threadIdx.x % 32] = v;
-  w.bar.arrive_and_wait();
-  float s = -INFINITY; for (int i = 0; i < 32; ++i) s = std::max(s, w.val[i]);
-  w.bar.arrive_and_wait();
-  return s;
+  return warp_all(v, [](const float* x) { float s = -INFINITY; for (int i = 0; i < 32; ++i) s = std::max(s, x[i]); return s; });
+}
+inline float __shfl_sync(unsigned, float v, int src) { return warp_all(v, [src](const float* x) { return x[src]; }); }
+inline float __shfl_up_sync(unsigned m, float v, int d) {
+  const int lane = int(emu::linear_tid() % 32);
+  return __shfl_sync(m, v, lane >= d ? lane - d : lane);
 }
 inline float block_sum(float v, float* sh) {
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int t = int(emu::linear_tid()), lane = t & 31, w = t >> 5, nw = int(blockDim.x * blockDim.y * blockDim.z) >> 5;
   v = warp_sum(v);
   __syncthreads();
   if (lane == 0) sh[w] = v;
   __syncthreads();
   v = lane < nw ? sh[lane] : 0.f;
   return warp_sum(v);
+}
+inline float block_max(float v, float* sh) {
+  const int t = int(emu::linear_tid()), lane = t & 31, w = t >> 5, nw = int(blockDim.x * blockDim.y * blockDim.z) >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  v = lane < nw ? sh[lane] : -INFINITY;
+  return warp_max(v);
 }
 struct DevBatch {
   const int32_t *tokens, *positions, *seq_of, *seq_start, *past_len, *slot, *logit_rows, *max_blocks, *block_table;
@@ -131,11 +137,15 @@ inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b
 namespace emu {
 template <class F> void launch(dim3 grid, dim3 block, size_t smem, F f) {
   for (unsigned z = 0; z < grid.z; ++z) for (unsigned y = 0; y < grid.y; ++y) for (unsigned x = 0; x < grid.x; ++x) {
-    Block blk(int(block.x));
+    const unsigned n = block.x * block.y * block.z;
+    Block blk(static_cast<int>(n));
     blk.smem.assign(smem + 128, 0xff);  // garbage-ish (NaN bf16 patterns) so unwritten reads show
     std::vector<std::thread> ts;
-    for (unsigned t = 0; t < block.x; ++t)
-      ts.emplace_back([&, t] { threadIdx = {t, 0, 0}; blockIdx = {x, y, z}; blockDim = block; gridDim = grid; cur = &blk; f(); });
+    for (unsigned t = 0; t < n; ++t)
+      ts.emplace_back([&, t] {
+        threadIdx = {t % block.x, t / block.x % block.y, t / (block.x * block.y)};
+        blockIdx = {x, y, z}; blockDim = block; gridDim = grid; cur = &blk; f();
+      });
     for (auto& th : ts) th.join();
   }
 }
