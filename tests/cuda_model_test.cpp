@@ -140,24 +140,6 @@ TEST_P(CudaFixtureModel, BatchedPrefillThenBatchedDecode) {
   }
 }
 
-// Decode steps with each Mamba mixer as one kernel (mamba_step.cu, the default) against the three kernels
-// (BAMBA_CUDA_MAMBA_STEP=0's path) on the same backend: batched decode, each sequence's logits within the decode
-// tolerance of the other path's and of the reference.
-TEST_P(CudaFixtureModel, MambaStepDecodeMatchesUnfused) {
-  if (r_->model->config().n_mamba_layers() == 0) GTEST_SKIP() << GetParam() << " has no Mamba layers";
-  if (!r_->be->fuse_mamba_decode(1)) GTEST_SKIP() << "the one-kernel Mamba step is off (BAMBA_CUDA_MAMBA_STEP=0)";
-  const auto fused = r_->run_batched_decode();
-  r_->be->set_fuse_mamba_decode(false);  // (the recorded steps are dropped at the next one)
-  const auto plain = r_->run_batched_decode();
-  r_->be->set_fuse_mamba_decode(true);
-  for (size_t i = 0; i < r_->seqs.size(); ++i) {
-    check(r_->seqs[i], fused[i], "batched decode, one-kernel Mamba step");
-    const double e = test::rel_l2(fused[i], plain[i]);
-    EXPECT_LE(e, bound_) << "sequence " << i << ": one-kernel vs three-kernel Mamba step, relative L2";
-    std::printf("[ %s ] sequence %zu: one-kernel vs three-kernel Mamba step, relative L2 %.3g\n", GetParam().c_str(), i, e);
-  }
-}
-
 // Where a GPU error comes from: every recorded activation (embed, layerI, final_norm) and the logits of one
 // prefill, as relative L2 against Hugging Face's, in fp32 and in bf16, printed per layer. In fp32 the GPU must
 // agree with the reference as closely as the CPU does (relative L2 <= 1e-3): a larger error there is a kernel bug,

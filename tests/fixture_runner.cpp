@@ -123,37 +123,4 @@ std::vector<float> FixtureRunner::run_pieces(const std::vector<int32_t>& ids, co
   return all;
 }
 
-std::vector<std::vector<float>> FixtureRunner::run_batched_decode() {
-  std::vector<SeqCache> sc(seqs.size());
-  std::vector<std::vector<float>> all(seqs.size());
-  std::vector<int32_t> done(seqs.size(), 0);
-  for (size_t i = 0; i < seqs.size(); ++i) all[i].resize(seqs[i].ids.size() * size_t(V()));
-  for (int step = 0;; ++step) {
-    StepBatch b;
-    std::vector<size_t> order;
-    for (size_t i = 0; i < seqs.size(); ++i) {
-      const int32_t T = int32_t(seqs[i].ids.size());
-      const int32_t end = step == 0 ? std::max(1, T / 2) : done[i] + 1;
-      if (done[i] >= T) continue;
-      EXPECT_TRUE(cache->reserve(sc[i], end));
-      b.add(std::span(seqs[i].ids).subspan(size_t(done[i]), size_t(end - done[i])), done[i], sc[i].slot, sc[i].blocks,
-            true);
-      order.push_back(i);
-    }
-    if (order.empty()) break;
-    Tensor lg = model->forward(b, *cache, *ws);
-    std::vector<float> host(static_cast<size_t>(lg.numel()));
-    be->to_host_f32(lg, host.data());
-    for (size_t k = 0; k < order.size(); ++k) {
-      const size_t i = order[k];
-      const int32_t n = b.seq_len(int32_t(k));
-      std::copy_n(host.data() + size_t(b.seq_start[k]) * size_t(V()), size_t(n) * size_t(V()),
-                  all[i].data() + size_t(done[i]) * size_t(V()));
-      done[i] += n;
-    }
-  }
-  for (auto& c : sc) cache->release(c);
-  return all;
-}
-
 }  // namespace bamba::test

@@ -53,9 +53,6 @@ struct FixtureRunner {
   int64_t V() const { return model->config().vocab_size; }
   // Feeds `ids` as one fresh sequence in pieces ending at `cuts`; returns logits for every position [T, V].
   std::vector<float> run_pieces(const std::vector<int32_t>& ids, const std::vector<int32_t>& cuts);
-  // Every sequence's first max(1, T / 2) tokens prefilled in one step, then all of them decoded together, one token
-  // per sequence per step (sequences drop out as they end: several decode batch sizes); logits [T, V] of each.
-  std::vector<std::vector<float>> run_batched_decode();
 
   std::unique_ptr<Backend> be;
   std::unique_ptr<HybridModel> model;

@@ -85,18 +85,3 @@ void Backend::matmul_residual(Tensor h, Tensor x, Tensor W, Tensor bias, Tensor 
   add(h, scratch);
 }
 }  // namespace bamba
-
-namespace bamba {
-void Backend::mamba_step(Tensor out, const MambaStep& m, const MambaOpsConfig& c) {
-  const int64_t I = out.shape[1], CD = m.conv_weight.shape[0];
-  BAMBA_CHECK(m.zxbcdt.shape[1] == I + CD + c.n_heads, "mamba_step: zxbcdt has ", m.zxbcdt.shape[1],
-              " columns, z | xBC | dt needs ", I + CD + c.n_heads);
-  Tensor z = m.zxbcdt.slice_cols(0, I);              // [T, I]
-  Tensor xBC = m.zxbcdt.slice_cols(I, I + CD);       // [T, CD]  pre-conv
-  Tensor dt = m.zxbcdt.slice_cols(I + CD, I + CD + c.n_heads);  // [T, nh]
-  conv1d_silu(m.conv_out, xBC, m.conv_weight, m.conv_bias, m.conv_state);
-  ssd(m.y, m.conv_out, dt, m.A_log, m.D, m.dt_bias, m.ssm_state, c);
-  if (m.norm_weight) gated_rmsnorm(out, m.y, z, m.norm_weight, m.group_size, m.eps);
-  else silu_gate(out, m.y, z);
-}
-}  // namespace bamba

@@ -233,29 +233,6 @@ class Backend {
   virtual void swiglu_matmul_residual(Tensor h, Tensor gate_up, Tensor W, Tensor bias, Tensor act, Tensor out);
   // Whether the model should use the three ops above for a step of `rows` tokens (false: the unfused ops).
   virtual bool fuse_decode(int64_t rows) const { return false; }
-  // A Mamba mixer from in_proj's output to out_proj's input as one op: conv1d_silu on xBC, ssd, then
-  // gated_rmsnorm(y, z) (norm_weight, groups of group_size channels) or, with no norm weight, silu_gate(y, z).
-  // The default composes those ops through the step's scratch (conv_out, y), for any batch: it is every backend's
-  // plain twin. A GPU backend runs decode steps (one token per sequence) as one kernel, which may leave the
-  // scratch unwritten. The model uses it for decode steps where fuse_mamba_decode says so.
-  //   out [T, I]; zxbcdt [T, I + CD + nh] = z | xBC | dt (in_proj's output, may be strided); conv_out [T, CD];
-  //   y [T, I]; the weights and cache tensors as conv1d_silu and ssd take them.
-  struct MambaStep {
-    Tensor zxbcdt;
-    Tensor conv_weight, conv_bias, conv_state;
-    Tensor A_log, D, dt_bias, ssm_state;
-    Tensor norm_weight;  // [I], or empty: y * silu(z) without a norm (Falcon-H1's mamba_rms_norm = false)
-    int64_t group_size = 0;
-    float eps = 0.f;
-    Tensor conv_out, y;  // scratch
-  };
-  virtual void mamba_step(Tensor out, const MambaStep& m, const MambaOpsConfig& c);
-  // Whether the model should run the Mamba mixers of a decode step of `rows` sequences through mamba_step. Off
-  // unless set (the CPU backend's unfused ops are the reference; a test turns it on to run the model's fused path
-  // on the CPU twin); a GPU backend turns it on where its kernel wins (CUDA: BAMBA_CUDA_MAMBA_STEP, not under
-  // --deterministic).
-  virtual bool fuse_mamba_decode(int64_t rows) const { return fuse_mamba_decode_; }
-  void set_fuse_mamba_decode(bool on) { fuse_mamba_decode_ = on; }
 
   // ---- ops of Bamba's relatives (docs/family.md)
   virtual void scale(Tensor x, float s) = 0;  // x *= s in place (muP multipliers), x [M, N] (may be strided)
@@ -399,8 +376,6 @@ class Backend {
   // several continuations). logits [R, V] F32 (may be strided); rows, targets, logprob, greedy: on the host.
   virtual void token_logprobs(Tensor logits, std::span<const int32_t> rows, std::span<const int32_t> targets,
                               float* logprob, int32_t* greedy) = 0;
- protected:
-  bool fuse_mamba_decode_ = false;  // set_fuse_mamba_decode
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

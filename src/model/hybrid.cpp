@@ -164,9 +164,6 @@ Tensor HybridModel::forward_rank(const StepBatch& b, HybridCache& cache, Workspa
     // into its last, so a block is its matmuls plus what lies between them. (CUDA: BAMBA_CUDA_FUSE_ROWS; off by
     // default, measured slower: bench/NOTES.md "decode2".)
     const bool fuse = !hook && !comm_ && cfg_.residual_multiplier == 1.f && be_.fuse_decode(T);
-    // Decode steps: each Mamba mixer's conv, SSD step and gated norm as one op (Backend::mamba_step; CUDA: one
-    // kernel, BAMBA_CUDA_MAMBA_STEP). Not for steps that keep per-token states (speculative decoding).
-    const bool step_op = T == b.n_seqs() && !b.keeps_states() && be_.fuse_mamba_decode(T);
     Fused fz{h, {}, eps};
     auto fused = [&](Tensor weight) {  // the Fused of a block normalising h with `weight`
       if (pending) be_.add(h, out);  // an unfused block before it left its output in out
@@ -182,11 +179,11 @@ Tensor HybridModel::forward_rank(const StepBatch& b, HybridCache& cache, Workspa
         case LayerKind::None: break;
         case LayerKind::Mamba:
           if (fuse && fusable(kind)) {
-            mamba_mixer(lw.mamba, xn, out, cfg_.ssm_index(i), cache, ws, fused(lw.input_layernorm), step_op);
+            mamba_mixer(lw.mamba, xn, out, cfg_.ssm_index(i), cache, ws, fused(lw.input_layernorm));
             break;
           }
           norm(lw.input_layernorm);
-          mamba_mixer(lw.mamba, xn, out, cfg_.ssm_index(i), cache, ws, nullptr, step_op);
+          mamba_mixer(lw.mamba, xn, out, cfg_.ssm_index(i), cache, ws);
           residual();
           break;
         case LayerKind::Attention:
@@ -202,7 +199,7 @@ Tensor HybridModel::forward_rank(const StepBatch& b, HybridCache& cache, Workspa
           norm(lw.input_layernorm);
           Tensor a = ws.aux2.slice_rows(0, T);  // [T, H]
           attention(lw.attn, xn, a, cfg_.kv_index(i), cache, ws);
-          mamba_mixer(lw.mamba, xn, out, cfg_.ssm_index(i), cache, ws, nullptr, step_op);
+          mamba_mixer(lw.mamba, xn, out, cfg_.ssm_index(i), cache, ws);
           be_.add(out, a);
           residual();
           break;
@@ -210,7 +207,7 @@ Tensor HybridModel::forward_rank(const StepBatch& b, HybridCache& cache, Workspa
         case LayerKind::SharedAttention:
           if (pending) be_.add(h, out);
           pending = false;
-          zamba2_hybrid(i, hybrid_j++, h, xn, out, cache, ws, step_op);
+          zamba2_hybrid(i, hybrid_j++, h, xn, out, cache, ws);
           residual();
           break;
       }
@@ -265,7 +262,7 @@ bool HybridModel::fusable(MlpKind kind) const {
 }
 
 void HybridModel::mamba_mixer(const MambaWeights& w, Tensor xn, Tensor out, int64_t index, HybridCache& cache,
-                              Workspace& ws, const Fused* f, bool step_op) const {
+                              Workspace& ws, const Fused* f) const {
   const int64_t T = xn.rows(), I = cfg_.mamba_inner, CD = cfg_.conv_dim(), E = cfg_.in_proj_dim(),
                 GN = cfg_.mamba_n_groups * cfg_.mamba_d_state;
   Tensor zxbcdt = ws.proj.slice_rows(0, T).slice_cols(0, E);  // [T, E]
@@ -285,33 +282,22 @@ void HybridModel::mamba_mixer(const MambaWeights& w, Tensor xn, Tensor out, int6
   Tensor xBC = zxbcdt.slice_cols(I, I + CD);  // [T, CD]  pre-conv x | B | C
   Tensor dt = zxbcdt.slice_cols(I + CD, E);   // [T, nh]
   Tensor conv = ws.conv.slice_rows(0, T);     // [T, CD]  post-conv
+  be_.conv1d_silu(conv, xBC, w.conv1d_weight, w.conv1d_bias, cache.conv_state(index));
   Tensor y = ws.y.slice_rows(0, T).slice_cols(0, I);  // [T, nh * P]
+  be_.ssd(y, conv, dt, w.A_log, w.D, w.dt_bias, cache.ssm_state(index), mamba_ops_);
   Tensor normed = ws.y2.slice_rows(0, T);  // [T, I]
-  // Tensor parallelism with norm groups wider than a rank's channels (Bamba: one group over all of I): every rank
-  // gathers y and z whole and normalises the whole width (the same op as on one rank, so the same numbers), then
-  // keeps its own channels. (Twice T · I elements moved where an all-reduce of the T · groups sums of squares would
-  // do: a fused op is left for when it shows in a profile.)
-  const bool gathered_norm = cfg_.mamba_gated_norm && cfg_.tp_full_inner > 0;
-  if (step_op && !gathered_norm) {
-    Backend::MambaStep m{zxbcdt, w.conv1d_weight, w.conv1d_bias, cache.conv_state(index), w.A_log, w.D, w.dt_bias,
-                         cache.ssm_state(index), cfg_.mamba_gated_norm ? w.norm : Tensor{}, cfg_.gated_norm_group_size,
-                         cfg_.mamba_norm_eps, conv, y};
-    be_.mamba_step(normed, m, mamba_ops_);
-  } else {
-    be_.conv1d_silu(conv, xBC, w.conv1d_weight, w.conv1d_bias, cache.conv_state(index));
-    be_.ssd(y, conv, dt, w.A_log, w.D, w.dt_bias, cache.ssm_state(index), mamba_ops_);
-    if (gathered_norm) {
-      Tensor fy = ws.tp_y.slice_rows(0, T), fz = ws.tp_z.slice_rows(0, T), fn = ws.tp_normed.slice_rows(0, T);  // [T, tp_full_inner]
-      comm_->all_gather_cols(fy, y);
-      comm_->all_gather_cols(fz, z);
-      be_.gated_rmsnorm(fn, fy, fz, w.norm, cfg_.gated_norm_group_size, cfg_.mamba_norm_eps);
-      be_.copy(normed, fn.slice_cols(cfg_.tp_rank * I, (cfg_.tp_rank + 1) * I));
-    } else if (cfg_.mamba_gated_norm) {
-      be_.gated_rmsnorm(normed, y, z, w.norm, cfg_.gated_norm_group_size, cfg_.mamba_norm_eps);
-    } else {
-      be_.silu_gate(normed, y, z);
-    }
-  }
+  if (cfg_.mamba_gated_norm && cfg_.tp_full_inner > 0) {
+    // Tensor parallelism with norm groups wider than a rank's channels (Bamba: one group over all of I): every
+    // rank gathers y and z whole and normalises the whole width (the same op as on one rank, so the same
+    // numbers), then keeps its own channels. (Twice T · I elements moved where an all-reduce of the T · groups
+    // sums of squares would do: a fused op is left for when it shows in a profile.)
+    Tensor fy = ws.tp_y.slice_rows(0, T), fz = ws.tp_z.slice_rows(0, T), fn = ws.tp_normed.slice_rows(0, T);  // [T, tp_full_inner]
+    comm_->all_gather_cols(fy, y);
+    comm_->all_gather_cols(fz, z);
+    be_.gated_rmsnorm(fn, fy, fz, w.norm, cfg_.gated_norm_group_size, cfg_.mamba_norm_eps);
+    be_.copy(normed, fn.slice_cols(cfg_.tp_rank * I, (cfg_.tp_rank + 1) * I));
+  } else if (cfg_.mamba_gated_norm) be_.gated_rmsnorm(normed, y, z, w.norm, cfg_.gated_norm_group_size, cfg_.mamba_norm_eps);
+  else be_.silu_gate(normed, y, z);
   if (f) return be_.matmul_residual(f->h, normed, w.out_proj, w.out_proj_bias, out);
   be_.matmul(out, normed, w.out_proj, w.out_proj_bias);
   if (cfg_.ssm_out_multiplier != 1.f) be_.scale(out, cfg_.ssm_out_multiplier);
@@ -401,7 +387,7 @@ void HybridModel::mlp(const LayerWeights& w, MlpKind kind, Tensor xn, Tensor out
 }
 
 void HybridModel::zamba2_hybrid(int64_t i, int64_t j, Tensor h, Tensor xn, Tensor out, HybridCache& cache,
-                                Workspace& ws, bool step_op) const {
+                                Workspace& ws) const {
   const int64_t T = h.rows(), H = cfg_.hidden_size, F = cfg_.intermediate_size, r = cfg_.adapter_rank;
   const LayerWeights& lw = w_.layers[size_t(i)];
   const SharedBlockWeights& blk = w_.shared_blocks[size_t(j % cfg_.num_mem_blocks)];
@@ -434,7 +420,7 @@ void HybridModel::zamba2_hybrid(int64_t i, int64_t j, Tensor h, Tensor xn, Tenso
   be_.matmul(a, o, lw.linear, {});
   be_.add(a, h);
   be_.rmsnorm(xn, a, lw.input_layernorm, eps);
-  mamba_mixer(lw.mamba, xn, out, cfg_.ssm_index(i), cache, ws, nullptr, step_op);
+  mamba_mixer(lw.mamba, xn, out, cfg_.ssm_index(i), cache, ws);
 }
 
 HybridModel load_model(const std::string& dir, Backend& be, const LoadProgress& progress) {

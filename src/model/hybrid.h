@@ -136,17 +136,15 @@ class HybridModel {
   bool fusable(LayerKind kind) const;
   bool fusable(MlpKind kind) const;
   // The blocks; each writes its output into `out` ([T, H]), the caller adds it to the residual stream; or, with
-  // `f`, normalises f->h itself and adds its output to f->h. The Mamba mixer with `step_op` runs everything
-  // between in_proj and out_proj as Backend::mamba_step (decode steps where the backend says so).
+  // `f`, normalises f->h itself and adds its output to f->h.
   void mamba_mixer(const MambaWeights& w, Tensor xn, Tensor out, int64_t index, HybridCache& cache, Workspace& ws,
-                   const Fused* f = nullptr, bool step_op = false) const;
+                   const Fused* f = nullptr) const;
   void attention(const AttentionWeights& w, Tensor xn, Tensor out, int64_t index, HybridCache& cache, Workspace& ws,
                  const AdapterWeights* adapters = nullptr, const Fused* f = nullptr) const;
   void mlp(const LayerWeights& w, MlpKind kind, Tensor xn, Tensor out, Workspace& ws, const Fused* f = nullptr) const;
   // Zamba2 "hybrid" layer i (its j-th): the shared block on concat(h, embeddings), through `linear`, added to h
   // as the input of the layer's Mamba mixer. h must be up to date; writes the mixer output into out.
-  void zamba2_hybrid(int64_t i, int64_t j, Tensor h, Tensor xn, Tensor out, HybridCache& cache, Workspace& ws,
-                     bool step_op) const;
+  void zamba2_hybrid(int64_t i, int64_t j, Tensor h, Tensor xn, Tensor out, HybridCache& cache, Workspace& ws) const;
 
   ModelConfig cfg_;
   ModelWeights w_;

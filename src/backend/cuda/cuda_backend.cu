@@ -100,12 +100,6 @@ class CudaBackend final : public Backend {
     // Tokens per chunk of the bf16 tensor-core SSD scan (ssd_chunked.cu). 256 (Bamba's chunk_size) halves the
     // chunk-state traffic of 128 (P·N values per head and chunk, written, carried and read back) for ~20 % more
     // products at P = 64, N = 128 (bench/NOTES.md has both measured).
-    // Decode steps run each Mamba mixer's conv, SSD step and gated norm as one kernel (mamba_step.cu);
-    // BAMBA_CUDA_MAMBA_STEP=0 keeps the three kernels, =2 has the kernel load the SSM state before its pdl_wait
-    // (a measurement; bench/NOTES.md "mambastep").
-    const char* ms = std::getenv("BAMBA_CUDA_MAMBA_STEP");
-    fuse_mamba_decode_ = graphs_mamba_step_ = !(ms && ms[0] == '0');
-    mamba_early_state_ = ms && ms[0] == '2';
     const char* sq = std::getenv("BAMBA_SSD_CHUNK");
     ssd_chunk_ = sq ? std::atoi(sq) : 256;
     if (ssd_chunk_ < 64 || ssd_chunk_ > 256 || ssd_chunk_ % 64) fail("BAMBA_SSD_CHUNK must be 64, 128, 192 or 256");
@@ -116,7 +110,7 @@ class CudaBackend final : public Backend {
     for (auto& [p, n] : allocs_) cudaFree(p);
     for (auto& [k, p] : inv_freq_) cudaFree(p);
     for (void* p : std::initializer_list<void*>{meta_dev_, scratch_, tscratch_, tints_, stage_dev_[0], stage_dev_[1],
-                                                cublas_ws_, sample_dev_, proc_dev_, decode_part_, mamba_gated_, mamba_tickets_})
+                                                cublas_ws_, sample_dev_, proc_dev_, decode_part_})
       cudaFree(p);
     for (void* p : std::initializer_list<void*>{meta_host_, stage_host_[0], stage_host_[1], sample_host_, proc_host_}) cudaFreeHost(p);
     for (auto& e : stage_done_) cudaEventDestroy(e);
@@ -456,45 +450,6 @@ class CudaBackend final : public Backend {
                              act<T>(z, "gate z"), z.ld, pv(w, "gated norm weight"), y.rows(), y.shape[1], group_size, eps);
     });
   }
-  // A Mamba mixer's decode step as one kernel (mamba_step.cu); other batches and shapes take the composed default.
-  bool fuse_mamba_decode(int64_t rows) const override { return fuse_mamba_decode_ && invariant_chunk_ == 0; }
-  void mamba_step(Tensor out, const MambaStep& m, const MambaOpsConfig& c) override {
-    const int64_t I = out.shape[1], CD = m.conv_weight.shape[0], S = db_.S;
-    if (!decode_ || db_.state_after || m.zxbcdt.dtype != dtype_ || out.dtype != dtype_ || out.rows() != S ||
-        m.zxbcdt.shape[1] != I + CD + c.n_heads || I != c.n_heads * c.d_head || !m.conv_weight.contiguous() ||
-        m.conv_state.dtype != DType::F32 || m.ssm_state.device != Device::CUDA)
-      return Backend::mamba_step(out, m, c);
-    // Scratch: the gated values [S, I] (fp32) and the blocks' partial sums (fewer than I per sequence), and one
-    // ticket per sequence (zero between launches: the kernel leaves them so, a new buffer starts so).
-    const size_t need = 2 * size_t(S) * size_t(I);
-    if (need > mamba_gated_floats_ || size_t(S) > mamba_tickets_n_) {
-      if (capturing_) fail("internal: the Mamba step scratch grows during graph capture");
-      CUDA_CHECK(cudaStreamSynchronize(stream_));
-      if (need > mamba_gated_floats_) {
-        dev_free(mamba_gated_);
-        mamba_gated_ = static_cast<float*>(dev_malloc(need * 4, "the Mamba decode step scratch"));
-        mamba_gated_floats_ = need;
-      }
-      if (size_t(S) > mamba_tickets_n_) {
-        dev_free(mamba_tickets_);
-        mamba_tickets_ = static_cast<unsigned*>(dev_malloc(size_t(S) * 4, "the Mamba decode step tickets"));
-        CUDA_CHECK(cudaMemsetAsync(mamba_tickets_, 0, size_t(S) * 4, stream_));
-        mamba_tickets_n_ = size_t(S);
-      }
-      drop_graphs();  // they point at the old buffers
-    }
-    MambaStepArgs a{out.data, out.ld, m.zxbcdt.data, m.zxbcdt.ld, pv(m.conv_weight, "conv weight"),
-                    pv(m.conv_bias, "conv bias"), f32(m.conv_state, "conv state"), pv(m.A_log, "A_log"), pv(m.D, "D"),
-                    pv(m.dt_bias, "dt_bias"), m.ssm_state.data, pv(m.norm_weight, "gated norm weight"),
-                    int(m.group_size), m.eps, mamba_gated_, mamba_gated_ + size_t(S) * size_t(I), mamba_tickets_,
-                    int(c.n_heads), int(c.d_head), int(c.n_groups), int(c.d_state), int(m.conv_weight.shape[1]),
-                    c.time_step_min, c.time_step_max, int(mamba_early_state_)};
-    bool launched = false;
-    typed([&]<typename T>() {
-      dispatch_dtype(m.ssm_state.dtype, [&]<typename ST>() { launched = cuda::mamba_step<T, ST>(stream_, a, db_); });
-    });
-    if (!launched) Backend::mamba_step(out, m, c);
-  }
   void attention(Tensor out, Tensor qkv, Tensor k_pages, Tensor v_pages, const AttentionOpsConfig& c) override {
     for (const Tensor* t : {&out, &qkv, &k_pages, &v_pages})
       if (t->dtype != dtype_) fail("cuda attention: out, qkv and the KV pages must be of the compute dtype");
@@ -822,10 +777,6 @@ class CudaBackend final : public Backend {
   int decode_ctx_cap_ = 64;         // decode steps: the longest sequence's keys rounded up to a power of two (>= 64)
   float* decode_part_ = nullptr;    // the split decode attention's partials
   size_t decode_part_floats_ = 0;
-  float* mamba_gated_ = nullptr;       // mamba_step: the gated values [S, I], then the blocks' partial sums
-  size_t mamba_gated_floats_ = 0;
-  unsigned* mamba_tickets_ = nullptr;  // mamba_step: a ticket counter per sequence
-  size_t mamba_tickets_n_ = 0;
   std::map<std::tuple<int64_t, float, int, float, float, float, int64_t>, float*> inv_freq_;
   size_t held_bytes_ = 0, peak_bytes_ = 0;  // through dev_malloc (tensors, scratch); not cuBLAS's own
   std::unordered_map<void*, size_t> dev_sizes_;
@@ -841,8 +792,6 @@ class CudaBackend final : public Backend {
   int fp8_mma_rows_ = 1;
   int fuse_rows_ = 9;
   bool fuse_swiglu_ = false;
-  bool graphs_mamba_step_ = false;  // fuse_mamba_decode_ when the graphs in graphs_ were recorded
-  bool mamba_early_state_ = false;  // BAMBA_CUDA_MAMBA_STEP=2
   int ssd_chunk_ = 256;
   // (engine key, T, S, R, log2 of decode_ctx_cap_ where the decode attention's split follows it)
   std::map<std::tuple<uint64_t, int, int, int, int>, cudaGraphExec_t> graphs_;
@@ -937,10 +886,6 @@ void CudaBackend::set_batch(const StepBatch& b) {
 // is seen (the first run is eager, so that lazily built tables exist), and replayed afterwards: a 9B decode
 // step is ~1,000 small launches, whose launch cost would otherwise be a large share of the 4.5 ms floor.
 void CudaBackend::run_step(uint64_t key, const std::function<void()>& ops) {
-  if (fuse_mamba_decode_ != graphs_mamba_step_) {  // set_fuse_mamba_decode: the recordings hold the other kernels
-    drop_graphs();
-    graphs_mamba_step_ = fuse_mamba_decode_;
-  }
   if (!graphs_enabled_ || !decode_) return ops();
   int cap_log2 = 0;  // graphs recorded with one split layout serve the steps whose contexts fit it
   if (dtype_ == DType::BF16 && invariant_chunk_ == 0)

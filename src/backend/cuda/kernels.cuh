@@ -88,29 +88,6 @@ bool ssd_step(cudaStream_t st, const SsdArgs& a, const DevBatch& b);
 template <typename T, typename ST>
 void ssd_keep_states(cudaStream_t st, const SsdArgs& a, const DevBatch& b);
 
-// mamba_step.cu: a Mamba mixer's decode step (T == S) from in_proj's output to out_proj's input in one kernel:
-// conv1d + SiLU and its window, the SSD step, y · silu(z) and (norm_w.p set) the gated RMSNorm. False (nothing
-// launched) when the batch is not a decode step or the shape does not suit it; then the caller runs the three ops.
-struct MambaStepArgs {
-  void* out; int64_t ldo;           // [T, I], T*
-  const void* zxbcdt; int64_t ldp;  // [T, I + CD + nh]: z | xBC (pre-conv) | dt, T*
-  PView conv_w, conv_b;             // [CD, K], [CD] (conv_b.p null: no bias)
-  float* conv_state;                // [n_slots, K - 1, CD]
-  PView A_log, D, dt_bias;          // [nh]
-  void* ssm_state;                  // [n_slots, nh, P, N], ST: float or bf16
-  PView norm_w;                     // [I]; p null: out = y · silu(z)
-  int group;                        // norm group size (channels)
-  float eps;
-  float* gated;                     // [S, I] scratch: y · silu(z) before the norm
-  float* partials;                  // [S, nh, blocks per head] scratch: each block's Σ g²
-  unsigned* tickets;                // [S], zero between launches (the kernel leaves them so)
-  int nh, P, G, N, K;
-  float dt_min, dt_max;
-  int early_state = 0;              // load the SSM state before pdl_wait (BAMBA_CUDA_MAMBA_STEP=2; mamba_step.cu)
-};
-template <typename T, typename ST>
-bool mamba_step(cudaStream_t st, const MambaStepArgs& a, const DevBatch& b);
-
 // attention.cu (out, qkv and the pages are T*, typed by the kernel's template parameter)
 struct AttnArgs {
   void* out; int64_t ldo;  // [T, nq*dh]
