@@ -87,9 +87,11 @@ class CudaBackend final : public Backend {
     const char* mr = std::getenv("BAMBA_CUDA_GEMV_MMA_ROWS");
     gemv_mma_rows_ = mr ? std::atoi(mr) : 1;
     // Rows from which an FP8 matmul of at most 8 rows takes the same tensor-core GEMV over E4M3 weights
-    // (gemv_mma_fp8) instead of fp8_gemv.cu's warp per row (1: every decode step; 9: never).
+    // (gemv_mma_fp8) instead of fp8_gemv.cu's warp per row (1: every decode step; 9: never). From 2: on an H100
+    // (bench/NOTES.md v30) the warp per row is faster at one row (tg128 226.7 vs 216.6 tok/s), the tensor-core
+    // kernel from two (decode4 543 → 802, decode8 599 → 1,485).
     const char* fr = std::getenv("BAMBA_CUDA_FP8_MMA_ROWS");
-    fp8_mma_rows_ = fr ? std::atoi(fr) : 1;
+    fp8_mma_rows_ = fr ? std::atoi(fr) : 2;
     const char* fu = std::getenv("BAMBA_CUDA_FUSE_ROWS");  // fused decode ops for steps of N..8 rows (9: never)
     fuse_rows_ = fu ? std::atoi(fu) : 9;
     // Whether swiglu_matmul_residual folds SwiGLU into down_proj's x load (1) or runs the SwiGLU kernel first and
@@ -789,7 +791,7 @@ class CudaBackend final : public Backend {
   bool graphs_enabled_ = true, capturing_ = false;
   int gemv_max_rows_ = kMaxGemvRows;
   int gemv_mma_rows_ = 1;
-  int fp8_mma_rows_ = 1;
+  int fp8_mma_rows_ = 2;
   int fuse_rows_ = 9;
   bool fuse_swiglu_ = false;
   int ssd_chunk_ = 256;
