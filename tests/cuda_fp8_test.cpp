@@ -194,14 +194,17 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, CudaFp8, ::testing::Values(DType::BF16, DType::
 // The fixture model quantized at load on the GPU against the same on the CPU (both FP8; the GPU's weights are
 // quantized from bf16, so the two FP8 models differ by that rounding too).
 // The fixture quantized at load on both backends, prefill then decode. In fp32 compute the GPU and the CPU twin
-// quantize the same activations (per token) and differ only by the FP8 GEMM's accumulation: tight. In bf16 the
+// quantize the same activations (per token) and differ only by the FP8 GEMM's accumulation — but Hopper's FP8
+// tensor cores do not accumulate in full fp32, and this random model amplifies any difference: on an H100 the
+// sequences whose prefill takes the W8A8 GEMM (> 8 tokens) came out at 0.036-0.038, those all W8A16 (GEMV,
+// fp32 sums) at 5e-7 (bench/NOTES.md v30); 0.1 still catches a wrong scale or layout (~1). In bf16 the
 // activations are rounded before their e4m3 quantization, which re-rolls that quantization's rounding — as large
 // as FP8's own error on this random model (0.09-0.29 rel L2 against fp32, Fp8.AccuracyOnTheFixtures): the bound
 // only catches a wrong scale or layout (rel L2 ~1). Measured on an H100: bf16 0.074 / 0.081.
 TEST(CudaFp8Model, QuantizedFixtureMatchesTheCpu) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU: the CUDA FP8 tests need one";
   const std::string dir = test::model_dir("bamba-tiny-a");
-  for (auto [dtype, bound] : {std::pair{DType::F32, 2e-2}, std::pair{DType::BF16, 0.2}}) {
+  for (auto [dtype, bound] : {std::pair{DType::F32, 0.1}, std::pair{DType::BF16, 0.2}}) {
     test::FixtureRunner c(dir, make_cpu_backend(), false), g(dir, make_backend("cuda", dtype), false);
     for (test::FixtureRunner* r : {&c, &g}) {
       ModelWeights w = r->model->weights();
