@@ -24,6 +24,8 @@ __device__ __forceinline__ int64_t cache_row(const DevBatch& b, int s, int pos, 
 // (One block per token looping over all heads was 30 µs per decode step: a serial chain of sincos.)
 template <typename T>
 __global__ void rope_cache_kernel(AttnArgs a, DevBatch b) {
+  pdl_wait();  // a programmatic dependent in decode steps (common.cuh); a no-op in prompts
+  pdl_trigger();
   T* k_pages = static_cast<T*>(a.k_pages);
   T* v_pages = static_cast<T*>(a.v_pages);
   const int t = blockIdx.x, s = b.seq_of[t], head = blockIdx.y;
@@ -316,6 +318,8 @@ constexpr size_t decode_split_smem() {
 template <int DH>
 __global__ void __launch_bounds__(128) decode_split_kernel(AttnArgs a, DevBatch b, int split_len, float* part,
                                                            int n_splits) {
+  pdl_wait();
+  pdl_trigger();
   constexpr int LDS = DH + 8;
   extern __shared__ __align__(16) unsigned char dec_smem[];
   bf16* sQ = reinterpret_cast<bf16*>(dec_smem);  // [16][LDS]
@@ -457,6 +461,8 @@ __global__ void __launch_bounds__(128) decode_split_kernel(AttnArgs a, DevBatch 
 template <int DH>
 __global__ void __launch_bounds__(DH) decode_combine_kernel(AttnArgs a, DevBatch b, int split_len, const float* part,
                                                             int n_splits) {
+  pdl_wait();
+  pdl_trigger();
   const int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
   const int s = b.seq_of[t];
   const int n_used = (b.past_len[s] + 1 + split_len - 1) / split_len;
@@ -487,14 +493,13 @@ void launch_decode_split(cudaStream_t st, const AttnArgs& a, const DevBatch& b, 
     CUDA_CHECK(cudaFuncSetAttribute(decode_split_kernel<DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     if (dev < 64) opted[dev] = true;
   }
-  decode_split_kernel<DH><<<dim3(unsigned(b.S * a.nkv), unsigned(sp.splits)), 128, smem, st>>>(
-      a, b, sp.split_len, sp.partials, sp.splits);
-  CUDA_LAUNCH_CHECK();
-  if (sp.splits > 1) {
-    decode_combine_kernel<DH><<<dim3(unsigned(b.T), unsigned(a.nq)), DH, 0, st>>>(a, b, sp.split_len, sp.partials,
-                                                                                 sp.splits);
-    CUDA_LAUNCH_CHECK();
-  }
+  // Programmatic dependents (common.cuh) like the rest of a decode step: each hides the launch gap after the kernel
+  // before it, and o_proj's GEMV reads its first weights while the combine runs.
+  launch_pdl(decode_split_kernel<DH>, dim3(unsigned(b.S * a.nkv), unsigned(sp.splits)), dim3(128), smem, st, a, b,
+             sp.split_len, sp.partials, sp.splits);
+  if (sp.splits > 1)
+    launch_pdl(decode_combine_kernel<DH>, dim3(unsigned(b.T), unsigned(a.nq)), dim3(DH), 0, st, a, b, sp.split_len,
+               static_cast<const float*>(sp.partials), sp.splits);
 }
 
 }  // namespace
@@ -502,8 +507,7 @@ void launch_decode_split(cudaStream_t st, const AttnArgs& a, const DevBatch& b, 
 template <typename T>
 void rope_and_cache(cudaStream_t st, const AttnArgs& a, const DevBatch& b) {
   if (b.T == 0) return;
-  rope_cache_kernel<T><<<dim3(unsigned(b.T), unsigned(a.nq + 2 * a.nkv)), 64, 0, st>>>(a, b);
-  CUDA_LAUNCH_CHECK();
+  launch_pdl(rope_cache_kernel<T>, dim3(unsigned(b.T), unsigned(a.nq + 2 * a.nkv)), dim3(64), 0, st, a, b);
 }
 
 DecodeSplit decode_split_plan(bool bf16, int nq, int nkv, int dh, int S, int ctx_cap) {

@@ -1,7 +1,7 @@
 // Memory-bound elementwise kernels: embedding rows, residual add, bias, SwiGLU, row gathers, fills and dtype
 // conversion. Each is a grid-stride loop or one block per row; none is on a hot path except SwiGLU (one read of
-// [T, 2F], one write of [T, F]), which moves bf16 pairs. SwiGLU and the row gather sit between GEMVs in a decode
-// step and are launched as programmatic dependents (common.cuh).
+// [T, 2F], one write of [T, F]), which moves bf16 pairs. SwiGLU, the row gather and the embedding are launched as
+// programmatic dependents (common.cuh): they sit between the kernels of a decode step.
 #include <cuda_fp16.h>
 
 #include "backend/cuda/kernels.cuh"
@@ -12,6 +12,8 @@ namespace {
 
 template <typename T>
 __global__ void embed_kernel(T* out, int64_t ldo, const T* table, int64_t ldt, int H, DevBatch b) {
+  pdl_wait();  // (a decode step's first kernel: its trigger lets the first norm load its weights meanwhile)
+  pdl_trigger();
   const int64_t t = blockIdx.x;
   const T* src = table + int64_t(b.tokens[t]) * ldt;
   for (int j = threadIdx.x; j < H; j += blockDim.x) out[t * ldo + j] = src[j];
@@ -149,8 +151,7 @@ int is_bf16(DType t) {
 template <typename T>
 void embed(cudaStream_t st, T* out, int64_t ldo, const T* table, int64_t ldt, int64_t H, const DevBatch& b) {
   if (b.T == 0) return;
-  embed_kernel<<<unsigned(b.T), 256, 0, st>>>(out, ldo, table, ldt, int(H), b);
-  CUDA_LAUNCH_CHECK();
+  launch_pdl(embed_kernel<T>, dim3(unsigned(b.T)), dim3(256), 0, st, out, ldo, table, ldt, int(H), b);
 }
 template <typename T>
 void gather_rows(cudaStream_t st, T* out, int64_t ldo, const T* x, int64_t ldx, int64_t N, const DevBatch& b) {
