@@ -335,28 +335,45 @@ __device__ __forceinline__ bool all_visible(const Tile& tq, const Tile& tk) {
   return tq.len == kT && tk.len == kT && tk.begin + kT - 1 <= tq.begin;
 }
 
+// What the stats and dq kernels start with, for (q head blockIdx.x, query tile j counted from the last, so that
+// the longest rows start first): the tile's Q and dO in shared memory and its sequence's first K and V tile on
+// their way (cp.async, the first of two buffers). Shared memory: Q, dO [64, kLdD] each, then K, V [2][64, kLdD].
+struct QueryTile {
+  bf16 *Qs, *dOs, *Ks, *Vs;
+  Tile tq;  // len 0: nothing to do (a padding tile)
+  int j, kh, first;
+};
+__device__ __forceinline__ QueryTile query_tile(unsigned char* smem, const View& v, const DevBatch& b) {
+  QueryTile q;
+  q.Qs = reinterpret_cast<bf16*>(smem);
+  q.dOs = q.Qs + kT * kLdD;
+  q.Ks = q.dOs + kT * kLdD;
+  q.Vs = q.Ks + 2 * kT * kLdD;
+  const int h = blockIdx.x, sub = b.chunk_q / kT;
+  q.j = gridDim.y - 1 - blockIdx.y, q.kh = h / (v.nq / v.nkv), q.first = 0;
+  q.tq = tile_of(b, q.j);
+  if (q.tq.len == 0) return q;
+  q.first = b.chunk_first[q.tq.seq] * sub;
+  fetch_tile(q.Qs, q_at(v, q.tq.begin, h), v.ldq, q.tq.len, v);
+  fetch_tile(q.dOs, v.dout + int64_t(q.tq.begin) * v.ldo + h * v.dh, v.ldo, q.tq.len, v);
+  const Tile tk = tile_of(b, q.first);
+  fetch_tile(q.Ks, k_at(v, tk.begin, q.kh), v.ldq, tk.len, v);
+  fetch_tile(q.Vs, v_at(v, tk.begin, q.kh), v.ldq, tk.len, v);
+  async::commit();
+  return q;
+}
+
 // 1. lse and δ per (query, q head) into stats [T, nq, 2]: the forward, FlashAttention-2's loop (running max and
 // sum per row in registers; a row's 64 columns are spread over the 4 lanes of a quad, joined by shuffles).
 __global__ void __launch_bounds__(kFThreads, 2) flash_stats_kernel(View v, DevBatch b, float* stats) {
   extern __shared__ __align__(128) unsigned char smem[];
-  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [64, kLdD]
-  bf16* dOs = Qs + kT * kLdD;
-  bf16* Ks = dOs + kT * kLdD;                 // [2][64, kLdD]
-  bf16* Vs = Ks + 2 * kT * kLdD;              // [2][64, kLdD]
-  const int j = gridDim.y - 1 - blockIdx.y, h = blockIdx.x, kh = h / (v.nq / v.nkv), sub = b.chunk_q / kT;
-  const Tile tq = tile_of(b, j);
-  if (tq.len == 0) return;
-  const int first = b.chunk_first[tq.seq] * sub, lane = threadIdx.x % 32, m0 = 16 * (threadIdx.x / 32);
-  const int g = lane / 4, qc = 2 * (lane % 4);
+  const QueryTile qt = query_tile(smem, v, b);
+  if (qt.tq.len == 0) return;
+  bf16 *Qs = qt.Qs, *dOs = qt.dOs, *Ks = qt.Ks, *Vs = qt.Vs;
+  const Tile tq = qt.tq;
+  const int j = qt.j, h = blockIdx.x, kh = qt.kh, first = qt.first;
+  const int lane = threadIdx.x % 32, m0 = 16 * (threadIdx.x / 32), g = lane / 4, qc = 2 * (lane % 4);
   const float sl = v.scale * kLog2e;
-  fetch_tile(Qs, q_at(v, tq.begin, h), v.ldq, tq.len, v);
-  fetch_tile(dOs, v.dout + int64_t(tq.begin) * v.ldo + h * v.dh, v.ldo, tq.len, v);
-  {
-    const Tile tk = tile_of(b, first);
-    fetch_tile(Ks, k_at(v, tk.begin, kh), v.ldq, tk.len, v);
-    fetch_tile(Vs, v_at(v, tk.begin, kh), v.ldq, tk.len, v);
-    async::commit();
-  }
   float m[2] = {-1e30f, -1e30f}, l[2] = {0.f, 0.f}, o[kDMax / 8][4] = {};  // m: log2 units
   for (int jk = first; jk <= j; ++jk) {
     const Tile tk = tile_of(b, jk);
@@ -434,24 +451,13 @@ __global__ void __launch_bounds__(kFThreads, 2) flash_stats_kernel(View v, DevBa
 __global__ void __launch_bounds__(kFThreads, 2) flash_dq_kernel(View v, DevBatch b, const float* stats, bf16* dqkv,
                                                                 int64_t lddq) {
   extern __shared__ __align__(128) unsigned char smem[];
-  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [64, kLdD]
-  bf16* dOs = Qs + kT * kLdD;
-  bf16* Ks = dOs + kT * kLdD;                 // [2][64, kLdD]
-  bf16* Vs = Ks + 2 * kT * kLdD;              // [2][64, kLdD]
-  const int j = gridDim.y - 1 - blockIdx.y, h = blockIdx.x, kh = h / (v.nq / v.nkv), sub = b.chunk_q / kT;
-  const Tile tq = tile_of(b, j);
-  if (tq.len == 0) return;
-  const int first = b.chunk_first[tq.seq] * sub, lane = threadIdx.x % 32, m0 = 16 * (threadIdx.x / 32);
-  const int g = lane / 4, qc = 2 * (lane % 4);
+  const QueryTile qt = query_tile(smem, v, b);
+  if (qt.tq.len == 0) return;
+  bf16 *Qs = qt.Qs, *dOs = qt.dOs, *Ks = qt.Ks, *Vs = qt.Vs;
+  const Tile tq = qt.tq;
+  const int j = qt.j, h = blockIdx.x, kh = qt.kh, first = qt.first;
+  const int lane = threadIdx.x % 32, m0 = 16 * (threadIdx.x / 32), g = lane / 4, qc = 2 * (lane % 4);
   const float sl = v.scale * kLog2e;
-  fetch_tile(Qs, q_at(v, tq.begin, h), v.ldq, tq.len, v);
-  fetch_tile(dOs, v.dout + int64_t(tq.begin) * v.ldo + h * v.dh, v.ldo, tq.len, v);
-  {
-    const Tile tk = tile_of(b, first);
-    fetch_tile(Ks, k_at(v, tk.begin, kh), v.ldq, tk.len, v);
-    fetch_tile(Vs, v_at(v, tk.begin, kh), v.ldq, tk.len, v);
-    async::commit();
-  }
   float lse[2], delta[2];  // of rows m0 + g and m0 + g + 8; lse in log2 units
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
