@@ -366,6 +366,26 @@ TEST(TensorParallel, WidthsThatDoNotSplitNameTheirField) {
 namespace bamba {
 namespace {
 
+// `bamba logits -q --device cpu ARGS` written to tmp/lN.safetensors, read back as floats; empty (and the test
+// failed) if the command or the file is not as expected.
+std::vector<float> cli_logits(const std::string& args, const std::string& tmp, int n) {
+  const std::string out = tmp + "/l" + std::to_string(n) + ".safetensors";
+  auto r = test::run_bamba(cat("logits -q --device cpu ", args, " -o '", out, "'"));
+  if (r.exit_code != 0) {
+    ADD_FAILURE() << "bamba logits " << args << ": exit " << r.exit_code << "\n" << r.err;
+    return {};
+  }
+  SafetensorsFile f(out);
+  const TensorInfo* t = f.find("logits");
+  if (!t) {
+    ADD_FAILURE() << out << ": no logits tensor";
+    return {};
+  }
+  std::vector<float> v(size_t(t->numel()));
+  convert_to_f32(t->data, t->dtype, v.size(), v.data());
+  return v;
+}
+
 // The command line: --tensor-parallel-size N gives the logits and the generated text of one rank; a shape that
 // does not split is a one-line error naming the field.
 TEST(TensorParallelCli, LogitsAndGenerateOverThreadRanks) {
@@ -375,14 +395,8 @@ TEST(TensorParallelCli, LogitsAndGenerateOverThreadRanks) {
   std::vector<std::vector<float>> logits;
   std::vector<std::string> texts;
   for (int n : {1, 2}) {
-    const std::string out = tmp + "/l" + std::to_string(n) + ".safetensors";
-    auto r = test::run_bamba(cat("logits -q --device cpu -m '", dir, "' --tensor-parallel-size ", n, " --ids 1,2,3,4,5 -o '", out, "'"));
-    ASSERT_EQ(r.exit_code, 0) << r.err;
-    SafetensorsFile f(out);
-    const TensorInfo* t = f.find("logits");
-    ASSERT_TRUE(t);
-    logits.emplace_back(size_t(t->numel()));
-    convert_to_f32(t->data, t->dtype, logits.back().size(), logits.back().data());
+    logits.push_back(cli_logits(cat("-m '", dir, "' --tensor-parallel-size ", n, " --ids 1,2,3,4,5"), tmp, n));
+    if (logits.back().empty()) return;
     auto g = test::run_bamba(cat("generate -q --device cpu -m '", dir, "' --tp ", n, " --prompt 'the cat' --max-tokens 12 --temperature 0"));
     ASSERT_EQ(g.exit_code, 0) << g.err;
     texts.push_back(g.out);
@@ -403,14 +417,8 @@ TEST(TensorParallelCli, Fp8QuantizationSplitsWithItsScales) {
   const std::string dir = test::model_dir("bamba-tiny-a"), tmp = test::make_temp_dir("tp-cli-fp8");
   std::vector<std::vector<float>> logits;
   for (int n : {1, 2}) {
-    const std::string out = tmp + "/l" + std::to_string(n) + ".safetensors";
-    auto r = test::run_bamba(cat("logits -q --device cpu -m '", dir, "' --quantization fp8 --tp ", n, " --ids 7 -o '", out, "'"));
-    ASSERT_EQ(r.exit_code, 0) << r.err;
-    SafetensorsFile f(out);
-    const TensorInfo* t = f.find("logits");
-    ASSERT_TRUE(t);
-    logits.emplace_back(size_t(t->numel()));
-    convert_to_f32(t->data, t->dtype, logits.back().size(), logits.back().data());
+    logits.push_back(cli_logits(cat("-m '", dir, "' --quantization fp8 --tp ", n, " --ids 7"), tmp, n));
+    if (logits.back().empty()) return;
   }
   ASSERT_EQ(logits[0].size(), logits[1].size());
   EXPECT_LE(max_rel_err(logits[1].data(), logits[0].data(), logits[0].size()), 1e-5);
