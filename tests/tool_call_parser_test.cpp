@@ -127,6 +127,22 @@ TEST(ToolCallParser, HoldsBackOnlyWhatMayBecomeAMarker) {
   EXPECT_EQ(r.finish().content, "[TOOL");
 }
 
+// A call object with its "name" or its arguments twice is not a call: the stream has announced the first name and
+// streamed the first arguments already, while a JSON parser would keep the last (found by fuzz_tool_call_parser).
+TEST(ToolCallParser, DuplicateKeysMakeTheOutputContent) {
+  for (const char* text : {"{\"name\": \"\", \"name\": \"f\"}",
+                           "{\"name\": \"f\", \"parameters\": {\"a\": 1}, \"parameters\": {\"b\": 2}}"}) {
+    const ToolCallParser::Result r = ToolCallParser::parse(ToolCallFormat::Llama3Json, text);
+    EXPECT_FALSE(r.valid) << text;
+    EXPECT_TRUE(r.calls.empty()) << text;
+    EXPECT_EQ(r.content, text);
+    ToolCallParser p(ToolCallFormat::Llama3Json);
+    for (const char* c = text; *c; ++c) p.feed(std::string_view(c, 1));
+    p.finish();
+    EXPECT_FALSE(p.valid()) << text;
+  }
+}
+
 TEST(ToolCallParser, BrokenCallsMakeTheWholeOutputContent) {
   for (const char* out : {"Sure. <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": ",  // cut (max_tokens)
                           "<tool_call>\n{\"name\": 5, \"arguments\": {}}\n</tool_call>",             // name not a string

@@ -156,6 +156,11 @@ void ToolCallParser::scan_content(Delta& out, bool at_end) {
 void ToolCallParser::value_begin(size_t i) {
   val_start_ = i;
   if (key_ == "arguments" || key_ == "parameters") {
+    // A second arguments key: JSON parsers disagree on which one counts, and the first is already streamed.
+    if (has_args_) {
+      valid_ = false;
+      return;
+    }
     has_args_ = true;
     args_start_ = i;
   }
@@ -165,7 +170,8 @@ void ToolCallParser::value_end(size_t end) {
   if (key_ == "name") {
     std::string raw = buf_.substr(val_start_, end - val_start_);
     auto j = nlohmann::json::parse(raw, nullptr, false);
-    if (j.is_string()) name_ = j.get<std::string>();
+    // A second "name" is not a call: the first was announced already, a JSON parser would keep the last.
+    if (j.is_string() && !name_) name_ = j.get<std::string>();
     else valid_ = false;
   } else if (has_args_ && !args_done_ && args_start_ == val_start_) {
     args_end_ = end;
