@@ -97,24 +97,19 @@ inline float __shfl_up_sync(unsigned m, float v, int d) {
   const int lane = int(emu::linear_tid() % 32);
   return __shfl_sync(m, v, lane >= d ? lane - d : lane);
 }
-inline float block_sum(float v, float* sh) {
+// A block reduction as common.cuh's: each warp's reduction, then warp 0's over the warps' (identity beyond them).
+template <float (*warp_op)(float)>
+inline float block_reduce(float v, float* sh, float identity) {
   const int t = int(emu::linear_tid()), lane = t & 31, w = t >> 5, nw = int(blockDim.x * blockDim.y * blockDim.z) >> 5;
-  v = warp_sum(v);
+  v = warp_op(v);
   __syncthreads();
   if (lane == 0) sh[w] = v;
   __syncthreads();
-  v = lane < nw ? sh[lane] : 0.f;
-  return warp_sum(v);
+  v = lane < nw ? sh[lane] : identity;
+  return warp_op(v);
 }
-inline float block_max(float v, float* sh) {
-  const int t = int(emu::linear_tid()), lane = t & 31, w = t >> 5, nw = int(blockDim.x * blockDim.y * blockDim.z) >> 5;
-  v = warp_max(v);
-  __syncthreads();
-  if (lane == 0) sh[w] = v;
-  __syncthreads();
-  v = lane < nw ? sh[lane] : -INFINITY;
-  return warp_max(v);
-}
+inline float block_sum(float v, float* sh) { return block_reduce<warp_sum>(v, sh, 0.f); }
+inline float block_max(float v, float* sh) { return block_reduce<warp_max>(v, sh, -INFINITY); }
 struct DevBatch {
   const int32_t *tokens, *positions, *seq_of, *seq_start, *past_len, *slot, *logit_rows, *max_blocks, *block_table;
   const int32_t *chunk_seq, *chunk_begin, *chunk_first;
