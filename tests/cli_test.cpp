@@ -76,16 +76,37 @@ TEST(Cli, BenchWritesTableJsonAndProfile) {
                      "--profile --json " + json);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   for (const char* row : {"| pp40 |", "| tg3 |", "| decode2 |"}) EXPECT_NE(r.out.find(row), std::string::npos) << r.out;
+  // No measured ceilings for a CPU: no percentage rather than one of some other machine's peak.
+  EXPECT_NE(r.out.find("GB/s | - |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("no measured ceilings for this device"), std::string::npos) << r.out;
   std::ifstream f(json);
   auto j = nlohmann::json::parse(f);
   ASSERT_EQ(j["rows"].size(), 3u);
   for (auto& row : j["rows"]) {
     EXPECT_EQ(row["tok_s"].size(), 2u);
     EXPECT_GT(row["mean"].get<double>(), 0.0);
+    EXPECT_TRUE(row["pct_of_peak"].is_null()) << row;
   }
   for (const char* op : {"| ssd |", "| attention |", "| conv1d_silu |", "| matmul N=", "| total |"})
     EXPECT_NE(r.err.find(op), std::string::npos) << op << " missing from the profile: " << r.err;
   EXPECT_NE(r.err.find("tg3, every op timed alone"), std::string::npos) << r.err;
+  std::filesystem::remove(json);
+}
+
+// Given ceilings: each row's rate as a share of them (decode rows of the GB/s, prefill rows of the TFLOP/s).
+TEST(Cli, BenchPercentOfGivenCeilings) {
+  const std::string json = (std::filesystem::temp_directory_path() / "bamba_cli_bench_peak.json").string();
+  auto r = run_bamba("bench --preset tiny --device cpu --reps 1 --tests pp16,tg2 --peak-gbps 0.5 --peak-tflops 0.001 "
+                     "--json " + json);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("of 0.5 GB/s (HBM copy) and 0.001 TFLOP/s (dense bf16 matmul), given"), std::string::npos) << r.out;
+  std::ifstream f(json);
+  auto j = nlohmann::json::parse(f);
+  EXPECT_EQ(j["peak_gbps"].get<double>(), 0.5);
+  for (auto& row : j["rows"]) {
+    const double peak = row["rate_unit"] == "GB/s" ? 0.5 : 0.001;
+    EXPECT_NEAR(row["pct_of_peak"].get<double>(), 100.0 * row["rate"].get<double>() / peak, 1e-9) << row;
+  }
   std::filesystem::remove(json);
 }
 

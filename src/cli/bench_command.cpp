@@ -42,6 +42,12 @@ void register_bench(CLI::App& app) {
                   "decodeS@C: GiB for state slots + KV pages (as `bamba serve --cache-memory`); sequences beyond it "
                   "are left out and the row says how many ran (default: no budget)")
       ->check(CLI::NonNegativeNumber);
+  sub->add_option("--peak-gbps", o->peak_gbps, "The device's memory-bandwidth ceiling for \"% of peak\" (default: "
+                                               "measured for an H200 / H100 SXM, docs/performance.md; else none)")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--peak-tflops", o->peak_tflops, "The device's dense bf16 matmul ceiling for \"% of peak\" (default "
+                                                   "as --peak-gbps)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_flag("--profile", o->profile, "After each test, one more run with every op timed alone (per-op table on "
                                          "stderr; ops are synchronized one by one, so decode times include launch "
                                          "latency)");

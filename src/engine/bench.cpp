@@ -155,7 +155,6 @@ struct Runner {
     }
     r.rate_unit = "TFLOP/s";
     r.rate = prefill_flops(c, n) * r.mean / n / 1e12;
-    r.pct_of_peak = 100.0 * r.rate / o.peak_tflops;
     return r;
   }
 
@@ -190,7 +189,6 @@ struct Runner {
     }
     r.rate_unit = "GB/s";
     r.rate = decode_bytes(model, S, prompt + steps / 2, cache.sizes().ssm_state_dtype) * (r.mean / S) / 1e9;
-    r.pct_of_peak = 100.0 * r.rate / o.peak_gbps;
     return r;
   }
 };
@@ -259,11 +257,27 @@ BenchRow depth_row(const BenchOptions& o, std::ostream& log, Backend& be, Hybrid
   log << "  " << name << ": " << r.mean << " tok/s, step " << r.step_ms_p50 << " ms (p50), " << r.step_ms_p99
       << " ms (p99)\n" << std::flush;
   r.rate = decode_bytes(model, fit, ctx + 2 + steps / 2, sizes.ssm_state_dtype) * (r.mean / fit) / 1e9;
-  r.pct_of_peak = 100.0 * r.rate / o.peak_gbps;
   return r;
 }
 
 }  // namespace
+
+BenchCeilings known_ceilings(const std::string& backend_name, bool bf16) {
+  struct Card {
+    const char* name;  // as cudaGetDeviceProperties names it (a part of it)
+    double gbps, tflops;
+    const char* where;
+  };
+  // Measured with PyTorch on the device machines (docs/performance.md "The hardware"): a large tensor copy and an
+  // 8192³ bf16 matmul. Data-sheet peaks would flatter no kernel and mislead every one (4.8 TB/s is not reachable).
+  static const Card cards[] = {
+      {"H200", 4300, 790, "NVIDIA H200"},
+  };
+  for (const Card& c : cards)
+    if (backend_name.find(c.name) != std::string::npos)
+      return {c.gbps, bf16 ? c.tflops : 0, cat("measured on an ", c.where, " (docs/performance.md)")};
+  return {};
+}
 
 BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
   const ModelConfig cfg = preset_config(o.preset);
@@ -300,6 +314,12 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
   rep.backend = be->name() + (o.deterministic ? " [deterministic]" : "") + (fp8 ? " [fp8 weights]" : "");
   rep.device = o.device;
   rep.params = cfg.parameter_count();
+  rep.peak = known_ceilings(be->name(), be->activation_dtype() == DType::BF16);
+  if (o.peak_gbps > 0 || o.peak_tflops > 0) {
+    if (o.peak_gbps > 0) rep.peak.gbps = o.peak_gbps;
+    if (o.peak_tflops > 0) rep.peak.tflops = o.peak_tflops;
+    rep.peak.source = rep.peak.source.empty() ? "given" : "given, else " + rep.peak.source;
+  }
   log << "bench: " << o.preset << ", " << rep.params << " parameters, backend " << rep.backend << "\n" << std::flush;
   // The model runs through the profiler, which only forwards until a profiled run switches its timing on.
   OpProfiler prof(*be);
@@ -367,6 +387,10 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
       rep.rows.push_back(run.decode_row(o.ssm_state == "bf16" ? t + " (bf16 state)" : t, S, o.decode_prompt, o.decode_steps));
     }
   }
+  for (BenchRow& r : rep.rows) {
+    const double peak = r.rate_unit == "TFLOP/s" ? rep.peak.tflops : rep.peak.gbps;
+    r.pct_of_peak = peak > 0 && r.rate > 0 ? 100.0 * r.rate / peak : -1;
+  }
   return rep;
 }
 
@@ -377,10 +401,19 @@ void print_bench_table(const BenchReport& r, std::ostream& out) {
   bool depth = false;
   for (auto& row : r.rows) {
     depth |= row.depth > 0;
-    std::snprintf(buf, sizeof buf, "| %s | %lld | %s | %s | %d | %.2f ± %.2f | %.1f %s | %.1f %% |\n", r.model.c_str(),
+    char pct[32] = "-";
+    if (row.pct_of_peak >= 0) std::snprintf(pct, sizeof pct, "%.1f %%", row.pct_of_peak);
+    std::snprintf(buf, sizeof buf, "| %s | %lld | %s | %s | %d | %.2f ± %.2f | %.1f %s | %s |\n", r.model.c_str(),
                   r.params, r.backend.c_str(), row.test.c_str(), row.n_seqs, row.mean, row.stdev, row.rate,
-                  row.rate_unit.c_str(), row.pct_of_peak);
+                  row.rate_unit.c_str(), pct);
     out << buf;
+  }
+  if (r.peak.gbps <= 0 && r.peak.tflops <= 0) {
+    out << "\n% of peak: no measured ceilings for this device: give --peak-gbps / --peak-tflops\n";
+  } else {
+    auto ceiling = [](double v, const char* unit) { return v > 0 ? cat(v, " ", unit) : std::string("none"); };
+    out << "\n% of peak: of " << ceiling(r.peak.gbps, "GB/s") << " (HBM copy) and " << ceiling(r.peak.tflops, "TFLOP/s")
+        << " (dense bf16 matmul), " << r.peak.source << "\n";
   }
   if (!depth) return;
   out << "\ndecodeS@C (synthetic cache: KV pages and Mamba state filled with zeros, no prefill computed):\n\n";
@@ -394,12 +427,13 @@ void print_bench_table(const BenchReport& r, std::ostream& out) {
 }
 
 std::string bench_json(const BenchReport& r) {
-  nlohmann::json j = {{"model", r.model}, {"params", r.params}, {"backend", r.backend}, {"device", r.device}};
+  nlohmann::json j = {{"model", r.model}, {"params", r.params}, {"backend", r.backend}, {"device", r.device},
+                      {"peak_gbps", r.peak.gbps}, {"peak_tflops", r.peak.tflops}, {"peak_source", r.peak.source}};
   j["rows"] = nlohmann::json::array();
   for (auto& row : r.rows)
     j["rows"].push_back({{"test", row.test}, {"n_seqs", row.n_seqs}, {"tok_s", row.tok_s}, {"mean", row.mean},
                          {"stdev", row.stdev}, {"rate", row.rate}, {"rate_unit", row.rate_unit},
-                         {"pct_of_peak", row.pct_of_peak}});
+                         {"pct_of_peak", row.pct_of_peak >= 0 ? nlohmann::json(row.pct_of_peak) : nlohmann::json()}});
   for (size_t i = 0; i < r.rows.size(); ++i)
     if (const BenchRow& row = r.rows[i]; row.depth > 0) {
       auto& j_row = j["rows"][i];

@@ -30,10 +30,20 @@ struct BenchOptions {
   bool deterministic = false;  // batch-invariant kernels (Backend::set_batch_invariant), as serve --deterministic
   int tensor_parallel_size = 1;  // ranks the model is split over (GPUs 0..N-1, or threads on the CPU)
   double cache_gib = 0;     // decodeS@C: the cache budget (state slots + KV pages); 0 = whatever allocates
-  // Ceilings (one H200, measured: docs/performance.md)
-  double peak_tflops = 790.0;
-  double peak_gbps = 4300.0;
+  // The ceilings "% of peak" divides by (HBM copy bandwidth, read + write counted; dense bf16 matmul): 0 = the
+  // card's measured ones where docs/performance.md has them (bench_ceilings), else no percentage.
+  double peak_tflops = 0;
+  double peak_gbps = 0;
 };
+
+// The ceilings a bench run divides by, and where they come from.
+struct BenchCeilings {
+  double gbps = 0, tflops = 0;  // 0: unknown (the "% of peak" column shows "-")
+  std::string source;
+};
+// The measured ceilings of the cards in docs/performance.md, by the backend's name (which holds the CUDA device's
+// name). A matmul ceiling is bf16's, so none for compute dtype fp32.
+BenchCeilings known_ceilings(const std::string& backend_name, bool bf16);
 
 struct BenchRow {
   std::string test;          // pp512, tg128, decode16, ...
@@ -52,6 +62,7 @@ struct BenchRow {
 struct BenchReport {
   std::string model, backend, device;
   long long params = 0;
+  BenchCeilings peak;
   std::vector<BenchRow> rows;
 };
 
