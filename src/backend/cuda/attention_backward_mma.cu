@@ -342,6 +342,23 @@ struct QueryTile {
   bf16 *Qs, *dOs, *Ks, *Vs;
   Tile tq;  // len 0: nothing to do (a padding tile)
   int j, kh, first;
+
+  // Key tile jk (first <= jk <= j) ready in shared memory, tile jk + 1 on its way into the other buffer: which
+  // buffer holds jk. The caller syncs again once it has read the buffer out, before the next call loads over it.
+  __device__ __forceinline__ int key_tile(const View& v, const DevBatch& b, int jk) const {
+    const int buf = (jk - first) & 1;
+    if (jk < j) {
+      const Tile tn = tile_of(b, jk + 1);
+      fetch_tile(Ks + (buf ^ 1) * kT * kLdD, k_at(v, tn.begin, kh), v.ldq, tn.len, v);
+      fetch_tile(Vs + (buf ^ 1) * kT * kLdD, v_at(v, tn.begin, kh), v.ldq, tn.len, v);
+      async::commit();
+      async::wait<1>();
+    } else {
+      async::wait<0>();
+    }
+    __syncthreads();
+    return buf;
+  }
 };
 __device__ __forceinline__ QueryTile query_tile(unsigned char* smem, const View& v, const DevBatch& b) {
   QueryTile q;
@@ -371,23 +388,13 @@ __global__ void __launch_bounds__(kFThreads, 2) flash_stats_kernel(View v, DevBa
   if (qt.tq.len == 0) return;
   bf16 *Qs = qt.Qs, *dOs = qt.dOs, *Ks = qt.Ks, *Vs = qt.Vs;
   const Tile tq = qt.tq;
-  const int j = qt.j, h = blockIdx.x, kh = qt.kh, first = qt.first;
+  const int j = qt.j, h = blockIdx.x, first = qt.first;
   const int lane = threadIdx.x % 32, m0 = 16 * (threadIdx.x / 32), g = lane / 4, qc = 2 * (lane % 4);
   const float sl = v.scale * kLog2e;
   float m[2] = {-1e30f, -1e30f}, l[2] = {0.f, 0.f}, o[kDMax / 8][4] = {};  // m: log2 units
   for (int jk = first; jk <= j; ++jk) {
     const Tile tk = tile_of(b, jk);
-    const int buf = (jk - first) & 1;
-    if (jk < j) {
-      const Tile tn = tile_of(b, jk + 1);
-      fetch_tile(Ks + (buf ^ 1) * kT * kLdD, k_at(v, tn.begin, kh), v.ldq, tn.len, v);
-      fetch_tile(Vs + (buf ^ 1) * kT * kLdD, v_at(v, tn.begin, kh), v.ldq, tn.len, v);
-      async::commit();
-      async::wait<1>();
-    } else {
-      async::wait<0>();
-    }
-    __syncthreads();
+    const int buf = qt.key_tile(v, b, jk);
     float s[8][4];
     warp_abt(s, Qs + m0 * kLdD, Ks + buf * kT * kLdD, v.dhp);  // Q Kᵀ
     const bool full = all_visible(tq, tk);
@@ -455,7 +462,7 @@ __global__ void __launch_bounds__(kFThreads, 2) flash_dq_kernel(View v, DevBatch
   if (qt.tq.len == 0) return;
   bf16 *Qs = qt.Qs, *dOs = qt.dOs, *Ks = qt.Ks, *Vs = qt.Vs;
   const Tile tq = qt.tq;
-  const int j = qt.j, h = blockIdx.x, kh = qt.kh, first = qt.first;
+  const int j = qt.j, h = blockIdx.x, first = qt.first;
   const int lane = threadIdx.x % 32, m0 = 16 * (threadIdx.x / 32), g = lane / 4, qc = 2 * (lane % 4);
   const float sl = v.scale * kLog2e;
   float lse[2], delta[2];  // of rows m0 + g and m0 + g + 8; lse in log2 units
@@ -469,17 +476,7 @@ __global__ void __launch_bounds__(kFThreads, 2) flash_dq_kernel(View v, DevBatch
   float dq[kDMax / 8][4] = {};
   for (int jk = first; jk <= j; ++jk) {
     const Tile tk = tile_of(b, jk);
-    const int buf = (jk - first) & 1;
-    if (jk < j) {
-      const Tile tn = tile_of(b, jk + 1);
-      fetch_tile(Ks + (buf ^ 1) * kT * kLdD, k_at(v, tn.begin, kh), v.ldq, tn.len, v);
-      fetch_tile(Vs + (buf ^ 1) * kT * kLdD, v_at(v, tn.begin, kh), v.ldq, tn.len, v);
-      async::commit();
-      async::wait<1>();
-    } else {
-      async::wait<0>();
-    }
-    __syncthreads();
+    const int buf = qt.key_tile(v, b, jk);
     const bf16* K = Ks + buf * kT * kLdD;
     float s[8][4], dp[8][4];
     warp_abt(s, Qs + m0 * kLdD, K, v.dhp);                        // Q Kᵀ
