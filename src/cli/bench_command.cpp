@@ -43,7 +43,7 @@ void register_bench(CLI::App& app) {
                   "are left out and the row says how many ran (default: no budget)")
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--peak-gbps", o->peak_gbps, "The device's memory-bandwidth ceiling for \"% of peak\" (default: "
-                                               "measured for an H200 / H100 SXM, docs/performance.md; else none)")
+                                               "measured for an H200 / H100 80GB HBM3, bench/NOTES.md; else none)")
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--peak-tflops", o->peak_tflops, "The device's dense bf16 matmul ceiling for \"% of peak\" (default "
                                                    "as --peak-gbps)")

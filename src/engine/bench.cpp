@@ -268,14 +268,16 @@ BenchCeilings known_ceilings(const std::string& backend_name, bool bf16) {
     double gbps, tflops;
     const char* where;
   };
-  // Measured with PyTorch on the device machines (docs/performance.md "The hardware"): a large tensor copy and an
-  // 8192³ bf16 matmul. Data-sheet peaks would flatter no kernel and mislead every one (4.8 TB/s is not reachable).
+  // Measured with PyTorch on the device machines (bench/NOTES.md "Ceilings"): a large tensor copy, read + write
+  // counted, and an 8192³ bf16 matmul. Data-sheet peaks would flatter no kernel and mislead every one (an H200's
+  // 4.8 TB/s or an H100's 3.35 are not reachable by a copy).
   static const Card cards[] = {
       {"H200", 4300, 790, "NVIDIA H200"},
+      {"H100 80GB HBM3", 3049, 782, "NVIDIA H100 80GB HBM3"},
   };
   for (const Card& c : cards)
     if (backend_name.find(c.name) != std::string::npos)
-      return {c.gbps, bf16 ? c.tflops : 0, cat("measured on an ", c.where, " (docs/performance.md)")};
+      return {c.gbps, bf16 ? c.tflops : 0, cat("measured on an ", c.where, " (bench/NOTES.md, Ceilings)")};
   return {};
 }
 

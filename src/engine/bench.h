@@ -2,7 +2,7 @@
 // backend's device, timed like llama-bench (mean ± stdev of tok/s over repeated runs after a warm-up) for prompt
 // processing (ppN: one N-token prefill), text generation (tgN: N decode steps of one sequence) and batched decode
 // (N sequences decoding together after 512-token prompts), each with the achieved TFLOP/s or GB/s and its share of
-// the hardware ceilings in docs/performance.md.
+// the card's measured ceilings (bench/NOTES.md, Ceilings).
 // decodeS@C (decode at depth): S sequences decoding at context C whose cache was filled without computing the
 // prompt — KV pages of the right length holding arbitrary values (zeros), the Mamba state arbitrary (zeros): a
 // decode step's cost depends on the lengths, not the values, so this measures decode at 32k-token depth without
@@ -31,7 +31,7 @@ struct BenchOptions {
   int tensor_parallel_size = 1;  // ranks the model is split over (GPUs 0..N-1, or threads on the CPU)
   double cache_gib = 0;     // decodeS@C: the cache budget (state slots + KV pages); 0 = whatever allocates
   // The ceilings "% of peak" divides by (HBM copy bandwidth, read + write counted; dense bf16 matmul): 0 = the
-  // card's measured ones where docs/performance.md has them (bench_ceilings), else no percentage.
+  // card's measured ones where bench/NOTES.md "Ceilings" has them (known_ceilings), else no percentage.
   double peak_tflops = 0;
   double peak_gbps = 0;
 };
@@ -41,7 +41,7 @@ struct BenchCeilings {
   double gbps = 0, tflops = 0;  // 0: unknown (the "% of peak" column shows "-")
   std::string source;
 };
-// The measured ceilings of the cards in docs/performance.md, by the backend's name (which holds the CUDA device's
+// The measured ceilings of the cards in bench/NOTES.md "Ceilings", by the backend's name (which holds the CUDA device's
 // name). A matmul ceiling is bf16's, so none for compute dtype fp32.
 BenchCeilings known_ceilings(const std::string& backend_name, bool bf16);
 
