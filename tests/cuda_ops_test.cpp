@@ -318,6 +318,43 @@ TEST_P(CudaOps, MoeRoutingAndGroupedExperts) {
   }
 }
 
+// The router's choice equals the CPU twin's where a parallel argmax could differ: many equal scores (the lowest
+// index wins), all -inf, +inf, and expert counts that are not multiples of the warp (E = 7, 100, 1000), with groups.
+// (NaN logits are left out: the twin's std::partial_sort has no defined order for them.)
+TEST_P(CudaOps, MoeRoutingTiesInfAndOddExpertCounts) {
+  struct Case { int64_t E, k; MoeRouting routing; int64_t n_group, topk_group; };
+  for (const Case& cs : {Case{7, 3, MoeRouting::SoftmaxTopK, 1, 1}, Case{100, 8, MoeRouting::SoftmaxTopK, 1, 1},
+                         Case{100, 6, MoeRouting::SigmoidGroup, 4, 2}, Case{1000, 8, MoeRouting::SigmoidGroup, 40, 3},
+                         Case{64, 6, MoeRouting::SigmoidGroup, 1, 1}}) {
+    const int64_t T = 9, E = cs.E, k = cs.k;
+    std::vector<float> v(size_t(T * E));
+    for (auto& x : v) x = float(int(rng_() % 5) - 2);  // five values: ties everywhere
+    for (int64_t e = 0; e < E; ++e) v[size_t(3 * E + e)] = -INFINITY;  // token 3: all -inf
+    v[size_t(4 * E + E - 1)] = INFINITY;               // token 4: +inf last
+    Pair logits{cpu_->alloc(DType::F32, {T, E}), gpu_->alloc(DType::F32, {T, E})};
+    cpu_->from_host_f32(logits.cpu, v.data());
+    gpu_->from_host_f32(logits.gpu, v.data());
+    Pair bias = make(DType::F32, {E}, -0.3f, 0.3f);
+    const MoeOpsConfig c{E, k, cs.routing, cs.n_group, cs.topk_group, true, 2.5f};
+    Pair experts{cpu_->alloc(DType::I32, {T, k}), gpu_->alloc(DType::I32, {T, k})};
+    Pair weights = zeros(DType::F32, {T, k});
+    cpu_->moe_route(experts.cpu, weights.cpu, logits.cpu, bias.cpu, c);
+    gpu_->moe_route(experts.gpu, weights.gpu, logits.gpu, bias.gpu, c);
+    std::vector<int32_t> ec(size_t(T * k)), eg(size_t(T * k));
+    std::memcpy(ec.data(), experts.cpu.data, ec.size() * 4);
+    Tensor raw = experts.gpu;  // the ints through a byte-exact F32 view
+    raw.dtype = DType::F32;
+    std::vector<float> tmp(eg.size());
+    gpu_->to_host_f32(raw, tmp.data());
+    std::memcpy(eg.data(), tmp.data(), eg.size() * 4);
+    EXPECT_EQ(eg, ec) << "experts chosen, E=" << E << ", k=" << k;
+    const std::vector<float> wc = host(*cpu_, weights.cpu), wg = host(*gpu_, weights.gpu);
+    for (size_t i = 0; i < wc.size(); ++i)
+      if (std::isfinite(wc[i])) EXPECT_NEAR(wg[i], wc[i], 1e-6f * (1 + std::fabs(wc[i]))) << "weight " << i << ", E=" << E;
+      else EXPECT_EQ(std::isnan(wg[i]), std::isnan(wc[i])) << "weight " << i << ", E=" << E;
+  }
+}
+
 // Channel counts and strides for the scalar kernel (40 channels at an odd offset) and the 16-byte-vector one
 // (48 aligned channels); runs of 8 tokens that cross sequence boundaries and continue from cached windows.
 TEST_P(CudaOps, Conv1dPrefillDecodeAndContinuation) {

@@ -19,6 +19,7 @@
 // weights' gradient and a grouped weight-gradient GEMM that sums each expert's rows in row order (one block owns
 // each output element: deterministic, no atomics).
 #include <algorithm>
+#include <climits>
 #include <cstdlib>
 #include <type_traits>
 
@@ -31,49 +32,93 @@ namespace {
 
 constexpr int kMaxTopK = 32;
 
-// One thread per token; the scores are recomputed on every pass instead of stored (E is small, k smaller).
+// A warp per token: the k largest scores, largest first, the lowest index among equals (the CPU twin's order). One
+// thread per token scanning serially took ~95 µs at E = 64, k = 6 on an H100 — with 40 layers, half of
+// granite-4.0-h-tiny's decode step (bench/NOTES.md v31). Here the scores sit in shared memory, computed once, and
+// each pick is a warp argmax that returns what the serial scan `best < 0 || v > best` in index order returned.
+constexpr int kRouteWarps = 4;  // tokens per block
+
+// (score, index) of a lane's candidates, or of several lanes' joined; e < 0: none.
+struct Pick {
+  float v;
+  int e;
+};
+__device__ __forceinline__ Pick better(Pick a, Pick b) {  // a and b from disjoint sets; neither holds a NaN
+  if (a.e < 0) return b;
+  if (b.e < 0) return a;
+  return b.v > a.v || (b.v == a.v && b.e < a.e) ? b : a;
+}
+// The serial scan over the i < n with !skip[i], in every lane. A NaN never compares greater, so the scan keeps a NaN
+// only when it is the first candidate: that one if it is NaN, else the largest of the others that are not NaN,
+// the lowest index among equals (-inf included); -1 when there is no candidate.
+__device__ int warp_argmax(const float* v, const unsigned char* skip, int n) {
+  const int lane = threadIdx.x % 32;
+  Pick b{0.f, -1};
+  int first = INT_MAX;
+  for (int i = lane; i < n; i += 32) {
+    if (skip[i]) continue;
+    first = min(first, i);
+    if (const float x = v[i]; !isnan(x) && (b.e < 0 || x > b.v)) b = {x, i};
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    b = better(b, Pick{__shfl_xor_sync(0xffffffffu, b.v, o), __shfl_xor_sync(0xffffffffu, b.e, o)});
+    first = min(first, __shfl_xor_sync(0xffffffffu, first, o));
+  }
+  if (first == INT_MAX) return -1;
+  return isnan(v[first]) ? first : b.e;
+}
+
+// Shared memory per warp: scores [E] F32, group scores [64] F32, skip flags [E] and [64] bytes.
+constexpr size_t route_smem_per_warp(int E) { return ((size_t(E) + 64) * 5 + 15) / 16 * 16; }
+
 __global__ void route_kernel(MoeRouteArgs a) {
-  const int t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= a.T) return;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = blockIdx.x * kRouteWarps + warp;
+  if (t >= a.T) return;  // (whole warps: the shuffles below see all 32 lanes)
+  unsigned char* base = smem + size_t(warp) * route_smem_per_warp(a.E);
+  float* score = reinterpret_cast<float*>(base);  // [E] what is chosen by
+  float* gscore = score + a.E;                     // [64] per group: the sum of its two best
+  unsigned char* skip = reinterpret_cast<unsigned char*>(gscore + 64);  // [E] not a candidate (group dropped, taken)
+  unsigned char* kept = skip + a.E;                                       // [64] group chosen already
   const float* x = a.logits + int64_t(t) * a.ldl;
   auto sigmoid = [](float v) { return 1.f / (1.f + expf(-v)); };
-  auto choose = [&](int e) { return a.sigmoid_group ? sigmoid(x[e]) + (a.bias.p ? ld_param(a.bias, e) : 0.f) : x[e]; };
+  for (int e = lane; e < a.E; e += 32) {
+    score[e] = a.sigmoid_group ? sigmoid(x[e]) + (a.bias.p ? ld_param(a.bias, e) : 0.f) : x[e];
+    skip[e] = 0;
+  }
+  __syncwarp();
   // Groups kept (SigmoidGroup with topk_group < n_group): per group the sum of its two best, the best groups.
-  unsigned long long kept = ~0ull;
   const int per = a.E / a.n_group;
   if (a.sigmoid_group && a.topk_group < a.n_group) {
-    kept = 0;
-    for (int r = 0; r < a.topk_group; ++r) {
-      int best_g = -1;
-      float best = -INFINITY;
-      for (int g = 0; g < a.n_group; ++g) {
-        if (kept >> g & 1) continue;
-        float m1 = -INFINITY, m2 = -INFINITY;
-        for (int e = g * per; e < (g + 1) * per; ++e) {
-          const float v = choose(e);
-          if (v > m1) { m2 = m1; m1 = v; }
-          else if (v > m2) m2 = v;
-        }
-        const float s = m1 + (per > 1 ? m2 : 0.f);
-        if (best_g < 0 || s > best) { best = s; best_g = g; }
+    for (int g = lane; g < a.n_group; g += 32) {
+      float m1 = -INFINITY, m2 = -INFINITY;
+      for (int e = g * per; e < (g + 1) * per; ++e) {
+        const float v = score[e];
+        if (v > m1) { m2 = m1; m1 = v; }
+        else if (v > m2) m2 = v;
       }
-      kept |= 1ull << best_g;
+      gscore[g] = m1 + (per > 1 ? m2 : 0.f);
+      kept[g] = 0;
     }
+    __syncwarp();
+    for (int r = 0; r < a.topk_group; ++r) {
+      const int best_g = warp_argmax(gscore, kept, a.n_group);  // among the groups not kept yet
+      __syncwarp();
+      if (lane == 0 && best_g >= 0) kept[best_g] = 1;
+      __syncwarp();
+    }
+    for (int e = lane; e < a.E; e += 32) skip[e] = e / per >= a.n_group || !kept[e / per];  // (E % n_group: none kept)
+    __syncwarp();
   }
   int idx[kMaxTopK];
-  for (int j = 0; j < a.k; ++j) {  // the j-th best: the largest not yet taken, lowest index among equals
-    int best_e = -1;
-    float best = -INFINITY;
-    for (int e = 0; e < a.E; ++e) {
-      if (!(kept >> (e / per) & 1)) continue;
-      bool taken = false;
-      for (int q = 0; q < j; ++q) taken |= idx[q] == e;
-      if (taken) continue;
-      const float v = choose(e);
-      if (best_e < 0 || v > best) { best = v; best_e = e; }
-    }
-    idx[j] = best_e;
+  for (int j = 0; j < a.k; ++j) {
+    idx[j] = warp_argmax(score, skip, a.E);
+    __syncwarp();
+    if (lane == 0 && idx[j] >= 0) skip[idx[j]] = 1;
+    __syncwarp();
   }
+  if (lane != 0) return;
   float w[kMaxTopK], sum = 0.f;
   if (!a.sigmoid_group) {  // softmax over the k chosen logits
     const float m = x[idx[0]];
@@ -510,7 +555,9 @@ void moe_route(cudaStream_t st, const MoeRouteArgs& a) {
   if (a.T == 0) return;
   if (a.k > kMaxTopK) fail("cuda moe_route: num_experts_per_tok ", a.k, " exceeds ", kMaxTopK);
   if (a.sigmoid_group && a.n_group > 64) fail("cuda moe_route: n_group ", a.n_group, " exceeds 64");
-  route_kernel<<<ceil_div(a.T, 128), 128, 0, st>>>(a);
+  if (a.E > 1024) fail("cuda moe_route: ", a.E, " experts exceed 1024");
+  const size_t smem = kRouteWarps * route_smem_per_warp(a.E);  // ≤ 4 × 5.4 KB
+  route_kernel<<<ceil_div(a.T, kRouteWarps), 32 * kRouteWarps, smem, st>>>(a);
   CUDA_LAUNCH_CHECK();
 }
 
@@ -518,6 +565,7 @@ template <typename T>
 void moe_experts(cudaStream_t st, const MoeExpertsArgs& a) {
   if (a.T == 0) return;
   if (a.E > 1024) fail("cuda moe_experts: ", a.E, " experts exceed 1024");
+  if (a.k > kMaxTopK) fail("cuda moe_experts: num_experts_per_tok ", a.k, " exceeds ", kMaxTopK);
   const int Tk = a.T * a.k;
   SortOut o{a.index, a.index + Tk, a.index + 2 * Tk, a.index + 2 * Tk + a.E + 1};
   // Row tile: 16 when groups average under 32 rows (decode: weight streaming dominates, and a 64-row tile would
@@ -560,6 +608,7 @@ template <typename T>
 void moe_experts_backward(cudaStream_t st, const MoeExpertsBackwardArgs& a) {
   if (a.T == 0) return;
   if (a.E > 1024) fail("cuda moe_experts_backward: ", a.E, " experts exceed 1024");
+  if (a.k > kMaxTopK) fail("cuda moe_experts_backward: num_experts_per_tok ", a.k, " exceeds ", kMaxTopK);
   const int Tk = a.T * a.k;
   SortOut o{a.index, a.index + Tk, a.index + 2 * Tk, a.index + 2 * Tk + a.E + 1};
   sort_kernel<<<1, std::max(32, (a.E + 31) / 32 * 32), 0, st>>>(a.experts, a.lde, a.T, a.k, a.E, kBM, o);
