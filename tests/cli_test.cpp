@@ -107,6 +107,16 @@ TEST(Cli, BenchPercentOfGivenCeilings) {
     const double peak = row["rate_unit"] == "GB/s" ? 0.5 : 0.001;
     EXPECT_NEAR(row["pct_of_peak"].get<double>(), 100.0 * row["rate"].get<double>() / peak, 1e-9) << row;
   }
+  // Split over 2 ranks the rates are two devices': a share of twice the ceiling.
+  auto tp = run_bamba("bench --preset tiny --device cpu --reps 1 --tests tg2 --tp 2 --peak-gbps 0.5 --json " + json);
+  ASSERT_EQ(tp.exit_code, 0) << tp.err;
+  EXPECT_NE(tp.out.find("0.5 GB/s (HBM copy) and none (dense bf16 matmul) per device, × 2 ranks, given"), std::string::npos)
+      << tp.out;
+  std::ifstream f2(json);
+  auto j2 = nlohmann::json::parse(f2);
+  EXPECT_EQ(j2["ranks"].get<int>(), 2);
+  for (auto& row : j2["rows"])
+    EXPECT_NEAR(row["pct_of_peak"].get<double>(), 100.0 * row["rate"].get<double>() / (2 * 0.5), 1e-9) << row;
   std::filesystem::remove(json);
 }
 

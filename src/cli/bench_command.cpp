@@ -42,10 +42,11 @@ void register_bench(CLI::App& app) {
                   "decodeS@C: GiB for state slots + KV pages (as `bamba serve --cache-memory`); sequences beyond it "
                   "are left out and the row says how many ran (default: no budget)")
       ->check(CLI::NonNegativeNumber);
-  sub->add_option("--peak-gbps", o->peak_gbps, "The device's memory-bandwidth ceiling for \"% of peak\" (default: "
-                                               "measured for an H200 / H100 80GB HBM3, bench/NOTES.md; else none)")
+  sub->add_option("--peak-gbps", o->peak_gbps, "One device's memory-bandwidth ceiling for \"% of peak\" (default: "
+                                               "measured for an H200 / H100 80GB HBM3, bench/NOTES.md; else none; "
+                                               "with --tp N, of N devices)")
       ->check(CLI::NonNegativeNumber);
-  sub->add_option("--peak-tflops", o->peak_tflops, "The device's dense bf16 matmul ceiling for \"% of peak\" (default "
+  sub->add_option("--peak-tflops", o->peak_tflops, "One device's dense bf16 matmul ceiling for \"% of peak\" (default "
                                                    "as --peak-gbps)")
       ->check(CLI::NonNegativeNumber);
   sub->add_flag("--profile", o->profile, "After each test, one more run with every op timed alone (per-op table on "

@@ -317,6 +317,7 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
   rep.device = o.device;
   rep.params = cfg.parameter_count();
   rep.peak = known_ceilings(be->name(), be->activation_dtype() == DType::BF16);
+  rep.ranks = std::max(1, o.tensor_parallel_size);
   if (o.peak_gbps > 0 || o.peak_tflops > 0) {
     if (o.peak_gbps > 0) rep.peak.gbps = o.peak_gbps;
     if (o.peak_tflops > 0) rep.peak.tflops = o.peak_tflops;
@@ -389,8 +390,10 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
       rep.rows.push_back(run.decode_row(o.ssm_state == "bf16" ? t + " (bf16 state)" : t, S, o.decode_prompt, o.decode_steps));
     }
   }
+  // The ceilings are one device's; split over N ranks the rates are the N devices' together.
+  const double ranks = double(rep.ranks);
   for (BenchRow& r : rep.rows) {
-    const double peak = r.rate_unit == "TFLOP/s" ? rep.peak.tflops : rep.peak.gbps;
+    const double peak = ranks * (r.rate_unit == "TFLOP/s" ? rep.peak.tflops : rep.peak.gbps);
     r.pct_of_peak = peak > 0 && r.rate > 0 ? 100.0 * r.rate / peak : -1;
   }
   return rep;
@@ -415,7 +418,8 @@ void print_bench_table(const BenchReport& r, std::ostream& out) {
   } else {
     auto ceiling = [](double v, const char* unit) { return v > 0 ? cat(v, " ", unit) : std::string("none"); };
     out << "\n% of peak: of " << ceiling(r.peak.gbps, "GB/s") << " (HBM copy) and " << ceiling(r.peak.tflops, "TFLOP/s")
-        << " (dense bf16 matmul), " << r.peak.source << "\n";
+        << " (dense bf16 matmul)" << (r.ranks > 1 ? cat(" per device, × ", r.ranks, " ranks") : std::string()) << ", "
+        << r.peak.source << "\n";
   }
   if (!depth) return;
   out << "\ndecodeS@C (synthetic cache: KV pages and Mamba state filled with zeros, no prefill computed):\n\n";
@@ -430,7 +434,8 @@ void print_bench_table(const BenchReport& r, std::ostream& out) {
 
 std::string bench_json(const BenchReport& r) {
   nlohmann::json j = {{"model", r.model}, {"params", r.params}, {"backend", r.backend}, {"device", r.device},
-                      {"peak_gbps", r.peak.gbps}, {"peak_tflops", r.peak.tflops}, {"peak_source", r.peak.source}};
+                      {"peak_gbps", r.peak.gbps}, {"peak_tflops", r.peak.tflops}, {"peak_source", r.peak.source},
+                      {"ranks", r.ranks}};
   j["rows"] = nlohmann::json::array();
   for (auto& row : r.rows)
     j["rows"].push_back({{"test", row.test}, {"n_seqs", row.n_seqs}, {"tok_s", row.tok_s}, {"mean", row.mean},

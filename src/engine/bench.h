@@ -62,7 +62,8 @@ struct BenchRow {
 struct BenchReport {
   std::string model, backend, device;
   long long params = 0;
-  BenchCeilings peak;
+  BenchCeilings peak;  // one device's
+  int ranks = 1;       // devices the model is split over: "% of peak" is of ranks × peak
   std::vector<BenchRow> rows;
 };
 
