@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.h"
 
 namespace bamba {
@@ -28,6 +30,13 @@ TEST(Presets, EveryPresetParsesWithItsPublishedSize) {
   EXPECT_EQ(n.n_mamba_layers(), 24);
   EXPECT_NEAR(double(n.parameter_count()), 8.1e9, 0.3e9);
   EXPECT_NEAR(double(preset_config("bamba-9b").parameter_count()), 9.78e9, 0.05e9);
+  // The config.json `bamba init` writes spells what the published one does where other engines read it:
+  // llama.cpp's converter takes Nemotron-H's RMS epsilon from rms_norm_eps only (without it the GGUF does not load).
+  const auto nj = nlohmann::json::parse(preset_config_json("nemotron-h-8b"));
+  EXPECT_EQ(nj.value("rms_norm_eps", 0.0), 1e-5);
+  EXPECT_EQ(nj.value("layer_norm_epsilon", 0.0), 1e-5);
+  EXPECT_EQ(nj.value("attention_head_dim", 0), 128);
+  EXPECT_EQ(n.head_dim, 128);
   try {
     preset_config("llama-70b");
     ADD_FAILURE() << "no error";

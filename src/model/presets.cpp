@@ -41,14 +41,18 @@ const char* kGranite40hTiny = R"({
   "eos_token_id": 100257, "pad_token_id": 100256, "torch_dtype": "bfloat16"})";
 
 // nvidia/Nemotron-H-8B-Base-8K: 52 blocks (24 Mamba2, 4 attention, 24 relu² MLP), G = 8.
+// As nvidia/Nemotron-H-8B-Base-8K's config.json spells it: attention_head_dim, and rms_norm_eps beside
+// layer_norm_epsilon (transformers reads the latter; llama.cpp's converter only the former — without it the GGUF
+// has no RMS epsilon and llama.cpp refuses to load it, bench/NOTES.md v31).
 const char* kNemotronH8b = R"({
   "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "vocab_size": 131072,
   "hidden_size": 4096, "intermediate_size": 21504, "num_hidden_layers": 52,
   "hybrid_override_pattern": "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-",
-  "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "mlp_hidden_act": "relu2",
-  "mamba_num_heads": 128, "mamba_head_dim": 64, "ssm_state_size": 128, "n_groups": 8, "conv_kernel": 4,
-  "chunk_size": 128, "use_conv_bias": true, "use_bias": false, "mamba_proj_bias": false,
-  "layer_norm_epsilon": 1e-05, "max_position_embeddings": 8192, "tie_word_embeddings": false,
+  "num_attention_heads": 32, "num_key_value_heads": 8, "attention_head_dim": 128, "mlp_hidden_act": "relu2",
+  "mamba_num_heads": 128, "mamba_head_dim": 64, "ssm_state_size": 128, "n_groups": 8, "conv_kernel": 4, "expand": 2,
+  "chunk_size": 128, "use_conv_bias": true, "use_bias": false, "mamba_proj_bias": false, "mamba_hidden_act": "silu",
+  "layer_norm_epsilon": 1e-05, "rms_norm_eps": 1e-05, "max_position_embeddings": 8192, "tie_word_embeddings": false,
+  "residual_in_fp32": false, "rescale_prenorm_residual": true, "attention_bias": false, "mlp_bias": false,
   "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "torch_dtype": "bfloat16"})";
 
 }  // namespace
