@@ -1,6 +1,6 @@
 #!/bin/bash
 # Runs the kernels of src/backend/cuda/ssd_backward_chunked.cu, attention_backward_mma.cu, backward.cu,
-# cross_entropy.cu and gemv_mma.cu on the CPU, without a GPU or nvcc: every CUDA thread a std::thread,
+# cross_entropy.cu, gemv_mma.cu and moe.cu on the CPU, without a GPU or nvcc: every CUDA thread a std::thread,
 # __syncthreads a barrier, wmma tiles done by lane 0 of each warp, mma.sync and ldmatrix lane by lane from their
 # PTX fragment layouts, cp.async held back until its wait (include/ stands in for the CUDA headers), shared
 # memory filled with NaN patterns so that a read of anything unwritten shows. The launchers (<<<...>>>) are cut
@@ -8,10 +8,11 @@
 # CPU twins (grad::ssd_backward, grad::attention_backward, grad::conv1d_silu_backward,
 # grad::(gated_)rmsnorm_backward; the cross-entropy rows in double) on bf16-rounded inputs: odd sizes, several
 # sequences, G = 2 / GQA, state0, the dt clamp, partial RoPE, chunk tables of 64..256, rows with and without
-# 16-byte runs, both attention forms (mma, wmma); and the decode GEMV for bf16 and FP8 weights
-# (gemv_mma_emu.cpp). Checks indexing, fragment layouts, padding, masks, barriers and cp.async waits; not speed,
+# 16-byte runs, both attention forms (mma, wmma); the decode GEMV for bf16 and FP8 weights (gemv_mma_emu.cpp);
+# and moe.cu's router, sort, grouped tensor-core expert GEMMs (both tile shapes, SwiGLU / relu²) and combine
+# (moe_emu.cpp). Checks indexing, fragment layouts, padding, masks, barriers and cp.async waits; not speed,
 # races or the real mma's rounding.
-# Usage: tests/emu/run.sh [out-dir]   (about 8 min on two cores; EMU_ONLY="gemv_mma backward" runs those drivers)
+# Usage: tests/emu/run.sh [out-dir]   (about 8 min on two cores; EMU_ONLY="gemv_mma moe" runs those drivers)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/../../src
@@ -28,8 +29,13 @@ strip attention_backward_mma.cu '^void attention_backward_mma\(cudaStream_t st' 
 strip gemv_mma.cu '^bool gemv_mma\(cudaStream_t st' > "$out/gemv_mma_kernels_emu.inc"
 strip backward.cu '^// ---- launchers' > "$out/backward_kernels_emu.inc"
 strip cross_entropy.cu '^// ---- launcher' > "$out/cross_entropy_kernels_emu.inc"
+# moe.cu: also without the host helpers between the forward and backward kernels (experts_mma launches)
+awk '/^\/\/ The tensor-core path of moe_experts/{skip=1} /^\/\/ ---- backward/{skip=0}
+     /^void moe_route\(cudaStream_t st/{skip=1} /^}  \/\/ namespace bamba::cuda/{skip=0} !skip' \
+  "$src/backend/cuda/moe.cu" | sed 's/extern __shared__ __align__(16) unsigned char smem\[\];/unsigned char* smem = emu::dyn_smem();/' \
+  > "$out/moe_kernels_emu.inc"
 rc=0
-for t in ${EMU_ONLY:-ssd_backward_chunked attention_backward_mma backward cross_entropy gemv_mma}; do
+for t in ${EMU_ONLY:-ssd_backward_chunked attention_backward_mma backward cross_entropy gemv_mma moe}; do
   g++ -std=c++20 -O2 -pthread -I "$here/include" -I "$src" -I "$out" "$here/${t}_emu.cpp" "$src/core/dtype.cpp" \
     -o "$out/$t"
   echo "== $t"

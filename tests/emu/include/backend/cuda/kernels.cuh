@@ -1,6 +1,7 @@
 // Stand-in for src/backend/cuda/kernels.cuh when tests/emu/run.sh compiles the CUDA kernels for the CPU:
 // the few CUDA types and intrinsics those kernels use, on std::thread (blocks run one after another, every thread
-// of a block a std::thread, __syncthreads a std::barrier, warp sums through a per-warp barrier). Static __shared__
+// of a block a std::thread, __syncthreads a std::barrier, warp sums, shuffles and __syncwarp through a per-warp
+// barrier). Static __shared__
 // arrays become function statics: one copy, shared by the threads of the one block that runs at a time.
 #pragma once
 #include <algorithm>
@@ -25,10 +26,12 @@ inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static  // blocks run one after another: one array per kernel serves every block in turn
 namespace emu {
 struct Warp {
   float val[32];
+  int ival[32];            // the int shuffles
   const void* ptr[32];     // ldmatrix: each lane's row address (mma.cuh)
   uint32_t reg[32][10];    // mma: each lane's A, B and C registers (mma.cuh)
   std::barrier<> bar{32};
@@ -83,6 +86,17 @@ inline float __shfl_xor_sync(unsigned, float v, int m) {
   const int lane = int(emu::linear_tid() % 32);
   return warp_all(v, [lane, m](const float* x) { return x[lane ^ m]; });
 }
+inline int __shfl_xor_sync(unsigned, int v, int m) {
+  auto& w = emu::cur->warps[emu::linear_tid() / 32];
+  const int lane = int(emu::linear_tid() % 32);
+  w.ival[lane] = v;
+  w.bar.arrive_and_wait();
+  const int r = w.ival[lane ^ m];
+  w.bar.arrive_and_wait();
+  return r;
+}
+inline void __syncwarp() { emu::cur->warps[emu::linear_tid() / 32].bar.arrive_and_wait(); }
+using std::isnan;
 inline float __uint_as_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline float silu_f(float x) { return x / (1.f + std::exp(-x)); }
 inline uint4 __ldcs(const uint4* p) { return *p; }
@@ -123,6 +137,14 @@ struct SsdBwdArgs {
 struct AttnArgs {
   void* out; int64_t ldo; void* qkv; int64_t ldq; void* k_pages; void* v_pages; const float* inv_freq;
   int nq, nkv, dh, rot, block_size; float scale;
+};
+struct MoeRouteArgs {
+  const float* logits; int64_t ldl; PView bias; int32_t* experts; int64_t lde; float* weights; int64_t ldw;
+  int T, E, k; int sigmoid_group; int n_group, topk_group, norm_topk_prob; float routed_scaling;
+};
+struct MoeRouteBackwardArgs {
+  void* dlogits; int64_t ldd; const float* dweights; int64_t ldw; const float* logits; int64_t ldl;
+  const int32_t* experts; int64_t lde; int T, E, k; int sigmoid_group, norm_topk_prob; float routed_scaling;
 };
 using cudaStream_t = void*;
 using cudaEvent_t = void*;
