@@ -62,6 +62,27 @@ class CudaOps : public test::CudaTwinTest {
     gpu_->matmul(y.gpu, x.gpu, W.gpu, bias.gpu);
     expect_close(y, tol(), what);
   }
+  // moe_route on both backends from the same logits [T, E]: the experts each chose, as ints.
+  struct Routed {
+    Pair experts, weights;  // [T, k] I32, F32
+    std::vector<int32_t> cpu_experts, gpu_experts;
+  };
+  Routed route_both(const Pair& logits, const Pair& bias, const MoeOpsConfig& c) {
+    const int64_t T = logits.cpu.rows(), k = c.top_k;
+    Routed r{{cpu_->alloc(DType::I32, {T, k}), gpu_->alloc(DType::I32, {T, k})}, zeros(DType::F32, {T, k}), {}, {}};
+    cpu_->moe_route(r.experts.cpu, r.weights.cpu, logits.cpu, bias.cpu, c);
+    gpu_->moe_route(r.experts.gpu, r.weights.gpu, logits.gpu, bias.gpu, c);
+    r.cpu_experts.resize(size_t(T * k));
+    r.gpu_experts.resize(size_t(T * k));
+    std::memcpy(r.cpu_experts.data(), r.experts.cpu.data, r.cpu_experts.size() * 4);
+    // I32 through to_host_f32 would convert; read the raw ints through a byte-exact F32 view instead.
+    Tensor raw = r.experts.gpu;
+    raw.dtype = DType::F32;
+    std::vector<float> tmp(r.gpu_experts.size());
+    gpu_->to_host_f32(raw, tmp.data());
+    std::memcpy(r.gpu_experts.data(), tmp.data(), r.gpu_experts.size() * 4);
+    return r;
+  }
   static Pair cols(const Pair& p, int64_t a, int64_t b) { return {p.cpu.slice_cols(a, b), p.gpu.slice_cols(a, b)}; }
   static Pair rows(const Pair& p, int64_t a, int64_t b) { return {p.cpu.slice_rows(a, b), p.gpu.slice_rows(a, b)}; }
 
@@ -285,22 +306,9 @@ TEST_P(CudaOps, MoeRoutingAndGroupedExperts) {
     const int64_t T = cs.T, E = cs.E, k = cs.k, H = cs.H, F = cs.F, U = cs.act == ExpertAct::SwiGLU ? 2 * F : F;
     const MoeOpsConfig c{E, k, cs.routing, cs.n_group, cs.topk_group, true, 2.5f};
     Pair logits = make(DType::F32, {T, E}, -3, 3), bias = make(DType::F32, {E}, -0.3f, 0.3f);
-    Pair experts{cpu_->alloc(DType::I32, {T, k}), gpu_->alloc(DType::I32, {T, k})};
-    Pair weights = zeros(DType::F32, {T, k});
-    cpu_->moe_route(experts.cpu, weights.cpu, logits.cpu, bias.cpu, c);
-    gpu_->moe_route(experts.gpu, weights.gpu, logits.gpu, bias.gpu, c);
-    std::vector<int32_t> ec(size_t(T * k)), eg(size_t(T * k));
-    std::memcpy(ec.data(), experts.cpu.data, ec.size() * 4);
-    gpu_->synchronize();
-    {
-      std::vector<float> tmp(ec.size());
-      // I32 through to_host_f32 would convert; read the raw ints through a byte-exact F32 view instead.
-      Tensor raw = experts.gpu;
-      raw.dtype = DType::F32;
-      gpu_->to_host_f32(raw, tmp.data());
-      std::memcpy(eg.data(), tmp.data(), eg.size() * 4);
-    }
-    EXPECT_EQ(eg, ec) << "experts chosen, T=" << T;
+    const Routed rt = route_both(logits, bias, c);
+    const Pair &experts = rt.experts, &weights = rt.weights;
+    EXPECT_EQ(rt.gpu_experts, rt.cpu_experts) << "experts chosen, T=" << T;
     expect_close(weights, kTolF32, "routing weights, T=" + std::to_string(T));
 
     Pair x = make(act(), {T, H}, -1, 1), up = make(act(), {E, U, H}, -0.3f, 0.3f), down = make(act(), {E, H, F}, -0.3f, 0.3f);
@@ -336,19 +344,9 @@ TEST_P(CudaOps, MoeRoutingTiesInfAndOddExpertCounts) {
     gpu_->from_host_f32(logits.gpu, v.data());
     Pair bias = make(DType::F32, {E}, -0.3f, 0.3f);
     const MoeOpsConfig c{E, k, cs.routing, cs.n_group, cs.topk_group, true, 2.5f};
-    Pair experts{cpu_->alloc(DType::I32, {T, k}), gpu_->alloc(DType::I32, {T, k})};
-    Pair weights = zeros(DType::F32, {T, k});
-    cpu_->moe_route(experts.cpu, weights.cpu, logits.cpu, bias.cpu, c);
-    gpu_->moe_route(experts.gpu, weights.gpu, logits.gpu, bias.gpu, c);
-    std::vector<int32_t> ec(size_t(T * k)), eg(size_t(T * k));
-    std::memcpy(ec.data(), experts.cpu.data, ec.size() * 4);
-    Tensor raw = experts.gpu;  // the ints through a byte-exact F32 view
-    raw.dtype = DType::F32;
-    std::vector<float> tmp(eg.size());
-    gpu_->to_host_f32(raw, tmp.data());
-    std::memcpy(eg.data(), tmp.data(), eg.size() * 4);
-    EXPECT_EQ(eg, ec) << "experts chosen, E=" << E << ", k=" << k;
-    const std::vector<float> wc = host(*cpu_, weights.cpu), wg = host(*gpu_, weights.gpu);
+    const Routed rt = route_both(logits, bias, c);
+    EXPECT_EQ(rt.gpu_experts, rt.cpu_experts) << "experts chosen, E=" << E << ", k=" << k;
+    const std::vector<float> wc = host(*cpu_, rt.weights.cpu), wg = host(*gpu_, rt.weights.gpu);
     for (size_t i = 0; i < wc.size(); ++i)
       if (std::isfinite(wc[i])) EXPECT_NEAR(wg[i], wc[i], 1e-6f * (1 + std::fabs(wc[i]))) << "weight " << i << ", E=" << E;
       else EXPECT_EQ(std::isnan(wg[i]), std::isnan(wc[i])) << "weight " << i << ", E=" << E;
