@@ -1,8 +1,8 @@
 // Stand-in for src/backend/cuda/kernels.cuh when tests/emu/run.sh compiles the CUDA kernels for the CPU:
 // the few CUDA types and intrinsics those kernels use, on std::thread (blocks run one after another, every thread
 // of a block a std::thread, __syncthreads a std::barrier, warp sums, shuffles and __syncwarp through a per-warp
-// barrier). Static __shared__
-// arrays become function statics: one copy, shared by the threads of the one block that runs at a time.
+// barrier). Static __shared__ arrays become function statics: one copy, shared by the threads of the one block that
+// runs at a time.
 #pragma once
 #include <algorithm>
 #include <barrier>
