@@ -1,14 +1,15 @@
 // The mixture-of-experts kernels of src/backend/cuda/moe.cu run on the CPU by tests/emu/run.sh (see there):
 // 1. route_kernel (a warp per token) against the CPU twin's rule — the k largest, largest first, the lowest index
 //    among equals; DeepSeek-V3's grouped sigmoid routing keeps the experts of the topk_group groups whose two best
-//    scores sum highest — on scores with ties everywhere, -inf rows, E not a multiple of the warp, 4 tokens a block
-//    with a last block part empty; the weights within 1e-6.
+//    scores sum highest — on scores with ties everywhere, -inf rows, E not a multiple of the warp (nor of n_group),
+//    4 tokens a block with a last block part empty; the weights within 1e-6.
 // 2. sort_kernel, grouped_mma_kernel (the tensor-core tiles: 16 × 64 as decode takes them and 64 × 128 as prompts
 //    do; SwiGLU and relu² fused into the up GEMM) and combine_kernel, as moe_experts launches them, against a
 //    float64 sum over the same bf16 numbers (act and down rows rounded to bf16 where the kernels store bf16).
 #include "backend/cuda/kernels.cuh"
 #include "backend/cuda/mma.cuh"
 #include "moe_kernels_emu.inc"
+#include "backend/cpu/grad_kernels.h"
 #include <cstdio>
 #include <numeric>
 #include <random>
@@ -20,48 +21,15 @@ struct Prompt { static constexpr int bm = 64, bn = 128, wm = 2, wn = 2; };
 
 static float rb(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
 
-// The CPU twin's choice (src/backend/cpu/cpu_backend.cpp moe_route), written again: experts, weights [T, k].
+// The CPU twin's routing (grad::moe_route, which CpuBackend::moe_route runs): experts, weights [T, k].
 static void route_reference(const MoeRouteArgs& a, std::vector<int>& ex, std::vector<float>& w) {
   ex.assign(size_t(a.T) * a.k, -1);
   w.assign(size_t(a.T) * a.k, 0.f);
-  for (int t = 0; t < a.T; ++t) {
-    const float* x = a.logits + int64_t(t) * a.ldl;
-    std::vector<float> score(size_t(a.E)), choose(size_t(a.E));
-    for (int e = 0; e < a.E; ++e) {
-      score[size_t(e)] = a.sigmoid_group ? 1.f / (1.f + std::exp(-x[e])) : x[e];
-      choose[size_t(e)] = score[size_t(e)] + (a.sigmoid_group && a.bias.p ? ld_param(a.bias, e) : 0.f);
-    }
-    std::vector<char> cand(size_t(a.E), 1);
-    if (a.sigmoid_group && a.topk_group < a.n_group) {
-      const int per = a.E / a.n_group;
-      std::vector<std::pair<float, int>> groups;
-      for (int g = 0; g < a.n_group; ++g) {
-        std::vector<float> v(choose.begin() + g * per, choose.begin() + (g + 1) * per);
-        std::partial_sort(v.begin(), v.begin() + std::min(2, per), v.end(), std::greater<float>());
-        groups.push_back({v[0] + (per > 1 ? v[1] : 0.f), g});
-      }
-      std::stable_sort(groups.begin(), groups.end(), [](auto& p, auto& q) { return p.first > q.first; });
-      for (int r = a.topk_group; r < a.n_group; ++r)
-        for (int e = 0; e < per; ++e) cand[size_t(groups[size_t(r)].second * per + e)] = 0;
-    }
-    std::vector<int> order;
-    for (int e = 0; e < a.E; ++e)
-      if (cand[size_t(e)]) order.push_back(e);
-    std::partial_sort(order.begin(), order.begin() + a.k, order.end(), [&](int p, int q) {
-      return choose[size_t(p)] > choose[size_t(q)] || (choose[size_t(p)] == choose[size_t(q)] && p < q);
-    });
-    float sum = 0.f;
-    for (int j = 0; j < a.k; ++j) {
-      const int e = order[size_t(j)];
-      ex[size_t(t) * a.k + j] = e;
-      w[size_t(t) * a.k + j] = a.sigmoid_group ? score[size_t(e)] : std::exp(x[e] - x[order[0]]);
-      sum += w[size_t(t) * a.k + j];
-    }
-    for (int j = 0; j < a.k; ++j) {
-      float& v = w[size_t(t) * a.k + j];
-      v = !a.sigmoid_group ? v / sum : (a.norm_topk_prob ? v / (sum + 1e-20f) : v) * a.routed_scaling;
-    }
-  }
+  std::vector<float> bias(size_t(a.E));
+  for (int e = 0; e < a.E; ++e) bias[size_t(e)] = a.bias.p ? ld_param(a.bias, e) : 0.f;
+  const bamba::grad::MoeRouteDims d{!a.sigmoid_group, a.norm_topk_prob != 0, a.routed_scaling};
+  bamba::grad::moe_route<float>({ex.data(), a.T, a.k, a.k}, {w.data(), a.T, a.k, a.k}, {a.logits, a.T, a.E, a.ldl},
+                                bias.data(), a.n_group, a.topk_group, d);
 }
 
 int main() {
@@ -73,7 +41,8 @@ int main() {
   struct RouteCase { int T, E, k, sigmoid_group, n_group, topk_group; bool ties; };
   for (const RouteCase& rc : {RouteCase{6, 7, 3, 0, 1, 1, true}, RouteCase{9, 64, 6, 0, 1, 1, false},
                               RouteCase{5, 100, 8, 0, 1, 1, true}, RouteCase{7, 100, 6, 1, 4, 2, true},
-                              RouteCase{3, 64, 6, 1, 8, 3, false}, RouteCase{4, 40, 4, 1, 1, 1, true}}) {
+                              RouteCase{3, 64, 6, 1, 8, 3, false}, RouteCase{4, 40, 4, 1, 1, 1, true},
+                              RouteCase{5, 30, 4, 1, 4, 2, false}}) {
     const int ld = rc.E + 3;
     std::vector<float> logits(size_t(rc.T) * ld, NAN), bias(size_t(rc.E));
     for (int t = 0; t < rc.T; ++t)

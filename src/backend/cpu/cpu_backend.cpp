@@ -379,51 +379,10 @@ class CpuBackend final : public Backend {
   }
 
   void moe_route(Tensor experts, Tensor weights, Tensor logits, Tensor bias, const MoeOpsConfig& c) override {
-    const int64_t E = c.n_experts, k = c.top_k;
-    std::vector<float> score(static_cast<size_t>(E)), choose(static_cast<size_t>(E));
-    std::vector<int32_t> order(static_cast<size_t>(E));
-    // The k largest of `choose`, largest first, lower index first among equals.
-    auto top_k = [&](int32_t* out) {
-      for (int32_t e = 0; e < E; ++e) order[size_t(e)] = e;
-      std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-        return choose[size_t(a)] > choose[size_t(b)] || (choose[size_t(a)] == choose[size_t(b)] && a < b);
-      });
-      std::copy_n(order.begin(), k, out);
-    };
-    for (int64_t t = 0; t < logits.rows(); ++t) {
-      const float* x = row(logits, t);
-      int32_t* idx = experts.ptr<int32_t>() + t * experts.ld;
-      float* w = row_mut(weights, t);
-      if (c.routing == MoeRouting::SoftmaxTopK) {
-        std::copy_n(x, E, choose.begin());
-        top_k(idx);
-        const float m = x[idx[0]];
-        float sum = 0.f;
-        for (int64_t j = 0; j < k; ++j) sum += (w[j] = std::exp(x[idx[j]] - m));
-        for (int64_t j = 0; j < k; ++j) w[j] /= sum;
-        continue;
-      }
-      for (int64_t e = 0; e < E; ++e) {
-        score[size_t(e)] = 1.f / (1.f + std::exp(-x[e]));
-        choose[size_t(e)] = score[size_t(e)] + (bias ? bias.ptr<float>()[e] : 0.f);
-      }
-      if (c.topk_group < c.n_group) {  // keep the experts of the topk_group best groups
-        const int64_t per = E / c.n_group;
-        std::vector<std::pair<float, int64_t>> groups;
-        for (int64_t g = 0; g < c.n_group; ++g) {
-          std::vector<float> v(choose.begin() + g * per, choose.begin() + (g + 1) * per);
-          std::partial_sort(v.begin(), v.begin() + std::min<int64_t>(2, per), v.end(), std::greater<float>());
-          groups.push_back({v[0] + (per > 1 ? v[1] : 0.f), g});
-        }
-        std::stable_sort(groups.begin(), groups.end(), [](auto& a, auto& b) { return a.first > b.first; });
-        for (int64_t r = c.topk_group; r < c.n_group; ++r)
-          for (int64_t e = 0; e < per; ++e) choose[size_t(groups[size_t(r)].second * per + e)] = -INFINITY;
-      }
-      top_k(idx);
-      float sum = 0.f;
-      for (int64_t j = 0; j < k; ++j) sum += (w[j] = score[size_t(idx[j])]);
-      for (int64_t j = 0; j < k; ++j) w[j] = (c.norm_topk_prob ? w[j] / (sum + 1e-20f) : w[j]) * c.routed_scaling;
-    }
+    const grad::MoeRouteDims d{c.routing == MoeRouting::SoftmaxTopK, c.norm_topk_prob, c.routed_scaling};
+    const grad::Mat<int32_t> ex{experts.ptr<int32_t>(), experts.rows(), c.top_k, experts.ld};
+    grad::moe_route<float>(ex, mat(weights).cols_slice(0, c.top_k), mat(logits).cols_slice(0, c.n_experts), vec(bias),
+                           c.n_group, c.topk_group, d);
   }
 
   // Expert by expert: gather its tokens, one GEMM up, the activation, one GEMM down, scatter-add × weight.

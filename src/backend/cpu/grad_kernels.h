@@ -184,6 +184,44 @@ void moe_route_weights(Mat<T> weights, Mat<const T> logits, Mat<const int32_t> e
     for (int64_t j = 0; j < k; ++j) w[j] = (d.norm_topk_prob ? w[j] / (sum + T(1e-20)) : w[j]) * T(d.routed_scaling);
   }
 }
+// The routing forward: experts [T, k] (=), each token's k largest, largest first, the lower index first among equals
+// (the CUDA router's rule, tests/emu/moe_emu.cpp), chosen on the logits (softmax) or on σ(logits) + bias (sigmoid:
+// the correction bias only chooses); with topk_group < n_group only the experts of the topk_group groups whose two
+// best sum highest are candidates (DeepSeek-V3's grouped routing; the lower group first among equals; experts of a
+// dropped group, or past the last whole group, are never chosen, not even over -inf). Then weights [T, k] (=) as
+// moe_route_weights gives them. bias [E] or null.
+template <typename T>
+void moe_route(Mat<int32_t> experts, Mat<T> weights, Mat<const T> logits, const T* bias, int64_t n_group,
+               int64_t topk_group, const MoeRouteDims& d) {
+  const int64_t E = logits.cols, k = experts.cols, per = E / n_group;
+  const bool grouped = !d.softmax && topk_group < n_group;
+  std::vector<T> choose(static_cast<size_t>(E));
+  std::vector<int32_t> order;
+  std::vector<std::pair<T, int64_t>> groups;
+  for (int64_t t = 0; t < logits.rows; ++t) {
+    const T* x = logits[t];
+    for (int64_t e = 0; e < E; ++e) choose[size_t(e)] = d.softmax ? x[e] : sigmoid(x[e]) + (bias ? bias[e] : T(0));
+    order.clear();
+    if (grouped) {
+      groups.clear();
+      for (int64_t g = 0; g < n_group; ++g) {
+        std::vector<T> v(choose.begin() + g * per, choose.begin() + (g + 1) * per);
+        std::partial_sort(v.begin(), v.begin() + std::min<int64_t>(2, per), v.end(), std::greater<T>());
+        groups.push_back({v[0] + (per > 1 ? v[1] : T(0)), g});
+      }
+      std::stable_sort(groups.begin(), groups.end(), [](auto& a, auto& b) { return a.first > b.first; });
+      for (int64_t r = 0; r < topk_group; ++r)
+        for (int64_t e = 0; e < per; ++e) order.push_back(int32_t(groups[size_t(r)].second * per + e));
+    } else {
+      for (int64_t e = 0; e < E; ++e) order.push_back(int32_t(e));
+    }
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+      return choose[size_t(a)] > choose[size_t(b)] || (choose[size_t(a)] == choose[size_t(b)] && a < b);
+    });
+    std::copy_n(order.begin(), k, experts[t]);
+  }
+  moe_route_weights<T>(weights, logits, experts, d);
+}
 // dlogits [T, E] (=, zero outside the chosen experts) from dweights [T, k].
 //   softmax: w = softmax(x_sel), dx_j = w_j (dw_j − Σ_i w_i dw_i)
 //   sigmoid: w_j = c·s_j / (S + ε), S = Σ s: ds_m = c (dw_m / (S + ε) − Σ_j dw_j s_j / (S + ε)²); dx = ds·s(1 − s)
