@@ -866,7 +866,7 @@ TEST_P(CudaTrainModel, GradientsEqualPyTorchAndRepeatBitForBit) {
               mc.model.c_str(), std::string(dtype_name(mc.dtype)).c_str(), res.loss, want_loss, worst_name.c_str(),
               worst, f32 ? "against PyTorch" : "against the CPU twin", worst_ref, worst_ref_name.c_str(), n);
   // the same step again, and again with activation checkpointing (layers recomputed in the backward): the same bits
-  for (bool ckpt : {false, true}) {
+  for (Checkpointing ckpt : {Checkpointing::Off, Checkpointing::Full, Checkpointing::Selective}) {
     TrainOptions o = opt;
     o.activation_checkpointing = ckpt;
     TrainResult res2;
@@ -874,7 +874,10 @@ TEST_P(CudaTrainModel, GradientsEqualPyTorchAndRepeatBitForBit) {
     EXPECT_EQ(res.loss, res2.loss);
     for (auto& [name, v] : got)
       EXPECT_EQ(0, std::memcmp(v.data(), again[name].data(), v.size() * 4))
-          << name << " differs between two runs" << (ckpt ? " (the second with activation checkpointing)" : "");
+          << name << " differs between two runs"
+          << (ckpt == Checkpointing::Full        ? " (the second with activation checkpointing)"
+              : ckpt == Checkpointing::Selective ? " (the second with selective activation checkpointing)"
+                                                 : "");
   }
 }
 

@@ -273,23 +273,29 @@ TEST_P(FamilyTrain, BatchEqualsTheSumOfItsRowsAlone) {
   release_weights(cfg, parts, *f.be);
 }
 
-// Activation checkpointing recomputes each layer in the backward: the same bits.
+// Activation checkpointing recomputes each layer (Full) or what lies between its projections (Selective) in the
+// backward: the same bits.
 TEST_P(FamilyTrain, CheckpointingChangesNothing) {
   Fixture f(GetParam());
   NEED_FIXTURE(f);
   const ModelConfig& cfg = f.cfg();
   TrainBatch b = random_batch(cfg, 2, 29, 4);
-  ModelWeights a = zeros_like_weights(cfg, *f.be), c = zeros_like_weights(cfg, *f.be);
+  ModelWeights a = zeros_like_weights(cfg, *f.be);
   TrainOptions opt;
   const double la = f.model->forward_backward(b, a, opt).loss;
-  opt.activation_checkpointing = true;
-  const double lc = f.model->forward_backward(b, c, opt).loss;
-  EXPECT_EQ(la, lc);
-  const auto ga = hf_tensors(cfg, a), gc = hf_tensors(cfg, c);
-  for (size_t p = 0; p < ga.size(); ++p)
-    ASSERT_EQ(std::memcmp(ga[p].t.data, gc[p].t.data, size_t(ga[p].t.numel()) * 4), 0) << ga[p].name;
+  const auto ga = hf_tensors(cfg, a);
+  for (Checkpointing mode : {Checkpointing::Full, Checkpointing::Selective}) {
+    SCOPED_TRACE(mode == Checkpointing::Full ? "full" : "selective");
+    ModelWeights c = zeros_like_weights(cfg, *f.be);
+    opt.activation_checkpointing = mode;
+    const double lc = f.model->forward_backward(b, c, opt).loss;
+    EXPECT_EQ(la, lc);
+    const auto gc = hf_tensors(cfg, c);
+    for (size_t p = 0; p < ga.size(); ++p)
+      ASSERT_EQ(std::memcmp(ga[p].t.data, gc[p].t.data, size_t(ga[p].t.numel()) * 4), 0) << ga[p].name;
+    release_weights(cfg, c, *f.be);
+  }
   release_weights(cfg, a, *f.be);
-  release_weights(cfg, c, *f.be);
 }
 
 // AdamW's decay split by HF name: norms, biases, A_log, D and dt_bias are not decayed, the matrices (and the
@@ -299,7 +305,7 @@ TEST_P(FamilyTrain, DecaySplitAndACheckpointThatLoadsBack) {
   Fixture f(GetParam());
   NEED_FIXTURE(f);
   const ModelConfig& cfg = f.cfg();
-  HybridTrainable tr(*f.model, 0.f, false);
+  HybridTrainable tr(*f.model, 0.f);
   std::vector<ParamRef> params = tr.params();
   int decayed = 0;
   for (const ParamRef& p : params) {

@@ -72,6 +72,14 @@ TEST_F(TrainCli, BenchRunsWithoutAConfig) {
   EXPECT_NE(r.out.find("train bench: "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("| ssd_backward |"), std::string::npos) << r.out;
   EXPECT_NE(r.err.find("activation checkpointing"), std::string::npos) << r.err;
+  r = run_bamba("train --bench --preset tiny --seq-len 32 --bench-steps 1 --activation-checkpointing=selective "
+                "--peak-tflops 1");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("selective activation checkpointing"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("(HFU at 6."), std::string::npos) << r.out;  // 6N + 2 × the MLPs' up projections
+  r = run_bamba("train --bench --preset tiny --activation-checkpointing=some");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("some not in {full,selective}"), std::string::npos) << r.err;
   r = run_bamba("train");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("a config file is required (or --bench)"), std::string::npos) << r.err;

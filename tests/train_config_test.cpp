@@ -91,7 +91,7 @@ eval_tokens: 8192
   EXPECT_EQ(c.decay_shape, LrSchedule::DecayShape::Sqrt);
   EXPECT_EQ(c.warmup, LrSchedule::Warmup::Linear);
   EXPECT_EQ(c.precision, Precision::Bf16Memory);
-  EXPECT_TRUE(c.activation_checkpointing);
+  EXPECT_EQ(c.activation_checkpointing, Checkpointing::Full);
   EXPECT_TRUE(c.loss_sum);
   EXPECT_DOUBLE_EQ(c.z_loss, 1e-4);
   EXPECT_EQ(c.save_every, 5);
@@ -143,7 +143,12 @@ TEST(TrainConfig, ErrorsNameTheLineAndField) {
             std::string::npos);
   EXPECT_NE(error_of("schedule: {name: cosine, decay_steps: 5}\n").find("only the wsd schedule reads it"),
             std::string::npos);
-  EXPECT_NE(error_of("activation_checkpointing: maybe\n").find("expected true or false"), std::string::npos);
+  EXPECT_NE(error_of("activation_checkpointing: maybe\n").find("expected true, false, full or selective, got \"maybe\""),
+            std::string::npos);
+  EXPECT_EQ(parse_train_config("activation_checkpointing: selective\n", "t.yml").activation_checkpointing,
+            Checkpointing::Selective);
+  EXPECT_EQ(parse_train_config("activation_checkpointing: full\n", "t.yml").activation_checkpointing, Checkpointing::Full);
+  EXPECT_EQ(parse_train_config("activation_checkpointing: no\n", "t.yml").activation_checkpointing, Checkpointing::Off);
   EXPECT_NE(error_of("max_shard_size: 5 parsecs\n").find("max_shard_size: size \"5 parsecs\""), std::string::npos);
   EXPECT_NE(error_of("seq_len: [1\n").find("t.yml:"), std::string::npos);  // not YAML
   EXPECT_NE(error_of("- 1\n- 2\n").find("expected a YAML map"), std::string::npos);

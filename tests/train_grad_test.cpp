@@ -340,9 +340,12 @@ TEST_P(TrainGrad, ChunkSizesRepeatsAndCheckpointingChangeNothing) {
   TrainOptions opt;
   opt.ce_chunk_rows = 1;  // cross-entropy a row at a time: only the summation order of dW may differ
   expect_grads_close(a.run(b, nullptr, opt), ga, 1e-6, "ce_chunk_rows 1");
-  TrainOptions ckpt;
-  ckpt.activation_checkpointing = true;  // layers recomputed in the backward: the same bits
-  expect_grads_close(a.run(b, nullptr, ckpt), ga, 0, "activation checkpointing");
+  for (Checkpointing c : {Checkpointing::Full, Checkpointing::Selective}) {  // recomputed in the backward: the same bits
+    TrainOptions ckpt;
+    ckpt.activation_checkpointing = c;
+    expect_grads_close(a.run(b, nullptr, ckpt), ga, 0,
+                       c == Checkpointing::Full ? "activation checkpointing" : "selective activation checkpointing");
+  }
 }
 
 // Central differences of the fp32 loss at the largest-gradient element of every tensor: a coarse check of the

@@ -55,7 +55,7 @@ struct TrainArgs {
   bool bench = false, profile = false;
   std::string preset;
   int64_t bench_steps = 3, bench_layers = 0, bench_seq_len = 0, bench_batch_tokens = 0;
-  bool bench_checkpointing = false;
+  std::string bench_checkpointing;  // --activation-checkpointing[=full|selective]
   std::string bench_precision;
   int nproc = 1;  // data-parallel ranks as threads of this process
 };
@@ -309,7 +309,9 @@ void run_train_bench(const TrainArgs& a) {
   OpProfiler prof(*device);  // forwards only, unless --profile
   Backend* be = &prof;
   HybridModel model(mc, dummy_weights(mc, *be, cfg.seed), *be);
-  const bool checkpointing = cfg.activation_checkpointing || a.bench_checkpointing;
+  const Checkpointing checkpointing = a.bench_checkpointing == "selective" ? Checkpointing::Selective
+                                      : a.bench_checkpointing == "full"    ? Checkpointing::Full
+                                                                           : cfg.activation_checkpointing;
   HybridTrainable tr(model, float(cfg.z_loss), checkpointing);
   std::vector<ParamRef> params = tr.params();
   AdamWOptions o;
@@ -337,7 +339,9 @@ void run_train_bench(const TrainArgs& a) {
                a.bench_layers > 0 ? cat(" (first ", mc.num_hidden_layers, " layers)").c_str() : "", n_params,
                accum > 1 ? cat(accum, " micro-batches of ").c_str() : "", (long long)b.rows, (long long)b.cols,
                precision_name(cfg.precision).c_str(),
-               checkpointing ? ", activation checkpointing" : "",
+               checkpointing == Checkpointing::Full        ? ", activation checkpointing"
+               : checkpointing == Checkpointing::Selective ? ", selective activation checkpointing"
+                                                           : "",
                be->name().c_str());
   // Clipping's factor goes into AdamW (as the trainer does); BAMBA_BENCH_CLIP=scale scales every gradient in a
   // pass of its own first, as before, for comparisons.
@@ -385,9 +389,13 @@ void run_train_bench(const TrainArgs& a) {
               flops / 1e12);
   if (a.peak_tflops > 0) {
     std::printf(", MFU %.1f%% of %g TFLOP/s", 100.0 * flops / (a.peak_tflops * 1e12), a.peak_tflops);
-    // MFU counts the model's 6N; checkpointing's recomputed forward (2N more) is work the hardware did as well.
-    if (checkpointing)
-      std::printf(" (HFU at 8N: %.1f%%)", 100.0 * flops * 8.0 / 6.0 / (a.peak_tflops * 1e12));
+    // MFU counts the model's 6N; checkpointing's recomputed forward is work the hardware did as well (HFU): 2N
+    // more when whole layers run again, 2 × the MLPs' up projections when only they do (Selective).
+    if (checkpointing != Checkpointing::Off) {
+      const double re = checkpointing == Checkpointing::Full ? n_params : double(mc.mlp_up_parameter_count());
+      std::printf(" (HFU at %.2fN: %.1f%%)", 6.0 + 2.0 * re / n_params,
+                  100.0 * flops * (6.0 + 2.0 * re / n_params) / 6.0 / (a.peak_tflops * 1e12));
+    }
   }
   const int64_t peak = be->peak_memory_bytes();
   if (peak >= 0) std::printf(", peak memory %.2f GiB", double(peak) / double(1ll << 30));
@@ -406,8 +414,11 @@ void register_train(CLI::App& app) {
   cmd->add_flag("--bench", a->bench,
                 "time optimizer steps on generated weights and random tokens (no data, no checkpoints): tok/s, MFU "
                 "(with --peak-tflops), peak device memory");
-  cmd->add_flag("--activation-checkpointing", a->bench_checkpointing,
-                "--bench: recompute each layer's activations in the backward (as the config's activation_checkpointing)");
+  cmd->add_flag("--activation-checkpointing{full}", a->bench_checkpointing,
+                "--bench: recompute each layer's activations in the backward; =selective keeps the projections' "
+                "outputs and recomputes only the norms, conv, scan and MLP up projection (as the config's "
+                "activation_checkpointing)")
+      ->check(CLI::IsMember({"full", "selective"}));
   cmd->add_option("--precision", a->bench_precision, "--bench: bf16-mixed, bf16-memory or fp32 (default: the config's)")
       ->check(CLI::IsMember({"bf16-mixed", "bf16-memory", "fp32"}));
   cmd->add_flag("--profile", a->profile, "--bench: then one step with every op timed alone (a per-op table)");

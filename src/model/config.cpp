@@ -78,6 +78,20 @@ int64_t ModelConfig::routed_expert_parameter_count() const {
   return n;
 }
 
+int64_t ModelConfig::mlp_up_parameter_count() const {
+  const int64_t H = hidden_size, glu = family == Family::GraniteMoeHybrid ? shared_intermediate_size : intermediate_size;
+  int64_t n = 0;
+  for (MlpKind k : mlp_kinds) switch (k) {
+      case MlpKind::None: break;
+      case MlpKind::SwiGLU: n += 2 * glu * H; break;
+      case MlpKind::Relu2: n += intermediate_size * H; break;
+      case MlpKind::MoE:
+        n += num_experts * H + (moe_router == MoeRouter::SoftmaxTopK ? 2 : 1) * shared_intermediate_size * H;
+        break;
+    }
+  return n;
+}
+
 namespace {
 
 // An upper bound on the parameter count, as if every layer had every block, computed in double (no overflow).

@@ -141,6 +141,9 @@ struct ModelConfig {
   int64_t mlp_width() const;          // widest dense feed-forward (workspace sizing)
   int64_t parameter_count() const;
   int64_t routed_expert_parameter_count() const;  // all MoE layers' routed experts; a token uses k/E of them
+  // The dense MLPs' up projections (gate | up; an MoE layer's shared expert's and its router): the matmuls that
+  // Selective activation checkpointing runs again (model/hybrid.h Checkpointing), for the train bench's HFU.
+  int64_t mlp_up_parameter_count() const;
 };
 
 // Parses config.json text; `label` (usually the path) prefixes every error, which names the field and what was

@@ -68,6 +68,17 @@ struct TrainBatch {
   std::vector<int32_t> seq_start;
 };
 
+// What the training forward keeps for the backward; the rest is recomputed just before a layer's backward. The ops
+// are deterministic, so every choice gives the same bits (tested).
+//   Off        every activation of every layer: no recompute, the most memory.
+//   Full       each layer's input only; the whole layer runs again (one more forward: a third more compute; memory
+//              of one layer's activations plus L × [T, hidden]).
+//   Selective  each layer's input, the outputs of its mixer's projections (Mamba's in_proj; attention's q | k | v and
+//              its output) and the residual after the mixer; again run only the norms, the conv, the scan, the
+//              gated norm and the MLP's up projection — a layer's compute grows by a seventh instead of a third at
+//              the Bamba shape — for [T, in_proj width + hidden] more a Mamba layer (171 MB at 4,096 tokens, bf16).
+enum class Checkpointing : uint8_t { Off, Full, Selective };
+
 struct TrainOptions {
   float z_loss_coefficient = 0.f;  // HF's z_loss_coefficient: + coef · mean over all positions of logsumexp²
   // Divisors of the two loss terms; 0 = this batch's (HF: the number of labels != -100; rows · seq_len). Give the
@@ -79,9 +90,7 @@ struct TrainOptions {
   // 4,096 tokens, which the same buffer holds — where 256 rows moved ~100 GB a 4,096-token step.
   int64_t ce_chunk_rows = 1024;
   bool loss_only = false;       // validation: the loss, no gradients (the gradient buffers are left untouched)
-  // Keep only each layer's input through the forward and recompute the rest of a layer just before its backward
-  // (one extra forward; activation memory of one layer plus L × [T, hidden]). The gradients are the same bits.
-  bool activation_checkpointing = false;
+  Checkpointing activation_checkpointing = Checkpointing::Off;
   // Keep every MoE layer's chosen experts in TrainResult::routing (load statistics; tests that must know whether a
   // perturbation moved a top-k choice, where the loss is not differentiable).
   bool record_routing = false;

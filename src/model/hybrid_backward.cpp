@@ -137,9 +137,10 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     BAMBA_CHECK(tok >= 0 && tok < V, "training batch: token id ", tok, " is out of range for vocab_size ", V);
   be_.set_batch(sb);
 
-  // ---- forward, keeping the activations: every layer's, or (activation checkpointing) only each layer's input,
-  // the rest recomputed into one shared set of buffers just before that layer's backward. The ops are
-  // deterministic, so the recomputed activations are the same bits and so are the gradients.
+  // ---- forward, keeping the activations: every layer's, or (activation checkpointing) only each layer's input
+  // (Selective: and its projections' outputs, see Checkpointing), the rest recomputed into one shared set of
+  // buffers just before that layer's backward. The ops are deterministic, so the recomputed activations are the
+  // same bits and so are the gradients.
   // The muP multipliers (Granite 4.0-H, Falcon-H1; all 1 for Bamba, Mamba2, Llama) are scale ops in the forward
   // and the same scales of the gradients in the backward: block outputs × residual_multiplier (Falcon-H1's
   // ssm_out / attention_out / mlp_multipliers[1] folded in), inputs × ssm_in / attention_in, the in_proj
@@ -186,17 +187,21 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     if (n.shared) n.up = 2 * F, n.ff = F;
     return n;
   };
-  auto alloc_acts = [&](LayerActs& a, const Need& n) {
-    a.xn = mem(T, H);
+  // The tensors Selective checkpointing keeps per layer: the residual after the mixer and the projections' outputs.
+  auto alloc_kept = [&](LayerActs& a, const Need& n) {
     a.h_mid = mem(T, H);
+    if (n.mamba) a.zxbcdt = mem(T, E);
+    if (n.attn) a.qkv = mem(T, QKV), a.o = mem(T, O);
+  };
+  // kept_apart: the shared recomputation set of Selective checkpointing, which takes alloc_kept's from the layer
+  auto alloc_acts = [&](LayerActs& a, const Need& n, bool kept_apart = false) {
+    if (!kept_apart) alloc_kept(a, n);
+    a.xn = mem(T, H);
     if (n.mamba) {
       a.xm = cfg_.ssm_in_multiplier != 1.f ? mem(T, H) : a.xn;
-      a.zxbcdt = mem(T, E), a.conv = mem(T, CD), a.y = mem(T, I), a.normed = mem(T, I);
+      a.conv = mem(T, CD), a.y = mem(T, I), a.normed = mem(T, I);
     }
-    if (n.attn) {
-      a.xa = cfg_.attention_in_multiplier != 1.f ? mem(T, H) : a.xn;
-      a.qkv = mem(T, QKV), a.o = mem(T, O);
-    }
+    if (n.attn) a.xa = cfg_.attention_in_multiplier != 1.f ? mem(T, H) : a.xn;
     if (n.both) a.attn_out = mem(T, H);
     if (n.up > 0 || n.moe) a.xn2 = mem(T, H);
     if (n.up > 0) a.gate_up = mem(T, n.up), a.act = mem(T, n.ff);
@@ -228,24 +233,31 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     be_.copy(dst, x);
     be_.scale(dst, s);
   };
-  // The Mamba mixer on a.xn into out, × s (in place).
-  auto mamba_forward = [&](int64_t i, LayerActs& a, Tensor out, float s) {
+  // The Mamba mixer on a.xn into out, × s (in place). replay (Selective checkpointing, before the backward): a.zxbcdt
+  // is kept and out is not needed, so only what lies between the two projections runs.
+  auto mamba_forward = [&](int64_t i, LayerActs& a, Tensor out, float s, bool replay) {
     const MambaWeights& w = w_.layers[size_t(i)].mamba;
     const int64_t k = cfg_.ssm_index(i);
     scaled_input(a.xm, a.xn, cfg_.ssm_in_multiplier);
-    be_.matmul(a.zxbcdt, a.xm, w.in_proj, w.in_proj_bias);
-    for (int sg = 0; sg < 5; ++sg)
-      if (cfg_.ssm_multipliers[sg] != 1.f) be_.scale(a.zxbcdt.slice_cols(seg[sg], seg[sg + 1]), cfg_.ssm_multipliers[sg]);
+    if (!replay) {
+      be_.matmul(a.zxbcdt, a.xm, w.in_proj, w.in_proj_bias);
+      for (int sg = 0; sg < 5; ++sg)
+        if (cfg_.ssm_multipliers[sg] != 1.f)
+          be_.scale(a.zxbcdt.slice_cols(seg[sg], seg[sg + 1]), cfg_.ssm_multipliers[sg]);
+    }
     be_.conv1d_silu(a.conv, a.zxbcdt.slice_cols(I, I + CD), w.conv1d_weight, w.conv1d_bias, cache.conv_state(k));
     be_.ssd(a.y, a.conv, a.zxbcdt.slice_cols(I + CD, E), w.A_log, w.D, w.dt_bias, cache.ssm_state(k), mamba_ops_);
     if (cfg_.mamba_gated_norm) be_.gated_rmsnorm(a.normed, a.y, a.zxbcdt.slice_cols(0, I), w.norm, cfg_.gated_norm_group_size, meps);
     else be_.silu_gate(a.normed, a.y, a.zxbcdt.slice_cols(0, I));  // Falcon-H1 without mamba_rms_norm
+    if (replay) return;
     be_.matmul(out, a.normed, w.out_proj, w.out_proj_bias);
     if (s != 1.f) be_.scale(out, s);
   };
-  auto attention_forward = [&](int64_t i, LayerActs& a, Tensor out, float s) {
+  // replay: a.qkv (rotated) and a.o are kept; only the input the backward reads is made again.
+  auto attention_forward = [&](int64_t i, LayerActs& a, Tensor out, float s, bool replay) {
     const AttentionWeights& w = w_.layers[size_t(i)].attn;
     scaled_input(a.xa, a.xn, cfg_.attention_in_multiplier);
+    if (replay) return;
     be_.matmul(a.qkv, a.xa, w.qkv_proj, {});
     if (cfg_.key_multiplier != 1.f) be_.scale(a.qkv.slice_cols(nq * hd, (nq + nkv) * hd), cfg_.key_multiplier);
     AttentionOpsConfig c = attn_ops_;
@@ -289,28 +301,30 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     be_.add(a.m_in, a.h_in);  // the shared block feeds the mixer's input only, not the residual stream
     be_.rmsnorm(a.xn, a.m_in, lw.input_layernorm, eps);
   };
-  // Layer i from a.h_in into a's buffers; h_out = its output (the next layer's input).
-  auto layer_forward = [&](int64_t i, LayerActs& a, Tensor h_out) {
+  // Layer i from a.h_in into a's buffers; h_out = its output (the next layer's input). replay (Selective
+  // checkpointing, before the layer's backward): a.h_mid and the projections' outputs are kept and h_out is not
+  // needed — only what the backward reads and was not kept runs again (a Zamba2 shared block runs whole).
+  auto layer_forward = [&](int64_t i, LayerActs& a, Tensor h_out, bool replay) {
     const LayerWeights& lw = w_.layers[size_t(i)];
     const LayerKind kind = cfg_.layer_kinds[size_t(i)];
     // h_mid = h_in + mixer(xn)·multipliers
     if (kind == LayerKind::None) {
-      be_.copy(a.h_mid, a.h_in);
+      if (!replay) be_.copy(a.h_mid, a.h_in);
     } else {
       if (kind == LayerKind::SharedAttention) shared_block_forward(i, a);  // a.xn = the mixer's normed input
       else be_.rmsnorm(a.xn, a.h_in, lw.input_layernorm, eps);
-      if (kind == LayerKind::Mamba || kind == LayerKind::SharedAttention) mamba_forward(i, a, a.h_mid, mamba_out);
-      else if (kind == LayerKind::Attention) attention_forward(i, a, a.h_mid, attn_out);
+      if (kind == LayerKind::Mamba || kind == LayerKind::SharedAttention) mamba_forward(i, a, a.h_mid, mamba_out, replay);
+      else if (kind == LayerKind::Attention) attention_forward(i, a, a.h_mid, attn_out, replay);
       else {  // Falcon-H1: both on the same normed input, summed
-        attention_forward(i, a, a.attn_out, attn_out);
-        mamba_forward(i, a, a.h_mid, mamba_out);
-        be_.add(a.h_mid, a.attn_out);
+        attention_forward(i, a, a.attn_out, attn_out, replay);
+        mamba_forward(i, a, a.h_mid, mamba_out, replay);
+        if (!replay) be_.add(a.h_mid, a.attn_out);
       }
-      be_.add(a.h_mid, a.h_in);
+      if (!replay) be_.add(a.h_mid, a.h_in);
     }
     // h_out = h_mid + down(swiglu(gate_up(xn2)))·multipliers, or down(relu(up(xn2))²)
     if (!has_mlp(i)) {
-      be_.copy(h_out, a.h_mid);
+      if (!replay) be_.copy(h_out, a.h_mid);
       return;
     }
     be_.rmsnorm(a.xn2, a.h_mid, lw.pre_ff_layernorm, eps);
@@ -323,14 +337,15 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
         if (cfg_.mlp_gate_multiplier != 1.f) be_.scale(gate_up.slice_cols(0, fw), cfg_.mlp_gate_multiplier);
         be_.swiglu(act, gate_up);
       }
-      be_.matmul(h_out, act, lw.down_proj, {});
+      if (!replay) be_.matmul(h_out, act, lw.down_proj, {});
     }
     if (!is_moe(i)) {
-      if (mlp_out != 1.f) be_.scale(h_out, mlp_out);
+      if (mlp_out != 1.f && !replay) be_.scale(h_out, mlp_out);
     } else {  // routed experts: + Σ_k weight_k · expert_k(xn2), the whole × residual_multiplier
       const MoeWeights& m = lw.moe;
       be_.matmul(a.router, a.xn2, m.router, {});
       be_.moe_route(a.experts, a.weights, a.router, m.router_bias, moe_ops_);
+      if (replay) return;  // moe_experts_backward recomputes the experts' inner rows itself
       be_.moe_experts(a.moe_out, a.xn2, m.experts_up, m.experts_down, a.experts, a.weights, expert_act, moe_sc);
       if (fw > 0) {
         if (cfg_.mlp_down_multiplier != 1.f) be_.scale(h_out, cfg_.mlp_down_multiplier);
@@ -342,7 +357,8 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     }
     be_.add(h_out, a.h_mid);
   };
-  const bool ckpt = opt.activation_checkpointing;
+  const bool ckpt = opt.activation_checkpointing != Checkpointing::Off;
+  const bool keep_proj = opt.activation_checkpointing == Checkpointing::Selective;
   std::vector<LayerActs> acts(static_cast<size_t>(L));
   LayerActs work;  // checkpointing: the one set of buffers every layer is (re)computed into
   Need all;  // every layer's needs merged
@@ -351,7 +367,7 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     all.mamba |= n.mamba, all.attn |= n.attn, all.both |= n.both, all.moe |= n.moe, all.shared |= n.shared;
     all.up = std::max(all.up, n.up), all.ff = std::max(all.ff, n.ff);
   }
-  if (ckpt) alloc_acts(work, all);
+  if (ckpt) alloc_acts(work, all, keep_proj);
   Tensor h = mem(T, H);
   be_.embed(h, w_.embed_tokens);
   if (cfg_.embedding_multiplier != 1.f) be_.scale(h, cfg_.embedding_multiplier);
@@ -362,14 +378,18 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     if (ckpt) {
       LayerActs in = work;
       in.h_in = a.h_in = h;
+      if (keep_proj) {
+        alloc_kept(a, need_of(i));
+        in.h_mid = a.h_mid, in.zxbcdt = a.zxbcdt, in.qkv = a.qkv, in.o = a.o;
+      }
       h = mem(T, H);
-      layer_forward(i, in, h);
+      layer_forward(i, in, h, false);
       experts = in.experts;
     } else {
       alloc_acts(a, need_of(i));
       a.h_in = h;
       h = mem(T, H);
-      layer_forward(i, a, h);
+      layer_forward(i, a, h, false);
       experts = a.experts;
     }
     if (opt.record_routing && is_moe(i)) {  // I32 read back bit for bit through an F32 view of the same bytes
@@ -428,7 +448,7 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     d_catn = mem(T, 2 * H), d_cat = mem(T, 2 * H), d_wide = mem(T, 2 * H);
     if (cfg_.attention_adapters) d_low = mem(T, 3 * rank);
   }
-  Tensor h_scratch = ckpt ? mem(T, H) : Tensor{};  // the recomputed layer's output, not needed again
+  Tensor h_scratch = ckpt && !keep_proj ? mem(T, H) : Tensor{};  // the recomputed layer's output, not needed again
   // dh · s, in d_block (or dh itself when s is 1)
   auto scaled_grad = [&](float s) {
     if (s == 1.f) return dh;
@@ -470,8 +490,10 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     LayerWeights& lg = g.layers[size_t(i)];
     LayerActs recomputed = work;
     if (ckpt) {
-      recomputed.h_in = acts[size_t(i)].h_in;
-      layer_forward(i, recomputed, h_scratch);
+      const LayerActs& kept = acts[size_t(i)];
+      recomputed.h_in = kept.h_in;
+      if (keep_proj) recomputed.h_mid = kept.h_mid, recomputed.zxbcdt = kept.zxbcdt, recomputed.qkv = kept.qkv, recomputed.o = kept.o;
+      layer_forward(i, recomputed, h_scratch, keep_proj);
     }
     const LayerActs& a = ckpt ? recomputed : acts[size_t(i)];
     // MLP: h_out = h_mid + down(swiglu(gate_up(xn2)))·mlp_out (without an MLP, h_out = h_mid: dh passes through);

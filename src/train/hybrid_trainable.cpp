@@ -87,7 +87,7 @@ class BackendParams final : public ParamDevice {
 
 }  // namespace
 
-HybridTrainable::HybridTrainable(HybridModel& model, float z_loss_coefficient, bool activation_checkpointing)
+HybridTrainable::HybridTrainable(HybridModel& model, float z_loss_coefficient, Checkpointing activation_checkpointing)
     : model_(model),
       grads_(zeros_like_weights(model.config(), model.backend())),
       z_loss_(z_loss_coefficient),

@@ -15,7 +15,7 @@ namespace bamba {
 
 class HybridTrainable final : public Trainable {
  public:
-  HybridTrainable(HybridModel& model, float z_loss_coefficient, bool activation_checkpointing = false);
+  HybridTrainable(HybridModel& model, float z_loss_coefficient, Checkpointing activation_checkpointing = Checkpointing::Off);
   ~HybridTrainable() override;
   std::vector<ParamRef> params() override;
   LossResult loss_and_grad(const TokenBatch& batch, const LossDivisors& div) override;
@@ -28,7 +28,7 @@ class HybridTrainable final : public Trainable {
   HybridModel& model_;
   ModelWeights grads_;
   float z_loss_;
-  bool checkpointing_;
+  Checkpointing checkpointing_;
   std::vector<ParamRef> params_;
   std::vector<Tensor> masters_;  // fp32 masters allocated here (bf16 compute)
   std::unique_ptr<ParamDevice> device_;

@@ -331,7 +331,15 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
   c.precision = top.choice(
       "precision", c.precision,
       {{"bf16-mixed", Precision::Bf16Mixed}, {"bf16-memory", Precision::Bf16Memory}, {"fp32", Precision::Fp32}});
-  c.activation_checkpointing = top.boolean("activation_checkpointing", c.activation_checkpointing);
+  if (YAML::Node n = top.get("activation_checkpointing"); n && !n.IsNull()) {  // true / false, full, selective
+    bool on = false;
+    if (n.IsScalar() && YAML::convert<bool>::decode(n, on)) c.activation_checkpointing = on ? Checkpointing::Full : Checkpointing::Off;
+    else if (n.IsScalar() && (n.Scalar() == "full" || n.Scalar() == "selective"))
+      c.activation_checkpointing = n.Scalar() == "full" ? Checkpointing::Full : Checkpointing::Selective;
+    else
+      fail(top.where(n, "activation_checkpointing"), ": expected true, false, full or selective, got ",
+           n.IsScalar() ? "\"" + n.Scalar() + "\"" : "a list or map");
+  }
   c.loss_sum = top.choice("loss_reduction", c.loss_sum, {{"mean", false}, {"sum", true}});
   c.z_loss = top.num("z_loss", c.z_loss, 0, 1);
   c.save_every = top.integer("save_every", c.save_every, 0, kBig);

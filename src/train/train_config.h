@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "model/hybrid.h"
 #include "train/lr_schedule.h"
 
 namespace bamba {
@@ -67,7 +68,7 @@ struct TrainConfig {
   double final_lr_ratio = 0.1;
 
   Precision precision = Precision::Bf16Mixed;
-  bool activation_checkpointing = false;
+  Checkpointing activation_checkpointing = Checkpointing::Off;  // true = full, or selective (model/hybrid.h)
   bool loss_sum = false;  // loss_reduction: sum (else per-token mean over the global batch)
   double z_loss = 0;
 
