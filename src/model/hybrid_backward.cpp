@@ -355,7 +355,7 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
       }
       if (r != 1.f) be_.scale(h_out, r);
     }
-    be_.add(h_out, a.h_mid);
+    if (!replay) be_.add(h_out, a.h_mid);
   };
   const bool ckpt = opt.activation_checkpointing != Checkpointing::Off;
   const bool keep_proj = opt.activation_checkpointing == Checkpointing::Selective;
