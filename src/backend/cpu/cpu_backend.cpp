@@ -356,10 +356,14 @@ class CpuBackend final : public Backend {
 
   // ---- ops of the relatives
   void scale(Tensor x, float s) override {
+    BAMBA_CHECK(x, "cpu backend: scale of an empty tensor");
     for (int64_t t = 0; t < x.rows(); ++t)
       for (int64_t j = 0; j < x.shape[1]; ++j) row_mut(x, t)[j] *= s;
   }
   void copy(Tensor dst, Tensor src) override {
+    BAMBA_CHECK(dst && src && dst.rows() == src.rows() && dst.shape[1] == src.shape[1], "cpu backend: copy: dst [",
+                dst.rows(), ", ", dst ? dst.shape[1] : 0, "] and src [", src.rows(), ", ", src ? src.shape[1] : 0,
+                "] must be the same non-empty shape");
     for (int64_t t = 0; t < dst.rows(); ++t) std::memcpy(row_mut(dst, t), row(src, t), size_t(dst.shape[1]) * 4);
   }
   void relu2(Tensor out, Tensor x) override {
