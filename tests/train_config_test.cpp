@@ -147,7 +147,8 @@ TEST(TrainConfig, ErrorsNameTheLineAndField) {
             std::string::npos);
   EXPECT_EQ(parse_train_config("activation_checkpointing: selective\n", "t.yml").activation_checkpointing,
             Checkpointing::Selective);
-  EXPECT_EQ(parse_train_config("activation_checkpointing: full\n", "t.yml").activation_checkpointing, Checkpointing::Full);
+  EXPECT_EQ(parse_train_config("activation_checkpointing: full\n", "t.yml").activation_checkpointing,
+            Checkpointing::Full);
   EXPECT_EQ(parse_train_config("activation_checkpointing: no\n", "t.yml").activation_checkpointing, Checkpointing::Off);
   EXPECT_NE(error_of("max_shard_size: 5 parsecs\n").find("max_shard_size: size \"5 parsecs\""), std::string::npos);
   EXPECT_NE(error_of("seq_len: [1\n").find("t.yml:"), std::string::npos);  // not YAML

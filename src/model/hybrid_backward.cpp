@@ -193,6 +193,9 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     if (n.mamba) a.zxbcdt = mem(T, E);
     if (n.attn) a.qkv = mem(T, QKV), a.o = mem(T, O);
   };
+  auto take_kept = [](LayerActs& dst, const LayerActs& layer) {
+    dst.h_mid = layer.h_mid, dst.zxbcdt = layer.zxbcdt, dst.qkv = layer.qkv, dst.o = layer.o;
+  };
   // kept_apart: the shared recomputation set of Selective checkpointing, which takes alloc_kept's from the layer
   auto alloc_acts = [&](LayerActs& a, const Need& n, bool kept_apart = false) {
     if (!kept_apart) alloc_kept(a, n);
@@ -313,7 +316,8 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     } else {
       if (kind == LayerKind::SharedAttention) shared_block_forward(i, a);  // a.xn = the mixer's normed input
       else be_.rmsnorm(a.xn, a.h_in, lw.input_layernorm, eps);
-      if (kind == LayerKind::Mamba || kind == LayerKind::SharedAttention) mamba_forward(i, a, a.h_mid, mamba_out, replay);
+      if (kind == LayerKind::Mamba || kind == LayerKind::SharedAttention)
+        mamba_forward(i, a, a.h_mid, mamba_out, replay);
       else if (kind == LayerKind::Attention) attention_forward(i, a, a.h_mid, attn_out, replay);
       else {  // Falcon-H1: both on the same normed input, summed
         attention_forward(i, a, a.attn_out, attn_out, replay);
@@ -380,7 +384,7 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
       in.h_in = a.h_in = h;
       if (keep_proj) {
         alloc_kept(a, need_of(i));
-        in.h_mid = a.h_mid, in.zxbcdt = a.zxbcdt, in.qkv = a.qkv, in.o = a.o;
+        take_kept(in, a);
       }
       h = mem(T, H);
       layer_forward(i, in, h, false);
@@ -492,7 +496,7 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     if (ckpt) {
       const LayerActs& kept = acts[size_t(i)];
       recomputed.h_in = kept.h_in;
-      if (keep_proj) recomputed.h_mid = kept.h_mid, recomputed.zxbcdt = kept.zxbcdt, recomputed.qkv = kept.qkv, recomputed.o = kept.o;
+      if (keep_proj) take_kept(recomputed, kept);
       layer_forward(i, recomputed, h_scratch, keep_proj);
     }
     const LayerActs& a = ckpt ? recomputed : acts[size_t(i)];

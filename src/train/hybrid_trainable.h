@@ -15,7 +15,8 @@ namespace bamba {
 
 class HybridTrainable final : public Trainable {
  public:
-  HybridTrainable(HybridModel& model, float z_loss_coefficient, Checkpointing activation_checkpointing = Checkpointing::Off);
+  HybridTrainable(HybridModel& model, float z_loss_coefficient,
+                  Checkpointing activation_checkpointing = Checkpointing::Off);
   ~HybridTrainable() override;
   std::vector<ParamRef> params() override;
   LossResult loss_and_grad(const TokenBatch& batch, const LossDivisors& div) override;

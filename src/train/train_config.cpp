@@ -333,7 +333,8 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
       {{"bf16-mixed", Precision::Bf16Mixed}, {"bf16-memory", Precision::Bf16Memory}, {"fp32", Precision::Fp32}});
   if (YAML::Node n = top.get("activation_checkpointing"); n && !n.IsNull()) {  // true / false, full, selective
     bool on = false;
-    if (n.IsScalar() && YAML::convert<bool>::decode(n, on)) c.activation_checkpointing = on ? Checkpointing::Full : Checkpointing::Off;
+    if (n.IsScalar() && YAML::convert<bool>::decode(n, on))
+      c.activation_checkpointing = on ? Checkpointing::Full : Checkpointing::Off;
     else if (n.IsScalar() && (n.Scalar() == "full" || n.Scalar() == "selective"))
       c.activation_checkpointing = n.Scalar() == "full" ? Checkpointing::Full : Checkpointing::Selective;
     else

@@ -211,7 +211,8 @@ class CpuBackend final : public Backend {
   void add(Tensor h, Tensor x) override {
     // as strict as the CUDA twin: an empty h would make this a silent no-op here and an error on the GPU
     BAMBA_CHECK(h && x && h.rows() == x.rows() && h.shape[1] == x.shape[1], "cpu backend: add: h [", h.rows(), ", ",
-                h ? h.shape[1] : 0, "] and x [", x.rows(), ", ", x ? x.shape[1] : 0, "] must be the same non-empty shape");
+                h ? h.shape[1] : 0, "] and x [", x.rows(), ", ", x ? x.shape[1] : 0,
+                "] must be the same non-empty shape");
     for (int64_t t = 0; t < h.rows(); ++t) {
       float* hr = row_mut(h, t);
       const float* xr = row(x, t);
