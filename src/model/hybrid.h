@@ -75,8 +75,9 @@ struct TrainBatch {
 //              of one layer's activations plus L × [T, hidden]).
 //   Selective  each layer's input, the outputs of its mixer's projections (Mamba's in_proj; attention's q | k | v and
 //              its output) and the residual after the mixer; again run only the norms, the conv, the scan, the
-//              gated norm and the MLP's up projection — a layer's compute grows by a seventh instead of a third at
-//              the Bamba shape — for [T, in_proj width + hidden] more a Mamba layer (171 MB at 4,096 tokens, bf16).
+//              gated norm, the MLP's up projection and an MoE layer's router — a layer's compute grows by a seventh
+//              instead of a third at the Bamba shape — for [T, in_proj width + hidden] more a Mamba layer (171 MB at
+//              4,096 tokens, bf16). A Zamba2 shared block runs whole either way.
 enum class Checkpointing : uint8_t { Off, Full, Selective };
 
 struct TrainOptions {
