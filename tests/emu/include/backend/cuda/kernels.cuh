@@ -71,11 +71,15 @@ struct PView { const void* p = nullptr; int is_bf16 = 0; };
 inline float ld_param(PView v, int64_t i) { return v.is_bf16 ? __bfloat162float(static_cast<const bf16*>(v.p)[i]) : static_cast<const float*>(v.p)[i]; }
 // Every lane of the calling thread's warp puts in v, waits for the other 31, and gets f(the warp's 32 values in lane
 // order). All lanes call it, as the kernels call the warp intrinsics below.
-template <class F> inline float warp_all(float v, F f) {
+template <class T, class F> inline T warp_all(T v, F f) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, int>);
   auto& w = emu::cur->warps[emu::linear_tid() / 32];
-  w.val[emu::linear_tid() % 32] = v;
+  T* slots = nullptr;
+  if constexpr (std::is_same_v<T, float>) slots = w.val;
+  else slots = w.ival;
+  slots[emu::linear_tid() % 32] = v;
   w.bar.arrive_and_wait();
-  const float r = f(w.val);
+  const T r = f(static_cast<const T*>(slots));
   w.bar.arrive_and_wait();
   return r;
 }
@@ -87,13 +91,8 @@ inline float __shfl_xor_sync(unsigned, float v, int m) {
   return warp_all(v, [lane, m](const float* x) { return x[lane ^ m]; });
 }
 inline int __shfl_xor_sync(unsigned, int v, int m) {
-  auto& w = emu::cur->warps[emu::linear_tid() / 32];
   const int lane = int(emu::linear_tid() % 32);
-  w.ival[lane] = v;
-  w.bar.arrive_and_wait();
-  const int r = w.ival[lane ^ m];
-  w.bar.arrive_and_wait();
-  return r;
+  return warp_all(v, [lane, m](const int* x) { return x[lane ^ m]; });
 }
 inline void __syncwarp() { emu::cur->warps[emu::linear_tid() / 32].bar.arrive_and_wait(); }
 using std::isnan;
