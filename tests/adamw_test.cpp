@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/bf16_split.h"
 #include "core/dtype.h"
 #include "train/lr_schedule.h"
 
@@ -190,6 +191,43 @@ TEST(LrSchedule, FmsFsdpBambaCosineAtItsQuarterPoints) {
                .final_ratio = 0.1};
   EXPECT_NEAR(lr_multiplier(s, 2000 + 100000), 0.1 + 0.45 * (1 + std::cos(M_PI * 0.25)), 1e-12);
   EXPECT_NEAR(lr_multiplier(s, 2000 + 300000), 0.1 + 0.45 * (1 + std::cos(M_PI * 0.75)), 1e-12);
+}
+
+// The memory mode's split master (core/bf16_split.h): hi and lo give back every finite fp32 value below bf16's
+// overflow exactly; hi is round-to-nearest-even's bf16 except at exact ties, which go away from zero; the low halves
+// travel through the I16 conversions exactly.
+TEST(Bf16Split, JoinsBackExactlyAndHiIsTheNearestBf16) {
+  auto check = [](uint32_t u) {
+    const float x = f32_from_bits(u);
+    uint16_t hi, lo;
+    bf16_split(x, hi, lo);
+    const float y = bf16_join(hi, lo);
+    if (std::isnan(x)) {
+      EXPECT_TRUE(std::isnan(y)) << std::hex << u;
+      return;
+    }
+    if (std::fabs(x) > 3.3961e38f) {  // past bf16's largest finite: truncated, still finite
+      EXPECT_TRUE(std::isfinite(y) || std::isinf(x)) << std::hex << u;
+      EXPECT_EQ(hi, uint16_t(u >> 16)) << std::hex << u;
+      return;
+    }
+    ASSERT_EQ(f32_bits(y), u) << std::hex << "0x" << u << " split into 0x" << hi << ", 0x" << lo;
+    if ((u & 0xffffu) == 0x8000u) EXPECT_EQ(hi, uint16_t((u >> 16) + 1)) << std::hex << u;  // a tie: away from 0
+    else EXPECT_EQ(hi, f32_to_bf16(x)) << std::hex << u;
+  };
+  for (uint64_t u = 0; u < (1ull << 32); u += 4093) check(uint32_t(u));
+  for (uint32_t u : {0x00000000u, 0x80000000u, 0x00000001u, 0x80008000u, 0x3f808000u, 0x3f818000u, 0xbf808000u,
+                     0x3f807fffu, 0x3f80ffffu, 0x7f7f7fffu, 0x7f7f8000u, 0xff7fffffu, 0x7f800000u, 0xff800000u,
+                     0x7fc00000u, 0x7f800001u, 0x007fffffu})
+    check(u);
+  // the low halves as I16 through the float conversions of device copies: exact, every pattern
+  std::vector<int16_t> all(65536);
+  for (int i = 0; i < 65536; ++i) all[size_t(i)] = int16_t(i - 32768);
+  std::vector<float> f(all.size());
+  convert_to_f32(all.data(), DType::I16, all.size(), f.data());
+  std::vector<int16_t> back(all.size());
+  convert_from_f32(f.data(), f.size(), DType::I16, back.data());
+  EXPECT_EQ(back, all);
 }
 
 }  // namespace

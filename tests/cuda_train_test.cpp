@@ -19,6 +19,7 @@
 #include <tuple>
 
 #include "backend/backend.h"
+#include "core/bf16_split.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "io/checkpoint.h"
@@ -865,20 +866,25 @@ TEST_P(CudaTrainModel, GradientsEqualPyTorchAndRepeatBitForBit) {
               "over %zu tensors\n",
               mc.model.c_str(), std::string(dtype_name(mc.dtype)).c_str(), res.loss, want_loss, worst_name.c_str(),
               worst, f32 ? "against PyTorch" : "against the CPU twin", worst_ref, worst_ref_name.c_str(), n);
-  // the same step again, and again with activation checkpointing (layers recomputed in the backward): the same bits
-  for (Checkpointing ckpt : {Checkpointing::Off, Checkpointing::Full, Checkpointing::Selective}) {
-    TrainOptions o = opt;
-    o.activation_checkpointing = ckpt;
-    TrainResult res2;
-    auto again = gm.run(b, &res2, o);
-    EXPECT_EQ(res.loss, res2.loss);
-    for (auto& [name, v] : got)
-      EXPECT_EQ(0, std::memcmp(v.data(), again[name].data(), v.size() * 4))
-          << name << " differs between two runs"
-          << (ckpt == Checkpointing::Full        ? " (the second with activation checkpointing)"
-              : ckpt == Checkpointing::Selective ? " (the second with selective activation checkpointing)"
-                                                 : "");
-  }
+  // the same step again, and again with activation checkpointing (layers recomputed in the backward; of every
+  // layer, or of the first two): the same bits
+  for (Checkpointing ckpt : {Checkpointing::Off, Checkpointing::Full, Checkpointing::Selective})
+    for (int64_t layers : {int64_t(-1), int64_t(2)}) {
+      if (ckpt == Checkpointing::Off && layers != -1) continue;
+      TrainOptions o = opt;
+      o.activation_checkpointing = ckpt;
+      o.checkpoint_layers = layers;
+      TrainResult res2;
+      auto again = gm.run(b, &res2, o);
+      EXPECT_EQ(res.loss, res2.loss);
+      for (auto& [name, v] : got)
+        EXPECT_EQ(0, std::memcmp(v.data(), again[name].data(), v.size() * 4))
+            << name << " differs between two runs"
+            << (ckpt == Checkpointing::Full        ? " (the second with activation checkpointing"
+                : ckpt == Checkpointing::Selective ? " (the second with selective activation checkpointing"
+                                                   : " (")
+            << (layers < 0 ? ")" : " of the first 2 layers)");
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaTrainModel,
@@ -1021,7 +1027,7 @@ TEST_F(CudaTrainer, AdamWOneLaunchEqualsOneLaunchPerTensorBitForBit) {
         AdamWUpdate one = u;
         one.decay = decay, one.key = key;
         gpu->adamw_update(sets[0].w[i], sets[0].g[i], sets[0].m[i], sets[0].v[i], one, sets[0].copy[i]);
-        ts.push_back({sets[1].w[i], sets[1].g[i], sets[1].m[i], sets[1].v[i], sets[1].copy[i], decay, key});
+        ts.push_back({sets[1].w[i], sets[1].g[i], sets[1].m[i], sets[1].v[i], sets[1].copy[i], decay, key, {}});
       }
       gpu->adamw_update_many(ts, u);
     }
@@ -1047,18 +1053,90 @@ TEST_F(CudaTrainer, AdamWOneLaunchEqualsOneLaunchPerTensorBitForBit) {
   }
 }
 
+// The memory mode's split master (core/bf16_split.h: the bf16 weight the model reads plus 16 low bits) against an
+// fp32 master with a bf16 copy, both through the one-launch AdamW: after three steps the joined master has the fp32
+// master's bits, the moments are the same bits, and the weight the model reads is the copy's bf16 except where the
+// master's low half was an exact tie (away from zero instead of to even).
+TEST_F(CudaTrainer, AdamWSplitMasterEqualsTheFp32Master) {
+  auto gpu = make_backend("cuda", DType::BF16);
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> d(-1, 1);
+  const std::vector<int64_t> sizes = {1, 255, 8193, 100003};
+  for (bool bf16_moments : {false, true}) {
+    const DType mdt = bf16_moments ? DType::BF16 : DType::F32;
+    std::vector<Tensor> w, copy, hi, lo, g, m[2], v[2];
+    for (int64_t n : sizes) {
+      const size_t un = static_cast<size_t>(n);
+      std::vector<float> w0(un), g0(un), hi0(un), lo0(un);
+      for (auto& x : w0) x = d(rng);
+      for (auto& x : g0) x = d(rng) * 0.1f;
+      for (size_t j = 0; j < w0.size(); ++j) {
+        uint16_t h, l;
+        bf16_split(w0[j], h, l);
+        hi0[j] = bf16_join(h, 0), lo0[j] = float(int16_t(l));
+      }
+      w.push_back(gpu->alloc(DType::F32, {n})), copy.push_back(gpu->alloc(DType::BF16, {n}));
+      hi.push_back(gpu->alloc(DType::BF16, {n})), lo.push_back(gpu->alloc(DType::I16, {n}));
+      g.push_back(gpu->alloc(DType::F32, {n}));
+      for (int k : {0, 1}) m[k].push_back(gpu->alloc(mdt, {n})), v[k].push_back(gpu->alloc(mdt, {n}));
+      gpu->from_host_f32(w.back(), w0.data()), gpu->from_host_f32(g.back(), g0.data());
+      gpu->from_host_f32(hi.back(), hi0.data()), gpu->from_host_f32(lo.back(), lo0.data());
+    }
+    for (int step = 1; step <= 3; ++step) {
+      const AdamWUpdate u{1e-2f / (1 - std::pow(0.9f, float(step))), std::sqrt(1 - std::pow(0.95f, float(step))), 1e-8f,
+                          0.1f, 0.95f, 0.05f, 1.f, 0.37f, 0};
+      std::vector<AdamWTensor> fp32, split;
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        const float decay = i % 2 ? 1.f : 0.999f;
+        const uint64_t key = 1000003ull * uint64_t(step) + i;
+        fp32.push_back({w[i], g[i], m[0][i], v[0][i], copy[i], decay, key, {}});
+        split.push_back({hi[i], g[i], m[1][i], v[1][i], {}, decay, key, lo[i]});
+      }
+      gpu->adamw_update_many(fp32, u);
+      gpu->adamw_update_many(split, u);
+    }
+    size_t ties = 0;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      const size_t n = size_t(sizes[i]);
+      std::vector<float> master(n), c(n), h(n), l(n), ma(n), mb(n), va(n), vb(n);
+      gpu->to_host_f32(w[i], master.data()), gpu->to_host_f32(copy[i], c.data());
+      gpu->to_host_f32(hi[i], h.data()), gpu->to_host_f32(lo[i], l.data());
+      gpu->to_host_f32(m[0][i], ma.data()), gpu->to_host_f32(m[1][i], mb.data());
+      gpu->to_host_f32(v[0][i], va.data()), gpu->to_host_f32(v[1][i], vb.data());
+      EXPECT_EQ(0, std::memcmp(ma.data(), mb.data(), n * 4)) << "exp_avg of tensor " << i;
+      EXPECT_EQ(0, std::memcmp(va.data(), vb.data(), n * 4)) << "exp_avg_sq of tensor " << i;
+      for (size_t j = 0; j < n; ++j) {
+        const uint16_t hb = uint16_t(f32_bits(h[j]) >> 16);
+        const float joined = bf16_join(hb, uint16_t(int16_t(l[j])));
+        ASSERT_EQ(f32_bits(joined), f32_bits(master[j])) << "tensor " << i << " element " << j;
+        const bool tie = (f32_bits(master[j]) & 0xffffu) == 0x8000u;
+        ties += tie;
+        if (!tie) {
+          ASSERT_EQ(f32_bits(h[j]), f32_bits(c[j])) << "tensor " << i << " element " << j;
+        }
+      }
+    }
+    std::printf("[ split master, %s moments ] the same master bits; %zu exact ties rounded away from zero\n",
+                bf16_moments ? "bf16" : "fp32", ties);
+    for (auto* ts : {&w, &copy, &hi, &lo, &g, &m[0], &m[1], &v[0], &v[1]})
+      for (Tensor t : *ts) gpu->release(t);
+  }
+}
+
 // The product path on the GPU — HybridTrainable (fp32 masters, device moments), clip_grad_norm, AdamW — against
 // PyTorch's three steps (as TrainEndToEnd.TrainersAdamWStepsEqualPyTorch does on the CPU).
 TEST_F(CudaTrainer, ThreeAdamWStepsEqualPyTorch) {
-  for (DType dtype : {DType::F32, DType::BF16})
+  for (int mode = 0; mode < 3; ++mode)  // fp32; bf16 with fp32 masters; bf16 with split masters (memory mode)
     for (const std::string name : {"bamba-tiny-a", "bamba-tiny-b"}) {
+      const DType dtype = mode == 0 ? DType::F32 : DType::BF16;
+      const bool split = mode == 2;
       if (!std::filesystem::exists(reference_path(name))) GTEST_SKIP() << reference_path(name) << " is missing";
       if (!std::filesystem::exists(test::model_dir(name) + "/config.json")) GTEST_SKIP() << name << " is missing";
       const double tol = dtype == DType::F32 ? 1e-4 : 3e-2;
       SafetensorsFile ref(reference_path(name));
       std::unique_ptr<Backend> be = make_backend("cuda", dtype);
       HybridModel model = load_model(test::model_dir(name), *be);
-      HybridTrainable tr(model, model.config().z_loss_coefficient);
+      HybridTrainable tr(model, {.z_loss_coefficient = model.config().z_loss_coefficient, .split_masters = split});
       const std::vector<ParamRef> params = tr.params();
       ParamDevice* dev = tr.param_device();
       ASSERT_NE(dev, nullptr);
@@ -1081,12 +1159,13 @@ TEST_F(CudaTrainer, ThreeAdamWStepsEqualPyTorch) {
       double worst = 0;
       for (const ParamRef& p : params) {
         std::vector<float> got(p.size);
-        dev->download(got.data(), p.value, DType::F32, p.size);
+        dev->master_to_host(p, got.data());
         const double e = rel_l2(got, read_f32(*ref.find("param." + p.name)));
         EXPECT_LE(e, tol) << name << " " << dtype_name(dtype) << " " << p.name;
         worst = std::max(worst, e);
       }
-      std::printf("[ %s %s ] after 3 AdamW steps: worst parameter relative L2 %.3g\n", name.c_str(), std::string(dtype_name(dtype)).c_str(), worst);
+      std::printf("[ %s %s%s ] after 3 AdamW steps: worst parameter relative L2 %.3g\n", name.c_str(),
+                  std::string(dtype_name(dtype)).c_str(), split ? " (split masters)" : "", worst);
     }
 }
 

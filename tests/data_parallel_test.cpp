@@ -79,7 +79,7 @@ DpRun train(int world, const std::string& out) {
       try {
         auto be = make_cpu_backend();
         HybridModel model(mc, init_weights(mc, *be, 7), *be);
-        HybridTrainable tr(model, 0.f);
+        HybridTrainable tr(model);
         GlobalStream data(r, world, int(mc.vocab_size));
         DataParallel dp(*comms[size_t(r)], 4096);  // small buckets: several per step
         TrainerHooks h;

@@ -274,7 +274,7 @@ TEST_P(FamilyTrain, BatchEqualsTheSumOfItsRowsAlone) {
 }
 
 // Activation checkpointing recomputes each layer (Full) or what lies between its projections (Selective) in the
-// backward: the same bits.
+// backward, of every layer or of the first few: the same bits.
 TEST_P(FamilyTrain, CheckpointingChangesNothing) {
   Fixture f(GetParam());
   NEED_FIXTURE(f);
@@ -284,17 +284,19 @@ TEST_P(FamilyTrain, CheckpointingChangesNothing) {
   TrainOptions opt;
   const double la = f.model->forward_backward(b, a, opt).loss;
   const auto ga = hf_tensors(cfg, a);
-  for (Checkpointing mode : {Checkpointing::Full, Checkpointing::Selective}) {
-    SCOPED_TRACE(mode == Checkpointing::Full ? "full" : "selective");
-    ModelWeights c = zeros_like_weights(cfg, *f.be);
-    opt.activation_checkpointing = mode;
-    const double lc = f.model->forward_backward(b, c, opt).loss;
-    EXPECT_EQ(la, lc);
-    const auto gc = hf_tensors(cfg, c);
-    for (size_t p = 0; p < ga.size(); ++p)
-      ASSERT_EQ(std::memcmp(ga[p].t.data, gc[p].t.data, size_t(ga[p].t.numel()) * 4), 0) << ga[p].name;
-    release_weights(cfg, c, *f.be);
-  }
+  for (Checkpointing mode : {Checkpointing::Full, Checkpointing::Selective})
+    for (int64_t layers : {int64_t(-1), int64_t(1), cfg.num_hidden_layers / 2}) {
+      SCOPED_TRACE(std::string(mode == Checkpointing::Full ? "full" : "selective") + ", layers " + std::to_string(layers));
+      ModelWeights c = zeros_like_weights(cfg, *f.be);
+      opt.activation_checkpointing = mode;
+      opt.checkpoint_layers = layers;
+      const double lc = f.model->forward_backward(b, c, opt).loss;
+      EXPECT_EQ(la, lc);
+      const auto gc = hf_tensors(cfg, c);
+      for (size_t p = 0; p < ga.size(); ++p)
+        ASSERT_EQ(std::memcmp(ga[p].t.data, gc[p].t.data, size_t(ga[p].t.numel()) * 4), 0) << ga[p].name;
+      release_weights(cfg, c, *f.be);
+    }
   release_weights(cfg, a, *f.be);
 }
 
@@ -305,7 +307,7 @@ TEST_P(FamilyTrain, DecaySplitAndACheckpointThatLoadsBack) {
   Fixture f(GetParam());
   NEED_FIXTURE(f);
   const ModelConfig& cfg = f.cfg();
-  HybridTrainable tr(*f.model, 0.f);
+  HybridTrainable tr(*f.model);
   std::vector<ParamRef> params = tr.params();
   int decayed = 0;
   for (const ParamRef& p : params) {

@@ -96,7 +96,7 @@ TEST(Nccl, ADataParallelTrainerOfOneRankEqualsThePlainOne) {
     ck.config_json = config_to_json(mc);
     auto be = make_backend("cuda", DType::BF16);
     HybridModel model(mc, init_weights(mc, *be, 3), *be);
-    HybridTrainable tr(model, 0.f);
+    HybridTrainable tr(model);
     struct Stream : BatchSource {
       int64_t pos = 0;
       TokenBatch next(int64_t rows, int64_t T) override {
@@ -118,7 +118,7 @@ TEST(Nccl, ADataParallelTrainerOfOneRankEqualsThePlainOne) {
     std::vector<std::vector<float>> out_params;
     for (const auto& p : tr.params()) {
       std::vector<float> v(p.size);
-      tr.param_device()->download(v.data(), p.value, DType::F32, p.size);
+      tr.param_device()->master_to_host(p, v.data());
       out_params.push_back(v);
     }
     return out_params;

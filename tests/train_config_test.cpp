@@ -56,6 +56,7 @@ optimizer: {name: adamw, lr: 2e-5, betas: [0.8, 0.99], eps: 1e-6, weight_decay: 
 schedule: {name: wsd, warmup_steps: 2, warmup: linear, final_lr_ratio: 0, decay_steps: 3, decay_shape: sqrt}
 precision: bf16-memory
 activation_checkpointing: true
+activation_checkpointing_layers: 20
 loss_reduction: sum
 z_loss: 1e-4
 save_every: 5
@@ -92,6 +93,7 @@ eval_tokens: 8192
   EXPECT_EQ(c.warmup, LrSchedule::Warmup::Linear);
   EXPECT_EQ(c.precision, Precision::Bf16Memory);
   EXPECT_EQ(c.activation_checkpointing, Checkpointing::Full);
+  EXPECT_EQ(c.checkpoint_layers, 20);
   EXPECT_TRUE(c.loss_sum);
   EXPECT_DOUBLE_EQ(c.z_loss, 1e-4);
   EXPECT_EQ(c.save_every, 5);
@@ -150,6 +152,10 @@ TEST(TrainConfig, ErrorsNameTheLineAndField) {
   EXPECT_EQ(parse_train_config("activation_checkpointing: full\n", "t.yml").activation_checkpointing,
             Checkpointing::Full);
   EXPECT_EQ(parse_train_config("activation_checkpointing: no\n", "t.yml").activation_checkpointing, Checkpointing::Off);
+  EXPECT_EQ(parse_train_config("activation_checkpointing: off\n", "t.yml").activation_checkpointing, Checkpointing::Off);
+  EXPECT_EQ(parse_train_config("", "t.yml").checkpoint_layers, -1);
+  EXPECT_NE(error_of("activation_checkpointing_layers: -2\n").find("activation_checkpointing_layers"), std::string::npos);
+  EXPECT_NE(error_of("activation_checkpointing_layers: some\n").find("activation_checkpointing_layers"), std::string::npos);
   EXPECT_NE(error_of("max_shard_size: 5 parsecs\n").find("max_shard_size: size \"5 parsecs\""), std::string::npos);
   EXPECT_NE(error_of("seq_len: [1\n").find("t.yml:"), std::string::npos);  // not YAML
   EXPECT_NE(error_of("- 1\n- 2\n").find("expected a YAML map"), std::string::npos);

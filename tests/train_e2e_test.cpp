@@ -493,7 +493,7 @@ TEST(TrainEndToEnd, TrainersAdamWStepsEqualPyTorch) {
     };
     std::unique_ptr<Backend> be = make_cpu_backend();
     HybridModel model = load_model(test::model_dir(name), *be);
-    HybridTrainable trainable(model, model.config().z_loss_coefficient);
+    HybridTrainable trainable(model, {.z_loss_coefficient = model.config().z_loss_coefficient});
     const std::vector<ParamRef> params = trainable.params();
     AdamW opt(params, AdamWOptions{});  // defaults are the reference's betas, eps and decay
     TokenBatch b;

@@ -345,6 +345,13 @@ TEST_P(TrainGrad, ChunkSizesRepeatsAndCheckpointingChangeNothing) {
     ckpt.activation_checkpointing = c;
     expect_grads_close(a.run(b, nullptr, ckpt), ga, 0,
                        c == Checkpointing::Full ? "activation checkpointing" : "selective activation checkpointing");
+    // only the first k layers checkpointed, the rest keeping everything (k = 0: none)
+    for (int64_t k = 0; k < a.cfg().num_hidden_layers; ++k) {
+      ckpt.checkpoint_layers = k;
+      expect_grads_close(a.run(b, nullptr, ckpt), ga, 0,
+                         std::string(c == Checkpointing::Full ? "full" : "selective") +
+                             " activation checkpointing of the first " + std::to_string(k) + " layers");
+    }
   }
 }
 

@@ -127,6 +127,7 @@ struct AdamWTensor {
   Tensor w, g, m, v, model_copy;
   float decay = 1.f;
   uint64_t key = 0;
+  Tensor w_lo;  // a split master's low halves (Backend::adamw_update)
 };
 
 // Error("<op>_backward: not implemented on <backend>"): the default of every Backend::*_backward.
@@ -337,8 +338,11 @@ class Backend {
   // loop is the CPU twin) and the pieces of global-norm clipping. A trainer whose parameters live in host memory
   // never calls these; the default throws.
   // w, g F32 [n]; m, v F32 or BF16 (stochastic rounding, AdamWUpdate::key) [n]; model_copy: empty, or a BF16 / F32
-  // tensor of n elements that receives the updated weight (the copy the forward reads).
-  virtual void adamw_update(Tensor w, Tensor g, Tensor m, Tensor v, const AdamWUpdate& a, Tensor model_copy) {
+  // tensor of n elements that receives the updated weight (the copy the forward reads). With w_lo the master is
+  // split (core/bf16_split.h): w is then the BF16 weight the forward reads, which holds the master's top half, and
+  // w_lo [n] I16 the rest; model_copy is empty.
+  virtual void adamw_update(Tensor w, Tensor g, Tensor m, Tensor v, const AdamWUpdate& a, Tensor model_copy,
+                            Tensor w_lo = {}) {
     backward_not_implemented("adamw_update", name());
   }
   // Σ g² over an F32 buffer, in double, in a fixed order
@@ -354,7 +358,7 @@ class Backend {
     for (const AdamWTensor& t : ts) {
       AdamWUpdate u = a;
       u.decay = t.decay, u.key = t.key;
-      adamw_update(t.w, t.g, t.m, t.v, u, t.model_copy);
+      adamw_update(t.w, t.g, t.m, t.v, u, t.model_copy, t.w_lo);
     }
   }
   // Σ over the tensors of sum_squares(g), added in order: the same bits as the calls one by one (the default).

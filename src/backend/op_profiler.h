@@ -155,8 +155,9 @@ class OpProfiler final : public Backend {
     timed("lm_head_cross_entropy", [&] { r = in_.lm_head_cross_entropy(dx, dW, x, W, targets, ce_scale, z_scale, chunk_rows); });
     return r;
   }
-  void adamw_update(Tensor w, Tensor g, Tensor m, Tensor v, const AdamWUpdate& a, Tensor model_copy) override {
-    timed("adamw_update", [&] { in_.adamw_update(w, g, m, v, a, model_copy); });
+  void adamw_update(Tensor w, Tensor g, Tensor m, Tensor v, const AdamWUpdate& a, Tensor model_copy,
+                    Tensor w_lo) override {
+    timed("adamw_update", [&] { in_.adamw_update(w, g, m, v, a, model_copy, w_lo); });
   }
   double sum_squares(Tensor g) override {
     double r = 0;

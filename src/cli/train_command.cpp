@@ -56,6 +56,7 @@ struct TrainArgs {
   std::string preset;
   int64_t bench_steps = 3, bench_layers = 0, bench_seq_len = 0, bench_batch_tokens = 0;
   std::string bench_checkpointing;  // --activation-checkpointing[=full|selective]
+  int64_t bench_checkpoint_layers = -1;  // --checkpoint-layers
   std::string bench_precision;
   int nproc = 1;  // data-parallel ranks as threads of this process
 };
@@ -154,7 +155,10 @@ void train_rank(const TrainArgs& a, const TrainConfig& cfg, const ResolvedModel&
   const bool lead = !comm || comm->rank() == 0;
   const bool quiet = a.quiet || !lead;
   std::unique_ptr<HybridModel> hybrid = open_model(cfg, model, be);  // the same seeded weights on every rank
-  HybridTrainable trainable_model(*hybrid, float(cfg.z_loss), cfg.activation_checkpointing);
+  HybridTrainable trainable_model(*hybrid, {.z_loss_coefficient = float(cfg.z_loss),
+                                           .activation_checkpointing = cfg.activation_checkpointing,
+                                           .checkpoint_layers = cfg.checkpoint_layers,
+                                           .split_masters = cfg.precision == Precision::Bf16Memory});
   Trainable* trainable = &trainable_model;
   MixtureOptions mix;
   mix.seed = cfg.seed, mix.shuffle = cfg.shuffle, mix.packing = cfg.packing;
@@ -309,10 +313,17 @@ void run_train_bench(const TrainArgs& a) {
   OpProfiler prof(*device);  // forwards only, unless --profile
   Backend* be = &prof;
   HybridModel model(mc, dummy_weights(mc, *be, cfg.seed), *be);
-  const Checkpointing checkpointing = a.bench_checkpointing == "selective" ? Checkpointing::Selective
-                                      : a.bench_checkpointing == "full"    ? Checkpointing::Full
-                                                                           : cfg.activation_checkpointing;
-  HybridTrainable tr(model, float(cfg.z_loss), checkpointing);
+  const Checkpointing checkpointing = a.bench_checkpointing.empty() ? cfg.activation_checkpointing
+                                                                    : *checkpointing_from_name(a.bench_checkpointing);
+  const int64_t ckpt_layers = a.bench_checkpoint_layers >= 0 ? a.bench_checkpoint_layers : cfg.checkpoint_layers;
+  // the layers that run again: [0, n_ckpt)
+  const int64_t n_ckpt = checkpointing == Checkpointing::Off ? 0
+                         : ckpt_layers < 0                   ? mc.num_hidden_layers
+                                                             : std::min(ckpt_layers, mc.num_hidden_layers);
+  HybridTrainable tr(model, {.z_loss_coefficient = float(cfg.z_loss),
+                             .activation_checkpointing = checkpointing,
+                             .checkpoint_layers = ckpt_layers,
+                             .split_masters = cfg.precision == Precision::Bf16Memory});
   std::vector<ParamRef> params = tr.params();
   AdamWOptions o;
   o.beta1 = cfg.beta1, o.beta2 = cfg.beta2, o.eps = cfg.eps, o.weight_decay = cfg.weight_decay;
@@ -339,9 +350,9 @@ void run_train_bench(const TrainArgs& a) {
                a.bench_layers > 0 ? cat(" (first ", mc.num_hidden_layers, " layers)").c_str() : "", n_params,
                accum > 1 ? cat(accum, " micro-batches of ").c_str() : "", (long long)b.rows, (long long)b.cols,
                precision_name(cfg.precision).c_str(),
-               checkpointing == Checkpointing::Full        ? ", activation checkpointing"
-               : checkpointing == Checkpointing::Selective ? ", selective activation checkpointing"
-                                                           : "",
+               n_ckpt == 0 ? ""
+               : cat(checkpointing == Checkpointing::Full ? ", activation checkpointing" : ", selective activation checkpointing",
+                     n_ckpt < mc.num_hidden_layers ? cat(" of the first ", n_ckpt, " layers") : "").c_str(),
                be->name().c_str());
   // Clipping's factor goes into AdamW (as the trainer does); BAMBA_BENCH_CLIP=scale scales every gradient in a
   // pass of its own first, as before, for comparisons.
@@ -389,10 +400,14 @@ void run_train_bench(const TrainArgs& a) {
               flops / 1e12);
   if (a.peak_tflops > 0) {
     std::printf(", MFU %.1f%% of %g TFLOP/s", 100.0 * flops / (a.peak_tflops * 1e12), a.peak_tflops);
-    // MFU counts the model's 6N; checkpointing's recomputed forward is work the hardware did as well (HFU): 2N
-    // more when whole layers run again, 2 × the MLPs' up projections when only they do (Selective).
-    if (checkpointing != Checkpointing::Off) {
-      const double re = checkpointing == Checkpointing::Full ? n_params : double(mc.mlp_up_parameter_count());
+    // MFU counts the model's 6N; checkpointing's recomputed forward is work the hardware did as well (HFU): 2 × the
+    // checkpointed layers' parameters more when whole layers run again, 2 × their MLPs' up projections when only
+    // they do (Selective).
+    if (n_ckpt > 0) {
+      double re = 0;
+      if (checkpointing == Checkpointing::Selective) re = double(mc.mlp_up_parameter_count(n_ckpt));
+      else
+        for (int64_t i = 0; i < n_ckpt; ++i) re += double(mc.layer_parameter_count(i));
       std::printf(" (HFU at %.2fN: %.1f%%)", 6.0 + 2.0 * re / n_params,
                   100.0 * flops * (6.0 + 2.0 * re / n_params) / 6.0 / (a.peak_tflops * 1e12));
     }
@@ -419,6 +434,10 @@ void register_train(CLI::App& app) {
                 "outputs and recomputes only the norms, conv, scan and MLP up projection (as the config's "
                 "activation_checkpointing)")
       ->check(CLI::IsMember({"full", "selective"}));
+  cmd->add_option("--checkpoint-layers", a->bench_checkpoint_layers,
+                  "--bench: checkpoint only the first N layers, the rest keep every activation (as the config's "
+                  "activation_checkpointing_layers)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--precision", a->bench_precision, "--bench: bf16-mixed, bf16-memory or fp32 (default: the config's)")
       ->check(CLI::IsMember({"bf16-mixed", "bf16-memory", "fp32"}));
   cmd->add_flag("--profile", a->profile, "--bench: then one step with every op timed alone (a per-op table)");

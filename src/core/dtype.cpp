@@ -1,5 +1,6 @@
 #include "core/dtype.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -138,8 +139,15 @@ void convert_to_f32(const void* src, DType t, size_t n, float* dst) {
     case DType::F8_E4M3:
       for (size_t i = 0; i < n; ++i) dst[i] = e4m3_to_f32(b[i]);
       return;
+    case DType::I16:  // exact (a split master's low halves, core/bf16_split.h, travel so)
+      for (size_t i = 0; i < n; ++i) {
+        int16_t h;
+        std::memcpy(&h, b + 2 * i, 2);
+        dst[i] = float(h);
+      }
+      return;
     default:
-      fail("cannot convert ", dtype_name(t), " to F32 (expected F32, BF16, F16, F64 or F8_E4M3)");
+      fail("cannot convert ", dtype_name(t), " to F32 (expected F32, BF16, F16, F64, F8_E4M3 or I16)");
   }
 }
 
@@ -161,8 +169,15 @@ void convert_from_f32(const float* src, size_t n, DType t, void* dst) {
         std::memcpy(b + 2 * i, &h, 2);
       }
       return;
+    case DType::I16:  // rounded to the nearest integer and saturated: exact for what convert_to_f32 gave
+      for (size_t i = 0; i < n; ++i) {
+        const float x = std::isnan(src[i]) ? 0.f : std::clamp(src[i], -32768.f, 32767.f);
+        const int16_t h = int16_t(std::lrint(x));
+        std::memcpy(b + 2 * i, &h, 2);
+      }
+      return;
     default:
-      fail("cannot convert F32 to ", dtype_name(t), " (expected F32, BF16 or F16)");
+      fail("cannot convert F32 to ", dtype_name(t), " (expected F32, BF16, F16 or I16)");
   }
 }
 

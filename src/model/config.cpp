@@ -42,32 +42,40 @@ int64_t ModelConfig::mlp_width() const {
 }
 
 int64_t ModelConfig::parameter_count() const {
+  const int64_t H = hidden_size, F = intermediate_size;
+  int64_t n = vocab_size * H * (tie_word_embeddings ? 1 : 2) + H;  // embeddings, lm_head, final norm
+  for (int64_t i = 0; i < num_hidden_layers; ++i) n += layer_parameter_count(i);
+  if (family == Family::Zamba2)  // the shared blocks: norms [2H] + [H], attention, gate_up + down
+    n += num_mem_blocks * (3 * H + attn_parameter_count() + 3 * F * H);
+  return n;
+}
+
+int64_t ModelConfig::attn_parameter_count() const {
+  return qkv_dim() * attn_in_dim() + num_attention_heads * head_dim * hidden_size;
+}
+
+int64_t ModelConfig::layer_parameter_count(int64_t i) const {
   const int64_t H = hidden_size, F = intermediate_size, I = mamba_inner, CD = conv_dim(), nh = mamba_n_heads;
   const int64_t mamba = in_proj_dim() * H + I * H + CD * mamba_d_conv + (mamba_conv_bias ? CD : 0) + 3 * nh +
                         (mamba_gated_norm ? I : 0) + (mamba_proj_bias ? in_proj_dim() : 0) + (mamba_out_proj_bias ? H : 0);
-  const int64_t attn = qkv_dim() * attn_in_dim() + num_attention_heads * head_dim * H;
+  const int64_t attn = attn_parameter_count();
   const int64_t glu = shared_intermediate_size > 0 ? 3 * shared_intermediate_size * H : 0;
-  int64_t n = vocab_size * H * (tie_word_embeddings ? 1 : 2) + H;  // embeddings, lm_head, final norm
-  for (int64_t i = 0; i < num_hidden_layers; ++i) {
-    const LayerKind k = layer_kinds[size_t(i)];
-    n += (k != LayerKind::None ? H : 0) + (mlp_kinds[size_t(i)] != MlpKind::None ? H : 0);  // norms
-    if (has_ssm(i)) n += mamba;
-    if (k == LayerKind::Attention || k == LayerKind::MambaAttention) n += attn;
-    if (k == LayerKind::SharedAttention)
-      n += H * H + 2 * attn_in_dim() * adapter_rank + (attention_adapters ? 3 * 2 * attn_in_dim() * adapter_rank : 0);
-    switch (mlp_kinds[size_t(i)]) {
-      case MlpKind::None: break;
-      case MlpKind::SwiGLU: n += (family == Family::GraniteMoeHybrid ? glu : 3 * F * H); break;
-      case MlpKind::Relu2: n += 2 * F * H; break;
-      case MlpKind::MoE:
-        n += num_experts * H + (moe_router == MoeRouter::SigmoidGroup ? num_experts : 0) +  // router (+ bias)
-             (moe_router == MoeRouter::SoftmaxTopK ? 3 : 2) * num_experts * moe_intermediate_size * H +
-             (moe_router == MoeRouter::SoftmaxTopK ? glu : 2 * shared_intermediate_size * H);
-        break;
-    }
+  const LayerKind k = layer_kinds[size_t(i)];
+  int64_t n = (k != LayerKind::None ? H : 0) + (mlp_kinds[size_t(i)] != MlpKind::None ? H : 0);  // norms
+  if (has_ssm(i)) n += mamba;
+  if (k == LayerKind::Attention || k == LayerKind::MambaAttention) n += attn;
+  if (k == LayerKind::SharedAttention)
+    n += H * H + 2 * attn_in_dim() * adapter_rank + (attention_adapters ? 3 * 2 * attn_in_dim() * adapter_rank : 0);
+  switch (mlp_kinds[size_t(i)]) {
+    case MlpKind::None: break;
+    case MlpKind::SwiGLU: n += (family == Family::GraniteMoeHybrid ? glu : 3 * F * H); break;
+    case MlpKind::Relu2: n += 2 * F * H; break;
+    case MlpKind::MoE:
+      n += num_experts * H + (moe_router == MoeRouter::SigmoidGroup ? num_experts : 0) +  // router (+ bias)
+           (moe_router == MoeRouter::SoftmaxTopK ? 3 : 2) * num_experts * moe_intermediate_size * H +
+           (moe_router == MoeRouter::SoftmaxTopK ? glu : 2 * shared_intermediate_size * H);
+      break;
   }
-  if (family == Family::Zamba2)  // the shared blocks: norms [2H] + [H], attention, gate_up + down
-    n += num_mem_blocks * (3 * H + attn + 3 * F * H);
   return n;
 }
 
@@ -78,10 +86,11 @@ int64_t ModelConfig::routed_expert_parameter_count() const {
   return n;
 }
 
-int64_t ModelConfig::mlp_up_parameter_count() const {
+int64_t ModelConfig::mlp_up_parameter_count(int64_t layers) const {
   const int64_t H = hidden_size, glu = family == Family::GraniteMoeHybrid ? shared_intermediate_size : intermediate_size;
   int64_t n = 0;
-  for (MlpKind k : mlp_kinds) switch (k) {
+  const size_t end = layers < 0 ? mlp_kinds.size() : std::min(mlp_kinds.size(), size_t(layers));
+  for (size_t i = 0; i < end; ++i) switch (mlp_kinds[i]) {
       case MlpKind::None: break;
       case MlpKind::SwiGLU: n += 2 * glu * H; break;
       case MlpKind::Relu2: n += intermediate_size * H; break;

@@ -140,10 +140,13 @@ struct ModelConfig {
   int64_t n_attention_layers() const; // layers with a KV cache
   int64_t mlp_width() const;          // widest dense feed-forward (workspace sizing)
   int64_t parameter_count() const;
+  int64_t layer_parameter_count(int64_t i) const;  // decoder layer i's own (Zamba2's shared blocks not included)
+  int64_t attn_parameter_count() const;            // one attention block's q | k | v and o projections
   int64_t routed_expert_parameter_count() const;  // all MoE layers' routed experts; a token uses k/E of them
   // The dense MLPs' up projections (gate | up; an MoE layer's shared expert's and its router): the matmuls that
-  // Selective activation checkpointing runs again (model/hybrid.h Checkpointing), for the train bench's HFU.
-  int64_t mlp_up_parameter_count() const;
+  // Selective activation checkpointing runs again (model/hybrid.h Checkpointing), for the train bench's HFU; of
+  // the first `layers` layers (-1: all).
+  int64_t mlp_up_parameter_count(int64_t layers = -1) const;
 };
 
 // Parses config.json text; `label` (usually the path) prefixes every error, which names the field and what was

@@ -7,7 +7,9 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "backend/backend.h"
@@ -79,6 +81,8 @@ struct TrainBatch {
 //              instead of a third at the Bamba shape — for [T, in_proj width + hidden] more a Mamba layer (171 MB at
 //              4,096 tokens, bf16). A Zamba2 shared block runs whole either way.
 enum class Checkpointing : uint8_t { Off, Full, Selective };
+// The config's and the command line's spelling: "true" / "full", "selective", "false" / "off"; nullopt otherwise.
+std::optional<Checkpointing> checkpointing_from_name(std::string_view name);
 
 struct TrainOptions {
   float z_loss_coefficient = 0.f;  // HF's z_loss_coefficient: + coef · mean over all positions of logsumexp²
@@ -92,6 +96,10 @@ struct TrainOptions {
   int64_t ce_chunk_rows = 1024;
   bool loss_only = false;       // validation: the loss, no gradients (the gradient buffers are left untouched)
   Checkpointing activation_checkpointing = Checkpointing::Off;
+  // Checkpointing applies to the first this-many layers only; the rest keep every activation (Megatron's
+  // recompute_num_layers, "block" method): the memory the device has left buys back their recompute. -1: every
+  // layer. The same bits whichever layers are chosen.
+  int64_t checkpoint_layers = -1;
   // Keep every MoE layer's chosen experts in TrainResult::routing (load statistics; tests that must know whether a
   // perturbation moved a top-k choice, where the loss is not differentiable).
   bool record_routing = false;

@@ -10,6 +10,14 @@
 #include "model/hybrid.h"
 
 namespace bamba {
+
+std::optional<Checkpointing> checkpointing_from_name(std::string_view name) {
+  if (name == "true" || name == "full") return Checkpointing::Full;
+  if (name == "selective") return Checkpointing::Selective;
+  if (name == "false" || name == "off") return Checkpointing::Off;
+  return std::nullopt;
+}
+
 namespace {
 
 // Backend tensors released together at the end of the step.
@@ -361,17 +369,24 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     }
     if (!replay) be_.add(h_out, a.h_mid);
   };
-  const bool ckpt = opt.activation_checkpointing != Checkpointing::Off;
+  // Layers [0, n_ckpt) are checkpointed (TrainOptions::checkpoint_layers), the rest keep everything.
+  const int64_t n_ckpt = opt.activation_checkpointing == Checkpointing::Off ? 0
+                         : opt.checkpoint_layers < 0                      ? L
+                                                                          : std::min(L, opt.checkpoint_layers);
+  auto ckpt = [&](int64_t i) { return i < n_ckpt; };
   const bool keep_proj = opt.activation_checkpointing == Checkpointing::Selective;
   std::vector<LayerActs> acts(static_cast<size_t>(L));
-  LayerActs work;  // checkpointing: the one set of buffers every layer is (re)computed into
-  Need all;  // every layer's needs merged
+  LayerActs work;  // checkpointing: the one set of buffers every checkpointed layer is (re)computed into
+  Need all, all_ckpt;  // every layer's needs merged; the checkpointed layers' (the size of `work`)
+  auto merge = [](Need& into, const Need& n) {
+    into.mamba |= n.mamba, into.attn |= n.attn, into.both |= n.both, into.moe |= n.moe, into.shared |= n.shared;
+    into.up = std::max(into.up, n.up), into.ff = std::max(into.ff, n.ff);
+  };
   for (int64_t i = 0; i < L; ++i) {
-    const Need n = need_of(i);
-    all.mamba |= n.mamba, all.attn |= n.attn, all.both |= n.both, all.moe |= n.moe, all.shared |= n.shared;
-    all.up = std::max(all.up, n.up), all.ff = std::max(all.ff, n.ff);
+    merge(all, need_of(i));
+    if (ckpt(i)) merge(all_ckpt, need_of(i));
   }
-  if (ckpt) alloc_acts(work, all, keep_proj);
+  if (n_ckpt > 0) alloc_acts(work, all_ckpt, keep_proj);
   Tensor h = mem(T, H);
   be_.embed(h, w_.embed_tokens);
   if (cfg_.embedding_multiplier != 1.f) be_.scale(h, cfg_.embedding_multiplier);
@@ -379,7 +394,7 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
   for (int64_t i = 0; i < L; ++i) {
     LayerActs& a = acts[size_t(i)];
     Tensor experts;  // this layer's chosen experts (MoE)
-    if (ckpt) {
+    if (ckpt(i)) {
       LayerActs in = work;
       in.h_in = a.h_in = h;
       if (keep_proj) {
@@ -452,7 +467,7 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     d_catn = mem(T, 2 * H), d_cat = mem(T, 2 * H), d_wide = mem(T, 2 * H);
     if (cfg_.attention_adapters) d_low = mem(T, 3 * rank);
   }
-  Tensor h_scratch = ckpt && !keep_proj ? mem(T, H) : Tensor{};  // the recomputed layer's output, not needed again
+  Tensor h_scratch = n_ckpt > 0 && !keep_proj ? mem(T, H) : Tensor{};  // the recomputed layer's output, not needed again
   // dh · s, in d_block (or dh itself when s is 1)
   auto scaled_grad = [&](float s) {
     if (s == 1.f) return dh;
@@ -493,13 +508,13 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     const LayerWeights& lw = w_.layers[size_t(i)];
     LayerWeights& lg = g.layers[size_t(i)];
     LayerActs recomputed = work;
-    if (ckpt) {
+    if (ckpt(i)) {
       const LayerActs& kept = acts[size_t(i)];
       recomputed.h_in = kept.h_in;
       if (keep_proj) take_kept(recomputed, kept);
       layer_forward(i, recomputed, h_scratch, keep_proj);
     }
-    const LayerActs& a = ckpt ? recomputed : acts[size_t(i)];
+    const LayerActs& a = ckpt(i) ? recomputed : acts[size_t(i)];
     // MLP: h_out = h_mid + down(swiglu(gate_up(xn2)))·mlp_out (without an MLP, h_out = h_mid: dh passes through);
     // MoE: h_out = h_mid + (routed(xn2) + shared(xn2)·mlp_down_multiplier)·residual_multiplier
     if (has_mlp(i)) {

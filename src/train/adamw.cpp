@@ -68,6 +68,7 @@ void AdamW::step(const std::vector<ParamRef>& params, double lr, float grad_scal
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamRef& p = params[i];
     BAMBA_CHECK(p.size == sizes_[i], "AdamW: parameter ", p.name, " has ", p.size, " elements, expected ", sizes_[i]);
+    BAMBA_CHECK(p.value, "AdamW: parameter ", p.name, " has a split master, which only a ParamDevice updates");
     float* w = p.value;
     const float* g = p.grad;
     const float decay = p.decay ? float(1 - lr * opt_.weight_decay) : 1.f;

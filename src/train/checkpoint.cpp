@@ -80,7 +80,7 @@ void save_checkpoint(const std::string& dir, const std::vector<ParamRef>& params
   auto host_value = [&](const ParamRef& p) -> const float* {  // device parameters are copied out first
     if (!dev) return p.value;
     staged.resize(p.size);
-    dev->download(staged.data(), p.value, DType::F32, p.size);
+    dev->master_to_host(p, staged.data());
     return staged.data();
   };
   for (const auto& p : params) {
@@ -204,7 +204,7 @@ void load_checkpoint(const std::string& dir, const std::vector<ParamRef>& params
     const ParamRef& p = params[i];
     const TensorInfo& w = tensor(p.name);
     check(w, p, DType::F32);
-    if (ParamDevice* dev = opt.device()) dev->upload(p.value, w.data, DType::F32, p.size);
+    if (ParamDevice* dev = opt.device()) dev->master_from_host(p, reinterpret_cast<const float*>(w.data));
     else std::memcpy(p.value, w.data, p.size * 4);
     for (const char* which : {".exp_avg", ".exp_avg_sq"}) {
       const TensorInfo* m = moments_file.find(p.name + which);

@@ -53,7 +53,14 @@ void DataParallel::broadcast_parameters(const std::vector<ParamRef>& params, Par
     size_t bytes = 0, end = i;
     while (end < params.size() && (bytes == 0 || bytes + params[end].size * 4 <= bucket_bytes_)) bytes += params[end++].size * 4;
     comm_.group_start();
-    for (size_t k = i; k < end; ++k) comm_.broadcast(params[k].value, params[k].size, DType::F32, owner(params, k));
+    for (size_t k = i; k < end; ++k) {
+      const ParamRef& p = params[k];
+      if (p.value) comm_.broadcast(p.value, p.size, DType::F32, owner(params, k));
+      else {  // a split master: its two halves (the model's weight among them)
+        comm_.broadcast(p.split_hi, p.size, DType::BF16, owner(params, k));
+        comm_.broadcast(p.split_lo, p.size, DType::BF16, owner(params, k));  // I16 bits: a broadcast moves bytes
+      }
+    }
     comm_.group_end();
     i = end;
   }

@@ -207,7 +207,8 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
       {"model",      "data",      "seq_len",    "micro_batch_size",         "batch_tokens",   "steps",  "tokens",
        "optimizer",  "schedule",  "precision",  "activation_checkpointing", "loss_reduction", "z_loss", "save_every",
        "eval_every", "keep_last", "save_dtype", "max_shard_size",           "output",         "seed",
-       "shuffle",    "packing",   "validation", "eval_tokens",              "phases"});
+       "shuffle",    "packing",   "validation", "eval_tokens",              "phases",
+       "activation_checkpointing_layers"});
 
   const Fields model = top.section("model");
   model.only({"path", "config", "preset", "tokenizer"});
@@ -332,15 +333,17 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
       "precision", c.precision,
       {{"bf16-mixed", Precision::Bf16Mixed}, {"bf16-memory", Precision::Bf16Memory}, {"fp32", Precision::Fp32}});
   if (YAML::Node n = top.get("activation_checkpointing"); n && !n.IsNull()) {  // true / false, full, selective
+    // YAML's other booleans (yes, on, True, ...) as true / false first
     bool on = false;
-    if (n.IsScalar() && YAML::convert<bool>::decode(n, on))
-      c.activation_checkpointing = on ? Checkpointing::Full : Checkpointing::Off;
-    else if (n.IsScalar() && (n.Scalar() == "full" || n.Scalar() == "selective"))
-      c.activation_checkpointing = n.Scalar() == "full" ? Checkpointing::Full : Checkpointing::Selective;
-    else
+    std::optional<Checkpointing> m;
+    if (n.IsScalar()) m = YAML::convert<bool>::decode(n, on) ? checkpointing_from_name(on ? "true" : "false")
+                                                               : checkpointing_from_name(n.Scalar());
+    if (!m)
       fail(top.where(n, "activation_checkpointing"), ": expected true, false, full or selective, got ",
            n.IsScalar() ? "\"" + n.Scalar() + "\"" : "a list or map");
+    c.activation_checkpointing = *m;
   }
+  c.checkpoint_layers = top.integer("activation_checkpointing_layers", c.checkpoint_layers, -1, kBig);
   c.loss_sum = top.choice("loss_reduction", c.loss_sum, {{"mean", false}, {"sum", true}});
   c.z_loss = top.num("z_loss", c.z_loss, 0, 1);
   c.save_every = top.integer("save_every", c.save_every, 0, kBig);

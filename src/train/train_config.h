@@ -69,6 +69,7 @@ struct TrainConfig {
 
   Precision precision = Precision::Bf16Mixed;
   Checkpointing activation_checkpointing = Checkpointing::Off;  // true = full, or selective (model/hybrid.h)
+  int64_t checkpoint_layers = -1;  // activation_checkpointing_layers: only the first N layers (-1: all)
   bool loss_sum = false;  // loss_reduction: sum (else per-token mean over the global batch)
   double z_loss = 0;
 

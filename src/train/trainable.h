@@ -15,11 +15,16 @@ namespace bamba {
 // lifetime; `shape` is the Hugging Face shape (the product is `size`).
 struct ParamRef {
   std::string name;  // HF tensor name, e.g. "model.layers.0.mamba.A_log"
-  float* value = nullptr;
+  float* value = nullptr;  // the fp32 master; null when it is split (below)
   float* grad = nullptr;
   size_t size = 0;
   std::vector<int64_t> shape;
   bool decay = true;  // AdamW weight decay applies (see default_weight_decay)
+  // A split master (precision bf16-memory on a GPU, core/bf16_split.h): the model's own bf16 weight `split_hi`
+  // holds the master's top half and `split_lo` (device memory, `size` I16) the rest — 2 bytes a parameter
+  // instead of an fp32 master beside the bf16 weight. Read and written through the ParamDevice only.
+  void* split_hi = nullptr;
+  void* split_lo = nullptr;
 };
 
 // Rows of token ids with Hugging Face's unshifted labels: the logits at position t are scored against
@@ -89,6 +94,10 @@ class ParamDevice {
   }
   // After parameter values were written directly (a checkpoint loaded): refresh every model copy.
   virtual void sync_model(const std::vector<ParamRef>& params) = 0;
+  // The master of p as fp32 (joined when it is split), and writing it (a checkpoint loaded; a split master is
+  // split again, and its model weight is then current).
+  virtual void master_to_host(const ParamRef& p, float* host) { download(host, p.value, DType::F32, p.size); }
+  virtual void master_from_host(const ParamRef& p, const float* host) { upload(p.value, host, DType::F32, p.size); }
 };
 
 class Trainable {

@@ -1,8 +1,10 @@
 // The optimizer's element-wise work on the GPU (train/adamw.h has the definition and the CPU form, which this
 // follows operation for operation in fp32): the AdamW update of fp32 master weights, fp32 or stochastically
 // rounded bf16 moments, and the compute-dtype copy of each weight that the model reads; plus the pieces of global
-// gradient-norm clipping (Σ g² as per-block double partials in a fixed order, then a scale).
+// gradient-norm clipping (Σ g² as per-block double partials in a fixed order, then a scale). A master may be split
+// (core/bf16_split.h): then `w` is the model's bf16 weight, the master's top half, and `lo` the rest.
 #include "backend/cuda/kernels.cuh"
+#include "core/bf16_split.h"
 #include "core/hash_uniform.h"
 
 namespace bamba::cuda {
@@ -26,8 +28,9 @@ struct Elem {
   float w, g, m, v;
 };
 template <bool BF16M>
-__device__ __forceinline__ Elem adamw_load(const float* w, const float* g, const void* mp, const void* vp, int64_t j) {
-  Elem e{w[j], g[j], 0.f, 0.f};
+__device__ __forceinline__ Elem adamw_load(const void* w, const uint16_t* lo, const float* g, const void* mp,
+                                           const void* vp, int64_t j) {
+  Elem e{lo ? bf16_join(static_cast<const uint16_t*>(w)[j], lo[j]) : static_cast<const float*>(w)[j], g[j], 0.f, 0.f};
   if (BF16M) {
     e.m = bf16_bits_to_f(static_cast<const uint16_t*>(mp)[j]);
     e.v = bf16_bits_to_f(static_cast<const uint16_t*>(vp)[j]);
@@ -45,9 +48,10 @@ __device__ __forceinline__ void adamw_math(Elem& e, const AdamWArgs& a, float de
   e.w = __fsub_rn(wj, __fmul_rn(a.step_size, __fdiv_rn(e.m, __fadd_rn(__fdiv_rn(__fsqrt_rn(e.v), a.bc2_sqrt), a.eps))));
 }
 template <bool BF16M>
-__device__ __forceinline__ void adamw_store(const Elem& e, float* w, void* mp, void* vp, int64_t j, uint64_t key,
-                                            void* copy, int copy_bf16) {
-  w[j] = e.w;
+__device__ __forceinline__ void adamw_store(const Elem& e, void* w, uint16_t* lo, void* mp, void* vp, int64_t j,
+                                            uint64_t key, void* copy, int copy_bf16) {
+  if (lo) bf16_split(e.w, static_cast<uint16_t*>(w)[j], lo[j]);
+  else static_cast<float*>(w)[j] = e.w;
   if (BF16M) {
     const uint64_t r = splitmix64(key + uint64_t(j));
     static_cast<uint16_t*>(mp)[j] = bf16_bits_sr(e.m, uint32_t(r));
@@ -63,12 +67,12 @@ __device__ __forceinline__ void adamw_store(const Elem& e, float* w, void* mp, v
 }
 
 template <bool BF16M>
-__global__ void adamw_kernel(float* w, const float* g, void* mp, void* vp, int64_t n, AdamWArgs a, void* copy,
-                             int copy_bf16) {
+__global__ void adamw_kernel(void* w, uint16_t* lo, const float* g, void* mp, void* vp, int64_t n, AdamWArgs a,
+                             void* copy, int copy_bf16) {
   for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < n; j += int64_t(gridDim.x) * blockDim.x) {
-    Elem e = adamw_load<BF16M>(w, g, mp, vp, j);
+    Elem e = adamw_load<BF16M>(w, lo, g, mp, vp, j);
     adamw_math(e, a, a.decay);
-    adamw_store<BF16M>(e, w, mp, vp, j, a.key, copy, copy_bf16);
+    adamw_store<BF16M>(e, w, lo, mp, vp, j, a.key, copy, copy_bf16);
   }
 }
 
@@ -100,14 +104,14 @@ __global__ void __launch_bounds__(kAdamWThreads) adamw_many_kernel(const AdamWTe
 #pragma unroll
     for (int k = 0; k < kAdamWAhead; ++k) {
       const int64_t j = j0 + int64_t(k) * kAdamWThreads;
-      if (j < end) e[k] = adamw_load<BF16M>(t.w, t.g, t.m, t.v, j);
+      if (j < end) e[k] = adamw_load<BF16M>(t.w, t.lo, t.g, t.m, t.v, j);
     }
 #pragma unroll
     for (int k = 0; k < kAdamWAhead; ++k) {
       const int64_t j = j0 + int64_t(k) * kAdamWThreads;
       if (j < end) {
         adamw_math(e[k], a, t.decay);
-        adamw_store<BF16M>(e[k], t.w, t.m, t.v, j, t.key, t.copy, t.copy_bf16);
+        adamw_store<BF16M>(e[k], t.w, t.lo, t.m, t.v, j, t.key, t.copy, t.copy_bf16);
       }
     }
   }
@@ -166,12 +170,12 @@ unsigned grid_for(int64_t n) { return std::max(1u, std::min(ceil_div(n, 256), 65
 
 }  // namespace
 
-void adamw_step(cudaStream_t st, float* w, const float* g, void* m, void* v, bool bf16_moments, int64_t n,
+void adamw_step(cudaStream_t st, void* w, uint16_t* lo, const float* g, void* m, void* v, bool bf16_moments, int64_t n,
                 const AdamWArgs& a, void* model_copy, DType model_dtype) {
   if (n == 0) return;
   const int copy_bf16 = model_dtype == DType::BF16;
-  if (bf16_moments) adamw_kernel<true><<<grid_for(n), 256, 0, st>>>(w, g, m, v, n, a, model_copy, copy_bf16);
-  else adamw_kernel<false><<<grid_for(n), 256, 0, st>>>(w, g, m, v, n, a, model_copy, copy_bf16);
+  if (bf16_moments) adamw_kernel<true><<<grid_for(n), 256, 0, st>>>(w, lo, g, m, v, n, a, model_copy, copy_bf16);
+  else adamw_kernel<false><<<grid_for(n), 256, 0, st>>>(w, lo, g, m, v, n, a, model_copy, copy_bf16);
   CUDA_LAUNCH_CHECK();
 }
 

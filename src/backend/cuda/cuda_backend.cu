@@ -623,13 +623,24 @@ class CudaBackend final : public Backend {
   double lm_head_cross_entropy(Tensor dx, Tensor dW, Tensor x, Tensor W, std::span<const int32_t> targets,
                                double ce_scale, double z_scale, int64_t chunk_rows) override;
 
-  void adamw_update(Tensor w, Tensor g, Tensor m, Tensor v, const AdamWUpdate& u, Tensor model_copy) override {
+  // The master's buffers: (w, null) for an fp32 master, (the bf16 weight, its low halves) for a split one.
+  static std::pair<void*, uint16_t*> master_of(const Tensor& w, const Tensor& w_lo, const Tensor& model_copy,
+                                               const char* op) {
+    if (!w_lo) return {f32(w, "master weight"), nullptr};
+    if (w.device != Device::CUDA || w.dtype != DType::BF16 || w_lo.device != Device::CUDA ||
+        w_lo.dtype != DType::I16 || w_lo.numel() != w.numel() || model_copy)
+      fail("cuda ", op, ": a split master is a CUDA BF16 weight and as many I16 low halves, with no copy");
+    return {w.data, static_cast<uint16_t*>(w_lo.data)};
+  }
+  void adamw_update(Tensor w, Tensor g, Tensor m, Tensor v, const AdamWUpdate& u, Tensor model_copy,
+                    Tensor w_lo) override {
     const int64_t n = w.numel();
     if (g.numel() != n || m.numel() != n || v.numel() != n || (model_copy && model_copy.numel() != n))
       fail("cuda adamw_update: buffers of different sizes");
     if (m.dtype != v.dtype || (m.dtype != DType::F32 && m.dtype != DType::BF16)) fail("cuda adamw_update: moments");
+    const auto [wp, lo] = master_of(w, w_lo, model_copy, "adamw_update");
     const AdamWArgs a{u.step_size, u.bc2_sqrt, u.eps, u.one_minus_b1, u.b2, u.one_minus_b2, u.decay, u.grad_scale, u.key};
-    cuda::adamw_step(stream_, f32(w, "master weight"), f32(g, "gradient"), m.data, v.data, m.dtype == DType::BF16, n, a,
+    cuda::adamw_step(stream_, wp, lo, f32(g, "gradient"), m.data, v.data, m.dtype == DType::BF16, n, a,
                      model_copy ? model_copy.data : nullptr, model_copy ? model_copy.dtype : DType::F32);
   }
   double sum_squares(Tensor g) override {
@@ -663,7 +674,8 @@ class CudaBackend final : public Backend {
           (t.m.dtype == DType::BF16) != bf16m)
         fail("cuda adamw_update_many: moments must all be F32 or all BF16");
       if (n == 0) continue;
-      table.push_back({f32(t.w, "master weight"), f32(t.g, "gradient"), t.m.data, t.v.data,
+      const auto [wp, lo] = master_of(t.w, t.w_lo, t.model_copy, "adamw_update_many");
+      table.push_back({wp, lo, f32(t.g, "gradient"), t.m.data, t.v.data,
                        t.model_copy ? t.model_copy.data : nullptr, n, blocks, t.key, t.decay,
                        t.model_copy && t.model_copy.dtype == DType::BF16 ? 1 : 0});
       blocks += cuda::adamw_many_blocks(n);

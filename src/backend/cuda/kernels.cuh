@@ -271,18 +271,21 @@ void cross_entropy_rows(cudaStream_t st, const float* logits, T* dlogits, int64_
                         float ce_scale, float z_scale, float* loss);
 
 // adamw.cu: one AdamW update of n fp32 master weights (see train/adamw.h), optionally writing the compute-dtype
-// copy the model reads. m, v fp32, or bf16 with stochastic rounding from (key, element index).
+// copy the model reads. m, v fp32, or bf16 with stochastic rounding from (key, element index). lo null: w is the
+// fp32 master; else the master is split (core/bf16_split.h): w the bf16 weight the model reads (its top half, no
+// copy then), lo [n] the low halves.
 struct AdamWArgs {
   float step_size, bc2_sqrt, eps, one_minus_b1, b2, one_minus_b2, decay, grad_scale;
   uint64_t key;  // bf16 moments: the per-(step, parameter) hash key
 };
-void adamw_step(cudaStream_t st, float* w, const float* g, void* m, void* v, bool bf16_moments, int64_t n,
+void adamw_step(cudaStream_t st, void* w, uint16_t* lo, const float* g, void* m, void* v, bool bf16_moments, int64_t n,
                 const AdamWArgs& a, void* model_copy, DType model_dtype);
 // The same update of many tensors in one launch (adamw_step's arithmetic and rounding bits, element for element):
 // `table` (device memory) lists them in order, each with the first of its adamw_many_blocks(n) blocks; `blocks`
 // is the total. a.decay and a.key are unused (each tensor has its own).
 struct AdamWTensorArgs {
-  float* w;
+  void* w;       // fp32 master, or the bf16 weight when lo is set
+  uint16_t* lo;  // a split master's low halves, or null
   const float* g;
   void* m;
   void* v;
