@@ -896,8 +896,8 @@ TEST(DTypeConversion, BulkAndUnaligned) {
   }
   float out[1] = {0};
   int32_t i = 1;
-  EXPECT_ERROR(convert_to_f32(&i, DType::I32, 1, out), "I32", "F32, BF16, F16, F64 or F8_E4M3");
-  EXPECT_ERROR(convert_from_f32(out, 1, DType::I64, &i), "I64", "F32, BF16 or F16");
+  EXPECT_ERROR(convert_to_f32(&i, DType::I32, 1, out), "I32", "F32, BF16, F16, F64, F8_E4M3 or I16");
+  EXPECT_ERROR(convert_from_f32(out, 1, DType::I64, &i), "I64", "F32, BF16, F16 or I16");
 }
 
 }  // namespace

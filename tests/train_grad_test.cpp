@@ -338,8 +338,11 @@ TEST_P(TrainGrad, ChunkSizesRepeatsAndCheckpointingChangeNothing) {
     expect_grads_close(c.run(b), ga, 0, "mamba_chunk_size " + std::to_string(q));
   }
   TrainOptions opt;
-  opt.ce_chunk_rows = 1;  // cross-entropy a row at a time: only the summation order of dW may differ
-  expect_grads_close(a.run(b, nullptr, opt), ga, 1e-6, "ce_chunk_rows 1");
+  // cross-entropy a row at a time: only summation orders may differ — dW's over the chunks, and the 1-row dx that
+  // BLAS computes with other kernels (OpenBLAS's blocking depends on the CPU and its thread count), a rounding that
+  // the backward carries into every layer (~2e-6 of the largest gradient on a 2-core EPYC)
+  opt.ce_chunk_rows = 1;
+  expect_grads_close(a.run(b, nullptr, opt), ga, 1e-5, "ce_chunk_rows 1");
   for (Checkpointing c : {Checkpointing::Full, Checkpointing::Selective}) {  // recomputed in the backward: the same bits
     TrainOptions ckpt;
     ckpt.activation_checkpointing = c;

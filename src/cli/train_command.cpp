@@ -316,10 +316,7 @@ void run_train_bench(const TrainArgs& a) {
   const Checkpointing checkpointing = a.bench_checkpointing.empty() ? cfg.activation_checkpointing
                                                                     : *checkpointing_from_name(a.bench_checkpointing);
   const int64_t ckpt_layers = a.bench_checkpoint_layers >= 0 ? a.bench_checkpoint_layers : cfg.checkpoint_layers;
-  // the layers that run again: [0, n_ckpt)
-  const int64_t n_ckpt = checkpointing == Checkpointing::Off ? 0
-                         : ckpt_layers < 0                   ? mc.num_hidden_layers
-                                                             : std::min(ckpt_layers, mc.num_hidden_layers);
+  const int64_t n_ckpt = checkpointed_layer_count(checkpointing, ckpt_layers, mc.num_hidden_layers);  // run again
   HybridTrainable tr(model, {.z_loss_coefficient = float(cfg.z_loss),
                              .activation_checkpointing = checkpointing,
                              .checkpoint_layers = ckpt_layers,

@@ -83,6 +83,9 @@ struct TrainBatch {
 enum class Checkpointing : uint8_t { Off, Full, Selective };
 // The config's and the command line's spelling: "true" / "full", "selective", "false" / "off"; nullopt otherwise.
 std::optional<Checkpointing> checkpointing_from_name(std::string_view name);
+// How many layers, from the first, are checkpointed (TrainOptions::checkpoint_layers): none when Off, else
+// checkpoint_layers (-1: every one) capped at num_layers.
+int64_t checkpointed_layer_count(Checkpointing mode, int64_t checkpoint_layers, int64_t num_layers);
 
 struct TrainOptions {
   float z_loss_coefficient = 0.f;  // HF's z_loss_coefficient: + coef · mean over all positions of logsumexp²

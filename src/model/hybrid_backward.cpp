@@ -18,6 +18,11 @@ std::optional<Checkpointing> checkpointing_from_name(std::string_view name) {
   return std::nullopt;
 }
 
+int64_t checkpointed_layer_count(Checkpointing mode, int64_t checkpoint_layers, int64_t num_layers) {
+  if (mode == Checkpointing::Off) return 0;
+  return checkpoint_layers < 0 ? num_layers : std::min(checkpoint_layers, num_layers);
+}
+
 namespace {
 
 // Backend tensors released together at the end of the step.
@@ -370,9 +375,7 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     if (!replay) be_.add(h_out, a.h_mid);
   };
   // Layers [0, n_ckpt) are checkpointed (TrainOptions::checkpoint_layers), the rest keep everything.
-  const int64_t n_ckpt = opt.activation_checkpointing == Checkpointing::Off ? 0
-                         : opt.checkpoint_layers < 0                      ? L
-                                                                          : std::min(L, opt.checkpoint_layers);
+  const int64_t n_ckpt = checkpointed_layer_count(opt.activation_checkpointing, opt.checkpoint_layers, L);
   auto ckpt = [&](int64_t i) { return i < n_ckpt; };
   const bool keep_proj = opt.activation_checkpointing == Checkpointing::Selective;
   std::vector<LayerActs> acts(static_cast<size_t>(L));
