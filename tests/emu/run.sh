@@ -9,8 +9,8 @@
 # grad::(gated_)rmsnorm_backward; the cross-entropy rows in double) on bf16-rounded inputs: odd sizes, several
 # sequences, G = 2 / GQA, state0, the dt clamp, partial RoPE, chunk tables of 64..256, rows with and without
 # 16-byte runs, both attention forms (mma, wmma); the decode GEMV for bf16 and FP8 weights (gemv_mma_emu.cpp);
-# and moe.cu's router, sort, grouped tensor-core expert GEMMs (both tile shapes, SwiGLU / relu²) and combine
-# (moe_emu.cpp). Checks indexing, fragment layouts, padding, masks, barriers and cp.async waits; not speed,
+# moe.cu's router, sort, grouped tensor-core expert GEMMs (both tile shapes, SwiGLU / relu²) and combine
+# (moe_emu.cpp); and adamw.cu's one-launch update against train/adamw.cpp, with split masters (adamw_emu.cpp). Checks indexing, fragment layouts, padding, masks, barriers and cp.async waits; not speed,
 # races or the real mma's rounding.
 # Usage: tests/emu/run.sh [out-dir]   (about 8 min on two cores; EMU_ONLY="gemv_mma moe" runs those drivers)
 set -euo pipefail
@@ -34,10 +34,18 @@ awk '/^\/\/ The tensor-core path of moe_experts/{skip=1} /^\/\/ ---- backward/{s
      /^void moe_route\(cudaStream_t st/{skip=1} /^}  \/\/ namespace bamba::cuda/{skip=0} !skip' \
   "$src/backend/cuda/moe.cu" | sed 's/extern __shared__ __align__(16) unsigned char smem\[\];/unsigned char* smem = emu::dyn_smem();/' \
   > "$out/moe_kernels_emu.inc"
+# adamw.cu: its argument structs from the real kernels.cuh (the stand-in has none), and its CPU twin linked in
+strip adamw.cu '^void adamw_step\(cudaStream_t st' > "$out/adamw_kernels_emu.inc"
+{ echo 'namespace bamba::cuda {'
+  sed -n '/^struct AdamWArgs {/,/^};/p; /^struct AdamWTensorArgs {/,/^};/p; /^struct SumSqTensorArgs {/,/^};/p' \
+    "$src/backend/cuda/kernels.cuh"
+  echo '}  // namespace bamba::cuda'; } > "$out/adamw_args_emu.inc"
 rc=0
-for t in ${EMU_ONLY:-ssd_backward_chunked attention_backward_mma backward cross_entropy gemv_mma moe}; do
+for t in ${EMU_ONLY:-ssd_backward_chunked attention_backward_mma backward cross_entropy gemv_mma moe adamw}; do
+  extra=()
+  [ "$t" = adamw ] && extra=("$src/train/adamw.cpp")
   g++ -std=c++20 -O2 -pthread -I "$here/include" -I "$src" -I "$out" "$here/${t}_emu.cpp" "$src/core/dtype.cpp" \
-    -o "$out/$t"
+    "${extra[@]}" -o "$out/$t"
   echo "== $t"
   "$out/$t" || rc=1
 done

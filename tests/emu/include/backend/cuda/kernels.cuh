@@ -97,6 +97,13 @@ inline int __shfl_xor_sync(unsigned, int v, int m) {
 inline void __syncwarp() { emu::cur->warps[emu::linear_tid() / 32].bar.arrive_and_wait(); }
 using std::isnan;
 inline float __uint_as_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline uint32_t __float_as_uint(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+// IEEE fp32 operations rounded to nearest, as the CPU's own (g++ -std=c++20 contracts nothing into an fma)
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float x) { return std::sqrt(x); }
 inline float silu_f(float x) { return x / (1.f + std::exp(-x)); }
 inline uint4 __ldcs(const uint4* p) { return *p; }
 inline void pdl_wait() {}     // the kernels run one at a time here
