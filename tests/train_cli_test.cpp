@@ -43,7 +43,15 @@ TEST_F(TrainCli, CheckPrintsThePlan) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("4096 tokens = 8 rows of 512, 4 micro-batches of 2 rows"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("245 steps"), std::string::npos) << r.err;  // ceil(1e6 / 4096)
+  EXPECT_NE(r.err.find("18 bytes a parameter), activations of 1024 tokens a micro-batch, no checkpointing"),
+            std::string::npos) << r.err;  // bf16-mixed
   EXPECT_FALSE(fs::exists(tmp_ + "/out"));                         // nothing written
+  r = train(valid() + "precision: bf16-memory\nactivation_checkpointing: selective\nactivation_checkpointing_layers: 2\n",
+            "--check");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("(12 bytes a parameter), activations of 1024 tokens a micro-batch, selective checkpointing of "
+                       "the first 2 of 4 layers"),
+            std::string::npos) << r.err;
 }
 
 TEST_F(TrainCli, ErrorsAreOneLineWithExitCode1) {

@@ -139,6 +139,16 @@ void print_plan(const TrainConfig& c, const ResolvedModel& m) {
                c.beta2, c.eps, c.weight_decay, c.grad_clip, precision_name(c.precision).c_str());
   std::fprintf(stderr, "schedule  %s, %lld warmup steps, final %g × lr\n", schedule_kind_name(c.schedule).c_str(),
                (long long)s.warmup_steps, c.final_lr_ratio);
+  // What a parameter costs on the device: the weight the forward reads and its master (fp32: one; bf16-mixed: a
+  // bf16 weight + an fp32 master; bf16-memory: the weight + the master's low half), an fp32 gradient, two moments.
+  const int per_param = c.precision == Precision::Fp32 ? 4 + 4 + 8 : c.precision == Precision::Bf16Mixed ? 6 + 4 + 8 : 4 + 4 + 4;
+  const int64_t L = m.config.num_hidden_layers,
+                ck = checkpointed_layer_count(c.activation_checkpointing, c.checkpoint_layers, L);
+  std::fprintf(stderr, "memory    parameter state %.1f GiB (%d bytes a parameter), activations of %lld tokens a micro-batch, "
+               "%s\n", n * per_param / double(1ll << 30), per_param, (long long)(c.micro_batch_size * c.seq_len),
+               ck == 0 ? "no checkpointing"
+               : cat(c.activation_checkpointing == Checkpointing::Full ? "full" : "selective", " checkpointing of ",
+                     ck == L ? "every layer" : cat("the first ", ck, " of ", L, " layers")).c_str());
   std::fprintf(stderr, "output    %s (save every %lld steps, keep %lld)\n", c.output.c_str(), (long long)c.save_every,
                (long long)c.keep_last);
 }
