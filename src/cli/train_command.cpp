@@ -141,11 +141,14 @@ void print_plan(const TrainConfig& c, const ResolvedModel& m) {
                (long long)s.warmup_steps, c.final_lr_ratio);
   // What a parameter costs on the device: the weight the forward reads and its master (fp32: one; bf16-mixed: a
   // bf16 weight + an fp32 master; bf16-memory: the weight + the master's low half), an fp32 gradient, two moments.
-  const int per_param = c.precision == Precision::Fp32 ? 4 + 4 + 8 : c.precision == Precision::Bf16Mixed ? 6 + 4 + 8 : 4 + 4 + 4;
+  const int per_param = c.precision == Precision::Fp32        ? 4 + 4 + 8
+                        : c.precision == Precision::Bf16Mixed ? 6 + 4 + 8
+                                                              : 4 + 4 + 4;
   const int64_t L = m.config.num_hidden_layers,
                 ck = checkpointed_layer_count(c.activation_checkpointing, c.checkpoint_layers, L);
-  std::fprintf(stderr, "memory    parameter state %.1f GiB (%d bytes a parameter), activations of %lld tokens a micro-batch, "
-               "%s\n", n * per_param / double(1ll << 30), per_param, (long long)(c.micro_batch_size * c.seq_len),
+  std::fprintf(stderr,
+               "memory    parameter state %.1f GiB (%d bytes a parameter), activations of %lld tokens a micro-batch, %s\n",
+               n * per_param / double(1ll << 30), per_param, (long long)(c.micro_batch_size * c.seq_len),
                ck == 0 ? "no checkpointing"
                : cat(c.activation_checkpointing == Checkpointing::Full ? "full" : "selective", " checkpointing of ",
                      ck == L ? "every layer" : cat("the first ", ck, " of ", L, " layers")).c_str());
@@ -358,7 +361,8 @@ void run_train_bench(const TrainArgs& a) {
                accum > 1 ? cat(accum, " micro-batches of ").c_str() : "", (long long)b.rows, (long long)b.cols,
                precision_name(cfg.precision).c_str(),
                n_ckpt == 0 ? ""
-               : cat(checkpointing == Checkpointing::Full ? ", activation checkpointing" : ", selective activation checkpointing",
+               : cat(checkpointing == Checkpointing::Full ? ", activation checkpointing"
+                                                          : ", selective activation checkpointing",
                      n_ckpt < mc.num_hidden_layers ? cat(" of the first ", n_ckpt, " layers") : "").c_str(),
                be->name().c_str());
   // Clipping's factor goes into AdamW (as the trainer does); BAMBA_BENCH_CLIP=scale scales every gradient in a

@@ -470,7 +470,8 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     d_catn = mem(T, 2 * H), d_cat = mem(T, 2 * H), d_wide = mem(T, 2 * H);
     if (cfg_.attention_adapters) d_low = mem(T, 3 * rank);
   }
-  Tensor h_scratch = n_ckpt > 0 && !keep_proj ? mem(T, H) : Tensor{};  // the recomputed layer's output, not needed again
+  // the recomputed layer's output, not needed again
+  Tensor h_scratch = n_ckpt > 0 && !keep_proj ? mem(T, H) : Tensor{};
   // dh · s, in d_block (or dh itself when s is 1)
   auto scaled_grad = [&](float s) {
     if (s == 1.f) return dh;

@@ -11,7 +11,8 @@ namespace {
 // tensor in the compute dtype that the update refreshes; `split` a split master's low halves to its model weight.
 class BackendParams final : public ParamDevice {
  public:
-  BackendParams(Backend& be, std::unordered_map<const void*, Tensor> copies, std::unordered_map<const void*, Tensor> split)
+  BackendParams(Backend& be, std::unordered_map<const void*, Tensor> copies,
+                std::unordered_map<const void*, Tensor> split)
       : be_(be), copies_(std::move(copies)), split_(std::move(split)) {}
   ~BackendParams() override {
     for (auto& [p, t] : owned_) be_.release(t);
