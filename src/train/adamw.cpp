@@ -20,6 +20,20 @@ uint16_t bf16_stochastic_round(float x, uint32_t r) {
   return uint16_t(s >> 16);
 }
 
+AdamWUpdate adamw_scalars(const AdamWOptions& o, int64_t t, double lr, float grad_scale) {
+  const double bc1 = 1 - std::pow(o.beta1, double(t)), bc2 = 1 - std::pow(o.beta2, double(t));
+  return {float(lr / bc1), float(std::sqrt(bc2)), float(o.eps), float(1 - o.beta1), float(o.beta2),
+          float(1 - o.beta2), 1.f, grad_scale, 0};
+}
+
+uint64_t adamw_rounding_key(const AdamWOptions& o, int64_t t, size_t i) {
+  return splitmix64(o.seed ^ splitmix64(uint64_t(t) * 0x9e3779b97f4a7c15ull + o.first_param_index + i));
+}
+
+float adamw_decay_factor(const AdamWOptions& o, double lr, bool decay) {
+  return decay ? float(1 - lr * o.weight_decay) : 1.f;
+}
+
 AdamW::AdamW(const std::vector<ParamRef>& params, AdamWOptions opt, ParamDevice* dev) : opt_(opt), dev_(dev) {
   for (const auto& p : params) {
     sizes_.push_back(p.size);
@@ -46,22 +60,18 @@ void AdamW::step(const std::vector<ParamRef>& params, double lr, float grad_scal
   BAMBA_CHECK(params.size() == sizes_.size(), "AdamW: ", params.size(), " parameters, the optimizer was made for ",
               sizes_.size());
   ++t_;
-  const double bc1 = 1 - std::pow(opt_.beta1, double(t_)), bc2 = 1 - std::pow(opt_.beta2, double(t_));
-  const float step_size = float(lr / bc1), bc2_sqrt = float(std::sqrt(bc2)), eps = float(opt_.eps);
-  const float one_minus_b1 = float(1 - opt_.beta1), b2 = float(opt_.beta2), one_minus_b2 = float(1 - opt_.beta2);
-  auto key_of = [&](size_t i) {
-    return splitmix64(opt_.seed ^ splitmix64(uint64_t(t_) * 0x9e3779b97f4a7c15ull + opt_.first_param_index + i));
-  };
+  const AdamWUpdate u = adamw_scalars(opt_, t_, lr, grad_scale);
+  const float step_size = u.step_size, bc2_sqrt = u.bc2_sqrt, eps = u.eps;
+  const float one_minus_b1 = u.one_minus_b1, b2 = u.b2, one_minus_b2 = u.one_minus_b2;
   if (dev_) {  // every parameter in one call (one launch on the GPU)
     std::vector<float> decay(params.size());
     std::vector<uint64_t> keys(params.size());
     for (size_t i = 0; i < params.size(); ++i) {
       BAMBA_CHECK(params[i].size == sizes_[i], "AdamW: parameter ", params[i].name, " has ", params[i].size,
                   " elements, expected ", sizes_[i]);
-      decay[i] = params[i].decay ? float(1 - lr * opt_.weight_decay) : 1.f;
-      keys[i] = key_of(i);
+      decay[i] = adamw_decay_factor(opt_, lr, params[i].decay);
+      keys[i] = adamw_rounding_key(opt_, t_, i);
     }
-    const AdamWUpdate u{step_size, bc2_sqrt, eps, one_minus_b1, b2, one_minus_b2, 1.f, grad_scale, 0};
     dev_->adamw_all(params, mdev_, vdev_, opt_.bf16_moments, u, decay, keys);
     return;
   }
@@ -71,7 +81,7 @@ void AdamW::step(const std::vector<ParamRef>& params, double lr, float grad_scal
     BAMBA_CHECK(p.value, "AdamW: parameter ", p.name, " has a split master, which only a ParamDevice updates");
     float* w = p.value;
     const float* g = p.grad;
-    const float decay = p.decay ? float(1 - lr * opt_.weight_decay) : 1.f;
+    const float decay = adamw_decay_factor(opt_, lr, p.decay);
     if (!opt_.bf16_moments) {
       float* m = m32_[i].data();
       float* v = v32_[i].data();
@@ -85,7 +95,7 @@ void AdamW::step(const std::vector<ParamRef>& params, double lr, float grad_scal
     } else {
       uint16_t* m = m16_[i].data();
       uint16_t* v = v16_[i].data();
-      const uint64_t key = key_of(i);
+      const uint64_t key = adamw_rounding_key(opt_, t_, i);
       for (size_t j = 0; j < p.size; ++j) {
         const uint64_t r = splitmix64(key + j);  // 2 × 16 bits: one for m, one for v
         const float gj = g[j] * grad_scale;

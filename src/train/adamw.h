@@ -30,6 +30,13 @@ struct AdamWOptions {
   uint64_t first_param_index = 0;
 };
 
+// What AdamW::step hands a ParamDevice for its t-th step (1-based) at `lr`, for backends' kernels and their tests to
+// compute the same way: the scalars every tensor shares (decay 1 and key 0 there: each tensor has its own), the
+// stochastic-rounding key of parameter i (counting from AdamWOptions::first_param_index), a parameter's decay factor.
+AdamWUpdate adamw_scalars(const AdamWOptions& o, int64_t t, double lr, float grad_scale);
+uint64_t adamw_rounding_key(const AdamWOptions& o, int64_t t, size_t i);
+float adamw_decay_factor(const AdamWOptions& o, double lr, bool decay);
+
 class AdamW {
  public:
   // `params` fixes the number, order and sizes of the moment buffers (zeros, step 0). With a ParamDevice the

@@ -336,8 +336,9 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
     // YAML's other booleans (yes, on, True, ...) as true / false first
     bool on = false;
     std::optional<Checkpointing> m;
-    if (n.IsScalar()) m = YAML::convert<bool>::decode(n, on) ? checkpointing_from_name(on ? "true" : "false")
-                                                               : checkpointing_from_name(n.Scalar());
+    if (n.IsScalar())
+      m = YAML::convert<bool>::decode(n, on) ? (on ? Checkpointing::Full : Checkpointing::Off)
+                                             : checkpointing_from_name(n.Scalar());
     if (!m)
       fail(top.where(n, "activation_checkpointing"), ": expected true, false, full or selective, got ",
            n.IsScalar() ? "\"" + n.Scalar() + "\"" : "a list or map");

@@ -65,14 +65,14 @@ int main() {
     o.bf16_moments = bf16m, o.seed = 9;
     AdamW twin(host, o);
     for (int step = 1; step <= 3; ++step) {
-      const double lr = 1e-2, bc1 = 1 - std::pow(o.beta1, double(step)), bc2 = 1 - std::pow(o.beta2, double(step));
-      const AdamWArgs a{float(lr / bc1), float(std::sqrt(bc2)), float(o.eps), float(1 - o.beta1), float(o.beta2),
-                        float(1 - o.beta2), 1.f, 0.5f, 0};
+      // the scalars, keys and decay factors that AdamW::step hands a device
+      const double lr = 1e-2;
+      const AdamWUpdate u = adamw_scalars(o, step, lr, 0.5f);
+      const AdamWArgs a{u.step_size, u.bc2_sqrt, u.eps, u.one_minus_b1, u.b2, u.one_minus_b2, 1.f, u.grad_scale, 0};
       std::vector<AdamWTensorArgs> ta, tb;
       for (size_t i = 0; i < n_t; ++i) {
-        // train/adamw.cpp's key for (seed, step, parameter) and its decay factor
-        const uint64_t key = splitmix64(o.seed ^ splitmix64(uint64_t(step) * 0x9e3779b97f4a7c15ull + i));
-        const float decay = host[i].decay ? float(1 - lr * o.weight_decay) : 1.f;
+        const uint64_t key = adamw_rounding_key(o, step, i);
+        const float decay = adamw_decay_factor(o, lr, host[i].decay);
         ta.push_back({aw[i].data(), nullptr, hg[i].data(), am[i].data(), av[i].data(), acopy[i].data(),
                       int64_t(sizes[i]), 0, key, decay, 1});
         tb.push_back({bhi[i].data(), blo[i].data(), hg[i].data(), bm[i].data(), bv[i].data(), nullptr,
