@@ -563,6 +563,71 @@ TEST_P(CudaTrainOps, SsdBackwardChunkedAgreesWithPlainAtModelSizes) {
   }
 }
 
+// The SSD backward's grad kernel in its two forms (BAMBA_SSD_GRAD: the register form, mma.sync fragments kept in
+// registers; the wmma form, every product through shared memory): the same gradients up to the order of fp32
+// additions, each form the same bits twice, and each one's time at Bamba-9B's shape. Shapes: the 9B's at 4,096
+// tokens, and odd ones — head_dim 40 / d_state 72 (16-byte rows: cp.async) and 33 / 100 (rows that are not:
+// the fallback load), two groups, pieces of 1..65 tokens, an initial state.
+TEST_P(CudaTrainOps, SsdGradRegisterFormAgreesWithWmma) {
+  if (act() != DType::BF16) GTEST_SKIP() << "the chunked form is bf16's";
+  struct Shape { int nh, P, G, N; std::vector<int32_t> lens; bool state; const char* name; };
+  const std::vector<Shape> shapes = {{128, 64, 1, 128, {4096}, false, "bamba-9b 1x4096"},
+                                     {6, 40, 2, 72, {1, 63, 64, 65, 300}, true, "nh 6 P 40 G 2 N 72"},
+                                     {4, 33, 1, 100, {70, 129}, true, "nh 4 P 33 N 100"}};
+  for (const Shape& sh : shapes) {
+    const int nh = sh.nh, P = sh.P, G = sh.G, N = sh.N, I = nh * P, CD = I + 2 * G * N;
+    StepBatch b = batch(sh.lens, 10);
+    gpu_->set_batch(b);
+    const int64_t T = b.n_tokens(), S = b.n_seqs();
+    MambaOpsConfig c{nh, P, G, N, 4, 256, 0.f, INFINITY};
+    auto t = [&](DType d, std::initializer_list<int64_t> shape) { return gpu_->alloc(d, shape); };
+    Tensor A_log = t(DType::F32, {nh}), D = t(DType::F32, {nh}), dt_bias = t(DType::F32, {nh});
+    Tensor xBC = t(DType::BF16, {T, CD}), dt = t(DType::BF16, {T, nh}), dy = t(DType::BF16, {T, I});
+    Tensor state0 = sh.state ? t(DType::F32, {S, nh, P, N}) : Tensor{};
+    gpu_->fill_uniform(A_log, 1, 0.f, 2.77f);
+    gpu_->fill_uniform(D, 2, 0.5f, 1.5f);
+    gpu_->fill_uniform(dt_bias, 3, -6.9f, -2.3f);
+    gpu_->fill_uniform(xBC, 4, -1.f, 1.f);
+    gpu_->fill_uniform(dt, 5, -1.f, 1.f);
+    gpu_->fill_uniform(dy, 6, -1.f, 1.f);
+    if (sh.state) gpu_->fill_uniform(state0, 7, -1.f, 1.f);
+    std::vector<std::vector<float>> out[2];
+    double ms[2] = {0, 0};
+    const char* forms[2] = {"mma", "wmma"};
+    for (int form = 0; form < 2; ++form) {
+      ScopedEnv chunked("BAMBA_SSD_BWD", "chunked"), grad("BAMBA_SSD_GRAD", forms[form]);
+      Tensor dxBC = t(DType::BF16, {T, CD}), ddt = t(DType::BF16, {T, nh}), ds0 = t(DType::F32, {S, nh, P, N});
+      Tensor dA = t(DType::F32, {nh}), dD = t(DType::F32, {nh}), ddb = t(DType::F32, {nh});
+      const int reps = 5;
+      std::vector<float> first;
+      for (int r = 0; r <= reps; ++r) {  // the first is a warm-up (scratch growth, attributes)
+        for (Tensor p : {dA, dD, ddb}) gpu_->fill(p, 0.f);
+        gpu_->synchronize();
+        const auto t0 = std::chrono::steady_clock::now();
+        gpu_->ssd_backward(dxBC, ddt, dA, dD, ddb, ds0, dy, xBC, dt, A_log, D, dt_bias, state0, c);
+        gpu_->synchronize();
+        if (r) ms[form] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+        if (r == 0) first = host(*gpu_, dxBC);
+      }
+      const std::vector<float> last = host(*gpu_, dxBC);
+      EXPECT_EQ(0, std::memcmp(first.data(), last.data(), first.size() * 4)) << sh.name << " " << forms[form]
+                                                                            << ": dxBC differs between runs";
+      for (Tensor p : {dxBC, ddt, dA, dD, ddb, ds0}) out[form].push_back(host(*gpu_, p));
+      for (Tensor p : {dxBC, ddt, dA, dD, ddb, ds0}) gpu_->release(p);
+    }
+    std::printf("  ssd_backward %s on %s: register form %.3f ms, wmma form %.3f ms (%.2fx)\n", sh.name,
+                gpu_->name().c_str(), ms[0], ms[1], ms[1] / ms[0]);
+    const char* names[] = {"dxBC", "ddt", "dA_log", "dD", "ddt_bias", "dstate0"};
+    for (size_t i = 0; i < out[0].size(); ++i) {
+      const double e = rel_l2(out[0][i], out[1][i]);
+      EXPECT_LE(e, 2e-3) << sh.name << " " << names[i] << " (relative L2 " << e << ")";
+      std::printf("    %s: relative L2 %.3g\n", names[i], e);
+    }
+    for (Tensor p : {A_log, D, dt_bias, xBC, dt, dy}) gpu_->release(p);
+    if (sh.state) gpu_->release(state0);
+  }
+}
+
 // head_dim 40 (rotary 20, GQA 3), 128 (rotary 64, GQA 4) and 64 (full rotary, no GQA); sequences of 1..70.
 TEST_P(CudaTrainOps, AttentionBackwardGqaPartialRope) {
   const std::vector<AttentionOpsConfig> cfgs = {{6, 2, 40, 20, 16, 10000.f, 1.f / std::sqrt(40.f), DType::F32},

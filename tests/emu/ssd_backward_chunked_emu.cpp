@@ -82,7 +82,26 @@ int main() {
       std::printf("carry grouped vs serial (%d pieces): %s\n", l.nq, ok ? "bit-identical" : "DIFFER");
       bad += !ok;
     }
-    emu::launch({nq, unsigned(nh)}, {unsigned(kGradThreads)}, kGradSmem, [&] { grad_kernel(a, b, sc, l.splits, dBp.data(), dCp.data(), tok.data()); });
+    // kernel 4 in both forms: the register form (the default) and the wmma form, each finished and checked below
+    std::vector<bf16> dxb_wmma = dxb;
+    std::vector<float> dBp_w(dBp), dCp_w(dCp), tok_w(tok);
+    SsdBwdArgs aw = a;
+    aw.dxBC = dxb_wmma.data();
+    emu::launch({nq, unsigned(nh)}, {unsigned(kGradThreads)}, kGradSmem, [&] { grad_kernel(aw, b, sc, l.splits, dBp_w.data(), dCp_w.data(), tok_w.data()); });
+    emu::launch({nq, unsigned(nh)}, {unsigned(kRThreads)}, kRegSmem, [&] { grad_mma_kernel(a, b, sc, l.splits, dBp.data(), dCp.data(), tok.data()); });
+    {  // the two forms differ only in the order of fp32 additions
+      double worst = 0;
+      const char* what = "";
+      auto cmp = [&](const char* n, const std::vector<float>& x, const std::vector<float>& y) {
+        const double e = rel(x, y);
+        if (!(e <= worst)) worst = e, what = n;
+      };
+      std::vector<float> fx(dxb.size()), fy(dxb.size());
+      for (size_t i = 0; i < dxb.size(); ++i) fx[i] = __bfloat162float(dxb[i]), fy[i] = __bfloat162float(dxb_wmma[i]);
+      cmp("dx", fx, fy), cmp("dBp", dBp, dBp_w), cmp("dCp", dCp, dCp_w), cmp("tok", tok, tok_w);
+      std::printf("register form vs wmma form: worst relative L2 %.2e (%s)\n", worst, what);
+      bad += !(worst < 2e-3);
+    }
     // finishing (as ssd_backward.cu's kernels)
     std::vector<float> got_dx(size_t(T) * I), got_dB(size_t(T) * G * N), got_dC(size_t(T) * G * N), got_ddt(size_t(T) * nh);
     std::vector<float> gA(nh, 0), gD(nh, 0), gdb(nh, 0);
