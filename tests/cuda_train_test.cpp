@@ -419,20 +419,6 @@ TEST_P(CudaTrainOps, SsdBackwardStatesAndClamp) {
     }
 }
 
-// Sets BAMBA_SSD_BWD (ssd_backward.cu reads it per call: "plain" = the reverse recurrence, otherwise the chunked
-// tensor-core form for bf16) while it lives, then restores it; "" leaves it as it is.
-struct SsdBwdEnv {
-  explicit SsdBwdEnv(const char* v) {
-    if (const char* o = std::getenv("BAMBA_SSD_BWD")) old = o, had = true;
-    if (*v) setenv("BAMBA_SSD_BWD", v, 1);
-  }
-  ~SsdBwdEnv() {
-    if (had) setenv("BAMBA_SSD_BWD", old.c_str(), 1);
-    else unsetenv("BAMBA_SSD_BWD");
-  }
-  std::string old;
-  bool had = false;
-};
 // Sets BAMBA_SSD_CHUNK (the chunk table's length, read when a CUDA backend is made) while it lives.
 struct SsdChunkEnv {
   explicit SsdChunkEnv(int q) { setenv("BAMBA_SSD_CHUNK", std::to_string(q).c_str(), 1); }
@@ -491,7 +477,8 @@ TEST_P(CudaTrainOps, SsdBackwardDeterministic) {
   Pair dt_bias = make(DType::F32, {nh}, -6.9f, -2.3f), state0 = make(DType::F32, {S, nh, P, N}, -1, 1);
   Pair xBC = make(act(), {T, CD}, -1, 1), dt = make(act(), {T, nh}, -1, 1), dy = make(act(), {T, I}, -1, 1);
   for (const char* form : {"", "plain"}) {
-    SsdBwdEnv env(form);
+    ScopedEnv env("BAMBA_SSD_BWD", *form ? form : "chunked");  // (ssd_backward.cu reads it per call; "chunked" is
+                                                              // the default: the tile form where the shape suits)
     std::vector<std::vector<float>> runs[2];
     for (auto& r : runs) {
       Pair dxBC = zeros(act(), {T, CD}), ddt = zeros(act(), {T, nh}), ds0 = zeros(DType::F32, {S, nh, P, N});
@@ -508,6 +495,77 @@ TEST_P(CudaTrainOps, SsdBackwardDeterministic) {
   }
 }
 
+// The SSD backward at a model's size on the GPU, for comparing its forms: random inputs (and an initial state when
+// asked) of one shape, and timed runs of ssd_backward under the environment each form is chosen by.
+struct SsdAtSize {
+  struct Run {
+    std::vector<std::vector<float>> out;  // dxBC, ddt, dA_log, dD, ddt_bias, dstate0
+    double ms = 0;                        // mean over the runs after the first (a warm-up: scratch, attributes)
+    bool same = true;                     // every run gave the first one's dxBC bits
+  };
+  std::vector<float> to_host(Tensor t) {
+    std::vector<float> v(static_cast<size_t>(t.numel()));
+    be.to_host_f32(t, v.data());
+    return v;
+  }
+  static constexpr const char* kNames[] = {"dxBC", "ddt", "dA_log", "dD", "ddt_bias", "dstate0"};
+
+  SsdAtSize(Backend& be, int nh, int P, int G, int N, int64_t T, int64_t S, bool state)
+      : be(be), c{nh, P, G, N, 4, 256, 0.f, INFINITY}, T(T), S(S) {
+    const int64_t CD = int64_t(nh) * P + 2 * G * N;
+    A_log = be.alloc(DType::F32, {nh}), D = be.alloc(DType::F32, {nh}), dt_bias = be.alloc(DType::F32, {nh});
+    xBC = be.alloc(DType::BF16, {T, CD}), dt = be.alloc(DType::BF16, {T, nh});
+    dy = be.alloc(DType::BF16, {T, int64_t(nh) * P});
+    be.fill_uniform(A_log, 1, 0.f, 2.77f);
+    be.fill_uniform(D, 2, 0.5f, 1.5f);
+    be.fill_uniform(dt_bias, 3, -6.9f, -2.3f);
+    be.fill_uniform(xBC, 4, -1.f, 1.f);
+    be.fill_uniform(dt, 5, -1.f, 1.f);
+    be.fill_uniform(dy, 6, -1.f, 1.f);
+    if (state) state0 = be.alloc(DType::F32, {S, nh, P, N}), be.fill_uniform(state0, 7, -1.f, 1.f);
+  }
+  ~SsdAtSize() {
+    for (Tensor p : {A_log, D, dt_bias, xBC, dt, dy}) be.release(p);
+    if (state0.data) be.release(state0);
+  }
+  Run run(int reps) {
+    const int64_t CD = xBC.shape[1];
+    Tensor dxBC = be.alloc(DType::BF16, {T, CD}), ddt = be.alloc(DType::BF16, {T, c.n_heads});
+    Tensor ds0 = be.alloc(DType::F32, {S, c.n_heads, c.d_head, c.d_state});
+    Tensor dA = be.alloc(DType::F32, {c.n_heads}), dD = be.alloc(DType::F32, {c.n_heads});
+    Tensor ddb = be.alloc(DType::F32, {c.n_heads});
+    Run r;
+    std::vector<float> first;
+    for (int i = 0; i <= reps; ++i) {
+      for (Tensor p : {dA, dD, ddb}) be.fill(p, 0.f);
+      be.synchronize();
+      const auto t0 = std::chrono::steady_clock::now();
+      be.ssd_backward(dxBC, ddt, dA, dD, ddb, ds0, dy, xBC, dt, A_log, D, dt_bias, state0, c);
+      be.synchronize();
+      if (i) r.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+      std::vector<float> got = to_host(dxBC);
+      if (i == 0) first = std::move(got);
+      else r.same = r.same && std::memcmp(first.data(), got.data(), first.size() * 4) == 0;
+    }
+    for (Tensor p : {dxBC, ddt, dA, dD, ddb, ds0}) r.out.push_back(to_host(p)), be.release(p);
+    return r;
+  }
+
+  Backend& be;
+  MambaOpsConfig c;
+  int64_t T, S;
+  Tensor A_log, D, dt_bias, xBC, dt, dy, state0;
+};
+
+// Each output of two runs within tol (relative L2), printed.
+void expect_ssd_runs_close(const SsdAtSize::Run& a, const SsdAtSize::Run& b, double tol, const char* name) {
+  for (size_t i = 0; i < a.out.size(); ++i) {
+    const double e = rel_l2(a.out[i], b.out[i]);
+    EXPECT_LE(e, tol) << name << " " << SsdAtSize::kNames[i] << " (relative L2 " << e << ")";
+    std::printf("    %s: relative L2 %.3g\n", SsdAtSize::kNames[i], e);
+  }
+}
+
 // bf16 at the real sizes, too large for the CPU twin: the chunked form against the plain recurrence on the GPU
 // (which the tests above hold to the CPU twin), and both timed. Bamba-9B's layer (nh 128, P 64, N 128) at 4,096
 // tokens as one sequence and as 8 packed documents, and the recipe's (nh 10, P 64, N 64) at 32 rows of 512.
@@ -519,54 +577,24 @@ TEST_P(CudaTrainOps, SsdBackwardChunkedAgreesWithPlainAtModelSizes) {
                                      {128, 64, 1, 128, {700, 300, 1000, 96, 1200, 300, 200, 300}, "bamba-9b 8 docs"},
                                      {10, 64, 1, 64, std::vector<int32_t>(32, 512), "recipe 32x512"}};
   for (const Shape& sh : shapes) {
-    const int nh = sh.nh, P = sh.P, G = sh.G, N = sh.N, I = nh * P, CD = I + 2 * G * N;
     StepBatch b = batch(sh.lens, 10);
     gpu_->set_batch(b);
-    const int64_t T = b.n_tokens(), S = b.n_seqs();
-    MambaOpsConfig c{nh, P, G, N, 4, 256, 0.f, INFINITY};
-    auto t = [&](DType d, std::initializer_list<int64_t> shape) { return gpu_->alloc(d, shape); };
-    Tensor A_log = t(DType::F32, {nh}), D = t(DType::F32, {nh}), dt_bias = t(DType::F32, {nh});
-    Tensor xBC = t(DType::BF16, {T, CD}), dt = t(DType::BF16, {T, nh}), dy = t(DType::BF16, {T, I});
-    gpu_->fill_uniform(A_log, 1, 0.f, 2.77f);
-    gpu_->fill_uniform(D, 2, 0.5f, 1.5f);
-    gpu_->fill_uniform(dt_bias, 3, -6.9f, -2.3f);
-    gpu_->fill_uniform(xBC, 4, -1.f, 1.f);
-    gpu_->fill_uniform(dt, 5, -1.f, 1.f);
-    gpu_->fill_uniform(dy, 6, -1.f, 1.f);
-    std::vector<std::vector<float>> out[2];
-    double ms[2] = {0, 0};
+    SsdAtSize at(*gpu_, sh.nh, sh.P, sh.G, sh.N, b.n_tokens(), b.n_seqs(), false);
+    SsdAtSize::Run run[2];
     for (int form = 0; form < 2; ++form) {
-      SsdBwdEnv env(form ? "plain" : "chunked");
-      Tensor dxBC = t(DType::BF16, {T, CD}), ddt = t(DType::BF16, {T, nh}), ds0 = t(DType::F32, {S, nh, P, N});
-      Tensor dA = t(DType::F32, {nh}), dD = t(DType::F32, {nh}), ddb = t(DType::F32, {nh});
-      const int reps = form ? 2 : 5;
-      for (int r = 0; r <= reps; ++r) {  // the first is a warm-up (scratch growth, attributes)
-        for (Tensor p : {dA, dD, ddb}) gpu_->fill(p, 0.f);
-        gpu_->synchronize();
-        const auto t0 = std::chrono::steady_clock::now();
-        gpu_->ssd_backward(dxBC, ddt, dA, dD, ddb, ds0, dy, xBC, dt, A_log, D, dt_bias, Tensor{}, c);
-        gpu_->synchronize();
-        if (r) ms[form] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
-      }
-      for (Tensor p : {dxBC, ddt, dA, dD, ddb, ds0}) out[form].push_back(host(*gpu_, p));
-      for (Tensor p : {dxBC, ddt, dA, dD, ddb, ds0}) gpu_->release(p);
+      ScopedEnv env("BAMBA_SSD_BWD", form ? "plain" : "chunked");
+      run[form] = at.run(form ? 2 : 5);
     }
     std::printf("  ssd_backward %s on %s: chunked %.2f ms, plain %.2f ms (%.1fx)\n", sh.name, gpu_->name().c_str(),
-                ms[0], ms[1], ms[1] / ms[0]);
-    const char* names[] = {"dxBC", "ddt", "dA_log", "dD", "ddt_bias", "dstate0"};
-    for (size_t i = 0; i < out[0].size(); ++i) {
-      const double e = rel_l2(out[0][i], out[1][i]);
-      EXPECT_LE(e, tol()) << sh.name << " " << names[i] << " (relative L2 " << e << ")";
-      std::printf("    %s: relative L2 %.3g\n", names[i], e);
-    }
-    for (Tensor p : {A_log, D, dt_bias, xBC, dt, dy}) gpu_->release(p);
+                run[0].ms, run[1].ms, run[1].ms / run[0].ms);
+    expect_ssd_runs_close(run[0], run[1], tol(), sh.name);
   }
 }
 
 // The SSD backward's grad kernel in its two forms (BAMBA_SSD_GRAD: the register form, mma.sync fragments kept in
 // registers; the wmma form, every product through shared memory): the same gradients up to the order of fp32
-// additions, each form the same bits twice, and each one's time at Bamba-9B's shape. Shapes: the 9B's at 4,096
-// tokens, and odd ones — head_dim 40 / d_state 72 (16-byte rows: cp.async) and 33 / 100 (rows that are not:
+// additions, each form the same bits every run, and each one's time at Bamba-9B's shape. Shapes: the 9B's at
+// 4,096 tokens, and odd ones — head_dim 40 / d_state 72 (16-byte rows: cp.async) and 33 / 100 (rows that are not:
 // the fallback load), two groups, pieces of 1..65 tokens, an initial state.
 TEST_P(CudaTrainOps, SsdGradRegisterFormAgreesWithWmma) {
   if (act() != DType::BF16) GTEST_SKIP() << "the chunked form is bf16's";
@@ -575,56 +603,19 @@ TEST_P(CudaTrainOps, SsdGradRegisterFormAgreesWithWmma) {
                                      {6, 40, 2, 72, {1, 63, 64, 65, 300}, true, "nh 6 P 40 G 2 N 72"},
                                      {4, 33, 1, 100, {70, 129}, true, "nh 4 P 33 N 100"}};
   for (const Shape& sh : shapes) {
-    const int nh = sh.nh, P = sh.P, G = sh.G, N = sh.N, I = nh * P, CD = I + 2 * G * N;
     StepBatch b = batch(sh.lens, 10);
     gpu_->set_batch(b);
-    const int64_t T = b.n_tokens(), S = b.n_seqs();
-    MambaOpsConfig c{nh, P, G, N, 4, 256, 0.f, INFINITY};
-    auto t = [&](DType d, std::initializer_list<int64_t> shape) { return gpu_->alloc(d, shape); };
-    Tensor A_log = t(DType::F32, {nh}), D = t(DType::F32, {nh}), dt_bias = t(DType::F32, {nh});
-    Tensor xBC = t(DType::BF16, {T, CD}), dt = t(DType::BF16, {T, nh}), dy = t(DType::BF16, {T, I});
-    Tensor state0 = sh.state ? t(DType::F32, {S, nh, P, N}) : Tensor{};
-    gpu_->fill_uniform(A_log, 1, 0.f, 2.77f);
-    gpu_->fill_uniform(D, 2, 0.5f, 1.5f);
-    gpu_->fill_uniform(dt_bias, 3, -6.9f, -2.3f);
-    gpu_->fill_uniform(xBC, 4, -1.f, 1.f);
-    gpu_->fill_uniform(dt, 5, -1.f, 1.f);
-    gpu_->fill_uniform(dy, 6, -1.f, 1.f);
-    if (sh.state) gpu_->fill_uniform(state0, 7, -1.f, 1.f);
-    std::vector<std::vector<float>> out[2];
-    double ms[2] = {0, 0};
+    SsdAtSize at(*gpu_, sh.nh, sh.P, sh.G, sh.N, b.n_tokens(), b.n_seqs(), sh.state);
+    SsdAtSize::Run run[2];
     const char* forms[2] = {"mma", "wmma"};
     for (int form = 0; form < 2; ++form) {
       ScopedEnv chunked("BAMBA_SSD_BWD", "chunked"), grad("BAMBA_SSD_GRAD", forms[form]);
-      Tensor dxBC = t(DType::BF16, {T, CD}), ddt = t(DType::BF16, {T, nh}), ds0 = t(DType::F32, {S, nh, P, N});
-      Tensor dA = t(DType::F32, {nh}), dD = t(DType::F32, {nh}), ddb = t(DType::F32, {nh});
-      const int reps = 5;
-      std::vector<float> first;
-      for (int r = 0; r <= reps; ++r) {  // the first is a warm-up (scratch growth, attributes)
-        for (Tensor p : {dA, dD, ddb}) gpu_->fill(p, 0.f);
-        gpu_->synchronize();
-        const auto t0 = std::chrono::steady_clock::now();
-        gpu_->ssd_backward(dxBC, ddt, dA, dD, ddb, ds0, dy, xBC, dt, A_log, D, dt_bias, state0, c);
-        gpu_->synchronize();
-        if (r) ms[form] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
-        if (r == 0) first = host(*gpu_, dxBC);
-      }
-      const std::vector<float> last = host(*gpu_, dxBC);
-      EXPECT_EQ(0, std::memcmp(first.data(), last.data(), first.size() * 4)) << sh.name << " " << forms[form]
-                                                                            << ": dxBC differs between runs";
-      for (Tensor p : {dxBC, ddt, dA, dD, ddb, ds0}) out[form].push_back(host(*gpu_, p));
-      for (Tensor p : {dxBC, ddt, dA, dD, ddb, ds0}) gpu_->release(p);
+      run[form] = at.run(5);
+      EXPECT_TRUE(run[form].same) << sh.name << ": the " << forms[form] << " form's dxBC differs between runs";
     }
     std::printf("  ssd_backward %s on %s: register form %.3f ms, wmma form %.3f ms (%.2fx)\n", sh.name,
-                gpu_->name().c_str(), ms[0], ms[1], ms[1] / ms[0]);
-    const char* names[] = {"dxBC", "ddt", "dA_log", "dD", "ddt_bias", "dstate0"};
-    for (size_t i = 0; i < out[0].size(); ++i) {
-      const double e = rel_l2(out[0][i], out[1][i]);
-      EXPECT_LE(e, 2e-3) << sh.name << " " << names[i] << " (relative L2 " << e << ")";
-      std::printf("    %s: relative L2 %.3g\n", names[i], e);
-    }
-    for (Tensor p : {A_log, D, dt_bias, xBC, dt, dy}) gpu_->release(p);
-    if (sh.state) gpu_->release(state0);
+                gpu_->name().c_str(), run[0].ms, run[1].ms, run[1].ms / run[0].ms);
+    expect_ssd_runs_close(run[0], run[1], 2e-3, sh.name);
   }
 }
 
