@@ -88,6 +88,9 @@ TEST_F(TrainCli, BenchRunsWithoutAConfig) {
   r = run_bamba("train --bench --preset tiny --activation-checkpointing=some");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("some not in {full,selective}"), std::string::npos) << r.err;
+  r = run_bamba("train --bench --preset tiny --checkpoint-layers 1");  // without checkpointing: would do nothing
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--checkpoint-layers: only with --activation-checkpointing"), std::string::npos) << r.err;
   r = run_bamba("train");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("a config file is required (or --bench)"), std::string::npos) << r.err;

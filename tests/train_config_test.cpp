@@ -156,6 +156,9 @@ TEST(TrainConfig, ErrorsNameTheLineAndField) {
   EXPECT_EQ(parse_train_config("", "t.yml").checkpoint_layers, -1);
   EXPECT_NE(error_of("activation_checkpointing_layers: -2\n").find("activation_checkpointing_layers"), std::string::npos);
   EXPECT_NE(error_of("activation_checkpointing_layers: some\n").find("activation_checkpointing_layers"), std::string::npos);
+  EXPECT_NE(error_of("activation_checkpointing_layers: 2\n")
+                .find("t.yml:1: activation_checkpointing_layers: only with activation_checkpointing"),
+            std::string::npos);  // (checkpointing is off: it would do nothing)
   EXPECT_NE(error_of("max_shard_size: 5 parsecs\n").find("max_shard_size: size \"5 parsecs\""), std::string::npos);
   EXPECT_NE(error_of("seq_len: [1\n").find("t.yml:"), std::string::npos);  // not YAML
   EXPECT_NE(error_of("- 1\n- 2\n").find("expected a YAML map"), std::string::npos);

@@ -328,6 +328,8 @@ void run_train_bench(const TrainArgs& a) {
   HybridModel model(mc, dummy_weights(mc, *be, cfg.seed), *be);
   const Checkpointing checkpointing = a.bench_checkpointing.empty() ? cfg.activation_checkpointing
                                                                     : *checkpointing_from_name(a.bench_checkpointing);
+  if (a.bench_checkpoint_layers >= 0 && checkpointing == Checkpointing::Off)  // (it would do nothing)
+    fail("--checkpoint-layers: only with --activation-checkpointing (or the config's activation_checkpointing)");
   const int64_t ckpt_layers = a.bench_checkpoint_layers >= 0 ? a.bench_checkpoint_layers : cfg.checkpoint_layers;
   const int64_t n_ckpt = checkpointed_layer_count(checkpointing, ckpt_layers, mc.num_hidden_layers);  // run again
   HybridTrainable tr(model, {.z_loss_coefficient = float(cfg.z_loss),

@@ -345,6 +345,9 @@ TrainConfig parse_train_config(const std::string& text, const std::string& label
     c.activation_checkpointing = *m;
   }
   c.checkpoint_layers = top.integer("activation_checkpointing_layers", c.checkpoint_layers, -1, kBig);
+  if (c.checkpoint_layers >= 0 && c.activation_checkpointing == Checkpointing::Off)  // (it would do nothing)
+    fail(top.where(top.get("activation_checkpointing_layers"), "activation_checkpointing_layers"),
+         ": only with activation_checkpointing (full or selective), which is off");
   c.loss_sum = top.choice("loss_reduction", c.loss_sum, {{"mean", false}, {"sum", true}});
   c.z_loss = top.num("z_loss", c.z_loss, 0, 1);
   c.save_every = top.integer("save_every", c.save_every, 0, kBig);
