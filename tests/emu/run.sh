@@ -6,7 +6,8 @@
 # memory filled with NaN patterns so that a read of anything unwritten shows. The launchers (<<<...>>>) are cut
 # out; the drivers launch the kernels themselves, finish as the launchers' other kernels do, and compare with the
 # CPU twins (grad::ssd_backward, grad::attention_backward, grad::conv1d_silu_backward,
-# grad::(gated_)rmsnorm_backward; the cross-entropy rows in double) on bf16-rounded inputs: odd sizes, several
+# grad::(gated_)rmsnorm_backward; the cross-entropy rows in double; the SSD grad kernel's register and wmma forms
+# also against each other) on bf16-rounded inputs: odd sizes, several
 # sequences, G = 2 / GQA, state0, the dt clamp, partial RoPE, chunk tables of 64..256, rows with and without
 # 16-byte runs, both attention forms (mma, wmma); the decode GEMV for bf16 and FP8 weights (gemv_mma_emu.cpp);
 # moe.cu's router, sort, grouped tensor-core expert GEMMs (both tile shapes, SwiGLU / relu²) and combine
