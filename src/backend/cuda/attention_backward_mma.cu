@@ -19,7 +19,7 @@
 
 #include "backend/cuda/attention_backward_mma.cuh"
 #include "backend/cuda/cp_async.cuh"
-#include "backend/cuda/mma.cuh"
+#include "backend/cuda/mma_tiles.cuh"
 #include "backend/cuda/wmma_tiles.cuh"
 
 namespace bamba::cuda {
@@ -273,50 +273,14 @@ __device__ __forceinline__ void fetch_tile(bf16* dst, const bf16* src, int64_t l
 // acc (this warp's 16 rows × 64 columns, 8 columns a block) = A Bᵀ over k < dhp: a points at the warp's first row
 // of a row-major tile, b at a 64-row one (both stride kLdD, k along the row).
 __device__ __forceinline__ void warp_abt(float (&acc)[8][4], const bf16* a, const bf16* b, int dhp) {
-  const int lane = threadIdx.x % 32;
-#pragma unroll
-  for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
-#pragma unroll
-  for (int kk = 0; kk < kDMax / 16; ++kk) {  // unrolled, so the next step's ldmatrix can issue under this one's mma
-    if (16 * kk >= dhp) break;
-    uint32_t af[4];
-    ldsm_x4(af, a + (lane & 15) * kLdD + 16 * kk + (lane >> 4) * 8);
-#pragma unroll
-    for (int pp = 0; pp < 4; ++pp) {
-      uint32_t bf[4];
-      ldsm_x4(bf, b + (16 * pp + (lane & 7) + (lane >> 4) * 8) * kLdD + 16 * kk + ((lane >> 3) & 1) * 8);
-      mma_bf16(acc[2 * pp], af, bf[0], bf[1]);
-      mma_bf16(acc[2 * pp + 1], af, bf[2], bf[3]);
-    }
-  }
+  zero(acc);
+  warp_mma<TileLayout::kRowsK, TileLayout::kNK, kDMax>(acc, a, kLdD, b, kLdD, dhp, kT);
 }
 
-// The accumulators of a 16×64 block, rounded to bf16, as the A operand of a product over its 64 columns
-// (pa[kk]: columns 16kk..16kk+15): two adjacent C blocks are one A block.
-__device__ __forceinline__ void to_a(uint32_t (&pa)[4][4], const float (&x)[8][4]) {
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-    pa[kk][0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
-    pa[kk][1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
-    pa[kk][2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
-    pa[kk][3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
-  }
-}
-
-// acc (16 rows × dhp columns, 8 a block) += P B: P the 16×64 A fragments, b a row-major [64, dhp] tile (stride kLdD).
+// acc (16 rows × dhp columns, 8 a block) += P B: P the 16×64 A fragments (to_a), b a row-major [64, dhp] tile
+// (stride kLdD).
 __device__ __forceinline__ void warp_pb(float (&acc)[kDMax / 8][4], const uint32_t (&pa)[4][4], const bf16* b, int dhp) {
-  const int lane = threadIdx.x % 32;
-#pragma unroll
-  for (int pp = 0; pp < kDMax / 16; ++pp) {
-    if (16 * pp >= dhp) break;
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      uint32_t bf[4];
-      ldsm_x4_trans(bf, b + (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdD + 16 * pp + (lane >> 4) * 8);
-      mma_bf16(acc[2 * pp], pa[kk], bf[0], bf[1]);
-      mma_bf16(acc[2 * pp + 1], pa[kk], bf[2], bf[3]);
-    }
-  }
+  warp_mma_regs<TileLayout::kKN>(acc, pa, b, kLdD, dhp);
 }
 
 // This warp's accumulator rows into dst [64, kLdA] fp32 (for store_rows, which rotates across column pairs).
