@@ -18,8 +18,9 @@
 //   then ssd_backward.cu's finishing kernels: dΔ through softplus and the clamp, dB and dC summed over each
 //   group's heads in order, dA_log, dD, ddt_bias summed over tokens.
 // Tiles are zero-padded to multiples of 16 (head_dim ≤ 64, d_state ≤ 128); states pass through shared memory
-// as bf16, like the forward's S_in. Memory: two fp32 states per (chunk, head), as the forward's chunk states, and
-// dS_out and S_in in bf16 (the carry writes them as the grad kernels' tiles take them).
+// as bf16, like the forward's S_in. Memory: two fp32 states per (chunk, head) (the chunk-local state and state
+// gradient), as the forward's chunk states, and S_in and dS_out in bf16 (the carry writes them as the grad kernels'
+// tiles take them).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -58,12 +59,14 @@ struct Scratch {
   float* cum;      // [nh, T]        cum_t, chunk-local
   float* delta;    // [nh, T]        Δ_t
   float* dec;      // [nq, nh]       cum at the chunk's last token (0 for an empty piece)
-  float* states;   // [nq, nh, P, N] chunk-local state, then S_in
+  float* states;   // [nq, nh, P, N] chunk-local state
   float* dstates;  // [nq, nh, P, N] chunk-local state gradient
   float* edot;     // [nq, nh, splits] ⟨dS_out, S_in⟩ per slice of the state
   bf16* dsout;     // [nq, nh, P, N] dS_out, rounded as the grad kernel's tile takes it (its only reader: half the
                    //                bytes of fp32 written by the carry and read by grad, the same bits in the tile)
-  bf16* sinb;      // [nq, nh, P, N] S_in likewise (the register grad kernel fetches it by cp.async, no conversion)
+  bf16* sinb;      // [nq, nh, P, N] S_in likewise: what the grad kernels' tiles take (the register one by cp.async),
+                   //                and what ⟨dS_out, S_in⟩ is taken with (fp32 S_in would be 402 MB more traffic a
+                   //                layer at 4,096 tokens of the 9B, for a sum whose other uses of S_in are bf16)
 };
 struct Layout {
   size_t cum, delta, dec, states, dstates, edot, dsout, sinb, total;
@@ -212,12 +215,10 @@ __global__ void __launch_bounds__(kThreads) carry_kernel(SsdBwdArgs a, DevBatch 
     for (int d = 0; d < AHEAD; ++d) {
       const int j = g + d;
       if (j < j1) {
-        float* S = sc.states + (int64_t(j) * nh + h) * PN;
         bf16* Sb = sc.sinb + (int64_t(j) * nh + h) * PN;
 #pragma unroll
         for (int k = 0; k < kCarryPer; ++k)
           if (e[k] < PN) {
-            S[e[k]] = v[k];
             Sb[e[k]] = __float2bfloat16_rn(v[k]);
             v[k] = dcy[d] * v[k] + loc[d][k];
           }
@@ -232,12 +233,12 @@ __global__ void __launch_bounds__(kThreads) carry_kernel(SsdBwdArgs a, DevBatch 
       const int j = g - d;
       if (j >= j0) {
         dcy[d] = expf(sc.dec[j * nh + h]);
-        const float* S = sc.states + (int64_t(j) * nh + h) * PN;
+        const bf16* Sb = sc.sinb + (int64_t(j) * nh + h) * PN;
         const float* dS = sc.dstates + (int64_t(j) * nh + h) * PN;
 #pragma unroll
         for (int k = 0; k < kCarryPer; ++k) {
           loc[d][k] = e[k] < PN ? dS[e[k]] : 0.f;
-          sin[d][k] = e[k] < PN ? S[e[k]] : 0.f;
+          sin[d][k] = e[k] < PN ? to_f(Sb[e[k]]) : 0.f;
         }
       }
     }
@@ -337,7 +338,7 @@ __global__ void __launch_bounds__(kGradThreads, 1) grad_kernel(SsdBwdArgs a, Dev
   }
   const bf16* row = static_cast<const bf16*>(a.xBC) + int64_t(c.begin) * a.ldx;
   const bf16* dyr = static_cast<const bf16*>(a.dy) + int64_t(c.begin) * a.lddy;
-  const float* S_in = sc.states + (int64_t(j) * nh + h) * PN;
+  const bf16* S_in = sc.sinb + (int64_t(j) * nh + h) * PN;
   const bf16* dS_out = sc.dsout + (int64_t(j) * nh + h) * PN;
   load_tile(Cs, kLdN, row + I + int64_t(G) * N + g * N, a.ldx, len, N, kQ, Np, nullptr);
   load_tile(Bs, kLdN, row + I + g * N, a.ldx, len, N, kQ, Np, nullptr);
