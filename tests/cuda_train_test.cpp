@@ -591,12 +591,13 @@ TEST_P(CudaTrainOps, SsdBackwardChunkedAgreesWithPlainAtModelSizes) {
   }
 }
 
-// The SSD backward's grad kernel in its two forms (BAMBA_SSD_GRAD: the register form, mma.sync fragments kept in
-// registers; the wmma form, every product through shared memory): the same gradients up to the order of fp32
+// The SSD backward's tensor-core kernels (chunk states, gradients) in their two forms (BAMBA_SSD_TILES: the register
+// form, mma.sync fragments kept in registers; the wmma form, every product through shared memory): the same
+// gradients up to the order of fp32
 // additions, each form the same bits every run, and each one's time at Bamba-9B's shape. Shapes: the 9B's at
 // 4,096 tokens, and odd ones — head_dim 40 / d_state 72 (16-byte rows: cp.async) and 33 / 100 (rows that are not:
 // the fallback load), two groups, pieces of 1..65 tokens, an initial state.
-TEST_P(CudaTrainOps, SsdGradRegisterFormAgreesWithWmma) {
+TEST_P(CudaTrainOps, SsdTileRegisterFormsAgreeWithWmma) {
   if (act() != DType::BF16) GTEST_SKIP() << "the chunked form is bf16's";
   struct Shape { int nh, P, G, N; std::vector<int32_t> lens; bool state; const char* name; };
   const std::vector<Shape> shapes = {{128, 64, 1, 128, {4096}, false, "bamba-9b 1x4096"},
@@ -609,7 +610,7 @@ TEST_P(CudaTrainOps, SsdGradRegisterFormAgreesWithWmma) {
     SsdAtSize::Run run[2];
     const char* forms[2] = {"mma", "wmma"};
     for (int form = 0; form < 2; ++form) {
-      ScopedEnv chunked("BAMBA_SSD_BWD", "chunked"), grad("BAMBA_SSD_GRAD", forms[form]);
+      ScopedEnv chunked("BAMBA_SSD_BWD", "chunked"), tiles("BAMBA_SSD_TILES", forms[form]);
       run[form] = at.run(5);
       EXPECT_TRUE(run[form].same) << sh.name << ": the " << forms[form] << " form's dxBC differs between runs";
     }

@@ -68,6 +68,18 @@ int main() {
     const unsigned nq = unsigned(l.nq);
     emu::launch({ceil_div(int64_t(l.nq) * nh, 128)}, {128}, 0, [&] { delta_kernel(a, b, l.nq, sc); });
     emu::launch({nq, unsigned(nh)}, {256}, kStateSmem, [&] { chunk_state_kernel(a, b, sc); });
+    {  // kernel 2's register form against its wmma form: the same states and state gradients
+      std::vector<float> other = scratch;
+      const Scratch so = scratch_at(other.data(), l);
+      const size_t n = size_t(l.nq) * nh * P * N;
+      std::fill(so.states, so.states + n, NAN), std::fill(so.dstates, so.dstates + n, NAN);
+      emu::launch({nq, unsigned(nh)}, {unsigned(kRThreads)}, kRStateSmem, [&] { chunk_state_mma_kernel(a, b, so); });
+      std::vector<float> x(sc.states, sc.states + n), y(so.states, so.states + n);
+      x.insert(x.end(), sc.dstates, sc.dstates + n), y.insert(y.end(), so.dstates, so.dstates + n);
+      const double e = rel(y, x);
+      std::printf("chunk_state register form vs wmma form: relative L2 %.2e\n", e);
+      bad += !(e < 1e-5);
+    }
     // the grouped carry (kCarryAhead chunks' loads at a time) must give the serial walk's bits
     std::vector<float> scratch_serial = scratch, ds0_serial(ds0.size(), 0.f);
     float* s1 = scratch_serial.data();

@@ -1,5 +1,5 @@
 // The SSD backward (grad_kernels.h ssd_backward, the CPU twin) in the chunked matrix form on bf16 tensor cores
-// (wmma m16n16k16, fp32 accumulation): the forward's structure (ssd_chunked.cu) transposed. The math, with every
+// (fp32 accumulation): the forward's structure (ssd_chunked.cu) transposed. The math, with every
 // symbol, is written out in backend/cpu/ssd_backward_chunked.h, a float64 statement of these kernels tested equal
 // to the reverse recurrence. Chunks of kQ = 64 tokens: the batch's chunk table (set_batch, a multiple of 64 for
 // bf16) cut into 64-token pieces, some empty at a sequence's end (Δ sum 0, no tokens: the carries pass through).
@@ -10,13 +10,14 @@
 //   3. carry (slice of the state, head, sequence): forward over the chunks, turning each chunk-local state into the
 //      state entering the chunk (S_in), then backwards, turning each local gradient into the gradient of the state
 //      leaving the chunk (dS_out), plus the slice's part of ⟨dS_out, S_in⟩; dstate0 at the end;
-//   4. grad (chunk, head): eight small GEMMs in shared memory — C Bᵀ, dy xᵀ (masked and decayed into M, DXL),
+//   4. grad (chunk, head): eight small GEMMs — C Bᵀ, dy xᵀ (masked and decayed into M, DXL),
 //      B dS_outᵀ + Mᵀ dy (→ dx), x dS_out + DXLᵀ C (→ dB), dy S_in + (DXL Δ) B (→ dC) — and the per-token sums
-//      that make dΔ and the dA_log term (R_i in the .h); writes dx, each head's dB and dC, and the token terms
-//      (two forms: the register one, mma.sync fragments kept in registers, BAMBA_SSD_GRAD=mma; the older wmma
-//      one, every product through shared memory, BAMBA_SSD_GRAD=wmma; grad_form_is_wmma says which is the default);
+//      that make dΔ and the dA_log term (R_i in the .h); writes dx, each head's dB and dC, and the token terms;
 //   then ssd_backward.cu's finishing kernels: dΔ through softplus and the clamp, dB and dC summed over each
 //   group's heads in order, dA_log, dD, ddt_bias summed over tokens.
+// Kernels 2 and 4 come in two forms (BAMBA_SSD_TILES): the register one (mma.sync fragments kept in registers, as
+// the attention backward's flash kernels) and the older wmma one (every product through shared memory); tiles_are_wmma
+// says which is the default.
 // Tiles are zero-padded to multiples of 16 (head_dim ≤ 64, d_state ≤ 128); states pass through shared memory
 // as bf16, like the forward's S_in. Memory: two fp32 states per (chunk, head) (the chunk-local state and state
 // gradient), as the forward's chunk states, and S_in and dS_out in bf16 (the carry writes them as the grad kernels'
@@ -427,7 +428,7 @@ __global__ void __launch_bounds__(kGradThreads, 1) grad_kernel(SsdBwdArgs a, Dev
   }
 }
 
-// ---- 4, the register form (BAMBA_SSD_GRAD=mma; see grad_form_is_wmma for the default) ----
+// ---- 4, the register form (BAMBA_SSD_TILES=mma; see tiles_are_wmma for the default) ----
 // The same gradients of one (piece, head) with mma.sync fragments kept in registers (mma_tiles.cuh), as the
 // attention backward's flash kernels: 4 warps, warp w owning rows 16w..16w+15 of every 64-row product, tiles in by
 // cp.async, 108 KB of shared memory so that two blocks share an SM (the wmma form's 199 KB kept one, and every
@@ -661,15 +662,68 @@ __global__ void __launch_bounds__(kRThreads, 2) grad_mma_kernel(SsdBwdArgs a, De
   }
 }
 
-// BAMBA_SSD_GRAD: "mma" for the register form of kernel 4, "wmma" for the older one; unset, kGradDefaultIsWmma. The
-// register form has passed tests/emu (against the CPU twin and the wmma form) but not yet run on a GPU: the wmma
-// form stays the default until it has (bench/NOTES.md v35).
-constexpr bool kGradDefaultIsWmma = true;
-bool grad_form_is_wmma() {
-  const char* e = std::getenv("BAMBA_SSD_GRAD");
+// ---- 2, the register form (BAMBA_SSD_TILES=mma; see tiles_are_wmma for the default) ----
+// The same two [P, N] products as chunk_state_kernel, each warp owning 16 rows p with the outputs in registers and
+// stored from there (the wmma form staged them through 34 KB of fp32 shared memory and a barrier): 54 KB of shared
+// memory, up to four blocks an SM. x and dy come in scaled (load_tile, the wmma form's bits), B and C by cp.async.
+constexpr size_t kRStateSmem = size_t(2 * kQ * kLdP + 2 * kQ * kLdN) * kBf + size_t(2 * kQ) * kF;
+__global__ void __launch_bounds__(kRThreads, 3) chunk_state_mma_kernel(SsdBwdArgs a, DevBatch b, Scratch sc) {
+  using enum TileLayout;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* Bs = reinterpret_cast<bf16*>(smem);  // [Q, kLdN] B_i
+  bf16* Cs = Bs + kQ * kLdN;                  // [Q, kLdN] C_k
+  bf16* xs = Cs + kQ * kLdN;                  // [Q, kLdP] x_i · Δ_i exp(cum_end − cum_i)
+  bf16* ys = xs + kQ * kLdP;                  // [Q, kLdP] dy_k · exp(cum_k)
+  float* wx = reinterpret_cast<float*>(ys + kQ * kLdP);  // [Q]
+  float* wy = wx + kQ;                                    // [Q]
+  const int j = blockIdx.x, h = blockIdx.y, nh = a.nh, P = a.P, N = a.N, G = a.G, g = h / (nh / G);
+  const int Pp = (P + 15) / 16 * 16, Np = (N + 15) / 16 * 16;
+  const int64_t I = int64_t(nh) * P, PN = int64_t(P) * N;
+  const Piece c = piece(b, j);
+  const bf16* row = static_cast<const bf16*>(a.xBC) + int64_t(c.begin) * a.ldx;
+  const bf16* dyr = static_cast<const bf16*>(a.dy) + int64_t(c.begin) * a.lddy;
+  fetch_tile(Bs, kLdN, row + I + g * N, a.ldx, c.len, N, kQ, Np);
+  fetch_tile(Cs, kLdN, row + I + int64_t(G) * N + g * N, a.ldx, c.len, N, kQ, Np);
+  async::commit();
+  const float de = sc.dec[j * nh + h];
+  for (int i = threadIdx.x; i < kQ; i += blockDim.x) {
+    const bool in = i < c.len;
+    const float cu = in ? sc.cum[int64_t(h) * b.T + c.begin + i] : 0.f;
+    wx[i] = in ? sc.delta[int64_t(h) * b.T + c.begin + i] * expf(de - cu) : 0.f;
+    wy[i] = in ? expf(cu) : 0.f;
+  }
+  __syncthreads();
+  load_tile(xs, kLdP, row + h * P, a.ldx, c.len, P, kQ, Pp, wx);
+  load_tile(ys, kLdP, dyr + h * P, a.lddy, c.len, P, kQ, Pp, wy);
+  async::wait<0>();
+  __syncthreads();
+  const int lane = threadIdx.x % 32, r0 = 16 * (threadIdx.x / 32), gr = lane / 4, qc = 2 * (lane % 4);
+  if (r0 >= Pp) return;  // (no barrier below)
+  for (int which = 0; which < 2; ++which) {
+    // [p][n] = Σ_i xs[i][p] Bs[i][n] (then Σ_k ys[k][p] Cs[k][n]): A = xsᵀ, stored [i][p]
+    float acc[16][4];
+    zero(acc);
+    warp_mma<kKRows, kKN, kQ>(acc, (which ? ys : xs) + r0, kLdP, which ? Cs : Bs, kLdN, kQ, Np);
+    float* dst = (which ? sc.dstates : sc.states) + (int64_t(j) * nh + h) * PN;
+#pragma unroll
+    for (int nb = 0; nb < 16; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int p = r0 + gr + 8 * (e >> 1), n = 8 * nb + qc + (e & 1);
+        if (p < P && n < N) dst[p * N + n] = acc[nb][e];
+      }
+  }
+}
+
+// BAMBA_SSD_TILES: "mma" for the register forms of kernels 2 and 4, "wmma" for the older ones; unset,
+// kWmmaByDefault. The register forms have passed tests/emu (against the CPU twin and the wmma forms) but not yet run
+// on a GPU: the wmma forms stay the default until they have (bench/NOTES.md v35).
+constexpr bool kWmmaByDefault = true;
+bool tiles_are_wmma() {
+  const char* e = std::getenv("BAMBA_SSD_TILES");
   if (e && *e && std::strcmp(e, "mma") != 0 && std::strcmp(e, "wmma") != 0)
-    fail("BAMBA_SSD_GRAD must be \"mma\" or \"wmma\", not \"", e, "\"");
-  return e && *e ? std::strcmp(e, "wmma") == 0 : kGradDefaultIsWmma;
+    fail("BAMBA_SSD_TILES must be \"mma\" or \"wmma\", not \"", e, "\"");
+  return e && *e ? std::strcmp(e, "wmma") == 0 : kWmmaByDefault;
 }
 
 }  // namespace
@@ -695,7 +749,14 @@ void ssd_backward_chunked(cudaStream_t st, const SsdBwdArgs& a, const DevBatch& 
   delta_kernel<<<ceil_div(int64_t(l.nq) * a.nh, 128), 128, 0, st>>>(a, b, l.nq, sc);
   CUDA_LAUNCH_CHECK();
   clock.mark("delta");
-  chunk_state_kernel<<<dim3(nq, nh), kThreads, kStateSmem, st>>>(a, b, sc);
+  const bool wmma_tiles = tiles_are_wmma();
+  if (wmma_tiles) {
+    chunk_state_kernel<<<dim3(nq, nh), kThreads, kStateSmem, st>>>(a, b, sc);
+  } else {
+    CUDA_CHECK(cudaFuncSetAttribute(chunk_state_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(kRStateSmem)));
+    chunk_state_mma_kernel<<<dim3(nq, nh), kRThreads, kRStateSmem, st>>>(a, b, sc);
+  }
   CUDA_LAUNCH_CHECK();
   clock.mark("chunk_state");
   const char* ce = std::getenv("BAMBA_SSD_CARRY");
@@ -708,7 +769,7 @@ void ssd_backward_chunked(cudaStream_t st, const SsdBwdArgs& a, const DevBatch& 
     carry_kernel<kCarryAhead><<<carry_grid, kThreads, 0, st>>>(a, b, sc, l.splits);
   CUDA_LAUNCH_CHECK();
   clock.mark("carry");
-  if (grad_form_is_wmma()) {
+  if (wmma_tiles) {
     grad_kernel<<<dim3(nq, nh), kGradThreads, kGradSmem, st>>>(a, b, sc, l.splits, dBp, dCp, tok);
   } else {
     CUDA_CHECK(cudaFuncSetAttribute(grad_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kRegSmem)));
