@@ -1,6 +1,6 @@
 #!/bin/bash
-# Runs the kernels of src/backend/cuda/ssd_backward_chunked.cu, attention_backward_mma.cu, backward.cu,
-# cross_entropy.cu, gemv_mma.cu and moe.cu on the CPU, without a GPU or nvcc: every CUDA thread a std::thread,
+# Runs mma_tiles.cuh's warp products (every operand layout) and the kernels of src/backend/cuda/
+# ssd_backward_chunked.cu, attention_backward_mma.cu, backward.cu, cross_entropy.cu, gemv_mma.cu and moe.cu on the CPU, without a GPU or nvcc: every CUDA thread a std::thread,
 # __syncthreads a barrier, wmma tiles done by lane 0 of each warp, mma.sync and ldmatrix lane by lane from their
 # PTX fragment layouts, cp.async held back until its wait (include/ stands in for the CUDA headers), shared
 # memory filled with NaN patterns so that a read of anything unwritten shows. The launchers (<<<...>>>) are cut
@@ -42,7 +42,7 @@ strip adamw.cu '^void adamw_step\(cudaStream_t st' > "$out/adamw_kernels_emu.inc
     "$src/backend/cuda/kernels.cuh"
   echo '}  // namespace bamba::cuda'; } > "$out/adamw_args_emu.inc"
 rc=0
-for t in ${EMU_ONLY:-ssd_backward_chunked attention_backward_mma backward cross_entropy gemv_mma moe adamw}; do
+for t in ${EMU_ONLY:-mma_tiles ssd_backward_chunked attention_backward_mma backward cross_entropy gemv_mma moe adamw}; do
   extra=()
   [ "$t" = adamw ] && extra=("$src/train/adamw.cpp")
   g++ -std=c++20 -O2 -pthread -I "$here/include" -I "$src" -I "$out" "$here/${t}_emu.cpp" "$src/core/dtype.cpp" \
