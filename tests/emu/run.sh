@@ -1,18 +1,18 @@
 #!/bin/bash
-# Runs mma_tiles.cuh's warp products (every operand layout) and the kernels of src/backend/cuda/
-# ssd_backward_chunked.cu, attention_backward_mma.cu, backward.cu, cross_entropy.cu, gemv_mma.cu and moe.cu on the CPU, without a GPU or nvcc: every CUDA thread a std::thread,
-# __syncthreads a barrier, wmma tiles done by lane 0 of each warp, mma.sync and ldmatrix lane by lane from their
-# PTX fragment layouts, cp.async held back until its wait (include/ stands in for the CUDA headers), shared
-# memory filled with NaN patterns so that a read of anything unwritten shows. The launchers (<<<...>>>) are cut
-# out; the drivers launch the kernels themselves, finish as the launchers' other kernels do, and compare with the
-# CPU twins (grad::ssd_backward, grad::attention_backward, grad::conv1d_silu_backward,
-# grad::(gated_)rmsnorm_backward; the cross-entropy rows in double; the SSD grad kernel's register and wmma forms
-# also against each other) on bf16-rounded inputs: odd sizes, several
-# sequences, G = 2 / GQA, state0, the dt clamp, partial RoPE, chunk tables of 64..256, rows with and without
-# 16-byte runs, both attention forms (mma, wmma); the decode GEMV for bf16 and FP8 weights (gemv_mma_emu.cpp);
-# moe.cu's router, sort, grouped tensor-core expert GEMMs (both tile shapes, SwiGLU / relu²) and combine
-# (moe_emu.cpp); and adamw.cu's one-launch update against train/adamw.cpp, with split masters (adamw_emu.cpp). Checks indexing, fragment layouts, padding, masks, barriers and cp.async waits; not speed,
-# races or the real mma's rounding.
+# Runs mma_tiles.cuh's warp products (every operand layout; mma_tiles_emu.cpp) and the kernels of
+# src/backend/cuda/ssd_backward_chunked.cu, attention_backward_mma.cu, backward.cu, cross_entropy.cu, gemv_mma.cu and
+# moe.cu on the CPU, without a GPU or nvcc: every CUDA thread a std::thread, __syncthreads a barrier, wmma tiles done
+# by lane 0 of each warp, mma.sync and ldmatrix lane by lane from their PTX fragment layouts, cp.async held back
+# until its wait (include/ stands in for the CUDA headers), shared memory filled with NaN patterns so that a read of
+# anything unwritten shows. The launchers (<<<...>>>) are cut out; the drivers launch the kernels themselves, finish
+# as the launchers' other kernels do, and compare with the CPU twins (grad::ssd_backward, grad::attention_backward,
+# grad::conv1d_silu_backward, grad::(gated_)rmsnorm_backward; the cross-entropy rows in double; the SSD backward's
+# register and wmma tile forms also against each other) on bf16-rounded inputs: odd sizes, several sequences,
+# G = 2 / GQA, state0, the dt clamp, partial RoPE, chunk tables of 64..256, rows with and without 16-byte runs, both
+# attention forms (mma, wmma); the decode GEMV for bf16 and FP8 weights (gemv_mma_emu.cpp); moe.cu's router, sort,
+# grouped tensor-core expert GEMMs (both tile shapes, SwiGLU / relu²) and combine (moe_emu.cpp); and adamw.cu's
+# one-launch update against train/adamw.cpp, with split masters (adamw_emu.cpp). Checks indexing, fragment layouts,
+# padding, masks, barriers and cp.async waits; not speed, races or the real mma's rounding.
 # Usage: tests/emu/run.sh [out-dir]   (about 8 min on two cores; EMU_ONLY="gemv_mma moe" runs those drivers)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
