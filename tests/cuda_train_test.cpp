@@ -524,6 +524,7 @@ struct SsdAtSize {
     be.fill_uniform(dy, 6, -1.f, 1.f);
     if (state) state0 = be.alloc(DType::F32, {S, nh, P, N}), be.fill_uniform(state0, 7, -1.f, 1.f);
   }
+  SsdAtSize(const SsdAtSize&) = delete;  // it owns its tensors
   ~SsdAtSize() {
     for (Tensor p : {A_log, D, dt_bias, xBC, dt, dy}) be.release(p);
     if (state0.data) be.release(state0);
