@@ -10,6 +10,27 @@ using namespace bamba::cuda;
 
 constexpr int kRows = 64, kMaxK = 128, kMaxW = 128, kLd = kMaxW + 8;
 
+// This lane's accumulators (its 16-row warp's rows, W columns) into out [kRows, W].
+template <int NB>
+static void store_acc(std::vector<float>& out, int W, const float (&acc)[NB][4]) {
+  const int lane = threadIdx.x % 32, r0 = 16 * (threadIdx.x / 32), g = lane / 4, qc = 2 * (lane % 4);
+  for (int nb = 0; nb < W / 8; ++nb)
+    for (int e = 0; e < 4; ++e) out[size_t(r0 + g + 8 * (e >> 1)) * W + 8 * nb + qc + (e & 1)] = acc[nb][e];
+}
+
+// Relative L2 of got [kRows, W] against Σ_k a(r, k) b(k, n) in float64.
+template <typename FA, typename FB>
+static double rel_to_product(const std::vector<float>& got, int W, int K, FA&& a, FB&& b) {
+  double num = 0, den = 0;
+  for (int r = 0; r < kRows; ++r)
+    for (int n = 0; n < W; ++n) {
+      double s = 0;
+      for (int k = 0; k < K; ++k) s += double(a(r, k)) * b(k, n);
+      num += (got[size_t(r) * W + n] - s) * (got[size_t(r) * W + n] - s), den += s * s;
+    }
+  return std::sqrt(num / den);
+}
+
 template <TileLayout LA, TileLayout LB>
 static double run(int K, int W, std::mt19937& rng) {
   // A is [rows, K] as a matrix; stored rows × k (kRowsK) or k × rows (kKRows). B is [K, W]; stored n × k or k × n.
@@ -21,22 +42,14 @@ static double run(int K, int W, std::mt19937& rng) {
   auto B = [&](int k, int n) { return __bfloat162float(LB == TileLayout::kNK ? bs[n * kLd + k] : bs[k * kLd + n]); };
   std::vector<float> got(size_t(kRows) * W, NAN);
   emu::launch({1}, {128}, 0, [&] {
-    const int lane = threadIdx.x % 32, r0 = 16 * (threadIdx.x / 32), g = lane / 4, qc = 2 * (lane % 4);
+    const int r0 = 16 * (threadIdx.x / 32);
     float acc[kMaxW / 8][4];
     zero(acc);
     const bf16* a = LA == TileLayout::kRowsK ? as.data() + r0 * kLd : as.data() + r0;
     warp_mma<LA, LB, kMaxK>(acc, a, kLd, bs.data(), kLd, K, W);
-    for (int nb = 0; nb < W / 8; ++nb)
-      for (int e = 0; e < 4; ++e) got[size_t(r0 + g + 8 * (e >> 1)) * W + 8 * nb + qc + (e & 1)] = acc[nb][e];
+    store_acc(got, W, acc);
   });
-  double num = 0, den = 0;
-  for (int r = 0; r < kRows; ++r)
-    for (int n = 0; n < W; ++n) {
-      double s = 0;
-      for (int k = 0; k < K; ++k) s += double(A(r, k)) * B(k, n);
-      num += (got[size_t(r) * W + n] - s) * (got[size_t(r) * W + n] - s), den += s * s;
-    }
-  return std::sqrt(num / den);
+  return rel_to_product(got, W, K, A, B);
 }
 
 // (X Y) Z with X Y's accumulators made into Z's A operand by to_a (rounded to bf16), K of the second product 64.
@@ -47,27 +60,19 @@ static double run_regs(int W, std::mt19937& rng) {
     for (auto& v : *t) v = __float2bfloat16_rn(u(rng));
   std::vector<float> mid(size_t(kRows) * 64), got(size_t(kRows) * W, NAN);
   emu::launch({1}, {128}, 0, [&] {
-    const int lane = threadIdx.x % 32, r0 = 16 * (threadIdx.x / 32), g = lane / 4, qc = 2 * (lane % 4);
+    const int r0 = 16 * (threadIdx.x / 32);
     float m[8][4], acc[kMaxW / 8][4];
     zero(m), zero(acc);
     warp_mma<TileLayout::kRowsK, TileLayout::kNK, 64>(m, xs.data() + r0 * kLd, kLd, ys.data(), kLd, 48, 64);
-    for (int nb = 0; nb < 8; ++nb)
-      for (int e = 0; e < 4; ++e)
-        mid[size_t(r0 + g + 8 * (e >> 1)) * 64 + 8 * nb + qc + (e & 1)] = __bfloat162float(__float2bfloat16_rn(m[nb][e]));
+    store_acc(mid, 64, m);
     uint32_t pa[4][4];
     to_a(pa, m);
     warp_mma_regs<TileLayout::kKN>(acc, pa, zs.data(), kLd, W);
-    for (int nb = 0; nb < W / 8; ++nb)
-      for (int e = 0; e < 4; ++e) got[size_t(r0 + g + 8 * (e >> 1)) * W + 8 * nb + qc + (e & 1)] = acc[nb][e];
+    store_acc(got, W, acc);
   });
-  double num = 0, den = 0;
-  for (int r = 0; r < kRows; ++r)
-    for (int n = 0; n < W; ++n) {
-      double s = 0;
-      for (int k = 0; k < 64; ++k) s += double(mid[size_t(r) * 64 + k]) * __bfloat162float(zs[k * kLd + n]);
-      num += (got[size_t(r) * W + n] - s) * (got[size_t(r) * W + n] - s), den += s * s;
-    }
-  return std::sqrt(num / den);
+  for (float& v : mid) v = __bfloat162float(__float2bfloat16_rn(v));  // as to_a rounded them
+  return rel_to_product(got, W, 64, [&](int r, int k) { return mid[size_t(r) * 64 + k]; },
+                        [&](int k, int n) { return __bfloat162float(zs[k * kLd + n]); });
 }
 
 int main() {

@@ -141,6 +141,30 @@ __device__ __forceinline__ void for_grid(int rows, int cols, F&& f) {
   }
 }
 
+// The weights of piece c's token rows in head h, for i < kQ (0 past the piece's end), a thread each; de = cum at
+// the piece's last token. Kernel 2's: wx_i = Δ_i exp(cum_end − cum_i) (x's rows), wy_i = exp(cum_i) (dy's rows).
+__device__ __forceinline__ void state_weights(const Scratch& sc, const DevBatch& b, const Piece& c, int h, float de,
+                                              float* wx, float* wy) {
+  for (int i = threadIdx.x; i < kQ; i += blockDim.x) {
+    const bool in = i < c.len;
+    const float cu = in ? sc.cum[int64_t(h) * b.T + c.begin + i] : 0.f;
+    wx[i] = in ? sc.delta[int64_t(h) * b.T + c.begin + i] * expf(de - cu) : 0.f;
+    wy[i] = in ? expf(cu) : 0.f;
+  }
+}
+// Kernel 4's: cum_i, Δ_i, exp(cum_end − cum_i), exp(cum_i).
+__device__ __forceinline__ void grad_weights(const Scratch& sc, const DevBatch& b, const Piece& c, int h, float de,
+                                             float* cum, float* dl, float* wout, float* win) {
+  for (int i = threadIdx.x; i < kQ; i += blockDim.x) {
+    const bool in = i < c.len;
+    const float cu = in ? sc.cum[int64_t(h) * b.T + c.begin + i] : 0.f;
+    cum[i] = cu;
+    dl[i] = in ? sc.delta[int64_t(h) * b.T + c.begin + i] : 0.f;
+    wout[i] = in ? expf(de - cu) : 0.f;
+    win[i] = in ? expf(cu) : 0.f;
+  }
+}
+
 // 2. The chunk-local state and state gradient of (piece, head), [P, N] each, fp32 into scratch.
 constexpr size_t kStateSmem = size_t(2 * kQ * kLdP + 2 * kQ * kLdN) * 2 + size_t(kPMax * kLdFN + 2 * kQ) * 4;
 __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdBwdArgs a, DevBatch b, Scratch sc) {
@@ -156,13 +180,7 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdBwdArgs a, Dev
   const int Pp = (P + 15) / 16 * 16, Np = (N + 15) / 16 * 16;
   const int64_t I = int64_t(nh) * P, PN = int64_t(P) * N;
   const Piece c = piece(b, j);
-  const float de = sc.dec[j * nh + h];
-  for (int i = threadIdx.x; i < kQ; i += blockDim.x) {
-    const bool in = i < c.len;
-    const float cu = in ? sc.cum[int64_t(h) * b.T + c.begin + i] : 0.f;
-    wx[i] = in ? sc.delta[int64_t(h) * b.T + c.begin + i] * expf(de - cu) : 0.f;
-    wy[i] = in ? expf(cu) : 0.f;
-  }
+  state_weights(sc, b, c, h, sc.dec[j * nh + h], wx, wy);
   __syncthreads();
   const bf16* row = static_cast<const bf16*>(a.xBC) + int64_t(c.begin) * a.ldx;
   const bf16* dyr = static_cast<const bf16*>(a.dy) + int64_t(c.begin) * a.lddy;
@@ -330,13 +348,7 @@ __global__ void __launch_bounds__(kGradThreads, 1) grad_kernel(SsdBwdArgs a, Dev
   // ⟨dS_out, S_in⟩'s slices (kernel 3): into shared memory now, a thread each, beside the tile loads; added at the
   // end in slice order (where every thread walked them, a dependent L2 round trip per slice)
   if (tid < splits) eds[tid] = sc.edot[(int64_t(j) * nh + h) * splits + tid];
-  for (int i = tid; i < kQ; i += nt) {
-    const bool in = i < len;
-    cum[i] = in ? sc.cum[int64_t(h) * b.T + c.begin + i] : 0.f;
-    dl[i] = in ? sc.delta[int64_t(h) * b.T + c.begin + i] : 0.f;
-    wout[i] = in ? expf(de - cum[i]) : 0.f;
-    win[i] = in ? expf(cum[i]) : 0.f;
-  }
+  grad_weights(sc, b, c, h, de, cum, dl, wout, win);
   const bf16* row = static_cast<const bf16*>(a.xBC) + int64_t(c.begin) * a.ldx;
   const bf16* dyr = static_cast<const bf16*>(a.dy) + int64_t(c.begin) * a.lddy;
   const bf16* S_in = sc.sinb + (int64_t(j) * nh + h) * PN;
@@ -503,14 +515,7 @@ __global__ void __launch_bounds__(kRThreads, 2) grad_mma_kernel(SsdBwdArgs a, De
   async::commit();
   const float de = sc.dec[j * nh + h], A = -expf(ld_param(a.A_log, h)), Dh = ld_param(a.D, h);
   if (tid < splits) eds[tid] = sc.edot[(int64_t(j) * nh + h) * splits + tid];
-  for (int i = tid; i < kQ; i += blockDim.x) {
-    const bool in = i < len;
-    const float cu = in ? sc.cum[int64_t(h) * b.T + c.begin + i] : 0.f;
-    cum[i] = cu;
-    dl[i] = in ? sc.delta[int64_t(h) * b.T + c.begin + i] : 0.f;
-    wout[i] = in ? expf(de - cu) : 0.f;
-    win[i] = in ? expf(cu) : 0.f;
-  }
+  grad_weights(sc, b, c, h, de, cum, dl, wout, win);
   async::wait<0>();
   __syncthreads();
 
@@ -685,13 +690,7 @@ __global__ void __launch_bounds__(kRThreads, 3) chunk_state_mma_kernel(SsdBwdArg
   fetch_tile(Bs, kLdN, row + I + g * N, a.ldx, c.len, N, kQ, Np);
   fetch_tile(Cs, kLdN, row + I + int64_t(G) * N + g * N, a.ldx, c.len, N, kQ, Np);
   async::commit();
-  const float de = sc.dec[j * nh + h];
-  for (int i = threadIdx.x; i < kQ; i += blockDim.x) {
-    const bool in = i < c.len;
-    const float cu = in ? sc.cum[int64_t(h) * b.T + c.begin + i] : 0.f;
-    wx[i] = in ? sc.delta[int64_t(h) * b.T + c.begin + i] * expf(de - cu) : 0.f;
-    wy[i] = in ? expf(cu) : 0.f;
-  }
+  state_weights(sc, b, c, h, sc.dec[j * nh + h], wx, wy);
   __syncthreads();
   load_tile(xs, kLdP, row + h * P, a.ldx, c.len, P, kQ, Pp, wx);
   load_tile(ys, kLdP, dyr + h * P, a.lddy, c.len, P, kQ, Pp, wy);
