@@ -300,6 +300,52 @@ TEST_P(FamilyTrain, CheckpointingChangesNothing) {
   release_weights(cfg, a, *f.be);
 }
 
+// training_step_memory (what `bamba train --check` prints) counts exactly what a step allocates, in every mode, and
+// checkpointing takes less: full <= selective <= none, full < none once there are three layers or more.
+TEST_P(FamilyTrain, StepMemoryIsWhatTheStepTakes) {
+  Fixture f(GetParam());
+  NEED_FIXTURE(f);
+  const ModelConfig& cfg = f.cfg();
+  const int64_t rows = 2, seq = 29, L = cfg.num_hidden_layers;
+  TrainBatch b = random_batch(cfg, rows, seq, 5);
+  ModelWeights g = zeros_like_weights(cfg, *f.be);
+  auto taken = [&](const TrainOptions& opt) {
+    const int64_t planned = training_step_memory(cfg, rows, seq, opt, f.be->activation_dtype()).activations;
+    EXPECT_EQ(f.model->forward_backward(b, g, opt).activation_bytes, planned);
+    return planned;
+  };
+  TrainOptions opt;
+  const int64_t off = taken(opt);
+  opt.loss_only = true;
+  EXPECT_LT(taken(opt), off);
+  opt.loss_only = false;
+  int64_t full = 0, selective = 0;
+  for (Checkpointing mode : {Checkpointing::Full, Checkpointing::Selective})
+    for (int64_t layers : {int64_t(-1), int64_t(1), L / 2}) {
+      SCOPED_TRACE(std::string(mode == Checkpointing::Full ? "full" : "selective") + ", layers " + std::to_string(layers));
+      opt.activation_checkpointing = mode;
+      opt.checkpoint_layers = layers;
+      const int64_t n = taken(opt);
+      if (layers == -1) (mode == Checkpointing::Full ? full : selective) = n;
+    }
+  if (L >= 2) {
+    EXPECT_LE(full, selective);
+    EXPECT_LE(selective, off);
+  }
+  if (L >= 3) {
+    EXPECT_LT(full, off);
+  }
+  const StepMemory m = training_step_memory(cfg, rows, seq, TrainOptions{}, DType::BF16);
+  // bf16 activations take half of fp32's, but for an MoE layer's F32 router logits and weights and I32 ids
+  if (std::count(cfg.mlp_kinds.begin(), cfg.mlp_kinds.end(), MlpKind::MoE) == 0) {
+    EXPECT_EQ(m.activations * 2, off);
+  } else {
+    EXPECT_GT(m.activations * 2, off);
+  }
+  EXPECT_GT(m.cache, 0);
+  release_weights(cfg, g, *f.be);
+}
+
 // AdamW's decay split by HF name: norms, biases, A_log, D and dt_bias are not decayed, the matrices (and the
 // conv kernels) are; and a few AdamW steps on one batch, saved as a checkpoint, load back as a model folder with
 // the fixture's tensor names and the trained model's logits bit for bit.

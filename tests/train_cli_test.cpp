@@ -39,19 +39,35 @@ TEST_F(TrainCli, HelpNamesTheOptions) {
 }
 
 TEST_F(TrainCli, CheckPrintsThePlan) {
+  // The MiB that --check prints for a micro-batch's activations (the tiny model's are MiB, not GiB)
+  auto activations_mib = [](const std::string& err) {
+    const size_t at = err.find("activations ");
+    EXPECT_NE(at, std::string::npos) << err;
+    EXPECT_NE(err.find(" MiB (", at), std::string::npos) << err;
+    return at == std::string::npos ? -1.0 : std::stod(err.substr(at + 12));
+  };
   RunResult r = train(valid(), "--check");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("4096 tokens = 8 rows of 512, 4 micro-batches of 2 rows"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("245 steps"), std::string::npos) << r.err;  // ceil(1e6 / 4096)
-  EXPECT_NE(r.err.find("18 bytes a parameter), activations of 1024 tokens a micro-batch, no checkpointing"),
-            std::string::npos) << r.err;  // bf16-mixed
+  EXPECT_NE(r.err.find("(18 bytes a parameter)\n"), std::string::npos) << r.err;  // bf16-mixed
+  EXPECT_NE(r.err.find("a micro-batch of 1024 tokens: activations "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(" (fp32, no checkpointing) + its cache "), std::string::npos) << r.err;  // --device cpu
+  const double none = activations_mib(r.err);
+  EXPECT_GT(none, 1.0);
   EXPECT_FALSE(fs::exists(tmp_ + "/out"));                         // nothing written
   r = train(valid() + "precision: bf16-memory\nactivation_checkpointing: selective\nactivation_checkpointing_layers: 2\n",
             "--check");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.err.find("(12 bytes a parameter), activations of 1024 tokens a micro-batch, selective checkpointing of "
-                       "the first 2 of 4 layers"),
-            std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("(12 bytes a parameter)"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("(fp32, selective checkpointing of the first 2 of 4 layers)"), std::string::npos) << r.err;
+  const double selective = activations_mib(r.err);
+  EXPECT_LT(selective, none);
+  EXPECT_GT(selective, 0.5 * none);  // half the layers keep every activation
+  r = train(valid() + "activation_checkpointing: true\n", "--check --device cuda");  // the plan makes no backend
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("(bf16, full checkpointing of every layer)"), std::string::npos) << r.err;
+  EXPECT_LT(activations_mib(r.err), 0.5 * selective);
 }
 
 TEST_F(TrainCli, ErrorsAreOneLineWithExitCode1) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <nlohmann/json.hpp>
 #include <csignal>
 #include <cstdio>
@@ -105,7 +106,7 @@ void check_data(const TrainConfig& c) {
       fail(c.label, ": validation[", i, "] (", c.validation[i].name, "): ", c.validation[i].path, " does not exist");
 }
 
-void print_plan(const TrainConfig& c, const ResolvedModel& m) {
+void print_plan(const TrainConfig& c, const ResolvedModel& m, DType activation) {
   const double n = double(m.config.parameter_count());
   std::fprintf(stderr, "model     %s (%.3g parameters)\n",
                !c.model_path.empty()     ? c.model_path.c_str()
@@ -146,12 +147,28 @@ void print_plan(const TrainConfig& c, const ResolvedModel& m) {
                                                               : 4 + 4 + 4;
   const int64_t L = m.config.num_hidden_layers,
                 ck = checkpointed_layer_count(c.activation_checkpointing, c.checkpoint_layers, L);
-  std::fprintf(stderr,
-               "memory    parameter state %.1f GiB (%d bytes a parameter), activations of %lld tokens a micro-batch, %s\n",
-               n * per_param / double(1ll << 30), per_param, (long long)(c.micro_batch_size * c.seq_len),
+  const StepMemory step = training_step_memory(
+      m.config, c.micro_batch_size, c.seq_len,
+      {.activation_checkpointing = c.activation_checkpointing, .checkpoint_layers = c.checkpoint_layers}, activation);
+  auto size = [](double bytes) {  // binary units, as device memory is counted (GiB = 2^30 bytes)
+    const char* unit[] = {"B", "KiB", "MiB", "GiB"};
+    int u = 0;
+    while (bytes >= 1024 && u < 3) bytes /= 1024, ++u;
+    return cat(std::round(bytes * 100) / 100, " ", unit[u]);
+  };
+  const double state = n * per_param;
+  std::fprintf(stderr, "memory    parameter state %s (%d bytes a parameter)\n", size(state).c_str(), per_param);
+  std::fprintf(stderr, "          a micro-batch of %lld tokens: activations %s (%s, %s) + its cache %s\n",
+               (long long)(c.micro_batch_size * c.seq_len), size(double(step.activations)).c_str(),
+               activation == DType::F32 ? "fp32" : "bf16",
                ck == 0 ? "no checkpointing"
                : cat(c.activation_checkpointing == Checkpointing::Full ? "full" : "selective", " checkpointing of ",
-                     ck == L ? "every layer" : cat("the first ", ck, " of ", L, " layers")).c_str());
+                     ck == L ? "every layer" : cat("the first ", ck, " of ", L, " layers")).c_str(),
+               size(double(step.cache)).c_str());
+  // Not counted: the backend's op scratch, one buffer reused op after op (on CUDA the SSD backward's chunk states,
+  // the cross-entropy's logits chunk: docs/training.md's memory table), and the CUDA context.
+  std::fprintf(stderr, "          %s in all, and the backend's op scratch\n",
+               size(state + double(step.activations + step.cache)).c_str());
   std::fprintf(stderr, "output    %s (save every %lld steps, keep %lld)\n", c.output.c_str(), (long long)c.save_every,
                (long long)c.keep_last);
 }
@@ -223,7 +240,9 @@ void run_train_command(const TrainArgs& a) {
   if (a.nproc > 1 && env.world_size > 1)
     fail("--nproc ", a.nproc, " and a launcher's WORLD_SIZE=", env.world_size, ": use one or the other");
   const bool lead = env.rank == 0;
-  if ((!a.quiet && lead) || a.check) print_plan(cfg, model);
+  // The activations' dtype without making a backend: fp32 on the CPU, the precision's on a GPU.
+  const bool gpu = a.device == "cuda" || (a.device == "auto" && cuda_device_count() > 0);
+  if ((!a.quiet && lead) || a.check) print_plan(cfg, model, gpu ? precision_dtype(cfg.precision) : DType::F32);
   if (a.check) return;
 
   struct sigaction sa = {};

@@ -112,7 +112,19 @@ struct TrainResult {
   double loss = 0;           // this batch's share of the loss (its terms over the divisors)
   int64_t label_count = 0;   // labels != -100 in the batch
   std::vector<int32_t> routing;  // record_routing: each MoE layer's experts [T, k], layer after layer
+  int64_t activation_bytes = 0;  // what the step's buffers took (training_step_memory's activations, allocated)
 };
+
+// What one training step of `rows` sequences of `seq_len` tokens allocates beyond the weights, their gradients and
+// the optimizer state, with activations of dtype `activation` (the backend's: bf16 on the GPU, fp32 on the CPU).
+// Not counted: the backend's own op scratch (the CUDA SSD backward's chunk states, the cross-entropy's logits
+// chunk: docs/training.md), which is reused layer after layer.
+struct StepMemory {
+  int64_t activations = 0;  // every buffer of the step: kept activations, the recomputation set, the gradients'
+  int64_t cache = 0;        // the step's own cache: each row's Mamba state, its attention layers' K and V
+};
+StepMemory training_step_memory(const ModelConfig& cfg, int64_t rows, int64_t seq_len, const TrainOptions& opt,
+                                DType activation);
 
 using ActivationHook = std::function<void(const std::string& name, Tensor h)>;
 class TensorParallelPeers;  // model/tensor_parallel_peers.h
