@@ -176,12 +176,11 @@ TEST_P(CudaOps, MatmulDecodeShapes) {
 TEST_P(CudaOps, FusedDecodeOps) {
   // A second backend whose swiglu_matmul_residual folds SwiGLU into the GEMV (BAMBA_CUDA_FUSE_SWIGLU=1, read when a
   // backend is made); it computes on gpu_'s tensors (same device, its own stream).
-  const char* was = std::getenv("BAMBA_CUDA_FUSE_SWIGLU");
-  const std::string saved = was ? was : "";
-  setenv("BAMBA_CUDA_FUSE_SWIGLU", "1", 1);
-  std::unique_ptr<Backend> folded_swiglu = make_backend("cuda", GetParam());
-  if (was) setenv("BAMBA_CUDA_FUSE_SWIGLU", saved.c_str(), 1);
-  else unsetenv("BAMBA_CUDA_FUSE_SWIGLU");
+  std::unique_ptr<Backend> folded_swiglu;
+  {
+    test::ScopedEnv env("BAMBA_CUDA_FUSE_SWIGLU", "1");
+    folded_swiglu = make_backend("cuda", GetParam());
+  }
   struct Shape { int64_t K, N; };
   for (const Shape& sh : {Shape{136, 37}, Shape{4096, 1031}, Shape{200, 2053}, Shape{4104, 19}})
     for (int64_t M : {1, 2, 3, 5, 8}) {

@@ -24,27 +24,6 @@ using test::kTolF32;
 using test::kTolF32State;
 using test::rel_l2;
 
-// Sets BAMBA_SSD_CHUNK for the backends made while it lives (the CUDA backend reads it when constructed).
-struct ChunkEnv {
-  explicit ChunkEnv(int q) { setenv("BAMBA_SSD_CHUNK", std::to_string(q).c_str(), 1); }
-  ~ChunkEnv() { unsetenv("BAMBA_SSD_CHUNK"); }
-};
-
-// Sets BAMBA_SSD_PATH (ssd_chunked.cu reads it per call: bit 0 the carry fused into the chunk-state kernel, bit 1
-// two heads per output block, bit 2 four) while it lives, then restores it; "" leaves it as it is.
-struct PathEnv {
-  explicit PathEnv(const char* p) {
-    if (const char* o = std::getenv("BAMBA_SSD_PATH")) old = o, had = true;
-    if (*p) setenv("BAMBA_SSD_PATH", p, 1);
-  }
-  ~PathEnv() {
-    if (had) setenv("BAMBA_SSD_PATH", old.c_str(), 1);
-    else unsetenv("BAMBA_SSD_PATH");
-  }
-  std::string old;
-  bool had = false;
-};
-
 StepBatch ssd_batch(const std::vector<int32_t>& lens, const std::vector<int32_t>& pasts,
                     const std::vector<int32_t>& slots) {
   StepBatch b;
@@ -93,8 +72,7 @@ TEST_P(CudaSsd, BambaShapeAcrossChunks) {
   const int nh = 8, P = 64, N = 128;
   for (const char* path : {"0", "3", "5"})
   for (int Q : {256, 128, 64}) {
-    ChunkEnv env(Q);
-    PathEnv penv(path);
+    test::ScopedEnv env("BAMBA_SSD_CHUNK", std::to_string(Q).c_str()), penv("BAMBA_SSD_PATH", *path ? path : nullptr);
     cpu_ = make_cpu_backend();
     gpu_ = make_backend("cuda", GetParam());
     for (int G : {1, 2}) {
@@ -156,8 +134,7 @@ TEST(CudaSsdSpeed, BambaLayerShapesOnH200) {
   for (const Config& cf : {Config{256, ""}, Config{256, "0"}, Config{256, "1"}, Config{256, "2"}, Config{256, "3"},
                            Config{256, "4"}, Config{256, "5"}, Config{128, ""}}) {
     const int Q = cf.Q;
-    ChunkEnv env(Q);
-    PathEnv penv(cf.path);
+    test::ScopedEnv env("BAMBA_SSD_CHUNK", std::to_string(Q).c_str()), penv("BAMBA_SSD_PATH", *cf.path ? cf.path : nullptr);
     auto be = make_backend("cuda", DType::BF16);
     Tensor A_log = be->alloc(DType::F32, {nh}), D = be->alloc(DType::F32, {nh}), dt_bias = be->alloc(DType::F32, {nh});
     be->fill_uniform(A_log, 1, 0.f, 2.77f);   // A in [-16, -1] as Mamba-2 initialises it

@@ -38,6 +38,7 @@ namespace bamba {
 namespace {
 
 using test::rel_l2;
+using test::ScopedEnv;
 
 struct Pair {
   Tensor cpu, gpu;
@@ -297,22 +298,6 @@ TEST_P(CudaTrainOps, Conv1dSiluBackwardAcrossSequences) {
   }
 }
 
-// Sets an environment variable while it lives (the CUDA launchers read their BAMBA_* form switches per call), then
-// restores it.
-struct ScopedEnv {
-  ScopedEnv(const char* name, const char* v) : name(name) {
-    if (const char* o = std::getenv(name)) old = o, had = true;
-    setenv(name, v, 1);
-  }
-  ~ScopedEnv() {
-    if (had) setenv(name, old.c_str(), 1);
-    else unsetenv(name);
-  }
-  const char* name;
-  std::string old;
-  bool had = false;
-};
-
 // The one-pass conv1d backward (backward.cu, the default) and the three-kernel form (BAMBA_CONV_BWD=split) against
 // the CPU twin: 2..4 taps, the vector path (channels a multiple of 4, x strided but aligned) and the one-channel
 // path (odd channels, x misaligned), sequences that cross the kernel's 32-row runs and 256-row blocks and end
@@ -419,12 +404,6 @@ TEST_P(CudaTrainOps, SsdBackwardStatesAndClamp) {
     }
 }
 
-// Sets BAMBA_SSD_CHUNK (the chunk table's length, read when a CUDA backend is made) while it lives.
-struct SsdChunkEnv {
-  explicit SsdChunkEnv(int q) { setenv("BAMBA_SSD_CHUNK", std::to_string(q).c_str(), 1); }
-  ~SsdChunkEnv() { unsetenv("BAMBA_SSD_CHUNK"); }
-};
-
 // The shapes the chunked tensor-core backward (bf16) is for: head_dim 64 with d_state 128 (Bamba-9B's) and 64 (the
 // recipe's), G = 1 and 2; sequences of 1..700 tokens (ragged pieces, a sequence of exactly one chunk, one of a
 // single token), from zeros and from a state0; chunk tables of 256 (the default) and 64 tokens. In fp32 this runs
@@ -433,7 +412,7 @@ TEST_P(CudaTrainOps, SsdBackwardHeadDim64) {
   struct Shape { int nh, P, G, N; };
   for (const Shape sh : {Shape{4, 64, 1, 128}, Shape{6, 64, 2, 64}})
     for (int q : {256, 64}) {
-      SsdChunkEnv cenv(q);
+      ScopedEnv cenv("BAMBA_SSD_CHUNK", std::to_string(q).c_str());  // read when a CUDA backend is made
       gpu_ = make_backend("cuda", act());
       const int nh = sh.nh, P = sh.P, G = sh.G, N = sh.N, I = nh * P, CD = I + 2 * G * N;
       StepBatch b = batch({300, 1, 64, 129, 700}, 10);
@@ -638,22 +617,8 @@ TEST_P(CudaTrainOps, AttentionBackwardGqaPartialRope) {
   }
 }
 
-// Sets BAMBA_ATTN_BWD ("mma" = the bf16 register tile form, attention_backward_mma.cu; "wmma" = its older
-// shared-memory tile form; "plain" = the warp-per-row form)
-// while it lives, then restores it.
-struct AttnBwdEnv {
-  explicit AttnBwdEnv(const char* v) {
-    if (const char* o = std::getenv("BAMBA_ATTN_BWD")) old = o, had = true;
-    setenv("BAMBA_ATTN_BWD", v, 1);
-  }
-  ~AttnBwdEnv() {
-    if (had) setenv("BAMBA_ATTN_BWD", old.c_str(), 1);
-    else unsetenv("BAMBA_ATTN_BWD");
-  }
-  std::string old;
-  bool had = false;
-};
-
+// BAMBA_ATTN_BWD picks the attention backward's form: "mma" = the bf16 register tile form
+// (attention_backward_mma.cu), "wmma" = its older shared-memory tile form, "plain" = the warp-per-row form.
 // The bf16 tile form against the CPU twin: head_dim 40 (rotary 20, GQA 3), 128 (rotary 64, GQA 4, Bamba-9B's) and
 // 64 (full rotary, no GQA); sequences of 1..200 tokens (one token, ragged tiles, exactly one tile, several tiles);
 // chunk tables of 256 and 64 tokens; rows with and without 16-byte runs; then the same call twice gives the same
@@ -661,12 +626,12 @@ struct AttnBwdEnv {
 TEST_P(CudaTrainOps, AttentionBackwardTiles) {
   if (act() != DType::BF16) GTEST_SKIP() << "the tile form is bf16's";
   for (const char* form : {"mma", "wmma"}) {
-    AttnBwdEnv env(form);
+    ScopedEnv env("BAMBA_ATTN_BWD", form);
     const std::vector<AttentionOpsConfig> cfgs = {{6, 2, 40, 20, 16, 10000.f, 1.f / std::sqrt(40.f), DType::F32},
                                                   {8, 2, 128, 64, 16, 10000.f, 1.f / std::sqrt(128.f), DType::F32},
                                                   {2, 2, 64, 64, 16, 500000.f, 0.125f, DType::F32}};
     for (int q : {256, 64}) {
-      SsdChunkEnv cenv(q);
+      ScopedEnv cenv("BAMBA_SSD_CHUNK", std::to_string(q).c_str());  // read when a CUDA backend is made
       gpu_ = make_backend("cuda", act());
       for (const AttentionOpsConfig& c : cfgs) {
         // qkv's rows padded by 8 (16-byte runs: cp.async) or, for head_dim 128 (cp.async at model size below), by 6
@@ -710,7 +675,7 @@ TEST_P(CudaTrainOps, AttentionBackwardTilesAgreeWithPlainAtModelSize) {
     std::vector<float> out[3];
     double ms[3] = {0, 0, 0};
     for (int form = 0; form < 3; ++form) {
-      AttnBwdEnv env(forms[form]);
+      ScopedEnv env("BAMBA_ATTN_BWD", forms[form]);
       Tensor dqkv = gpu_->alloc(DType::BF16, {T, W});
       const int reps = 2;
       std::vector<float> first;  // the untimed first run's bits, which every later run must repeat

@@ -26,6 +26,27 @@ constexpr double kTolF32State = 2e-3;
 // ‖a − ref‖₂ / ‖ref‖₂
 double rel_l2(const std::vector<float>& a, const std::vector<float>& ref);
 
+// Sets an environment variable while it lives (value nullptr: leaves it as it is), then restores it: the switches
+// the CUDA backend reads when made (BAMBA_CUDA_*, BAMBA_SSD_CHUNK) or its launchers per call (BAMBA_SSD_TILES, ...).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* o = std::getenv(name)) old_ = o, had_ = true;
+    if (value) setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had_) setenv(name_, old_.c_str(), 1);
+    else unsetenv(name_);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::string old_;
+  bool had_ = false;
+};
+
 // A fresh empty folder under $TMPDIR, removed by the caller (or left for inspection).
 std::string make_temp_dir(const std::string& tag);
 
