@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -100,6 +101,47 @@ TEST_P(CudaFp8, MatmulMatchesTheCpuTwin) {
       }
 }
 
+// BAMBA_CUDA_FP8_FAST_ACCUM=1 (read when a backend is made): the W8A8 prefill GEMM without cuBLASLt's promotion of
+// its partial sums into fp32. At the 9B's widths (K = 4,096 and 14,336) and prefill rows it stays within the bf16
+// bound of the CPU twin, gives the same bits twice, and is printed beside the default form (error and time).
+TEST_P(CudaFp8, FastAccumulationGemm) {
+  const DType dt = GetParam();
+  if (dt != DType::BF16) GTEST_SKIP() << "the prefill's activations are bf16";
+  std::unique_ptr<Backend> fast;
+  {
+    test::ScopedEnv env("BAMBA_CUDA_FP8_FAST_ACCUM", "1");
+    fast = make_backend("cuda", dt);
+  }
+  for (int64_t K : {4096, 14336}) {
+    const int64_t M = 520, N = 4096;
+    std::vector<Tensor> W = weights(N, K, 0, {cpu_.get(), gpu_.get(), fast.get()});
+    const std::vector<float> xv = random(size_t(M * K), -2.f, 2.f);
+    Tensor xc = cpu_->alloc(DType::F32, {M, K}), yc = cpu_->alloc(DType::F32, {M, N});
+    cpu_->from_host_f32(xc, xv.data());
+    cpu_->matmul(yc, xc, W[0], {});
+    std::vector<float> ref(size_t(M * N)), out(size_t(M * N)), again(size_t(M * N));
+    cpu_->to_host_f32(yc, ref.data());
+    for (int f = 0; f < 2; ++f) {
+      Backend& be = f ? *fast : *gpu_;
+      Tensor x = be.alloc(dt, {M, K}), y = be.alloc(dt, {M, N});
+      be.from_host_f32(x, xv.data());
+      be.matmul(y, x, W[size_t(1 + f)], {});  // the first call makes the cuBLASLt handle: untimed (quantize + GEMM)
+      be.to_host_f32(y, out.data());
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int r = 0; r < 20; ++r) be.matmul(y, x, W[size_t(1 + f)], {});
+      be.synchronize();
+      const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / 20;
+      be.to_host_f32(y, again.data());
+      const double e = test::rel_l2(out, ref);
+      std::printf("fp8 GEMM M %lld N %lld K %lld, %s: rel L2 %.3g against the CPU, %.1f us (%.0f TFLOP/s)\n",
+                  (long long)M, (long long)N, (long long)K, f ? "fast accumulation" : "default", e, us,
+                  2.0 * double(M * N * K) / us * 1e-6);
+      EXPECT_LE(e, test::kTolBf16) << "K " << K << (f ? " fast" : " default");
+      EXPECT_EQ(std::memcmp(out.data(), again.data(), out.size() * 4), 0) << "K " << K;
+    }
+  }
+}
+
 // Decode (1-8 rows) through both W8A16 kernels: gemv_mma.cu's tensor-core GEMV over E4M3 weights (taken by bf16
 // activations with K and ldw multiples of 16, 16-byte strides, per-row or 128-multiple block scales) and
 // fp8_gemv.cu's warp per row (BAMBA_CUDA_FP8_MMA_ROWS=9 turns the first off; fp32 activations, odd K, odd strides
@@ -109,12 +151,8 @@ TEST_P(CudaFp8, DecodeGemvBothKernels) {
   const DType dt = GetParam();
   std::unique_ptr<Backend> kern[2];  // 0: the tensor-core GEMV from 1 row; 1: warp per row only
   for (int i = 0; i < 2; ++i) {
-    const char* old = std::getenv("BAMBA_CUDA_FP8_MMA_ROWS");
-    const std::string keep = old ? old : "";
-    setenv("BAMBA_CUDA_FP8_MMA_ROWS", i == 0 ? "1" : "9", 1);
+    test::ScopedEnv env("BAMBA_CUDA_FP8_MMA_ROWS", i == 0 ? "1" : "9");
     kern[i] = make_backend("cuda", dt);
-    if (old) setenv("BAMBA_CUDA_FP8_MMA_ROWS", keep.c_str(), 1);
-    else unsetenv("BAMBA_CUDA_FP8_MMA_ROWS");
   }
   struct Shape { int64_t N, K, B, pad; };  // pad: x's row stride is K + pad
   const Shape shapes[] = {{37, 80, 0, 16},    {21, 16, 0, 8},     {50, 4096 + 16, 0, 16}, {16, 128, 128, 16},
