@@ -106,6 +106,12 @@ void check_data(const TrainConfig& c) {
       fail(c.label, ": validation[", i, "] (", c.validation[i].name, "): ", c.validation[i].path, " does not exist");
 }
 
+// What a parameter costs on the device: the weight the forward reads and its master (fp32: one; bf16-mixed: a
+// bf16 weight + an fp32 master; bf16-memory: the weight + the master's low half), an fp32 gradient, two moments.
+int bytes_per_parameter(Precision p) {
+  return p == Precision::Fp32 ? 4 + 4 + 8 : p == Precision::Bf16Mixed ? 6 + 4 + 8 : 4 + 4 + 4;
+}
+
 void print_plan(const TrainConfig& c, const ResolvedModel& m, DType activation) {
   const double n = double(m.config.parameter_count());
   std::fprintf(stderr, "model     %s (%.3g parameters)\n",
@@ -140,11 +146,7 @@ void print_plan(const TrainConfig& c, const ResolvedModel& m, DType activation) 
                c.beta2, c.eps, c.weight_decay, c.grad_clip, precision_name(c.precision).c_str());
   std::fprintf(stderr, "schedule  %s, %lld warmup steps, final %g × lr\n", schedule_kind_name(c.schedule).c_str(),
                (long long)s.warmup_steps, c.final_lr_ratio);
-  // What a parameter costs on the device: the weight the forward reads and its master (fp32: one; bf16-mixed: a
-  // bf16 weight + an fp32 master; bf16-memory: the weight + the master's low half), an fp32 gradient, two moments.
-  const int per_param = c.precision == Precision::Fp32        ? 4 + 4 + 8
-                        : c.precision == Precision::Bf16Mixed ? 6 + 4 + 8
-                                                              : 4 + 4 + 4;
+  const int per_param = bytes_per_parameter(c.precision);
   const int64_t L = m.config.num_hidden_layers,
                 ck = checkpointed_layer_count(c.activation_checkpointing, c.checkpoint_layers, L);
   const StepMemory step = training_step_memory(
@@ -445,7 +447,15 @@ void run_train_bench(const TrainArgs& a) {
     }
   }
   const int64_t peak = be->peak_memory_bytes();
-  if (peak >= 0) std::printf(", peak memory %.2f GiB", double(peak) / double(1ll << 30));
+  if (peak >= 0) {
+    // beside it what --check counts: the parameter state and one micro-batch's step (the rest: the op scratch)
+    const StepMemory sm = training_step_memory(
+        mc, b.rows, b.cols, {.activation_checkpointing = checkpointing, .checkpoint_layers = ckpt_layers},
+        be->activation_dtype());
+    const double gib = double(1ll << 30);
+    std::printf(", peak memory %.2f GiB (counted: parameter state %.2f + step %.2f GiB)", double(peak) / gib,
+                n_params * bytes_per_parameter(cfg.precision) / gib, double(sm.activations + sm.cache) / gib);
+  }
   std::printf("\n");
 }
 
