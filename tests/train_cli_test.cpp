@@ -68,6 +68,19 @@ TEST_F(TrainCli, CheckPrintsThePlan) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("(bf16, full checkpointing of every layer)"), std::string::npos) << r.err;
   EXPECT_LT(activations_mib(r.err), 0.5 * selective);
+  // --gpu-memory: whether it fits a GPU of that size, and if not what checkpointing would take
+  r = train(valid(), "--check --gpu-memory 1");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("(bf16, no checkpointing)"), std::string::npos) << r.err;  // planned for a GPU
+  EXPECT_NE(r.err.find(" of the GPU (1 GiB) for the op scratch and the CUDA context"), std::string::npos) << r.err;
+  r = train(valid(), "--check --gpu-memory 0.005");  // 5.12 MiB: less than the parameter state
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("does not fit the GPU (5.12 MiB); checkpointing every layer: selective "), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find(", full "), std::string::npos) << r.err;
+  r = train(valid(), "--check --nproc 4");  // ZeRO-1: the moments (8 of the 18 bytes) split over the ranks
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("(12 bytes a parameter, the moments split over 4 ranks)"), std::string::npos) << r.err;
 }
 
 TEST_F(TrainCli, ErrorsAreOneLineWithExitCode1) {

@@ -18,6 +18,13 @@ int cuda_device_count() {
 #endif
 }
 
+GpuInfo cuda_device_info(int index) {
+#ifdef BAMBA_HAVE_CUDA
+  if (index >= 0 && index < cuda_device_count()) return cuda_runtime_device_info(index);
+#endif
+  return {};
+}
+
 DType compute_dtype(const std::string& dtype, DType checkpoint) {
   if (dtype == "bf16") return DType::BF16;
   if (dtype == "fp32") return DType::F32;

@@ -395,10 +395,17 @@ std::unique_ptr<Backend> make_backend(const std::string& device, DType compute =
 // decides), else a CPU backend. Error naming the GPU count when there are too few.
 std::unique_ptr<Backend> make_rank_backend(const std::string& device, int index, DType compute = DType::BF16);
 int cuda_device_count();  // 0 in a build without CUDA
+// GPU `index`'s name and its memory as CUDA reports it (total bytes); {"", 0} when there is no such GPU.
+struct GpuInfo {
+  std::string name;
+  int64_t total_bytes = 0;
+};
+GpuInfo cuda_device_info(int index);
 
 #ifdef BAMBA_HAVE_CUDA
 std::unique_ptr<Backend> make_cuda_backend(int device_index, DType compute);  // src/backend/cuda/
 int cuda_runtime_device_count();
+GpuInfo cuda_runtime_device_info(int index);
 #endif
 
 }  // namespace bamba

@@ -52,6 +52,7 @@ struct TrainArgs {
   std::string device = "cpu";  // cpu | cuda | auto
   double peak_tflops = 0;
   bool check = false, quiet = false;
+  double gpu_memory_gib = 0;  // --gpu-memory: plan for a GPU of this size (default: GPU 0's, when training on one)
   // --bench: timed steps on generated weights and random tokens, no data, no checkpoints
   bool bench = false, profile = false;
   std::string preset;
@@ -106,13 +107,70 @@ void check_data(const TrainConfig& c) {
       fail(c.label, ": validation[", i, "] (", c.validation[i].name, "): ", c.validation[i].path, " does not exist");
 }
 
-// What a parameter costs on the device: the weight the forward reads and its master (fp32: one; bf16-mixed: a
-// bf16 weight + an fp32 master; bf16-memory: the weight + the master's low half), an fp32 gradient, two moments.
-int bytes_per_parameter(Precision p) {
-  return p == Precision::Fp32 ? 4 + 4 + 8 : p == Precision::Bf16Mixed ? 6 + 4 + 8 : 4 + 4 + 4;
+// What a parameter costs on a rank's device: the weight the forward reads and its master (fp32: one; bf16-mixed: a
+// bf16 weight + an fp32 master; bf16-memory: the weight + the master's low half), an fp32 gradient, and the two
+// moments (fp32; bf16 under bf16-memory), which ZeRO-1 splits over the ranks (docs/multi-gpu.md).
+double bytes_per_parameter(Precision p, int ranks = 1) {
+  const double own = p == Precision::Bf16Mixed ? 6 + 4 : 4 + 4, moments = p == Precision::Bf16Memory ? 4 : 8;
+  return own + moments / ranks;
 }
 
-void print_plan(const TrainConfig& c, const ResolvedModel& m, DType activation) {
+// Binary units, as device memory is counted (GiB = 2^30 bytes).
+std::string memory_size(double bytes) {
+  const char* unit[] = {"B", "KiB", "MiB", "GiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 3) bytes /= 1024, ++u;
+  return cat(std::round(bytes * 100) / 100, " ", unit[u]);
+}
+
+// --check's memory lines: the parameter state and one micro-batch's step (counted by the code that allocates it),
+// then whether they fit the GPU the plan is for (gpu.total_bytes 0: none known) and, if not, what would.
+void print_memory(const TrainConfig& c, const ModelConfig& m, DType activation, int ranks, const GpuInfo& gpu) {
+  const int64_t L = m.num_hidden_layers, ck = checkpointed_layer_count(c.activation_checkpointing, c.checkpoint_layers, L);
+  auto step_bytes = [&](Checkpointing mode, int64_t layers) {
+    const StepMemory s = training_step_memory(m, c.micro_batch_size, c.seq_len,
+                                              {.activation_checkpointing = mode, .checkpoint_layers = layers}, activation);
+    return std::pair{double(s.activations), double(s.cache)};
+  };
+  const double per_param = bytes_per_parameter(c.precision, ranks), state = double(m.parameter_count()) * per_param;
+  const auto [acts, cache] = step_bytes(c.activation_checkpointing, c.checkpoint_layers);
+  std::fprintf(stderr, "memory    parameter state %s (%g bytes a parameter%s)\n", memory_size(state).c_str(), per_param,
+               ranks > 1 ? cat(", the moments split over ", ranks, " ranks").c_str() : "");
+  std::fprintf(stderr, "          a micro-batch of %lld tokens: activations %s (%s, %s) + its cache %s\n",
+               (long long)(c.micro_batch_size * c.seq_len), memory_size(acts).c_str(),
+               activation == DType::F32 ? "fp32" : "bf16",
+               ck == 0 ? "no checkpointing"
+               : cat(c.activation_checkpointing == Checkpointing::Full ? "full" : "selective", " checkpointing of ",
+                     ck == L ? "every layer" : cat("the first ", ck, " of ", L, " layers")).c_str(),
+               memory_size(cache).c_str());
+  // Not counted: the backend's op scratch, one buffer reused op after op (on CUDA the SSD backward's chunk states,
+  // the cross-entropy's logits chunk: docs/training.md's memory table), and the CUDA context.
+  const double total = state + acts + cache;
+  std::fprintf(stderr, "          %s in all, and the backend's op scratch\n", memory_size(total).c_str());
+  if (gpu.total_bytes <= 0) return;
+  // What is left must hold the op scratch (≈ 1.3 GiB at the 9B's 4,096-token steps: bench/NOTES.md v36) and the
+  // CUDA context (~0.5-1 GiB): the number is printed, not judged.
+  const double room = double(gpu.total_bytes) - total;
+  const std::string dev = cat(gpu.name, gpu.name.empty() ? "" : ", ", memory_size(double(gpu.total_bytes)));
+  if (room >= 0) {
+    std::fprintf(stderr, "          leaves %s of the GPU (%s) for the op scratch and the CUDA context\n",
+                 memory_size(room).c_str(), dev.c_str());
+    return;
+  }
+  std::string smaller;  // the checkpointing modes that take less
+  for (Checkpointing k : {Checkpointing::Selective, Checkpointing::Full}) {
+    const auto [a, ca] = step_bytes(k, -1);
+    if (state + a + ca < total)
+      smaller += cat(smaller.empty() ? "; checkpointing every layer: " : ", ",
+                     k == Checkpointing::Full ? "full " : "selective ", memory_size(state + a + ca));
+  }
+  std::fprintf(stderr, "          does not fit the GPU (%s)%s\n", dev.c_str(),
+               !smaller.empty() ? smaller.c_str()
+                                : "; less: fewer tokens a micro-batch, or more ranks (ZeRO-1 splits the moments)");
+}
+
+// activation: the step's activation dtype; ranks: data-parallel ranks; gpu: the device to fit (print_memory).
+void print_plan(const TrainConfig& c, const ResolvedModel& m, DType activation, int ranks, const GpuInfo& gpu) {
   const double n = double(m.config.parameter_count());
   std::fprintf(stderr, "model     %s (%.3g parameters)\n",
                !c.model_path.empty()     ? c.model_path.c_str()
@@ -146,31 +204,7 @@ void print_plan(const TrainConfig& c, const ResolvedModel& m, DType activation) 
                c.beta2, c.eps, c.weight_decay, c.grad_clip, precision_name(c.precision).c_str());
   std::fprintf(stderr, "schedule  %s, %lld warmup steps, final %g × lr\n", schedule_kind_name(c.schedule).c_str(),
                (long long)s.warmup_steps, c.final_lr_ratio);
-  const int per_param = bytes_per_parameter(c.precision);
-  const int64_t L = m.config.num_hidden_layers,
-                ck = checkpointed_layer_count(c.activation_checkpointing, c.checkpoint_layers, L);
-  const StepMemory step = training_step_memory(
-      m.config, c.micro_batch_size, c.seq_len,
-      {.activation_checkpointing = c.activation_checkpointing, .checkpoint_layers = c.checkpoint_layers}, activation);
-  auto size = [](double bytes) {  // binary units, as device memory is counted (GiB = 2^30 bytes)
-    const char* unit[] = {"B", "KiB", "MiB", "GiB"};
-    int u = 0;
-    while (bytes >= 1024 && u < 3) bytes /= 1024, ++u;
-    return cat(std::round(bytes * 100) / 100, " ", unit[u]);
-  };
-  const double state = n * per_param;
-  std::fprintf(stderr, "memory    parameter state %s (%d bytes a parameter)\n", size(state).c_str(), per_param);
-  std::fprintf(stderr, "          a micro-batch of %lld tokens: activations %s (%s, %s) + its cache %s\n",
-               (long long)(c.micro_batch_size * c.seq_len), size(double(step.activations)).c_str(),
-               activation == DType::F32 ? "fp32" : "bf16",
-               ck == 0 ? "no checkpointing"
-               : cat(c.activation_checkpointing == Checkpointing::Full ? "full" : "selective", " checkpointing of ",
-                     ck == L ? "every layer" : cat("the first ", ck, " of ", L, " layers")).c_str(),
-               size(double(step.cache)).c_str());
-  // Not counted: the backend's op scratch, one buffer reused op after op (on CUDA the SSD backward's chunk states,
-  // the cross-entropy's logits chunk: docs/training.md's memory table), and the CUDA context.
-  std::fprintf(stderr, "          %s in all, and the backend's op scratch\n",
-               size(state + double(step.activations + step.cache)).c_str());
+  print_memory(c, m.config, activation, ranks, gpu);
   std::fprintf(stderr, "output    %s (save every %lld steps, keep %lld)\n", c.output.c_str(), (long long)c.save_every,
                (long long)c.keep_last);
 }
@@ -242,9 +276,14 @@ void run_train_command(const TrainArgs& a) {
   if (a.nproc > 1 && env.world_size > 1)
     fail("--nproc ", a.nproc, " and a launcher's WORLD_SIZE=", env.world_size, ": use one or the other");
   const bool lead = env.rank == 0;
-  // The activations' dtype without making a backend: fp32 on the CPU, the precision's on a GPU.
+  // The activations' dtype without making a backend: fp32 on the CPU, the precision's on a GPU; the GPU to fit: the
+  // size asked for, else GPU 0 (a rank's own: the same kind on one machine).
   const bool gpu = a.device == "cuda" || (a.device == "auto" && cuda_device_count() > 0);
-  if ((!a.quiet && lead) || a.check) print_plan(cfg, model, gpu ? precision_dtype(cfg.precision) : DType::F32);
+  GpuInfo target = gpu ? cuda_device_info(0) : GpuInfo{};
+  if (a.gpu_memory_gib > 0) target = {"", int64_t(a.gpu_memory_gib * double(1ll << 30))};
+  if ((!a.quiet && lead) || a.check)
+    print_plan(cfg, model, gpu || a.gpu_memory_gib > 0 ? precision_dtype(cfg.precision) : DType::F32,
+               a.nproc > 1 ? a.nproc : env.world_size, target);
   if (a.check) return;
 
   struct sigaction sa = {};
@@ -498,6 +537,9 @@ void register_train(CLI::App& app) {
                   "processes: launch with torchrun-style WORLD_SIZE/RANK/MASTER_ADDR (docs/multi-gpu.md)")
       ->check(CLI::Range(1, 64));
   cmd->add_flag("--check", a->check, "validate the config, the model and the data paths, print the plan, and exit");
+  cmd->add_option("--gpu-memory", a->gpu_memory_gib,
+                  "GiB: say whether a step fits a GPU of this size (default: GPU 0's when --device picks a GPU)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--peak-tflops", a->peak_tflops, "the device's peak TFLOP/s (e.g. 989 for an H100 in bf16), for MFU");
   cmd->add_flag("--quiet,-q", a->quiet, "no plan, progress bar or summary");
   cmd->footer(

@@ -1242,6 +1242,15 @@ int cuda_runtime_device_count() {
   return n;
 }
 
+GpuInfo cuda_runtime_device_info(int index) {
+  cudaDeviceProp p{};
+  if (cudaGetDeviceProperties(&p, index) != cudaSuccess) {
+    cudaGetLastError();
+    return {};
+  }
+  return {p.name, int64_t(p.totalGlobalMem)};
+}
+
 std::unique_ptr<Backend> make_cuda_backend(int device_index, DType compute) {
   return std::make_unique<cuda::CudaBackend>(device_index, compute);
 }
