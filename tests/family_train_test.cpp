@@ -315,10 +315,11 @@ TEST_P(FamilyTrain, StepMemoryIsWhatTheStepTakes) {
     return planned;
   };
   TrainOptions opt;
-  const int64_t off = taken(opt);
-  opt.loss_only = true;
-  EXPECT_LT(taken(opt), off);
+  opt.loss_only = true;  // first: the model keeps a step's buffers, and a validation step reuses a training step's
+  const int64_t loss_only = taken(opt);
   opt.loss_only = false;
+  const int64_t off = taken(opt);
+  EXPECT_LT(loss_only, off);
   int64_t full = 0, selective = 0;
   for (Checkpointing mode : {Checkpointing::Full, Checkpointing::Selective})
     for (int64_t layers : {int64_t(-1), int64_t(1), L / 2}) {
@@ -344,6 +345,37 @@ TEST_P(FamilyTrain, StepMemoryIsWhatTheStepTakes) {
   }
   EXPECT_GT(m.cache, 0);
   release_weights(cfg, g, *f.be);
+}
+
+// The buffers and the cache a model keeps from one step for the next (HybridModel::TrainState) change nothing:
+// after steps on another batch, a validation step, and a packed batch of more sequences (a larger cache), a step
+// gives a fresh model's loss and gradients bit for bit, in every checkpointing mode.
+TEST_P(FamilyTrain, ReusedBuffersChangeNothing) {
+  Fixture f(GetParam());
+  NEED_FIXTURE(f);
+  const ModelConfig& cfg = f.cfg();
+  const TrainBatch x = random_batch(cfg, 2, 29, 11);
+  TrainBatch y = random_batch(cfg, 2, 29, 12);
+  for (Checkpointing mode : {Checkpointing::Off, Checkpointing::Full, Checkpointing::Selective})
+    for (bool packed : {false, true}) {
+      SCOPED_TRACE(std::string(packed ? "packed, " : "") + "mode " + std::to_string(int(mode)));
+      y.seq_start = packed ? std::vector<int32_t>{0, 7, 29, 31, 44, 58} : std::vector<int32_t>{};
+      TrainOptions opt, val;
+      opt.activation_checkpointing = val.activation_checkpointing = mode;
+      val.loss_only = true;
+      ModelWeights scratch = zeros_like_weights(cfg, *f.be), kept = zeros_like_weights(cfg, *f.be);
+      f.model->forward_backward(x, scratch, opt);                      // the kept buffers hold x's step
+      const double lv = f.model->forward_backward(y, scratch, val).loss;  // validation in the training step's set
+      const double lk = f.model->forward_backward(y, kept, opt).loss;
+      Fixture once(GetParam());  // a model of its own: the loss-only set, then a training set made anew
+      ModelWeights ref = zeros_like_weights(cfg, *once.be);
+      EXPECT_EQ(lv, once.model->forward_backward(y, ref, val).loss);
+      EXPECT_EQ(lk, once.model->forward_backward(y, ref, opt).loss);
+      const auto gk = hf_tensors(cfg, kept), gr = hf_tensors(cfg, ref);
+      for (size_t p = 0; p < gk.size(); ++p)
+        ASSERT_EQ(std::memcmp(gk[p].t.data, gr[p].t.data, size_t(gk[p].t.numel()) * 4), 0) << gk[p].name;
+      release_weights(cfg, scratch, *f.be), release_weights(cfg, kept, *f.be), release_weights(cfg, ref, *once.be);
+    }
 }
 
 // AdamW's decay split by HF name: norms, biases, A_log, D and dt_bias are not decayed, the matrices (and the

@@ -187,6 +187,9 @@ class HybridModel {
   MoeOpsConfig moe_ops_;
   Communicator* comm_ = nullptr;  // tensor parallelism: this rank's collectives (null: one rank)
   std::shared_ptr<TensorParallelPeers> peers_;
+  // forward_backward's buffers and cache, kept for the next step of the same shape (model/hybrid_backward.cpp)
+  struct TrainState;
+  mutable std::shared_ptr<TrainState> train_;
 };
 
 // Loads <dir>/config.json and its safetensors into a model on `be` (the mmap'd files are closed afterwards).

@@ -133,7 +133,6 @@ struct StepBuffers {
   LayerActs work;               // checkpointing: the one set every checkpointed layer is (re)computed into
   std::vector<Tensor> h;        // [L + 1] of [T, H] the residual stream: the embeddings, then each layer's output
   Tensor xf, xs, dxn;           // [T, H] final_layernorm(h), xf × logits_scale (or xf itself), their gradient
-  Tensor lm_scratch;            // loss_only: where the lm_head's gradient goes, unread
   // The backward's: the gradients of one layer's activations at a time (sized for the widest layer).
   Tensor dh;                    // [T, H] the residual stream's
   Tensor d_act, d_gate_up;      // the MLP's
@@ -211,11 +210,8 @@ StepBuffers allocate_step(const ModelConfig& cfg, int64_t T, const TrainOptions&
   }
   b.xf = mem(T, H);
   b.xs = cfg.logits_scale != 1.f ? mem(T, H) : b.xf;
+  if (opt.loss_only) return b;
   b.dxn = mem(T, H);
-  if (opt.loss_only) {
-    b.lm_scratch = mem(cfg.vocab_size, H);
-    return b;
-  }
   const Need& all = b.all;
   b.dh = mem(T, H);
   if (all.ff > 0) b.d_act = mem(T, all.ff);
@@ -236,6 +232,20 @@ StepBuffers allocate_step(const ModelConfig& cfg, int64_t T, const TrainOptions&
 }
 
 }  // namespace
+
+// What forward_backward keeps from one step to the next: its buffers and its cache. A run's micro-batches all have
+// one shape, and each step making its own cost ~400 device allocations (zero-filled) and as many frees, each
+// waiting for the device, for the 9B — a drained pipeline every micro-batch. The buffers are written before they
+// are read within a step (tests: FamilyTrain.ReusedBuffersChangeNothing), and every sequence starts from past 0,
+// which the ops read as a zero state, so neither needs clearing.
+struct HybridModel::TrainState {
+  explicit TrainState(Backend& be) : mem(be) {}
+  Arena mem;
+  StepBuffers b;
+  int64_t T = 0, n_ckpt = 0;
+  bool keep_proj = false, backward = false;  // backward: the set has the backward's buffers (loss_only's has not)
+  std::unique_ptr<HybridCache> cache;
+};
 
 StepMemory training_step_memory(const ModelConfig& cfg, int64_t rows, int64_t seq_len, const TrainOptions& opt,
                                 DType activation) {
@@ -292,19 +302,49 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
       n_labels += lab != -100;
     }
 
-  // Every sequence from a zero state (past 0: positions from 0, a zero conv window and SSM state), in a cache
-  // that holds exactly the batch. The backend's ops treat each StepBatch sequence as its own causal stream.
-  // KV pages for exactly the sequences' lengths (packed rows of many short documents need at most T/16 + S), and
-  // one state slot per sequence.
+  // Layers [0, n_ckpt) are checkpointed (TrainOptions::checkpoint_layers), the rest keep everything.
+  const int64_t n_ckpt = checkpointed_layer_count(opt.activation_checkpointing, opt.checkpoint_layers, L);
+  auto ckpt = [&](int64_t i) { return i < n_ckpt; };
+  const bool keep_proj = opt.activation_checkpointing == Checkpointing::Selective;
+  // The step's buffers: the last step's when they are of this shape (TrainState), else made anew, the old ones
+  // released first so that their memory comes back.
+  TrainState* st = train_.get();
+  if (!st || st->T != T || st->n_ckpt != n_ckpt || st->keep_proj != keep_proj || !(st->backward || opt.loss_only)) {
+    train_.reset();
+    train_ = std::make_shared<TrainState>(be_);
+    st = train_.get();
+    st->b = allocate_step(cfg_, T, opt, st->mem);
+    st->T = T, st->n_ckpt = n_ckpt, st->keep_proj = keep_proj, st->backward = !opt.loss_only;
+  }
+  StepBuffers& b = st->b;
+
+  // Every sequence from a zero state (past 0: positions from 0, a zero conv window and SSM state), one state slot
+  // each, and KV pages for the sequences' lengths (packed rows of many short documents need at most T/16 + S).
+  // The backend's ops treat each StepBatch sequence as its own causal stream. The cache is the last step's when it
+  // is large enough (it grows to the most any step needed).
   CacheSizes sizes = HybridCache::sizes_for(cfg_, int32_t(n_seqs), int32_t(S));
   if (sizes.n_blocks > 0) {
     sizes.n_blocks = 0;
     for (size_t s = 0; s < n_seqs; ++s)
       sizes.n_blocks += (starts[s + 1] - starts[s] + sizes.block_size - 1) / sizes.block_size;
   }
-  HybridCache cache(cfg_, be_, sizes);
+  if (!st->cache || st->cache->sizes().n_slots < sizes.n_slots || st->cache->sizes().n_blocks < sizes.n_blocks) {
+    if (st->cache)
+      sizes.n_slots = std::max(sizes.n_slots, st->cache->sizes().n_slots),
+      sizes.n_blocks = std::max(sizes.n_blocks, st->cache->sizes().n_blocks);
+    st->cache.reset();
+    st->cache = std::make_unique<HybridCache>(cfg_, be_, sizes);
+  }
+  HybridCache& cache = *st->cache;
   StepBatch sb;
   std::vector<SeqCache> seqs(n_seqs);
+  struct Held {  // the sequences' slots and pages go back to the kept cache however the step ends
+    HybridCache& cache;
+    std::vector<SeqCache>& seqs;
+    ~Held() {
+      for (auto& s : seqs) cache.release(s);
+    }
+  } held{cache, seqs};
   for (size_t s = 0; s < n_seqs; ++s) {
     const int32_t len = starts[s + 1] - starts[s];
     BAMBA_CHECK(cache.reserve(seqs[s], len), "internal: training cache too small");
@@ -336,8 +376,6 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
   std::vector<int64_t> hybrid_j(size_t(L), -1);
   for (int64_t i = 0, j = 0; i < L; ++i)
     if (lp.is_shared(i)) hybrid_j[size_t(i)] = j++;
-  Arena mem(be_);
-  StepBuffers b = allocate_step(cfg_, T, opt, mem);
   auto take_kept = [](LayerActs& dst, const LayerActs& layer) {
     dst.h_mid = layer.h_mid, dst.zxbcdt = layer.zxbcdt, dst.qkv = layer.qkv, dst.o = layer.o;
   };
@@ -472,14 +510,10 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     }
     if (!replay) be_.add(h_out, a.h_mid);
   };
-  // Layers [0, n_ckpt) are checkpointed (TrainOptions::checkpoint_layers), the rest keep everything.
-  const int64_t n_ckpt = checkpointed_layer_count(opt.activation_checkpointing, opt.checkpoint_layers, L);
-  auto ckpt = [&](int64_t i) { return i < n_ckpt; };
-  const bool keep_proj = opt.activation_checkpointing == Checkpointing::Selective;
   be_.embed(b.h[0], w_.embed_tokens);
   if (cfg_.embedding_multiplier != 1.f) be_.scale(b.h[0], cfg_.embedding_multiplier);
   TrainResult res;
-  res.activation_bytes = mem.bytes();
+  res.activation_bytes = st->mem.bytes();
   for (int64_t i = 0; i < L; ++i) {
     LayerActs& a = b.acts[size_t(i)];
     LayerActs in;  // a checkpointed layer runs in the shared set, with its own input (and Selective's kept tensors)
@@ -513,10 +547,8 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
   const double ce_scale = label_div > 0 ? 1.0 / double(label_div) : 0.0;  // HF: 0/0 = nan; we score nothing
   const double z_scale = double(opt.z_loss_coefficient) / double(pos_div);
   res.label_count = n_labels;
-  if (opt.loss_only) {  // validation: the lm_head gradient goes to a scratch buffer, nothing else is computed
-    res.loss = be_.lm_head_cross_entropy(dxn, b.lm_scratch, xs, w_.lm_head, targets, ce_scale, z_scale,
-                                         opt.ce_chunk_rows);
-    for (auto& s : seqs) cache.release(s);
+  if (opt.loss_only) {  // validation: the loss alone (no dx, no lm_head gradient: two of its three GEMMs skipped)
+    res.loss = be_.lm_head_cross_entropy({}, {}, xs, w_.lm_head, targets, ce_scale, z_scale, opt.ce_chunk_rows);
     return res;
   }
   res.loss = be_.lm_head_cross_entropy(dxn, g.lm_head, xs, w_.lm_head, targets, ce_scale, z_scale, opt.ce_chunk_rows);
@@ -669,7 +701,6 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
   // HF's nn.Embedding(..., padding_idx=pad_token_id): no lookup gradient for the pad row (a tied lm_head's is kept)
   const int32_t pad = cfg_.pad_token_id >= 0 && cfg_.pad_token_id < V ? int32_t(cfg_.pad_token_id) : -1;
   be_.embed_backward(g.embed_tokens, dh, pad);
-  for (auto& s : seqs) cache.release(s);
   return res;
 }
 
