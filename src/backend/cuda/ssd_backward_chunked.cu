@@ -715,9 +715,10 @@ __global__ void __launch_bounds__(kRThreads, 3) chunk_state_mma_kernel(SsdBwdArg
 }
 
 // BAMBA_SSD_TILES: "mma" for the register forms of kernels 2 and 4, "wmma" for the older ones; unset,
-// kWmmaByDefault. The register forms have passed tests/emu (against the CPU twin and the wmma forms) but not yet run
-// on a GPU: the wmma forms stay the default until they have (bench/NOTES.md v35).
-constexpr bool kWmmaByDefault = true;
+// kWmmaByDefault. The register forms are the default since they ran on an H100 (bench/NOTES.md v36): the same
+// gradients as the wmma forms (CudaTrainOps.SsdTileRegisterFormsAgreeWithWmma) and the 9B's layer backward 3.37 →
+// 2.23 ms (grad 2.09 → 1.00 ms, chunk_state 0.52 → 0.41 ms).
+constexpr bool kWmmaByDefault = false;
 bool tiles_are_wmma() {
   const char* e = std::getenv("BAMBA_SSD_TILES");
   if (e && *e && std::strcmp(e, "mma") != 0 && std::strcmp(e, "wmma") != 0)
