@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The SSD backward's register tile kernels (BAMBA_SSD_TILES=mma) against the wmma ones on a GPU (issue 10; bench/NOTES
-# v35): their tests, one layer's kernel times in both forms, and 12 of the 9B's layers at 16k-token steps in both.
-# Run on the GPU machine after `source scripts/gpu/env.sh BUNDLE FIXTURES` (a bundle with bamba_tests); ~5 min on an
-# H100. If the tests pass, the register forms can become the default (kWmmaByDefault in ssd_backward_chunked.cu).
+# v35, v36): their tests, one layer's kernel times in both forms, and 12 of the 9B's layers at 16k-token steps in
+# both. Run on the GPU machine after `source scripts/gpu/env.sh BUNDLE FIXTURES` (a bundle with bamba_tests); ~5 min
+# on an H100. The register forms are the default since v36 (kWmmaByDefault in ssd_backward_chunked.cu): this is the
+# comparison to run again after a change to either form.
 BAMBA_SSD_TILES=mma timeout 150 "$(dirname "$BAMBA_BIN")/bamba_tests" \
   --gtest_filter='*CudaTrainOps*Ssd*:*CudaTrainOps*AttentionBackward*' 2>&1 |
   grep -E "ssd_backward|relative L2|OK \]|FAILED|PASSED|rror"
