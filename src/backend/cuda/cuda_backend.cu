@@ -92,8 +92,11 @@ class CudaBackend final : public Backend {
     // kernel from two (decode4 543 → 802, decode8 599 → 1,485).
     const char* fr = std::getenv("BAMBA_CUDA_FP8_MMA_ROWS");
     fp8_mma_rows_ = fr ? std::atoi(fr) : 2;
-    const char* fa = std::getenv("BAMBA_CUDA_FP8_FAST_ACCUM");  // 0: the W8A8 prefill GEMM with fp32 promotion
-    fp8_gemm_.fast_accum = !(fa && fa[0] == '0');
+    // The W8A8 prefill GEMM's fast accumulation (fp8.cuh): bf16 compute's default (0: promoted); the fp32 compute
+    // dtype, the accurate mode, always promotes (its GEMM is within ~1e-4 of the CPU; fast accumulation moved the
+    // bf16 GEMM's error by ~1e-3 on an H100, bench/NOTES.md v36).
+    const char* fa = std::getenv("BAMBA_CUDA_FP8_FAST_ACCUM");
+    fp8_gemm_.fast_accum = compute == DType::BF16 && !(fa && fa[0] == '0');
     const char* fu = std::getenv("BAMBA_CUDA_FUSE_ROWS");  // fused decode ops for steps of N..8 rows (9: never)
     fuse_rows_ = fu ? std::atoi(fu) : 9;
     // Whether swiglu_matmul_residual folds SwiGLU into down_proj's x load (1) or runs the SwiGLU kernel first and

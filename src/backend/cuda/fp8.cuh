@@ -37,8 +37,9 @@ struct Fp8Gemm {
   // registers every few k-blocks, which costs issue slots. fast_accum (CUBLASLT_MATMUL_DESC_FAST_ACCUM, what
   // torch._scaled_mm's use_fast_accum sets, and Transformer Engine's forward GEMMs) skips the promotion. Measured on
   // an H100 (bench/NOTES.md v36): pp8192 43,765 → 47,018 tok/s, the GEMM's error against the CPU 1.7e-3 → 2.0-3.1e-3
-  // at K = 4,096 / 14,336 (bf16's bound: 1e-2). BAMBA_CUDA_FP8_FAST_ACCUM=0 turns it off.
-  bool fast_accum = true;
+  // at K = 4,096 / 14,336 (bf16's bound: 1e-2). The backend sets it for bf16 compute unless
+  // BAMBA_CUDA_FP8_FAST_ACCUM=0; fp32 compute promotes.
+  bool fast_accum = false;
 };
 bool fp8_gemm(Fp8Gemm& g, cudaStream_t st, void* y, bool y_f32, int64_t ldy, const uint8_t* xq, int64_t ldxq,
               const float* xs, const uint8_t* W, int64_t ldw, const float* ws, int M, int N, int K);
