@@ -112,7 +112,9 @@ struct TrainResult {
   double loss = 0;           // this batch's share of the loss (its terms over the divisors)
   int64_t label_count = 0;   // labels != -100 in the batch
   std::vector<int32_t> routing;  // record_routing: each MoE layer's experts [T, k], layer after layer
-  int64_t activation_bytes = 0;  // what the step's buffers took (training_step_memory's activations, allocated)
+  // the bytes of the buffer set the step ran in: training_step_memory's activations for the step that made the set
+  // (a validation step runs in a kept training step's set, which is larger)
+  int64_t activation_bytes = 0;
 };
 
 // What one training step of `rows` sequences of `seq_len` tokens allocates beyond the weights, their gradients and

@@ -126,8 +126,8 @@ struct Need {
   }
 };
 
-// Every buffer of one training step, made before it starts and released together at its end — by one function,
-// so that training_step_memory counts exactly what forward_backward takes.
+// Every buffer of one training step, made before it starts (and kept for the next, HybridModel::TrainState) — by one
+// function, so that training_step_memory counts exactly what forward_backward takes.
 struct StepBuffers {
   std::vector<LayerActs> acts;  // [L] what each layer's backward reads (checkpointed: its input, Selective: + kept)
   LayerActs work;               // checkpointing: the one set every checkpointed layer is (re)computed into
