@@ -343,7 +343,10 @@ TEST_P(FamilyTrain, StepMemoryIsWhatTheStepTakes) {
   } else {
     EXPECT_GT(m.activations * 2, off);
   }
-  EXPECT_GT(m.cache, 0);
+  // The step's cache holds K and V pages for every row and no Mamba state (its sequences keep none: slot -1).
+  const CacheSizes cs = HybridCache::sizes_for(cfg, int32_t(rows), int32_t(seq));
+  EXPECT_EQ(m.cache, int64_t(cs.n_blocks * HybridCache::bytes_per_block(cfg, cs.block_size, DType::BF16)));
+  EXPECT_EQ(m.cache > 0, cfg.n_attention_layers() > 0);
   release_weights(cfg, g, *f.be);
 }
 

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "core/error.h"
+
 namespace bamba {
 
 int32_t StepBatch::max_seq_len() const {
@@ -19,6 +21,8 @@ void StepBatch::add(std::span<const int32_t> new_tokens, int32_t past, int32_t s
 
 void StepBatch::add_tokens(std::span<const int32_t> new_tokens, int32_t past, int32_t slot,
                            std::span<const int32_t> blocks) {
+  BAMBA_CHECK(slot >= 0 || past == 0, "step batch: a sequence with ", past,
+              " tokens in the cache needs its state slot (slot -1 is only for fresh sequences)");
   if (seq_start.empty()) seq_start.push_back(0);
   for (size_t i = 0; i < new_tokens.size(); ++i) {
     tokens.push_back(new_tokens[i]);

@@ -12,7 +12,9 @@ struct StepBatch {
   std::vector<int32_t> positions;    // [T]   RoPE positions (past_len + i unless the caller says otherwise)
   std::vector<int32_t> seq_start;    // [S+1] cu_seqlens
   std::vector<int32_t> past_len;     // [S]   tokens already in the cache (0 = fresh: zero Mamba state)
-  std::vector<int32_t> state_slot;   // [S]   Mamba state slot
+  // [S] Mamba state slot; -1: none — the sequence starts from a zero state (past 0) and its state after the step
+  // is not kept (training steps: every packed document would otherwise take a slot of state no one reads back).
+  std::vector<int32_t> state_slot;
   std::vector<int32_t> block_table;  // [S, max_blocks] KV page ids, -1 past the end
   int32_t max_blocks = 0;
   std::vector<int32_t> logit_rows;   // rows of [0, T) whose logits are wanted, in output order

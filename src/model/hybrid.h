@@ -123,8 +123,8 @@ struct TrainResult {
 // chunk: docs/training.md), which is reused layer after layer.
 struct StepMemory {
   int64_t activations = 0;  // every buffer of the step: kept activations, the recomputation set, the gradients'
-  int64_t cache = 0;        // the step's own cache: each row's Mamba state, its attention layers' K and V (packed
-                            // rows of several documents take a state slot per document: more)
+  int64_t cache = 0;        // the step's own cache: its attention layers' K and V (no Mamba state: no step keeps
+                            // one; packed documents' partly filled pages take a little more)
 };
 StepMemory training_step_memory(const ModelConfig& cfg, int64_t rows, int64_t seq_len, const TrainOptions& opt,
                                 DType activation);

@@ -25,6 +25,15 @@ int64_t checkpointed_layer_count(Checkpointing mode, int64_t checkpoint_layers, 
 
 namespace {
 
+// The training step's cache: KV pages for `rows` rows of seq_len tokens (forward_backward adds pages when packed
+// documents leave partly filled ones) and no state slot: its sequences start from a zero state and keep none
+// (StepBatch slot -1), so a row packed with many short documents costs no state memory.
+CacheSizes training_cache_sizes(const ModelConfig& cfg, int64_t rows, int64_t seq_len) {
+  CacheSizes c = HybridCache::sizes_for(cfg, int32_t(rows), int32_t(seq_len));
+  c.n_slots = 0;
+  return c;
+}
+
 // Backend tensors released together at the end of the step; or, made without a backend, shapes only, counted
 // (training_step_memory: what a step would take, with no device).
 class Arena {
@@ -251,7 +260,7 @@ StepMemory training_step_memory(const ModelConfig& cfg, int64_t rows, int64_t se
                                 DType activation) {
   Arena count(activation);
   allocate_step(cfg, rows * seq_len, opt, count);
-  const CacheSizes c = HybridCache::sizes_for(cfg, int32_t(rows), int32_t(seq_len));
+  const CacheSizes c = training_cache_sizes(cfg, rows, seq_len);
   return {.activations = count.bytes(),
           .cache = int64_t(c.n_slots * HybridCache::bytes_per_slot(cfg) +
                            c.n_blocks * HybridCache::bytes_per_block(cfg, c.block_size, activation))};
@@ -318,11 +327,12 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
   }
   StepBuffers& b = st->b;
 
-  // Every sequence from a zero state (past 0: positions from 0, a zero conv window and SSM state), one state slot
-  // each, and KV pages for the sequences' lengths (packed rows of many short documents need at most T/16 + S).
-  // The backend's ops treat each StepBatch sequence as its own causal stream. The cache is the last step's when it
-  // is large enough (it grows to the most any step needed).
-  CacheSizes sizes = HybridCache::sizes_for(cfg_, int32_t(n_seqs), int32_t(S));
+  // Every sequence from a zero state (past 0: positions from 0, a zero conv window and SSM state) and no state slot
+  // (StepBatch slot -1: no step reads a document's final state back), and KV pages for the sequences' lengths
+  // (packed rows of many short documents need at most T/16 + S). The backend's ops treat each StepBatch sequence
+  // as its own causal stream. The cache is the last step's when it is large enough (it grows to the most any step
+  // needed).
+  CacheSizes sizes = training_cache_sizes(cfg_, Bn, S);
   if (sizes.n_blocks > 0) {
     sizes.n_blocks = 0;
     for (size_t s = 0; s < n_seqs; ++s)
@@ -347,7 +357,7 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
   } held{cache, seqs};
   for (size_t s = 0; s < n_seqs; ++s) {
     const int32_t len = starts[s + 1] - starts[s];
-    BAMBA_CHECK(cache.reserve(seqs[s], len), "internal: training cache too small");
+    BAMBA_CHECK(cache.reserve(seqs[s], len, /*with_state=*/false), "internal: training cache too small");
     sb.add(std::span(batch.input_ids).subspan(size_t(starts[s]), size_t(len)), 0, seqs[s].slot, seqs[s].blocks);
   }
   for (int32_t tok : sb.tokens)

@@ -14,7 +14,8 @@ uint64_t next_buffer_uid() {
 
 HybridCache::HybridCache(const ModelConfig& c, Backend& be, CacheSizes sizes)
     : be_(be), sizes_(sizes), uid_(next_buffer_uid()) {
-  BAMBA_CHECK(sizes.n_slots >= 1 && sizes.block_size >= 1 && sizes.n_blocks >= 0, "invalid cache sizes");
+  // n_slots 0: KV pages only, for steps whose sequences keep no state (the training step; StepBatch slot -1).
+  BAMBA_CHECK(sizes.n_slots >= 0 && sizes.block_size >= 1 && sizes.n_blocks >= 0, "invalid cache sizes");
   BAMBA_CHECK(sizes.ssm_state_dtype == DType::F32 || sizes.ssm_state_dtype == DType::BF16,
               "the SSM state dtype must be fp32 or bf16");
   const int64_t CD = c.conv_dim(), W = c.mamba_d_conv - 1;
@@ -56,8 +57,8 @@ CacheSizes HybridCache::sizes_for(const ModelConfig& c, int32_t n_seqs, int32_t 
   return s;
 }
 
-bool HybridCache::reserve(SeqCache& seq, int32_t new_len) {
-  const bool need_slot = seq.slot < 0;
+bool HybridCache::reserve(SeqCache& seq, int32_t new_len, bool with_state) {
+  const bool need_slot = with_state && seq.slot < 0;
   if (need_slot && free_slots_.empty()) return false;
   int32_t need_blocks = has_attention() ? blocks_for(new_len) - int32_t(seq.blocks.size()) : 0;
   if (need_blocks > int32_t(free_blocks_.size())) return false;

@@ -52,9 +52,10 @@ class HybridCache {
   Tensor k_pages(int64_t attn_index) const { return k_[size_t(attn_index)]; }          // [n_blocks, bs, nkv, dh]
   Tensor v_pages(int64_t attn_index) const { return v_[size_t(attn_index)]; }
 
-  // Gives seq a state slot (if it has none) and enough pages for new_len tokens. False (and nothing changed)
-  // if the pools cannot; the caller then preempts or waits.
-  bool reserve(SeqCache& seq, int32_t new_len);
+  // Gives seq a state slot (if it has none; with_state false: none, for a step that keeps no state, StepBatch's
+  // slot -1) and enough pages for new_len tokens. False (and nothing changed) if the pools cannot; the caller
+  // then preempts or waits.
+  bool reserve(SeqCache& seq, int32_t new_len, bool with_state = true);
   void release(SeqCache& seq);  // returns its slot and pages at once (a shared page when its last holder goes)
   // dst (empty) becomes a copy of src's cached state: a new slot with src's conv window and SSM state copied,
   // src's full KV pages shared (never written again: new tokens go to later rows) and its partly filled last page

@@ -225,9 +225,9 @@ class CpuBackend final : public Backend {
     std::vector<float> window;  // [W + n, CD]: cached inputs, then this step's inputs
     for (int32_t s = 0; s < b_->n_seqs(); ++s) {
       const int32_t t0 = b_->seq_start[size_t(s)], n = b_->seq_len(s);
-      float* state = row_mut(conv_state, b_->state_slot[size_t(s)]);  // [W, CD]
+      const int32_t slot = b_->state_slot[size_t(s)];  // -1: a fresh sequence whose window is not kept
       window.assign(size_t((W + n) * CD), 0.f);
-      if (b_->past_len[size_t(s)] > 0) std::memcpy(window.data(), state, size_t(W * CD) * 4);
+      if (b_->past_len[size_t(s)] > 0) std::memcpy(window.data(), row(conv_state, slot), size_t(W * CD) * 4);
       for (int32_t i = 0; i < n; ++i) std::memcpy(&window[size_t((W + i) * CD)], row(xBC, t0 + i), size_t(CD) * 4);
       for (int32_t i = 0; i < n; ++i) {
         float* o = row_mut(out, t0 + i);
@@ -240,7 +240,7 @@ class CpuBackend final : public Backend {
       for (int32_t i = 0; i < n; ++i)  // per-position states (speculative decoding): the window after token i
         if (const int32_t keep = b_->state_after_slot(t0 + i); keep >= 0)
           std::memcpy(row_mut(conv_state, keep), &window[size_t((i + 1) * CD)], size_t(W * CD) * 4);
-      std::memcpy(state, &window[size_t(n * CD)], size_t(W * CD) * 4);  // the last K-1 inputs
+      if (slot >= 0) std::memcpy(row_mut(conv_state, slot), &window[size_t(n * CD)], size_t(W * CD) * 4);  // last K-1
     }
   }
 
@@ -248,9 +248,11 @@ class CpuBackend final : public Backend {
            const MambaOpsConfig& c) override {
     const int64_t nh = c.n_heads, P = c.d_head, G = c.n_groups, N = c.d_state, I = nh * P;
     const int64_t heads_per_group = nh / G;
+    std::vector<float> scratch;  // [nh, P, N] the running state of a sequence with no slot (-1: not kept)
     for (int32_t s = 0; s < b_->n_seqs(); ++s) {
-      const int32_t t0 = b_->seq_start[size_t(s)], n = b_->seq_len(s);
-      float* state_all = row_mut(ssm_state, b_->state_slot[size_t(s)]);  // [nh, P, N]
+      const int32_t t0 = b_->seq_start[size_t(s)], n = b_->seq_len(s), slot = b_->state_slot[size_t(s)];
+      if (slot < 0) scratch.resize(size_t(nh * P * N));
+      float* state_all = slot >= 0 ? row_mut(ssm_state, slot) : scratch.data();  // [nh, P, N]
       if (b_->past_len[size_t(s)] == 0) std::fill_n(state_all, nh * P * N, 0.f);
       for (int64_t h = 0; h < nh; ++h) {
         const int64_t g = h / heads_per_group;

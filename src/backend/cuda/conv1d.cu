@@ -39,7 +39,7 @@ __global__ void conv_out_kernel(T* out, int64_t ldo, const T* xBC, int64_t ldx, 
     if (t >= b.T) break;
     const int s = b.seq_of[t], start = b.seq_start[s];
     const bool cont = b.past_len[s] > 0;
-    const float* state = conv_state + int64_t(b.slot[s]) * W * CD;  // [W, CD]
+    const float* state = conv_state + int64_t(max(b.slot[s], 0)) * W * CD;  // [W, CD] (read only if cont)
     float acc = b0;
 #pragma unroll
     for (int k = 0; k < kMaxK; ++k) {
@@ -113,7 +113,7 @@ __global__ void conv_out_vec_kernel(T* out, int64_t ldo, const T* xBC, int64_t l
   for (int t = t0; t <= t_last; ++t) {
     const int st = b.seq_of[t], start = b.seq_start[st];
     const bool cont = b.past_len[st] > 0;
-    const float* state = conv_state + int64_t(b.slot[st]) * W * CD + c0;  // [W, CD] from channel c0
+    const float* state = conv_state + int64_t(max(b.slot[st], 0)) * W * CD + c0;  // [W, CD] from c0 (if cont)
     float acc[E];
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[e] = b0[e];
@@ -138,7 +138,7 @@ template <typename T>
 __global__ void conv_state_kernel(const T* xBC, int64_t ldx, float* conv_state, int CD, int K, DevBatch b) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   const int s = blockIdx.y;
-  if (c >= CD) return;
+  if (c >= CD || b.slot[s] < 0) return;  // slot -1: a fresh sequence whose window is not kept
   const int t0 = b.seq_start[s], n = b.seq_start[s + 1] - t0, W = K - 1;
   const bool cont = b.past_len[s] > 0;
   float* state = conv_state + int64_t(b.slot[s]) * W * CD;
@@ -174,7 +174,7 @@ __global__ void conv_keep_states_kernel(const T* xBC, int64_t ldx, float* conv_s
   if (keep < 0) return;
   const int s = b.seq_of[t], start = b.seq_start[s], W = K - 1;
   const bool cont = b.past_len[s] > 0;
-  const float* old = conv_state + int64_t(b.slot[s]) * W * CD;
+  const float* old = conv_state + int64_t(max(b.slot[s], 0)) * W * CD;  // (read only if cont)
   float* dst = conv_state + int64_t(keep) * W * CD;
   for (int w = 0; w < W; ++w) {
     const int row = t - W + 1 + w;
@@ -197,8 +197,8 @@ __global__ void conv_decode_kernel(T* out, int64_t ldo, const T* xBC, int64_t ld
   pdl_wait();
   pdl_trigger();
   if (c >= CD) return;
-  const bool cont = b.past_len[s] > 0;
-  float* state = conv_state + int64_t(b.slot[s]) * W * CD + c;  // column c of [W, CD]
+  const bool cont = b.past_len[s] > 0, keep = b.slot[s] >= 0;  // keep: the window goes back (slot -1: fresh, not kept)
+  float* state = conv_state + int64_t(max(b.slot[s], 0)) * W * CD + c;  // column c of [W, CD]
   float win[kMaxK];                                              // [old window | x], oldest first
 #pragma unroll
   for (int k = 0; k < kMaxK; ++k)
@@ -212,7 +212,7 @@ __global__ void conv_decode_kernel(T* out, int64_t ldo, const T* xBC, int64_t ld
   out[int64_t(s) * ldo + c] = from_f<T>(silu_f(acc));
 #pragma unroll
   for (int k = 0; k < kMaxK; ++k)
-    if (k < W) state[int64_t(k) * CD] = k + 1 < W ? win[k + 1] : xv;
+    if (keep && k < W) state[int64_t(k) * CD] = k + 1 < W ? win[k + 1] : xv;
 }
 
 }  // namespace

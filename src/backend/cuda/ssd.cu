@@ -55,7 +55,9 @@ __global__ void __launch_bounds__(kWarps * 32) ssd_kernel(SsdArgs a, DevBatch b,
     n = min(cl.Q, b.seq_start[s + 1] - t_begin);
   }
   const float A = -expf(ld_param(a.A_log, h)), Dh = ld_param(a.D, h), dtb = ld_param(a.dt_bias, h);
-  ST* slot_state = static_cast<ST*>(a.state) + (int64_t(b.slot[s]) * a.nh + h) * P * N;  // [P, N]
+  // [P, N]; read if past > 0, written in kSeq mode unless the slot is -1 (a fresh sequence whose state is not kept)
+  ST* slot_state = static_cast<ST*>(a.state) + (int64_t(max(b.slot[s], 0)) * a.nh + h) * P * N;
+  const bool keep = b.slot[s] >= 0;
   float* chunk_state = scr + (int64_t(blockIdx.x) * a.nh + h) * P * N;     // [P, N] (chunk modes)
 
   float st[RP][NJ];
@@ -116,18 +118,20 @@ __global__ void __launch_bounds__(kWarps * 32) ssd_kernel(SsdArgs a, DevBatch b,
       }
     }
   }
-  if (MODE == kChunkOut) return;
+  if constexpr (MODE != kChunkOut) {
+    if (MODE == kSeq && !keep) return;
 #pragma unroll
-  for (int r = 0; r < RP; ++r)
+    for (int r = 0; r < RP; ++r)
 #pragma unroll
-    for (int j = 0; j < NJ; ++j) {
-      const int p = warp + kWarps * r, nn = lane + 32 * j;
-      if (p < P && nn < N) {
-        if (MODE == kSeq) slot_state[p * N + nn] = from_f<ST>(st[r][j]);
-        else chunk_state[p * N + nn] = st[r][j];
+      for (int j = 0; j < NJ; ++j) {
+        const int p = warp + kWarps * r, nn = lane + 32 * j;
+        if (p < P && nn < N) {
+          if (MODE == kSeq) slot_state[p * N + nn] = from_f<ST>(st[r][j]);
+          else chunk_state[p * N + nn] = st[r][j];
+        }
       }
-    }
-  if (MODE == kChunkLocal && threadIdx.x == 0) dec[blockIdx.x * a.nh + h] = dsum;
+    if (MODE == kChunkLocal && threadIdx.x == 0) dec[blockIdx.x * a.nh + h] = dsum;
+  }
 }
 
 // Pass 2: thread per state element of (sequence blockIdx.z, head blockIdx.y); a serial walk over the chunks.
@@ -137,7 +141,7 @@ __global__ void ssd_chunk_carry_kernel(SsdArgs a, DevBatch b, ChunkList cl, floa
   const int64_t PN = int64_t(a.P) * a.N;
   const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (e >= PN) return;
-  ST* slot_state = static_cast<ST*>(a.state) + (int64_t(b.slot[s]) * a.nh + h) * PN;
+  ST* slot_state = static_cast<ST*>(a.state) + (int64_t(max(b.slot[s], 0)) * a.nh + h) * PN;
   float run = b.past_len[s] > 0 ? to_f(slot_state[e]) : 0.f;
   for (int k = cl.first[s]; k < cl.first[s + 1]; ++k) {
     float* c = scr + (int64_t(k) * a.nh + h) * PN + e;
@@ -145,7 +149,7 @@ __global__ void ssd_chunk_carry_kernel(SsdArgs a, DevBatch b, ChunkList cl, floa
     *c = run;  // the state entering chunk k
     run = expf(dec[k * a.nh + h]) * run + local;
   }
-  slot_state[e] = from_f<ST>(run);
+  if (b.slot[s] >= 0) slot_state[e] = from_f<ST>(run);  // slot -1: not kept
 }
 
 template <typename T, typename ST, int NJ, int RP>

@@ -317,7 +317,8 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs a, DevBat
   const float* prev = sc.local + (int64_t(c - 1) * a.nh + h) * PN;  // [P, N]  state after chunk c−1 (has_prev)
   float* next = sc.local + (int64_t(c) * a.nh + h) * PN;            // [P, N]  state after chunk c (not last)
   bf16* s_in = sc.s_in + (int64_t(c) * a.nh + h) * PN;              // [P, N]  S_in for kernel 4 (has_in)
-  ST* slot = static_cast<ST*>(a.state) + (int64_t(b.slot[s]) * a.nh + h) * PN;  // [P, N]
+  ST* slot = static_cast<ST*>(a.state) + (int64_t(max(b.slot[s], 0)) * a.nh + h) * PN;  // [P, N]
+  const bool keep = b.slot[s] >= 0;  // slot -1: a fresh sequence whose state is not kept
   const float decay = expf(end);
   if (pw < P) {
 #pragma unroll
@@ -339,8 +340,8 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs a, DevBat
           }
           if (has_in) store2<bf16>(s_in + e, in0, in1);
           const float o0 = decay * in0 + acc[j][2 * half], o1 = decay * in1 + acc[j][2 * half + 1];
-          if (last) store2<ST>(slot + e, o0, o1);
-          else store2<float>(next + e, o0, o1);
+          if (!last) store2<float>(next + e, o0, o1);
+          else if (keep) store2<ST>(slot + e, o0, o1);
         } else {
 #pragma unroll
           for (int k = 0; k < 2; ++k) {
@@ -348,8 +349,8 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs a, DevBat
             const float in = has_prev ? __ldcg(prev + e + k) : past ? to_f(slot[e + k]) : 0.f;
             if (has_in) s_in[e + k] = __float2bfloat16_rn(in);
             const float o = decay * in + acc[j][2 * half + k];
-            if (last) slot[e + k] = from_f<ST>(o);
-            else next[e + k] = o;
+            if (!last) next[e + k] = o;
+            else if (keep) slot[e + k] = from_f<ST>(o);
           }
         }
       }
@@ -418,7 +419,7 @@ __global__ void carry_kernel(SsdArgs a, DevBatch b, Chunks ch, Scratch sc) {
   const int64_t PN = int64_t(a.P) * a.N, e = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * V;
   const int k0 = ch.first[s], k1 = ch.first[s + 1];
   if (e >= PN || k0 == k1) return;
-  ST* slot = static_cast<ST*>(a.state) + (int64_t(b.slot[s]) * a.nh + h) * PN;  // [P, N]
+  ST* slot = static_cast<ST*>(a.state) + (int64_t(max(b.slot[s], 0)) * a.nh + h) * PN;  // [P, N]
   const bool past = b.past_len[s] > 0;
   const float* __restrict__ local = sc.local;
   bf16* __restrict__ s_in = sc.s_in;
@@ -451,7 +452,8 @@ __global__ void carry_kernel(SsdArgs a, DevBatch b, Chunks ch, Scratch sc) {
       }
   }
 #pragma unroll
-  for (int i = 0; i < V; ++i) slot[e + i] = from_f<ST>(run[i]);
+  for (int i = 0; i < V; ++i)
+    if (b.slot[s] >= 0) slot[e + i] = from_f<ST>(run[i]);  // slot -1: not kept
 }
 
 // 4. Per (kH heads, 64-token t tile, chunk): y for the tile. Warp group k (warps 4k .. 4k+3) does head

@@ -55,8 +55,8 @@ __global__ void __launch_bounds__(kWarps * 32) ssd_step_kernel(SsdArgs a, DevBat
   const int s = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int P = a.P, N = a.N, I = a.nh * a.P, g = h / (a.nh / a.G);
   const int64_t t = s;  // decode: token s is sequence s's only new token
-  const bool from_slot = b.past_len[s] > 0;
-  ST* state = static_cast<ST*>(a.state) + (int64_t(b.slot[s]) * a.nh + h) * P * N;  // [P, N]
+  const bool from_slot = b.past_len[s] > 0, keep = b.slot[s] >= 0;  // slot -1: fresh, its state not kept
+  ST* state = static_cast<ST*>(a.state) + (int64_t(max(b.slot[s], 0)) * a.nh + h) * P * N;  // [P, N]
   const int p0 = (blockIdx.z * kWarps + warp) * kRowsPerWarp;
 
   Vec4 st[kRowsPerWarp][NJ];
@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(kWarps * 32) ssd_step_kernel(SsdArgs a, DevBat
           st[r][j].v[e] = dA * st[r][j].v[e] + dx * Bv[j][e];
           acc += Cv[j][e] * st[r][j].v[e];
         }
-        store4(state + int64_t(p) * N + n, st[r][j]);
+        if (keep) store4(state + int64_t(p) * N + n, st[r][j]);
       }
     }
     acc = warp_sum(acc);
@@ -119,7 +119,7 @@ __global__ void ssd_keep_states_kernel(SsdArgs a, DevBatch b) {
   const int P = a.P, N = a.N, I = a.nh * a.P, g = h / (a.nh / a.G);
   const float A = -expf(ld_param(a.A_log, h)), dtb = ld_param(a.dt_bias, h);
   const bool from_slot = b.past_len[s] > 0;
-  const ST* state = static_cast<const ST*>(a.state) + (int64_t(b.slot[s]) * a.nh + h) * P * N;  // [P, N]
+  const ST* state = static_cast<const ST*>(a.state) + (int64_t(max(b.slot[s], 0)) * a.nh + h) * P * N;  // if from_slot
   int last = t0;  // tokens after the last kept state do not matter
   for (int t = t0; t < t1; ++t)
     if (b.state_after[t] >= 0) last = t;
