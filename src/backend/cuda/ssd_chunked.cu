@@ -451,9 +451,9 @@ __global__ void carry_kernel(SsdArgs a, DevBatch b, Chunks ch, Scratch sc) {
         for (int i = 0; i < V; ++i) run[i] = d * run[i] + lane_of(loc[j], i);
       }
   }
+  if (b.slot[s] < 0) return;  // slot -1: a fresh sequence whose state is not kept
 #pragma unroll
-  for (int i = 0; i < V; ++i)
-    if (b.slot[s] >= 0) slot[e + i] = from_f<ST>(run[i]);  // slot -1: not kept
+  for (int i = 0; i < V; ++i) slot[e + i] = from_f<ST>(run[i]);
 }
 
 // 4. Per (kH heads, 64-token t tile, chunk): y for the tile. Warp group k (warps 4k .. 4k+3) does head
