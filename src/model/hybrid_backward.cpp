@@ -338,10 +338,8 @@ TrainResult HybridModel::forward_backward(const TrainBatch& batch, ModelWeights&
     for (size_t s = 0; s < n_seqs; ++s)
       sizes.n_blocks += (starts[s + 1] - starts[s] + sizes.block_size - 1) / sizes.block_size;
   }
-  if (!st->cache || st->cache->sizes().n_slots < sizes.n_slots || st->cache->sizes().n_blocks < sizes.n_blocks) {
-    if (st->cache)
-      sizes.n_slots = std::max(sizes.n_slots, st->cache->sizes().n_slots),
-      sizes.n_blocks = std::max(sizes.n_blocks, st->cache->sizes().n_blocks);
+  if (!st->cache || st->cache->sizes().n_blocks < sizes.n_blocks) {  // (no slots to grow: training_cache_sizes)
+    if (st->cache) sizes.n_blocks = std::max(sizes.n_blocks, st->cache->sizes().n_blocks);
     st->cache.reset();
     st->cache = std::make_unique<HybridCache>(cfg_, be_, sizes);
   }
