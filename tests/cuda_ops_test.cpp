@@ -22,6 +22,7 @@
 namespace bamba {
 namespace {
 
+using test::host;
 using test::kTolBf16;
 using test::kTolF32;
 using test::kTolF32State;
@@ -45,11 +46,6 @@ class CudaOps : public test::CudaTwinTest {
   }
   Pair zeros(DType gpu_t, std::initializer_list<int64_t> shape) {
     return {cpu_->alloc(DType::F32, shape), gpu_->alloc(gpu_t, shape)};
-  }
-  std::vector<float> host(Backend& be, Tensor t) {
-    std::vector<float> v(static_cast<size_t>(t.numel()));
-    be.to_host_f32(t, v.data());
-    return v;
   }
   void expect_close(const Pair& p, double tol, const std::string& what) {
     auto a = host(*gpu_, p.gpu), r = host(*cpu_, p.cpu);

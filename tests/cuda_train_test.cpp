@@ -37,6 +37,7 @@
 namespace bamba {
 namespace {
 
+using test::host;
 using test::rel_l2;
 using test::ScopedEnv;
 
@@ -79,11 +80,6 @@ class CudaTrainOps : public ::testing::TestWithParam<DType> {
   Pair grad(std::initializer_list<int64_t> shape) { return make(DType::F32, shape, -0.5f, 0.5f); }  // += target
   Pair zeros(DType gpu_t, std::initializer_list<int64_t> shape) {
     return {cpu_->alloc(DType::F32, shape), gpu_->alloc(gpu_t, shape)};
-  }
-  std::vector<float> host(Backend& be, Tensor t) {
-    std::vector<float> v(static_cast<size_t>(t.numel()));
-    be.to_host_f32(t, v.data());
-    return v;
   }
   void expect_close(const Pair& p, double tol, const std::string& what) {
     auto a = host(*gpu_, p.gpu), r = host(*cpu_, p.cpu);

@@ -16,16 +16,12 @@
 namespace bamba {
 namespace {
 
+using test::host;
+
 struct Case {
   std::string name;
   std::vector<int32_t> lens, pasts;
 };
-
-std::vector<float> host(Backend& be, Tensor t) {
-  std::vector<float> v(size_t(t.numel()));
-  be.to_host_f32(t, v.data());
-  return v;
-}
 
 Tensor filled(Backend& be, DType t, std::initializer_list<int64_t> shape, std::mt19937& rng) {
   Tensor x = be.alloc(t, shape);

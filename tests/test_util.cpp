@@ -1,5 +1,7 @@
 #include "test_util.h"
 
+#include "backend/backend.h"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,6 +14,12 @@
 #include <sstream>
 
 namespace bamba::test {
+
+std::vector<float> host(Backend& be, Tensor t) {
+  std::vector<float> v(size_t(t.numel()));
+  be.to_host_f32(t, v.data());
+  return v;
+}
 
 double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
   double num = 0, den = 0;

@@ -4,6 +4,12 @@
 #include <string>
 #include <vector>
 
+#include "core/tensor.h"
+
+namespace bamba {
+class Backend;
+}
+
 namespace bamba::test {
 
 // $BAMBA_FIXTURES, else ../shared/fixtures next to the source tree.
@@ -25,6 +31,8 @@ constexpr double kTolF32 = 1e-4;
 constexpr double kTolF32State = 2e-3;
 // ‖a − ref‖₂ / ‖ref‖₂
 double rel_l2(const std::vector<float>& a, const std::vector<float>& ref);
+// A contiguous tensor of any float dtype, on any backend, as fp32 on the host.
+std::vector<float> host(Backend& be, Tensor t);
 
 // Sets an environment variable while it lives (value nullptr: leaves it as it is), then restores it: the switches
 // the CUDA backend reads when made (BAMBA_CUDA_*, BAMBA_SSD_CHUNK) or its launchers per call (BAMBA_SSD_TILES, ...).

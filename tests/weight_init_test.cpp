@@ -7,14 +7,12 @@
 #include <cstring>
 #include <vector>
 
+#include "test_util.h"
+
 namespace bamba {
 namespace {
 
-std::vector<float> host(Backend& be, Tensor t) {
-  std::vector<float> v(size_t(t.numel()));
-  be.to_host_f32(t, v.data());
-  return v;
-}
+using test::host;
 
 double stddev(const std::vector<float>& v) {
   double s = 0, s2 = 0;
