@@ -93,6 +93,21 @@ TEST(Cli, BenchWritesTableJsonAndProfile) {
   std::filesystem::remove(json);
 }
 
+// --leave-out: the named ops never run (so --profile times none of them; the rest still run), by first word or
+// by the whole name --profile prints; the table says what was left out; a name no op has is an error.
+TEST(Cli, BenchLeavesOutOps) {
+  auto r = run_bamba("bench --preset tiny --device cpu --reps 1 --tests tg3 --profile --leave-out "
+                     "'ssd,matmul N=64 K=128' --json /dev/null");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("[left out: ssd, matmul N=64 K=128]"), std::string::npos) << r.out;
+  for (const char* gone : {"| ssd |", "| matmul N=64 K=128 |"})
+    EXPECT_EQ(r.err.find(gone), std::string::npos) << gone << " ran: " << r.err;
+  for (const char* kept : {"| conv1d_silu |", "| matmul N=256 K=64 |", "| attention |"})
+    EXPECT_NE(r.err.find(kept), std::string::npos) << kept << " missing: " << r.err;
+  auto bad = run_bamba("bench --preset tiny --device cpu --reps 1 --tests tg2 --leave-out sdd --json /dev/null");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("--leave-out \"sdd\" matched no op"), std::string::npos) << bad.err;
+}
 // Given ceilings: each row's rate as a share of them (decode rows of the GB/s, prefill rows of the TFLOP/s).
 TEST(Cli, BenchPercentOfGivenCeilings) {
   const std::string json = (std::filesystem::temp_directory_path() / "bamba_cli_bench_peak.json").string();

@@ -3,10 +3,16 @@
 // shape). Recorded steps (CUDA graphs) are bypassed while timing so every op really runs; with timing off the
 // decorator only forwards. The times include one launch + synchronize per op (a few µs on a GPU): right for
 // prefill ops of milliseconds, an upper bound for the µs-sized ops of a decode step.
+//
+// Leaving ops out (`bamba bench --leave-out`): a left-out op is not run at all, in recorded steps too, so the
+// step's time without it, against the whole step's, is what the op costs where it really runs — inside a CUDA
+// graph, its launch overlapped with its neighbours by programmatic dependent launch — which timing each op
+// alone cannot say. The outputs are then not the model's (only times mean anything).
 #pragma once
 #include <chrono>
 #include <iosfwd>
 #include <map>
+#include <set>
 #include <string>
 
 #include "backend/backend.h"
@@ -19,6 +25,15 @@ class OpProfiler final : public Backend {
 
   void set_timing(bool on) { timing_ = on; }
   void reset() { rows_.clear(); }
+  // Ops never to run: an op's name as print() shows it ("matmul N=4096 K=8192") or its first word ("matmul").
+  void set_leave_out(std::set<std::string> ops) { leave_out_ = std::move(ops); }
+  // The left-out names no op has matched so far (a misspelt name leaves nothing out).
+  std::set<std::string> leave_out_unmatched() const {
+    std::set<std::string> r;
+    for (auto& n : leave_out_)
+      if (!left_out_.count(n)) r.insert(n);
+    return r;
+  }
   // The rows so far as a markdown table (op, calls, ms, % of the ops' total), largest first; `steps` divides
   // the times (ms per step).
   void print(std::ostream& out, int steps = 1) const;
@@ -197,6 +212,13 @@ class OpProfiler final : public Backend {
   };
   template <typename F>
   void timed(const std::string& op, F&& f) {
+    if (!leave_out_.empty()) {
+      const std::string first = op.substr(0, op.find(' '));
+      if (leave_out_.count(op) || leave_out_.count(first)) {
+        left_out_.insert(leave_out_.count(op) ? op : first);
+        return;
+      }
+    }
     if (!timing_) return f();
     in_.synchronize();
     const auto t0 = std::chrono::steady_clock::now();
@@ -209,6 +231,7 @@ class OpProfiler final : public Backend {
 
   Backend& in_;
   bool timing_ = false;
+  std::set<std::string> leave_out_, left_out_;
   std::map<std::string, Row> rows_;
 };
 

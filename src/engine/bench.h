@@ -27,6 +27,9 @@ struct BenchOptions {
   int decode_prompt = 512;  // prompt length before batched decode
   int decode_steps = 128;   // decode steps timed per batched-decode run
   bool profile = false;     // after each test, one more run with every op timed (backend/op_profiler.h)
+  // Ops never run (OpProfiler::set_leave_out): the step's time without them, for what they cost in the graph.
+  // The outputs are then not the model's; the report says so.
+  std::vector<std::string> leave_out;
   bool deterministic = false;  // batch-invariant kernels (Backend::set_batch_invariant), as serve --deterministic
   int tensor_parallel_size = 1;  // ranks the model is split over (GPUs 0..N-1, or threads on the CPU)
   double cache_gib = 0;     // decodeS@C: the cache budget (state slots + KV pages); 0 = whatever allocates
