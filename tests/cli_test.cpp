@@ -102,7 +102,7 @@ TEST(Cli, BenchLeavesOutOps) {
   EXPECT_NE(r.out.find("[left out: ssd, matmul N=64 K=128]"), std::string::npos) << r.out;
   for (const char* gone : {"| ssd |", "| matmul N=64 K=128 |"})
     EXPECT_EQ(r.err.find(gone), std::string::npos) << gone << " ran: " << r.err;
-  for (const char* kept : {"| conv1d_silu |", "| matmul N=256 K=64 |", "| attention |"})
+  for (const char* kept : {"| conv1d_silu |", "| matmul_swiglu N=256 K=64 |", "| attention |"})
     EXPECT_NE(r.err.find(kept), std::string::npos) << kept << " missing: " << r.err;
   auto bad = run_bamba("bench --preset tiny --device cpu --reps 1 --tests tg2 --leave-out sdd --json /dev/null");
   EXPECT_NE(bad.exit_code, 0);

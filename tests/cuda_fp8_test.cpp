@@ -202,6 +202,43 @@ TEST_P(CudaFp8, DecodeGemvBothKernels) {
     }
 }
 
+// act = swiglu(x · Wᵀ + bias) over FP8 weights: against the CPU twin; the same bits as the GPU's matmul and SwiGLU
+// kernel; done in the tensor-core GEMV's epilogue (scratch untouched) for bf16 steps from BAMBA_CUDA_FP8_MMA_ROWS
+// (default 2) to 8 rows with per-row scales, composed otherwise (one row, block scales, 9 rows and more).
+TEST_P(CudaFp8, MatmulSwigluInTheGemvEpilogue) {
+  const DType dt = GetParam();
+  struct Shape { int64_t F, K, B; };
+  for (const Shape& sh : {Shape{37, 208, 0}, Shape{520, 4096, 0}, Shape{64, 256, 128}})
+    for (int64_t M : {1, 2, 5, 8, 11}) {
+      const int64_t F = sh.F, N = 2 * F, K = sh.K;
+      const std::string what = "F " + std::to_string(F) + " K " + std::to_string(K) + " B " + std::to_string(sh.B) +
+                               " M " + std::to_string(M);
+      const std::pair<Tensor, Tensor> W = weight(N, K, sh.B);
+      const std::vector<float> xv = random(size_t(M * K), -2.f, 2.f), bv = random(size_t(N), -0.5f, 0.5f);
+      Tensor xc = cpu_->alloc(DType::F32, {M, K}), bc = cpu_->alloc(DType::F32, {N});
+      cpu_->from_host_f32(xc, xv.data());
+      cpu_->from_host_f32(bc, bv.data());
+      Tensor ac = cpu_->alloc(DType::F32, {M, F}), guc = cpu_->alloc(DType::F32, {M, N});
+      cpu_->matmul_swiglu(ac, xc, W.first, bc, guc);
+      Tensor xg = gpu_->alloc(dt, {M, K}), bg = gpu_->alloc(DType::F32, {N});
+      gpu_->from_host_f32(xg, xv.data());
+      gpu_->from_host_f32(bg, bv.data());
+      Tensor ag = gpu_->alloc(dt, {M, F}), gug = gpu_->alloc(dt, {M, N});
+      gpu_->fill(gug, 7.f);
+      gpu_->matmul_swiglu(ag, xg, W.second, bg, gug);
+      const std::vector<float> got = test::host(*gpu_, ag), want = test::host(*cpu_, ac), scratch = test::host(*gpu_, gug);
+      EXPECT_LE(test::rel_l2(got, want), test::kTolBf16) << what;
+      const bool untouched = std::all_of(scratch.begin(), scratch.end(), [](float v) { return v == 7.f; });
+      EXPECT_EQ(untouched, dt == DType::BF16 && sh.B == 0 && M >= 2 && M <= 8) << "which path ran, " << what;
+      Tensor gu2 = gpu_->alloc(dt, {M, N}), a2 = gpu_->alloc(dt, {M, F});
+      gpu_->matmul(gu2, xg, W.second, bg);
+      gpu_->swiglu(a2, gu2);
+      const std::vector<float> composed = test::host(*gpu_, a2);
+      EXPECT_EQ(0, std::memcmp(got.data(), composed.data(), got.size() * sizeof(float)))
+          << "not the matmul and swiglu's bits, " << what;
+    }
+}
+
 TEST_P(CudaFp8, QuantizationBitForBit) {
   const DType dt = GetParam();
   const int64_t N = 29, K = 333;

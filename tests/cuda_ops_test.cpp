@@ -210,6 +210,37 @@ TEST_P(CudaOps, FusedDecodeOps) {
     }
 }
 
+// act = swiglu(x · Wᵀ + bias): against the CPU twin; on the GPU the same bits as the matmul and the SwiGLU kernel
+// (what the default composes); and for bf16 steps of ≤ 8 rows done in the GEMV's epilogue, so its [M, 2F] scratch
+// is never written. act is a column block of a wider row; F not a multiple of 8 (a block's outputs); M past 8
+// takes the composition (cuBLAS, then the kernel).
+TEST_P(CudaOps, MatmulSwigluInTheGemvEpilogue) {
+  struct Shape { int64_t K, F; };
+  for (const Shape& sh : {Shape{136, 37}, Shape{4096, 1031}, Shape{200, 7}})
+    for (int64_t M : {1, 2, 3, 5, 8, 9, 20})
+      for (bool with_bias : {false, true}) {
+        const int64_t K = sh.K, F = sh.F, N = 2 * F;
+        const std::string what = "K=" + std::to_string(K) + ", F=" + std::to_string(F) + ", M=" + std::to_string(M) +
+                                 (with_bias ? ", bias" : "");
+        Pair W = make(act(), {N, K}, -0.05f, 0.05f), x = make(act(), {M, K}, -2, 2);
+        Pair bias = with_bias ? make(DType::F32, {N}, -0.5f, 0.5f) : Pair{};
+        Pair aw = zeros(act(), {M, F + 6}), a = cols(aw, 3, 3 + F), gu = zeros(act(), {M, N});
+        gpu_->fill(gu.gpu, 7.f);  // a sentinel: the epilogue path leaves the scratch alone
+        cpu_->matmul_swiglu(a.cpu, x.cpu, W.cpu, bias.cpu, gu.cpu);
+        gpu_->matmul_swiglu(a.gpu, x.gpu, W.gpu, bias.gpu, gu.gpu);
+        expect_close(aw, tol(), "matmul_swiglu, " + what);  // the padding too: still zero on both
+        const std::vector<float> scratch = test::host(*gpu_, gu.gpu);
+        const bool untouched = std::all_of(scratch.begin(), scratch.end(), [](float v) { return v == 7.f; });
+        EXPECT_EQ(untouched, GetParam() == DType::BF16 && M <= 8) << "which path ran, " << what;
+        Pair gu2 = zeros(act(), {M, N}), a2 = zeros(act(), {M, F});
+        gpu_->matmul(gu2.gpu, x.gpu, W.gpu, bias.gpu);
+        gpu_->swiglu(a2.gpu, gu2.gpu);
+        const std::vector<float> fused = test::host(*gpu_, a.gpu), composed = test::host(*gpu_, a2.gpu);
+        EXPECT_EQ(0, std::memcmp(fused.data(), composed.data(), fused.size() * sizeof(float)))
+            << "not the matmul and swiglu's bits, " << what;
+      }
+}
+
 // Row lengths and strides that take the scalar kernels (130, odd strides) and the 16-byte-vector ones (multiples
 // of 8 elements, partly filled last vectors per thread: 136, 5000; Bamba's 4096).
 TEST_P(CudaOps, RmsnormAndFusedResidualAdd) {

@@ -87,6 +87,10 @@ void Backend::swiglu_matmul_residual(Tensor h, Tensor gate_up, Tensor W, Tensor 
   swiglu(act, gate_up);
   matmul_residual(h, act, W, bias, out);
 }
+void Backend::matmul_swiglu(Tensor act, Tensor x, Tensor W, Tensor bias, Tensor gate_up) {
+  matmul(gate_up, x, W, bias);
+  swiglu(act, gate_up);
+}
 void Backend::matmul_residual(Tensor h, Tensor x, Tensor W, Tensor bias, Tensor scratch) {
   matmul(scratch, x, W, bias);
   add(h, scratch);

@@ -83,6 +83,10 @@ class OpProfiler final : public Backend {
     timed("rmsnorm_matmul N=" + std::to_string(W.shape[0]) + " K=" + std::to_string(W.shape[1]),
           [&] { in_.rmsnorm_matmul(y, x, norm_w, eps, W, bias, scratch); });
   }
+  void matmul_swiglu(Tensor act, Tensor x, Tensor W, Tensor bias, Tensor gate_up) override {
+    timed("matmul_swiglu N=" + std::to_string(W.shape[0]) + " K=" + std::to_string(W.shape[1]),
+          [&] { in_.matmul_swiglu(act, x, W, bias, gate_up); });
+  }
   void matmul_residual(Tensor h, Tensor x, Tensor W, Tensor bias, Tensor scratch) override {
     timed("matmul_residual N=" + std::to_string(W.shape[0]) + " K=" + std::to_string(W.shape[1]),
           [&] { in_.matmul_residual(h, x, W, bias, scratch); });

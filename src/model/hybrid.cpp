@@ -351,9 +351,13 @@ void HybridModel::mlp(const LayerWeights& w, MlpKind kind, Tensor xn, Tensor out
     Tensor act = ws.y.slice_rows(0, T).slice_cols(0, F);  // [T, F]
     if (glu) {
       Tensor gate_up = ws.proj.slice_rows(0, T).slice_cols(0, 2 * F);  // [T, 2F]
-      be_.matmul(gate_up, xn, w.gate_up_proj, {});
-      if (cfg_.mlp_gate_multiplier != 1.f) be_.scale(gate_up.slice_cols(0, F), cfg_.mlp_gate_multiplier);
-      be_.swiglu(act, gate_up);
+      if (cfg_.mlp_gate_multiplier == 1.f) {
+        be_.matmul_swiglu(act, xn, w.gate_up_proj, {}, gate_up);
+      } else {
+        be_.matmul(gate_up, xn, w.gate_up_proj, {});
+        be_.scale(gate_up.slice_cols(0, F), cfg_.mlp_gate_multiplier);
+        be_.swiglu(act, gate_up);
+      }
     } else {
       Tensor up = ws.proj.slice_rows(0, T).slice_cols(0, F);  // [T, F]
       be_.matmul(up, xn, w.gate_up_proj, {});

@@ -169,7 +169,7 @@ int main() {
       a.y = yf.data(); a.ldy = N; a.y_f32 = 1; a.x = xb.data(); a.ldx = ldx; a.W = wb.data(); a.ldw = ldw;
       a.norm_w = PView{nwb.data(), 1}; a.eps = eps; a.M = M; a.N = N; a.K = K; a.prefetch = 1;
       const dim3 grid{unsigned((N + 15) / 16)}, block{256};
-      if (mode == GemvX::RmsNorm) emu::launch(grid, block, 0, [&] { gemv_mma_kernel<GemvX::RmsNorm, Bf16W>(a); });
+      if (mode == GemvX::RmsNorm) emu::launch(grid, block, 0, [&] { gemv_mma_norm_kernel(a); });
       else emu::launch(grid, block, 0, [&] { gemv_mma_kernel<GemvX::SwiGlu, Bf16W>(a); });
       const double e = rel(std::vector<double>(yf.begin(), yf.end()), ref);
       const bool ok = e < 1e-4;  // a silu or product rounded to the other bf16 neighbour moves a term by 2^-8
@@ -177,6 +177,58 @@ int main() {
       std::printf("bf16 %s N %d K %d M %d y f32: rel %.2e%s\n", mode == GemvX::RmsNorm ? "rmsnorm" : "swiglu", N, K,
                   M, e, ok ? "" : "  FAIL");
     }
-  std::printf(bad ? "FAIL %d\n" : "all within 1e-5 (f32 y) / 8e-3 (bf16 y) / 1e-4 (folded x loads)\n", bad);
+  // SwiGLU pairs (GemvY::SwiGlu): y = silu(gate) · up from W = gate | up in the epilogue, bit for bit what the Set
+  // store's bf16 gate_up gives through elementwise.cu's formula (the same sums, each half rounded first) — bf16
+  // weights with plain and RMSNorm x, FP8 with per-row scales; F not a multiple of the 8 outputs a block holds,
+  // bias, strided y whose padding must stay untouched.
+  for (int variant = 0; variant < 3; ++variant)  // 0: bf16 plain, 1: bf16 RMSNorm x, 2: FP8 plain
+    for (int M : {1, 3, 8}) {
+      const bool fp8 = variant == 2;
+      const GemvX mode = variant == 1 ? GemvX::RmsNorm : GemvX::Plain;
+      const int F = 37, N = 2 * F, K = fp8 ? 208 : 200, ldx = K + 8, ldw = K + 16, ldy = F + 5;
+      std::vector<bf16> xb(size_t(M) * ldx), wb, nwb(static_cast<size_t>(K));
+      std::vector<uint8_t> wq;
+      std::vector<float> scale(static_cast<size_t>(N)), bias(static_cast<size_t>(N));
+      for (auto& v : xb) v = __float2bfloat16_rn(U(-2, 2));
+      for (auto& v : nwb) v = __float2bfloat16_rn(U(0.5f, 1.5f));
+      for (auto& v : bias) v = U(-0.5f, 0.5f);
+      if (fp8) {
+        wq.resize(size_t(N) * ldw);
+        for (auto& v : wq) v = bamba::f32_to_e4m3(U(-1, 1) * 300.f);
+        for (auto& v : scale) v = U(0.001f, 0.01f);
+      } else {
+        wb.resize(size_t(N) * ldw);
+        for (auto& v : wb) v = __float2bfloat16_rn(U(-1, 1));
+      }
+      auto run = [&](bf16* y, int ldy_, bool pairs) {
+        Args a{};
+        a.y = y; a.ldy = ldy_; a.pairs = pairs; a.x = xb.data(); a.ldx = ldx;
+        a.W = fp8 ? static_cast<const void*>(wq.data()) : static_cast<const void*>(wb.data()); a.ldw = ldw;
+        a.scale = fp8 ? scale.data() : nullptr; a.bias = PView{bias.data(), 0};
+        a.norm_w = PView{nwb.data(), 1}; a.eps = 1e-5f; a.M = M; a.N = N; a.K = K; a.prefetch = M % 2;
+        const dim3 grid{unsigned(pairs ? (F + 7) / 8 : (N + 15) / 16)}, block{256};
+        if (fp8) emu::launch(grid, block, 0, [&] { gemv_mma_kernel<GemvX::Plain, E4m3W>(a); });
+        else if (mode == GemvX::RmsNorm) emu::launch(grid, block, 0, [&] { gemv_mma_norm_kernel(a); });
+        else emu::launch(grid, block, 0, [&] { gemv_mma_kernel<GemvX::Plain, Bf16W>(a); });
+      };
+      std::vector<bf16> gu(size_t(M) * N), act(size_t(M) * ldy, __float2bfloat16_rn(-7.f));
+      run(gu.data(), N, false);
+      run(act.data(), ldy, true);
+      int differ = 0, untouched = 0;
+      for (int m = 0; m < M; ++m) {
+        for (int n = 0; n < F; ++n) {
+          const bf16 want = __float2bfloat16_rn(silu_f(__bfloat162float(gu[size_t(m) * N + n])) *
+                                                __bfloat162float(gu[size_t(m) * N + F + n]));
+          differ += act[size_t(m) * ldy + n].b != want.b;
+        }
+        for (int n = F; n < ldy; ++n) untouched += __bfloat162float(act[size_t(m) * ldy + n]) != -7.f;
+      }
+      const bool ok = differ == 0 && untouched == 0;
+      bad += !ok;
+      std::printf("swiglu pairs %s M %d F %d K %d: %d of %d outputs differ from Set + swiglu%s%s\n",
+                  variant == 0 ? "bf16" : variant == 1 ? "bf16 rmsnorm" : "fp8", M, F, K, differ, M * F,
+                  untouched ? " (wrote past F)" : "", ok ? "" : "  FAIL");
+    }
+  std::printf(bad ? "FAIL %d\n" : "all within 1e-5 (f32 y) / 8e-3 (bf16 y) / 1e-4 (folded x loads); pairs exact\n", bad);
   return bad ? 1 : 0;
 }

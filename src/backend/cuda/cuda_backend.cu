@@ -104,6 +104,10 @@ class CudaBackend final : public Backend {
     // gate_up, the suspected cost of the fused path (bench/NOTES.md "decode2"; not yet measured apart).
     const char* fs = std::getenv("BAMBA_CUDA_FUSE_SWIGLU");
     fuse_swiglu_ = fs && fs[0] == '1';
+    // Whether matmul_swiglu does SwiGLU in the gate_up GEMV's epilogue (the default) or runs the SwiGLU kernel
+    // after the GEMV (0), for timing one against the other in one binary.
+    const char* sp = std::getenv("BAMBA_CUDA_SWIGLU_PAIRS");
+    swiglu_pairs_ = !(sp && sp[0] == '0');
     // Tokens per chunk of the bf16 tensor-core SSD scan (ssd_chunked.cu). 256 (Bamba's chunk_size) halves the
     // chunk-state traffic of 128 (P·N values per head and chunk, written, carried and read back) for ~20 % more
     // products at P = 64, N = 128 (bench/NOTES.md has both measured).
@@ -293,7 +297,7 @@ class CudaBackend final : public Backend {
       } else if (M <= gemv_max_rows_) {
         if constexpr (std::is_same_v<T, bf16>)
           if (M >= gemv_mma_rows_)
-            done = gemv_mma(stream_, y.data, y_f32, false, y.ld, GemvX::Plain, act<T>(x, "matmul input"), x.ld, {}, 0.f,
+            done = gemv_mma(stream_, y.data, y_f32, GemvY::Set, y.ld, GemvX::Plain, act<T>(x, "matmul input"), x.ld, {}, 0.f,
                             act<T>(W, "matmul weight"), W.ld, pv(bias, "matmul bias"), M, N, K);
         if (!done)
           done = gemv(stream_, y.data, y_f32, y.ld, act<T>(x, "matmul input"), x.ld, act<T>(W, "matmul weight"), W.ld,
@@ -322,7 +326,7 @@ class CudaBackend final : public Backend {
     if (dtype_ != DType::BF16 || invariant_chunk_ > 0 || M > gemv_max_rows_ || W.dtype != DType::BF16 || x.dtype != DType::BF16 || y.rows() != M || y.shape[1] != N ||
         (y.dtype != DType::BF16 && (residual || y.dtype != DType::F32)))
       return false;
-    return gemv_mma(stream_, y.data, y.dtype == DType::F32, residual, y.ld, mode, static_cast<const bf16*>(x.data),
+    return gemv_mma(stream_, y.data, y.dtype == DType::F32, residual ? GemvY::Add : GemvY::Set, y.ld, mode, static_cast<const bf16*>(x.data),
                     x.ld, norm_w ? pv(norm_w, "norm weight") : PView{}, eps, static_cast<const bf16*>(W.data), W.ld,
                     pv(bias, "matmul bias"), M, N, K);
   }
@@ -334,6 +338,25 @@ class CudaBackend final : public Backend {
     if (!fuse_swiglu_ || gate_up.shape[1] != 2 * W.shape[1] ||
         !fused_gemv(h, true, GemvX::SwiGlu, gate_up, {}, 0.f, W, bias))
       Backend::swiglu_matmul_residual(h, gate_up, W, bias, act, out);  // swiglu, then this->matmul_residual
+  }
+  // Decode's gate_up GEMV with SwiGLU in its epilogue (gemv_mma.cu, GemvY::SwiGlu: the same bits as the matmul and
+  // the SwiGLU kernel, one launch and no [M, 2F] round trip) where the GEMV would be the tensor-core one anyway.
+  void matmul_swiglu(Tensor act, Tensor x, Tensor W, Tensor bias, Tensor gate_up) override {
+    const int M = int(x.rows()), K = int(x.shape[1]), N = int(W.rows());
+    bool done = false;
+    if (swiglu_pairs_ && M >= 1 && M <= gemv_max_rows_ && invariant_chunk_ == 0 && dtype_ == DType::BF16 &&
+        x.dtype == DType::BF16 && act.dtype == DType::BF16 && W.shape[1] == K && act.rows() == M &&
+        2 * act.shape[1] == N) {
+      const PView b = bias ? pv(bias, "matmul bias") : PView{};
+      const auto* xp = static_cast<const bf16*>(x.data);
+      if (W.dtype == DType::BF16 && M >= gemv_mma_rows_)
+        done = gemv_mma(stream_, act.data, false, GemvY::SwiGlu, act.ld, GemvX::Plain, xp, x.ld, {}, 0.f,
+                        static_cast<const bf16*>(W.data), W.ld, b, M, N, K);
+      else if (W.dtype == DType::F8_E4M3 && W.scale && W.device == Device::CUDA && M >= fp8_mma_rows_)
+        done = gemv_mma_fp8(stream_, act.data, false, GemvY::SwiGlu, act.ld, xp, x.ld, W.ptr<uint8_t>(), W.ld,
+                            W.scale, W.scale_block, b, M, N, K);
+    }
+    if (!done) Backend::matmul_swiglu(act, x, W, bias, gate_up);
   }
   void matmul_residual(Tensor h, Tensor x, Tensor W, Tensor bias, Tensor scratch) override {
     if (x.shape[1] != W.shape[1] || !fused_gemv(h, true, GemvX::Plain, x, {}, 0.f, W, bias))
@@ -375,7 +398,7 @@ class CudaBackend final : public Backend {
       // out the same whatever M is: fp8_gemv's, one kernel for every M).
       if constexpr (std::is_same_v<T, bf16>)
         if (M >= fp8_mma_rows_ && M <= kMaxGemvRows && invariant_chunk_ == 0 &&
-            gemv_mma_fp8(stream_, y.data, y_f32, y.ld, xp, x.ld, wq, W.ld, W.scale, W.scale_block,
+            gemv_mma_fp8(stream_, y.data, y_f32, GemvY::Set, y.ld, xp, x.ld, wq, W.ld, W.scale, W.scale_block,
                          pv(bias, "matmul bias"), M, N, K))
           return;
       fp8_gemv<T>(stream_, y.data, y_f32, y.ld, xp, x.ld, wq, W.ld, W.scale, W.scale_block, pv(bias, "matmul bias"), M, N, K);
@@ -811,6 +834,7 @@ class CudaBackend final : public Backend {
   int fp8_mma_rows_ = 2;
   int fuse_rows_ = 9;
   bool fuse_swiglu_ = false;
+  bool swiglu_pairs_ = true;
   int ssd_chunk_ = 256;
   // (engine key, T, S, R, log2 of decode_ctx_cap_ where the decode attention's split follows it)
   std::map<std::tuple<uint64_t, int, int, int, int>, cudaGraphExec_t> graphs_;

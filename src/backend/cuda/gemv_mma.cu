@@ -63,7 +63,7 @@ struct E4m3W {  // FP8 E4M3 weights, widened to bf16 in registers; scales on the
 };
 
 struct Args {
-  void* y; int64_t ldy; int y_f32, residual;
+  void* y; int64_t ldy; int y_f32, residual, pairs;  // pairs: GemvY::SwiGlu
   const bf16* x; int64_t ldx;
   const void* W; int64_t ldw;  // ldw in weights
   const float* scale; int scale_block, scale_ld;  // E4M3: scale[n] (scale_block 0) or scale[n / B · scale_ld + k / B]
@@ -90,17 +90,21 @@ __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t two) {
   return mul_bf16x2(t, 0x77807780u);  // bf16 2^112 = exponent field 239
 }
 
-// A lane's two chunks of one weight row (this k-block) as the E bf16x2 words of its mma A operand.
-__device__ __forceinline__ void widen(Bf16W, const uint4& c0, const uint4& c1, uint32_t (&r)[8]) {
-  r[0] = c0.x, r[1] = c0.y, r[2] = c0.z, r[3] = c0.w, r[4] = c1.x, r[5] = c1.y, r[6] = c1.z, r[7] = c1.w;
+__device__ __forceinline__ uint32_t word(const uint4 (&w)[4], int c, int i) {  // 32-bit word i (0..7) of chunks c, c + 1
+  const uint4& v = w[c + (i >> 2)];
+  return (i & 3) == 0 ? v.x : (i & 3) == 1 ? v.y : (i & 3) == 2 ? v.z : v.w;
 }
-__device__ __forceinline__ void widen(E4m3W, const uint4& c0, const uint4& c1, uint32_t (&r)[16]) {
-  const uint32_t v[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    r[2 * i] = e4m3x2_to_bf16x2(v[i]);
-    r[2 * i + 1] = e4m3x2_to_bf16x2(v[i] >> 16);
-  }
+// mma step s's A operand from a lane's k-block chunks w (row g: w[0], w[1]; row g + 8: w[2], w[3]): the bf16x2
+// words 2s and 2s + 1 of each row, {row g 2s, row g+8 2s, row g 2s+1, row g+8 2s+1}. FP8 words are widened here,
+// one step at a time, not the whole k-block up front: 4 live words instead of 32 keep the kernel within the 80
+// registers that let 3 blocks share an SM (98 before: 2 blocks, a third fewer bytes in flight).
+__device__ __forceinline__ void a_words(Bf16W, const uint4 (&w)[4], int s, uint32_t (&af)[4]) {
+  af[0] = word(w, 0, 2 * s), af[1] = word(w, 2, 2 * s), af[2] = word(w, 0, 2 * s + 1), af[3] = word(w, 2, 2 * s + 1);
+}
+__device__ __forceinline__ void a_words(E4m3W, const uint4 (&w)[4], int s, uint32_t (&af)[4]) {
+  const uint32_t v0 = word(w, 0, s), v1 = word(w, 2, s);  // 4 E4M3 weights of each row: bf16x2 words 2s, 2s + 1
+  af[0] = e4m3x2_to_bf16x2(v0), af[1] = e4m3x2_to_bf16x2(v1);
+  af[2] = e4m3x2_to_bf16x2(v0 >> 16), af[3] = e4m3x2_to_bf16x2(v1 >> 16);
 }
 
 template <GemvX MODE>
@@ -145,7 +149,7 @@ __device__ __forceinline__ uint4 load_x(const Args& a, int m, int k, float& ss) 
 }
 
 template <GemvX MODE, class WF>
-__global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
+__device__ __forceinline__ void gemv_mma_body(const Args& a) {
   constexpr int E = WF::E, kKB = 8 * E, kBytes = 16 / E;  // weights per chunk, per k-block; bytes per weight
   constexpr bool kFp8 = std::is_same_v<WF, E4m3W>;
   __shared__ float red[kWarps][kRows][8];
@@ -153,9 +157,13 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int n0 = blockIdx.x * kRows;
   const int nkb = (a.K + kKB - 1) / kKB;
-  const bool ok0 = n0 + g < a.N, ok1 = n0 + g + 8 < a.N;
-  const uint8_t* w0 = static_cast<const uint8_t*>(a.W) + int64_t(ok0 ? n0 + g : 0) * a.ldw * kBytes;
-  const uint8_t* w1 = static_cast<const uint8_t*>(a.W) + int64_t(ok1 ? n0 + g + 8 : 0) * a.ldw * kBytes;
+  // The weight rows of the mma's rows g and g + 8: rows n0 + g, n0 + g + 8; with pairs (W = gate | up, F rows
+  // each) gate row f = 8 · block + g and up row F + f, so the block's sums hold both halves of its 8 outputs.
+  const int F = a.N / 2, f = 8 * blockIdx.x + g;
+  const int ra = a.pairs ? f : n0 + g, rb = a.pairs ? F + f : n0 + g + 8;
+  const bool ok0 = a.pairs ? f < F : ra < a.N, ok1 = a.pairs ? f < F : rb < a.N;
+  const uint8_t* w0 = static_cast<const uint8_t*>(a.W) + int64_t(ok0 ? ra : 0) * a.ldw * kBytes;
+  const uint8_t* w1 = static_cast<const uint8_t*>(a.W) + int64_t(ok1 ? rb : 0) * a.ldw * kBytes;
   uint4 wa[4], wb[4];  // k-block chunks: row g at E·q, row g at 4E + E·q, row g+8 at E·q, row g+8 at 4E + E·q
   auto load = [&](uint4 (&w)[4], int kb) {
     const int k = kb * kKB + E * q;
@@ -187,13 +195,11 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
         uint32_t* o = &xs[h * E / 2 + 4 * j];
         o[0] = v.x, o[1] = v.y, o[2] = v.z, o[3] = v.w;
       }
-    uint32_t r0[E], r1[E];
-    widen(WF{}, w[0], w[1], r0);
-    widen(WF{}, w[2], w[3], r1);
     auto steps = [&](float (&acc)[4]) {
 #pragma unroll
       for (int s = 0; s < E / 2; ++s) {
-        const uint32_t af[4] = {r0[2 * s], r1[2 * s], r0[2 * s + 1], r1[2 * s + 1]};
+        uint32_t af[4];  // rows g, g + 8 at the step's 2 × 2 k's: words 2s, 2s + 1 of each row's A operand
+        a_words(WF{}, w, s, af);
         mma_bf16(acc, af, xs[2 * s], xs[2 * s + 1]);
       }
     };
@@ -227,18 +233,38 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
     if (q == 0) part[warp][g] = ss;
   }
   __syncthreads();
+  auto rms = [&](int m) {
+    float t = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) t += part[w][m];
+    return rsqrtf(t / float(a.K) + a.eps);
+  };
+  if (a.pairs) {  // y[m, f] = silu(gate) · up, each rounded to bf16 first as the unfused gate_up output is
+    if (threadIdx.x < 8 * 8) {
+      const int r = threadIdx.x >> 3, m = threadIdx.x & 7, n = 8 * blockIdx.x + r;
+      if (m < a.M && n < F) {
+        float sg = 0.f, su = 0.f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) sg += red[w][r][m], su += red[w][r + 8][m];
+        if constexpr (MODE == GemvX::RmsNorm) {
+          const float rs = rms(m);
+          sg *= rs, su *= rs;
+        }
+        if constexpr (kFp8) sg *= a.scale[n], su *= a.scale[F + n];  // per output channel (no block scales here)
+        if (a.bias.p) sg += ld_param(a.bias, n), su += ld_param(a.bias, F + n);
+        static_cast<bf16*>(a.y)[int64_t(m) * a.ldy + n] =
+            from_f<bf16>(silu_f(to_f(from_f<bf16>(sg))) * to_f(from_f<bf16>(su)));
+      }
+    }
+    return;
+  }
   if (threadIdx.x < kRows * 8) {
     const int row = threadIdx.x >> 3, m = threadIdx.x & 7, n = n0 + row;
     if (m < a.M && n < a.N) {
       float s = 0.f;
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) s += red[w][row][m];
-      if constexpr (MODE == GemvX::RmsNorm) {
-        float t = 0.f;
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) t += part[w][m];
-        s *= rsqrtf(t / float(a.K) + a.eps);
-      }
+      if constexpr (MODE == GemvX::RmsNorm) s *= rms(m);
       if constexpr (kFp8)
         if (!a.scale_block) s *= a.scale[n];  // per output channel
       if (a.bias.p) s += ld_param(a.bias, n);
@@ -252,28 +278,41 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
   }
 }
 
+// 3 blocks an SM (≤ 80 registers) keep 24 warps' loads in flight. Plain, SwiGLU and FP8 fit as they are (70,
+// 80, 80 registers); the RmsNorm fold takes 86 unbounded — 2 blocks, a third fewer bytes in flight, likely why
+// folding the norm measured slower (bench/NOTES.md v24) — so its kernel is held to 3 blocks (12 bytes spilled).
+// (A min-blocks bound on the others changes their code: plain goes 70 → 90 registers with a bound of 1.)
+template <GemvX MODE, class WF>
+__global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
+  gemv_mma_body<MODE, WF>(a);
+}
+__global__ void __launch_bounds__(kWarps * 32, 3) gemv_mma_norm_kernel(const Args a) {
+  gemv_mma_body<GemvX::RmsNorm, Bf16W>(a);
+}
+
 }  // namespace
 
-bool gemv_mma(cudaStream_t st, void* y, bool y_f32, bool residual, int64_t ldy, GemvX mode, const bf16* x,
-              int64_t ldx, PView norm_w, float eps, const bf16* W, int64_t ldw, PView bias, int M, int N, int K) {
+bool gemv_mma(cudaStream_t st, void* y, bool y_f32, GemvY out, int64_t ldy, GemvX mode, const bf16* x, int64_t ldx,
+              PView norm_w, float eps, const bf16* W, int64_t ldw, PView bias, int M, int N, int K) {
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   if (M < 1 || M > kMaxGemvRows || N < 1 || K < 8 || K % 8 || ldx % 8 || ldw % 8 || !aligned(x) || !aligned(W))
     return false;
-  if (residual && y_f32) return false;
+  if (out != GemvY::Set && y_f32) return false;
+  if (out == GemvY::SwiGlu && N % 2) return false;
   if (mode == GemvX::RmsNorm && (!norm_w.p || !aligned(norm_w.p))) return false;
-  const Args a{y,       ldy, int(y_f32), int(residual), x,   ldx, W, ldw, nullptr, 0, 0,
-               bias,    norm_w, eps,    M,            N,   K,   gemv_prefetch_weights()};
-  const dim3 grid(ceil_div(N, kRows)), block(kWarps * 32);
+  const Args a{y,    ldy,    int(y_f32), int(out == GemvY::Add), int(out == GemvY::SwiGlu), x, ldx, W, ldw, nullptr, 0, 0,
+               bias, norm_w, eps,        M,                      N,                         K, gemv_prefetch_weights()};
+  const dim3 grid(out == GemvY::SwiGlu ? ceil_div(N / 2, 8) : ceil_div(N, kRows)), block(kWarps * 32);
   switch (mode) {
     case GemvX::Plain: launch_pdl(gemv_mma_kernel<GemvX::Plain, Bf16W>, grid, block, 0, st, a); break;
-    case GemvX::RmsNorm: launch_pdl(gemv_mma_kernel<GemvX::RmsNorm, Bf16W>, grid, block, 0, st, a); break;
+    case GemvX::RmsNorm: launch_pdl(gemv_mma_norm_kernel, grid, block, 0, st, a); break;
     case GemvX::SwiGlu: launch_pdl(gemv_mma_kernel<GemvX::SwiGlu, Bf16W>, grid, block, 0, st, a); break;
   }
   return true;
 }
 
-bool gemv_mma_fp8(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const bf16* x, int64_t ldx, const uint8_t* W,
-                  int64_t ldw, const float* scale, int scale_block, PView bias, int M, int N, int K) {
+bool gemv_mma_fp8(cudaStream_t st, void* y, bool y_f32, GemvY out, int64_t ldy, const bf16* x, int64_t ldx,
+                  const uint8_t* W, int64_t ldw, const float* scale, int scale_block, PView bias, int M, int N, int K) {
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   if (M < 1 || M > kMaxGemvRows || N < 1 || K < 16 || K % 16 || ldx % 8 || ldw % 16 || !aligned(x) || !aligned(W) ||
       !scale)
@@ -282,10 +321,14 @@ bool gemv_mma_fp8(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const bf16*
   // finer than that (B = 16, 64: a scale per mma step or per part of a lane's chunk) are left to fp8_gemv.cu,
   // which applies them per 16-weight chunk; checkpoints' "fp8" block layout is 128 × 128.
   if (scale_block < 0 || scale_block % (8 * E4m3W::E) != 0) return false;
+  // SwiGLU pairs take a block's gate and up rows from two places: one block scale per block does not cover them.
+  if (out == GemvY::Add || (out == GemvY::SwiGlu && (y_f32 || scale_block || N % 2))) return false;
   const int scale_ld = scale_block ? (K + scale_block - 1) / scale_block : 0;
-  const Args a{y,    ldy,    int(y_f32), 0, x, ldx, W, ldw, scale, scale_block, scale_ld,
-               bias, PView{}, 0.f,       M, N, K,   gemv_prefetch_weights()};
-  launch_pdl(gemv_mma_kernel<GemvX::Plain, E4m3W>, dim3(ceil_div(N, kRows)), dim3(kWarps * 32), 0, st, a);
+  const bool pairs = out == GemvY::SwiGlu;
+  const Args a{y,    ldy,     int(y_f32), 0, int(pairs), x, ldx, W, ldw, scale, scale_block, scale_ld,
+               bias, PView{}, 0.f,        M, N,          K, gemv_prefetch_weights()};
+  launch_pdl(gemv_mma_kernel<GemvX::Plain, E4m3W>, dim3(pairs ? ceil_div(N / 2, 8) : ceil_div(N, kRows)),
+             dim3(kWarps * 32), 0, st, a);
   return true;
 }
 
