@@ -90,21 +90,26 @@ __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t two) {
   return mul_bf16x2(t, 0x77807780u);  // bf16 2^112 = exponent field 239
 }
 
-__device__ __forceinline__ uint32_t word(const uint4 (&w)[4], int c, int i) {  // 32-bit word i (0..7) of chunks c, c + 1
-  const uint4& v = w[c + (i >> 2)];
-  return (i & 3) == 0 ? v.x : (i & 3) == 1 ? v.y : (i & 3) == 2 ? v.z : v.w;
+// A lane's k-block chunks w (row g: w[0], w[1]; row g + 8: w[2], w[3]) as the E bf16x2 words of each row's mma A
+// operands, ra (row g) and rb (row g + 8): mma step s takes words 2s, 2s + 1 of each. FP8 is widened for the whole
+// k-block up front (98 registers, 2 blocks an SM). Widening one step at a time, in the loop, fits 80 registers and
+// 3 blocks an SM but measured 2 % slower at 2-8 rows on an H100 (bench/NOTES.md v38): the conversions then sit
+// between the loads' arrival and the mma, where the up-front form overlaps them.
+__device__ __forceinline__ void widen(Bf16W, const uint4 (&w)[4], uint32_t (&ra)[8], uint32_t (&rb)[8]) {
+  const uint4 c[4] = {w[0], w[1], w[2], w[3]};
+  ra[0] = c[0].x, ra[1] = c[0].y, ra[2] = c[0].z, ra[3] = c[0].w, ra[4] = c[1].x, ra[5] = c[1].y, ra[6] = c[1].z,
+  ra[7] = c[1].w;
+  rb[0] = c[2].x, rb[1] = c[2].y, rb[2] = c[2].z, rb[3] = c[2].w, rb[4] = c[3].x, rb[5] = c[3].y, rb[6] = c[3].z,
+  rb[7] = c[3].w;
 }
-// mma step s's A operand from a lane's k-block chunks w (row g: w[0], w[1]; row g + 8: w[2], w[3]): the bf16x2
-// words 2s and 2s + 1 of each row, {row g 2s, row g+8 2s, row g 2s+1, row g+8 2s+1}. FP8 words are widened here,
-// one step at a time, not the whole k-block up front: 4 live words instead of 32 keep the kernel within the 80
-// registers that let 3 blocks share an SM (98 before: 2 blocks, a third fewer bytes in flight).
-__device__ __forceinline__ void a_words(Bf16W, const uint4 (&w)[4], int s, uint32_t (&af)[4]) {
-  af[0] = word(w, 0, 2 * s), af[1] = word(w, 2, 2 * s), af[2] = word(w, 0, 2 * s + 1), af[3] = word(w, 2, 2 * s + 1);
-}
-__device__ __forceinline__ void a_words(E4m3W, const uint4 (&w)[4], int s, uint32_t (&af)[4]) {
-  const uint32_t v0 = word(w, 0, s), v1 = word(w, 2, s);  // 4 E4M3 weights of each row: bf16x2 words 2s, 2s + 1
-  af[0] = e4m3x2_to_bf16x2(v0), af[1] = e4m3x2_to_bf16x2(v1);
-  af[2] = e4m3x2_to_bf16x2(v0 >> 16), af[3] = e4m3x2_to_bf16x2(v1 >> 16);
+__device__ __forceinline__ void widen(E4m3W, const uint4 (&w)[4], uint32_t (&ra)[16], uint32_t (&rb)[16]) {
+  const uint32_t v[2][8] = {{w[0].x, w[0].y, w[0].z, w[0].w, w[1].x, w[1].y, w[1].z, w[1].w},
+                            {w[2].x, w[2].y, w[2].z, w[2].w, w[3].x, w[3].y, w[3].z, w[3].w}};
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    ra[2 * i] = e4m3x2_to_bf16x2(v[0][i]), ra[2 * i + 1] = e4m3x2_to_bf16x2(v[0][i] >> 16);
+    rb[2 * i] = e4m3x2_to_bf16x2(v[1][i]), rb[2 * i + 1] = e4m3x2_to_bf16x2(v[1][i] >> 16);
+  }
 }
 
 template <GemvX MODE>
@@ -195,11 +200,12 @@ __device__ __forceinline__ void gemv_mma_body(const Args& a) {
         uint32_t* o = &xs[h * E / 2 + 4 * j];
         o[0] = v.x, o[1] = v.y, o[2] = v.z, o[3] = v.w;
       }
+    uint32_t ra[E], rb[E];
+    widen(WF{}, w, ra, rb);
     auto steps = [&](float (&acc)[4]) {
 #pragma unroll
       for (int s = 0; s < E / 2; ++s) {
-        uint32_t af[4];  // rows g, g + 8 at the step's 2 × 2 k's: words 2s, 2s + 1 of each row's A operand
-        a_words(WF{}, w, s, af);
+        const uint32_t af[4] = {ra[2 * s], rb[2 * s], ra[2 * s + 1], rb[2 * s + 1]};
         mma_bf16(acc, af, xs[2 * s], xs[2 * s + 1]);
       }
     };
