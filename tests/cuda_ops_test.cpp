@@ -262,20 +262,21 @@ TEST_P(CudaOps, RmsnormAndFusedResidualAdd) {
   }
 }
 
+// A decode step's few long groups (8,192 and 16,384 at 1-9 rows) take 1024-thread blocks (norm.cu).
 TEST_P(CudaOps, GatedRmsnormFullAndGrouped) {
-  for (int64_t pad : {5, 0}) {  // z strided at an odd offset (scalar kernel), then aligned (vector kernel)
-    for (int64_t I : {96, 2048}) {
-      const int64_t M = 9;
+  for (int64_t pad : {5, 0})  // z strided at an odd offset (scalar kernel), then aligned (vector kernel)
+    for (int64_t I : {96, 2048, 8192, 16384})
+    for (int64_t M : {9, 1}) {
+      if (M == 1 && I < 8192) continue;
       Pair yz = make(act(), {M, 2 * I + pad}, -2, 2), w = make(DType::F32, {I}, 0.8f, 1.2f), out = zeros(act(), {M, I});
       Pair y = cols(yz, 0, I), z = cols(yz, I + pad, 2 * I + pad);
       for (int64_t group : {I, I / 2, I / 4}) {
         cpu_->gated_rmsnorm(out.cpu, y.cpu, z.cpu, w.cpu, group, 1e-5f);
         gpu_->gated_rmsnorm(out.gpu, y.gpu, z.gpu, w.gpu, group, 1e-5f);
         expect_close(out, tol(), "gated_rmsnorm I=" + std::to_string(I) + " group " + std::to_string(group) +
-                                     " pad " + std::to_string(pad));
+                                     " pad " + std::to_string(pad) + " M " + std::to_string(M));
       }
     }
-  }
 }
 
 TEST_P(CudaOps, Swiglu) {
@@ -440,6 +441,68 @@ TEST_P(CudaOps, SsdScanAndDecodeStep) {
     expect_close(y, state_t == DType::BF16 ? kTolBf16 : tol(), "ssd y, T=" + std::to_string(T) + sname);
     expect_close(state, state_tol, "ssd state, T=" + std::to_string(T) + sname);
   }
+  }
+}
+
+// Decode steps as the model runs them, conv then SSD step, where the step reads the state before its pdl_wait
+// (the default after a conv: ssd_step.cu) — the state's writer, the step before, is then just two launches back,
+// the closest that reading may be. Against the CPU twin after every step, and bit for bit against a backend that
+// reads it after the wait (BAMBA_CUDA_SSD_EARLY_STATE=0). fp32 and bf16 state; a fresh sequence among three.
+TEST_P(CudaOps, SsdDecodeStepsReadTheStateEarly) {
+  std::unique_ptr<Backend> late;
+  {
+    test::ScopedEnv env("BAMBA_CUDA_SSD_EARLY_STATE", "0");
+    late = make_backend("cuda", GetParam());
+  }
+  const int nh = 8, P = 24, G = 2, N = 64, I = nh * P, CD = I + 2 * G * N, K = 4, n_slots = 6;
+  MambaOpsConfig c{nh, P, G, N, K, 16, 0.f, INFINITY};
+  auto upload = [](Backend& be, DType t, std::initializer_list<int64_t> shape, const std::vector<float>& v) {
+    Tensor x = be.alloc(t, shape);
+    be.from_host_f32(x, v.data());
+    return x;
+  };
+  for (DType state_t : {DType::F32, DType::BF16}) {
+    Backend* bes[3] = {cpu_.get(), gpu_.get(), late.get()};
+    auto dt_of = [&](int i, DType gpu_t) { return i == 0 ? DType::F32 : gpu_t; };
+    const std::vector<float> A_log = random(nh, 0.f, 1.5f, DType::F32), D = random(nh, 0.5f, 1.5f, DType::F32),
+                             dt_bias = random(nh, -1.f, 0.5f, DType::F32), w = random(size_t(CD) * K, -0.5f, 0.5f, act()),
+                             conv0 = random(size_t(n_slots) * (K - 1) * CD, -1, 1, DType::F32),
+                             ssm0 = random(size_t(n_slots) * nh * P * N, -1, 1, state_t);
+    struct On { Tensor A_log, D, dt_bias, w, conv, ssm, x, xBC, dt, y; };
+    std::vector<On> on;
+    for (int i = 0; i < 3; ++i) {
+      Backend& be = *bes[i];
+      On o;
+      o.A_log = upload(be, DType::F32, {nh}, A_log), o.D = upload(be, DType::F32, {nh}, D);
+      o.dt_bias = upload(be, DType::F32, {nh}, dt_bias), o.w = upload(be, dt_of(i, act()), {CD, K}, w);
+      o.conv = upload(be, DType::F32, {n_slots, K - 1, CD}, conv0);
+      o.ssm = upload(be, dt_of(i, state_t), {n_slots, nh, P, N}, ssm0);
+      on.push_back(o);
+    }
+    const std::vector<int32_t> slots = {2, 0, 5};
+    for (int step = 0; step < 6; ++step) {
+      const std::vector<int32_t> pasts = {7 + step, step == 0 ? 0 : 3 + step, 1 + step};  // sequence 1 fresh at step 0
+      StepBatch b = batch({1, 1, 1}, pasts, slots, 4, 64, 10);
+      const std::vector<float> x = random(size_t(3) * CD, -2, 2, act()), dt = random(size_t(3) * nh, -1, 1, act());
+      std::vector<std::vector<float>> ys, states;
+      for (int i = 0; i < 3; ++i) {
+        Backend& be = *bes[i];
+        On& o = on[size_t(i)];
+        be.set_batch(b);
+        Tensor xin = upload(be, dt_of(i, act()), {3, CD}, x), dtin = upload(be, dt_of(i, act()), {3, nh}, dt);
+        Tensor xBC = be.alloc(dt_of(i, act()), {3, CD}), y = be.alloc(dt_of(i, act()), {3, I});
+        be.conv1d_silu(xBC, xin, o.w, {}, o.conv);
+        be.ssd(y, xBC, dtin, o.A_log, o.D, o.dt_bias, o.ssm, c);
+        ys.push_back(host(be, y));
+        states.push_back(host(be, o.ssm));
+        for (Tensor t : {xin, dtin, xBC, y}) be.release(t);
+      }
+      const std::string what = "step " + std::to_string(step) + (state_t == DType::BF16 ? ", bf16 state" : "");
+      EXPECT_LE(rel_l2(ys[1], ys[0]), state_t == DType::BF16 ? kTolBf16 : tol()) << "y, " << what;
+      EXPECT_LE(rel_l2(states[1], states[0]), state_t == DType::BF16 ? kTolBf16 : kTolF32State) << "state, " << what;
+      EXPECT_EQ(ys[1], ys[2]) << "y differs from the late read, " << what;
+      EXPECT_EQ(states[1], states[2]) << "state differs from the late read, " << what;
+    }
   }
 }
 

@@ -108,6 +108,9 @@ class CudaBackend final : public Backend {
     // after the GEMV (0), for timing one against the other in one binary.
     const char* sp = std::getenv("BAMBA_CUDA_SWIGLU_PAIRS");
     swiglu_pairs_ = !(sp && sp[0] == '0');
+    // Whether the SSD decode step loads the state before its pdl_wait where that is safe (ssd_step.cu); 0: after.
+    const char* se = std::getenv("BAMBA_CUDA_SSD_EARLY_STATE");
+    ssd_early_state_ = !(se && se[0] == '0');
     // Tokens per chunk of the bf16 tensor-core SSD scan (ssd_chunked.cu). 256 (Bamba's chunk_size) halves the
     // chunk-state traffic of 128 (P·N values per head and chunk, written, carried and read back) for ~20 % more
     // products at P = 64, N = 128 (bench/NOTES.md has both measured).
@@ -449,6 +452,7 @@ class CudaBackend final : public Backend {
                            pv(weight, "conv weight"), pv(bias, "conv bias"), f32(conv_state, "conv state"),
                            xBC.shape[1], weight.shape[1], db_, max_seq_len_);
     });
+    conv_just_launched_ = true;
   }
   void ssd(Tensor y, Tensor xBC, Tensor dt, Tensor A_log, Tensor D, Tensor dt_bias, Tensor ssm_state,
            const MambaOpsConfig& c) override {
@@ -470,9 +474,14 @@ class CudaBackend final : public Backend {
     typed([&]<typename T>() {
       dispatch_dtype(ssm_state.dtype, [&]<typename ST>() {
         cuda::ssd_keep_states<T, ST>(stream_, a, db_);  // (reads the slot's state before ssd rewrites it)
-        if (!cuda::ssd_step<T, ST>(stream_, a, db_)) cuda::ssd<T, ST>(stream_, a, db_, max_seq_len_, scratch_, scratch_floats_);
+        // The decode step may read the state before its pdl_wait when the kernel just before it is the conv's
+        // (ssd_step.cu): not when it follows another op's kernel, which might be a step writing this state.
+        const bool early = ssd_early_state_ && conv_just_launched_;  // (cleared below: a second ssd may not)
+        if (!cuda::ssd_step<T, ST>(stream_, a, db_, early))
+          cuda::ssd<T, ST>(stream_, a, db_, max_seq_len_, scratch_, scratch_floats_);
       });
     });
+    conv_just_launched_ = false;
   }
   void gated_rmsnorm(Tensor out, Tensor y, Tensor z, Tensor w, int64_t group_size, float eps) override {
     typed([&]<typename T>() {
@@ -834,6 +843,8 @@ class CudaBackend final : public Backend {
   int fp8_mma_rows_ = 2;
   int fuse_rows_ = 9;
   bool fuse_swiglu_ = false;
+  bool ssd_early_state_ = true;
+  bool conv_just_launched_ = false;  // the last op was conv1d_silu (ssd's early state reads: see there)
   bool swiglu_pairs_ = true;
   int ssd_chunk_ = 256;
   // (engine key, T, S, R, log2 of decode_ctx_cap_ where the decode attention's split follows it)

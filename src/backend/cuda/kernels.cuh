@@ -80,8 +80,10 @@ void ssd(cudaStream_t st, const SsdArgs& a, const DevBatch& b, int max_seq_len, 
 size_t ssd_scratch_floats(const SsdArgs& a, const DevBatch& b, int max_seq_len, bool bf16_compute);
 // ssd_step.cu: the decode step (T == S) with vectorised state rows and P split over blocks. False (nothing
 // launched) when the batch is not a decode step or the shape does not suit it (d_state % 4, d_state > 128).
+// early_state: the kernel may read the slots' states before pdl_wait, i.e. while the kernel launched just before
+// it still runs — only for a caller that knows that kernel does not write the state (see ssd_step.cu).
 template <typename T, typename ST>
-bool ssd_step(cudaStream_t st, const SsdArgs& a, const DevBatch& b);
+bool ssd_step(cudaStream_t st, const SsdArgs& a, const DevBatch& b, bool early_state = false);
 // ssd_step.cu: the per-position states of speculative decoding (DevBatch::state_after): for every sequence with a
 // token t whose state_after[t] >= 0, the recurrence over its tokens from its slot's state (or zeros), writing
 // the state after each such t into slot state_after[t]. Runs before ssd(), which overwrites the slot.

@@ -111,12 +111,12 @@ struct Vec {
 };
 constexpr int kVecThreads = 128;
 
-// wr[i][e] = w[base + j + e] for this thread's vectors j = (threadIdx.x + i * kVecThreads) * E below n.
-template <typename T, int NV>
+// wr[i][e] = w[base + j + e] for this thread's vectors j = (threadIdx.x + i * THREADS) * E below n.
+template <typename T, int NV, int THREADS = kVecThreads>
 __device__ __forceinline__ void load_weights(float (&wr)[NV][Vec<T>::E], PView w, int base, int n) {
 #pragma unroll
   for (int i = 0; i < NV; ++i) {
-    const int j = (threadIdx.x + i * kVecThreads) * Vec<T>::E;
+    const int j = (threadIdx.x + i * THREADS) * Vec<T>::E;
 #pragma unroll
     for (int e = 0; e < Vec<T>::E; ++e) wr[i][e] = j < n ? ld_param(w, base + j + e) : 0.f;
   }
@@ -163,16 +163,20 @@ __global__ void __launch_bounds__(kVecThreads) rmsnorm_vec_kernel(T* out, int64_
   }
 }
 
-template <typename T, int NV>
-__global__ void __launch_bounds__(kVecThreads) gated_rmsnorm_vec_kernel(T* out, int64_t ldo, const T* y, int64_t ldy,
-                                                                        const T* z, int64_t ldz, PView w, int group,
-                                                                        float eps) {
+// THREADS: 128 (many rows: prefill), or 1024 for a decode step's few long groups (Bamba-9B: one row of 8,192 a
+// sequence): with 128 threads the one block of batch 1 did 64 elements a thread (64 SiLUs, and the weights loaded
+// after the reduction: too many to hold), 8 µs a layer inside the decode graph (bench/NOTES.md v38); with 1024 it
+// is 8 elements a thread and the weights are loaded before pdl_wait.
+template <typename T, int NV, int THREADS = kVecThreads>
+__global__ void __launch_bounds__(THREADS) gated_rmsnorm_vec_kernel(T* out, int64_t ldo, const T* y, int64_t ldy,
+                                                                    const T* z, int64_t ldz, PView w, int group,
+                                                                    float eps) {
   using V = Vec<T>;
   __shared__ float sh[32];
   const int base = blockIdx.y * group;
   constexpr bool kPre = NV * V::E <= 32;  // as in rmsnorm_vec_kernel
   float wr[kPre ? NV : 1][V::E];
-  if constexpr (kPre) load_weights<T, NV>(wr, w, base, group);
+  if constexpr (kPre) load_weights<T, NV, THREADS>(wr, w, base, group);
   pdl_wait();
   pdl_trigger();
   const int64_t row = blockIdx.x;
@@ -180,7 +184,7 @@ __global__ void __launch_bounds__(kVecThreads) gated_rmsnorm_vec_kernel(T* out, 
   float ss = 0.f;
 #pragma unroll
   for (int i = 0; i < NV; ++i) {
-    const int j = (threadIdx.x + i * kVecThreads) * V::E;
+    const int j = (threadIdx.x + i * THREADS) * V::E;
     if (j >= group) break;
     V zv;
     g[i].load(y + row * ldy + base + j);
@@ -194,7 +198,7 @@ __global__ void __launch_bounds__(kVecThreads) gated_rmsnorm_vec_kernel(T* out, 
   const float r = rsqrtf(block_sum(ss, sh) / float(group) + eps);
 #pragma unroll
   for (int i = 0; i < NV; ++i) {
-    const int j = (threadIdx.x + i * kVecThreads) * V::E;
+    const int j = (threadIdx.x + i * THREADS) * V::E;
     if (j >= group) break;
 #pragma unroll
     for (int e = 0; e < V::E; ++e) g[i].f[e] = (kPre ? wr[kPre ? i : 0][e] : ld_param(w, base + j + e)) * (g[i].f[e] * r);
@@ -250,6 +254,22 @@ void gated_rmsnorm(cudaStream_t st, T* out, int64_t ldo, const T* y, int64_t ldy
                    int64_t M, int64_t I, int64_t group, float eps) {
   if (M == 0) return;
   dim3 grid(unsigned(M), unsigned(I / group));
+  // A decode step's few long groups: 1024-thread blocks (see the kernel). BAMBA_CUDA_NORM_WIDE=0: always 128.
+  static const bool wide_on = [] {
+    const char* e = std::getenv("BAMBA_CUDA_NORM_WIDE");
+    return !(e && e[0] == '0');
+  }();
+  constexpr int E = 16 / int(sizeof(T)), kWide = 1024;
+  if (wide_on && M * (I / group) <= 64 && group / E > 2 * kVecThreads && group <= 2 * kWide * E &&
+      vectors_per_thread<T>(group, {out, y, z}, {ldo, ldy, ldz})) {
+    auto go = [&]<int NV>() {
+      launch_pdl(gated_rmsnorm_vec_kernel<T, NV, kWide>, grid, dim3(kWide), 0, st, out, ldo, y, ldy, z, ldz, w,
+                 int(group), eps);
+    };
+    if (group <= kWide * E) go.template operator()<1>();
+    else go.template operator()<2>();
+    return;
+  }
   if (const int nv = vectors_per_thread<T>(group, {out, y, z}, {ldo, ldy, ldz})) {
     dispatch_nv(nv, [&]<int NV>() {
       launch_pdl(gated_rmsnorm_vec_kernel<T, NV>, grid, dim3(kVecThreads), 0, st, out, ldo, y, ldy, z, ldz, w,

@@ -10,6 +10,16 @@
 // every block of a sequence reads the same B and C).
 // Same arithmetic as ssd.cu's kSeq mode per element (dA·s + (Δ·x)·B, then Σ C·s in column order per lane and a
 // warp reduction), so the two agree to fp32 rounding.
+//
+// What it waits on. Launched as a programmatic dependent, the kernel's blocks start while the kernel before it
+// (the conv) still runs; only what that kernel writes (xBC's conv output) must wait for pdl_wait. The step's
+// batch (past_len, slot: uploaded before the step began) is read before the wait, so the state's address is
+// known at once; and with early_state the state itself too: one dependent round trip to memory (the slot, then
+// the state, then the rest) becomes none. early_state is the caller's promise that the kernel launched just
+// before does not write the state (the model's decode: the conv; the state's last writer, this layer's step
+// before, is then at least two launches back, and a dependent grid starts only after the grid before its
+// predecessor has completed: every kernel here calls pdl_wait before pdl_trigger). Two steps of one layer back to
+// back (an op test) must not pass it: the second would read the state while the first writes it.
 #include "backend/cuda/kernels.cuh"
 
 namespace bamba::cuda {
@@ -43,31 +53,36 @@ __device__ __forceinline__ void store4(bf16* p, const Vec4& v) {
 
 // Requires N % 4 == 0 and N <= 128 (checked by the launcher); NJ = 1 column group of 128.
 template <typename T, typename ST, int NJ = 1>
-__global__ void __launch_bounds__(kWarps * 32) ssd_step_kernel(SsdArgs a, DevBatch b) {
+__global__ void __launch_bounds__(kWarps * 32) ssd_step_kernel(SsdArgs a, DevBatch b, int early_state) {
   const int h = blockIdx.y;
-  // Per-head parameters before pdl_wait (weights do not depend on the kernel before).
+  // Per-head parameters and the step's batch before pdl_wait (neither depends on the kernel before).
   const float A = -expf(ld_param(a.A_log, h)), Dh = ld_param(a.D, h), dtb = ld_param(a.dt_bias, h);
-  pdl_wait();
-  pdl_trigger();
-  const T* xBC = static_cast<const T*>(a.xBC);
-  const T* dt = static_cast<const T*>(a.dt);
-  T* y = static_cast<T*>(a.y);
   const int s = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int P = a.P, N = a.N, I = a.nh * a.P, g = h / (a.nh / a.G);
   const int64_t t = s;  // decode: token s is sequence s's only new token
-  const bool from_slot = b.past_len[s] > 0, keep = b.slot[s] >= 0;  // slot -1: fresh, its state not kept
-  ST* state = static_cast<ST*>(a.state) + (int64_t(max(b.slot[s], 0)) * a.nh + h) * P * N;  // [P, N]
+  const int slot = b.slot[s];
+  const bool from_slot = b.past_len[s] > 0, keep = slot >= 0;  // slot -1: fresh, its state not kept
+  ST* state = static_cast<ST*>(a.state) + (int64_t(max(slot, 0)) * a.nh + h) * P * N;  // [P, N]
   const int p0 = (blockIdx.z * kWarps + warp) * kRowsPerWarp;
 
   Vec4 st[kRowsPerWarp][NJ];
+  auto load_state = [&] {
 #pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r)
+    for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
-    for (int j = 0; j < NJ; ++j) {
-      const int p = p0 + r, n = 4 * lane + 128 * j;
-      if (from_slot && p < P && n < N) st[r][j] = load4(state + int64_t(p) * N + n);
-      else st[r][j] = {{0.f, 0.f, 0.f, 0.f}};
-    }
+      for (int j = 0; j < NJ; ++j) {
+        const int p = p0 + r, n = 4 * lane + 128 * j;
+        if (from_slot && p < P && n < N) st[r][j] = load4(state + int64_t(p) * N + n);
+        else st[r][j] = {{0.f, 0.f, 0.f, 0.f}};
+      }
+  };
+  if (early_state) load_state();
+  pdl_wait();
+  pdl_trigger();
+  if (!early_state) load_state();
+  const T* xBC = static_cast<const T*>(a.xBC);
+  const T* dt = static_cast<const T*>(a.dt);
+  T* y = static_cast<T*>(a.y);
 
   const T* row = xBC + t * a.ldx;
   const float delta = fminf(fmaxf(softplus_f(to_f(dt[t * a.lddt + h]) + dtb), a.dt_min), a.dt_max);
@@ -147,15 +162,15 @@ void ssd_keep_states(cudaStream_t st, const SsdArgs& a, const DevBatch& b) {
 }
 
 template <typename T, typename ST>
-bool ssd_step(cudaStream_t st, const SsdArgs& a, const DevBatch& b) {
+bool ssd_step(cudaStream_t st, const SsdArgs& a, const DevBatch& b, bool early_state) {
   if (b.T != b.S || b.T == 0 || b.state_after || a.N % 4 || a.N > 128 || a.nh % a.G) return false;
   const dim3 grid(unsigned(b.S), unsigned(a.nh), ceil_div(a.P, kWarps * kRowsPerWarp));
-  launch_pdl(ssd_step_kernel<T, ST>, grid, dim3(kWarps * 32), 0, st, a, b);
+  launch_pdl(ssd_step_kernel<T, ST>, grid, dim3(kWarps * 32), 0, st, a, b, int(early_state));
   return true;
 }
 
 #define INST_ST(T, ST)                                                       \
-  template bool ssd_step<T, ST>(cudaStream_t, const SsdArgs&, const DevBatch&); \
+  template bool ssd_step<T, ST>(cudaStream_t, const SsdArgs&, const DevBatch&, bool); \
   template void ssd_keep_states<T, ST>(cudaStream_t, const SsdArgs&, const DevBatch&);
 #define INST(T) INST_ST(T, float) INST_ST(T, bf16)
 BAMBA_CUDA_DTYPES(INST)
