@@ -170,3 +170,68 @@ TEST(CudaSsdSpeed, BambaLayerShapesOnH200) {
 
 }  // namespace
 }  // namespace bamba
+
+namespace bamba {
+namespace {
+
+// The SSD decode step at Bamba-9B's layer shape (128 heads × 64 × 128, fp32 state) in each block shape of
+// ssd_step.cu (BAMBA_CUDA_SSD_STEP): the same bits as the default shape (states and y, 1 and 4 sequences), and the
+// time per call back to back, alone and after the conv (the model's order, where the step may read its state
+// before pdl_wait), printed beside the conv alone. bench/NOTES.md v39 found ~12 µs a layer in the decode graph
+// that the state's bytes do not explain; this separates the kernel from its place in the graph.
+TEST(CudaSsdSpeed, DecodeStepShapes) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU: the CUDA SSD tests need one";
+  const int nh = 128, P = 64, N = 128, G = 1, I = nh * P, CD = I + 2 * G * N, K = 4;
+  const MambaOpsConfig c{nh, P, G, N, K, 256, 0.f, INFINITY};
+  auto be = make_backend("cuda", DType::BF16);
+  Tensor A_log = be->alloc(DType::F32, {nh}), D = be->alloc(DType::F32, {nh}), dt_bias = be->alloc(DType::F32, {nh});
+  be->fill_uniform(A_log, 1, 0.f, 2.77f);
+  be->fill_uniform(D, 2, 0.5f, 1.5f);
+  be->fill_uniform(dt_bias, 3, -6.9f, -2.3f);
+  Tensor w = be->alloc(DType::BF16, {CD, K});
+  be->fill_uniform(w, 4, -0.5f, 0.5f);
+  for (int S : {1, 4}) {
+    std::vector<int32_t> lens(size_t(S), 1), pasts(size_t(S), 100), slots(static_cast<size_t>(S));
+    for (int s = 0; s < S; ++s) slots[size_t(s)] = 2 * s + 1;
+    be->set_batch(ssd_batch(lens, pasts, slots));
+    Tensor x = be->alloc(DType::BF16, {S, CD}), xBC = be->alloc(DType::BF16, {S, CD}), dt = be->alloc(DType::BF16, {S, nh});
+    Tensor y = be->alloc(DType::BF16, {S, I}), conv = be->alloc(DType::F32, {2 * S, K - 1, CD});
+    Tensor state = be->alloc(DType::F32, {2 * S, nh, P, N});
+    be->fill_uniform(x, 5, -2.f, 2.f);
+    be->fill_uniform(dt, 6, -1.f, 1.f);
+    be->fill_uniform(conv, 7, -1.f, 1.f);
+    be->conv1d_silu(xBC, x, w, {}, conv);
+    std::vector<float> y_ref, state_ref;
+    auto timed = [&](auto&& f) {
+      for (int i = 0; i < 3; ++i) f();
+      be->synchronize();
+      const int reps = 200;
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < reps; ++i) f();
+      be->synchronize();
+      return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / reps;
+    };
+    const double conv_us = timed([&] { be->conv1d_silu(xBC, x, w, {}, conv); });
+    for (const char* shape : {"4x2", "4x4", "8x4", "16x4", "8x8"}) {
+      test::ScopedEnv env("BAMBA_CUDA_SSD_STEP", shape);
+      be->fill_uniform(state, 8, -1.f, 1.f);
+      be->conv1d_silu(xBC, x, w, {}, conv);  // (restores nothing: the conv window moves, xBC stays a valid input)
+      be->ssd(y, xBC, dt, A_log, D, dt_bias, state, c);
+      const std::vector<float> yv = test::host(*be, y), sv = test::host(*be, state);
+      if (y_ref.empty()) y_ref = yv, state_ref = sv;
+      EXPECT_EQ(yv, y_ref) << "y, shape " << shape << ", S " << S;
+      EXPECT_EQ(sv, state_ref) << "state, shape " << shape << ", S " << S;
+      const double alone = timed([&] { be->ssd(y, xBC, dt, A_log, D, dt_bias, state, c); });
+      const double pair = timed([&] {
+        be->conv1d_silu(xBC, x, w, {}, conv);
+        be->ssd(y, xBC, dt, A_log, D, dt_bias, state, c);
+      });
+      std::printf("  ssd decode step %s, %d seq: %.2f us alone back to back (%.0f GB/s of state), conv + step %.2f "
+                  "us (conv alone %.2f)\n", shape, S, alone, 2.0 * S * nh * P * N * 4 / alone / 1e3, pair, conv_us);
+    }
+    for (Tensor t : {x, xBC, dt, y, conv, state}) be->release(t);
+  }
+}
+
+}  // namespace
+}  // namespace bamba

@@ -20,12 +20,21 @@
 // before, is then at least two launches back, and a dependent grid starts only after the grid before its
 // predecessor has completed: every kernel here calls pdl_wait before pdl_trigger). Two steps of one layer back to
 // back (an op test) must not pass it: the second would read the state while the first writes it.
+#include <cstdio>
+#include <cstdlib>
+#include <iterator>
+
 #include "backend/cuda/kernels.cuh"
 
 namespace bamba::cuda {
 namespace {
 
-constexpr int kWarps = 4, kRowsPerWarp = 2;
+// Block shapes (warps a block × state rows a warp): 4 × 2 (P / 8 blocks a head: 1,024 at batch 1 for Bamba) by
+// default; BAMBA_CUDA_SSD_STEP=WxR picks 4x4, 8x4, 16x4 or 8x8 (fewer, fatter blocks), for timing them.
+struct StepShape {
+  int warps, rows;
+};
+constexpr StepShape kShapes[] = {{4, 2}, {4, 4}, {8, 4}, {16, 4}, {8, 8}};
 
 struct Vec4 {
   float v[4];
@@ -52,7 +61,7 @@ __device__ __forceinline__ void store4(bf16* p, const Vec4& v) {
 }
 
 // Requires N % 4 == 0 and N <= 128 (checked by the launcher); NJ = 1 column group of 128.
-template <typename T, typename ST, int NJ = 1>
+template <typename T, typename ST, int kWarps, int kRowsPerWarp, int NJ = 1>
 __global__ void __launch_bounds__(kWarps * 32) ssd_step_kernel(SsdArgs a, DevBatch b, int early_state) {
   const int h = blockIdx.y;
   // Per-head parameters and the step's batch before pdl_wait (neither depends on the kernel before).
@@ -85,6 +94,9 @@ __global__ void __launch_bounds__(kWarps * 32) ssd_step_kernel(SsdArgs a, DevBat
   T* y = static_cast<T*>(a.y);
 
   const T* row = xBC + t * a.ldx;
+  float xs[kRowsPerWarp];  // every row's x before any is used (not one load per row in the loop below)
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) xs[r] = p0 + r < P ? to_f(row[h * P + p0 + r]) : 0.f;
   const float delta = fminf(fmaxf(softplus_f(to_f(dt[t * a.lddt + h]) + dtb), a.dt_min), a.dt_max);
   const float dA = expf(delta * A);
   float Bv[NJ][4], Cv[NJ][4];
@@ -101,7 +113,7 @@ __global__ void __launch_bounds__(kWarps * 32) ssd_step_kernel(SsdArgs a, DevBat
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int p = p0 + r;
     if (p >= P) break;  // warp-uniform
-    const float xp = to_f(row[h * P + p]), dx = delta * xp;
+    const float xp = xs[r], dx = delta * xp;
     float acc = 0.f;
 #pragma unroll
     for (int j = 0; j < NJ; ++j) {
@@ -164,8 +176,25 @@ void ssd_keep_states(cudaStream_t st, const SsdArgs& a, const DevBatch& b) {
 template <typename T, typename ST>
 bool ssd_step(cudaStream_t st, const SsdArgs& a, const DevBatch& b, bool early_state) {
   if (b.T != b.S || b.T == 0 || b.state_after || a.N % 4 || a.N > 128 || a.nh % a.G) return false;
-  const dim3 grid(unsigned(b.S), unsigned(a.nh), ceil_div(a.P, kWarps * kRowsPerWarp));
-  launch_pdl(ssd_step_kernel<T, ST>, grid, dim3(kWarps * 32), 0, st, a, b, int(early_state));
+  const int shape = [] {  // read at every launch (a few per step when not replayed): tests switch it
+    const char* e = std::getenv("BAMBA_CUDA_SSD_STEP");
+    int w = 0, r = 0;
+    if (e && std::sscanf(e, "%dx%d", &w, &r) == 2)
+      for (int i = 0; i < int(std::size(kShapes)); ++i)
+        if (kShapes[i].warps == w && kShapes[i].rows == r) return i;
+    return 0;
+  }();
+  auto go = [&]<int W, int R>() {
+    const dim3 grid(unsigned(b.S), unsigned(a.nh), ceil_div(a.P, W * R));
+    launch_pdl(ssd_step_kernel<T, ST, W, R>, grid, dim3(W * 32), 0, st, a, b, int(early_state));
+  };
+  switch (shape) {
+    case 1: go.template operator()<4, 4>(); break;
+    case 2: go.template operator()<8, 4>(); break;
+    case 3: go.template operator()<16, 4>(); break;
+    case 4: go.template operator()<8, 8>(); break;
+    default: go.template operator()<4, 2>(); break;
+  }
   return true;
 }
 
