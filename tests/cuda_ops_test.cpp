@@ -264,19 +264,21 @@ TEST_P(CudaOps, RmsnormAndFusedResidualAdd) {
 
 // A decode step's few long groups (8,192 and 16,384 at 1-9 rows) take 1024-thread blocks (norm.cu).
 TEST_P(CudaOps, GatedRmsnormFullAndGrouped) {
-  for (int64_t pad : {5, 0})  // z strided at an odd offset (scalar kernel), then aligned (vector kernel)
-    for (int64_t I : {96, 2048, 8192, 16384})
-    for (int64_t M : {9, 1}) {
-      if (M == 1 && I < 8192) continue;
-      Pair yz = make(act(), {M, 2 * I + pad}, -2, 2), w = make(DType::F32, {I}, 0.8f, 1.2f), out = zeros(act(), {M, I});
-      Pair y = cols(yz, 0, I), z = cols(yz, I + pad, 2 * I + pad);
-      for (int64_t group : {I, I / 2, I / 4}) {
-        cpu_->gated_rmsnorm(out.cpu, y.cpu, z.cpu, w.cpu, group, 1e-5f);
-        gpu_->gated_rmsnorm(out.gpu, y.gpu, z.gpu, w.gpu, group, 1e-5f);
-        expect_close(out, tol(), "gated_rmsnorm I=" + std::to_string(I) + " group " + std::to_string(group) +
-                                     " pad " + std::to_string(pad) + " M " + std::to_string(M));
+  for (int64_t pad : {5, 0}) {  // z strided at an odd offset (scalar kernel), then aligned (vector kernel)
+    for (int64_t I : {96, 2048, 8192, 16384}) {
+      for (int64_t M : {9, 1}) {
+        if (M == 1 && I < 8192) continue;
+        Pair yz = make(act(), {M, 2 * I + pad}, -2, 2), w = make(DType::F32, {I}, 0.8f, 1.2f), out = zeros(act(), {M, I});
+        Pair y = cols(yz, 0, I), z = cols(yz, I + pad, 2 * I + pad);
+        for (int64_t group : {I, I / 2, I / 4}) {
+          cpu_->gated_rmsnorm(out.cpu, y.cpu, z.cpu, w.cpu, group, 1e-5f);
+          gpu_->gated_rmsnorm(out.gpu, y.gpu, z.gpu, w.gpu, group, 1e-5f);
+          expect_close(out, tol(), "gated_rmsnorm I=" + std::to_string(I) + " group " + std::to_string(group) +
+                                       " pad " + std::to_string(pad) + " M " + std::to_string(M));
+        }
       }
     }
+  }
 }
 
 TEST_P(CudaOps, Swiglu) {

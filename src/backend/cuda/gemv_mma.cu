@@ -284,10 +284,11 @@ __device__ __forceinline__ void gemv_mma_body(const Args& a) {
   }
 }
 
-// 3 blocks an SM (≤ 80 registers) keep 24 warps' loads in flight. Plain, SwiGLU and FP8 fit as they are (70,
-// 80, 80 registers); the RmsNorm fold takes 86 unbounded — 2 blocks, a third fewer bytes in flight, likely why
-// folding the norm measured slower (bench/NOTES.md v24) — so its kernel is held to 3 blocks (12 bytes spilled).
-// (A min-blocks bound on the others changes their code: plain goes 70 → 90 registers with a bound of 1.)
+// Registers decide how many 256-thread blocks share an SM (≤ 80: 3, ≤ 64: 4). Plain takes 64 (4 blocks; it took
+// 70 before the SwiGLU pairs and measured 1.5 % slower, bench/NOTES.md v38), SwiGLU-x 80, FP8 ~95 (2 blocks: see
+// widen). The RmsNorm fold took 86 and is held to 3 blocks (12 bytes spilled): it measured 1.4 % faster so, still
+// slower than the unfused ops (v38). A min-blocks bound on the others changes their code (plain: 70 → 90 registers
+// with a bound of 1), so only the norm's kernel has one.
 template <GemvX MODE, class WF>
 __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
   gemv_mma_body<MODE, WF>(a);
