@@ -52,17 +52,12 @@ void register_bench(CLI::App& app) {
   sub->add_flag("--profile", o->profile, "After each test, one more run with every op timed alone (per-op table on "
                                          "stderr; ops are synchronized one by one, so decode times include launch "
                                          "latency)");
-  auto leave_out = std::make_shared<std::string>();
-  sub->add_option("--leave-out", *leave_out,
+  sub->add_option("--leave-out", o->leave_out,
                   "Comma-separated ops never to run, as --profile names them (\"ssd\", \"matmul\", \"matmul N=4096 "
                   "K=8192\"): the time without them, against the whole step's, is what they cost inside the "
-                  "step's CUDA graph. Outputs are then meaningless (times only)");
-  sub->callback([o, json, tests, leave_out] {
-    {
-      std::stringstream ss(*leave_out);
-      for (std::string t; std::getline(ss, t, ',');)
-        if (!t.empty()) o->leave_out.push_back(t);
-    }
+                  "step's CUDA graph. Outputs are then meaningless (times only)")
+      ->delimiter(',');
+  sub->callback([o, json, tests] {
     if (!tests->empty()) {
       o->tests.clear();
       std::stringstream ss(*tests);
