@@ -202,6 +202,42 @@ TEST_P(CudaFp8, DecodeGemvBothKernels) {
     }
 }
 
+// The FP8 tensor-core GEMV's ring of k-blocks in flight (BAMBA_CUDA_FP8_GEMV_DEPTH 2-4, read at each launch): the
+// same bits at every depth, per-row and 128-block scales, from one row (BAMBA_CUDA_FP8_MMA_ROWS=1), K long enough
+// that the deepest ring wraps (4096 + 16: 33 k-blocks of 128).
+TEST_P(CudaFp8, GemvDepthsGiveTheSameBits) {
+  const DType dt = GetParam();
+  if (dt != DType::BF16) GTEST_SKIP() << "the tensor-core GEMV takes bf16 activations only";
+  std::unique_ptr<Backend> g;
+  {
+    test::ScopedEnv env("BAMBA_CUDA_FP8_MMA_ROWS", "1");
+    g = make_backend("cuda", dt);
+  }
+  struct Shape { int64_t N, K, B; };
+  for (const Shape& sh : {Shape{50, 4096 + 16, 0}, Shape{37, 400, 128}, Shape{21, 16, 0}})
+    for (int64_t M : {1, 4, 8}) {
+      const std::string what = "N " + std::to_string(sh.N) + " K " + std::to_string(sh.K) + " B " +
+                               std::to_string(sh.B) + " M " + std::to_string(M);
+      const std::vector<Tensor> W = weights(sh.N, sh.K, sh.B, {g.get()});
+      const std::vector<float> xv = random(size_t(M * sh.K), -2.f, 2.f), bv = random(size_t(sh.N), -0.5f, 0.5f);
+      Tensor xg = g->alloc(dt, {M, sh.K}), bg = g->alloc(DType::F32, {sh.N});
+      g->from_host_f32(xg, xv.data());
+      g->from_host_f32(bg, bv.data());
+      std::vector<float> got[3];
+      for (int d = 2; d <= 4; ++d) {
+        test::ScopedEnv env("BAMBA_CUDA_FP8_GEMV_DEPTH", std::to_string(d).c_str());
+        Tensor yg = g->alloc(DType::F32, {M, sh.N});
+        g->matmul(yg, xg, W[0], bg);
+        got[d - 2].resize(size_t(M * sh.N));
+        g->to_host_f32(yg, got[d - 2].data());
+      }
+      for (int d = 3; d <= 4; ++d) {
+        EXPECT_EQ(0, std::memcmp(got[d - 2].data(), got[0].data(), got[0].size() * sizeof(float)))
+            << "depth " << d << " differs from depth 2, " << what;
+      }
+    }
+}
+
 // act = swiglu(x · Wᵀ + bias) over FP8 weights: against the CPU twin; the same bits as the GPU's matmul and SwiGLU
 // kernel; done in the tensor-core GEMV's epilogue (scratch untouched) for bf16 steps from BAMBA_CUDA_FP8_MMA_ROWS
 // (default 2) to 8 rows with per-row scales, composed otherwise (one row, block scales, 9 rows and more).

@@ -166,6 +166,42 @@ TEST_P(CudaOps, MatmulDecodeShapes) {
   }
 }
 
+// gemv_mma.cu's ring of k-blocks in flight (BAMBA_CUDA_GEMV_DEPTH 2-4, read at each launch) changes when weights
+// are loaded, never the order they are summed in: every depth gives depth 2's bits. 16-warp blocks (the default for
+// grids of ≤ 2 blocks an SM, as all of these; BAMBA_CUDA_GEMV_WIDE=0: 8) split K among twice the warps, so their
+// sums are another order: close to the CPU's, and the same bits at every depth. K long enough that a warp's
+// k-blocks go round the deepest ring several times (14336: 28 a warp), a partial last k-block, fewer k-blocks than
+// warps; fp32 and bf16 stores.
+TEST_P(CudaOps, GemvDepthsGiveTheSameBits) {
+  if (GetParam() != DType::BF16) GTEST_SKIP() << "the tensor-core GEMV takes bf16 activations only";
+  struct Shape { int64_t K, N; };
+  for (const Shape& sh : {Shape{14336, 2053}, Shape{4104, 19}, Shape{136, 37}})
+    for (int64_t M : {1, 3, 8})
+      for (DType yt : {DType::F32, DType::BF16}) {
+        const std::string what = "K=" + std::to_string(sh.K) + ", N=" + std::to_string(sh.N) + ", M=" +
+                                 std::to_string(M) + ", y " + std::string(dtype_name(yt));
+        Pair W = make(act(), {sh.N, sh.K}, -0.05f, 0.05f), bias = make(DType::F32, {sh.N}, -0.5f, 0.5f);
+        Pair x = make(act(), {M, sh.K}, -1, 1);
+        std::vector<float> got[6];  // depth 2-4, 8 warps a block; the same with 16
+        for (int v = 0; v < 6; ++v) {
+          test::ScopedEnv depth("BAMBA_CUDA_GEMV_DEPTH", std::to_string(2 + v % 3).c_str());
+          test::ScopedEnv wide("BAMBA_CUDA_GEMV_WIDE", v < 3 ? "0" : "1");
+          Pair y = zeros(yt, {M, sh.N});
+          gpu_->matmul(y.gpu, x.gpu, W.gpu, bias.gpu);
+          got[v] = test::host(*gpu_, y.gpu);
+          if (v % 3 == 0) {
+            cpu_->matmul(y.cpu, x.cpu, W.cpu, bias.cpu);
+            expect_close(y, tol(), std::string(v ? "16" : "8") + " warps, depth 2, " + what);
+          }
+        }
+        for (int v = 1; v < 6; ++v)
+          if (v != 3) {
+            EXPECT_EQ(0, std::memcmp(got[v].data(), got[v / 3 * 3].data(), got[0].size() * sizeof(float)))
+                << "depth " << 2 + v % 3 << (v < 3 ? ", 8 warps" : ", 16 warps") << " differs from depth 2, " << what;
+          }
+      }
+}
+
 // The fused decode ops (gemv_mma.cu on bf16; the composed default otherwise) against the CPU's composition of the
 // unfused ops: 1-8 rows, K with a partial last 64-wide k-block (136, 200, 4104) and Bamba's widths, N not a multiple
 // of the kernel's 16 rows, strided x and h, bias or none, the norm weight in fp32 and in bf16 (checkpoint vs dummy).

@@ -1,5 +1,5 @@
 // The tensor-core GEMV of decode (src/backend/cuda/gemv_mma.cu) run on the CPU by tests/emu/run.sh (see there),
-// for bf16 and for FP8 (E4M3) weights, against a float64 product of the same rounded numbers: M = 1..8, N not a
+// for bf16 and for FP8 (E4M3) weights, against a float64 product of the same rounded numbers: M = 1..8 (the ring of k-blocks 2-4 deep, 8 or 16 warps), N not a
 // multiple of the 16-row blocks, K not a multiple of the k-blocks (64 bf16, 128 FP8) and shorter than one, strided
 // x and W, bias, per-row and 128/256-block scales, fp32 / bf16 / residual stores; and the bf16 kernel's folded
 // RMSNorm and SwiGLU x loads. First the E4M3 -> bf16x2 widening for all 65,536 byte pairs against core/dtype's
@@ -63,7 +63,9 @@ int main() {
   struct Case { bool fp8; int N, K, B; };  // B: FP8 block scale (0: per row)
   const std::vector<Case> cases = {{false, 37, 200, 0}, {false, 16, 8, 0},   {false, 70, 1096, 0},
                                    {true, 37, 208, 0},  {true, 21, 16, 0},   {true, 50, 1040, 0},
-                                   {true, 37, 400, 128}, {true, 45, 1040, 256}, {true, 16, 128, 128}};
+                                   {true, 37, 400, 128}, {true, 45, 1040, 256}, {true, 16, 128, 128},
+                                   // more k-blocks than 4 rounds of the 8 warps: the deepest ring wraps
+                                   {false, 19, 2568, 0}, {true, 17, 4240, 0}};
   for (const Case& cs : cases)
     for (int M = 1; M <= 8; ++M) {
       const int N = cs.N, K = cs.K, ldx = K + 8, ldw = K + 16;  // strided rows
@@ -108,8 +110,17 @@ int main() {
         a.scale = cs.fp8 ? scale.data() : nullptr; a.scale_block = cs.B; a.scale_ld = cs.B ? (K + cs.B - 1) / cs.B : 0;
         a.bias = pb; a.M = M; a.N = N; a.K = K; a.prefetch = M % 2;
         const dim3 grid{unsigned((N + 15) / 16)}, block{256};
-        if (cs.fp8) emu::launch(grid, block, 0, [&] { gemv_mma_kernel<GemvX::Plain, E4m3W>(a); });
-        else emu::launch(grid, block, 0, [&] { gemv_mma_kernel<GemvX::Plain, Bf16W>(a); });
+        // the ring of k-blocks in flight, 2-4 deep, and 8 or 16 warps a block, by M (they change when loads are
+        // issued and which warp sums which k-blocks)
+        const int depth = 2 + M % 3, warps = M >= 5 ? 16 : 8;
+        auto kernel = [&]<class WF, int NW>(WF, std::integral_constant<int, NW>) {
+          const dim3 b{unsigned(32 * NW)};
+          if (depth == 3) emu::launch(grid, b, 0, [&] { gemv_mma_kernel<GemvX::Plain, WF, 3, NW>(a); });
+          else if (depth == 4) emu::launch(grid, b, 0, [&] { gemv_mma_kernel<GemvX::Plain, WF, 4, NW>(a); });
+          else emu::launch(grid, b, 0, [&] { gemv_mma_kernel<GemvX::Plain, WF, 2, NW>(a); });
+        };
+        if (cs.fp8) warps == 16 ? kernel(E4m3W{}, std::integral_constant<int, 16>{}) : kernel(E4m3W{}, std::integral_constant<int, 8>{});
+        else warps == 16 ? kernel(Bf16W{}, std::integral_constant<int, 16>{}) : kernel(Bf16W{}, std::integral_constant<int, 8>{});
         std::vector<double> got, want;
         int untouched = 0;  // the padding of y's rows must stay as it was
         for (int m = 0; m < M; ++m) {
@@ -127,7 +138,7 @@ int main() {
         const bool ok = e < tol && untouched == 0;
         bad += !ok;
         if (!ok || M == 8)
-          std::printf("%s N %d K %d B %d M %d y %s: rel %.2e%s%s\n", cs.fp8 ? "fp8 " : "bf16", N, K, cs.B, M,
+          std::printf("%s N %d K %d B %d M %d depth %d warps %d y %s: rel %.2e%s%s\n", cs.fp8 ? "fp8 " : "bf16", N, K, cs.B, M, depth, warps,
                       store == 0 ? "f32" : store == 1 ? "bf16" : "bf16+=", e, untouched ? " (wrote past N)" : "",
                       ok ? "" : "  FAIL");
       }

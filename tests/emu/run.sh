@@ -27,7 +27,7 @@ strip() {
 }
 strip ssd_backward_chunked.cu '^void ssd_backward_chunked\(cudaStream_t st' > "$out/kernels_emu.inc"
 strip attention_backward_mma.cu '^void attention_backward_mma\(cudaStream_t st' > "$out/attention_kernels_emu.inc"
-strip gemv_mma.cu '^bool gemv_mma\(cudaStream_t st' > "$out/gemv_mma_kernels_emu.inc"
+strip gemv_mma.cu '^// ---- launchers' > "$out/gemv_mma_kernels_emu.inc"
 strip backward.cu '^// ---- launchers' > "$out/backward_kernels_emu.inc"
 strip cross_entropy.cu '^// ---- launcher' > "$out/cross_entropy_kernels_emu.inc"
 # moe.cu: also without the host helpers between the forward and backward kernels (experts_mma launches)

@@ -7,14 +7,15 @@
 // the A operand and the ≤ 8 token rows as the 8 columns of B: a warp reads 2 bytes of x for every 4 bytes of W
 // whatever M is, and W is still streamed exactly once.
 //
-// Layout. A block is 16 output rows × all of K; its 8 warps split K into 64-element k-blocks (warp w takes
-// k-blocks w, w + 8, ...: the block reads 1 KB of each row per round) and add their 16 × 8 partial products
-// through shared memory at the end. Lane (g = lane / 4, q = lane % 4) loads, per k-block at k0, the 16-byte
-// chunks k0 + 8q and k0 + 32 + 8q of W rows g and g + 8 and of x row g (the 4 lanes of a row cover two whole
+// Layout. A block is 16 output rows × all of K; its 8 warps (16 for grids of ≤ 2 blocks an SM, see launch_gemv)
+// split K into 64-element k-blocks (warp w takes k-blocks w, w + 8, ...: the block reads 1 KB of each row per
+// round) and add their 16 × 8 partial products through shared memory at the end, in warp order. Lane
+// (g = lane / 4, q = lane % 4) loads, per k-block at k0, the 16-byte chunks k0 + 8q and k0 + 32 + 8q of W rows g and g + 8 and of x row g (the 4 lanes of a row cover two whole
 // 64-byte spans). mma's reduction over its 16 k's does not care which physical k each of them is, as long as A
 // and B agree, so step s (0..3) feeds words 2s, 2s + 1 of a lane's 8 x words as B (b0, b1: "k 2q.., col g") and
 // the same words of its W rows as A (a0, a2 for row g; a1, a3 for row g + 8): no shuffles, no shared memory.
-// Two k-blocks of W (8 loads of 16 bytes per lane) are in flight while the previous one is multiplied.
+// A warp holds D k-blocks of W (4 loads of 16 bytes per lane each; D = 2 by default): D − 1 in flight while one
+// is multiplied.
 //
 // FP8 weights (W8A16, gemv_mma_fp8): the same kernel over E4M3 bytes. A 16-byte chunk is then 16 weights, so a
 // k-block is 128 deep (lane q: k0 + 16q and k0 + 64 + 16q, 2 × 16 bytes of x each) and takes 8 mma steps; the
@@ -41,6 +42,8 @@
 // (BAMBA_CUDA_FUSE_ROWS). Not measured yet, the likely cause: every one of a GEMV's N / 16 blocks redoes the folded
 // op for all of x (down_proj: 256 blocks each evaluating silu on all 14,336 × M inputs, on the 4 lanes per row
 // that hold x — 256× the work of the SwiGLU kernel, in the latency path of every k-block).
+#include <atomic>
+#include <cstdlib>
 #include <type_traits>
 
 #include "backend/cuda/gemv_mma.cuh"
@@ -153,12 +156,12 @@ __device__ __forceinline__ uint4 load_x(const Args& a, int m, int k, float& ss) 
   }
 }
 
-template <GemvX MODE, class WF>
+template <GemvX MODE, class WF, int D, int NW>
 __device__ __forceinline__ void gemv_mma_body(const Args& a) {
   constexpr int E = WF::E, kKB = 8 * E, kBytes = 16 / E;  // weights per chunk, per k-block; bytes per weight
   constexpr bool kFp8 = std::is_same_v<WF, E4m3W>;
-  __shared__ float red[kWarps][kRows][8];
-  __shared__ float part[kWarps][8];  // RmsNorm: Σ x² per (warp, row)
+  __shared__ float red[NW][kRows][8];
+  __shared__ float part[NW][8];  // RmsNorm: Σ x² per (warp, row)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int n0 = blockIdx.x * kRows;
   const int nkb = (a.K + kKB - 1) / kKB;
@@ -169,7 +172,9 @@ __device__ __forceinline__ void gemv_mma_body(const Args& a) {
   const bool ok0 = a.pairs ? f < F : ra < a.N, ok1 = a.pairs ? f < F : rb < a.N;
   const uint8_t* w0 = static_cast<const uint8_t*>(a.W) + int64_t(ok0 ? ra : 0) * a.ldw * kBytes;
   const uint8_t* w1 = static_cast<const uint8_t*>(a.W) + int64_t(ok1 ? rb : 0) * a.ldw * kBytes;
-  uint4 wa[4], wb[4];  // k-block chunks: row g at E·q, row g at 4E + E·q, row g+8 at E·q, row g+8 at 4E + E·q
+  // D k-blocks of chunks in a ring (each: row g at E·q, row g at 4E + E·q, row g+8 at E·q, row g+8 at 4E + E·q):
+  // D - 1 of them in flight while one is multiplied.
+  uint4 ring[D][4];
   auto load = [&](uint4 (&w)[4], int kb) {
     const int k = kb * kKB + E * q;
     const bool in = kb < nkb;
@@ -178,10 +183,14 @@ __device__ __forceinline__ void gemv_mma_body(const Args& a) {
     w[2] = ld_w(w1, int64_t(k) * kBytes, in && ok1 && k < a.K);
     w[3] = ld_w(w1, int64_t(k + 4 * E) * kBytes, in && ok1 && k + 4 * E < a.K);
   };
-  if (a.prefetch) load(wa, warp);  // weights only: they do not depend on the kernel before
+  auto prologue = [&] {
+#pragma unroll
+    for (int d = 0; d < D - 1; ++d) load(ring[d], warp + d * NW);
+  };
+  if (a.prefetch) prologue();  // weights only: they do not depend on the kernel before
   pdl_wait();
   pdl_trigger();
-  if (!a.prefetch) load(wa, warp);
+  if (!a.prefetch) prologue();
 
   const bool has_x = g < a.M;
   float ss = 0.f;  // RmsNorm: Σ x² of row g over this lane's k's (the block's lanes of row g cover K once)
@@ -221,11 +230,12 @@ __device__ __forceinline__ void gemv_mma_body(const Args& a) {
     }
     steps(c);
   };
-  for (int kb = warp; kb < nkb; kb += 2 * kWarps) {
-    load(wb, kb + kWarps);
-    multiply(wa, kb);
-    load(wa, kb + 2 * kWarps);
-    multiply(wb, kb + kWarps);
+  for (int kb = warp; kb < nkb; kb += D * NW) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) {  // the k-block D - 1 ahead into the slot multiplied last, then this one
+      load(ring[(d + D - 1) % D], kb + (d + D - 1) * NW);
+      multiply(ring[d], kb + d * NW);
+    }
   }
 
 // c0, c1: (row g, tokens 2q, 2q + 1); c2, c3: (row g + 8, same tokens)
@@ -242,7 +252,7 @@ __device__ __forceinline__ void gemv_mma_body(const Args& a) {
   auto rms = [&](int m) {
     float t = 0.f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) t += part[w][m];
+    for (int w = 0; w < NW; ++w) t += part[w][m];
     return rsqrtf(t / float(a.K) + a.eps);
   };
   if (a.pairs) {  // y[m, f] = silu(gate) · up, each rounded to bf16 first as the unfused gate_up output is
@@ -251,7 +261,7 @@ __device__ __forceinline__ void gemv_mma_body(const Args& a) {
       if (m < a.M && n < F) {
         float sg = 0.f, su = 0.f;
 #pragma unroll
-        for (int w = 0; w < kWarps; ++w) sg += red[w][r][m], su += red[w][r + 8][m];
+        for (int w = 0; w < NW; ++w) sg += red[w][r][m], su += red[w][r + 8][m];
         if constexpr (MODE == GemvX::RmsNorm) {
           const float rs = rms(m);
           sg *= rs, su *= rs;
@@ -269,7 +279,7 @@ __device__ __forceinline__ void gemv_mma_body(const Args& a) {
     if (m < a.M && n < a.N) {
       float s = 0.f;
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) s += red[w][row][m];
+      for (int w = 0; w < NW; ++w) s += red[w][row][m];
       if constexpr (MODE == GemvX::RmsNorm) s *= rms(m);
       if constexpr (kFp8)
         if (!a.scale_block) s *= a.scale[n];  // per output channel
@@ -289,12 +299,69 @@ __device__ __forceinline__ void gemv_mma_body(const Args& a) {
 // widen). The RmsNorm fold took 86 and is held to 3 blocks (12 bytes spilled): it measured 1.4 % faster so, still
 // slower than the unfused ops (v38). A min-blocks bound on the others changes their code (plain: 70 → 90 registers
 // with a bound of 1), so only the norm's kernel has one.
-template <GemvX MODE, class WF>
-__global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(const Args a) {
-  gemv_mma_body<MODE, WF>(a);
+template <class WF, int D, int NW>
+constexpr int kMinBlocks = std::is_same_v<WF, Bf16W> && D == 3 && NW == kWarps ? 3 : 0;
+template <GemvX MODE, class WF, int D = 2, int NW = kWarps>
+__global__ void __launch_bounds__(NW * 32, kMinBlocks<WF, D, NW>) gemv_mma_kernel(const Args a) {
+  gemv_mma_body<MODE, WF, D, NW>(a);
 }
 __global__ void __launch_bounds__(kWarps * 32, 3) gemv_mma_norm_kernel(const Args a) {
-  gemv_mma_body<GemvX::RmsNorm, Bf16W>(a);
+  gemv_mma_body<GemvX::RmsNorm, Bf16W, 2, kWarps>(a);
+}
+
+}  // namespace
+
+// ---- launchers (tests/emu/run.sh takes the kernels above this line)
+
+namespace {
+
+// The k-blocks a warp holds (BAMBA_CUDA_GEMV_DEPTH for bf16 weights, BAMBA_CUDA_FP8_GEMV_DEPTH for FP8; 2-4, read
+// at each launch): D - 1 in flight while one is multiplied. Registers at depth 2 / 3 / 4: bf16 64 / 80 (held to 3
+// blocks an SM, 4 bytes spilled) / 110, i.e. 4 / 3 / 2 blocks an SM; FP8 96 / 117 / 128 (8 bytes spilled), 2 blocks
+// at every depth. Measured on an H100 (bench/NOTES.md v42): deeper is slower at every row count (bf16 −1.5 to −3 %,
+// FP8 −5 to −7 %), so 2 stays the default.
+int gemv_depth(const char* name, int fallback) {
+  const char* e = std::getenv(name);
+  const int d = e ? std::atoi(e) : fallback;
+  return d >= 2 && d <= 4 ? d : fallback;
+}
+
+template <GemvX MODE, class WF, int NW>
+void launch_gemv_w(int depth, dim3 grid, cudaStream_t st, const Args& a) {
+  switch (depth) {
+    case 3: launch_pdl(gemv_mma_kernel<MODE, WF, 3, NW>, grid, dim3(NW * 32), 0, st, a); break;
+    case 4: launch_pdl(gemv_mma_kernel<MODE, WF, 4, NW>, grid, dim3(NW * 32), 0, st, a); break;
+    default: launch_pdl(gemv_mma_kernel<MODE, WF, 2, NW>, grid, dim3(NW * 32), 0, st, a); break;
+  }
+}
+
+int sm_count() {
+  static std::atomic<int> sms[64];  // by device ordinal; 0 = not asked yet
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  std::atomic<int>& n = sms[dev & 63];
+  if (n.load(std::memory_order_relaxed) == 0) {
+    int v = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    n.store(v, std::memory_order_relaxed);
+  }
+  return n.load(std::memory_order_relaxed);
+}
+
+// Grids of at most two blocks an SM (out_proj's and down_proj's 256 blocks of 16 rows, the attention projections')
+// run 16 warps a block instead of 8: they fill only 2 of an SM's 4 block slots, so half the warps that could keep
+// loads in flight were not there. At 64 registers two 16-warp blocks still fit an SM, so the grid stays one wave.
+// Measured on an H100 (bench/NOTES.md v42): decode +1.0-1.4 % at 1-8 rows. Bf16 weights only: FP8's kernel (96
+// registers) fits one 16-warp block an SM, its small grids would take two waves (measured −3 %). The 16 warps
+// split K in another order, so the sums differ from 8 warps' in their rounding. BAMBA_CUDA_GEMV_WIDE=0: always 8.
+template <GemvX MODE, class WF>
+void launch_gemv(int depth, dim3 grid, cudaStream_t st, const Args& a) {
+  if constexpr (std::is_same_v<WF, Bf16W>) {
+    const char* e = std::getenv("BAMBA_CUDA_GEMV_WIDE");  // read at each launch (a captured graph keeps its choice)
+    if (!(e && e[0] == '0') && int(grid.x) <= 2 * sm_count())
+      return launch_gemv_w<MODE, WF, 2 * kWarps>(depth, grid, st, a);
+  }
+  launch_gemv_w<MODE, WF, kWarps>(depth, grid, st, a);
 }
 
 }  // namespace
@@ -311,7 +378,7 @@ bool gemv_mma(cudaStream_t st, void* y, bool y_f32, GemvY out, int64_t ldy, Gemv
                bias, norm_w, eps,        M,                      N,                         K, gemv_prefetch_weights()};
   const dim3 grid(out == GemvY::SwiGlu ? ceil_div(N / 2, 8) : ceil_div(N, kRows)), block(kWarps * 32);
   switch (mode) {
-    case GemvX::Plain: launch_pdl(gemv_mma_kernel<GemvX::Plain, Bf16W>, grid, block, 0, st, a); break;
+    case GemvX::Plain: launch_gemv<GemvX::Plain, Bf16W>(gemv_depth("BAMBA_CUDA_GEMV_DEPTH", 2), grid, st, a); break;
     case GemvX::RmsNorm: launch_pdl(gemv_mma_norm_kernel, grid, block, 0, st, a); break;
     case GemvX::SwiGlu: launch_pdl(gemv_mma_kernel<GemvX::SwiGlu, Bf16W>, grid, block, 0, st, a); break;
   }
@@ -334,8 +401,8 @@ bool gemv_mma_fp8(cudaStream_t st, void* y, bool y_f32, GemvY out, int64_t ldy, 
   const bool pairs = out == GemvY::SwiGlu;
   const Args a{y,    ldy,     int(y_f32), 0, int(pairs), x, ldx, W, ldw, scale, scale_block, scale_ld,
                bias, PView{}, 0.f,        M, N,          K, gemv_prefetch_weights()};
-  launch_pdl(gemv_mma_kernel<GemvX::Plain, E4m3W>, dim3(pairs ? ceil_div(N / 2, 8) : ceil_div(N, kRows)),
-             dim3(kWarps * 32), 0, st, a);
+  launch_gemv<GemvX::Plain, E4m3W>(gemv_depth("BAMBA_CUDA_FP8_GEMV_DEPTH", 2),
+                                   dim3(pairs ? ceil_div(N / 2, 8) : ceil_div(N, kRows)), st, a);
   return true;
 }
 
