@@ -1,9 +1,9 @@
-// The tensor-core GEMV of decode (src/backend/cuda/gemv_mma.cu) run on the CPU by tests/emu/run.sh (see there),
-// for bf16 and for FP8 (E4M3) weights, against a float64 product of the same rounded numbers: M = 1..8 (the ring of k-blocks 2-4 deep, 8 or 16 warps), N not a
-// multiple of the 16-row blocks, K not a multiple of the k-blocks (64 bf16, 128 FP8) and shorter than one, strided
-// x and W, bias, per-row and 128/256-block scales, fp32 / bf16 / residual stores; and the bf16 kernel's folded
-// RMSNorm and SwiGLU x loads. First the E4M3 -> bf16x2 widening for all 65,536 byte pairs against core/dtype's
-// e4m3_to_f32.
+// The tensor-core GEMV of decode (src/backend/cuda/gemv_mma.cu) run on the CPU by tests/emu/run.sh (see there), for
+// bf16 and for FP8 (E4M3) weights, against a float64 product of the same rounded numbers: M = 1..8 (the ring of
+// k-blocks 2-4 deep, 8 or 16 warps a block), N not a multiple of the 16-row blocks, K not a multiple of the k-blocks
+// (64 bf16, 128 FP8) and shorter than one, strided x and W, bias, per-row and 128/256-block scales, fp32 / bf16 /
+// residual stores; and the bf16 kernel's folded RMSNorm and SwiGLU x loads. First the E4M3 -> bf16x2 widening for all
+// 65,536 byte pairs against core/dtype's e4m3_to_f32.
 #include "backend/cuda/kernels.cuh"
 #include "backend/cuda/mma.cuh"
 #include "gemv_mma_kernels_emu.inc"
@@ -119,8 +119,10 @@ int main() {
           else if (depth == 4) emu::launch(grid, b, 0, [&] { gemv_mma_kernel<GemvX::Plain, WF, 4, NW>(a); });
           else emu::launch(grid, b, 0, [&] { gemv_mma_kernel<GemvX::Plain, WF, 2, NW>(a); });
         };
-        if (cs.fp8) warps == 16 ? kernel(E4m3W{}, std::integral_constant<int, 16>{}) : kernel(E4m3W{}, std::integral_constant<int, 8>{});
-        else warps == 16 ? kernel(Bf16W{}, std::integral_constant<int, 16>{}) : kernel(Bf16W{}, std::integral_constant<int, 8>{});
+        using W8 = std::integral_constant<int, 8>;
+        using W16 = std::integral_constant<int, 16>;
+        if (cs.fp8) warps == 16 ? kernel(E4m3W{}, W16{}) : kernel(E4m3W{}, W8{});
+        else warps == 16 ? kernel(Bf16W{}, W16{}) : kernel(Bf16W{}, W8{});
         std::vector<double> got, want;
         int untouched = 0;  // the padding of y's rows must stay as it was
         for (int m = 0; m < M; ++m) {
@@ -138,7 +140,8 @@ int main() {
         const bool ok = e < tol && untouched == 0;
         bad += !ok;
         if (!ok || M == 8)
-          std::printf("%s N %d K %d B %d M %d depth %d warps %d y %s: rel %.2e%s%s\n", cs.fp8 ? "fp8 " : "bf16", N, K, cs.B, M, depth, warps,
+          std::printf("%s N %d K %d B %d M %d depth %d warps %d y %s: rel %.2e%s%s\n", cs.fp8 ? "fp8 " : "bf16", N, K,
+                      cs.B, M, depth, warps,
                       store == 0 ? "f32" : store == 1 ? "bf16" : "bf16+=", e, untouched ? " (wrote past N)" : "",
                       ok ? "" : "  FAIL");
       }

@@ -7,13 +7,14 @@
 // the A operand and the ≤ 8 token rows as the 8 columns of B: a warp reads 2 bytes of x for every 4 bytes of W
 // whatever M is, and W is still streamed exactly once.
 //
-// Layout. A block is 16 output rows × all of K; its 8 warps (16 for grids of ≤ 2 blocks an SM, see launch_gemv)
-// split K into 64-element k-blocks (warp w takes k-blocks w, w + 8, ...: the block reads 1 KB of each row per
-// round) and add their 16 × 8 partial products through shared memory at the end, in warp order. Lane
-// (g = lane / 4, q = lane % 4) loads, per k-block at k0, the 16-byte chunks k0 + 8q and k0 + 32 + 8q of W rows g and g + 8 and of x row g (the 4 lanes of a row cover two whole
-// 64-byte spans). mma's reduction over its 16 k's does not care which physical k each of them is, as long as A
-// and B agree, so step s (0..3) feeds words 2s, 2s + 1 of a lane's 8 x words as B (b0, b1: "k 2q.., col g") and
-// the same words of its W rows as A (a0, a2 for row g; a1, a3 for row g + 8): no shuffles, no shared memory.
+// Layout. A block is 16 output rows × all of K; its 8 warps (16 for grids of ≤ 2 blocks an SM, see launch_gemv) split K
+// into 64-element k-blocks (warp w takes k-blocks w, w + 8, ...: the block reads 1 KB of each row per round) and add
+// their 16 × 8 partial products through shared memory at the end, in warp order. Lane (g = lane / 4, q = lane % 4)
+// loads, per k-block at k0, the 16-byte chunks k0 + 8q and k0 + 32 + 8q of W rows g and g + 8 and of x row g (the 4
+// lanes of a row cover two whole 64-byte spans). mma's reduction over its 16 k's does not care which physical k each of
+// them is, as long as A and B agree, so step s (0..3) feeds words 2s, 2s + 1 of a lane's 8 x words as B (b0, b1:
+// "k 2q.., col g") and the same words of its W rows as A (a0, a2 for row g; a1, a3 for row g + 8): no shuffles,
+// no shared memory.
 // A warp holds D k-blocks of W (4 loads of 16 bytes per lane each; D = 2 by default): D − 1 in flight while one
 // is multiplied.
 //
