@@ -513,9 +513,7 @@ void rope_and_cache(cudaStream_t st, const AttnArgs& a, const DevBatch& b) {
 DecodeSplit decode_split_plan(bool bf16, int nq, int nkv, int dh, int S, int ctx_cap) {
   DecodeSplit sp;
   if (!bf16 || (dh != 64 && dh != 128) || nkv <= 0 || nq % nkv || nq / nkv > 16 || S <= 0) return sp;
-  int dev = 0, sms = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int sms = sm_count();
   // Blocks of (sequence, kv head, split): ~4 per SM (2-3 fit at once; the rest even out the lengths), splits of
   // at least 256 keys (shorter ones would spend more on the combine than they save).
   const int64_t pairs = int64_t(S) * nkv;

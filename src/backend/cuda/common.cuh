@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 
@@ -107,6 +108,21 @@ void dispatch_dtype(DType t, F&& f) {
 #define BAMBA_CUDA_DTYPES(X) X(float) X(bf16)
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
+
+// The current device's SM count, asked of the runtime once per device (launchers that size grids by it run on
+// every decode step).
+inline int sm_count() {
+  static std::atomic<int> sms[64];  // by device ordinal; 0 = not asked yet
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  std::atomic<int>& n = sms[dev & 63];
+  if (n.load(std::memory_order_relaxed) == 0) {
+    int v = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    n.store(v, std::memory_order_relaxed);
+  }
+  return n.load(std::memory_order_relaxed);
+}
 
 // Programmatic dependent launch (Hopper): a kernel launched with launch_pdl may start while the kernel before it
 // in the stream is still running, once every block of that one has called pdl_trigger (or exited). It must call

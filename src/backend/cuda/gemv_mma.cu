@@ -43,7 +43,6 @@
 // (BAMBA_CUDA_FUSE_ROWS). Not measured yet, the likely cause: every one of a GEMV's N / 16 blocks redoes the folded
 // op for all of x (down_proj: 256 blocks each evaluating silu on all 14,336 × M inputs, on the 4 lanes per row
 // that hold x — 256× the work of the SwiGLU kernel, in the latency path of every k-block).
-#include <atomic>
 #include <cstdlib>
 #include <type_traits>
 
@@ -334,19 +333,6 @@ void launch_gemv_w(int depth, dim3 grid, cudaStream_t st, const Args& a) {
     case 4: launch_pdl(gemv_mma_kernel<MODE, WF, 4, NW>, grid, dim3(NW * 32), 0, st, a); break;
     default: launch_pdl(gemv_mma_kernel<MODE, WF, 2, NW>, grid, dim3(NW * 32), 0, st, a); break;
   }
-}
-
-int sm_count() {
-  static std::atomic<int> sms[64];  // by device ordinal; 0 = not asked yet
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  std::atomic<int>& n = sms[dev & 63];
-  if (n.load(std::memory_order_relaxed) == 0) {
-    int v = 0;
-    CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-    n.store(v, std::memory_order_relaxed);
-  }
-  return n.load(std::memory_order_relaxed);
 }
 
 // Grids of at most two blocks an SM (out_proj's and down_proj's 256 blocks of 16 rows, the attention projections')
