@@ -7,6 +7,9 @@
 // bf16 decode of 1-8 rows takes gemv_mma.cu's tensor-core GEMV over the same bytes where it can (per-row scales or
 // blocks of 128k); this kernel is fp32's, batch-invariant mode's, finer block scales' and the rest's.
 // Rows whose length or stride is not a multiple of 16 bytes take a plain element-per-lane kernel (correct, slower).
+// One row (FP8 decode at batch 1, this kernel's main use) may keep 8 loads in flight a lane instead of 4
+// (BAMBA_CUDA_FP8_ROW_UNROLL=8, read at each launch; the same sums): a 16-byte load here holds 16 weights, so a warp
+// with 4 in flight asks for half the bytes in flight that bf16's 32-weight groups do.
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
@@ -58,8 +61,8 @@ __device__ __forceinline__ float dot16(const float* w, const float* x) {
   return s;
 }
 
-// B > 0: block scales [ceil(N/B), kb]; B == 0: scale[n].
-template <typename T, int M>
+// B > 0: block scales [ceil(N/B), kb]; B == 0: scale[n]. U: 16-byte loads in flight a lane.
+template <typename T, int M, int U>
 __global__ void __launch_bounds__(kRowWarps * 32) fp8_gemv_kernel(void* y, int y_f32, int64_t ldy, const T* x,
                                                                   int64_t ldx, const uint8_t* W, int64_t ldw,
                                                                   const float* scale, int B, int kb, PView bias, int N,
@@ -69,7 +72,7 @@ __global__ void __launch_bounds__(kRowWarps * 32) fp8_gemv_kernel(void* y, int y
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.f;
-  const bool row = walk_row(W, ldw, n, N, K / 16, prefetch, [&](uint4 w, int c) {
+  const bool row = walk_row<U>(W, ldw, n, N, K / 16, prefetch, [&](uint4 w, int c) {
     float wf[16];
     widen16(w, wf);
     const float sb = B ? srow[c * 16 / B] : 1.f;
@@ -114,11 +117,19 @@ __global__ void __launch_bounds__(kRowWarps * 32) fp8_gemv_plain_kernel(void* y,
   }
 }
 
+int row_unroll() {
+  const char* e = std::getenv("BAMBA_CUDA_FP8_ROW_UNROLL");
+  return e && std::atoi(e) == 8 ? 8 : kRowUnroll;
+}
+
 template <typename T, int M>
 void launch(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64_t ldx, const uint8_t* W, int64_t ldw,
             const float* scale, int B, int kb, PView bias, int N, int K) {
-  launch_pdl(fp8_gemv_kernel<T, M>, dim3(ceil_div(N, kRowWarps)), dim3(kRowWarps * 32), 0, st, y, int(y_f32), ldy, x,
-             ldx, W, ldw, scale, B, kb, bias, N, K, gemv_prefetch_weights());
+  auto kernel = fp8_gemv_kernel<T, M, kRowUnroll>;
+  if constexpr (M == 1)
+    if (row_unroll() == 8) kernel = fp8_gemv_kernel<T, M, 8>;
+  launch_pdl(kernel, dim3(ceil_div(N, kRowWarps)), dim3(kRowWarps * 32), 0, st, y, int(y_f32), ldy, x, ldx, W, ldw,
+             scale, B, kb, bias, N, K, gemv_prefetch_weights());
 }
 
 }  // namespace

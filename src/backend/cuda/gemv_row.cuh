@@ -12,18 +12,19 @@ namespace bamba::cuda {
 
 constexpr int kRowWarps = 8, kRowUnroll = 4;  // warps (rows) per block; 16-byte loads in flight per lane
 
-// Calls chunk(w, c) for every 16-byte chunk c < n_chunks of row n that this lane takes (c = lane + 32 i), w its
-// bytes. Every thread passes the PDL wait and trigger; a warp past the last row (n >= N) then returns false
-// without calling chunk. prefetch 0: nothing loaded before pdl_wait.
-template <class F>
+// Calls chunk(w, c) for every 16-byte chunk c < n_chunks of row n that this lane takes (c = lane + 32 i, in that
+// order whatever U is, so U never changes the sums), w its bytes, U loads in flight. Every thread passes the PDL
+// wait and trigger; a warp past the last row (n >= N) then returns false without calling chunk. prefetch 0:
+// nothing loaded before pdl_wait.
+template <int U = kRowUnroll, class F>
 __device__ __forceinline__ bool walk_row(const void* W, int64_t row_bytes, int n, int N, int n_chunks, int prefetch,
                                          F&& chunk) {
   const int lane = threadIdx.x & 31;
   const uint4* w = reinterpret_cast<const uint4*>(static_cast<const char*>(W) + int64_t(n < N ? n : 0) * row_bytes);
-  uint4 wv[kRowUnroll];  // chunks c0 + 32u of the current group
+  uint4 wv[U];  // chunks c0 + 32u of the current group
   auto load = [&](int c0) {
 #pragma unroll
-    for (int u = 0; u < kRowUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       const int c = c0 + 32 * u;
       wv[u] = n < N && c < n_chunks ? __ldcs(w + c) : make_uint4(0, 0, 0, 0);
     }
@@ -33,11 +34,11 @@ __device__ __forceinline__ bool walk_row(const void* W, int64_t row_bytes, int n
   pdl_trigger();
   if (n >= N) return false;
   if (!prefetch) load(lane);
-  for (int c0 = lane; c0 < n_chunks; c0 += 32 * kRowUnroll) {
+  for (int c0 = lane; c0 < n_chunks; c0 += 32 * U) {
 #pragma unroll
-    for (int u = 0; u < kRowUnroll; ++u)
+    for (int u = 0; u < U; ++u)
       if (c0 + 32 * u < n_chunks) chunk(wv[u], c0 + 32 * u);
-    if (c0 + 32 * kRowUnroll < n_chunks) load(c0 + 32 * kRowUnroll);
+    if (c0 + 32 * U < n_chunks) load(c0 + 32 * U);
   }
   return true;
 }
