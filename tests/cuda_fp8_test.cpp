@@ -238,6 +238,47 @@ TEST_P(CudaFp8, GemvDepthsGiveTheSameBits) {
     }
 }
 
+// fp8_gemv.cu's warp per row at one row with 8 loads in flight a lane (BAMBA_CUDA_FP8_ROW_UNROLL=8, read at each
+// launch) against the default 4: each lane takes its chunks in the same order, so the same bits; and against the
+// CPU twin. K from under one group of loads to several (4096 + 16: 257 chunks, a ragged last group), per-row and
+// 16/128-block scales; the tensor-core GEMV off (BAMBA_CUDA_FP8_MMA_ROWS=9) so bf16 takes this kernel too.
+TEST_P(CudaFp8, RowGemvUnrollGivesTheSameBits) {
+  const DType dt = GetParam();
+  std::unique_ptr<Backend> g;
+  {
+    test::ScopedEnv env("BAMBA_CUDA_FP8_MMA_ROWS", "9");
+    g = make_backend("cuda", dt);
+  }
+  struct Shape { int64_t N, K, B; };
+  for (const Shape& sh : {Shape{37, 4096 + 16, 0}, Shape{29, 208, 16}, Shape{45, 1040, 128}, Shape{21, 16, 0},
+                          Shape{50, 32 * 16 * 8 + 16 * 3, 0}}) {
+    const std::string what = "N " + std::to_string(sh.N) + " K " + std::to_string(sh.K) + " B " + std::to_string(sh.B);
+    const std::vector<Tensor> W = weights(sh.N, sh.K, sh.B, {cpu_.get(), g.get()});
+    const std::vector<float> xv = random(size_t(sh.K), -2.f, 2.f), bv = random(size_t(sh.N), -0.5f, 0.5f);
+    Tensor xc = cpu_->alloc(DType::F32, {1, sh.K}), bc = cpu_->alloc(DType::F32, {sh.N});
+    Tensor yc = cpu_->alloc(DType::F32, {1, sh.N});
+    cpu_->from_host_f32(xc, xv.data());
+    cpu_->from_host_f32(bc, bv.data());
+    cpu_->matmul(yc, xc, W[0], bc);
+    std::vector<float> ref(size_t(sh.N));
+    cpu_->to_host_f32(yc, ref.data());
+    Tensor xg = g->alloc(dt, {1, sh.K}), bg = g->alloc(DType::F32, {sh.N});
+    g->from_host_f32(xg, xv.data());
+    g->from_host_f32(bg, bv.data());
+    std::vector<float> got[2];
+    for (int i = 0; i < 2; ++i) {
+      test::ScopedEnv env("BAMBA_CUDA_FP8_ROW_UNROLL", i ? "8" : "4");
+      Tensor yg = g->alloc(DType::F32, {1, sh.N});
+      g->matmul(yg, xg, W[1], bg);
+      got[i].resize(size_t(sh.N));
+      g->to_host_f32(yg, got[i].data());
+      const double e = test::rel_l2(got[i], ref);
+      EXPECT_LE(e, 1e-4) << "unroll " << (i ? 8 : 4) << ", " << what << " rel L2 " << e;
+    }
+    EXPECT_EQ(0, std::memcmp(got[0].data(), got[1].data(), got[0].size() * sizeof(float))) << what;
+  }
+}
+
 // act = swiglu(x · Wᵀ + bias) over FP8 weights: against the CPU twin; the same bits as the GPU's matmul and SwiGLU
 // kernel; done in the tensor-core GEMV's epilogue (scratch untouched) for bf16 steps from BAMBA_CUDA_FP8_MMA_ROWS
 // (default 2) to 8 rows with per-row scales, composed otherwise (one row, block scales, 9 rows and more).
