@@ -49,6 +49,8 @@ class CudaFixtureModel : public ::testing::TestWithParam<std::string> {
     const DType dt = family ? DType::BF16 : compute_dtype("auto", load_config(dir).dtype);
     r_ = std::make_unique<test::FixtureRunner>(dir, make_backend("cuda", dt), false);
     bound_ = dt == DType::BF16 ? bf16_bound(GetParam()) : kRelL2;
+    dir_ = dir;
+    dt_ = dt;
   }
   int64_t V() const { return r_->V(); }
 
@@ -78,6 +80,8 @@ class CudaFixtureModel : public ::testing::TestWithParam<std::string> {
 
   std::unique_ptr<test::FixtureRunner> r_;
   double bound_ = kRelL2;
+  std::string dir_;
+  DType dt_ = DType::F32;
 };
 
 TEST_P(CudaFixtureModel, Prefill) {
@@ -90,6 +94,27 @@ TEST_P(CudaFixtureModel, PrefillThenDecode) {
     for (int32_t prefix : {1, std::max(1, T / 2)}) {
       check(r, r_->run_pieces(r.ids, test::prefill_then_decode_cuts(prefix, T)),
             "prefill " + std::to_string(prefix) + " + decode");
+    }
+  }
+}
+
+// The L2 prefetch of out_proj while a decode step's SSD step runs (BAMBA_CUDA_WINDOW_PREFETCH_MB, read when the
+// backend is made; cuda/l2_prefetch.cu) is a hint: prefill then decode with it gives the bits it gives without,
+// with a budget that covers the fixture's whole out_proj and with 2 KB (the first bytes of each row: a tiny
+// fixture's rows are 256-1,024 bytes).
+TEST_P(CudaFixtureModel, WindowPrefetchChangesNoBits) {
+  for (const char* mb : {"64", "0.002"}) {
+    std::unique_ptr<test::FixtureRunner> on;
+    {
+      test::ScopedEnv env("BAMBA_CUDA_WINDOW_PREFETCH_MB", mb);
+      on = std::make_unique<test::FixtureRunner>(dir_, make_backend("cuda", dt_), false);
+    }
+    for (auto& r : r_->seqs) {
+      const std::vector<int32_t> cuts = test::prefill_then_decode_cuts(1, int32_t(r.ids.size()));
+      const std::vector<float> a = r_->run_pieces(r.ids, cuts), b = on->run_pieces(r.ids, cuts);
+      ASSERT_EQ(a.size(), b.size());
+      EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)))
+          << "logits differ with " << mb << " MB prefetched, a " << r.ids.size() << "-token sequence";
     }
   }
 }

@@ -234,6 +234,10 @@ class Backend {
   virtual void swiglu_matmul_residual(Tensor h, Tensor gate_up, Tensor W, Tensor bias, Tensor act, Tensor out);
   // Whether the model should use the three ops above for a step of `rows` tokens (false: the unfused ops).
   virtual bool fuse_decode(int64_t rows) const { return false; }
+  // A hint that a matmul of `rows` rows over W comes after a few small ops: a backend may start moving W's first
+  // bytes closer (the CUDA one, for decode steps, into L2 while those ops run; cuda/l2_prefetch.cu). Changes no
+  // result; the default does nothing.
+  virtual void prefetch_weight(Tensor W, int64_t rows) {}
   // act = swiglu(x · Wᵀ (+ bias))   act [M, F], x [M, K], W [2F, K] = gate | up; gate_up [M, 2F] scratch. Not a
   // policy: every step may call it (the default is the matmul and swiglu, the same bits as calling them).
   virtual void matmul_swiglu(Tensor act, Tensor x, Tensor W, Tensor bias, Tensor gate_up);

@@ -83,6 +83,9 @@ class OpProfiler final : public Backend {
     timed("rmsnorm_matmul N=" + std::to_string(W.shape[0]) + " K=" + std::to_string(W.shape[1]),
           [&] { in_.rmsnorm_matmul(y, x, norm_w, eps, W, bias, scratch); });
   }
+  void prefetch_weight(Tensor W, int64_t rows) override {
+    timed("prefetch_weight", [&] { in_.prefetch_weight(W, rows); });
+  }
   void matmul_swiglu(Tensor act, Tensor x, Tensor W, Tensor bias, Tensor gate_up) override {
     timed("matmul_swiglu N=" + std::to_string(W.shape[0]) + " K=" + std::to_string(W.shape[1]),
           [&] { in_.matmul_swiglu(act, x, W, bias, gate_up); });

@@ -285,6 +285,7 @@ void HybridModel::mamba_mixer(const MambaWeights& w, Tensor xn, Tensor out, int6
   be_.conv1d_silu(conv, xBC, w.conv1d_weight, w.conv1d_bias, cache.conv_state(index));
   Tensor y = ws.y.slice_rows(0, T).slice_cols(0, I);  // [T, nh * P]
   be_.ssd(y, conv, dt, w.A_log, w.D, w.dt_bias, cache.ssm_state(index), mamba_ops_);
+  be_.prefetch_weight(w.out_proj, T);  // out_proj's first bytes while the SSD step and the gated norm run
   Tensor normed = ws.y2.slice_rows(0, T);  // [T, I]
   if (cfg_.mamba_gated_norm && cfg_.tp_full_inner > 0) {
     // Tensor parallelism with norm groups wider than a rank's channels (Bamba: one group over all of I): every

@@ -111,6 +111,10 @@ class CudaBackend final : public Backend {
     // Whether the SSD decode step loads the state before its pdl_wait where that is safe (ssd_step.cu); 0: after.
     const char* se = std::getenv("BAMBA_CUDA_SSD_EARLY_STATE");
     ssd_early_state_ = !(se && se[0] == '0');
+    // MB of a decode GEMV's weight asked of L2 during the small kernels before it (prefetch_weight, l2_prefetch.cu);
+    // 0 (the default until an H200 has measured it): none. Spread over the weight's rows, each row's first bytes.
+    const char* wp = std::getenv("BAMBA_CUDA_WINDOW_PREFETCH_MB");
+    window_prefetch_bytes_ = wp ? int64_t(std::atof(wp) * 1048576.0) : 0;
     // Tokens per chunk of the bf16 tensor-core SSD scan (ssd_chunked.cu). 256 (Bamba's chunk_size) halves the
     // chunk-state traffic of 128 (P·N values per head and chunk, written, carried and read back) for ~20 % more
     // products at P = 64, N = 128 (bench/NOTES.md has both measured).
@@ -483,6 +487,12 @@ class CudaBackend final : public Backend {
     });
     conv_just_launched_ = false;
   }
+  void prefetch_weight(Tensor W, int64_t rows) override {
+    if (window_prefetch_bytes_ <= 0 || rows > 8 || W.ndim != 2 || W.device != Device::CUDA || W.rows() == 0) return;
+    const int64_t esz = int64_t(dtype_size(W.dtype)), row_bytes = W.shape[1] * esz;
+    const int64_t bytes = std::min(row_bytes, window_prefetch_bytes_ / W.rows()) / 16 * 16;
+    cuda::l2_prefetch_rows(stream_, W.data, W.ld * esz, W.rows(), bytes);
+  }
   void gated_rmsnorm(Tensor out, Tensor y, Tensor z, Tensor w, int64_t group_size, float eps) override {
     typed([&]<typename T>() {
       cuda::gated_rmsnorm<T>(stream_, act<T>(out, "gated norm out"), out.ld, act<T>(y, "gated norm y"), y.ld,
@@ -840,6 +850,7 @@ class CudaBackend final : public Backend {
   bool graphs_enabled_ = true, capturing_ = false;
   int gemv_max_rows_ = kMaxGemvRows;
   int gemv_mma_rows_ = 1;
+  int64_t window_prefetch_bytes_ = 0;  // BAMBA_CUDA_WINDOW_PREFETCH_MB
   int fp8_mma_rows_ = 2;
   int fuse_rows_ = 9;
   bool fuse_swiglu_ = false;

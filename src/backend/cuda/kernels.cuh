@@ -84,6 +84,10 @@ size_t ssd_scratch_floats(const SsdArgs& a, const DevBatch& b, int max_seq_len, 
 // it still runs — only for a caller that knows that kernel does not write the state (see ssd_step.cu).
 template <typename T, typename ST>
 bool ssd_step(cudaStream_t st, const SsdArgs& a, const DevBatch& b, bool early_state = false);
+// l2_prefetch.cu: each of `rows` rows (ld_bytes apart from base) has its first `bytes` asked of L2, by a kernel
+// launched as a programmatic dependent that waits on the kernel before it. False (nothing launched) when the
+// bytes, stride or base are not multiples of 16.
+bool l2_prefetch_rows(cudaStream_t st, const void* base, int64_t ld_bytes, int64_t rows, int64_t bytes);
 // ssd_step.cu: the per-position states of speculative decoding (DevBatch::state_after): for every sequence with a
 // token t whose state_after[t] >= 0, the recurrence over its tokens from its slot's state (or zeros), writing
 // the state after each such t into slot state_after[t]. Runs before ssd(), which overwrites the slot.
