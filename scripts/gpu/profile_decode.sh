@@ -25,13 +25,13 @@ if [ -n "$NSYS" ]; then
   done
 fi
 if [ -n "$NCU" ]; then
-  sec="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section SchedulerStats --section WarpStateStats --section LaunchStats"
+  sec="--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy --section SchedulerStats --section WarpStateStats --section LaunchStats"
   prof() {  # tag, kernel regex, bench arguments
     # shellcheck disable=SC2086
     timeout 150 "$NCU" --graph-profiling node -k "regex:$2" --launch-skip 60 --launch-count 3 $sec --csv --page details \
       $B --tests decode1 "${@:3}" > "$out/ncu_$1.csv" 2> "/tmp/ncu_$1.err"
     echo "ncu $1: rc $?, $(wc -l < "$out/ncu_$1.csv") lines"; tail -2 "/tmp/ncu_$1.err"
-    grep -E '"(Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per Thread|Issue Slots Busy|No Eligible)"' \
+    grep -E '"(Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per Thread|Issue Slots Busy|No Eligible|Executed Ipc Active)"' \
       "$out/ncu_$1.csv" | cut -d, -f5,13- | head -24
   }
   prof fp8row fp8_gemv_kernel --quantization fp8

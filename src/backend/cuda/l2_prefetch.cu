@@ -22,9 +22,10 @@
 namespace bamba::cuda {
 namespace {
 
+// One warp a block, so that the requests leave from many SMs' copy engines (a row each, rows strided over the
+// grid), not a few.
 __global__ void l2_prefetch_rows_kernel(const char* base, int64_t ld_bytes, int rows, unsigned bytes) {
-  const int r = blockIdx.x * blockDim.x + threadIdx.x;
-  if (r < rows) {
+  for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += gridDim.x * blockDim.x) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + int64_t(r) * ld_bytes), "r"(bytes)
                  : "memory");
@@ -43,9 +44,9 @@ bool l2_prefetch_rows(cudaStream_t st, const void* base, int64_t ld_bytes, int64
   if (rows <= 0 || bytes < 16 || bytes % 16 || ld_bytes % 16 || (reinterpret_cast<uintptr_t>(base) & 15) ||
       rows > (int64_t(1) << 30) || bytes > (int64_t(1) << 30))
     return false;
-  constexpr int kThreads = 256;
-  launch_pdl(l2_prefetch_rows_kernel, dim3(unsigned((rows + kThreads - 1) / kThreads)), dim3(kThreads), 0, st,
-             static_cast<const char*>(base), ld_bytes, int(rows), unsigned(bytes));
+  const int64_t blocks = std::min<int64_t>((rows + 31) / 32, 2 * sm_count());
+  launch_pdl(l2_prefetch_rows_kernel, dim3(unsigned(blocks)), dim3(32), 0, st, static_cast<const char*>(base),
+             ld_bytes, int(rows), unsigned(bytes));
   return true;
 }
 
