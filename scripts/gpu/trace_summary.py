@@ -1,24 +1,29 @@
-# Summarises an nsys cuda_gpu_trace CSV (scripts/gpu/profile_decode.sh): per kernel (name without its template
-# arguments), how many, the mean time, and the mean gap before it — its start minus the latest end of the kernels
-# before it (negative: it overlapped them, as programmatic dependent launch allows) — largest total first.
-# Usage: python3 trace_summary.py TRACE.csv
+# Summarises Nsight Compute's per-kernel metrics (`ncu --csv --page raw --metrics gpu__time_duration.sum,
+# dram__bytes_read.sum,dram__bytes_write.sum`, scripts/gpu/profile_decode.sh): per kernel (its name without
+# namespaces, template arguments or parameters), how many, the mean time, the mean DRAM bytes and the rate they
+# make, largest total time first. The kernels ran one at a time (graph nodes profiled separately), so a time here
+# is the kernel's own, without the overlap that programmatic dependent launch gives inside the graph.
+# Usage: python3 trace_summary.py KERNELS.csv
 import collections
 import csv
 import re
 import sys
 
 rows = list(csv.reader(open(sys.argv[1])))
-head = rows[0]
-i_start, i_dur, i_name = head.index("Start (ns)"), head.index("Duration (ns)"), head.index("Name")
-kernels = []
-for r in rows[1:]:
-    try:
-        kernels.append((int(r[i_start]), int(r[i_dur]), r[i_name]))
-    except (ValueError, IndexError):
-        pass  # a row cut short, or a memcpy's
-kernels.sort()
-if not kernels:
-    sys.exit("no kernel rows in " + sys.argv[1])
+try:
+    at = next(i for i, r in enumerate(rows) if "Kernel Name" in r)
+except StopIteration:
+    sys.exit("no 'Kernel Name' column in " + sys.argv[1])
+head = rows[at]
+col = {name: head.index(name) for name in
+       ("Kernel Name", "gpu__time_duration.sum", "dram__bytes_read.sum", "dram__bytes_write.sum")}
+units = rows[at + 1] if at + 1 < len(rows) else []
+scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9}
+
+
+def value(r, name):
+    u = units[col[name]] if col[name] < len(units) else ""
+    return float(r[col[name]].replace(",", "")) * scale.get(u, 1.0)
 
 
 def short(name):
@@ -28,17 +33,19 @@ def short(name):
     return name.split("::")[-1].split(" ")[-1][:44]
 
 
-agg = collections.defaultdict(lambda: [0, 0, 0])
-last_end = None
-for start, dur, name in kernels:
-    a = agg[short(name)]
+agg = collections.defaultdict(lambda: [0, 0.0, 0.0])
+for r in rows[at + 2:]:
+    try:
+        a = agg[short(r[col["Kernel Name"]])]
+        us = value(r, "gpu__time_duration.sum")
+        nb = value(r, "dram__bytes_read.sum") + value(r, "dram__bytes_write.sum")
+    except (ValueError, IndexError):
+        continue  # a row cut short
     a[0] += 1
-    a[1] += dur
-    if last_end is not None:
-        a[2] += start - last_end
-    last_end = max(last_end or 0, start + dur)
-span = kernels[-1][0] + kernels[-1][1] - kernels[0][0]
-print(f"{len(kernels)} kernels over {span / 1e3:.1f} us")
-print(f"{'kernel':44s} {'n':>6s} {'mean us':>8s} {'gap us':>7s} {'total us':>9s}")
-for name, (n, dur, gap) in sorted(agg.items(), key=lambda x: -(x[1][1] + x[1][2])):
-    print(f"{name:44s} {n:6d} {dur / n / 1e3:8.2f} {gap / n / 1e3:7.2f} {(dur + gap) / 1e3:9.1f}")
+    a[1] += us
+    a[2] += nb
+total = sum(a[1] for a in agg.values())
+print(f"{sum(a[0] for a in agg.values())} kernels, {total:.1f} us")
+print(f"{'kernel':44s} {'n':>5s} {'mean us':>8s} {'MB':>8s} {'GB/s':>7s} {'% time':>6s}")
+for name, (n, us, nb) in sorted(agg.items(), key=lambda x: -x[1][1]):
+    print(f"{name:44s} {n:5d} {us / n:8.2f} {nb / n / 1e6:8.2f} {nb / max(us, 1e-9) / 1e3:7.0f} {100 * us / total:6.1f}")
