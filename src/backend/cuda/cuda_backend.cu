@@ -111,6 +111,11 @@ class CudaBackend final : public Backend {
     // Whether the SSD decode step loads the state before its pdl_wait where that is safe (ssd_step.cu); 0: after.
     const char* se = std::getenv("BAMBA_CUDA_SSD_EARLY_STATE");
     ssd_early_state_ = !(se && se[0] == '0');
+    // Whether an FP8 matmul_swiglu of one row below BAMBA_CUDA_FP8_MMA_ROWS takes fp8_gemv.cu's row pairs (gate and
+    // up rows in one warp, SwiGLU in its epilogue: the same bits) instead of the GEMV and the SwiGLU kernel; 0 (the
+    // default until measured): those two.
+    const char* rp = std::getenv("BAMBA_CUDA_FP8_ROW_PAIRS");
+    fp8_row_pairs_ = rp && rp[0] == '1';
     // MB of a decode GEMV's weight asked of L2 during the small kernels before it (prefetch_weight, l2_prefetch.cu);
     // 0 (the default until an H200 has measured it): none. Spread over the weight's rows, each row's first bytes.
     const char* wp = std::getenv("BAMBA_CUDA_WINDOW_PREFETCH_MB");
@@ -347,7 +352,8 @@ class CudaBackend final : public Backend {
       Backend::swiglu_matmul_residual(h, gate_up, W, bias, act, out);  // swiglu, then this->matmul_residual
   }
   // Decode's gate_up GEMV with SwiGLU in its epilogue (gemv_mma.cu, GemvY::SwiGlu: the same bits as the matmul and
-  // the SwiGLU kernel, one launch and no [M, 2F] round trip) where the GEMV would be the tensor-core one anyway.
+  // the SwiGLU kernel, one launch and no [M, 2F] round trip) where the GEMV would be the tensor-core one anyway;
+  // FP8 at one row, with BAMBA_CUDA_FP8_ROW_PAIRS=1, fp8_gemv.cu's warp per row over gate and up rows together.
   void matmul_swiglu(Tensor act, Tensor x, Tensor W, Tensor bias, Tensor gate_up) override {
     const int M = int(x.rows()), K = int(x.shape[1]), N = int(W.rows());
     bool done = false;
@@ -362,6 +368,10 @@ class CudaBackend final : public Backend {
       else if (W.dtype == DType::F8_E4M3 && W.scale && W.device == Device::CUDA && M >= fp8_mma_rows_)
         done = gemv_mma_fp8(stream_, act.data, false, GemvY::SwiGlu, act.ld, xp, x.ld, W.ptr<uint8_t>(), W.ld,
                             W.scale, W.scale_block, b, M, N, K);
+      else if (W.dtype == DType::F8_E4M3 && W.scale && W.device == Device::CUDA && M == 1 && fp8_row_pairs_ &&
+               W.scale_block == 0)
+        done = cuda::fp8_gemv_swiglu(stream_, static_cast<bf16*>(act.data), xp, W.ptr<uint8_t>(), W.ld, W.scale, b,
+                                     N, K);
     }
     if (!done) Backend::matmul_swiglu(act, x, W, bias, gate_up);
   }
@@ -851,6 +861,7 @@ class CudaBackend final : public Backend {
   int gemv_max_rows_ = kMaxGemvRows;
   int gemv_mma_rows_ = 1;
   int64_t window_prefetch_bytes_ = 0;  // BAMBA_CUDA_WINDOW_PREFETCH_MB
+  bool fp8_row_pairs_ = false;          // BAMBA_CUDA_FP8_ROW_PAIRS
   int fp8_mma_rows_ = 2;
   int fuse_rows_ = 9;
   bool fuse_swiglu_ = false;

@@ -15,6 +15,12 @@ template <typename T>
 void fp8_gemv(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64_t ldx, const uint8_t* W, int64_t ldw,
               const float* scale, int scale_block, PView bias, int M, int N, int K);
 
+// fp8_gemv.cu: y[0, f] = silu(gate) · up of one bf16 row x [1, K] against W = gate | up ([N = 2F, K], per-row
+// scales): the bits of fp8_gemv (bf16 y) then elementwise.cu's swiglu, in one kernel. False (nothing launched) when
+// the shape or alignment does not suit it.
+bool fp8_gemv_swiglu(cudaStream_t st, bf16* y, const bf16* x, const uint8_t* W, int64_t ldw, const float* scale,
+                     PView bias, int N, int K);
+
 // fp8_gemm.cu: q[m] = e4m3(x[m] / s[m]), s[m] = amax(|x[m]|) / 448 (1 for a zero row) — core/fp8.h on the GPU.
 // Weights at load (--quantization fp8) and activations before the W8A8 GEMM. x [M, K] T, q [M, K] (ldq), s [M].
 template <typename T>

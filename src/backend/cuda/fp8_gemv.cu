@@ -35,21 +35,35 @@ __device__ __forceinline__ float widen1(uint8_t b) {
   return __half2float(__half(__nv_cvt_fp8_to_halfraw(b, __NV_E4M3)));
 }
 
-// Σ_i w[i] · x[i] over 16 consecutive activations (16-byte aligned).
-__device__ __forceinline__ float dot16(const float* w, const bf16* x) {
+// 16 consecutive bf16 activations (16-byte aligned) as floats.
+__device__ __forceinline__ void load16(const bf16* x, float* f) {
   const uint4 a = reinterpret_cast<const uint4*>(x)[0], b = reinterpret_cast<const uint4*>(x)[1];
   const __nv_bfloat162* pa = reinterpret_cast<const __nv_bfloat162*>(&a);
   const __nv_bfloat162* pb = reinterpret_cast<const __nv_bfloat162*>(&b);
-  float s = 0.f;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const float2 fa = __bfloat1622float2(pa[i]), fb = __bfloat1622float2(pb[i]);
-    s = fmaf(w[2 * i], fa.x, s);
-    s = fmaf(w[2 * i + 1], fa.y, s);
-    s = fmaf(w[8 + 2 * i], fb.x, s);
-    s = fmaf(w[8 + 2 * i + 1], fb.y, s);
+    f[2 * i] = fa.x, f[2 * i + 1] = fa.y, f[8 + 2 * i] = fb.x, f[8 + 2 * i + 1] = fb.y;
+  }
+}
+// Σ_i w[i] · x[i] over 16 widened activations, in the order every bf16 dot16 sums (so the row pairs below give the
+// single rows' bits).
+__device__ __forceinline__ float dot16x(const float* w, const float* x) {
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    s = fmaf(w[2 * i], x[2 * i], s);
+    s = fmaf(w[2 * i + 1], x[2 * i + 1], s);
+    s = fmaf(w[8 + 2 * i], x[8 + 2 * i], s);
+    s = fmaf(w[8 + 2 * i + 1], x[8 + 2 * i + 1], s);
   }
   return s;
+}
+// Σ_i w[i] · x[i] over 16 consecutive activations (16-byte aligned).
+__device__ __forceinline__ float dot16(const float* w, const bf16* x) {
+  float xf[16];
+  load16(x, xf);
+  return dot16x(w, xf);
 }
 __device__ __forceinline__ float dot16(const float* w, const float* x) {
   float s = 0.f;
@@ -117,6 +131,49 @@ __global__ void __launch_bounds__(kRowWarps * 32) fp8_gemv_plain_kernel(void* y,
   }
 }
 
+// SwiGLU pairs at one row, bf16 (matmul_swiglu's FP8 decode below the tensor-core GEMV's rows, BAMBA_CUDA_FP8_ROW_PAIRS=1):
+// warp f takes gate row f and up row F + f of W = gate | up, each walked and summed as fp8_gemv_kernel<bf16, 1, U>
+// walks and sums its one row (same chunks a lane, same order, same reduction), with x loaded and widened once for
+// both; each half is scaled, biased and rounded to bf16 as that kernel stores it, then silu(gate) · up as
+// elementwise.cu's swiglu: the bits of the GEMV and the SwiGLU kernel, one launch and no [1, 2F] round trip.
+// Per-row scales only.
+template <int U>
+__global__ void __launch_bounds__(kRowWarps * 32) fp8_gemv_pairs_kernel(bf16* y, const bf16* x, const uint8_t* W,
+                                                                        int64_t ldw, const float* scale, PView bias,
+                                                                        int F, int K, int prefetch) {
+  const int f = blockIdx.x * kRowWarps + (threadIdx.x >> 5);
+  const int rows[2] = {f, F + f};
+  float acc[2] = {0.f, 0.f};
+  const bool ok = walk_rows<U, 2>(W, ldw, rows, f < F, K / 16, prefetch, [&](const uint4 (&w)[2], int c) {
+    float xf[16];
+    load16(x + c * 16, xf);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float wf[16];
+      widen16(w[r], wf);
+      acc[r] = fmaf(1.f, dot16x(wf, xf), acc[r]);  // as the one-row kernel's fmaf(sb, ...) with sb = 1
+    }
+  });
+  if (!ok) return;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) acc[r] = warp_sum(acc[r]);
+  if ((threadIdx.x & 31) == 0) {
+    float h[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int n = rows[r];
+      const float s = scale[n], b = bias.p ? ld_param(bias, n) : 0.f;
+      h[r] = to_f(from_f<bf16>(acc[r] * s + b));
+    }
+    y[f] = from_f<bf16>(silu_f(h[0]) * h[1]);
+  }
+}
+
+}  // namespace
+
+// ---- launchers (tests/emu/run.sh runs the kernels above on the CPU without what follows)
+namespace {
+
 int row_unroll() {
   const char* e = std::getenv("BAMBA_CUDA_FP8_ROW_UNROLL");
   return e && std::atoi(e) == 8 ? 8 : kRowUnroll;
@@ -162,6 +219,17 @@ void fp8_gemv(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int
       default: launch<T, 8>(st, ym, y_f32, ldy, xm, ldx, W, ldw, scale, B, kb, bias, N, K); break;
     }
   }
+}
+
+bool fp8_gemv_swiglu(cudaStream_t st, bf16* y, const bf16* x, const uint8_t* W, int64_t ldw, const float* scale,
+                     PView bias, int N, int K) {
+  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  if (N < 2 || N % 2 || K < 16 || K % 16 || ldw % 16 || !aligned(x) || !aligned(W) || !scale) return false;
+  const int F = N / 2;
+  auto kernel = row_unroll() == 8 ? fp8_gemv_pairs_kernel<8> : fp8_gemv_pairs_kernel<kRowUnroll>;
+  launch_pdl(kernel, dim3(ceil_div(F, kRowWarps)), dim3(kRowWarps * 32), 0, st, y, x, W, ldw, scale, bias, F, K,
+             gemv_prefetch_weights());
+  return true;
 }
 
 #define INST(T)                                                                                                  \

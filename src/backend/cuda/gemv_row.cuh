@@ -12,27 +12,31 @@ namespace bamba::cuda {
 
 constexpr int kRowWarps = 8, kRowUnroll = 4;  // warps (rows) per block; 16-byte loads in flight per lane
 
-// Calls chunk(w, c) for every 16-byte chunk c < n_chunks of row n that this lane takes (c = lane + 32 i, in that
-// order whatever U is, so U never changes the sums), w its bytes, U loads in flight. Every thread passes the PDL
-// wait and trigger; a warp past the last row (n >= N) then returns false without calling chunk. prefetch 0:
-// nothing loaded before pdl_wait.
-template <int U = kRowUnroll, class F>
-__device__ __forceinline__ bool walk_row(const void* W, int64_t row_bytes, int n, int N, int n_chunks, int prefetch,
-                                         F&& chunk) {
+// Calls chunk(w, c) for every 16-byte chunk c < n_chunks that this lane takes of each of the R rows n[r] (c = lane
+// + 32 i, in that order whatever U is, so U never changes the sums), w[r] row r's bytes of it, U loads a row in
+// flight. Every thread passes the PDL wait and trigger; a warp whose rows are not there (!ok) then returns false
+// without calling chunk. prefetch 0: nothing loaded before pdl_wait.
+template <int U, int R, class F>
+__device__ __forceinline__ bool walk_rows(const void* W, int64_t row_bytes, const int (&n)[R], bool ok, int n_chunks,
+                                          int prefetch, F&& chunk) {
   const int lane = threadIdx.x & 31;
-  const uint4* w = reinterpret_cast<const uint4*>(static_cast<const char*>(W) + int64_t(n < N ? n : 0) * row_bytes);
-  uint4 wv[U];  // chunks c0 + 32u of the current group
+  const uint4* w[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    w[r] = reinterpret_cast<const uint4*>(static_cast<const char*>(W) + int64_t(ok ? n[r] : 0) * row_bytes);
+  uint4 wv[U][R];  // chunks c0 + 32u of the current group
   auto load = [&](int c0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = c0 + 32 * u;
-      wv[u] = n < N && c < n_chunks ? __ldcs(w + c) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int r = 0; r < R; ++r) wv[u][r] = ok && c < n_chunks ? __ldcs(w[r] + c) : make_uint4(0, 0, 0, 0);
     }
   };
   if (prefetch) load(lane);  // weights only: they do not depend on the kernel before
   pdl_wait();
   pdl_trigger();
-  if (n >= N) return false;
+  if (!ok) return false;
   if (!prefetch) load(lane);
   for (int c0 = lane; c0 < n_chunks; c0 += 32 * U) {
 #pragma unroll
@@ -41,6 +45,15 @@ __device__ __forceinline__ bool walk_row(const void* W, int64_t row_bytes, int n
     if (c0 + 32 * U < n_chunks) load(c0 + 32 * U);
   }
   return true;
+}
+
+// One row n (a warp past the last, n >= N, returns false): chunk(w, c) with w the row's 16 bytes at chunk c.
+template <int U = kRowUnroll, class F>
+__device__ __forceinline__ bool walk_row(const void* W, int64_t row_bytes, int n, int N, int n_chunks, int prefetch,
+                                         F&& chunk) {
+  const int rows[1] = {n};
+  return walk_rows<U, 1>(W, row_bytes, rows, n < N, n_chunks, prefetch,
+                         [&](const uint4 (&w)[1], int c) { chunk(w[0], c); });
 }
 
 // y[i] = v as T, or as float when y_f32.
