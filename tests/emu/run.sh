@@ -28,6 +28,7 @@ strip() {
 strip ssd_backward_chunked.cu '^void ssd_backward_chunked\(cudaStream_t st' > "$out/kernels_emu.inc"
 strip attention_backward_mma.cu '^void attention_backward_mma\(cudaStream_t st' > "$out/attention_kernels_emu.inc"
 strip gemv_mma.cu '^// ---- launchers' > "$out/gemv_mma_kernels_emu.inc"
+strip fp8_gemv.cu '^// ---- launchers' > "$out/fp8_gemv_kernels_emu.inc"
 strip backward.cu '^// ---- launchers' > "$out/backward_kernels_emu.inc"
 strip cross_entropy.cu '^// ---- launcher' > "$out/cross_entropy_kernels_emu.inc"
 # moe.cu: also without the host helpers between the forward and backward kernels (experts_mma launches)
@@ -42,10 +43,12 @@ strip adamw.cu '^void adamw_step\(cudaStream_t st' > "$out/adamw_kernels_emu.inc
     "$src/backend/cuda/kernels.cuh"
   echo '}  // namespace bamba::cuda'; } > "$out/adamw_args_emu.inc"
 rc=0
-for t in ${EMU_ONLY:-mma_tiles ssd_backward_chunked attention_backward_mma backward cross_entropy gemv_mma moe adamw}; do
+# -fno-strict-aliasing: the kernels read their 16-byte loads through 16-bit views (bf16 pairs, E4M3 pairs), as CUDA
+# code does; at -O2 g++ otherwise assumes those views never alias the uint4 (fp8_gemv's sums came out wrong).
+for t in ${EMU_ONLY:-mma_tiles ssd_backward_chunked attention_backward_mma backward cross_entropy gemv_mma fp8_gemv moe adamw}; do
   extra=()
   [ "$t" = adamw ] && extra=("$src/train/adamw.cpp")
-  g++ -std=c++20 -O2 -pthread -I "$here/include" -I "$src" -I "$out" "$here/${t}_emu.cpp" "$src/core/dtype.cpp" \
+  g++ -std=c++20 -O2 -fno-strict-aliasing -pthread -I "$here/include" -I "$src" -I "$out" "$here/${t}_emu.cpp" "$src/core/dtype.cpp" \
     "${extra[@]}" -o "$out/$t"
   echo "== $t"
   "$out/$t" || rc=1
