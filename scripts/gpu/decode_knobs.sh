@@ -26,6 +26,8 @@ bench "fp8 default" "" --quantization fp8 --tests "$T"
 bench "fp8, ring depth 3" BAMBA_CUDA_FP8_GEMV_DEPTH=3 --quantization fp8 --tests "$T"
 bench "fp8, tensor-core GEMV at one row" BAMBA_CUDA_FP8_MMA_ROWS=1 --quantization fp8 --tests tg128
 bench "fp8, warp per row with 8 loads in flight" BAMBA_CUDA_FP8_ROW_UNROLL=8 --quantization fp8 --tests tg128
+bench "fp8, gate_up's rows in pairs with SwiGLU at one row" BAMBA_CUDA_FP8_ROW_PAIRS=1 --quantization fp8 --tests tg128
+bench "fp8, row pairs and 8 loads in flight" "BAMBA_CUDA_FP8_ROW_PAIRS=1 BAMBA_CUDA_FP8_ROW_UNROLL=8" --quantization fp8 --tests tg128
 for mb in 16 32; do
   bench "fp8, $mb MB of out_proj into L2 during the SSD step" BAMBA_CUDA_WINDOW_PREFETCH_MB=$mb --quantization fp8 --tests "$T"
 done
