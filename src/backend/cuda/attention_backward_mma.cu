@@ -564,8 +564,7 @@ bool attention_backward_mma_takes(const AttnArgs& a, const DevBatch& b) {
 
 void attention_backward_mma(cudaStream_t st, bf16* dqkv, int64_t lddq, const bf16* dout, int64_t ldo, const AttnArgs& a,
                             const DevBatch& b, float* stats) {
-  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  const bool async = aligned(a.qkv) && aligned(dout) && a.ldq % 8 == 0 && ldo % 8 == 0 && a.dh % 8 == 0;
+  const bool async = aligned16(a.qkv) && aligned16(dout) && a.ldq % 8 == 0 && ldo % 8 == 0 && a.dh % 8 == 0;
   const View v{static_cast<const bf16*>(a.qkv), dout, a.ldq, ldo, a.nq, a.nkv, a.dh, (a.dh + 15) / 16 * 16, a.rot,
                a.scale, a.inv_freq, async};
   const unsigned tiles = unsigned(b.n_chunks * (b.chunk_q / kT));

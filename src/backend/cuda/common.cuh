@@ -108,6 +108,8 @@ void dispatch_dtype(DType t, F&& f) {
 #define BAMBA_CUDA_DTYPES(X) X(float) X(bf16)
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
+// Whether p may start a 16-byte vector access (uint4, float4): the launchers' test before their vector kernels.
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // The current device's SM count, asked of the runtime once per device (launchers that size grids by it run on
 // every decode step).

@@ -228,8 +228,7 @@ void conv1d_silu(cudaStream_t st, T* out, int64_t ldo, const T* xBC, int64_t ldx
     return;
   }
   constexpr int E = 16 / sizeof(T);
-  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if (CD % E == 0 && ldx % E == 0 && ldo % E == 0 && aligned(xBC) && aligned(out)) {
+  if (CD % E == 0 && ldx % E == 0 && ldo % E == 0 && aligned16(xBC) && aligned16(out)) {
     const dim3 grid(ceil_div(CD / E, 64), ceil_div(b.T, kRun));
     if (K <= 4)  // Bamba and its relatives: half the weight registers of the general case
       conv_out_vec_kernel<T, 4><<<grid, 64, 0, st>>>(out, ldo, xBC, ldx, w, bias, conv_state, int(CD), int(K), b);

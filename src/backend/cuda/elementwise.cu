@@ -173,8 +173,7 @@ template <typename T>
 void swiglu(cudaStream_t st, T* out, int64_t ldo, const T* gu, int64_t ldg, int64_t M, int64_t F) {
   if (M == 0) return;
   constexpr int E = 16 / sizeof(T);
-  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if (F % E == 0 && ldo % E == 0 && ldg % E == 0 && aligned(out) && aligned(gu)) {
+  if (F % E == 0 && ldo % E == 0 && ldg % E == 0 && aligned16(out) && aligned16(gu)) {
     launch_pdl(swiglu_vec_kernel<T>, dim3(ceil_div(F / E, 128), unsigned(M)), dim3(128), 0, st, out, ldo, gu, ldg, int(F));
     return;
   }

@@ -114,9 +114,8 @@ void fake_quantize_rows_fp8(cudaStream_t st, T* out, const T* x, int64_t ldx, in
 
 bool fp8_gemm(Fp8Gemm& g, cudaStream_t st, void* y, bool y_f32, int64_t ldy, const uint8_t* xq, int64_t ldxq,
               const float* xs, const uint8_t* W, int64_t ldw, const float* ws, int M, int N, int K) {
-  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   const int64_t ysz = y_f32 ? 4 : 2;
-  if (K % 16 || ldw % 16 || ldxq % 16 || (ldy * ysz) % 16 || !aligned(W) || !aligned(xq) || !aligned(y)) return false;
+  if (K % 16 || ldw % 16 || ldxq % 16 || (ldy * ysz) % 16 || !aligned16(W) || !aligned16(xq) || !aligned16(y)) return false;
   if (g.mode != 0 && lt_matmul(g, st, y, y_f32, ldy, xq, ldxq, xs, W, ldw, ws, M, N, K, true)) {
     g.mode = 1;
     return true;

@@ -194,9 +194,8 @@ void launch(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64
 template <typename T>
 void fp8_gemv(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64_t ldx, const uint8_t* W, int64_t ldw,
               const float* scale, int B, PView bias, int M, int N, int K) {
-  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   const int kb = B ? (K + B - 1) / B : 1;
-  const bool vec = K % 16 == 0 && ldw % 16 == 0 && (ldx * int64_t(sizeof(T))) % 16 == 0 && aligned(W) && aligned(x) &&
+  const bool vec = K % 16 == 0 && ldw % 16 == 0 && (ldx * int64_t(sizeof(T))) % 16 == 0 && aligned16(W) && aligned16(x) &&
                    B % 16 == 0;
   const size_t ysz = y_f32 ? 4 : sizeof(T);
   for (int m0 = 0; m0 < M; m0 += kRows) {
@@ -223,8 +222,7 @@ void fp8_gemv(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int
 
 bool fp8_gemv_swiglu(cudaStream_t st, bf16* y, const bf16* x, const uint8_t* W, int64_t ldw, const float* scale,
                      PView bias, int N, int K) {
-  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if (N < 2 || N % 2 || K < 16 || K % 16 || ldw % 16 || !aligned(x) || !aligned(W) || !scale) return false;
+  if (N < 2 || N % 2 || K < 16 || K % 16 || ldw % 16 || !aligned16(x) || !aligned16(W) || !scale) return false;
   const int F = N / 2;
   auto kernel = row_unroll() == 8 ? fp8_gemv_pairs_kernel<8> : fp8_gemv_pairs_kernel<kRowUnroll>;
   launch_pdl(kernel, dim3(ceil_div(F, kRowWarps)), dim3(kRowWarps * 32), 0, st, y, x, W, ldw, scale, bias, F, K,

@@ -66,8 +66,7 @@ template <typename T>
 bool gemv(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64_t ldx, const T* W, int64_t ldw,
           PView bias, int M, int N, int K) {
   constexpr int E = 16 / sizeof(T);
-  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if (M < 1 || M > kMaxGemvRows || K % E || ldx % E || ldw % E || !aligned(x) || !aligned(W)) return false;
+  if (M < 1 || M > kMaxGemvRows || K % E || ldx % E || ldw % E || !aligned16(x) || !aligned16(W)) return false;
   switch (M) {
     case 1: launch<T, 1>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;
     case 2: launch<T, 2>(st, y, y_f32, ldy, x, ldx, W, ldw, bias, N, K); break;

@@ -356,12 +356,11 @@ void launch_gemv(int depth, dim3 grid, cudaStream_t st, const Args& a) {
 
 bool gemv_mma(cudaStream_t st, void* y, bool y_f32, GemvY out, int64_t ldy, GemvX mode, const bf16* x, int64_t ldx,
               PView norm_w, float eps, const bf16* W, int64_t ldw, PView bias, int M, int N, int K) {
-  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if (M < 1 || M > kMaxGemvRows || N < 1 || K < 8 || K % 8 || ldx % 8 || ldw % 8 || !aligned(x) || !aligned(W))
+  if (M < 1 || M > kMaxGemvRows || N < 1 || K < 8 || K % 8 || ldx % 8 || ldw % 8 || !aligned16(x) || !aligned16(W))
     return false;
   if (out != GemvY::Set && y_f32) return false;
   if (out == GemvY::SwiGlu && N % 2) return false;
-  if (mode == GemvX::RmsNorm && (!norm_w.p || !aligned(norm_w.p))) return false;
+  if (mode == GemvX::RmsNorm && (!norm_w.p || !aligned16(norm_w.p))) return false;
   const Args a{y,    ldy,    int(y_f32), int(out == GemvY::Add), int(out == GemvY::SwiGlu), x, ldx, W, ldw, nullptr, 0, 0,
                bias, norm_w, eps,        M,                      N,                         K, gemv_prefetch_weights()};
   const dim3 grid(out == GemvY::SwiGlu ? ceil_div(N / 2, 8) : ceil_div(N, kRows)), block(kWarps * 32);
@@ -375,8 +374,7 @@ bool gemv_mma(cudaStream_t st, void* y, bool y_f32, GemvY out, int64_t ldy, Gemv
 
 bool gemv_mma_fp8(cudaStream_t st, void* y, bool y_f32, GemvY out, int64_t ldy, const bf16* x, int64_t ldx,
                   const uint8_t* W, int64_t ldw, const float* scale, int scale_block, PView bias, int M, int N, int K) {
-  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if (M < 1 || M > kMaxGemvRows || N < 1 || K < 16 || K % 16 || ldx % 8 || ldw % 16 || !aligned(x) || !aligned(W) ||
+  if (M < 1 || M > kMaxGemvRows || N < 1 || K < 16 || K % 16 || ldx % 8 || ldw % 16 || !aligned16(x) || !aligned16(W) ||
       !scale)
     return false;
   // Block scales: one per k-block of 128 weights and per block of 16 rows, applied to the k-block's sums. Blocks

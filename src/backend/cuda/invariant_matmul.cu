@@ -211,8 +211,7 @@ void invariant_matmul(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T
                       int64_t ldw, int M, int N, int K) {
   if (M <= 0 || N <= 0) return;
   if constexpr (std::is_same_v<T, bf16>) {
-    auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-    const bool vec = K % 8 == 0 && ldx % 8 == 0 && ldw % 8 == 0 && aligned(x) && aligned(W);
+      const bool vec = K % 8 == 0 && ldx % 8 == 0 && ldw % 8 == 0 && aligned16(x) && aligned16(W);
     // The split of K is chosen by K alone (never by M): 4 groups from 1024 on. The column tile only picks which
     // outputs a block computes: 32 columns up to N = 8192 (more blocks to stream a narrow weight), else 64.
     auto launch = [&]<int G, int BN>() {

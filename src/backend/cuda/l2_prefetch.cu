@@ -41,7 +41,7 @@ __global__ void l2_prefetch_rows_kernel(const char* base, int64_t ld_bytes, int 
 }  // namespace
 
 bool l2_prefetch_rows(cudaStream_t st, const void* base, int64_t ld_bytes, int64_t rows, int64_t bytes) {
-  if (rows <= 0 || bytes < 16 || bytes % 16 || ld_bytes % 16 || (reinterpret_cast<uintptr_t>(base) & 15) ||
+  if (rows <= 0 || bytes < 16 || bytes % 16 || ld_bytes % 16 || !aligned16(base) ||
       rows > (int64_t(1) << 30) || bytes > (int64_t(1) << 30))
     return false;
   const int64_t blocks = std::min<int64_t>((rows + 31) / 32, 2 * sm_count());

@@ -435,9 +435,8 @@ bool mma_fits(const MoeExpertsArgs& a) {
   if constexpr (!std::is_same_v<T, bf16>) {
     return false;
   } else {
-    auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-    return a.H % 8 == 0 && a.F % 8 == 0 && a.ldx % 8 == 0 && a.lda % 8 == 0 && aligned(a.x) && aligned(a.up) &&
-           aligned(a.down) && aligned(a.act_rows) && (a.act == 0 ? a.U == 2 * a.F : a.U == a.F);
+    return a.H % 8 == 0 && a.F % 8 == 0 && a.ldx % 8 == 0 && a.lda % 8 == 0 && aligned16(a.x) && aligned16(a.up) &&
+           aligned16(a.down) && aligned16(a.act_rows) && (a.act == 0 ? a.U == 2 * a.F : a.U == a.F);
   }
 }
 
