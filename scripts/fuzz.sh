@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (clang, ASan+UBSan, fuzz/*.cpp) into build-fuzz and runs each for
 # $BAMBA_FUZZ_SECONDS seconds (default 30), seeded with a small corpus written here at run time (no fixture copies
-# in the repo). Exits non-zero on a finding; the input that triggered it is kept in build-fuzz/findings/.
+# in the repo). Exits non-zero on a finding; the input that triggered it is kept in <build>/findings/.
+# $BAMBA_FUZZ_BUILD names a build directory already configured with -DBAMBA_FUZZ=ON to use instead (scripts/test.sh
+# passes its sanitizer build, whose library is compiled once for both the tests and the fuzzers).
 # Usage: scripts/fuzz.sh [fuzz_target ...]   (default: every target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${BAMBA_FUZZ_SECONDS:-30}
 fixtures=${BAMBA_FIXTURES:-$PWD/../shared/fixtures}
 
-CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBAMBA_FUZZ=ON \
-  -DBAMBA_TESTS=OFF -DBAMBA_CUDA=OFF >/dev/null
-cmake --build build-fuzz
+b=${BAMBA_FUZZ_BUILD:-build-fuzz}
+if [ -z "${BAMBA_FUZZ_BUILD:-}" ]; then
+  CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBAMBA_FUZZ=ON \
+    -DBAMBA_TESTS=OFF -DBAMBA_CUDA=OFF >/dev/null
+fi
+cmake --build "$b"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/bamba-fuzz-XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -48,7 +53,7 @@ mkdir -p "$work/fuzz_structured"  # the first byte picks: odd = a regex, even = 
 printf '\001%s' '[a-c]{2,4}(x|yz)?\d+\.(?:[^"\\]|\\.)*' >"$work/fuzz_structured/regex"
 printf '\000%s' '{"type":"object","properties":{"a":{"type":"string","maxLength":3},"b":{"enum":[1,"x",null]},"c":{"type":"array","items":{"type":"number"},"maxItems":2},"d":{"anyOf":[{"type":"boolean"},{"$ref":"#/$defs/e"}]}},"required":["a"],"$defs":{"e":{"type":"integer"}}}' \
   >"$work/fuzz_structured/schema"
-mkdir -p build-fuzz/findings
+mkdir -p "$b/findings"
 
 targets=("$@")
 if ((${#targets[@]} == 0)); then
@@ -57,11 +62,11 @@ fi
 for t in "${targets[@]}"; do
   mkdir -p "$work/$t"
   dict=fuzz/${t#fuzz_}.dict
-  args=(-max_total_time="$secs" -timeout=10 -print_final_stats=1 -artifact_prefix=build-fuzz/findings/"$t"-)
+  args=(-max_total_time="$secs" -timeout=10 -print_final_stats=1 -artifact_prefix="$b/findings/$t-")
   [ -f "$dict" ] && args+=(-dict="$dict")
-  if ! "build-fuzz/$t" "${args[@]}" "$work/$t" >"$work/$t.log" 2>&1; then
+  if ! "$b/$t" "${args[@]}" "$work/$t" >"$work/$t.log" 2>&1; then
     tail -n 60 "$work/$t.log"
-    echo "FAIL $t: finding saved under build-fuzz/findings/ (replay: build-fuzz/$t <file>)" >&2
+    echo "FAIL $t: finding saved under $b/findings/ (replay: $b/$t <file>)" >&2
     exit 1
   fi
   echo "ok   $t: $(grep -E '^stat::number_of_executed_units' "$work/$t.log" | awk '{print $2}') runs in ${secs} s," \

@@ -1026,7 +1026,7 @@ TEST_F(CudaTrainer, AdamWOneLaunchEqualsOneLaunchPerTensorBitForBit) {
         st.copy.push_back(gpu->alloc(DType::BF16, {n}));
       }
     for (size_t i = 0; i < sizes.size(); ++i) {
-      std::vector<float> w(size_t(sizes[i])), g(w.size());
+      std::vector<float> w(static_cast<size_t>(sizes[i])), g(w.size());
       for (auto& x : w) x = d(rng);
       for (auto& x : g) x = d(rng) * 0.1f;
       for (Set& st : sets) gpu->from_host_f32(st.w[i], w.data()), gpu->from_host_f32(st.g[i], g.data());

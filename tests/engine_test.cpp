@@ -146,9 +146,8 @@ TEST_P(EngineFixture, ScoredPromptEqualsLogSoftmaxOfOnePrefill) {
   auto r = run_all(e, {p, p})[1];
   ASSERT_EQ(r.prompt_logprobs.size(), prompt.size());
   EXPECT_TRUE(std::isnan(r.prompt_logprobs[0].logprob));
-  for (size_t j = 0; j <= prompt.size(); ++j) {
+  for (size_t j = 1; j <= prompt.size(); ++j) {  // (row 0 has no logprob: checked as NaN above)
     const float* row = logits.data() + (j - 1) * size_t(V);
-    if (j == 0) continue;
     double mx = *std::max_element(row, row + V), sum = 0;
     for (int32_t v = 0; v < V; ++v) sum += std::exp(double(row[v]) - mx);
     const int32_t tok = j < prompt.size() ? prompt[j] : r.tokens[0];

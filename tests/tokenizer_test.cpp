@@ -460,7 +460,7 @@ TEST(Tokenizer, AddedTokenOptions) {
   json j = small_json();
   json mask = added_token(256, "<mask>", false);
   mask["single_word"] = true;
-  j["added_tokens"] = {mask};
+  j["added_tokens"] = json::array({mask});
   Tokenizer single = load(j);
   // Matched alone or next to punctuation; not glued to a letter (or a combining mark) on either side.
   EXPECT_EQ(single.encode("<mask> x <mask>", false), Ids({256}) + bytes(" x ") + Ids({256}));
@@ -470,7 +470,7 @@ TEST(Tokenizer, AddedTokenOptions) {
 
   mask["single_word"] = false;
   mask["lstrip"] = mask["rstrip"] = true;
-  j["added_tokens"] = {mask};
+  j["added_tokens"] = json::array({mask});
   Tokenizer strip = load(j);
   EXPECT_EQ(strip.encode("Hi <mask> there", false), bytes("Hi") + Ids{256} + bytes("there"));
   // Unicode whitespace counts; spaces taken by one match are not taken again by the next.
@@ -615,7 +615,7 @@ TEST(TokenizerErrors, BadIdsOnDecode) {
   expect_error([&] { tok.decode(Ids{-1}); }, {"token id -1", "out of range"});
   expect_error([&] { tok.id_to_token(1000); }, {"token id 1000", "out of range"});
   json j = small_json();
-  j["added_tokens"] = {added_token(300, "<far>")};  // ids 256..299 have no token
+  j["added_tokens"] = json::array({added_token(300, "<far>")});  // ids 256..299 have no token
   expect_error([&] { load(j).decode(Ids{280}); }, {"token id 280", "has no token"});
 }
 

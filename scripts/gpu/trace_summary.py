@@ -18,11 +18,14 @@ head = rows[at]
 col = {name: head.index(name) for name in
        ("Kernel Name", "gpu__time_duration.sum", "dram__bytes_read.sum", "dram__bytes_write.sum")}
 units = rows[at + 1] if at + 1 < len(rows) else []
-scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9}
+scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9,
+         "ns": 1e-3, "us": 1.0, "ms": 1e3, "B": 1.0, "KB": 1e3, "MB": 1e6, "GB": 1e9}  # (`--print-units base` abbreviates)
 
 
 def value(r, name):
     u = units[col[name]] if col[name] < len(units) else ""
+    if u not in scale:
+        sys.exit(f"unknown unit {u!r} of {name} in {sys.argv[1]}")
     return float(r[col[name]].replace(",", "")) * scale.get(u, 1.0)
 
 
