@@ -176,6 +176,28 @@ TEST(Cli, LogitsFileMatchesTheReference) {
   std::filesystem::remove_all(tmp);
 }
 
+// --quantization fp8 through the CLI, with --fp8-lm-head (lm_head in FP8 too) and without: different logits (the
+// flag reached the weights), yet close (Fp8.AccuracyOnTheFixtures measures 0.02-0.04 on these random fixtures);
+// the flag alone is an error.
+TEST(Cli, Fp8LmHeadQuantizesTheHead) {
+  std::string dir = test::model_dir("bamba-tiny-a"), tmp = test::make_temp_dir("logits");
+  std::vector<float> got[2];
+  for (int i = 0; i < 2; ++i) {
+    const std::string out = tmp + "/o" + std::to_string(i) + ".safetensors";
+    auto r = run_bamba("logits -q --device cpu --model '" + dir + "' --ids 1,5,9,13,200 --quantization fp8" +
+                       (i ? " --fp8-lm-head" : "") + " --out '" + out + "'");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    SafetensorsFile f(out);
+    got[i] = f32(*f.find("logits"));
+  }
+  ASSERT_EQ(got[0].size(), got[1].size());
+  EXPECT_NE(got[0], got[1]) << "--fp8-lm-head changed nothing";
+  EXPECT_LT(test::rel_l2(got[1], got[0]), 0.1);
+  expect_one_error(run_bamba("logits -q --device cpu --model '" + dir + "' --ids 1,2 --fp8-lm-head --out '" + tmp + "/x.safetensors'"),
+                   "--fp8-lm-head: only with --quantization fp8");
+  std::filesystem::remove_all(tmp);
+}
+
 TEST(Cli, LogitsFromTextUsesTheTokenizerWithBos) {
   std::string dir = test::model_dir("bamba-tiny-e2e"), tmp = test::make_temp_dir("logits");
   auto cases = nlohmann::json::parse(read_text_file(dir + "/generate_cases.json"));

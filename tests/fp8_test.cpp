@@ -460,28 +460,47 @@ TEST(Fp8, InconsistentCheckpointsAreClearErrors) {
 }
 
 // Accuracy of --quantization fp8 on the fixtures: logits of the whole reference sequences (W8A8 prefill) and one
-// token at a time (W8A16 decode) against the fp32 model, as relative L2 (docs/quantization.md quotes these).
+// token at a time (W8A16 decode) against the fp32 model, as relative L2 (docs/quantization.md quotes these); then
+// with lm_head in FP8 too (--fp8-lm-head; a tied lm_head is the embedding table and stays), against the fp32 model
+// and against lm_head unquantized, which isolates what quantizing it adds.
 TEST(Fp8, AccuracyOnTheFixtures) {
   for (const std::string& name : test::kFixtureModels) {
     const std::string dir = test::model_dir(name);
-    test::FixtureRunner r(dir, make_cpu_backend(), false), q(dir, make_cpu_backend(), false);
-    ModelWeights w = q.model->weights();
-    quantize_weights_fp8(q.model->config(), w, *q.be);
-    q.model = std::make_unique<HybridModel>(q.model->config(), std::move(w), *q.be);
-    double worst_p = 0, worst_d = 0;
+    test::FixtureRunner r(dir, make_cpu_backend(), false), q(dir, make_cpu_backend(), false),
+        ql(dir, make_cpu_backend(), false);
+    for (auto [runner, lm_head] : {std::pair{&q, false}, std::pair{&ql, true}}) {
+      ModelWeights w = runner->model->weights();
+      quantize_weights_fp8(runner->model->config(), w, *runner->be, lm_head);
+      runner->model = std::make_unique<HybridModel>(runner->model->config(), std::move(w), *runner->be);
+    }
+    const bool tied = r.model->config().tie_word_embeddings;
+    EXPECT_EQ(ql.model->weights().lm_head.dtype, tied ? DType::F32 : DType::F8_E4M3) << name;
+    double worst_p = 0, worst_d = 0, worst_lp = 0, worst_ld = 0, head_p = 0, head_d = 0;
     for (auto& s : r.seqs) {
       const int32_t T = int32_t(s.ids.size());
       std::vector<int32_t> steps;
       for (int32_t t = 1; t <= T; ++t) steps.push_back(t);
-      worst_p = std::max(worst_p, test::rel_l2(q.run_pieces(s.ids, {T}), r.run_pieces(s.ids, {T})));
-      worst_d = std::max(worst_d, test::rel_l2(q.run_pieces(s.ids, steps), r.run_pieces(s.ids, steps)));
+      const std::vector<float> rp = r.run_pieces(s.ids, {T}), rd = r.run_pieces(s.ids, steps);
+      const std::vector<float> qp = q.run_pieces(s.ids, {T}), qd = q.run_pieces(s.ids, steps);
+      const std::vector<float> lp = ql.run_pieces(s.ids, {T}), ld = ql.run_pieces(s.ids, steps);
+      worst_p = std::max(worst_p, test::rel_l2(qp, rp));
+      worst_d = std::max(worst_d, test::rel_l2(qd, rd));
+      worst_lp = std::max(worst_lp, test::rel_l2(lp, rp));
+      worst_ld = std::max(worst_ld, test::rel_l2(ld, rd));
+      head_p = std::max(head_p, test::rel_l2(lp, qp));
+      head_d = std::max(head_d, test::rel_l2(ld, qd));
     }
-    std::printf("[ fp8 accuracy %s ] logits rel L2 vs fp32, worst sequence: prefill (W8A8) %.4f, decode (W8A16) %.4f\n",
-                name.c_str(), worst_p, worst_d);
+    std::printf("[ fp8 accuracy %s ] logits rel L2 vs fp32, worst sequence: prefill (W8A8) %.4f, decode (W8A16) %.4f; "
+                "lm_head too: %.4f, %.4f (vs lm_head unquantized: %.4f, %.4f)%s\n",
+                name.c_str(), worst_p, worst_d, worst_lp, worst_ld, head_p, head_d, tied ? " [tied: unchanged]" : "");
     // The fixtures are randomly initialised: their logits sit near zero, so relative errors come out large (bf16
     // on the GPU is ~1e-2 on them; docs/numerics.md). Broken scales give ~1; these bounds are 1.5× what was measured.
     EXPECT_LT(worst_p, 0.45) << name;
     EXPECT_LT(worst_d, 0.3) << name;
+    EXPECT_LT(worst_lp, 0.45) << name;
+    EXPECT_LT(worst_ld, 0.3) << name;
+    if (tied) EXPECT_EQ(head_p + head_d, 0.0) << name;
+    else EXPECT_GT(head_d, 0.0) << name << ": quantizing lm_head changed nothing";
   }
 }
 

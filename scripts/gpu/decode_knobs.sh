@@ -17,20 +17,15 @@ bench "bf16 default" "" --tests "$T"
 bench "bf16, 8 warps everywhere" BAMBA_CUDA_GEMV_WIDE=0 --tests "$T"
 bench "bf16, ring depth 3" BAMBA_CUDA_GEMV_DEPTH=3 --tests "$T"
 bench "bf16, ring depth 4" BAMBA_CUDA_GEMV_DEPTH=4 --tests "$T"
-bench "bf16, 16 warps for every grid" BAMBA_CUDA_GEMV_WIDE=2 --tests "$T"
-for mb in 8 16 24 32; do
+bench "bf16, no out_proj into L2 during the SSD step" BAMBA_CUDA_WINDOW_PREFETCH_MB=0 --tests "$T"
+for mb in 16 32; do
   bench "bf16, $mb MB of out_proj into L2 during the SSD step" BAMBA_CUDA_WINDOW_PREFETCH_MB=$mb --tests "$T"
 done
 bench "bf16 default again" "" --tests "$T"
 bench "fp8 default" "" --quantization fp8 --tests "$T"
 bench "fp8, ring depth 3" BAMBA_CUDA_FP8_GEMV_DEPTH=3 --quantization fp8 --tests "$T"
 bench "fp8, tensor-core GEMV at one row" BAMBA_CUDA_FP8_MMA_ROWS=1 --quantization fp8 --tests tg128
-bench "fp8, warp per row with 8 loads in flight" BAMBA_CUDA_FP8_ROW_UNROLL=8 --quantization fp8 --tests tg128
-bench "fp8, gate_up's rows in pairs with SwiGLU at one row" BAMBA_CUDA_FP8_ROW_PAIRS=1 --quantization fp8 --tests tg128
-bench "fp8, row pairs and 8 loads in flight" "BAMBA_CUDA_FP8_ROW_PAIRS=1 BAMBA_CUDA_FP8_ROW_UNROLL=8" --quantization fp8 --tests tg128
-for mb in 16 32; do
-  bench "fp8, $mb MB of out_proj into L2 during the SSD step" BAMBA_CUDA_WINDOW_PREFETCH_MB=$mb --quantization fp8 --tests "$T"
-done
+bench "fp8, gate_up as the GEMV then SwiGLU at one row" BAMBA_CUDA_FP8_ROW_PAIRS=0 --quantization fp8 --tests tg128
 bench "fp8 default again" "" --quantization fp8 --tests "$T"
 small=add_rmsnorm,rmsnorm,conv1d_silu,ssd,gated_rmsnorm,attention,embed,gather_logit_rows
 bench "bf16 without the small ops" "" --tests tg128,decode4 --leave-out $small

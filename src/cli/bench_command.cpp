@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/common.h"
 #include "core/error.h"
 #include "engine/bench.h"
 
@@ -26,6 +27,7 @@ void register_bench(CLI::App& app) {
   sub->add_option("--quantization", o->quantization, "none, or fp8: the linear weights in FP8 (docs/quantization.md)")
       ->capture_default_str()
       ->check(CLI::IsMember({"none", "fp8"}));
+  sub->add_flag("--fp8-lm-head", o->fp8_lm_head, kFp8LmHeadHelp);
   sub->add_option("--reps", o->reps, "Timed runs per test (after one warm-up)")->capture_default_str()->check(CLI::Range(1, 1000));
   sub->add_option("--json", *json, "Also write the table as JSON here")->capture_default_str();
   sub->add_option("--tests", *tests, "Comma-separated tests: ppN (N-token prefill), tgN (N decode steps, one "

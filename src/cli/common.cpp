@@ -32,6 +32,7 @@ void ModelOptions::add_to(CLI::App* cmd, bool with_max_len) {
                   "none, or fp8: the linear layers' bf16/fp32 weights become FP8 (e4m3, one scale per output channel) "
                   "at load; FP8 checkpoints load as FP8 either way (docs/quantization.md)")
       ->check(CLI::IsMember({"none", "fp8"}));
+  cmd->add_flag("--fp8-lm-head", fp8_lm_head, kFp8LmHeadHelp);
   cmd->add_flag("--quiet,-q", quiet, "No loading messages");
   add_tensor_parallel_option(cmd, tensor_parallel_size);
 }
@@ -109,11 +110,12 @@ LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
   }
   const bool tp = o.tensor_parallel_size > 1;  // split below from a whole copy in host memory
   const bool fp8 = parse_quantization(o.quantization);
+  if (o.fp8_lm_head && !fp8) fail("--fp8-lm-head: only with --quantization fp8");
   // --quantization fp8 turns the weights into FP8 on the backend before the model is built. With tensor
   // parallelism that is the whole model in host memory, so every weight gets the scales it has on one device and
   // the ranks' shards take theirs (model/tensor_parallel.cpp).
   auto quantized = [&](const ModelConfig& cfg, ModelWeights w) {
-    if (fp8) quantize_weights_fp8(cfg, w, *m.backend);
+    if (fp8) quantize_weights_fp8(cfg, w, *m.backend, o.fp8_lm_head);
     return w;
   };
   const bool dummy = !preset && (m.dir.empty() || (o.model == "dummy" && !file_exists("dummy/config.json")));

@@ -309,12 +309,13 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
     else if (t.rfind("tg", 0) != 0) fail("bench: unknown test \"", t, "\" (ppN, tgN, decodeN, decodeS@C)");
   }
   const bool fp8 = parse_quantization(o.quantization);
+  if (o.fp8_lm_head && !fp8) fail("bench: --fp8-lm-head only with --quantization fp8");
   auto be = make_backend(o.device, compute_dtype(o.dtype, DType::BF16));
   // The kernels of serve --deterministic (its 256-token chunks: a ppN test above 256 is one longer part).
   if (o.deterministic) be->set_batch_invariant(256);
   BenchReport rep;
   rep.model = o.preset;
-  rep.backend = be->name() + (o.deterministic ? " [deterministic]" : "") + (fp8 ? " [fp8 weights]" : "");
+  rep.backend = be->name() + (o.deterministic ? " [deterministic]" : "") + (fp8 ? o.fp8_lm_head ? " [fp8 weights, lm_head too]" : " [fp8 weights]" : "");
   rep.device = o.device;
   rep.params = cfg.parameter_count();
   rep.peak = known_ceilings(be->name(), be->activation_dtype() == DType::BF16);
@@ -342,7 +343,7 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
     const int n = o.tensor_parallel_size;
     auto host = make_cpu_backend();
     ModelWeights full = dummy_weights(cfg, *host, 1);
-    if (fp8) quantize_weights_fp8(cfg, full, *host);  // the one-device scales; each rank's shard takes its own
+    if (fp8) quantize_weights_fp8(cfg, full, *host, o.fp8_lm_head);  // the one-device scales; each rank's shard takes its own
     std::vector<std::unique_ptr<Backend>> others;
     std::vector<Backend*> raw = {be.get()};
     std::vector<int> devices = {0};
@@ -356,7 +357,7 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
     log << "bench: split over " << n << " ranks\n" << std::flush;
   } else {
     ModelWeights w = dummy_weights(cfg, *be, 1);
-    if (fp8) quantize_weights_fp8(cfg, w, *be);
+    if (fp8) quantize_weights_fp8(cfg, w, *be, o.fp8_lm_head);
     owned = std::make_unique<HybridModel>(cfg, std::move(w), prof);
   }
   HybridModel& model = *owned;

@@ -21,6 +21,7 @@ struct BenchOptions {
   std::string dtype = "bf16";  // GPU compute dtype (bf16 | fp32); the dummy weights have no checkpoint dtype
   std::string ssm_state = "fp32";  // SSM state dtype in the cache (fp32 | bf16)
   std::string quantization = "none";  // "fp8": linear weights FP8 (model/weights.h quantize_weights_fp8)
+  bool fp8_lm_head = false;            // with fp8: lm_head too
   int reps = 3;
   std::vector<std::string> tests = {"pp512",   "pp2048",  "pp8192",  "tg128",    "decode1",
                                     "decode2", "decode4", "decode8", "decode16", "decode64"};

@@ -112,14 +112,16 @@ class CudaBackend final : public Backend {
     const char* se = std::getenv("BAMBA_CUDA_SSD_EARLY_STATE");
     ssd_early_state_ = !(se && se[0] == '0');
     // Whether an FP8 matmul_swiglu of one row below BAMBA_CUDA_FP8_MMA_ROWS takes fp8_gemv.cu's row pairs (gate and
-    // up rows in one warp, SwiGLU in its epilogue: the same bits) instead of the GEMV and the SwiGLU kernel; 0 (the
-    // default until measured): those two.
+    // up rows in one warp, SwiGLU in its epilogue: the same bits) instead of the GEMV and the SwiGLU kernel (0).
+    // Measured on an H100 (bench/NOTES.md v44): FP8 tg128 +0.6 %.
     const char* rp = std::getenv("BAMBA_CUDA_FP8_ROW_PAIRS");
-    fp8_row_pairs_ = rp && rp[0] == '1';
-    // MB of a decode GEMV's weight asked of L2 during the small kernels before it (prefetch_weight, l2_prefetch.cu);
-    // 0 (the default until an H200 has measured it): none. Spread over the weight's rows, each row's first bytes.
+    fp8_row_pairs_ = !(rp && rp[0] == '0');
+    // MB of a decode GEMV's bf16 weight asked of L2 during the small kernels before it, at one row (prefetch_weight,
+    // l2_prefetch.cu), spread over the weight's rows, each row's first bytes; 0: none. Measured on an H100 (NOTES
+    // v44): tg128 +0.5 / +0.8 / +0.6 % at 16 / 24 / 32 MB; decode4 −0.1 to −0.4 % and FP8 weights no gain (decode4
+    // −1.5 to −2.6 %), hence one row of bf16 weights only.
     const char* wp = std::getenv("BAMBA_CUDA_WINDOW_PREFETCH_MB");
-    window_prefetch_bytes_ = wp ? int64_t(std::atof(wp) * 1048576.0) : 0;
+    window_prefetch_bytes_ = int64_t((wp ? std::atof(wp) : 24.0) * 1048576.0);
     // Tokens per chunk of the bf16 tensor-core SSD scan (ssd_chunked.cu). 256 (Bamba's chunk_size) halves the
     // chunk-state traffic of 128 (P·N values per head and chunk, written, carried and read back) for ~20 % more
     // products at P = 64, N = 128 (bench/NOTES.md has both measured).
@@ -353,7 +355,7 @@ class CudaBackend final : public Backend {
   }
   // Decode's gate_up GEMV with SwiGLU in its epilogue (gemv_mma.cu, GemvY::SwiGlu: the same bits as the matmul and
   // the SwiGLU kernel, one launch and no [M, 2F] round trip) where the GEMV would be the tensor-core one anyway;
-  // FP8 at one row, with BAMBA_CUDA_FP8_ROW_PAIRS=1, fp8_gemv.cu's warp per row over gate and up rows together.
+  // FP8 at one row: fp8_gemv.cu's warp per row over gate and up rows together (BAMBA_CUDA_FP8_ROW_PAIRS=0: not).
   void matmul_swiglu(Tensor act, Tensor x, Tensor W, Tensor bias, Tensor gate_up) override {
     const int M = int(x.rows()), K = int(x.shape[1]), N = int(W.rows());
     bool done = false;
@@ -498,7 +500,9 @@ class CudaBackend final : public Backend {
     conv_just_launched_ = false;
   }
   void prefetch_weight(Tensor W, int64_t rows) override {
-    if (window_prefetch_bytes_ <= 0 || rows > 8 || W.ndim != 2 || W.device != Device::CUDA || W.rows() == 0) return;
+    if (window_prefetch_bytes_ <= 0 || rows != 1 || W.dtype != DType::BF16 || W.ndim != 2 ||
+        W.device != Device::CUDA || W.rows() == 0)
+      return;
     const int64_t esz = int64_t(dtype_size(W.dtype)), row_bytes = W.shape[1] * esz;
     const int64_t bytes = std::min(row_bytes, window_prefetch_bytes_ / W.rows()) / 16 * 16;
     cuda::l2_prefetch_rows(stream_, W.data, W.ld * esz, W.rows(), bytes);

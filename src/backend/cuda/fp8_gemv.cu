@@ -7,9 +7,8 @@
 // bf16 decode of 1-8 rows takes gemv_mma.cu's tensor-core GEMV over the same bytes where it can (per-row scales or
 // blocks of 128k); this kernel is fp32's, batch-invariant mode's, finer block scales' and the rest's.
 // Rows whose length or stride is not a multiple of 16 bytes take a plain element-per-lane kernel (correct, slower).
-// One row (FP8 decode at batch 1, this kernel's main use) may keep 8 loads in flight a lane instead of 4
-// (BAMBA_CUDA_FP8_ROW_UNROLL=8, read at each launch; the same sums): a 16-byte load here holds 16 weights, so a warp
-// with 4 in flight asks for half the bytes in flight that bf16's 32-weight groups do.
+// 4 loads in flight a lane: 8 (the kernels take it as a template argument, tests/emu checks both give the same sums)
+// measured 4 % slower at one row on an H100 (bench/NOTES.md v44).
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
@@ -131,7 +130,7 @@ __global__ void __launch_bounds__(kRowWarps * 32) fp8_gemv_plain_kernel(void* y,
   }
 }
 
-// SwiGLU pairs at one row, bf16 (matmul_swiglu's FP8 decode below the tensor-core GEMV's rows, BAMBA_CUDA_FP8_ROW_PAIRS=1):
+// SwiGLU pairs at one row, bf16 (matmul_swiglu's FP8 decode below the tensor-core GEMV's rows; BAMBA_CUDA_FP8_ROW_PAIRS=0: off):
 // warp f takes gate row f and up row F + f of W = gate | up, each walked and summed as fp8_gemv_kernel<bf16, 1, U>
 // walks and sums its one row (same chunks a lane, same order, same reduction), with x loaded and widened once for
 // both; each half is scaled, biased and rounded to bf16 as that kernel stores it, then silu(gate) · up as
@@ -174,19 +173,11 @@ __global__ void __launch_bounds__(kRowWarps * 32) fp8_gemv_pairs_kernel(bf16* y,
 // ---- launchers (tests/emu/run.sh runs the kernels above on the CPU without what follows)
 namespace {
 
-int row_unroll() {
-  const char* e = std::getenv("BAMBA_CUDA_FP8_ROW_UNROLL");
-  return e && std::atoi(e) == 8 ? 8 : kRowUnroll;
-}
-
 template <typename T, int M>
 void launch(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64_t ldx, const uint8_t* W, int64_t ldw,
             const float* scale, int B, int kb, PView bias, int N, int K) {
-  auto kernel = fp8_gemv_kernel<T, M, kRowUnroll>;
-  if constexpr (M == 1)
-    if (row_unroll() == 8) kernel = fp8_gemv_kernel<T, M, 8>;
-  launch_pdl(kernel, dim3(ceil_div(N, kRowWarps)), dim3(kRowWarps * 32), 0, st, y, int(y_f32), ldy, x, ldx, W, ldw,
-             scale, B, kb, bias, N, K, gemv_prefetch_weights());
+  launch_pdl(fp8_gemv_kernel<T, M, kRowUnroll>, dim3(ceil_div(N, kRowWarps)), dim3(kRowWarps * 32), 0, st, y,
+             int(y_f32), ldy, x, ldx, W, ldw, scale, B, kb, bias, N, K, gemv_prefetch_weights());
 }
 
 }  // namespace
@@ -224,9 +215,8 @@ bool fp8_gemv_swiglu(cudaStream_t st, bf16* y, const bf16* x, const uint8_t* W, 
                      PView bias, int N, int K) {
   if (N < 2 || N % 2 || K < 16 || K % 16 || ldw % 16 || !aligned16(x) || !aligned16(W) || !scale) return false;
   const int F = N / 2;
-  auto kernel = row_unroll() == 8 ? fp8_gemv_pairs_kernel<8> : fp8_gemv_pairs_kernel<kRowUnroll>;
-  launch_pdl(kernel, dim3(ceil_div(F, kRowWarps)), dim3(kRowWarps * 32), 0, st, y, x, W, ldw, scale, bias, F, K,
-             gemv_prefetch_weights());
+  launch_pdl(fp8_gemv_pairs_kernel<kRowUnroll>, dim3(ceil_div(F, kRowWarps)), dim3(kRowWarps * 32), 0, st, y, x, W,
+             ldw, scale, bias, F, K, gemv_prefetch_weights());
   return true;
 }
 

@@ -340,13 +340,13 @@ void launch_gemv_w(int depth, dim3 grid, cudaStream_t st, const Args& a) {
 // loads in flight were not there. At 64 registers two 16-warp blocks still fit an SM, so the grid stays one wave.
 // Measured on an H100 (bench/NOTES.md v42): decode +1.0-1.4 % at 1-8 rows. Bf16 weights only: FP8's kernel (96
 // registers) fits one 16-warp block an SM, its small grids would take two waves (measured −3 %). The 16 warps
-// split K in another order, so the sums differ from 8 warps' in their rounding. BAMBA_CUDA_GEMV_WIDE=0: always 8;
-// =2: 16 for every bf16 grid (the larger ones then run twice the waves of half the blocks: not measured yet).
+// split K in another order, so the sums differ from 8 warps' in their rounding. BAMBA_CUDA_GEMV_WIDE=0: always 8.
+// (16 for every bf16 grid, the larger ones then in twice the waves of half the blocks, measured the same: NOTES v44.)
 template <GemvX MODE, class WF>
 void launch_gemv(int depth, dim3 grid, cudaStream_t st, const Args& a) {
   if constexpr (std::is_same_v<WF, Bf16W>) {
     const char* e = std::getenv("BAMBA_CUDA_GEMV_WIDE");  // read at each launch (a captured graph keeps its choice)
-    if (!(e && e[0] == '0') && (int(grid.x) <= 2 * sm_count() || (e && e[0] == '2')))
+    if (!(e && e[0] == '0') && int(grid.x) <= 2 * sm_count())
       return launch_gemv_w<MODE, WF, 2 * kWarps>(depth, grid, st, a);
   }
   launch_gemv_w<MODE, WF, kWarps>(depth, grid, st, a);
