@@ -238,6 +238,58 @@ TEST_P(CudaFp8, GemvDepthsGiveTheSameBits) {
     }
 }
 
+// fp8_gemv.cu's rows split between two warps at one row (BAMBA_CUDA_FP8_ROW_SPLIT=2, read when the backend is made;
+// grids of one wave or less): the CPU twin's values, fp32 and bf16 out, K from one chunk a lane (the second warp
+// idle) to out_proj's 8,192, per-row and 16/128-block scales; other sums than the one-warp kernel's (so some output
+// differs at the long K: the split path ran), and in batch-invariant mode the one-warp kernel's bits. The
+// tensor-core GEMV off (BAMBA_CUDA_FP8_MMA_ROWS=9) so bf16 takes the warp-per-row kernels too.
+TEST_P(CudaFp8, RowSplitAtOneRow) {
+  const DType dt = GetParam();
+  std::unique_ptr<Backend> one, split, invariant;
+  {
+    test::ScopedEnv mma("BAMBA_CUDA_FP8_MMA_ROWS", "9");
+    one = make_backend("cuda", dt);
+    test::ScopedEnv env("BAMBA_CUDA_FP8_ROW_SPLIT", "2");
+    split = make_backend("cuda", dt);
+    invariant = make_backend("cuda", dt);
+    invariant->set_batch_invariant(256);
+  }
+  struct Shape { int64_t N, K, B; };
+  for (const Shape& sh : {Shape{37, 4096 + 16, 0}, Shape{29, 208, 16}, Shape{45, 1040, 128}, Shape{21, 16, 0},
+                          Shape{4096, 8192, 0}})
+    for (DType yt : {DType::F32, dt}) {
+      const std::string what = "N " + std::to_string(sh.N) + " K " + std::to_string(sh.K) + " B " +
+                               std::to_string(sh.B) + " y " + std::string(dtype_name(yt));
+      const std::vector<Tensor> W =
+          weights(sh.N, sh.K, sh.B, {cpu_.get(), one.get(), split.get(), invariant.get()});
+      const std::vector<float> xv = random(size_t(sh.K), -2.f, 2.f), bv = random(size_t(sh.N), -0.5f, 0.5f);
+      Tensor xc = cpu_->alloc(DType::F32, {1, sh.K}), bc = cpu_->alloc(DType::F32, {sh.N});
+      Tensor yc = cpu_->alloc(DType::F32, {1, sh.N});
+      cpu_->from_host_f32(xc, xv.data());
+      cpu_->from_host_f32(bc, bv.data());
+      cpu_->matmul(yc, xc, W[0], bc);
+      const std::vector<float> ref = test::host(*cpu_, yc);
+      std::vector<float> got[3];
+      Backend* bes[3] = {one.get(), split.get(), invariant.get()};
+      for (int i = 0; i < 3; ++i) {
+        Backend& g = *bes[i];
+        Tensor xg = g.alloc(dt, {1, sh.K}), bg = g.alloc(DType::F32, {sh.N}), yg = g.alloc(yt, {1, sh.N});
+        g.from_host_f32(xg, xv.data());
+        g.from_host_f32(bg, bv.data());
+        g.matmul(yg, xg, W[size_t(1 + i)], bg);
+        got[i] = test::host(g, yg);
+        const double e = test::rel_l2(got[i], ref);
+        EXPECT_LE(e, yt == DType::F32 ? 1e-4 : test::kTolBf16) << "backend " << i << ", " << what << " rel L2 " << e;
+      }
+      EXPECT_EQ(0, std::memcmp(got[0].data(), got[2].data(), got[0].size() * sizeof(float)))
+          << "batch-invariant mode split a row, " << what;
+      if (sh.N == 4096 && yt == DType::F32) {
+        EXPECT_NE(0, std::memcmp(got[0].data(), got[1].data(), got[0].size() * sizeof(float)))
+            << "the same bits as one warp a row: the split kernel did not run? " << what;
+      }
+    }
+}
+
 // FP8 gate_up at one row through fp8_gemv.cu's row pairs (the default; BAMBA_CUDA_FP8_ROW_PAIRS=0, read when the
 // backend is made, turns them off): the bits of the GEMV then the SwiGLU kernel on the same backend, the CPU twin's
 // values, and the scratch untouched (the pairs kernel ran, not the composed ops). F not a multiple of a block's 8

@@ -26,6 +26,9 @@ bench "fp8 default" "" --quantization fp8 --tests "$T"
 bench "fp8, ring depth 3" BAMBA_CUDA_FP8_GEMV_DEPTH=3 --quantization fp8 --tests "$T"
 bench "fp8, tensor-core GEMV at one row" BAMBA_CUDA_FP8_MMA_ROWS=1 --quantization fp8 --tests tg128
 bench "fp8, gate_up as the GEMV then SwiGLU at one row" BAMBA_CUDA_FP8_ROW_PAIRS=0 --quantization fp8 --tests tg128
+bench "fp8, one-wave GEMVs' rows in two warps" BAMBA_CUDA_FP8_ROW_SPLIT=2 --quantization fp8 --tests tg128
+bench "fp8 with lm_head in FP8" "" --quantization fp8 --fp8-lm-head --tests "$T"
+bench "fp8 with lm_head in FP8, rows in two warps" BAMBA_CUDA_FP8_ROW_SPLIT=2 --quantization fp8 --fp8-lm-head --tests tg128
 bench "fp8 default again" "" --quantization fp8 --tests "$T"
 small=add_rmsnorm,rmsnorm,conv1d_silu,ssd,gated_rmsnorm,attention,embed,gather_logit_rows
 bench "bf16 without the small ops" "" --tests tg128,decode4 --leave-out $small

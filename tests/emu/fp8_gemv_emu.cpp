@@ -3,7 +3,7 @@
 // a lane, one row also with 8 (the same bits as 4: each lane's chunks in the same order), per-row and 16/128-block
 // scales, N not a multiple of a block's 8 warps, K from one chunk to a ragged 4,112; and the SwiGLU row pairs at one
 // row (gate and up rows in one warp) bit for bit against the one-row kernel's bf16 gate_up followed by
-// elementwise.cu's formula.
+// elementwise.cu's formula; and the one-row kernel with each row split between two warps (fp32 and bf16 out).
 #include <cuda_fp8.h>
 
 #include "fp8_gemv_kernels_emu.inc"
@@ -85,6 +85,24 @@ int main() {
         const bool same = std::memcmp(got[0].data(), got[1].data(), got[0].size() * sizeof(float)) == 0;
         bad += !same;
         if (!same) std::printf("fp8 warp per row N %d K %d B %d: unroll 8 differs from 4  FAIL\n", N, K, cs.B);
+        // One row split between two warps (4 rows a block), fp32 then bf16 out.
+        for (int y_f32 = 1; y_f32 >= 0; --y_f32) {
+          std::vector<float> yf(size_t(N) + 5, NAN);
+          std::vector<bf16> yb(size_t(N) + 5, __float2bfloat16_rn(-7.f));
+          emu::launch(dim3{unsigned((N + kRowWarps / 2 - 1) / (kRowWarps / 2))}, dim3{unsigned(kRowWarps * 32)}, 0, [&] {
+            fp8_gemv_split_kernel<bf16, 4>(y_f32 ? static_cast<void*>(yf.data()) : static_cast<void*>(yb.data()),
+                                           y_f32, xb.data(), wq.data(), ldw, scale.data(), cs.B, kb, pb, N, K, 1);
+          });
+          std::vector<double> g;
+          int past = 0;
+          for (int n = 0; n < N; ++n) g.push_back(y_f32 ? yf[size_t(n)] : __bfloat162float(yb[size_t(n)]));
+          for (int n = N; n < N + 5; ++n) past += y_f32 ? !std::isnan(yf[size_t(n)]) : __bfloat162float(yb[size_t(n)]) != -7.f;
+          const double e = rel(g, ref), tol = y_f32 ? 1e-5 : 4e-3;  // bf16 out: its rounding
+          const bool ok = e < tol && past == 0;
+          bad += !ok;
+          std::printf("fp8 row split in two warps N %d K %d B %d, %s out: rel %.2e%s%s\n", N, K, cs.B,
+                      y_f32 ? "fp32" : "bf16", e, past ? " (wrote past N)" : "", ok ? "" : "  FAIL");
+        }
       }
     }
   // SwiGLU pairs at one row (per-row scales): W = gate | up, F outputs.

@@ -120,6 +120,10 @@ class CudaBackend final : public Backend {
     // l2_prefetch.cu), spread over the weight's rows, each row's first bytes; 0: none. Measured on an H100 (NOTES
     // v44): tg128 +0.5 / +0.8 / +0.6 % at 16 / 24 / 32 MB; decode4 −0.1 to −0.4 % and FP8 weights no gain (decode4
     // −1.5 to −2.6 %), hence one row of bf16 weights only.
+    // Whether an FP8 GEMV of one row whose grid is one wave or less splits each row between two warps (fp8_gemv.cu's
+    // split kernel: twice the loads in flight; other sums); BAMBA_CUDA_FP8_ROW_SPLIT=2, off until measured (v44).
+    const char* rs = std::getenv("BAMBA_CUDA_FP8_ROW_SPLIT");
+    fp8_row_split_ = rs && rs[0] == '2';
     const char* wp = std::getenv("BAMBA_CUDA_WINDOW_PREFETCH_MB");
     window_prefetch_bytes_ = int64_t((wp ? std::atof(wp) : 24.0) * 1048576.0);
     // Tokens per chunk of the bf16 tensor-core SSD scan (ssd_chunked.cu). 256 (Bamba's chunk_size) halves the
@@ -420,7 +424,8 @@ class CudaBackend final : public Backend {
             gemv_mma_fp8(stream_, y.data, y_f32, GemvY::Set, y.ld, xp, x.ld, wq, W.ld, W.scale, W.scale_block,
                          pv(bias, "matmul bias"), M, N, K))
           return;
-      fp8_gemv<T>(stream_, y.data, y_f32, y.ld, xp, x.ld, wq, W.ld, W.scale, W.scale_block, pv(bias, "matmul bias"), M, N, K);
+      fp8_gemv<T>(stream_, y.data, y_f32, y.ld, xp, x.ld, wq, W.ld, W.scale, W.scale_block, pv(bias, "matmul bias"), M, N,
+                  K, fp8_row_split_ && invariant_chunk_ == 0);
     });
   }
   // Grow-only: the quantized activations of a W8A8 GEMM, then their scales. A decode step of more than 8
@@ -866,6 +871,7 @@ class CudaBackend final : public Backend {
   int gemv_mma_rows_ = 1;
   int64_t window_prefetch_bytes_ = 0;  // BAMBA_CUDA_WINDOW_PREFETCH_MB
   bool fp8_row_pairs_ = false;          // BAMBA_CUDA_FP8_ROW_PAIRS
+  bool fp8_row_split_ = false;          // BAMBA_CUDA_FP8_ROW_SPLIT
   int fp8_mma_rows_ = 2;
   int fuse_rows_ = 9;
   bool fuse_swiglu_ = false;

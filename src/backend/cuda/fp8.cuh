@@ -11,9 +11,11 @@ namespace bamba::cuda {
 
 // fp8_gemv.cu: y[m, n] = Σ_k x[m, k] · q[n, k] · scale(n, k) (+ bias[n]) for any M (a launch per 8 rows; meant for
 // M <= 8, and the fallback of every shape the GEMM below does not take). fp32 accumulation; y is T or float.
+// split: a one-row launch whose grid is one wave or less takes each row in two warps (other sums than one warp's,
+// so never where rows must not depend on M).
 template <typename T>
 void fp8_gemv(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64_t ldx, const uint8_t* W, int64_t ldw,
-              const float* scale, int scale_block, PView bias, int M, int N, int K);
+              const float* scale, int scale_block, PView bias, int M, int N, int K, bool split = false);
 
 // fp8_gemv.cu: y[0, f] = silu(gate) · up of one bf16 row x [1, K] against W = gate | up ([N = 2F, K], per-row
 // scales): the bits of fp8_gemv (bf16 y) then elementwise.cu's swiglu, in one kernel. False (nothing launched) when

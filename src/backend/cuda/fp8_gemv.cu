@@ -8,7 +8,8 @@
 // blocks of 128k); this kernel is fp32's, batch-invariant mode's, finer block scales' and the rest's.
 // Rows whose length or stride is not a multiple of 16 bytes take a plain element-per-lane kernel (correct, slower).
 // 4 loads in flight a lane: 8 (the kernels take it as a template argument, tests/emu checks both give the same sums)
-// measured 4 % slower at one row on an H100 (bench/NOTES.md v44).
+// measured 4 % slower at one row on an H100 (bench/NOTES.md v44). One row of a grid of one wave or less may take
+// each row in two warps instead (fp8_gemv_split_kernel, BAMBA_CUDA_FP8_ROW_SPLIT=2).
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
@@ -102,6 +103,38 @@ __global__ void __launch_bounds__(kRowWarps * 32) fp8_gemv_kernel(void* y, int y
   }
 }
 
+// One row split among S = 2 warps (BAMBA_CUDA_FP8_ROW_SPLIT=2, for grids of one wave or less): a block's 8 warps
+// take 4 rows, warp part h of a row the chunks lane + 32 h + 64 i; each part is summed and reduced as the one-warp
+// kernel does its row, then part 0 + part 1 through shared memory. A warp of the one-warp kernel has only 4-8 KB
+// of a row (E4M3: 16 weights a 16-byte load), so out_proj's and down_proj's 512 blocks keep ~8 MB in flight over
+// a single partial wave and stream at ~2.1 TB/s on an H100 (bench/NOTES.md v44); twice the warps, twice that.
+// Other sums than the one-warp kernel's (so not in batch-invariant mode, whose rows must not depend on M).
+template <typename T, int U>
+__global__ void __launch_bounds__(kRowWarps * 32) fp8_gemv_split_kernel(void* y, int y_f32, const T* x,
+                                                                        const uint8_t* W, int64_t ldw,
+                                                                        const float* scale, int B, int kb, PView bias,
+                                                                        int N, int K, int prefetch) {
+  constexpr int S = 2;
+  __shared__ float red[32];
+  const int warp = threadIdx.x >> 5, part = warp % S, n = blockIdx.x * (kRowWarps / S) + warp / S;
+  const float* srow = B ? scale + int64_t(n / B) * kb : nullptr;
+  float acc = 0.f;
+  const int rows[1] = {n};
+  const bool row = walk_rows<U, 1, S>(W, ldw, rows, n < N, K / 16, prefetch, [&](const uint4 (&w)[1], int c) {
+    float wf[16];
+    widen16(w[0], wf);
+    const float sb = B ? srow[c * 16 / B] : 1.f;
+    acc = fmaf(sb, dot16(wf, x + c * 16), acc);
+  }, part);
+  acc = row ? warp_sum(acc) : 0.f;  // every warp reaches the barrier
+  if ((threadIdx.x & 31) == 0) red[warp] = acc;
+  __syncthreads();
+  if (row && part == 0 && (threadIdx.x & 31) == 0) {
+    const float s = B ? 1.f : scale[n], b = bias.p ? ld_param(bias, n) : 0.f;
+    store_y<T>(y, y_f32, n, (red[warp] + red[warp + 1]) * s + b);
+  }
+}
+
 // Any length and stride: lanes take single elements.
 template <typename T>
 __global__ void __launch_bounds__(kRowWarps * 32) fp8_gemv_plain_kernel(void* y, int y_f32, int64_t ldy, const T* x,
@@ -180,11 +213,23 @@ void launch(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64
              int(y_f32), ldy, x, ldx, W, ldw, scale, B, kb, bias, N, K, gemv_prefetch_weights());
 }
 
+// How many blocks of the one-warp kernel are resident at once on this device (the occupancy calculator, once).
+template <typename T>
+int row_wave_blocks() {
+  static const int blocks = [] {
+    int per_sm = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fp8_gemv_kernel<T, 1, kRowUnroll>,
+                                                             kRowWarps * 32, 0));
+    return per_sm * sm_count();
+  }();
+  return blocks;
+}
+
 }  // namespace
 
 template <typename T>
 void fp8_gemv(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int64_t ldx, const uint8_t* W, int64_t ldw,
-              const float* scale, int B, PView bias, int M, int N, int K) {
+              const float* scale, int B, PView bias, int M, int N, int K, bool split) {
   const int kb = B ? (K + B - 1) / B : 1;
   const bool vec = K % 16 == 0 && ldw % 16 == 0 && (ldx * int64_t(sizeof(T))) % 16 == 0 && aligned16(W) && aligned16(x) &&
                    B % 16 == 0;
@@ -196,6 +241,12 @@ void fp8_gemv(cudaStream_t st, void* y, bool y_f32, int64_t ldy, const T* x, int
     if (!vec) {
       launch_pdl(fp8_gemv_plain_kernel<T>, dim3(ceil_div(N, kRowWarps)), dim3(kRowWarps * 32), 0, st, ym, int(y_f32),
                  ldy, xm, ldx, W, ldw, scale, B, kb, bias, rows, N, K);
+      continue;
+    }
+    // Split rows where the one-warp grid is one wave of resident blocks or less (more waves keep enough in flight).
+    if (M == 1 && split && int(ceil_div(N, kRowWarps)) <= row_wave_blocks<T>()) {
+      launch_pdl(fp8_gemv_split_kernel<T, kRowUnroll>, dim3(ceil_div(N, kRowWarps / 2)), dim3(kRowWarps * 32), 0, st,
+                 ym, int(y_f32), xm, W, ldw, scale, B, kb, bias, N, K, gemv_prefetch_weights());
       continue;
     }
     switch (rows) {
@@ -222,7 +273,7 @@ bool fp8_gemv_swiglu(cudaStream_t st, bf16* y, const bf16* x, const uint8_t* W, 
 
 #define INST(T)                                                                                                  \
   template void fp8_gemv<T>(cudaStream_t, void*, bool, int64_t, const T*, int64_t, const uint8_t*, int64_t,      \
-                            const float*, int, PView, int, int, int);
+                            const float*, int, PView, int, int, int, bool);
 BAMBA_CUDA_DTYPES(INST)
 #undef INST
 

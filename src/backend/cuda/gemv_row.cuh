@@ -15,11 +15,12 @@ constexpr int kRowWarps = 8, kRowUnroll = 4;  // warps (rows) per block; 16-byte
 // Calls chunk(w, c) for every 16-byte chunk c < n_chunks that this lane takes of each of the R rows n[r] (c = lane
 // + 32 i, in that order whatever U is, so U never changes the sums), w[r] row r's bytes of it, U loads a row in
 // flight. Every thread passes the PDL wait and trigger; a warp whose rows are not there (!ok) then returns false
-// without calling chunk. prefetch 0: nothing loaded before pdl_wait.
-template <int U, int R, class F>
+// without calling chunk. prefetch 0: nothing loaded before pdl_wait. S > 1 splits each row among S warps: warp
+// part h of them takes c = lane + 32 h + 32 S i (S = 1: the walk above).
+template <int U, int R, int S = 1, class F>
 __device__ __forceinline__ bool walk_rows(const void* W, int64_t row_bytes, const int (&n)[R], bool ok, int n_chunks,
-                                          int prefetch, F&& chunk) {
-  const int lane = threadIdx.x & 31;
+                                          int prefetch, F&& chunk, int part = 0) {
+  const int lane = threadIdx.x & 31, first = lane + 32 * part;
   const uint4* w[R];
 #pragma unroll
   for (int r = 0; r < R; ++r)
@@ -28,21 +29,21 @@ __device__ __forceinline__ bool walk_rows(const void* W, int64_t row_bytes, cons
   auto load = [&](int c0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int c = c0 + 32 * u;
+      const int c = c0 + 32 * S * u;
 #pragma unroll
       for (int r = 0; r < R; ++r) wv[u][r] = ok && c < n_chunks ? __ldcs(w[r] + c) : make_uint4(0, 0, 0, 0);
     }
   };
-  if (prefetch) load(lane);  // weights only: they do not depend on the kernel before
+  if (prefetch) load(first);  // weights only: they do not depend on the kernel before
   pdl_wait();
   pdl_trigger();
   if (!ok) return false;
-  if (!prefetch) load(lane);
-  for (int c0 = lane; c0 < n_chunks; c0 += 32 * U) {
+  if (!prefetch) load(first);
+  for (int c0 = first; c0 < n_chunks; c0 += 32 * S * U) {
 #pragma unroll
     for (int u = 0; u < U; ++u)
-      if (c0 + 32 * u < n_chunks) chunk(wv[u], c0 + 32 * u);
-    if (c0 + 32 * U < n_chunks) load(c0 + 32 * U);
+      if (c0 + 32 * S * u < n_chunks) chunk(wv[u], c0 + 32 * S * u);
+    if (c0 + 32 * S * U < n_chunks) load(c0 + 32 * S * U);
   }
   return true;
 }
