@@ -19,8 +19,8 @@ namespace bamba::cli {
 constexpr int32_t kDeterministicChunk = 256;
 // --fp8-lm-head's help (run, serve, eval, ... and bench).
 inline constexpr const char* kFp8LmHeadHelp =
-    "With --quantization fp8, lm_head in FP8 too (left bf16 by default, as vLLM does): a decode step reads half its "
-    "bytes (~0.5 GB less on Bamba-9B); the logits' error is measured in docs/quantization.md";
+    "With --quantization fp8, lm_head in FP8 too (left bf16 by default, as vLLM does): its bytes halve, ~0.5 GB less "
+    "a decode step on Bamba-9B; the logits' error is measured in docs/quantization.md";
 
 struct ModelOptions {
   std::string model;  // empty: the built-in model (builtin_model_dir); "dummy": the generated-weights tiny model

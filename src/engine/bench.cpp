@@ -315,7 +315,8 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
   if (o.deterministic) be->set_batch_invariant(256);
   BenchReport rep;
   rep.model = o.preset;
-  rep.backend = be->name() + (o.deterministic ? " [deterministic]" : "") + (fp8 ? o.fp8_lm_head ? " [fp8 weights, lm_head too]" : " [fp8 weights]" : "");
+  rep.backend = be->name() + (o.deterministic ? " [deterministic]" : "") +
+                (fp8 ? o.fp8_lm_head ? " [fp8 weights, lm_head too]" : " [fp8 weights]" : "");
   rep.device = o.device;
   rep.params = cfg.parameter_count();
   rep.peak = known_ceilings(be->name(), be->activation_dtype() == DType::BF16);
@@ -343,7 +344,8 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
     const int n = o.tensor_parallel_size;
     auto host = make_cpu_backend();
     ModelWeights full = dummy_weights(cfg, *host, 1);
-    if (fp8) quantize_weights_fp8(cfg, full, *host, o.fp8_lm_head);  // the one-device scales; each rank's shard takes its own
+    // The one-device scales; each rank's shard takes its own.
+    if (fp8) quantize_weights_fp8(cfg, full, *host, o.fp8_lm_head);
     std::vector<std::unique_ptr<Backend>> others;
     std::vector<Backend*> raw = {be.get()};
     std::vector<int> devices = {0};

@@ -116,16 +116,18 @@ class CudaBackend final : public Backend {
     // Measured on an H100 (bench/NOTES.md v44): FP8 tg128 +0.6 %.
     const char* rp = std::getenv("BAMBA_CUDA_FP8_ROW_PAIRS");
     fp8_row_pairs_ = !(rp && rp[0] == '0');
-    // MB of a decode GEMV's bf16 weight asked of L2 during the small kernels before it, at one row (prefetch_weight,
-    // l2_prefetch.cu), spread over the weight's rows, each row's first bytes; 0: none. Measured on an H100 (NOTES
-    // v44): tg128 +0.5 / +0.8 / +0.6 % at 16 / 24 / 32 MB; decode4 −0.1 to −0.4 % and FP8 weights no gain (decode4
-    // −1.5 to −2.6 %), hence one row of bf16 weights only.
     // Whether an FP8 GEMV of one row whose grid is one wave or less splits each row between two warps (fp8_gemv.cu's
     // split kernel: twice the loads in flight; other sums); BAMBA_CUDA_FP8_ROW_SPLIT=2, off until measured (v44).
     const char* rs = std::getenv("BAMBA_CUDA_FP8_ROW_SPLIT");
     fp8_row_split_ = rs && rs[0] == '2';
+    // MB of a decode GEMV's bf16 weight asked of L2 during the small kernels before it, at one row (prefetch_weight,
+    // l2_prefetch.cu), spread over the weight's rows, each row's first bytes; 0: none. Measured on an H100 (NOTES
+    // v44): tg128 +0.5 / +0.8 / +0.6 % at 16 / 24 / 32 MB; decode4 −0.1 to −0.4 % and FP8 weights no gain (decode4
+    // −1.5 to −2.6 %), hence one row of bf16 weights only.
     const char* wp = std::getenv("BAMBA_CUDA_WINDOW_PREFETCH_MB");
     window_prefetch_bytes_ = int64_t((wp ? std::atof(wp) : 24.0) * 1048576.0);
+    // The default at most half of L2 (H100 / H200: 50 MB), so that on a smaller card it does not evict its own lines.
+    if (!wp) window_prefetch_bytes_ = std::min(window_prefetch_bytes_, int64_t(prop_.l2CacheSize) / 2);
     // Tokens per chunk of the bf16 tensor-core SSD scan (ssd_chunked.cu). 256 (Bamba's chunk_size) halves the
     // chunk-state traffic of 128 (P·N values per head and chunk, written, carried and read back) for ~20 % more
     // products at P = 64, N = 128 (bench/NOTES.md has both measured).
