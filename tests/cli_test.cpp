@@ -193,7 +193,8 @@ TEST(Cli, Fp8LmHeadQuantizesTheHead) {
   ASSERT_EQ(got[0].size(), got[1].size());
   EXPECT_NE(got[0], got[1]) << "--fp8-lm-head changed nothing";
   EXPECT_LT(test::rel_l2(got[1], got[0]), 0.1);
-  expect_one_error(run_bamba("logits -q --device cpu --model '" + dir + "' --ids 1,2 --fp8-lm-head --out '" + tmp + "/x.safetensors'"),
+  expect_one_error(run_bamba("logits -q --device cpu --model '" + dir + "' --ids 1,2 --fp8-lm-head --out '" + tmp +
+                             "/x.safetensors'"),
                    "--fp8-lm-head: only with --quantization fp8");
   std::filesystem::remove_all(tmp);
 }

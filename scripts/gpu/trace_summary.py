@@ -26,7 +26,7 @@ def value(r, name):
     u = units[col[name]] if col[name] < len(units) else ""
     if u not in scale:
         sys.exit(f"unknown unit {u!r} of {name} in {sys.argv[1]}")
-    return float(r[col[name]].replace(",", "")) * scale.get(u, 1.0)
+    return float(r[col[name]].replace(",", "")) * scale[u]
 
 
 def short(name):

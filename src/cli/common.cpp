@@ -109,8 +109,7 @@ LoadedModel load(const ModelOptions& o, bool need_tokenizer) {
                            "the binary: using generated weights instead.\n");
   }
   const bool tp = o.tensor_parallel_size > 1;  // split below from a whole copy in host memory
-  const bool fp8 = parse_quantization(o.quantization);
-  if (o.fp8_lm_head && !fp8) fail("--fp8-lm-head: only with --quantization fp8");
+  const bool fp8 = parse_quantization(o.quantization, o.fp8_lm_head);
   // --quantization fp8 turns the weights into FP8 on the backend before the model is built. With tensor
   // parallelism that is the whole model in host memory, so every weight gets the scales it has on one device and
   // the ranks' shards take theirs (model/tensor_parallel.cpp).

@@ -308,8 +308,7 @@ BenchReport run_bench(const BenchOptions& o, std::ostream& log) {
     else if (t.rfind("decode", 0) == 0) max_seqs = std::max(max_seqs, std::stoi(t.substr(6)));
     else if (t.rfind("tg", 0) != 0) fail("bench: unknown test \"", t, "\" (ppN, tgN, decodeN, decodeS@C)");
   }
-  const bool fp8 = parse_quantization(o.quantization);
-  if (o.fp8_lm_head && !fp8) fail("bench: --fp8-lm-head only with --quantization fp8");
+  const bool fp8 = parse_quantization(o.quantization, o.fp8_lm_head);
   auto be = make_backend(o.device, compute_dtype(o.dtype, DType::BF16));
   // The kernels of serve --deterministic (its 256-token chunks: a ppN test above 256 is one longer part).
   if (o.deterministic) be->set_batch_invariant(256);

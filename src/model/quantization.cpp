@@ -165,10 +165,11 @@ std::vector<float> read_fp8_scales(const Fp8Format& f, const Checkpoint& ckpt, c
   return out;
 }
 
-bool parse_quantization(const std::string& s) {
-  if (s == "none" || s.empty()) return false;
+bool parse_quantization(const std::string& s, bool fp8_lm_head) {
   if (s == "fp8") return true;
-  fail("--quantization: \"", s, "\" is not supported (none or fp8)");
+  if (s != "none" && !s.empty()) fail("--quantization: \"", s, "\" is not supported (none or fp8)");
+  if (fp8_lm_head) fail("--fp8-lm-head: only with --quantization fp8");
+  return false;
 }
 
 }  // namespace bamba

@@ -51,6 +51,6 @@ std::vector<float> read_fp8_scales(const Fp8Format& f, const Checkpoint& ckpt, c
                                    int64_t K, std::vector<std::string>& used);
 
 // "none" or "fp8" (the --quantization option); Error naming the option otherwise.
-bool parse_quantization(const std::string& s);
+bool parse_quantization(const std::string& s, bool fp8_lm_head = false);
 
 }  // namespace bamba

@@ -117,7 +117,8 @@ class CudaBackend final : public Backend {
     const char* rp = std::getenv("BAMBA_CUDA_FP8_ROW_PAIRS");
     fp8_row_pairs_ = !(rp && rp[0] == '0');
     // Whether an FP8 GEMV of one row whose grid is one wave or less splits each row between two warps (fp8_gemv.cu's
-    // split kernel: twice the loads in flight; other sums); BAMBA_CUDA_FP8_ROW_SPLIT=2, off until measured (v44).
+    // split kernel: more loads in flight, up to what the SMs hold; other sums); BAMBA_CUDA_FP8_ROW_SPLIT=2, off
+    // until measured (v44).
     const char* rs = std::getenv("BAMBA_CUDA_FP8_ROW_SPLIT");
     fp8_row_split_ = rs && rs[0] == '2';
     // MB of a decode GEMV's bf16 weight asked of L2 during the small kernels before it, at one row (prefetch_weight,

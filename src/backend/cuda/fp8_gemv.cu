@@ -107,7 +107,9 @@ __global__ void __launch_bounds__(kRowWarps * 32) fp8_gemv_kernel(void* y, int y
 // take 4 rows, warp part h of a row the chunks lane + 32 h + 64 i; each part is summed and reduced as the one-warp
 // kernel does its row, then part 0 + part 1 through shared memory. A warp of the one-warp kernel has only 4-8 KB
 // of a row (E4M3: 16 weights a 16-byte load), so out_proj's and down_proj's 512 blocks keep ~8 MB in flight over
-// a single partial wave and stream at ~2.1 TB/s on an H100 (bench/NOTES.md v44); twice the warps, twice that.
+// a single partial wave and stream at ~2.1 TB/s on an H100 (bench/NOTES.md v44). Split, the grid has twice the
+// blocks: in flight rises to what the SMs hold (on an H100 at 48 registers, 5 blocks an SM: 660 of the 1,024, 1.3×
+// the one-warp grid's 512), then a partial second wave follows — whether that wins is for the measurement.
 // Other sums than the one-warp kernel's (so not in batch-invariant mode, whose rows must not depend on M).
 template <typename T, int U>
 __global__ void __launch_bounds__(kRowWarps * 32) fp8_gemv_split_kernel(void* y, int y_f32, const T* x,
